@@ -1,0 +1,260 @@
+"""One typed configuration object for the whole server.
+
+Built from, in rising precedence: defaults, a TOML file, ``IMC_*`` environment variables
+and command-line flags. Field names are the module parameter names of Kamailio's imc where
+one exists, and the TOML keys, environment names (``IMC_`` + upper case) and flags
+(``--`` + dashes) match them one to one. :meth:`Config.validate` runs once at startup and
+raises :class:`ConfigError` naming the bad parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+DEFAULT_LISTEN = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; ``param`` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"invalid {param}: {message}")
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One SIP listening socket: ``transport`` is ``udp`` or ``tcp``; port 0 picks a free one."""
+
+    transport: Literal["udp", "tcp"]
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """Parse ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060`` (transport defaults to udp)."""
+        transport, sep, rest = text.partition(":")
+        if not sep or transport.lower() not in ("udp", "tcp"):
+            transport, rest = "udp", text
+        transport = transport.lower()
+        if rest.startswith("["):
+            host, _, port_text = rest[1:].partition("]")
+            port_text = port_text.removeprefix(":")
+        else:
+            host, _, port_text = rest.rpartition(":")
+            if not host:
+                host, port_text = rest, "5060"
+        try:
+            port = int(port_text) if port_text else 5060
+        except ValueError:
+            raise ValueError(f"bad port in {text!r}") from None
+        if not host or not 0 <= port <= 65535:
+            raise ValueError(f"expected transport:host:port, got {text!r}")
+        return cls(transport, host, port)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(slots=True)
+class Config:
+    """Every setting of the server (spec §11). See README for each parameter."""
+
+    # Storage
+    db_url: str = "sqlite:///imc.db"
+    rooms_table: str = "imc_rooms"
+    members_table: str = "imc_members"
+    # IMC behaviour (Kamailio names)
+    hash_size: int = 4
+    imc_cmd_start_char: str = "#"
+    outbound_proxy: str | None = None
+    extra_hdrs: list[str] = field(default_factory=list)
+    create_on_join: bool = True
+    check_on_create: bool = False
+    owner_leave: Literal["destroy", "refuse"] = "destroy"
+    max_body_size: int = 32 * 1024
+    domains: list[str] = field(default_factory=list)
+    manager_user: str = "imc-manager"
+    # SIP
+    listen: list[str] = field(default_factory=lambda: list(DEFAULT_LISTEN))
+    registrar: bool = True
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    trusted_sources: list[str] = field(default_factory=list)
+    identity_header: str | None = None
+    # Actors
+    mailbox_size: int = 256
+    # Management
+    mi_fifo: str | None = None
+    reply_dir: str = "/tmp/"
+    rpc_listen: str | None = None
+    # Logging
+    log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_sources(
+        cls,
+        toml_path: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Config:
+        """Defaults <- TOML file <- ``IMC_*`` environment <- ``overrides`` (flags), validated."""
+        values: dict[str, Any] = {}
+        if toml_path:
+            try:
+                with open(toml_path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError("config", f"cannot read {toml_path}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError("config", f"{toml_path}: {exc}") from None
+            data = data.get("imc", data)
+            for key, value in data.items():
+                name = key.replace("-", "_")
+                if name not in cls.names():
+                    raise ConfigError(key, f"unknown parameter in {toml_path}")
+                values[name] = value
+        env = os.environ if environ is None else environ
+        for name in cls.names():
+            raw = env.get("IMC_" + name.upper())
+            if raw is not None:
+                values[name] = _from_text(name, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        config = cls()
+        for name, value in values.items():
+            setattr(config, name, _coerce(name, value))
+        config.validate()
+        return config
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check every value once; raise :class:`ConfigError` naming the first bad one."""
+        if not 0 <= self.hash_size <= 16:
+            raise ConfigError("hash_size", "must be between 0 and 16")
+        if len(self.imc_cmd_start_char) < 1 or self.imc_cmd_start_char[0].isspace():
+            raise ConfigError("imc_cmd_start_char", "must be one non-space character")
+        if self.owner_leave not in ("destroy", "refuse"):
+            raise ConfigError("owner_leave", "must be 'destroy' or 'refuse'")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format", "must be 'text' or 'json'")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError("log_level", "must be debug, info, warning, error or critical")
+        if self.max_body_size < 1:
+            raise ConfigError("max_body_size", "must be positive")
+        if self.mailbox_size < 1:
+            raise ConfigError("mailbox_size", "must be positive")
+        if not (1 <= self.min_expires <= self.default_expires <= self.max_expires):
+            raise ConfigError("min_expires", "need 1 <= min_expires <= default_expires <= max_expires")
+        if not self.listen:
+            raise ConfigError("listen", "at least one listen address is needed")
+        for text in self.listen:
+            try:
+                ListenAddress.parse(text)
+            except ValueError as exc:
+                raise ConfigError("listen", str(exc)) from None
+        for cidr in self.trusted_sources:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError("trusted_sources", f"not a CIDR: {cidr!r}") from None
+        scheme = self.db_url.split(":", 1)[0].lower()
+        if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
+            raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
+        for name in ("rooms_table", "members_table", "manager_user"):
+            value = getattr(self, name)
+            if not value or not value.replace("_", "").replace("-", "").isalnum():
+                raise ConfigError(name, f"not a plain name: {value!r}")
+        for hdr in self.extra_hdrs:
+            if ":" not in hdr or "\r" in hdr or "\n" in hdr:
+                raise ConfigError("extra_hdrs", f"not a 'Name: value' header line: {hdr!r}")
+        if self.outbound_proxy is not None and not self.outbound_proxy.strip():
+            raise ConfigError("outbound_proxy", "empty")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def listen_addresses(self) -> list[ListenAddress]:
+        return [ListenAddress.parse(text) for text in self.listen]
+
+    @property
+    def served_domains(self) -> list[str]:
+        """``domains`` as set, else the listen hosts (lower case)."""
+        if self.domains:
+            return [d.lower() for d in self.domains]
+        hosts: list[str] = []
+        for addr in self.listen_addresses:
+            if addr.host.lower() not in hosts:
+                hosts.append(addr.host.lower())
+        return hosts
+
+    def replace(self, **changes: Any) -> Config:
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+
+_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
+_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
+_INT_FIELDS = {
+    "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
+}
+_OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
+
+
+def _from_text(name: str, raw: str) -> Any:
+    """Turn an environment string into the field's type (lists are comma-separated)."""
+    if name in _LIST_FIELDS:
+        sep = "\n" if name == "extra_hdrs" else ","
+        return [part.strip() for part in raw.split(sep) if part.strip()]
+    return raw
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in _BOOL_FIELDS:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, f"expected true or false, got {value!r}")
+    if name in _INT_FIELDS:
+        if isinstance(value, bool):
+            raise ConfigError(name, f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected an integer, got {value!r}") from None
+    if name in _LIST_FIELDS:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(name, "expected a list of strings")
+        return list(value)
+    if name in _OPTIONAL_FIELDS:
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(name, f"expected a string, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(name, f"expected a string, got {value!r}")
+    if name in ("owner_leave", "log_format", "log_level"):
+        return value.lower()
+    return value

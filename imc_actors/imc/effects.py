@@ -1,0 +1,97 @@
+"""Effects: what applying a command to a room asks the outside world to do.
+
+``apply()`` in :mod:`imc_actors.imc.room` never sends or writes anything; it returns
+these small immutable records. The room actor hands :class:`Write` records to the store
+(durable first) and :class:`Notice` records to delivery, then answers with the
+:class:`Outcome`'s code. Tests can drop, delay or fail any effect at that boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Member flags (Kamailio's imc_members.flag) and room flags (imc_rooms.flag).
+OWNER = 1
+ADMIN = 2
+INVITED = 4
+PRIVATE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoomUpsert:
+    """Create the room row ``(name, domain)`` or update its flag."""
+
+    name: str
+    domain: str
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomDelete:
+    """Delete the room row and every member row of the room."""
+
+    name: str
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpsert:
+    """Insert the member row, or update its flag when the member is listed already.
+
+    ``room`` is the room URI ``sip:name@domain``; ``member`` is ``sip:user@host``.
+    """
+
+    room: str
+    member: str
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDelete:
+    """Delete one member row."""
+
+    room: str
+    member: str
+
+
+Write = RoomUpsert | RoomDelete | MemberUpsert | MemberDelete
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One outgoing MESSAGE.
+
+    ``to`` is the recipient's URI (``sip:user@host``), used as To and, unless the registrar
+    retargets it, as Request-URI. ``sender`` is the From URI: the room URI for room-scoped
+    messages, the incoming Request-URI for ``#help``, ``#rooms`` and errors that have no room.
+    ``content_type`` is None for notices (``text/plain;charset=UTF-8``) and the incoming
+    Content-Type for relayed chat. ``kind`` says which counter it feeds.
+    ``invite_of`` is set on an invitation: the invitee's URI, so a failed delivery can be
+    reported back to the room as :class:`InviteFailed`.
+    """
+
+    to: str
+    body: bytes
+    sender: str
+    kind: Literal["notice", "relay", "reply"] = "notice"
+    content_type: str | None = None
+    invite_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one command or chat: the SIP answer and the effects behind it.
+
+    ``code``/``reason`` are the SIP final response. ``writes`` must be committed before
+    the answer and the notices go out. ``destroyed`` means the room is gone and its actor
+    ends after this outcome. ``created`` means a new room was made by this command.
+    """
+
+    code: int
+    reason: str
+    notices: tuple[Notice, ...] = ()
+    writes: tuple[Write, ...] = ()
+    destroyed: bool = False
+    created: bool = False
+    body: bytes | None = field(default=None)

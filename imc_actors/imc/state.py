@@ -1,0 +1,83 @@
+"""Room state: the data a room actor owns. Immutable; ``apply`` returns a new one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .effects import INVITED, OWNER, PRIVATE
+
+
+def member_key(uri: str) -> str:
+    """Case-insensitive identity of a ``sip:user@host`` URI: ``user@host`` lower-cased."""
+    text = uri.split(":", 1)[1] if uri[:4].lower() in ("sip:", "sips") else uri
+    if text.startswith(":"):  # "sips:" leaves one colon
+        text = text[1:]
+    return text.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One listed member: ``uri`` is ``sip:user@host`` as first seen; ``flags`` OWNER|ADMIN|INVITED."""
+
+    uri: str
+    flags: int = 0
+
+    @property
+    def key(self) -> str:
+        return member_key(self.uri)
+
+    @property
+    def user(self) -> str:
+        return self.uri.split(":", 1)[1].split("@", 1)[0]
+
+    @property
+    def active(self) -> bool:
+        return not self.flags & INVITED
+
+    @property
+    def owner(self) -> bool:
+        return bool(self.flags & OWNER)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    """A room: ``name``/``domain`` keep the spelling the room was created with.
+
+    ``members`` is in joining order (the order ``#members`` and ``owner`` use).
+    ``inviters`` maps an invitee's key to the inviter's URI; it is not persisted (Kamailio's
+    tables have no column for it), so after a restart a ``#reject`` tells nobody.
+    """
+
+    name: str
+    domain: str
+    flags: int = 0
+    members: tuple[Member, ...] = ()
+    inviters: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.name}@{self.domain}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.domain}".lower()
+
+    @property
+    def private(self) -> bool:
+        return bool(self.flags & PRIVATE)
+
+    def find(self, uri: str) -> Member | None:
+        key = member_key(uri)
+        for member in self.members:
+            if member.key == key:
+                return member
+        return None
+
+    @property
+    def owner(self) -> Member | None:
+        """The first OWNER in joining order (what management interfaces report)."""
+        for member in self.members:
+            if member.flags & OWNER:
+                return member
+        return None
