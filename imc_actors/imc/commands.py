@@ -1,0 +1,223 @@
+"""Commands: telling a command from chat, parsing it, and resolving its arguments.
+
+Pure (spec §1, §2, §4): :func:`parse_command` turns a MESSAGE body into a :class:`Command`
+(or ``None`` for chat), :func:`resolve` completes its arguments into a :class:`Target` (which
+room, which user, which role). Both raise :class:`CommandError` carrying the SIP code and the
+exact notice text for the sender.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import texts
+
+__all__ = [
+    "COMMANDS",
+    "ROLES",
+    "Command",
+    "CommandError",
+    "Target",
+    "complete_argument",
+    "parse_command",
+    "resolve",
+]
+
+#: Canonical command names.
+COMMANDS = (
+    "create",
+    "join",
+    "invite",
+    "accept",
+    "reject",
+    "remove",
+    "leave",
+    "destroy",
+    "members",
+    "rooms",
+    "add",
+    "modify",
+    "help",
+)
+_ALIASES = {"deny": "reject", "exit": "leave", "list": "members"}
+_NAMES = {name: name for name in COMMANDS} | _ALIASES
+
+#: Roles accepted by ``#modify`` (lower case).
+ROLES = ("owner", "admin", "member")
+
+#: Commands that need a user argument first (``#modify`` also needs a role).
+_USER_COMMANDS = frozenset({"invite", "add", "remove"})
+#: Commands that name no room.
+_ROOMLESS = frozenset({"rooms", "help"})
+
+_MAX_TOKENS = 5  # name + 4 arguments; further tokens are ignored (spec §2)
+_LINE_END = re.compile(rb"[\r\n\x00]")
+_BLANKS = re.compile(r"[ \t]+")
+
+# RFC 3261 user: unreserved / escaped / user-unreserved, minus ";", "?" and "/" which would be
+# ambiguous with URI parameters and headers in the places these URIs go (From/To, DB rows).
+_USER = r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
+_URI_REST = re.compile(rf"(?P<user>{_USER})@(?P<host>{_HOST})(?::[0-9]{{1,5}})?(?:[;?].*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed command line.
+
+    ``name`` is canonical (aliases resolved, lower case), ``typed`` is the name as typed,
+    ``args`` the tokens after the name (at most 4). ``start_char`` is the start character
+    the body was parsed with; texts about the command (``send '#help'``) use it.
+    """
+
+    name: str
+    typed: str
+    args: tuple[str, ...] = ()
+    start_char: str = "#"
+
+
+class CommandError(Exception):
+    """A command refused before reaching a room: ``code`` (400/403/404) and ``text``.
+
+    ``text`` is the exact ``*** ...`` notice for the sender (spec §3: every 4xx is also a
+    notice).
+    """
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+def parse_command(body: bytes, start_char: str) -> Command | None:
+    """Parse ``body`` as a command, or return ``None`` when it is chat.
+
+    A body is a command iff it begins with the first character of ``start_char`` (no
+    trimming). Only the first line counts (it stops at CR, LF or NUL); tokens are split on
+    spaces and tabs; at most 5 tokens are read. Raises :class:`CommandError` (400) for a
+    missing or unknown command name. Invalid UTF-8 is decoded with replacement characters.
+    """
+    if not start_char:
+        raise ValueError("start_char must not be empty")
+    start = start_char[0]
+    prefix = start.encode("utf-8")
+    if not body.startswith(prefix):
+        return None
+    end = _LINE_END.search(body, len(prefix))
+    line = body[len(prefix) : end.start() if end else len(body)].decode("utf-8", "replace")
+    if not line or line[0] in " \t":
+        raise CommandError(400, texts.missing_command(start))
+    tokens = _BLANKS.split(line.rstrip(" \t"), maxsplit=_MAX_TOKENS)[:_MAX_TOKENS]
+    typed = tokens[0]
+    name = _NAMES.get(typed.lower())
+    if name is None:
+        raise CommandError(400, texts.invalid_command(typed, start))
+    return Command(name, typed, tuple(tokens[1:]), start)
+
+
+def complete_argument(arg: str, default_host: str) -> str:
+    """Complete a user or room argument into ``sip:user@host`` (spec §1).
+
+    No ``:`` → ``sip:`` is prefixed; no ``@`` → ``@`` + ``default_host`` is appended. The
+    result must be a ``sip:``/``sips:`` URI with a user part; port, parameters and headers
+    are dropped and the scheme becomes ``sip:``; case is kept. Raises ``ValueError``
+    otherwise.
+    """
+    text = arg if ":" in arg else "sip:" + arg
+    scheme, _, rest = text.partition(":")
+    if scheme.lower() not in ("sip", "sips"):
+        raise ValueError(f"not a SIP URI: {arg!r}")
+    if "@" not in rest:
+        rest = f"{rest}@{default_host}"
+    match = _URI_REST.fullmatch(rest)
+    if match is None:
+        raise ValueError(f"not a SIP URI: {arg!r}")
+    return f"sip:{match['user']}@{match['host']}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a command applies, after argument completion (spec §1, §4).
+
+    ``room_name``/``room_domain``: the room as spelled in the argument or the Request-URI
+    (``None`` for ``#rooms`` and ``#help``). ``user``: the completed ``sip:user@host`` for
+    ``#invite``, ``#add``, ``#remove`` and ``#modify``. ``role``: ``owner``, ``admin`` or
+    ``member`` (lower case) for ``#modify``. ``private``: ``#create ... private``.
+    """
+
+    room_name: str | None
+    room_domain: str | None
+    user: str | None = None
+    role: str | None = None
+    private: bool = False
+
+    @property
+    def room_uri(self) -> str | None:
+        """``sip:name@domain`` of the room, or ``None``."""
+        if self.room_name is None:
+            return None
+        return f"sip:{self.room_name}@{self.room_domain}"
+
+
+def _complete_or_400(arg: str, default_host: str) -> str:
+    try:
+        return complete_argument(arg, default_host)
+    except ValueError:
+        raise CommandError(400, texts.invalid_address(arg)) from None
+
+
+def resolve(command: Command, *, ruri_user: str, ruri_host: str, manager_user: str) -> Target:
+    """Work out the room, user, role and private flag a command applies to.
+
+    The room comes from the room argument (completed with the Request-URI host) or else from
+    the Request-URI (``ruri_user@ruri_host``). At the manager URI a command that needs a room
+    and names none is refused; a room argument naming the manager user is an invalid address
+    (the manager is not a room). Checks, in order: missing argument, role, user address,
+    ``#create``'s second argument, room. Raises :class:`CommandError` (400).
+    """
+    name, args = command.name, command.args
+    if name in _ROOMLESS:
+        return Target(None, None)
+    user: str | None = None
+    role: str | None = None
+    private = False
+    room_arg: str | None
+    if name == "create":
+        room_arg = args[0] if args else None
+        if len(args) >= 2:
+            if args[1].lower() != "private":
+                raise CommandError(400, texts.SECOND_ARGUMENT_PRIVATE)
+            private = True
+        elif room_arg is not None and room_arg.lower() == "private":
+            room_arg, private = None, True
+    elif name in _USER_COMMANDS:
+        if not args:
+            raise CommandError(400, texts.missing_argument(command.start_char))
+        user = _complete_or_400(args[0], ruri_host)
+        room_arg = args[1] if len(args) > 1 else None
+    elif name == "modify":
+        if len(args) < 2:
+            raise CommandError(400, texts.missing_argument(command.start_char))
+        role = args[1].lower()
+        if role not in ROLES:
+            raise CommandError(400, texts.INVALID_ROLE)
+        user = _complete_or_400(args[0], ruri_host)
+        room_arg = args[2] if len(args) > 2 else None
+    else:
+        room_arg = args[0] if args else None
+
+    manager = manager_user.lower()
+    if room_arg is None:
+        if ruri_user.lower() == manager:
+            raise CommandError(400, texts.MISSING_ROOM_NAME)
+        return Target(ruri_user, ruri_host, user, role, private)
+    room_uri = _complete_or_400(room_arg, ruri_host)
+    room_name, _, room_domain = room_uri[4:].partition("@")
+    if room_name.lower() == manager:
+        raise CommandError(400, texts.invalid_address(room_arg))
+    return Target(room_name, room_domain, user, role, private)

@@ -1,0 +1,434 @@
+"""Room logic: apply one command, chat or invitation failure to a room's state (spec §4, §5).
+
+:func:`apply` is pure: it never mutates the :class:`~imc_actors.imc.state.RoomState` it is
+given and returns the new state with an :class:`~imc_actors.imc.effects.Outcome` (SIP answer,
+notices, writes). The room actor commits the writes, sends the notices, then answers.
+
+Conventions (where the spec says "broadcast"):
+
+- A broadcast goes to every *active* member of the room as it is after the change (so the
+  sender is included when active); ``#remove`` tells the removed member separately and
+  broadcasts to the rest; ``#leave`` broadcasts before removing, so the leaver is included.
+- Notices to the sender (errors, the ``#members`` reply) go to the sender URI as it came in;
+  broadcasts go to each member URI as listed. Writes name a listed member by its listed
+  spelling, so the store finds the row even on a case-sensitive database.
+- ``[x]`` in texts uses the listed spelling of x when x is listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from . import texts
+from .commands import Command, Target
+from .effects import (
+    ADMIN,
+    INVITED,
+    OWNER,
+    PRIVATE,
+    MemberDelete,
+    MemberUpsert,
+    Notice,
+    Outcome,
+    RoomDelete,
+    RoomUpsert,
+    Write,
+)
+from .state import Member, RoomState, member_key
+from .texts import help_text
+
+__all__ = [
+    "REASONS",
+    "InviteFailed",
+    "Policy",
+    "RoomRequest",
+    "apply",
+    "help_text",
+    "new_room",
+    "notice_error",
+    "rooms_reply",
+]
+
+#: Reason phrases for the codes this layer answers with.
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}
+
+_ROLE_FLAGS = {"owner": OWNER, "admin": ADMIN, "member": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Room behaviour settings (spec §11): ``imc_cmd_start_char``, ``check_on_create``,
+    ``owner_leave`` (``destroy``: the last owner leaving destroys the room; ``refuse``: 403).
+    ``create_on_join`` is the caller's business (it decides whether to call :func:`new_room`).
+    """
+
+    start_char: str = "#"
+    check_on_create: bool = False
+    owner_leave: str = "destroy"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRequest:
+    """One MESSAGE for a room.
+
+    ``sender`` is the canonical ``sip:user@host`` of the sender U. ``command`` is ``None``
+    for chat, whose bytes are ``body`` and whose Content-Type is ``content_type`` (copied to
+    the relays). ``target`` is the resolved command target (``None`` for chat). ``call_id``
+    is the incoming Call-ID (for the caller's ``In-Reply-To``; unused here).
+    """
+
+    sender: str
+    command: Command | None
+    target: Target | None
+    body: bytes = b""
+    content_type: str | None = None
+    call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InviteFailed:
+    """The invitation MESSAGE to ``invitee`` got a final ``code`` ≥ 300 or timed out."""
+
+    invitee: str
+    code: int
+    reason: str
+
+
+# --------------------------------------------------------------------------- helpers
+def _outcome(
+    code: int,
+    notices: Iterable[Notice] = (),
+    writes: Iterable[Write] = (),
+    *,
+    destroyed: bool = False,
+    created: bool = False,
+    body: bytes | None = None,
+) -> Outcome:
+    return Outcome(code, REASONS[code], tuple(notices), tuple(writes), destroyed, created, body)
+
+
+def _refuse(state: RoomState, req: RoomRequest, code: int, text: str) -> tuple[RoomState, Outcome]:
+    """A 4xx: the state is unchanged and the sender gets the text From the room."""
+    return state, _outcome(code, (Notice(req.sender, text.encode(), state.uri),))
+
+
+def _broadcast(state: RoomState, text: str) -> list[Notice]:
+    """The notice ``text`` to every active member of ``state``, in joining order."""
+    body = text.encode()
+    uri = state.uri
+    return [Notice(m.uri, body, uri) for m in state.members if m.active]
+
+
+def _index(state: RoomState, key: str) -> int:
+    for i, member in enumerate(state.members):
+        if member.key == key:
+            return i
+    return -1
+
+
+def _manages(member: Member | None) -> bool:
+    """OWNER or ADMIN, and active (roles of pending invitees count for nothing)."""
+    return member is not None and member.active and bool(member.flags & (OWNER | ADMIN))
+
+
+def _active_owner(member: Member | None) -> bool:
+    return member is not None and member.active and bool(member.flags & OWNER)
+
+
+def _other_active_owner(state: RoomState, key: str) -> bool:
+    return any(_active_owner(m) and m.key != key for m in state.members)
+
+
+def _without(state: RoomState, key: str) -> RoomState:
+    """``state`` without the member ``key`` (and without its inviter entry)."""
+    members = tuple(m for m in state.members if m.key != key)
+    inviters = state.inviters
+    if key in inviters:
+        inviters = {k: v for k, v in inviters.items() if k != key}
+    return replace(state, members=members, inviters=inviters)
+
+
+def _with_flags(state: RoomState, key: str, flags: int) -> RoomState:
+    """``state`` with member ``key``'s flags replaced (same place in joining order)."""
+    members = tuple(Member(m.uri, flags) if m.key == key else m for m in state.members)
+    inviters = state.inviters
+    if not flags & INVITED and key in inviters:
+        inviters = {k: v for k, v in inviters.items() if k != key}
+    return replace(state, members=members, inviters=inviters)
+
+
+def _target(req: RoomRequest) -> Target:
+    if req.target is None or req.target.user is None:
+        raise ValueError(f"#{req.command.name if req.command else '?'} needs a target user")
+    return req.target
+
+
+# --------------------------------------------------------------------------- membership
+def _join(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
+    """U (not listed) joins as a plain member; everyone active, U included, is told."""
+    new = replace(state, members=(*state.members, Member(req.sender, 0)))
+    writes = (MemberUpsert(state.uri, req.sender, 0),)
+    return new, _outcome(200, _broadcast(new, texts.has_joined(req.sender)), writes)
+
+
+def _create(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#create`` on an existing room (a missing room goes through :func:`new_room`)."""
+    if policy.check_on_create:
+        return _refuse(state, req, 403, texts.ROOM_EXISTS)
+    if state.find(req.sender) is not None:
+        return _refuse(state, req, 403, texts.ROOM_EXISTS_AND_MEMBER)
+    if state.private:
+        return _refuse(state, req, 403, texts.PRIVATE_ROOM_EXISTS)
+    return _join(state, req)
+
+
+def _join_cmd(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#join`` on an existing room (a missing room goes through :func:`new_room`)."""
+    me = state.find(req.sender)
+    if me is not None:
+        if me.active:
+            return _refuse(state, req, 403, texts.ALREADY_IN_ROOM)
+        return _accept(state, req, policy)
+    if state.private:
+        uri = state.uri
+        notices = [Notice(req.sender, texts.PRIVATE_ROOM_BY_INVITATION.encode(), uri)]
+        body = texts.attempted_join(req.sender).encode()
+        notices += [Notice(m.uri, body, uri) for m in state.members if _manages(m)]
+        return state, _outcome(403, notices)
+    return _join(state, req)
+
+
+def _accept(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if me is None or me.active:
+        return _refuse(state, req, 403, texts.NO_PENDING_INVITATION)
+    flags = me.flags & ~INVITED
+    new = _with_flags(state, me.key, flags)
+    writes = (MemberUpsert(state.uri, me.uri, flags),)
+    return new, _outcome(200, _broadcast(new, texts.has_joined(me.uri)), writes)
+
+
+def _decline(state: RoomState, me: Member) -> tuple[RoomState, Outcome]:
+    """The invitee ``me`` goes away; the inviter, when known, is told."""
+    new = _without(state, me.key)
+    inviter = state.inviters.get(me.key)
+    notices = ()
+    if inviter is not None:
+        notices = (Notice(inviter, texts.declined(me.uri).encode(), state.uri),)
+    return new, _outcome(200, notices, (MemberDelete(state.uri, me.uri),))
+
+
+def _reject(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if me is None or me.active:
+        return _refuse(state, req, 403, texts.NO_PENDING_INVITATION)
+    return _decline(state, me)
+
+
+def _invite(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if not _manages(me):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_INVITE)
+    assert me is not None
+    invitee = _target(req).user
+    assert invitee is not None
+    listed = state.find(invitee)
+    if listed is not None:
+        return _refuse(state, req, 403, texts.already_member(listed.uri))
+    key = member_key(invitee)
+    new = replace(
+        state,
+        members=(*state.members, Member(invitee, INVITED)),
+        inviters={**state.inviters, key: me.uri},
+    )
+    text = texts.invitation(me.uri, policy.start_char).encode()
+    notice = Notice(invitee, text, state.uri, invite_of=invitee)
+    return new, _outcome(200, (notice,), (MemberUpsert(state.uri, invitee, INVITED),))
+
+
+def _add(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    if not _manages(state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_ADD)
+    user = _target(req).user
+    assert user is not None
+    listed = state.find(user)
+    if listed is not None:
+        return _refuse(state, req, 403, texts.already_member(listed.uri))
+    new = replace(state, members=(*state.members, Member(user, 0)))
+    writes = (MemberUpsert(state.uri, user, 0),)
+    return new, _outcome(200, _broadcast(new, texts.has_joined(user)), writes)
+
+
+def _remove(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    if not _manages(state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_REMOVE)
+    user = _target(req).user
+    assert user is not None
+    them = state.find(user)
+    if them is None:
+        return _refuse(state, req, 404, texts.not_member(user))
+    if _active_owner(them):
+        return _refuse(state, req, 403, texts.OWNER_CANNOT_BE_REMOVED)
+    new = _without(state, them.key)
+    notices = [Notice(them.uri, texts.REMOVED_FROM_ROOM.encode(), state.uri)]
+    notices += _broadcast(new, texts.has_left(them.uri))
+    return new, _outcome(200, notices, (MemberDelete(state.uri, them.uri),))
+
+
+def _destroy_room(state: RoomState) -> tuple[RoomState, Outcome]:
+    """Tell every active member, delete the room; the actor ends after this."""
+    notices = _broadcast(state, texts.ROOM_DESTROYED)
+    new = replace(state, members=(), inviters={})
+    return new, _outcome(200, notices, (RoomDelete(state.name, state.domain),), destroyed=True)
+
+
+def _leave(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if me is None:
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    if not me.active:
+        # Interpretation: a pending invitee leaving declines the invitation (nobody saw
+        # them join, so "has left" would mislead the room).
+        return _decline(state, me)
+    if me.owner and not _other_active_owner(state, me.key):
+        if policy.owner_leave == "refuse":
+            return _refuse(state, req, 403, texts.owner_cannot_leave(policy.start_char))
+        return _destroy_room(state)
+    notices = _broadcast(state, texts.has_left(me.uri))
+    new = _without(state, me.key)
+    return new, _outcome(200, notices, (MemberDelete(state.uri, me.uri),))
+
+
+def _destroy(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    if not _active_owner(state.find(req.sender)):
+        return _refuse(state, req, 403, texts.ONLY_OWNER_CAN_DESTROY)
+    return _destroy_room(state)
+
+
+def _members(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if me is None or not me.active:
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    body = texts.members_list(state.members).encode()
+    notice = Notice(req.sender, body, state.uri, kind="reply")
+    return state, _outcome(200, (notice,), body=body)
+
+
+def _modify(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if not _manages(me):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_MODIFY)
+    target = _target(req)
+    assert target.user is not None and target.role is not None
+    them = state.find(target.user)
+    if them is None:
+        return _refuse(state, req, 404, texts.not_member(target.user))
+    role = target.role.lower()
+    if not _active_owner(me) and (role == "owner" or them.owner):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_MODIFY)
+    if role != "owner" and _active_owner(them) and not _other_active_owner(state, them.key):
+        return _refuse(state, req, 403, texts.LAST_OWNER_CANNOT_BE_DEMOTED)
+    # Flags replaced; a pending invitee stays pending (the role applies once accepted).
+    flags = (them.flags & INVITED) | _ROLE_FLAGS[role]
+    if flags == them.flags:
+        new, writes = state, ()
+    else:
+        new = _with_flags(state, them.key, flags)
+        writes = (MemberUpsert(state.uri, them.uri, flags),)
+    return new, _outcome(200, _broadcast(new, texts.is_now(them.uri, role)), writes)
+
+
+_HANDLERS = {
+    "create": _create,
+    "join": _join_cmd,
+    "invite": _invite,
+    "accept": _accept,
+    "reject": _reject,
+    "remove": _remove,
+    "leave": _leave,
+    "destroy": _destroy,
+    "members": _members,
+    "add": _add,
+    "modify": _modify,
+}
+
+
+# --------------------------------------------------------------------------- chat
+def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
+    """Relay ``[U]: body`` to every active member but U; one pass, the state is reused."""
+    key = member_key(req.sender)
+    me: Member | None = None
+    others: list[str] = []
+    for member in state.members:
+        mkey = member.key
+        if mkey == key:
+            me = member
+        elif member.active:
+            others.append(member.uri)
+    if me is None or not me.active:
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    body = b"[" + me.user.encode() + b"]: " + req.body
+    uri, ctype = state.uri, req.content_type
+    notices = tuple(Notice(to, body, uri, "relay", ctype) for to in others)
+    return state, Outcome(202, "Accepted", notices)
+
+
+def _invite_failed(state: RoomState, op: InviteFailed) -> tuple[RoomState, Outcome]:
+    key = member_key(op.invitee)
+    index = _index(state, key)
+    if index < 0 or state.members[index].active:
+        return state, _outcome(200)  # accepted or gone meanwhile: nothing to undo
+    them = state.members[index]
+    inviter = state.inviters.get(key)
+    new = _without(state, key)
+    notices = ()
+    if inviter is not None:
+        text = texts.invitation_failed(them.uri, op.code, op.reason).encode()
+        notices = (Notice(inviter, text, state.uri),)
+    return new, _outcome(200, notices, (MemberDelete(state.uri, them.uri),))
+
+
+# --------------------------------------------------------------------------- public API
+def apply(
+    state: RoomState, op: RoomRequest | InviteFailed, policy: Policy
+) -> tuple[RoomState, Outcome]:
+    """Apply one request (command or chat) or invitation failure to a room.
+
+    Never mutates ``state``; for chat and refusals the very same ``state`` object is
+    returned. ``#create``/``#join`` here handle an *existing* room; for a missing room the
+    caller uses :func:`new_room` (or answers 404). ``#rooms`` and ``#help`` are not
+    room-scoped (see :func:`rooms_reply`, :func:`help_text`) and raise ``ValueError``.
+    """
+    if isinstance(op, InviteFailed):
+        return _invite_failed(state, op)
+    if op.command is None:
+        return _chat(state, op)
+    handler = _HANDLERS.get(op.command.name)
+    if handler is None:
+        raise ValueError(f"command {op.command.name!r} is not applied to a room")
+    return handler(state, op, policy)
+
+
+def new_room(name: str, domain: str, owner: str, private: bool) -> tuple[RoomState, Outcome]:
+    """A new room with ``owner`` as its OWNER; tells the owner ``*** Room was created``."""
+    flags = PRIVATE if private else 0
+    state = RoomState(name, domain, flags, (Member(owner, OWNER),), {})
+    notice = Notice(owner, texts.ROOM_CREATED.encode(), state.uri)
+    writes = (RoomUpsert(name, domain, flags), MemberUpsert(state.uri, owner, OWNER))
+    return state, _outcome(200, (notice,), writes, created=True)
+
+
+def rooms_reply(rooms: Iterable[RoomState], sender: str) -> bytes:
+    """The ``#rooms`` body: public rooms and private rooms ``sender`` is listed in
+    (pending invitations included), sorted by name (case-insensitively, then as spelled)."""
+    names = [room.name for room in rooms if not room.private or room.find(sender) is not None]
+    names.sort(key=lambda n: (n.lower(), n))
+    return texts.rooms_list(names).encode()
+
+
+def notice_error(code: int, text: str, to: str, sender_uri: str) -> Outcome:
+    """A refusal not tied to a room (parse/resolve errors, room not found): the SIP answer
+    and the same text as a notice to ``to`` From ``sender_uri`` (the incoming Request-URI)."""
+    reason = REASONS.get(code, "Error")
+    return Outcome(code, reason, (Notice(to, text.encode(), sender_uri),))

@@ -1,0 +1,232 @@
+"""Every text imc-actors sends to users: notices, command replies and the help text.
+
+One module so that the wording (spec §2, §4, §5, exact bytes) can be read and reviewed in one
+place. Texts are ``str``; callers encode them as UTF-8. ``[x]`` in the spec is :func:`tag`:
+``[`` + the user part of the URI x + ``]``. Texts that show ``#`` in the spec take the
+configured command start character ``start_char`` (only its first character is used, since only
+that character makes a body a command, spec §2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .effects import ADMIN, OWNER
+from .state import Member
+
+__all__ = [
+    "ALREADY_IN_ROOM",
+    "BODY_TOO_LARGE",
+    "INVALID_ROLE",
+    "LAST_OWNER_CANNOT_BE_DEMOTED",
+    "MISSING_ROOM_NAME",
+    "NOT_A_MEMBER",
+    "NO_PENDING_INVITATION",
+    "NO_PERMISSION_ADD",
+    "NO_PERMISSION_INVITE",
+    "NO_PERMISSION_MODIFY",
+    "NO_PERMISSION_REMOVE",
+    "ONLY_OWNER_CAN_DESTROY",
+    "OWNER_CANNOT_BE_REMOVED",
+    "PRIVATE_ROOM_BY_INVITATION",
+    "PRIVATE_ROOM_EXISTS",
+    "REMOVED_FROM_ROOM",
+    "ROOM_CREATED",
+    "ROOM_DESTROYED",
+    "ROOM_EXISTS",
+    "ROOM_EXISTS_AND_MEMBER",
+    "ROOM_NOT_FOUND",
+    "SECOND_ARGUMENT_PRIVATE",
+    "already_member",
+    "attempted_join",
+    "declined",
+    "has_joined",
+    "has_left",
+    "help_text",
+    "invalid_address",
+    "invalid_command",
+    "invitation",
+    "invitation_failed",
+    "is_now",
+    "members_list",
+    "missing_argument",
+    "missing_command",
+    "not_member",
+    "owner_cannot_leave",
+    "rooms_list",
+    "tag",
+    "user_part",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+def user_part(uri: str) -> str:
+    """The user part of ``sip:user@host`` (or of ``user@host``), as spelled."""
+    _, colon, rest = uri.partition(":")
+    text = rest if colon else uri
+    return text.split("@", 1)[0]
+
+
+def tag(uri: str) -> str:
+    """``[x]`` of the spec: ``[`` + user part of ``uri`` + ``]``."""
+    return f"[{user_part(uri)}]"
+
+
+def _s(start_char: str) -> str:
+    return start_char[:1] or "#"
+
+
+# --------------------------------------------------------------------------- §2 parsing
+def missing_command(start_char: str) -> str:
+    """``#`` alone or followed by whitespace."""
+    s = _s(start_char)
+    return f"*** Missing command (send '{s}help' for help)"
+
+
+def invalid_command(typed: str, start_char: str) -> str:
+    """Unknown command name, quoted as typed."""
+    s = _s(start_char)
+    return f"*** Invalid command '{typed}' (send '{s}help' for help)"
+
+
+def missing_argument(start_char: str) -> str:
+    """``#invite``, ``#add``, ``#remove``, ``#modify`` without their required arguments."""
+    s = _s(start_char)
+    return f"*** Missing argument (send '{s}help' for help)"
+
+
+# --------------------------------------------------------------------------- §1 addresses
+MISSING_ROOM_NAME = "*** Missing room name"
+ROOM_NOT_FOUND = "*** Room not found"
+# §3 gives no text for 413; ``.format(limit=<max_body_size>)``.
+BODY_TOO_LARGE = "*** Message body too large (maximum {limit} bytes)"
+
+
+def invalid_address(arg: str) -> str:
+    """An argument that does not parse as a SIP URI."""
+    return f"*** Invalid address '{arg}'"
+
+
+# --------------------------------------------------------------------------- §4 commands
+ROOM_CREATED = "*** Room was created"
+SECOND_ARGUMENT_PRIVATE = "*** Second argument must be 'private'"
+ROOM_EXISTS = "*** Room already exists"
+PRIVATE_ROOM_EXISTS = "*** A private room with the same name already exists"
+ROOM_EXISTS_AND_MEMBER = "*** Room already exists and you are a member"
+ALREADY_IN_ROOM = "*** You are in the room already"
+PRIVATE_ROOM_BY_INVITATION = (
+    "*** Private rooms are by invitation only. Room owners have been notified."
+)
+NO_PERMISSION_INVITE = "*** You don't have the permission to invite members to this room"
+NO_PERMISSION_ADD = "*** You don't have the permission to add members to this room"
+NO_PERMISSION_REMOVE = "*** You don't have the permission to remove members from this room"
+NO_PERMISSION_MODIFY = "*** You don't have the permission to modify members in this room"
+NO_PENDING_INVITATION = "*** You have no pending invitation to this room"
+OWNER_CANNOT_BE_REMOVED = "*** The room's owner cannot be removed"
+REMOVED_FROM_ROOM = "*** You have been removed from the room"
+NOT_A_MEMBER = "*** You are not a member of this room"
+ONLY_OWNER_CAN_DESTROY = "*** Only the room's owner can destroy the room"
+ROOM_DESTROYED = "*** Room has been destroyed"
+INVALID_ROLE = "*** Role must be owner, admin or member"
+# Not in the spec (silent there): the last active owner may not demote themselves, since a
+# room without an owner could never be destroyed nor get an owner again.
+LAST_OWNER_CANNOT_BE_DEMOTED = "*** The room's last owner cannot be demoted"
+
+
+def has_joined(uri: str) -> str:
+    return f"*** {tag(uri)} has joined the room"
+
+
+def has_left(uri: str) -> str:
+    return f"*** {tag(uri)} has left the room"
+
+
+def attempted_join(uri: str) -> str:
+    return f"*** {tag(uri)} attempted to join the room"
+
+
+def already_member(uri: str) -> str:
+    return f"*** {tag(uri)} is already a member of the room"
+
+
+def not_member(uri: str) -> str:
+    return f"*** {tag(uri)} is not a member of the room"
+
+
+def invitation(inviter: str, start_char: str) -> str:
+    """The invitation sent to the invitee (both ``#`` are the start character)."""
+    s = _s(start_char)
+    return f"*** {tag(inviter)} invites you to join the room (send '{s}accept' or '{s}reject')"
+
+
+def invitation_failed(invitee: str, code: int, reason: str) -> str:
+    return f"*** Invitation to {tag(invitee)} failed: {code} {reason}"
+
+
+def declined(uri: str) -> str:
+    return f"*** {tag(uri)} declined the invitation"
+
+
+def is_now(uri: str, role: str) -> str:
+    return f"*** {tag(uri)} is now {role.lower()}"
+
+
+def owner_cannot_leave(start_char: str) -> str:
+    s = _s(start_char)
+    return (
+        "*** You are the room's owner and cannot leave. "
+        f"Use {s}destroy if you wish to destroy the room."
+    )
+
+
+# --------------------------------------------------------------------------- listings
+def members_list(members: Iterable[Member]) -> str:
+    """``Members:`` then ``*[owner]``, ``~[admin]``, ``[member]`` lines (active members only).
+
+    Owners first, then admins, then plain members, each group in joining order; lines joined
+    by ``\\n`` with no trailing newline. A member flagged both OWNER and ADMIN counts as owner.
+    """
+    owners: list[str] = []
+    admins: list[str] = []
+    plain: list[str] = []
+    for member in members:
+        if not member.active:
+            continue
+        if member.flags & OWNER:
+            owners.append("*" + tag(member.uri))
+        elif member.flags & ADMIN:
+            admins.append("~" + tag(member.uri))
+        else:
+            plain.append(tag(member.uri))
+    return "\n".join(["Members:", *owners, *admins, *plain])
+
+
+def rooms_list(names: Iterable[str]) -> str:
+    """``Rooms:`` then ``\\n[name]`` per name, in the order given."""
+    return "Rooms:" + "".join(f"\n[{name}]" for name in names)
+
+
+def help_text(start_char: str) -> str:
+    """The ``#help`` text: first line empty, one line per command, joined by ``\\r\\n``.
+
+    Follows Kamailio's wording and ``<room_name>``/``<user_name>`` notation; every command of
+    spec §4 is listed, with its aliases.
+    """
+    s = _s(start_char)
+    lines = [
+        "",
+        f"{s}create [<room_name>] [private] - create a new conference room",
+        f"{s}join [<room_name>] - join a conference room",
+        f"{s}invite <user_name> [<room_name>] - invite a user to join a conference room",
+        f"{s}add <user_name> [<room_name>] - add a user to a conference room",
+        f"{s}modify <user_name> <role> [<room_name>] - set a member's role: owner, admin or member",
+        f"{s}accept [<room_name>] - accept an invitation to join a conference room",
+        f"{s}reject [<room_name>] - reject an invitation to join a conference room (or {s}deny)",
+        f"{s}remove <user_name> [<room_name>] - remove a user from a conference room",
+        f"{s}members [<room_name>] - list the members of a conference room (or {s}list)",
+        f"{s}rooms - list the conference rooms",
+        f"{s}leave [<room_name>] - leave a conference room (or {s}exit)",
+        f"{s}destroy [<room_name>] - destroy a conference room",
+        f"{s}help - show this help",
+    ]
+    return "\r\n".join(lines)
