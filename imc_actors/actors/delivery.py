@@ -1,0 +1,122 @@
+"""Fan-out of outgoing MESSAGEs: a bounded queue drained by a pool of workers.
+
+A room actor never awaits a delivery: it queues its notices and goes on with the next command,
+so one slow or dead member never stalls a room. The queue is bounded (backpressure instead of
+memory growth) and at most ``workers`` deliveries are in flight at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..imc.effects import Notice
+
+log = logging.getLogger("imc_actors.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The final answer to one outgoing MESSAGE: ``code`` is the SIP status (408 on timeout)."""
+
+    code: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+
+#: Sends one notice; ``in_reply_to`` is the Call-ID of the MESSAGE that caused it.
+Sender = Callable[[Notice, str], Awaitable[DeliveryResult]]
+#: Told the outcome of each delivery (used to report failed invitations back to the room).
+OutcomeHook = Callable[[Notice, str, DeliveryResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatistics:
+    """Counters for metrics: ``queued`` is the current queue depth."""
+
+    submitted: int
+    ok: int
+    failed: int
+    queued: int
+    in_flight: int
+    by_kind: dict[str, int]
+
+
+class Delivery:
+    """A bounded delivery queue with ``workers`` concurrent senders."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        *,
+        on_outcome: OutcomeHook | None = None,
+        workers: int = 128,
+        queue_size: int = 20_000,
+    ) -> None:
+        self._sender = sender
+        self.on_outcome = on_outcome
+        self._workers = workers
+        self._send, self._receive = trio.open_memory_channel[tuple[Notice, str]](queue_size)
+        self._submitted = 0
+        self._ok = 0
+        self._failed = 0
+        self._in_flight = 0
+        self._by_kind: dict[str, int] = {}
+
+    def set_sender(self, sender: Sender) -> None:
+        """Replace how notices are sent (e.g. an embedding app delivering its own way)."""
+        self._sender = sender
+
+    async def run(self, *, task_status: trio.TaskStatus[Delivery] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the workers until cancelled. Queued, unsent notices are dropped on cancellation."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._workers):
+                nursery.start_soon(self._worker)
+            task_status.started(self)
+
+    async def submit(self, notices: tuple[Notice, ...] | list[Notice], in_reply_to: str) -> None:
+        """Queue ``notices``. Checkpoints only when the queue is full (then waits for room)."""
+        for notice in notices:
+            self._submitted += 1
+            self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
+            try:
+                self._send.send_nowait((notice, in_reply_to))
+            except trio.WouldBlock:
+                await self._send.send((notice, in_reply_to))
+
+    async def _worker(self) -> None:
+        async for notice, in_reply_to in self._receive:
+            self._in_flight += 1
+            try:
+                result = await self._sender(notice, in_reply_to)
+            except Exception as exc:  # a sender bug must not kill the pool
+                log.exception("delivery to %s raised", notice.to)
+                result = DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
+            finally:
+                self._in_flight -= 1
+            if result.ok:
+                self._ok += 1
+            else:
+                self._failed += 1
+                log.info(
+                    "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
+                    notice.to, notice.kind, result.code, result.reason, in_reply_to,
+                )
+            if self.on_outcome is not None:
+                self.on_outcome(notice, in_reply_to, result)
+
+    def statistics(self) -> DeliveryStatistics:
+        return DeliveryStatistics(
+            submitted=self._submitted,
+            ok=self._ok,
+            failed=self._failed,
+            queued=self._send.statistics().current_buffer_used,
+            in_flight=self._in_flight,
+            by_kind=dict(self._by_kind),
+        )

@@ -1,0 +1,376 @@
+"""Room actors and the supervisor that owns them.
+
+Each room is one Trio task that alone owns its :class:`~imc_actors.imc.state.RoomState` and
+reads :class:`Envelope` records from its own bounded memory channel, one at a time: a command is
+atomic without locks. For each command the actor runs the pure ``apply``, commits the writes
+through the store (durable first), only then adopts the new state, queues the notices for
+delivery and answers.
+
+The supervisor splits the room registry into ``2**hash_size`` partitions (a nursery and a slice
+of the registry each; a room goes to the partition of the CRC-32 of its lower-cased
+``name@domain``). It starts actors lazily, on a room's first command, so a restart that recovers
+100,000 rooms starts no task until a room is used. An actor that raises is restarted from its
+last committed state; the command that failed gets 500; other rooms never notice. A room that
+keeps crashing (``restart_limit`` crashes within ``restart_window`` seconds) is quarantined:
+its commands get 503 until the window has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from ..imc.effects import Notice, Outcome, Write
+from ..imc.room import InviteFailed, Policy, RoomRequest, apply
+from ..imc.state import RoomState
+from ..store.writer import StoreError, StoreUnavailable
+from .delivery import Delivery, DeliveryResult
+
+log = logging.getLogger("imc_actors.supervisor")
+
+#: Answer code telling the caller the room went away while the command waited: route it again.
+RETRY = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a room (or the conference) answers to one MESSAGE.
+
+    ``code``/``reason`` are the SIP final response; ``retry_after`` goes into a Retry-After
+    header (503); ``body`` carries command output (``#members``) for embedders.
+    """
+
+    code: int
+    reason: str
+    retry_after: int | None = None
+    body: bytes | None = None
+
+
+class _Create:
+    """First envelope of a new room: commit its creation before anything else runs."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class Envelope:
+    """One command in a mailbox; ``answer`` is set and ``done`` fired once it is handled."""
+
+    __slots__ = ("op", "call_id", "done", "answer")
+
+    def __init__(self, op: RoomRequest | InviteFailed | _Create, call_id: str) -> None:
+        self.op = op
+        self.call_id = call_id
+        self.done = trio.Event()
+        self.answer: Answer | None = None
+
+    def resolve(self, answer: Answer) -> None:
+        if not self.done.is_set():
+            self.answer = answer
+            self.done.set()
+
+
+@dataclass(eq=False)
+class RoomHandle:
+    """The supervisor's record of one room. ``state`` is always the last committed state."""
+
+    state: RoomState
+    partition: int
+    committed: bool = True
+    running: bool = False
+    gone: bool = False
+    restarts: int = 0
+    processed: int = 0
+    crash_times: list[float] = field(default_factory=list)
+    quarantined_until: float = -math.inf
+    send: trio.MemorySendChannel[Envelope] | None = None
+    receive: trio.MemoryReceiveChannel[Envelope] | None = None
+    current: Envelope | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    """Counters for metrics and tests."""
+
+    rooms: int
+    running_actors: int
+    members: int
+    restarts: int
+    quarantined: int
+    processed: int
+    mailbox_full: int
+    max_mailbox_depth: int
+
+
+class Committer(Protocol):
+    """What the supervisor needs of the store: ``await commit(writes)``, durable on return."""
+
+    async def commit(self, writes: Sequence[Write]) -> None: ...
+
+
+#: The pure transition a room actor runs; replaceable to inject faults (imc_actors.testing).
+ApplyFn = Callable[[RoomState, RoomRequest | InviteFailed, Policy], tuple[RoomState, Outcome]]
+
+
+def partition_of(key: str, hash_size: int) -> int:
+    """Partition index of a lower-cased ``name@domain`` key."""
+    return zlib.crc32(key.encode()) & ((1 << hash_size) - 1)
+
+
+class Supervisor:
+    """Creates, runs, restarts and ends room actors; owns the room registry."""
+
+    def __init__(
+        self,
+        *,
+        store: Committer,
+        delivery: Delivery,
+        policy: Policy,
+        hash_size: int = 4,
+        mailbox_size: int = 256,
+        restart_limit: int = 5,
+        restart_window: float = 60.0,
+        apply: ApplyFn = apply,
+    ) -> None:
+        self._apply = apply
+        self._store = store
+        self._delivery = delivery
+        self._policy = policy
+        self._hash_size = hash_size
+        self._mailbox_size = mailbox_size
+        self.restart_limit = restart_limit
+        self.restart_window = restart_window
+        self._partitions: list[dict[str, RoomHandle]] = [{} for _ in range(1 << hash_size)]
+        self._nurseries: list[trio.Nursery] = []
+        self._restarts = 0
+        self._processed = 0
+        self._mailbox_full = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open one nursery per partition, then serve until cancelled.
+
+        On cancellation every actor is cancelled with its partition's nursery; commands
+        waiting in mailboxes are answered 503 so no caller waits forever.
+        """
+        try:
+            async with trio.open_nursery() as outer:
+                for _ in self._partitions:
+                    self._nurseries.append(await outer.start(self._partition_task))
+                task_status.started(self)
+        finally:
+            for rooms in self._partitions:
+                for handle in rooms.values():
+                    self._drain(handle, Answer(503, "Service Unavailable", retry_after=5))
+
+    async def _partition_task(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
+
+    # ------------------------------------------------------------------ registry
+    def load(self, states: list[RoomState]) -> None:
+        """Register recovered rooms (no actor starts until a room gets a command)."""
+        for state in states:
+            index = partition_of(state.key, self._hash_size)
+            self._partitions[index][state.key] = RoomHandle(state, index)
+
+    def lookup(self, name: str, domain: str) -> RoomHandle | None:
+        key = f"{name}@{domain}".lower()
+        handle = self._partitions[partition_of(key, self._hash_size)].get(key)
+        return handle
+
+    def handles(self) -> Iterator[RoomHandle]:
+        for rooms in self._partitions:
+            yield from rooms.values()
+
+    def rooms(self) -> list[RoomState]:
+        """Committed state of every room (a consistent snapshot per room)."""
+        return [h.state for h in self.handles() if h.committed]
+
+    def _unregister(self, handle: RoomHandle) -> None:
+        rooms = self._partitions[handle.partition]
+        if rooms.get(handle.state.key) is handle:
+            del rooms[handle.state.key]
+        handle.gone = True
+
+    # ------------------------------------------------------------------ calls
+    async def create(self, state: RoomState, outcome: Outcome, call_id: str) -> Answer:
+        """Register a new room and have its actor commit the creation before anything else.
+
+        Commands for the room that arrive meanwhile queue behind the creation. If the commit
+        fails the room is unregistered and those commands are routed again.
+        """
+        index = partition_of(state.key, self._hash_size)
+        handle = RoomHandle(state, index, committed=False)
+        self._partitions[index][state.key] = handle
+        return await self._call(handle, _Create(outcome), call_id)
+
+    async def call(self, handle: RoomHandle, op: RoomRequest | InviteFailed, call_id: str) -> Answer:
+        """Send one command to a room and wait for its answer.
+
+        Returns ``Answer(RETRY)`` when the room went away meanwhile, 503 with Retry-After when
+        its mailbox is full or it is quarantined. Checkpoints while waiting; if the caller is
+        cancelled the command still runs (it was accepted) but nobody waits for its answer.
+        """
+        return await self._call(handle, op, call_id)
+
+    async def _call(self, handle: RoomHandle, op: RoomRequest | InviteFailed | _Create, call_id: str) -> Answer:
+        if handle.gone:
+            return Answer(RETRY, "Room gone")
+        now = trio.current_time()
+        if now < handle.quarantined_until:
+            return Answer(503, "Service Unavailable", retry_after=max(1, math.ceil(handle.quarantined_until - now)))
+        self._ensure_running(handle)
+        assert handle.send is not None
+        envelope = Envelope(op, call_id)
+        try:
+            handle.send.send_nowait(envelope)
+        except trio.WouldBlock:
+            self._mailbox_full += 1
+            return Answer(503, "Service Unavailable", retry_after=1)
+        await envelope.done.wait()
+        assert envelope.answer is not None
+        return envelope.answer
+
+    def _ensure_running(self, handle: RoomHandle) -> None:
+        if handle.running:
+            return
+        if handle.send is None:
+            handle.send, handle.receive = trio.open_memory_channel[Envelope](self._mailbox_size)
+        handle.running = True
+        self._nurseries[handle.partition].start_soon(self._supervise, handle, name=f"room:{handle.state.key}")
+
+    # ------------------------------------------------------------------ actor
+    async def _supervise(self, handle: RoomHandle) -> None:
+        """Run the room's actor; restart it from the last committed state when it raises."""
+        try:
+            while True:
+                try:
+                    await self._actor(handle)
+                    return
+                except Exception as exc:
+                    self._restarts += 1
+                    handle.restarts += 1
+                    if handle.current is not None:
+                        handle.current.resolve(Answer(500, "Server Internal Error"))
+                        handle.current = None
+                    now = trio.current_time()
+                    handle.crash_times = [t for t in handle.crash_times if now - t < self.restart_window]
+                    handle.crash_times.append(now)
+                    if len(handle.crash_times) >= self.restart_limit:
+                        handle.quarantined_until = now + self.restart_window
+                        log.error(
+                            "room=%s crashed %d times in %.0fs (%r): quarantined for %.0fs",
+                            handle.state.uri, len(handle.crash_times), self.restart_window, exc,
+                            self.restart_window, exc_info=exc,
+                        )
+                        self._drain(handle, Answer(503, "Service Unavailable", retry_after=int(self.restart_window)))
+                        return
+                    log.error(
+                        "room=%s actor crashed (%r); restarted from its last committed state "
+                        "(restart %d)", handle.state.uri, exc, handle.restarts, exc_info=exc,
+                    )
+        finally:
+            handle.running = False
+
+    async def _actor(self, handle: RoomHandle) -> None:
+        assert handle.receive is not None
+        receive = handle.receive
+        while not handle.gone:
+            try:
+                envelope = receive.receive_nowait()
+            except trio.WouldBlock:
+                envelope = await receive.receive()
+            handle.current = envelope
+            await self._process(handle, envelope)
+            handle.current = None
+            handle.processed += 1
+            self._processed += 1
+        self._drain(handle, Answer(RETRY, "Room gone"))
+
+    async def _process(self, handle: RoomHandle, envelope: Envelope) -> None:
+        op = envelope.op
+        if isinstance(op, _Create):
+            outcome = op.outcome
+            new_state = handle.state
+        else:
+            if not handle.committed:  # creation failed earlier; this command must be re-routed
+                envelope.resolve(Answer(RETRY, "Room gone"))
+                return
+            new_state, outcome = self._apply(handle.state, op, self._policy)
+        if outcome.writes:
+            try:
+                await self._store.commit(outcome.writes)
+            except StoreUnavailable as exc:
+                self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
+                return
+            except StoreError as exc:
+                log.error("room=%s commit failed call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
+                self._failed_commit(handle, envelope, Answer(500, "Server Internal Error"))
+                return
+        handle.state = new_state
+        handle.committed = True
+        if outcome.destroyed:
+            self._unregister(handle)
+        if outcome.notices:
+            await self._delivery.submit(outcome.notices, envelope.call_id)
+        envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
+
+    def _failed_commit(self, handle: RoomHandle, envelope: Envelope, answer: Answer) -> None:
+        envelope.resolve(answer)
+        if not handle.committed:  # the room never came to be
+            self._unregister(handle)
+
+    def _drain(self, handle: RoomHandle, answer: Answer) -> None:
+        """Answer every command still queued for ``handle``."""
+        if handle.current is not None:
+            handle.current.resolve(answer)
+        if handle.receive is None:
+            return
+        while True:
+            try:
+                handle.receive.receive_nowait().resolve(answer)
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    # ------------------------------------------------------------------ invitations
+    def on_delivery(self, notice: Notice, in_reply_to: str, result: DeliveryResult) -> None:
+        """Delivery hook: a failed invitation goes back to its room as :class:`InviteFailed`."""
+        if notice.invite_of is None or result.ok or not self._nurseries:
+            return
+        user_host = notice.sender.split(":", 1)[-1]
+        name, _, domain = user_host.partition("@")
+        handle = self.lookup(name, domain)
+        if handle is None:
+            return
+        op = InviteFailed(notice.invite_of, result.code, result.reason)
+        self._nurseries[handle.partition].start_soon(self._call, handle, op, in_reply_to)
+
+    # ------------------------------------------------------------------ metrics
+    def statistics(self) -> SupervisorStatistics:
+        handles = list(self.handles())
+        now = trio.current_time() if self._nurseries else 0.0
+        return SupervisorStatistics(
+            rooms=sum(1 for h in handles if h.committed),
+            running_actors=sum(1 for h in handles if h.running),
+            members=sum(len(h.state.members) for h in handles if h.committed),
+            restarts=self._restarts,
+            quarantined=sum(1 for h in handles if now < h.quarantined_until),
+            processed=self._processed,
+            mailbox_full=self._mailbox_full,
+            max_mailbox_depth=max(
+                (h.send.statistics().current_buffer_used for h in handles if h.send is not None),
+                default=0,
+            ),
+        )
+
+

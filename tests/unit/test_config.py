@@ -1,0 +1,76 @@
+"""Config: TOML <- IMC_* environment <- flags, validated once with messages naming the parameter."""
+
+import pytest
+
+from imc_actors.config import Config, ConfigError, ListenAddress
+
+
+def test_defaults_are_the_embedded_server():
+    config = Config.from_sources(environ={})
+    assert config.db_url == "sqlite:///imc.db"
+    assert [str(a) for a in config.listen_addresses] == ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+    assert config.served_domains == ["127.0.0.1"]
+    assert (config.hash_size, config.imc_cmd_start_char, config.create_on_join) == (4, "#", True)
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path):
+    path = tmp_path / "imc.toml"
+    path.write_text(
+        'db_url = "sqlite:///file.db"\nhash_size = 2\ndomains = ["a.example"]\n'
+        'extra_hdrs = ["X-A: 1"]\ncheck_on_create = true\n'
+    )
+    env = {"IMC_HASH_SIZE": "3", "IMC_DOMAINS": "b.example, c.example", "IMC_CREATE_ON_JOIN": "no"}
+    config = Config.from_sources(str(path), environ=env, overrides={"hash_size": 5})
+    assert config.db_url == "sqlite:///file.db"
+    assert config.hash_size == 5
+    assert config.domains == ["b.example", "c.example"]
+    assert config.extra_hdrs == ["X-A: 1"]
+    assert config.check_on_create is True
+    assert config.create_on_join is False
+
+
+@pytest.mark.parametrize(
+    ("source", "param"),
+    [
+        ({"IMC_HASH_SIZE": "many"}, "hash_size"),
+        ({"IMC_HASH_SIZE": "40"}, "hash_size"),
+        ({"IMC_OWNER_LEAVE": "maybe"}, "owner_leave"),
+        ({"IMC_CREATE_ON_JOIN": "perhaps"}, "create_on_join"),
+        ({"IMC_LISTEN": "udp:127.0.0.1:99999"}, "listen"),
+        ({"IMC_TRUSTED_SOURCES": "10.0.0.0/33"}, "trusted_sources"),
+        ({"IMC_DB_URL": "oracle://x"}, "db_url"),
+        ({"IMC_IMC_CMD_START_CHAR": " "}, "imc_cmd_start_char"),
+        ({"IMC_EXTRA_HDRS": "NoColon"}, "extra_hdrs"),
+        ({"IMC_ROOMS_TABLE": "x; drop table y"}, "rooms_table"),
+    ],
+)
+def test_bad_values_name_the_parameter(source, param):
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources(environ=source)
+    assert info.value.param == param
+    assert param in str(info.value)
+
+
+def test_unknown_key_in_file_is_refused(tmp_path):
+    path = tmp_path / "imc.toml"
+    path.write_text("no_such_thing = 1\n")
+    with pytest.raises(ConfigError, match="no_such_thing"):
+        Config.from_sources(str(path), environ={})
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.from_sources(str(tmp_path / "absent.toml"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("udp:127.0.0.1:5060", ListenAddress("udp", "127.0.0.1", 5060)),
+        ("tcp:127.0.0.1:0", ListenAddress("tcp", "127.0.0.1", 0)),
+        ("TCP:[::1]:5070", ListenAddress("tcp", "::1", 5070)),
+        ("127.0.0.1:5080", ListenAddress("udp", "127.0.0.1", 5080)),
+    ],
+)
+def test_listen_address_forms(text, expected):
+    assert ListenAddress.parse(text) == expected
