@@ -188,3 +188,33 @@ async def test_oversized_body_gets_413(ua, config_overrides):
     assert response.code == 413
     notice = await expect(alice, "*** Message body too large (maximum 64 bytes)")
     assert notice.from_uri == ROOM
+
+
+async def test_retransmitted_chat_is_answered_again_and_relayed_once(ua):
+    alice = await ua("alice")
+    bob = await ua("bob")
+    await alice.message(MANAGER, "#create chat")
+    await expect(alice, "*** Room was created")
+    await bob.message(ROOM, "#join")
+    await expect(alice, "*** [bob] has joined the room")
+    await expect(bob, "*** [bob] has joined the room")
+
+    data = bob.build("MESSAGE", ROOM, body=b"only once", content_type="text/plain")
+    await bob.send_raw(data)
+    first = await bob.recv_raw()
+    await bob.send_raw(data)  # the same request again: a retransmission
+    second = await bob.recv_raw()
+    assert first == second and first.startswith(b"SIP/2.0 202 ")
+    await expect(alice, "[bob]: only once")
+    await no_more_messages(alice, bob)
+
+
+async def test_join_is_answered_over_tcp_too(nursery, server):
+    from tests.integration.conftest import DOMAIN as D
+    from tests.support.ua import TestUA
+
+    tcp = next(a for a in server.addresses if a.transport == "tcp")
+    carol = await TestUA.open(nursery, "carol", D, (tcp.host, tcp.port), transport="tcp")
+    assert (await carol.register()).code == 200
+    assert (await carol.message(MANAGER, "#create tcproom")).code == 200
+    await expect(carol, "*** Room was created", sender=f"sip:tcproom@{D}")

@@ -1,0 +1,97 @@
+"""Run ``imc-actors serve`` as a real subprocess on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+LISTENING = re.compile(rb"^imc-actors: listening on (.*)$")
+
+
+@dataclass
+class ServeProcess:
+    """A running server process: its sockets (from the line it prints) and its stderr so far."""
+
+    process: trio.Process
+    addresses: dict[str, tuple[str, int]]
+    log: list[bytes] = field(default_factory=list)
+
+    @property
+    def udp(self) -> tuple[str, int]:
+        return self.addresses["udp"]
+
+    @property
+    def tcp(self) -> tuple[str, int]:
+        return self.addresses["tcp"]
+
+    async def terminate(self) -> int:
+        """SIGTERM, then wait for the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            return await self.process.wait()
+
+    async def kill(self) -> int:
+        """SIGKILL (no cleanup at all), then wait."""
+        self.process.kill()
+        return await self.process.wait()
+
+
+def serve_command(db_url: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "imc_actors", "serve",
+        "--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0",
+        "--domain", "127.0.0.1", "--db-url", db_url, *extra,
+    ]
+
+
+@asynccontextmanager
+async def serve_process(db_url: str, *extra: str) -> AsyncIterator[ServeProcess]:
+    """Start the server, wait for its ``listening on`` line, stop it (kill if needed) at exit."""
+    process = await trio.lowlevel.open_process(
+        serve_command(db_url, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    stderr = process.stderr
+    log: list[bytes] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            buffer = b""
+            addresses: dict[str, tuple[str, int]] = {}
+            with trio.fail_after(60):  # safety net: startup takes well under a second
+                while not addresses:
+                    chunk = await stderr.receive_some()
+                    if not chunk:
+                        raise AssertionError(f"server exited before listening: {b''.join(log)!r}")
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        log.append(line)
+                        match = LISTENING.search(line)
+                        if match:
+                            for item in match.group(1).decode().split():
+                                transport, host, port = item.rsplit(":", 2)
+                                addresses[transport] = (host.strip("[]"), int(port))
+            server = ServeProcess(process, addresses, log)
+
+            async def drain() -> None:
+                log.append(buffer)
+                async for chunk in stderr:
+                    log.append(chunk)
+
+            nursery.start_soon(drain)
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
