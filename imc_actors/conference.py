@@ -201,6 +201,8 @@ async def open_conference(
             policy=policy,
             hash_size=config.hash_size,
             mailbox_size=config.mailbox_size,
+            restart_limit=config.restart_limit,
+            restart_window=config.restart_window,
             **({"apply": apply} if apply is not None else {}),
         )
         delivery.on_outcome = supervisor.on_delivery

@@ -90,8 +90,10 @@ class Config:
     default_expires: int = 3600
     trusted_sources: list[str] = field(default_factory=list)
     identity_header: str | None = None
-    # Actors
+    # Actors and supervision
     mailbox_size: int = 256
+    restart_limit: int = 5
+    restart_window: float = 60.0
     # Management
     mi_fifo: str | None = None
     reply_dir: str = "/tmp/"
@@ -159,6 +161,10 @@ class Config:
             raise ConfigError("max_body_size", "must be positive")
         if self.mailbox_size < 1:
             raise ConfigError("mailbox_size", "must be positive")
+        if self.restart_limit < 1:
+            raise ConfigError("restart_limit", "must be at least 1")
+        if not self.restart_window > 0:
+            raise ConfigError("restart_window", "must be a positive number of seconds")
         if not (1 <= self.min_expires <= self.default_expires <= self.max_expires):
             raise ConfigError("min_expires", "need 1 <= min_expires <= default_expires <= max_expires")
         if not self.listen:
@@ -212,7 +218,9 @@ _LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
 _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
+    "restart_limit",
 }
+_FLOAT_FIELDS = {"restart_window"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 
@@ -241,6 +249,13 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(name, f"expected an integer, got {value!r}") from None
+    if name in _FLOAT_FIELDS:
+        if isinstance(value, bool):
+            raise ConfigError(name, f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected a number, got {value!r}") from None
     if name in _LIST_FIELDS:
         if isinstance(value, str):
             return [value]
