@@ -1,0 +1,140 @@
+"""Guard and normalisation run before sipmessage sees a byte.
+
+sipmessage is a correct but trusting parser: its ``Headers.add`` is quadratic in the number of
+header names and its grammars are regular expressions that can backtrack on long lines. This
+module bounds the input (size, header lines, line length), then undoes the three liberties RFC
+3261 allows that sipmessage does not (bare LF line ends, folded header lines, whitespace between
+a header name and its colon), splitting the head into ``(canonical name, value)`` pairs in the
+same single pass.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sipmessage.message import COMPACT_FORMS
+
+__all__ = [
+    "MAX_HEADER_LINES",
+    "MAX_FIELD",
+    "MAX_LINE",
+    "MAX_MESSAGE",
+    "SipParseError",
+    "canonical_name",
+    "split_message",
+]
+
+#: Largest message :func:`imc_actors.sip.parse` accepts, in bytes (a UDP datagram is smaller).
+MAX_MESSAGE = 64 * 1024
+#: Most header lines (physical lines after the start line, continuation lines included).
+MAX_HEADER_LINES = 100
+#: Longest line, in bytes; also the longest header value once folded lines are joined.
+MAX_LINE = 8 * 1024
+#: Longest Request-URI, top Via, From or To value handed to sipmessage's grammars, in
+#: characters. Their regular expressions and parameter loops cost up to ~0.3 µs a character;
+#: this keeps the worst message, all four at the limit, within a couple of milliseconds.
+MAX_FIELD = 2 * 1024
+
+
+class SipParseError(ValueError):
+    """A message that cannot be accepted.
+
+    ``reason`` is a short phrase fit for the reason phrase of a 400 (``"Missing Call-ID"``,
+    ``"Too many headers"``). ``code`` is the status RFC 3261 suggests for the fault: 400 unless
+    the fault has its own code (413 too large, 416 unsupported URI scheme, 505 version).
+    """
+
+    def __init__(self, reason: str, code: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+# Canonical spelling of the header names this server reads or copies, keyed by lower case,
+# plus every compact form sipmessage knows (RFC 3261 §7.3.3 and later RFCs).
+_CANONICAL_NAMES = (
+    "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events",
+    "Authentication-Info", "Authorization", "Call-ID", "Call-Info", "Contact",
+    "Content-Disposition", "Content-Encoding", "Content-Language", "Content-Length",
+    "Content-Type", "CSeq", "Date", "Error-Info", "Event", "Expires", "From", "In-Reply-To",
+    "Max-Forwards", "Min-Expires", "MIME-Version", "Organization", "Path", "Priority",
+    "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "Record-Route", "Reply-To",
+    "Require", "Retry-After", "Route", "Server", "Subject", "Supported", "Timestamp", "To",
+    "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+)  # fmt: skip
+KNOWN_NAMES: dict[str, str] = {name.lower(): name for name in _CANONICAL_NAMES}
+KNOWN_NAMES.update(COMPACT_FORMS)
+
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+def canonical_name(name: str) -> str:
+    """The canonical spelling of header ``name``: compact forms expanded (``f`` -> ``From``),
+    known names in RFC spelling (``call-id`` -> ``Call-ID``), other names unchanged."""
+    return KNOWN_NAMES.get(name.lower(), name)
+
+
+def split_message(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Guard, normalise and split ``data`` into ``(start line, headers, rest)``.
+
+    ``headers`` is every header in received order as ``(canonical name, value)`` with folded
+    lines joined by one space and the value stripped of SP/HTAB. ``rest`` is every byte after
+    the blank line that ends the head (the body, not yet cut to Content-Length). Leading
+    CRLFs are skipped. Raises :class:`SipParseError`; never anything else.
+    """
+    if len(data) > MAX_MESSAGE:
+        raise SipParseError("Message too large", 513)
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    if not data:
+        raise SipParseError("Empty message")
+    end = _BLANK_LINE.search(data)
+    if end is None:
+        if data.count(b"\n") > MAX_HEADER_LINES:
+            raise SipParseError("Too many headers")
+        raise SipParseError("Missing end of headers")
+    head = data[: end.start()]
+    rest = data[end.end() :]
+    if head.count(b"\n") > MAX_HEADER_LINES:
+        raise SipParseError("Too many headers")
+    if len(head) > MAX_LINE and any(
+        len(line.rstrip(b"\r")) > MAX_LINE for line in head.split(b"\n")
+    ):
+        raise SipParseError("Line too long")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError("Invalid UTF-8") from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").removesuffix("\r")
+        if "\r" in text:
+            raise SipParseError("Bad line ending")
+    lines = text.split("\n")
+    headers: list[tuple[str, str]] = []
+    append = headers.append
+    known = KNOWN_NAMES
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            # Continuation line (RFC 3261 §7.3.1): joined to the previous value by one space.
+            if not headers:
+                raise SipParseError("Invalid header folding")
+            name, value = headers[-1]
+            more = line.strip(" \t")
+            if more:
+                value = f"{value} {more}" if value else more
+                if len(value) > MAX_LINE:
+                    raise SipParseError("Line too long")
+                headers[-1] = (name, value)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError("Malformed header line")
+        name = name.rstrip(" \t")
+        canonical = known.get(name.lower())
+        if canonical is None:
+            if _TOKEN.fullmatch(name) is None:
+                raise SipParseError("Invalid header name")
+            canonical = name
+        append((canonical, value.strip(" \t")))
+    return lines[0], headers, rest

@@ -1,0 +1,365 @@
+"""Bytes in, :class:`Request` / :class:`Response` out.
+
+Three entry points, none of which raises anything but :class:`SipParseError`:
+
+- :func:`parse` turns one complete message (a UDP datagram, or one frame cut by
+  :func:`parse_stream`) into a validated record;
+- :func:`parse_stream` cuts complete messages off the front of a TCP receive buffer;
+- :func:`salvage_response` answers a request :func:`parse` refused, from its raw lines.
+
+Division of labour: :mod:`._guard` bounds and normalises the input and splits the head into
+header lines in one pass; sipmessage parses the start line (Request-URI included) and the
+structured values (``Via``, ``From``/``To`` addresses and their URIs and parameters, ``CSeq``);
+this module checks what RFC 3261 §8.1.1 makes mandatory and picks out the fields the server
+routes on. The headers themselves are kept as received text, never re-serialised.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from sipmessage import URI, CSeq, Parameters, Via
+from sipmessage.address import ADDRESS_PATTERNS
+from sipmessage.grammar import simplify_whitespace
+from sipmessage.message import Message as _SipMessage
+from sipmessage.message import Request as _SipRequest
+from sipmessage.message import Response as _SipResponse
+
+from ._guard import (
+    _BLANK_LINE,
+    _TOKEN,
+    KNOWN_NAMES,
+    MAX_FIELD,
+    MAX_HEADER_LINES,
+    MAX_MESSAGE,
+    SipParseError,
+    split_message,
+)
+from .build import new_tag, reason_phrase
+from .message import Request, Response
+
+__all__ = ["SipParseError", "parse", "parse_stream", "salvage_response"]
+
+# The start line and the From/To values of the messages for one room repeat, and their
+# parsing is most of the cost of parse(): both are memoised (results are immutable; errors
+# are not cached).
+
+# Headers that RFC 3261 §7.3.1 allows only once; a second, different value is a 400
+# (RFC 4475 §3.1.2.19).
+_SINGLE = frozenset(["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"])
+_SCHEMES = ("sip", "sips", "tel")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")  # RFC 3986 §3.1
+_MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
+
+
+def parse(data: bytes) -> Request | Response:
+    """Parse one complete SIP message.
+
+    ``data`` is a whole datagram or one frame from :func:`parse_stream`. Returns a
+    :class:`Request` or :class:`Response` whose mandatory headers (Via, From, To, Call-ID,
+    CSeq) are present and well-formed. A body longer than Content-Length is cut to it
+    (RFC 3261 §18.3); a shorter one is an error; without Content-Length the body is the rest
+    of ``data``.
+
+    Raises :class:`SipParseError` (and nothing else) with a ``reason`` fit for a 400.
+    """
+    try:
+        return _parse(bytes(data))
+    except SipParseError:
+        raise
+    except Exception as exc:  # sipmessage's ValueError/KeyError/IndexError, or our own bug
+        raise SipParseError("Malformed message") from exc
+
+
+def _parse(data: bytes) -> Request | Response:
+    start, headers, rest = split_message(data)
+    first_line = _start_line(start)
+
+    first: dict[str, str] = {}
+    for name, value in headers:
+        if name in first:
+            if name in _SINGLE and first[name] != value:
+                raise SipParseError(f"Multiple {name} headers")
+        else:
+            first[name] = value
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if name not in first:
+            raise SipParseError(f"Missing {name}")
+
+    top_via = _top_via(first["Via"])
+    call_id = first["Call-ID"]
+    if not call_id or " " in call_id or "\t" in call_id:
+        raise SipParseError("Invalid Call-ID")
+    cseq = _cseq(first["CSeq"])
+    body = _body(first.get("Content-Length"), rest)
+    branch = top_via.parameters.get("branch")
+
+    if isinstance(first_line, _SipRequest):
+        method = first_line.method
+        if cseq.method != method:
+            raise SipParseError("CSeq method mismatch")
+        from_uri, from_tag = _address(first["From"], "From")
+        to_uri, to_tag = _address(first["To"], "To")
+        sent_by = top_via.host if top_via.port is None else f"{top_via.host}:{top_via.port}"
+        return Request(
+            method=method,
+            uri=start.split(" ", 2)[1],
+            headers=tuple(headers),
+            body=body,
+            call_id=call_id,
+            cseq=cseq.sequence,
+            cseq_method=cseq.method,
+            from_uri=from_uri,
+            from_tag=from_tag,
+            to_uri=to_uri,
+            to_tag=to_tag,
+            branch=branch,
+            via_sent_by=sent_by.lower(),
+            max_forwards=_max_forwards(first.get("Max-Forwards")),
+        )
+    return Response(
+        code=first_line.code,
+        reason=first_line.phrase,
+        headers=tuple(headers),
+        body=body,
+        call_id=call_id,
+        cseq=cseq.sequence,
+        cseq_method=cseq.method,
+        branch=branch,
+    )
+
+
+@lru_cache(maxsize=1024)
+def _start_line(start: str) -> _SipRequest | _SipResponse:
+    """sipmessage's reading of the start line, or the reason it is unacceptable."""
+    parts = start.split(" ", 2)
+    if len(parts) != 3:
+        raise SipParseError("Malformed start line")
+    if parts[0].startswith("SIP/"):
+        if parts[0] != "SIP/2.0":
+            raise SipParseError("Unsupported SIP version", 505)
+        code = parts[1]
+        if not (len(code) == 3 and code.isascii() and code.isdigit() and code[0] in "123456"):
+            raise SipParseError("Invalid status code")
+    else:
+        if _TOKEN.fullmatch(parts[0]) is None:
+            raise SipParseError("Malformed start line")
+        if parts[2] != "SIP/2.0":
+            if parts[2].startswith("SIP/") and " " not in parts[2]:
+                raise SipParseError("Unsupported SIP version", 505)
+            raise SipParseError("Malformed start line")
+        if len(parts[1]) > MAX_FIELD:
+            raise SipParseError("Request-URI too long", 414)
+    try:
+        return _SipMessage.parse(start.encode() + b"\r\n\r\n")
+    except Exception:
+        pass
+    if parts[0].startswith("SIP/"):
+        raise SipParseError("Malformed start line")
+    # sipmessage wants a lower-case scheme; RFC 3261 §19.1.4 says schemes are case-insensitive.
+    scheme, colon, _ = parts[1].partition(":")
+    if colon and scheme.lower() in _SCHEMES:
+        try:
+            return _SipRequest(method=parts[0], uri=_uri(parts[1]))
+        except ValueError:
+            pass
+    elif colon and _SCHEME.fullmatch(scheme):
+        raise SipParseError("Unsupported URI scheme", 416)
+    raise SipParseError("Invalid Request-URI")
+
+
+def _top_via(value: str) -> Via:
+    """The first element of the first Via line; later elements are not this hop's business.
+    (A quoted parameter may hold a comma, so then the whole line is parsed.)"""
+    top = value if '"' in value else value.partition(",")[0]
+    if len(top) > MAX_FIELD:
+        raise SipParseError("Via too long")
+    try:
+        return Via.parse_many(top)[0]
+    except (ValueError, IndexError):
+        raise SipParseError("Invalid Via") from None
+
+
+def _cseq(value: str) -> CSeq:
+    try:
+        cseq = CSeq.parse(value)
+    except ValueError:
+        raise SipParseError("Invalid CSeq") from None
+    if not value.isascii() or cseq.sequence > _MAX_CSEQ:
+        raise SipParseError("Invalid CSeq")
+    return cseq
+
+
+@lru_cache(maxsize=1024)
+def _address(value: str, name: str) -> tuple[str, str | None]:
+    """``(URI text, tag)`` of a From/To value, checked by sipmessage's address grammar.
+
+    The patterns are sipmessage's own (``Address.parse`` runs the same ones); matching them
+    here keeps the URI as written instead of sipmessage's re-quoted ``str(URI)``, and lets the
+    URI check be memoised apart from the (per-dialog) tag.
+    """
+    if len(value) > MAX_FIELD:
+        raise SipParseError(f"{name} too long")
+    text = simplify_whitespace(value)
+    for pattern in ADDRESS_PATTERNS:
+        match = pattern.match(text)
+        if match is not None:
+            break
+    else:
+        raise SipParseError(f"Invalid {name}")
+    if match.end() != len(text):
+        raise SipParseError(f"Invalid {name}")
+    uri, params = match.group("uri", "parameters")
+    try:
+        _uri(uri)
+        parameters = Parameters.parse(params) if params else None
+    except ValueError:
+        raise SipParseError(f"Invalid {name}") from None
+    if not parameters:
+        return uri, None
+    for key, param in parameters.items():
+        if key.lower() == "tag":
+            if not param:
+                raise SipParseError(f"Invalid {name}")
+            return uri, param
+    return uri, None
+
+
+@lru_cache(maxsize=1024)
+def _uri(text: str) -> URI:
+    """sipmessage's ``URI.parse``, also accepting an upper-case scheme (RFC 3261 §19.1.4)."""
+    try:
+        return URI.parse(text)
+    except ValueError:
+        scheme, colon, tail = text.partition(":")
+        if colon and scheme != scheme.lower() and scheme.lower() in _SCHEMES:
+            return URI.parse(f"{scheme.lower()}:{tail}")
+        raise
+
+
+def _max_forwards(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= 255):
+        raise SipParseError("Invalid Max-Forwards")
+    return int(value)
+
+
+def _body(value: str | None, rest: bytes) -> bytes:
+    if value is None:
+        return rest
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
+        raise SipParseError("Invalid Content-Length")
+    length = int(value)
+    if length > len(rest):
+        raise SipParseError("Content-Length mismatch")
+    return rest if length == len(rest) else rest[:length]
+
+
+def clear_caches() -> None:
+    """Forget the memoised start lines, addresses and URIs (for honest timing in tests)."""
+    _start_line.cache_clear()
+    _address.cache_clear()
+    _uri.cache_clear()
+
+
+# --- TCP framing -------------------------------------------------------------------------
+
+# Linear by construction: one greedy run per line, stripped afterwards (a pattern with
+# optional blanks on both sides of a lazy group backtracks cubically on a run of spaces).
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:([^\r\n]*)", re.I | re.M)
+
+
+def parse_stream(buffer: bytearray) -> list[bytes]:
+    """Cut the complete messages off the front of a stream receive buffer.
+
+    ``buffer`` is the bytes received so far on one TCP connection; complete messages (head,
+    blank line, then exactly Content-Length body bytes) are removed from it and returned in
+    order, ready for :func:`parse`. An incomplete message stays in ``buffer`` for the next
+    call. CRs and LFs before a start line (RFC 5626 keep-alives) are dropped.
+
+    Raises :class:`SipParseError` when framing is impossible: no Content-Length (mandatory on
+    streams, RFC 3261 §18.3), an invalid one, or a head or message over 64 KiB. The
+    connection cannot be resynchronised after that; close it.
+    """
+    messages: list[bytes] = []
+    while buffer:
+        if buffer[0] in b"\r\n":
+            del buffer[: len(buffer) - len(buffer.lstrip(b"\r\n"))]
+            if not buffer:
+                break
+        end = _BLANK_LINE.search(buffer)
+        if end is None:
+            if len(buffer) > MAX_MESSAGE:
+                raise SipParseError("Message too large", 513)
+            break
+        match = _CONTENT_LENGTH.search(buffer, 0, end.start() + 1)
+        if match is None:
+            raise SipParseError("Missing Content-Length")
+        value = match.group(1).strip(b" \t")
+        if not value.isdigit() or len(value) > 10:
+            raise SipParseError("Invalid Content-Length")
+        total = end.end() + int(value)
+        if total > MAX_MESSAGE:
+            raise SipParseError("Message too large", 513)
+        if len(buffer) < total:
+            break
+        messages.append(bytes(buffer[:total]))
+        del buffer[:total]
+    return messages
+
+
+# --- Salvage -----------------------------------------------------------------------------
+
+_REQUEST_LINE = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+ ")
+_TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
+_SALVAGED = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
+    """A ``code reason`` response to a request that :func:`parse` refused, or None.
+
+    ``data`` is the raw message. The response copies its raw Via lines (all, in order),
+    From, To (a tag added when it has none and ``code`` > 100), Call-ID and CSeq, and ends
+    with ``Content-Length: 0``. Returns None when RFC 3261 says to drop the message instead:
+    it is not a request (a response, or not even a request line), it is an ACK, or one of
+    Via, From, To, Call-ID, CSeq is missing. Works on bytes; never raises for any ``data``.
+    """
+    if not 100 <= code <= 699 or "\r" in reason or "\n" in reason:
+        raise ValueError(f"bad status {code} {reason!r}")
+    data = bytes(data[:MAX_MESSAGE]).lstrip(b"\r\n")
+    if data.startswith(b"SIP/") or _REQUEST_LINE.match(data) is None or data[:4] == b"ACK ":
+        return None
+    end = _BLANK_LINE.search(data)
+    head = data if end is None else data[: end.start()]
+    lines = head.split(b"\n", MAX_HEADER_LINES + 1)[1 : MAX_HEADER_LINES + 1]
+    found: dict[str, list[bytes]] = {}
+    last: list[bytes] | None = None
+    for raw in lines:
+        line = raw.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if last is not None and line.strip():
+                last[-1] = last[-1] + b" " + line.strip(b" \t")
+            continue
+        last = None
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        canonical = KNOWN_NAMES.get(name.rstrip(b" \t").decode("latin-1").lower())
+        if canonical in _SALVAGED and (canonical == "Via" or canonical not in found):
+            last = found.setdefault(canonical, [])
+            last.append(value.strip(b" \t"))
+    if any(name not in found or not found[name][-1] for name in _SALVAGED):
+        return None
+    to = found["To"][0]
+    if code > 100 and _TAG_PARAM.search(to) is None:
+        to += b";tag=" + new_tag().encode()
+    out = [f"SIP/2.0 {code} {reason or reason_phrase(code)}".encode()]
+    out.extend(b"Via: " + via for via in found["Via"])
+    out.append(b"From: " + found["From"][0])
+    out.append(b"To: " + to)
+    out.append(b"Call-ID: " + found["Call-ID"][0])
+    out.append(b"CSeq: " + found["CSeq"][0])
+    out.append(b"Content-Length: 0\r\n\r\n")
+    return b"\r\n".join(out)
