@@ -28,6 +28,9 @@ from .store.writer import Backend, Store
 
 log = logging.getLogger("imc_actors.conference")
 
+#: Seconds a conference leaving normally waits for queued notices to be delivered.
+SHUTDOWN_GRACE = 5.0
+
 REASONS = {
     200: "OK",
     202: "Accepted",
@@ -182,7 +185,8 @@ async def open_conference(
     ``repository`` replaces the peewee repository built from ``config.db_url`` and ``apply``
     the pure room transition (both are how :mod:`imc_actors.testing` injects faults). Leaving the
     block, or cancellation of the caller, stops every actor; changes already acknowledged are
-    durable.
+    durable. Leaving normally first waits (at most ``SHUTDOWN_GRACE`` seconds) until the
+    notices already queued have been delivered.
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
@@ -212,5 +216,7 @@ async def open_conference(
         conference = Conference(config, supervisor, delivery)
         try:
             yield conference
+            with trio.move_on_after(SHUTDOWN_GRACE):  # notices already queued still go out
+                await delivery.drain()
         finally:
             nursery.cancel_scope.cancel()

@@ -67,6 +67,9 @@ class Delivery:
         self._ok = 0
         self._failed = 0
         self._in_flight = 0
+        self._unfinished = 0
+        self._idle = trio.Event()
+        self._idle.set()
         self._by_kind: dict[str, int] = {}
 
     def set_sender(self, sender: Sender) -> None:
@@ -84,6 +87,9 @@ class Delivery:
         """Queue ``notices``. Checkpoints only when the queue is full (then waits for room)."""
         for notice in notices:
             self._submitted += 1
+            self._unfinished += 1
+            if self._idle.is_set():
+                self._idle = trio.Event()
             self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
             try:
                 self._send.send_nowait((notice, in_reply_to))
@@ -110,6 +116,13 @@ class Delivery:
                 )
             if self.on_outcome is not None:
                 self.on_outcome(notice, in_reply_to, result)
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until every notice submitted so far has been delivered or has failed."""
+        await self._idle.wait()
 
     def statistics(self) -> DeliveryStatistics:
         return DeliveryStatistics(

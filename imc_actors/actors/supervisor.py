@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -94,6 +95,7 @@ class RoomHandle:
     send: trio.MemorySendChannel[Envelope] | None = None
     receive: trio.MemoryReceiveChannel[Envelope] | None = None
     current: Envelope | None = None
+    backlog: deque[Envelope] = field(default_factory=deque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +141,10 @@ class Supervisor:
         restart_limit: int = 5,
         restart_window: float = 60.0,
         apply: ApplyFn = apply,
+        max_batch: int = 64,
     ) -> None:
         self._apply = apply
+        self.max_batch = max_batch
         self._store = store
         self._delivery = delivery
         self._policy = policy
@@ -262,6 +266,8 @@ class Supervisor:
                     handle.restarts += 1
                     if handle.current is not None:
                         handle.current.resolve(Answer(500, "Server Internal Error"))
+                        if handle.current in handle.backlog:
+                            handle.backlog.remove(handle.current)
                         handle.current = None
                     now = trio.current_time()
                     handle.crash_times = [t for t in handle.crash_times if now - t < self.restart_window]
@@ -283,30 +289,103 @@ class Supervisor:
             handle.running = False
 
     async def _actor(self, handle: RoomHandle) -> None:
+        """The actor loop: take what is queued (up to ``max_batch``), handle it, repeat.
+
+        Taken envelopes wait in ``handle.backlog`` until answered, so a crash loses none of
+        them: the restarted actor handles them again from the last committed state.
+        """
         assert handle.receive is not None
         receive = handle.receive
+        backlog = handle.backlog
         while not handle.gone:
-            try:
-                envelope = receive.receive_nowait()
-            except trio.WouldBlock:
-                envelope = await receive.receive()
-            handle.current = envelope
-            await self._process(handle, envelope)
-            handle.current = None
-            handle.processed += 1
-            self._processed += 1
+            if not backlog:
+                try:
+                    backlog.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    backlog.append(await receive.receive())
+            while len(backlog) < self.max_batch:
+                try:
+                    backlog.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            if isinstance(backlog[0].op, _Create) or not handle.committed:
+                await self._process(handle, backlog[0])
+                backlog.popleft()
+            else:
+                await self._process_batch(handle)
         self._drain(handle, Answer(RETRY, "Room gone"))
 
+    async def _process_batch(self, handle: RoomHandle) -> None:
+        """Apply the queued commands in order, commit all their writes at once, then answer.
+
+        Group commit inside a room: a room under churn pays one transaction per batch, not
+        per command. If the combined commit fails for a reason other than the database being
+        down, the commands are redone one by one so one bad change fails only itself.
+        """
+        backlog = handle.backlog
+        state = handle.state
+        staged: list[tuple[Envelope, RoomState, Outcome]] = []
+        writes: list[Write] = []
+        for envelope in backlog:
+            if isinstance(envelope.op, _Create) or len(staged) >= self.max_batch:
+                break
+            handle.current = envelope  # a raise in apply is blamed on this one command
+            state, outcome = self._apply(state, envelope.op, self._policy)
+            handle.current = None
+            staged.append((envelope, state, outcome))
+            writes.extend(outcome.writes)
+            if outcome.destroyed:
+                break
+        if writes:
+            try:
+                await self._store.commit(writes)
+            except StoreUnavailable as exc:
+                self._finish_failed(handle, staged, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
+                return
+            except StoreError as exc:
+                if len(staged) == 1:
+                    log.error("room=%s commit failed call_id=%s: %s", handle.state.uri, staged[0][0].call_id, exc)
+                    self._finish_failed(handle, staged, Answer(500, "Server Internal Error"))
+                    return
+                for _ in staged:  # redo them one at a time from the committed state
+                    await self._process(handle, backlog[0])
+                    backlog.popleft()
+                return
+        handle.state = state
+        for envelope, _, outcome in staged:
+            backlog.popleft()
+            if outcome.notices:
+                await self._delivery.submit(outcome.notices, envelope.call_id)
+            envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
+            self._count(handle)
+        if staged and staged[-1][2].destroyed:
+            self._unregister(handle)
+
+    def _finish_failed(self, handle: RoomHandle, staged: list, answer: Answer) -> None:
+        for envelope, _, _ in staged:
+            handle.backlog.popleft()
+            envelope.resolve(answer)
+            self._count(handle)
+
+    def _count(self, handle: RoomHandle) -> None:
+        handle.processed += 1
+        self._processed += 1
+
     async def _process(self, handle: RoomHandle, envelope: Envelope) -> None:
+        """Handle one envelope alone (creation, re-routing, and the one-by-one fallback)."""
         op = envelope.op
+        handle.current = envelope
         if isinstance(op, _Create):
             outcome = op.outcome
             new_state = handle.state
         else:
             if not handle.committed:  # creation failed earlier; this command must be re-routed
                 envelope.resolve(Answer(RETRY, "Room gone"))
+                handle.current = None
                 return
             new_state, outcome = self._apply(handle.state, op, self._policy)
+        handle.current = None
+        self._count(handle)
         if outcome.writes:
             try:
                 await self._store.commit(outcome.writes)
@@ -334,6 +413,8 @@ class Supervisor:
         """Answer every command still queued for ``handle``."""
         if handle.current is not None:
             handle.current.resolve(answer)
+        while handle.backlog:
+            handle.backlog.popleft().resolve(answer)
         if handle.receive is None:
             return
         while True:
@@ -356,6 +437,11 @@ class Supervisor:
         self._nurseries[handle.partition].start_soon(self._call, handle, op, in_reply_to)
 
     # ------------------------------------------------------------------ metrics
+    @property
+    def store(self) -> Committer:
+        """The store this supervisor commits through (read-only; metrics read its statistics)."""
+        return self._store
+
     def statistics(self) -> SupervisorStatistics:
         handles = list(self.handles())
         now = trio.current_time() if self._nurseries else 0.0
