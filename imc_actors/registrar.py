@@ -1,0 +1,300 @@
+"""The built-in registrar (spec §7, RFC 3261 §10.3): bindings address-of-record -> contacts.
+
+Pure and synchronous: every method takes the current time ``now`` (any monotonic clock, in
+seconds; the server passes ``trio.current_time()``), so tests drive expiry with plain numbers.
+It never blocks and never raises for a bad request: :meth:`Registrar.register` turns every
+problem into the SIP answer RFC 3261 asks for.
+
+Bindings live in memory only, as in a registrar without ``db_mode``: after a restart user agents
+re-register within their refresh interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imc_actors.sip import Request, aor_key
+from imc_actors.transport import Reply
+
+__all__ = ["Registrar", "parse_contacts"]
+
+# RFC 3261 §20.19: a malformed Expires value SHOULD be treated as 3600.
+_MALFORMED_EXPIRES = 3600
+# How often (in ``now`` seconds) register() sweeps expired bindings of every AOR.
+_SWEEP_INTERVAL = 60.0
+
+
+@dataclass(slots=True)
+class _Binding:
+    """One contact of an AOR: ``uri`` as registered, expiry time, and the request that set it."""
+
+    uri: str
+    expires_at: float
+    call_id: str
+    cseq: int
+    order: int  # rising counter: larger = registered or refreshed more recently
+
+
+def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
+    """Split one Contact header value into ``(uri, params)`` pairs.
+
+    Handles comma-separated lists, display names (quoted or not), ``<uri>`` with URI parameters
+    kept inside the URI, and bare URIs (whose ``;params`` are header parameters, RFC 3261
+    §20.10). Parameter names are lower-cased; a parameter without ``=`` maps to None. The wildcard
+    comes back as ``("*", {})``. Empty elements are skipped.
+    """
+    result: list[tuple[str, dict[str, str | None]]] = []
+    for element in _split_outside(value, ","):
+        element = element.strip()
+        if not element:
+            continue
+        if element == "*":
+            result.append(("*", {}))
+            continue
+        lt = _find_outside_quotes(element, "<")
+        if lt >= 0:
+            gt = element.find(">", lt)
+            if gt < 0:
+                uri, rest = element[lt + 1 :].strip(), ""
+            else:
+                uri, rest = element[lt + 1 : gt].strip(), element[gt + 1 :]
+        else:
+            uri, _, rest = element.partition(";")
+            uri, rest = uri.strip(), ";" + rest if rest else ""
+        params: dict[str, str | None] = {}
+        for part in _split_outside(rest, ";"):
+            part = part.strip()
+            if not part:
+                continue
+            name, eq, val = part.partition("=")
+            params[name.strip().lower()] = val.strip() if eq else None
+        result.append((uri, params))
+    return result
+
+
+def _split_outside(text: str, sep: str) -> list[str]:
+    """Split ``text`` at ``sep`` outside double quotes and ``<...>``."""
+    parts: list[str] = []
+    start = 0
+    quoted = False
+    angle = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle += 1
+        elif ch == ">" and angle:
+            angle -= 1
+        elif ch == sep and not angle:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _find_outside_quotes(text: str, ch: str) -> int:
+    quoted = False
+    for i, c in enumerate(text):
+        if c == '"':
+            quoted = not quoted
+        elif c == ch and not quoted:
+            return i
+    return -1
+
+
+def _contact_key(uri: str) -> str:
+    """Comparison key for contact URIs (RFC 3261 §19.1.4, approximately).
+
+    Scheme, host, port and parameters compare case-insensitively; the user part exactly.
+    """
+    scheme, colon, rest = uri.partition(":")
+    if not colon:
+        return uri.lower()
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        userinfo, hostpart = "", rest
+    return f"{scheme.lower()}:{userinfo}@{hostpart.lower()}"
+
+
+def _delta_seconds(text: str | None) -> int | None:
+    """An Expires value as seconds; None when absent, 3600 when malformed (RFC 3261 §20.19)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text.isdigit() or not text.isascii():
+        return _MALFORMED_EXPIRES
+    return int(text)
+
+
+class Registrar:
+    """Bindings from address-of-record (``user@host``, lower case) to contact URIs.
+
+    ``domains`` are the hosts the registrar is responsible for (compared case-insensitively).
+    Requested expiry intervals above ``max_expires`` are shortened to it; intervals below
+    ``min_expires`` (but above 0) are refused with 423; a request that names none gets
+    ``default_expires``.
+    """
+
+    def __init__(
+        self,
+        domains: Sequence[str],
+        *,
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+    ) -> None:
+        if not 1 <= min_expires <= default_expires <= max_expires:
+            raise ValueError("need 1 <= min_expires <= default_expires <= max_expires")
+        self.domains = frozenset(d.lower() for d in domains)
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.default_expires = default_expires
+        self._aors: dict[str, dict[str, _Binding]] = {}
+        self._order = 0
+        self._next_sweep = float("-inf")
+
+    # ------------------------------------------------------------------ REGISTER
+    def register(self, request: Request, now: float) -> Reply:
+        """Process one REGISTER (RFC 3261 §10.3) and return the answer.
+
+        - To URI without user, or in a domain not served: 404.
+        - ``Require`` naming any extension: 420 Bad Extension with ``Unsupported``.
+        - no Contact: 200 listing the current bindings (a query).
+        - ``Contact: *``: needs ``Expires: 0`` and no other Contact (else 400); removes every
+          binding.
+        - a contact's interval (its ``expires`` param, else the Expires header, else the default)
+          above 0 and below ``min_expires``: 423 with ``Min-Expires``; 0 removes the binding.
+        - a binding last set by the same Call-ID with an equal or higher CSeq: 500, and nothing
+          of the request is applied (RFC 3261 §10.3 steps 6-7: updates are all or nothing).
+        - else the bindings are updated and the 200 lists every current binding of the AOR, each
+          ``Contact: <uri>;expires=<seconds left>``.
+        """
+        if now >= self._next_sweep:
+            self.purge(now)
+            self._next_sweep = now + _SWEEP_INTERVAL
+        try:
+            aor = aor_key(request.to_uri)
+        except ValueError:
+            return Reply(404, "Not Found")
+        if aor.rpartition("@")[2] not in self.domains:
+            return Reply(404, "Not Found")
+        required = [
+            token.strip()
+            for value in request.header_list("Require")
+            for token in value.split(",")
+            if token.strip()
+        ]
+        if required:
+            return Reply(420, "Bad Extension", headers=(("Unsupported", ", ".join(required)),))
+
+        contacts = [c for value in request.header_list("Contact") for c in parse_contacts(value)]
+        current = self._live(aor, now)
+        if not contacts:
+            return self._ok(aor, now)
+
+        call_id, cseq = request.call_id, request.cseq
+        header_expires = _delta_seconds(request.header("Expires"))
+
+        if any(uri == "*" for uri, _ in contacts):
+            if len(contacts) != 1 or header_expires != 0:
+                return Reply(
+                    400, "Invalid wildcard Contact (needs Expires: 0 and no other Contact)"
+                )
+            for binding in current.values():
+                if binding.call_id == call_id and cseq <= binding.cseq:
+                    return _out_of_order()
+            current.clear()
+            self._aors.pop(aor, None)
+            return self._ok(aor, now)
+
+        changes: list[tuple[str, str, int]] = []
+        for uri, params in contacts:
+            expires = _delta_seconds(params.get("expires"))
+            if expires is None:
+                expires = header_expires
+            if expires is None:
+                expires = self.default_expires
+            if 0 < expires < self.min_expires:
+                return Reply(
+                    423, "Interval Too Brief", headers=(("Min-Expires", str(self.min_expires)),)
+                )
+            key = _contact_key(uri)
+            existing = current.get(key)
+            if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
+                return _out_of_order()
+            changes.append((key, uri, min(expires, self.max_expires)))
+
+        for key, uri, expires in changes:
+            if expires == 0:
+                current.pop(key, None)
+            else:
+                self._order += 1
+                current[key] = _Binding(uri, now + expires, call_id, cseq, self._order)
+        if current:
+            self._aors[aor] = current
+        else:
+            self._aors.pop(aor, None)
+        return self._ok(aor, now)
+
+    # ------------------------------------------------------------------ queries
+    def lookup(self, aor: str, now: float) -> list[str]:
+        """Unexpired contact URIs of ``aor`` (``user@host``, any case), most recent first."""
+        live = self._live(aor.lower(), now)
+        return [b.uri for b in sorted(live.values(), key=lambda b: b.order, reverse=True)]
+
+    def bindings(self, now: float) -> dict[str, list[tuple[str, float]]]:
+        """Every AOR with unexpired bindings -> ``[(contact uri, expires_at)]``, most recent first."""
+        self.purge(now)
+        return {
+            aor: [
+                (b.uri, b.expires_at)
+                for b in sorted(contacts.values(), key=lambda b: b.order, reverse=True)
+            ]
+            for aor, contacts in self._aors.items()
+        }
+
+    def purge(self, now: float) -> int:
+        """Drop every binding expired at ``now``; return how many were dropped."""
+        dropped = 0
+        for aor in list(self._aors):
+            contacts = self._aors[aor]
+            before = len(contacts)
+            self._live(aor, now)
+            dropped += before - len(contacts)
+        return dropped
+
+    # ------------------------------------------------------------------ helpers
+    def _live(self, aor: str, now: float) -> dict[str, _Binding]:
+        """The AOR's binding dict with expired entries removed (a new empty dict when none)."""
+        contacts = self._aors.get(aor)
+        if contacts is None:
+            return {}
+        for key in [k for k, b in contacts.items() if b.expires_at <= now]:
+            del contacts[key]
+        if not contacts:
+            del self._aors[aor]
+        return contacts
+
+    def _ok(self, aor: str, now: float) -> Reply:
+        live = sorted(self._live(aor, now).values(), key=lambda b: b.order, reverse=True)
+        headers = tuple(
+            ("Contact", f"<{b.uri}>;expires={max(0, round(b.expires_at - now))}") for b in live
+        )
+        return Reply(200, "OK", headers=headers)
+
+
+def _out_of_order() -> Reply:
+    return Reply(
+        500,
+        "Server Internal Error",
+        headers=(("Warning", '399 imc-actors "CSeq not above the one stored for this Call-ID"'),),
+    )

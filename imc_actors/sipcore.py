@@ -1,0 +1,104 @@
+"""The SIP request router: the :data:`~imc_actors.transport.Handler` the server gives its transport.
+
+Every new request (retransmissions never get here: the transport answers them from their
+transaction, and it absorbs ACKs and CANCELs that match a transaction) is checked and routed in
+this order:
+
+1. ``trusted_sources`` set and the source IP outside every CIDR: 403 (spec §9);
+2. ``Max-Forwards: 0``: 483 Too Many Hops (except OPTIONS, which RFC 3261 §16.3 lets the
+   final recipient answer: it is how next-hop liveness is probed);
+3. OPTIONS: 200 with ``Allow``, ``Accept`` and ``Supported``;
+4. REGISTER: the registrar (405 when it is off);
+5. MESSAGE: the message handler (the conference);
+6. CANCEL (one matching no transaction): 481 (RFC 3261 §9.2);
+7. anything else: 405 Method Not Allowed with ``Allow``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+
+import trio
+
+from imc_actors.config import Config
+from imc_actors.registrar import Registrar
+from imc_actors.sip import Request
+from imc_actors.transport import Handler, Reply, Source
+
+__all__ = ["SipCore", "SUPPORTED"]
+
+log = logging.getLogger(__name__)
+
+#: The option tag clients key on (Kamailio's imc sends it on every MESSAGE).
+SUPPORTED = "kamailio/imc"
+
+
+class SipCore:
+    """Route requests to the registrar and the message handler; answer the rest itself.
+
+    ``config`` supplies ``trusted_sources``; ``registrar`` is None when ``registrar = false``;
+    ``message_handler`` answers MESSAGE requests; ``clock`` gives the registrar's ``now``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        registrar: Registrar | None,
+        message_handler: Handler,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.config = config
+        self.registrar = registrar
+        self.message_handler = message_handler
+        self.clock = clock
+        self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_sources]
+        methods = ["MESSAGE", "OPTIONS"] + (["REGISTER"] if registrar is not None else [])
+        self.allow = ", ".join(methods)
+
+    def is_trusted(self, host: str) -> bool:
+        """True when no ``trusted_sources`` are set, or ``host`` is inside one of them."""
+        if not self._trusted:
+            return True
+        try:
+            ip = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._trusted)
+
+    async def __call__(self, request: Request, source: Source) -> Reply:
+        """Answer one request (see the module docstring for the order of checks).
+
+        Checkpoints (directly, or inside the message handler). Cancellation propagates from the
+        message handler; the other branches do not block.
+        """
+        method = request.method
+        if not self.is_trusted(source.host):
+            log.info("%s from untrusted source %s: 403", method, source.host)
+            await trio.lowlevel.checkpoint()
+            return Reply(403, "Forbidden")
+        if request.max_forwards == 0 and method != "OPTIONS":
+            await trio.lowlevel.checkpoint()
+            return Reply(483, "Too Many Hops")
+        if method == "MESSAGE":
+            return await self.message_handler(request, source)
+        await trio.lowlevel.checkpoint()
+        if method == "OPTIONS":
+            return Reply(
+                200,
+                "OK",
+                headers=(
+                    ("Allow", self.allow),
+                    ("Accept", "text/plain"),
+                    ("Supported", SUPPORTED),
+                ),
+            )
+        if method == "REGISTER" and self.registrar is not None:
+            return self.registrar.register(request, self.clock())
+        if method == "CANCEL":
+            return Reply(481, "Call/Transaction Does Not Exist")
+        return Reply(405, "Method Not Allowed", headers=(("Allow", self.allow),))

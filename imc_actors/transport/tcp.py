@@ -1,0 +1,215 @@
+"""TCP for SIP: listeners, connections framed with :func:`imc_actors.sip.parse_stream`.
+
+A :class:`TcpConnection` wraps one ``trio.SocketStream`` (accepted or opened by us). Its reader
+(:meth:`TcpConnection.run`) turns the byte stream into complete SIP messages and hands each to a
+synchronous callback; sends from many tasks are serialised by a lock. A framing error gets the
+400 the callback salvages, then the connection is closed (there is no way to find the next
+message boundary). A connection idle for ``idle_timeout`` seconds is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from imc_actors.sip import SipParseError, parse_stream
+
+__all__ = ["TcpConnection", "TcpListener", "open_connection"]
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+#: ``on_frame(message_bytes, connection)`` -> bytes to send back at once on the connection, or None.
+FrameCallback = Callable[[bytes, "TcpConnection"], "bytes | None"]
+#: ``on_framing_error(buffered_bytes, error)`` -> a last answer (a 400) or None; then we close.
+FramingErrorCallback = Callable[[bytes, SipParseError], "bytes | None"]
+
+DEFAULT_IDLE_TIMEOUT = 120.0  # Kamailio's tcp_connection_lifetime
+_RECEIVE_SIZE = 65536
+
+
+class TcpConnection:
+    """One SIP-over-TCP connection.
+
+    ``peer`` and ``local`` are ``(host, port)``. ``outgoing`` is True for connections we opened.
+    ``closed`` becomes True once the reader ended or :meth:`aclose` ran.
+    """
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        *,
+        outgoing: bool,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
+        self.stream = stream
+        self.outgoing = outgoing
+        self.idle_timeout = idle_timeout
+        peer = stream.socket.getpeername()
+        local = stream.socket.getsockname()
+        self.peer: Address = (peer[0], peer[1])
+        self.local: Address = (local[0], local[1])
+        self.closed = False
+        self._send_lock = trio.Lock()
+        self._idle_scope: trio.CancelScope | None = None
+        self.frames_received = 0
+        self.frames_sent = 0
+
+    def touch(self) -> None:
+        """Push the idle deadline ``idle_timeout`` seconds into the future (no checkpoint)."""
+        if self._idle_scope is not None and math.isfinite(self.idle_timeout):
+            self._idle_scope.deadline = trio.current_time() + self.idle_timeout
+
+    async def send(self, data: bytes) -> bool:
+        """Send one complete message; False when the connection is (or becomes) broken.
+
+        Concurrent senders queue on a lock so messages never interleave. Checkpoints.
+        Cancellation while the bytes are half-written leaves the stream unusable, so the
+        connection is then closed (the peer sees EOF rather than a corrupt frame).
+        """
+        if self.closed:
+            await trio.lowlevel.checkpoint()
+            return False
+        async with self._send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("tcp %s: send failed: %s", self.peer, exc)
+                await self._abort()
+                return False
+            except trio.Cancelled:
+                await self._abort()
+                raise
+        self.frames_sent += 1
+        self.touch()
+        return True
+
+    async def run(
+        self,
+        on_frame: FrameCallback,
+        on_framing_error: FramingErrorCallback,
+        on_close: Callable[[TcpConnection], None] | None = None,
+    ) -> None:
+        """Read and dispatch messages until EOF, error, idle timeout or cancellation.
+
+        Each complete message goes to ``on_frame`` (synchronously); its return value, if any, is
+        sent back on this connection. Always closes the stream and calls ``on_close`` before
+        returning (also on cancellation). Checkpoints at every receive.
+        """
+        buffer = bytearray()
+        try:
+            with trio.CancelScope() as scope:
+                self._idle_scope = scope
+                self.touch()
+                while True:
+                    try:
+                        chunk = await self.stream.receive_some(_RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        break
+                    if not chunk:
+                        break
+                    self.touch()
+                    buffer += chunk
+                    try:
+                        frames = parse_stream(buffer)
+                    except SipParseError as exc:
+                        log.info("tcp %s: framing error: %s; closing", self.peer, exc.reason)
+                        answer = on_framing_error(bytes(buffer), exc)
+                        if answer is not None:
+                            with trio.move_on_after(1.0):
+                                await self.send(answer)
+                        break
+                    for frame in frames:
+                        self.frames_received += 1
+                        try:
+                            answer = on_frame(frame, self)
+                        except Exception:
+                            log.exception("tcp %s: error handling a message", self.peer)
+                            continue
+                        if answer is not None:
+                            await self.send(answer)
+            if scope.cancelled_caught:
+                log.debug("tcp %s: idle for %.0f s, closing", self.peer, self.idle_timeout)
+        finally:
+            self._idle_scope = None
+            with trio.CancelScope(shield=True):
+                await self._abort()
+            if on_close is not None:
+                on_close(self)
+
+    async def _abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await trio.aclose_forcefully(self.stream)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Close the connection now (a running reader sees it and returns). Checkpoints."""
+        await self._abort()
+
+
+async def open_connection(
+    host: str, port: int, *, timeout: float, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+) -> TcpConnection:
+    """Connect to ``host:port`` within ``timeout`` seconds.
+
+    Raises :class:`OSError` when refused, unreachable or timed out. Checkpoints; cancellation
+    abandons the attempt.
+    """
+    with trio.move_on_after(timeout) as scope:
+        stream = await trio.open_tcp_stream(host, port)
+    if scope.cancelled_caught:
+        raise TimeoutError(f"tcp connect to {host}:{port} timed out")
+    return TcpConnection(stream, outgoing=True, idle_timeout=idle_timeout)
+
+
+class TcpListener:
+    """Bound TCP listening socket(s) for one listen address."""
+
+    def __init__(self, listeners: list[trio.SocketListener], idle_timeout: float) -> None:
+        self.listeners = listeners
+        self.idle_timeout = idle_timeout
+        name = listeners[0].socket.getsockname()
+        self.address: Address = (name[0], name[1])
+
+    @classmethod
+    async def bind(
+        cls, host: str, port: int, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    ) -> TcpListener:
+        """Bind and listen on ``host:port`` (port 0 = ephemeral).
+
+        Raises :class:`OSError` naming the address. Checkpoints (name resolution).
+        """
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot bind tcp:{host}:{port}: {exc.strerror or exc}"
+            ) from exc
+        return cls(listeners, idle_timeout)
+
+    async def serve(self, on_connection: Callable[[TcpConnection], Awaitable[None]]) -> None:
+        """Accept connections forever; each runs ``on_connection`` in its own task.
+
+        Accept errors such as EMFILE are retried by ``trio.serve_listeners`` after a pause.
+        Runs until cancelled; cancellation also cancels every connection task.
+        """
+
+        async def handle(stream: trio.SocketStream) -> None:
+            try:
+                conn = TcpConnection(stream, outgoing=False, idle_timeout=self.idle_timeout)
+            except OSError:  # peer vanished between accept and getpeername
+                await trio.aclose_forcefully(stream)
+                return
+            await on_connection(conn)
+
+        await trio.serve_listeners(handle, self.listeners)
+
+    async def aclose(self) -> None:
+        """Close the listening sockets. Checkpoints."""
+        for listener in self.listeners:
+            await listener.aclose()

@@ -1,0 +1,249 @@
+"""Registrar (spec §7, RFC 3261 §10.3): every branch, with explicit times."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from imc_actors.registrar import Registrar, parse_contacts
+from imc_actors.sip import Request, build_request, parse
+
+AOR = "sip:alice@example.org"
+PHONE = "sip:alice@192.0.2.1:5060"
+LAPTOP = "sip:alice@192.0.2.2:5070;transport=tcp"
+
+
+def register(
+    contacts: Sequence[str] = (),
+    *,
+    expires: int | str | None = None,
+    to: str = AOR,
+    call_id: str = "reg-1@192.0.2.1",
+    cseq: int = 1,
+    extra: Sequence[tuple[str, str]] = (),
+) -> Request:
+    """A parsed REGISTER with one Contact header per entry of ``contacts``."""
+    headers = [("Contact", c) for c in contacts]
+    if expires is not None:
+        headers.append(("Expires", str(expires)))
+    headers.extend(extra)
+    data = build_request(
+        "REGISTER", "sip:example.org", from_uri=to, from_tag="ft", to_uri=to, call_id=call_id,
+        cseq=cseq, via_host="192.0.2.1", via_port=5060, via_transport="UDP",
+        branch="z9hG4bKtest", headers=headers,
+    )  # fmt: skip
+    request = parse(data)
+    assert isinstance(request, Request)
+    return request
+
+
+def contacts_of(reply) -> list[str]:
+    return [value for name, value in reply.headers if name == "Contact"]
+
+
+@pytest.fixture
+def reg() -> Registrar:
+    return Registrar(["example.org", "Other.Example"], min_expires=60, max_expires=3600,
+                     default_expires=1800)  # fmt: skip
+
+
+def test_register_default_expiry(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>"]), now=100.0)
+    assert reply.code == 200
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=1800"]
+    assert reg.lookup("alice@example.org", 100.0) == [PHONE]
+    assert reg.bindings(100.0) == {"alice@example.org": [(PHONE, 1900.0)]}
+
+
+def test_expires_header_and_contact_param(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>", f"<{LAPTOP}>;expires=120"], expires=600), now=0.0)
+    assert reply.code == 200
+    assert sorted(contacts_of(reply)) == sorted(
+        [f"<{PHONE}>;expires=600", f"<{LAPTOP}>;expires=120"]
+    )
+
+
+def test_expiry_above_max_is_shortened(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>"], expires=99999), now=0.0)
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=3600"]
+
+
+def test_malformed_expires_counts_as_3600(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>;expires=soon"]), now=0.0)
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=3600"]
+
+
+def test_interval_too_brief(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>", f"<{LAPTOP}>"], expires=30), now=0.0)
+    assert reply.code == 423
+    assert reply.reason == "Interval Too Brief"
+    assert ("Min-Expires", "60") in reply.headers
+    assert reg.lookup("alice@example.org", 0.0) == []
+
+
+def test_interval_too_brief_in_contact_param_applies_nothing(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>", f"<{LAPTOP}>;expires=5"], expires=600), 0.0)
+    assert reply.code == 423
+    assert reg.lookup("alice@example.org", 0.0) == []
+
+
+def test_expires_zero_removes_one_binding(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>", f"<{LAPTOP}>"], cseq=1), now=0.0)
+    reply = reg.register(register([f"<{PHONE}>"], expires=0, cseq=2), now=10.0)
+    assert reply.code == 200
+    assert contacts_of(reply) == [f"<{LAPTOP}>;expires=1790"]
+    assert reg.lookup("alice@example.org", 10.0) == [LAPTOP]
+
+
+def test_wildcard_removes_all(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>", f"<{LAPTOP}>"], cseq=1), now=0.0)
+    reply = reg.register(register(["*"], expires=0, cseq=2), now=1.0)
+    assert reply.code == 200
+    assert contacts_of(reply) == []
+    assert reg.lookup("alice@example.org", 1.0) == []
+    assert reg.bindings(1.0) == {}
+
+
+@pytest.mark.parametrize(
+    ("contacts", "expires"),
+    [
+        (["*"], None),  # no Expires header
+        (["*"], 30),  # Expires not 0
+        (["*", f"<{PHONE}>"], 0),  # wildcard with another contact
+        ([f"<{PHONE}>, *"], 0),  # ... in the same header
+    ],
+)
+def test_wildcard_misuse_is_400(reg: Registrar, contacts: list[str], expires: int | None) -> None:
+    reg.register(register([f"<{LAPTOP}>"], cseq=1), now=0.0)
+    reply = reg.register(register(contacts, expires=expires, cseq=2), now=1.0)
+    assert reply.code == 400
+    assert reg.lookup("alice@example.org", 1.0) == [LAPTOP]
+
+
+def test_no_contact_lists_bindings(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=600, cseq=1), now=0.0)
+    reg.register(register([f"<{LAPTOP}>"], expires=900, cseq=2), now=100.0)
+    reply = reg.register(register([], cseq=3), now=200.0)
+    assert reply.code == 200
+    # most recent first, remaining seconds
+    assert contacts_of(reply) == [f"<{LAPTOP}>;expires=800", f"<{PHONE}>;expires=400"]
+
+
+def test_query_for_unknown_aor_is_empty_200(reg: Registrar) -> None:
+    reply = reg.register(register([], to="sip:nobody@example.org"), now=0.0)
+    assert reply.code == 200
+    assert contacts_of(reply) == []
+
+
+def test_domain_not_served_is_404(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>"], to="sip:alice@elsewhere.net"), now=0.0)
+    assert reply.code == 404
+    assert reg.bindings(0.0) == {}
+
+
+def test_domains_compare_case_insensitively(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>"], to="sip:Bob@OTHER.example"), now=0.0)
+    assert reply.code == 200
+    assert reg.lookup("BOB@other.EXAMPLE", 0.0) == [PHONE]
+
+
+def test_to_without_user_is_404(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>"], to="sip:example.org"), now=0.0)
+    assert reply.code == 404
+
+
+def test_require_is_420(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>"], extra=[("Require", "gruu, path")]), now=0.0)
+    assert reply.code == 420
+    assert ("Unsupported", "gruu, path") in reply.headers
+    assert reg.bindings(0.0) == {}
+
+
+def test_same_call_id_stale_cseq_is_500_and_applies_nothing(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=600, cseq=5), now=0.0)
+    for stale in (5, 4):
+        reply = reg.register(register([f"<{LAPTOP}>", f"<{PHONE}>"], cseq=stale), now=1.0)
+        assert reply.code == 500
+        assert reg.lookup("alice@example.org", 1.0) == [PHONE]  # LAPTOP not added either
+
+
+def test_same_call_id_higher_cseq_updates(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=600, cseq=5), now=0.0)
+    reply = reg.register(register([f"<{PHONE}>"], expires=1200, cseq=6), now=1.0)
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=1200"]
+
+
+def test_other_call_id_any_cseq_updates(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=600, cseq=5), now=0.0)
+    reply = reg.register(register([f"<{PHONE}>"], expires=1200, cseq=1, call_id="other"), 1.0)
+    assert reply.code == 200
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=1200"]
+
+
+def test_wildcard_with_stale_cseq_is_500(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], cseq=5), now=0.0)
+    reply = reg.register(register(["*"], expires=0, cseq=5), now=1.0)
+    assert reply.code == 500
+    assert reg.lookup("alice@example.org", 1.0) == [PHONE]
+
+
+def test_expiry_with_explicit_times(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=60), now=1000.0)
+    assert reg.lookup("alice@example.org", 1059.9) == [PHONE]
+    assert reg.lookup("alice@example.org", 1060.0) == []
+    assert reg.bindings(1060.0) == {}
+
+
+def test_expired_binding_not_listed(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=60, cseq=1), now=0.0)
+    reg.register(register([f"<{LAPTOP}>"], expires=600, cseq=2), now=0.0)
+    reply = reg.register(register([], cseq=3), now=61.0)
+    assert contacts_of(reply) == [f"<{LAPTOP}>;expires=539"]
+
+
+def test_lookup_most_recent_first_and_refresh_reorders(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], cseq=1), now=0.0)
+    reg.register(register([f"<{LAPTOP}>"], cseq=2), now=1.0)
+    assert reg.lookup("Alice@Example.ORG", 2.0) == [LAPTOP, PHONE]
+    reg.register(register([f"<{PHONE}>"], cseq=3), now=3.0)
+    assert reg.lookup("alice@example.org", 4.0) == [PHONE, LAPTOP]
+
+
+def test_contact_comparison_ignores_host_case(reg: Registrar) -> None:
+    reg.register(register(["<sip:alice@Host.Example:5060>"], cseq=1), now=0.0)
+    reg.register(register(["<sip:alice@host.example:5060>"], cseq=2), now=1.0)
+    assert reg.lookup("alice@example.org", 1.0) == ["sip:alice@host.example:5060"]
+
+
+def test_list_and_display_names_in_one_header(reg: Registrar) -> None:
+    reply = reg.register(
+        register([f'"Alice, at home" <{PHONE}>;q=0.7, {LAPTOP.split(";")[0]};expires=300']),
+        now=0.0,
+    )
+    assert reply.code == 200
+    assert sorted(reg.lookup("alice@example.org", 0.0)) == sorted(
+        [PHONE, "sip:alice@192.0.2.2:5070"]
+    )
+    assert "<sip:alice@192.0.2.2:5070>;expires=300" in contacts_of(reply)
+
+
+def test_purge_drops_expired(reg: Registrar) -> None:
+    reg.register(register([f"<{PHONE}>"], expires=60, to="sip:a@example.org"), now=0.0)
+    reg.register(register([f"<{PHONE}>"], expires=600, to="sip:b@example.org"), now=0.0)
+    assert reg.purge(100.0) == 1
+    assert list(reg.bindings(100.0)) == ["b@example.org"]
+
+
+def test_invalid_limits_rejected() -> None:
+    with pytest.raises(ValueError):
+        Registrar(["x"], min_expires=100, default_expires=50, max_expires=3600)
+
+
+def test_parse_contacts() -> None:
+    assert parse_contacts("*") == [("*", {})]
+    assert parse_contacts('"A;b,c" <sip:a@h;lr>;expires=5;q=0.5, sip:b@h;Expires=7;flag') == [
+        ("sip:a@h;lr", {"expires": "5", "q": "0.5"}),
+        ("sip:b@h", {"expires": "7", "flag": None}),
+    ]
+    assert parse_contacts("  ,  ") == []
