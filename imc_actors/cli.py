@@ -1,9 +1,9 @@
-"""``imc-actors`` command line: ``serve``, ``db init``, ``db check``."""
+"""``imc-actors`` command line: ``serve``, ``db init``, ``db check``, and the management client
+``rooms``, ``members ROOM``, ``rpc METHOD [ARGS]`` (JSON-RPC against a running server)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from .config import Config, ConfigError
+from .control.logs import setup_logging as _setup_logging
 
 PROG = "imc-actors"
 
@@ -21,6 +22,18 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-url", dest="db_url", help="peewee URL: sqlite:///imc.db, postgresql://…, mysql://…")
     parser.add_argument("--rooms-table", dest="rooms_table")
     parser.add_argument("--members-table", dest="members_table")
+
+
+def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
+    parser.add_argument("--rpc", dest="rpc_url", metavar="URL",
+                        help="the server's JSON-RPC URL (default: from rpc_listen in the "
+                        "configuration, else http://127.0.0.1:5080/RPC)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file to read rpc_listen from (env IMC_CONFIG)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the server (default 10)")
+    if json_flag:
+        parser.add_argument("--json", dest="as_json", action="store_true",
+                            help="print the JSON-RPC result instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +56,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--outbound-proxy", dest="outbound_proxy", metavar="URI",
                        help="send every outgoing MESSAGE through this proxy")
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", dest="log_format", choices=["text", "json"])
+    serve.add_argument("--log-format", dest="log_format", choices=["text", "json"],
+                       help="text lines, or one JSON object per line")
+    serve.add_argument("--rpc-listen", dest="rpc_listen", metavar="HOST:PORT",
+                       help="serve JSON-RPC (/RPC), /metrics and the status page (/) on this address "
+                       "(e.g. 127.0.0.1:5080; port 0 picks a free one; default: off)")
+    serve.add_argument("--mi-fifo", dest="mi_fifo", metavar="PATH",
+                       help="serve the MI FIFO at PATH (created if absent; default: off)")
+    serve.add_argument("--reply-dir", dest="reply_dir", metavar="DIR",
+                       help="where MI FIFO reply FIFOs are (default /tmp/)")
+
+    client_help = (
+        "Exit status: 0 ok, 1 the server answered an error (e.g. room not found), "
+        "2 usage error, 3 server unreachable."
+    )
+    rooms = sub.add_parser("rooms", help="list the rooms of a running server",
+                           description="List every room with its member count and owner (imc.list_rooms).",
+                           epilog=client_help)
+    _client_flags(rooms, json_flag=True)
+    members = sub.add_parser("members", help="list a room's members on a running server",
+                             description="List a room's members in joining order, invited ones "
+                             "included (imc.list_members).", epilog=client_help)
+    members.add_argument("room", metavar="ROOM", help="room URI, e.g. sip:chat@example.com (sip: may be left out)")
+    _client_flags(members, json_flag=True)
+    rpc = sub.add_parser("rpc", help="call any JSON-RPC method of a running server",
+                         description="Call METHOD with ARGS as positional parameters and print the "
+                         "result as JSON. An argument that parses as JSON is sent as that value "
+                         "(3, true, {...}); anything else as a string.", epilog=client_help)
+    rpc.add_argument("method", metavar="METHOD", help="e.g. imc.list_rooms, imc.list_members, system.listMethods")
+    rpc.add_argument("args", metavar="ARGS", nargs="*", help="positional parameters")
+    _client_flags(rpc, json_flag=False)
 
     db = sub.add_parser("db", help="database tools", description="Create or check the database tables.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -64,12 +106,8 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(config: Config) -> None:
-    level = getattr(logging, config.log_level.upper())
-    if config.log_format == "json":
-        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    """Log at ``log_level`` to stderr as ``log_format`` (text, or one JSON object per line)."""
+    _setup_logging(config.log_level, config.log_format)
 
 
 async def _serve(config: Config) -> None:
@@ -78,6 +116,11 @@ async def _serve(config: Config) -> None:
     async with open_server(config) as server:
         listening = " ".join(str(a) for a in server.addresses)
         print(f"{PROG}: listening on {listening}", file=sys.stderr, flush=True)
+        if server.http_url is not None:
+            print(f"{PROG}: management on {server.http_url} (JSON-RPC {server.rpc_url})",
+                  file=sys.stderr, flush=True)
+        if server.mi_fifo is not None:
+            print(f"{PROG}: MI FIFO at {server.mi_fifo}", file=sys.stderr, flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 print(f"{PROG}: {signal.Signals(signum).name}, shutting down", file=sys.stderr, flush=True)
@@ -105,10 +148,46 @@ def _db(config: Config, action: str) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    """``rooms`` / ``members`` / ``rpc``: find the server's URL, call, print; exit codes as in
+    :mod:`imc_actors.control.client`."""
+    from .control import client
+    from .control.listen import DEFAULT_RPC_URL, rpc_url_for
+
+    url = args.rpc_url
+    if url is None:
+        try:
+            config = load_config(args)
+            url = rpc_url_for(config.rpc_listen) if config.rpc_listen else DEFAULT_RPC_URL
+        except ConfigError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return client.EXIT_USAGE
+    if args.command == "rooms":
+        return client.run_rooms(url, as_json=args.as_json, timeout=args.timeout)
+    if args.command == "members":
+        return client.run_members(url, args.room, as_json=args.as_json, timeout=args.timeout)
+    return client.run_rpc(url, args.method, args.args, timeout=args.timeout)
+
+
+def _startup_error(exc: BaseException) -> OSError | None:
+    """The OSError that stopped startup, also when nurseries wrapped it in exception groups."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _startup_error(exc.exceptions[0])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("rooms", "members", "rpc"):
+        return _client(args)
     try:
         config = load_config(args)
+        if config.rpc_listen is not None:
+            from .control.listen import parse_listen
+
+            parse_listen(config.rpc_listen)
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
@@ -117,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _db(config, args.db_command)
     try:
         trio.run(_serve, config)
-    except OSError as exc:
-        print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        print(f"{PROG}: cannot start: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,5 @@
-"""The whole server: conference + SIP transports + registrar, as one async context manager."""
+"""The whole server: conference + SIP transports + registrar + management interfaces, as one
+async context manager."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from dataclasses import dataclass
 import trio
 
 from .actors.delivery import DeliveryResult
-from .conference import Conference, IncomingMessage, open_conference
+from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
+from .control.fifo import FifoServer
+from .control.http import create_app, serve_http
+from .control.metrics import ServerMetrics, TimedRepository
 from .imc.effects import Notice
 from .registrar import Registrar
 from .sip import Request
@@ -27,17 +31,30 @@ SUPPORTED = ("Supported", "kamailio/imc")
 
 @dataclass
 class Server:
-    """A running server: its conference, transport and registrar, and the addresses it bound."""
+    """A running server: its conference, transport and registrar, and the addresses it bound.
+
+    ``metrics`` holds its Prometheus registry; ``http_url`` is the management HTTP listener's
+    base URL (``http://host:port``, the real port when ``rpc_listen`` asked for 0) or None when
+    ``rpc_listen`` is unset; ``mi_fifo`` the MI FIFO's path or None.
+    """
 
     config: Config
     conference: Conference
     transport: SipTransport
     registrar: Registrar | None
+    metrics: ServerMetrics | None = None
+    http_url: str | None = None
+    mi_fifo: str | None = None
 
     @property
     def addresses(self) -> list[ListenAddress]:
         """The listening sockets with their real ports (useful with port 0)."""
         return list(self.transport.bound)
+
+    @property
+    def rpc_url(self) -> str | None:
+        """The JSON-RPC endpoint (``<http_url>/RPC``), or None without ``rpc_listen``."""
+        return f"{self.http_url}/RPC" if self.http_url else None
 
 
 def message_sender(transport: SipTransport, config: Config):
@@ -97,6 +114,9 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
 
     Raises OSError (naming the address) when a socket cannot be bound. Leaving the block or
     cancellation shuts everything down; acknowledged changes are durable.
+
+    The management interfaces start after the SIP transport: the HTTP listener (JSON-RPC,
+    ``/metrics``, status page) when ``rpc_listen`` is set, the MI FIFO when ``mi_fifo`` is.
     """
     registrar = None
     if config.registrar:
@@ -111,12 +131,24 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         return registrar.lookup(aor, trio.current_time()) if registrar is not None else []
 
     transport = SipTransport(config.listen_addresses, outbound_proxy=config.outbound_proxy, locate=locate)
-    async with open_conference(config, sender=message_sender(transport, config)) as conference:
+    metrics = ServerMetrics.for_config(config)
+    repository = await trio.to_thread.run_sync(open_repository, config)
+    repository = TimedRepository(repository, metrics.observe_commit)
+    sender = message_sender(transport, config)
+    async with open_conference(config, sender=sender, repository=repository) as conference:
+        metrics.conference, metrics.transport = conference, transport
         core = SipCore(config, registrar, message_handler(conference, config))
         async with trio.open_nursery() as nursery:
-            await nursery.start(transport.run, core)
-            server = Server(config, conference, transport, registrar)
+            await nursery.start(transport.run, metrics.instrument(core))
+            server = Server(config, conference, transport, registrar, metrics)
             log.info("listening on %s", ", ".join(str(a) for a in server.addresses))
+            if config.rpc_listen is not None:
+                app = create_app(conference, metrics)
+                server.http_url = await nursery.start(serve_http, app, config.rpc_listen)
+            if config.mi_fifo is not None:
+                fifo = FifoServer(conference, config.mi_fifo, config.reply_dir)
+                server.mi_fifo = await nursery.start(fifo.run)
+                metrics.fifo = fifo
             try:
                 yield server
             finally:

@@ -1,0 +1,234 @@
+"""The CLI's side of JSON-RPC: ``imc-actors rooms``, ``members ROOM`` and ``rpc METHOD [ARGS]``.
+
+Plain stdlib ``urllib`` (no proxy: the management listener is meant to be reached directly,
+usually on loopback). Exit codes scripts can rely on:
+
+====  ==================================================================================
+0     success
+1     the server answered with a JSON-RPC error (``Room not found``, unknown method, ...)
+2     usage error (bad arguments, bad configuration, a URL that is not http://)
+3     no JSON-RPC server could be reached at the URL (refused, timed out, not JSON-RPC);
+      the message names the URL
+====  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_RPC_ERROR",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "RpcClientError",
+    "RpcFailure",
+    "RpcUnreachable",
+    "call",
+    "run_members",
+    "run_rooms",
+    "run_rpc",
+]
+
+PROG = "imc-actors"
+EXIT_OK = 0
+EXIT_RPC_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+#: Largest answer read from the server.
+MAX_ANSWER = 64 * 1024 * 1024
+
+
+class RpcClientError(Exception):
+    """Base of the client's errors."""
+
+
+class RpcUnreachable(RpcClientError):
+    """Nothing usable answered at ``url``: ``reason`` says what happened."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the server at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class RpcFailure(RpcClientError):
+    """The server answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        text = f"{message} (error {code})"
+        if data is not None:
+            text += f": {data}"
+        super().__init__(text)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class UsageError(RpcClientError):
+    """The request cannot even be made (e.g. a URL that is not http://)."""
+
+
+def call(url: str, method: str, params: Sequence[Any] = (), *, timeout: float = 10.0) -> Any:
+    """Call ``method`` with positional ``params`` at ``url``; return its result.
+
+    Raises :class:`RpcFailure` for a JSON-RPC error, :class:`RpcUnreachable` when no JSON-RPC
+    answer came back, :class:`UsageError` for a URL that is not ``http(s)://host...``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--rpc: expected an http:// URL, got {url!r}")
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}).encode()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            raw = response.read(MAX_ANSWER)
+    except urllib.error.HTTPError as exc:
+        status = f"HTTP {exc.code} {exc.reason or ''}".strip()
+        raise RpcUnreachable(url, f"{status} (is this the /RPC URL?)") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        raise RpcUnreachable(url, text) from None
+    except TimeoutError:
+        raise RpcUnreachable(url, f"no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise RpcUnreachable(url, str(exc) or type(exc).__name__) from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        raise RpcUnreachable(url, "the answer is not JSON (is this the /RPC URL?)") from None
+    if not isinstance(answer, dict) or answer.get("jsonrpc") != "2.0":
+        raise RpcUnreachable(url, "the answer is not a JSON-RPC 2.0 response")
+    error = answer.get("error")
+    if error is not None:
+        if not isinstance(error, dict):
+            raise RpcFailure(-32603, str(error))
+        raise RpcFailure(int(error.get("code", -32603)), str(error.get("message", "")), error.get("data"))
+    return answer.get("result")
+
+
+# ---------------------------------------------------------------------------------- output
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: set[int]) -> list[str]:
+    """Left-aligned columns (right-aligned for ``numeric`` column indexes), two spaces apart."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _fail(exc: RpcClientError, err: TextIO) -> int:
+    err.write(f"{PROG}: {exc}\n")
+    if isinstance(exc, RpcUnreachable):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    return EXIT_RPC_ERROR
+
+
+def room_argument(text: str) -> str:
+    """A room as typed on the command line: ``chat@example.com`` gets its ``sip:`` prefix."""
+    if "@" in text and not text.lower().startswith(("sip:", "sips:")):
+        return "sip:" + text
+    return text
+
+
+def run_rooms(
+    url: str,
+    *,
+    as_json: bool = False,
+    timeout: float = 10.0,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``imc-actors rooms``: every room with its member count and owner."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        rooms = call(url, "imc.list_rooms", timeout=timeout)
+    except RpcClientError as exc:
+        return _fail(exc, err)
+    if as_json:
+        _print_json(rooms, out)
+        return EXIT_OK
+    rows = [(r.get("room", ""), r.get("members", 0), r.get("owner") or "-") for r in rooms]
+    for line in _table(("ROOM", "MEMBERS", "OWNER"), rows, {1}):
+        out.write(line + "\n")
+    if not rows:
+        out.write("(no rooms)\n")
+    return EXIT_OK
+
+
+def run_members(
+    url: str,
+    room: str,
+    *,
+    as_json: bool = False,
+    timeout: float = 10.0,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``imc-actors members ROOM``: the room's listed members in joining order."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        answer = call(url, "imc.list_members", [room_argument(room)], timeout=timeout)
+    except RpcClientError as exc:
+        return _fail(exc, err)
+    if as_json:
+        _print_json(answer, out)
+        return EXIT_OK
+    members = answer.get("members", [])
+    count = answer.get("count", len(members))
+    out.write(f"{answer.get('room', room)}: {count} member{'' if count == 1 else 's'}\n")
+    for line in _table(("#", "MEMBER"), [(i, uri) for i, uri in enumerate(members, 1)], {0}):
+        out.write(line + "\n")
+    return EXIT_OK
+
+
+def parse_argument(text: str) -> Any:
+    """An ``rpc`` argument: a JSON value when it parses as one (``3``, ``true``, ``{"a": 1}``,
+    ``"quoted"``), else the text itself as a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def run_rpc(
+    url: str,
+    method: str,
+    args: Sequence[str],
+    *,
+    timeout: float = 10.0,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``imc-actors rpc METHOD [ARGS...]``: any method; the result is printed as JSON."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        result = call(url, method, [parse_argument(a) for a in args], timeout=timeout)
+    except RpcClientError as exc:
+        return _fail(exc, err)
+    _print_json(result, out)
+    return EXIT_OK

@@ -1,0 +1,190 @@
+"""The management HTTP listener (``rpc_listen``): JSON-RPC, ``/metrics`` and the status page.
+
+One small Starlette app served by Hypercorn's Trio worker inside the server's nursery:
+
+====================  =====================================================================
+``POST /RPC``         JSON-RPC 2.0 (:mod:`imc_actors.control.jsonrpc`), batches included
+``GET /metrics``      Prometheus text exposition (:mod:`imc_actors.control.metrics`)
+``GET /``             the status page (``static/index.html``; its script and style under
+                      ``/static/``; nothing is loaded from elsewhere)
+``GET /api/rooms``    what the page polls: the rooms (first ``?limit=``, default 1000) with
+                      counts and owner, and the totals
+``GET /api/room``     ``?uri=sip:room@domain``: one room's members with roles
+====================  =====================================================================
+
+Every handler is ``async`` and reads the rooms' committed snapshots in the Trio thread (never
+in a worker thread). The listener binds 127.0.0.1 unless ``rpc_listen`` names another host;
+it has no authentication, so keep it on loopback or behind a proxy that adds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from importlib import resources
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .jsonrpc import PARSE_ERROR, RpcDispatcher, RpcError, error_response
+from .listen import connect_host, parse_listen
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .views import RoomLookupError, RoomSource, find_room, room_detail, room_row
+
+__all__ = ["create_app", "serve_http"]
+
+log = logging.getLogger("imc_actors.control.http")
+
+#: Largest JSON-RPC request body accepted.
+MAX_BODY = 1024 * 1024
+#: Rooms the status page gets per poll by default (``?limit=`` up to ``MAX_PAGE_ROOMS``).
+PAGE_ROOMS = 1000
+MAX_PAGE_ROOMS = 20000
+
+_STATIC = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+_API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+# ---------------------------------------------------------------------------------- app
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _api(data: Any, status: int = 200) -> Response:
+    return Response(_json_bytes(data), status, _API_HEADERS, "application/json")
+
+
+def _load_static() -> dict[str, bytes]:
+    folder = resources.files(__package__).joinpath("static")
+    return {name: folder.joinpath(name).read_bytes() for name in _STATIC}
+
+
+def create_app(source: RoomSource, metrics: ServerMetrics | None = None) -> Starlette:
+    """The ASGI app for ``source`` (a :class:`~imc_actors.conference.Conference`).
+
+    ``metrics`` is served on ``/metrics`` (404 when None).
+    """
+    dispatcher = RpcDispatcher(source)
+    static = _load_static()
+
+    async def rpc(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            return _api({"error": "request too large"}, 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _api({"error": "request too large"}, 413)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _api(error_response(RpcError(PARSE_ERROR, "Parse error")))
+        answer = dispatcher.handle(payload)
+        if answer is None:
+            return Response(status_code=204, headers=_API_HEADERS)
+        return _api(answer)
+
+    async def metrics_page(request: Request) -> Response:
+        if metrics is None:
+            return Response("metrics are off\n", 404, media_type="text/plain")
+        return Response(metrics.exposition(), headers=_API_HEADERS, media_type=CONTENT_TYPE)
+
+    async def index(request: Request) -> Response:
+        return Response(static["index.html"], headers=_PAGE_HEADERS, media_type=_STATIC["index.html"])
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in static or name == "index.html":
+            return Response("not found\n", 404, media_type="text/plain")
+        return Response(static[name], headers=_PAGE_HEADERS, media_type=_STATIC[name])
+
+    async def api_rooms(request: Request) -> Response:
+        text = request.query_params.get("limit", "")
+        limit = min(max(int(text), 1), MAX_PAGE_ROOMS) if text.isdigit() else PAGE_ROOMS
+        rooms = source.rooms()
+        summary = {"rooms": len(rooms), "members": sum(len(room.members) for room in rooms)}
+        rows = [room_row(room) for room in rooms[:limit]]
+        return _api({"rooms": rows, "summary": summary, "time": time.time()})
+
+    async def api_room(request: Request) -> Response:
+        try:
+            room = find_room(source, request.query_params.get("uri"))
+        except RoomLookupError as exc:
+            status = 404 if exc.kind == "not_found" else 400
+            return _api({"error": exc.kind, "uri": exc.argument}, status)
+        return _api(room_detail(room))
+
+    async def not_allowed(request: Request) -> Response:
+        return JSONResponse({"error": "use POST"}, 405, {"Allow": "POST"})
+
+    routes = [
+        Route("/", index, methods=["GET", "HEAD"]),
+        Route("/static/{name}", asset, methods=["GET", "HEAD"]),
+        Route("/RPC", rpc, methods=["POST"]),
+        Route("/RPC", not_allowed, methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"]),
+        Route("/metrics", metrics_page, methods=["GET", "HEAD"]),
+        Route("/api/rooms", api_rooms, methods=["GET", "HEAD"]),
+        Route("/api/room", api_room, methods=["GET", "HEAD"]),
+    ]
+    return Starlette(routes=routes)
+
+
+# ---------------------------------------------------------------------------------- server
+def _single_os_error(exc: BaseException) -> OSError | None:
+    """``exc`` if it is an OSError, or the one OSError inside (nested) single-exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
+
+
+async def serve_http(
+    app: Any,
+    listen: str,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with Hypercorn's Trio worker on ``listen`` until cancelled.
+
+    Reports the base URL (``http://host:port``, the real port when ``listen`` asked for 0)
+    through ``task_status``. Raises OSError naming ``rpc_listen`` when it cannot bind,
+    :class:`ConfigError` when ``listen`` does not parse.
+    """
+    host, port = parse_listen(listen)
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.errorlog = logging.getLogger("imc_actors.control.http.server")
+    config.accesslog = None
+    config.graceful_timeout = 1.0
+    config.include_server_header = False
+    async with trio.open_nursery() as nursery:
+        try:
+            binds: list[str] = await nursery.start(partial(serve, app, config, mode="asgi"))
+        except (OSError, BaseExceptionGroup) as exc:
+            error = _single_os_error(exc)
+            if error is None:
+                raise
+            raise OSError(error.errno, f"rpc_listen {listen}: {error.strerror or error}") from None
+        if binds:  # the bound address, wildcards turned into something one can connect to
+            host, port = parse_listen(binds[0])
+        url = f"http://{connect_host(host)}:{port}"
+        log.info("management HTTP on %s (JSON-RPC %s/RPC, metrics %s/metrics)", url, url, url)
+        task_status.started(url)

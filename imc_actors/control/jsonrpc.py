@@ -1,0 +1,161 @@
+"""JSON-RPC 2.0 for the management methods (spec §10), as Kamailio's jsonrpcs answers them.
+
+Pure: :class:`RpcDispatcher` takes the decoded request body (one request object, or a batch
+list) and returns the response object(s) to encode, or None when nothing is to be sent (only
+notifications). The HTTP side (:mod:`imc_actors.control.http`) does the bytes.
+
+Methods:
+
+- ``imc.list_rooms`` (no params) -> ``[{"room": uri, "members": n, "owner": uri}, ...]``;
+- ``imc.list_members`` ``[room_uri]`` (or ``{"room": room_uri}``) ->
+  ``{"room": uri, "members": [uri, ...], "count": n}``; a room that cannot be listed is a
+  JSON-RPC error with code 500 and message ``No room name``, ``Empty room name``,
+  ``Invalid room name`` or ``Room not found`` (Kamailio's codes and texts);
+- ``system.listMethods`` -> the method names.
+
+Protocol errors use the JSON-RPC codes: -32700 parse error, -32600 invalid request, -32601
+method not found, -32602 invalid params, -32603 internal error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .views import RoomLookupError, RoomSource, find_room, room_summary
+
+__all__ = ["RpcDispatcher", "RpcError", "error_response", "PARSE_ERROR"]
+
+log = logging.getLogger("imc_actors.control.rpc")
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+_LOOKUP_TEXTS = {
+    "missing": "No room name",
+    "empty": "Empty room name",
+    "invalid": "Invalid room name",
+    "not_found": "Room not found",
+}
+
+
+class RpcError(Exception):
+    """A JSON-RPC error object: ``code`` and ``message`` (and optional ``data``)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def as_object(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+def error_response(error: RpcError, request_id: Any = None) -> dict[str, Any]:
+    """A complete error response object."""
+    return {"jsonrpc": "2.0", "error": error.as_object(), "id": request_id}
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+Method = Callable[[list[Any] | dict[str, Any]], Any]
+
+
+class RpcDispatcher:
+    """Answers JSON-RPC requests about the rooms of ``source`` (no I/O, no checkpoint)."""
+
+    def __init__(self, source: RoomSource) -> None:
+        self.source = source
+        self.methods: dict[str, Method] = {
+            "imc.list_rooms": self._list_rooms,
+            "imc.list_members": self._list_members,
+            "system.listMethods": self._list_methods,
+        }
+
+    # ------------------------------------------------------------------ protocol
+    def handle(self, payload: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
+        """Answer a decoded request body: one object, or a batch (list) of them.
+
+        Returns the response (a list for a batch), or None when every request was a
+        notification (then nothing is sent back, as JSON-RPC 2.0 asks).
+        """
+        if isinstance(payload, list):
+            if not payload:
+                return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "empty batch"))
+            responses = [r for r in (self._one(item) for item in payload) if r is not None]
+            return responses or None
+        return self._one(payload)
+
+    def _one(self, request: Any) -> dict[str, Any] | None:
+        if not isinstance(request, dict):
+            return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "not an object"))
+        request_id = request.get("id")
+        if not _valid_id(request_id):
+            return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "bad id"))
+        notification = "id" not in request
+        method = request.get("method")
+        if request.get("jsonrpc") != "2.0" or not isinstance(method, str):
+            return error_response(
+                RpcError(INVALID_REQUEST, "Invalid Request", "need jsonrpc '2.0' and a method name"),
+                request_id,
+            )
+        try:
+            result = self.call(method, request.get("params", []))
+        except RpcError as exc:
+            return None if notification else error_response(exc, request_id)
+        except Exception:
+            log.exception("JSON-RPC method %s raised", method)
+            return None if notification else error_response(RpcError(INTERNAL_ERROR, "Internal error"), request_id)
+        if notification:
+            return None
+        return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+    def call(self, method: str, params: Any) -> Any:
+        """Run one method; raises :class:`RpcError`."""
+        function = self.methods.get(method)
+        if function is None:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found", method)
+        if not isinstance(params, list | dict):
+            raise RpcError(INVALID_PARAMS, "Invalid params", "params must be an array or an object")
+        return function(params)
+
+    # ------------------------------------------------------------------ methods
+    def _list_rooms(self, params: list[Any] | dict[str, Any]) -> list[dict[str, Any]]:
+        if params:
+            raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_rooms takes no parameters")
+        return [room_summary(room) for room in self.source.rooms()]
+
+    def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        if isinstance(params, dict):
+            unknown = set(params) - {"room"}
+            if unknown:
+                raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
+            args = [params["room"]] if "room" in params else []
+        else:
+            args = params
+        if len(args) > 1:
+            raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_members takes one room URI")
+        if args and not isinstance(args[0], str):
+            raise RpcError(INVALID_PARAMS, "Invalid params", "the room must be a string")
+        try:
+            room = find_room(self.source, args[0] if args else None)
+        except RoomLookupError as exc:
+            raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+        return {
+            "room": room.uri,
+            "members": [member.uri for member in room.members],
+            "count": len(room.members),
+        }
+
+    def _list_methods(self, params: list[Any] | dict[str, Any]) -> list[str]:
+        return sorted(self.methods)

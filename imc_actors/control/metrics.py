@@ -1,0 +1,273 @@
+"""Prometheus metrics for one server: counters at the edges, statistics read at scrape time.
+
+Most numbers already exist as frozen ``statistics()`` records on the objects that own them
+(supervisor, delivery, store, SIP transport, MI FIFO); :class:`ServerMetrics` does not copy
+them into counters as they change but reads every record when ``/metrics`` is scraped (a
+custom collector), so the hot paths pay nothing. Three things have no owner's record and are
+counted here as they happen:
+
+- ``imc_messages_in_total{kind}``: incoming MESSAGEs, ``command`` or ``chat`` (spec §2: the
+  first byte is ``imc_cmd_start_char``), counted by :meth:`ServerMetrics.instrument`, which
+  wraps the transport's request handler;
+- ``imc_sip_responses_total{method,code}``: the final response the handler chose for every new
+  request (the transport's own answers to unparsable requests are ``imc_sip_rejected_total``);
+- ``imc_store_commit_seconds``: how long each database transaction (one group commit) took,
+  observed by :class:`TimedRepository` around the repository's ``apply_batch``.
+
+Each server has its own :class:`~prometheus_client.CollectorRegistry` (no global state), so
+several servers in one process (tests, embedders) do not mix their numbers. Scraping runs in
+the Trio thread, never in a worker thread: the records it reads belong to Trio tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from ..config import Config
+from ..imc.effects import Write
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics", "TimedRepository"]
+
+#: Content-Type of the text exposition format served on ``/metrics``.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Commit latency buckets (seconds): SQLite on a local disk is in the low milliseconds.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Methods counted under their own name; anything else is ``other`` (bounded label values).
+KNOWN_METHODS = frozenset(
+    {"MESSAGE", "REGISTER", "OPTIONS", "CANCEL", "INVITE", "ACK", "BYE", "SUBSCRIBE",
+     "NOTIFY", "PUBLISH", "INFO", "UPDATE", "PRACK", "REFER"}
+)  # fmt: skip
+
+
+class _Request(Protocol):
+    method: str
+    body: bytes
+
+
+class _Reply(Protocol):
+    code: int
+
+
+class _HasStatistics(Protocol):
+    def statistics(self) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------- store
+class TimedRepository:
+    """A store backend (:class:`~imc_actors.store.repository.Repository`) that reports how
+    long each successful ``apply_batch`` (one database transaction: a group commit) took.
+
+    ``observe(seconds)`` is called from the store's writer thread (prometheus-client's
+    metrics are thread-safe). Everything else is delegated unchanged; pass it to
+    :func:`~imc_actors.conference.open_conference` as ``repository``.
+    """
+
+    def __init__(self, repository: Any, observe: Callable[[float], None]) -> None:
+        self._repository = repository
+        self._observe = observe
+
+    def apply_batch(self, writes: Sequence[Write]) -> None:
+        started = time.perf_counter()
+        self._repository.apply_batch(writes)
+        self._observe(time.perf_counter() - started)
+
+    def ping(self) -> None:
+        self._repository.ping()
+
+    def load_rooms(self) -> Any:
+        return self._repository.load_rooms()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repository, name)
+
+
+# ---------------------------------------------------------------------------------- metrics
+def _fields(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(vars(record))
+
+
+# (statistics field, metric name, counter?, help) for the SIP transport's record.
+_TRANSPORT = (
+    ("received", "imc_sip_received", True, "SIP datagrams and TCP frames read"),
+    ("sent", "imc_sip_sent", True, "SIP datagrams and TCP frames written"),
+    ("malformed", "imc_sip_malformed", True, "SIP messages that did not parse"),
+    ("rejected", "imc_sip_rejected", True, "unparsable requests answered with a salvaged 4xx/5xx"),
+    ("requests", "imc_sip_requests", True, "new SIP requests handed to the router"),
+    ("retransmissions_absorbed", "imc_sip_retransmissions_absorbed", True,
+     "retransmitted requests answered from their transaction (never handled twice)"),
+    ("handler_errors", "imc_sip_handler_errors", True, "requests whose handler raised (answered 500)"),
+    ("stray_responses", "imc_sip_stray_responses", True, "responses matching no client transaction"),
+    ("client_timeouts", "imc_sip_client_timeouts", True, "outgoing requests that timed out (Timer F)"),
+    ("client_retransmissions", "imc_sip_client_retransmissions", True, "outgoing requests resent (Timer E)"),
+    ("server_transactions", "imc_sip_server_transactions", False, "live server transactions"),
+    ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
+    ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP connections"),
+)  # fmt: skip
+
+
+class _StatisticsCollector(Collector):
+    """Reads the owners' ``statistics()`` records at scrape time."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        if m.conference is not None:
+            yield from self._supervisor(m.conference.supervisor.statistics())
+            yield from self._delivery(m.conference.delivery.statistics())
+        store = m.store
+        if store is None and m.conference is not None:
+            store = getattr(m.conference.supervisor, "store", None)
+        if store is not None and hasattr(store, "statistics"):
+            yield from self._store(store.statistics())
+        if m.transport is not None:
+            yield from self._transport(_fields(m.transport.statistics()))
+        if m.fifo is not None:
+            yield CounterMetricFamily("imc_mi_requests", "MI FIFO requests answered", value=m.fifo.requests)
+            yield CounterMetricFamily(
+                "imc_mi_malformed", "MI FIFO input that was not a valid request", value=m.fifo.malformed
+            )
+
+    @staticmethod
+    def _supervisor(s: Any) -> Iterator[Metric]:
+        yield GaugeMetricFamily("imc_rooms", "rooms that exist (committed)", value=s.rooms)
+        yield GaugeMetricFamily("imc_members", "listed members of all rooms, invited included", value=s.members)
+        yield GaugeMetricFamily("imc_room_actors_running", "room actors running now", value=s.running_actors)
+        yield GaugeMetricFamily("imc_rooms_quarantined", "rooms refusing commands after repeated crashes", value=s.quarantined)
+        yield CounterMetricFamily("imc_actor_restarts", "room actors restarted after a crash", value=s.restarts)
+        yield CounterMetricFamily("imc_room_commands", "commands and chats processed by room actors", value=s.processed)
+        yield CounterMetricFamily("imc_mailbox_full", "requests refused (503) because a room mailbox was full", value=s.mailbox_full)
+        yield GaugeMetricFamily("imc_mailbox_depth_max", "deepest room mailbox now", value=s.max_mailbox_depth)
+
+    @staticmethod
+    def _delivery(d: Any) -> Iterator[Metric]:
+        out = CounterMetricFamily(
+            "imc_messages_out", "outgoing MESSAGEs queued for delivery, by kind", labels=["kind"]
+        )
+        for kind in ("notice", "relay", "reply"):
+            out.add_metric([kind], d.by_kind.get(kind, 0))
+        for kind, count in sorted(d.by_kind.items()):
+            if kind not in ("notice", "relay", "reply"):
+                out.add_metric([kind], count)
+        yield out
+        done = CounterMetricFamily("imc_deliveries", "finished deliveries, by result", labels=["result"])
+        done.add_metric(["ok"], d.ok)
+        done.add_metric(["failed"], d.failed)
+        yield done
+        yield GaugeMetricFamily("imc_delivery_queue_depth", "outgoing MESSAGEs waiting for a worker", value=d.queued)
+        yield GaugeMetricFamily("imc_deliveries_in_flight", "outgoing MESSAGEs being sent now", value=d.in_flight)
+
+    @staticmethod
+    def _store(s: Any) -> Iterator[Metric]:
+        yield CounterMetricFamily("imc_store_commits", "changes made durable", value=s.commits)
+        yield CounterMetricFamily("imc_store_batches", "database transactions (group commits)", value=s.batches)
+        yield CounterMetricFamily("imc_store_commit_failures", "changes that could not be stored", value=s.failures)
+        yield GaugeMetricFamily("imc_store_pending", "changes queued or being written", value=s.pending)
+        yield GaugeMetricFamily("imc_store_available", "1 while the database answers, 0 while it fails", value=int(s.available))
+        if s.last_commit_seconds is not None:
+            yield GaugeMetricFamily(
+                "imc_store_last_batch_seconds", "duration of the last database transaction",
+                value=s.last_commit_seconds,
+            )
+
+    @staticmethod
+    def _transport(t: dict[str, Any]) -> Iterator[Metric]:
+        for field, name, counter, doc in _TRANSPORT:
+            if field in t:
+                family = CounterMetricFamily if counter else GaugeMetricFamily
+                yield family(name, doc, value=t[field])
+        if "client_ok" in t and "client_failed" in t:
+            client = CounterMetricFamily(
+                "imc_sip_client_requests", "outgoing SIP requests finished, by result", labels=["result"]
+            )
+            client.add_metric(["ok"], t["client_ok"])
+            client.add_metric(["failed"], t["client_failed"])
+            yield client
+
+
+class ServerMetrics:
+    """Every metric of one server, in its own registry.
+
+    Attach the parts as they start (:attr:`conference`, :attr:`store`, :attr:`transport`,
+    :attr:`fifo`; any may stay None; the store is found as ``conference.supervisor.store``
+    when not set); wrap the SIP request handler with :meth:`instrument`; hand
+    :meth:`observe_commit` to :class:`TimedRepository`; serve :meth:`exposition`.
+    ``start_char`` is ``imc_cmd_start_char`` (tells commands from chat).
+    """
+
+    def __init__(self, start_char: str = "#") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._start = start_char[:1].encode()
+        self.conference: Any = None
+        self.store: _HasStatistics | None = None
+        self.transport: _HasStatistics | None = None
+        self.fifo: Any = None
+        self.messages_in = Counter(
+            "imc_messages_in", "incoming MESSAGE requests, by kind (command or chat)",
+            ["kind"], registry=self.registry,
+        )  # fmt: skip
+        for kind in ("command", "chat"):
+            self.messages_in.labels(kind)
+        self.sip_responses = Counter(
+            "imc_sip_responses", "final responses to new SIP requests, by method and status code",
+            ["method", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.commit_seconds = Histogram(
+            "imc_store_commit_seconds",
+            "duration of each successful database transaction (one group commit)",
+            buckets=COMMIT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_StatisticsCollector(self))
+
+    @classmethod
+    def for_config(cls, config: Config) -> ServerMetrics:
+        return cls(config.imc_cmd_start_char)
+
+    def observe_commit(self, seconds: float) -> None:
+        """Record one durable commit's latency."""
+        self.commit_seconds.observe(seconds)
+
+    def count_request(self, request: _Request, reply: _Reply) -> None:
+        """Count one request and the final response it got."""
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        if method == "MESSAGE":
+            kind = "command" if request.body.startswith(self._start) else "chat"
+            self.messages_in.labels(kind).inc()
+        self.sip_responses.labels(method, str(reply.code)).inc()
+
+    def instrument(self, handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        """Wrap a transport request handler so every request and its response are counted.
+
+        A handler that raises is counted as 500 (what the transport answers) and re-raised.
+        """
+
+        async def counted(request: Any, source: Any) -> Any:
+            try:
+                reply = await handler(request, source)
+            except Exception:
+                self.count_request(request, _Code(500))
+                raise
+            self.count_request(request, reply)
+            return reply
+
+        return counted
+
+    def exposition(self) -> bytes:
+        """The text exposition of every metric (call from the Trio thread)."""
+        return generate_latest(self.registry)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Code:
+    code: int

@@ -1,0 +1,161 @@
+"""The web status page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``,
+driven by Selenium): rooms with member counts, a click shows members and roles, and the page
+follows changes made over SIP without reloading.
+
+Skipped when the browser, its driver or Selenium is missing, except under CI (``CI`` set),
+where that is a failure. A screenshot is kept in ``test-artifacts/status_page.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from imc_actors.server import open_server
+from tests.integration.conftest import DOMAIN, MANAGER, make_config, udp_address
+from tests.support.control import command, next_message
+from tests.support.ua import TestUA
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+LOBBY = f"sip:lobby@{DOMAIN}"
+FRESH = f"sip:fresh@{DOMAIN}"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--window-size=1200,800",
+)  # fmt: skip
+
+
+def require_browser() -> None:
+    """Skip (fail under CI) unless Selenium, chromium and chromedriver are all installed."""
+    missing = []
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install -e '.[test]')")
+    missing += [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if missing:
+        reason = "the status page test needs " + ", ".join(missing) + " (Debian: chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def start_browser(profile: str) -> Any:
+    """A headless Chromium with a fresh profile; no driver or browser download (blocking)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    return webdriver.Chrome(options=options, service=service)
+
+
+class Page:
+    """The Selenium driver, every call made in a worker thread so the server (in this Trio
+    thread) keeps running while the browser talks to it."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(function, *args)
+
+    async def script(self, source: str, *args: Any) -> Any:
+        return await self.run(self.driver.execute_script, source, *args)
+
+    async def wait(self, condition: str, *args: Any, timeout: float = 15.0) -> Any:
+        """Poll a JavaScript ``condition`` (bounded: the browser refreshes once a second)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        def until() -> Any:
+            wait = WebDriverWait(self.driver, timeout, poll_frequency=0.1)
+            return wait.until(lambda d: d.execute_script(f"return ({condition});", *args))
+
+        return await self.run(until)
+
+    async def rooms(self) -> list[list[str]]:
+        return await self.script(
+            "return [...document.querySelectorAll('#rooms tbody tr')]"
+            ".map(tr => [...tr.cells].map(td => td.textContent));"
+        )
+
+    async def members(self) -> list[list[str]]:
+        return await self.script(
+            "return [...document.querySelectorAll('#members tbody tr')]"
+            ".map(tr => [...tr.cells].map(td => td.textContent));"
+        )
+
+
+ROW = "document.querySelector(`#rooms tbody tr[data-room=\"${arguments[0]}\"]`)"
+
+
+async def test_status_page_follows_sip_changes(tmp_path, nursery):
+    require_browser()
+    config = make_config(tmp_path, rpc_listen="127.0.0.1:0")
+    async with open_server(config) as server:
+        agents = {}
+        for user in ("alice", "bob", "carol"):
+            agent = await TestUA.open(nursery, user, DOMAIN, udp_address(server))
+            assert (await agent.register()).code == 200
+            agents[user] = agent
+        alice, bob, carol = agents["alice"], agents["bob"], agents["carol"]
+        await command(alice, MANAGER, "#create lobby")
+        await command(bob, LOBBY, "#join")
+
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, server.http_url + "/")
+            await page.wait(f"{ROW} !== null", LOBBY)
+            assert await page.rooms() == [[LOBBY, "2", f"sip:alice@{DOMAIN}", "no"]]
+            assert await page.script("return document.getElementById('summary').textContent") == "1 room, 2 members"
+            await page.script("window.__loadedOnce = 'yes';")  # gone if the page reloads
+
+            # a room created over SIP after the page loaded appears without a reload
+            await command(bob, MANAGER, "#create fresh private")
+            await page.wait(f"{ROW} !== null", FRESH)
+            assert await page.script("return window.__loadedOnce") == "yes"
+            assert await page.rooms() == [
+                [FRESH, "1", f"sip:bob@{DOMAIN}", "yes"],
+                [LOBBY, "2", f"sip:alice@{DOMAIN}", "no"],
+            ]
+
+            # click a room: its members and roles
+            await page.script(f"{ROW}.querySelector('button').click();", LOBBY)
+            await page.wait("document.querySelectorAll('#members tbody tr').length === 2")
+            assert await page.members() == [
+                ["1", f"sip:alice@{DOMAIN}", "owner"],
+                ["2", f"sip:bob@{DOMAIN}", "member"],
+            ]
+
+            # the selected room follows changes too: an invitation and a new admin
+            await command(alice, LOBBY, "#invite carol")
+            assert b"invites you" in await next_message(carol)
+            await command(alice, LOBBY, "#modify bob admin")
+            await page.wait(
+                "[...document.querySelectorAll('#members tbody tr')].map(tr => tr.cells[2].textContent)"
+                ".join(',') === 'owner,admin,member (invited)'"
+            )
+            await page.wait(f"{ROW}.cells[1].textContent === '3'", LOBBY)
+            assert await page.script("return window.__loadedOnce") == "yes"
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            assert await page.run(page.driver.save_screenshot, str(ARTIFACTS / "status_page.png"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
+            for agent in agents.values():
+                agent.close()

@@ -1,0 +1,210 @@
+"""The management CLI (``imc-actors rooms|members|rpc``) as a subprocess, against a server
+running in this test's Trio loop (no threads), and ``serve`` with the management flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.support.control import CHAT, MiClient, http, populate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config_overrides() -> dict:
+    return {"rpc_listen": "127.0.0.1:0"}
+
+
+Result = tuple[int, str, str]
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m imc_actors ARGS``; return (exit code, stdout, stderr)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IMC_")}
+    environ.update(env or {})
+    with trio.fail_after(30):  # safety net only
+        done = await trio.run_process(
+            [sys.executable, "-m", "imc_actors", *args],
+            capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT, env=environ,
+        )  # fmt: skip
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def gather(runs: dict[str, Coroutine[Any, Any, Result]]) -> dict[str, Result]:
+    """Run several CLI invocations at once; their results by name."""
+    results: dict[str, Result] = {}
+
+    async def one(name: str, run: Coroutine[Any, Any, Result]) -> None:
+        results[name] = await run
+
+    async with trio.open_nursery() as nursery:
+        for name, run in runs.items():
+            nursery.start_soon(one, name, run)
+    return results
+
+
+async def test_rooms_and_members(server, ua):
+    url = server.rpc_url
+    code, out, err = await cli("rooms", "--rpc", url)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == ["ROOM  MEMBERS  OWNER", "(no rooms)"]
+
+    await populate(ua)
+    code, out, err = await cli("rooms", "--rpc", url)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["ROOM", "MEMBERS", "OWNER"]
+    assert [line.split() for line in lines[1:]] == [
+        ["sip:chat@127.0.0.1", "3", "sip:alice@127.0.0.1"],
+        ["sip:secret@127.0.0.1", "1", "sip:bob@127.0.0.1"],
+    ]
+    assert len({line.index("sip:", 5) for line in lines[1:]}) == 1  # the owner column lines up
+
+    code, out, err = await cli("rooms", "--json", "--rpc", url)
+    assert code == 0
+    assert json.loads(out) == [
+        {"room": "sip:chat@127.0.0.1", "members": 3, "owner": "sip:alice@127.0.0.1"},
+        {"room": "sip:secret@127.0.0.1", "members": 1, "owner": "sip:bob@127.0.0.1"},
+    ]
+
+    code, out, err = await cli("members", "chat@127.0.0.1", "--rpc", url)  # sip: may be left out
+    assert (code, err) == (0, "")
+    assert [line.split() for line in out.splitlines()] == [
+        ["sip:chat@127.0.0.1:", "3", "members"],
+        ["#", "MEMBER"],
+        ["1", "sip:alice@127.0.0.1"],
+        ["2", "sip:bob@127.0.0.1"],
+        ["3", "sip:carol@127.0.0.1"],
+    ]
+    code, out, err = await cli("members", CHAT, "--json", "--rpc", url)
+    assert code == 0
+    assert json.loads(out)["members"] == ["sip:alice@127.0.0.1", "sip:bob@127.0.0.1", "sip:carol@127.0.0.1"]
+
+
+async def test_errors_and_exit_codes(server, ua):
+    await populate(ua)
+    url = server.rpc_url
+    listen = server.http_url.removeprefix("http://")
+    runs = {
+        "room not found": cli("members", "sip:nope@127.0.0.1", "--rpc", url),
+        "rpc ok": cli("rpc", "imc.list_members", CHAT, "--rpc", url),
+        "rpc error": cli("rpc", "imc.list_members", "--rpc", url),
+        "no method": cli("rpc", "imc.no_such_method", "--rpc", url),
+        "bad params": cli("rpc", "imc.list_members", "1", "--rpc", url),  # JSON 1: a number
+        "usage": cli("members"),
+        "not http": cli("rooms", "--rpc", "ftp://127.0.0.1/"),
+        "not rpc": cli("rooms", "--rpc", server.http_url + "/not-rpc"),
+        # the URL comes from rpc_listen (environment or --config file) without --rpc
+        "from env": cli("rooms", "--json", env={"IMC_RPC_LISTEN": listen}),
+    }
+    results = await gather(runs)
+    assert results["room not found"] == (1, "", "imc-actors: Room not found (error 500)\n")
+    code, out, _ = results["rpc ok"]
+    assert code == 0 and json.loads(out)["count"] == 3
+    assert results["rpc error"] == (1, "", "imc-actors: No room name (error 500)\n")
+    code, _, err = results["no method"]
+    assert code == 1 and "Method not found" in err
+    code, _, err = results["bad params"]
+    assert code == 1 and "Invalid params" in err
+    code, _, err = results["usage"]
+    assert code == 2 and "ROOM" in err
+    code, _, err = results["not http"]
+    assert code == 2 and "http://" in err
+    code, _, err = results["not rpc"]
+    assert code == 3 and "HTTP 404" in err
+    code, out, _ = results["from env"]
+    assert code == 0 and len(json.loads(out)) == 2
+
+
+async def test_unreachable_server_exits_3(tmp_path):
+    with socket.socket() as sock:  # bound, never listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/RPC"
+        config = tmp_path / "imc.toml"
+        config.write_text(f'rpc_listen = "127.0.0.1:{sock.getsockname()[1]}"\n')
+        results = await gather({
+            "rooms": cli("rooms", "--rpc", url),
+            "members": cli("members", CHAT, "--rpc", url),
+            "rpc": cli("rpc", "imc.list_rooms", "--rpc", url),
+            "config": cli("rooms", "--config", str(config)),
+        })  # fmt: skip
+    for name, (code, out, err) in results.items():
+        assert code == 3, (name, code, err)
+        assert out == ""
+        assert err.startswith(f"imc-actors: cannot reach the server at {url}: "), err
+        assert "refused" in err.lower(), err
+
+
+async def test_serve_with_management_flags(tmp_path):
+    """``serve --rpc-listen --mi-fifo --log-format json``: the interfaces come up, the log is
+    JSON lines, and the CLI reaches the server through the printed URL."""
+    fifo = tmp_path / "imc.fifo"
+    command = [
+        sys.executable, "-m", "imc_actors", "serve",
+        "--listen", "udp:127.0.0.1:0", "--domain", "127.0.0.1",
+        "--db-url", f"sqlite:///{tmp_path}/imc.db",
+        "--rpc-listen", "127.0.0.1:0", "--mi-fifo", str(fifo), "--reply-dir", str(tmp_path),
+        "--log-format", "json", "--log-level", "info",
+    ]  # fmt: skip
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        buffer = b""
+        with trio.fail_after(30):  # safety net: startup takes about a second
+            while not any(line.startswith("imc-actors: MI FIFO at") for line in lines):
+                chunk = await process.stderr.receive_some()
+                assert chunk, f"server exited: {lines}"
+                buffer += chunk
+                *done, buffer = buffer.split(b"\n")
+                lines += [line.decode() for line in done]
+        management = next(line for line in lines if line.startswith("imc-actors: management on "))
+        base = management.split()[3]
+        code, out, err = await cli("rooms", "--json", "--rpc", base + "/RPC")
+        assert (code, out) == (0, "[]\n")
+        assert (await http(base + "/metrics")).status == 200
+        mi = MiClient(str(fifo), str(tmp_path))
+        assert await mi.request(b":imc_list_rooms:reply\n\n") == "200 OK\n\n"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            rest = b"".join([chunk async for chunk in process.stderr])
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines += (buffer + rest).decode().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]  # every one is JSON
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["logger"] == "imc_actors.control.fifo" for r in records)
+    assert not fifo.exists()  # removed at shutdown
+
+
+async def test_bad_rpc_listen_stops_startup(tmp_path):
+    code, out, err = await cli("serve", "--rpc-listen", "localhost:http", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert code == 2
+    assert err == "imc-actors: invalid rpc_listen: expected host:port, got 'localhost:http'\n"
+
+
+async def test_rpc_port_in_use_stops_startup(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, out, err = await cli(
+            "serve", "--listen", "udp:127.0.0.1:0", "--rpc-listen", f"127.0.0.1:{port}",
+            "--db-url", f"sqlite:///{tmp_path}/x.db",
+        )  # fmt: skip
+    assert code == 1
+    assert f"rpc_listen 127.0.0.1:{port}" in err and "in use" in err

@@ -1,0 +1,85 @@
+"""``/metrics`` end to end: values move when SIP messages flow."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.control import CHAT, MANAGER, command, http, next_message
+
+
+@pytest.fixture
+def config_overrides() -> dict:
+    return {"rpc_listen": "127.0.0.1:0"}
+
+
+async def scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics`` as ``{(name, sorted labels): value}``."""
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # deliveries and answers settled
+    answer = await http(server.http_url + "/metrics")
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(answer.body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def test_metrics_move_with_traffic(server, ua):
+    before = await scrape(server)
+    assert value(before, "imc_rooms") == 0
+    assert value(before, "imc_messages_in_total", kind="chat") == 0
+    assert value(before, "imc_actor_restarts_total") == 0
+    assert value(before, "imc_mailbox_depth_max") == 0
+
+    alice, bob = await ua("alice"), await ua("bob")
+    await command(alice, MANAGER, "#create chat")
+    await next_message(alice)
+    await command(bob, CHAT, "#join")
+    await next_message(alice)
+    await next_message(bob)
+    await command(bob, CHAT, "hello", code=202)
+    assert await next_message(alice) == b"[bob]: hello"
+    await command(bob, "sip:nope@127.0.0.1", "hello?", code=404)
+    await next_message(bob)  # the 404 is explained in a notice
+
+    after = await scrape(server)
+    assert value(after, "imc_rooms") == 1
+    assert value(after, "imc_members") == 2
+    assert value(after, "imc_messages_in_total", kind="command") == 2
+    assert value(after, "imc_messages_in_total", kind="chat") == 2
+    assert value(after, "imc_messages_out_total", kind="relay") == 1
+    assert value(after, "imc_messages_out_total", kind="notice") == 4
+    assert value(after, "imc_deliveries_total", result="ok") == 5
+    assert value(after, "imc_deliveries_total", result="failed") == 0
+    assert value(after, "imc_sip_responses_total", method="MESSAGE", code="200") == 2
+    assert value(after, "imc_sip_responses_total", method="MESSAGE", code="202") == 1
+    assert value(after, "imc_sip_responses_total", method="MESSAGE", code="404") == 1
+    assert value(after, "imc_sip_responses_total", method="REGISTER", code="200") == 2
+    assert value(after, "imc_store_commits_total") == 2
+    assert value(after, "imc_store_commit_seconds_count") >= 1  # one transaction per group commit
+    assert value(after, "imc_store_commit_seconds_bucket", le="+Inf") == value(after, "imc_store_commit_seconds_count")
+    assert value(after, "imc_room_commands_total") == 3
+    assert value(after, "imc_sip_requests_total") == 6
+    assert value(after, "imc_sip_received_total") > value(before, "imc_sip_received_total")
+    assert value(after, "imc_store_available") == 1
+    assert value(after, "imc_actor_restarts_total") == 0
+
+
+async def test_failed_deliveries_are_counted(server, ua):
+    alice = await ua("alice")
+    await command(alice, MANAGER, "#create chat")
+    await next_message(alice)
+    dead = await ua("dead", answer=480)  # registered, but refuses every MESSAGE
+    await command(dead, CHAT, "#join")
+    await next_message(alice)
+    await next_message(dead)
+    samples = await scrape(server)
+    assert value(samples, "imc_deliveries_total", result="failed") == 1
+    assert value(samples, "imc_sip_client_requests_total", result="failed") == 1

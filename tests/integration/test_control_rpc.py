@@ -1,0 +1,154 @@
+"""JSON-RPC 2.0 over HTTP end to end (spec §10), against rooms made over SIP."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.control import CHAT, MANAGER, command, http, next_message, populate, rpc
+
+ROOMS = [
+    {"room": "sip:chat@127.0.0.1", "members": 3, "owner": "sip:alice@127.0.0.1"},
+    {"room": "sip:secret@127.0.0.1", "members": 1, "owner": "sip:bob@127.0.0.1"},
+]
+CHAT_MEMBERS = {
+    "room": "sip:chat@127.0.0.1",
+    "members": ["sip:alice@127.0.0.1", "sip:bob@127.0.0.1", "sip:carol@127.0.0.1"],
+    "count": 3,
+}
+
+
+@pytest.fixture
+def config_overrides() -> dict:
+    return {"rpc_listen": "127.0.0.1:0"}
+
+
+def call(method: str, params=None, request_id=1) -> dict:
+    request = {"jsonrpc": "2.0", "method": method, "id": request_id}
+    if params is not None:
+        request["params"] = params
+    return request
+
+
+async def result(url: str, method: str, params=None):
+    answer = await rpc(url, call(method, params))
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert body["jsonrpc"] == "2.0" and body["id"] == 1, body
+    assert "error" not in body, body
+    return body["result"]
+
+
+async def error(url: str, method: str, params=None) -> dict:
+    answer = await rpc(url, call(method, params))
+    assert answer.status == 200
+    body = answer.json()
+    assert "result" not in body, body
+    return body["error"]
+
+
+async def test_list_rooms_and_members(server, ua):
+    assert server.http_url.startswith("http://127.0.0.1:") and not server.http_url.endswith(":0")
+    url = server.rpc_url
+    assert await result(url, "imc.list_rooms") == []
+    await populate(ua)
+    assert await result(url, "imc.list_rooms") == ROOMS
+    assert await result(url, "imc.list_rooms", []) == ROOMS
+    assert await result(url, "imc.list_members", [CHAT]) == CHAT_MEMBERS
+    assert await result(url, "imc.list_members", {"room": CHAT}) == CHAT_MEMBERS
+    assert await result(url, "imc.list_members", ["SIP:Chat@127.0.0.1;transport=tcp"]) == CHAT_MEMBERS
+    assert "imc.list_members" in await result(url, "system.listMethods")
+
+
+async def test_owner_is_the_first_owner_by_joining_order(server, ua):
+    alice, bob = await ua("alice"), await ua("bob")
+    await command(alice, MANAGER, "#create chat")
+    await next_message(alice)
+    await command(bob, CHAT, "#join")
+    await command(alice, CHAT, "#modify bob owner")
+    await command(alice, CHAT, "#modify alice member")  # alice joined first, bob is the owner now
+    rooms = await result(server.rpc_url, "imc.list_rooms")
+    assert rooms == [{"room": CHAT, "members": 2, "owner": "sip:bob@127.0.0.1"}]
+
+
+async def test_room_errors(server, ua):
+    await populate(ua)
+    url = server.rpc_url
+    assert await error(url, "imc.list_members") == {"code": 500, "message": "No room name"}
+    assert await error(url, "imc.list_members", []) == {"code": 500, "message": "No room name"}
+    assert await error(url, "imc.list_members", [""]) == {"code": 500, "message": "Empty room name"}
+    assert await error(url, "imc.list_members", ["."]) == {"code": 500, "message": "Empty room name"}
+    assert await error(url, "imc.list_members", ["not a uri"]) == {"code": 500, "message": "Invalid room name"}
+    assert await error(url, "imc.list_members", ["sip:127.0.0.1"]) == {"code": 500, "message": "Invalid room name"}
+    assert await error(url, "imc.list_members", ["sip:nope@127.0.0.1"]) == {"code": 500, "message": "Room not found"}
+
+
+async def test_protocol_errors(server):
+    url = server.rpc_url
+    answer = await rpc(url, b'{"jsonrpc": "2.0", "method": ')
+    assert answer.status == 200
+    assert answer.json() == {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"}, "id": None}
+    assert (await rpc(url, b"\xff\xfe")).json()["error"]["code"] == -32700
+    assert (await error(url, "imc.no_such_method"))["code"] == -32601
+    assert (await error(url, "imc.list_members", [1]))["code"] == -32602
+    assert (await error(url, "imc.list_members", [CHAT, CHAT]))["code"] == -32602
+    assert (await error(url, "imc.list_members", {"nope": CHAT}))["code"] == -32602
+    assert (await error(url, "imc.list_rooms", ["unexpected"]))["code"] == -32602
+    assert (await error(url, "imc.list_rooms", "not structured"))["code"] == -32602
+    invalid = (await rpc(url, {"method": "imc.list_rooms", "id": 7})).json()  # no "jsonrpc"
+    assert invalid["error"]["code"] == -32600 and invalid["id"] == 7
+    assert (await rpc(url, [])).json()["error"]["code"] == -32600  # empty batch
+    assert (await rpc(url, 42)).json()["error"]["code"] == -32600
+    # only POST
+    answer = await http(url)
+    assert answer.status == 405 and answer.headers["allow"] == "POST"
+
+
+async def test_batch(server, ua):
+    await populate(ua)
+    url = server.rpc_url
+    batch = [
+        call("imc.list_rooms", request_id=1),
+        {"jsonrpc": "2.0", "method": "imc.list_rooms"},  # a notification: no answer
+        call("imc.list_members", ["sip:nope@127.0.0.1"], request_id="two"),
+        call("no.such.method", request_id=3),
+        {"not": "a request"},
+        call("imc.list_members", [CHAT], request_id=5),
+    ]
+    answer = await rpc(url, batch)
+    assert answer.status == 200
+    assert answer.json() == [
+        {"jsonrpc": "2.0", "result": ROOMS, "id": 1},
+        {"jsonrpc": "2.0", "error": {"code": 500, "message": "Room not found"}, "id": "two"},
+        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found", "data": "no.such.method"}, "id": 3},
+        {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request", "data": "need jsonrpc '2.0' and a method name"}, "id": None},
+        {"jsonrpc": "2.0", "result": CHAT_MEMBERS, "id": 5},
+    ]
+    # a batch of notifications only: nothing to answer
+    answer = await rpc(url, [{"jsonrpc": "2.0", "method": "imc.list_rooms"}])
+    assert answer.status == 204 and answer.body == b""
+
+
+async def test_status_page_endpoints(server, ua):
+    await populate(ua)
+    base = server.http_url
+    page = await http(base + "/")
+    assert page.status == 200 and b'<script src="/static/app.js"' in page.body
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert (await http(base + "/static/app.js")).status == 200
+    assert (await http(base + "/static/nope.js")).status == 404
+    rooms = (await http(base + "/api/rooms")).json()
+    assert rooms["summary"] == {"rooms": 2, "members": 4}
+    assert [(r["room"], r["members"], r["invited"], r["private"]) for r in rooms["rooms"]] == [
+        (CHAT, 3, 1, False),
+        ("sip:secret@127.0.0.1", 1, 0, True),
+    ]
+    assert len((await http(base + "/api/rooms?limit=1")).json()["rooms"]) == 1
+    detail = (await http(base + "/api/room?uri=sip%3Achat%40127.0.0.1")).json()
+    assert [(m["uri"], m["role"], m["invited"]) for m in detail["members"]] == [
+        ("sip:alice@127.0.0.1", "owner", False),
+        ("sip:bob@127.0.0.1", "member", False),
+        ("sip:carol@127.0.0.1", "member", True),
+    ]
+    assert (await http(base + "/api/room?uri=sip%3Anope%40127.0.0.1")).status == 404
+    assert (await http(base + "/api/room")).status == 400
