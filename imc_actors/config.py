@@ -191,6 +191,10 @@ class Config:
                 raise ConfigError("extra_hdrs", f"not a 'Name: value' header line: {hdr!r}")
         if self.outbound_proxy is not None and not self.outbound_proxy.strip():
             raise ConfigError("outbound_proxy", "empty")
+        if self.rpc_listen is not None:
+            from .control.listen import parse_listen  # raises ConfigError naming rpc_listen
+
+            parse_listen(self.rpc_listen)
 
     # ------------------------------------------------------------------ derived
     @property

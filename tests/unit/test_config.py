@@ -42,6 +42,8 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_IMC_CMD_START_CHAR": " "}, "imc_cmd_start_char"),
         ({"IMC_EXTRA_HDRS": "NoColon"}, "extra_hdrs"),
         ({"IMC_ROOMS_TABLE": "x; drop table y"}, "rooms_table"),
+        ({"IMC_RPC_LISTEN": "127.0.0.1:http"}, "rpc_listen"),
+        ({"IMC_RESTART_WINDOW": "0"}, "restart_window"),
     ],
 )
 def test_bad_values_name_the_parameter(source, param):
