@@ -1,0 +1,534 @@
+"""The repository: Kamailio's imc tables through peewee, synchronously (spec §8).
+
+One :class:`Repository` owns one database connection and is used from one thread at a time:
+the store's writer thread (:mod:`imc_actors.store.writer`), or the main thread at startup before
+the writer runs. Every method that touches the database:
+
+- connects on first use and reconnects transparently when the server dropped the connection:
+  on an ``OperationalError``/``InterfaceError`` the connection is discarded and the operation is
+  retried once on a fresh one. Replaying a batch is safe because every write is idempotent
+  (upserts and deletes by key), even when the first attempt did commit before the link broke;
+- raises :class:`StoreError`, and nothing else, when it fails; the message names the operation,
+  the database (password hidden) and the driver's reason.
+
+Names, domains and member URIs compare case-insensitively (spec §1) while the spelling of the
+first insert is kept. On SQLite and PostgreSQL that is ``lower(column) = lower(value)`` (backed by
+expression indexes that :meth:`Repository.init_schema` adds); on MySQL/MariaDB the columns'
+``_ci`` collation already compares that way, and ``lower()`` is used only for columns with a
+case-sensitive collation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import peewee
+
+from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert, Write
+from ..imc.state import Member, RoomState, member_key
+from .models import (
+    MAX_LENGTH,
+    MEMBER_COLUMNS,
+    MEMBER_UNIQUE,
+    ROOM_COLUMNS,
+    ROOM_UNIQUE,
+    TABLE_VERSION,
+    VERSION_TABLE,
+    bind_models,
+    check_table_name,
+    extra_indexes,
+)
+from .urls import DatabaseURL, open_database
+
+__all__ = ["Repository", "StoreError", "split_member"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: MySQL engines with transactions (a batch is all or nothing only there).
+_TRANSACTIONAL_ENGINES = {"innodb", "xtradb", "rocksdb", "tokudb", "ndbcluster"}
+
+
+class StoreError(Exception):
+    """A database operation failed. ``str()`` is a readable reason (never the password)."""
+
+
+def split_member(uri: str) -> tuple[str, str]:
+    """Split a member URI ``sip:user@host`` into the ``username`` and ``domain`` columns.
+
+    The ``sip:``/``sips:`` scheme is optional. Raises :class:`StoreError` when there is no
+    ``user@host``.
+    """
+    text = uri
+    head = text[:5].lower()
+    if head.startswith("sips:"):
+        text = text[5:]
+    elif head.startswith("sip:"):
+        text = text[4:]
+    user, sep, host = text.partition("@")
+    if not sep or not user or not host:
+        raise StoreError(f"member {uri!r} is not a sip:user@host URI")
+    return user, host
+
+
+def _check_length(value: str, what: str) -> None:
+    if len(value) > MAX_LENGTH:
+        raise StoreError(
+            f"{what} {value[:MAX_LENGTH]!r}… is {len(value)} characters long; "
+            f"the column holds {MAX_LENGTH}"
+        )
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True for errors after which the connection may be dead (peewee's or a driver's)."""
+    return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the driver's exception (peewee wraps it as its first argument)."""
+    if isinstance(exc, peewee.PeeweeException) and exc.args and isinstance(exc.args[0], Exception):
+        exc = exc.args[0]
+    text = " ".join(str(exc).split()) or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+class Repository:
+    """Kamailio's imc tables in the database at ``db_url``.
+
+    ``db_url`` is a peewee URL (see :mod:`imc_actors.store.urls`); ``rooms_table`` and
+    ``members_table`` name the tables (plain identifiers of at most 32 characters). The
+    constructor does not connect; a bad URL or table name raises :class:`StoreError` at once.
+    """
+
+    def __init__(
+        self, db_url: str, rooms_table: str = "imc_rooms", members_table: str = "imc_members"
+    ) -> None:
+        try:
+            self._url = DatabaseURL.parse(db_url)
+            check_table_name(rooms_table, "rooms_table")
+            check_table_name(members_table, "members_table")
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        if rooms_table.lower() == members_table.lower() or VERSION_TABLE in (
+            rooms_table.lower(),
+            members_table.lower(),
+        ):
+            raise StoreError(
+                f"rooms_table {rooms_table!r} and members_table {members_table!r} must be "
+                f"two different tables, neither called {VERSION_TABLE!r}"
+            )
+        self.rooms_table = rooms_table
+        self.members_table = members_table
+        self._db: peewee.Database = open_database(self._url)
+        self._models = bind_models(self._db, rooms_table, members_table)
+        # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
+        # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
+        self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
+        self._statement_cache: dict[bool, _Statements] = {}
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> str:
+        """``sqlite``, ``postgresql`` or ``mysql``."""
+        return self._url.engine
+
+    @property
+    def url(self) -> str:
+        """The database URL with the password hidden (for logs)."""
+        return self._url.redacted
+
+    def __repr__(self) -> str:
+        return f"Repository({self.url!r}, {self.rooms_table!r}, {self.members_table!r})"
+
+    # -- public operations --------------------------------------------------------------------
+
+    def init_schema(self) -> None:
+        """Create the tables, their unique keys and the ``version`` rows where absent.
+
+        Idempotent; existing tables and rows are left as they are. Also adds the indexes of
+        :func:`~imc_actors.store.models.extra_indexes` when the database user may (a failure
+        there is logged, not raised: lookups stay correct, only slower).
+        """
+        self._run("creating the tables", self._init_schema)
+        for table, name, sql in extra_indexes(self.engine, self.rooms_table, self.members_table):
+            try:
+                self._run(
+                    f"adding index {name}", lambda t=table, n=name, s=sql: self._add_index(t, n, s)
+                )
+            except StoreError as exc:
+                log.warning("%s (lookups stay correct, only slower)", exc)
+
+    def check_schema(self) -> list[str]:
+        """Human-readable problems that keep this database from working; ``[]`` when it fits.
+
+        Checks that both tables exist with their columns, an auto-incrementing ``id`` and their
+        unique keys; on MySQL that the tables use a transactional engine; and that the
+        ``version`` table, when present, does not name another version of the imc tables.
+        """
+        return self._run("checking the tables", self._check_schema)
+
+    def load_rooms(self) -> list[RoomState]:
+        """Every room with its members and flags, rooms in creation order (row id).
+
+        Members are in joining order (member row id). Rooms without members are included.
+        Two full scans and a grouping in memory, however many rooms there are. Member rows
+        naming no existing room are skipped (logged); rows that differ only in case from an
+        earlier one (possible on a case-sensitive database edited by hand) are skipped too.
+        """
+        return self._run("loading the rooms", self._load_rooms)
+
+    def apply_batch(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in order, in one transaction: all of them are durable, or none.
+
+        Raises :class:`StoreError` on any failure (the transaction is rolled back), including a
+        write that cannot be stored (a value longer than the column, a member that is not
+        ``sip:user@host``, an unknown record).
+        """
+        batch = list(writes)
+        if not batch:
+            return
+        for write in batch:
+            self._validate(write)
+        self._run("writing", lambda: self._apply(batch))
+
+    def ping(self) -> None:
+        """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
+        self._run("ping", lambda: self._db.execute_sql("SELECT 1").fetchone())
+
+    def close(self) -> None:
+        """Close the connection (a later call reconnects)."""
+        try:
+            self._db.close()
+        except Exception:  # noqa: BLE001 - a dead connection is closed either way
+            self._db.dispose()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- connection handling ------------------------------------------------------------------
+
+    def _run(self, what: str, operation: Callable[[], _T]) -> _T:
+        """Run ``operation``; on a connection error reconnect and retry once; map to StoreError."""
+        for attempt in (1, 2):
+            try:
+                return operation()
+            except StoreError:
+                raise
+            except Exception as exc:
+                retry = attempt == 1 and _is_connection_error(exc)
+                if _is_connection_error(exc):
+                    self._discard_connection()
+                if retry:
+                    log.warning(
+                        "%s on %s failed (%s); reconnecting and retrying once",
+                        what,
+                        self.url,
+                        _describe(exc),
+                    )
+                    continue
+                raise StoreError(f"{what} failed on {self.url}: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def _discard_connection(self) -> None:
+        try:
+            self._db.close()
+        except Exception:  # noqa: BLE001 - the connection is gone; forget it
+            self._db.dispose()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        models = self._models
+        existing = set(self._db.get_tables())
+        with self._db.atomic():
+            for model in (models.version, models.room, models.member):
+                if model._meta.table_name not in existing:
+                    model.create_table(safe=True)
+            version = models.version
+            for table in (self.rooms_table, self.members_table):
+                if not version.select().where(version.table_name == table).exists():
+                    version.insert(table_name=table, table_version=TABLE_VERSION).execute()
+        if self.engine == "mysql":
+            self._exact_is_ci = None  # the tables may be new: look at their collation again
+
+    def _add_index(self, table: str, name: str, sql: str) -> None:
+        if any(index.name == name for index in self._db.get_indexes(table)):
+            return
+        self._db.execute_sql(sql)
+
+    def _check_schema(self) -> list[str]:
+        database = self._url.database
+        if self.engine == "sqlite" and database != ":memory:" and not os.path.exists(database):
+            return [f"database file {database} does not exist"]  # and checking must not make it
+        problems: list[str] = []
+        tables = set(self._db.get_tables())
+        for table, columns, unique in (
+            (self.rooms_table, ROOM_COLUMNS, ROOM_UNIQUE),
+            (self.members_table, MEMBER_COLUMNS, MEMBER_UNIQUE),
+        ):
+            if table not in tables:
+                problems.append(f"table {table} is missing")
+                continue
+            found = {column.name.lower(): column for column in self._db.get_columns(table)}
+            missing = [column for column in columns if column not in found]
+            if missing:
+                problems.append(f"table {table} has no column {', '.join(missing)}")
+            elif not found["id"].identity:
+                problems.append(f"column {table}.id is not an auto-incrementing key")
+            wanted = sorted(unique)
+            if not any(
+                index.unique and sorted(str(c).lower() for c in index.columns) == wanted
+                for index in self._db.get_indexes(table)
+            ):
+                problems.append(f"table {table} has no unique key on ({', '.join(unique)})")
+            if self.engine == "mysql":
+                engine = self._db.execute_sql(
+                    "SELECT ENGINE FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+                    (table,),
+                ).fetchone()
+                if engine and str(engine[0]).lower() not in _TRANSACTIONAL_ENGINES:
+                    problems.append(
+                        f"table {table} uses the {engine[0]} engine, which has no transactions "
+                        f"(ALTER TABLE {table} ENGINE=InnoDB)"
+                    )
+        if VERSION_TABLE in tables:
+            version = self._models.version
+            rows = version.select(version.table_name, version.table_version).where(
+                version.table_name.in_([self.rooms_table, self.members_table])
+            )
+            for table_name, table_version in rows.tuples():
+                if int(table_version) != TABLE_VERSION:
+                    problems.append(
+                        f"{VERSION_TABLE} table gives {table_name} version {table_version}; "
+                        f"imc-actors knows version {TABLE_VERSION}"
+                    )
+        return problems
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _load_rooms(self) -> list[RoomState]:
+        room, member = self._models.room, self._models.member
+        room_rows = self._db.execute(
+            room.select(room.name, room.domain, room.flag).order_by(room.id)
+        ).fetchall()
+        # Group member rows by the room column as stored: one dict lookup per row, and the
+        # case-insensitive key is computed once per distinct spelling, not once per row.
+        by_spelling: dict[str, list[Member]] = {}
+        lookup = by_spelling.get
+        cursor = self._db.execute(
+            member.select(member.username, member.domain, member.room, member.flag).order_by(
+                member.id
+            )
+        )
+        for username, domain, room_uri, flag in cursor:
+            members = lookup(room_uri)
+            if members is None:
+                by_spelling[room_uri] = members = []
+            members.append(Member(f"sip:{username}@{domain}", flag))
+        grouped: dict[str, list[Member]] = {}
+        spellings: dict[str, list[str]] = {}
+        for room_uri, members in by_spelling.items():
+            key = member_key(room_uri)
+            spellings.setdefault(key, []).append(room_uri)
+            grouped[key] = grouped[key] + members if key in grouped else members
+        for key, uris in spellings.items():
+            if len(uris) > 1:  # one room spelled several ways: re-read it in joining order
+                grouped[key] = self._members_spelled(uris)
+
+        rooms: list[RoomState] = []
+        taken: set[str] = set()
+        for name, domain, flag in room_rows:
+            key = f"{name}@{domain}".lower()
+            if key in taken:
+                log.warning("skipping room row %s@%s: same name as an earlier room", name, domain)
+                continue
+            taken.add(key)
+            members = grouped.pop(key, [])
+            rooms.append(RoomState(name, domain, int(flag), _unique_members(key, members)))
+        if grouped:
+            log.warning(
+                "%d member rows name rooms that do not exist (%s); they are ignored",
+                sum(len(members) for members in grouped.values()),
+                ", ".join(sorted(grouped)[:5]),
+            )
+        return rooms
+
+    def _members_spelled(self, room_uris: list[str]) -> list[Member]:
+        """Members whose room column is one of ``room_uris`` (exactly), in joining order."""
+        member = self._models.member
+        query = (
+            member.select(member.username, member.domain, member.flag)
+            .where(member.room.in_(room_uris))
+            .order_by(member.id)
+        )
+        return [
+            Member(f"sip:{username}@{domain}", flag)
+            for username, domain, flag in self._db.execute(query).fetchall()
+        ]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _validate(self, write: Write) -> None:
+        if isinstance(write, RoomUpsert | RoomDelete):
+            _check_length(write.name, "room name")
+            _check_length(write.domain, "room domain")
+            if not write.name or not write.domain:
+                raise StoreError(f"room {write.name!r}@{write.domain!r} has an empty part")
+            if isinstance(write, RoomUpsert):
+                _check_flags(write.flags)
+        elif isinstance(write, MemberUpsert | MemberDelete):
+            user, host = split_member(write.member)
+            _check_length(user, "member user")
+            _check_length(host, "member domain")
+            _check_length(write.room, "room URI")
+            if not write.room:
+                raise StoreError(f"member {write.member!r} has an empty room URI")
+            if isinstance(write, MemberUpsert):
+                _check_flags(write.flags)
+        else:
+            raise StoreError(f"not a store write: {write!r}")
+
+    def _apply(self, writes: list[Write]) -> None:
+        if self._exact_is_ci is None:
+            self._exact_is_ci = self._mysql_columns_are_ci()
+        sql = self._statements(bool(self._exact_is_ci))
+        execute = self._db.execute_sql
+        with self._db.atomic():
+            for write in writes:
+                if isinstance(write, RoomUpsert):
+                    key: tuple[Any, ...] = (write.name, write.domain)
+                    ids = execute(sql.room_exact, key).fetchall()
+                    if not ids and not self._exact_is_ci:
+                        ids = execute(sql.room_ci, key).fetchall()
+                    if ids:
+                        for (row_id,) in ids:
+                            execute(sql.room_update, (write.flags, row_id))
+                    else:
+                        execute(sql.room_insert, (*key, write.flags))
+                elif isinstance(write, RoomDelete):
+                    execute(sql.room_delete, (write.name, write.domain))
+                    execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))
+                elif isinstance(write, MemberUpsert):
+                    user, host = split_member(write.member)
+                    ids = execute(sql.member_exact, (user, host, write.room)).fetchall()
+                    if not ids and not self._exact_is_ci:
+                        ids = execute(sql.member_ci, (write.room, user, host)).fetchall()
+                    if ids:
+                        for (row_id,) in ids:
+                            execute(sql.member_update, (write.flags, row_id))
+                    else:
+                        execute(sql.member_insert, (user, host, write.room, write.flags))
+                else:
+                    user, host = split_member(write.member)
+                    execute(sql.member_delete, (write.room, user, host))
+
+    def _statements(self, exact_is_ci: bool) -> _Statements:
+        """The write statements, rendered once (peewee's query builder costs more than SQLite)."""
+        cached = self._statement_cache.get(exact_is_ci)
+        if cached is None:
+            cached = self._statement_cache[exact_is_ci] = _Statements.render(
+                self._db, self.rooms_table, self.members_table, exact_is_ci
+            )
+        return cached
+
+    def _mysql_columns_are_ci(self) -> bool | None:
+        """MySQL: True when every key column has a case-insensitive collation (None: no tables)."""
+        rows = self._db.execute_sql(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (%s, %s)",
+            (self.rooms_table, self.members_table),
+        ).fetchall()
+        collations = {(str(t), str(c).lower()): str(k or "") for t, c, k in rows}
+        wanted = [(self.rooms_table, c) for c in ROOM_UNIQUE] + [
+            (self.members_table, c) for c in MEMBER_UNIQUE
+        ]
+        if not all(key in collations for key in wanted):
+            return None
+        return all(collations[key].lower().endswith("_ci") for key in wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """Parametrized SQL for the writes, for one database and pair of tables.
+
+    "ci" conditions compare ignoring case: ``lower(col) = lower(?)`` (the form the expression
+    indexes of :func:`~.models.extra_indexes` serve), or plain ``col = ?`` where the collation
+    already ignores case. Member conditions name ``room`` first, as the index does.
+    """
+
+    room_exact: str  # (name, domain) -> ids
+    room_ci: str  # (name, domain) -> ids
+    room_update: str  # (flag, id)
+    room_insert: str  # (name, domain, flag)
+    room_delete: str  # (name, domain)
+    room_members_delete: str  # (room uri,)
+    member_exact: str  # (username, domain, room) -> ids
+    member_ci: str  # (room, username, domain) -> ids
+    member_update: str  # (flag, id)
+    member_insert: str  # (username, domain, room, flag)
+    member_delete: str  # (room, username, domain)
+
+    @classmethod
+    def render(
+        cls, db: peewee.Database, rooms_table: str, members_table: str, exact_is_ci: bool
+    ) -> _Statements:
+        left, right = db.quote[0], db.quote[-1]
+        p = db.param
+
+        def q(name: str) -> str:
+            return f"{left}{name}{right}"
+
+        def ci(column: str) -> str:
+            return f"{q(column)} = {p}" if exact_is_ci else f"lower({q(column)}) = lower({p})"
+
+        rooms, members = q(rooms_table), q(members_table)
+        room_ci = f"{ci('name')} AND {ci('domain')}"
+        member_ci = f"{ci('room')} AND {ci('username')} AND {ci('domain')}"
+        return cls(
+            room_exact=f"SELECT id FROM {rooms} WHERE name = {p} AND domain = {p}",
+            room_ci=f"SELECT id FROM {rooms} WHERE {room_ci} ORDER BY id",
+            room_update=f"UPDATE {rooms} SET flag = {p} WHERE id = {p}",
+            room_insert=f"INSERT INTO {rooms} (name, domain, flag) VALUES ({p}, {p}, {p})",
+            room_delete=f"DELETE FROM {rooms} WHERE {room_ci}",
+            room_members_delete=f"DELETE FROM {members} WHERE {ci('room')}",
+            member_exact=(
+                f"SELECT id FROM {members} WHERE username = {p} AND domain = {p} AND room = {p}"
+            ),
+            member_ci=f"SELECT id FROM {members} WHERE {member_ci} ORDER BY id",
+            member_update=f"UPDATE {members} SET flag = {p} WHERE id = {p}",
+            member_insert=(
+                f"INSERT INTO {members} (username, domain, room, flag) VALUES ({p}, {p}, {p}, {p})"
+            ),
+            member_delete=f"DELETE FROM {members} WHERE {member_ci}",
+        )
+
+
+def _check_flags(flags: object) -> None:
+    if not isinstance(flags, int) or isinstance(flags, bool) or not 0 <= flags < 2**31:
+        raise StoreError(f"flags {flags!r} are not a non-negative integer")
+
+
+def _unique_members(room_key: str, members: list[Member]) -> tuple[Member, ...]:
+    """The members in order, dropping rows whose URI differs only in case from an earlier one."""
+    if len(members) < 2 or len({member.uri.lower() for member in members}) == len(members):
+        return tuple(members)
+    seen: set[str] = set()
+    unique: list[Member] = []
+    for member in members:
+        key = member.uri.lower()
+        if key in seen:
+            log.warning("room %s: skipping duplicate member row %s", room_key, member.uri)
+            continue
+        seen.add(key)
+        unique.append(member)
+    return tuple(unique)

@@ -1,0 +1,361 @@
+"""The store: durable writes from Trio, with group commit (spec §8, design "durable before ack").
+
+Room actors call ``await store.commit(outcome.writes)`` and answer only after it returns. One
+writer task (:meth:`Store.run`) collects the commits waiting from all rooms and hands them to
+:meth:`Repository.apply_batch` together, in one transaction, in one worker thread
+(``trio.to_thread.run_sync`` with a dedicated ``CapacityLimiter(1)``), so a thousand rooms
+committing at once cost one disk flush, and the event loop never waits on the database.
+
+Failures stay local:
+
+- when a combined batch fails while the database answers, each commit of the batch is retried
+  alone, so one bad change fails only its own command (:class:`StoreError`);
+- when the database does not answer, the store becomes *unavailable*: the commits of that batch
+  and every later one fail at once with :class:`StoreUnavailable` (the caller answers 503 with
+  ``Retry-After``) while a background ping (every ``ping_interval`` seconds of Trio time) waits
+  for the database to return; then the store resumes by itself.
+
+The store only calls ``apply_batch``, ``ping`` and ``load_rooms`` on its repository, so tests and
+fault-injection tools can pass any object with those methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from ..imc.effects import Write
+from ..imc.state import RoomState
+from .repository import StoreError
+
+__all__ = ["Backend", "Store", "StoreError", "StoreStatistics", "StoreUnavailable"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (or the store is backlogged): answer 503.
+
+    ``retry_after`` is the number of seconds to put in the ``Retry-After`` header.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Backend(Protocol):
+    """What the store needs of a repository (:class:`~.repository.Repository` has it)."""
+
+    def apply_batch(self, writes: Sequence[Write]) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def load_rooms(self) -> list[RoomState]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """A snapshot of the store's counters (for metrics and tests).
+
+    ``commits``: calls to :meth:`Store.commit` that became durable. ``batches``: transactions
+    the writer started with the commits it collected (a retry of a failed batch commit by
+    commit is not counted again). ``failures``: calls to :meth:`Store.commit` that raised
+    (including those refused at once while unavailable). ``pending``: commits queued or in
+    flight now. ``available``: False while the database is failing. ``last_commit_seconds``:
+    how long the last successful transaction took in the worker thread (None before the first).
+    """
+
+    commits: int
+    batches: int
+    failures: int
+    pending: int
+    available: bool
+    last_commit_seconds: float | None
+
+
+class _Waiter:
+    """One call to :meth:`Store.commit`: its writes, and its result once the writer is done."""
+
+    __slots__ = ("done", "error", "writes")
+
+    def __init__(self, writes: tuple[Write, ...]) -> None:
+        self.writes = writes
+        self.done = trio.Event()
+        self.error: StoreError | None = None
+
+
+@dataclass(slots=True)
+class _BatchResult:
+    """What the worker thread reports back for one batch."""
+
+    errors: list[BaseException | None]  # one per waiter, None when durable
+    down: BaseException | None = None  # the ping's error when the database is not answering
+    seconds: float | None = None  # duration of the successful combined transaction
+
+
+class Store:
+    """Group-committing writer in front of a :class:`~.repository.Repository`.
+
+    ``max_batch`` bounds the writes per transaction (a single commit larger than that still
+    goes alone, whole). ``max_pending`` bounds the commits waiting; beyond it :meth:`commit`
+    fails at once with :class:`StoreUnavailable` (backpressure, spec §3). ``ping_interval`` is
+    the Trio time between pings while the database is failing; ``retry_after`` is the
+    ``Retry-After`` given meanwhile.
+    """
+
+    def __init__(
+        self,
+        repository: Backend,
+        *,
+        max_batch: int = 512,
+        max_pending: int = 10_000,
+        ping_interval: float = 1.0,
+        retry_after: int | None = None,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1 or ping_interval <= 0:
+            raise ValueError("max_batch, max_pending and ping_interval must be positive")
+        self._repository = repository
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._ping_interval = ping_interval
+        self._retry_after = (
+            retry_after if retry_after is not None else max(1, math.ceil(ping_interval))
+        )
+        self._limiter = trio.CapacityLimiter(1)
+        self._queue: deque[_Waiter] = deque()
+        self._wakeup = trio.Event()
+        self._running = False
+        self._stopped = False
+        self._available = True
+        self._recovered = trio.Event()  # replaced when the store becomes unavailable
+        self._recovered.set()
+        self._in_flight = 0
+        self._commits = 0
+        self._batches = 0
+        self._failures = 0
+        self._last_commit_seconds: float | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task; start it with ``await nursery.start(store.run)``. Runs until cancelled.
+
+        Commits made before it starts wait for it. On cancellation the batch in flight is
+        finished (shielded: its waiters learn the truth), then every commit still queued fails
+        with :class:`StoreError` and later commits fail at once. It may be run again afterwards.
+        """
+        if self._running:
+            raise RuntimeError("Store.run() is already running")
+        self._running = True
+        self._stopped = False
+        try:
+            async with trio.open_nursery() as nursery:
+                if not self._available:  # stopped while failing: keep watching the database
+                    nursery.start_soon(self._wait_for_database)
+                task_status.started()
+                await self._write_loop(nursery)
+        finally:
+            self._running = False
+            self._stopped = True
+            self._fail_queued(
+                lambda: StoreError("the store was shut down before this change was written")
+            )
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Make ``writes`` durable, in order, in one transaction; return once they are.
+
+        Empty ``writes`` return at once (no checkpoint). Raises :class:`StoreUnavailable` at
+        once while the database is failing or the queue is full, :class:`StoreError` when this
+        change cannot be stored or the store is shut down. If the caller is cancelled while the
+        change is still queued, it is dropped and never written; once its transaction has
+        started, it may still become durable.
+        """
+        if not writes:
+            return
+        if self._stopped:
+            self._failures += 1
+            raise StoreError("the store is shut down")
+        if not self._available:
+            self._failures += 1
+            raise StoreUnavailable("the database is unavailable", self._retry_after)
+        if len(self._queue) >= self._max_pending:
+            self._failures += 1
+            raise StoreUnavailable(
+                f"the store has {len(self._queue)} changes waiting", self._retry_after
+            )
+        waiter = _Waiter(tuple(writes))
+        self._queue.append(waiter)
+        self._wakeup.set()
+        try:
+            await waiter.done.wait()
+        except BaseException:
+            if not waiter.done.is_set():
+                try:
+                    self._queue.remove(waiter)  # still queued: it will never be written
+                except ValueError:
+                    pass  # already in flight: its outcome is counted by the writer
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+
+    async def load_rooms(self) -> list[RoomState]:
+        """Every stored room (see :meth:`Repository.load_rooms`), read in the writer thread."""
+        try:
+            return await trio.to_thread.run_sync(self._repository.load_rooms, limiter=self._limiter)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"loading the rooms failed: {type(exc).__name__}: {exc}") from exc
+
+    async def wait_available(self) -> None:
+        """Return once the store accepts commits again (at once when it does now).
+
+        Event-driven, so tests on an autojump clock need not guess how much virtual time the
+        background ping (which runs in a worker thread) takes.
+        """
+        while not self._available:
+            await self._recovered.wait()
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> StoreStatistics:
+        """Counters and state now."""
+        return StoreStatistics(
+            commits=self._commits,
+            batches=self._batches,
+            failures=self._failures,
+            pending=len(self._queue) + self._in_flight,
+            available=self._available,
+            last_commit_seconds=self._last_commit_seconds,
+        )
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    async def _write_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            # A cancelled store finishes the batch in flight but does not start another one.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            batch = self._take_batch()
+            with trio.CancelScope(shield=True):
+                await self._write(batch, nursery)
+
+    def _take_batch(self) -> list[_Waiter]:
+        batch = [self._queue.popleft()]
+        size = len(batch[0].writes)
+        while self._queue and size + len(self._queue[0].writes) <= self._max_batch:
+            waiter = self._queue.popleft()
+            size += len(waiter.writes)
+            batch.append(waiter)
+        return batch
+
+    async def _write(self, batch: list[_Waiter], nursery: trio.Nursery) -> None:
+        """Write one batch (called shielded) and wake its waiters."""
+        self._in_flight = len(batch)
+        self._batches += 1
+        try:
+            result = await trio.to_thread.run_sync(
+                self._write_in_thread, [waiter.writes for waiter in batch], limiter=self._limiter
+            )
+        except BaseException as exc:  # a bug, not a database failure: never leave waiters hanging
+            for waiter in batch:
+                self._failures += 1
+                waiter.error = StoreError(f"the store's writer failed: {exc!r}")
+                waiter.done.set()
+            raise
+        finally:
+            self._in_flight = 0
+        if result.seconds is not None:
+            self._last_commit_seconds = result.seconds
+        if result.down is not None:
+            self._mark_unavailable(result.down, nursery)
+        for waiter, error in zip(batch, result.errors, strict=True):
+            if error is None:
+                self._commits += 1
+            else:
+                self._failures += 1
+                waiter.error = self._as_store_error(error, down=result.down is not None)
+            waiter.done.set()
+
+    def _write_in_thread(self, groups: list[tuple[Write, ...]]) -> _BatchResult:
+        """Runs in the worker thread: the combined transaction, then the fallbacks."""
+        repository = self._repository
+        started = time.perf_counter()
+        try:
+            repository.apply_batch([write for group in groups for write in group])
+        except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiters
+            combined: BaseException = exc
+        else:
+            return _BatchResult(errors=[None] * len(groups), seconds=time.perf_counter() - started)
+        try:
+            repository.ping()
+        except Exception as exc:  # noqa: BLE001 - the database does not answer: an outage
+            return _BatchResult(errors=[combined] * len(groups), down=exc)
+        if len(groups) == 1:
+            return _BatchResult(errors=[combined])
+        log.warning(
+            "batch of %d commits failed (%s); retrying them one by one", len(groups), combined
+        )
+        errors: list[BaseException | None] = []
+        for group in groups:
+            try:
+                repository.apply_batch(group)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return _BatchResult(errors=errors)
+
+    def _as_store_error(self, error: BaseException, *, down: bool) -> StoreError:
+        """The exception one waiter gets (a fresh one unless the repository raised it for it)."""
+        if not down and isinstance(error, StoreError):
+            return error
+        result: StoreError
+        if down:
+            result = StoreUnavailable(f"the database is unavailable: {error}", self._retry_after)
+        else:
+            result = StoreError(f"{type(error).__name__}: {error}")
+        result.__cause__ = error
+        return result
+
+    # -- availability -------------------------------------------------------------------------
+
+    def _mark_unavailable(self, reason: BaseException, nursery: trio.Nursery) -> None:
+        if not self._available:
+            return
+        self._available = False
+        self._recovered = trio.Event()
+        log.error("store unavailable, answering 503 until the database is back: %s", reason)
+        self._fail_queued(
+            lambda: StoreUnavailable(f"the database is unavailable: {reason}", self._retry_after)
+        )
+        nursery.start_soon(self._wait_for_database)
+
+    async def _wait_for_database(self) -> None:
+        while True:
+            await trio.sleep(self._ping_interval)
+            try:
+                await trio.to_thread.run_sync(self._repository.ping, limiter=self._limiter)
+            except Exception as exc:  # noqa: BLE001 - still down: keep pinging
+                log.debug("database still unavailable: %s", exc)
+                continue
+            self._available = True
+            self._recovered.set()
+            log.warning("database available again; the store resumes")
+            return
+
+    def _fail_queued(self, make_error: Callable[[], StoreError]) -> None:
+        while self._queue:
+            waiter = self._queue.popleft()
+            waiter.error = make_error()
+            self._failures += 1
+            waiter.done.set()

@@ -1,0 +1,138 @@
+"""Fixtures for the storage tests: the same tests on SQLite, PostgreSQL and MySQL/MariaDB.
+
+``db_url`` is parametrized over the three engines. The servers default to the ones CI starts
+(``postgresql://postgres@127.0.0.1:5432/test``, ``mysql://root@127.0.0.1:3306/test``);
+``IMC_TEST_POSTGRESQL_URL`` and ``IMC_TEST_MYSQL_URL`` point elsewhere. An unreachable server
+skips its tests with the reason, except when the ``CI`` environment variable is set: then the
+tests fail, so CI can never pass without testing every engine.
+
+Every test gets its own table names (``imc_rooms_<random>``, ``imc_members_<random>``) and
+drops them, and their ``version`` rows, at teardown, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee
+import pytest
+
+from imc_actors.store.repository import Repository, StoreError
+from imc_actors.store.urls import DatabaseURL, open_database
+
+ENGINES = ("sqlite", "postgresql", "mysql")
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "IMC_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+    "mysql": os.environ.get("IMC_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+}
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schema"
+
+_unreachable: dict[str, str | None] = {}  # engine -> why it cannot be used (None: it can)
+
+
+def _why_unreachable(engine: str, url: str) -> str | None:
+    """Ping the server once per session; the reason it failed, or None."""
+    if engine not in _unreachable:
+        try:
+            with Repository(url) as repository:
+                repository.ping()
+        except StoreError as exc:
+            _unreachable[engine] = f"{engine} server not reachable ({exc})"
+        else:
+            _unreachable[engine] = None
+    return _unreachable[engine]
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test, or fail it when ``CI`` is set (CI must exercise every engine)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so this fails instead of skipping", pytrace=False)
+    pytest.skip(reason)
+
+
+def engine_of(url: str) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql`` for a database URL."""
+    return DatabaseURL.parse(url).engine
+
+
+@pytest.fixture(params=ENGINES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for each engine (SQLite: a file in the test's tmp_path)."""
+    engine: str = request.param
+    if engine == "sqlite":
+        return f"sqlite:///{tmp_path / 'imc.db'}"
+    url = SERVER_URLS[engine]
+    reason = _why_unreachable(engine, url)
+    if reason is not None:
+        skip_or_fail(reason)
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """The table names one test uses."""
+
+    rooms: str
+    members: str
+
+
+def new_tables() -> Tables:
+    """Fresh, unique table names."""
+    suffix = secrets.token_hex(4)
+    return Tables(f"imc_rooms_{suffix}", f"imc_members_{suffix}")
+
+
+def drop_tables(url: str, tables: Tables) -> None:
+    """Drop ``tables`` and remove their ``version`` rows (missing ones are fine)."""
+    db = open_database(DatabaseURL.parse(url))
+    try:
+        left, right = db.quote[0], db.quote[-1]
+        for table in (tables.rooms, tables.members):
+            db.execute_sql(f"DROP TABLE IF EXISTS {left}{table}{right}")
+        if db.table_exists("version"):
+            db.execute_sql(
+                f"DELETE FROM version WHERE table_name IN ({db.param}, {db.param})",
+                (tables.rooms, tables.members),
+            )
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def tables(db_url: str) -> Iterator[Tables]:
+    """Unique table names for this test; the tables are dropped afterwards."""
+    names = new_tables()
+    yield names
+    drop_tables(db_url, names)
+
+
+@pytest.fixture
+def raw_db(db_url: str) -> Iterator[peewee.Database]:
+    """A separate peewee connection to the test database, for DDL and checks behind our back."""
+    db = open_database(DatabaseURL.parse(db_url))
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def repository(db_url: str, tables: Tables) -> Iterator[Repository]:
+    """A :class:`Repository` on fresh tables created by ``init_schema``."""
+    repo = Repository(db_url, tables.rooms, tables.members)
+    repo.init_schema()
+    yield repo
+    repo.close()
+
+
+@pytest.fixture
+def sqlite_repository(tmp_path: Path) -> Iterator[Repository]:
+    """A :class:`Repository` on a fresh SQLite file (the writer tests need no server)."""
+    repo = Repository(f"sqlite:///{tmp_path / 'store.db'}")
+    repo.init_schema()
+    yield repo
+    repo.close()
