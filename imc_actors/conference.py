@@ -9,20 +9,23 @@ the returned code.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from .actors.delivery import Delivery, DeliveryResult, Sender
-from .actors.supervisor import RETRY, Answer, ApplyFn, Supervisor
+from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .config import Config
 from .imc import texts
 from .imc.commands import CommandError, parse_command, resolve
 from .imc.effects import Notice
 from .imc.room import Policy, RoomRequest, help_text, new_room, notice_error, rooms_reply
+from .imc.room import apply as room_apply
 from .imc.state import RoomState
+from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .store.repository import Repository
 from .store.writer import Backend, Store
 
@@ -60,6 +63,27 @@ class IncomingMessage:
     call_id: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RoomStatus:
+    """A read-only view of one room as its supervisor sees it (see :meth:`Conference.room_status`).
+
+    ``state`` is the last committed state; ``running`` whether an actor task is running now
+    (actors start on a room's first command and end when it is destroyed or quarantined);
+    ``restarts`` how many times its actor crashed and was restarted; ``quarantined`` whether
+    its commands are refused with 503 now, for ``retry_after`` more seconds (rounded up; None
+    when not quarantined); ``mailbox_depth`` the commands waiting in its mailbox;
+    ``processed`` the commands it has handled.
+    """
+
+    state: RoomState
+    running: bool
+    restarts: int
+    quarantined: bool
+    retry_after: int | None
+    mailbox_depth: int
+    processed: int
+
+
 def split_user_host(uri: str) -> tuple[str, str]:
     """``sip:user@host`` -> ``(user, host)``; the user is empty when the URI has none."""
     rest = uri.split(":", 1)[1] if ":" in uri else uri
@@ -68,12 +92,24 @@ def split_user_host(uri: str) -> tuple[str, str]:
 
 
 class Conference:
-    """Routes each MESSAGE to the right room actor, or answers it without one."""
+    """Routes each MESSAGE to the right room actor, or answers it without one.
 
-    def __init__(self, config: Config, supervisor: Supervisor, delivery: Delivery) -> None:
+    Made by :func:`open_conference` (and used as is by the server). ``notices`` is the
+    :class:`~imc_actors.notices.NoticeRouter` every notice goes through (see :meth:`subscribe`).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        supervisor: Supervisor,
+        delivery: Delivery,
+        notices: NoticeRouter | None = None,
+    ) -> None:
         self.config = config
         self.supervisor = supervisor
         self.delivery = delivery
+        self.notices = notices
+        self._closed = False
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
         self._start = config.imc_cmd_start_char[0]
@@ -90,6 +126,58 @@ class Conference:
         name, domain = split_user_host(uri)
         handle = self.supervisor.lookup(name, domain)
         return handle.state if handle is not None and handle.committed else None
+
+    def room_status(self, uri: str) -> RoomStatus | None:
+        """The supervisor's view of the room at ``uri`` (restarts, quarantine, mailbox), or None
+        when there is no such room. A snapshot: it does not change afterwards."""
+        name, domain = split_user_host(uri)
+        handle = self.supervisor.lookup(name, domain)
+        if handle is None or not handle.committed:
+            return None
+        now = trio.current_time()
+        quarantined = now < handle.quarantined_until
+        return RoomStatus(
+            state=handle.state,
+            running=handle.running,
+            restarts=handle.restarts,
+            quarantined=quarantined,
+            retry_after=max(1, math.ceil(handle.quarantined_until - now)) if quarantined else None,
+            mailbox_depth=handle.send.statistics().current_buffer_used if handle.send is not None else 0,
+            processed=handle.processed,
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once the :func:`open_conference` block that made this conference has ended
+        (its actors are gone; :meth:`handle` must not be called any more)."""
+        return self._closed
+
+    # ------------------------------------------------------------------ notices
+    async def flush_notices(self) -> None:
+        """Wait until every notice queued so far has been handed to its subscription or sent
+        by the sender (delivered or failed). Checkpoints."""
+        await self.delivery.drain()
+
+    def subscribe(
+        self,
+        *recipients: str,
+        max_buffer: int = 256,
+        observe: bool = False,
+        when_full: WhenFull = "wait",
+        confirm: bool = False,
+        confirm_timeout: float | None = 32.0,
+    ) -> NoticeChannel:
+        """Receive what the rooms send to ``recipients`` (URIs; none: every notice) in a bounded
+        channel, instead of the conference's sender delivering it (``observe=True``: a copy, the
+        normal delivery goes on). Use it as a context manager to unsubscribe. See
+        :mod:`imc_actors.notices` for backpressure (``max_buffer``, ``when_full``) and
+        confirmations. Does not checkpoint."""
+        if self.notices is None:
+            raise RuntimeError("this Conference was built without a NoticeRouter")
+        return self.notices.subscribe(
+            *recipients, max_buffer=max_buffer, observe=observe, when_full=when_full,
+            confirm=confirm, confirm_timeout=confirm_timeout,
+        )
 
     # ------------------------------------------------------------------ entry point
     async def handle(self, msg: IncomingMessage) -> Answer:
@@ -177,16 +265,21 @@ async def open_conference(
     sender: Sender | None = None,
     repository: Backend | None = None,
     apply: ApplyFn | None = None,
+    wrap_sender: Callable[[Sender], Sender] | None = None,
+    wrap_store: Callable[[Committer], Committer] | None = None,
 ) -> AsyncIterator[Conference]:
     """Run a conference (store, supervisor, delivery; no sockets) for the body of the block.
 
     Rooms in the configured database are recovered first. ``sender`` delivers each notice
-    (the server passes its SIP client; embedders pass their own; default: discard).
-    ``repository`` replaces the peewee repository built from ``config.db_url`` and ``apply``
-    the pure room transition (both are how :mod:`imc_actors.testing` injects faults). Leaving the
-    block, or cancellation of the caller, stops every actor; changes already acknowledged are
-    durable. Leaving normally first waits (at most ``SHUTDOWN_GRACE`` seconds) until the
-    notices already queued have been delivered.
+    that no subscription claims (the server passes its SIP client; embedders pass their own;
+    default: discard); a :class:`~imc_actors.notices.NoticeRouter` passed as ``sender`` becomes
+    the conference's router (:meth:`Conference.subscribe`). ``repository`` replaces the peewee
+    repository built from ``config.db_url``; ``apply`` the pure room transition;
+    ``wrap_sender`` wraps what delivery calls (outside the router) and ``wrap_store`` what the
+    room actors commit through: the four boundaries :mod:`imc_actors.testing` injects faults at.
+    Leaving the block, or cancellation of the caller, stops every actor; changes already
+    acknowledged are durable. Leaving normally first waits (at most ``SHUTDOWN_GRACE`` seconds)
+    until the notices already queued have been delivered. Subscriptions end with the block.
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
@@ -196,27 +289,46 @@ async def open_conference(
         check_on_create=config.check_on_create,
         owner_leave=config.owner_leave,
     )
+    router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender or _discard)
+    try:
+        async with _running(config, store, router, policy, apply, wrap_sender, wrap_store) as conference:
+            yield conference
+    finally:
+        router.close()
+
+
+@asynccontextmanager
+async def _running(
+    config: Config,
+    store: Store,
+    router: NoticeRouter,
+    policy: Policy,
+    apply: ApplyFn | None,
+    wrap_sender: Callable[[Sender], Sender] | None,
+    wrap_store: Callable[[Committer], Committer] | None,
+) -> AsyncIterator[Conference]:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        delivery = Delivery(sender or _discard)
+        delivery = Delivery(wrap_sender(router) if wrap_sender is not None else router)
         supervisor = Supervisor(
-            store=store,
+            store=wrap_store(store) if wrap_store is not None else store,
             delivery=delivery,
             policy=policy,
             hash_size=config.hash_size,
             mailbox_size=config.mailbox_size,
             restart_limit=config.restart_limit,
             restart_window=config.restart_window,
-            **({"apply": apply} if apply is not None else {}),
+            apply=apply if apply is not None else room_apply,
         )
         delivery.on_outcome = supervisor.on_delivery
         supervisor.load(await store.load_rooms())
         await nursery.start(delivery.run)
         await nursery.start(supervisor.run)
-        conference = Conference(config, supervisor, delivery)
+        conference = Conference(config, supervisor, delivery, router)
         try:
             yield conference
             with trio.move_on_after(SHUTDOWN_GRACE):  # notices already queued still go out
                 await delivery.drain()
         finally:
+            conference._closed = True
             nursery.cancel_scope.cancel()

@@ -1,0 +1,275 @@
+"""The public embedding API: open_conference/serve_conference/serve_server, subscriptions to
+what the rooms send, read-only views, and clean, durable shutdown on cancellation."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import socket
+import subprocess
+import sys
+
+import pytest
+import trio
+import trio.testing
+
+import imc_actors
+from imc_actors import (
+    Config,
+    Delivered,
+    DeliveryResult,
+    IncomingMessage,
+    Notice,
+    NoticeRouter,
+    RoomStatus,
+    open_conference,
+    serve_conference,
+    serve_server,
+)
+from imc_actors.testing import Faults, assert_no_leaked_tasks, members_of
+
+DOMAIN = "example.com"
+MANAGER = f"sip:imc-manager@{DOMAIN}"
+ROOM = f"sip:chat@{DOMAIN}"
+
+
+def say(uri: str, user: str, body: str, call_id: str = "") -> IncomingMessage:
+    return IncomingMessage(uri, f"sip:{user}@{DOMAIN}", body.encode(), "text/plain", call_id)
+
+
+class Outbox:
+    """A sender that records what it is asked to deliver."""
+
+    def __init__(self) -> None:
+        self.sent: list[Notice] = []
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        self.sent.append(notice)
+        return DeliveryResult(200, "OK")
+
+    def to(self, user: str) -> list[bytes]:
+        return [n.body for n in self.sent if n.to == f"sip:{user}@{DOMAIN}"]
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    return Config(db_url=f"sqlite:///{tmp_path}/rooms.db", domains=[DOMAIN])
+
+
+async def chat_room(conference) -> None:
+    assert (await conference.handle(say(MANAGER, "alice", "#create chat"))).code == 200
+    assert (await conference.handle(say(ROOM, "bob", "#join"))).code == 200
+    await conference.flush_notices()
+
+
+# ---------------------------------------------------------------------- the package
+def test_every_public_name_resolves():
+    for name in imc_actors.__all__:
+        assert getattr(imc_actors, name) is not None, name
+    from imc_actors import Server, open_server  # lazily imported
+
+    assert open_server.__module__ == "imc_actors.server" and Server.__name__ == "Server"
+    assert {"open_server", "serve_conference"} <= set(dir(imc_actors))
+
+
+def test_importing_the_package_stays_light():
+    code = (
+        "import sys, imc_actors; "
+        "heavy = [m for m in ('imc_actors.server', 'trio_asyncio', 'hypercorn') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------- views
+async def test_handle_and_read_only_views(config):
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        answer = await conference.handle(say(ROOM, "bob", "#members"))
+        assert (answer.code, answer.body) == (200, b"Members:\n*[alice]\n[bob]")
+        [room] = conference.rooms()
+        assert room is conference.room("sip:CHAT@example.com")
+        assert [m.uri for m in room.members] == [f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            room.members = ()  # type: ignore[misc]
+        status = conference.room_status(ROOM)
+        assert isinstance(status, RoomStatus)
+        assert (status.running, status.restarts, status.quarantined, status.retry_after) == (True, 0, False, None)
+        assert status.processed >= 2 and status.mailbox_depth == 0
+        assert conference.room_status(f"sip:nope@{DOMAIN}") is None
+        assert not conference.closed
+    assert conference.closed
+
+
+# ---------------------------------------------------------------------- subscriptions
+async def test_a_subscription_claims_its_recipients(config):
+    outbox = Outbox()
+    async with open_conference(config, sender=outbox) as conference:
+        with conference.subscribe(f"sip:BOB@{DOMAIN}") as bob:
+            await chat_room(conference)
+            assert (await conference.handle(say(ROOM, "alice", "hi bob"))).code == 202
+            await conference.flush_notices()
+            got = [bob.receive_nowait().notice.body for _ in range(2)]
+            assert got == [b"*** [bob] has joined the room", b"[alice]: hi bob"]
+            assert outbox.to("bob") == []  # the app delivered them, not the sender
+            assert outbox.to("alice") == [b"*** Room was created", b"*** [bob] has joined the room"]
+            assert bob.statistics().received == 2
+        # unsubscribed: bob's notices go the normal way again
+        assert (await conference.handle(say(ROOM, "alice", "still there?"))).code == 202
+        await conference.flush_notices()
+        assert outbox.to("bob") == [b"[alice]: still there?"]
+
+
+async def test_an_observer_gets_copies_and_delivery_goes_on(config):
+    outbox = Outbox()
+    async with open_conference(config, sender=outbox) as conference:
+        with conference.subscribe(observe=True) as tap:
+            await chat_room(conference)
+            seen = []
+            while True:
+                try:
+                    seen.append(tap.receive_nowait())
+                except trio.WouldBlock:
+                    break
+        assert sorted(d.notice.to for d in seen) == sorted(n.to for n in outbox.sent)
+        assert len(seen) == 3
+        assert all(isinstance(d, Delivered) and d.in_reply_to == "" for d in seen)
+
+
+async def test_a_full_subscription_fails_deliveries_when_asked_to(config):
+    async with open_conference(config) as conference:
+        with conference.subscribe(f"sip:bob@{DOMAIN}", max_buffer=0, when_full="fail") as bob:
+            await chat_room(conference)
+            assert bob.statistics().dropped == 1  # the join notice found no room
+            assert conference.delivery.statistics().failed == 1
+
+
+async def test_a_full_subscription_applies_backpressure(config):
+    async with open_conference(config) as conference:
+        with conference.subscribe(f"sip:bob@{DOMAIN}", max_buffer=1) as bob:
+            await chat_room(conference)  # bob's join notice fills the buffer
+            assert (await conference.handle(say(ROOM, "alice", "one"))).code == 202
+            await trio.testing.wait_all_tasks_blocked()
+            assert conference.delivery.statistics().in_flight == 1  # waits for the app
+            assert (await bob.receive()).notice.body == b"*** [bob] has joined the room"
+            await conference.flush_notices()
+            assert bob.receive_nowait().notice.body == b"[alice]: one"
+            assert conference.delivery.statistics().in_flight == 0
+
+
+async def withdrawal_told_to_alice(alice) -> bytes:
+    """The notice the room sends the inviter once it has withdrawn the invitation."""
+    while True:
+        body = (await alice.receive()).notice.body
+        if body.startswith(b"*** Invitation to [carol] failed"):
+            return body
+
+
+async def test_a_confirmed_subscription_reports_failures_to_the_room(config):
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        alice = conference.subscribe(f"sip:alice@{DOMAIN}")
+        with conference.subscribe(f"sip:carol@{DOMAIN}", confirm=True) as carol:
+            assert (await conference.handle(say(ROOM, "alice", "#invite carol"))).code == 200
+            invitation = await carol.receive()
+            assert invitation.notice.invite_of == f"sip:carol@{DOMAIN}"
+            await trio.testing.wait_all_tasks_blocked()
+            assert conference.delivery.statistics().in_flight == 1  # waiting for our answer
+            invitation.confirm(480, "Temporarily Unavailable")  # carol is offline
+            assert await withdrawal_told_to_alice(alice) == (
+                b"*** Invitation to [carol] failed: 480 Temporarily Unavailable"
+            )
+        assert f"carol@{DOMAIN}" not in members_of(conference.room(ROOM))  # withdrawn
+
+
+async def test_an_unconfirmed_delivery_times_out(config, autojump_clock):
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        alice = conference.subscribe(f"sip:alice@{DOMAIN}")
+        with conference.subscribe(f"sip:carol@{DOMAIN}", confirm=True, confirm_timeout=5) as carol:
+            assert (await conference.handle(say(ROOM, "alice", "#invite carol"))).code == 200
+            await carol.receive()  # and never confirmed
+            started = trio.current_time()
+            body = await withdrawal_told_to_alice(alice)
+            assert body == b"*** Invitation to [carol] failed: 408 Request Timeout"
+            assert trio.current_time() - started >= 5
+        assert f"carol@{DOMAIN}" not in members_of(conference.room(ROOM))
+
+
+async def test_subscriptions_end_with_the_conference(config):
+    router = NoticeRouter()
+    everything = router.subscribe()  # before the conference starts
+    async with open_conference(config, sender=router) as conference:
+        assert conference.notices is router
+        await chat_room(conference)
+    bodies = [delivered.notice.body async for delivered in everything]  # ends: no hang
+    assert b"*** Room was created" in bodies and len(bodies) == 3
+    with pytest.raises(RuntimeError):
+        conference.subscribe()
+
+
+# ---------------------------------------------------------------------- lifecycle
+async def test_serve_conference_with_nursery_start_shuts_down_durably(config):
+    acknowledged: list[str] = []
+    some_acknowledged = trio.Event()
+    with assert_no_leaked_tasks():
+        async with trio.open_nursery() as nursery:
+            conference = await nursery.start(serve_conference, config)
+            await chat_room(conference)
+
+            async def join(user: str) -> None:
+                if (await conference.handle(say(ROOM, user, "#join"))).code == 200:
+                    acknowledged.append(f"{user}@{DOMAIN}")
+                    if len(acknowledged) == 5:
+                        some_acknowledged.set()
+
+            for i in range(200):
+                nursery.start_soon(join, f"user{i}")
+            await some_acknowledged.wait()
+            nursery.cancel_scope.cancel()  # the caller's scope, with joins in flight
+    assert conference.closed and 5 <= len(acknowledged) < 200
+    async with open_conference(config) as again:
+        stored = set(members_of(again.room(ROOM)))
+    # every acknowledged join is durable; a join whose transaction had started when the
+    # cancellation came may be durable too, although its caller never heard back
+    assert set(acknowledged) <= stored
+    assert stored - set(acknowledged) <= {f"alice@{DOMAIN}", f"bob@{DOMAIN}"} | {f"user{i}@{DOMAIN}" for i in range(200)}
+
+
+async def test_cancellation_mid_commit_keeps_acknowledged_and_drops_unacknowledged(config):
+    faults = Faults(seed=3)
+    answers: dict[str, int] = {}
+    with assert_no_leaked_tasks(faults):
+        async with trio.open_nursery() as outer:
+            with trio.CancelScope() as scope:
+                async with faults.open_conference(config) as conference:
+                    await chat_room(conference)
+                    faults.hang_commit(room=ROOM, command="join")  # never released
+
+                    async def join(user: str) -> None:
+                        answers[user] = (await conference.handle(say(ROOM, user, "#join"))).code
+
+                    outer.start_soon(join, "dave")
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+    assert answers == {"dave": 503}, faults  # told to retry, never acknowledged
+    async with open_conference(config) as again:
+        assert set(members_of(again.room(ROOM))) == {f"alice@{DOMAIN}", f"bob@{DOMAIN}"}, faults
+
+
+async def test_serve_server_with_nursery_start(tmp_path):
+    config = Config.from_sources(environ={}, overrides={
+        "listen": ["udp:127.0.0.1:0"], "db_url": f"sqlite:///{tmp_path}/rooms.db", "domains": ["127.0.0.1"],
+    })
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(functools.partial(serve_server, config))
+        [address] = server.addresses
+        assert address.transport == "udp" and address.port != 0
+        answer = await server.conference.handle(
+            IncomingMessage("sip:imc-manager@127.0.0.1", "sip:alice@127.0.0.1", b"#create lobby")
+        )
+        assert answer.code == 200
+        nursery.cancel_scope.cancel()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", address.port))  # the server's socket is closed
