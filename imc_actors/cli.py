@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -129,6 +130,9 @@ async def _serve(config: Config) -> None:
 
 def _db(config: Config, action: str) -> int:
     from .store.repository import Repository, StoreError
+
+    # a one-shot command answers in one line; the store's retry warnings are for servers
+    logging.getLogger("imc_actors.store").setLevel(logging.ERROR)
 
     try:
         repository = Repository(config.db_url, config.rooms_table, config.members_table)

@@ -1,0 +1,50 @@
+"""``imc-actors serve`` refuses bad settings and taken ports with one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imc_actors", "serve", *args],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+
+
+def test_bad_value_names_the_parameter(tmp_path):
+    result = serve("--listen", "udp:127.0.0.1:99999", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "imc-actors: invalid listen: expected transport:host:port, got 'udp:127.0.0.1:99999'"
+    ]
+
+
+def test_bad_environment_value_names_the_parameter(tmp_path):
+    result = serve("--db-url", f"sqlite:///{tmp_path}/x.db", env={"IMC_OWNER_LEAVE": "sometimes"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "imc-actors: invalid owner_leave: must be 'destroy' or 'refuse'"
+
+
+def test_taken_port_stops_startup_with_one_line(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = serve("--listen", f"udp:127.0.0.1:{port}", "--db-url", f"sqlite:///{tmp_path}/x.db",
+                       "--log-level", "error")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("imc-actors: cannot start:")
+    assert f"127.0.0.1:{port}" in lines[0]
+
+
+def test_help_lists_the_flags():
+    result = subprocess.run([sys.executable, "-m", "imc_actors", "serve", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for flag in ("--config", "--listen", "--domain", "--db-url", "--outbound-proxy", "--log-level",
+                 "--log-format", "--rpc-listen", "--mi-fifo"):
+        assert flag in result.stdout
