@@ -22,7 +22,7 @@ import math
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -79,7 +79,7 @@ class Envelope:
             self.done.set()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class RoomHandle:
     """The supervisor's record of one room. ``state`` is always the last committed state."""
 
@@ -90,12 +90,12 @@ class RoomHandle:
     gone: bool = False
     restarts: int = 0
     processed: int = 0
-    crash_times: list[float] = field(default_factory=list)
+    crash_times: tuple[float, ...] = ()
     quarantined_until: float = -math.inf
     send: trio.MemorySendChannel[Envelope] | None = None
     receive: trio.MemoryReceiveChannel[Envelope] | None = None
     current: Envelope | None = None
-    backlog: deque[Envelope] = field(default_factory=deque)
+    backlog: deque[Envelope] | None = None  # taken from the mailbox, not yet answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +248,9 @@ class Supervisor:
     def _ensure_running(self, handle: RoomHandle) -> None:
         if handle.running:
             return
-        if handle.send is None:
+        if handle.send is None:  # mailboxes exist only for rooms that have been used
             handle.send, handle.receive = trio.open_memory_channel[Envelope](self._mailbox_size)
+            handle.backlog = deque()
         handle.running = True
         self._nurseries[handle.partition].start_soon(self._supervise, handle, name=f"room:{handle.state.key}")
 
@@ -266,12 +267,12 @@ class Supervisor:
                     handle.restarts += 1
                     if handle.current is not None:
                         handle.current.resolve(Answer(500, "Server Internal Error"))
-                        if handle.current in handle.backlog:
+                        if handle.backlog and handle.current in handle.backlog:
                             handle.backlog.remove(handle.current)
                         handle.current = None
                     now = trio.current_time()
-                    handle.crash_times = [t for t in handle.crash_times if now - t < self.restart_window]
-                    handle.crash_times.append(now)
+                    handle.crash_times = (
+                        *(t for t in handle.crash_times if now - t < self.restart_window), now)
                     if len(handle.crash_times) >= self.restart_limit:
                         handle.quarantined_until = now + self.restart_window
                         log.error(
@@ -297,6 +298,7 @@ class Supervisor:
         assert handle.receive is not None
         receive = handle.receive
         backlog = handle.backlog
+        assert backlog is not None
         while not handle.gone:
             if not backlog:
                 try:
@@ -323,6 +325,7 @@ class Supervisor:
         down, the commands are redone one by one so one bad change fails only itself.
         """
         backlog = handle.backlog
+        assert backlog is not None
         state = handle.state
         staged: list[tuple[Envelope, RoomState, Outcome]] = []
         writes: list[Write] = []
@@ -362,6 +365,7 @@ class Supervisor:
             self._unregister(handle)
 
     def _finish_failed(self, handle: RoomHandle, staged: list, answer: Answer) -> None:
+        assert handle.backlog is not None
         for envelope, _, _ in staged:
             handle.backlog.popleft()
             envelope.resolve(answer)
