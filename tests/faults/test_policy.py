@@ -9,29 +9,10 @@ import pytest
 import trio
 import trio.testing
 
-from imc_actors import Config, IncomingMessage
 from imc_actors.testing import Faults, members_of, snapshot
+from tests.faults.common import DOMAIN, ROOM_A, ROOM_B, make_config, say, two_rooms
 
-DOMAIN = "example.com"
-MANAGER = f"sip:imc-manager@{DOMAIN}"
-ROOM_A = f"sip:a@{DOMAIN}"
-ROOM_B = f"sip:b@{DOMAIN}"
 SEED = 7331
-
-
-def say(ruri: str, user: str, body: str) -> IncomingMessage:
-    return IncomingMessage(ruri, f"sip:{user}@{DOMAIN}", body.encode(), "text/plain", f"{user}:{body}")
-
-
-def make_config(tmp_path, **overrides) -> Config:
-    return Config.from_sources(environ={}, overrides={
-        "db_url": f"sqlite:///{tmp_path}/imc.db", "domains": [DOMAIN], **overrides,
-    })
-
-
-async def two_rooms(conf) -> None:
-    assert (await conf.handle(say(MANAGER, "alice", "#create a"))).code == 200
-    assert (await conf.handle(say(MANAGER, "bob", "#create b"))).code == 200
 
 
 def supervisor_errors(caplog) -> list[str]:
@@ -41,7 +22,7 @@ def supervisor_errors(caplog) -> list[str]:
 async def test_a_crash_answers_500_is_logged_and_the_queued_commands_survive(tmp_path, caplog):
     faults = Faults(seed=SEED)
     async with faults.open_conference(make_config(tmp_path)) as conf, trio.open_nursery() as nursery:
-        await two_rooms(conf)
+        await two_rooms(conf, joiner=None)
         answers: dict[str, int] = {}
         all_answered = trio.Event()
 
@@ -74,7 +55,7 @@ async def test_quarantine_after_restart_limit_crashes_then_recovery(tmp_path, ca
     faults = Faults(seed=SEED)
     config = make_config(tmp_path, restart_limit=3, restart_window=30)
     async with faults.open_conference(config) as conf:
-        await two_rooms(conf)
+        await two_rooms(conf, joiner=None)
         before = snapshot(conf)
         faults.fail_apply(room=ROOM_A, times=None)
         codes = [(await conf.handle(say(ROOM_A, "alice", f"crash {i}"))).code for i in range(3)]
@@ -104,7 +85,7 @@ async def test_commands_queued_when_a_room_is_quarantined_get_503(tmp_path):
     faults = Faults(seed=SEED)
     config = make_config(tmp_path, restart_limit=1, restart_window=45)
     async with faults.open_conference(config) as conf, trio.open_nursery() as nursery:
-        await two_rooms(conf)
+        await two_rooms(conf, joiner=None)
         answers: dict[str, tuple[int, int | None]] = {}
         done = trio.Event()
 
@@ -130,7 +111,7 @@ async def test_crashes_further_apart_than_the_window_never_quarantine(tmp_path, 
     faults = Faults(seed=SEED)
     config = make_config(tmp_path, restart_limit=2, restart_window=10)
     async with faults.open_conference(config) as conf:
-        await two_rooms(conf)
+        await two_rooms(conf, joiner=None)
         for _ in range(4):
             faults.fail_apply(room=ROOM_A)
             assert (await conf.handle(say(ROOM_A, "alice", "boom"))).code == 500, faults
@@ -144,7 +125,7 @@ async def test_crashes_further_apart_than_the_window_never_quarantine(tmp_path, 
 async def test_restart_limit_is_the_number_of_crashes_tolerated(tmp_path, limit, autojump_clock):
     faults = Faults(seed=SEED)
     async with faults.open_conference(make_config(tmp_path, restart_limit=limit)) as conf:
-        await two_rooms(conf)
+        await two_rooms(conf, joiner=None)
         faults.fail_apply(room=ROOM_A, times=limit)
         codes = [(await conf.handle(say(ROOM_A, "alice", f"boom {i}"))).code for i in range(limit + 1)]
         assert codes == [500] * limit + [503], (faults, codes)

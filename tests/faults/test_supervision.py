@@ -9,49 +9,17 @@ import pytest
 import trio
 import trio.testing
 
-from imc_actors.actors.delivery import DeliveryResult
-from imc_actors.conference import IncomingMessage, open_conference
+from imc_actors.conference import open_conference
 from imc_actors.config import Config
-from imc_actors.imc.effects import Notice
 from imc_actors.testing import Faults, live_tasks, members_of
+from tests.faults.common import DOMAIN, MANAGER, ROOM_A, ROOM_B, Inbox, make_config, say, two_rooms
 
-DOMAIN = "example.com"
-MANAGER = f"sip:imc-manager@{DOMAIN}"
-ROOM_A = f"sip:a@{DOMAIN}"
-ROOM_B = f"sip:b@{DOMAIN}"
 SEED = 20261126
-
-
-def msg(ruri: str, user: str, body: str, call_id: str = "") -> IncomingMessage:
-    return IncomingMessage(ruri, f"sip:{user}@{DOMAIN}", body.encode(), "text/plain", call_id or body)
 
 
 @pytest.fixture
 def config(tmp_path) -> Config:
-    return Config.from_sources(
-        environ={}, overrides={"db_url": f"sqlite:///{tmp_path}/imc.db", "domains": [DOMAIN], "mailbox_size": 4}
-    )
-
-
-class Inbox:
-    """A sender that records every notice it is asked to deliver."""
-
-    def __init__(self) -> None:
-        self.sent: list[Notice] = []
-
-    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
-        self.sent.append(notice)
-        return DeliveryResult(200, "OK")
-
-    def bodies_to(self, user: str) -> list[bytes]:
-        return [n.body for n in self.sent if n.to == f"sip:{user}@{DOMAIN}"]
-
-
-async def two_rooms(conf) -> None:
-    assert (await conf.handle(msg(MANAGER, "alice", "#create a"))).code == 200
-    assert (await conf.handle(msg(MANAGER, "bob", "#create b"))).code == 200
-    assert (await conf.handle(msg(ROOM_A, "carol", "#join"))).code == 200
-    await trio.testing.wait_all_tasks_blocked()  # their notices are delivered
+    return make_config(tmp_path, mailbox_size=4)
 
 
 async def test_apply_that_raises_restarts_only_that_room(config):
@@ -62,16 +30,16 @@ async def test_apply_that_raises_restarts_only_that_room(config):
         before_a, before_b = members_of(conf.room(ROOM_A)), members_of(conf.room(ROOM_B))
         faults.fail_apply(room=ROOM_A, command="join")
 
-        answer = await conf.handle(msg(ROOM_A, "dave", "#join"))
+        answer = await conf.handle(say(ROOM_A, "dave", "#join"))
         assert answer.code == 500, faults
         assert faults.fired == [("apply", f"room={ROOM_A},command=join")]
         assert members_of(conf.room(ROOM_A)) == before_a  # restarted from its last committed state
         assert conf.supervisor.statistics().restarts == 1
         # the other room never noticed, and the restarted room serves again
-        assert (await conf.handle(msg(ROOM_B, "erin", "#join"))).code == 200
+        assert (await conf.handle(say(ROOM_B, "erin", "#join"))).code == 200
         assert members_of(conf.room(ROOM_B)) == {**before_b, f"erin@{DOMAIN}": 0}
-        assert (await conf.handle(msg(ROOM_A, "dave", "#join"))).code == 200
-        assert (await conf.handle(msg(ROOM_A, "carol", "hello"))).code == 202
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 200
+        assert (await conf.handle(say(ROOM_A, "carol", "hello"))).code == 202
 
 
 async def test_a_room_that_keeps_crashing_is_quarantined(config):
@@ -79,12 +47,12 @@ async def test_a_room_that_keeps_crashing_is_quarantined(config):
     async with open_conference(config, **faults.hooks(config)) as conf:
         await two_rooms(conf)
         faults.fail_apply(room=ROOM_A, times=None)
-        codes = [(await conf.handle(msg(ROOM_A, "carol", f"chat {i}"))).code for i in range(5)]
+        codes = [(await conf.handle(say(ROOM_A, "carol", f"chat {i}"))).code for i in range(5)]
         assert codes == [500] * 5
-        answer = await conf.handle(msg(ROOM_A, "carol", "again"))
+        answer = await conf.handle(say(ROOM_A, "carol", "again"))
         assert answer.code == 503 and answer.retry_after and answer.retry_after > 0
         assert conf.supervisor.statistics().quarantined == 1
-        assert (await conf.handle(msg(ROOM_B, "bob", "fine here"))).code == 202
+        assert (await conf.handle(say(ROOM_B, "bob", "fine here"))).code == 202
 
 
 async def test_failed_delivery_is_counted_and_contained(config):
@@ -93,7 +61,7 @@ async def test_failed_delivery_is_counted_and_contained(config):
     async with open_conference(config, **faults.hooks(config, sender=inbox)) as conf:
         await two_rooms(conf)
         faults.fail_delivery(to=f"sip:alice@{DOMAIN}", code=480)
-        assert (await conf.handle(msg(ROOM_A, "carol", "hi all"))).code == 202
+        assert (await conf.handle(say(ROOM_A, "carol", "hi all"))).code == 202
         await trio.testing.wait_all_tasks_blocked()
         stats = conf.delivery.statistics()
         assert stats.failed == 1
@@ -108,8 +76,8 @@ async def test_stalled_member_does_not_stall_the_room(config):
         await two_rooms(conf)
         release = faults.stall_delivery(to=f"sip:alice@{DOMAIN}")
         for i in range(3):
-            assert (await conf.handle(msg(ROOM_A, "carol", f"msg {i}"))).code == 202
-        assert (await conf.handle(msg(ROOM_A, "dave", "#join"))).code == 200
+            assert (await conf.handle(say(ROOM_A, "carol", f"msg {i}"))).code == 202
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 200
         await trio.testing.wait_all_tasks_blocked()
         assert b"*** [dave] has joined the room" in inbox.bodies_to("carol")
         assert conf.delivery.statistics().in_flight == 4  # alice's three relays + dave's join wait
@@ -126,9 +94,9 @@ async def test_commit_failure_answers_500_and_keeps_state(config):
         await two_rooms(conf)
         before = members_of(conf.room(ROOM_A))
         faults.fail_commit(times=1)
-        assert (await conf.handle(msg(ROOM_A, "dave", "#join"))).code == 500
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 500
         assert members_of(conf.room(ROOM_A)) == before
-        assert (await conf.handle(msg(ROOM_A, "dave", "#join"))).code == 200
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 200
     # nothing acknowledged was lost, nothing refused was half-applied
     async with open_conference(config) as conf:
         assert members_of(conf.room(ROOM_A)) == {**before, f"dave@{DOMAIN}": 0}
@@ -139,18 +107,18 @@ async def test_database_outage_gives_503_then_recovers(config, autojump_clock):
     async with open_conference(config, **faults.hooks(config)) as conf:
         await two_rooms(conf)
         faults.fail_commit(times=None)  # the database is down
-        first = await conf.handle(msg(ROOM_A, "dave", "#join"))
+        first = await conf.handle(say(ROOM_A, "dave", "#join"))
         assert first.code in (500, 503)
-        answer = await conf.handle(msg(ROOM_A, "erin", "#join"))
+        answer = await conf.handle(say(ROOM_A, "erin", "#join"))
         assert answer.code == 503 and answer.retry_after
         # what needs no write is still served
-        assert (await conf.handle(msg(ROOM_A, "carol", "still chatting"))).code == 202
-        assert (await conf.handle(msg(ROOM_A, "carol", "#members"))).code == 200
+        assert (await conf.handle(say(ROOM_A, "carol", "still chatting"))).code == 202
+        assert (await conf.handle(say(ROOM_A, "carol", "#members"))).code == 200
         faults.clear()
         # the store pings once a (virtual) second in a worker thread; wait for the event it
         # sets when the database answers again, not for a guessed amount of virtual time
         await conf.supervisor.store.wait_available()
-        assert (await conf.handle(msg(ROOM_A, "erin", "#join"))).code == 200, faults
+        assert (await conf.handle(say(ROOM_A, "erin", "#join"))).code == 200, faults
         assert f"erin@{DOMAIN}" in members_of(conf.room(ROOM_A))
         assert f"dave@{DOMAIN}" not in members_of(conf.room(ROOM_A))
 
@@ -163,14 +131,14 @@ async def test_full_mailbox_answers_503_and_loses_nothing(config):
         answers: dict[str, int] = {}
 
         async def join(user: str) -> None:
-            answers[user] = (await conf.handle(msg(ROOM_A, user, "#join"))).code
+            answers[user] = (await conf.handle(say(ROOM_A, user, "#join"))).code
 
         nursery.start_soon(join, "u0")  # takes the actor, its commit hangs
         await trio.testing.wait_all_tasks_blocked()
         for i in range(1, 5):  # fill the mailbox (mailbox_size = 4)
             nursery.start_soon(join, f"u{i}")
         await trio.testing.wait_all_tasks_blocked()
-        overflow = await conf.handle(msg(ROOM_A, "late", "#join"))
+        overflow = await conf.handle(say(ROOM_A, "late", "#join"))
         assert overflow.code == 503 and overflow.retry_after == 1
         assert conf.supervisor.statistics().mailbox_full == 1
         release.set()
@@ -188,7 +156,7 @@ async def test_cancellation_mid_command_leaves_no_task_and_no_half_state(config)
         with trio.CancelScope() as scope:
             async with open_conference(config, **faults.hooks(config)) as conf:
                 async def create() -> None:
-                    await conf.handle(msg(MANAGER, "alice", "#create a"))
+                    await conf.handle(say(MANAGER, "alice", "#create a"))
 
                 outer.start_soon(create)
                 await trio.testing.wait_all_tasks_blocked()

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from imc_actors import Config, DeliveryResult, IncomingMessage, Notice, open_conference
+from imc_actors import Config, open_conference
 from imc_actors.imc.effects import MemberDelete
 from imc_actors.store.repository import Repository
 from imc_actors.testing import (
@@ -24,44 +24,14 @@ from imc_actors.testing import (
     rooms_of,
     snapshot,
 )
+from tests.faults.common import DOMAIN, MANAGER, ROOM_A, ROOM_B, Inbox, make_config, say, two_rooms
 
-DOMAIN = "example.com"
-MANAGER = f"sip:imc-manager@{DOMAIN}"
-ROOM_A = f"sip:a@{DOMAIN}"
-ROOM_B = f"sip:b@{DOMAIN}"
 SEED = 20261126
-
-
-def say(ruri: str, user: str, body: str, call_id: str = "") -> IncomingMessage:
-    return IncomingMessage(ruri, f"sip:{user}@{DOMAIN}", body.encode(), "text/plain", call_id or body)
 
 
 @pytest.fixture
 def config(tmp_path) -> Config:
-    return Config.from_sources(environ={}, overrides={
-        "db_url": f"sqlite:///{tmp_path}/imc.db", "domains": [DOMAIN], "mailbox_size": 4, "restart_limit": 1000,
-    })
-
-
-class Inbox:
-    """A sender that records every notice it is asked to deliver."""
-
-    def __init__(self) -> None:
-        self.sent: list[Notice] = []
-
-    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
-        self.sent.append(notice)
-        return DeliveryResult(200, "OK")
-
-    def bodies_to(self, user: str) -> list[bytes]:
-        return [n.body for n in self.sent if n.to == f"sip:{user}@{DOMAIN}"]
-
-
-async def two_rooms(conf) -> None:
-    assert (await conf.handle(say(MANAGER, "alice", "#create a"))).code == 200
-    assert (await conf.handle(say(MANAGER, "bob", "#create b"))).code == 200
-    assert (await conf.handle(say(ROOM_A, "carol", "#join"))).code == 200
-    await conf.flush_notices()
+    return make_config(tmp_path, mailbox_size=4, restart_limit=1000)
 
 
 async def first_of(*waits) -> None:
