@@ -172,3 +172,28 @@ async def test_cancellation_mid_command_leaves_no_task_and_no_half_state(config)
     async with open_conference(config) as conf:
         room = conf.room(ROOM_A)
         assert room is None or members_of(room) == {f"alice@{DOMAIN}": 1}
+
+
+class _UnreadableRepository:
+    """A database that answers but cannot be read at startup."""
+
+    def apply_batch(self, writes) -> None:
+        raise AssertionError("nothing may be written")
+
+    def ping(self) -> None:
+        pass
+
+    def load_rooms(self):
+        from imc_actors.store.repository import StoreError
+
+        raise StoreError("imc_rooms: permission denied")
+
+
+async def test_a_store_that_cannot_load_stops_startup_with_the_error(config):
+    from imc_actors.store.repository import StoreError
+
+    before = len(live_tasks())
+    with pytest.RaisesGroup(pytest.RaisesExc(StoreError, match="permission denied"), flatten_subgroups=True):
+        async with open_conference(config, repository=_UnreadableRepository()):
+            pytest.fail("the conference must not start without its rooms")
+    assert len(live_tasks()) == before  # the store task it had started is gone too
