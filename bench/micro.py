@@ -1,0 +1,200 @@
+"""A single-process micro-benchmark of the SIP hot path, for A/B comparisons of optimisations.
+
+``python -m bench.micro [--members 10] [--messages 4000] [--scenario fanout|churn]``
+
+The real server (``imc_actors.server.open_server``: transport, registrar, conference, SQLite
+store) runs in this process on 127.0.0.1:<free port>, and so does a small Trio client with one
+UDP socket that plays every member: it REGISTERs them, sets the room up, then keeps ``window``
+chat MESSAGEs (or ``#join``/``#exit`` pairs) in flight and answers every relayed MESSAGE with a
+200. Everything shares one core and one event loop, so the result is not a throughput figure
+for the server alone; it is a stable *cost* figure (CPU µs per delivered message, both sides
+included) that changes only when the code does, unlike the SIPp runs on a shared machine.
+Bounded: at most ``--messages`` requests and ``--timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+
+import trio
+
+DOMAIN = "127.0.0.1"
+_VIA = re.compile(rb"^(Via|v):[^\r\n]*\r\n", re.MULTILINE | re.IGNORECASE)
+
+
+def _header_block(data: bytes, names: tuple[bytes, ...]) -> bytes:
+    """The raw lines of ``names`` (Via, From, To, Call-ID, CSeq) to echo in a response."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    out = []
+    for line in head.split(b"\r\n")[1:]:
+        name = line.split(b":", 1)[0].strip().lower()
+        if name in names:
+            out.append(line)
+    return b"\r\n".join(out)
+
+
+_ECHO = (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")
+
+
+def ok_for(request: bytes) -> bytes:
+    """A 200 OK to ``request`` (its Via/From/To/Call-ID/CSeq echoed, a To tag added)."""
+    block = _header_block(request, _ECHO)
+    block = re.sub(rb"(?m)^(To|t):([^\r\n]*)$", lambda m: m.group(0) if b"tag=" in m.group(2) else m.group(0) + b";tag=m1", block)
+    return b"SIP/2.0 200 OK\r\n" + block + b"\r\nContent-Length: 0\r\n\r\n"
+
+
+class Client:
+    """One UDP socket playing every member and the senders."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self.ids = itertools.count()
+        self.pending: dict[bytes, trio.Event] = {}
+        self.codes: dict[bytes, int] = {}
+        self.deliveries = 0
+
+    async def bind(self) -> None:
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def request(self, method: str, ruri_user: str, from_user: str, body: bytes = b"",
+                extra: str = "") -> tuple[bytes, bytes]:
+        n = next(self.ids)
+        call_id = f"mc{n}-{os.getpid()}".encode()
+        data = (
+            f"{method} sip:{ruri_user}@{DOMAIN} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKmc{n}x{os.getpid()};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{from_user}@{DOMAIN}>;tag=t{n}\r\n"
+            f"To: <sip:{ruri_user}@{DOMAIN}>\r\nCall-ID: {call_id.decode()}\r\nCSeq: 1 {method}\r\n"
+            f"{extra}Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        return call_id, data
+
+    async def send(self, method: str, ruri_user: str, from_user: str, body: bytes = b"",
+                   extra: str = "") -> int:
+        call_id, data = self.request(method, ruri_user, from_user, body, extra)
+        done = self.pending[call_id] = trio.Event()
+        self.sock.sendto(data, self.server)
+        with trio.fail_after(10):
+            await done.wait()
+        return self.codes.pop(call_id)
+
+    async def receive_loop(self) -> None:
+        sock = self.sock
+        while True:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if data.startswith(b"SIP/2.0 "):
+                code = int(data[8:11])
+                if code < 200:
+                    continue
+                m = re.search(rb"(?mi)^(?:Call-ID|i):\s*([^\r\n]+)", data)
+                if m is None:
+                    continue
+                event = self.pending.pop(m.group(1).strip(), None)
+                if event is not None:
+                    self.codes[m.group(1).strip()] = code
+                    event.set()
+            elif data.startswith(b"MESSAGE "):
+                self.deliveries += 1
+                sock.sendto(ok_for(data), addr)
+
+
+async def run(members: int, messages: int, window: int, scenario: str, timeout: float) -> dict[str, float]:
+    from imc_actors.config import Config
+    from imc_actors.server import open_server
+
+    db = os.path.join(tempfile.mkdtemp(prefix="imc-micro-"), "micro.db")
+    config = Config.from_sources(environ={}, overrides={
+        "listen": ["udp:127.0.0.1:0"], "domains": [DOMAIN], "db_url": f"sqlite:///{db}",
+        "log_level": "warning"})
+    with trio.fail_after(timeout):
+        async with open_server(config) as server, trio.open_nursery() as nursery:
+            from imc_actors import cli
+
+            tune = getattr(cli, "_tune_gc", None)  # what `imc-actors serve` does, where it does
+            if tune is not None:
+                tune()
+            address = next(a for a in server.addresses if a.transport == "udp")
+            client = Client(("127.0.0.1", address.port))
+            await client.bind()
+            nursery.start_soon(client.receive_loop)
+            users = [f"m{i}" for i in range(members)]
+            contact = lambda u: f"Contact: <sip:{u}@127.0.0.1:{client.port}>\r\nExpires: 3600\r\n"  # noqa: E731
+            for user in users:
+                assert await client.send("REGISTER", user, user, extra=contact(user)) == 200
+            if scenario == "fanout":
+                assert await client.send("MESSAGE", "room", users[0], b"#create") == 200
+                for user in users[1:]:
+                    assert await client.send("MESSAGE", "room", user, b"#join") == 200
+            else:
+                for i in range(window):
+                    await client.send("REGISTER", f"owner{i}", f"owner{i}", extra=contact(f"owner{i}"))
+                    await client.send("REGISTER", f"c{i}", f"c{i}", extra=contact(f"c{i}"))
+                    assert await client.send("MESSAGE", f"room{i}", f"owner{i}", b"#create") == 200
+            await trio.sleep(0.5)
+            client.deliveries = 0
+            failures = 0
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            sent = 0
+
+            async def lane(i: int) -> None:
+                nonlocal failures, sent
+                while sent < messages:
+                    sent += 1
+                    if scenario == "fanout":
+                        code = await client.send("MESSAGE", "room", users[0], b"hello room")
+                        failures += code != 202
+                    else:
+                        a = await client.send("MESSAGE", f"room{i}", f"c{i}", b"#join")
+                        b = await client.send("MESSAGE", f"room{i}", f"c{i}", b"#exit")
+                        failures += (a != 200) + (b != 200)
+
+            async with trio.open_nursery() as lanes:
+                for i in range(window):
+                    lanes.start_soon(lane, i)
+            expected = messages * (members - 1) if scenario == "fanout" else messages * 4
+            while client.deliveries < expected:
+                await trio.sleep(0.01)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            nursery.cancel_scope.cancel()
+    return {"messages": sent, "deliveries": client.deliveries, "failures": failures, "wall": wall,
+            "cpu": cpu, "us_per_delivery": 1e6 * cpu / max(1, client.deliveries),
+            "us_per_request": 1e6 * cpu / max(1, sent)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["fanout", "churn"], default="fanout")
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    for _ in range(args.repeat):
+        result = trio.run(run, args.members, args.messages, args.window, args.scenario, args.timeout)
+        print(f"{args.scenario} N={args.members}: {result['messages']} requests, {result['deliveries']} "
+              f"deliveries in {result['wall']:.2f}s (cpu {result['cpu']:.2f}s): "
+              f"{result['us_per_delivery']:.1f} µs/delivery, {result['us_per_request']:.0f} µs/request, "
+              f"{result['failures']} failures", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
