@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -165,10 +166,10 @@ def run(*, rooms: int, members: int, workdir: Path, log: Callable[..., None] = p
     log(f"memory: building {rooms:,} rooms x {members} members through open_conference ...")
     child = [sys.executable, "-m", "bench.memory", "api", str(db), str(rooms), str(members), "1000"]
     out = workdir / "memory-api.out"
-    proc = procs.spawn(child, cwd=REPO, stdout=out, stderr=workdir / "memory-api.err")
-    try:
-        proc.wait(timeout=1800)
-    except subprocess.TimeoutExpired:
+    source = Path(os.environ.get("IMC_BENCH_SOURCE") or REPO)  # imc_actors from there, as ImcServer
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(source), str(REPO)]))}
+    proc = procs.spawn(child, cwd=workdir, env=env, stdout=out, stderr=workdir / "memory-api.err")
+    if not procs.wait(proc, 1800):
         procs.stop(proc)
         result.error = "API build took over 30 minutes"
         return result
@@ -256,7 +257,8 @@ def _kamailio(result: MemoryResult, db: Path, workdir: Path, room: str, user: st
 
     def command() -> list[str]:
         argv = server_command()
-        return [*argv[: argv.index("-m")], "-m", "2048", "-M", "16"]
+        i = argv.index("-m")  # -m <shm MiB> -M <private MiB>: the query result is private memory
+        return [*argv[:i], "-m", "2048", "-M", "1024", *argv[i + 4 :]]
 
     server.command = command  # type: ignore[method-assign]
     try:

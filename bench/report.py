@@ -47,7 +47,7 @@ def table(results: Sequence[SearchResult]) -> str:
     """The comparison table (Markdown); the ratio is imc-actors / Kamailio of the same run."""
     by_key = {(r.scenario, r.server): r for r in results}
     lines = [
-        "| scenario | server | msgs/s | deliveries/s | ratio imc/kam (deliveries/s) | p50 ms | p99 ms | CPU % | peak RSS MiB | trials at rate |",
+        "| scenario | server | msgs/s | deliveries/s | ratio imc/kam (fan-out: deliveries/s, churn: msgs/s) | p50 ms | p99 ms | CPU % | peak RSS MiB | trials at rate |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
@@ -102,7 +102,7 @@ def render(results: Sequence[SearchResult], *, settings: str, versions: Sequence
         f"- Machine: {machine()}",
         f"- Servers: {'; '.join(versions)}",
         f"- Settings: {settings}",
-        f"- Took {elapsed / 60:.1f} min; raw trials in `{workdir}/results.json`",
+        f"- The whole run took {elapsed / 60:.1f} min; raw trials in `{workdir}/results.json`",
         "",
         table(results),
         "",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -111,10 +112,25 @@ def setup_logging(config: Config) -> None:
     _setup_logging(config.log_level, config.log_format)
 
 
+def _tune_gc() -> None:
+    """The garbage collector, set for a server (this process is ours, an embedding app's is not).
+
+    Everything loaded at startup (the rooms, the modules) lives as long as the process: frozen,
+    the collector stops rescanning it. And the serving path allocates a few hundred container
+    objects per message, nearly all freed by reference counting: the first generation is
+    collected every 10,000 allocations instead of 700, which costs little memory and takes
+    about a tenth off the CPU time per message.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 async def _serve(config: Config) -> None:
     from .server import open_server
 
     async with open_server(config) as server:
+        _tune_gc()
         listening = " ".join(str(a) for a in server.addresses)
         print(f"{PROG}: listening on {listening}", file=sys.stderr, flush=True)
         if server.http_url is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .actors.delivery import Delivery, DeliveryResult, Sender
+from .actors.delivery import Delivery, Sender
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .config import Config
 from .imc import texts
@@ -254,10 +254,6 @@ def open_repository(config: Config) -> Repository:
     return repository
 
 
-async def _discard(notice: Notice, in_reply_to: str) -> DeliveryResult:
-    return DeliveryResult(200, "OK")
-
-
 @asynccontextmanager
 async def open_conference(
     config: Config,
@@ -289,7 +285,7 @@ async def open_conference(
         check_on_create=config.check_on_create,
         owner_leave=config.owner_leave,
     )
-    router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender or _discard)
+    router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:
         async with _running(config, store, router, policy, apply, wrap_sender, wrap_store) as conference:
             yield conference

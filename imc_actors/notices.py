@@ -34,7 +34,7 @@ the notices already buffered.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -50,8 +50,20 @@ __all__ = ["Delivered", "NoticeChannel", "NoticeChannelStatistics", "NoticeRoute
 WhenFull = Literal["wait", "fail"]
 
 
-async def _discard(notice: Notice, in_reply_to: str) -> DeliveryResult:
-    return DeliveryResult(200, "OK")
+class _Discard:
+    """The fallback of a bare conference: every notice counts as delivered (200), at once."""
+
+    _OK = DeliveryResult(200, "OK")
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        return self._OK
+
+    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+        on_done(self._OK)
+        return True
+
+
+_discard = _Discard()
 
 
 class _Confirmation:
@@ -277,6 +289,15 @@ class NoticeRouter:
         if result is None:  # nobody claimed it
             return await self.fallback(notice, in_reply_to)
         return result
+
+    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+        """Hand ``notice`` to the fallback's ``start`` (send now, outcome to ``on_done``
+        later) when no subscription is open and the fallback has one; False otherwise (then
+        deliver it by calling the router). Never checkpoints."""
+        if self._channels:
+            return False
+        start = getattr(self.fallback, "start", None)
+        return start is not None and bool(start(notice, in_reply_to, on_done))
 
     def _matching(self, to: str) -> Iterable[NoticeChannel]:
         observers = [c for c in self._channels if c.observe and c.matches(to)]

@@ -248,6 +248,11 @@ class Registrar:
     # ------------------------------------------------------------------ queries
     def lookup(self, aor: str, now: float) -> list[str]:
         """Unexpired contact URIs of ``aor`` (``user@host``, any case), most recent first."""
+        contacts = self._aors.get(aor) or self._aors.get(aor.lower())
+        if contacts is not None and len(contacts) == 1:  # the usual case, once per delivery
+            for binding in contacts.values():
+                if binding.expires_at > now:
+                    return [binding.uri]
         live = self._live(aor.lower(), now)
         return [b.uri for b in sorted(live.values(), key=lambda b: b.order, reverse=True)]
 

@@ -4,7 +4,7 @@ async context manager."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,7 +21,7 @@ from .registrar import Registrar
 from .sip import Request
 from .sip.uri import canonical
 from .sipcore import SipCore
-from .transport import Reply, SipTransport, Source
+from .transport import ClientResult, Reply, SipTransport, Source
 
 log = logging.getLogger("imc_actors.server")
 
@@ -57,21 +57,47 @@ class Server:
         return f"{self.http_url}/RPC" if self.http_url else None
 
 
-def message_sender(transport: SipTransport, config: Config):
-    """Build the conference's sender: each notice becomes a SIP MESSAGE (spec §6)."""
-    extra = [tuple(part.strip() for part in line.split(":", 1)) for line in config.extra_hdrs]
+class MessageSender:
+    """The conference's sender in the server: each notice becomes a SIP MESSAGE (spec §6).
 
-    async def send(notice: Notice, in_reply_to: str) -> DeliveryResult:
-        headers = [SUPPORTED, *extra, ("Content-Type", notice.content_type or NOTICE_CONTENT_TYPE)]
+    Calling it sends one notice and waits for the outcome (a
+    :data:`~imc_actors.actors.delivery.Sender`); :meth:`start` is the same without waiting,
+    for the fan-out's common case (see :meth:`SipTransport.start_request`).
+    """
+
+    def __init__(self, transport: SipTransport, config: Config) -> None:
+        self.transport = transport
+        self._extra = [tuple(part.strip() for part in line.split(":", 1)) for line in config.extra_hdrs]
+
+    def _headers(self, notice: Notice, in_reply_to: str) -> list[tuple[str, str]]:
+        headers = [SUPPORTED, *self._extra, ("Content-Type", notice.content_type or NOTICE_CONTENT_TYPE)]
         if in_reply_to:
             headers.append(("In-Reply-To", in_reply_to))
-        result = await transport.send_request(
+        return headers
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        result = await self.transport.send_request(
             "MESSAGE", notice.to, from_uri=notice.sender, to_uri=notice.to,
-            headers=headers, body=notice.body,
-        )
+            headers=self._headers(notice, in_reply_to), body=notice.body,
+        )  # fmt: skip
         return DeliveryResult(result.code, result.reason)
 
-    return send
+    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+        """Send ``notice`` now when the transport can without waiting (then True, and
+        ``on_done`` gets the outcome later); False when it must go through :meth:`__call__`."""
+
+        def finished(result: ClientResult) -> None:
+            on_done(DeliveryResult(result.code, result.reason))
+
+        return self.transport.start_request(
+            "MESSAGE", notice.to, from_uri=notice.sender, to_uri=notice.to,
+            headers=self._headers(notice, in_reply_to), body=notice.body, on_result=finished,
+        )  # fmt: skip
+
+
+def message_sender(transport: SipTransport, config: Config) -> MessageSender:
+    """Build the conference's sender: each notice becomes a SIP MESSAGE (spec §6)."""
+    return MessageSender(transport, config)
 
 
 def sender_of(request: Request, config: Config) -> str:

@@ -1,8 +1,12 @@
-"""Fan-out of outgoing MESSAGEs: a bounded queue drained by a pool of workers.
+"""Fan-out of outgoing MESSAGEs: sent at once when the sender can, else a bounded queue
+drained by a pool of workers.
 
-A room actor never awaits a delivery: it queues its notices and goes on with the next command,
-so one slow or dead member never stalls a room. The queue is bounded (backpressure instead of
-memory growth) and at most ``workers`` deliveries are in flight at once.
+A room actor never awaits a delivery: it hands its notices over and goes on with the next
+command, so one slow or dead member never stalls a room. A sender with a ``start`` method (the
+server's SIP sender, for a member at an IP address over UDP) sends a notice on the spot and
+reports the outcome through a callback: no task per delivery, at most ``max_started`` in
+flight. Everything else goes through the queue, which is bounded (backpressure instead of
+memory growth), with at most ``workers`` of those deliveries in flight at once.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Delivery:
         on_outcome: OutcomeHook | None = None,
         workers: int = 128,
         queue_size: int = 20_000,
+        max_started: int = 20_000,
     ) -> None:
         self._sender = sender
         self.on_outcome = on_outcome
@@ -67,6 +72,9 @@ class Delivery:
         self._ok = 0
         self._failed = 0
         self._in_flight = 0
+        self._started = 0
+        self._max_started = max_started
+        self._queued = 0  # notices in the channel, not yet taken by a worker
         self._unfinished = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -84,20 +92,56 @@ class Delivery:
             task_status.started(self)
 
     async def submit(self, notices: tuple[Notice, ...] | list[Notice], in_reply_to: str) -> None:
-        """Queue ``notices``. Checkpoints only when the queue is full (then waits for room)."""
+        """Queue ``notices``. Checkpoints only when the queue is full (then waits for room).
+
+        When the sender can start a delivery without waiting (it has a ``start(notice,
+        in_reply_to, on_done) -> bool`` method, as the server's SIP sender does for a member
+        reached over UDP at an IP address) and nothing is queued, the notice is sent at once
+        and needs no worker; at most ``max_started`` such deliveries are in flight.
+        """
+        start = getattr(self._sender, "start", None)
         for notice in notices:
             self._submitted += 1
             self._unfinished += 1
             if self._idle.is_set():
                 self._idle = trio.Event()
             self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
+            if (
+                start is not None
+                and self._started < self._max_started
+                and not self._queued
+                and self._start(start, notice, in_reply_to)
+            ):
+                continue
+            self._queued += 1
             try:
                 self._send.send_nowait((notice, in_reply_to))
             except trio.WouldBlock:
-                await self._send.send((notice, in_reply_to))
+                try:
+                    await self._send.send((notice, in_reply_to))
+                except BaseException:
+                    self._queued -= 1
+                    raise
+
+    def _start(self, start: Callable[..., bool], notice: Notice, in_reply_to: str) -> bool:
+        def done(result: DeliveryResult) -> None:
+            self._started -= 1
+            self._in_flight -= 1
+            self._finished(notice, in_reply_to, result)
+
+        try:
+            started = start(notice, in_reply_to, done)
+        except Exception:  # a sender bug: deliver through the workers instead
+            log.exception("starting a delivery to %s raised", notice.to)
+            return False
+        if started:
+            self._started += 1
+            self._in_flight += 1
+        return bool(started)
 
     async def _worker(self) -> None:
         async for notice, in_reply_to in self._receive:
+            self._queued -= 1
             self._in_flight += 1
             try:
                 result = await self._sender(notice, in_reply_to)
@@ -106,19 +150,22 @@ class Delivery:
                 result = DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
             finally:
                 self._in_flight -= 1
-            if result.ok:
-                self._ok += 1
-            else:
-                self._failed += 1
-                log.info(
-                    "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
-                    notice.to, notice.kind, result.code, result.reason, in_reply_to,
-                )
-            if self.on_outcome is not None:
-                self.on_outcome(notice, in_reply_to, result)
-            self._unfinished -= 1
-            if self._unfinished == 0:
-                self._idle.set()
+            self._finished(notice, in_reply_to, result)
+
+    def _finished(self, notice: Notice, in_reply_to: str, result: DeliveryResult) -> None:
+        if result.ok:
+            self._ok += 1
+        else:
+            self._failed += 1
+            log.info(
+                "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
+                notice.to, notice.kind, result.code, result.reason, in_reply_to,
+            )
+        if self.on_outcome is not None:
+            self.on_outcome(notice, in_reply_to, result)
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._idle.set()
 
     async def drain(self) -> None:
         """Wait until every notice submitted so far has been delivered or has failed."""

@@ -209,6 +209,7 @@ class ServerMetrics:
     def __init__(self, start_char: str = "#") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._start = start_char[:1].encode()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.conference: Any = None
         self.store: _HasStatistics | None = None
         self.transport: _HasStatistics | None = None
@@ -243,8 +244,16 @@ class ServerMetrics:
         method = request.method if request.method in KNOWN_METHODS else "other"
         if method == "MESSAGE":
             kind = "command" if request.body.startswith(self._start) else "chat"
-            self.messages_in.labels(kind).inc()
-        self.sip_responses.labels(method, str(reply.code)).inc()
+            self._child(self.messages_in, (kind,)).inc()
+        self._child(self.sip_responses, (method, str(reply.code))).inc()
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, remembered (prometheus_client looks it up under a lock)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def instrument(self, handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         """Wrap a transport request handler so every request and its response are counted.

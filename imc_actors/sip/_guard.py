@@ -64,6 +64,9 @@ _CANONICAL_NAMES = (
 )  # fmt: skip
 KNOWN_NAMES: dict[str, str] = {name.lower(): name for name in _CANONICAL_NAMES}
 KNOWN_NAMES.update(COMPACT_FORMS)
+#: The same, keyed by the spellings seen on the wire (canonical, lower case, compact forms), so
+#: that most header names are found without lower-casing them first.
+_EXACT_NAMES: dict[str, str] = {**KNOWN_NAMES, **{name: name for name in KNOWN_NAMES.values()}}
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -114,8 +117,10 @@ def split_message(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
     headers: list[tuple[str, str]] = []
     append = headers.append
     known = KNOWN_NAMES
+    exact = _EXACT_NAMES
+    folded = "\n " in text or "\n\t" in text
     for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
+        if folded and line[:1] in (" ", "\t"):
             # Continuation line (RFC 3261 §7.3.1): joined to the previous value by one space.
             if not headers:
                 raise SipParseError("Invalid header folding")
@@ -130,6 +135,10 @@ def split_message(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         name, colon, value = line.partition(":")
         if not colon:
             raise SipParseError("Malformed header line")
+        canonical = exact.get(name)  # the usual spellings, without lower-casing each name
+        if canonical is not None:
+            append((canonical, value.strip(" \t")))
+            continue
         name = name.rstrip(" \t")
         canonical = known.get(name.lower())
         if canonical is None:

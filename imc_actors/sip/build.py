@@ -93,19 +93,42 @@ def reason_phrase(code: int) -> str:
     return _REASONS.get(code) or _CLASS_REASONS.get(code // 100, "Unknown")
 
 
+class _RandomPool:
+    """Random hex from the OS's CSPRNG, read 4 KiB at a time: one ``getrandom`` system call
+    per few hundred identifiers instead of one each (three per outgoing request)."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._pos = 0
+
+    def hex(self, nbytes: int) -> str:
+        pos = self._pos
+        end = pos + nbytes
+        if end > len(self._data):
+            self._data = secrets.token_bytes(4096)
+            pos, end = 0, nbytes
+        self._pos = end
+        return self._data[pos:end].hex()
+
+
+_random = _RandomPool()
+
+
 def new_branch() -> str:
     """A fresh Via branch: the RFC 3261 magic cookie ``z9hG4bK`` + 64 random bits in hex."""
-    return "z9hG4bK" + secrets.token_hex(8)
+    return "z9hG4bK" + _random.hex(8)
 
 
 def new_tag() -> str:
     """A fresh From/To tag: 48 random bits in hex (RFC 3261 §19.3 asks for at least 32)."""
-    return secrets.token_hex(6)
+    return _random.hex(6)
 
 
 def new_call_id(host: str) -> str:
     """A fresh Call-ID ``<96 random bits in hex>@host``."""
-    return f"{secrets.token_hex(12)}@{host}"
+    return f"{_random.hex(12)}@{host}"
 
 
 def _check(text: str, what: str) -> str:

@@ -87,13 +87,12 @@ def _parse(data: bytes) -> Request | Response:
         if name not in first:
             raise SipParseError(f"Missing {name}")
 
-    top_via = _top_via(first["Via"])
+    via_host, via_port, branch = _top_via(first["Via"])
     call_id = first["Call-ID"]
     if not call_id or " " in call_id or "\t" in call_id:
         raise SipParseError("Invalid Call-ID")
     cseq = _cseq(first["CSeq"])
     body = _body(first.get("Content-Length"), rest)
-    branch = top_via.parameters.get("branch")
 
     if isinstance(first_line, _SipRequest):
         method = first_line.method
@@ -101,7 +100,7 @@ def _parse(data: bytes) -> Request | Response:
             raise SipParseError("CSeq method mismatch")
         from_uri, from_tag = _address(first["From"], "From")
         to_uri, to_tag = _address(first["To"], "To")
-        sent_by = top_via.host if top_via.port is None else f"{top_via.host}:{top_via.port}"
+        sent_by = via_host if via_port is None else f"{via_host}:{via_port}"
         return Request(
             method=method,
             uri=start.split(" ", 2)[1],
@@ -169,18 +168,66 @@ def _start_line(start: str) -> _SipRequest | _SipResponse:
     raise SipParseError("Invalid Request-URI")
 
 
-def _top_via(value: str) -> Via:
-    """The first element of the first Via line; later elements are not this hop's business.
-    (A quoted parameter may hold a comma, so then the whole line is parsed.)"""
+def _top_via(value: str) -> tuple[str, int | None, str | None]:
+    """``(host, port, branch)`` of the first element of the first Via line; later elements are
+    not this hop's business. (A quoted parameter may hold a comma, so then the whole line is
+    parsed.)
+
+    Fast path, for the usual ``SIP/2.0/UDP host:port;branch=…;rport``: the protocol and
+    sent-by part repeats from message to message and its sipmessage reading is memoised; the
+    parameters are split here when every one is a plain token (or ``token=token``), which
+    is exactly what sipmessage's grammar reads the same way. Anything else (quotes, escapes,
+    whitespace, IPv6) takes sipmessage's full parse.
+    """
     top = value if '"' in value else value.partition(",")[0]
     if len(top) > MAX_FIELD:
         raise SipParseError("Via too long")
+    head, semi, params = top.partition(";")
+    if semi and head[-1:] not in (" ", "\t") and " " not in params and "\t" not in params:
+        parsed = _plain_params(params)
+        if parsed is not None:
+            host, port = _sent_by(head)
+            return host, port, parsed.get("branch")
     try:
-        return Via.parse_many(top)[0]
+        via = Via.parse_many(top)[0]
     except (ValueError, IndexError):
         raise SipParseError("Invalid Via") from None
+    return via.host, via.port, via.parameters.get("branch")
 
 
+@lru_cache(maxsize=1024)
+def _sent_by(head: str) -> tuple[str, int | None]:
+    """``(host, port)`` of a Via's ``SIP/2.0/<transport> <sent-by>`` part, by sipmessage."""
+    try:
+        via = Via.parse_many(head)[0]
+    except (ValueError, IndexError):
+        raise SipParseError("Invalid Via") from None
+    return via.host, via.port
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!*_+`'~")
+
+
+def _plain_params(text: str) -> dict[str, str | None] | None:
+    """``name[=value]`` parameters separated by ``;`` (``text`` after the first ``;``) when every
+    name and value is a non-empty plain token (no escapes); None otherwise. For such text this
+    is what sipmessage's ``Parameters.parse`` returns."""
+    result: dict[str, str | None] = {}
+    plain = _PLAIN
+    for bit in text.split(";"):
+        name, eq, val = bit.partition("=")
+        if not name or not plain.issuperset(name):
+            return None
+        if eq:
+            if not val or not plain.issuperset(val):
+                return None
+            result[name] = val
+        else:
+            result[name] = None
+    return result
+
+
+@lru_cache(maxsize=1024)
 def _cseq(value: str) -> CSeq:
     try:
         cseq = CSeq.parse(value)
@@ -191,8 +238,35 @@ def _cseq(value: str) -> CSeq:
     return cseq
 
 
-@lru_cache(maxsize=1024)
 def _address(value: str, name: str) -> tuple[str, str | None]:
+    """``(URI text, tag)`` of a From/To value (see :func:`_address_slow`).
+
+    Fast path for ``<uri>;tag=…`` with plain-token parameters and no whitespace (the tag
+    changes with every dialog, so memoising the whole value would not help): the URI's check
+    is memoised, the parameters are split here, as sipmessage's grammar would.
+    """
+    if value[:1] == "<" and len(value) <= MAX_FIELD and " " not in value and "\t" not in value:
+        end = value.find(">")
+        if end > 1:
+            rest = value[end + 1 :]
+            params = _plain_params(rest[1:]) if rest[:1] == ";" else ({} if not rest else None)
+            if params is not None:
+                uri = value[1:end]
+                try:
+                    _uri(uri)
+                except ValueError:
+                    raise SipParseError(f"Invalid {name}") from None
+                for key, param in params.items():
+                    if key.lower() == "tag":
+                        if not param:
+                            raise SipParseError(f"Invalid {name}")
+                        return uri, param
+                return uri, None
+    return _address_slow(value, name)
+
+
+@lru_cache(maxsize=1024)
+def _address_slow(value: str, name: str) -> tuple[str, str | None]:
     """``(URI text, tag)`` of a From/To value, checked by sipmessage's address grammar.
 
     The patterns are sipmessage's own (``Address.parse`` runs the same ones); matching them
@@ -260,8 +334,10 @@ def _body(value: str | None, rest: bytes) -> bytes:
 def clear_caches() -> None:
     """Forget the memoised start lines, addresses and URIs (for honest timing in tests)."""
     _start_line.cache_clear()
-    _address.cache_clear()
+    _address_slow.cache_clear()
     _uri.cache_clear()
+    _sent_by.cache_clear()
+    _cseq.cache_clear()
 
 
 # --- TCP framing -------------------------------------------------------------------------

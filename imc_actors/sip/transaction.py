@@ -133,7 +133,7 @@ class ClientTransaction:
     """A non-INVITE client transaction (RFC 3261 §17.1.2, figure 6).
 
     ``data`` is the request the caller has just sent at ``now``; the transaction says when to
-    send it again. ``state`` is ``"trying"`` (no response yet), ``"proceeding"`` (a
+    send it again (it is dropped, ``b""``, once a final response arrived). ``state`` is ``"trying"`` (no response yet), ``"proceeding"`` (a
     provisional arrived), ``"completed"`` (a final arrived; its retransmissions are absorbed
     until Timer K) or ``"terminated"``. ``final_code``/``final_reason`` hold the final
     response's status and reason phrase (None until one arrives); ``timed_out`` is True when
@@ -237,6 +237,7 @@ class ClientTransaction:
         self.state = COMPLETED
         self.final_code = code
         self.final_reason = reason
+        self.data = b""  # never sent again: do not keep it for Timer K
         self._timer_e = self._timer_f = None
         self._timer_k = now + (0.0 if self.reliable else self._t4)
         return True

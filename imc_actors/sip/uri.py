@@ -11,6 +11,7 @@ the host keeps its spelling. Every function raises ValueError for a string that 
 from __future__ import annotations
 
 import urllib.parse
+from functools import lru_cache
 
 from sipmessage import URI, Address
 from sipmessage.grammar import C_USER_SAFE
@@ -37,6 +38,7 @@ def _parse(uri: str) -> URI:
     return parsed
 
 
+@lru_cache(maxsize=65536)
 def split_uri(uri: str) -> tuple[str, str]:
     """``(user, host)`` of a SIP URI: the user with escapes normalised, the host as spelled
     (an IPv6 host keeps its brackets). Raises ValueError."""

@@ -14,6 +14,7 @@ transactions) sit in one heap served by one timer task, not a task per transacti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import ipaddress
 import logging
@@ -176,7 +177,7 @@ class _ServerEntry:
 class _ClientEntry:
     """A client transaction, its way to retransmit, and the waiter for its outcome."""
 
-    __slots__ = ("txn", "scheduled", "done", "result", "udp", "dest", "conn")
+    __slots__ = ("txn", "scheduled", "done", "result", "udp", "dest", "conn", "callback")
 
     def __init__(
         self,
@@ -184,19 +185,29 @@ class _ClientEntry:
         udp: UdpEndpoint | None,
         dest: Address,
         conn: TcpConnection | None,
+        callback: Callable[[ClientResult], None] | None = None,
     ) -> None:
         self.txn = txn
         self.scheduled: float | None = None
-        self.done = trio.Event()
+        # Waited on by send_request; a request started with a callback has nobody waiting.
+        self.done: trio.Event | None = trio.Event() if callback is None else None
         self.result: ClientResult | None = None
         self.udp = udp
         self.dest = dest
         self.conn = conn
+        self.callback = callback
 
     def finish(self, result: ClientResult) -> None:
         if self.result is None:
             self.result = result
-            self.done.set()
+            if self.callback is not None:
+                try:
+                    self.callback(result)
+                except Exception:  # called from the receive loop or the timers: never kill them
+                    log.exception("client transaction callback raised")
+            else:
+                assert self.done is not None
+                self.done.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +239,7 @@ _UNAVAILABLE = ClientResult(503, "Service Unavailable")
 _WILDCARD = ("0.0.0.0", "::", "")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_hop(uri: str) -> Hop:
     """Host, port and transport of a SIP URI (``sip:user@host:port;transport=tcp``) or a plain
     ``host[:port]``. The port defaults to 5060. Raises ValueError when there is no host, or for
@@ -333,6 +345,7 @@ def _via_port(req: Request) -> int:
     return int(port_text) if port_text.isdigit() else 5060
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -420,6 +433,7 @@ class SipTransport:
         self._client_failed = 0
         self._client_timeouts = 0
         self._client_retransmissions = 0
+        self._call_id_host_cache: str | None = None
         self._send_errors = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -439,6 +453,7 @@ class SipTransport:
         if self._nursery is not None:
             raise RuntimeError("SipTransport is already running")
         self._handler = handler
+        self._call_id_host_cache = None
         self.bound = []
         try:
             for address in self.listen:
@@ -838,7 +853,10 @@ class SipTransport:
             )  # fmt: skip
 
         if len(targets) == 1:
-            result = await attempt(targets[0])
+            result = await self._send_to_target(
+                targets[0], method, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+                call_id=call_id, headers=headers, body=body, content_type=content_type,
+            )  # fmt: skip
         else:
             results: list[ClientResult] = []
 
@@ -859,6 +877,79 @@ class SipTransport:
                 self._client_timeouts += 1
             log.debug("%s to %s failed: %d %s", method, request_uri, result.code, result.reason)
         return result
+
+    def start_request(
+        self,
+        method: str,
+        request_uri: str,
+        *,
+        from_uri: str,
+        to_uri: str,
+        on_result: Callable[[ClientResult], None],
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+        call_id: str | None = None,
+    ) -> bool:
+        """:meth:`send_request` without a task: send now, call ``on_result`` with the outcome.
+
+        Only for the common case that needs no waiting: one target, an IP-literal next hop
+        reached over UDP (no ``transport=tcp``, small enough to stay off TCP), and a socket
+        that takes the datagram at once. Then the request is built, sent and its client
+        transaction filed exactly as :meth:`send_request` would, and True is returned;
+        ``on_result(ClientResult)`` is called later, once, from the transport (when the final
+        response, Timer F or shutdown ends the transaction); it must not block or raise. In every
+        other case nothing is sent and False is returned: use :meth:`send_request`.
+        Never checkpoints.
+        """
+        if self._nursery is None:
+            return False
+        try:
+            targets = self._targets(request_uri)
+        except ValueError:
+            return False
+        if len(targets) != 1:
+            return False
+        target = targets[0]
+        hop = target.hop
+        if hop.transport == "tcp" or not _is_ip(hop.host):
+            return False
+        udp = self._udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
+        if udp is None:
+            return False
+        dest = (hop.host, hop.port)
+        branch = new_branch()
+        via_host, via_port = self._via_address(udp, dest)
+        data = build_request(
+            method, target.request_uri, from_uri=from_uri, from_tag=new_tag(), to_uri=to_uri,
+            call_id=call_id or new_call_id(self._call_id_host()), cseq=1, via_host=via_host,
+            via_port=via_port, via_transport="UDP", branch=branch, headers=headers, body=body,
+            content_type=content_type,
+        )  # fmt: skip
+        if hop.transport is None and len(data) > TCP_THRESHOLD:
+            return False
+        try:
+            udp.sock.sendto(data, dest)
+        except OSError:  # a full buffer, or an error send_request reports in its own way
+            return False
+        udp.sent += 1
+
+        def finished(result: ClientResult) -> None:
+            if result.ok:
+                self._client_ok += 1
+            else:
+                self._client_failed += 1
+                if result is _TIMEOUT:
+                    self._client_timeouts += 1
+                log.debug("%s to %s failed: %d %s", method, request_uri, result.code, result.reason)
+            on_result(result)
+
+        txn = ClientTransaction(data, False, trio.current_time(), t1=self.t1, t2=self.t2, t4=self.t4)
+        entry = _ClientEntry(txn, udp, dest, None, finished)
+        key = (branch, method)
+        self._client[key] = entry
+        self._schedule(_CLIENT, key, entry, txn.deadline())
+        return True
 
     def _targets(self, request_uri: str) -> list[_Target]:
         """Destinations for a request to ``request_uri`` (spec §6). Raises ValueError."""
@@ -918,7 +1009,12 @@ class SipTransport:
     ) -> ClientResult:
         """Build, send and follow one client transaction to ``target``. Checkpoints."""
         try:
-            family, dest = await self._resolve(target.hop)
+            hop = target.hop
+            if _is_ip(hop.host):  # no name to resolve: no checkpoint (send_request waits anyway)
+                family = socket.AF_INET6 if ":" in hop.host else socket.AF_INET
+                dest = (hop.host, hop.port)
+            else:
+                family, dest = await self._resolve(hop)
         except _NoRoute as exc:
             log.warning("cannot send %s to %s: %s", method, target.request_uri, exc)
             return _UNAVAILABLE
@@ -972,6 +1068,7 @@ class SipTransport:
                 sent = await udp.send(data, dest)
             if not sent:
                 entry.finish(_UNAVAILABLE)
+            assert entry.done is not None
             await entry.done.wait()
         finally:
             if entry.result is None or entry.result is _UNAVAILABLE:
@@ -1017,6 +1114,12 @@ class SipTransport:
         return cached
 
     def _call_id_host(self) -> str:
+        if self._call_id_host_cache is not None and self.bound:
+            return self._call_id_host_cache
+        self._call_id_host_cache = self._find_call_id_host()
+        return self._call_id_host_cache
+
+    def _find_call_id_host(self) -> str:
         for address in self.bound:
             if address.host not in _WILDCARD:
                 return address.host

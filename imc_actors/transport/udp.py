@@ -38,6 +38,7 @@ class UdpEndpoint:
     def __init__(self, sock: socket.socket, *, max_datagram: int = 65535, batch: int = 64) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self._family = int(sock.family)
         self.max_datagram = max_datagram
         self.batch = batch
         # One byte more than allowed, so an oversized datagram is recognisable.
@@ -80,7 +81,7 @@ class UdpEndpoint:
 
     @property
     def family(self) -> int:
-        return self.sock.family
+        return self._family
 
     async def serve(self, on_datagram: DatagramCallback) -> None:
         """Receive forever, handing each datagram to ``on_datagram``.
