@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .actors.delivery import DeliveryResult, Sender
 from .actors.supervisor import Answer
-from .conference import Conference, IncomingMessage, RoomStatus, open_conference
+from .conference import Conference, ConferenceClosed, IncomingMessage, RoomStatus, open_conference
 from .config import Config, ConfigError
 from .embed import serve_conference, serve_server
 from .imc.effects import Notice
@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Answer",
     "Conference",
+    "ConferenceClosed",
     "Config",
     "ConfigError",
     "Delivered",

@@ -50,7 +50,7 @@ import trio_asyncio
 
 from .actors.delivery import Sender
 from .actors.supervisor import Answer, ApplyFn
-from .conference import Conference, IncomingMessage, RoomStatus, open_conference
+from .conference import Conference, ConferenceClosed, IncomingMessage, RoomStatus, open_conference
 from .config import Config
 from .imc.state import RoomState
 from .notices import Delivered, NoticeChannel, WhenFull
@@ -59,10 +59,6 @@ from .store.writer import Backend
 __all__ = ["AsyncioConference", "AsyncioNotices", "ConferenceClosed", "open_asyncio_conference", "run"]
 
 T = TypeVar("T")
-
-
-class ConferenceClosed(RuntimeError):
-    """The conference behind an :class:`AsyncioConference` has ended."""
 
 
 class AsyncioNotices:

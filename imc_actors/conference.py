@@ -46,6 +46,10 @@ REASONS = {
 }
 
 
+class ConferenceClosed(RuntimeError):
+    """A conference was used after its :func:`open_conference` block ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One MESSAGE as the conference sees it.
@@ -184,8 +188,11 @@ class Conference:
         """Carry out one command or relay one chat message; return the SIP answer.
 
         Checkpoints. The answer comes only after any state change is durable; the notices
-        it caused are queued for delivery before it returns.
+        it caused are queued for delivery before it returns. Raises :class:`ConferenceClosed`
+        once the :func:`open_conference` block has ended (no actor would answer).
         """
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
         ruri_user, ruri_host = split_user_host(msg.request_uri)
         if len(msg.body) > self._max_body:
             text = texts.BODY_TOO_LARGE.format(limit=self._max_body)

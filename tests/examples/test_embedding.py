@@ -100,6 +100,8 @@ async def test_handle_and_read_only_views(config):
         assert conference.room_status(f"sip:nope@{DOMAIN}") is None
         assert not conference.closed
     assert conference.closed
+    with pytest.raises(RuntimeError, match="conference has ended"):
+        await conference.handle(say(ROOM, "bob", "#members"))
 
 
 # ---------------------------------------------------------------------- subscriptions
