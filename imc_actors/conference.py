@@ -26,6 +26,7 @@ from .imc.room import Policy, RoomRequest, help_text, new_room, notice_error, ro
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
+from .sip import reason_phrase
 from .store.repository import Repository
 from .store.writer import Backend, Store
 
@@ -33,17 +34,6 @@ log = logging.getLogger("imc_actors.conference")
 
 #: Seconds a conference leaving normally waits for queued notices to be delivered.
 SHUTDOWN_GRACE = 5.0
-
-REASONS = {
-    200: "OK",
-    202: "Accepted",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    413: "Request Entity Too Large",
-    500: "Server Internal Error",
-    503: "Service Unavailable",
-}
 
 
 class ConferenceClosed(RuntimeError):
@@ -240,13 +230,13 @@ class Conference:
                 return await self._refuse(404, texts.ROOM_NOT_FOUND, msg)
             if answer.code != RETRY:
                 return answer
-        return Answer(503, REASONS[503], retry_after=1)
+        return Answer(503, reason_phrase(503), retry_after=1)
 
     async def _refuse(self, code: int, text: str, msg: IncomingMessage) -> Answer:
         """A refusal with no room behind it: notice From the Request-URI, then the code."""
         outcome = notice_error(code, text, msg.sender, msg.request_uri)
         await self.delivery.submit(outcome.notices, msg.call_id)
-        return Answer(code, REASONS.get(code, outcome.reason))
+        return Answer(code, reason_phrase(code))
 
     async def _reply(self, body: bytes, msg: IncomingMessage) -> Answer:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
