@@ -8,7 +8,8 @@ transactions. Client side: :meth:`SipTransport.send_request` builds a request, p
 (spec §6) and drives a client transaction to its final result.
 
 All transaction timers (Timer J of server transactions; Timers E, F and K of client
-transactions) sit in one heap served by one timer task, not a task per transaction.
+transactions) are served by one timer task, not a task per transaction: FIFO lanes for the
+deadlines that come in order, a heap for the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import ipaddress
 import logging
 import math
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -234,6 +236,7 @@ class _NoRoute(Exception):
 
 _SERVER = 0
 _CLIENT = 1
+_TIMER_LANES = 4  # FIFO timer lanes: J, K, first E, F over TCP (see SipTransport._schedule)
 _TIMEOUT = ClientResult(408, "Request Timeout")
 _UNAVAILABLE = ClientResult(503, "Service Unavailable")
 _WILDCARD = ("0.0.0.0", "::", "")
@@ -415,7 +418,14 @@ class SipTransport:
 
         self._server: dict[Any, _ServerEntry] = {}
         self._client: dict[Any, _ClientEntry] = {}
+        # Timer filings: (deadline, seq, kind, key, entry). Most deadlines are "now + a
+        # constant" (Timer J, K, a client's first Timer E, F over TCP), so each kind arrives
+        # in order and goes to a FIFO lane of its own (O(1), no heap); the rest (E's doubling
+        # retransmission intervals, anything out of order) go to the heap.
         self._timers: list[tuple[float, int, int, Any, Any]] = []
+        self._lanes: tuple[deque[tuple[float, int, int, Any, Any]], ...] = tuple(
+            deque() for _ in range(_TIMER_LANES)
+        )
         self._timer_seq = 0
         self._timer_wake = trio.Event()
         self._sleep_until = -math.inf
@@ -499,6 +509,8 @@ class SipTransport:
             self._server.clear()
             self._client.clear()
             self._timers.clear()
+            for lane in self._lanes:
+                lane.clear()
             self._tcp_out.clear()
             self._sleep_until = -math.inf
 
@@ -745,7 +757,20 @@ class SipTransport:
             return
         entry.scheduled = deadline
         self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, key, entry))
+        filing = (deadline, self._timer_seq, kind, key, entry)
+        txn = entry.txn
+        if kind == _SERVER:
+            lane = self._lanes[0]  # Timer J
+        elif txn.state == "completed":
+            lane = self._lanes[1]  # Timer K
+        elif txn.retransmissions == 0:
+            lane = self._lanes[2 if not txn.reliable else 3]  # first Timer E; F over TCP
+        else:
+            lane = None
+        if lane is not None and (not lane or lane[-1][0] <= deadline):
+            lane.append(filing)
+        else:
+            heapq.heappush(self._timers, filing)
         if deadline < self._sleep_until:
             self._sleep_until = -math.inf
             self._timer_wake.set()
@@ -757,15 +782,29 @@ class SipTransport:
         """
         while True:
             self._fire_timers(trio.current_time())
-            self._sleep_until = self._timers[0][0] if self._timers else math.inf
+            self._sleep_until = self._next_deadline()
             self._timer_wake = trio.Event()
             with trio.move_on_at(self._sleep_until):
                 await self._timer_wake.wait()
 
-    def _fire_timers(self, now: float) -> None:
+    def _next_deadline(self) -> float:
+        soonest = self._timers[0][0] if self._timers else math.inf
+        for lane in self._lanes:
+            if lane and lane[0][0] < soonest:
+                soonest = lane[0][0]
+        return soonest
+
+    def _due(self, now: float) -> Iterator[tuple[float, int, int, Any, Any]]:
+        """Take the filings due at ``now`` off the heap and the lanes."""
         heap = self._timers
         while heap and heap[0][0] <= now:
-            deadline, _, kind, key, entry = heapq.heappop(heap)
+            yield heapq.heappop(heap)
+        for lane in self._lanes:
+            while lane and lane[0][0] <= now:
+                yield lane.popleft()
+
+    def _fire_timers(self, now: float) -> None:
+        for deadline, _, kind, key, entry in self._due(now):
             if entry.scheduled != deadline:
                 continue  # superseded by an earlier filing
             entry.scheduled = None

@@ -384,6 +384,41 @@ async def test_send_request_to_dead_port_times_out(nursery: trio.Nursery, autoju
     assert stats.client_transactions == 0
 
 
+async def test_staggered_timeouts_each_fire_on_time(nursery: trio.Nursery, autojump_clock) -> None:
+    """Timers filed out of order (first Timer E in its FIFO lane, later ones on the heap,
+    Timer J and K in lanes of their own) still fire at their own deadlines."""
+    server = await start_core(nursery)
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
+    dead = free_port()
+    took: dict[int, float] = {}
+
+    async def one(index: int) -> None:
+        await trio.sleep(index * 0.3)
+        start = trio.current_time()
+        if index % 2:  # answered at once: Timer K (5 s) in the same run
+            result = await server.transport.send_request(
+                "MESSAGE", ua.contact, from_uri=ROOM, to_uri=ua.uri, body=b"hi")  # fmt: skip
+            assert result.code == 200
+        else:
+            result = await server.transport.send_request(
+                "MESSAGE", f"sip:ghost@127.0.0.1:{dead}", from_uri=ROOM,
+                to_uri="sip:ghost@example.org", body=b"anyone?",
+            )  # fmt: skip
+            assert result == ClientResult(408, "Request Timeout")
+        took[index] = trio.current_time() - start
+
+    async with trio.open_nursery() as inner:
+        for index in range(7):
+            inner.start_soon(one, index)
+    for index, seconds in took.items():
+        assert seconds == pytest.approx(0.0 if index % 2 else 32.0, abs=0.01), index
+    stats = server.transport.statistics()
+    assert stats.client_timeouts == 4
+    assert stats.client_retransmissions == 40  # 10 each for the four that timed out
+    await trio.sleep(5.1)  # past Timer K of the answered ones
+    assert server.transport.statistics().client_transactions == 0
+
+
 async def test_lost_request_is_retransmitted(nursery: trio.Nursery, autojump_clock) -> None:
     server = await start_core(nursery)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
