@@ -7,6 +7,12 @@ server's SIP sender, for a member at an IP address over UDP) sends a notice on t
 reports the outcome through a callback: no task per delivery, at most ``max_started`` in
 flight. Everything else goes through the queue, which is bounded (backpressure instead of
 memory growth), with at most ``workers`` of those deliveries in flight at once.
+
+When ``max_started`` deliveries are in flight (members that stopped answering hold their slot
+until Timer F, 32 s), notices queue, and a worker that takes one waits for the next free slot
+and starts it there rather than sending it itself: the queue then drains as fast as slots free
+up (a round trip each), not at ``workers`` per round trip, so a burst of lost answers does
+not throttle every delivery behind it.
 """
 
 from __future__ import annotations
@@ -72,8 +78,8 @@ class Delivery:
         self._ok = 0
         self._failed = 0
         self._in_flight = 0
-        self._started = 0
         self._max_started = max_started
+        self._slots = trio.Semaphore(max_started)  # one per started delivery in flight
         self._queued = 0  # notices in the channel, not yet taken by a worker
         self._unfinished = 0
         self._idle = trio.Event()
@@ -106,13 +112,11 @@ class Delivery:
             if self._idle.is_set():
                 self._idle = trio.Event()
             self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
-            if (
-                start is not None
-                and self._started < self._max_started
-                and not self._queued
-                and self._start(start, notice, in_reply_to)
-            ):
-                continue
+            if start is not None and not self._queued and self._slots.value:
+                self._slots.acquire_nowait()
+                if self._start(start, notice, in_reply_to):
+                    continue
+                self._slots.release()
             self._queued += 1
             try:
                 self._send.send_nowait((notice, in_reply_to))
@@ -124,8 +128,10 @@ class Delivery:
                     raise
 
     def _start(self, start: Callable[..., bool], notice: Notice, in_reply_to: str) -> bool:
+        """Start one delivery in a slot the caller holds (kept by it when True is returned)."""
+
         def done(result: DeliveryResult) -> None:
-            self._started -= 1
+            self._slots.release()
             self._in_flight -= 1
             self._finished(notice, in_reply_to, result)
 
@@ -135,13 +141,18 @@ class Delivery:
             log.exception("starting a delivery to %s raised", notice.to)
             return False
         if started:
-            self._started += 1
             self._in_flight += 1
         return bool(started)
 
     async def _worker(self) -> None:
         async for notice, in_reply_to in self._receive:
             self._queued -= 1
+            start = getattr(self._sender, "start", None)
+            if start is not None:  # wait for a free slot: the queue drains at its pace
+                await self._slots.acquire()
+                if self._start(start, notice, in_reply_to):
+                    continue
+                self._slots.release()
             self._in_flight += 1
             try:
                 result = await self._sender(notice, in_reply_to)

@@ -133,3 +133,50 @@ async def test_delivery_uses_start_when_offered(nursery: trio.Nursery, code: int
     stats = delivery.statistics()
     assert stats.submitted == 3 and stats.in_flight == 0 and stats.queued == 0
     assert (stats.ok, stats.failed) == ((3, 0) if code in (200, None) else (0, 3))
+
+
+class HoldingSender:
+    """A sender whose started deliveries finish only when the test says so."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Notice, object]] = []
+        self.called: list[Notice] = []
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        self.called.append(notice)
+        await trio.lowlevel.checkpoint()
+        return DeliveryResult(200, "OK")
+
+    def start(self, notice: Notice, in_reply_to: str, on_done) -> bool:  # type: ignore[no-untyped-def]
+        self.started.append((notice, on_done))
+        return True
+
+
+async def test_full_start_slots_queue_notices_and_start_them_as_slots_free(
+    nursery: trio.Nursery,
+) -> None:
+    """With every start slot held (members not answering yet), notices queue; each freed slot
+    starts the next queued notice through ``start``: a worker never sends it the slow way."""
+    sender = HoldingSender()
+    delivery = Delivery(sender, max_started=2, workers=4)
+    await nursery.start(delivery.run)
+    notices = [Notice(f"sip:u{i}@x", b"hi", ROOM) for i in range(5)]
+    await delivery.submit(notices, "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    assert [n for n, _ in sender.started] == notices[:2]
+    assert delivery.statistics().in_flight == 2
+    for index in range(2, 5):
+        _, done = sender.started[index - 2]
+        done(DeliveryResult(200, "OK"))  # frees a slot: the next queued notice takes it
+        await trio.testing.wait_all_tasks_blocked()
+        # (which queued notice goes first is the workers' scheduling order)
+        assert len(sender.started) == index + 1
+        assert delivery.statistics().in_flight == 2
+    for _, done in sender.started[3:]:
+        done(DeliveryResult(200, "OK"))
+    with trio.fail_after(5):
+        await delivery.drain()
+    assert sender.called == []
+    assert sorted(n.to for n, _ in sender.started) == sorted(n.to for n in notices)
+    stats = delivery.statistics()
+    assert (stats.submitted, stats.ok, stats.in_flight, stats.queued) == (5, 5, 0, 0)
