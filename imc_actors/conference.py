@@ -58,6 +58,24 @@ class IncomingMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class _Refuse:
+    code: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ToRoom:
+    name: str
+    domain: str
+    op: RoomRequest
+    create: bool | None  # create the room if missing (the private flag), or None: never
+
+
+_HELP = "help"
+_ROOMS = "rooms"
+
+
+@dataclass(frozen=True, slots=True)
 class RoomStatus:
     """A read-only view of one room as its supervisor sees it (see :meth:`Conference.room_status`).
 
@@ -109,6 +127,7 @@ class Conference:
         self._start = config.imc_cmd_start_char[0]
         self._create_on_join = config.create_on_join
         self._max_body = config.max_body_size
+        self._nursery: trio.Nursery | None = None  # set while open_conference runs
 
     # ------------------------------------------------------------------ views
     def rooms(self) -> list[RoomState]:
@@ -183,37 +202,86 @@ class Conference:
         """
         if self._closed:
             raise ConferenceClosed("this conference has ended; open a new one")
+        route = self._route(msg)
+        if isinstance(route, _Refuse):
+            return await self._refuse(route.code, route.text, msg)
+        if route is _HELP:
+            return await self._reply(help_text(self._start).encode(), msg)
+        if route is _ROOMS:
+            return await self._reply(rooms_reply(self.rooms(), msg.sender), msg)
+        assert isinstance(route, _ToRoom)
+        return await self._to_room(route.name, route.domain, route.op, msg, create=route.create)
+
+    def start(self, msg: IncomingMessage, on_answer: Callable[[Answer], None]) -> bool:
+        """:meth:`handle` without a task: for a command or chat message to an existing room,
+        queue it and return True; ``on_answer`` is then called once, later, with the answer
+        :meth:`handle` would have returned (from the room's actor; it must not block). Returns
+        False, having done nothing, for everything else (refusals, ``#help``, ``#rooms``, room
+        creation, a closed conference): use :meth:`handle`. Never checkpoints.
+        """
+        if self._closed or self._nursery is None:
+            return False
+        route = self._route(msg)
+        if not isinstance(route, _ToRoom):
+            return False
+        handle = self.supervisor.lookup(route.name, route.domain)
+        if handle is None:
+            return False
+
+        def answered(answer: Answer) -> None:
+            if answer.code == RETRY:  # the room went away meanwhile: route it again, in a task
+                assert self._nursery is not None
+                self._nursery.start_soon(self._answer_later, msg, on_answer)
+            else:
+                on_answer(answer)
+
+        immediate = self.supervisor.post(handle, route.op, msg.call_id, answered)
+        if immediate is None:
+            return True
+        if immediate.code == RETRY:
+            return False
+        on_answer(immediate)
+        return True
+
+    async def _answer_later(self, msg: IncomingMessage, on_answer: Callable[[Answer], None]) -> None:
+        try:
+            answer = await self.handle(msg)
+        except ConferenceClosed:
+            answer = Answer(503, reason_phrase(503), retry_after=5)
+        on_answer(answer)
+
+    def _route(self, msg: IncomingMessage) -> _Refuse | _ToRoom | str:
+        """Where one MESSAGE goes (pure, no checkpoint): a refusal, ``#help``/``#rooms``
+        (:data:`_HELP`/:data:`_ROOMS`), or a room with the request for its actor."""
         ruri_user, ruri_host = split_user_host(msg.request_uri)
         if len(msg.body) > self._max_body:
-            text = texts.BODY_TOO_LARGE.format(limit=self._max_body)
-            return await self._refuse(413, text, msg)
+            return _Refuse(413, texts.BODY_TOO_LARGE.format(limit=self._max_body))
         if ruri_host.lower() not in self._domains:
-            return await self._refuse(404, texts.ROOM_NOT_FOUND, msg)
+            return _Refuse(404, texts.ROOM_NOT_FOUND)
         try:
             command = parse_command(msg.body, self._start)
         except CommandError as exc:
-            return await self._refuse(exc.code, exc.text, msg)
-        at_manager = ruri_user.lower() == self._manager
+            return _Refuse(exc.code, exc.text)
         if command is None:
-            if at_manager or not ruri_user:
-                return await self._refuse(404, texts.ROOM_NOT_FOUND, msg)
+            if not ruri_user or ruri_user.lower() == self._manager:
+                return _Refuse(404, texts.ROOM_NOT_FOUND)
             op = RoomRequest(msg.sender, None, None, msg.body, msg.content_type, msg.call_id)
-            return await self._to_room(ruri_user, ruri_host, op, msg, create=None)
+            return _ToRoom(ruri_user, ruri_host, op, None)
         if command.name == "help":
-            return await self._reply(help_text(self._start).encode(), msg)
+            return _HELP
         if command.name == "rooms":
-            return await self._reply(rooms_reply(self.rooms(), msg.sender), msg)
+            return _ROOMS
         try:
             target = resolve(command, ruri_user=ruri_user, ruri_host=ruri_host, manager_user=self.config.manager_user)
         except CommandError as exc:
-            return await self._refuse(exc.code, exc.text, msg)
+            return _Refuse(exc.code, exc.text)
         assert target.room_name is not None and target.room_domain is not None
         if target.room_domain.lower() not in self._domains or target.room_name.lower() == self._manager:
-            return await self._refuse(404, texts.ROOM_NOT_FOUND, msg)
+            return _Refuse(404, texts.ROOM_NOT_FOUND)
         op = RoomRequest(msg.sender, command, target, msg.body, msg.content_type, msg.call_id)
         creates = command.name == "create" or (command.name == "join" and self._create_on_join)
         private = target.private if command.name == "create" else False
-        return await self._to_room(target.room_name, target.room_domain, op, msg, create=private if creates else None)
+        return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
 
     async def _to_room(
         self, name: str, domain: str, op: RoomRequest, msg: IncomingMessage, *, create: bool | None
@@ -318,6 +386,7 @@ async def _running(
         await nursery.start(delivery.run)
         await nursery.start(supervisor.run)
         conference = Conference(config, supervisor, delivery, router)
+        conference._nursery = nursery
         try:
             yield conference
             with trio.move_on_after(SHUTDOWN_GRACE):  # notices already queued still go out

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import trio
 
 from .actors.delivery import DeliveryResult
+from .actors.supervisor import Answer
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
 from .control.fifo import FifoServer
@@ -21,7 +22,7 @@ from .registrar import Registrar
 from .sip import Request
 from .sip.uri import canonical
 from .sipcore import SipCore
-from .transport import ClientResult, Reply, SipTransport, Source
+from .transport import ClientResult, Reply, Responder, SipTransport, Source
 
 log = logging.getLogger("imc_actors.server")
 
@@ -115,23 +116,48 @@ def sender_of(request: Request, config: Config) -> str:
     return canonical(request.from_uri)
 
 
-def message_handler(conference: Conference, config: Config):
-    """The MESSAGE route: SIP request in, conference answer out."""
+class MessageHandler:
+    """The MESSAGE route: SIP request in, conference answer out.
 
-    async def on_message(request: Request, source: Source) -> Reply:
+    Awaited, it handles one request (:meth:`Conference.handle`); :meth:`start` is the
+    transport's task-free path (:meth:`Conference.start`).
+    """
+
+    def __init__(self, conference: Conference, config: Config) -> None:
+        self.conference = conference
+        self.config = config
+
+    def _incoming(self, request: Request) -> IncomingMessage | None:
         try:
             ruri = canonical(request.uri)
-            sender = sender_of(request, config)
+            sender = sender_of(request, self.config)
         except ValueError:
-            return Reply(400, "Invalid Request-URI or From")
-        msg = IncomingMessage(ruri, sender, request.body, request.header("Content-Type"), request.call_id)
-        answer = await conference.handle(msg)
-        headers: tuple[tuple[str, str], ...] = ()
-        if answer.retry_after is not None:
-            headers = (("Retry-After", str(answer.retry_after)),)
-        return Reply(answer.code, answer.reason, headers)
+            return None
+        return IncomingMessage(ruri, sender, request.body, request.header("Content-Type"), request.call_id)
 
-    return on_message
+    async def __call__(self, request: Request, source: Source) -> Reply:
+        msg = self._incoming(request)
+        if msg is None:
+            return Reply(400, "Invalid Request-URI or From")
+        return _reply_of(await self.conference.handle(msg))
+
+    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+        msg = self._incoming(request)
+        if msg is None:
+            return False
+        return self.conference.start(msg, lambda answer: respond(_reply_of(answer)))
+
+
+def _reply_of(answer: Answer) -> Reply:
+    headers: tuple[tuple[str, str], ...] = ()
+    if answer.retry_after is not None:
+        headers = (("Retry-After", str(answer.retry_after)),)
+    return Reply(answer.code, answer.reason, headers)
+
+
+def message_handler(conference: Conference, config: Config) -> MessageHandler:
+    """The MESSAGE route: SIP request in, conference answer out."""
+    return MessageHandler(conference, config)
 
 
 @asynccontextmanager

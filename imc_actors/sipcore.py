@@ -25,7 +25,7 @@ import trio
 from imc_actors.config import Config
 from imc_actors.registrar import Registrar
 from imc_actors.sip import Request
-from imc_actors.transport import Handler, Reply, Source
+from imc_actors.transport import Handler, Reply, Responder, Source
 
 __all__ = ["SipCore", "SUPPORTED"]
 
@@ -69,6 +69,24 @@ class SipCore:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._trusted)
+
+    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+        """The transport's task-free path (:class:`~imc_actors.transport.StartHandler`):
+        REGISTER is answered at once, a MESSAGE goes to the message handler's own ``start``
+        when it has one. Everything else, and every request that would be refused here
+        (untrusted source, ``Max-Forwards: 0``), is declined and takes :meth:`__call__`."""
+        method = request.method
+        if method != "MESSAGE" and method != "REGISTER":
+            return False
+        if request.max_forwards == 0 or not self.is_trusted(source.host):
+            return False
+        if method == "REGISTER":
+            if self.registrar is None:
+                return False
+            respond(self.registrar.register(request, self.clock()))
+            return True
+        start = getattr(self.message_handler, "start", None)
+        return bool(start is not None and start(request, source, respond))
 
     async def __call__(self, request: Request, source: Source) -> Reply:
         """Answer one request (see the module docstring for the order of checks).

@@ -62,21 +62,41 @@ class _Create:
         self.outcome = outcome
 
 
+#: Told the answer to a posted command (see :meth:`Supervisor.post`); must not block.
+AnswerCallback = Callable[[Answer], None]
+
+
 class Envelope:
-    """One command in a mailbox; ``answer`` is set and ``done`` fired once it is handled."""
+    """One command in a mailbox; ``answer`` is set once it is handled, and then either
+    ``done`` fires (a caller awaits it) or ``callback`` is called (nobody waits: no task
+    switch back to a caller, see :meth:`Supervisor.post`)."""
 
-    __slots__ = ("op", "call_id", "done", "answer")
+    __slots__ = ("op", "call_id", "done", "answer", "callback")
 
-    def __init__(self, op: RoomRequest | InviteFailed | _Create, call_id: str) -> None:
+    def __init__(
+        self,
+        op: RoomRequest | InviteFailed | _Create,
+        call_id: str,
+        callback: AnswerCallback | None = None,
+    ) -> None:
         self.op = op
         self.call_id = call_id
-        self.done = trio.Event()
+        self.callback = callback
+        self.done: trio.Event | None = trio.Event() if callback is None else None
         self.answer: Answer | None = None
 
     def resolve(self, answer: Answer) -> None:
-        if not self.done.is_set():
-            self.answer = answer
+        if self.answer is not None:
+            return
+        self.answer = answer
+        if self.done is not None:
             self.done.set()
+            return
+        assert self.callback is not None
+        try:
+            self.callback(answer)
+        except Exception:  # runs inside the room actor: a caller's bug must not crash the room
+            log.exception("answer callback for call_id=%s raised", self.call_id)
 
 
 @dataclass(eq=False, slots=True)
@@ -227,7 +247,33 @@ class Supervisor:
         """
         return await self._call(handle, op, call_id)
 
+    def post(self, handle: RoomHandle, op: RoomRequest, call_id: str, on_answer: AnswerCallback) -> Answer | None:
+        """Queue one command for a room without waiting: :meth:`call` for callers that need
+        no task of their own (the SIP fast path). ``on_answer`` is called once, later, from
+        the room's actor (or the supervisor's shutdown) with what :meth:`call` would return;
+        it must not block. When the command cannot be queued, nothing is queued and the answer
+        (``RETRY``, or 503 as for :meth:`call`) is returned at once instead. Never checkpoints.
+        """
+        posted = self._post(handle, op, call_id, on_answer)
+        return posted if isinstance(posted, Answer) else None
+
     async def _call(self, handle: RoomHandle, op: RoomRequest | InviteFailed | _Create, call_id: str) -> Answer:
+        posted = self._post(handle, op, call_id, None)
+        if isinstance(posted, Answer):
+            return posted
+        assert posted.done is not None
+        await posted.done.wait()
+        assert posted.answer is not None
+        return posted.answer
+
+    def _post(
+        self,
+        handle: RoomHandle,
+        op: RoomRequest | InviteFailed | _Create,
+        call_id: str,
+        callback: AnswerCallback | None,
+    ) -> Envelope | Answer:
+        """Put an envelope in the room's mailbox, or say at once why not."""
         if handle.gone:
             return Answer(RETRY, "Room gone")
         now = trio.current_time()
@@ -235,15 +281,13 @@ class Supervisor:
             return Answer(503, "Service Unavailable", retry_after=max(1, math.ceil(handle.quarantined_until - now)))
         self._ensure_running(handle)
         assert handle.send is not None
-        envelope = Envelope(op, call_id)
+        envelope = Envelope(op, call_id, callback)
         try:
             handle.send.send_nowait(envelope)
         except trio.WouldBlock:
             self._mailbox_full += 1
             return Answer(503, "Service Unavailable", retry_after=1)
-        await envelope.done.wait()
-        assert envelope.answer is not None
-        return envelope.answer
+        return envelope
 
     def _ensure_running(self, handle: RoomHandle) -> None:
         if handle.running:

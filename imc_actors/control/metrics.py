@@ -259,22 +259,46 @@ class ServerMetrics:
         """Wrap a transport request handler so every request and its response are counted.
 
         A handler that raises is counted as 500 (what the transport answers) and re-raised.
+        The handler's task-free ``start`` path, when it has one, is counted the same way.
         """
-
-        async def counted(request: Any, source: Any) -> Any:
-            try:
-                reply = await handler(request, source)
-            except Exception:
-                self.count_request(request, _Code(500))
-                raise
-            self.count_request(request, reply)
-            return reply
-
-        return counted
+        return _Counted(self, handler)
 
     def exposition(self) -> bytes:
         """The text exposition of every metric (call from the Trio thread)."""
         return generate_latest(self.registry)
+
+
+class _Counted:
+    """A request handler whose every answer is counted (see :meth:`ServerMetrics.instrument`)."""
+
+    def __init__(self, metrics: ServerMetrics, handler: Callable[[Any, Any], Any]) -> None:
+        self._metrics = metrics
+        self._handler = handler
+        self._start = getattr(handler, "start", None)
+
+    async def __call__(self, request: Any, source: Any) -> Any:
+        try:
+            reply = await self._handler(request, source)
+        except Exception:
+            self._metrics.count_request(request, _Code(500))
+            raise
+        self._metrics.count_request(request, reply)
+        return reply
+
+    def start(self, request: Any, source: Any, respond: Callable[[Any], None]) -> bool:
+        if self._start is None:
+            return False
+        count = self._metrics.count_request
+
+        def counted(reply: Any) -> None:
+            count(request, reply)
+            respond(reply)
+
+        try:
+            return bool(self._start(request, source, counted))
+        except Exception:
+            count(request, _Code(500))
+            raise
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

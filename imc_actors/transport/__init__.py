@@ -9,8 +9,10 @@ from .endpoint import (
     Handler,
     Hop,
     Reply,
+    Responder,
     SipTransport,
     Source,
+    StartHandler,
     TransportStatistics,
     parse_hop,
 )
@@ -20,8 +22,10 @@ __all__ = [
     "Handler",
     "Hop",
     "Reply",
+    "Responder",
     "SipTransport",
     "Source",
+    "StartHandler",
     "TransportStatistics",
     "parse_hop",
 ]

@@ -7,6 +7,12 @@ reaches the handler twice; a new request gets a transaction and one handler task
 transactions. Client side: :meth:`SipTransport.send_request` builds a request, picks the next hop
 (spec §6) and drives a client transaction to its final result.
 
+A handler may also offer ``start(request, source, respond) -> bool`` (:class:`StartHandler`):
+for a request over UDP the transport tries it first, and when it returns True no task is
+started; the handler calls ``respond(reply)`` once, later or at once, from the Trio thread.
+That saves a task per request on the hot path (a command queued to a room actor that answers
+by callback); anything ``start`` declines goes to a handler task as before.
+
 All transaction timers (Timer J of server transactions; Timers E, F and K of client
 transactions) are served by one timer task, not a task per transaction: FIFO lanes for the
 deadlines that come in order, a heap for the rest.
@@ -92,6 +98,20 @@ class Reply:
 
 
 Handler = Callable[[Request, Source], Awaitable[Reply]]
+#: Sends the final response to one request (given to :meth:`StartHandler.start`).
+Responder = Callable[[Reply], None]
+
+
+class StartHandler(Protocol):
+    """A :data:`Handler` that can also take a request without a task of its own."""
+
+    async def __call__(self, request: Request, source: Source) -> Reply: ...
+
+    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+        """Take ``request`` and return True, promising one ``respond(reply)`` call (it may come
+        before ``start`` returns); or return False having done nothing (the transport then
+        runs ``__call__`` in a task). Must not block or checkpoint."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +427,7 @@ class SipTransport:
         self.bound: list[ListenAddress] = []
 
         self._handler: Handler | None = None
+        self._start_handler: Callable[[Request, Source, Responder], bool] | None = None
         self._nursery: trio.Nursery | None = None
         self._udp: list[UdpEndpoint] = []
         self._tcp: list[TcpListener] = []
@@ -463,6 +484,7 @@ class SipTransport:
         if self._nursery is not None:
             raise RuntimeError("SipTransport is already running")
         self._handler = handler
+        self._start_handler = getattr(handler, "start", None)
         self._call_id_host_cache = None
         self.bound = []
         try:
@@ -648,9 +670,40 @@ class SipTransport:
             self._respond(key, entry, data, 200)
             return data
         self._requests += 1
+        if self._start_handler is not None and type(sender) is _UdpPeer:
+            if self._start(request, fix, source, key, entry, sender):
+                return None
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_request, request, fix, source, key, entry, sender)
         return None
+
+    def _start(
+        self,
+        request: Request,
+        fix: ViaFix,
+        source: Source,
+        key: Any,
+        entry: _ServerEntry,
+        peer: _UdpPeer,
+    ) -> bool:
+        """Offer a UDP request to the handler's ``start`` (no task); False when it declines."""
+
+        def respond(reply: Reply) -> None:
+            if self._nursery is None or entry.txn.state not in ("trying", "proceeding"):
+                return  # the transport has stopped, or this request was answered already
+            data, code = self._response_bytes(request, reply)
+            data = _patch_via(data, fix)
+            self._respond(key, entry, data, code)
+            peer.endpoint.send_nowait(data, peer.dest)  # a lost datagram: the client resends
+
+        assert self._start_handler is not None
+        try:
+            return self._start_handler(request, source, respond)
+        except Exception:
+            self._handler_errors += 1
+            log.exception("handler failed for %s %s from %s", request.method, request.uri, source)
+            respond(Reply(500))
+            return True
 
     def _cancel_matches(self, cancel: Request) -> bool:
         for method in (
@@ -689,6 +742,20 @@ class SipTransport:
         assert self._handler is not None
         try:
             reply = await self._handler(request, source)
+        except Exception:
+            self._handler_errors += 1
+            log.exception("handler failed for %s %s from %s", request.method, request.uri, source)
+            reply = Reply(500)
+        data, code = self._response_bytes(request, reply)
+        data = _patch_via(data, fix)
+        self._respond(key, entry, data, code)
+        if await sender.send(data) and isinstance(sender, TcpConnection):
+            self._sent += 1
+
+    def _response_bytes(self, request: Request, reply: Reply) -> tuple[bytes, int]:
+        """The response ``reply`` describes (500 when it is not a :class:`Reply` or cannot be
+        built), and its status code."""
+        try:
             if not isinstance(reply, Reply):
                 raise TypeError(f"handler returned {reply!r}, not a Reply")
             data = build_response(
@@ -700,16 +767,11 @@ class SipTransport:
                 body=reply.body,
                 content_type=reply.content_type,
             )
-            code = reply.code
+            return data, reply.code
         except Exception:
             self._handler_errors += 1
-            log.exception("handler failed for %s %s from %s", request.method, request.uri, source)
-            code = 500
-            data = build_response(request, 500, to_tag=new_tag())
-        data = _patch_via(data, fix)
-        self._respond(key, entry, data, code)
-        if await sender.send(data) and isinstance(sender, TcpConnection):
-            self._sent += 1
+            log.exception("bad reply %r to %s %s", reply, request.method, request.uri)
+            return build_response(request, 500, to_tag=new_tag()), 500
 
     def _respond(self, key: Any, entry: _ServerEntry, data: bytes, code: int) -> None:
         """Record the final response in the transaction and file its Timer J."""
