@@ -257,6 +257,7 @@ class _NoRoute(Exception):
 _SERVER = 0
 _CLIENT = 1
 _TIMER_LANES = 4  # FIFO timer lanes: J, K, first E, F over TCP (see SipTransport._schedule)
+_TIMER_TICK = 0.005  # seconds: timers due within one tick fire together
 _TIMEOUT = ClientResult(408, "Request Timeout")
 _UNAVAILABLE = ClientResult(503, "Service Unavailable")
 _WILDCARD = ("0.0.0.0", "::", "")
@@ -833,18 +834,22 @@ class SipTransport:
             lane.append(filing)
         else:
             heapq.heappush(self._timers, filing)
-        if deadline < self._sleep_until:
+        if deadline + _TIMER_TICK < self._sleep_until:
             self._sleep_until = -math.inf
             self._timer_wake.set()
 
     async def _timer_loop(self) -> None:
         """The one timer task: fire due timers, sleep until the next deadline or a wake-up.
 
-        Checkpoints every round; runs until cancelled.
+        Wakes at most once per ``_TIMER_TICK``: under load deadlines are a fraction of a
+        millisecond apart, and each timed wake-up costs Trio a cancel scope and a Cancelled
+        exception, so timers fire in batches, at most a tick late (RFC 3261's are 500 ms and
+        more). Checkpoints every round; runs until cancelled.
         """
         while True:
-            self._fire_timers(trio.current_time())
-            self._sleep_until = self._next_deadline()
+            now = trio.current_time()
+            self._fire_timers(now)
+            self._sleep_until = max(self._next_deadline(), now + _TIMER_TICK)
             self._timer_wake = trio.Event()
             with trio.move_on_at(self._sleep_until):
                 await self._timer_wake.wait()
