@@ -117,13 +117,16 @@ def _tune_gc() -> None:
 
     Everything loaded at startup (the rooms, the modules) lives as long as the process: frozen,
     the collector stops rescanning it. And the serving path allocates a few hundred container
-    objects per message, nearly all freed by reference counting: the first generation is
-    collected every 10,000 allocations instead of 700, which costs little memory and takes
-    about a tenth off the CPU time per message.
+    objects per message, nearly all freed by reference counting, while transactions live for
+    Timer J (32 s) and are rescanned by every young collection until they die: the first
+    generation is collected every 50,000 net allocations instead of 700, the older ones rarely.
+    Measured under SIPp churn at 1,000 pairs/s: 0.25 s of collection per trial instead of
+    0.65 s with (10,000, 20, 20), and no 130 ms second-generation pauses; pauses of about
+    20 ms instead.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def _serve(config: Config) -> None:
