@@ -15,7 +15,7 @@ than ``max_lag`` seconds after the last answer, and the answers came at no less 
 the rate asked (SIPp keeps a bounded number of calls open, so a server that answers too late
 slows the sender down: that is a failure too).
 
-:func:`find_max_rate` doubles the rate until a trial fails, bisects (geometric mean) until
+:func:`find_max_rate` raises the rate by half until a trial fails, bisects (geometric mean) until
 the bracket is within ``tolerance``, then repeats the best passing rate ``confirm`` more
 times and reports the median of those trials.
 """
@@ -345,8 +345,12 @@ def median_trial(trials: list[Trial]) -> Trial:
 
 
 def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, tolerance: float = 0.1,
-                  max_trials: int = 9, confirm: int = 2, log=print) -> SearchResult:
+                  max_trials: int = 9, confirm: int = 2, growth: float = 1.5, log=print) -> SearchResult:
     """Bisect for the highest rate whose trial passes; confirm it ``confirm`` more times.
+
+    The rate grows by ``growth`` per passing trial until one fails: a failing trial (an
+    overload) costs several times a passing one (SIPp waits out its calls, then the drain),
+    and a milder overload than doubling fails faster and leaves less to drain.
 
     The first failing trial of the search is run once more before it counts (one failure can
     be a leftover of the previous overload, or a neighbour's burst on a shared machine).
@@ -383,7 +387,7 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
             lo, best = rate, trial
             if hi is not None or rate >= max_rate:
                 break
-            rate = min(rate * 2, max_rate)
+            rate = min(rate * growth, max_rate)
         else:
             hi = rate
             if lo:
