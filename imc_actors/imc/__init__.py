@@ -28,7 +28,6 @@ from .effects import (
     Write,
 )
 from .room import (
-    REASONS,
     InviteFailed,
     Policy,
     RoomRequest,
@@ -46,7 +45,6 @@ __all__ = [
     "INVITED",
     "OWNER",
     "PRIVATE",
-    "REASONS",
     "ROLES",
     "Command",
     "CommandError",

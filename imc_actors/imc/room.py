@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from ..sip import reason_phrase
 from . import texts
 from .commands import Command, Target
 from .effects import (
@@ -39,7 +40,6 @@ from .state import Member, RoomState, member_key
 from .texts import help_text
 
 __all__ = [
-    "REASONS",
     "InviteFailed",
     "Policy",
     "RoomRequest",
@@ -49,9 +49,6 @@ __all__ = [
     "notice_error",
     "rooms_reply",
 ]
-
-#: Reason phrases for the codes this layer answers with.
-REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}
 
 _ROLE_FLAGS = {"owner": OWNER, "admin": ADMIN, "member": 0}
 
@@ -105,7 +102,7 @@ def _outcome(
     created: bool = False,
     body: bytes | None = None,
 ) -> Outcome:
-    return Outcome(code, REASONS[code], tuple(notices), tuple(writes), destroyed, created, body)
+    return Outcome(code, reason_phrase(code), tuple(notices), tuple(writes), destroyed, created, body)
 
 
 def _refuse(state: RoomState, req: RoomRequest, code: int, text: str) -> tuple[RoomState, Outcome]:
@@ -430,5 +427,4 @@ def rooms_reply(rooms: Iterable[RoomState], sender: str) -> bytes:
 def notice_error(code: int, text: str, to: str, sender_uri: str) -> Outcome:
     """A refusal not tied to a room (parse/resolve errors, room not found): the SIP answer
     and the same text as a notice to ``to`` From ``sender_uri`` (the incoming Request-URI)."""
-    reason = REASONS.get(code, "Error")
-    return Outcome(code, reason, (Notice(to, text.encode(), sender_uri),))
+    return Outcome(code, reason_phrase(code), (Notice(to, text.encode(), sender_uri),))
