@@ -98,6 +98,7 @@ class RoomStatus:
 
 def split_user_host(uri: str) -> tuple[str, str]:
     """``sip:user@host`` -> ``(user, host)``; the user is empty when the URI has none."""
+    # Not sip.split_uri: that one raises for a URI without a user, which handle()/room() must not.
     rest = uri.split(":", 1)[1] if ":" in uri else uri
     user, sep, host = rest.rpartition("@")
     return (user, host) if sep else ("", rest)

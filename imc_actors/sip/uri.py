@@ -42,6 +42,7 @@ def _parse(uri: str) -> URI:
 def split_uri(uri: str) -> tuple[str, str]:
     """``(user, host)`` of a SIP URI: the user with escapes normalised, the host as spelled
     (an IPv6 host keeps its brackets). Raises ValueError."""
+    # conference.split_user_host is the non-raising split of an already canonical Request-URI.
     parsed = _parse(uri)
     assert parsed.user is not None  # _parse checked
     return urllib.parse.quote(parsed.user, safe=C_USER_SAFE), parsed.host
