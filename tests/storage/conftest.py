@@ -7,7 +7,9 @@ skips its tests with the reason, except when the ``CI`` environment variable is 
 tests fail, so CI can never pass without testing every engine.
 
 Every test gets its own table names (``imc_rooms_<random>``, ``imc_members_<random>``) and
-drops them, and their ``version`` rows, at teardown, so runs never see each other's data.
+drops them, and their ``version`` rows, at teardown, so runs never see each other's data. The
+``version`` table itself (made by ``init_schema`` or the DDL files when absent) is dropped too
+when the test found none and it is empty again, so the databases are left as they were found.
 """
 
 from __future__ import annotations
@@ -88,8 +90,20 @@ def new_tables() -> Tables:
     return Tables(f"imc_rooms_{suffix}", f"imc_members_{suffix}")
 
 
-def drop_tables(url: str, tables: Tables) -> None:
-    """Drop ``tables`` and remove their ``version`` rows (missing ones are fine)."""
+def version_table_exists(url: str) -> bool:
+    """Whether the database at ``url`` has a ``version`` table (an SQLite file is not made)."""
+    if engine_of(url) == "sqlite":
+        return False  # a fresh file in the test's own tmp_path: nothing to leave behind
+    db = open_database(DatabaseURL.parse(url))
+    try:
+        return db.table_exists("version")
+    finally:
+        db.close()
+
+
+def drop_tables(url: str, tables: Tables, *, drop_version: bool = False) -> None:
+    """Drop ``tables`` and remove their ``version`` rows (missing ones are fine). With
+    ``drop_version``, also drop the ``version`` table when no row is left in it."""
     db = open_database(DatabaseURL.parse(url))
     try:
         left, right = db.quote[0], db.quote[-1]
@@ -100,16 +114,20 @@ def drop_tables(url: str, tables: Tables) -> None:
                 f"DELETE FROM version WHERE table_name IN ({db.param}, {db.param})",
                 (tables.rooms, tables.members),
             )
+            if drop_version and db.execute_sql("SELECT 1 FROM version").fetchone() is None:
+                db.execute_sql("DROP TABLE IF EXISTS version")
     finally:
         db.close()
 
 
 @pytest.fixture
 def tables(db_url: str) -> Iterator[Tables]:
-    """Unique table names for this test; the tables are dropped afterwards."""
+    """Unique table names for this test; the tables are dropped afterwards, and so is a
+    ``version`` table the test made (one that was there before the test is kept)."""
     names = new_tables()
+    had_version = version_table_exists(db_url)
     yield names
-    drop_tables(db_url, names)
+    drop_tables(db_url, names, drop_version=not had_version)
 
 
 @pytest.fixture
