@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a domain the server is responsible for, repeatable (default: listen hosts)")
     serve.add_argument("--outbound-proxy", dest="outbound_proxy", metavar="URI",
                        help="send every outgoing MESSAGE through this proxy")
+    serve.add_argument("--max-transactions", dest="max_transactions", metavar="N",
+                       help="most SIP server transactions alive at once; a new request beyond "
+                       "them is answered 503 with Retry-After (default 100000)")
     serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", dest="log_format", choices=["text", "json"],
                        help="text lines, or one JSON object per line")

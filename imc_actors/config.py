@@ -90,6 +90,7 @@ class Config:
     default_expires: int = 3600
     trusted_sources: list[str] = field(default_factory=list)
     identity_header: str | None = None
+    max_transactions: int = 100_000
     # Actors and supervision
     mailbox_size: int = 256
     restart_limit: int = 5
@@ -161,6 +162,8 @@ class Config:
             raise ConfigError("max_body_size", "must be positive")
         if self.mailbox_size < 1:
             raise ConfigError("mailbox_size", "must be positive")
+        if self.max_transactions < 1:
+            raise ConfigError("max_transactions", "must be positive")
         if self.restart_limit < 1:
             raise ConfigError("restart_limit", "must be at least 1")
         if not self.restart_window > 0:
@@ -222,7 +225,7 @@ _LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
 _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
-    "restart_limit",
+    "restart_limit", "max_transactions",
 }
 _FLOAT_FIELDS = {"restart_window"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}

@@ -182,7 +182,12 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
     def locate(aor: str) -> list[str]:
         return registrar.lookup(aor, trio.current_time()) if registrar is not None else []
 
-    transport = SipTransport(config.listen_addresses, outbound_proxy=config.outbound_proxy, locate=locate)
+    transport = SipTransport(
+        config.listen_addresses,
+        outbound_proxy=config.outbound_proxy,
+        locate=locate,
+        max_transactions=config.max_transactions,
+    )
     metrics = ServerMetrics.for_config(config)
     repository = await trio.to_thread.run_sync(open_repository, config)
     repository = TimedRepository(repository, metrics.observe_commit)

@@ -103,6 +103,8 @@ _TRANSPORT = (
     ("malformed", "imc_sip_malformed", True, "SIP messages that did not parse"),
     ("rejected", "imc_sip_rejected", True, "unparsable requests answered with a salvaged 4xx/5xx"),
     ("requests", "imc_sip_requests", True, "new SIP requests handed to the router"),
+    ("transactions_refused", "imc_sip_transactions_refused", True,
+     "new SIP requests answered 503 because max_transactions server transactions were live"),
     ("retransmissions_absorbed", "imc_sip_retransmissions_absorbed", True,
      "retransmitted requests answered from their transaction (never handled twice)"),
     ("handler_errors", "imc_sip_handler_errors", True, "requests whose handler raised (answered 500)"),

@@ -3,9 +3,11 @@
 Server side: every datagram or TCP frame is parsed; a request is matched to its server
 transaction (RFC 3261 §17.2.3) so a retransmission is answered from the transaction and never
 reaches the handler twice; a new request gets a transaction and one handler task, whose
-:class:`Reply` becomes the response kept for retransmissions. Responses are matched to client
-transactions. Client side: :meth:`SipTransport.send_request` builds a request, picks the next hop
-(spec §6) and drives a client transaction to its final result.
+:class:`Reply` becomes the response kept for retransmissions. At most ``max_transactions``
+server transactions live at once: beyond that a new request is answered 503 with
+``Retry-After`` at once, statelessly, and never reaches the handler. Responses are matched to
+client transactions. Client side: :meth:`SipTransport.send_request` builds a request, picks
+the next hop (spec §6) and drives a client transaction to its final result.
 
 A handler may also offer ``start(request, source, respond) -> bool`` (:class:`StartHandler`):
 for a request over UDP the transport tries it first, and when it returns True no task is
@@ -139,6 +141,8 @@ class TransportStatistics:
     ``received``: datagrams and TCP frames read; ``sent``: datagrams and frames written;
     ``malformed``: messages that did not parse (``rejected`` of them were answered with a
     salvaged 4xx/5xx, the rest dropped); ``requests``: new requests handed to the handler;
+    ``transactions_refused``: new requests answered 503 + ``Retry-After`` without a
+    transaction because ``max_transactions`` server transactions were live;
     ``retransmissions_absorbed``: requests answered from (or swallowed by) an existing server
     transaction, plus duplicate final responses absorbed by a client transaction;
     ``handler_errors``: handlers that raised (answered 500); ``acks``: ACKs absorbed;
@@ -154,6 +158,7 @@ class TransportStatistics:
     malformed: int
     rejected: int
     requests: int
+    transactions_refused: int
     retransmissions_absorbed: int
     handler_errors: int
     acks: int
@@ -260,6 +265,10 @@ _TIMER_LANES = 4  # FIFO timer lanes: J, K, first E, F over TCP (see SipTranspor
 _TIMER_TICK = 0.005  # seconds: timers due within one tick fire together
 _TIMEOUT = ClientResult(408, "Request Timeout")
 _UNAVAILABLE = ClientResult(503, "Service Unavailable")
+#: Retry-After (seconds) of the 503 a new request gets while ``max_transactions`` are live.
+_REFUSED_RETRY_AFTER = (("Retry-After", "1"),)
+#: The "limit reached" warning is logged at most once per this many seconds.
+_REFUSED_LOG_INTERVAL = 1.0
 _WILDCARD = ("0.0.0.0", "::", "")
 
 
@@ -401,7 +410,9 @@ class SipTransport:
     retarget outgoing requests (spec §6). ``max_datagram``: largest UDP datagram accepted.
     ``t1``/``t2``/``t4``: RFC 3261 timer values (tests shorten them). ``tcp_idle_timeout``:
     seconds after which an idle TCP connection is closed. ``connect_timeout``: limit for
-    opening an outgoing TCP connection.
+    opening an outgoing TCP connection. ``max_transactions``: most server transactions alive
+    at once (each lives until Timer J after its final response); a new request beyond it is
+    answered 503 with ``Retry-After: 1`` without a transaction or a handler call.
     """
 
     def __init__(
@@ -416,7 +427,10 @@ class SipTransport:
         t4: float = 5.0,
         tcp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         connect_timeout: float = 5.0,
+        max_transactions: int = 100_000,
     ) -> None:
+        if max_transactions < 1:
+            raise ValueError(f"max_transactions must be positive, got {max_transactions}")
         self.listen = list(listen)
         self.outbound_proxy = outbound_proxy
         self._proxy_hop = parse_hop(outbound_proxy) if outbound_proxy else None
@@ -425,6 +439,7 @@ class SipTransport:
         self.t1, self.t2, self.t4 = t1, t2, t4
         self.tcp_idle_timeout = tcp_idle_timeout
         self.connect_timeout = connect_timeout
+        self.max_transactions = max_transactions
         self.bound: list[ListenAddress] = []
 
         self._handler: Handler | None = None
@@ -457,6 +472,8 @@ class SipTransport:
         self._malformed = 0
         self._rejected = 0
         self._requests = 0
+        self._refused = 0
+        self._refused_logged_at = -math.inf
         self._absorbed = 0
         self._handler_errors = 0
         self._acks = 0
@@ -545,6 +562,7 @@ class SipTransport:
             malformed=self._malformed,
             rejected=self._rejected,
             requests=self._requests,
+            transactions_refused=self._refused,
             retransmissions_absorbed=self._absorbed,
             handler_errors=self._handler_errors,
             acks=self._acks,
@@ -650,8 +668,10 @@ class SipTransport:
         """Match ``request`` to a server transaction (no checkpoint).
 
         A retransmission returns the transaction's last response (None while the handler still
-        works); a new request gets a transaction and a handler task. ``fix`` is the received/rport
-        rewrite of the top Via that responses get.
+        works); a new request gets a transaction and a handler task, or, while
+        ``max_transactions`` transactions are live, an immediate stateless 503 with
+        ``Retry-After`` (returned, like every answer sent at once). ``fix`` is the
+        received/rport rewrite of the top Via that responses get.
         """
         now = trio.current_time()
         key = server_key(request)
@@ -659,6 +679,8 @@ class SipTransport:
         if entry is not None:
             self._absorbed += 1
             return entry.txn.on_retransmission(now)
+        if len(self._server) >= self.max_transactions:
+            return self._refuse(request, fix, now)
         # Timer J runs 64*T1 on TCP too (RFC 3261 says 0 there): a request repeated over a new
         # connection, or over UDP after TCP, is still answered from the transaction, so a chat
         # line is never relayed twice (spec §5).
@@ -677,6 +699,17 @@ class SipTransport:
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_request, request, fix, source, key, entry, sender)
         return None
+
+    def _refuse(self, request: Request, fix: ViaFix, now: float) -> bytes:
+        """The stateless 503 + ``Retry-After`` for a new request beyond ``max_transactions``
+        (no transaction, no handler: a retransmission is refused again, or served once there
+        is room). Logged at most once per second."""
+        self._refused += 1
+        if now - self._refused_logged_at >= _REFUSED_LOG_INTERVAL:
+            self._refused_logged_at = now
+            log.warning("server transaction limit %d reached: answering 503", self.max_transactions)
+        data = build_response(request, 503, to_tag=new_tag(), headers=_REFUSED_RETRY_AFTER)
+        return _patch_via(data, fix)
 
     def _start(
         self,

@@ -46,5 +46,11 @@ def test_help_lists_the_flags():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for flag in ("--config", "--listen", "--domain", "--db-url", "--outbound-proxy", "--log-level",
-                 "--log-format", "--rpc-listen", "--mi-fifo"):
+                 "--log-format", "--rpc-listen", "--mi-fifo", "--max-transactions"):
         assert flag in result.stdout
+
+
+def test_bad_max_transactions_flag_names_the_parameter(tmp_path):
+    result = serve("--max-transactions", "0", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "imc-actors: invalid max_transactions: must be positive"

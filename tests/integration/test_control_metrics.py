@@ -37,6 +37,7 @@ async def test_metrics_move_with_traffic(server, ua):
     assert value(before, "imc_messages_in_total", kind="chat") == 0
     assert value(before, "imc_actor_restarts_total") == 0
     assert value(before, "imc_mailbox_depth_max") == 0
+    assert value(before, "imc_sip_transactions_refused_total") == 0
 
     alice, bob = await ua("alice"), await ua("bob")
     await command(alice, MANAGER, "#create chat")
@@ -83,3 +84,13 @@ async def test_failed_deliveries_are_counted(server, ua):
     samples = await scrape(server)
     assert value(samples, "imc_deliveries_total", result="failed") == 1
     assert value(samples, "imc_sip_client_requests_total", result="failed") == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0", "max_transactions": 1}])
+async def test_requests_refused_at_the_transaction_limit_are_counted(server, ua):
+    alice = await ua("alice")  # its REGISTER holds the one server transaction (Timer J: 32 s)
+    refused = await alice.request("OPTIONS", f"sip:{alice.domain}")
+    assert (refused.code, refused.header("Retry-After")) == (503, "1")
+    samples = await scrape(server)
+    assert value(samples, "imc_sip_transactions_refused_total") == 1
+    assert value(samples, "imc_sip_server_transactions") == 1

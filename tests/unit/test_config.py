@@ -76,3 +76,36 @@ def test_missing_file_is_a_config_error(tmp_path):
 )
 def test_listen_address_forms(text, expected):
     assert ListenAddress.parse(text) == expected
+
+
+def test_max_transactions_default_and_sources(tmp_path):
+    assert Config.from_sources(environ={}).max_transactions == 100_000
+    path = tmp_path / "imc.toml"
+    path.write_text("max_transactions = 500\n")
+    assert Config.from_sources(str(path), environ={}).max_transactions == 500
+    env = {"IMC_MAX_TRANSACTIONS": "700"}
+    assert Config.from_sources(str(path), environ=env).max_transactions == 700
+    flags = {"max_transactions": "900"}  # as argparse hands the --max-transactions flag over
+    assert Config.from_sources(str(path), environ=env, overrides=flags).max_transactions == 900
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("0", "invalid max_transactions: must be positive"),
+        ("-5", "invalid max_transactions: must be positive"),
+        ("lots", "invalid max_transactions: expected an integer, got 'lots'"),
+    ],
+)
+def test_max_transactions_must_be_a_positive_integer(raw, message):
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources(environ={"IMC_MAX_TRANSACTIONS": raw})
+    assert info.value.param == "max_transactions"
+    assert str(info.value) == message
+
+
+def test_max_transactions_zero_in_file_is_refused(tmp_path):
+    path = tmp_path / "imc.toml"
+    path.write_text("max_transactions = 0\n")
+    with pytest.raises(ConfigError, match="invalid max_transactions: must be positive"):
+        Config.from_sources(str(path), environ={})
