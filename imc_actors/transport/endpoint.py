@@ -904,43 +904,41 @@ class SipTransport:
                 yield lane.popleft()
 
     def _fire_timers(self, now: float) -> None:
+        servers = self._server
+        clients = self._client
         for deadline, _, kind, key, entry in self._due(now):
             if entry.scheduled != deadline:
                 continue  # superseded by an earlier filing
             entry.scheduled = None
             if kind == _SERVER:
-                if self._server.get(key) is not entry:
+                if servers.get(key) is not entry:
                     continue
                 txn = entry.txn
-                due = txn.deadline()
-                if due is not None and due <= now:
-                    txn.on_timer(now)
+                txn.on_timer(now)  # does nothing before its deadline
                 if txn.state == "terminated":
-                    del self._server[key]
+                    del servers[key]
                 else:
                     self._schedule(kind, key, entry, txn.deadline())
+                continue
+            if clients.get(key) is not entry:
+                continue
+            ctxn: ClientTransaction = entry.txn
+            resend = ctxn.on_timer(now)  # does nothing before its deadline
+            if resend is not None and entry.udp is not None:
+                self._client_retransmissions += 1
+                entry.udp.send_nowait(resend, entry.dest)
+            if ctxn.state != "terminated":
+                self._schedule(kind, key, entry, ctxn.deadline())
+                continue
+            del clients[key]
+            if entry.result is not None:
+                continue  # Timer K after a final response: its outcome was reported then
+            if ctxn.timed_out:
+                entry.finish(_TIMEOUT)
             else:
-                if self._client.get(key) is not entry:
-                    continue
-                ctxn: ClientTransaction = entry.txn
-                due = ctxn.deadline()
-                if due is not None and due <= now:
-                    resend = ctxn.on_timer(now)
-                    if resend is not None and entry.udp is not None:
-                        self._client_retransmissions += 1
-                        entry.udp.send_nowait(resend, entry.dest)
-                if ctxn.state == "terminated":
-                    del self._client[key]
-                    if ctxn.timed_out:
-                        entry.finish(_TIMEOUT)
-                    else:
-                        entry.finish(
-                            ClientResult(
-                                ctxn.final_code or 408, ctxn.final_reason or "Request Timeout"
-                            )
-                        )
-                else:
-                    self._schedule(kind, key, entry, ctxn.deadline())
+                entry.finish(
+                    ClientResult(ctxn.final_code or 408, ctxn.final_reason or "Request Timeout")
+                )
 
     # ------------------------------------------------------------------ client side
     async def send_request(
