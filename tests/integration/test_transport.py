@@ -11,18 +11,12 @@ import trio
 import trio.testing
 
 from imc_actors.config import ListenAddress
-from imc_actors.sip import Request, Response, parse
+from imc_actors.sip import Request
 from imc_actors.transport import ClientResult, Hop, Reply, SipTransport, Source, parse_hop
-from tests.support import RecordingHandler, TestUA, free_port, start_core
+from tests.support import RecordingHandler, TestUA, free_port, response_of, start_core
 
 DOMAIN = "example.org"
 ROOM = "sip:room@example.org"
-
-
-def response_of(data: bytes) -> Response:
-    message = parse(data)
-    assert isinstance(message, Response)
-    return message
 
 
 # ------------------------------------------------------------------------ server side

@@ -11,19 +11,13 @@ import trio
 import trio.testing
 
 from imc_actors.config import ListenAddress
-from imc_actors.sip import Request, Response, parse
+from imc_actors.sip import Request
 from imc_actors.transport import Reply, SipTransport, Source
-from tests.support import RecordingHandler, TestUA, start_core
+from tests.support import RecordingHandler, TestUA, response_of, start_core
 
 DOMAIN = "example.org"
 ROOM = "sip:room@example.org"
 LIMIT_LOG = "server transaction limit 3 reached: answering 503"
-
-
-def response_of(data: bytes) -> Response:
-    message = parse(data)
-    assert isinstance(message, Response)
-    return message
 
 
 async def answer(ua: TestUA, data: bytes, *, tcp: bool) -> bytes:

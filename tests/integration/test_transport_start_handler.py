@@ -11,19 +11,13 @@ import trio.testing
 from imc_actors.actors.supervisor import Answer
 from imc_actors.conference import IncomingMessage, open_conference
 from imc_actors.config import Config
-from imc_actors.sip import Request, Response, parse
+from imc_actors.sip import Request
 from imc_actors.store.repository import Repository
 from imc_actors.transport import Reply, Responder, Source
-from tests.support import TestUA, start_core
+from tests.support import TestUA, response_of, start_core
 
 DOMAIN = "example.org"
 ROOM = "sip:room@example.org"
-
-
-def response_of(data: bytes) -> Response:
-    message = parse(data)
-    assert isinstance(message, Response)
-    return message
 
 
 class Deferred:

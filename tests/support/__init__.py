@@ -10,13 +10,28 @@ import trio
 
 from imc_actors.config import Config, ListenAddress
 from imc_actors.registrar import Registrar
-from imc_actors.sip import Request
+from imc_actors.sip import Request, Response, parse
 from imc_actors.sipcore import SipCore
 from imc_actors.transport import Handler, Reply, SipTransport, Source
 
 from .ua import SipTimeout, TestUA
 
-__all__ = ["CoreServer", "RecordingHandler", "SipTimeout", "TestUA", "free_port", "start_core"]
+__all__ = [
+    "CoreServer",
+    "RecordingHandler",
+    "SipTimeout",
+    "TestUA",
+    "free_port",
+    "response_of",
+    "start_core",
+]
+
+
+def response_of(data: bytes) -> Response:
+    """Parse ``data`` and check that it is a response (what a test UA got back)."""
+    message = parse(data)
+    assert isinstance(message, Response)
+    return message
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
