@@ -354,12 +354,14 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
 
     The first failing trial of the search is run once more before it counts (one failure can
     be a leftover of the previous overload, or a neighbour's burst on a shared machine).
-    Bounded: at most ``max_trials`` search trials (+1 retry) plus ``confirm`` (and, when most
-    of those fail, ``1 + confirm`` more at a rate 10% lower) trials of ``scenario.duration`` s.
+    Bounded: at most ``max_trials`` search trials (+1 retry) plus ``confirm`` at the best rate;
+    when most of those fail, the next lower rate that passed in the search (else one 10%
+    lower) is confirmed the same way, at most three rates in all.
     """
     lo: float = 0.0
     hi: float | None = None
     best: Trial | None = None
+    first = len(scenario.trials)  # this search's trials start here
     rate = start
     trials = 0
     retries = 1  # the first failure of a search is run again before it bounds the search
@@ -403,18 +405,23 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
             lo, best = rate, trial
         else:
             hi = rate
-    # Confirm: the rate stands when most of its trials pass; else step down (once).
-    attempts: list[Trial] = [best] if best is not None else []
-    for _ in range(2):
+    # Confirm: the rate stands when most of its trials pass; else the next lower rate that
+    # passed during the search (or 10 % lower) gets the same test, at most three rates.
+    passing = sorted({t.offered: t for t in scenario.trials[first:] if t.passed}.items(), reverse=True)
+    attempts: list[Trial] = []
+    rate = lo
+    for _ in range(3):
         if best is None:
             break
+        earlier = dict(passing).get(rate)
+        attempts = [earlier] if earlier is not None else []
         while len(attempts) < 1 + confirm:
-            attempts.append(run(lo, retry=False))
+            attempts.append(run(rate, retry=False))
         passed = [t for t in attempts if t.passed]
         if len(passed) * 2 > len(attempts):
-            return SearchResult(scenario.name, scenario.server.name, lo, len(passed), len(attempts),
+            return SearchResult(scenario.name, scenario.server.name, rate, len(passed), len(attempts),
                                 median_trial(passed), list(scenario.trials))  # fmt: skip
-        lo *= 0.9
-        attempts = []
+        lower = [r for r, _ in passing if r < rate]
+        rate = lower[0] if lower else rate * 0.9
     return SearchResult(scenario.name, scenario.server.name, 0.0, 0, len(attempts), None,
                         list(scenario.trials))  # fmt: skip
