@@ -78,7 +78,9 @@ async def _build(db: str, rooms: int, members: int, concurrency: int) -> dict[st
         from imc_actors.conference import open_conference
     config = Config.from_sources(environ={}, overrides={"db_url": f"sqlite:///{db}", "domains": [DOMAIN]})
     # The collector set as `imc-actors serve` sets it (an application's choice: see cli._tune_gc).
-    gc.set_threshold(10_000, 20, 20)
+    from imc_actors import cli
+
+    gc.set_threshold(*getattr(cli, "GC_THRESHOLDS", (10_000, 20, 20)))
     async with open_conference(config) as conf:
         gc.collect()
         gc.freeze()

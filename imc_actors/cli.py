@@ -115,6 +115,10 @@ def setup_logging(config: Config) -> None:
     _setup_logging(config.log_level, config.log_format)
 
 
+#: The collector's thresholds for ``imc-actors serve`` (see :func:`_tune_gc`).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def _tune_gc() -> None:
     """The garbage collector, set for a server (this process is ours, an embedding app's is not).
 
@@ -129,7 +133,7 @@ def _tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _serve(config: Config) -> None:
