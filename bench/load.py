@@ -148,16 +148,16 @@ class Scenario:
     def drain(self) -> int:
         """Absorb what a failed trial left in flight (server retransmissions to the member
         UAS): run a UAS until 5 s pass without a new MESSAGE (at most 40 s). Both servers
-        retransmit an unanswered MESSAGE at least every 4 s (T2), so after 5 quiet seconds
-        nothing from the failed trial is pending any more."""
+        retransmit an unanswered MESSAGE at least every 4 s (T2), and SIPp writes its counts
+        every second, so after 5 quiet seconds nothing from the failed trial is pending."""
         work = self._dir("drain")
         uas = sipp.Uas(self.uas_port, work, expected=10**9, timeout=45)
         last, still, deadline = -1, 0.0, time.monotonic() + 40
         while time.monotonic() < deadline:
-            time.sleep(1.0)
+            time.sleep(0.5)
             count, _ = sipp._stats(uas.stats)
             if count == last:
-                still += 1.0
+                still += 0.5
                 if still >= 5.0:
                     break
             else:
@@ -357,8 +357,8 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
     The first failing trial of the search is run once more before it counts (one failure can
     be a leftover of the previous overload, or a neighbour's burst on a shared machine).
     Bounded: at most ``max_trials`` search trials (+1 retry) plus ``confirm`` at the best rate;
-    when most of those fail, the next lower rate that passed in the search (else one 10%
-    lower) is confirmed the same way, once.
+    when most of those fail, a rate 10% lower (or one in between that passed in the search)
+    is confirmed the same way, once.
     """
     lo: float = 0.0
     hi: float | None = None
@@ -407,8 +407,8 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
             lo, best = rate, trial
         else:
             hi = rate
-    # Confirm: the rate stands when most of its trials pass; else the next lower rate that
-    # passed during the search (or 10 % lower) gets the same test, once.
+    # Confirm: the rate stands when most of its trials pass; else a rate 10 % lower (or one
+    # that passed during the search in between) gets the same test, once.
     passing = sorted({t.offered: t for t in scenario.trials[first:] if t.passed}.items(), reverse=True)
     attempts: list[Trial] = []
     rate = lo
@@ -423,7 +423,7 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
         if len(passed) * 2 > len(attempts):
             return SearchResult(scenario.name, scenario.server.name, rate, len(passed), len(attempts),
                                 median_trial(passed), list(scenario.trials))  # fmt: skip
-        lower = [r for r, _ in passing if r < rate]
-        rate = lower[0] if lower else rate * 0.9
+        # 10 % lower, or a rate that passed in the search if one lies in between.
+        rate = max([r for r, _ in passing if r < rate] + [rate * 0.9])
     return SearchResult(scenario.name, scenario.server.name, 0.0, 0, len(attempts), None,
                         list(scenario.trials))  # fmt: skip
