@@ -27,10 +27,10 @@ from .servers import ImcServer, KamailioServer, ServerError
 
 #: Scenario name -> (members for fan-out, or 0 for churn; first rate tried, calls/s).
 SCENARIOS = {
-    "fanout2": (2, 2000.0),
-    "fanout10": (10, 500.0),
-    "fanout50": (50, 100.0),
-    "churn": (0, 600.0),
+    "fanout2": (2, 3000.0),
+    "fanout10": (10, 750.0),
+    "fanout50": (50, 150.0),
+    "churn": (0, 900.0),
 }
 MAX_RATE = 20000.0
 

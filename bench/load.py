@@ -358,7 +358,7 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
     be a leftover of the previous overload, or a neighbour's burst on a shared machine).
     Bounded: at most ``max_trials`` search trials (+1 retry) plus ``confirm`` at the best rate;
     when most of those fail, a rate 10% lower (or one in between that passed in the search)
-    is confirmed the same way, once.
+    is confirmed the same way, and once more if that fails too.
     """
     lo: float = 0.0
     hi: float | None = None
@@ -408,11 +408,11 @@ def find_max_rate(scenario: Scenario, *, start: float, max_rate: float, toleranc
         else:
             hi = rate
     # Confirm: the rate stands when most of its trials pass; else a rate 10 % lower (or one
-    # that passed during the search in between) gets the same test, once.
+    # that passed during the search in between) gets the same test, at most three rates.
     passing = sorted({t.offered: t for t in scenario.trials[first:] if t.passed}.items(), reverse=True)
     attempts: list[Trial] = []
     rate = lo
-    for _ in range(2):
+    for _ in range(3):
         if best is None:
             break
         earlier = dict(passing).get(rate)
