@@ -289,13 +289,18 @@ class Churn(Scenario):
         # How many notices one pair causes on this server (deterministic: one churner per
         # room): measured with a few pairs at a low rate.
         pairs = 5
-        work = self._dir("calibrate")
-        inf = sipp.write_csv(work / "pairs.csv", list(zip(self.churners, self.rooms, strict=True))[:pairs])
-        uas = sipp.Uas(self.uas_port, work, expected=10**6, timeout=30)
-        result = sipp.run_uac("churn.xml", self.server.port, work, count=pairs, rate=20,
-                              inf=inf, timeout=20, tag="calibrate")  # fmt: skip
-        got = uas.finish(grace=1.5)
-        if result.successful != pairs or got.successful % pairs:
+        for attempt in range(2):
+            work = self._dir("calibrate")
+            inf = sipp.write_csv(work / "pairs.csv", list(zip(self.churners, self.rooms, strict=True))[:pairs])
+            uas = sipp.Uas(self.uas_port, work, expected=10**6, timeout=30)
+            result = sipp.run_uac("churn.xml", self.server.port, work, count=pairs, rate=20,
+                                  inf=inf, timeout=20, tag="calibrate")  # fmt: skip
+            got = uas.finish(grace=1.5)
+            if result.successful == pairs and got.successful % pairs == 0:
+                break
+            if attempt == 0:  # stray MESSAGEs (a retransmission left over from earlier): again
+                self.drain()
+                continue
             raise SetupError(f"{self.server.name}: churn calibration: {result.successful}/{pairs} "
                              f"pairs, {got.successful} notices (see {work})\n{result.errors}")  # fmt: skip
         self.per_pair = got.successful // pairs
