@@ -1006,6 +1006,11 @@ class SipTransport:
             result = results[0]
             for other in results[1:]:
                 result = _better(result, other)
+        self._count_outcome(method, request_uri, result)
+        return result
+
+    def _count_outcome(self, method: str, request_uri: str, result: ClientResult) -> None:
+        """Count one outgoing request's final outcome (and log a failure at debug level)."""
         if result.ok:
             self._client_ok += 1
         else:
@@ -1013,7 +1018,6 @@ class SipTransport:
             if result is _TIMEOUT:
                 self._client_timeouts += 1
             log.debug("%s to %s failed: %d %s", method, request_uri, result.code, result.reason)
-        return result
 
     def start_request(
         self,
@@ -1072,13 +1076,7 @@ class SipTransport:
         udp.sent += 1
 
         def finished(result: ClientResult) -> None:
-            if result.ok:
-                self._client_ok += 1
-            else:
-                self._client_failed += 1
-                if result is _TIMEOUT:
-                    self._client_timeouts += 1
-                log.debug("%s to %s failed: %d %s", method, request_uri, result.code, result.reason)
+            self._count_outcome(method, request_uri, result)
             on_result(result)
 
         txn = ClientTransaction(data, False, trio.current_time(), t1=self.t1, t2=self.t2, t4=self.t4)
