@@ -78,7 +78,6 @@ class Delivery:
         self._ok = 0
         self._failed = 0
         self._in_flight = 0
-        self._max_started = max_started
         self._slots = trio.Semaphore(max_started)  # one per started delivery in flight
         self._queued = 0  # notices in the channel, not yet taken by a worker
         self._unfinished = 0
