@@ -1,21 +1,23 @@
 """Trio transports for SIP: UDP and TCP endpoints driving the pure :mod:`imc_actors.sip` layer.
 
 The public surface is :class:`SipTransport` (server and client transactions, dispatch to a
-:data:`Handler`, next-hop selection) and the small records it speaks in.
+:data:`Handler`, next-hop selection) and the small records it speaks in. Inside, one module
+per job: ``endpoint`` (SipTransport: sockets, parsing, wiring), ``server`` and ``client``
+(the two sides' transactions), ``timers``, ``routing``, ``connections`` (TCP pool),
+``records``, and the socket layers ``udp`` and ``tcp``.
 """
 
-from .endpoint import (
+from .endpoint import SipTransport
+from .records import (
     ClientResult,
     Handler,
-    Hop,
     Reply,
     Responder,
-    SipTransport,
     Source,
     StartHandler,
     TransportStatistics,
-    parse_hop,
 )
+from .routing import Hop, parse_hop
 
 __all__ = [
     "ClientResult",

@@ -1,0 +1,432 @@
+"""Client transactions: outgoing requests built, sent, retransmitted and matched to responses.
+
+:meth:`ClientTransactions.send_request` builds a request, asks the :class:`Router` for its
+targets (spec §6; several contacts are tried in parallel and the best result wins, RFC 3261
+§16.7), picks UDP or TCP per target (TCP when the URI says so, or for a message over
+:data:`TCP_THRESHOLD` bytes when the hop accepts a connection) and follows each client
+transaction (Timers E, F and K on the transport's timer wheel) to its final result.
+:meth:`ClientTransactions.start_request` is the task-free variant for the common case (one
+IP-literal target over UDP). Responses are matched to their transaction by branch and method;
+one that matches none is counted as stray.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from imc_actors.config import ListenAddress
+from imc_actors.sip import (
+    ClientTransaction,
+    Response,
+    build_request,
+    client_key,
+    new_branch,
+    new_call_id,
+    new_tag,
+)
+
+from .connections import Connections
+from .records import ClientResult
+from .routing import NoRoute, Router, Target, find_call_id_host, is_ip
+from .tcp import TcpConnection
+from .timers import LANE_FIRST_E, LANE_K, LANE_TCP_F, TimerWheel
+from .udp import Address, UdpEndpoint
+
+__all__ = ["TCP_THRESHOLD", "TIMEOUT", "UNAVAILABLE", "ClientEntry", "ClientTransactions", "better"]
+
+log = logging.getLogger(__name__)
+
+#: Messages larger than this go over TCP when the next hop accepts TCP (RFC 3261 §18.1.1).
+TCP_THRESHOLD = 1300
+TIMEOUT = ClientResult(408, "Request Timeout")
+UNAVAILABLE = ClientResult(503, "Service Unavailable")
+
+
+class ClientEntry:
+    """A client transaction, its way to retransmit, and the waiter for its outcome."""
+
+    __slots__ = ("txn", "scheduled", "done", "result", "udp", "dest", "conn", "callback")
+
+    def __init__(
+        self,
+        txn: ClientTransaction,
+        udp: UdpEndpoint | None,
+        dest: Address,
+        conn: TcpConnection | None,
+        callback: Callable[[ClientResult], None] | None = None,
+    ) -> None:
+        self.txn = txn
+        self.scheduled: float | None = None
+        # Waited on by send_request; a request started with a callback has nobody waiting.
+        self.done: trio.Event | None = trio.Event() if callback is None else None
+        self.result: ClientResult | None = None
+        self.udp = udp
+        self.dest = dest
+        self.conn = conn
+        self.callback = callback
+
+    def finish(self, result: ClientResult) -> None:
+        if self.result is None:
+            self.result = result
+            if self.callback is not None:
+                try:
+                    self.callback(result)
+                except Exception:  # called from the receive loop or the timers: never kill them
+                    log.exception("client transaction callback raised")
+            else:
+                assert self.done is not None
+                self.done.set()
+
+
+def better(a: ClientResult, b: ClientResult) -> ClientResult:
+    """The better of two branch outcomes (RFC 3261 §16.7, simplified): a 2xx wins, then a 6xx,
+    then the lowest class; a response received beats a synthesised 408/503."""
+
+    def rank(r: ClientResult) -> tuple[int, int, int]:
+        cls = r.code // 100
+        order = 0 if cls == 2 else 1 if cls == 6 else 2
+        synthetic = 1 if r in (TIMEOUT, UNAVAILABLE) else 0
+        return (order, synthetic, r.code)
+
+    return a if rank(a) <= rank(b) else b
+
+
+class ClientTransactions:
+    """The live client transactions of a transport and the outcome counters.
+
+    ``timers`` is the transport's wheel (Timers E, F, K), ``router`` picks targets and local
+    addresses, ``connections`` gives TCP connections. :meth:`open` starts a run, :meth:`close`
+    ends it (pending requests get 503). The counters (``ok``, ``failed``, ``timeouts``,
+    ``retransmissions``, ``stray``, ``absorbed``, ``sent``: requests written on TCP) are read
+    by :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
+    """
+
+    def __init__(self, timers: TimerWheel, router: Router, connections: Connections) -> None:
+        self._timers = timers
+        self._fire = self.on_timer  # one bound method, filed with every entry
+        self._router = router
+        self._connections = connections
+        self._entries: dict[Any, ClientEntry] = {}
+        self._nursery: trio.Nursery | None = None
+        self._t1, self._t2, self._t4 = 0.5, 4.0, 5.0
+        self._bound: Sequence[ListenAddress] = ()
+        self._call_id_host_cache: str | None = None
+        self.ok = 0
+        self.failed = 0
+        self.timeouts = 0
+        self.retransmissions = 0
+        self.stray = 0
+        self.absorbed = 0
+        self.sent = 0
+
+    def __len__(self) -> int:
+        """How many client transactions are live."""
+        return len(self._entries)
+
+    def open(
+        self,
+        nursery: trio.Nursery,
+        bound: Sequence[ListenAddress],
+        *,
+        t1: float,
+        t2: float,
+        t4: float,
+    ) -> None:
+        """Start a run: requests may be sent; ``bound`` (filled as sockets are bound) gives
+        the host of our Call-IDs."""
+        self._nursery = nursery
+        self._bound = bound
+        self._call_id_host_cache = None
+        self._t1, self._t2, self._t4 = t1, t2, t4
+
+    def close(self) -> None:
+        """End a run: every pending request gets 503; transactions go."""
+        self._nursery = None
+        for entry in self._entries.values():
+            entry.finish(UNAVAILABLE)
+        self._entries.clear()
+
+    def connection_lost(self, conn: TcpConnection) -> None:
+        """``conn`` closed: requests sent over it and not yet answered get 503."""
+        for entry in self._entries.values():
+            if entry.conn is conn and entry.result is None:
+                entry.finish(UNAVAILABLE)
+
+    # ------------------------------------------------------------------ sending
+    async def send_request(
+        self,
+        method: str,
+        request_uri: str,
+        *,
+        from_uri: str,
+        to_uri: str,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+        call_id: str | None = None,
+    ) -> ClientResult:
+        """:meth:`SipTransport.send_request <imc_actors.transport.SipTransport.send_request>`."""
+        if self._nursery is None:
+            raise RuntimeError("SipTransport is not running")
+        try:
+            targets = self._router.targets(request_uri)
+        except ValueError as exc:
+            log.warning("cannot route %s to %s: %s", method, request_uri, exc)
+            await trio.lowlevel.checkpoint()
+            self.failed += 1
+            return UNAVAILABLE
+        if call_id is None:
+            call_id = new_call_id(self._call_id_host())
+        from_tag = new_tag()
+
+        async def attempt(target: Target) -> ClientResult:
+            return await self._send_to_target(
+                target, method, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+                call_id=call_id, headers=headers, body=body, content_type=content_type,
+            )  # fmt: skip
+
+        if len(targets) == 1:
+            result = await self._send_to_target(
+                targets[0], method, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+                call_id=call_id, headers=headers, body=body, content_type=content_type,
+            )  # fmt: skip
+        else:
+            results: list[ClientResult] = []
+
+            async def branch(target: Target) -> None:
+                results.append(await attempt(target))
+
+            async with trio.open_nursery() as nursery:
+                for target in targets:
+                    nursery.start_soon(branch, target)
+            result = results[0]
+            for other in results[1:]:
+                result = better(result, other)
+        self._count_outcome(method, request_uri, result)
+        return result
+
+    def _count_outcome(self, method: str, request_uri: str, result: ClientResult) -> None:
+        """Count one outgoing request's final outcome (and log a failure at debug level)."""
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+            if result is TIMEOUT:
+                self.timeouts += 1
+            log.debug("%s to %s failed: %d %s", method, request_uri, result.code, result.reason)
+
+    def start_request(
+        self,
+        method: str,
+        request_uri: str,
+        *,
+        from_uri: str,
+        to_uri: str,
+        on_result: Callable[[ClientResult], None],
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+        call_id: str | None = None,
+    ) -> bool:
+        """:meth:`SipTransport.start_request <imc_actors.transport.SipTransport.start_request>`."""
+        if self._nursery is None:
+            return False
+        router = self._router
+        try:
+            targets = router.targets(request_uri)
+        except ValueError:
+            return False
+        if len(targets) != 1:
+            return False
+        target = targets[0]
+        hop = target.hop
+        if hop.transport == "tcp" or not is_ip(hop.host):
+            return False
+        udp = router.udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
+        if udp is None:
+            return False
+        dest = (hop.host, hop.port)
+        branch = new_branch()
+        via_host, via_port = router.via_address(udp, dest)
+        data = build_request(
+            method, target.request_uri, from_uri=from_uri, from_tag=new_tag(), to_uri=to_uri,
+            call_id=call_id or new_call_id(self._call_id_host()), cseq=1, via_host=via_host,
+            via_port=via_port, via_transport="UDP", branch=branch, headers=headers, body=body,
+            content_type=content_type,
+        )  # fmt: skip
+        if hop.transport is None and len(data) > TCP_THRESHOLD:
+            return False
+        try:
+            udp.sock.sendto(data, dest)
+        except OSError:  # a full buffer, or an error send_request reports in its own way
+            return False
+        udp.sent += 1
+
+        def finished(result: ClientResult) -> None:
+            self._count_outcome(method, request_uri, result)
+            on_result(result)
+
+        txn = ClientTransaction(
+            data, False, trio.current_time(), t1=self._t1, t2=self._t2, t4=self._t4
+        )
+        entry = ClientEntry(txn, udp, dest, None, finished)
+        key = (branch, method)
+        self._entries[key] = entry
+        self._schedule(key, entry, txn.deadline())
+        return True
+
+    async def _send_to_target(
+        self,
+        target: Target,
+        method: str,
+        *,
+        from_uri: str,
+        from_tag: str,
+        to_uri: str,
+        call_id: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        content_type: str | None,
+    ) -> ClientResult:
+        """Build, send and follow one client transaction to ``target``. Checkpoints."""
+        router = self._router
+        try:
+            hop = target.hop
+            if is_ip(hop.host):  # no name to resolve: no checkpoint (send_request waits anyway)
+                family = socket.AF_INET6 if ":" in hop.host else socket.AF_INET
+                dest = (hop.host, hop.port)
+            else:
+                family, dest = await router.resolve(hop)
+        except NoRoute as exc:
+            log.warning("cannot send %s to %s: %s", method, target.request_uri, exc)
+            return UNAVAILABLE
+        branch = new_branch()
+        udp = router.udp_for(family)
+
+        def build(via_transport: str, via: Address) -> bytes:
+            return build_request(
+                method, target.request_uri, from_uri=from_uri, from_tag=from_tag,
+                to_uri=to_uri, call_id=call_id, cseq=1, via_host=via[0], via_port=via[1],
+                via_transport=via_transport, branch=branch, headers=headers, body=body,
+                content_type=content_type,
+            )  # fmt: skip
+
+        data = build("UDP", router.via_address(udp, dest)) if udp is not None else b""
+        want_tcp = target.hop.transport == "tcp" or udp is None
+        try_tcp = not want_tcp and target.hop.transport is None and len(data) > TCP_THRESHOLD
+        if want_tcp or try_tcp:
+            conn = await self._connections.get(dest, required=want_tcp)
+            if conn is not None:
+                via = router.tcp_via(family, conn)
+                return await self._run_client(build("TCP", via), (branch, method), None, dest, conn)
+            if want_tcp:
+                return UNAVAILABLE
+            log.debug("%s:%d refuses TCP; sending %d bytes over UDP", dest[0], dest[1], len(data))
+        assert udp is not None
+        return await self._run_client(data, (branch, method), udp, dest, None)
+
+    async def _run_client(
+        self,
+        data: bytes,
+        key: tuple[str, str],
+        udp: UdpEndpoint | None,
+        dest: Address,
+        conn: TcpConnection | None,
+    ) -> ClientResult:
+        """Send ``data`` and wait for the client transaction's outcome. ``key`` is what
+        :func:`client_key` gives its responses: ``(branch, method)``. Checkpoints."""
+        now = trio.current_time()
+        txn = ClientTransaction(data, conn is not None, now, t1=self._t1, t2=self._t2, t4=self._t4)
+        entry = ClientEntry(txn, udp, dest, conn)
+        self._entries[key] = entry
+        self._schedule(key, entry, txn.deadline())
+        try:
+            if conn is not None:
+                sent = await conn.send(data)
+                if sent:
+                    self.sent += 1
+            else:
+                assert udp is not None
+                sent = await udp.send(data, dest)
+            if not sent:
+                entry.finish(UNAVAILABLE)
+            assert entry.done is not None
+            await entry.done.wait()
+        finally:
+            if entry.result is None or entry.result is UNAVAILABLE:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+        assert entry.result is not None
+        return entry.result
+
+    def _call_id_host(self) -> str:
+        if self._call_id_host_cache is not None and self._bound:
+            return self._call_id_host_cache
+        self._call_id_host_cache = find_call_id_host(self._bound)
+        return self._call_id_host_cache
+
+    # ------------------------------------------------------------------ responses and timers
+    def on_response(self, response: Response) -> None:
+        """Match a response to its client transaction (no checkpoint); a final one ends the
+        request's wait, a repeated final one is absorbed, one matching nothing is stray."""
+        try:
+            key = client_key(response)
+        except ValueError:
+            key = None
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None:
+            self.stray += 1
+            log.debug("stray response %d for Call-ID %s", response.code, response.call_id)
+            return
+        now = trio.current_time()
+        already_final = entry.result is not None
+        entry.txn.on_response(response.code, now, response.reason)
+        if response.code >= 200:
+            if already_final:
+                self.absorbed += 1
+            else:
+                entry.finish(ClientResult(response.code, response.reason))
+        if entry.txn.state == "terminated":
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+        else:
+            self._schedule(key, entry, entry.txn.deadline())
+
+    def _schedule(self, key: Any, entry: ClientEntry, deadline: float | None) -> None:
+        """File ``entry``'s next timer: Timer K, a first Timer E or F over TCP in their lanes
+        (each arrives in order), a later Timer E in the heap."""
+        txn = entry.txn
+        if txn.state == "completed":
+            lane: int | None = LANE_K
+        elif txn.retransmissions == 0:
+            lane = LANE_FIRST_E if not txn.reliable else LANE_TCP_F
+        else:
+            lane = None
+        self._timers.schedule(lane, self._fire, key, entry, deadline)
+
+    def on_timer(self, key: Any, entry: ClientEntry, now: float) -> None:
+        """A filing of ``entry`` is due (from the timer task): Timer E resends over UDP, Timer F
+        ends the request with 408, Timer K ends the transaction."""
+        entries = self._entries
+        if entries.get(key) is not entry:
+            return
+        txn: ClientTransaction = entry.txn
+        resend = txn.on_timer(now)  # does nothing before its deadline
+        if resend is not None and entry.udp is not None:
+            self.retransmissions += 1
+            entry.udp.send_nowait(resend, entry.dest)
+        if txn.state != "terminated":
+            self._schedule(key, entry, txn.deadline())
+            return
+        del entries[key]
+        if entry.result is not None:
+            return  # Timer K after a final response: its outcome was reported then
+        if txn.timed_out:
+            entry.finish(TIMEOUT)
+        else:
+            entry.finish(ClientResult(txn.final_code or 408, txn.final_reason or "Request Timeout"))

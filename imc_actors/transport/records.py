@@ -1,0 +1,119 @@
+"""The records :class:`~imc_actors.transport.SipTransport` speaks in.
+
+What a handler is given (:class:`Source`) and answers (:class:`Reply`), the handler shapes
+(:data:`Handler`, :class:`StartHandler` and its :data:`Responder`), the outcome of an outgoing
+request (:class:`ClientResult`) and the counters snapshot (:class:`TransportStatistics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from imc_actors.sip import Request
+
+__all__ = [
+    "ClientResult",
+    "Handler",
+    "Reply",
+    "Responder",
+    "Source",
+    "StartHandler",
+    "TransportStatistics",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a request came from: ``transport`` is ``udp`` or ``tcp``; the peer's host and port."""
+
+    transport: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a handler answers: status ``code``, ``reason`` (None = the RFC phrase), extra
+    ``headers`` in order, ``body`` and its ``content_type`` (text/plain when a body has none)."""
+
+    code: int
+    reason: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    content_type: str | None = None
+
+
+Handler = Callable[[Request, Source], Awaitable[Reply]]
+#: Sends the final response to one request (given to :meth:`StartHandler.start`).
+Responder = Callable[[Reply], None]
+
+
+class StartHandler(Protocol):
+    """A :data:`Handler` that can also take a request without a task of its own."""
+
+    async def __call__(self, request: Request, source: Source) -> Reply: ...
+
+    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+        """Take ``request`` and return True, promising one ``respond(reply)`` call (it may come
+        before ``start`` returns); or return False having done nothing (the transport then
+        runs ``__call__`` in a task). Must not block or checkpoint."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResult:
+    """The final outcome of :meth:`SipTransport.send_request`.
+
+    The final response's code and reason, or 408 ``Request Timeout`` when Timer F fired, or 503
+    ``Service Unavailable`` when the request could not be sent (unresolvable hop, network
+    error, TCP connection lost).
+    """
+
+    code: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx."""
+        return 200 <= self.code < 300
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    """A snapshot of a :class:`SipTransport`'s counters (see :meth:`SipTransport.statistics`).
+
+    ``received``: datagrams and TCP frames read; ``sent``: datagrams and frames written;
+    ``malformed``: messages that did not parse (``rejected`` of them were answered with a
+    salvaged 4xx/5xx, the rest dropped); ``requests``: new requests handed to the handler;
+    ``transactions_refused``: new requests answered 503 + ``Retry-After`` without a
+    transaction because ``max_transactions`` server transactions were live;
+    ``retransmissions_absorbed``: requests answered from (or swallowed by) an existing server
+    transaction, plus duplicate final responses absorbed by a client transaction;
+    ``handler_errors``: handlers that raised (answered 500); ``acks``: ACKs absorbed;
+    ``stray_responses``: responses matching no client transaction; ``client_ok`` /
+    ``client_failed``: outcomes of :meth:`send_request` (2xx / anything else);
+    ``client_timeouts``: of the failures, Timer F expiries; ``client_retransmissions``: Timer E
+    resends; ``send_errors``: datagrams the network refused (or dropped from a full buffer);
+    ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now.
+    """
+
+    received: int
+    sent: int
+    malformed: int
+    rejected: int
+    requests: int
+    transactions_refused: int
+    retransmissions_absorbed: int
+    handler_errors: int
+    acks: int
+    stray_responses: int
+    client_ok: int
+    client_failed: int
+    client_timeouts: int
+    client_retransmissions: int
+    send_errors: int
+    server_transactions: int
+    client_transactions: int
+    tcp_connections: int

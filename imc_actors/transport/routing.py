@@ -1,0 +1,303 @@
+"""Routing: where an outgoing request goes, where responses to an incoming one go back, and
+which of our own addresses a message names.
+
+Outgoing (spec §6): :func:`parse_hop` reads a URI's next hop; :class:`Router` picks the
+targets of a request (``outbound_proxy``, else every contact ``locate`` returns for the
+Request-URI's AOR, else the Request-URI's host), resolves DNS names, and chooses the local
+socket and the address our Via names. Incoming: :func:`via_fix` and :func:`patch_via` give a
+response the ``received``/``rport`` of RFC 3261 §18.2.1 and RFC 3581, and :func:`via_port` the
+port it goes back to without ``rport``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from imc_actors.config import ListenAddress
+from imc_actors.sip import Request, aor_key
+
+from .records import Source
+from .tcp import TcpConnection, TcpListener
+from .udp import Address, UdpEndpoint
+
+__all__ = [
+    "WILDCARD",
+    "Hop",
+    "NoRoute",
+    "Router",
+    "Target",
+    "ViaFix",
+    "find_call_id_host",
+    "is_ip",
+    "parse_hop",
+    "patch_via",
+    "via_fix",
+    "via_port",
+]
+
+log = logging.getLogger(__name__)
+
+#: Hosts a socket bound to "any address" reports.
+WILDCARD = ("0.0.0.0", "::", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """A next hop from :func:`parse_hop`: ``host`` as written (IP literal or DNS name, IPv6
+    without brackets), ``port``, ``transport`` 'udp', 'tcp' or None (chosen by message size)."""
+
+    host: str
+    port: int
+    transport: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One destination of an outgoing request: its Request-URI and next hop."""
+
+    request_uri: str
+    hop: Hop
+
+
+class NoRoute(Exception):
+    """The request cannot be sent to this target (answered 503)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_hop(uri: str) -> Hop:
+    """Host, port and transport of a SIP URI (``sip:user@host:port;transport=tcp``) or a plain
+    ``host[:port]``. The port defaults to 5060. Raises ValueError when there is no host, or for
+    ``sips:`` (TLS is not supported, and sending a sips URI in the clear is not allowed)."""
+    text = uri.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    scheme, colon, rest = text.partition(":")
+    lowered = scheme.lower()
+    if colon and lowered == "sips":
+        raise ValueError(f"sips URI not supported: {uri!r}")
+    if colon and lowered == "sip":
+        text = rest
+    text = text.partition("?")[0]
+    at = text.rfind("@")
+    if at >= 0:
+        text = text[at + 1 :]
+    hostport, _, params = text.partition(";")
+    transport: str | None = None
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "transport":
+            value = value.strip().lower()
+            if value not in ("udp", "tcp"):
+                raise ValueError(f"unsupported transport {value!r} in {uri!r}")
+            transport = value
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port_text = tail.removeprefix(":")
+    elif hostport.count(":") == 1:
+        host, _, port_text = hostport.partition(":")
+    else:
+        host, port_text = hostport, ""
+    host = host.strip()
+    if not host:
+        raise ValueError(f"no host in {uri!r}")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {uri!r}")
+        port = int(port_text)
+    else:
+        port = 5060
+    return Hop(host, port, transport)
+
+
+ViaFix = tuple[bytes, bytes] | None
+
+
+def via_fix(req: Request, source: Source) -> tuple[ViaFix, bool]:
+    """How responses to ``req`` must rewrite their top Via line, and whether it has rport.
+
+    RFC 3261 §18.2.1: add ``received=<source IP>`` when the sent-by host differs from it;
+    RFC 3581: with ``rport``, add ``received`` and fill in ``rport=<source port>``. Returns
+    ``((old line, new line), has_rport)`` for :func:`patch_via`, or ``(None, has_rport)`` when
+    the Via stays as it is. (Patching the built bytes is much cheaper than copying the Request.)
+    """
+    value = next((v for name, v in req.headers if name == "Via"), None)
+    if value is None:
+        return None, False
+    top, comma, rest = value.partition(",")
+    sent, semi, params = top.partition(";")
+    has_rport = False
+    kept: list[str] = []
+    if semi:
+        for param in params.split(";"):
+            pname = param.partition("=")[0].strip().lower()
+            if pname == "rport":
+                has_rport = True
+            elif pname != "received":
+                kept.append(param.strip())
+    if has_rport:
+        kept.append(f"received={source.host}")
+        kept.append(f"rport={source.port}")
+    else:
+        sent_host = req.via_sent_by
+        if sent_host.startswith("["):
+            sent_host = sent_host[1:].partition("]")[0]
+        elif sent_host.count(":") == 1:
+            sent_host = sent_host.partition(":")[0]
+        if sent_host == source.host.lower():
+            return None, False
+        kept.append(f"received={source.host}")
+    new_value = ";".join([sent.rstrip(), *kept]) + comma + rest
+    return (f"\r\nVia: {value}\r\n".encode(), f"\r\nVia: {new_value}\r\n".encode()), has_rport
+
+
+def patch_via(data: bytes, fix: ViaFix) -> bytes:
+    """Apply a :func:`via_fix` to response bytes from :func:`build_response`."""
+    if fix is None:
+        return data
+    return data.replace(fix[0], fix[1], 1)
+
+
+def via_port(req: Request) -> int:
+    """The port of the top Via's sent-by (5060 when it names none): where a response goes
+    back over UDP without ``rport`` (RFC 3261 §18.2.2)."""
+    sent_by = req.via_sent_by
+    if sent_by.startswith("["):
+        tail = sent_by.partition("]")[2]
+        port_text = tail.removeprefix(":")
+    elif sent_by.count(":") == 1:
+        port_text = sent_by.partition(":")[2]
+    else:
+        port_text = ""
+    return int(port_text) if port_text.isdigit() else 5060
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip(host: str) -> bool:
+    """True for an IPv4 or IPv6 literal (nothing to resolve)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def find_call_id_host(bound: Sequence[ListenAddress]) -> str:
+    """The host part of our Call-IDs: the first bound address that is not a wildcard, else the
+    machine's name."""
+    for address in bound:
+        if address.host not in WILDCARD:
+            return address.host
+    return socket.gethostname()
+
+
+class Router:
+    """Next hops of outgoing requests (spec §6) and the local addresses they name.
+
+    ``udp`` and ``tcp`` are the transport's bound sockets (the same lists, filled and cleared
+    by :class:`~imc_actors.transport.SipTransport`); ``proxy_hop`` the ``outbound_proxy``'s hop;
+    ``locate(aor) -> contact URIs`` the registrar's lookup, or None.
+    """
+
+    def __init__(
+        self,
+        udp: list[UdpEndpoint],
+        tcp: list[TcpListener],
+        proxy_hop: Hop | None,
+        locate: Callable[[str], list[str]] | None,
+    ) -> None:
+        self._udp = udp
+        self._tcp = tcp
+        self._proxy_hop = proxy_hop
+        self.locate = locate
+        self._local_ip_cache: dict[str, str] = {}
+
+    def targets(self, request_uri: str) -> list[Target]:
+        """Destinations for a request to ``request_uri`` (spec §6). Raises ValueError."""
+        if self._proxy_hop is not None:
+            return [Target(request_uri, self._proxy_hop)]
+        if self.locate is not None:
+            try:
+                aor = aor_key(request_uri)
+            except ValueError:
+                aor = None
+            contacts = self.locate(aor) if aor else []
+            targets: list[Target] = []
+            for contact in contacts:
+                try:
+                    targets.append(Target(contact, parse_hop(contact)))
+                except ValueError as exc:
+                    log.warning("unusable contact %r for %s: %s", contact, aor, exc)
+            if targets:
+                return targets
+        return [Target(request_uri, parse_hop(request_uri))]
+
+    async def resolve(self, hop: Hop) -> tuple[int, Address]:
+        """(address family, (ip, port)) of ``hop``; IP literals as is, names via getaddrinfo.
+
+        Raises :class:`NoRoute`. Checkpoints.
+        """
+        host = hop.host
+        if is_ip(host):
+            await trio.lowlevel.checkpoint()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return family, (host, hop.port)
+        try:
+            infos = await trio.socket.getaddrinfo(host, hop.port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise NoRoute(f"cannot resolve {host}: {exc}") from None
+        families = {e.family for e in self._udp} or {socket.AF_INET, socket.AF_INET6}
+        for family, _, _, _, sockaddr in infos:
+            if family in families:
+                return family, (str(sockaddr[0]), int(sockaddr[1]))
+        if infos:
+            family, _, _, _, sockaddr = infos[0]
+            return family, (str(sockaddr[0]), int(sockaddr[1]))
+        raise NoRoute(f"no address for {host}")
+
+    def udp_for(self, family: int) -> UdpEndpoint | None:
+        """Our UDP socket of address ``family``, or None."""
+        for endpoint in self._udp:
+            if endpoint.family == family:
+                return endpoint
+        return None
+
+    def via_address(self, endpoint: UdpEndpoint, dest: Address) -> Address:
+        """The sent-by of our Via for a request from ``endpoint`` to ``dest`` (a wildcard
+        bind names the local address towards ``dest``)."""
+        host, port = endpoint.address
+        if host in WILDCARD:
+            host = self.local_ip_towards(endpoint.family, dest[0])
+        return host, port
+
+    def tcp_via(self, family: int, conn: TcpConnection) -> Address:
+        """The sent-by of our Via for a request over ``conn``: our TCP listener of ``family``
+        (a wildcard bind names the connection's local address), else the connection's own."""
+        for listener in self._tcp:
+            if listener.listeners[0].socket.family == family:
+                host, port = listener.address
+                if host in WILDCARD:
+                    host = conn.local[0]
+                return host, port
+        return conn.local
+
+    def local_ip_towards(self, family: int, ip: str) -> str:
+        """The local address the kernel would use to reach ``ip`` (no packet is sent)."""
+        cached = self._local_ip_cache.get(ip)
+        if cached is None:
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                probe.connect((ip, 9))
+                cached = probe.getsockname()[0]
+            except OSError:
+                cached = "127.0.0.1" if family == socket.AF_INET else "::1"
+            finally:
+                probe.close()
+            self._local_ip_cache[ip] = cached
+        return cached

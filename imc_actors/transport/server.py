@@ -1,0 +1,287 @@
+"""Server transactions: incoming requests matched, answered once, retransmissions absorbed.
+
+A request is matched to its server transaction (RFC 3261 §17.2.3) so a retransmission is
+answered from the transaction and never reaches the handler twice; a new request gets a
+transaction and one handler task, whose :class:`Reply` becomes the response kept for
+retransmissions. At most ``max_transactions`` server transactions live at once: beyond that a
+new request is answered 503 with ``Retry-After`` at once, statelessly, and never reaches the
+handler. A CANCEL matching a live transaction gets 200 (RFC 3261 §9.2).
+
+A handler may also offer ``start(request, source, respond) -> bool`` (:class:`StartHandler`):
+for a request over UDP :class:`ServerTransactions` tries it first, and when it returns True no
+task is started; the handler calls ``respond(reply)`` once, later or at once, from the Trio
+thread. That saves a task per request on the hot path (a command queued to a room actor that
+answers by callback); anything ``start`` declines goes to a handler task as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from imc_actors.sip import Request, ServerTransaction, build_response, new_tag, server_key
+
+from .records import Handler, Reply, Responder, Source
+from .routing import ViaFix, patch_via
+from .tcp import TcpConnection
+from .timers import LANE_J, TimerWheel
+from .udp import Address, UdpEndpoint
+
+__all__ = ["ServerEntry", "ServerTransactions", "Sender", "UdpPeer"]
+
+log = logging.getLogger(__name__)
+
+#: Retry-After (seconds) of the 503 a new request gets while ``max_transactions`` are live.
+REFUSED_RETRY_AFTER = (("Retry-After", "1"),)
+#: The "limit reached" warning is logged at most once per this many seconds.
+REFUSED_LOG_INTERVAL = 1.0
+#: Methods a CANCEL may target (RFC 3261 §9.2 matching ignores the method otherwise).
+_CANCELLABLE = (
+    "MESSAGE",
+    "OPTIONS",
+    "REGISTER",
+    "INVITE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "UPDATE",
+    "BYE",
+    "PRACK",
+)
+
+
+class Sender(Protocol):
+    """Where the responses to one request go: a :class:`UdpPeer` or a TCP connection."""
+
+    async def send(self, data: bytes) -> bool: ...
+
+
+class UdpPeer:
+    """Where responses to one UDP request go."""
+
+    __slots__ = ("endpoint", "dest")
+
+    def __init__(self, endpoint: UdpEndpoint, dest: Address) -> None:
+        self.endpoint = endpoint
+        self.dest = dest
+
+    async def send(self, data: bytes) -> bool:
+        return await self.endpoint.send(data, self.dest)
+
+
+class ServerEntry:
+    """A server transaction plus the deadline it is filed under in the timer wheel."""
+
+    __slots__ = ("txn", "scheduled")
+
+    def __init__(self, txn: ServerTransaction) -> None:
+        self.txn = txn
+        self.scheduled: float | None = None
+
+
+class ServerTransactions:
+    """The live server transactions of a transport and the handler they dispatch to.
+
+    ``timers`` is the transport's wheel (Timer J). :meth:`open` starts a run, :meth:`close`
+    ends it. The counters (``requests``, ``refused``, ``absorbed``, ``handler_errors`` and
+    ``sent``, the responses written on TCP by handler tasks) are read by
+    :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
+    """
+
+    def __init__(self, timers: TimerWheel) -> None:
+        self._timers = timers
+        self._fire = self.on_timer  # one bound method, filed with every entry
+        self._entries: dict[Any, ServerEntry] = {}
+        self._nursery: trio.Nursery | None = None
+        self._handler: Handler | None = None
+        self._start_handler: Callable[[Request, Source, Responder], bool] | None = None
+        self._t1 = 0.5
+        self._max_transactions = 100_000
+        self._refused_logged_at = -math.inf
+        self.requests = 0
+        self.refused = 0
+        self.absorbed = 0
+        self.handler_errors = 0
+        self.sent = 0
+
+    def __len__(self) -> int:
+        """How many server transactions are live."""
+        return len(self._entries)
+
+    def open(
+        self, nursery: trio.Nursery, handler: Handler, *, t1: float, max_transactions: int
+    ) -> None:
+        """Start a run: handler tasks go to ``nursery``; ``handler.start`` is used if it has one."""
+        self._nursery = nursery
+        self._handler = handler
+        self._start_handler = getattr(handler, "start", None)
+        self._t1 = t1
+        self._max_transactions = max_transactions
+
+    def close(self) -> None:
+        """End a run: ``respond`` callbacks still outstanding do nothing; transactions go."""
+        self._nursery = None
+        self._entries.clear()
+
+    def on_request(
+        self, request: Request, fix: ViaFix, source: Source, sender: Sender
+    ) -> bytes | None:
+        """Match ``request`` to a server transaction (no checkpoint).
+
+        A retransmission returns the transaction's last response (None while the handler still
+        works); a new request gets a transaction and a handler task, or, while
+        ``max_transactions`` transactions are live, an immediate stateless 503 with
+        ``Retry-After`` (returned, like every answer sent at once). ``fix`` is the
+        received/rport rewrite of the top Via that responses get.
+        """
+        now = trio.current_time()
+        key = server_key(request)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self.absorbed += 1
+            return entry.txn.on_retransmission(now)
+        if len(self._entries) >= self._max_transactions:
+            return self._refuse(request, fix, now)
+        # Timer J runs 64*T1 on TCP too (RFC 3261 says 0 there): a request repeated over a new
+        # connection, or over UDP after TCP, is still answered from the transaction, so a chat
+        # line is never relayed twice (spec §5).
+        entry = ServerEntry(ServerTransaction(False, now, t1=self._t1))
+        self._entries[key] = entry
+        if request.method == "CANCEL" and self._cancel_matches(request):
+            # RFC 3261 §9.2: a CANCEL matching a (non-INVITE) transaction gets 200 and has no
+            # effect on it; an unmatched CANCEL goes to the handler (481).
+            data = patch_via(build_response(request, 200, to_tag=new_tag()), fix)
+            self._respond(key, entry, data, 200)
+            return data
+        self.requests += 1
+        if self._start_handler is not None and type(sender) is UdpPeer:
+            if self._start(request, fix, source, key, entry, sender):
+                return None
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_request, request, fix, source, key, entry, sender)
+        return None
+
+    def _refuse(self, request: Request, fix: ViaFix, now: float) -> bytes:
+        """The stateless 503 + ``Retry-After`` for a new request beyond ``max_transactions``
+        (no transaction, no handler: a retransmission is refused again, or served once there
+        is room). Logged at most once per second."""
+        self.refused += 1
+        if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
+            self._refused_logged_at = now
+            log.warning(
+                "server transaction limit %d reached: answering 503", self._max_transactions
+            )
+        data = build_response(request, 503, to_tag=new_tag(), headers=REFUSED_RETRY_AFTER)
+        return patch_via(data, fix)
+
+    def _start(
+        self,
+        request: Request,
+        fix: ViaFix,
+        source: Source,
+        key: Any,
+        entry: ServerEntry,
+        peer: UdpPeer,
+    ) -> bool:
+        """Offer a UDP request to the handler's ``start`` (no task); False when it declines."""
+
+        def respond(reply: Reply) -> None:
+            if self._nursery is None or entry.txn.state not in ("trying", "proceeding"):
+                return  # the transport has stopped, or this request was answered already
+            data, code = self._response_bytes(request, reply)
+            data = patch_via(data, fix)
+            self._respond(key, entry, data, code)
+            peer.endpoint.send_nowait(data, peer.dest)  # a lost datagram: the client resends
+
+        assert self._start_handler is not None
+        try:
+            return self._start_handler(request, source, respond)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("handler failed for %s %s from %s", request.method, request.uri, source)
+            respond(Reply(500))
+            return True
+
+    def _cancel_matches(self, cancel: Request) -> bool:
+        for method in _CANCELLABLE:
+            original = dataclasses.replace(cancel, method=method, cseq_method=method)
+            if server_key(original) in self._entries:
+                return True
+        return False
+
+    async def _serve_request(
+        self,
+        request: Request,
+        fix: ViaFix,
+        source: Source,
+        key: Any,
+        entry: ServerEntry,
+        sender: Sender,
+    ) -> None:
+        """One request's task: run the handler, build and send its response.
+
+        A handler that raises is logged and answered 500. Cancellation (shutdown) abandons the
+        request without an answer.
+        """
+        assert self._handler is not None
+        try:
+            reply = await self._handler(request, source)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("handler failed for %s %s from %s", request.method, request.uri, source)
+            reply = Reply(500)
+        data, code = self._response_bytes(request, reply)
+        data = patch_via(data, fix)
+        self._respond(key, entry, data, code)
+        if await sender.send(data) and isinstance(sender, TcpConnection):
+            self.sent += 1
+
+    def _response_bytes(self, request: Request, reply: Reply) -> tuple[bytes, int]:
+        """The response ``reply`` describes (500 when it is not a :class:`Reply` or cannot be
+        built), and its status code."""
+        try:
+            if not isinstance(reply, Reply):
+                raise TypeError(f"handler returned {reply!r}, not a Reply")
+            data = build_response(
+                request,
+                reply.code,
+                reply.reason,
+                to_tag=new_tag(),
+                headers=reply.headers,
+                body=reply.body,
+                content_type=reply.content_type,
+            )
+            return data, reply.code
+        except Exception:
+            self.handler_errors += 1
+            log.exception("bad reply %r to %s %s", reply, request.method, request.uri)
+            return build_response(request, 500, to_tag=new_tag()), 500
+
+    def _respond(self, key: Any, entry: ServerEntry, data: bytes, code: int) -> None:
+        """Record the final response in the transaction and file its Timer J."""
+        now = trio.current_time()
+        entry.txn.respond(data, code, now)
+        if entry.txn.state == "terminated":
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            return
+        self._timers.schedule(LANE_J, self._fire, key, entry, entry.txn.deadline())
+
+    def on_timer(self, key: Any, entry: ServerEntry, now: float) -> None:
+        """A filing of ``entry`` is due (from the timer task): Timer J ends the transaction."""
+        entries = self._entries
+        if entries.get(key) is not entry:
+            return
+        txn = entry.txn
+        txn.on_timer(now)  # does nothing before its deadline
+        if txn.state == "terminated":
+            del entries[key]
+        else:
+            self._timers.schedule(LANE_J, self._fire, key, entry, txn.deadline())
