@@ -35,6 +35,54 @@ CREATE TABLE imc_members (
 
 INSERT INTO version (table_name, table_version) VALUES ('imc_members', 1);
 
+-- imc-actors' own tables (Kamailio never reads them; `imc-actors db init` creates them too).
+-- Notices waiting for an unreachable member: the columns of Kamailio msilo's silo table.
+-- username/domain are the member's, lower case; inc_time/exp_time seconds since the epoch.
+CREATE TABLE imc_pending (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    src_addr VARCHAR(255) NOT NULL,
+    dst_addr VARCHAR(255) NOT NULL,
+    username VARCHAR(64) NOT NULL,
+    domain VARCHAR(64) NOT NULL,
+    inc_time BIGINT NOT NULL,
+    exp_time BIGINT NOT NULL,
+    ctype VARCHAR(255) DEFAULT '' NOT NULL,
+    body BLOB NOT NULL,
+    callid VARCHAR(255) DEFAULT '' NOT NULL,
+    kind VARCHAR(16) DEFAULT 'notice' NOT NULL
+) ENGINE=InnoDB;
+CREATE INDEX imc_pending_account_idx ON imc_pending (username, domain, id);
+
+-- The registrar's bindings: the columns of Kamailio usrloc's location table (expires in UTC).
+CREATE TABLE imc_location (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    ruid VARCHAR(64) DEFAULT '' NOT NULL,
+    username VARCHAR(64) DEFAULT '' NOT NULL,
+    domain VARCHAR(64) DEFAULT NULL,
+    contact VARCHAR(512) DEFAULT '' NOT NULL,
+    received VARCHAR(128) DEFAULT NULL,
+    path VARCHAR(512) DEFAULT NULL,
+    expires DATETIME NOT NULL,
+    q DECIMAL(10,2) DEFAULT 1.0 NOT NULL,
+    callid VARCHAR(255) DEFAULT 'Default-Call-ID' NOT NULL,
+    cseq INTEGER DEFAULT 1 NOT NULL,
+    last_modified DATETIME NOT NULL,
+    flags INTEGER DEFAULT 0 NOT NULL,
+    cflags INTEGER DEFAULT 0 NOT NULL,
+    user_agent VARCHAR(255) DEFAULT '' NOT NULL,
+    socket VARCHAR(64) DEFAULT NULL,
+    methods INTEGER DEFAULT NULL,
+    instance VARCHAR(255) DEFAULT NULL,
+    reg_id INTEGER DEFAULT 0 NOT NULL,
+    server_id INTEGER DEFAULT 0 NOT NULL,
+    connection_id INTEGER DEFAULT 0 NOT NULL,
+    keepalive INTEGER DEFAULT 0 NOT NULL,
+    `partition` INTEGER DEFAULT 0 NOT NULL,
+    CONSTRAINT imc_location_ruid_idx UNIQUE (ruid)
+) ENGINE=InnoDB;
+CREATE INDEX imc_location_account_contact_idx ON imc_location (username, domain, contact);
+CREATE INDEX imc_location_expires_idx ON imc_location (expires);
+
 -- imc-actors: optional index (not in Kamailio; harmless to it). The default _ci collations
 -- already compare names case-insensitively; this index keeps room deletes from scanning.
 CREATE INDEX imc_members_room_idx ON imc_members (room);

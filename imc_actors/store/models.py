@@ -7,8 +7,20 @@ The tables are Kamailio's, so an existing Kamailio (or OpenSER) imc database wor
                  UNIQUE(username, domain, room))                      -- room = 'sip:name@domain'
     version     (id PK auto, table_name varchar(32) UNIQUE, table_version int)  -- Kamailio's
 
-Table names are configurable (``rooms_table``, ``members_table``), so the model classes are
-made per database by :func:`bind_models`. ``schema/*.sql`` holds the same shape as plain DDL.
+Two tables are imc-actors' own, each modelled on the Kamailio table that does the same job, so
+operators recognise them (Kamailio never reads them):
+
+    imc_pending  -- notices waiting for an unreachable member; msilo's ``silo`` columns:
+                    (id PK auto, src_addr, dst_addr, username, domain, inc_time, exp_time,
+                     ctype, body, callid, kind)   -- username/domain lower case, for lookups
+    imc_location -- the registrar's bindings; usrloc's ``location`` columns (ruid, username,
+                    domain, contact, received, path, expires, q, callid, cseq, last_modified,
+                    flags, cflags, user_agent, socket, methods, instance, reg_id, server_id,
+                    connection_id, keepalive, partition)
+
+Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
+``location_table``), so the model classes are made per database by :func:`bind_models`.
+``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
 make case-insensitive lookups and room deletes use an index); a database without them works,
@@ -37,6 +49,21 @@ ROOM_COLUMNS = ("id", "name", "domain", "flag")
 ROOM_UNIQUE = ("name", "domain")
 MEMBER_COLUMNS = ("id", "username", "domain", "room", "flag")
 MEMBER_UNIQUE = ("username", "domain", "room")
+PENDING_COLUMNS = (
+    "id", "src_addr", "dst_addr", "username", "domain", "inc_time", "exp_time", "ctype",
+    "body", "callid", "kind",
+)  # fmt: skip
+LOCATION_COLUMNS = (
+    "id", "ruid", "username", "domain", "contact", "received", "path", "expires", "q",
+    "callid", "cseq", "last_modified", "flags", "cflags", "user_agent", "socket", "methods",
+    "instance", "reg_id", "server_id", "connection_id", "keepalive", "partition",
+)  # fmt: skip
+#: Widths of the columns that hold what users send (longer values are refused before a write).
+MAX_ADDRESS = 255  # src_addr, dst_addr
+MAX_CONTACT = 512  # location.contact, as in Kamailio
+MAX_CALL_ID = 255
+MAX_USER_AGENT = 255
+MAX_CONTENT_TYPE = 255
 
 
 def check_table_name(name: str, param: str) -> str:
@@ -58,10 +85,18 @@ class Models:
     room: type[peewee.Model]
     member: type[peewee.Model]
     version: type[peewee.Model]
+    pending: type[peewee.Model]
+    location: type[peewee.Model]
 
 
-def bind_models(database: peewee.Database, rooms_table: str, members_table: str) -> Models:
-    """Model classes for ``rooms_table`` and ``members_table`` in ``database``.
+def bind_models(
+    database: peewee.Database,
+    rooms_table: str,
+    members_table: str,
+    pending_table: str = "imc_pending",
+    location_table: str = "imc_location",
+) -> Models:
+    """Model classes for the four tables in ``database``.
 
     Index names follow Kamailio's PostgreSQL/SQLite DDL (``<table>_name_domain_idx``,
     ``<table>_account_room_idx``); MySQL tables are created as InnoDB (transactions).
@@ -104,6 +139,73 @@ def bind_models(database: peewee.Database, rooms_table: str, members_table: str)
             table_name = VERSION_TABLE
             table_settings = settings
 
+    class Pending(peewee.Model):
+        """One notice waiting for an unreachable member (msilo's ``silo`` shape).
+
+        ``username``/``domain`` are the member's, lower case (the lookup key); ``dst_addr``
+        is the recipient URI as the room spelled it, ``src_addr`` the room (From);
+        ``inc_time``/``exp_time`` seconds since the epoch; ``callid`` the Call-ID of the
+        MESSAGE that caused it (sent as In-Reply-To); ``kind`` notice or relay.
+        """
+
+        id = peewee.AutoField()
+        src_addr = peewee.CharField(max_length=MAX_ADDRESS)
+        dst_addr = peewee.CharField(max_length=MAX_ADDRESS)
+        username = peewee.CharField(max_length=MAX_LENGTH)
+        domain = peewee.CharField(max_length=MAX_LENGTH)
+        inc_time = peewee.BigIntegerField()
+        exp_time = peewee.BigIntegerField()
+        ctype = peewee.CharField(max_length=MAX_CONTENT_TYPE, default="")
+        body = peewee.BlobField()
+        callid = peewee.CharField(max_length=MAX_CALL_ID, default="")
+        kind = peewee.CharField(max_length=16, default="notice")
+
+        class Meta:
+            table_name = pending_table
+            table_settings = settings
+
+    class Location(peewee.Model):
+        """One registrar binding (usrloc's ``location`` shape; ``expires`` in UTC)."""
+
+        id = peewee.AutoField()
+        ruid = peewee.CharField(max_length=64, default="")
+        username = peewee.CharField(max_length=MAX_LENGTH, default="")
+        domain = peewee.CharField(max_length=MAX_LENGTH, null=True)
+        contact = peewee.CharField(max_length=MAX_CONTACT, default="")
+        received = peewee.CharField(max_length=128, null=True)
+        path = peewee.CharField(max_length=512, null=True)
+        expires = peewee.DateTimeField()
+        q = peewee.DecimalField(max_digits=10, decimal_places=2, default=1)
+        callid = peewee.CharField(max_length=MAX_CALL_ID, default="Default-Call-ID")
+        cseq = peewee.IntegerField(default=1)
+        last_modified = peewee.DateTimeField()
+        flags = peewee.IntegerField(default=0)
+        cflags = peewee.IntegerField(default=0)
+        user_agent = peewee.CharField(max_length=MAX_USER_AGENT, default="")
+        socket = peewee.CharField(max_length=64, null=True)
+        methods = peewee.IntegerField(null=True)
+        instance = peewee.CharField(max_length=255, null=True)
+        reg_id = peewee.IntegerField(default=0)
+        server_id = peewee.IntegerField(default=0)
+        connection_id = peewee.IntegerField(default=0)
+        keepalive = peewee.IntegerField(default=0)
+        partition = peewee.IntegerField(default=0)
+
+        class Meta:
+            table_name = location_table
+            table_settings = settings
+
+    Pending.add_index(
+        Pending.index(Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx")
+    )
+    Location.add_index(Location.index(Location.ruid, unique=True, name=f"{location_table}_ruid_idx"))
+    Location.add_index(
+        Location.index(
+            Location.username, Location.domain, Location.contact,
+            name=f"{location_table}_account_contact_idx",
+        )  # fmt: skip
+    )
+    Location.add_index(Location.index(Location.expires, name=f"{location_table}_expires_idx"))
     Room.add_index(
         Room.index(Room.name, Room.domain, unique=True, name=f"{rooms_table}_name_domain_idx")
     )
@@ -119,8 +221,10 @@ def bind_models(database: peewee.Database, rooms_table: str, members_table: str)
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
-    database.bind([Room, Member, Version], bind_refs=False, bind_backrefs=False)
-    return Models(Room, Member, Version)
+    database.bind(
+        [Room, Member, Version, Pending, Location], bind_refs=False, bind_backrefs=False
+    )
+    return Models(Room, Member, Version, Pending, Location)
 
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:

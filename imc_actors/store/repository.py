@@ -28,12 +28,15 @@ from typing import Any, TypeVar
 
 import peewee
 
-from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert, Write
+from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
 from ..imc.state import Member, RoomState, member_key
+from . import own_tables
 from .models import (
+    LOCATION_COLUMNS,
     MAX_LENGTH,
     MEMBER_COLUMNS,
     MEMBER_UNIQUE,
+    PENDING_COLUMNS,
     ROOM_COLUMNS,
     ROOM_UNIQUE,
     TABLE_VERSION,
@@ -42,6 +45,7 @@ from .models import (
     check_table_name,
     extra_indexes,
 )
+from .records import Binding, PendingRow, StoreWrite
 from .urls import DatabaseURL, open_database
 
 __all__ = ["Repository", "StoreError", "split_member"]
@@ -101,31 +105,46 @@ class Repository:
     """Kamailio's imc tables in the database at ``db_url``.
 
     ``db_url`` is a peewee URL (see :mod:`imc_actors.store.urls`); ``rooms_table`` and
-    ``members_table`` name the tables (plain identifiers of at most 32 characters). The
-    constructor does not connect; a bad URL or table name raises :class:`StoreError` at once.
+    ``members_table`` name Kamailio's tables, ``pending_table`` and ``location_table``
+    imc-actors' own (plain identifiers of at most 32 characters). The constructor does not
+    connect; a bad URL or table name raises :class:`StoreError` at once.
     """
 
     def __init__(
-        self, db_url: str, rooms_table: str = "imc_rooms", members_table: str = "imc_members"
+        self,
+        db_url: str,
+        rooms_table: str = "imc_rooms",
+        members_table: str = "imc_members",
+        *,
+        pending_table: str = "imc_pending",
+        location_table: str = "imc_location",
     ) -> None:
+        names = {
+            "rooms_table": rooms_table,
+            "members_table": members_table,
+            "pending_table": pending_table,
+            "location_table": location_table,
+        }
         try:
             self._url = DatabaseURL.parse(db_url)
-            check_table_name(rooms_table, "rooms_table")
-            check_table_name(members_table, "members_table")
+            for param, name in names.items():
+                check_table_name(name, param)
         except ValueError as exc:
             raise StoreError(str(exc)) from None
-        if rooms_table.lower() == members_table.lower() or VERSION_TABLE in (
-            rooms_table.lower(),
-            members_table.lower(),
-        ):
+        lowered = [name.lower() for name in names.values()]
+        if len(set(lowered)) != len(lowered) or VERSION_TABLE in lowered:
             raise StoreError(
-                f"rooms_table {rooms_table!r} and members_table {members_table!r} must be "
-                f"two different tables, neither called {VERSION_TABLE!r}"
+                "rooms_table, members_table, pending_table and location_table must be four "
+                f"different tables, none called {VERSION_TABLE!r} (got {', '.join(names.values())})"
             )
         self.rooms_table = rooms_table
         self.members_table = members_table
+        self.pending_table = pending_table
+        self.location_table = location_table
         self._db: peewee.Database = open_database(self._url)
-        self._models = bind_models(self._db, rooms_table, members_table)
+        self._models = bind_models(
+            self._db, rooms_table, members_table, pending_table, location_table
+        )
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
@@ -183,7 +202,7 @@ class Repository:
         """
         return self._run("loading the rooms", self._load_rooms)
 
-    def apply_batch(self, writes: Sequence[Write]) -> None:
+    def apply_batch(self, writes: Sequence[StoreWrite]) -> None:
         """Apply ``writes`` in order, in one transaction: all of them are durable, or none.
 
         Raises :class:`StoreError` on any failure (the transaction is rolled back), including a
@@ -196,6 +215,21 @@ class Repository:
         for write in batch:
             self._validate(write)
         self._run("writing", lambda: self._apply(batch))
+
+    def pending_counts(self) -> dict[str, int]:
+        """Member key (``user@host``, lower case) -> number of notices waiting for it."""
+        return self._run("counting the pending notices", lambda: own_tables.pending_counts(self._models))
+
+    def load_pending(self, member: str, limit: int) -> list[PendingRow]:
+        """The oldest ``limit`` notices waiting for ``member`` (``user@host``), oldest first."""
+        return self._run(
+            "reading the pending notices", lambda: own_tables.load_pending(self._models, member, limit)
+        )
+
+    def load_bindings(self, now: float) -> list[Binding]:
+        """Every registrar binding that has not expired at ``now`` (epoch seconds), oldest
+        first. Expired rows are deleted."""
+        return self._run("loading the bindings", lambda: own_tables.load_bindings(self._db, self._models, now))
 
     def ping(self) -> None:
         """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
@@ -250,7 +284,7 @@ class Repository:
         models = self._models
         existing = set(self._db.get_tables())
         with self._db.atomic():
-            for model in (models.version, models.room, models.member):
+            for model in (models.version, models.room, models.member, models.pending, models.location):
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
             version = models.version
@@ -301,6 +335,17 @@ class Repository:
                         f"table {table} uses the {engine[0]} engine, which has no transactions "
                         f"(ALTER TABLE {table} ENGINE=InnoDB)"
                     )
+        for table, columns in (
+            (self.pending_table, PENDING_COLUMNS),
+            (self.location_table, LOCATION_COLUMNS),
+        ):
+            if table not in tables:
+                problems.append(f"table {table} is missing (imc-actors db init creates it)")
+                continue
+            found = {column.name.lower() for column in self._db.get_columns(table)}
+            missing = [column for column in columns if column not in found]
+            if missing:
+                problems.append(f"table {table} has no column {', '.join(missing)}")
         if VERSION_TABLE in tables:
             version = self._models.version
             rows = version.select(version.table_name, version.table_version).where(
@@ -378,8 +423,10 @@ class Repository:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _validate(self, write: Write) -> None:
-        if isinstance(write, RoomUpsert | RoomDelete):
+    def _validate(self, write: StoreWrite) -> None:
+        if isinstance(write, own_tables.OWN_WRITES):
+            own_tables.validate(write)
+        elif isinstance(write, RoomUpsert | RoomDelete):
             _check_length(write.name, "room name")
             _check_length(write.domain, "room domain")
             if not write.name or not write.domain:
@@ -398,7 +445,7 @@ class Repository:
         else:
             raise StoreError(f"not a store write: {write!r}")
 
-    def _apply(self, writes: list[Write]) -> None:
+    def _apply(self, writes: list[StoreWrite]) -> None:
         if self._exact_is_ci is None:
             self._exact_is_ci = self._mysql_columns_are_ci()
         sql = self._statements(bool(self._exact_is_ci))
@@ -418,6 +465,8 @@ class Repository:
                 elif isinstance(write, RoomDelete):
                     execute(sql.room_delete, (write.name, write.domain))
                     execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))
+                elif isinstance(write, own_tables.OWN_WRITES):
+                    own_tables.apply(self._db, self._models, write)
                 elif isinstance(write, MemberUpsert):
                     user, host = split_member(write.member)
                     ids = execute(sql.member_exact, (user, host, write.room)).fetchall()

@@ -27,13 +27,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ..imc.effects import Write
 from ..imc.state import RoomState
+from .records import StoreWrite
 from .repository import StoreError
+
+_T = TypeVar("_T")
 
 __all__ = ["Backend", "Store", "StoreError", "StoreStatistics", "StoreUnavailable"]
 
@@ -54,7 +56,7 @@ class StoreUnavailable(StoreError):
 class Backend(Protocol):
     """What the store needs of a repository (:class:`~.repository.Repository` has it)."""
 
-    def apply_batch(self, writes: Sequence[Write]) -> None: ...
+    def apply_batch(self, writes: Sequence[StoreWrite]) -> None: ...
 
     def ping(self) -> None: ...
 
@@ -86,7 +88,7 @@ class _Waiter:
 
     __slots__ = ("done", "error", "writes")
 
-    def __init__(self, writes: tuple[Write, ...]) -> None:
+    def __init__(self, writes: tuple[StoreWrite, ...]) -> None:
         self.writes = writes
         self.done = trio.Event()
         self.error: StoreError | None = None
@@ -169,7 +171,7 @@ class Store:
                 lambda: StoreError("the store was shut down before this change was written")
             )
 
-    async def commit(self, writes: Sequence[Write]) -> None:
+    async def commit(self, writes: Sequence[StoreWrite]) -> None:
         """Make ``writes`` durable, in order, in one transaction; return once they are.
 
         Empty ``writes`` return at once (no checkpoint). Raises :class:`StoreUnavailable` at
@@ -214,6 +216,24 @@ class Store:
             raise
         except Exception as exc:
             raise StoreError(f"loading the rooms failed: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def repository(self) -> Backend:
+        """The repository this store writes to."""
+        return self._repository
+
+    async def read(self, query: Callable[[Any], _T]) -> _T:
+        """Run ``query(repository)`` in the writer thread (the repository's one connection is
+        used by one thread at a time) and return its result. Raises :class:`StoreError` (as
+        :class:`StoreUnavailable` while the database is failing). Checkpoints."""
+        if not self._available:
+            raise StoreUnavailable("the database is unavailable", self._retry_after)
+        try:
+            return await trio.to_thread.run_sync(query, self._repository, limiter=self._limiter)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"reading failed: {type(exc).__name__}: {exc}") from exc
 
     async def wait_available(self) -> None:
         """Return once the store accepts commits again (at once when it does now).
@@ -286,7 +306,7 @@ class Store:
                 waiter.error = self._as_store_error(error, down=result.down is not None)
             waiter.done.set()
 
-    def _write_in_thread(self, groups: list[tuple[Write, ...]]) -> _BatchResult:
+    def _write_in_thread(self, groups: list[tuple[StoreWrite, ...]]) -> _BatchResult:
         """Runs in the worker thread: the combined transaction, then the fallbacks."""
         repository = self._repository
         started = time.perf_counter()

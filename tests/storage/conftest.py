@@ -82,12 +82,35 @@ class Tables:
 
     rooms: str
     members: str
+    pending: str
+    location: str
+
+    @property
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.rooms, self.members, self.pending, self.location)
+
+    def repository(self, db_url: str) -> Repository:
+        """A :class:`Repository` on these tables (not connected yet)."""
+        return Repository(
+            db_url, self.rooms, self.members, pending_table=self.pending,
+            location_table=self.location,
+        )  # fmt: skip
+
+    def flags(self) -> list[str]:
+        """The CLI flags that name these tables."""
+        return [
+            "--rooms-table", self.rooms, "--members-table", self.members,
+            "--pending-table", self.pending, "--location-table", self.location,
+        ]  # fmt: skip
 
 
 def new_tables() -> Tables:
     """Fresh, unique table names."""
     suffix = secrets.token_hex(4)
-    return Tables(f"imc_rooms_{suffix}", f"imc_members_{suffix}")
+    return Tables(
+        f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
+        f"imc_location_{suffix}",
+    )  # fmt: skip
 
 
 def version_table_exists(url: str) -> bool:
@@ -107,7 +130,7 @@ def drop_tables(url: str, tables: Tables, *, drop_version: bool = False) -> None
     db = open_database(DatabaseURL.parse(url))
     try:
         left, right = db.quote[0], db.quote[-1]
-        for table in (tables.rooms, tables.members):
+        for table in tables.all:
             db.execute_sql(f"DROP TABLE IF EXISTS {left}{table}{right}")
         if db.table_exists("version"):
             db.execute_sql(
@@ -141,7 +164,7 @@ def raw_db(db_url: str) -> Iterator[peewee.Database]:
 @pytest.fixture
 def repository(db_url: str, tables: Tables) -> Iterator[Repository]:
     """A :class:`Repository` on fresh tables created by ``init_schema``."""
-    repo = Repository(db_url, tables.rooms, tables.members)
+    repo = tables.repository(db_url)
     repo.init_schema()
     yield repo
     repo.close()

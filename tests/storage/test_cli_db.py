@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from imc_actors.store.repository import Repository
 from tests.storage.conftest import Tables
 
 
@@ -17,7 +16,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_db_init_then_check(db_url: str, tables: Tables) -> None:
-    flags = ["--db-url", db_url, "--rooms-table", tables.rooms, "--members-table", tables.members]
+    flags = ["--db-url", db_url, *tables.flags()]
     before = cli("db", "check", *flags)
     assert before.returncode == 1, before
     # says what is missing: the tables, or (SQLite) the database file itself
@@ -25,12 +24,12 @@ def test_db_init_then_check(db_url: str, tables: Tables) -> None:
 
     created = cli("db", "init", *flags)
     assert created.returncode == 0, created.stderr
-    assert f"tables {tables.rooms}, {tables.members} ready" in created.stdout
+    assert f"tables {', '.join(tables.all)} ready" in created.stdout
     assert cli("db", "init", *flags).returncode == 0  # idempotent
 
     checked = cli("db", "check", *flags)
     assert (checked.returncode, checked.stdout.strip()) == (0, "imc-actors: database fits")
-    with Repository(db_url, tables.rooms, tables.members) as repository:
+    with tables.repository(db_url) as repository:
         assert repository.check_schema() == []
         assert repository.load_rooms() == []
 

@@ -1,0 +1,213 @@
+"""Reads and writes of imc-actors' own tables: pending notices and registrar bindings.
+
+Called by :class:`~imc_actors.store.repository.Repository` inside its transactions and its
+reconnect-and-retry wrapper; every function here takes the bound models and runs plain
+peewee queries. Each write is idempotent or harmless to replay (a replayed batch after a
+lost connection must not duplicate anything that matters): a binding is replaced by
+(AOR, contact), deletes by id or key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import peewee
+
+from .models import (
+    MAX_ADDRESS,
+    MAX_CALL_ID,
+    MAX_CONTACT,
+    MAX_CONTENT_TYPE,
+    MAX_LENGTH,
+    MAX_USER_AGENT,
+    Models,
+)
+from .records import (
+    Binding,
+    BindingClear,
+    BindingDelete,
+    BindingSet,
+    PendingAdd,
+    PendingDelete,
+    PendingExpire,
+    PendingRow,
+    PendingTrim,
+)
+
+#: The records handled here (see :data:`~imc_actors.store.records.StoreWrite`).
+OWN_WRITES = (
+    PendingAdd,
+    PendingDelete,
+    PendingTrim,
+    PendingExpire,
+    BindingSet,
+    BindingDelete,
+    BindingClear,
+)
+OwnWrite = (
+    PendingAdd | PendingDelete | PendingTrim | PendingExpire | BindingSet | BindingDelete | BindingClear
+)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _key(member: str) -> tuple[str, str]:
+    """``user@host`` -> (user, host), both lower case."""
+    user, sep, host = member.lower().rpartition("@")
+    if not sep or not user or not host:
+        raise _Invalid(f"{member!r} is not user@host")
+    return user, host
+
+
+def _fits(value: str | None, limit: int, what: str) -> None:
+    if value is not None and len(value) > limit:
+        raise _Invalid(f"{what} is {len(value)} characters long; the column holds {limit}")
+
+
+def validate(write: OwnWrite) -> None:
+    """Raise the repository's StoreError when ``write`` cannot be stored as it is."""
+    from .repository import StoreError
+
+    try:
+        if isinstance(write, PendingAdd):
+            user, host = _key(write.member)
+            _fits(user, MAX_LENGTH, "member user")
+            _fits(host, MAX_LENGTH, "member domain")
+            _fits(write.recipient, MAX_ADDRESS, "recipient")
+            _fits(write.sender, MAX_ADDRESS, "sender")
+            _fits(write.content_type, MAX_CONTENT_TYPE, "content type")
+            _fits(write.in_reply_to, MAX_CALL_ID, "In-Reply-To")
+        elif isinstance(write, PendingTrim):
+            _key(write.member)
+        elif isinstance(write, BindingSet):
+            user, host = _key(write.aor)
+            _fits(user, MAX_LENGTH, "AOR user")
+            _fits(host, MAX_LENGTH, "AOR domain")
+            _fits(write.contact, MAX_CONTACT, "contact")
+            _fits(write.call_id, MAX_CALL_ID, "Call-ID")
+            _fits(write.user_agent, MAX_USER_AGENT, "User-Agent")
+        elif isinstance(write, BindingDelete | BindingClear):
+            _key(write.aor)
+    except _Invalid as exc:
+        raise StoreError(f"cannot store {type(write).__name__}: {exc}") from None
+
+
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, str):  # SQLite hands DATETIME back as text
+        value = dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=dt.UTC).timestamp()
+
+
+def apply(db: peewee.Database, models: Models, write: OwnWrite) -> None:
+    """Carry out one write (inside the caller's transaction)."""
+    pending, location = models.pending, models.location
+    if isinstance(write, PendingAdd):
+        user, host = _key(write.member)
+        pending.insert(
+            src_addr=write.sender, dst_addr=write.recipient, username=user, domain=host,
+            inc_time=int(write.created), exp_time=int(write.expires),
+            ctype=write.content_type or "", body=write.body, callid=write.in_reply_to,
+            kind=write.kind,
+        ).execute()  # fmt: skip
+    elif isinstance(write, PendingDelete):
+        ids = list(write.ids)
+        for start in range(0, len(ids), 500):
+            pending.delete().where(pending.id.in_(ids[start : start + 500])).execute()
+    elif isinstance(write, PendingTrim):
+        user, host = _key(write.member)
+        mine = (pending.username == user) & (pending.domain == host)
+        if write.keep <= 0:
+            pending.delete().where(mine).execute()
+            return
+        oldest_kept = (
+            pending.select(pending.id).where(mine).order_by(pending.id.desc())
+            .offset(write.keep - 1).limit(1).scalar()
+        )  # fmt: skip
+        if oldest_kept is not None:
+            pending.delete().where(mine & (pending.id < oldest_kept)).execute()
+    elif isinstance(write, PendingExpire):
+        pending.delete().where(pending.exp_time <= int(write.now)).execute()
+    elif isinstance(write, BindingSet):
+        user, host = _key(write.aor)
+        where = (location.username == user) & (location.domain == host)
+        location.delete().where(where & (location.contact == write.contact)).execute()
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        location.insert(
+            ruid=_ruid(), username=user, domain=host, contact=write.contact,
+            received=write.received, expires=_utc(write.expires), q=round(write.q, 2),
+            callid=write.call_id, cseq=write.cseq, last_modified=now,
+            user_agent=write.user_agent,
+        ).execute()  # fmt: skip
+    elif isinstance(write, BindingDelete):
+        user, host = _key(write.aor)
+        location.delete().where(
+            (location.username == user) & (location.domain == host)
+            & (location.contact == write.contact)
+        ).execute()  # fmt: skip
+    elif isinstance(write, BindingClear):
+        user, host = _key(write.aor)
+        location.delete().where((location.username == user) & (location.domain == host)).execute()
+
+
+def _ruid() -> str:
+    import secrets
+
+    return "imc-" + secrets.token_hex(12)
+
+
+def pending_counts(models: Models) -> dict[str, int]:
+    pending = models.pending
+    counts: Counter[str] = Counter()
+    query = pending.select(pending.username, pending.domain, peewee.fn.COUNT(pending.id)).group_by(
+        pending.username, pending.domain
+    )
+    for user, host, count in query.tuples():
+        counts[f"{user}@{host}".lower()] += int(count)
+    return dict(counts)
+
+
+def load_pending(models: Models, member: str, limit: int) -> list[PendingRow]:
+    pending = models.pending
+    user, host = _key(member)
+    query = (
+        pending.select(
+            pending.id, pending.dst_addr, pending.src_addr, pending.body, pending.kind,
+            pending.ctype, pending.callid, pending.inc_time, pending.exp_time,
+        )  # fmt: skip
+        .where((pending.username == user) & (pending.domain == host))
+        .order_by(pending.id)
+        .limit(limit)
+    )
+    return [
+        PendingRow(
+            int(row_id), recipient, sender, bytes(body), kind, ctype or None, callid or "",
+            float(inc), float(exp),
+        )  # fmt: skip
+        for row_id, recipient, sender, body, kind, ctype, callid, inc, exp in query.tuples()
+    ]
+
+
+def load_bindings(db: peewee.Database, models: Models, now: float) -> list[Binding]:
+    location = models.location
+    with db.atomic():
+        location.delete().where(location.expires <= _utc(now)).execute()
+        query = location.select(
+            location.username, location.domain, location.contact, location.expires,
+            location.callid, location.cseq, location.user_agent, location.received, location.q,
+        ).order_by(location.last_modified, location.id)  # fmt: skip
+        rows = list(query.tuples())
+    return [
+        Binding(
+            f"{user}@{host}", contact, _epoch(expires), callid, int(cseq), user_agent or "",
+            received, float(q),
+        )  # fmt: skip
+        for user, host, contact, expires, callid, cseq, user_agent, received, q in rows
+    ]

@@ -1,0 +1,101 @@
+"""imc-actors' own tables (pending notices, registrar bindings) on each of the three engines."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from imc_actors.store.records import (
+    BindingClear,
+    BindingDelete,
+    BindingSet,
+    PendingAdd,
+    PendingDelete,
+    PendingExpire,
+    PendingTrim,
+)
+from imc_actors.store.repository import Repository, StoreError
+
+ROOM = "sip:chat@example.com"
+
+
+def pending(member: str, n: int, *, created: float = 1_700_000_000.0, ttl: float = 3600) -> PendingAdd:
+    return PendingAdd(
+        member=member, recipient=f"sip:{member}", sender=ROOM, body=f"line {n}".encode(),
+        kind="relay", content_type="text/plain" if n % 2 else None, in_reply_to=f"cid-{n}",
+        created=created + n, expires=created + n + ttl,
+    )  # fmt: skip
+
+
+def test_pending_rows_come_back_in_order_per_member(repository: Repository) -> None:
+    repository.apply_batch([pending("alice@example.com", i) for i in range(5)])
+    repository.apply_batch([pending("Bob@Example.com", 9)])
+    assert repository.pending_counts() == {"alice@example.com": 5, "bob@example.com": 1}
+    rows = repository.load_pending("ALICE@example.com", 3)
+    assert [r.body for r in rows] == [b"line 0", b"line 1", b"line 2"]
+    first = rows[0]
+    assert (first.recipient, first.sender, first.kind, first.in_reply_to) == (
+        "sip:alice@example.com", ROOM, "relay", "cid-0",
+    )  # fmt: skip
+    assert first.content_type is None and rows[1].content_type == "text/plain"
+    assert first.created == 1_700_000_000.0 and first.expires == 1_700_003_600.0
+    repository.apply_batch([PendingDelete((rows[0].id, rows[1].id))])
+    assert [r.body for r in repository.load_pending("alice@example.com", 10)] == [
+        b"line 2", b"line 3", b"line 4",
+    ]  # fmt: skip
+    (bob,) = repository.load_pending("bob@example.com", 10)
+    assert bob.recipient == "sip:Bob@Example.com"
+
+
+def test_pending_trim_keeps_the_newest(repository: Repository) -> None:
+    repository.apply_batch([pending("alice@example.com", i) for i in range(6)])
+    repository.apply_batch([pending("bob@example.com", 0)])
+    repository.apply_batch([PendingTrim("alice@example.com", 2)])
+    assert [r.body for r in repository.load_pending("alice@example.com", 10)] == [b"line 4", b"line 5"]
+    repository.apply_batch([PendingTrim("alice@example.com", 0)])
+    assert repository.pending_counts() == {"bob@example.com": 1}
+
+
+def test_pending_expire_drops_only_expired_rows(repository: Repository) -> None:
+    repository.apply_batch([pending("alice@example.com", i, ttl=10) for i in range(3)])
+    repository.apply_batch([PendingExpire(1_700_000_000.0 + 11)])  # rows 0 and 1 expire at 10, 11
+    assert [r.body for r in repository.load_pending("alice@example.com", 10)] == [b"line 2"]
+
+
+def test_pending_values_that_do_not_fit_are_refused(repository: Repository) -> None:
+    too_long = PendingAdd(
+        member="alice@example.com", recipient="sip:alice@example.com", sender=ROOM, body=b"x",
+        kind="relay", content_type="x" * 300, in_reply_to="", created=1.0, expires=2.0,
+    )  # fmt: skip
+    with pytest.raises(StoreError, match="content type"):
+        repository.apply_batch([too_long])
+    assert repository.pending_counts() == {}
+
+
+def test_bindings_survive_a_reopen_and_expired_ones_are_dropped(
+    repository: Repository, db_url: str, tables
+) -> None:
+    now = time.time()
+    repository.apply_batch(
+        [
+            BindingSet("alice@example.com", "sip:alice@127.0.0.1:5070", now + 600, "c1", 1, "phone/1"),
+            BindingSet("alice@example.com", "sip:alice@127.0.0.1:5071", now + 600, "c2", 4),
+            BindingSet("bob@example.com", "sip:bob@127.0.0.1:5072", now - 5, "c3", 1),
+        ]
+    )
+    repository.apply_batch(
+        [BindingSet("alice@example.com", "sip:alice@127.0.0.1:5070", now + 900, "c1", 2, "phone/2")]
+    )
+    with tables.repository(db_url) as reopened:
+        bindings = reopened.load_bindings(now)
+    assert sorted((b.aor, b.contact, b.call_id, b.cseq) for b in bindings) == [
+        ("alice@example.com", "sip:alice@127.0.0.1:5070", "c1", 2),
+        ("alice@example.com", "sip:alice@127.0.0.1:5071", "c2", 4),
+    ]
+    refreshed = next(b for b in bindings if b.call_id == "c1")
+    assert refreshed.user_agent == "phone/2" and abs(refreshed.expires - (now + 900)) <= 1.5
+    repository.apply_batch([BindingDelete("alice@example.com", "sip:alice@127.0.0.1:5071")])
+    assert [b.contact for b in repository.load_bindings(now)] == ["sip:alice@127.0.0.1:5070"]
+    repository.apply_batch([BindingClear("Alice@Example.com")])
+    assert repository.load_bindings(now) == []
