@@ -24,6 +24,10 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-url", dest="db_url", help="peewee URL: sqlite:///imc.db, postgresql://…, mysql://…")
     parser.add_argument("--rooms-table", dest="rooms_table")
     parser.add_argument("--members-table", dest="members_table")
+    parser.add_argument("--pending-table", dest="pending_table",
+                        help="table of notices waiting for unreachable members (default imc_pending)")
+    parser.add_argument("--location-table", dest="location_table",
+                        help="table of the registrar's bindings (default imc_location)")
 
 
 def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
@@ -155,16 +159,18 @@ async def _serve(config: Config) -> None:
 
 
 def _db(config: Config, action: str) -> int:
-    from .store.repository import Repository, StoreError
+    from .conference import repository_of
+    from .store.repository import StoreError
 
     # a one-shot command answers in one line; the store's retry warnings are for servers
     logging.getLogger("imc_actors.store").setLevel(logging.ERROR)
 
     try:
-        repository = Repository(config.db_url, config.rooms_table, config.members_table)
+        repository = repository_of(config)
         if action == "init":
             repository.init_schema()
-            print(f"{PROG}: tables {config.rooms_table}, {config.members_table} ready")
+            tables = (config.rooms_table, config.members_table, config.pending_table, config.location_table)
+            print(f"{PROG}: tables {', '.join(tables)} ready")
             return 0
         problems = repository.check_schema()
     except StoreError as exc:

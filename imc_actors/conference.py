@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .actors.delivery import Delivery, Sender
+from .actors.delivery import Delivery, Hold, Sender
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .config import Config
 from .imc import texts
@@ -117,11 +117,14 @@ class Conference:
         supervisor: Supervisor,
         delivery: Delivery,
         notices: NoticeRouter | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.supervisor = supervisor
         self.delivery = delivery
         self.notices = notices
+        #: The store (group-committing writer) behind the rooms, or None.
+        self.store = store
         self._closed = False
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
@@ -194,26 +197,37 @@ class Conference:
         )
 
     # ------------------------------------------------------------------ entry point
-    async def handle(self, msg: IncomingMessage) -> Answer:
+    def hold(self) -> Hold:
+        """A :class:`~imc_actors.actors.delivery.Hold` for :meth:`handle`/:meth:`start`: the
+        notices a message causes wait until it is released (release it once the answer is
+        sent; delivery releases a forgotten one after a few seconds). Never blocks."""
+        return self.delivery.hold()
+
+    async def handle(self, msg: IncomingMessage, *, hold: Hold | None = None) -> Answer:
         """Carry out one command or relay one chat message; return the SIP answer.
 
         Checkpoints. The answer comes only after any state change is durable; the notices
-        it caused are queued for delivery before it returns. Raises :class:`ConferenceClosed`
-        once the :func:`open_conference` block has ended (no actor would answer).
+        it caused are queued for delivery before it returns (under ``hold``, when given: then
+        they leave once it is released). A message from a member who has notices stored
+        (unreachable earlier) makes them go out now. Raises :class:`ConferenceClosed` once the
+        :func:`open_conference` block has ended (no actor would answer).
         """
         if self._closed:
             raise ConferenceClosed("this conference has ended; open a new one")
+        self.delivery.wake(msg.sender)
         route = self._route(msg)
         if isinstance(route, _Refuse):
-            return await self._refuse(route.code, route.text, msg)
+            return await self._refuse(route.code, route.text, msg, hold)
         if route is _HELP:
-            return await self._reply(help_text(self._start).encode(), msg)
+            return await self._reply(help_text(self._start).encode(), msg, hold)
         if route is _ROOMS:
-            return await self._reply(rooms_reply(self.rooms(), msg.sender), msg)
+            return await self._reply(rooms_reply(self.rooms(), msg.sender), msg, hold)
         assert isinstance(route, _ToRoom)
-        return await self._to_room(route.name, route.domain, route.op, msg, create=route.create)
+        return await self._to_room(route.name, route.domain, route.op, msg, create=route.create, hold=hold)
 
-    def start(self, msg: IncomingMessage, on_answer: Callable[[Answer], None]) -> bool:
+    def start(
+        self, msg: IncomingMessage, on_answer: Callable[[Answer], None], *, hold: Hold | None = None
+    ) -> bool:
         """:meth:`handle` without a task: for a command or chat message to an existing room,
         queue it and return True; ``on_answer`` is then called once, later, with the answer
         :meth:`handle` would have returned (from the room's actor; it must not block). Returns
@@ -228,15 +242,16 @@ class Conference:
         handle = self.supervisor.lookup(route.name, route.domain)
         if handle is None:
             return False
+        self.delivery.wake(msg.sender)
 
         def answered(answer: Answer) -> None:
             if answer.code == RETRY:  # the room went away meanwhile: route it again, in a task
                 assert self._nursery is not None
-                self._nursery.start_soon(self._answer_later, msg, on_answer)
+                self._nursery.start_soon(self._answer_later, msg, on_answer, hold)
             else:
                 on_answer(answer)
 
-        immediate = self.supervisor.post(handle, route.op, msg.call_id, answered)
+        immediate = self.supervisor.post(handle, route.op, msg.call_id, answered, hold)
         if immediate is None:
             return True
         if immediate.code == RETRY:
@@ -244,9 +259,11 @@ class Conference:
         on_answer(immediate)
         return True
 
-    async def _answer_later(self, msg: IncomingMessage, on_answer: Callable[[Answer], None]) -> None:
+    async def _answer_later(
+        self, msg: IncomingMessage, on_answer: Callable[[Answer], None], hold: Hold | None
+    ) -> None:
         try:
-            answer = await self.handle(msg)
+            answer = await self.handle(msg, hold=hold)
         except ConferenceClosed:
             answer = Answer(503, reason_phrase(503), retry_after=5)
         on_answer(answer)
@@ -285,37 +302,52 @@ class Conference:
         return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
 
     async def _to_room(
-        self, name: str, domain: str, op: RoomRequest, msg: IncomingMessage, *, create: bool | None
+        self,
+        name: str,
+        domain: str,
+        op: RoomRequest,
+        msg: IncomingMessage,
+        *,
+        create: bool | None,
+        hold: Hold | None,
     ) -> Answer:
         """Send ``op`` to the room; create it first when ``create`` is not None (its private flag)."""
         for _ in range(4):
             handle = self.supervisor.lookup(name, domain)
             if handle is not None:
-                answer = await self.supervisor.call(handle, op, msg.call_id)
+                answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
                 state, outcome = new_room(name, domain, msg.sender, create)
-                answer = await self.supervisor.create(state, outcome, msg.call_id)
+                answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
             else:
-                return await self._refuse(404, texts.ROOM_NOT_FOUND, msg)
+                return await self._refuse(404, texts.ROOM_NOT_FOUND, msg, hold)
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
 
-    async def _refuse(self, code: int, text: str, msg: IncomingMessage) -> Answer:
+    async def _refuse(self, code: int, text: str, msg: IncomingMessage, hold: Hold | None) -> Answer:
         """A refusal with no room behind it: notice From the Request-URI, then the code."""
         outcome = notice_error(code, text, msg.sender, msg.request_uri)
-        await self.delivery.submit(outcome.notices, msg.call_id)
+        await self.delivery.submit(outcome.notices, msg.call_id, hold=hold)
         return Answer(code, reason_phrase(code))
 
-    async def _reply(self, body: bytes, msg: IncomingMessage) -> Answer:
+    async def _reply(self, body: bytes, msg: IncomingMessage, hold: Hold | None) -> Answer:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
-        await self.delivery.submit((notice,), msg.call_id)
+        await self.delivery.submit((notice,), msg.call_id, hold=hold)
         return Answer(200, "OK", body=body)
+
+
+def repository_of(config: Config) -> Repository:
+    """The configured database's :class:`Repository` (not connected yet)."""
+    return Repository(
+        config.db_url, config.rooms_table, config.members_table,
+        pending_table=config.pending_table, location_table=config.location_table,
+    )  # fmt: skip
 
 
 def open_repository(config: Config) -> Repository:
     """The configured database with its tables created if absent (blocking: call in a thread)."""
-    repository = Repository(config.db_url, config.rooms_table, config.members_table)
+    repository = repository_of(config)
     repository.init_schema()
     return repository
 
@@ -371,7 +403,16 @@ async def _running(
 ) -> AsyncIterator[Conference]:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        delivery = Delivery(wrap_sender(router) if wrap_sender is not None else router)
+        delivery = Delivery(
+            wrap_sender(router) if wrap_sender is not None else router,
+            store=store if hasattr(store.repository, "load_pending") else None,
+            window=config.delivery_window,
+            member_queue=config.delivery_member_queue,
+            queue_size=config.delivery_queue,
+            max_in_flight=config.max_deliveries,
+            pending_max=config.pending_max,
+            pending_ttl=config.pending_ttl,
+        )
         supervisor = Supervisor(
             store=wrap_store(store) if wrap_store is not None else store,
             delivery=delivery,
@@ -384,9 +425,10 @@ async def _running(
         )
         delivery.on_outcome = supervisor.on_delivery
         supervisor.load(await store.load_rooms())
+        await delivery.restore()
         await nursery.start(delivery.run)
         await nursery.start(supervisor.run)
-        conference = Conference(config, supervisor, delivery, router)
+        conference = Conference(config, supervisor, delivery, router, store)
         conference._nursery = nursery
         try:
             yield conference

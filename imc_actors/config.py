@@ -71,6 +71,8 @@ class Config:
     db_url: str = "sqlite:///imc.db"
     rooms_table: str = "imc_rooms"
     members_table: str = "imc_members"
+    pending_table: str = "imc_pending"
+    location_table: str = "imc_location"
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
     imc_cmd_start_char: str = "#"
@@ -91,6 +93,13 @@ class Config:
     trusted_sources: list[str] = field(default_factory=list)
     identity_header: str | None = None
     max_transactions: int = 100_000
+    # Delivery (see README "Delivery")
+    pending_ttl: int = 7 * 24 * 3600
+    pending_max: int = 1000
+    delivery_window: int = 1
+    delivery_member_queue: int = 1000
+    delivery_queue: int = 20_000
+    max_deliveries: int = 20_000
     # Actors and supervision
     mailbox_size: int = 256
     restart_limit: int = 5
@@ -185,7 +194,15 @@ class Config:
         scheme = self.db_url.split(":", 1)[0].lower()
         if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
             raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
-        for name in ("rooms_table", "members_table", "manager_user"):
+        for name in ("pending_ttl", "delivery_window", "delivery_member_queue", "delivery_queue", "max_deliveries"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
+        if self.pending_max < 0:
+            raise ConfigError("pending_max", "must be 0 (store nothing) or more")
+        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
+        if len({t.lower() for t in tables}) != len(tables):
+            raise ConfigError("pending_table", "the four table names must differ")
+        for name in ("rooms_table", "members_table", "pending_table", "location_table", "manager_user"):
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
@@ -225,7 +242,8 @@ _LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
 _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
-    "restart_limit", "max_transactions",
+    "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
+    "delivery_member_queue", "delivery_queue", "max_deliveries",
 }
 _FLOAT_FIELDS = {"restart_window"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}

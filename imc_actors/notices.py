@@ -19,8 +19,10 @@ the notice is still delivered the normal way (logging, a dashboard, tests).
 Backpressure: a channel holds ``max_buffer`` notices. When it is full, ``when_full="wait"``
 (default) makes that delivery wait for the application (the conference's delivery queue is
 bounded too, so a stuck subscriber eventually slows the rooms' fan-out, never memory);
-``when_full="fail"`` drops the notice and reports the delivery as failed (503), which a room
-treats like any failed delivery (an invitation that cannot be delivered is withdrawn).
+``when_full="fail"`` refuses the notice and reports the delivery as failed (503), which the
+conference treats like any member who cannot be reached: a member's notice is stored and
+delivered when the member is back (see :mod:`imc_actors.actors.delivery`), an invitation that
+cannot be delivered is withdrawn.
 
 A claimed delivery counts as delivered (200) once it is in the channel, unless the
 subscription asked for ``confirm=True``: then each :class:`Delivered` must be confirmed with

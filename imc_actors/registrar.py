@@ -5,8 +5,11 @@ seconds; the server passes ``trio.current_time()``), so tests drive expiry with 
 It never blocks and never raises for a bad request: :meth:`Registrar.register` turns every
 problem into the SIP answer RFC 3261 asks for.
 
-Bindings live in memory only, as in a registrar without ``db_mode``: after a restart user agents
-re-register within their refresh interval.
+Durable bindings (usrloc's ``db_mode`` write-through): :meth:`Registrar.plan` decides what a
+REGISTER changes without changing anything; the caller makes :meth:`Update.writes` durable (the
+``imc_location`` table), then :meth:`Registrar.apply` changes the bindings in memory and gives
+the 200. At startup :meth:`Registrar.restore` loads what the table holds, so a restart keeps
+every member reachable. :meth:`Registrar.register` does plan and apply at once (no storage).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imc_actors.sip import Request, aor_key
+from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
 
-__all__ = ["Registrar", "parse_contacts"]
+__all__ = ["Registrar", "Update", "parse_contacts"]
 
 # RFC 3261 §20.19: a malformed Expires value SHOULD be treated as 3600.
 _MALFORMED_EXPIRES = 3600
@@ -125,6 +129,31 @@ def _contact_key(uri: str) -> str:
     return f"{scheme.lower()}:{userinfo}@{hostpart.lower()}"
 
 
+@dataclass(frozen=True, slots=True)
+class Update:
+    """What one accepted REGISTER changes (from :meth:`Registrar.plan`): for ``aor``, either
+    every binding removed (``clear``) or ``changes`` applied in order, each ``(contact key,
+    contact URI, seconds)`` (0 removes). ``call_id``/``cseq``/``user_agent`` of the request."""
+
+    aor: str
+    changes: tuple[tuple[str, str, int], ...]
+    clear: bool
+    call_id: str
+    cseq: int
+    user_agent: str
+
+    def writes(self, wall_now: float) -> list[StoreWrite]:
+        """The store records that make this update durable (expiry in wall-clock seconds)."""
+        if self.clear:
+            return [BindingClear(self.aor)]
+        return [
+            BindingSet(self.aor, uri, wall_now + expires, self.call_id, self.cseq, self.user_agent)
+            if expires
+            else BindingDelete(self.aor, uri)
+            for _, uri, expires in self.changes
+        ]
+
+
 def _delta_seconds(text: str | None) -> int | None:
     """An Expires value as seconds; None when absent, 3600 when malformed (RFC 3261 §20.19)."""
     if text is None:
@@ -164,7 +193,15 @@ class Registrar:
 
     # ------------------------------------------------------------------ REGISTER
     def register(self, request: Request, now: float) -> Reply:
-        """Process one REGISTER (RFC 3261 §10.3) and return the answer.
+        """Process one REGISTER (RFC 3261 §10.3) and return the answer: :meth:`plan`, then
+        :meth:`apply` at once (bindings in memory only)."""
+        planned = self.plan(request, now)
+        return planned if isinstance(planned, Reply) else self.apply(planned, now)
+
+    def plan(self, request: Request, now: float) -> Reply | Update:
+        """Decide what one REGISTER (RFC 3261 §10.3) does, changing nothing: the answer when
+        it changes no binding (a refusal, or a query), else the :class:`Update` to make
+        durable and then :meth:`apply`.
 
         - To URI without user, or in a domain not served: 404.
         - ``Require`` naming any extension: 420 Bad Extension with ``Unsupported``.
@@ -175,8 +212,8 @@ class Registrar:
           above 0 and below ``min_expires``: 423 with ``Min-Expires``; 0 removes the binding.
         - a binding last set by the same Call-ID with an equal or higher CSeq: 500, and nothing
           of the request is applied (RFC 3261 §10.3 steps 6-7: updates are all or nothing).
-        - else the bindings are updated and the 200 lists every current binding of the AOR, each
-          ``Contact: <uri>;expires=<seconds left>``.
+        - else an :class:`Update`: :meth:`apply` gives the 200 listing every current binding of
+          the AOR, each ``Contact: <uri>;expires=<seconds left>``.
         """
         if now >= self._next_sweep:
             self.purge(now)
@@ -212,9 +249,7 @@ class Registrar:
             for binding in current.values():
                 if binding.call_id == call_id and cseq <= binding.cseq:
                     return _out_of_order()
-            current.clear()
-            self._aors.pop(aor, None)
-            return self._ok(aor, now)
+            return Update(aor, (), True, call_id, cseq, request.header("User-Agent") or "")
 
         changes: list[tuple[str, str, int]] = []
         for uri, params in contacts:
@@ -232,18 +267,43 @@ class Registrar:
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
                 return _out_of_order()
             changes.append((key, uri, min(expires, self.max_expires)))
+        return Update(aor, tuple(changes), False, call_id, cseq, request.header("User-Agent") or "")
 
-        for key, uri, expires in changes:
+    def apply(self, update: Update, now: float) -> Reply:
+        """Change the bindings as ``update`` says (made by :meth:`plan`) and return the 200."""
+        aor = update.aor
+        if update.clear:
+            self._aors.pop(aor, None)
+            return self._ok(aor, now)
+        current = self._live(aor, now)
+        for key, uri, expires in update.changes:
             if expires == 0:
                 current.pop(key, None)
             else:
                 self._order += 1
-                current[key] = _Binding(uri, now + expires, call_id, cseq, self._order)
+                current[key] = _Binding(uri, now + expires, update.call_id, update.cseq, self._order)
         if current:
             self._aors[aor] = current
         else:
             self._aors.pop(aor, None)
         return self._ok(aor, now)
+
+    def restore(self, bindings: Sequence[Binding], now: float, wall_now: float) -> int:
+        """Add stored ``bindings`` (oldest first; expiry in wall-clock seconds, ``wall_now``
+        is the wall clock at ``now``); expired ones are skipped. Returns how many were added."""
+        added = 0
+        for binding in bindings:
+            left = binding.expires - wall_now
+            if left <= 0:
+                continue
+            aor = binding.aor.lower()
+            self._order += 1
+            contacts = self._aors.setdefault(aor, {})
+            contacts[_contact_key(binding.contact)] = _Binding(
+                binding.contact, now + left, binding.call_id, binding.cseq, self._order
+            )
+            added += 1
+        return added
 
     # ------------------------------------------------------------------ queries
     def lookup(self, aor: str, now: float) -> list[str]:

@@ -3,14 +3,16 @@ async context manager."""
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
-from .actors.delivery import DeliveryResult
+from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
@@ -19,7 +21,7 @@ from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository
 from .imc.effects import Notice
 from .registrar import Registrar
-from .sip import Request
+from .sip import Request, is_own_call_id
 from .sip.uri import canonical
 from .sipcore import SipCore
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
@@ -74,6 +76,8 @@ class MessageSender:
         headers = [SUPPORTED, *self._extra, ("Content-Type", notice.content_type or NOTICE_CONTENT_TYPE)]
         if in_reply_to:
             headers.append(("In-Reply-To", in_reply_to))
+        if notice.date is not None:  # a stored notice delivered late: when it was first sent
+            headers.append(("Date", email.utils.formatdate(notice.date, usegmt=True)))
         return headers
 
     async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
@@ -116,16 +120,41 @@ def sender_of(request: Request, config: Config) -> str:
     return canonical(request.from_uri)
 
 
+LOOP = Reply(482, "Loop Detected")
+
+
 class MessageHandler:
     """The MESSAGE route: SIP request in, conference answer out.
 
     Awaited, it handles one request (:meth:`Conference.handle`); :meth:`start` is the
-    transport's task-free path (:meth:`Conference.start`).
+    transport's task-free path (:meth:`Conference.start`). The notices a MESSAGE causes are
+    held until its final response has been sent (:meth:`Conference.hold`).
+
+    A MESSAGE that is one of our own coming back (From one of our rooms or the manager, or
+    In-Reply-To a Call-ID this server made) gets 482 Loop Detected and causes nothing: a
+    room's notice that some proxy routes back to us must never start a notice in return.
     """
 
-    def __init__(self, conference: Conference, config: Config) -> None:
+    def __init__(self, conference: Conference, config: Config, *, mark: str = "") -> None:
         self.conference = conference
         self.config = config
+        self.mark = mark  # the transport's mark in the Call-IDs it makes (see sip.new_mark)
+        self._domains = frozenset(config.served_domains)
+        self._manager = config.manager_user.lower()
+
+    def is_own(self, request: Request) -> bool:
+        """True for a MESSAGE that this server (one of its rooms, or the manager) sent."""
+        in_reply_to = request.header("In-Reply-To")
+        if in_reply_to and is_own_call_id(in_reply_to, self.mark):
+            return True
+        try:
+            sender = canonical(request.from_uri)
+        except ValueError:
+            return False
+        user, _, host = sender.partition(":")[2].rpartition("@")
+        if host.lower() not in self._domains:
+            return False
+        return user.lower() == self._manager or self.conference.supervisor.lookup(user, host) is not None
 
     def _incoming(self, request: Request) -> IncomingMessage | None:
         try:
@@ -136,28 +165,43 @@ class MessageHandler:
         return IncomingMessage(ruri, sender, request.body, request.header("Content-Type"), request.call_id)
 
     async def __call__(self, request: Request, source: Source) -> Reply:
+        if self.is_own(request):
+            await trio.lowlevel.checkpoint()
+            return LOOP
         msg = self._incoming(request)
         if msg is None:
+            await trio.lowlevel.checkpoint()
             return Reply(400, "Invalid Request-URI or From")
-        return _reply_of(await self.conference.handle(msg))
+        hold = self.conference.hold()
+        try:
+            answer = await self.conference.handle(msg, hold=hold)
+        except BaseException:
+            hold.release()
+            raise
+        return _reply_of(answer, hold)
 
     def start(self, request: Request, source: Source, respond: Responder) -> bool:
+        if self.is_own(request):
+            respond(LOOP)
+            return True
         msg = self._incoming(request)
         if msg is None:
             return False
-        return self.conference.start(msg, lambda answer: respond(_reply_of(answer)))
+        hold = self.conference.hold()
+        return self.conference.start(msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold)
 
 
-def _reply_of(answer: Answer) -> Reply:
+def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:
     headers: tuple[tuple[str, str], ...] = ()
     if answer.retry_after is not None:
         headers = (("Retry-After", str(answer.retry_after)),)
-    return Reply(answer.code, answer.reason, headers)
+    return Reply(answer.code, answer.reason, headers, after=hold.release if hold is not None else None)
 
 
-def message_handler(conference: Conference, config: Config) -> MessageHandler:
-    """The MESSAGE route: SIP request in, conference answer out."""
-    return MessageHandler(conference, config)
+def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:
+    """The MESSAGE route: SIP request in, conference answer out (``mark``: see
+    :class:`MessageHandler`)."""
+    return MessageHandler(conference, config, mark=mark)
 
 
 @asynccontextmanager
@@ -187,6 +231,8 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         outbound_proxy=config.outbound_proxy,
         locate=locate,
         max_transactions=config.max_transactions,
+        # our users are found through the registrar only: no binding means unreachable here
+        local_domains=config.served_domains if registrar is not None else (),
     )
     metrics = ServerMetrics.for_config(config)
     repository = await trio.to_thread.run_sync(open_repository, config)
@@ -194,7 +240,20 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
     sender = message_sender(transport, config)
     async with open_conference(config, sender=sender, repository=repository) as conference:
         metrics.conference, metrics.transport = conference, transport
-        core = SipCore(config, registrar, message_handler(conference, config))
+        store = conference.store
+        if registrar is not None and store is not None and hasattr(repository, "load_bindings"):
+            wall = time.time()
+            bindings = await store.read(lambda r: r.load_bindings(wall))
+            restored = registrar.restore(bindings, trio.current_time(), wall)
+            if restored:
+                log.info("restored %d registrar bindings", restored)
+            commit = store.commit
+        else:
+            commit = None
+        core = SipCore(
+            config, registrar, message_handler(conference, config, mark=transport.mark),
+            commit=commit, on_registered=conference.delivery.wake,
+        )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             server = Server(config, conference, transport, registrar, metrics)

@@ -8,7 +8,9 @@ this order:
 2. ``Max-Forwards: 0``: 483 Too Many Hops (except OPTIONS, which RFC 3261 §16.3 lets the
    final recipient answer: it is how next-hop liveness is probed);
 3. OPTIONS: 200 with ``Allow``, ``Accept`` and ``Supported``;
-4. REGISTER: the registrar (405 when it is off);
+4. REGISTER: the registrar (405 when it is off); a change of bindings is committed to the
+   store before the 200 (503 + ``Retry-After`` while the database is down, nothing changed),
+   and the registered member's stored notices go out after the 200;
 5. MESSAGE: the message handler (the conference);
 6. CANCEL (one matching no transaction): 481 (RFC 3261 §9.2);
 7. anything else: 405 Method Not Allowed with ``Allow``.
@@ -18,13 +20,17 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
 from imc_actors.config import Config
-from imc_actors.registrar import Registrar
+from imc_actors.registrar import Registrar, Update
 from imc_actors.sip import Request
+from imc_actors.store.repository import StoreError
+from imc_actors.store.writer import StoreUnavailable
 from imc_actors.transport import Handler, Reply, Responder, Source
 
 __all__ = ["SipCore", "SUPPORTED"]
@@ -40,6 +46,9 @@ class SipCore:
 
     ``config`` supplies ``trusted_sources``; ``registrar`` is None when ``registrar = false``;
     ``message_handler`` answers MESSAGE requests; ``clock`` gives the registrar's ``now``.
+    ``commit`` makes a REGISTER's binding changes durable before its 200 (None: bindings in
+    memory only); ``on_registered(aor)`` is called once the 200 to a REGISTER that added or
+    refreshed a binding is sent (the server delivers the member's stored notices then).
     """
 
     def __init__(
@@ -49,11 +58,16 @@ class SipCore:
         message_handler: Handler,
         *,
         clock: Callable[[], float] = trio.current_time,
+        commit: Callable[[Sequence[Any]], Awaitable[None]] | None = None,
+        on_registered: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.registrar = registrar
         self.message_handler = message_handler
         self.clock = clock
+        self.commit = commit
+        self.on_registered = on_registered
+        self._aor_locks: dict[str, trio.Lock] = {}
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_sources]
         methods = ["MESSAGE", "OPTIONS"] + (["REGISTER"] if registrar is not None else [])
         self.allow = ", ".join(methods)
@@ -83,7 +97,12 @@ class SipCore:
         if method == "REGISTER":
             if self.registrar is None:
                 return False
-            respond(self.registrar.register(request, self.clock()))
+            planned = self.registrar.plan(request, self.clock())
+            if isinstance(planned, Update):
+                if self.commit is not None:
+                    return False  # the change must be committed first: a task does that
+                planned = self._registered(planned, self.registrar.apply(planned, self.clock()))
+            respond(planned)
             return True
         start = getattr(self.message_handler, "start", None)
         return bool(start is not None and start(request, source, respond))
@@ -116,7 +135,41 @@ class SipCore:
                 ),
             )
         if method == "REGISTER" and self.registrar is not None:
-            return self.registrar.register(request, self.clock())
+            return await self._register(self.registrar, request)
         if method == "CANCEL":
             return Reply(481, "Call/Transaction Does Not Exist")
         return Reply(405, "Method Not Allowed", headers=(("Allow", self.allow),))
+
+    async def _register(self, registrar: Registrar, request: Request) -> Reply:
+        """Plan, commit, apply: one AOR's REGISTERs are handled one at a time, so each plan
+        sees the bindings the previous one left."""
+        planned = registrar.plan(request, self.clock())
+        if not isinstance(planned, Update) or self.commit is None:
+            return planned if isinstance(planned, Reply) else self._registered(planned, registrar.apply(planned, self.clock()))
+        aor = planned.aor
+        lock = self._aor_locks.get(aor)
+        if lock is None:
+            lock = self._aor_locks[aor] = trio.Lock()
+        try:
+            async with lock:
+                planned = registrar.plan(request, self.clock())  # again, under the lock
+                if not isinstance(planned, Update):
+                    return planned
+                try:
+                    await self.commit(planned.writes(time.time()))
+                except StoreUnavailable as exc:
+                    return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),))
+                except StoreError as exc:
+                    log.error("REGISTER for %s not stored: %s", planned.aor, exc)
+                    return Reply(500, "Server Internal Error")
+                return self._registered(planned, registrar.apply(planned, self.clock()))
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._aor_locks.pop(aor, None)
+
+    def _registered(self, update: Update, reply: Reply) -> Reply:
+        """``reply`` with the member's stored notices sent after it (when a binding is live)."""
+        if self.on_registered is None or update.clear or not any(seconds for _, _, seconds in update.changes):
+            return reply
+        hook, aor = self.on_registered, update.aor
+        return Reply(reply.code, reply.reason, reply.headers, reply.body, reply.content_type, after=lambda: hook(aor))

@@ -1,31 +1,66 @@
-"""Fan-out of outgoing MESSAGEs: sent at once when the sender can, else a bounded queue
-drained by a pool of workers.
+"""Delivery of outgoing MESSAGEs: one ordered queue per recipient, store and forward.
 
-A room actor never awaits a delivery: it hands its notices over and goes on with the next
-command, so one slow or dead member never stalls a room. A sender with a ``start`` method (the
-server's SIP sender, for a member at an IP address over UDP) sends a notice on the spot and
-reports the outcome through a callback: no task per delivery, at most ``max_started`` in
-flight. Everything else goes through the queue, which is bounded (backpressure instead of
-memory growth), with at most ``workers`` of those deliveries in flight at once.
+A room actor never awaits a delivery: it hands its notices over (:meth:`Delivery.submit`) and
+goes on with the next command. Each recipient (``user@host``, lower case) has a *lane* of its
+own, so a slow or dead member only ever delays itself. A notice is in one of these states:
 
-When ``max_started`` deliveries are in flight (members that stopped answering hold their slot
-until Timer F, 32 s), notices queue, and a worker that takes one waits for the next free slot
-and starts it there rather than sending it itself: the queue then drains as fast as slots free
-up (a round trip each), not at ``workers`` per round trip, so a burst of lost answers does
-not throttle every delivery behind it.
+- **held**: submitted under a :class:`Hold` that is not released yet (the server holds the
+  notices a MESSAGE caused until the final response to it is on the wire);
+- **queued**: in its recipient's lane, in the order the rooms produced it;
+- **in flight**: sent, waiting for its final answer. A lane has at most ``window`` notices in
+  flight (default 1: the next one leaves when the previous one has its final answer), all
+  lanes together at most ``max_in_flight``;
+- **delivered** (2xx), or **refused** (a deliberate 4xx/6xx such as 403, 404, 415: dropped and
+  counted; a failed invitation is reported back to its room through ``on_outcome``);
+- **unreachable** (408, 480, 5xx, no binding, transport error): a notice the room sent a
+  *member* (``Notice.keep``) is **stored** durably (the ``imc_pending`` table, through the
+  store) and the lane is *parked*: what comes next for that member is stored behind it, in
+  order, and nothing is sent until the member is reachable again (:meth:`Delivery.wake`, called
+  on its next REGISTER and its next MESSAGE). Then the stored notices go out oldest first, each
+  with a ``Date:`` of its original time, and once none is left the lane delivers directly
+  again. Refusals, replies and invitations are never stored: an unreachable one fails (an
+  invitation is withdrawn by its room).
+
+Bounds: a lane holds at most ``member_queue`` notices in memory (past that, member notices
+are stored and the lane flushes from the store; others fail with 503), all lanes together
+``queue_size`` (past that :meth:`submit` waits: backpressure on the rooms). A member has at
+most ``pending_max`` stored notices (the oldest are dropped and counted), each kept at most
+``pending_ttl`` seconds (then dropped and counted as expired).
+
+A sender with a ``start`` method (the server's SIP sender, for the common case of a member
+at an IP address) sends a notice on the spot and reports the outcome through a callback: no
+task per delivery. Otherwise each delivery in flight runs in a task of its own.
+
+Stored notices are delivered at least once: a crash between a delivery and the delete of its
+row sends it again after the restart.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
 from ..imc.effects import Notice
+from ..imc.state import member_key
+from ..store.records import PendingAdd, PendingDelete, PendingExpire, PendingRow, PendingTrim
+from ..store.repository import StoreError
+from ..store.writer import StoreUnavailable
 
 log = logging.getLogger("imc_actors.delivery")
+
+#: Seconds a :class:`Hold` may stay unreleased before delivery releases it by itself.
+HOLD_LIMIT = 2.0
+#: Stored notices read, sent and deleted per round of a flush.
+FLUSH_BATCH = 20
+#: Notices written to the store per commit when a lane parks.
+PERSIST_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +74,41 @@ class DeliveryResult:
     def ok(self) -> bool:
         return 200 <= self.code < 300
 
+    @property
+    def unreachable(self) -> bool:
+        """The recipient could not be reached (408, 480, 5xx): worth storing and retrying.
+        Any other failure is a deliberate refusal (403, 404, 415, 482, 6xx, ...)."""
+        return self.code in (408, 480) or 500 <= self.code < 600
+
 
 #: Sends one notice; ``in_reply_to`` is the Call-ID of the MESSAGE that caused it.
 Sender = Callable[[Notice, str], Awaitable[DeliveryResult]]
-#: Told the outcome of each delivery (used to report failed invitations back to the room).
+#: Told the final outcome of each delivery that was not stored (failed invitations go back to
+#: their room through it).
 OutcomeHook = Callable[[Notice, str, DeliveryResult], None]
+
+
+class PendingStore(Protocol):
+    """What delivery needs to store notices: the store's commit and read (see
+    :class:`~imc_actors.store.writer.Store`)."""
+
+    async def commit(self, writes: Sequence[Any]) -> None: ...
+
+    async def read(self, query: Callable[[Any], Any]) -> Any: ...
+
+    async def wait_available(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryStatistics:
-    """Counters for metrics: ``queued`` is the current queue depth."""
+    """Counters for metrics.
+
+    ``queued`` notices in memory now, ``in_flight`` sent and awaiting an answer; ``ok``,
+    ``failed`` final outcomes so far (``failed`` includes refusals); ``stored`` notices put in
+    the pending store, ``flushed`` stored ones delivered later, ``expired`` and ``dropped``
+    (over ``pending_max``) stored ones given up; ``pending`` stored ones waiting now, for
+    ``waiting_members`` members.
+    """
 
     submitted: int
     ok: int
@@ -56,113 +116,313 @@ class DeliveryStatistics:
     queued: int
     in_flight: int
     by_kind: dict[str, int]
+    stored: int = 0
+    flushed: int = 0
+    expired: int = 0
+    dropped: int = 0
+    pending: int = 0
+    waiting_members: int = 0
+
+
+class Hold:
+    """Notices submitted under a hold stay queued until :meth:`release` (see the module
+    docstring); made by :meth:`Delivery.hold`. Releasing twice does nothing."""
+
+    __slots__ = ("_delivery", "_event", "_lanes", "made", "released")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+        self.released = False
+        self.made = trio.current_time()
+        self._lanes: list[_Lane] = []
+        self._event: trio.Event | None = None
+
+    def release(self) -> None:
+        """Let the held notices go. Never blocks; may start deliveries."""
+        if self.released:
+            return
+        self.released = True
+        if self._event is not None:
+            self._event.set()
+        self._delivery._holds.discard(self)
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            self._delivery._pump(lane)
+
+    async def wait(self) -> None:
+        if not self.released:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+
+    def _block(self, lane: _Lane) -> None:
+        if lane not in self._lanes:
+            self._lanes.append(lane)
+        self._delivery._holds.add(self)
+
+
+class _Item:
+    __slots__ = ("created", "hold", "in_reply_to", "notice", "seq")
+
+    def __init__(self, notice: Notice, in_reply_to: str, hold: Hold | None, seq: int, created: float) -> None:
+        self.notice = notice
+        self.in_reply_to = in_reply_to
+        self.hold = hold
+        self.seq = seq
+        self.created = created
+
+
+class _Lane:
+    """One recipient's queue (see the module docstring)."""
+
+    __slots__ = ("drained", "in_flight", "items", "key", "parked", "stored", "waiting", "woken", "working")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.items: deque[_Item] = deque()
+        self.in_flight = 0
+        self.parked = False  # unreachable: new notices are stored, nothing is sent
+        self.woken = False  # reachable again: flush the stored notices
+        self.working = False  # the lane's worker task runs (storing or flushing)
+        self.waiting = False  # in Delivery._waiting for a free in-flight slot
+        self.stored = 0  # rows in the pending store
+        self.drained: trio.Event | None = None  # set when in_flight drops to 0
 
 
 class Delivery:
-    """A bounded delivery queue with ``workers`` concurrent senders."""
+    """Per-recipient ordered delivery with store and forward (see the module docstring).
+
+    ``store`` is the pending store (None: an unreachable member's notices fail, as for a
+    bare conference without storage); ``clock`` gives wall-clock seconds for stored notices.
+    """
 
     def __init__(
         self,
         sender: Sender,
         *,
         on_outcome: OutcomeHook | None = None,
-        workers: int = 128,
+        store: PendingStore | None = None,
+        window: int = 1,
+        member_queue: int = 1000,
         queue_size: int = 20_000,
-        max_started: int = 20_000,
+        max_in_flight: int = 20_000,
+        pending_max: int = 1000,
+        pending_ttl: float = 7 * 24 * 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._sender = sender
+        if min(window, member_queue, queue_size, max_in_flight) < 1:
+            raise ValueError("window, member_queue, queue_size and max_in_flight must be positive")
         self.on_outcome = on_outcome
-        self._workers = workers
-        self._send, self._receive = trio.open_memory_channel[tuple[Notice, str]](queue_size)
-        self._submitted = 0
-        self._ok = 0
-        self._failed = 0
+        self._store = store if pending_max > 0 else None
+        self._window = window
+        self._member_queue = member_queue
+        self._queue_size = queue_size
+        self._max_in_flight = max_in_flight
+        self._pending_max = pending_max
+        self._pending_ttl = pending_ttl
+        self._clock = clock
+        self._sender: Sender = sender
+        self._start: Callable[..., bool] | None = getattr(sender, "start", None)
+        self._nursery: trio.Nursery | None = None
+        self._lanes: dict[str, _Lane] = {}
+        self._waiting: deque[_Lane] = deque()  # lanes waiting for an in-flight slot
+        self._kicking = False
+        self._holds: set[Hold] = set()
+        self._seq = 0
+        self._queued = 0
         self._in_flight = 0
-        self._slots = trio.Semaphore(max_started)  # one per started delivery in flight
-        self._queued = 0  # notices in the channel, not yet taken by a worker
         self._unfinished = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._space: trio.Event | None = None
+        self._submitted = 0
+        self._ok = 0
+        self._failed = 0
+        self._stored_total = 0
+        self._flushed = 0
+        self._expired = 0
+        self._dropped = 0
         self._by_kind: dict[str, int] = {}
+        self._store_warned_at = -math.inf
 
     def set_sender(self, sender: Sender) -> None:
         """Replace how notices are sent (e.g. an embedding app delivering its own way)."""
         self._sender = sender
+        self._start = getattr(sender, "start", None)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def restore(self) -> None:
+        """Park the lanes of members who have stored notices (call once before :meth:`run`).
+        Raises StoreError when the store cannot be read."""
+        if self._store is None:
+            return
+        counts: dict[str, int] = await self._store.read(lambda repository: repository.pending_counts())
+        for key, count in counts.items():
+            lane = self._lane(key)
+            lane.parked = True
+            lane.stored = count
 
     async def run(self, *, task_status: trio.TaskStatus[Delivery] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the workers until cancelled. Queued, unsent notices are dropped on cancellation."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(self._workers):
-                nursery.start_soon(self._worker)
-            task_status.started(self)
-
-    async def submit(self, notices: tuple[Notice, ...] | list[Notice], in_reply_to: str) -> None:
-        """Queue ``notices``. Checkpoints only when the queue is full (then waits for room).
-
-        When the sender can start a delivery without waiting (it has a ``start(notice,
-        in_reply_to, on_done) -> bool`` method, as the server's SIP sender does for a member
-        reached over UDP at an IP address) and nothing is queued, the notice is sent at once
-        and needs no worker; at most ``max_started`` such deliveries are in flight.
-        """
-        start = getattr(self._sender, "start", None)
-        for notice in notices:
-            self._submitted += 1
-            self._unfinished += 1
-            if self._idle.is_set():
-                self._idle = trio.Event()
-            self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
-            if start is not None and not self._queued and self._slots.value:
-                self._slots.acquire_nowait()
-                if self._start(start, notice, in_reply_to):
-                    continue
-                self._slots.release()
-            self._queued += 1
-            try:
-                self._send.send_nowait((notice, in_reply_to))
-            except trio.WouldBlock:
-                try:
-                    await self._send.send((notice, in_reply_to))
-                except BaseException:
-                    self._queued -= 1
-                    raise
-
-    def _start(self, start: Callable[..., bool], notice: Notice, in_reply_to: str) -> bool:
-        """Start one delivery in a slot the caller holds (kept by it when True is returned)."""
-
-        def done(result: DeliveryResult) -> None:
-            self._slots.release()
-            self._in_flight -= 1
-            self._finished(notice, in_reply_to, result)
-
+        """Deliver until cancelled. Queued, unsent notices are dropped on cancellation (stored
+        ones stay stored)."""
         try:
-            started = start(notice, in_reply_to, done)
-        except Exception:  # a sender bug: deliver through the workers instead
-            log.exception("starting a delivery to %s raised", notice.to)
-            return False
-        if started:
-            self._in_flight += 1
-        return bool(started)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._release_stale_holds)
+                if self._store is not None:
+                    nursery.start_soon(self._expire_loop)
+                for lane in list(self._lanes.values()):
+                    self._pump(lane)
+                task_status.started(self)
+        finally:
+            self._nursery = None
 
-    async def _worker(self) -> None:
-        async for notice, in_reply_to in self._receive:
-            self._queued -= 1
-            start = getattr(self._sender, "start", None)
-            if start is not None:  # wait for a free slot: the queue drains at its pace
-                await self._slots.acquire()
-                if self._start(start, notice, in_reply_to):
-                    continue
-                self._slots.release()
+    # ------------------------------------------------------------------ public API
+    def hold(self) -> Hold:
+        """A new :class:`Hold` for :meth:`submit`. Never blocks."""
+        return Hold(self)
+
+    async def submit(
+        self, notices: Sequence[Notice], in_reply_to: str, *, hold: Hold | None = None
+    ) -> None:
+        """Queue ``notices`` (in order, each in its recipient's lane). Checkpoints only when
+        ``queue_size`` notices are in memory already (then waits for room)."""
+        for notice in notices:
+            while self._queued >= self._queue_size:
+                if self._space is None:
+                    self._space = trio.Event()
+                await self._space.wait()
+            self._add(notice, in_reply_to, hold)
+
+    def wake(self, member: str) -> None:
+        """``member`` (a URI or ``user@host``) is reachable again: deliver what is stored for it
+        (no effect when nothing is). Never blocks."""
+        lane = self._lanes.get(member_key(member))
+        if lane is not None and lane.parked and not lane.woken:
+            lane.woken = True
+            self._ensure_worker(lane)
+
+    async def drain(self) -> None:
+        """Wait until every notice submitted so far has been delivered, has failed or is
+        stored, and no stored notices are being delivered."""
+        await self._idle.wait()
+
+    def statistics(self) -> DeliveryStatistics:
+        parked = [lane for lane in self._lanes.values() if lane.parked]
+        return DeliveryStatistics(
+            submitted=self._submitted,
+            ok=self._ok,
+            failed=self._failed,
+            queued=self._queued,
+            in_flight=self._in_flight,
+            by_kind=dict(self._by_kind),
+            stored=self._stored_total,
+            flushed=self._flushed,
+            expired=self._expired,
+            dropped=self._dropped,
+            pending=sum(lane.stored for lane in parked),
+            waiting_members=sum(1 for lane in parked if lane.stored or lane.items),
+        )
+
+    # ------------------------------------------------------------------ lanes
+    def _lane(self, key: str) -> _Lane:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key)
+        return lane
+
+    def _add(self, notice: Notice, in_reply_to: str, hold: Hold | None) -> None:
+        self._submitted += 1
+        self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
+        lane = self._lane(member_key(notice.to))
+        if lane.parked and notice.invite_of is not None:
+            self._final(notice, in_reply_to, DeliveryResult(480, "Temporarily Unavailable"), counted=False)
+            return
+        if not lane.parked and len(lane.items) >= self._member_queue:
+            if not (notice.keep and self._store is not None):
+                self._final(notice, in_reply_to, DeliveryResult(503, "Member Queue Full"), counted=False)
+                return
+            lane.parked = lane.woken = True  # a slow member: store the overflow, flush it in order
+        self._seq += 1
+        lane.items.append(_Item(notice, in_reply_to, hold, self._seq, self._clock()))
+        self._queued += 1
+        self._begin()
+        if lane.parked:
+            self._ensure_worker(lane)
+        else:
+            self._pump(lane)
+
+    def _pump(self, lane: _Lane) -> None:
+        """Start what ``lane`` may start now. Never blocks."""
+        items = lane.items
+        while not lane.parked and items and lane.in_flight < self._window:
+            item = items[0]
+            hold = item.hold
+            if hold is not None and not hold.released:
+                hold._block(lane)
+                return
+            if self._in_flight >= self._max_in_flight or self._nursery is None:
+                if not lane.waiting and self._nursery is not None:
+                    lane.waiting = True
+                    self._waiting.append(lane)
+                return
+            items.popleft()
+            self._dequeued(1)
+            lane.in_flight += 1
             self._in_flight += 1
+            self._send(lane, item)
+        self._forget_if_idle(lane)
+
+    def _send(self, lane: _Lane, item: _Item) -> None:
+        start = self._start
+        if start is not None:
+
+            def done(result: DeliveryResult) -> None:
+                self._done(lane, item, result)
+
             try:
-                result = await self._sender(notice, in_reply_to)
-            except Exception as exc:  # a sender bug must not kill the pool
-                log.exception("delivery to %s raised", notice.to)
-                result = DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
-            finally:
-                self._in_flight -= 1
-            self._finished(notice, in_reply_to, result)
+                if start(item.notice, item.in_reply_to, done):
+                    return
+            except Exception:  # a sender bug: deliver through a task instead
+                log.exception("starting a delivery to %s raised", item.notice.to)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._send_task, lane, item)
 
-    def _finished(self, notice: Notice, in_reply_to: str, result: DeliveryResult) -> None:
+    async def _send_task(self, lane: _Lane, item: _Item) -> None:
+        self._done(lane, item, await self._call(item.notice, item.in_reply_to))
+
+    async def _call(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        try:
+            return await self._sender(notice, in_reply_to)
+        except Exception as exc:  # a sender bug must not kill delivery
+            log.exception("delivery to %s raised", notice.to)
+            return DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
+
+    def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
+        lane.in_flight -= 1
+        self._in_flight -= 1
+        if lane.in_flight == 0 and lane.drained is not None:
+            lane.drained.set()
+            lane.drained = None
+        notice = item.notice
+        if not result.ok and result.unreachable and notice.keep and self._store is not None:
+            # Back in the lane, ahead of anything newer, and the lane parks: stored in order.
+            index = 0
+            while index < len(lane.items) and lane.items[index].seq < item.seq:
+                index += 1
+            lane.items.insert(index, item)
+            self._queued += 1
+            if not lane.parked:
+                lane.parked = True
+                log.info("member %s unreachable (%d %s): storing its notices", lane.key, result.code, result.reason)
+            self._ensure_worker(lane)
+        else:
+            self._final(notice, item.in_reply_to, result)
+        self._pump(lane)
+        self._kick()
+
+    def _final(self, notice: Notice, in_reply_to: str, result: DeliveryResult, *, counted: bool = True) -> None:
+        """Record a final outcome (``counted``: the notice was counted as unfinished)."""
         if result.ok:
             self._ok += 1
         else:
@@ -170,23 +430,224 @@ class Delivery:
             log.info(
                 "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
                 notice.to, notice.kind, result.code, result.reason, in_reply_to,
-            )
+            )  # fmt: skip
         if self.on_outcome is not None:
             self.on_outcome(notice, in_reply_to, result)
-        self._unfinished -= 1
-        if self._unfinished == 0:
+        if counted:
+            self._end(1)
+
+    def _kick(self) -> None:
+        """Give freed in-flight slots to lanes waiting for one (no recursion through it)."""
+        if self._kicking:
+            return
+        self._kicking = True
+        try:
+            while self._waiting and self._in_flight < self._max_in_flight:
+                lane = self._waiting.popleft()
+                lane.waiting = False
+                self._pump(lane)
+        finally:
+            self._kicking = False
+
+    def _forget_if_idle(self, lane: _Lane) -> None:
+        if (
+            not lane.items and not lane.in_flight and not lane.parked and not lane.working
+            and not lane.waiting and self._lanes.get(lane.key) is lane
+        ):  # fmt: skip
+            del self._lanes[lane.key]
+
+    # ------------------------------------------------------------------ accounting
+    def _begin(self) -> None:
+        self._unfinished += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _end(self, count: int) -> None:
+        self._unfinished -= count
+        if self._unfinished <= 0:
+            self._unfinished = 0
             self._idle.set()
 
-    async def drain(self) -> None:
-        """Wait until every notice submitted so far has been delivered or has failed."""
-        await self._idle.wait()
+    def _dequeued(self, count: int) -> None:
+        self._queued -= count
+        if self._space is not None and self._queued < self._queue_size:
+            self._space.set()
+            self._space = None
 
-    def statistics(self) -> DeliveryStatistics:
-        return DeliveryStatistics(
-            submitted=self._submitted,
-            ok=self._ok,
-            failed=self._failed,
-            queued=self._send.statistics().current_buffer_used,
-            in_flight=self._in_flight,
-            by_kind=dict(self._by_kind),
-        )
+    # ------------------------------------------------------------------ store and forward
+    def _ensure_worker(self, lane: _Lane) -> None:
+        if not lane.working and self._nursery is not None:
+            lane.working = True
+            self._begin()  # drain() waits for the worker (ended in its finally)
+            self._nursery.start_soon(self._lane_worker, lane)
+
+    async def _lane_worker(self, lane: _Lane) -> None:
+        """Store a parked lane's notices, then (when woken) deliver what is stored. Counts as
+        unfinished work for :meth:`drain` while it runs."""
+        try:
+            while lane.parked:
+                if lane.items:
+                    await self._persist(lane)
+                elif lane.woken:
+                    while lane.in_flight:  # the window holds for stored notices too
+                        lane.drained = lane.drained or trio.Event()
+                        await lane.drained.wait()
+                    if not await self._flush(lane):
+                        continue
+                    if not lane.items and lane.stored == 0 and lane.woken:
+                        lane.parked = lane.woken = False
+                        log.info("member %s reachable: delivering directly again", lane.key)
+                else:
+                    return
+        finally:
+            lane.working = False
+            self._end(1)
+            if not lane.parked:
+                self._pump(lane)
+
+    async def _persist(self, lane: _Lane) -> None:
+        """Write the lane's queued notices to the pending store, oldest first. A notice that
+        cannot be stored (not an outage: a value too long for its column) fails alone."""
+        batch: list[_Item] = []
+        while lane.items and len(batch) < PERSIST_BATCH:
+            batch.append(lane.items.popleft())
+        for item in batch:
+            if item.hold is not None:
+                await item.hold.wait()  # a reply to the MESSAGE goes after its final response
+        outcome = await self._write_pending(lane, batch)
+        if outcome == "bad":
+            for index, item in enumerate(batch):
+                outcome = await self._write_pending(lane, [item])
+                if outcome == "outage":
+                    lane.items.extendleft(reversed(batch[index:]))
+                    return
+                if outcome == "bad":
+                    self._dequeued(1)
+                    self._final(item.notice, item.in_reply_to, DeliveryResult(500, "Cannot Store"))
+        elif outcome == "outage":
+            lane.items.extendleft(reversed(batch))
+
+    async def _write_pending(self, lane: _Lane, batch: list[_Item]) -> str:
+        """Commit ``batch`` for ``lane``: ``ok``, ``bad`` (refused) or ``outage`` (waited a
+        little; the caller puts the notices back)."""
+        assert self._store is not None
+        writes: list[Any] = [
+            PendingAdd(
+                member=lane.key, recipient=item.notice.to, sender=item.notice.sender,
+                body=item.notice.body, kind=item.notice.kind,
+                content_type=item.notice.content_type, in_reply_to=item.in_reply_to,
+                created=item.created, expires=item.created + self._pending_ttl,
+            )  # fmt: skip
+            for item in batch
+        ]
+        over = lane.stored + len(writes) - self._pending_max
+        if over > 0:
+            writes.append(PendingTrim(lane.key, self._pending_max))
+        try:
+            await self._store.commit(writes)
+        except StoreUnavailable as exc:
+            await self._store_trouble(exc)
+            return "outage"
+        except StoreError as exc:
+            log.warning("cannot store %d notices for %s: %s", len(batch), lane.key, exc)
+            return "bad"
+        self._dequeued(len(batch))
+        self._end(len(batch))
+        self._stored_total += len(batch)
+        if over > 0:
+            self._dropped += over
+            log.warning(
+                "member %s has over %d stored notices: dropped the %d oldest",
+                lane.key, self._pending_max, over,
+            )  # fmt: skip
+        lane.stored = min(self._pending_max, lane.stored + len(batch))
+        return "ok"
+
+    async def _flush(self, lane: _Lane) -> bool:
+        """Deliver one batch of stored notices; False when the lane must stay parked (the
+        member is unreachable again, or the store failed)."""
+        assert self._store is not None
+        key = lane.key
+        try:
+            rows: list[PendingRow] = await self._store.read(
+                lambda repository: repository.load_pending(key, FLUSH_BATCH)
+            )
+        except StoreError as exc:
+            await self._store_trouble(exc)
+            return False
+        if not rows:
+            lane.stored = 0
+            return True
+        finished: list[int] = []
+        reachable = True
+        now = self._clock()
+        for row in rows:
+            if row.expires <= now:
+                self._expired += 1
+                finished.append(row.id)
+                continue
+            notice = Notice(
+                row.recipient, row.body, row.sender, kind=row.kind,  # type: ignore[arg-type]
+                content_type=row.content_type, keep=True, date=row.created,
+            )  # fmt: skip
+            self._in_flight += 1
+            try:
+                result = await self._call(notice, row.in_reply_to)
+            finally:
+                self._in_flight -= 1
+            if result.ok:
+                self._flushed += 1
+                self._ok += 1
+            elif result.unreachable:
+                reachable = False
+                lane.woken = False
+                break
+            else:
+                self._failed += 1
+            finished.append(row.id)
+        if finished:
+            try:
+                await self._store.commit([PendingDelete(tuple(finished))])
+            except StoreError as exc:  # delivered at least once: they may go again later
+                await self._store_trouble(exc)
+                return False
+            lane.stored = max(0, lane.stored - len(finished))
+        return reachable
+
+    async def _store_trouble(self, exc: StoreError) -> None:
+        now = trio.current_time()
+        if now - self._store_warned_at >= 60:
+            self._store_warned_at = now
+            log.warning("pending store failing (%s); notices wait in memory meanwhile", exc)
+        assert self._store is not None
+        with trio.move_on_after(1.0):
+            await self._store.wait_available()
+        await trio.sleep(0.5)
+
+    async def _expire_loop(self) -> None:
+        """Drop stored notices older than ``pending_ttl``, hourly (or every ``pending_ttl``)."""
+        assert self._store is not None
+        interval = min(3600.0, self._pending_ttl)
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self._store.commit([PendingExpire(self._clock())])
+                counts: dict[str, int] = await self._store.read(lambda r: r.pending_counts())
+            except StoreError as exc:
+                log.warning("expiring stored notices failed: %s", exc)
+                continue
+            for lane in list(self._lanes.values()):
+                if lane.parked and not lane.working:
+                    left = counts.get(lane.key, 0)
+                    self._expired += max(0, lane.stored - left)
+                    lane.stored = left
+                    if left == 0 and not lane.items:
+                        lane.parked = False
+                        self._forget_if_idle(lane)
+
+    async def _release_stale_holds(self) -> None:
+        while True:
+            await trio.sleep(HOLD_LIMIT / 2)
+            limit = trio.current_time() - HOLD_LIMIT
+            for hold in [h for h in self._holds if h.made <= limit]:
+                hold.release()

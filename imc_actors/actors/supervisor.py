@@ -31,7 +31,7 @@ from ..imc.effects import Notice, Outcome, Write
 from ..imc.room import InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState
 from ..store.writer import StoreError, StoreUnavailable
-from .delivery import Delivery, DeliveryResult
+from .delivery import Delivery, DeliveryResult, Hold
 
 log = logging.getLogger("imc_actors.supervisor")
 
@@ -71,17 +71,19 @@ class Envelope:
     ``done`` fires (a caller awaits it) or ``callback`` is called (nobody waits: no task
     switch back to a caller, see :meth:`Supervisor.post`)."""
 
-    __slots__ = ("op", "call_id", "done", "answer", "callback")
+    __slots__ = ("op", "call_id", "done", "answer", "callback", "hold")
 
     def __init__(
         self,
         op: RoomRequest | InviteFailed | _Create,
         call_id: str,
         callback: AnswerCallback | None = None,
+        hold: Hold | None = None,
     ) -> None:
         self.op = op
         self.call_id = call_id
         self.callback = callback
+        self.hold = hold  # the notices it causes wait for it (see Delivery.hold)
         self.done: trio.Event | None = trio.Event() if callback is None else None
         self.answer: Answer | None = None
 
@@ -227,7 +229,9 @@ class Supervisor:
         handle.gone = True
 
     # ------------------------------------------------------------------ calls
-    async def create(self, state: RoomState, outcome: Outcome, call_id: str) -> Answer:
+    async def create(
+        self, state: RoomState, outcome: Outcome, call_id: str, hold: Hold | None = None
+    ) -> Answer:
         """Register a new room and have its actor commit the creation before anything else.
 
         Commands for the room that arrive meanwhile queue behind the creation. If the commit
@@ -236,29 +240,45 @@ class Supervisor:
         index = partition_of(state.key, self._hash_size)
         handle = RoomHandle(state, index, committed=False)
         self._partitions[index][state.key] = handle
-        return await self._call(handle, _Create(outcome), call_id)
+        return await self._call(handle, _Create(outcome), call_id, hold)
 
-    async def call(self, handle: RoomHandle, op: RoomRequest | InviteFailed, call_id: str) -> Answer:
+    async def call(
+        self, handle: RoomHandle, op: RoomRequest | InviteFailed, call_id: str, hold: Hold | None = None
+    ) -> Answer:
         """Send one command to a room and wait for its answer.
 
         Returns ``Answer(RETRY)`` when the room went away meanwhile, 503 with Retry-After when
         its mailbox is full or it is quarantined. Checkpoints while waiting; if the caller is
         cancelled the command still runs (it was accepted) but nobody waits for its answer.
+        The notices it causes are submitted under ``hold`` (see :meth:`Delivery.hold`).
         """
-        return await self._call(handle, op, call_id)
+        return await self._call(handle, op, call_id, hold)
 
-    def post(self, handle: RoomHandle, op: RoomRequest, call_id: str, on_answer: AnswerCallback) -> Answer | None:
+    def post(
+        self,
+        handle: RoomHandle,
+        op: RoomRequest,
+        call_id: str,
+        on_answer: AnswerCallback,
+        hold: Hold | None = None,
+    ) -> Answer | None:
         """Queue one command for a room without waiting: :meth:`call` for callers that need
         no task of their own (the SIP fast path). ``on_answer`` is called once, later, from
         the room's actor (or the supervisor's shutdown) with what :meth:`call` would return;
         it must not block. When the command cannot be queued, nothing is queued and the answer
         (``RETRY``, or 503 as for :meth:`call`) is returned at once instead. Never checkpoints.
         """
-        posted = self._post(handle, op, call_id, on_answer)
+        posted = self._post(handle, op, call_id, on_answer, hold)
         return posted if isinstance(posted, Answer) else None
 
-    async def _call(self, handle: RoomHandle, op: RoomRequest | InviteFailed | _Create, call_id: str) -> Answer:
-        posted = self._post(handle, op, call_id, None)
+    async def _call(
+        self,
+        handle: RoomHandle,
+        op: RoomRequest | InviteFailed | _Create,
+        call_id: str,
+        hold: Hold | None = None,
+    ) -> Answer:
+        posted = self._post(handle, op, call_id, None, hold)
         if isinstance(posted, Answer):
             return posted
         assert posted.done is not None
@@ -272,6 +292,7 @@ class Supervisor:
         op: RoomRequest | InviteFailed | _Create,
         call_id: str,
         callback: AnswerCallback | None,
+        hold: Hold | None = None,
     ) -> Envelope | Answer:
         """Put an envelope in the room's mailbox, or say at once why not."""
         if handle.gone:
@@ -281,7 +302,7 @@ class Supervisor:
             return Answer(503, "Service Unavailable", retry_after=max(1, math.ceil(handle.quarantined_until - now)))
         self._ensure_running(handle)
         assert handle.send is not None
-        envelope = Envelope(op, call_id, callback)
+        envelope = Envelope(op, call_id, callback, hold)
         try:
             handle.send.send_nowait(envelope)
         except trio.WouldBlock:
@@ -402,7 +423,7 @@ class Supervisor:
         for envelope, _, outcome in staged:
             backlog.popleft()
             if outcome.notices:
-                await self._delivery.submit(outcome.notices, envelope.call_id)
+                await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
             envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
             self._count(handle)
         if staged and staged[-1][2].destroyed:
@@ -449,7 +470,7 @@ class Supervisor:
         if outcome.destroyed:
             self._unregister(handle)
         if outcome.notices:
-            await self._delivery.submit(outcome.notices, envelope.call_id)
+            await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
         envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
 
     def _failed_commit(self, handle: RoomHandle, envelope: Envelope, answer: Answer) -> None:

@@ -167,8 +167,18 @@ class _StatisticsCollector(Collector):
         done.add_metric(["ok"], d.ok)
         done.add_metric(["failed"], d.failed)
         yield done
-        yield GaugeMetricFamily("imc_delivery_queue_depth", "outgoing MESSAGEs waiting for a worker", value=d.queued)
+        yield GaugeMetricFamily("imc_delivery_queue_depth", "outgoing MESSAGEs queued in memory, every member's lane", value=d.queued)
         yield GaugeMetricFamily("imc_deliveries_in_flight", "outgoing MESSAGEs being sent now", value=d.in_flight)
+        pending = CounterMetricFamily(
+            "imc_pending", "notices for unreachable members: stored (queued), delivered later "
+            "(flushed), given up after pending_ttl (expired) or over pending_max (dropped)",
+            labels=["event"],
+        )  # fmt: skip
+        for event, count in (("queued", d.stored), ("flushed", d.flushed), ("expired", d.expired), ("dropped", d.dropped)):
+            pending.add_metric([event], count)
+        yield pending
+        yield GaugeMetricFamily("imc_pending_notices", "stored notices waiting for their member now", value=d.pending)
+        yield GaugeMetricFamily("imc_pending_members", "members with stored notices waiting now", value=d.waiting_members)
 
     @staticmethod
     def _store(s: Any) -> Iterator[Metric]:

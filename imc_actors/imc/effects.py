@@ -68,7 +68,11 @@ class Notice:
     ``content_type`` is None for notices (``text/plain;charset=UTF-8``) and the incoming
     Content-Type for relayed chat. ``kind`` says which counter it feeds.
     ``invite_of`` is set on an invitation: the invitee's URI, so a failed delivery can be
-    reported back to the room as :class:`InviteFailed`.
+    reported back to the room as :class:`InviteFailed`. ``keep`` marks what a room sends its
+    members (relayed chat, membership notices): when the member cannot be reached it is
+    stored and delivered once the member is back (refusals, replies and invitations are not).
+    ``date`` is the time (seconds since the epoch) the notice was first sent, set only on a
+    stored notice delivered later (it goes out with a ``Date:`` header).
     """
 
     to: str
@@ -77,6 +81,8 @@ class Notice:
     kind: Literal["notice", "relay", "reply"] = "notice"
     content_type: str | None = None
     invite_of: str | None = None
+    keep: bool = False
+    date: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,7 @@ def _broadcast(state: RoomState, text: str) -> list[Notice]:
     """The notice ``text`` to every active member of ``state``, in joining order."""
     body = text.encode()
     uri = state.uri
-    return [Notice(m.uri, body, uri) for m in state.members if m.active]
+    return [Notice(m.uri, body, uri, keep=True) for m in state.members if m.active]
 
 
 def _index(state: RoomState, key: str) -> int:
@@ -191,7 +191,7 @@ def _join_cmd(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomS
         uri = state.uri
         notices = [Notice(req.sender, texts.PRIVATE_ROOM_BY_INVITATION.encode(), uri)]
         body = texts.attempted_join(req.sender).encode()
-        notices += [Notice(m.uri, body, uri) for m in state.members if _manages(m)]
+        notices += [Notice(m.uri, body, uri, keep=True) for m in state.members if _manages(m)]
         return state, _outcome(403, notices)
     return _join(state, req)
 
@@ -212,7 +212,7 @@ def _decline(state: RoomState, me: Member) -> tuple[RoomState, Outcome]:
     inviter = state.inviters.get(me.key)
     notices = ()
     if inviter is not None:
-        notices = (Notice(inviter, texts.declined(me.uri).encode(), state.uri),)
+        notices = (Notice(inviter, texts.declined(me.uri).encode(), state.uri, keep=True),)
     return new, _outcome(200, notices, (MemberDelete(state.uri, me.uri),))
 
 
@@ -268,7 +268,7 @@ def _remove(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
     if _active_owner(them):
         return _refuse(state, req, 403, texts.OWNER_CANNOT_BE_REMOVED)
     new = _without(state, them.key)
-    notices = [Notice(them.uri, texts.REMOVED_FROM_ROOM.encode(), state.uri)]
+    notices = [Notice(them.uri, texts.REMOVED_FROM_ROOM.encode(), state.uri, keep=True)]
     notices += _broadcast(new, texts.has_left(them.uri))
     return new, _outcome(200, notices, (MemberDelete(state.uri, them.uri),))
 
@@ -367,7 +367,7 @@ def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
         return _refuse(state, req, 403, texts.NOT_A_MEMBER)
     body = b"[" + me.user.encode() + b"]: " + req.body
     uri, ctype = state.uri, req.content_type
-    notices = tuple(Notice(to, body, uri, "relay", ctype) for to in others)
+    notices = tuple(Notice(to, body, uri, "relay", ctype, keep=True) for to in others)
     return state, Outcome(202, "Accepted", notices)
 
 
@@ -382,7 +382,7 @@ def _invite_failed(state: RoomState, op: InviteFailed) -> tuple[RoomState, Outco
     notices = ()
     if inviter is not None:
         text = texts.invitation_failed(them.uri, op.code, op.reason).encode()
-        notices = (Notice(inviter, text, state.uri),)
+        notices = (Notice(inviter, text, state.uri, keep=True),)
     return new, _outcome(200, notices, (MemberDelete(state.uri, them.uri),))
 
 

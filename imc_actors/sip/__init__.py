@@ -8,8 +8,11 @@ from ._guard import MAX_FIELD, MAX_HEADER_LINES, MAX_LINE, MAX_MESSAGE, SipParse
 from .build import (
     build_request,
     build_response,
+    is_own_branch,
+    is_own_call_id,
     new_branch,
     new_call_id,
+    new_mark,
     new_tag,
     reason_phrase,
 )
@@ -34,8 +37,11 @@ __all__ = [
     "canonical",
     "client_key",
     "complete_argument",
+    "is_own_branch",
+    "is_own_call_id",
     "new_branch",
     "new_call_id",
+    "new_mark",
     "new_tag",
     "parse",
     "parse_stream",

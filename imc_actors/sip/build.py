@@ -115,10 +115,29 @@ class _RandomPool:
 
 _random = _RandomPool()
 
+def new_mark() -> str:
+    """A fresh mark for :func:`new_branch` and :func:`new_call_id`: 32 random bits in hex. An
+    endpoint that puts its own mark in every branch and Call-ID it makes recognises its own
+    requests when they come back (a loop; see :func:`is_own_branch`)."""
+    return secrets.token_hex(4)
 
-def new_branch() -> str:
-    """A fresh Via branch: the RFC 3261 magic cookie ``z9hG4bK`` + 64 random bits in hex."""
-    return "z9hG4bK" + _random.hex(8)
+
+def new_branch(mark: str = "") -> str:
+    """A fresh Via branch: the RFC 3261 magic cookie ``z9hG4bK``, ``mark``, then 64 random
+    bits in hex."""
+    return "z9hG4bK" + mark + _random.hex(8)
+
+
+def is_own_branch(via: str, mark: str) -> bool:
+    """True when the Via header value ``via`` (one or several comma-joined Vias) holds a
+    branch made by :func:`new_branch` with ``mark``."""
+    return bool(mark) and ("z9hG4bK" + mark) in via
+
+
+def is_own_call_id(text: str, mark: str) -> bool:
+    """True when ``text`` (a Call-ID, or an In-Reply-To list of them) names a Call-ID made by
+    :func:`new_call_id` with ``mark``."""
+    return bool(mark) and any(part.strip().startswith(mark) for part in text.split(","))
 
 
 def new_tag() -> str:
@@ -126,9 +145,9 @@ def new_tag() -> str:
     return _random.hex(6)
 
 
-def new_call_id(host: str) -> str:
-    """A fresh Call-ID ``<96 random bits in hex>@host``."""
-    return f"{_random.hex(12)}@{host}"
+def new_call_id(host: str, mark: str = "") -> str:
+    """A fresh Call-ID ``<mark><96 random bits in hex>@host``."""
+    return f"{mark}{_random.hex(12)}@{host}"
 
 
 def _check(text: str, what: str) -> str:

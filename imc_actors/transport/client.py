@@ -32,7 +32,7 @@ from imc_actors.sip import (
 
 from .connections import Connections
 from .records import ClientResult
-from .routing import NoRoute, Router, Target, find_call_id_host, is_ip
+from .routing import NoRoute, NotRegistered, Router, Target, find_call_id_host, is_ip
 from .tcp import TcpConnection
 from .timers import LANE_FIRST_E, LANE_K, LANE_TCP_F, TimerWheel
 from .udp import Address, UdpEndpoint
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 TCP_THRESHOLD = 1300
 TIMEOUT = ClientResult(408, "Request Timeout")
 UNAVAILABLE = ClientResult(503, "Service Unavailable")
+#: A user of a domain we serve without a binding (never sent anywhere).
+NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable")
+#: The next hop is one of our own sockets (never sent: it would loop).
+SELF_TARGET = ClientResult(482, "Loop Detected")
 
 
 class ClientEntry:
@@ -106,8 +110,11 @@ class ClientTransactions:
     by :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
-    def __init__(self, timers: TimerWheel, router: Router, connections: Connections) -> None:
+    def __init__(
+        self, timers: TimerWheel, router: Router, connections: Connections, mark: str = ""
+    ) -> None:
         self._timers = timers
+        self._mark = mark  # in every branch and Call-ID made here (see sip.new_mark)
         self._fire = self.on_timer  # one bound method, filed with every entry
         self._router = router
         self._connections = connections
@@ -123,6 +130,7 @@ class ClientTransactions:
         self.stray = 0
         self.absorbed = 0
         self.sent = 0
+        self.self_targets = 0
 
     def __len__(self) -> int:
         """How many client transactions are live."""
@@ -175,13 +183,18 @@ class ClientTransactions:
             raise RuntimeError("SipTransport is not running")
         try:
             targets = self._router.targets(request_uri)
+        except NotRegistered as exc:
+            log.debug("not sending %s to %s: %s", method, request_uri, exc)
+            await trio.lowlevel.checkpoint()
+            self.failed += 1
+            return NOT_REGISTERED
         except ValueError as exc:
             log.warning("cannot route %s to %s: %s", method, request_uri, exc)
             await trio.lowlevel.checkpoint()
             self.failed += 1
             return UNAVAILABLE
         if call_id is None:
-            call_id = new_call_id(self._call_id_host())
+            call_id = new_call_id(self._call_id_host(), self._mark)
         from_tag = new_tag()
 
         async def attempt(target: Target) -> ClientResult:
@@ -195,15 +208,18 @@ class ClientTransactions:
                 targets[0], method, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
                 call_id=call_id, headers=headers, body=body, content_type=content_type,
             )  # fmt: skip
-        else:
+        else:  # forked: the first 2xx ends it (RFC 3261 §16.7); else the best of all
             results: list[ClientResult] = []
 
-            async def branch(target: Target) -> None:
-                results.append(await attempt(target))
+            async def branch(target: Target, cancel: trio.CancelScope) -> None:
+                outcome = await attempt(target)
+                results.append(outcome)
+                if outcome.ok:
+                    cancel.cancel()  # a dead contact must not hold the delivery until Timer F
 
             async with trio.open_nursery() as nursery:
                 for target in targets:
-                    nursery.start_soon(branch, target)
+                    nursery.start_soon(branch, target, nursery.cancel_scope)
             result = results[0]
             for other in results[1:]:
                 result = better(result, other)
@@ -241,43 +257,74 @@ class ClientTransactions:
             targets = router.targets(request_uri)
         except ValueError:
             return False
-        if len(targets) != 1:
-            return False
-        target = targets[0]
-        hop = target.hop
-        if hop.transport == "tcp" or not is_ip(hop.host):
-            return False
-        udp = router.udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
-        if udp is None:
-            return False
-        dest = (hop.host, hop.port)
-        branch = new_branch()
-        via_host, via_port = router.via_address(udp, dest)
-        data = build_request(
-            method, target.request_uri, from_uri=from_uri, from_tag=new_tag(), to_uri=to_uri,
-            call_id=call_id or new_call_id(self._call_id_host()), cseq=1, via_host=via_host,
-            via_port=via_port, via_transport="UDP", branch=branch, headers=headers, body=body,
-            content_type=content_type,
-        )  # fmt: skip
-        if hop.transport is None and len(data) > TCP_THRESHOLD:
-            return False
+        # Everything is checked and built before anything is sent: declining after a send
+        # would make send_request send it again.
+        call_id = call_id or new_call_id(self._call_id_host(), self._mark)
+        from_tag = new_tag()
+        planned: list[tuple[str, bytes, UdpEndpoint, Address]] = []
+        for target in targets:
+            hop = target.hop
+            if hop.transport == "tcp" or not is_ip(hop.host):
+                return False
+            udp = router.udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
+            dest = (hop.host, hop.port)
+            if udp is None or router.is_self(dest):
+                return False
+            branch = new_branch(self._mark)
+            via_host, via_port = router.via_address(udp, dest)
+            data = build_request(
+                method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+                call_id=call_id, cseq=1, via_host=via_host, via_port=via_port,
+                via_transport="UDP", branch=branch, headers=headers, body=body,
+                content_type=content_type,
+            )  # fmt: skip
+            if hop.transport is None and len(data) > TCP_THRESHOLD:
+                return False
+            planned.append((branch, data, udp, dest))
+        first = planned[0]
         try:
-            udp.sock.sendto(data, dest)
+            first[2].sock.sendto(first[1], first[3])
         except OSError:  # a full buffer, or an error send_request reports in its own way
             return False
-        udp.sent += 1
+        first[2].sent += 1
 
-        def finished(result: ClientResult) -> None:
-            self._count_outcome(method, request_uri, result)
-            on_result(result)
+        if len(planned) == 1:
 
-        txn = ClientTransaction(
-            data, False, trio.current_time(), t1=self._t1, t2=self._t2, t4=self._t4
-        )
-        entry = ClientEntry(txn, udp, dest, None, finished)
-        key = (branch, method)
-        self._entries[key] = entry
-        self._schedule(key, entry, txn.deadline())
+            def finished(result: ClientResult) -> None:
+                self._count_outcome(method, request_uri, result)
+                on_result(result)
+
+        else:  # forked: the first 2xx is the outcome, else the best once every branch is done
+            outcomes: list[ClientResult] = []
+            reported = False
+
+            def finished(result: ClientResult) -> None:
+                nonlocal reported
+                outcomes.append(result)
+                if reported:
+                    return
+                if result.ok or len(outcomes) == len(planned):
+                    reported = True
+                    best = result
+                    for other in outcomes:
+                        best = better(best, other)
+                    self._count_outcome(method, request_uri, best)
+                    on_result(best)
+
+        now = trio.current_time()
+        for index, (branch, data, udp, dest) in enumerate(planned):
+            if index:
+                try:
+                    udp.sock.sendto(data, dest)
+                except OSError:
+                    finished(UNAVAILABLE)
+                    continue
+                udp.sent += 1
+            txn = ClientTransaction(data, False, now, t1=self._t1, t2=self._t2, t4=self._t4)
+            entry = ClientEntry(txn, udp, dest, None, finished)
+            key = (branch, method)
+            self._entries[key] = entry
+            self._schedule(key, entry, txn.deadline())
         return True
 
     async def _send_to_target(
@@ -305,7 +352,11 @@ class ClientTransactions:
         except NoRoute as exc:
             log.warning("cannot send %s to %s: %s", method, target.request_uri, exc)
             return UNAVAILABLE
-        branch = new_branch()
+        if router.is_self(dest):
+            self.self_targets += 1
+            log.warning("not sending %s to %s: %s:%d is this server", method, target.request_uri, *dest)
+            return SELF_TARGET
+        branch = new_branch(self._mark)
         udp = router.udp_for(family)
 
         def build(via_transport: str, via: Address) -> bytes:

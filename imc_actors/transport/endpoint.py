@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from imc_actors.config import ListenAddress
-from imc_actors.sip import Response, SipParseError, parse, salvage_response
+from imc_actors.sip import Response, SipParseError, new_mark, parse, salvage_response
 
 from .client import TCP_THRESHOLD, ClientTransactions, better
 from .connections import TCP_RETRY_AFTER, Connections
@@ -112,6 +112,7 @@ class SipTransport:
         tcp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         connect_timeout: float = 5.0,
         max_transactions: int = 100_000,
+        local_domains: Sequence[str] = (),
     ) -> None:
         if max_transactions < 1:
             raise ValueError(f"max_transactions must be positive, got {max_transactions}")
@@ -123,6 +124,9 @@ class SipTransport:
         self.connect_timeout = connect_timeout
         self.max_transactions = max_transactions
         self.bound: list[ListenAddress] = []
+        #: In every Via branch and Call-ID this transport makes: its own requests coming back
+        #: are recognised (482 Loop Detected; see :func:`imc_actors.sip.new_mark`).
+        self.mark = new_mark()
 
         self._nursery: trio.Nursery | None = None
         # Filled by run() and cleared when it ends; the router reads the same lists.
@@ -130,11 +134,12 @@ class SipTransport:
         self._tcp: list[TcpListener] = []
         self._timers = TimerWheel(LANES)
         self._router = Router(
-            self._udp, self._tcp, parse_hop(outbound_proxy) if outbound_proxy else None, locate
+            self._udp, self._tcp, parse_hop(outbound_proxy) if outbound_proxy else None, locate,
+            local_domains=local_domains,
         )
         self._connections = Connections(self._on_frame, self._on_framing_error, self._on_tcp_closed)
-        self._servers = ServerTransactions(self._timers)
-        self._clients = ClientTransactions(self._timers, self._router, self._connections)
+        self._servers = ServerTransactions(self._timers, self.mark)
+        self._clients = ClientTransactions(self._timers, self._router, self._connections, self.mark)
 
         self._received = 0
         self._sent = 0
@@ -253,6 +258,8 @@ class SipTransport:
             server_transactions=len(servers),
             client_transactions=len(clients),
             tcp_connections=len(self._connections),
+            loops=servers.loops,
+            self_targets=clients.self_targets,
         )
 
     # ------------------------------------------------------------------ receiving: UDP

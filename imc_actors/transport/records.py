@@ -36,13 +36,17 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What a handler answers: status ``code``, ``reason`` (None = the RFC phrase), extra
-    ``headers`` in order, ``body`` and its ``content_type`` (text/plain when a body has none)."""
+    ``headers`` in order, ``body`` and its ``content_type`` (text/plain when a body has none).
+    ``after`` is called once the response has been handed to the socket (the server releases
+    the notices a request caused then, so the answer is on the wire first); a hook that
+    raises is logged."""
 
     code: int
     reason: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     content_type: str | None = None
+    after: Callable[[], None] | None = None
 
 
 Handler = Callable[[Request, Source], Awaitable[Reply]]
@@ -96,7 +100,9 @@ class TransportStatistics:
     ``client_failed``: outcomes of :meth:`send_request` (2xx / anything else);
     ``client_timeouts``: of the failures, Timer F expiries; ``client_retransmissions``: Timer E
     resends; ``send_errors``: datagrams the network refused (or dropped from a full buffer);
-    ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now.
+    ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now;
+    ``loops``: requests refused 482 because they carried one of our own Via branches;
+    ``self_targets``: outgoing requests not sent because their next hop was this server.
     """
 
     received: int
@@ -117,3 +123,5 @@ class TransportStatistics:
     server_transactions: int
     client_transactions: int
     tcp_connections: int
+    loops: int = 0
+    self_targets: int = 0

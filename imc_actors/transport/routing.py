@@ -70,6 +70,11 @@ class NoRoute(Exception):
     """The request cannot be sent to this target (answered 503)."""
 
 
+class NotRegistered(ValueError):
+    """The Request-URI is a user of a domain we serve who has no binding: unreachable here
+    (answered 480, never looked up in DNS or sent to port 5060 of the domain)."""
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_hop(uri: str) -> Hop:
     """Host, port and transport of a SIP URI (``sip:user@host:port;transport=tcp``) or a plain
@@ -202,7 +207,9 @@ class Router:
 
     ``udp`` and ``tcp`` are the transport's bound sockets (the same lists, filled and cleared
     by :class:`~imc_actors.transport.SipTransport`); ``proxy_hop`` the ``outbound_proxy``'s hop;
-    ``locate(aor) -> contact URIs`` the registrar's lookup, or None.
+    ``locate(aor) -> contact URIs`` the registrar's lookup, or None; ``local_domains`` the
+    domains whose users only ``locate`` can find (with ``locate`` set and no proxy, a user of
+    one of them without a binding is :class:`NotRegistered`).
     """
 
     def __init__(
@@ -211,11 +218,14 @@ class Router:
         tcp: list[TcpListener],
         proxy_hop: Hop | None,
         locate: Callable[[str], list[str]] | None,
+        *,
+        local_domains: Sequence[str] = (),
     ) -> None:
         self._udp = udp
         self._tcp = tcp
         self._proxy_hop = proxy_hop
         self.locate = locate
+        self.local_domains = frozenset(d.lower() for d in local_domains)
         self._local_ip_cache: dict[str, str] = {}
 
     def targets(self, request_uri: str) -> list[Target]:
@@ -236,7 +246,25 @@ class Router:
                     log.warning("unusable contact %r for %s: %s", contact, aor, exc)
             if targets:
                 return targets
+            if aor is not None and aor.rpartition("@")[2] in self.local_domains:
+                raise NotRegistered(f"{aor} is not registered")
         return [Target(request_uri, parse_hop(request_uri))]
+
+    def is_self(self, dest: Address) -> bool:
+        """True when ``dest`` (ip, port) is one of our own listening sockets: a request sent
+        there would come straight back to us."""
+        ip, port = dest[0], dest[1]
+        for bound in [e.address for e in self._udp] + [t.address for t in self._tcp]:
+            if bound[1] != port:
+                continue
+            host = bound[0]
+            if host == ip:
+                return True
+            if host in WILDCARD:
+                family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+                if ipaddress.ip_address(ip).is_loopback or self.local_ip_towards(family, ip) == ip:
+                    return True
+        return False
 
     async def resolve(self, hop: Hop) -> tuple[int, Address]:
         """(address family, (ip, port)) of ``hop``; IP literals as is, names via getaddrinfo.

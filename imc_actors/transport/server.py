@@ -24,7 +24,14 @@ from typing import Any, Protocol
 
 import trio
 
-from imc_actors.sip import Request, ServerTransaction, build_response, new_tag, server_key
+from imc_actors.sip import (
+    Request,
+    ServerTransaction,
+    build_response,
+    is_own_branch,
+    new_tag,
+    server_key,
+)
 
 from .records import Handler, Reply, Responder, Source
 from .routing import ViaFix, patch_via
@@ -95,8 +102,9 @@ class ServerTransactions:
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
-    def __init__(self, timers: TimerWheel) -> None:
+    def __init__(self, timers: TimerWheel, mark: str = "") -> None:
         self._timers = timers
+        self._mark = mark  # in every branch our client side makes: a request carrying it looped
         self._fire = self.on_timer  # one bound method, filed with every entry
         self._entries: dict[Any, ServerEntry] = {}
         self._nursery: trio.Nursery | None = None
@@ -106,6 +114,7 @@ class ServerTransactions:
         self._max_transactions = 100_000
         self._refused_logged_at = -math.inf
         self.requests = 0
+        self.loops = 0
         self.refused = 0
         self.absorbed = 0
         self.handler_errors = 0
@@ -147,6 +156,11 @@ class ServerTransactions:
         if entry is not None:
             self.absorbed += 1
             return entry.txn.on_retransmission(now)
+        if self._mark and self._looped(request):
+            # One of our own requests came back (a proxy routed it to us): 482, statelessly,
+            # and it reaches no handler, so it can cause nothing (RFC 3261 §16.3 step 4).
+            self.loops += 1
+            return patch_via(build_response(request, 482, to_tag=new_tag()), fix)
         if len(self._entries) >= self._max_transactions:
             return self._refuse(request, fix, now)
         # Timer J runs 64*T1 on TCP too (RFC 3261 says 0 there): a request repeated over a new
@@ -167,6 +181,14 @@ class ServerTransactions:
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_request, request, fix, source, key, entry, sender)
         return None
+
+    def _looped(self, request: Request) -> bool:
+        """True when a Via of ``request`` holds a branch our client side made."""
+        mark = self._mark
+        for name, value in request.headers:
+            if name == "Via" and is_own_branch(value, mark):
+                return True
+        return False
 
     def _refuse(self, request: Request, fix: ViaFix, now: float) -> bytes:
         """The stateless 503 + ``Retry-After`` for a new request beyond ``max_transactions``
@@ -199,6 +221,7 @@ class ServerTransactions:
             data = patch_via(data, fix)
             self._respond(key, entry, data, code)
             peer.endpoint.send_nowait(data, peer.dest)  # a lost datagram: the client resends
+            _after(reply)
 
         assert self._start_handler is not None
         try:
@@ -240,8 +263,11 @@ class ServerTransactions:
         data, code = self._response_bytes(request, reply)
         data = patch_via(data, fix)
         self._respond(key, entry, data, code)
-        if await sender.send(data) and isinstance(sender, TcpConnection):
-            self.sent += 1
+        try:
+            if await sender.send(data) and isinstance(sender, TcpConnection):
+                self.sent += 1
+        finally:
+            _after(reply)
 
     def _response_bytes(self, request: Request, reply: Reply) -> tuple[bytes, int]:
         """The response ``reply`` describes (500 when it is not a :class:`Reply` or cannot be
@@ -285,3 +311,13 @@ class ServerTransactions:
             del entries[key]
         else:
             self._timers.schedule(LANE_J, self._fire, key, entry, txn.deadline())
+
+
+def _after(reply: object) -> None:
+    """Run a :class:`Reply`'s ``after`` hook once its response is sent (logged if it raises)."""
+    after = getattr(reply, "after", None)
+    if after is not None:
+        try:
+            after()
+        except Exception:
+            log.exception("after-response hook %r raised", after)

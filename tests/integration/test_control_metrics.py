@@ -63,7 +63,7 @@ async def test_metrics_move_with_traffic(server, ua):
     assert value(after, "imc_sip_responses_total", method="MESSAGE", code="202") == 1
     assert value(after, "imc_sip_responses_total", method="MESSAGE", code="404") == 1
     assert value(after, "imc_sip_responses_total", method="REGISTER", code="200") == 2
-    assert value(after, "imc_store_commits_total") == 2
+    assert value(after, "imc_store_commits_total") == 4  # two REGISTERs, #create, #join
     assert value(after, "imc_store_commit_seconds_count") >= 1  # one transaction per group commit
     assert value(after, "imc_store_commit_seconds_bucket", le="+Inf") == value(after, "imc_store_commit_seconds_count")
     assert value(after, "imc_room_commands_total") == 3
@@ -77,13 +77,30 @@ async def test_failed_deliveries_are_counted(server, ua):
     alice = await ua("alice")
     await command(alice, MANAGER, "#create chat")
     await next_message(alice)
-    dead = await ua("dead", answer=480)  # registered, but refuses every MESSAGE
+    dead = await ua("dead", answer=403)  # registered, but refuses every MESSAGE
     await command(dead, CHAT, "#join")
     await next_message(alice)
     await next_message(dead)
     samples = await scrape(server)
     assert value(samples, "imc_deliveries_total", result="failed") == 1
     assert value(samples, "imc_sip_client_requests_total", result="failed") == 1
+    assert value(samples, "imc_pending_total", event="queued") == 0  # a refusal is not stored
+
+
+async def test_notices_for_an_unreachable_member_are_stored_and_counted(server, ua):
+    alice = await ua("alice")
+    await command(alice, MANAGER, "#create chat")
+    await next_message(alice)
+    away = await ua("away", answer=480)  # registered, but "temporarily unavailable"
+    await command(away, CHAT, "#join")
+    await next_message(alice)
+    await next_message(away)  # answered 480: stored for away
+    await server.conference.flush_notices()
+    samples = await scrape(server)
+    assert value(samples, "imc_deliveries_total", result="failed") == 0
+    assert value(samples, "imc_pending_total", event="queued") == 1
+    assert value(samples, "imc_pending_notices") == 1
+    assert value(samples, "imc_pending_members") == 1
 
 
 @pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0", "max_transactions": 1}])

@@ -151,10 +151,10 @@ class HoldingSender(StartingSender):
 async def test_full_start_slots_queue_notices_and_start_them_as_slots_free(
     nursery: trio.Nursery,
 ) -> None:
-    """With every start slot held (members not answering yet), notices queue; each freed slot
-    starts the next queued notice through ``start``: a worker never sends it the slow way."""
+    """With every in-flight slot held (members not answering yet), notices queue; each freed
+    slot starts the next queued notice through ``start``, in order: never the slow way."""
     sender = HoldingSender()
-    delivery = Delivery(sender, max_started=2, workers=4)
+    delivery = Delivery(sender, max_in_flight=2)
     await nursery.start(delivery.run)
     notices = [Notice(f"sip:u{i}@x", b"hi", ROOM) for i in range(5)]
     await delivery.submit(notices, "cid")
@@ -165,8 +165,7 @@ async def test_full_start_slots_queue_notices_and_start_them_as_slots_free(
         _, done = sender.started[index - 2]
         done(DeliveryResult(200, "OK"))  # frees a slot: the next queued notice takes it
         await trio.testing.wait_all_tasks_blocked()
-        # (which queued notice goes first is the workers' scheduling order)
-        assert len(sender.started) == index + 1
+        assert [n for n, _ in sender.started] == notices[: index + 1]
         assert delivery.statistics().in_flight == 2
     for _, done in sender.started[3:]:
         done(DeliveryResult(200, "OK"))

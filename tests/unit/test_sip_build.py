@@ -12,8 +12,11 @@ from imc_actors.sip import (
     Response,
     build_request,
     build_response,
+    is_own_branch,
+    is_own_call_id,
     new_branch,
     new_call_id,
+    new_mark,
     new_tag,
     parse,
     reason_phrase,
@@ -252,8 +255,17 @@ def test_identifiers_are_fresh_and_well_formed() -> None:
     branches = {new_branch() for _ in range(100)}
     assert len(branches) == 100
     assert all(re.fullmatch(r"z9hG4bK[0-9a-f]{16}", b) for b in branches)
+    mark = new_mark()
+    marked = new_branch(mark)
+    assert re.fullmatch(r"z9hG4bK[0-9a-f]{24}", marked)
+    assert is_own_branch(f"SIP/2.0/UDP a;branch=x, SIP/2.0/UDP h;branch={marked}", mark)
+    assert not any(is_own_branch(f"SIP/2.0/UDP h;branch={b}", mark) for b in branches)
+    assert not is_own_branch(f"SIP/2.0/UDP h;branch={marked}", "")
     tags = {new_tag() for _ in range(100)}
     assert len(tags) == 100 and all(re.fullmatch(r"[0-9a-f]{12}", t) for t in tags)
     call_id = new_call_id("example.com")
     assert re.fullmatch(r"[0-9a-f]{24}@example\.com", call_id)
+    own = new_call_id("example.com", mark)
+    assert is_own_call_id(own, mark) and is_own_call_id(f"other@x, {own}", mark)
+    assert not is_own_call_id(call_id, mark)
     assert new_call_id("example.com") != call_id

@@ -1,0 +1,285 @@
+"""Delivery: per-member order, isolation, holds and store-and-forward on a real SQLite store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from imc_actors.actors.delivery import Delivery, DeliveryResult
+from imc_actors.imc.effects import Notice
+from imc_actors.store.repository import Repository
+from imc_actors.store.writer import Store
+
+ROOM = "sip:chat@example.com"
+ALICE, BOB, CAROL = "sip:alice@example.com", "sip:bob@example.com", "sip:carol@example.com"
+
+
+def relay(to: str, text: str) -> Notice:
+    return Notice(to, text.encode(), ROOM, "relay", keep=True)
+
+
+class Member:
+    """How one recipient answers: a code, or (``gate`` set) not before the gate opens."""
+
+    def __init__(self, code: int = 200) -> None:
+        self.code = code
+        self.gate: trio.Event | None = None
+
+
+class Sender:
+    """A sender that records every attempt and answers as each recipient's :class:`Member` says."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, Member] = {}
+        self.attempts: list[tuple[str, bytes, float | None]] = []
+        self.in_flight: dict[str, int] = {}
+        self.most_in_flight: dict[str, int] = {}
+
+    def member(self, uri: str) -> Member:
+        return self.members.setdefault(uri, Member())
+
+    def bodies(self, uri: str, code: int | None = None) -> list[bytes]:
+        return [body for to, body, _ in self.attempts if to == uri]
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        member = self.member(notice.to)
+        self.attempts.append((notice.to, notice.body, notice.date))
+        self.in_flight[notice.to] = self.in_flight.get(notice.to, 0) + 1
+        self.most_in_flight[notice.to] = max(self.most_in_flight.get(notice.to, 0), self.in_flight[notice.to])
+        try:
+            if member.gate is not None:
+                await member.gate.wait()
+            await trio.lowlevel.checkpoint()
+            return DeliveryResult(member.code, "scripted")
+        finally:
+            self.in_flight[notice.to] -= 1
+
+
+@pytest.fixture
+async def store(tmp_path: Path, nursery: trio.Nursery) -> Store:
+    repository = Repository(f"sqlite:///{tmp_path / 'imc.db'}")
+    repository.init_schema()
+    store = Store(repository)
+    await nursery.start(store.run)
+    return store
+
+
+def make(sender: Sender, store: Store | None, **kwargs: object) -> Delivery:
+    return Delivery(sender, store=store, **kwargs)  # type: ignore[arg-type]
+
+
+async def started(nursery: trio.Nursery, delivery: Delivery) -> Delivery:
+    await delivery.restore()
+    await nursery.start(delivery.run)
+    return delivery
+
+
+async def test_one_member_gets_its_notices_one_at_a_time_in_order(nursery, store) -> None:
+    sender = Sender()
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(20)], "cid")
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [f"line {i}".encode() for i in range(20)]
+    assert sender.most_in_flight[ALICE] == 1
+
+
+async def test_a_window_lets_several_go_but_never_more(nursery, store) -> None:
+    sender = Sender()
+    gate = sender.member(ALICE).gate = trio.Event()
+    delivery = await started(nursery, make(sender, store, window=3))
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(10)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(sender.bodies(ALICE)) == [b"line 0", b"line 1", b"line 2"]  # (tasks: any order)
+    gate.set()
+    await delivery.drain()
+    assert sorted(sender.bodies(ALICE)) == sorted(f"line {i}".encode() for i in range(10))
+    assert sender.most_in_flight[ALICE] == 3
+
+
+async def test_a_dead_member_delays_only_itself(nursery, store) -> None:
+    sender = Sender()
+    dead = sender.member(ALICE)
+    dead.gate = trio.Event()  # never answers while the test runs
+    delivery = await started(nursery, make(sender, store))
+    for i in range(50):
+        await delivery.submit([relay(ALICE, f"line {i}"), relay(BOB, f"line {i}")], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(BOB) == [f"line {i}".encode() for i in range(50)]
+    assert sender.bodies(ALICE) == [b"line 0"]  # the rest wait behind it, in alice's lane only
+    stats = delivery.statistics()
+    assert (stats.in_flight, stats.queued, stats.ok) == (1, 49, 50)
+
+
+async def test_unreachable_member_gets_everything_in_order_when_back(nursery, store) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(ALICE, "one"), relay(BOB, "one")], "cid-1")
+    await delivery.drain()
+    await delivery.submit([relay(ALICE, "two"), Notice(ALICE, b"*** joined", ROOM, keep=True)], "cid-2")
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [b"one"]  # tried once; the rest is stored behind it
+    stats = delivery.statistics()
+    assert (stats.stored, stats.pending, stats.waiting_members, stats.failed) == (3, 3, 1, 0)
+
+    sender.member(ALICE).code = 200
+    delivery.wake("sip:Alice@example.com")
+    await delivery.drain()
+    later = [(body, date) for to, body, date in sender.attempts[2:] if to == ALICE]
+    assert [body for body, _ in later] == [b"one", b"two", b"*** joined"]
+    assert all(date is not None for _, date in later)  # sent with the original time
+    assert delivery.statistics().pending == 0 and delivery.statistics().flushed == 3
+    await delivery.submit([relay(ALICE, "three")], "cid-3")  # direct again
+    await delivery.drain()
+    assert sender.attempts[-1][1:] == (b"three", None)
+
+
+async def test_refusals_replies_and_invitations_are_not_stored(nursery, store) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 403
+    sender.member(BOB).code = 480
+    outcomes: list[tuple[str, int]] = []
+    delivery = make(sender, store, on_outcome=lambda n, r, res: outcomes.append((n.to, res.code)))
+    await started(nursery, delivery)
+    await delivery.submit([relay(ALICE, "no"), Notice(BOB, b"Members: ...", ROOM, "reply")], "c")
+    await delivery.drain()
+    assert sorted(outcomes) == [(ALICE, 403), (BOB, 480)]
+    assert delivery.statistics().stored == 0
+    await delivery.submit([relay(BOB, "kept")], "c")  # parks bob's lane
+    await delivery.drain()
+    invitation = Notice(BOB, b"*** invites you", ROOM, invite_of=BOB)
+    await delivery.submit([invitation], "c")
+    assert outcomes[-1] == (BOB, 480)  # refused at once: the room withdraws it
+    assert delivery.statistics().stored == 1
+
+
+async def test_stored_notices_survive_a_restart(nursery, store) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 503
+    first = await started(nursery, make(sender, store))
+    await first.submit([relay(ALICE, f"line {i}") for i in range(3)], "cid")
+    await first.drain()
+    assert first.statistics().pending == 3
+
+    sender.member(ALICE).code = 200
+    second = await started(nursery, make(sender, store))  # the same store: as after a restart
+    assert second.statistics().pending == 3
+    await second.submit([relay(ALICE, "after restart")], "cid")  # waits behind the stored ones
+    await second.drain()
+    second.wake(ALICE)
+    await second.drain()
+    assert sender.bodies(ALICE)[-4:] == [b"line 0", b"line 1", b"line 2", b"after restart"]
+
+
+async def test_pending_max_drops_the_oldest_and_counts(nursery, store) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 408
+    delivery = await started(nursery, make(sender, store, pending_max=3))
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(5)], "cid")
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.stored, stats.dropped, stats.pending) == (5, 2, 3)
+    sender.member(ALICE).code = 200
+    delivery.wake(ALICE)
+    await delivery.drain()
+    assert sender.bodies(ALICE)[-3:] == [b"line 2", b"line 3", b"line 4"]
+
+
+async def test_expired_notices_are_dropped_and_counted(nursery, store) -> None:
+    now = [1_000_000.0]
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    delivery = await started(nursery, make(sender, store, pending_ttl=60, clock=lambda: now[0]))
+    await delivery.submit([relay(ALICE, "old")], "cid")
+    await delivery.drain()
+    now[0] += 30
+    await delivery.submit([relay(ALICE, "new")], "cid")
+    await delivery.drain()
+    now[0] += 40  # "old" is 70 s old now, "new" 40 s
+    sender.member(ALICE).code = 200
+    delivery.wake(ALICE)
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [b"old", b"new"]  # the first try, then only the fresh one
+    stats = delivery.statistics()
+    assert (stats.expired, stats.flushed, stats.pending) == (1, 1, 0)
+
+
+async def test_a_slow_member_overflows_into_the_store_in_order(nursery, store) -> None:
+    sender = Sender()
+    gate = sender.member(ALICE).gate = trio.Event()
+    delivery = await started(nursery, make(sender, store, member_queue=4))
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(10)], "cid")
+    await delivery.submit([Notice(ALICE, b"reply", ROOM, "reply")], "cid")  # not a member notice
+    with trio.fail_after(5):
+        while delivery.statistics().stored < 10:  # what overflows goes to the store
+            await trio.sleep(0.01)
+    assert delivery.statistics().queued == 0  # memory stays bounded
+    gate.set()
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [f"line {i}".encode() for i in range(10)] + [b"reply"]
+
+
+async def test_a_full_member_queue_fails_what_cannot_be_stored(nursery) -> None:
+    sender = Sender()
+    sender.member(ALICE).gate = trio.Event()
+    outcomes: list[int] = []
+    delivery = make(sender, None, member_queue=2, on_outcome=lambda n, r, res: outcomes.append(res.code))
+    await started(nursery, delivery)
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(4)], "cid")
+    assert outcomes == [503]  # one in flight, two queued, the fourth refused
+    assert delivery.statistics().queued == 2
+
+
+async def test_held_notices_wait_for_their_release(nursery, store) -> None:
+    sender = Sender()
+    delivery = await started(nursery, make(sender, store))
+    hold = delivery.hold()
+    await delivery.submit([relay(ALICE, "caused by the request")], "cid", hold=hold)
+    await delivery.submit([relay(BOB, "unrelated")], "other")
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [] and sender.bodies(BOB) == [b"unrelated"]
+    hold.release()
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [b"caused by the request"]
+
+
+async def test_a_forgotten_hold_is_released_after_a_while(nursery, store, autojump_clock) -> None:
+    sender = Sender()
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(ALICE, "x")], "cid", hold=delivery.hold())
+    with trio.fail_after(5):
+        await delivery.drain()
+    assert sender.bodies(ALICE) == [b"x"]
+
+
+class StartingSender(Sender):
+    """Answers through ``start`` (the server's fast path), later, when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[Notice, Callable[[DeliveryResult], None]]] = []
+
+    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+        self.attempts.append((notice.to, notice.body, notice.date))
+        self.pending.append((notice, on_done))
+        return True
+
+
+async def test_the_fast_path_keeps_order_too(nursery, store) -> None:
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(3)] + [relay(BOB, "b0")], "cid")
+    assert [body for _, body, _ in sender.attempts] == [b"a0", b"b0"]
+    for expected in ([b"a0", b"a1"], [b"a0", b"a1", b"a2"]):
+        answering, sender.pending = sender.pending, []
+        for _, done in answering:
+            done(DeliveryResult(200, "OK"))
+        assert sender.bodies(ALICE) == expected  # the next one leaves when its predecessor is answered
+    sender.pending.pop()[1](DeliveryResult(200, "OK"))
+    with trio.fail_after(5):
+        await delivery.drain()
+    assert sender.bodies(CAROL) == []
