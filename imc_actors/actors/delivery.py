@@ -164,7 +164,9 @@ class Hold:
 class _Item:
     __slots__ = ("created", "hold", "in_reply_to", "notice", "seq")
 
-    def __init__(self, notice: Notice, in_reply_to: str, hold: Hold | None, seq: int, created: float) -> None:
+    def __init__(
+        self, notice: Notice, in_reply_to: str, hold: Hold | None, seq: int, created: float
+    ) -> None:
         self.notice = notice
         self.in_reply_to = in_reply_to
         self.hold = hold
@@ -175,7 +177,17 @@ class _Item:
 class _Lane:
     """One recipient's queue (see the module docstring)."""
 
-    __slots__ = ("drained", "in_flight", "items", "key", "parked", "stored", "waiting", "woken", "working")
+    __slots__ = (
+        "drained",
+        "in_flight",
+        "items",
+        "key",
+        "parked",
+        "stored",
+        "waiting",
+        "woken",
+        "working",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -256,13 +268,17 @@ class Delivery:
         Raises StoreError when the store cannot be read."""
         if self._store is None:
             return
-        counts: dict[str, int] = await self._store.read(lambda repository: repository.pending_counts())
+        counts: dict[str, int] = await self._store.read(
+            lambda repository: repository.pending_counts()
+        )
         for key, count in counts.items():
             lane = self._lane(key)
             lane.parked = True
             lane.stored = count
 
-    async def run(self, *, task_status: trio.TaskStatus[Delivery] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[Delivery] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Deliver until cancelled. Queued, unsent notices are dropped on cancellation (stored
         ones stay stored)."""
         try:
@@ -336,11 +352,15 @@ class Delivery:
         self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
         lane = self._lane(member_key(notice.to))
         if lane.parked and notice.invite_of is not None:
-            self._final(notice, in_reply_to, DeliveryResult(480, "Temporarily Unavailable"), counted=False)
+            self._final(
+                notice, in_reply_to, DeliveryResult(480, "Temporarily Unavailable"), counted=False
+            )
             return
         if not lane.parked and len(lane.items) >= self._member_queue:
             if not (notice.keep and self._store is not None):
-                self._final(notice, in_reply_to, DeliveryResult(503, "Member Queue Full"), counted=False)
+                self._final(
+                    notice, in_reply_to, DeliveryResult(503, "Member Queue Full"), counted=False
+                )
                 return
             lane.parked = lane.woken = True  # a slow member: store the overflow, flush it in order
         self._seq += 1
@@ -414,14 +434,21 @@ class Delivery:
             self._queued += 1
             if not lane.parked:
                 lane.parked = True
-                log.info("member %s unreachable (%d %s): storing its notices", lane.key, result.code, result.reason)
+                log.info(
+                    "member %s unreachable (%d %s): storing its notices",
+                    lane.key,
+                    result.code,
+                    result.reason,
+                )
             self._ensure_worker(lane)
         else:
             self._final(notice, item.in_reply_to, result)
         self._pump(lane)
         self._kick()
 
-    def _final(self, notice: Notice, in_reply_to: str, result: DeliveryResult, *, counted: bool = True) -> None:
+    def _final(
+        self, notice: Notice, in_reply_to: str, result: DeliveryResult, *, counted: bool = True
+    ) -> None:
         """Record a final outcome (``counted``: the notice was counted as unfinished)."""
         if result.ok:
             self._ok += 1
@@ -533,10 +560,15 @@ class Delivery:
         assert self._store is not None
         writes: list[Any] = [
             PendingAdd(
-                member=lane.key, recipient=item.notice.to, sender=item.notice.sender,
-                body=item.notice.body, kind=item.notice.kind,
-                content_type=item.notice.content_type, in_reply_to=item.in_reply_to,
-                created=item.created, expires=item.created + self._pending_ttl,
+                member=lane.key,
+                recipient=item.notice.to,
+                sender=item.notice.sender,
+                body=item.notice.body,
+                kind=item.notice.kind,
+                content_type=item.notice.content_type,
+                in_reply_to=item.in_reply_to,
+                created=item.created,
+                expires=item.created + self._pending_ttl,
             )  # fmt: skip
             for item in batch
         ]

@@ -47,7 +47,13 @@ OWN_WRITES = (
     BindingClear,
 )
 OwnWrite = (
-    PendingAdd | PendingDelete | PendingTrim | PendingExpire | BindingSet | BindingDelete | BindingClear
+    PendingAdd
+    | PendingDelete
+    | PendingTrim
+    | PendingExpire
+    | BindingSet
+    | BindingDelete
+    | BindingClear
 )
 
 
@@ -179,8 +185,15 @@ def load_pending(models: Models, member: str, limit: int) -> list[PendingRow]:
     user, host = _key(member)
     query = (
         pending.select(
-            pending.id, pending.dst_addr, pending.src_addr, pending.body, pending.kind,
-            pending.ctype, pending.callid, pending.inc_time, pending.exp_time,
+            pending.id,
+            pending.dst_addr,
+            pending.src_addr,
+            pending.body,
+            pending.kind,
+            pending.ctype,
+            pending.callid,
+            pending.inc_time,
+            pending.exp_time,
         )  # fmt: skip
         .where((pending.username == user) & (pending.domain == host))
         .order_by(pending.id)
@@ -188,8 +201,15 @@ def load_pending(models: Models, member: str, limit: int) -> list[PendingRow]:
     )
     return [
         PendingRow(
-            int(row_id), recipient, sender, bytes(body), kind, ctype or None, callid or "",
-            float(inc), float(exp),
+            int(row_id),
+            recipient,
+            sender,
+            bytes(body),
+            kind,
+            ctype or None,
+            callid or "",
+            float(inc),
+            float(exp),
         )  # fmt: skip
         for row_id, recipient, sender, body, kind, ctype, callid, inc, exp in query.tuples()
     ]
@@ -206,8 +226,14 @@ def load_bindings(db: peewee.Database, models: Models, now: float) -> list[Bindi
         rows = list(query.tuples())
     return [
         Binding(
-            f"{user}@{host}", contact, _epoch(expires), callid, int(cseq), user_agent or "",
-            received, float(q),
+            f"{user}@{host}",
+            contact,
+            _epoch(expires),
+            callid,
+            int(cseq),
+            user_agent or "",
+            received,
+            float(q),
         )  # fmt: skip
         for user, host, contact, expires, callid, cseq, user_agent, received, q in rows
     ]

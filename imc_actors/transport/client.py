@@ -354,7 +354,9 @@ class ClientTransactions:
             return UNAVAILABLE
         if router.is_self(dest):
             self.self_targets += 1
-            log.warning("not sending %s to %s: %s:%d is this server", method, target.request_uri, *dest)
+            log.warning(
+                "not sending %s to %s: %s:%d is this server", method, target.request_uri, *dest
+            )
             return SELF_TARGET
         branch = new_branch(self._mark)
         udp = router.udp_for(family)

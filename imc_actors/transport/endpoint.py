@@ -134,7 +134,10 @@ class SipTransport:
         self._tcp: list[TcpListener] = []
         self._timers = TimerWheel(LANES)
         self._router = Router(
-            self._udp, self._tcp, parse_hop(outbound_proxy) if outbound_proxy else None, locate,
+            self._udp,
+            self._tcp,
+            parse_hop(outbound_proxy) if outbound_proxy else None,
+            locate,
             local_domains=local_domains,
         )
         self._connections = Connections(self._on_frame, self._on_framing_error, self._on_tcp_closed)

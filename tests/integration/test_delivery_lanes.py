@@ -49,7 +49,9 @@ class Sender:
         member = self.member(notice.to)
         self.attempts.append((notice.to, notice.body, notice.date))
         self.in_flight[notice.to] = self.in_flight.get(notice.to, 0) + 1
-        self.most_in_flight[notice.to] = max(self.most_in_flight.get(notice.to, 0), self.in_flight[notice.to])
+        self.most_in_flight[notice.to] = max(
+            self.most_in_flight.get(notice.to, 0), self.in_flight[notice.to]
+        )
         try:
             if member.gate is not None:
                 await member.gate.wait()
@@ -120,7 +122,9 @@ async def test_unreachable_member_gets_everything_in_order_when_back(nursery, st
     delivery = await started(nursery, make(sender, store))
     await delivery.submit([relay(ALICE, "one"), relay(BOB, "one")], "cid-1")
     await delivery.drain()
-    await delivery.submit([relay(ALICE, "two"), Notice(ALICE, b"*** joined", ROOM, keep=True)], "cid-2")
+    await delivery.submit(
+        [relay(ALICE, "two"), Notice(ALICE, b"*** joined", ROOM, keep=True)], "cid-2"
+    )
     await delivery.drain()
     assert sender.bodies(ALICE) == [b"one"]  # tried once; the rest is stored behind it
     stats = delivery.statistics()
@@ -227,7 +231,9 @@ async def test_a_full_member_queue_fails_what_cannot_be_stored(nursery) -> None:
     sender = Sender()
     sender.member(ALICE).gate = trio.Event()
     outcomes: list[int] = []
-    delivery = make(sender, None, member_queue=2, on_outcome=lambda n, r, res: outcomes.append(res.code))
+    delivery = make(
+        sender, None, member_queue=2, on_outcome=lambda n, r, res: outcomes.append(res.code)
+    )
     await started(nursery, delivery)
     await delivery.submit([relay(ALICE, f"line {i}") for i in range(4)], "cid")
     assert outcomes == [503]  # one in flight, two queued, the fourth refused
@@ -263,7 +269,9 @@ class StartingSender(Sender):
         super().__init__()
         self.pending: list[tuple[Notice, Callable[[DeliveryResult], None]]] = []
 
-    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+    def start(
+        self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]
+    ) -> bool:
         self.attempts.append((notice.to, notice.body, notice.date))
         self.pending.append((notice, on_done))
         return True
@@ -278,7 +286,9 @@ async def test_the_fast_path_keeps_order_too(nursery, store) -> None:
         answering, sender.pending = sender.pending, []
         for _, done in answering:
             done(DeliveryResult(200, "OK"))
-        assert sender.bodies(ALICE) == expected  # the next one leaves when its predecessor is answered
+        assert (
+            sender.bodies(ALICE) == expected
+        )  # the next one leaves when its predecessor is answered
     sender.pending.pop()[1](DeliveryResult(200, "OK"))
     with trio.fail_after(5):
         await delivery.drain()

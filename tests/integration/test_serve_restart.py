@@ -101,3 +101,18 @@ async def test_sigkill_during_churn_loses_no_acknowledged_change(tmp_path, nurse
         assert present in allowed, (seed, user, acked[user], asked[user])
         if present:
             assert stored[f"{user}@{DOMAIN}"] == 0, seed  # never half-applied (no stray flags)
+
+
+async def test_registrations_survive_a_kill(tmp_path, nursery):
+    """Bindings are written before the 200: after kill -9 and a restart, a member is reached
+    without registering again."""
+    db_url = f"sqlite:///{tmp_path}/imc.db"
+    async with serve_process(db_url) as server:
+        (bob,) = await open_uas(nursery, server, "bob")
+        assert await server.kill() != 0
+    async with serve_process(db_url) as server:
+        (alice,) = await open_uas(nursery, server, "alice")
+        assert (await alice.message(MANAGER, "#create chat")).code == 200
+        assert (await alice.message(CHAT, "#add bob")).code == 200
+        await expect(bob, "*** [bob] has joined the room", sender=CHAT)  # bob never re-registered
+        assert await server.terminate() == 0

@@ -20,7 +20,9 @@ from imc_actors.store.repository import Repository, StoreError
 ROOM = "sip:chat@example.com"
 
 
-def pending(member: str, n: int, *, created: float = 1_700_000_000.0, ttl: float = 3600) -> PendingAdd:
+def pending(
+    member: str, n: int, *, created: float = 1_700_000_000.0, ttl: float = 3600
+) -> PendingAdd:
     return PendingAdd(
         member=member, recipient=f"sip:{member}", sender=ROOM, body=f"line {n}".encode(),
         kind="relay", content_type="text/plain" if n % 2 else None, in_reply_to=f"cid-{n}",
@@ -52,7 +54,10 @@ def test_pending_trim_keeps_the_newest(repository: Repository) -> None:
     repository.apply_batch([pending("alice@example.com", i) for i in range(6)])
     repository.apply_batch([pending("bob@example.com", 0)])
     repository.apply_batch([PendingTrim("alice@example.com", 2)])
-    assert [r.body for r in repository.load_pending("alice@example.com", 10)] == [b"line 4", b"line 5"]
+    assert [r.body for r in repository.load_pending("alice@example.com", 10)] == [
+        b"line 4",
+        b"line 5",
+    ]
     repository.apply_batch([PendingTrim("alice@example.com", 0)])
     assert repository.pending_counts() == {"bob@example.com": 1}
 
@@ -79,7 +84,9 @@ def test_bindings_survive_a_reopen_and_expired_ones_are_dropped(
     now = time.time()
     repository.apply_batch(
         [
-            BindingSet("alice@example.com", "sip:alice@127.0.0.1:5070", now + 600, "c1", 1, "phone/1"),
+            BindingSet(
+                "alice@example.com", "sip:alice@127.0.0.1:5070", now + 600, "c1", 1, "phone/1"
+            ),
             BindingSet("alice@example.com", "sip:alice@127.0.0.1:5071", now + 600, "c2", 4),
             BindingSet("bob@example.com", "sip:bob@127.0.0.1:5072", now - 5, "c3", 1),
         ]

@@ -70,7 +70,8 @@ class TestUA:
     ``drop_next``, how many upcoming incoming requests to ignore completely; ``received``, every
     request answered, in order (a retransmission is answered again, not recorded twice);
     ``ignored``, requests dropped because of ``drop_next``; ``retransmissions``, incoming
-    requests recognised as retransmissions; ``t1``/``t2``, its retransmission timers.
+    requests recognised as retransmissions; ``arrivals``, what arrived in order (responses by
+    code, new requests by method); ``t1``/``t2``, its retransmission timers.
     """
 
     __test__ = False  # not a pytest test class
@@ -97,6 +98,7 @@ class TestUA:
         self.received: list[Request] = []
         self.ignored: list[Request] = []
         self.retransmissions = 0
+        self.arrivals: list[tuple[str, int | str]] = []  # ("response", code) / ("request", method)
         self.t1 = 0.5
         self.t2 = 4.0
         self._udp = udp
@@ -224,6 +226,7 @@ class TestUA:
             self._raw_send.send_nowait(data)
             return None
         if isinstance(message, Response):
+            self.arrivals.append(("response", message.code))
             waiter = self._waiters.get(message.branch or "")
             if waiter is None or message.cseq_method == "CANCEL":
                 self._raw_send.send_nowait(data)
@@ -239,6 +242,7 @@ class TestUA:
         if key in self._answered:
             self.retransmissions += 1
             return self._answered[key]
+        self.arrivals.append(("request", message.method))
         if self.drop_next > 0:
             self.drop_next -= 1
             self.ignored.append(message)
