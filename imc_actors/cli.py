@@ -1,5 +1,6 @@
-"""``imc-actors`` command line: ``serve``, ``db init``, ``db check``, and the management client
-``rooms``, ``members ROOM``, ``rpc METHOD [ARGS]`` (JSON-RPC against a running server)."""
+"""``imc-actors`` command line: ``serve``, ``db init``, ``db check``, the management client
+``rooms``, ``members ROOM``, ``rpc METHOD [ARGS]`` (JSON-RPC against a running server), and
+``chat USER@DOMAIN`` (a SIP chat session in the terminal, :mod:`imc_actors.chat`)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.add_argument("method", metavar="METHOD", help="e.g. imc.list_rooms, imc.list_members, system.listMethods")
     rpc.add_argument("args", metavar="ARGS", nargs="*", help="positional parameters")
     _client_flags(rpc, json_flag=False)
+
+    chat = sub.add_parser(
+        "chat", help="talk to a running server from the terminal (or a script)",
+        description="Register USER@DOMAIN with the server and chat: incoming notices and lines "
+        "print as '[room] text', typed lines go to the current room ('/room NAME' selects it, "
+        "'/help' lists the rest), '#' commands go to the current room or to the manager. With "
+        "a pipe as input it sends each line in order, waits for the last notices, unregisters "
+        "and exits 0.",
+        epilog="Exit status: 0 normal end, 1 registration failed, 2 bad argument.",
+    )  # fmt: skip
+    chat.add_argument("user", metavar="USER@DOMAIN", help="who you are, e.g. alice@127.0.0.1 "
+                      "(without @DOMAIN: the server's host)")
+    chat.add_argument("--server", default="127.0.0.1:5060", metavar="HOST:PORT",
+                      help="the server's SIP address (default 127.0.0.1:5060, what serve listens on)")
+    chat.add_argument("--password", metavar="PW",
+                      help="for digest authentication (not supported yet: a server that asks "
+                      "for it is reported as an error)")
+    chat.add_argument("--wait", type=float, default=0.5, metavar="SECONDS",
+                      help="at the end of input, quit once nothing has arrived for this long "
+                      "(at most ten times it; default 0.5)")
+    chat.add_argument("--manager-user", dest="manager_user", default="imc-manager", metavar="USER",
+                      help="the server's manager_user (default imc-manager)")
+    chat.add_argument("--command-char", dest="command_char", default="#", metavar="C",
+                      help="the server's imc_cmd_start_char (default #)")
 
     db = sub.add_parser("db", help="database tools", description="Create or check the database tables.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -199,6 +224,17 @@ def _client(args: argparse.Namespace) -> int:
     return client.run_rpc(url, args.method, args.args, timeout=args.timeout)
 
 
+def _chat(args: argparse.Namespace) -> int:
+    """``chat``: a terminal session (see :mod:`imc_actors.chat`)."""
+    from .chat import ChatOptions, run_chat
+
+    _setup_logging("warning", "text")
+    return run_chat(ChatOptions(
+        args.user, server=args.server, password=args.password, wait=args.wait,
+        manager_user=args.manager_user, command_char=args.command_char,
+    ))  # fmt: skip
+
+
 def _startup_error(exc: BaseException) -> OSError | None:
     """The OSError that stopped startup, also when nurseries wrapped it in exception groups."""
     if isinstance(exc, OSError):
@@ -212,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("rooms", "members", "rpc"):
         return _client(args)
+    if args.command == "chat":
+        return _chat(args)
     try:
         config = load_config(args)
         if config.rpc_listen is not None:
