@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SIPp against a running imc-actors: register alice and bob, create a room, join, chat.
 #
-#   imc-actors serve &                         # udp 127.0.0.1:5060 (the default)
+#   .venv/bin/imc-actors serve &               # udp 127.0.0.1:5060 (the default)
 #   examples/sipp/run_chat.sh                  # or: examples/sipp/run_chat.sh HOST:PORT
 #
 # Two SIPp instances run: imc_member_uas.xml plays the members' phones (alice's and bob's
