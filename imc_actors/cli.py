@@ -11,20 +11,27 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
-from .config import Config, ConfigError
+from .config import LOG_LEVELS, Config, ConfigError, default_text
 from .control.logs import setup_logging as _setup_logging
 
 PROG = "imc-actors"
 
 
+def _setting(parser: argparse.ArgumentParser, flag: str, name: str, text: str, **kwargs: Any) -> None:
+    """A flag for Config field ``name``; its help ends with the Config default."""
+    default = default_text(name).replace("%", "%%")
+    parser.add_argument(flag, dest=name, help=f"{text} (default: {default})", **kwargs)
+
+
 def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file (keys as in README; env IMC_CONFIG)")
-    parser.add_argument("--db-url", dest="db_url", help="peewee URL: sqlite:///imc.db, postgresql://…, mysql://…")
-    parser.add_argument("--rooms-table", dest="rooms_table")
-    parser.add_argument("--members-table", dest="members_table")
+    _setting(parser, "--db-url", "db_url", "peewee URL: sqlite:///path, postgresql://…, mysql://…", metavar="URL")
+    _setting(parser, "--rooms-table", "rooms_table", "the rooms table", metavar="NAME")
+    _setting(parser, "--members-table", "members_table", "the members table", metavar="NAME")
 
 
 def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
@@ -50,27 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server", description="Run the SIP IMC server.")
     _config_flags(serve)
-    serve.add_argument(
-        "--listen", action="append", metavar="TRANSPORT:HOST:PORT",
-        help="listen address, repeatable (default udp:127.0.0.1:5060 and tcp:127.0.0.1:5060; port 0 picks a free one)",
-    )
-    serve.add_argument("--domain", dest="domains", action="append", metavar="HOST",
-                       help="a domain the server is responsible for, repeatable (default: listen hosts)")
-    serve.add_argument("--outbound-proxy", dest="outbound_proxy", metavar="URI",
-                       help="send every outgoing MESSAGE through this proxy")
-    serve.add_argument("--max-transactions", dest="max_transactions", metavar="N",
-                       help="most SIP server transactions alive at once; a new request beyond "
-                       "them is answered 503 with Retry-After (default 100000)")
-    serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", dest="log_format", choices=["text", "json"],
-                       help="text lines, or one JSON object per line")
-    serve.add_argument("--rpc-listen", dest="rpc_listen", metavar="HOST:PORT",
-                       help="serve JSON-RPC (/RPC), /metrics and the status page (/) on this address "
-                       "(e.g. 127.0.0.1:5080; port 0 picks a free one; default: off)")
-    serve.add_argument("--mi-fifo", dest="mi_fifo", metavar="PATH",
-                       help="serve the MI FIFO at PATH (created if absent; default: off)")
-    serve.add_argument("--reply-dir", dest="reply_dir", metavar="DIR",
-                       help="where MI FIFO reply FIFOs are (default /tmp/)")
+    _setting(serve, "--listen", "listen", "listen address, repeatable; port 0 picks a free one",
+             action="append", metavar="TRANSPORT:HOST:PORT")
+    _setting(serve, "--domain", "domains", "a domain the server is responsible for, repeatable",
+             action="append", metavar="HOST")
+    _setting(serve, "--outbound-proxy", "outbound_proxy", "send every outgoing MESSAGE through this proxy",
+             metavar="URI")
+    _setting(serve, "--max-transactions", "max_transactions", "most SIP server transactions alive at "
+             "once; a new request beyond them is answered 503 with Retry-After", metavar="N")
+    _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
+    _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
+             choices=["text", "json"])
+    _setting(serve, "--rpc-listen", "rpc_listen", "serve JSON-RPC (/RPC), /metrics and the status page "
+             "(/) on this address (e.g. 127.0.0.1:5080; port 0 picks a free one)", metavar="HOST:PORT")
+    _setting(serve, "--mi-fifo", "mi_fifo", "serve the MI FIFO at PATH (created if absent)", metavar="PATH")
+    _setting(serve, "--reply-dir", "reply_dir", "where MI FIFO reply FIFOs are", metavar="DIR")
 
     client_help = (
         "Exit status: 0 ok, 1 the server answered an error (e.g. room not found), "

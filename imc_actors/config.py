@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 DEFAULT_LISTEN = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -156,7 +157,7 @@ class Config:
             raise ConfigError("owner_leave", "must be 'destroy' or 'refuse'")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", "must be 'text' or 'json'")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", "must be debug, info, warning, error or critical")
         if self.max_body_size < 1:
             raise ConfigError("max_body_size", "must be positive")
@@ -219,6 +220,26 @@ class Config:
         new = dataclasses.replace(self, **changes)
         new.validate()
         return new
+
+
+#: Defaults that depend on other settings, in the words ``--help`` and README use.
+DERIVED_DEFAULTS = {"domains": "the listen hosts"}
+
+
+def default_text(name: str) -> str:
+    """The default of :class:`Config` field ``name`` as ``--help`` and README's configuration
+    table write it: ``none`` for None (and an empty list), ``true``/``false``, list items
+    comma-separated, numbers and strings as they are; see :data:`DERIVED_DEFAULTS`."""
+    if name in DERIVED_DEFAULTS:
+        return DERIVED_DEFAULTS[name]
+    value = getattr(Config(), name)
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
 
 
 _LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
