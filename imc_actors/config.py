@@ -175,9 +175,15 @@ class Config:
             raise ConfigError("listen", "at least one listen address is needed")
         for text in self.listen:
             try:
-                ListenAddress.parse(text)
+                address = ListenAddress.parse(text)
             except ValueError as exc:
                 raise ConfigError("listen", str(exc)) from None
+            if not _is_listen_host(address.host):
+                raise ConfigError(
+                    "listen",
+                    f"{address.host!r} in {text!r} is not an IP address or localhost "
+                    "(0.0.0.0 or :: listen on every interface)",
+                )
         for cidr in self.trusted_sources:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -220,6 +226,17 @@ class Config:
         new = dataclasses.replace(self, **changes)
         new.validate()
         return new
+
+
+def _is_listen_host(host: str) -> bool:
+    """A host a socket can be bound to without a DNS lookup: an IP literal, or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 #: Defaults that depend on other settings, in the words ``--help`` and README use.

@@ -22,6 +22,16 @@ def test_bad_value_names_the_parameter(tmp_path):
     ]
 
 
+def test_a_listen_host_name_is_refused_before_any_lookup(tmp_path):
+    result = serve("--listen", "foo", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "imc-actors: invalid listen: 'foo' in 'foo' is not an IP address or localhost "
+        "(0.0.0.0 or :: listen on every interface)"
+    ]
+    assert not (tmp_path / "x.db").exists()  # stopped before opening anything
+
+
 def test_bad_environment_value_names_the_parameter(tmp_path):
     result = serve("--db-url", f"sqlite:///{tmp_path}/x.db", env={"IMC_OWNER_LEAVE": "sometimes"})
     assert result.returncode == 2

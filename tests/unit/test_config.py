@@ -109,3 +109,21 @@ def test_max_transactions_zero_in_file_is_refused(tmp_path):
     path.write_text("max_transactions = 0\n")
     with pytest.raises(ConfigError, match="invalid max_transactions: must be positive"):
         Config.from_sources(str(path), environ={})
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "[::1]", "0.0.0.0", "[::]", "localhost", "LocalHost"]
+)
+def test_listen_hosts_that_bind_without_dns(host):
+    assert Config(listen=[f"udp:{host}:5060"]).validate() is None
+
+
+@pytest.mark.parametrize("host", ["foo", "example.com", "*", "127.0.0.256", "local_host"])
+def test_a_listen_host_that_is_no_ip_address_is_refused_up_front(host):
+    with pytest.raises(ConfigError) as caught:
+        Config(listen=[f"udp:{host}:5060"]).validate()
+    assert caught.value.param == "listen"
+    assert str(caught.value) == (
+        f"invalid listen: {host!r} in 'udp:{host}:5060' is not an IP address or localhost "
+        "(0.0.0.0 or :: listen on every interface)"
+    )
