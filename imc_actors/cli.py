@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from .config import LOG_LEVELS, Config, ConfigError, default_text
+from .control.logs import JsonFormatter
 from .control.logs import setup_logging as _setup_logging
 
 PROG = "imc-actors"
@@ -162,22 +163,46 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def announce(config: Config, message: str, level: int = logging.INFO) -> None:
+    """One line of ``serve``'s own on stderr, shown at every ``log_level``: ``imc-actors:
+    <message>``, or with ``log_format = "json"`` a JSON object like every log line (logger
+    ``imc_actors.cli``), so that every line on stderr is JSON."""
+    if config.log_format == "json":
+        record = logging.LogRecord("imc_actors.cli", level, __file__, 0, message, None, None)
+        line = JsonFormatter().format(record)
+    else:
+        line = f"{PROG}: {message}"
+    print(line, file=sys.stderr, flush=True)
+
+
+class _NotTheTransportsListeningLine(logging.Filter):
+    """``serve`` says where it listens once (:func:`announce`, when everything is up): the
+    transport's own INFO line about its sockets would be a second one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and str(record.msg).startswith("SIP transport listening on"))
+
+
 async def _serve(config: Config) -> None:
     from .server import open_server
 
-    async with open_server(config) as server:
-        _tune_gc()
-        listening = " ".join(str(a) for a in server.addresses)
-        print(f"{PROG}: listening on {listening}", file=sys.stderr, flush=True)
-        if server.http_url is not None:
-            print(f"{PROG}: management on {server.http_url} (JSON-RPC {server.rpc_url})",
-                  file=sys.stderr, flush=True)
-        if server.mi_fifo is not None:
-            print(f"{PROG}: MI FIFO at {server.mi_fifo}", file=sys.stderr, flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                print(f"{PROG}: {signal.Signals(signum).name}, shutting down", file=sys.stderr, flush=True)
-                break
+    transport_log = logging.getLogger("imc_actors.transport.endpoint")
+    quiet = _NotTheTransportsListeningLine()
+    transport_log.addFilter(quiet)
+    try:
+        async with open_server(config) as server:
+            _tune_gc()
+            announce(config, "listening on " + " ".join(str(a) for a in server.addresses))
+            if server.http_url is not None:
+                announce(config, f"management on {server.http_url} (JSON-RPC {server.rpc_url})")
+            if server.mi_fifo is not None:
+                announce(config, f"MI FIFO at {server.mi_fifo}")
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    announce(config, f"{signal.Signals(signum).name}, shutting down")
+                    break
+    finally:
+        transport_log.removeFilter(quiet)
 
 
 def _db(config: Config, action: str) -> int:
@@ -269,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _startup_error(exc)
         if error is None:
             raise
-        print(f"{PROG}: cannot start: {error}", file=sys.stderr)
+        announce(config, f"cannot start: {error}", logging.ERROR)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -343,7 +343,7 @@ class FifoServer:
             fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             stream = trio.lowlevel.FdStream(fd)
             async with stream, trio.open_nursery() as nursery:
-                log.info("MI FIFO listening on %s", self.path)
+                log.debug("MI FIFO listening on %s", self.path)
                 task_status.started(self.path)
                 parser = MiParser()
                 while True:
