@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -269,11 +270,19 @@ _FLOAT_FIELDS = {"restart_window"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 
+#: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a
+#: header name, a colon and a space (or the end). Other commas belong to the value:
+#: ``X-A: a, b, X-B: sip:c@d`` is ``X-A: a, b`` and ``X-B: sip:c@d``.
+_NEXT_HEADER = re.compile(r"\n|,(?=[ \t]*[A-Za-z][A-Za-z0-9!%'*+\-.^_`|~]*[ \t]*:(?:[ \t]|$))")
+
+
 def _from_text(name: str, raw: str) -> Any:
-    """Turn an environment string into the field's type (lists are comma-separated)."""
+    """Turn an environment string into the field's type: lists are comma-separated, and in
+    ``extra_hdrs`` only a comma that starts a new ``Name: value`` header separates
+    (:data:`_NEXT_HEADER`), so header values may contain commas."""
     if name in _LIST_FIELDS:
-        sep = "\n" if name == "extra_hdrs" else ","
-        return [part.strip() for part in raw.split(sep) if part.strip()]
+        parts = _NEXT_HEADER.split(raw) if name == "extra_hdrs" else raw.split(",")
+        return [part.strip() for part in parts if part.strip()]
     return raw
 
 
