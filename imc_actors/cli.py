@@ -192,12 +192,13 @@ async def _serve(config: Config) -> None:
     try:
         async with open_server(config) as server:
             _tune_gc()
-            announce(config, "listening on " + " ".join(str(a) for a in server.addresses))
-            if server.http_url is not None:
-                announce(config, f"management on {server.http_url} (JSON-RPC {server.rpc_url})")
-            if server.mi_fifo is not None:
-                announce(config, f"MI FIFO at {server.mi_fifo}")
+            # catch the signals before saying "listening": a supervisor may stop us at once
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                announce(config, "listening on " + " ".join(str(a) for a in server.addresses))
+                if server.http_url is not None:
+                    announce(config, f"management on {server.http_url} (JSON-RPC {server.rpc_url})")
+                if server.mi_fifo is not None:
+                    announce(config, f"MI FIFO at {server.mi_fifo}")
                 async for signum in signals:
                     announce(config, f"{signal.Signals(signum).name}, shutting down")
                     break
@@ -294,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _startup_error(exc)
         if error is None:
             raise
-        announce(config, f"cannot start: {error}", logging.ERROR)
+        # OSError(errno, text) reads "[Errno n] text": the text alone says it
+        why = error.strerror if error.strerror and error.filename is None else error
+        announce(config, f"cannot start: {why}", logging.ERROR)
         return 1
     except KeyboardInterrupt:
         return 130

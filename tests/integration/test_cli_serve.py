@@ -104,3 +104,15 @@ def test_cannot_start_is_json_too_with_log_format_json(tmp_path):
     assert entries[-1]["level"] == "ERROR"
     assert entries[-1]["message"].startswith("cannot start:")
     assert f"127.0.0.1:{port}" in entries[-1]["message"]
+
+
+def test_an_mi_fifo_directory_that_cannot_be_made_stops_startup_with_one_line(tmp_path):
+    (tmp_path / "run").write_text("a file where the directory should be")
+    path = tmp_path / "run" / "imc" / "imc.fifo"
+    result = serve("--listen", "udp:127.0.0.1:0", "--db-url", f"sqlite:///{tmp_path}/x.db",
+                   "--mi-fifo", str(path), "--log-level", "error")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imc-actors: cannot start: mi_fifo: cannot create directory {path.parent} for {path}: "
+        "Not a directory"
+    ]
