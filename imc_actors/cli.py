@@ -1,5 +1,6 @@
-"""``imc-actors`` command line: ``serve``, ``db init``, ``db check``, and the management client
-``rooms``, ``members ROOM``, ``rpc METHOD [ARGS]`` (JSON-RPC against a running server)."""
+"""``imc-actors`` command line: ``serve``, ``db init``, ``db check``, the management client
+``rooms``, ``members ROOM``, ``rpc METHOD [ARGS]`` (JSON-RPC against a running server), and
+``chat USER@DOMAIN`` (a SIP chat session in the terminal, :mod:`imc_actors.chat`)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,30 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
-from .config import Config, ConfigError
+from .config import LOG_LEVELS, Config, ConfigError, default_text
+from .control.logs import JsonFormatter
 from .control.logs import setup_logging as _setup_logging
 
 PROG = "imc-actors"
 
 
+def _setting(parser: argparse.ArgumentParser, flag: str, name: str, text: str, **kwargs: Any) -> None:
+    """A flag for Config field ``name``; its help ends with the Config default."""
+    default = default_text(name).replace("%", "%%")
+    parser.add_argument(flag, dest=name, help=f"{text} (default: {default})", **kwargs)
+
+
 def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file (keys as in README; env IMC_CONFIG)")
-    parser.add_argument("--db-url", dest="db_url", help="peewee URL: sqlite:///imc.db, postgresql://…, mysql://…")
-    parser.add_argument("--rooms-table", dest="rooms_table")
-    parser.add_argument("--members-table", dest="members_table")
-    parser.add_argument("--pending-table", dest="pending_table",
-                        help="table of notices waiting for unreachable members (default imc_pending)")
-    parser.add_argument("--location-table", dest="location_table",
-                        help="table of the registrar's bindings (default imc_location)")
+    _setting(parser, "--db-url", "db_url", "peewee URL: sqlite:///path, postgresql://…, mysql://…", metavar="URL")
+    _setting(parser, "--rooms-table", "rooms_table", "the rooms table", metavar="NAME")
+    _setting(parser, "--members-table", "members_table", "the members table", metavar="NAME")
+    _setting(parser, "--pending-table", "pending_table", "notices waiting for unreachable members", metavar="NAME")
+    _setting(parser, "--location-table", "location_table", "the registrar's bindings", metavar="NAME")
 
 
 def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
@@ -53,27 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server", description="Run the SIP IMC server.")
     _config_flags(serve)
-    serve.add_argument(
-        "--listen", action="append", metavar="TRANSPORT:HOST:PORT",
-        help="listen address, repeatable (default udp:127.0.0.1:5060 and tcp:127.0.0.1:5060; port 0 picks a free one)",
-    )
-    serve.add_argument("--domain", dest="domains", action="append", metavar="HOST",
-                       help="a domain the server is responsible for, repeatable (default: listen hosts)")
-    serve.add_argument("--outbound-proxy", dest="outbound_proxy", metavar="URI",
-                       help="send every outgoing MESSAGE through this proxy")
-    serve.add_argument("--max-transactions", dest="max_transactions", metavar="N",
-                       help="most SIP server transactions alive at once; a new request beyond "
-                       "them is answered 503 with Retry-After (default 100000)")
-    serve.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--log-format", dest="log_format", choices=["text", "json"],
-                       help="text lines, or one JSON object per line")
-    serve.add_argument("--rpc-listen", dest="rpc_listen", metavar="HOST:PORT",
-                       help="serve JSON-RPC (/RPC), /metrics and the status page (/) on this address "
-                       "(e.g. 127.0.0.1:5080; port 0 picks a free one; default: off)")
-    serve.add_argument("--mi-fifo", dest="mi_fifo", metavar="PATH",
-                       help="serve the MI FIFO at PATH (created if absent; default: off)")
-    serve.add_argument("--reply-dir", dest="reply_dir", metavar="DIR",
-                       help="where MI FIFO reply FIFOs are (default /tmp/)")
+    _setting(serve, "--listen", "listen", "listen address, repeatable; port 0 picks a free one",
+             action="append", metavar="TRANSPORT:HOST:PORT")
+    _setting(serve, "--domain", "domains", "a domain the server is responsible for, repeatable",
+             action="append", metavar="HOST")
+    _setting(serve, "--outbound-proxy", "outbound_proxy", "send every outgoing MESSAGE through this proxy",
+             metavar="URI")
+    _setting(serve, "--max-transactions", "max_transactions", "most SIP server transactions alive at "
+             "once; a new request beyond them is answered 503 with Retry-After", metavar="N")
+    _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
+    _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
+             choices=["text", "json"])
+    _setting(serve, "--rpc-listen", "rpc_listen", "serve JSON-RPC (/RPC), /metrics and the status page "
+             "(/) on this address (e.g. 127.0.0.1:5080; port 0 picks a free one)", metavar="HOST:PORT")
+    _setting(serve, "--mi-fifo", "mi_fifo", "serve the MI FIFO at PATH (created if absent)", metavar="PATH")
+    _setting(serve, "--reply-dir", "reply_dir", "where MI FIFO reply FIFOs are", metavar="DIR")
 
     client_help = (
         "Exit status: 0 ok, 1 the server answered an error (e.g. room not found), "
@@ -95,6 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
     rpc.add_argument("method", metavar="METHOD", help="e.g. imc.list_rooms, imc.list_members, system.listMethods")
     rpc.add_argument("args", metavar="ARGS", nargs="*", help="positional parameters")
     _client_flags(rpc, json_flag=False)
+
+    chat = sub.add_parser(
+        "chat", help="talk to a running server from the terminal (or a script)",
+        description="Register USER@DOMAIN with the server and chat: incoming notices and lines "
+        "print as '[room] text', typed lines go to the current room ('/room NAME' selects it, "
+        "'/help' lists the rest), '#' commands go to the current room or to the manager. With "
+        "a pipe as input it sends each line in order, waits for the last notices, unregisters "
+        "and exits 0.",
+        epilog="Exit status: 0 normal end, 1 registration failed, 2 bad argument.",
+    )  # fmt: skip
+    chat.add_argument("user", metavar="USER@DOMAIN", help="who you are, e.g. alice@127.0.0.1 "
+                      "(without @DOMAIN: the server's host)")
+    chat.add_argument("--server", default="127.0.0.1:5060", metavar="HOST:PORT",
+                      help="the server's SIP address (default 127.0.0.1:5060, what serve listens on)")
+    chat.add_argument("--password", metavar="PW",
+                      help="for digest authentication (not supported yet: a server that asks "
+                      "for it is reported as an error)")
+    chat.add_argument("--wait", type=float, default=0.5, metavar="SECONDS",
+                      help="at the end of input, quit once nothing has arrived for this long "
+                      "(at most ten times it; default 0.5)")
+    chat.add_argument("--manager-user", dest="manager_user", default="imc-manager", metavar="USER",
+                      help="the server's manager_user (default imc-manager)")
+    chat.add_argument("--command-char", dest="command_char", default="#", metavar="C",
+                      help="the server's imc_cmd_start_char (default #)")
 
     db = sub.add_parser("db", help="database tools", description="Create or check the database tables.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -140,22 +165,47 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def announce(config: Config, message: str, level: int = logging.INFO) -> None:
+    """One line of ``serve``'s own on stderr, shown at every ``log_level``: ``imc-actors:
+    <message>``, or with ``log_format = "json"`` a JSON object like every log line (logger
+    ``imc_actors.cli``), so that every line on stderr is JSON."""
+    if config.log_format == "json":
+        record = logging.LogRecord("imc_actors.cli", level, __file__, 0, message, None, None)
+        line = JsonFormatter().format(record)
+    else:
+        line = f"{PROG}: {message}"
+    print(line, file=sys.stderr, flush=True)
+
+
+class _NotTheTransportsListeningLine(logging.Filter):
+    """``serve`` says where it listens once (:func:`announce`, when everything is up): the
+    transport's own INFO line about its sockets would be a second one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and str(record.msg).startswith("SIP transport listening on"))
+
+
 async def _serve(config: Config) -> None:
     from .server import open_server
 
-    async with open_server(config) as server:
-        _tune_gc()
-        listening = " ".join(str(a) for a in server.addresses)
-        print(f"{PROG}: listening on {listening}", file=sys.stderr, flush=True)
-        if server.http_url is not None:
-            print(f"{PROG}: management on {server.http_url} (JSON-RPC {server.rpc_url})",
-                  file=sys.stderr, flush=True)
-        if server.mi_fifo is not None:
-            print(f"{PROG}: MI FIFO at {server.mi_fifo}", file=sys.stderr, flush=True)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                print(f"{PROG}: {signal.Signals(signum).name}, shutting down", file=sys.stderr, flush=True)
-                break
+    transport_log = logging.getLogger("imc_actors.transport.endpoint")
+    quiet = _NotTheTransportsListeningLine()
+    transport_log.addFilter(quiet)
+    try:
+        async with open_server(config) as server:
+            _tune_gc()
+            # catch the signals before saying "listening": a supervisor may stop us at once
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                announce(config, "listening on " + " ".join(str(a) for a in server.addresses))
+                if server.http_url is not None:
+                    announce(config, f"management on {server.http_url} (JSON-RPC {server.rpc_url})")
+                if server.mi_fifo is not None:
+                    announce(config, f"MI FIFO at {server.mi_fifo}")
+                async for signum in signals:
+                    announce(config, f"{signal.Signals(signum).name}, shutting down")
+                    break
+    finally:
+        transport_log.removeFilter(quiet)
 
 
 def _db(config: Config, action: str) -> int:
@@ -205,6 +255,17 @@ def _client(args: argparse.Namespace) -> int:
     return client.run_rpc(url, args.method, args.args, timeout=args.timeout)
 
 
+def _chat(args: argparse.Namespace) -> int:
+    """``chat``: a terminal session (see :mod:`imc_actors.chat`)."""
+    from .chat import ChatOptions, run_chat
+
+    _setup_logging("warning", "text")
+    return run_chat(ChatOptions(
+        args.user, server=args.server, password=args.password, wait=args.wait,
+        manager_user=args.manager_user, command_char=args.command_char,
+    ))  # fmt: skip
+
+
 def _startup_error(exc: BaseException) -> OSError | None:
     """The OSError that stopped startup, also when nurseries wrapped it in exception groups."""
     if isinstance(exc, OSError):
@@ -218,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("rooms", "members", "rpc"):
         return _client(args)
+    if args.command == "chat":
+        return _chat(args)
     try:
         config = load_config(args)
         if config.rpc_listen is not None:
@@ -236,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _startup_error(exc)
         if error is None:
             raise
-        print(f"{PROG}: cannot start: {error}", file=sys.stderr)
+        # OSError(errno, text) reads "[Errno n] text": the text alone says it
+        why = error.strerror if error.strerror and error.filename is None else error
+        announce(config, f"cannot start: {why}", logging.ERROR)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 DEFAULT_LISTEN = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -165,7 +167,7 @@ class Config:
             raise ConfigError("owner_leave", "must be 'destroy' or 'refuse'")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format", "must be 'text' or 'json'")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", "must be debug, info, warning, error or critical")
         if self.max_body_size < 1:
             raise ConfigError("max_body_size", "must be positive")
@@ -183,9 +185,15 @@ class Config:
             raise ConfigError("listen", "at least one listen address is needed")
         for text in self.listen:
             try:
-                ListenAddress.parse(text)
+                address = ListenAddress.parse(text)
             except ValueError as exc:
                 raise ConfigError("listen", str(exc)) from None
+            if not _is_listen_host(address.host):
+                raise ConfigError(
+                    "listen",
+                    f"{address.host!r} in {text!r} is not an IP address or localhost "
+                    "(0.0.0.0 or :: listen on every interface)",
+                )
         for cidr in self.trusted_sources:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -238,6 +246,37 @@ class Config:
         return new
 
 
+def _is_listen_host(host: str) -> bool:
+    """A host a socket can be bound to without a DNS lookup: an IP literal, or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+#: Defaults that depend on other settings, in the words ``--help`` and README use.
+DERIVED_DEFAULTS = {"domains": "the listen hosts"}
+
+
+def default_text(name: str) -> str:
+    """The default of :class:`Config` field ``name`` as ``--help`` and README's configuration
+    table write it: ``none`` for None (and an empty list), ``true``/``false``, list items
+    comma-separated, numbers and strings as they are; see :data:`DERIVED_DEFAULTS`."""
+    if name in DERIVED_DEFAULTS:
+        return DERIVED_DEFAULTS[name]
+    value = getattr(Config(), name)
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 _LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
 _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
 _INT_FIELDS = {
@@ -249,11 +288,19 @@ _FLOAT_FIELDS = {"restart_window"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 
+#: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a
+#: header name, a colon and a space (or the end). Other commas belong to the value:
+#: ``X-A: a, b, X-B: sip:c@d`` is ``X-A: a, b`` and ``X-B: sip:c@d``.
+_NEXT_HEADER = re.compile(r"\n|,(?=[ \t]*[A-Za-z][A-Za-z0-9!%'*+\-.^_`|~]*[ \t]*:(?:[ \t]|$))")
+
+
 def _from_text(name: str, raw: str) -> Any:
-    """Turn an environment string into the field's type (lists are comma-separated)."""
+    """Turn an environment string into the field's type: lists are comma-separated, and in
+    ``extra_hdrs`` only a comma that starts a new ``Name: value`` header separates
+    (:data:`_NEXT_HEADER`), so header values may contain commas."""
     if name in _LIST_FIELDS:
-        sep = "\n" if name == "extra_hdrs" else ","
-        return [part.strip() for part in raw.split(sep) if part.strip()]
+        parts = _NEXT_HEADER.split(raw) if name == "extra_hdrs" else raw.split(",")
+        return [part.strip() for part in parts if part.strip()]
     return raw
 
 

@@ -257,7 +257,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             server = Server(config, conference, transport, registrar, metrics)
-            log.info("listening on %s", ", ".join(str(a) for a in server.addresses))
+            log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics)
                 server.http_url = await nursery.start(serve_http, app, config.rpc_listen)

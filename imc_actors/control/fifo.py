@@ -285,7 +285,15 @@ def reply_path(reply_dir: str, name: str) -> str:
 
 
 def _make_fifo(path: str) -> os.stat_result:
-    """Create the FIFO (replacing a stale one, as Kamailio does); return its stat."""
+    """Create the FIFO (replacing a stale one, as Kamailio does), and its directory when that
+    is missing (``/run/imc/`` on a fresh machine; it is left at exit); return its stat."""
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise OSError(exc.errno, f"mi_fifo: cannot create directory {parent} for {path}: {why}") from None
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -343,7 +351,7 @@ class FifoServer:
             fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             stream = trio.lowlevel.FdStream(fd)
             async with stream, trio.open_nursery() as nursery:
-                log.info("MI FIFO listening on %s", self.path)
+                log.debug("MI FIFO listening on %s", self.path)
                 task_status.started(self.path)
                 parser = MiParser()
                 while True:

@@ -149,6 +149,18 @@ def create_app(source: RoomSource, metrics: ServerMetrics | None = None) -> Star
 
 
 # ---------------------------------------------------------------------------------- server
+class _NotRunningOn(logging.Filter):
+    """Hypercorn's "Running on <url> (CTRL + C to quit)": the URL is reported once, by
+    :func:`serve_http`'s caller (``imc-actors serve`` prints ``management on <url>``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on ")
+
+
+_HYPERCORN_LOG = logging.getLogger("imc_actors.control.http.server")
+_HYPERCORN_LOG.addFilter(_NotRunningOn())
+
+
 def _single_os_error(exc: BaseException) -> OSError | None:
     """``exc`` if it is an OSError, or the one OSError inside (nested) single-exception groups."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -171,7 +183,7 @@ async def serve_http(
     host, port = parse_listen(listen)
     config = HypercornConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.errorlog = logging.getLogger("imc_actors.control.http.server")
+    config.errorlog = _HYPERCORN_LOG
     config.accesslog = None
     config.graceful_timeout = 1.0
     config.include_server_header = False
@@ -186,5 +198,5 @@ async def serve_http(
         if binds:  # the bound address, wildcards turned into something one can connect to
             host, port = parse_listen(binds[0])
         url = f"http://{connect_host(host)}:{port}"
-        log.info("management HTTP on %s (JSON-RPC %s/RPC, metrics %s/metrics)", url, url, url)
+        log.debug("management HTTP on %s (JSON-RPC %s/RPC, metrics %s/metrics)", url, url, url)
         task_status.started(url)

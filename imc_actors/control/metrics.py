@@ -15,7 +15,8 @@ counted here as they happen:
   observed by :class:`TimedRepository` around the repository's ``apply_batch``.
 
 Each server has its own :class:`~prometheus_client.CollectorRegistry` (no global state), so
-several servers in one process (tests, embedders) do not mix their numbers. Scraping runs in
+several servers in one process (tests, embedders) do not mix their numbers. The exposition
+leaves out prometheus_client's ``*_created`` timestamps (for this registry only). Scraping runs in
 the Trio thread, never in a worker thread: the records it reads belong to Trio tasks.
 """
 
@@ -276,8 +277,30 @@ class ServerMetrics:
         return _Counted(self, handler)
 
     def exposition(self) -> bytes:
-        """The text exposition of every metric (call from the Trio thread)."""
-        return generate_latest(self.registry)
+        """The text exposition of every metric (call from the Trio thread), without the
+        ``_created`` series prometheus_client adds to counters and histograms."""
+        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+
+
+class _WithoutCreated:
+    """A registry's metrics without their ``<name>_created`` samples.
+
+    Nobody asked for the creation timestamps (they double the counter lines), and
+    ``prometheus_client.disable_created_metrics()`` would switch them off for the whole
+    process, an embedding app's own metrics included; this drops them from our exposition only.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            created = metric.name + "_created"
+            if any(sample.name == created for sample in metric.samples):
+                kept = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+                kept.samples = [sample for sample in metric.samples if sample.name != created]
+                metric = kept
+            yield metric
 
 
 class _Counted:

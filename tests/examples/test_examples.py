@@ -204,18 +204,33 @@ def test_the_sipp_example_scenarios_are_the_suites():
     reason="sipp (Debian package sip-tester) or ss is not installed",
 )
 async def test_the_sipp_example_script_against_imc_actors_serve(tmp_path):
-    work = tmp_path / "sipp"
-    async with serve_process(f"sqlite:///{tmp_path}/imc.db") as server:
-        host, port = server.udp
-        env = {**user_env(), "WORKDIR": str(work)}
+    async def run_chat(work, **env: str) -> tuple[int, str]:
         with trio.fail_after(60):  # safety net only
             result = await trio.run_process(
-                ["bash", str(EXAMPLES / "sipp" / "run_chat.sh"), f"{host}:{port}"],
-                cwd=tmp_path, env=env, capture_stdout=True, capture_stderr=True, check=False,
-            )
-    output = result.stdout.decode() + result.stderr.decode()
-    assert result.returncode == 0, output
-    assert "run_chat: ok" in output
-    received = (work / "member-messages.log").read_bytes()
-    assert received.count(b"*** [bob] has joined the room") == 2
-    assert b"[alice]: hello from sipp" in received
+                ["bash", str(EXAMPLES / "sipp" / "run_chat.sh"), f"{host}:{port}"], cwd=tmp_path,
+                env={**user_env(), "WORKDIR": str(work), **env}, capture_stdout=True,
+                capture_stderr=True, check=False,
+            )  # fmt: skip
+        return result.returncode, result.stdout.decode() + result.stderr.decode()
+
+    async with serve_process(f"sqlite:///{tmp_path}/imc.db") as server:
+        host, port = server.udp
+        code, output = await run_chat(tmp_path / "first")
+        assert code == 0, output
+        assert "run_chat: ok" in output
+        received = (tmp_path / "first" / "member-messages.log").read_bytes()
+        assert received.count(b"*** [bob] has joined the room") == 2
+        assert b"[alice]: hello from sipp" in received
+        # again against the same server: a room of its own, so it passes again
+        code, output = await run_chat(tmp_path / "second")
+        assert code == 0, output
+        room = re.search(r"run_chat: ok \(room (\S+) created", output)
+        assert room, output
+        # a room that exists already (ROOM= chooses it): the failure is explained in words
+        code, output = await run_chat(tmp_path / "third", ROOM=room.group(1))
+    assert code == 1, output
+    assert (
+        "run_chat: the server answered 403 Forbidden to a request for sip:imc-manager@127.0.0.1 "
+        f"(the scenario expected 200; room {room.group(1)})"
+    ) in output
+    assert "*** Room already exists and you are a member" in output

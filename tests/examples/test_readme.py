@@ -56,3 +56,23 @@ async def test_readme_snippet_runs(index, tmp_path):
     assert result.returncode == 0, f"README snippet {index + 1} ({section}) failed:\n{out}\n{result.stderr.decode()}"
     for pattern in EXPECTED[index][1]:
         assert re.search(pattern, out, re.MULTILINE), f"README snippet {index + 1}: no {pattern!r} in:\n{out}"
+
+
+#: A command a reader would type that needs the venv: ``imc-actors <sub>``, ``python -m ...``
+#: (but ``python3 -m venv``), ``python examples/...``, ``pip install``.
+VENV_COMMAND = re.compile(
+    r"(?<![\w./-])(imc-actors (?:serve|db|rooms|members|rpc|chat)\b|python3? -m (?!venv\b)"
+    r"|python3? examples/|pip install)"
+)
+DOCS = [README, ROOT / "examples" / "README.md", ROOT / "examples" / "kamailio" / "README.md"]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_commands_run_from_the_venv_without_activating_it(path):
+    """After README's two setup commands nothing is on PATH: every command says .venv/bin/."""
+    text = path.read_text()
+    bare = [
+        f"line {text.count(chr(10), 0, m.start()) + 1}: {text[m.start():].splitlines()[0]}"
+        for m in VENV_COMMAND.finditer(text)
+    ]
+    assert bare == [], "\n".join(bare)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
+
+from tests.support.serve import serve_process
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -20,6 +24,16 @@ def test_bad_value_names_the_parameter(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "imc-actors: invalid listen: expected transport:host:port, got 'udp:127.0.0.1:99999'"
     ]
+
+
+def test_a_listen_host_name_is_refused_before_any_lookup(tmp_path):
+    result = serve("--listen", "foo", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "imc-actors: invalid listen: 'foo' in 'foo' is not an IP address or localhost "
+        "(0.0.0.0 or :: listen on every interface)"
+    ]
+    assert not (tmp_path / "x.db").exists()  # stopped before opening anything
 
 
 def test_bad_environment_value_names_the_parameter(tmp_path):
@@ -54,3 +68,51 @@ def test_bad_max_transactions_flag_names_the_parameter(tmp_path):
     result = serve("--max-transactions", "0", "--db-url", f"sqlite:///{tmp_path}/x.db")
     assert result.returncode == 2
     assert result.stderr.strip() == "imc-actors: invalid max_transactions: must be positive"
+
+
+async def test_one_listening_line_and_json_everywhere_with_log_format_json(tmp_path):
+    fifo = tmp_path / "imc.fifo"
+    extra = ("--rpc-listen", "127.0.0.1:0", "--mi-fifo", str(fifo))
+    async with serve_process(f"sqlite:///{tmp_path}/text.db", *extra) as server:
+        assert await server.terminate() == 0
+    text = [line.decode() for line in server.log if line]
+    said = [line for line in text if re.search(r"listening on|Running on|management (HTTP )?on|MI FIFO", line)]
+    assert [line.split(" on ")[0].split(" at ")[0] for line in said] == [
+        "imc-actors: listening", "imc-actors: management", "imc-actors: MI FIFO"
+    ], text
+    assert text[-1] == "imc-actors: SIGTERM, shutting down", text
+
+    async with serve_process(f"sqlite:///{tmp_path}/json.db", "--log-format", "json", *extra) as server:
+        assert server.udp[1] > 0  # serve_process found the JSON listening line
+        assert await server.terminate() == 0
+    entries = [json.loads(line) for line in server.log if line]  # every line is JSON
+    messages = [(e["logger"], e["message"].split(" on ")[0].split(" at ")[0]) for e in entries]
+    assert ("imc_actors.cli", "listening") in messages, entries
+    assert ("imc_actors.cli", "management") in messages, entries
+    assert messages[-1] == ("imc_actors.cli", "SIGTERM, shutting down"), entries
+    assert sum(e["message"].startswith("listening on") for e in entries) == 1, entries
+
+
+def test_cannot_start_is_json_too_with_log_format_json(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = serve("--listen", f"udp:127.0.0.1:{port}", "--db-url", f"sqlite:///{tmp_path}/x.db",
+                       "--log-format", "json")
+    assert result.returncode == 1
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert entries[-1]["level"] == "ERROR"
+    assert entries[-1]["message"].startswith("cannot start:")
+    assert f"127.0.0.1:{port}" in entries[-1]["message"]
+
+
+def test_an_mi_fifo_directory_that_cannot_be_made_stops_startup_with_one_line(tmp_path):
+    (tmp_path / "run").write_text("a file where the directory should be")
+    path = tmp_path / "run" / "imc" / "imc.fifo"
+    result = serve("--listen", "udp:127.0.0.1:0", "--db-url", f"sqlite:///{tmp_path}/x.db",
+                   "--mi-fifo", str(path), "--log-level", "error")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imc-actors: cannot start: mi_fifo: cannot create directory {path.parent} for {path}: "
+        "Not a directory"
+    ]

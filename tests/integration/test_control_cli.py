@@ -163,14 +163,14 @@ async def test_serve_with_management_flags(tmp_path):
     try:
         buffer = b""
         with trio.fail_after(30):  # safety net: startup takes about a second
-            while not any(line.startswith("imc-actors: MI FIFO at") for line in lines):
+            while not any('"message": "MI FIFO at' in line for line in lines):
                 chunk = await process.stderr.receive_some()
                 assert chunk, f"server exited: {lines}"
                 buffer += chunk
                 *done, buffer = buffer.split(b"\n")
                 lines += [line.decode() for line in done]
-        management = next(line for line in lines if line.startswith("imc-actors: management on "))
-        base = management.split()[3]
+        said = [json.loads(line)["message"] for line in lines if '"logger": "imc_actors.cli"' in line]
+        base = next(m for m in said if m.startswith("management on ")).split()[2]
         code, out, err = await cli("rooms", "--json", "--rpc", base + "/RPC")
         assert (code, out) == (0, "[]\n")
         assert (await http(base + "/metrics")).status == 200
@@ -185,9 +185,11 @@ async def test_serve_with_management_flags(tmp_path):
             process.kill()
             await process.wait()
     lines += (buffer + rest).decode().splitlines()
-    records = [json.loads(line) for line in lines if line.startswith("{")]  # every one is JSON
+    records = [json.loads(line) for line in lines if line]  # every line is JSON, the CLI's too
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
-    assert any(r["logger"] == "imc_actors.control.fifo" for r in records)
+    assert [r["message"].split(" ")[0] for r in records if r["logger"] == "imc_actors.cli"] == [
+        "listening", "management", "MI", "SIGTERM,"
+    ]  # the startup and shutdown lines, once each
     assert not fifo.exists()  # removed at shutdown
 
 

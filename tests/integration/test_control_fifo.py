@@ -132,3 +132,16 @@ async def test_regular_file_is_not_replaced(tmp_path):
             pass
     assert "not a FIFO" in repr(info.value)
     assert path.read_text() == "keep me"
+
+
+async def test_a_missing_directory_is_created(tmp_path):
+    from imc_actors.server import open_server
+    from tests.integration.conftest import make_config
+
+    path = tmp_path / "run" / "imc" / "imc.fifo"  # as /run/imc/imc.fifo on a fresh machine
+    async with open_server(make_config(tmp_path, mi_fifo=str(path), reply_dir=str(tmp_path))) as srv:
+        assert stat.S_ISFIFO(os.stat(path).st_mode)
+        mi = MiClient(srv.mi_fifo, str(tmp_path))
+        assert await mi.request(b":imc_list_rooms:reply\n\n") == "200 OK\n\n"
+    assert not path.exists()
+    assert (tmp_path / "run" / "imc").is_dir()

@@ -71,6 +71,7 @@ async def test_metrics_move_with_traffic(server, ua):
     assert value(after, "imc_sip_received_total") > value(before, "imc_sip_received_total")
     assert value(after, "imc_store_available") == 1
     assert value(after, "imc_actor_restarts_total") == 0
+    assert not [name for name, _ in after if name.endswith("_created")]  # nobody asked for them
 
 
 async def test_failed_deliveries_are_counted(server, ua):

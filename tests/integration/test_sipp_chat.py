@@ -62,7 +62,7 @@ async def test_sipp_creates_joins_and_chats(tmp_path):
         host, port = server.udp
         uac = await trio.run_process(
             ["sipp", f"{host}:{port}", "-sf", str(SIPP_DIR / "imc_chat_uac.xml"), "-i", "127.0.0.1",
-             "-p", str(free_udp_port()), "-m", "1", "-set", "uas_port", str(uas_port),
+             "-p", str(free_udp_port()), "-m", "1", "-set", "uas_port", str(uas_port), "-set", "room", "sippchat",
              "-timeout", "30s", "-timeout_error", "-nostdin"],
             cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -15,9 +16,26 @@ import trio
 LISTENING = re.compile(rb"^imc-actors: listening on (.*)$")
 
 
+def listening_addresses(line: bytes) -> str | None:
+    """The addresses of ``serve``'s ``listening on`` line, as text or as a JSON log line."""
+    match = LISTENING.search(line)
+    if match:
+        return match.group(1).decode()
+    if line.startswith(b"{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return None
+        message = entry.get("message", "")
+        if entry.get("logger") == "imc_actors.cli" and message.startswith("listening on "):
+            return message.removeprefix("listening on ")
+    return None
+
+
 @dataclass
 class ServeProcess:
-    """A running server process: its sockets (from the line it prints) and its stderr so far."""
+    """A running server process: its sockets (from the line it prints) and its stderr so far,
+    line by line (``log``; the last item may be a line still being written)."""
 
     process: trio.Process
     addresses: dict[str, tuple[str, int]]
@@ -73,17 +91,19 @@ async def serve_process(db_url: str, *extra: str) -> AsyncIterator[ServeProcess]
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
                         log.append(line)
-                        match = LISTENING.search(line)
-                        if match:
-                            for item in match.group(1).decode().split():
+                        found = listening_addresses(line)
+                        if found:
+                            for item in found.split():
                                 transport, host, port = item.rsplit(":", 2)
                                 addresses[transport] = (host.strip("[]"), int(port))
             server = ServeProcess(process, addresses, log)
 
             async def drain() -> None:
-                log.append(buffer)
+                rest = buffer
+                log.append(rest)
                 async for chunk in stderr:
-                    log.append(chunk)
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    log[-1:] = [*lines, rest]
 
             nursery.start_soon(drain)
             try:

@@ -109,3 +109,45 @@ def test_max_transactions_zero_in_file_is_refused(tmp_path):
     path.write_text("max_transactions = 0\n")
     with pytest.raises(ConfigError, match="invalid max_transactions: must be positive"):
         Config.from_sources(str(path), environ={})
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "[::1]", "0.0.0.0", "[::]", "localhost", "LocalHost"]
+)
+def test_listen_hosts_that_bind_without_dns(host):
+    assert Config(listen=[f"udp:{host}:5060"]).validate() is None
+
+
+@pytest.mark.parametrize("host", ["foo", "example.com", "*", "127.0.0.256", "local_host"])
+def test_a_listen_host_that_is_no_ip_address_is_refused_up_front(host):
+    with pytest.raises(ConfigError) as caught:
+        Config(listen=[f"udp:{host}:5060"]).validate()
+    assert caught.value.param == "listen"
+    assert str(caught.value) == (
+        f"invalid listen: {host!r} in 'udp:{host}:5060' is not an IP address or localhost "
+        "(0.0.0.0 or :: listen on every interface)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("X-Service: imc", ["X-Service: imc"]),
+        ("X-A: a, X-B: b", ["X-A: a", "X-B: b"]),
+        ("X-A: one, two,X-B: three", ["X-A: one, two", "X-B: three"]),
+        (
+            "Accept: text/plain, text/html, X-B: sip:bob@x, y",
+            ["Accept: text/plain, text/html", "X-B: sip:bob@x, y"],
+        ),
+        ('Warning: 399 host "a, b"\nX-B: c', ['Warning: 399 host "a, b"', "X-B: c"]),
+        ("X-Empty:, X-B: b", ["X-Empty:", "X-B: b"]),
+    ],
+)
+def test_extra_hdrs_from_the_environment_split_where_a_header_starts(raw, expected):
+    config = Config.from_sources(environ={"IMC_EXTRA_HDRS": raw})
+    assert config.extra_hdrs == expected
+
+
+def test_other_lists_from_the_environment_are_comma_separated():
+    config = Config.from_sources(environ={"IMC_DOMAINS": "a.example, b.example,"})
+    assert config.domains == ["a.example", "b.example"]
