@@ -92,6 +92,8 @@ class Config:
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
+    max_contacts: int = 10
+    max_aors: int = 100_000
     trusted_sources: list[str] = field(default_factory=list)
     identity_header: str | None = None
     max_transactions: int = 100_000
@@ -205,6 +207,9 @@ class Config:
         for name in ("pending_ttl", "delivery_window", "delivery_member_queue", "delivery_queue", "max_deliveries"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be positive")
+        for name in ("max_contacts", "max_aors"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
         tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
@@ -282,7 +287,7 @@ _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
-    "delivery_member_queue", "delivery_queue", "max_deliveries",
+    "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
 }
 _FLOAT_FIELDS = {"restart_window"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}

@@ -180,9 +180,15 @@ class Registrar:
         min_expires: int = 60,
         max_expires: int = 3600,
         default_expires: int = 3600,
+        max_contacts: int = 10,
+        max_aors: int = 100_000,
     ) -> None:
         if not 1 <= min_expires <= default_expires <= max_expires:
             raise ValueError("need 1 <= min_expires <= default_expires <= max_expires")
+        if max_contacts < 1 or max_aors < 1:
+            raise ValueError("max_contacts and max_aors must be positive")
+        self.max_contacts = max_contacts
+        self.max_aors = max_aors
         self.domains = frozenset(d.lower() for d in domains)
         self.min_expires = min_expires
         self.max_expires = max_expires
@@ -267,7 +273,40 @@ class Registrar:
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
                 return _out_of_order()
             changes.append((key, uri, min(expires, self.max_expires)))
-        return Update(aor, tuple(changes), False, call_id, cseq, request.header("User-Agent") or "")
+        return self._bounded(
+            Update(aor, tuple(changes), False, call_id, cseq, request.header("User-Agent") or ""),
+            current,
+        )
+
+    def _bounded(self, update: Update, current: dict[str, _Binding]) -> Reply | Update:
+        """``update`` within ``max_contacts`` (the oldest other bindings make room: RFC 5626
+        §6 style) and ``max_aors`` (a new address of record beyond it gets 503)."""
+        wanted = {key for key, _, seconds in update.changes if seconds}
+        if len(wanted) > self.max_contacts:
+            return Reply(
+                403, "Too Many Contacts",
+                headers=(("Warning", f'399 imc-actors "at most {self.max_contacts} contacts per address of record"'),),
+            )  # fmt: skip
+        if wanted and not current and len(self._aors) >= self.max_aors:
+            return Reply(
+                503, "Registrar Full",
+                headers=(("Retry-After", "60"), ("Warning", f'399 imc-actors "at most {self.max_aors} registered addresses"')),
+            )  # fmt: skip
+        dropped = {key for key, _, seconds in update.changes if not seconds}
+        kept = [b for k, b in current.items() if k not in wanted and k not in dropped]
+        excess = len(kept) + len(wanted) - self.max_contacts
+        if excess <= 0:
+            return update
+        kept.sort(key=lambda b: b.order)  # the least recently registered first
+        evicted = tuple((_contact_key(b.uri), b.uri, 0) for b in kept[:excess])
+        return Update(
+            update.aor,
+            evicted + update.changes,
+            False,
+            update.call_id,
+            update.cseq,
+            update.user_agent,
+        )
 
     def apply(self, update: Update, now: float) -> Reply:
         """Change the bindings as ``update`` says (made by :meth:`plan`) and return the 200."""
@@ -281,7 +320,9 @@ class Registrar:
                 current.pop(key, None)
             else:
                 self._order += 1
-                current[key] = _Binding(uri, now + expires, update.call_id, update.cseq, self._order)
+                current[key] = _Binding(
+                    uri, now + expires, update.call_id, update.cseq, self._order
+                )
         if current:
             self._aors[aor] = current
         else:

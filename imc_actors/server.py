@@ -221,6 +221,8 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             min_expires=config.min_expires,
             max_expires=config.max_expires,
             default_expires=config.default_expires,
+            max_contacts=config.max_contacts,
+            max_aors=config.max_aors,
         )
 
     def locate(aor: str) -> list[str]:

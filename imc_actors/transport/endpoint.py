@@ -263,6 +263,7 @@ class SipTransport:
             tcp_connections=len(self._connections),
             loops=servers.loops,
             self_targets=clients.self_targets,
+            merged=servers.merged,
         )
 
     # ------------------------------------------------------------------ receiving: UDP

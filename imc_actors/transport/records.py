@@ -102,7 +102,9 @@ class TransportStatistics:
     resends; ``send_errors``: datagrams the network refused (or dropped from a full buffer);
     ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now;
     ``loops``: requests refused 482 because they carried one of our own Via branches;
-    ``self_targets``: outgoing requests not sent because their next hop was this server.
+    ``self_targets``: outgoing requests not sent because their next hop was this server;
+    ``merged``: requests refused 482 as merged (RFC 3261 §8.2.2.2: the same Call-ID, CSeq and
+    From tag as a live transaction, on another branch).
     """
 
     received: int
@@ -125,3 +127,4 @@ class TransportStatistics:
     tcp_connections: int
     loops: int = 0
     self_targets: int = 0
+    merged: int = 0

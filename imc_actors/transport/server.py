@@ -86,11 +86,12 @@ class UdpPeer:
 class ServerEntry:
     """A server transaction plus the deadline it is filed under in the timer wheel."""
 
-    __slots__ = ("txn", "scheduled")
+    __slots__ = ("txn", "scheduled", "merge")
 
     def __init__(self, txn: ServerTransaction) -> None:
         self.txn = txn
         self.scheduled: float | None = None
+        self.merge: tuple[Any, ...] | None = None  # its key in ServerTransactions._merge
 
 
 class ServerTransactions:
@@ -107,6 +108,8 @@ class ServerTransactions:
         self._mark = mark  # in every branch our client side makes: a request carrying it looped
         self._fire = self.on_timer  # one bound method, filed with every entry
         self._entries: dict[Any, ServerEntry] = {}
+        # (Call-ID, CSeq, method, From tag, R-URI, body) of live out-of-dialog transactions -> key
+        self._merge: dict[tuple[Any, ...], Any] = {}
         self._nursery: trio.Nursery | None = None
         self._handler: Handler | None = None
         self._start_handler: Callable[[Request, Source, Responder], bool] | None = None
@@ -115,6 +118,7 @@ class ServerTransactions:
         self._refused_logged_at = -math.inf
         self.requests = 0
         self.loops = 0
+        self.merged = 0
         self.refused = 0
         self.absorbed = 0
         self.handler_errors = 0
@@ -138,6 +142,7 @@ class ServerTransactions:
         """End a run: ``respond`` callbacks still outstanding do nothing; transactions go."""
         self._nursery = None
         self._entries.clear()
+        self._merge.clear()
 
     def on_request(
         self, request: Request, fix: ViaFix, source: Source, sender: Sender
@@ -161,6 +166,25 @@ class ServerTransactions:
             # and it reaches no handler, so it can cause nothing (RFC 3261 §16.3 step 4).
             self.loops += 1
             return patch_via(build_response(request, 482, to_tag=new_tag()), fix)
+        # RFC 3261 §8.2.2.2 matches on From tag, Call-ID and CSeq alone; the Request-URI and
+        # body are added so that clients that reuse one CSeq for different requests (SIPp
+        # scenarios do) are not refused: a real merged copy is identical in both.
+        merge = (
+            request.call_id,
+            request.cseq,
+            request.method,
+            request.from_tag,
+            request.uri,
+            hash(request.body),
+        )
+        if request.to_tag is None and merge in self._merge:
+            # The same request on another branch: it forked and came back to us by two paths
+            # (RFC 3261 §8.2.2.2). Answered once; the copy gets 482 and is not relayed again.
+            self.merged += 1
+            return patch_via(
+                build_response(request, 482, "Loop Detected (merged request)", to_tag=new_tag()),
+                fix,
+            )
         if len(self._entries) >= self._max_transactions:
             return self._refuse(request, fix, now)
         # Timer J runs 64*T1 on TCP too (RFC 3261 says 0 there): a request repeated over a new
@@ -168,6 +192,9 @@ class ServerTransactions:
         # line is never relayed twice (spec §5).
         entry = ServerEntry(ServerTransaction(False, now, t1=self._t1))
         self._entries[key] = entry
+        if request.to_tag is None and request.method != "CANCEL":
+            entry.merge = merge
+            self._merge[merge] = key
         if request.method == "CANCEL" and self._cancel_matches(request):
             # RFC 3261 §9.2: a CANCEL matching a (non-INVITE) transaction gets 200 and has no
             # effect on it; an unmatched CANCEL goes to the handler (481).
@@ -295,10 +322,16 @@ class ServerTransactions:
         now = trio.current_time()
         entry.txn.respond(data, code, now)
         if entry.txn.state == "terminated":
-            if self._entries.get(key) is entry:
-                del self._entries[key]
+            self._forget(key, entry)
             return
         self._timers.schedule(LANE_J, self._fire, key, entry, entry.txn.deadline())
+
+    def _forget(self, key: Any, entry: ServerEntry) -> None:
+        """Drop an ended transaction (and its merge key)."""
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+        if entry.merge is not None and self._merge.get(entry.merge) == key:
+            del self._merge[entry.merge]
 
     def on_timer(self, key: Any, entry: ServerEntry, now: float) -> None:
         """A filing of ``entry`` is due (from the timer task): Timer J ends the transaction."""
@@ -308,7 +341,7 @@ class ServerTransactions:
         txn = entry.txn
         txn.on_timer(now)  # does nothing before its deadline
         if txn.state == "terminated":
-            del entries[key]
+            self._forget(key, entry)
         else:
             self._timers.schedule(LANE_J, self._fire, key, entry, txn.deadline())
 

@@ -257,3 +257,22 @@ async def test_the_final_response_goes_out_before_the_notices_it_caused(server, 
     assert (await alice.message(CHAT, "#members")).code == 200  # the task-free path, too
     await expect(alice, "Members:\n*[alice]")
     assert alice.arrivals[:2] == [("response", 200), ("request", "MESSAGE")]
+
+
+async def test_a_merged_request_is_relayed_once_and_the_copy_gets_482(server, ua) -> None:
+    alice, bob = await ua("alice"), await ua("bob")
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    assert (await bob.message(CHAT, "#join")).code == 200
+    await settle(server)
+    alice.pending_messages()
+    first = bob.build("MESSAGE", CHAT, body=b"only once", content_type="text/plain", branch="z9hG4bKpath1")
+    copy = first.replace(b"z9hG4bKpath1", b"z9hG4bKpath2")  # the same request by a second path
+    await bob.send_raw(first)
+    await bob.send_raw(copy)
+    with trio.fail_after(5):
+        answers = sorted([(await bob.recv_raw())[:12], (await bob.recv_raw())[:12]])
+    assert answers == [b"SIP/2.0 202 ", b"SIP/2.0 482 "]
+    await expect(alice, "[bob]: only once")
+    await settle(server)
+    assert alice.pending_messages() == []
+    assert server.transport.statistics().merged == 1

@@ -247,3 +247,59 @@ def test_parse_contacts() -> None:
         ("sip:b@h", {"expires": "7", "flag": None}),
     ]
     assert parse_contacts("  ,  ") == []
+
+
+# -- limits (max_contacts, max_aors) -----------------------------------------------------------
+
+
+def bound(registrar: Registrar, now: float = 0.0) -> list[str]:
+    return registrar.lookup("alice@example.org", now)
+
+
+def test_beyond_max_contacts_the_least_recently_registered_binding_makes_room() -> None:
+    registrar = Registrar(["example.org"], max_contacts=2)
+    for i, port in enumerate((5061, 5062, 5063)):
+        reply = registrar.register(
+            register([f"<sip:alice@192.0.2.1:{port}>"], cseq=i + 1), float(i)
+        )
+        assert reply.code == 200
+    assert bound(registrar, 3.0) == ["sip:alice@192.0.2.1:5063", "sip:alice@192.0.2.1:5062"]
+    # refreshing an existing binding never evicts
+    assert registrar.register(register(["<sip:alice@192.0.2.1:5062>"], cseq=9), 4.0).code == 200
+    assert sorted(bound(registrar, 4.0)) == ["sip:alice@192.0.2.1:5062", "sip:alice@192.0.2.1:5063"]
+
+
+def test_a_register_with_more_contacts_than_max_contacts_is_refused_whole() -> None:
+    registrar = Registrar(["example.org"], max_contacts=3)
+    many = [
+        ", ".join(f"<sip:alice@192.0.2.1:{5000 + 50 * h + i}>" for i in range(50))
+        for h in range(10)
+    ]
+    reply = registrar.register(register(many), 0.0)  # 500 contacts in 10 headers
+    assert reply.code == 403 and "at most 3 contacts" in dict(reply.headers)["Warning"]
+    assert bound(registrar) == []
+
+
+def test_the_evictions_are_part_of_the_durable_update() -> None:
+    registrar = Registrar(["example.org"], max_contacts=1)
+    assert registrar.register(register([f"<{PHONE}>"]), 0.0).code == 200
+    update = registrar.plan(register([f"<{LAPTOP}>"], cseq=2), 1.0)
+    assert not isinstance(update, type(registrar.register(register(), 1.0)))
+    assert [(uri, seconds) for _, uri, seconds in update.changes] == [(PHONE, 0), (LAPTOP, 3600)]
+    kinds = [type(w).__name__ for w in update.writes(1000.0)]
+    assert kinds == ["BindingDelete", "BindingSet"]
+
+
+def test_beyond_max_aors_a_new_address_of_record_gets_503() -> None:
+    registrar = Registrar(["example.org"], max_aors=2)
+    for user in ("a", "b"):
+        assert (
+            registrar.register(
+                register([f"<sip:{user}@192.0.2.1>"], to=f"sip:{user}@example.org"), 0.0
+            ).code
+            == 200
+        )
+    refused = registrar.register(register(["<sip:c@192.0.2.1>"], to="sip:c@example.org"), 0.0)
+    assert refused.code == 503 and dict(refused.headers)["Retry-After"] == "60"
+    again = registrar.register(register(["<sip:a@192.0.2.9>"], to="sip:a@example.org", cseq=2), 0.0)
+    assert again.code == 200  # a known one may still change its bindings
