@@ -6,9 +6,10 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -24,6 +25,8 @@ from .registrar import Registrar
 from .sip import Request, is_own_call_id
 from .sip.uri import canonical
 from .sipcore import SipCore
+from .store.records import BindingExpire
+from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
 
 log = logging.getLogger("imc_actors.server")
@@ -70,10 +73,16 @@ class MessageSender:
 
     def __init__(self, transport: SipTransport, config: Config) -> None:
         self.transport = transport
-        self._extra = [tuple(part.strip() for part in line.split(":", 1)) for line in config.extra_hdrs]
+        self._extra = [
+            tuple(part.strip() for part in line.split(":", 1)) for line in config.extra_hdrs
+        ]
 
     def _headers(self, notice: Notice, in_reply_to: str) -> list[tuple[str, str]]:
-        headers = [SUPPORTED, *self._extra, ("Content-Type", notice.content_type or NOTICE_CONTENT_TYPE)]
+        headers = [
+            SUPPORTED,
+            *self._extra,
+            ("Content-Type", notice.content_type or NOTICE_CONTENT_TYPE),
+        ]
         if in_reply_to:
             headers.append(("In-Reply-To", in_reply_to))
         if notice.date is not None:  # a stored notice delivered late: when it was first sent
@@ -87,7 +96,9 @@ class MessageSender:
         )  # fmt: skip
         return DeliveryResult(result.code, result.reason)
 
-    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+    def start(
+        self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]
+    ) -> bool:
         """Send ``notice`` now when the transport can without waiting (then True, and
         ``on_done`` gets the outcome later); False when it must go through :meth:`__call__`."""
 
@@ -154,7 +165,10 @@ class MessageHandler:
         user, _, host = sender.partition(":")[2].rpartition("@")
         if host.lower() not in self._domains:
             return False
-        return user.lower() == self._manager or self.conference.supervisor.lookup(user, host) is not None
+        return (
+            user.lower() == self._manager
+            or self.conference.supervisor.lookup(user, host) is not None
+        )
 
     def _incoming(self, request: Request) -> IncomingMessage | None:
         try:
@@ -162,7 +176,9 @@ class MessageHandler:
             sender = sender_of(request, self.config)
         except ValueError:
             return None
-        return IncomingMessage(ruri, sender, request.body, request.header("Content-Type"), request.call_id)
+        return IncomingMessage(
+            ruri, sender, request.body, request.header("Content-Type"), request.call_id
+        )
 
     async def __call__(self, request: Request, source: Source) -> Reply:
         if self.is_own(request):
@@ -188,14 +204,33 @@ class MessageHandler:
         if msg is None:
             return False
         hold = self.conference.hold()
-        return self.conference.start(msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold)
+        return self.conference.start(
+            msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold
+        )
 
 
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:
     headers: tuple[tuple[str, str], ...] = ()
     if answer.retry_after is not None:
         headers = (("Retry-After", str(answer.retry_after)),)
-    return Reply(answer.code, answer.reason, headers, after=hold.release if hold is not None else None)
+    return Reply(
+        answer.code, answer.reason, headers, after=hold.release if hold is not None else None
+    )
+
+
+#: Seconds between sweeps of expired rows in the bindings table.
+BINDING_SWEEP = 3600.0
+
+
+async def _sweep_bindings(commit: Callable[[list[Any]], Awaitable[None]]) -> None:
+    """Delete expired bindings from the table every ``BINDING_SWEEP`` seconds (memory is swept
+    by the registrar itself; a restart drops expired rows too)."""
+    while True:
+        await trio.sleep(BINDING_SWEEP)
+        try:
+            await commit([BindingExpire(time.time())])
+        except StoreError as exc:
+            log.warning("sweeping expired bindings failed: %s", exc)
 
 
 def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:
@@ -252,12 +287,15 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             commit = store.commit
         else:
             commit = None
+        sweep = commit
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
             commit=commit, on_registered=conference.delivery.wake,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
+            if sweep is not None:
+                nursery.start_soon(_sweep_bindings, sweep)
             server = Server(config, conference, transport, registrar, metrics)
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:

@@ -196,12 +196,18 @@ def bind_models(
             table_settings = settings
 
     Pending.add_index(
-        Pending.index(Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx")
+        Pending.index(
+            Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx"
+        )
     )
-    Location.add_index(Location.index(Location.ruid, unique=True, name=f"{location_table}_ruid_idx"))
+    Location.add_index(
+        Location.index(Location.ruid, unique=True, name=f"{location_table}_ruid_idx")
+    )
     Location.add_index(
         Location.index(
-            Location.username, Location.domain, Location.contact,
+            Location.username,
+            Location.domain,
+            Location.contact,
             name=f"{location_table}_account_contact_idx",
         )  # fmt: skip
     )
@@ -221,9 +227,7 @@ def bind_models(
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
-    database.bind(
-        [Room, Member, Version, Pending, Location], bind_refs=False, bind_backrefs=False
-    )
+    database.bind([Room, Member, Version, Pending, Location], bind_refs=False, bind_backrefs=False)
     return Models(Room, Member, Version, Pending, Location)
 
 

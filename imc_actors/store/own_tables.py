@@ -28,6 +28,7 @@ from .records import (
     Binding,
     BindingClear,
     BindingDelete,
+    BindingExpire,
     BindingSet,
     PendingAdd,
     PendingDelete,
@@ -45,6 +46,7 @@ OWN_WRITES = (
     BindingSet,
     BindingDelete,
     BindingClear,
+    BindingExpire,
 )
 OwnWrite = (
     PendingAdd
@@ -54,6 +56,7 @@ OwnWrite = (
     | BindingSet
     | BindingDelete
     | BindingClear
+    | BindingExpire
 )
 
 
@@ -161,6 +164,8 @@ def apply(db: peewee.Database, models: Models, write: OwnWrite) -> None:
     elif isinstance(write, BindingClear):
         user, host = _key(write.aor)
         location.delete().where((location.username == user) & (location.domain == host)).execute()
+    elif isinstance(write, BindingExpire):
+        location.delete().where(location.expires <= _utc(write.now)).execute()
 
 
 def _ruid() -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "Binding",
     "BindingClear",
     "BindingDelete",
+    "BindingExpire",
     "BindingSet",
     "PendingAdd",
     "PendingDelete",
@@ -120,6 +121,13 @@ class BindingClear:
 
 
 @dataclass(frozen=True, slots=True)
+class BindingExpire:
+    """Remove every binding whose expiry is at or before ``now`` (epoch seconds)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Binding:
     """One stored binding as read back (see :class:`BindingSet`)."""
 
@@ -143,4 +151,5 @@ StoreWrite = (
     | BindingSet
     | BindingDelete
     | BindingClear
+    | BindingExpire
 )

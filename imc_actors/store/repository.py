@@ -218,18 +218,23 @@ class Repository:
 
     def pending_counts(self) -> dict[str, int]:
         """Member key (``user@host``, lower case) -> number of notices waiting for it."""
-        return self._run("counting the pending notices", lambda: own_tables.pending_counts(self._models))
+        return self._run(
+            "counting the pending notices", lambda: own_tables.pending_counts(self._models)
+        )
 
     def load_pending(self, member: str, limit: int) -> list[PendingRow]:
         """The oldest ``limit`` notices waiting for ``member`` (``user@host``), oldest first."""
         return self._run(
-            "reading the pending notices", lambda: own_tables.load_pending(self._models, member, limit)
+            "reading the pending notices",
+            lambda: own_tables.load_pending(self._models, member, limit),
         )
 
     def load_bindings(self, now: float) -> list[Binding]:
         """Every registrar binding that has not expired at ``now`` (epoch seconds), oldest
         first. Expired rows are deleted."""
-        return self._run("loading the bindings", lambda: own_tables.load_bindings(self._db, self._models, now))
+        return self._run(
+            "loading the bindings", lambda: own_tables.load_bindings(self._db, self._models, now)
+        )
 
     def ping(self) -> None:
         """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
@@ -284,7 +289,13 @@ class Repository:
         models = self._models
         existing = set(self._db.get_tables())
         with self._db.atomic():
-            for model in (models.version, models.room, models.member, models.pending, models.location):
+            for model in (
+                models.version,
+                models.room,
+                models.member,
+                models.pending,
+                models.location,
+            ):
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
             version = models.version

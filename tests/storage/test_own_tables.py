@@ -9,6 +9,7 @@ import pytest
 from imc_actors.store.records import (
     BindingClear,
     BindingDelete,
+    BindingExpire,
     BindingSet,
     PendingAdd,
     PendingDelete,
@@ -106,3 +107,16 @@ def test_bindings_survive_a_reopen_and_expired_ones_are_dropped(
     assert [b.contact for b in repository.load_bindings(now)] == ["sip:alice@127.0.0.1:5070"]
     repository.apply_batch([BindingClear("Alice@Example.com")])
     assert repository.load_bindings(now) == []
+
+
+def test_binding_expire_deletes_only_expired_rows(repository: Repository) -> None:
+    now = time.time()
+    repository.apply_batch(
+        [
+            BindingSet("alice@example.com", "sip:alice@127.0.0.1:5070", now + 600, "c1", 1),
+            BindingSet("bob@example.com", "sip:bob@127.0.0.1:5072", now - 5, "c3", 1),
+            BindingExpire(now),
+        ]
+    )
+    rows = repository._models.location.select().count()  # the expired row is gone
+    assert rows == 1
