@@ -72,7 +72,8 @@ class ClientResult:
 
     The final response's code and reason, or 408 ``Request Timeout`` when Timer F fired, or 503
     ``Service Unavailable`` when the request could not be sent (unresolvable hop, network
-    error, TCP connection lost).
+    error, TCP connection lost), or 503 ``Destination Unreachable`` when an ICMP port or host
+    unreachable came back for its UDP destination.
     """
 
     code: int
@@ -102,7 +103,9 @@ class TransportStatistics:
     resends; ``send_errors``: datagrams the network refused (or dropped from a full buffer);
     ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now;
     ``loops``: requests refused 482 because they carried one of our own Via branches;
-    ``self_targets``: outgoing requests not sent because their next hop was this server.
+    ``self_targets``: outgoing requests not sent because their next hop was this server;
+    ``client_unreachable``: client transactions over UDP ended 503 by an ICMP port or host
+    unreachable (before Timer F; also counted in ``client_failed`` unless another fork won).
     """
 
     received: int
@@ -125,3 +128,4 @@ class TransportStatistics:
     tcp_connections: int
     loops: int = 0
     self_targets: int = 0
+    client_unreachable: int = 0
