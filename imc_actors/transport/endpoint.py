@@ -383,8 +383,8 @@ class SipTransport:
 
         Returns the final response's code and reason; 408 on Timer F; 503 when the hop cannot
         be resolved or reached (``503 Destination Unreachable`` as soon as an ICMP port or host
-        unreachable comes back for a UDP destination, Linux only). Never raises for network problems (RuntimeError when the
-        transport is not running). Checkpoints; cancellation
+        unreachable comes back for a UDP destination, Linux only). Never raises for network
+        problems (RuntimeError when the transport is not running). Checkpoints; cancellation
         abandons the transaction (nothing more is sent).
         """
         return await self._clients.send_request(
@@ -412,8 +412,9 @@ class SipTransport:
         that takes the datagram at once. Then the request is built, sent and its client
         transaction filed exactly as :meth:`send_request` would, and True is returned;
         ``on_result(ClientResult)`` is called later, once, from the transport (when the final
-        response, an ICMP unreachable, Timer F or shutdown ends the transaction); it must not block or raise. In every
-        other case nothing is sent and False is returned: use :meth:`send_request`.
+        response, an ICMP unreachable, Timer F or shutdown ends the transaction); it must not
+        block or raise. In every other case nothing is sent and False is returned: use
+        :meth:`send_request`.
         Never checkpoints.
         """
         return self._clients.start_request(

@@ -182,8 +182,9 @@ class UdpEndpoint:
         read failed (a pending ICMP error), that follows a send that met one (:meth:`sendto`)
         or that found nothing to read (woken by a queued error alone) drains up to ``batch``
         entries of the error queue, calling ``on_unreachable(dest)`` for each ICMP port or host
-        unreachable (synchronously; it should not raise, and is logged when it does). Runs until cancelled; on cancellation it simply stops (the socket stays
-        open; call :meth:`close`).
+        unreachable (synchronously; it should not raise, and is logged when it does). Runs
+        until cancelled; on cancellation it simply stops (the socket stays open; call
+        :meth:`close`).
         """
         sock = self.sock
         view = self._view
