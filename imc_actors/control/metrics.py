@@ -112,6 +112,8 @@ _TRANSPORT = (
     ("stray_responses", "imc_sip_stray_responses", True, "responses matching no client transaction"),
     ("client_timeouts", "imc_sip_client_timeouts", True, "outgoing requests that timed out (Timer F)"),
     ("client_retransmissions", "imc_sip_client_retransmissions", True, "outgoing requests resent (Timer E)"),
+    ("client_unreachable", "imc_sip_client_unreachable", True,
+     "outgoing UDP requests ended 503 at once by an ICMP port/host unreachable (not Timer F)"),
     ("server_transactions", "imc_sip_server_transactions", False, "live server transactions"),
     ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
     ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP connections"),

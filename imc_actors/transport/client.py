@@ -7,11 +7,14 @@ targets (spec §6; several contacts are tried in parallel and the best result wi
 transaction (Timers E, F and K on the transport's timer wheel) to its final result.
 :meth:`ClientTransactions.start_request` is the task-free variant for the common case (one
 IP-literal target over UDP). Responses are matched to their transaction by branch and method;
-one that matches none is counted as stray.
+one that matches none is counted as stray. An ICMP port or host unreachable reported by a UDP
+endpoint (:meth:`ClientTransactions.on_unreachable`) ends the UDP transactions to that
+destination at once with 503 :data:`UNREACHABLE` instead of Timer F's 408.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -37,7 +40,15 @@ from .tcp import TcpConnection
 from .timers import LANE_FIRST_E, LANE_K, LANE_TCP_F, TimerWheel
 from .udp import Address, UdpEndpoint
 
-__all__ = ["TCP_THRESHOLD", "TIMEOUT", "UNAVAILABLE", "ClientEntry", "ClientTransactions", "better"]
+__all__ = [
+    "TCP_THRESHOLD",
+    "TIMEOUT",
+    "UNAVAILABLE",
+    "UNREACHABLE",
+    "ClientEntry",
+    "ClientTransactions",
+    "better",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,8 @@ log = logging.getLogger(__name__)
 TCP_THRESHOLD = 1300
 TIMEOUT = ClientResult(408, "Request Timeout")
 UNAVAILABLE = ClientResult(503, "Service Unavailable")
+#: An ICMP port or host unreachable came back for the request's destination (over UDP).
+UNREACHABLE = ClientResult(503, "Destination Unreachable")
 #: A user of a domain we serve without a binding (never sent anywhere).
 NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable")
 #: The next hop is one of our own sockets (never sent: it would loop).
@@ -94,7 +107,7 @@ def better(a: ClientResult, b: ClientResult) -> ClientResult:
     def rank(r: ClientResult) -> tuple[int, int, int]:
         cls = r.code // 100
         order = 0 if cls == 2 else 1 if cls == 6 else 2
-        synthetic = 1 if r in (TIMEOUT, UNAVAILABLE) else 0
+        synthetic = 1 if r in (TIMEOUT, UNAVAILABLE, UNREACHABLE) else 0
         return (order, synthetic, r.code)
 
     return a if rank(a) <= rank(b) else b
@@ -106,8 +119,9 @@ class ClientTransactions:
     ``timers`` is the transport's wheel (Timers E, F, K), ``router`` picks targets and local
     addresses, ``connections`` gives TCP connections. :meth:`open` starts a run, :meth:`close`
     ends it (pending requests get 503). The counters (``ok``, ``failed``, ``timeouts``,
-    ``retransmissions``, ``stray``, ``absorbed``, ``sent``: requests written on TCP) are read
-    by :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
+    ``retransmissions``, ``stray``, ``absorbed``, ``sent``: requests written on TCP,
+    ``unreachable``: transactions ended by an ICMP error) are read by
+    :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
     def __init__(
@@ -131,6 +145,7 @@ class ClientTransactions:
         self.absorbed = 0
         self.sent = 0
         self.self_targets = 0
+        self.unreachable = 0
 
     def __len__(self) -> int:
         """How many client transactions are live."""
@@ -164,6 +179,33 @@ class ClientTransactions:
         for entry in self._entries.values():
             if entry.conn is conn and entry.result is None:
                 entry.finish(UNAVAILABLE)
+
+    def on_unreachable(self, dest: Address) -> None:
+        """An ICMP port or host unreachable says nobody listens at ``dest`` (ip, port); called
+        by a UDP endpoint's receive loop, no checkpoint. Every live UDP client transaction to
+        ``dest`` still without a final response ends now with 503 :data:`UNREACHABLE` (counted
+        in ``unreachable``), not at Timer F; it is gone, and its timer filing is skipped.
+
+        Scans the live transactions: ICMP errors are rare, and each one ends what it finds.
+        """
+        entries = self._entries
+        port = dest[1]
+        found = [
+            key
+            for key, entry in entries.items()
+            if entry.result is None
+            and entry.udp is not None
+            and entry.dest[1] == port
+            and _same_host(entry.dest[0], dest[0])
+        ]
+        for key in found:
+            entry = entries.get(key)
+            if entry is None or entry.result is not None:
+                continue  # a callback of an earlier one ended it
+            del entries[key]
+            entry.scheduled = None  # the timer wheel skips a filing no longer scheduled
+            self.unreachable += 1
+            entry.finish(UNREACHABLE)
 
     # ------------------------------------------------------------------ sending
     async def send_request(
@@ -283,7 +325,7 @@ class ClientTransactions:
             planned.append((branch, data, udp, dest))
         first = planned[0]
         try:
-            first[2].sock.sendto(first[1], first[3])
+            first[2].sendto(first[1], first[3])  # retries a stale ICMP error once
         except OSError:  # a full buffer, or an error send_request reports in its own way
             return False
         first[2].sent += 1
@@ -315,7 +357,7 @@ class ClientTransactions:
         for index, (branch, data, udp, dest) in enumerate(planned):
             if index:
                 try:
-                    udp.sock.sendto(data, dest)
+                    udp.sendto(data, dest)
                 except OSError:
                     finished(UNAVAILABLE)
                     continue
@@ -483,3 +525,13 @@ class ClientTransactions:
             entry.finish(TIMEOUT)
         else:
             entry.finish(ClientResult(txn.final_code or 408, txn.final_reason or "Request Timeout"))
+
+
+def _same_host(a: str, b: str) -> bool:
+    """True when IP literals ``a`` and ``b`` name one address (``::1`` and ``0::1`` do)."""
+    if a == b:
+        return True
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False

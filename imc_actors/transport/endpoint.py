@@ -264,6 +264,7 @@ class SipTransport:
             loops=servers.loops,
             self_targets=clients.self_targets,
             merged=servers.merged,
+            client_unreachable=clients.unreachable,
         )
 
     # ------------------------------------------------------------------ receiving: UDP
@@ -271,7 +272,7 @@ class SipTransport:
         def on_datagram(data: bytes, addr: Address) -> tuple[bytes, Address] | None:
             return self._on_datagram(endpoint, data, addr)
 
-        await endpoint.serve(on_datagram)
+        await endpoint.serve(on_datagram, self._clients.on_unreachable)
 
     def _on_datagram(
         self, endpoint: UdpEndpoint, data: bytes, addr: Address
@@ -382,8 +383,9 @@ class SipTransport:
         accepts a TCP connection (else UDP).
 
         Returns the final response's code and reason; 408 on Timer F; 503 when the hop cannot
-        be resolved or reached. Never raises for network problems (RuntimeError when the
-        transport is not running). Checkpoints; cancellation
+        be resolved or reached (``503 Destination Unreachable`` as soon as an ICMP port or host
+        unreachable comes back for a UDP destination, Linux only). Never raises for network
+        problems (RuntimeError when the transport is not running). Checkpoints; cancellation
         abandons the transaction (nothing more is sent).
         """
         return await self._clients.send_request(
@@ -411,8 +413,9 @@ class SipTransport:
         that takes the datagram at once. Then the request is built, sent and its client
         transaction filed exactly as :meth:`send_request` would, and True is returned;
         ``on_result(ClientResult)`` is called later, once, from the transport (when the final
-        response, Timer F or shutdown ends the transaction); it must not block or raise. In every
-        other case nothing is sent and False is returned: use :meth:`send_request`.
+        response, an ICMP unreachable, Timer F or shutdown ends the transaction); it must not
+        block or raise. In every other case nothing is sent and False is returned: use
+        :meth:`send_request`.
         Never checkpoints.
         """
         return self._clients.start_request(

@@ -72,7 +72,8 @@ class ClientResult:
 
     The final response's code and reason, or 408 ``Request Timeout`` when Timer F fired, or 503
     ``Service Unavailable`` when the request could not be sent (unresolvable hop, network
-    error, TCP connection lost).
+    error, TCP connection lost), or 503 ``Destination Unreachable`` when an ICMP port or host
+    unreachable came back for its UDP destination.
     """
 
     code: int
@@ -104,7 +105,9 @@ class TransportStatistics:
     ``loops``: requests refused 482 because they carried one of our own Via branches;
     ``self_targets``: outgoing requests not sent because their next hop was this server;
     ``merged``: requests refused 482 as merged (RFC 3261 §8.2.2.2: the same Call-ID, CSeq and
-    From tag as a live transaction, on another branch).
+    From tag as a live transaction, on another branch);
+    ``client_unreachable``: client transactions over UDP ended 503 by an ICMP port or host
+    unreachable (before Timer F; also counted in ``client_failed`` unless another fork won).
     """
 
     received: int
@@ -128,3 +131,4 @@ class TransportStatistics:
     loops: int = 0
     self_targets: int = 0
     merged: int = 0
+    client_unreachable: int = 0

@@ -6,6 +6,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import free_port
 from tests.support.control import CHAT, MANAGER, command, http, next_message
 
 
@@ -112,3 +113,18 @@ async def test_requests_refused_at_the_transaction_limit_are_counted(server, ua)
     samples = await scrape(server)
     assert value(samples, "imc_sip_transactions_refused_total") == 1
     assert value(samples, "imc_sip_server_transactions") == 1
+
+
+async def test_requests_ended_by_icmp_unreachable_are_counted(server, ua):
+    alice = await ua("alice")
+    before = await scrape(server)
+    assert value(before, "imc_sip_client_unreachable_total") == 0
+    gone = f"sip:gone@127.0.0.2:{free_port(host='127.0.0.2')}"  # a closed port, not our domain
+    with trio.fail_after(5):  # Timer F would be 32 s
+        result = await server.transport.send_request(
+            "MESSAGE", gone, from_uri=alice.uri, to_uri=gone
+        )
+    assert result.code == 503
+    after = await scrape(server)
+    assert value(after, "imc_sip_client_unreachable_total") == 1
+    assert value(after, "imc_sip_client_timeouts_total") == 0

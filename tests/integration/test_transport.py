@@ -13,7 +13,14 @@ import trio.testing
 from imc_actors.config import ListenAddress
 from imc_actors.sip import Request
 from imc_actors.transport import ClientResult, Hop, Reply, SipTransport, Source, parse_hop
-from tests.support import RecordingHandler, TestUA, free_port, response_of, start_core
+from tests.support import (
+    RecordingHandler,
+    TestUA,
+    free_port,
+    response_of,
+    silent_udp,
+    start_core,
+)
 
 DOMAIN = "example.org"
 ROOM = "sip:room@example.org"
@@ -363,7 +370,8 @@ async def test_send_request_to_ua_answering_480(nursery: trio.Nursery) -> None:
 
 async def test_send_request_to_dead_port_times_out(nursery: trio.Nursery, autojump_clock) -> None:
     server = await start_core(nursery)
-    dead = free_port()
+    hole = silent_udp()  # bound and silent: no ICMP error ends it early
+    dead = hole.getsockname()[1]
     start = trio.current_time()
     result = await server.transport.send_request(
         "MESSAGE", f"sip:ghost@127.0.0.1:{dead}", from_uri=ROOM, to_uri="sip:ghost@example.org",
@@ -376,6 +384,8 @@ async def test_send_request_to_dead_port_times_out(nursery: trio.Nursery, autoju
     # Timer E: 0.5, 1, 2, 4, 4, 4, ... up to 32 s -> 10 retransmissions.
     assert stats.client_retransmissions == 10
     assert stats.client_transactions == 0
+    assert stats.client_unreachable == 0
+    hole.close()
 
 
 async def test_staggered_timeouts_each_fire_on_time(nursery: trio.Nursery, autojump_clock) -> None:
@@ -383,7 +393,8 @@ async def test_staggered_timeouts_each_fire_on_time(nursery: trio.Nursery, autoj
     Timer J and K in lanes of their own) still fire at their own deadlines."""
     server = await start_core(nursery)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
-    dead = free_port()
+    hole = silent_udp()  # bound and silent: no ICMP error ends them early
+    dead = hole.getsockname()[1]
     took: dict[int, float] = {}
 
     async def one(index: int) -> None:
@@ -411,6 +422,7 @@ async def test_staggered_timeouts_each_fire_on_time(nursery: trio.Nursery, autoj
     assert stats.client_retransmissions == 40  # 10 each for the four that timed out
     await trio.sleep(5.1)  # past Timer K of the answered ones
     assert server.transport.statistics().client_transactions == 0
+    hole.close()
 
 
 async def test_lost_request_is_retransmitted(nursery: trio.Nursery, autojump_clock) -> None:
@@ -551,10 +563,10 @@ async def test_dns_name_hop(nursery: trio.Nursery) -> None:
 
 async def test_cancelled_send_request_leaves_nothing(nursery: trio.Nursery) -> None:
     server = await start_core(nursery)
-    dead = free_port()
-    with trio.move_on_after(0.05):
-        await server.transport.send_request("MESSAGE", f"sip:x@127.0.0.1:{dead}",
+    with silent_udp() as hole, trio.move_on_after(0.05) as scope:
+        await server.transport.send_request("MESSAGE", f"sip:x@127.0.0.1:{hole.getsockname()[1]}",
                                             from_uri=ROOM, to_uri=ROOM)  # fmt: skip
+    assert scope.cancelled_caught
     assert server.transport.statistics().client_transactions == 0
 
 

@@ -14,7 +14,7 @@ import trio.testing
 from imc_actors.actors.delivery import Delivery, DeliveryResult
 from imc_actors.imc.effects import Notice
 from imc_actors.transport import ClientResult
-from tests.support import TestUA, free_port, start_core
+from tests.support import TestUA, free_port, silent_udp, start_core
 
 DOMAIN = "example.org"
 ROOM = "sip:room@example.org"
@@ -64,7 +64,8 @@ async def test_start_request_failure_and_timeout(nursery: trio.Nursery, autojump
     outcomes = Outcomes()
     assert server.transport.start_request("MESSAGE", ua.contact, from_uri=ROOM, to_uri=ua.uri,
                                           body=b"x", on_result=outcomes)  # fmt: skip
-    dead = f"sip:ghost@127.0.0.1:{free_port()}"
+    hole = silent_udp()  # bound and silent: no ICMP error ends it early
+    dead = f"sip:ghost@127.0.0.1:{hole.getsockname()[1]}"
     start = trio.current_time()
     assert server.transport.start_request("MESSAGE", dead, from_uri=ROOM, to_uri=dead,
                                           body=b"x", on_result=outcomes)  # fmt: skip
@@ -73,6 +74,7 @@ async def test_start_request_failure_and_timeout(nursery: trio.Nursery, autojump
     assert trio.current_time() - start == pytest.approx(32.0, abs=0.01)  # Timer F
     stats = server.transport.statistics()
     assert (stats.client_failed, stats.client_timeouts, stats.client_retransmissions) == (2, 1, 10)
+    hole.close()
 
 
 async def test_start_request_declines_what_needs_the_general_path(nursery: trio.Nursery) -> None:

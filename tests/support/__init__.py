@@ -23,6 +23,7 @@ __all__ = [
     "TestUA",
     "free_port",
     "response_of",
+    "silent_udp",
     "start_core",
 ]
 
@@ -35,10 +36,23 @@ def response_of(data: bytes) -> Response:
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    """A port number free right now for ``kind`` on ``host`` (bind to 0, read, close)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
+    """A port number free right now for ``kind`` on ``host`` (bind to 0, read, close): nobody
+    listens there, so over UDP the kernel answers what is sent there with ICMP port
+    unreachable."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def silent_udp(host: str = "127.0.0.1") -> socket.socket:
+    """A bound UDP socket that is never read: what is sent there goes unanswered and, unlike a
+    closed port's, draws no ICMP error, so a request to it runs into Timer F. Use as a
+    context manager (``with silent_udp() as hole: port = hole.getsockname()[1]``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock
 
 
 @dataclass
