@@ -41,7 +41,22 @@ __all__ = ["CONTENT_TYPE", "ServerMetrics", "TimedRepository"]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: Commit latency buckets (seconds): SQLite on a local disk is in the low milliseconds.
-COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMMIT_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 #: Methods counted under their own name; anything else is ``other`` (bounded label values).
 KNOWN_METHODS = frozenset(
@@ -114,6 +129,9 @@ _TRANSPORT = (
     ("client_retransmissions", "imc_sip_client_retransmissions", True, "outgoing requests resent (Timer E)"),
     ("client_unreachable", "imc_sip_client_unreachable", True,
      "outgoing UDP requests ended 503 at once by an ICMP port/host unreachable (not Timer F)"),
+    ("loops", "imc_sip_loops", True, "requests refused 482: they carried one of our own Via branches"),
+    ("merged", "imc_sip_merged", True, "requests refused 482 as merged (the same request by another path)"),
+    ("self_targets", "imc_sip_self_targets", True, "outgoing requests not sent: the next hop was this server"),
     ("server_transactions", "imc_sip_server_transactions", False, "live server transactions"),
     ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
     ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP connections"),
@@ -139,21 +157,43 @@ class _StatisticsCollector(Collector):
         if m.transport is not None:
             yield from self._transport(_fields(m.transport.statistics()))
         if m.fifo is not None:
-            yield CounterMetricFamily("imc_mi_requests", "MI FIFO requests answered", value=m.fifo.requests)
             yield CounterMetricFamily(
-                "imc_mi_malformed", "MI FIFO input that was not a valid request", value=m.fifo.malformed
+                "imc_mi_requests", "MI FIFO requests answered", value=m.fifo.requests
+            )
+            yield CounterMetricFamily(
+                "imc_mi_malformed",
+                "MI FIFO input that was not a valid request",
+                value=m.fifo.malformed,
             )
 
     @staticmethod
     def _supervisor(s: Any) -> Iterator[Metric]:
         yield GaugeMetricFamily("imc_rooms", "rooms that exist (committed)", value=s.rooms)
-        yield GaugeMetricFamily("imc_members", "listed members of all rooms, invited included", value=s.members)
-        yield GaugeMetricFamily("imc_room_actors_running", "room actors running now", value=s.running_actors)
-        yield GaugeMetricFamily("imc_rooms_quarantined", "rooms refusing commands after repeated crashes", value=s.quarantined)
-        yield CounterMetricFamily("imc_actor_restarts", "room actors restarted after a crash", value=s.restarts)
-        yield CounterMetricFamily("imc_room_commands", "commands and chats processed by room actors", value=s.processed)
-        yield CounterMetricFamily("imc_mailbox_full", "requests refused (503) because a room mailbox was full", value=s.mailbox_full)
-        yield GaugeMetricFamily("imc_mailbox_depth_max", "deepest room mailbox now", value=s.max_mailbox_depth)
+        yield GaugeMetricFamily(
+            "imc_members", "listed members of all rooms, invited included", value=s.members
+        )
+        yield GaugeMetricFamily(
+            "imc_room_actors_running", "room actors running now", value=s.running_actors
+        )
+        yield GaugeMetricFamily(
+            "imc_rooms_quarantined",
+            "rooms refusing commands after repeated crashes",
+            value=s.quarantined,
+        )
+        yield CounterMetricFamily(
+            "imc_actor_restarts", "room actors restarted after a crash", value=s.restarts
+        )
+        yield CounterMetricFamily(
+            "imc_room_commands", "commands and chats processed by room actors", value=s.processed
+        )
+        yield CounterMetricFamily(
+            "imc_mailbox_full",
+            "requests refused (503) because a room mailbox was full",
+            value=s.mailbox_full,
+        )
+        yield GaugeMetricFamily(
+            "imc_mailbox_depth_max", "deepest room mailbox now", value=s.max_mailbox_depth
+        )
 
     @staticmethod
     def _delivery(d: Any) -> Iterator[Metric]:
@@ -166,33 +206,63 @@ class _StatisticsCollector(Collector):
             if kind not in ("notice", "relay", "reply"):
                 out.add_metric([kind], count)
         yield out
-        done = CounterMetricFamily("imc_deliveries", "finished deliveries, by result", labels=["result"])
+        done = CounterMetricFamily(
+            "imc_deliveries", "finished deliveries, by result", labels=["result"]
+        )
         done.add_metric(["ok"], d.ok)
         done.add_metric(["failed"], d.failed)
         yield done
-        yield GaugeMetricFamily("imc_delivery_queue_depth", "outgoing MESSAGEs queued in memory, every member's lane", value=d.queued)
-        yield GaugeMetricFamily("imc_deliveries_in_flight", "outgoing MESSAGEs being sent now", value=d.in_flight)
+        yield GaugeMetricFamily(
+            "imc_delivery_queue_depth",
+            "outgoing MESSAGEs queued in memory, every member's lane",
+            value=d.queued,
+        )
+        yield GaugeMetricFamily(
+            "imc_deliveries_in_flight", "outgoing MESSAGEs being sent now", value=d.in_flight
+        )
         pending = CounterMetricFamily(
             "imc_pending", "notices for unreachable members: stored (queued), delivered later "
             "(flushed), given up after pending_ttl (expired) or over pending_max (dropped)",
             labels=["event"],
         )  # fmt: skip
-        for event, count in (("queued", d.stored), ("flushed", d.flushed), ("expired", d.expired), ("dropped", d.dropped)):
+        for event, count in (
+            ("queued", d.stored),
+            ("flushed", d.flushed),
+            ("expired", d.expired),
+            ("dropped", d.dropped),
+        ):
             pending.add_metric([event], count)
         yield pending
-        yield GaugeMetricFamily("imc_pending_notices", "stored notices waiting for their member now", value=d.pending)
-        yield GaugeMetricFamily("imc_pending_members", "members with stored notices waiting now", value=d.waiting_members)
+        yield GaugeMetricFamily(
+            "imc_pending_notices", "stored notices waiting for their member now", value=d.pending
+        )
+        yield GaugeMetricFamily(
+            "imc_pending_members",
+            "members with stored notices waiting now",
+            value=d.waiting_members,
+        )
 
     @staticmethod
     def _store(s: Any) -> Iterator[Metric]:
         yield CounterMetricFamily("imc_store_commits", "changes made durable", value=s.commits)
-        yield CounterMetricFamily("imc_store_batches", "database transactions (group commits)", value=s.batches)
-        yield CounterMetricFamily("imc_store_commit_failures", "changes that could not be stored", value=s.failures)
-        yield GaugeMetricFamily("imc_store_pending", "changes queued or being written", value=s.pending)
-        yield GaugeMetricFamily("imc_store_available", "1 while the database answers, 0 while it fails", value=int(s.available))
+        yield CounterMetricFamily(
+            "imc_store_batches", "database transactions (group commits)", value=s.batches
+        )
+        yield CounterMetricFamily(
+            "imc_store_commit_failures", "changes that could not be stored", value=s.failures
+        )
+        yield GaugeMetricFamily(
+            "imc_store_pending", "changes queued or being written", value=s.pending
+        )
+        yield GaugeMetricFamily(
+            "imc_store_available",
+            "1 while the database answers, 0 while it fails",
+            value=int(s.available),
+        )
         if s.last_commit_seconds is not None:
             yield GaugeMetricFamily(
-                "imc_store_last_batch_seconds", "duration of the last database transaction",
+                "imc_store_last_batch_seconds",
+                "duration of the last database transaction",
                 value=s.last_commit_seconds,
             )
 
@@ -204,7 +274,9 @@ class _StatisticsCollector(Collector):
                 yield family(name, doc, value=t[field])
         if "client_ok" in t and "client_failed" in t:
             client = CounterMetricFamily(
-                "imc_sip_client_requests", "outgoing SIP requests finished, by result", labels=["result"]
+                "imc_sip_client_requests",
+                "outgoing SIP requests finished, by result",
+                labels=["result"],
             )
             client.add_metric(["ok"], t["client_ok"])
             client.add_metric(["failed"], t["client_failed"])

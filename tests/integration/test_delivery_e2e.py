@@ -265,7 +265,9 @@ async def test_a_merged_request_is_relayed_once_and_the_copy_gets_482(server, ua
     assert (await bob.message(CHAT, "#join")).code == 200
     await settle(server)
     alice.pending_messages()
-    first = bob.build("MESSAGE", CHAT, body=b"only once", content_type="text/plain", branch="z9hG4bKpath1")
+    first = bob.build(
+        "MESSAGE", CHAT, body=b"only once", content_type="text/plain", branch="z9hG4bKpath1"
+    )
     copy = first.replace(b"z9hG4bKpath1", b"z9hG4bKpath2")  # the same request by a second path
     await bob.send_raw(first)
     await bob.send_raw(copy)
@@ -276,3 +278,23 @@ async def test_a_merged_request_is_relayed_once_and_the_copy_gets_482(server, ua
     await settle(server)
     assert alice.pending_messages() == []
     assert server.transport.statistics().merged == 1
+
+
+@pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0"}])
+async def test_the_loop_guards_are_counted_in_metrics(server, ua) -> None:
+    from tests.integration.test_control_metrics import scrape, value
+
+    alice = await ua("alice")
+    looped = alice.build("OPTIONS", f"sip:{DOMAIN}")
+    own = "z9hG4bK" + server.transport.mark + "0123456789abcdef"
+    looped = looped.replace(
+        b"\r\nMax-Forwards",
+        f"\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch={own}\r\nMax-Forwards".encode(),
+        1,
+    )
+    await alice.send_raw(looped)
+    with trio.fail_after(5):
+        assert (await alice.recv_raw()).startswith(b"SIP/2.0 482 ")
+    samples = await scrape(server)
+    assert value(samples, "imc_sip_loops_total") == 1
+    assert value(samples, "imc_sip_merged_total") == 0
