@@ -35,6 +35,8 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--members-table", "members_table", "the members table", metavar="NAME")
     _setting(parser, "--pending-table", "pending_table", "notices waiting for unreachable members", metavar="NAME")
     _setting(parser, "--location-table", "location_table", "the registrar's bindings", metavar="NAME")
+    _setting(parser, "--db-timeout", "db_timeout", "seconds a database write may take before it "
+             "fails with 503 (nothing of it is written)", metavar="SECONDS")
 
 
 def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:

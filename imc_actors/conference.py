@@ -342,6 +342,7 @@ def repository_of(config: Config) -> Repository:
     return Repository(
         config.db_url, config.rooms_table, config.members_table,
         pending_table=config.pending_table, location_table=config.location_table,
+        lock_timeout=config.db_timeout,
     )  # fmt: skip
 
 
@@ -377,7 +378,7 @@ async def open_conference(
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
-    store = Store(repository)
+    store = Store(repository, db_timeout=config.db_timeout)
     policy = Policy(
         start_char=config.imc_cmd_start_char[0],
         check_on_create=config.check_on_create,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -75,6 +76,7 @@ class Config:
     members_table: str = "imc_members"
     pending_table: str = "imc_pending"
     location_table: str = "imc_location"
+    db_timeout: float = 5.0
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
     imc_cmd_start_char: str = "#"
@@ -181,6 +183,8 @@ class Config:
             raise ConfigError("restart_limit", "must be at least 1")
         if not self.restart_window > 0:
             raise ConfigError("restart_window", "must be a positive number of seconds")
+        if not 0 < self.db_timeout < math.inf:
+            raise ConfigError("db_timeout", "must be a positive number of seconds")
         if not (1 <= self.min_expires <= self.default_expires <= self.max_expires):
             raise ConfigError("min_expires", "need 1 <= min_expires <= default_expires <= max_expires")
         if not self.listen:
@@ -289,7 +293,7 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
 }
-_FLOAT_FIELDS = {"restart_window"}
+_FLOAT_FIELDS = {"restart_window", "db_timeout"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 

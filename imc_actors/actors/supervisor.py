@@ -140,6 +140,9 @@ class Committer(Protocol):
     async def commit(self, writes: Sequence[Write]) -> None: ...
 
 
+#: One command of a batch: its envelope, the state after it, and its outcome.
+_Staged = tuple[Envelope, RoomState, Outcome]
+
 #: The pure transition a room actor runs; replaceable to inject faults (imc_actors.testing).
 ApplyFn = Callable[[RoomState, RoomRequest | InviteFailed, Policy], tuple[RoomState, Outcome]]
 
@@ -386,13 +389,13 @@ class Supervisor:
         """Apply the queued commands in order, commit all their writes at once, then answer.
 
         Group commit inside a room: a room under churn pays one transaction per batch, not
-        per command. If the combined commit fails for a reason other than the database being
-        down, the commands are redone one by one so one bad change fails only itself.
+        per command. When the combined commit fails, see :meth:`_commit_failed`: commands
+        without writes are never failed for another command's writes.
         """
         backlog = handle.backlog
         assert backlog is not None
         state = handle.state
-        staged: list[tuple[Envelope, RoomState, Outcome]] = []
+        staged: list[_Staged] = []
         writes: list[Write] = []
         for envelope in backlog:
             if isinstance(envelope.op, _Create) or len(staged) >= self.max_batch:
@@ -407,34 +410,59 @@ class Supervisor:
         if writes:
             try:
                 await self._store.commit(writes)
-            except StoreUnavailable as exc:
-                self._finish_failed(handle, staged, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
-                return
             except StoreError as exc:
-                if len(staged) == 1:
-                    log.error("room=%s commit failed call_id=%s: %s", handle.state.uri, staged[0][0].call_id, exc)
-                    self._finish_failed(handle, staged, Answer(500, "Server Internal Error"))
-                    return
-                for _ in staged:  # redo them one at a time from the committed state
-                    await self._process(handle, backlog[0])
-                    backlog.popleft()
+                await self._commit_failed(handle, staged, exc)
                 return
-        handle.state = state
+        await self._adopt(handle, staged)
+
+    async def _adopt(self, handle: RoomHandle, staged: list[_Staged]) -> None:
+        """The staged commands (the first ones of the backlog) are committed: adopt the state
+        after the last of them, send their notices and answer them."""
+        backlog = handle.backlog
+        assert backlog is not None
+        if not staged:
+            return
+        handle.state = staged[-1][1]
         for envelope, _, outcome in staged:
             backlog.popleft()
             if outcome.notices:
                 await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
             envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
             self._count(handle)
-        if staged and staged[-1][2].destroyed:
+        if staged[-1][2].destroyed:
             self._unregister(handle)
 
-    def _finish_failed(self, handle: RoomHandle, staged: list, answer: Answer) -> None:
-        assert handle.backlog is not None
-        for envelope, _, _ in staged:
-            handle.backlog.popleft()
+    async def _commit_failed(self, handle: RoomHandle, staged: list[_Staged], exc: StoreError) -> None:
+        """The combined commit of ``staged`` failed, so nothing of it is stored.
+
+        The commands before the first one with writes ran on the committed state and stored
+        nothing: they get their own answers (chat, ``#members``). When the store is unavailable
+        (503) or that first writer is the batch's only one (its own change failed: 500), it gets
+        the error. Every command after it ran on top of its uncommitted state, so those (and,
+        when several writers' changes were refused together, the first writer too) are redone
+        one at a time from the committed state: a bad change fails only itself.
+        """
+        backlog = handle.backlog
+        assert backlog is not None
+        first = next(index for index, (_, _, outcome) in enumerate(staged) if outcome.writes)
+        await self._adopt(handle, staged[:first])
+        rest = staged[first:]
+        writers = sum(1 for _, _, outcome in rest if outcome.writes)
+        if isinstance(exc, StoreUnavailable) or writers == 1:
+            envelope = rest[0][0]
+            if isinstance(exc, StoreUnavailable):
+                answer = Answer(503, "Service Unavailable", retry_after=exc.retry_after)
+            else:
+                log.error("room=%s commit failed call_id=%s: %s", handle.state.uri,
+                          envelope.call_id, exc)
+                answer = Answer(500, "Server Internal Error")
+            backlog.popleft()
             envelope.resolve(answer)
             self._count(handle)
+            rest = rest[1:]
+        for _ in rest:  # redo them one at a time from the committed state
+            await self._process(handle, backlog[0])
+            backlog.popleft()
 
     def _count(self, handle: RoomHandle) -> None:
         handle.processed += 1

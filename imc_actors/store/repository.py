@@ -11,6 +11,11 @@ the writer runs. Every method that touches the database:
 - raises :class:`StoreError`, and nothing else, when it fails; the message names the operation,
   the database (password hidden) and the driver's reason.
 
+A caller that may give up waiting on a write (the store, after ``db_timeout``) installs a
+:class:`CommitGuard` for its thread with :func:`guarded`: :meth:`Repository.apply_batch` then asks
+it before each attempt and right before COMMIT, and rolls back when the guard refuses, so a
+change the caller already reported as failed is never written later.
+
 Names, domains and member URIs compare case-insensitively (spec §1) while the spelling of the
 first insert is kept. On SQLite and PostgreSQL that is ``lower(column) = lower(value)`` (backed by
 expression indexes that :meth:`Repository.init_schema` adds); on MySQL/MariaDB the columns'
@@ -22,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import peewee
 
@@ -46,9 +53,9 @@ from .models import (
     extra_indexes,
 )
 from .records import Binding, PendingRow, StoreWrite
-from .urls import DatabaseURL, open_database
+from .urls import LOCK_TIMEOUT, DatabaseURL, open_database
 
-__all__ = ["Repository", "StoreError", "split_member"]
+__all__ = ["CommitGuard", "Repository", "StoreError", "current_guard", "guarded", "split_member"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,43 @@ _TRANSACTIONAL_ENGINES = {"innodb", "xtradb", "rocksdb", "tokudb", "ndbcluster"}
 
 class StoreError(Exception):
     """A database operation failed. ``str()`` is a readable reason (never the password)."""
+
+
+class CommitGuard(Protocol):
+    """Asked by :meth:`Repository.apply_batch` in the thread it is installed in (:func:`guarded`).
+
+    Both methods raise :class:`StoreError` when the change must not be written any more; the
+    transaction is then rolled back and not retried.
+    """
+
+    def check(self) -> None:
+        """Before each attempt of a write transaction."""
+
+    def committing(self) -> None:
+        """Right before COMMIT: when it returns, the outcome is up to the database."""
+
+
+_guards = threading.local()
+
+
+@contextmanager
+def guarded(guard: CommitGuard) -> Iterator[None]:
+    """Have :meth:`Repository.apply_batch` ask ``guard`` in this thread for the block's duration.
+
+    A thread-local rather than an argument, so wrappers of a repository (metrics, fault
+    injection) pass it on without knowing of it.
+    """
+    previous = current_guard()
+    _guards.current = guard
+    try:
+        yield
+    finally:
+        _guards.current = previous
+
+
+def current_guard() -> CommitGuard | None:
+    """The guard installed in this thread (for backends with transactions of their own)."""
+    return getattr(_guards, "current", None)
 
 
 def split_member(uri: str) -> tuple[str, str]:
@@ -106,8 +150,10 @@ class Repository:
 
     ``db_url`` is a peewee URL (see :mod:`imc_actors.store.urls`); ``rooms_table`` and
     ``members_table`` name Kamailio's tables, ``pending_table`` and ``location_table``
-    imc-actors' own (plain identifiers of at most 32 characters). The constructor does not
-    connect; a bad URL or table name raises :class:`StoreError` at once.
+    imc-actors' own (plain identifiers of at most 32 characters). ``lock_timeout`` (seconds,
+    ``db_timeout``) bounds how long a statement waits for another connection's lock (see
+    :func:`~imc_actors.store.urls.open_database`). The constructor does not connect; a bad URL
+    or table name raises :class:`StoreError` at once.
     """
 
     def __init__(
@@ -118,6 +164,7 @@ class Repository:
         *,
         pending_table: str = "imc_pending",
         location_table: str = "imc_location",
+        lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
         names = {
             "rooms_table": rooms_table,
@@ -141,7 +188,7 @@ class Repository:
         self.members_table = members_table
         self.pending_table = pending_table
         self.location_table = location_table
-        self._db: peewee.Database = open_database(self._url)
+        self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
         self._models = bind_models(
             self._db, rooms_table, members_table, pending_table, location_table
         )
@@ -207,7 +254,7 @@ class Repository:
 
         Raises :class:`StoreError` on any failure (the transaction is rolled back), including a
         write that cannot be stored (a value longer than the column, a member that is not
-        ``sip:user@host``, an unknown record).
+        ``sip:user@host``, an unknown record), or a refusal of the thread's :class:`CommitGuard`.
         """
         batch = list(writes)
         if not batch:
@@ -457,6 +504,9 @@ class Repository:
             raise StoreError(f"not a store write: {write!r}")
 
     def _apply(self, writes: list[StoreWrite]) -> None:
+        guard = current_guard()
+        if guard is not None:
+            guard.check()
         if self._exact_is_ci is None:
             self._exact_is_ci = self._mysql_columns_are_ci()
         sql = self._statements(bool(self._exact_is_ci))
@@ -491,6 +541,8 @@ class Repository:
                 else:
                     user, host = split_member(write.member)
                     execute(sql.member_delete, (write.room, user, host))
+            if guard is not None:
+                guard.committing()  # a refusal raises here: the block rolls back
 
     def _statements(self, exact_is_ci: bool) -> _Statements:
         """The write statements, rendered once (peewee's query builder costs more than SQLite)."""

@@ -12,11 +12,14 @@ Query-string parameters are passed to the driver (``?connect_timeout=10``), as
 Every database is opened with ``thread_safe=False``: the store uses it from one thread at a
 time, but not always the same thread (Trio's worker-thread cache), so the connection must not be
 thread-local. SQLite is opened in WAL mode with ``synchronous=FULL`` (a commit is on disk before
-it returns) and a busy timeout.
+it returns). Every engine gets a lock timeout (``db_timeout``, see :func:`open_database`), so a
+statement waiting for a lock another connection holds fails after that long and its transaction
+rolls back, instead of hanging the writer thread.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -33,8 +36,9 @@ _SCHEMES: dict[str, Engine] = {
     "mysql": "mysql",
 }
 
-#: Seconds SQLite waits for a lock held by another process before giving up.
-SQLITE_BUSY_TIMEOUT = 5.0
+#: Seconds a statement waits for a lock held by another connection before it fails (the
+#: default of ``db_timeout``).
+LOCK_TIMEOUT = 5.0
 #: Seconds a PostgreSQL or MySQL connection attempt may take.
 CONNECT_TIMEOUT = 5
 #: Seconds a MySQL socket read or write may block (a half-dead server must not hang the writer).
@@ -104,11 +108,18 @@ def redact(url: str) -> str:
         return "<unparsable database URL>"
 
 
-def open_database(url: DatabaseURL) -> peewee.Database:
-    """A peewee database for ``url``, not yet connected (peewee connects on first use)."""
+def open_database(url: DatabaseURL, *, lock_timeout: float = LOCK_TIMEOUT) -> peewee.Database:
+    """A peewee database for ``url``, not yet connected (peewee connects on first use).
+
+    ``lock_timeout`` (seconds) bounds how long a statement waits for a lock another connection
+    holds; then it fails with the driver's error and the transaction rolls back. SQLite: the
+    busy timeout (a ``?timeout=`` in the URL wins). PostgreSQL: ``lock_timeout``. MySQL and
+    MariaDB: ``lock_wait_timeout`` (table and metadata locks) and ``innodb_lock_wait_timeout``
+    (row locks), whole seconds, at least 1.
+    """
     params = dict(url.params)
     if url.engine == "sqlite":
-        timeout = float(params.pop("timeout", SQLITE_BUSY_TIMEOUT))
+        timeout = float(params.pop("timeout", lock_timeout))
         pragmas = [
             ("journal_mode", "wal"),
             ("synchronous", "full"),
@@ -126,8 +137,49 @@ def open_database(url: DatabaseURL) -> peewee.Database:
     if url.engine == "postgresql":
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params.setdefault("application_name", "imc-actors")
-        return peewee.PostgresqlDatabase(url.database, thread_safe=False, **params)
+        milliseconds = max(1, round(lock_timeout * 1000))
+        return _PostgresqlDatabase(
+            url.database,
+            thread_safe=False,
+            session_sql=(f"SET lock_timeout = {milliseconds}",),
+            **params,
+        )
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("read_timeout", MYSQL_IO_TIMEOUT)
     params.setdefault("write_timeout", MYSQL_IO_TIMEOUT)
-    return peewee.MySQLDatabase(url.database, thread_safe=False, **params)
+    seconds = max(1, math.ceil(lock_timeout))
+    return _MySQLDatabase(
+        url.database,
+        thread_safe=False,
+        session_sql=(
+            f"SET SESSION lock_wait_timeout = {seconds}",
+            f"SET SESSION innodb_lock_wait_timeout = {seconds}",
+        ),
+        **params,
+    )
+
+
+class _SessionSettings(peewee.Database):
+    """Runs ``session_sql`` on every new connection (peewee's connection hook), so a reconnect
+    gets the same settings."""
+
+    def __init__(self, database: str, *, session_sql: tuple[str, ...] = (), **kwargs: Any) -> None:
+        self.session_sql = session_sql
+        super().__init__(database, **kwargs)
+
+    def _initialize_connection(self, conn: Any) -> None:
+        super()._initialize_connection(conn)
+        cursor = conn.cursor()
+        try:
+            for sql in self.session_sql:
+                cursor.execute(sql)
+        finally:
+            cursor.close()
+
+
+class _PostgresqlDatabase(_SessionSettings, peewee.PostgresqlDatabase):
+    pass
+
+
+class _MySQLDatabase(_SessionSettings, peewee.MySQLDatabase):
+    pass

@@ -13,7 +13,15 @@ Failures stay local:
 - when the database does not answer, the store becomes *unavailable*: the commits of that batch
   and every later one fail at once with :class:`StoreUnavailable` (the caller answers 503 with
   ``Retry-After``) while a background ping (every ``ping_interval`` seconds of Trio time) waits
-  for the database to return; then the store resumes by itself.
+  for the database to return; then the store resumes by itself;
+- when a batch is not durable within ``db_timeout`` seconds of wall-clock time (a table locked
+  by another client, a stalled server), its commits fail with :class:`StoreUnavailable` at
+  that moment and the store becomes unavailable as above, although the worker thread (which
+  cannot be cancelled) is still waiting. Nothing of such a batch is written later: the thread
+  asks a :class:`~.repository.CommitGuard` before each attempt and right before COMMIT, and the
+  guard refuses once the waiting side gave up (the transaction rolls back), while the engine's
+  lock timeout (see :func:`~.urls.open_database`) ends the thread's wait in about as long.
+  Only a COMMIT already sent when the deadline passes is waited for: its outcome is the truth.
 
 The store only calls ``apply_batch``, ``ping`` and ``load_rooms`` on its repository, so tests and
 fault-injection tools can pass any object with those methods.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,7 +42,7 @@ import trio
 
 from ..imc.state import RoomState
 from .records import StoreWrite
-from .repository import StoreError
+from .repository import StoreError, guarded
 
 _T = TypeVar("_T")
 
@@ -99,8 +108,67 @@ class _BatchResult:
     """What the worker thread reports back for one batch."""
 
     errors: list[BaseException | None]  # one per waiter, None when durable
-    down: BaseException | None = None  # the ping's error when the database is not answering
+    down: BaseException | None = None  # why the database counts as not answering
     seconds: float | None = None  # duration of the successful combined transaction
+
+
+class _Attempt:
+    """One batch handed to the worker thread, and the handshake that lets the waiting side give
+    up on it ``timeout`` seconds from now without a late commit: the thread's
+    :class:`~.repository.CommitGuard`."""
+
+    def __init__(self, groups: list[tuple[StoreWrite, ...]], timeout: float) -> None:
+        self.groups = groups
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.durable = [False] * len(groups)  # set once a group's transaction has committed
+        self.result: _BatchResult | None = None  # set by the thread before ``finished``
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._committing = False
+
+    def late(self) -> bool:
+        """True once the waiting side gave up or the deadline has passed (no new attempt)."""
+        return self._abandoned or time.monotonic() >= self.deadline
+
+    def timeout_error(self) -> StoreError:
+        return StoreError(f"the database did not commit within db_timeout ({self.timeout:g} s)")
+
+    # -- the CommitGuard, called in the worker thread by the repository -----------------------
+
+    def check(self) -> None:
+        with self._lock:
+            if self.late():
+                raise self.timeout_error()
+
+    def committing(self) -> None:
+        with self._lock:
+            if self.late():
+                raise self.timeout_error()
+            self._committing = True
+
+    def settled(self, indexes: range, *, durable: bool) -> None:
+        """The worker thread: the transaction of ``groups[indexes]`` has ended."""
+        with self._lock:
+            self._committing = False
+            if durable:
+                for index in indexes:
+                    self.durable[index] = True
+
+    # -- the waiting side ---------------------------------------------------------------------
+
+    def abandon(self) -> bool:
+        """No transaction starts or commits from now on. True when none is committing (then
+        ``durable`` is final); False when a COMMIT is under way (wait for ``finished``)."""
+        with self._lock:
+            self._abandoned = True
+            return not self._committing
+
+    def timed_out(self) -> _BatchResult:
+        """The result of an abandoned attempt: durable groups stay so, the others failed."""
+        error = self.timeout_error()
+        return _BatchResult(errors=[None if ok else error for ok in self.durable], down=error)
 
 
 class Store:
@@ -110,7 +178,8 @@ class Store:
     goes alone, whole). ``max_pending`` bounds the commits waiting; beyond it :meth:`commit`
     fails at once with :class:`StoreUnavailable` (backpressure, spec §3). ``ping_interval`` is
     the Trio time between pings while the database is failing; ``retry_after`` is the
-    ``Retry-After`` given meanwhile.
+    ``Retry-After`` given meanwhile. ``db_timeout`` is the wall-clock time a commit may take
+    (its wait for the writer thread included) before it fails with :class:`StoreUnavailable`.
     """
 
     def __init__(
@@ -121,10 +190,14 @@ class Store:
         max_pending: int = 10_000,
         ping_interval: float = 1.0,
         retry_after: int | None = None,
+        db_timeout: float = 5.0,
     ) -> None:
-        if max_batch < 1 or max_pending < 1 or ping_interval <= 0:
-            raise ValueError("max_batch, max_pending and ping_interval must be positive")
+        if max_batch < 1 or max_pending < 1 or ping_interval <= 0 or not db_timeout > 0:
+            raise ValueError(
+                "max_batch, max_pending, ping_interval and db_timeout must be positive"
+            )
         self._repository = repository
+        self._db_timeout = db_timeout
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._ping_interval = ping_interval
@@ -175,7 +248,9 @@ class Store:
         """Make ``writes`` durable, in order, in one transaction; return once they are.
 
         Empty ``writes`` return at once (no checkpoint). Raises :class:`StoreUnavailable` at
-        once while the database is failing or the queue is full, :class:`StoreError` when this
+        once while the database is failing or the queue is full, after ``db_timeout`` seconds
+        when the database has not committed by then (nothing of it is written later),
+        :class:`StoreError` when this
         change cannot be stored or the store is shut down. If the caller is cancelled while the
         change is still queued, it is dropped and never written; once its transaction has
         started, it may still become durable.
@@ -282,10 +357,9 @@ class Store:
         """Write one batch (called shielded) and wake its waiters."""
         self._in_flight = len(batch)
         self._batches += 1
+        attempt = _Attempt([waiter.writes for waiter in batch], self._db_timeout)
         try:
-            result = await trio.to_thread.run_sync(
-                self._write_in_thread, [waiter.writes for waiter in batch], limiter=self._limiter
-            )
+            result = await self._attempt(attempt)
         except BaseException as exc:  # a bug, not a database failure: never leave waiters hanging
             for waiter in batch:
                 self._failures += 1
@@ -306,16 +380,51 @@ class Store:
                 waiter.error = self._as_store_error(error, down=result.down is not None)
             waiter.done.set()
 
-    def _write_in_thread(self, groups: list[tuple[StoreWrite, ...]]) -> _BatchResult:
-        """Runs in the worker thread: the combined transaction, then the fallbacks."""
+    async def _attempt(self, attempt: _Attempt) -> _BatchResult:
+        """Run ``attempt`` in the writer thread; give up on it at its deadline (see the module
+        docstring). An abandoned thread keeps the limiter until it ends, so nothing else uses
+        the connection meanwhile."""
+        with trio.move_on_after(self._db_timeout):
+            return await trio.to_thread.run_sync(
+                self._write_in_thread, attempt, limiter=self._limiter, abandon_on_cancel=True
+            )
+        # Trio's deadline passed; on a virtual clock (tests) the wall-clock one may not have yet.
+        remaining = attempt.deadline - time.monotonic()
+        if remaining > 0:
+            await trio.to_thread.run_sync(attempt.finished.wait, remaining)
+        if not attempt.finished.is_set() and not attempt.abandon():
+            log.warning("a COMMIT was under way at db_timeout; waiting for its outcome")
+            await trio.to_thread.run_sync(attempt.finished.wait)
+        if attempt.finished.is_set():
+            if attempt.result is None:
+                raise RuntimeError("the writer thread failed")
+            return attempt.result
+        return attempt.timed_out()
+
+    def _write_in_thread(self, attempt: _Attempt) -> _BatchResult:
+        """Runs in the worker thread: :meth:`_write_groups` under the attempt's guard."""
+        try:
+            with guarded(attempt):
+                attempt.result = self._write_groups(attempt)
+            return attempt.result
+        finally:
+            attempt.finished.set()
+
+    def _write_groups(self, attempt: _Attempt) -> _BatchResult:
+        """The combined transaction, then the fallbacks (nothing new once ``attempt`` is late)."""
         repository = self._repository
+        groups = attempt.groups
         started = time.perf_counter()
         try:
             repository.apply_batch([write for group in groups for write in group])
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiters
+            attempt.settled(range(len(groups)), durable=False)
             combined: BaseException = exc
         else:
+            attempt.settled(range(len(groups)), durable=True)
             return _BatchResult(errors=[None] * len(groups), seconds=time.perf_counter() - started)
+        if attempt.late():  # a lock wait ran out: the database does not answer in time
+            return _BatchResult(errors=[combined] * len(groups), down=attempt.timeout_error())
         try:
             repository.ping()
         except Exception as exc:  # noqa: BLE001 - the database does not answer: an outage
@@ -326,12 +435,18 @@ class Store:
             "batch of %d commits failed (%s); retrying them one by one", len(groups), combined
         )
         errors: list[BaseException | None] = []
-        for group in groups:
+        for index, group in enumerate(groups):
+            if attempt.late():
+                timeout = attempt.timeout_error()
+                errors.extend([timeout] * (len(groups) - index))
+                return _BatchResult(errors=errors, down=timeout)
             try:
                 repository.apply_batch(group)
             except Exception as exc:  # noqa: BLE001
+                attempt.settled(range(index, index + 1), durable=False)
                 errors.append(exc)
             else:
+                attempt.settled(range(index, index + 1), durable=True)
                 errors.append(None)
         return _BatchResult(errors=errors)
 

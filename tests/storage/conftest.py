@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import peewee
 import pytest
@@ -89,11 +90,12 @@ class Tables:
     def all(self) -> tuple[str, str, str, str]:
         return (self.rooms, self.members, self.pending, self.location)
 
-    def repository(self, db_url: str) -> Repository:
-        """A :class:`Repository` on these tables (not connected yet)."""
+    def repository(self, db_url: str, **options: Any) -> Repository:
+        """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
+        (``lock_timeout``)."""
         return Repository(
             db_url, self.rooms, self.members, pending_table=self.pending,
-            location_table=self.location,
+            location_table=self.location, **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:

@@ -44,6 +44,9 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_ROOMS_TABLE": "x; drop table y"}, "rooms_table"),
         ({"IMC_RPC_LISTEN": "127.0.0.1:http"}, "rpc_listen"),
         ({"IMC_RESTART_WINDOW": "0"}, "restart_window"),
+        ({"IMC_DB_TIMEOUT": "0"}, "db_timeout"),
+        ({"IMC_DB_TIMEOUT": "soon"}, "db_timeout"),
+        ({"IMC_DB_TIMEOUT": "inf"}, "db_timeout"),
     ],
 )
 def test_bad_values_name_the_parameter(source, param):
@@ -51,6 +54,18 @@ def test_bad_values_name_the_parameter(source, param):
         Config.from_sources(environ=source)
     assert info.value.param == param
     assert param in str(info.value)
+
+
+def test_db_timeout_from_file_environment_and_flag(tmp_path):
+    path = tmp_path / "imc.toml"
+    path.write_text("db_timeout = 2\n")
+    assert Config.from_sources(environ={}).db_timeout == 5.0
+    assert Config.from_sources(str(path), environ={}).db_timeout == 2.0
+    assert Config.from_sources(str(path), environ={"IMC_DB_TIMEOUT": "0.5"}).db_timeout == 0.5
+    flag = Config.from_sources(
+        str(path), environ={"IMC_DB_TIMEOUT": "0.5"}, overrides={"db_timeout": "7.5"}
+    )
+    assert flag.db_timeout == 7.5
 
 
 def test_unknown_key_in_file_is_refused(tmp_path):
