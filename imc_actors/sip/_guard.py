@@ -94,6 +94,8 @@ def split_message(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         raise SipParseError("Empty message")
     end = _BLANK_LINE.search(data)
     if end is None:
+        if b"\n" not in data and b"\r" in data:
+            raise SipParseError("Bad line ending")  # bare CRs only: no line is a line
         if data.count(b"\n") > MAX_HEADER_LINES:
             raise SipParseError("Too many headers")
         raise SipParseError("Missing end of headers")
