@@ -11,16 +11,26 @@ re-register within their refresh interval.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from imc_actors.sip import Request, aor_key
+from imc_actors.sip import Request, aor_key, build_response
 from imc_actors.transport import Reply
 
-__all__ = ["Registrar", "parse_contacts"]
+__all__ = ["MAX_ANSWER", "Registrar", "answer_fits", "parse_contacts"]
 
 # RFC 3261 §20.19: a malformed Expires value SHOULD be treated as 3600.
 _MALFORMED_EXPIRES = 3600
+# RFC 3261 §20.19: delta-seconds are at most 2**32-1 (ten digits); larger values count as that.
+_MAX_DELTA = 2**32 - 1
+_MAX_DELTA_DIGITS = len(str(_MAX_DELTA))
+
+#: Largest REGISTER answer, in bytes. The 200 lists every binding of the AOR and must travel
+#: back as one UDP datagram (at most 65,507 bytes over IPv4); the rest of that is left for the
+#: ``received``/``rport`` the transport adds to the top Via.
+MAX_ANSWER = 65_000
+# Upper bound on the bytes of a 200's own lines (status line, To tag, Content-Length).
+_ANSWER_FRAME = 100
 # How often (in ``now`` seconds) register() sweeps expired bindings of every AOR.
 _SWEEP_INTERVAL = 60.0
 
@@ -111,6 +121,35 @@ def _find_outside_quotes(text: str, ch: str) -> int:
     return -1
 
 
+def answer_fits(request: Request, contacts: Iterable[str], limit: int = MAX_ANSWER) -> bool:
+    """Whether the 200 to REGISTER ``request`` listing the bindings ``contacts`` (URIs) fits in
+    ``limit`` bytes. Pure. Every ``expires`` is counted at its widest (ten digits).
+
+    For the usual request this is a sum over characters (a character is at most 4 bytes of
+    UTF-8, and the answer copies only some of the request's headers); only near the limit is
+    the answer built to be measured.
+    """
+    uris = list(contacts)
+    listed = [("Contact", f"<{uri}>;expires={_MAX_DELTA}") for uri in uris]
+    chars = sum(len(name) + len(value) + 4 for name, value in (*request.headers, *listed))
+    if 4 * chars + _ANSWER_FRAME <= limit:
+        return True
+    return len(build_response(request, 200, to_tag="t" * 12, headers=listed)) <= limit
+
+
+def _answer_too_large() -> Reply:
+    return Reply(
+        403,
+        "Too Many Contacts",
+        headers=(
+            (
+                "Warning",
+                f'399 imc-actors "the 200 listing these bindings would be over {MAX_ANSWER} bytes"',
+            ),
+        ),
+    )
+
+
 def _contact_key(uri: str) -> str:
     """Comparison key for contact URIs (RFC 3261 §19.1.4, approximately).
 
@@ -126,13 +165,21 @@ def _contact_key(uri: str) -> str:
 
 
 def _delta_seconds(text: str | None) -> int | None:
-    """An Expires value as seconds; None when absent, 3600 when malformed (RFC 3261 §20.19)."""
+    """An Expires value as seconds; None when absent, 3600 when malformed (RFC 3261 §20.19).
+
+    Values above 2**32-1 (the largest delta-seconds RFC 3261 §20.19 allows) count as 2**32-1;
+    digits are counted before any are converted, so no length of digit string costs more
+    than its scan (Python refuses to convert over 4,300 digits at all).
+    """
     if text is None:
         return None
     text = text.strip()
     if not text.isdigit() or not text.isascii():
         return _MALFORMED_EXPIRES
-    return int(text)
+    text = text.lstrip("0")
+    if len(text) > _MAX_DELTA_DIGITS:
+        return _MAX_DELTA
+    return min(int(text or "0"), _MAX_DELTA)
 
 
 class Registrar:
@@ -175,6 +222,10 @@ class Registrar:
           above 0 and below ``min_expires``: 423 with ``Min-Expires``; 0 removes the binding.
         - a binding last set by the same Call-ID with an equal or higher CSeq: 500, and nothing
           of the request is applied (RFC 3261 §10.3 steps 6-7: updates are all or nothing).
+        - the 200 listing the resulting bindings would be over :data:`MAX_ANSWER` bytes (it
+          could not be sent back over UDP): 403 Too Many Contacts with a ``Warning``, and
+          nothing of the request is applied.
+        - ``Expires``/``expires`` values above 2**32-1 count as 2**32-1 (then ``max_expires``).
         - else the bindings are updated and the 200 lists every current binding of the AOR, each
           ``Contact: <uri>;expires=<seconds left>``.
         """
@@ -199,6 +250,8 @@ class Registrar:
         contacts = [c for value in request.header_list("Contact") for c in parse_contacts(value)]
         current = self._live(aor, now)
         if not contacts:
+            if not answer_fits(request, [b.uri for b in current.values()]):
+                return _answer_too_large()
             return self._ok(aor, now)
 
         call_id, cseq = request.call_id, request.cseq
@@ -233,6 +286,10 @@ class Registrar:
                 return _out_of_order()
             changes.append((key, uri, min(expires, self.max_expires)))
 
+        changed = {key for key, _, _ in changes}
+        kept = [b.uri for key, b in current.items() if key not in changed]
+        if not answer_fits(request, [*kept, *(uri for _, uri, exp in changes if exp)]):
+            return _answer_too_large()  # before anything is applied
         for key, uri, expires in changes:
             if expires == 0:
                 current.pop(key, None)
