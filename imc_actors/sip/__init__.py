@@ -16,7 +16,7 @@ from .build import (
 from .message import Request, Response
 from .parse import parse, parse_stream, salvage_response
 from .transaction import ClientTransaction, ServerTransaction, client_key, server_key
-from .uri import aor_key, canonical, complete_argument, split_uri
+from .uri import USER_SAFE, aor_key, canonical, canonical_user, complete_argument, split_uri
 
 __all__ = [
     "MAX_FIELD",
@@ -28,10 +28,12 @@ __all__ = [
     "Response",
     "ServerTransaction",
     "SipParseError",
+    "USER_SAFE",
     "aor_key",
     "build_request",
     "build_response",
     "canonical",
+    "canonical_user",
     "client_key",
     "complete_argument",
     "new_branch",

@@ -9,10 +9,12 @@ import logging
 import pytest
 import trio
 
+from imc_actors.control.views import find_room
 from imc_actors.registrar import MAX_ANSWER
-from tests.integration.conftest import DOMAIN
+from tests.integration.conftest import DOMAIN, MANAGER, expect
 
 AOR = f"sip:alice@{DOMAIN}"
+ROOM = f"sip:chat@{DOMAIN}"
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -64,3 +66,70 @@ async def test_register_whose_answer_would_not_fit_is_refused_before_binding(ua,
     assert third.code == 200 and len(third.header_list("Contact")) == 5
     fourth = await alice.request("REGISTER", f"sip:{DOMAIN}", headers=contacts(25), to_uri=AOR)
     assert fourth.code == 200 and len(fourth.header_list("Contact")) == 30
+
+
+# --------------------------------------------------------------------------- names the store cannot hold
+ROOM_TOO_LONG = "*** Room name too long (sip:<name>@<domain> may have at most 64 characters)"
+ADDRESS_TOO_LONG = "*** Address too long (user and host may have at most 64 characters each)"
+SENDER_TOO_LONG = "*** Your address is too long (user and host may have at most 64 characters each)"
+
+
+async def test_names_wider_than_the_columns_get_4xx_and_a_notice(ua, server, caplog):
+    """Before: 500, a commit-failed ERROR and no notice. Now refused before any write."""
+    alice = await ua("alice")
+    long_room = "r" * 60  # sip:<60>@127.0.0.1 is 74 characters
+    assert (await alice.message(MANAGER, f"#create {long_room}")).code == 400
+    await expect(alice, ROOM_TOO_LONG, sender=MANAGER)
+    room_uri = f"sip:{long_room}@{DOMAIN}"
+    assert (await alice.message(room_uri, "#join")).code == 414  # the Request-URI's room
+    await expect(alice, ROOM_TOO_LONG, sender=room_uri)
+
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    await expect(alice, "*** Room was created")
+    assert (await alice.message(ROOM, "#invite " + "u" * 65)).code == 400
+    await expect(alice, ADDRESS_TOO_LONG, sender=ROOM)
+
+    mallory = await ua("m" * 65)  # a From user wider than imc_members.username
+    assert (await mallory.message(ROOM, "#join")).code == 400
+    await expect(mallory, SENDER_TOO_LONG, sender=ROOM)
+
+    assert [room.uri for room in server.conference.rooms()] == [ROOM]
+    assert [m.uri for m in server.conference.room(ROOM).members] == [AOR]
+    assert errors(caplog) == []
+
+
+# --------------------------------------------------------------------------- one canonical form
+INVALID_NAME = "(letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"
+
+
+async def test_escaped_arguments_name_what_the_request_uri_names(ua, server):
+    """``#create %63hat`` is ``#create chat`` (RFC 3261 §19.1.4), not a second room that
+    displays alike; ``imc%2Dmanager`` is the manager, not a room; a name that needs escapes
+    is refused."""
+    alice = await ua("alice")
+    bob = await ua("bob")
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    await expect(alice, "*** Room was created", sender=ROOM)
+    assert (await bob.message(MANAGER, "#create %63hat")).code == 200  # joins chat
+    await expect(alice, "*** [bob] has joined the room", sender=ROOM)
+    await expect(bob, "*** [bob] has joined the room", sender=ROOM)
+
+    assert (await bob.message(MANAGER, "#create imc%2Dmanager")).code == 400
+    await expect(bob, "*** Invalid address 'imc%2Dmanager'", sender=MANAGER)
+    assert (await bob.message(MANAGER, "#create a%20b")).code == 400
+    await expect(bob, f"*** Invalid room name 'a%20b' {INVALID_NAME}", sender=MANAGER)
+    assert (await bob.message(f"sip:a%40b@{DOMAIN}", "#create")).code == 400
+    await expect(bob, f"*** Invalid room name 'a%40b' {INVALID_NAME}")
+
+    # The Request-URI, user arguments and the sender all meet in the same spelling.
+    assert (await bob.message(f"sip:%63hat@{DOMAIN}", "hello")).code == 202
+    await expect(alice, "[bob]: hello", sender=ROOM)
+    assert (await alice.message(ROOM, "#add %62ob")).code == 403
+    await expect(alice, "*** [bob] is already a member of the room")
+    assert [room.uri for room in server.conference.rooms()] == [ROOM]
+    assert [m.uri for m in server.conference.room(f"sip:%63hat@{DOMAIN}").members] == [
+        AOR,
+        f"sip:bob@{DOMAIN}",
+    ]
+    # Management reads the same spelling (imc.list_members, the MI FIFO, the status page).
+    assert find_room(server.conference, f"sip:%63hat@{DOMAIN}").uri == ROOM
