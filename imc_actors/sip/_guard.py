@@ -21,6 +21,7 @@ __all__ = [
     "MAX_MESSAGE",
     "SipParseError",
     "canonical_name",
+    "forget_traceback",
     "split_message",
 ]
 
@@ -67,6 +68,15 @@ KNOWN_NAMES.update(COMPACT_FORMS)
 #: The same, keyed by the spellings seen on the wire (canonical, lower case, compact forms), so
 #: that most header names are found without lower-casing them first.
 _EXACT_NAMES: dict[str, str] = {**KNOWN_NAMES, **{name: name for name in KNOWN_NAMES.values()}}
+
+
+def forget_traceback(exc: BaseException) -> None:
+    """Cut ``exc``'s traceback once it is caught. sipmessage raises one shared ``ValueError``
+    instance per grammar (``VIA_EXCEPTION``, ``ADDRESS_EXCEPTION``), and each raise chains the
+    raising frames onto that instance's ``__traceback__``: without this, every refused Via or
+    address would keep its frames, and the message bytes in them, alive for good."""
+    exc.__traceback__ = None
+
 
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _BLANK_LINE = re.compile(rb"\n\r?\n")

@@ -20,11 +20,12 @@ import re
 from functools import lru_cache
 
 from sipmessage import URI, CSeq, Parameters, Via
-from sipmessage.address import ADDRESS_PATTERNS
+from sipmessage.address import ADDRESS_EXCEPTION, ADDRESS_PATTERNS
 from sipmessage.grammar import simplify_whitespace
 from sipmessage.message import Message as _SipMessage
 from sipmessage.message import Request as _SipRequest
 from sipmessage.message import Response as _SipResponse
+from sipmessage.via import VIA_EXCEPTION
 
 from ._guard import (
     _BLANK_LINE,
@@ -34,6 +35,7 @@ from ._guard import (
     MAX_HEADER_LINES,
     MAX_MESSAGE,
     SipParseError,
+    forget_traceback,
     split_message,
 )
 from .build import new_tag, reason_phrase
@@ -50,7 +52,9 @@ __all__ = ["SipParseError", "parse", "parse_stream", "salvage_response"]
 _SINGLE = frozenset(["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"])
 _SCHEMES = ("sip", "sips", "tel")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")  # RFC 3986 §3.1
-_MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
+_MAX_CSEQ = 2**31 - 1
+# sipmessage's exceptions that are one instance, raised again and again (see forget_traceback).
+_SHARED_ERRORS = (VIA_EXCEPTION, ADDRESS_EXCEPTION)  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
 
 
 def parse(data: bytes) -> Request | Response:
@@ -69,6 +73,8 @@ def parse(data: bytes) -> Request | Response:
     except SipParseError:
         raise
     except Exception as exc:  # sipmessage's ValueError/KeyError/IndexError, or our own bug
+        if exc in _SHARED_ERRORS:
+            forget_traceback(exc)
         raise SipParseError("Malformed message") from exc
 
 
@@ -190,7 +196,8 @@ def _top_via(value: str) -> tuple[str, int | None, str | None]:
             return host, port, parsed.get("branch")
     try:
         via = Via.parse_many(top)[0]
-    except (ValueError, IndexError):
+    except (ValueError, IndexError) as exc:
+        forget_traceback(exc)
         raise SipParseError("Invalid Via") from None
     return via.host, via.port, via.parameters.get("branch")
 
@@ -200,7 +207,8 @@ def _sent_by(head: str) -> tuple[str, int | None]:
     """``(host, port)`` of a Via's ``SIP/2.0/<transport> <sent-by>`` part, by sipmessage."""
     try:
         via = Via.parse_many(head)[0]
-    except (ValueError, IndexError):
+    except (ValueError, IndexError) as exc:
+        forget_traceback(exc)
         raise SipParseError("Invalid Via") from None
     return via.host, via.port
 

@@ -20,6 +20,8 @@ from sipmessage import URI, Address
 from sipmessage.address import ADDRESS_PATTERNS
 from sipmessage.grammar import simplify_whitespace
 
+from ._guard import forget_traceback
+
 __all__ = ["USER_SAFE", "aor_key", "canonical", "canonical_user", "complete_argument", "split_uri"]
 
 #: Characters a canonical user part holds unescaped: RFC 3261's ``unreserved`` and
@@ -62,7 +64,8 @@ def _parse(uri: str) -> tuple[URI, str]:
             if colon and scheme != scheme.lower():  # schemes are case-insensitive
                 text = f"{scheme.lower()}:{rest}"
             parsed = URI.parse(text)
-    except ValueError:
+    except ValueError as exc:
+        forget_traceback(exc)  # Address.parse raises a shared instance
         raise ValueError(f"not a SIP URI: {uri!r}") from None
     if parsed.scheme not in ("sip", "sips"):
         raise ValueError(f"not a SIP URI: {uri!r}")

@@ -658,3 +658,22 @@ def test_salvage_rejects_bad_status() -> None:
         salvage_response(BROKEN, 99, "x")
     with pytest.raises(ValueError):
         salvage_response(BROKEN, 400, "x\r\nInjected: yes")
+
+
+def test_refused_vias_and_addresses_keep_no_frames_alive() -> None:
+    """sipmessage raises one shared ValueError per grammar; each raise used to chain its frames
+    (and the message bytes in them) onto that instance for good: found by bench.fuzz as RSS
+    growing with every refused Via."""
+    from sipmessage.address import ADDRESS_EXCEPTION
+    from sipmessage.via import VIA_EXCEPTION
+
+    from imc_actors.sip import split_uri
+
+    bad_via = MESSAGE.replace(b"SIP/2.0/UDP", b"SIP/2.0/UDP ;", 1)
+    for i in range(50):
+        with pytest.raises(SipParseError, match="Invalid Via"):
+            parse(bad_via.replace(b"hello", f"{i:05}".encode()))
+        with pytest.raises(ValueError):
+            split_uri(f'"x <sip:bad{i}@')
+    assert VIA_EXCEPTION.__traceback__ is None
+    assert ADDRESS_EXCEPTION.__traceback__ is None
