@@ -26,7 +26,7 @@ from .imc.room import Policy, RoomRequest, help_text, new_room, notice_error, ro
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
-from .sip import reason_phrase
+from .sip import USER_SAFE, canonical_user, reason_phrase
 from .store.repository import Repository
 from .store.writer import Backend, Store
 
@@ -45,7 +45,9 @@ class IncomingMessage:
     """One MESSAGE as the conference sees it.
 
     ``request_uri`` is ``sip:user@host`` of the Request-URI (port and parameters dropped);
-    ``sender`` is ``sip:user@host`` of the sender (From, or the identity header when trusted);
+    ``sender`` is ``sip:user@host`` of the sender (From, or the identity header when trusted).
+    Their user parts may be written with escapes: the conference reads both in canonical form
+    (:func:`imc_actors.sip.uri.canonical_user`), so ``sip:%61lice@x`` is ``sip:alice@x``.
     ``body`` is the raw body; ``content_type`` the Content-Type header or None; ``call_id`` the
     Call-ID (outgoing MESSAGEs carry it as In-Reply-To).
     """
@@ -97,11 +99,24 @@ class RoomStatus:
 
 
 def split_user_host(uri: str) -> tuple[str, str]:
-    """``sip:user@host`` -> ``(user, host)``; the user is empty when the URI has none."""
+    """``sip:user@host`` -> ``(user, host)``, the user in canonical form
+    (:func:`~imc_actors.sip.uri.canonical_user`: ``sip:%63hat@x`` names the room ``chat``);
+    the user is empty when the URI has none."""
     # Not sip.split_uri: that one raises for a URI without a user, which handle()/room() must not.
     rest = uri.split(":", 1)[1] if ":" in uri else uri
     user, sep, host = rest.rpartition("@")
-    return (user, host) if sep else ("", rest)
+    return (canonical_user(user), host) if sep else ("", rest)
+
+
+def _canonical_sender(uri: str) -> str:
+    """``uri`` (``sip:user@host``) with its user part in canonical form; the very same string
+    when it already is (the server's senders always are: it reads them with
+    :func:`~imc_actors.sip.canonical`)."""
+    scheme, _, rest = uri.partition(":")
+    user, at, host = rest.rpartition("@")
+    if not at or USER_SAFE.issuperset(user):
+        return uri
+    return f"{scheme}:{canonical_user(user)}@{host}"
 
 
 class Conference:
@@ -221,7 +236,7 @@ class Conference:
         if route is _HELP:
             return await self._reply(help_text(self._start).encode(), msg, hold)
         if route is _ROOMS:
-            return await self._reply(rooms_reply(self.rooms(), msg.sender), msg, hold)
+            return await self._reply(rooms_reply(self.rooms(), _canonical_sender(msg.sender)), msg, hold)
         assert isinstance(route, _ToRoom)
         return await self._to_room(route.name, route.domain, route.op, msg, create=route.create, hold=hold)
 
@@ -272,6 +287,7 @@ class Conference:
         """Where one MESSAGE goes (pure, no checkpoint): a refusal, ``#help``/``#rooms``
         (:data:`_HELP`/:data:`_ROOMS`), or a room with the request for its actor."""
         ruri_user, ruri_host = split_user_host(msg.request_uri)
+        sender = _canonical_sender(msg.sender)
         if len(msg.body) > self._max_body:
             return _Refuse(413, texts.BODY_TOO_LARGE.format(limit=self._max_body))
         if ruri_host.lower() not in self._domains:
@@ -283,20 +299,23 @@ class Conference:
         if command is None:
             if not ruri_user or ruri_user.lower() == self._manager:
                 return _Refuse(404, texts.ROOM_NOT_FOUND)
-            op = RoomRequest(msg.sender, None, None, msg.body, msg.content_type, msg.call_id)
+            op = RoomRequest(sender, None, None, msg.body, msg.content_type, msg.call_id)
             return _ToRoom(ruri_user, ruri_host, op, None)
         if command.name == "help":
             return _HELP
         if command.name == "rooms":
             return _ROOMS
         try:
-            target = resolve(command, ruri_user=ruri_user, ruri_host=ruri_host, manager_user=self.config.manager_user)
+            target = resolve(
+                command, ruri_user=ruri_user, ruri_host=ruri_host,
+                manager_user=self.config.manager_user, sender=sender,
+            )  # fmt: skip
         except CommandError as exc:
             return _Refuse(exc.code, exc.text)
         assert target.room_name is not None and target.room_domain is not None
         if target.room_domain.lower() not in self._domains or target.room_name.lower() == self._manager:
             return _Refuse(404, texts.ROOM_NOT_FOUND)
-        op = RoomRequest(msg.sender, command, target, msg.body, msg.content_type, msg.call_id)
+        op = RoomRequest(sender, command, target, msg.body, msg.content_type, msg.call_id)
         creates = command.name == "create" or (command.name == "join" and self._create_on_join)
         private = target.private if command.name == "create" else False
         return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
@@ -317,7 +336,7 @@ class Conference:
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
-                state, outcome = new_room(name, domain, msg.sender, create)
+                state, outcome = new_room(name, domain, op.sender, create)
                 answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
             else:
                 return await self._refuse(404, texts.ROOM_NOT_FOUND, msg, hold)

@@ -14,17 +14,28 @@ every member reachable. :meth:`Registrar.register` does plan and apply at once (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from imc_actors.sip import Request, aor_key
+from imc_actors.sip import Request, aor_key, build_response
+from imc_actors.store.models import MAX_CONTACT, MAX_LENGTH
 from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
 
-__all__ = ["Registrar", "Update", "parse_contacts"]
+__all__ = ["MAX_ANSWER", "Registrar", "Update", "answer_fits", "parse_contacts"]
 
 # RFC 3261 §20.19: a malformed Expires value SHOULD be treated as 3600.
 _MALFORMED_EXPIRES = 3600
+# RFC 3261 §20.19: delta-seconds are at most 2**32-1 (ten digits); larger values count as that.
+_MAX_DELTA = 2**32 - 1
+_MAX_DELTA_DIGITS = len(str(_MAX_DELTA))
+
+#: Largest REGISTER answer, in bytes. The 200 lists every binding of the AOR and must travel
+#: back as one UDP datagram (at most 65,507 bytes over IPv4); the rest of that is left for the
+#: ``received``/``rport`` the transport adds to the top Via.
+MAX_ANSWER = 65_000
+# Upper bound on the bytes of a 200's own lines (status line, To tag, Content-Length).
+_ANSWER_FRAME = 100
 # How often (in ``now`` seconds) register() sweeps expired bindings of every AOR.
 _SWEEP_INTERVAL = 60.0
 
@@ -115,6 +126,40 @@ def _find_outside_quotes(text: str, ch: str) -> int:
     return -1
 
 
+def answer_fits(request: Request, contacts: Iterable[str], limit: int = MAX_ANSWER) -> bool:
+    """Whether the 200 to REGISTER ``request`` listing the bindings ``contacts`` (URIs) fits in
+    ``limit`` bytes. Pure. Every ``expires`` is counted at its widest (ten digits).
+
+    For the usual request this is a sum over characters (a character is at most 4 bytes of
+    UTF-8, and the answer copies only some of the request's headers); only near the limit is
+    the answer built to be measured.
+    """
+    uris = list(contacts)
+    listed = [("Contact", f"<{uri}>;expires={_MAX_DELTA}") for uri in uris]
+    chars = sum(len(name) + len(value) + 4 for name, value in (*request.headers, *listed))
+    if 4 * chars + _ANSWER_FRAME <= limit:
+        return True
+    return len(build_response(request, 200, to_tag="t" * 12, headers=listed)) <= limit
+
+
+def _too_long(reason: str, limit: str) -> Reply:
+    """A 400 for a REGISTER whose binding the table could not hold (decided before writing)."""
+    return Reply(400, reason, headers=(("Warning", f'399 imc-actors "{limit}"'),))
+
+
+def _answer_too_large() -> Reply:
+    return Reply(
+        403,
+        "Too Many Contacts",
+        headers=(
+            (
+                "Warning",
+                f'399 imc-actors "the 200 listing these bindings would be over {MAX_ANSWER} bytes"',
+            ),
+        ),
+    )
+
+
 def _contact_key(uri: str) -> str:
     """Comparison key for contact URIs (RFC 3261 §19.1.4, approximately).
 
@@ -155,13 +200,21 @@ class Update:
 
 
 def _delta_seconds(text: str | None) -> int | None:
-    """An Expires value as seconds; None when absent, 3600 when malformed (RFC 3261 §20.19)."""
+    """An Expires value as seconds; None when absent, 3600 when malformed (RFC 3261 §20.19).
+
+    Values above 2**32-1 (the largest delta-seconds RFC 3261 §20.19 allows) count as 2**32-1;
+    digits are counted before any are converted, so no length of digit string costs more
+    than its scan (Python refuses to convert over 4,300 digits at all).
+    """
     if text is None:
         return None
     text = text.strip()
     if not text.isdigit() or not text.isascii():
         return _MALFORMED_EXPIRES
-    return int(text)
+    text = text.lstrip("0")
+    if len(text) > _MAX_DELTA_DIGITS:
+        return _MAX_DELTA
+    return min(int(text or "0"), _MAX_DELTA)
 
 
 class Registrar:
@@ -218,6 +271,10 @@ class Registrar:
           above 0 and below ``min_expires``: 423 with ``Min-Expires``; 0 removes the binding.
         - a binding last set by the same Call-ID with an equal or higher CSeq: 500, and nothing
           of the request is applied (RFC 3261 §10.3 steps 6-7: updates are all or nothing).
+        - the 200 listing the resulting bindings would be over :data:`MAX_ANSWER` bytes (it
+          could not be sent back over UDP): 403 Too Many Contacts with a ``Warning``, and
+          nothing of the request is applied.
+        - ``Expires``/``expires`` values above 2**32-1 count as 2**32-1 (then ``max_expires``).
         - else an :class:`Update`: :meth:`apply` gives the 200 listing every current binding of
           the AOR, each ``Contact: <uri>;expires=<seconds left>``.
         """
@@ -230,6 +287,11 @@ class Registrar:
             return Reply(404, "Not Found")
         if aor.rpartition("@")[2] not in self.domains:
             return Reply(404, "Not Found")
+        user, _, host = aor.rpartition("@")
+        if len(user) > MAX_LENGTH or len(host) > MAX_LENGTH:  # the bindings table's columns
+            return _too_long(
+                "Address Too Long", f"user and host may have at most {MAX_LENGTH} characters each"
+            )
         required = [
             token.strip()
             for value in request.header_list("Require")
@@ -242,6 +304,8 @@ class Registrar:
         contacts = [c for value in request.header_list("Contact") for c in parse_contacts(value)]
         current = self._live(aor, now)
         if not contacts:
+            if not answer_fits(request, [b.uri for b in current.values()]):
+                return _answer_too_large()
             return self._ok(aor, now)
 
         call_id, cseq = request.call_id, request.cseq
@@ -258,6 +322,10 @@ class Registrar:
             return Update(aor, (), True, call_id, cseq, request.header("User-Agent") or "")
 
         changes: list[tuple[str, str, int]] = []
+        if any(len(uri) > MAX_CONTACT for uri, _ in contacts):
+            return _too_long(
+                "Contact Too Long", f"a contact may have at most {MAX_CONTACT} characters"
+            )
         for uri, params in contacts:
             expires = _delta_seconds(params.get("expires"))
             if expires is None:
@@ -273,10 +341,16 @@ class Registrar:
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
                 return _out_of_order()
             changes.append((key, uri, min(expires, self.max_expires)))
-        return self._bounded(
+        bounded = self._bounded(
             Update(aor, tuple(changes), False, call_id, cseq, request.header("User-Agent") or ""),
             current,
         )
+        if isinstance(bounded, Update):
+            changed = {key for key, _, _ in bounded.changes}
+            kept = [b.uri for key, b in current.items() if key not in changed]
+            if not answer_fits(request, [*kept, *(uri for _, uri, exp in bounded.changes if exp)]):
+                return _answer_too_large()  # before anything is written or applied
+        return bounded
 
     def _bounded(self, update: Update, current: dict[str, _Binding]) -> Reply | Update:
         """``update`` within ``max_contacts`` (the oldest other bindings make room: RFC 5626

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..sip import USER_SAFE, canonical_user
 from . import texts
+from .effects import MAX_STORED_LENGTH
 
 __all__ = [
     "COMMANDS",
@@ -125,8 +127,9 @@ def complete_argument(arg: str, default_host: str) -> str:
 
     No ``:`` → ``sip:`` is prefixed; no ``@`` → ``@`` + ``default_host`` is appended. The
     result must be a ``sip:``/``sips:`` URI with a user part; port, parameters and headers
-    are dropped and the scheme becomes ``sip:``; case is kept. Raises ``ValueError``
-    otherwise.
+    are dropped and the scheme becomes ``sip:``; case is kept; the user is put in canonical
+    form (:func:`imc_actors.sip.uri.canonical_user`: ``%63hat`` -> ``chat``), as the
+    Request-URI and the sender are. Raises ``ValueError`` otherwise.
     """
     text = arg if ":" in arg else "sip:" + arg
     scheme, _, rest = text.partition(":")
@@ -137,7 +140,13 @@ def complete_argument(arg: str, default_host: str) -> str:
     match = _URI_REST.fullmatch(rest)
     if match is None:
         raise ValueError(f"not a SIP URI: {arg!r}")
-    return f"sip:{match['user']}@{match['host']}"
+    return f"sip:{canonical_user(match['user'])}@{match['host']}"
+
+
+def _fits(uri: str) -> bool:
+    """The user and host of ``sip:user@host`` each fit a column of the store."""
+    user, _, host = uri.partition(":")[2].rpartition("@")
+    return len(user) <= MAX_STORED_LENGTH and len(host) <= MAX_STORED_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,14 +180,25 @@ def _complete_or_400(arg: str, default_host: str) -> str:
         raise CommandError(400, texts.invalid_address(arg)) from None
 
 
-def resolve(command: Command, *, ruri_user: str, ruri_host: str, manager_user: str) -> Target:
+def resolve(
+    command: Command,
+    *,
+    ruri_user: str,
+    ruri_host: str,
+    manager_user: str,
+    sender: str | None = None,
+) -> Target:
     """Work out the room, user, role and private flag a command applies to.
 
     The room comes from the room argument (completed with the Request-URI host) or else from
-    the Request-URI (``ruri_user@ruri_host``). At the manager URI a command that needs a room
-    and names none is refused; a room argument naming the manager user is an invalid address
-    (the manager is not a room). Checks, in order: missing argument, role, user address,
-    ``#create``'s second argument, room. Raises :class:`CommandError` (400).
+    the Request-URI (``ruri_user@ruri_host``, ``ruri_user`` in canonical form). At the manager
+    URI a command that needs a room and names none is refused; a room argument naming the
+    manager user is an invalid address (the manager is not a room). Checks, in order: missing
+    argument, role, user address, ``#create``'s second argument, room (a name that needs
+    escapes is invalid), then what the store could not hold: the room URI over
+    :data:`~imc_actors.imc.effects.MAX_STORED_LENGTH` characters (414 when the room is the
+    Request-URI's, else 400), the user's user or host part over it, and, when ``sender``
+    (``sip:user@host``) is given, the sender's. Raises :class:`CommandError` (400, 414).
     """
     name, args = command.name, command.args
     if name in _ROOMLESS:
@@ -215,9 +235,19 @@ def resolve(command: Command, *, ruri_user: str, ruri_host: str, manager_user: s
     if room_arg is None:
         if ruri_user.lower() == manager:
             raise CommandError(400, texts.MISSING_ROOM_NAME)
-        return Target(ruri_user, ruri_host, user, role, private)
-    room_uri = _complete_or_400(room_arg, ruri_host)
-    room_name, _, room_domain = room_uri[4:].partition("@")
-    if room_name.lower() == manager:
-        raise CommandError(400, texts.invalid_address(room_arg))
+        room_name, room_domain, too_long = ruri_user, ruri_host, 414
+    else:
+        room_uri = _complete_or_400(room_arg, ruri_host)
+        room_name, _, room_domain = room_uri[4:].partition("@")
+        if room_name.lower() == manager:
+            raise CommandError(400, texts.invalid_address(room_arg))
+        too_long = 400
+    if not USER_SAFE.issuperset(room_name):
+        raise CommandError(400, texts.invalid_room_name(room_name))
+    if len(room_name) + len(room_domain) + 5 > MAX_STORED_LENGTH:  # sip:name@domain
+        raise CommandError(too_long, texts.room_name_too_long(MAX_STORED_LENGTH))
+    if user is not None and not _fits(user):
+        raise CommandError(400, texts.address_too_long(MAX_STORED_LENGTH))
+    if sender is not None and not _fits(sender):
+        raise CommandError(400, texts.sender_too_long(MAX_STORED_LENGTH))
     return Target(room_name, room_domain, user, role, private)

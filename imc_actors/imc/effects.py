@@ -17,6 +17,12 @@ ADMIN = 2
 INVITED = 4
 PRIVATE = 1
 
+#: Widest value the store's columns hold (Kamailio's ``varchar(64)``): a room's name and
+#: domain, a member's user and host, and the room URI ``sip:name@domain`` of its member rows.
+#: Commands that would write a longer one are refused before anything is written
+#: (:func:`imc_actors.imc.commands.resolve`).
+MAX_STORED_LENGTH = 64
+
 
 @dataclass(frozen=True, slots=True)
 class RoomUpsert:

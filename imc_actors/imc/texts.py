@@ -37,6 +37,9 @@ __all__ = [
     "ROOM_EXISTS_AND_MEMBER",
     "ROOM_NOT_FOUND",
     "SECOND_ARGUMENT_PRIVATE",
+    "address_too_long",
+    "room_name_too_long",
+    "sender_too_long",
     "already_member",
     "attempted_join",
     "declined",
@@ -45,6 +48,7 @@ __all__ = [
     "help_text",
     "invalid_address",
     "invalid_command",
+    "invalid_room_name",
     "invitation",
     "invitation_failed",
     "is_now",
@@ -105,6 +109,29 @@ BODY_TOO_LARGE = "*** Message body too large (maximum {limit} bytes)"
 def invalid_address(arg: str) -> str:
     """An argument that does not parse as a SIP URI."""
     return f"*** Invalid address '{arg}'"
+
+
+def invalid_room_name(name: str) -> str:
+    """A room name (argument or Request-URI user, unescaped) with a character a room name may
+    not hold (``%20``, ``%40``, ``;``, non-ASCII, …); ``name`` is its canonical form."""
+    return f"*** Invalid room name '{name}' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"
+
+
+# Not in the spec (Kamailio's columns would cut or refuse them): names wider than the store's
+# columns, ``limit`` = MAX_STORED_LENGTH. The long value itself is not echoed.
+def room_name_too_long(limit: int) -> str:
+    """The room URI ``sip:name@domain`` is over ``limit`` characters."""
+    return f"*** Room name too long (sip:<name>@<domain> may have at most {limit} characters)"
+
+
+def address_too_long(limit: int) -> str:
+    """A user argument whose user or host part is over ``limit`` characters."""
+    return f"*** Address too long (user and host may have at most {limit} characters each)"
+
+
+def sender_too_long(limit: int) -> str:
+    """The sender's own user or host part is over ``limit`` characters."""
+    return f"*** Your address is too long (user and host may have at most {limit} characters each)"
 
 
 # --------------------------------------------------------------------------- §4 commands

@@ -19,7 +19,7 @@ from .build import (
 from .message import Request, Response
 from .parse import parse, parse_stream, salvage_response
 from .transaction import ClientTransaction, ServerTransaction, client_key, server_key
-from .uri import aor_key, canonical, complete_argument, split_uri
+from .uri import USER_SAFE, aor_key, canonical, canonical_user, complete_argument, split_uri
 
 __all__ = [
     "MAX_FIELD",
@@ -31,10 +31,12 @@ __all__ = [
     "Response",
     "ServerTransaction",
     "SipParseError",
+    "USER_SAFE",
     "aor_key",
     "build_request",
     "build_response",
     "canonical",
+    "canonical_user",
     "client_key",
     "complete_argument",
     "is_own_branch",

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_MESSAGE",
     "SipParseError",
     "canonical_name",
+    "forget_traceback",
     "split_message",
 ]
 
@@ -68,6 +69,15 @@ KNOWN_NAMES.update(COMPACT_FORMS)
 #: that most header names are found without lower-casing them first.
 _EXACT_NAMES: dict[str, str] = {**KNOWN_NAMES, **{name: name for name in KNOWN_NAMES.values()}}
 
+
+def forget_traceback(exc: BaseException) -> None:
+    """Cut ``exc``'s traceback once it is caught. sipmessage raises one shared ``ValueError``
+    instance per grammar (``VIA_EXCEPTION``, ``ADDRESS_EXCEPTION``), and each raise chains the
+    raising frames onto that instance's ``__traceback__``: without this, every refused Via or
+    address would keep its frames, and the message bytes in them, alive for good."""
+    exc.__traceback__ = None
+
+
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 
@@ -94,6 +104,8 @@ def split_message(data: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
         raise SipParseError("Empty message")
     end = _BLANK_LINE.search(data)
     if end is None:
+        if b"\n" not in data and b"\r" in data:
+            raise SipParseError("Bad line ending")  # bare CRs only: no line is a line
         if data.count(b"\n") > MAX_HEADER_LINES:
             raise SipParseError("Too many headers")
         raise SipParseError("Missing end of headers")

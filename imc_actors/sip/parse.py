@@ -20,11 +20,12 @@ import re
 from functools import lru_cache
 
 from sipmessage import URI, CSeq, Parameters, Via
-from sipmessage.address import ADDRESS_PATTERNS
+from sipmessage.address import ADDRESS_EXCEPTION, ADDRESS_PATTERNS
 from sipmessage.grammar import simplify_whitespace
 from sipmessage.message import Message as _SipMessage
 from sipmessage.message import Request as _SipRequest
 from sipmessage.message import Response as _SipResponse
+from sipmessage.via import VIA_EXCEPTION
 
 from ._guard import (
     _BLANK_LINE,
@@ -34,6 +35,7 @@ from ._guard import (
     MAX_HEADER_LINES,
     MAX_MESSAGE,
     SipParseError,
+    forget_traceback,
     split_message,
 )
 from .build import new_tag, reason_phrase
@@ -50,7 +52,9 @@ __all__ = ["SipParseError", "parse", "parse_stream", "salvage_response"]
 _SINGLE = frozenset(["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"])
 _SCHEMES = ("sip", "sips", "tel")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")  # RFC 3986 §3.1
-_MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
+_MAX_CSEQ = 2**31 - 1
+# sipmessage's exceptions that are one instance, raised again and again (see forget_traceback).
+_SHARED_ERRORS = (VIA_EXCEPTION, ADDRESS_EXCEPTION)  # RFC 3261 §8.1.1.5: "MUST be less than 2**31"
 
 
 def parse(data: bytes) -> Request | Response:
@@ -69,6 +73,8 @@ def parse(data: bytes) -> Request | Response:
     except SipParseError:
         raise
     except Exception as exc:  # sipmessage's ValueError/KeyError/IndexError, or our own bug
+        if exc in _SHARED_ERRORS:
+            forget_traceback(exc)
         raise SipParseError("Malformed message") from exc
 
 
@@ -190,7 +196,8 @@ def _top_via(value: str) -> tuple[str, int | None, str | None]:
             return host, port, parsed.get("branch")
     try:
         via = Via.parse_many(top)[0]
-    except (ValueError, IndexError):
+    except (ValueError, IndexError) as exc:
+        forget_traceback(exc)
         raise SipParseError("Invalid Via") from None
     return via.host, via.port, via.parameters.get("branch")
 
@@ -200,7 +207,8 @@ def _sent_by(head: str) -> tuple[str, int | None]:
     """``(host, port)`` of a Via's ``SIP/2.0/<transport> <sent-by>`` part, by sipmessage."""
     try:
         via = Via.parse_many(head)[0]
-    except (ValueError, IndexError):
+    except (ValueError, IndexError) as exc:
+        forget_traceback(exc)
         raise SipParseError("Invalid Via") from None
     return via.host, via.port
 
@@ -390,33 +398,38 @@ def parse_stream(buffer: bytearray) -> list[bytes]:
 
 _REQUEST_LINE = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+ ")
 _TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
+# Any line end: CRLF, or a bare LF or CR (RFC 3261 asks for CRLF; a peer that sends bare CRs
+# still gets its 400).
+_ANY_LINE_END = re.compile(rb"\r\n|\n|\r")
 _SALVAGED = ("Via", "From", "To", "Call-ID", "CSeq")
 
 
 def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
     """A ``code reason`` response to a request that :func:`parse` refused, or None.
 
-    ``data`` is the raw message. The response copies its raw Via lines (all, in order),
-    From, To (a tag added when it has none and ``code`` > 100), Call-ID and CSeq, and ends
-    with ``Content-Length: 0``. Returns None when RFC 3261 says to drop the message instead:
-    it is not a request (a response, or not even a request line), it is an ACK, or one of
-    Via, From, To, Call-ID, CSeq is missing. Works on bytes; never raises for any ``data``.
+    ``data`` is the raw message, with any line ends (CRLF, bare LF or bare CR). The response
+    copies its raw Via lines (all, in order), then those of From, To (a tag added when it has
+    none and ``code`` > 100), Call-ID and CSeq that are present and not empty, and ends with
+    ``Content-Length: 0``. A missing or empty one is left out: RFC 3261 §8.2.6.2 has the
+    response copy them, so what the request lacks the response lacks too (as Kamailio's
+    sanity module answers). Returns None only when there is nobody to answer: not a request (a
+    response, or not even a request line), an ACK (never answered), or no non-empty Via (the
+    answer could not be routed back). Works on bytes; never raises for any ``data``.
     """
     if not 100 <= code <= 699 or "\r" in reason or "\n" in reason:
         raise ValueError(f"bad status {code} {reason!r}")
     data = bytes(data[:MAX_MESSAGE]).lstrip(b"\r\n")
     if data.startswith(b"SIP/") or _REQUEST_LINE.match(data) is None or data[:4] == b"ACK ":
         return None
-    end = _BLANK_LINE.search(data)
-    head = data if end is None else data[: end.start()]
-    lines = head.split(b"\n", MAX_HEADER_LINES + 1)[1 : MAX_HEADER_LINES + 1]
+    lines = _ANY_LINE_END.split(data, MAX_HEADER_LINES + 1)[1 : MAX_HEADER_LINES + 1]
     found: dict[str, list[bytes]] = {}
     last: list[bytes] | None = None
-    for raw in lines:
-        line = raw.rstrip(b"\r")
+    for line in lines:
+        if not line:
+            break  # the blank line that ends the head
         if line[:1] in (b" ", b"\t"):
             if last is not None and line.strip():
-                last[-1] = last[-1] + b" " + line.strip(b" \t")
+                last[-1] = (last[-1] + b" " + line.strip(b" \t")).strip(b" ")
             continue
         last = None
         name, colon, value = line.partition(b":")
@@ -426,16 +439,17 @@ def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
         if canonical in _SALVAGED and (canonical == "Via" or canonical not in found):
             last = found.setdefault(canonical, [])
             last.append(value.strip(b" \t"))
-    if any(name not in found or not found[name][-1] for name in _SALVAGED):
+    vias = [via for via in found.get("Via", ()) if via]
+    if not vias:
         return None
-    to = found["To"][0]
-    if code > 100 and _TAG_PARAM.search(to) is None:
-        to += b";tag=" + new_tag().encode()
     out = [f"SIP/2.0 {code} {reason or reason_phrase(code)}".encode()]
-    out.extend(b"Via: " + via for via in found["Via"])
-    out.append(b"From: " + found["From"][0])
-    out.append(b"To: " + to)
-    out.append(b"Call-ID: " + found["Call-ID"][0])
-    out.append(b"CSeq: " + found["CSeq"][0])
+    out.extend(b"Via: " + via for via in vias)
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = found.get(name, (b"",))[0]
+        if not value:
+            continue
+        if name == "To" and code > 100 and _TAG_PARAM.search(value) is None:
+            value += b";tag=" + new_tag().encode()
+        out.append(name.encode() + b": " + value)
     out.append(b"Content-Length: 0\r\n\r\n")
     return b"\r\n".join(out)

@@ -2,10 +2,13 @@
 
 A URI is read with sipmessage (``URI.parse``, or ``Address.parse`` for a name-addr such as
 ``"Bob" <sip:bob@x>``) and reduced to ``user@host``: scheme, password, port, parameters and
-display name are dropped. The user part is percent-decoded and re-escaped the way sipmessage
-writes it, so ``sip:%61lice@x`` and ``sip:alice@x`` name the same member (RFC 3261 §19.1.4);
-the host keeps its spelling. Every function raises ValueError for a string that is not a
-``sip:``/``sips:`` URI with a user part.
+display name are dropped. The host keeps its spelling; the user part is put in its
+**canonical form** (:func:`canonical_user`): percent-escapes are decoded, and only the
+characters that may not stand unescaped in a user part are escaped again, as ``%XX`` with
+upper-case hex. So ``sip:%61lice@x`` and ``sip:alice@x`` name the same member (RFC 3261
+§19.1.4 says they are equal), and ``imc%2Dmanager`` is ``imc-manager``. Every function but
+:func:`canonical_user` raises ValueError for a string that is not a ``sip:``/``sips:`` URI
+with a user part.
 """
 
 from __future__ import annotations
@@ -14,38 +17,73 @@ import urllib.parse
 from functools import lru_cache
 
 from sipmessage import URI, Address
-from sipmessage.grammar import C_USER_SAFE
+from sipmessage.address import ADDRESS_PATTERNS
+from sipmessage.grammar import simplify_whitespace
 
-__all__ = ["aor_key", "canonical", "complete_argument", "split_uri"]
+from ._guard import forget_traceback
+
+__all__ = ["USER_SAFE", "aor_key", "canonical", "canonical_user", "complete_argument", "split_uri"]
+
+#: Characters a canonical user part holds unescaped: RFC 3261's ``unreserved`` and
+#: ``user-unreserved`` except ``;``, ``?`` and ``/``, which stay escaped because they would be
+#: ambiguous with URI parameters and headers where these URIs go (From/To, database rows).
+USER_SAFE = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,"
+)
+_QUOTE_SAFE = "".join(sorted(USER_SAFE))
 
 
-def _parse(uri: str) -> URI:
+def canonical_user(user: str) -> str:
+    """The canonical form of the user part ``user`` (as written in a URI, escapes and all).
+
+    Escapes are decoded; then every byte that is not in :data:`USER_SAFE` is escaped as
+    ``%XX`` (upper-case hex), so two spellings RFC 3261 §19.1.4 calls equal become one string:
+    ``%63hat`` -> ``chat``, ``a%2db`` -> ``a-b``, ``a b``/``a%20b`` -> ``a%20b``, ``a;b`` ->
+    ``a%3Bb``. A ``%`` not followed by two hex digits is a literal percent (``%25``). Never
+    raises; a user that is already canonical comes back as it is.
+    """
+    if USER_SAFE.issuperset(user):
+        return user
+    return urllib.parse.quote_from_bytes(urllib.parse.unquote_to_bytes(user), safe=_QUOTE_SAFE)
+
+
+def _parse(uri: str) -> tuple[URI, str]:
+    """``uri`` read by sipmessage, and the text of its user part as written."""
     text = uri.strip()
     try:
         if "<" in text:
             parsed = Address.parse(text).uri
+            text = simplify_whitespace(text)
+            for pattern in ADDRESS_PATTERNS:  # the patterns Address.parse just matched
+                match = pattern.match(text)
+                if match is not None:
+                    text = match.group("uri")
+                    break
         else:
             scheme, colon, rest = text.partition(":")
             if colon and scheme != scheme.lower():  # schemes are case-insensitive
                 text = f"{scheme.lower()}:{rest}"
             parsed = URI.parse(text)
-    except ValueError:
+    except ValueError as exc:
+        forget_traceback(exc)  # Address.parse raises a shared instance
         raise ValueError(f"not a SIP URI: {uri!r}") from None
     if parsed.scheme not in ("sip", "sips"):
         raise ValueError(f"not a SIP URI: {uri!r}")
     if not parsed.user:
         raise ValueError(f"SIP URI has no user part: {uri!r}")
-    return parsed
+    # userinfo ends at the first "@" (neither user nor password holds one unescaped), the user
+    # at the first ":" in it (the password's separator).
+    written = text.partition(":")[2].partition("@")[0].partition(":")[0]
+    return parsed, written
 
 
 @lru_cache(maxsize=65536)
 def split_uri(uri: str) -> tuple[str, str]:
-    """``(user, host)`` of a SIP URI: the user with escapes normalised, the host as spelled
-    (an IPv6 host keeps its brackets). Raises ValueError."""
+    """``(user, host)`` of a SIP URI: the user in canonical form (:func:`canonical_user`), the
+    host as spelled (an IPv6 host keeps its brackets). Raises ValueError."""
     # conference.split_user_host is the non-raising split of an already canonical Request-URI.
-    parsed = _parse(uri)
-    assert parsed.user is not None  # _parse checked
-    return urllib.parse.quote(parsed.user, safe=C_USER_SAFE), parsed.host
+    parsed, written = _parse(uri)
+    return canonical_user(written), parsed.host
 
 
 def canonical(uri: str) -> str:

@@ -225,14 +225,70 @@ async def test_malformed_but_salvageable_gets_400_with_reason(
     assert server.transport.statistics().rejected == 1
 
 
-async def test_unsalvageable_request_is_dropped(nursery: trio.Nursery) -> None:
+def _without_line(data: bytes, name: bytes) -> bytes:
+    return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(name + b":"))
+
+
+def _header_names(raw: bytes) -> list[bytes]:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    return [line.split(b":", 1)[0] for line in head.split(b"\r\n")[1:]]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason", "absent"),
+    [
+        (lambda d: _without_line(d, b"Call-ID"), "Missing Call-ID", b"Call-ID"),
+        (lambda d: _without_line(d, b"CSeq"), "Missing CSeq", b"CSeq"),
+        (lambda d: _without_line(d, b"From"), "Missing From", b"From"),
+        (lambda d: _without_line(d, b"To"), "Missing To", b"To"),
+        (
+            lambda d: b"\r\n".join(
+                b"Call-ID:" if line.startswith(b"Call-ID:") else line for line in d.split(b"\r\n")
+            ),
+            "Invalid Call-ID",
+            b"Call-ID",
+        ),
+        (lambda d: d.replace(b"\r\n", b"\r"), "Bad line ending", None),
+    ],
+)
+async def test_request_with_a_via_but_no_call_id_cseq_from_or_to_gets_400(
+    nursery: trio.Nursery, mangle, reason: str, absent: bytes | None
+) -> None:
+    """Whenever a Via lets it be routed back, malformed SIP gets a 400 (as Kamailio's sanity
+    module answers): what the request lacks is left out of the answer, the rest is copied."""
     server = await start_core(nursery)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
-    data = ua.build("MESSAGE", ROOM, body=b"hello")
-    no_call_id = b"\r\n".join(
-        line for line in data.split(b"\r\n") if not line.startswith(b"Call-ID")
-    )
-    await ua.send_raw(no_call_id)
+    data = ua.build("MESSAGE", ROOM, body=b"hello", call_id="abuse-1@127.0.0.1", cseq=7)
+    await ua.send_raw(mangle(data))
+    with trio.fail_after(5):
+        raw = await ua.recv_raw()
+    assert raw.startswith(f"SIP/2.0 400 {reason}\r\n".encode()), raw
+    expected = [b"Via", b"From", b"To", b"Call-ID", b"CSeq", b"Content-Length"]
+    assert _header_names(raw) == [name for name in expected if name != absent]
+    assert f"Via: SIP/2.0/UDP 127.0.0.1:{ua.port};branch=".encode() in raw
+    if absent != b"Call-ID":
+        assert b"\r\nCall-ID: abuse-1@127.0.0.1\r\n" in raw
+    if absent != b"CSeq":
+        assert b"\r\nCSeq: 7 MESSAGE\r\n" in raw
+    stats = server.transport.statistics()
+    assert (stats.malformed, stats.rejected, stats.requests) == (1, 1, 0)
+
+
+async def test_request_without_call_id_over_tcp_gets_400(nursery: trio.Nursery) -> None:
+    server = await start_core(nursery)
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address("tcp"), transport="tcp")
+    await ua.send_raw(_without_line(ua.build("MESSAGE", ROOM, body=b"hello"), b"Call-ID"), tcp=True)
+    with trio.fail_after(5):
+        raw = await ua.recv_raw()
+    assert raw.startswith(b"SIP/2.0 400 Missing Call-ID\r\n"), raw
+    assert b"\r\nCall-ID:" not in raw and b"\r\nCSeq: 1 MESSAGE\r\n" in raw
+
+
+async def test_request_without_via_is_dropped(nursery: trio.Nursery) -> None:
+    """No Via: nowhere to send an answer along (RFC 3261 §18.2.2), so nothing is sent."""
+    server = await start_core(nursery)
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
+    await ua.send_raw(_without_line(ua.build("MESSAGE", ROOM, body=b"hello"), b"Via"))
     # Datagrams are handled in order: had the first been answered, its answer came first.
     probe = ua.build("OPTIONS", f"sip:{DOMAIN}")
     await ua.send_raw(probe)

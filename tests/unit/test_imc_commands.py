@@ -172,7 +172,10 @@ def test_every_canonical_name_parses_to_itself() -> None:
         ("bob@10.0.0.1", "sip:bob@10.0.0.1"),
         ("sip:bob@[2001:db8::1]:5060", "sip:bob@[2001:db8::1]"),
         ("b.o-b_+1!~*'()&=$,", "sip:b.o-b_+1!~*'()&=$,@example.com"),
-        ("a%41b", "sip:a%41b@example.com"),
+        ("a%41b", "sip:aAb@example.com"),  # canonical: escapes decoded where they may be
+        ("a%20b", "sip:a%20b@example.com"),
+        ("a%2fb%3B", "sip:a%2Fb%3B@example.com"),
+        ("%63hat", "sip:chat@example.com"),
         ("+4930123", "sip:+4930123@example.com"),
     ],
 )
@@ -366,3 +369,94 @@ def test_manager_missing_argument_comes_first() -> None:
         400,
         "*** Missing argument (send '#help' for help)",
     )
+
+
+# --------------------------------------------------------------------------- one canonical form
+@pytest.mark.parametrize(
+    ("body", "target"),
+    [
+        (b"#create %63hat", Target("chat", HOST)),
+        (b"#join %43hat@example.com", Target("Chat", HOST)),
+        (b"#invite %62ob room%2D2", Target("room-2", HOST, "sip:bob@example.com")),
+        (b"#add a%20b", Target("chat", HOST, "sip:a%20b@example.com")),
+    ],
+)
+def test_arguments_are_unescaped_like_the_request_uri(body: bytes, target: Target) -> None:
+    """An argument names what the same Request-URI would (RFC 3261 §19.1.4: ``%63hat`` is
+    ``chat``), so no room or member has two spellings that display alike."""
+    assert res(body) == target
+
+
+@pytest.mark.parametrize(
+    ("body", "ruri_user", "text"),
+    [
+        (b"#create imc%2Dmanager", "chat", "*** Invalid address 'imc%2Dmanager'"),
+        (b"#join IMC%2dmanager@example.com", "chat", "*** Invalid address 'IMC%2dmanager@example.com'"),
+        (b"#create a%20b", "chat", "*** Invalid room name 'a%20b' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
+        (b"#create a%40b", "chat", "*** Invalid room name 'a%40b' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
+        (b"#join r%3Bx", "chat", "*** Invalid room name 'r%3Bx' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
+        (b"#create", "a%20b", "*** Invalid room name 'a%20b' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
+        (b"#join", "caf%C3%A9", "*** Invalid room name 'caf%C3%A9' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
+    ],
+)  # fmt: skip
+def test_names_that_need_escapes_or_name_the_manager_are_refused(
+    body: bytes, ruri_user: str, text: str
+) -> None:
+    assert res_error(body, ruri_user) == (400, text)
+
+
+# --------------------------------------------------------------------------- what the store holds
+ROOM_TOO_LONG = "*** Room name too long (sip:<name>@<domain> may have at most 64 characters)"
+ADDRESS_TOO_LONG = "*** Address too long (user and host may have at most 64 characters each)"
+SENDER_TOO_LONG = "*** Your address is too long (user and host may have at most 64 characters each)"
+
+
+def test_the_limit_is_the_store_column_width() -> None:
+    from imc_actors.imc.effects import MAX_STORED_LENGTH
+    from imc_actors.store.models import MAX_LENGTH
+
+    assert MAX_STORED_LENGTH == MAX_LENGTH == 64
+
+
+def test_room_uri_up_to_64_characters_is_accepted() -> None:
+    name = "r" * (64 - len(f"sip:@{HOST}"))
+    assert res(f"#create {name}".encode()).room_uri == f"sip:{name}@{HOST}"
+    assert len(f"sip:{name}@{HOST}") == 64
+
+
+@pytest.mark.parametrize(
+    ("body", "ruri_user", "code", "text"),
+    [
+        ("#create " + "r" * 53, "chat", 400, ROOM_TOO_LONG),  # sip:<53>@example.com = 65
+        ("#join " + "r" * 70, "chat", 400, ROOM_TOO_LONG),
+        ("#join r@" + "d" * 60 + ".org", "chat", 400, ROOM_TOO_LONG),
+        ("#create %72" + "r" * 52, "chat", 400, ROOM_TOO_LONG),  # counted unescaped
+        ("#join", "r" * 53, 414, ROOM_TOO_LONG),  # the Request-URI's room: 414
+        ("#invite " + "u" * 65, "chat", 400, ADDRESS_TOO_LONG),
+        ("#add u@" + "h" * 65, "chat", 400, ADDRESS_TOO_LONG),
+        ("#modify " + "u" * 65 + " admin", "chat", 400, ADDRESS_TOO_LONG),
+        ("#invite a%20" + "u" * 61, "chat", 400, ADDRESS_TOO_LONG),  # counted as stored: a%20uuu…
+    ],
+)
+def test_names_wider_than_the_store_are_refused(
+    body: str, ruri_user: str, code: int, text: str
+) -> None:
+    assert res_error(body.encode(), ruri_user) == (code, text)
+
+
+def test_user_of_64_characters_fits() -> None:
+    user = "u" * 64
+    assert res(f"#invite {user}".encode()).user == f"sip:{user}@{HOST}"
+
+
+@pytest.mark.parametrize("sender", ["sip:" + "s" * 65 + "@example.com", "sip:s@" + "h" * 65])
+def test_sender_wider_than_the_store_is_refused(sender: str) -> None:
+    command = parse(b"#join")
+    assert command is not None
+    with pytest.raises(CommandError) as info:
+        resolve(
+            command, ruri_user="chat", ruri_host=HOST, manager_user="imc-manager", sender=sender
+        )
+    assert (info.value.code, info.value.text) == (400, SENDER_TOO_LONG)
+    ok = "sip:" + "s" * 64 + "@example.com"
+    assert resolve(command, ruri_user="chat", ruri_host=HOST, manager_user="imc-manager", sender=ok)

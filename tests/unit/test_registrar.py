@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from imc_actors.registrar import Registrar, parse_contacts
-from imc_actors.sip import Request, build_request, parse
+from imc_actors.registrar import MAX_ANSWER, Registrar, answer_fits, parse_contacts
+from imc_actors.sip import Request, build_request, build_response, parse
 
 AOR = "sip:alice@example.org"
 PHONE = "sip:alice@192.0.2.1:5060"
@@ -303,3 +303,51 @@ def test_beyond_max_aors_a_new_address_of_record_gets_503() -> None:
     assert refused.code == 503 and dict(refused.headers)["Retry-After"] == "60"
     again = registrar.register(register(["<sip:a@192.0.2.9>"], to="sip:a@example.org", cseq=2), 0.0)
     assert again.code == 200  # a known one may still change its bindings
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 5000, "4294967296", "0" * 5000 + "99999", "99999999999999999999"]
+)
+def test_expires_beyond_delta_seconds_counts_as_the_largest(reg: Registrar, value: str) -> None:
+    """Any number of digits (past Python's 4,300-digit int() limit too) is clamped, not
+    converted: 2**32-1, then max_expires."""
+    reply = reg.register(register([f"<{PHONE}>;expires={value}"]), now=0.0)
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=3600"]
+    reply = reg.register(register([f"<{LAPTOP}>"], expires=value, cseq=2), now=0.0)
+    assert f"<{LAPTOP}>;expires=3600" in contacts_of(reply)
+
+
+def test_leading_zeros_are_not_digits_of_a_large_value(reg: Registrar) -> None:
+    reply = reg.register(register([f"<{PHONE}>;expires={'0' * 5000}120"]), now=0.0)
+    assert contacts_of(reply) == [f"<{PHONE}>;expires=120"]
+
+
+def test_answer_fits_measures_the_200() -> None:
+    request = register([f"<{PHONE}>"])
+    assert answer_fits(request, [PHONE])
+    assert answer_fits(request, [PHONE] * 100)
+    long = "sip:" + "u" * 1000 + "@192.0.2.1"
+    assert not answer_fits(request, [long] * 70)
+    # Exactly at the limit: the real 200 with ten-digit expires values.
+    listed = [("Contact", f"<{long}>;expires=4294967295")] * 3
+    size = len(build_response(request, 200, to_tag="t" * 12, headers=listed))
+    assert answer_fits(request, [long] * 3, limit=size)
+    assert not answer_fits(request, [long] * 3, limit=size - 1)
+
+
+def test_register_whose_answer_would_be_too_large_changes_nothing() -> None:
+    reg = Registrar(["example.org"], max_contacts=200)  # the answer's size is the limit here
+    long = "sip:" + "u" * 480 + "@192.0.2.1:{}"
+    for batch in range(4):  # 100 bindings of about 520 bytes each
+        first = [f"<{long.format(i)}>" for i in range(25 * batch, 25 * batch + 25)]
+        assert reg.register(register(first, cseq=batch + 1), now=0.0).code == 200
+    more = [f"<{long.format(i)}>" for i in range(100, 125)]
+    reply = reg.register(register(more, cseq=10), now=0.0)
+    assert (reply.code, reply.reason) == (403, "Too Many Contacts")
+    assert str(MAX_ANSWER) in dict(reply.headers)["Warning"]
+    assert len(reg.lookup("alice@example.org", 0.0)) == 100
+    # A query whose own 200 is too large (copied Vias plus the bindings) is refused too.
+    padding = [("X-Pad", "p" * 7000)] * 3  # not copied into the answer
+    assert reg.register(register((), cseq=11, extra=padding), now=0.0).code == 200
+    vias = [("Via", "SIP/2.0/UDP " + "h" * 7000 + ";branch=z9hG4bKx")] * 3
+    assert reg.register(register((), cseq=12, extra=vias), now=0.0).code == 403

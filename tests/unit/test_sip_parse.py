@@ -590,20 +590,67 @@ def test_salvage_works_without_end_of_headers() -> None:
     [
         RESPONSE,
         BROKEN.replace(b"MESSAGE sip:room@example.com", b"ACK sip:room@example.com"),
-        BROKEN.replace(b"Call-ID: broken@example.com\r\n", b""),
-        BROKEN.replace(b"Call-ID: broken@example.com", b"Call-ID:"),
-        BROKEN.replace(b"CSeq: one MESSAGE\r\n", b""),
-        BROKEN.replace(b"t: <sip:room@example.com>\r\n", b""),
-        BROKEN.replace(b"f: <sip:alice@example.com>;tag=a%41\xff\r\n", b""),
         BROKEN.replace(b"v: SIP/2.0/UDP first.example.com;branch=z9hG4bK1\r\n", b"").replace(
             b"Via  : SIP/2.0/UDP second.example.com;branch=z9hG4bK2\r\n", b""
+        ),
+        BROKEN.replace(b"v: SIP/2.0/UDP first.example.com;branch=z9hG4bK1", b"v:").replace(
+            b"Via  : SIP/2.0/UDP second.example.com;branch=z9hG4bK2", b"Via:  "
         ),
         b"\x00\x01\x02 binary junk",
         b"",
     ],
 )
 def test_salvage_declines(data: bytes) -> None:
+    """Nobody to answer: a response, an ACK, no (non-empty) Via, no request line."""
     assert salvage_response(data, 400, "Bad Request") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "header"),
+    [
+        (b"Call-ID: broken@example.com\r\n", b"Call-ID"),
+        (b"CSeq: one MESSAGE\r\n", b"CSeq"),
+        (b"t: <sip:room@example.com>\r\n", b"To"),
+        (b"f: <sip:alice@example.com>;tag=a%41\xff\r\n", b"From"),
+    ],
+)
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_salvage_answers_without_a_mandatory_header(line: bytes, header: bytes, how: str) -> None:
+    """A Via is enough for a 400 (as Kamailio's sanity module answers); a missing or empty
+    header is left out of it, everything else is copied."""
+    data = BROKEN.replace(line, b"" if how == "missing" else line.split(b":")[0] + b":\r\n")
+    out = salvage_response(data, 400, f"Missing {header.decode()}")
+    assert out is not None
+    assert out.startswith(f"SIP/2.0 400 Missing {header.decode()}\r\n".encode())
+    names = [raw.split(b":")[0] for raw in out.split(b"\r\n")[1:] if raw]
+    expected = [b"Via", b"Via", b"From", b"To", b"Call-ID", b"CSeq", b"Content-Length"]
+    assert names == [name for name in expected if name != header]
+
+
+def test_salvage_answers_with_nothing_but_a_via() -> None:
+    out = salvage_response(
+        b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKv\r\n", 400, "x"
+    )
+    assert (
+        out == b"SIP/2.0 400 x\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKv\r\nContent-Length: 0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize("end", [b"\r", b"\n", b"\r\n"])
+def test_salvage_reads_any_line_end(end: bytes) -> None:
+    """Bare CRs (which no line-based reader splits) are line ends too, for the 400."""
+    data = BROKEN.replace(b"\r\n", end)
+    with pytest.raises(SipParseError) as info:
+        parse(data)
+    out = salvage_response(data, 400, info.value.reason)
+    assert out is not None
+    assert b"\r\nCall-ID: broken@example.com\r\nCSeq: one MESSAGE\r\n" in out
+    assert out.count(b"\r\nVia: ") == 2
+
+
+def test_bare_cr_line_ends_are_a_bad_line_ending() -> None:
+    with pytest.raises(SipParseError, match="Bad line ending"):
+        parse(MESSAGE.replace(b"\r\n", b"\r"))
 
 
 def test_salvage_rejects_bad_status() -> None:
@@ -611,3 +658,22 @@ def test_salvage_rejects_bad_status() -> None:
         salvage_response(BROKEN, 99, "x")
     with pytest.raises(ValueError):
         salvage_response(BROKEN, 400, "x\r\nInjected: yes")
+
+
+def test_refused_vias_and_addresses_keep_no_frames_alive() -> None:
+    """sipmessage raises one shared ValueError per grammar; each raise used to chain its frames
+    (and the message bytes in them) onto that instance for good: found by bench.fuzz as RSS
+    growing with every refused Via."""
+    from sipmessage.address import ADDRESS_EXCEPTION
+    from sipmessage.via import VIA_EXCEPTION
+
+    from imc_actors.sip import split_uri
+
+    bad_via = MESSAGE.replace(b"SIP/2.0/UDP", b"SIP/2.0/UDP ;", 1)
+    for i in range(50):
+        with pytest.raises(SipParseError, match="Invalid Via"):
+            parse(bad_via.replace(b"hello", f"{i:05}".encode()))
+        with pytest.raises(ValueError):
+            split_uri(f'"x <sip:bad{i}@')
+    assert VIA_EXCEPTION.__traceback__ is None
+    assert ADDRESS_EXCEPTION.__traceback__ is None

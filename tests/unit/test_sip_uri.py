@@ -6,6 +6,7 @@ import pytest
 
 from imc_actors.imc.state import member_key
 from imc_actors.sip import aor_key, canonical, complete_argument, split_uri
+from imc_actors.sip.uri import canonical_user
 
 
 @pytest.mark.parametrize(
@@ -91,3 +92,48 @@ def test_complete_argument(arg: str, expected: str) -> None:
 def test_complete_argument_rejects(arg: str) -> None:
     with pytest.raises(ValueError):
         complete_argument(arg, "conf.example.com")
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ("chat", "chat"),
+        ("%63hat", "chat"),
+        ("%43HAT", "CHAT"),  # case of the letters is kept; they compare case-insensitively
+        ("imc%2Dmanager", "imc-manager"),
+        ("imc%2dmanager", "imc-manager"),
+        ("a%20b", "a%20b"),
+        ("a b", "a%20b"),
+        ("a%40b", "a%40b"),
+        ("a;b", "a%3Bb"),
+        ("a%3bb", "a%3Bb"),
+        ("a?b/c", "a%3Fb%2Fc"),
+        ("caf%c3%a9", "caf%C3%A9"),
+        ("%FF", "%FF"),
+        ("%zz", "%25zz"),
+        ("b.o-b_+1!~*'()&=$,", "b.o-b_+1!~*'()&=$,"),
+    ],
+)
+def test_canonical_user(user: str, expected: str) -> None:
+    assert canonical_user(user) == expected
+    assert canonical_user(expected) == expected  # idempotent
+
+
+def test_escapes_never_merge_distinct_users() -> None:
+    """Undecodable bytes stay what they were (sipmessage's own decoding maps them all to
+    U+FFFD, which would make sip:%FFbob and sip:%FEbob one member)."""
+    assert aor_key("sip:%FFbob@x.org") != aor_key("sip:%FEbob@x.org")
+    assert split_uri("sip:%FFbob@x.org") == ("%FFbob", "x.org")
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sip:imc%2Dmanager@x.org", "sip:imc-manager@x.org"),
+        ("<sip:%63hat@x.org;transport=tcp>", "sip:chat@x.org"),
+        ('"A <b>" <sip:%61lice:pw%40x@x.org>;tag=1', "sip:alice@x.org"),
+        ("sip:a;b@x.org", "sip:a%3Bb@x.org"),
+    ],
+)
+def test_canonical_unescapes_the_user(uri: str, expected: str) -> None:
+    assert canonical(uri) == expected
