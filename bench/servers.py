@@ -1,7 +1,9 @@
 """The two servers under test, each started on 127.0.0.1 with its own ports and database.
 
 - :class:`ImcServer`: ``python -m imc_actors serve`` from this checkout, with its built-in
-  registrar and a fresh SQLite database (durable: WAL, ``synchronous=FULL``).
+  registrar and a fresh SQLite database (durable: WAL, ``synchronous=FULL``), and
+  ``IMC_FLOOD_RATE=0`` (its load generators all send from 127.0.0.1; an environment variable,
+  so an older ``IMC_BENCH_SOURCE`` without the setting still starts).
 - :class:`KamailioServer`: Debian's ``kamailio`` with ``bench/kamailio/kamailio.cfg``
   (registrar + usrloc + imc, SQLite through db_sqlite, ``outbound_proxy`` pointing back to
   itself so room messages reach the registered members).
@@ -70,6 +72,9 @@ class ImcServer:
                 Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
+        # every load generator sends from 127.0.0.1: no per-source budget, so the benchmark
+        # measures capacity and not flood_rate (see RESULTS.md)
+        env["IMC_FLOOD_RATE"] = "0"
         self.log_path.write_text("")
         started = time.perf_counter()
         self.proc = procs.spawn(self.command(), cwd=self.source, env=env, stderr=self.log_path, stdout=self.log_path)

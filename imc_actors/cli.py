@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
              metavar="URI")
     _setting(serve, "--max-transactions", "max_transactions", "most SIP server transactions alive at "
              "once; a new request beyond them is answered 503 with Retry-After", metavar="N")
+    _setting(serve, "--tcp-max-connections", "tcp_max_connections", "most accepted SIP TCP connections "
+             "open at once; a new one beyond them is closed at once", metavar="N")
+    _setting(serve, "--tcp-max-per-ip", "tcp_max_per_ip", "most accepted SIP TCP connections open at "
+             "once from one address", metavar="N")
+    _setting(serve, "--tcp-idle-timeout", "tcp_idle_timeout", "seconds after which an idle SIP TCP "
+             "connection is closed", metavar="SECONDS")
+    _setting(serve, "--flood-rate", "flood_rate", "new SIP requests a second each source address may "
+             "send (0: no limit); beyond its burst a source gets 503 with Retry-After", metavar="N")
+    _setting(serve, "--flood-burst", "flood_burst", "new SIP requests a source address may send at once",
+             metavar="N")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])

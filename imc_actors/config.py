@@ -99,6 +99,16 @@ class Config:
     trusted_sources: list[str] = field(default_factory=list)
     identity_header: str | None = None
     max_transactions: int = 100_000
+    max_transaction_bytes: int = 256 * 1024 * 1024
+    max_vias: int = 16
+    tcp_max_connections: int = 2048
+    tcp_max_per_ip: int = 256
+    tcp_max_buffer: int = 65 * 1024
+    tcp_idle_timeout: float = 120.0
+    flood_rate: float = 2000.0
+    flood_burst: int = 4000
+    flood_block: float = 2.0
+    flood_sources: int = 65536
     # Delivery (see README "Delivery")
     pending_ttl: int = 7 * 24 * 3600
     pending_max: int = 1000
@@ -179,6 +189,17 @@ class Config:
             raise ConfigError("mailbox_size", "must be positive")
         if self.max_transactions < 1:
             raise ConfigError("max_transactions", "must be positive")
+        for name in ("max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "flood_burst", "flood_sources"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
+        if self.tcp_max_buffer < 1024:
+            raise ConfigError("tcp_max_buffer", "must be at least 1024 bytes")
+        if not self.tcp_idle_timeout > 0:
+            raise ConfigError("tcp_idle_timeout", "must be a positive number of seconds")
+        if not self.flood_rate >= 0:
+            raise ConfigError("flood_rate", "must be 0 (off) or a positive number of requests a second")
+        if not self.flood_block >= 0:
+            raise ConfigError("flood_block", "must be 0 or more seconds")
         if self.restart_limit < 1:
             raise ConfigError("restart_limit", "must be at least 1")
         if not self.restart_window > 0:
@@ -292,8 +313,10 @@ _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
+    "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
+    "flood_burst", "flood_sources",
 }
-_FLOAT_FIELDS = {"restart_window", "db_timeout"}
+_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 

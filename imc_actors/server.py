@@ -268,6 +268,18 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         outbound_proxy=config.outbound_proxy,
         locate=locate,
         max_transactions=config.max_transactions,
+        max_transaction_bytes=config.max_transaction_bytes,
+        max_vias=config.max_vias,
+        tcp_idle_timeout=config.tcp_idle_timeout,
+        tcp_max_connections=config.tcp_max_connections,
+        tcp_max_per_ip=config.tcp_max_per_ip,
+        tcp_max_buffer=config.tcp_max_buffer,
+        flood_rate=config.flood_rate,
+        flood_burst=config.flood_burst,
+        flood_block=config.flood_block,
+        flood_sources=config.flood_sources,
+        # proxies in trusted_sources carry many users' requests: no per-source budget
+        flood_exempt=config.trusted_sources,
         # our users are found through the registrar only: no binding means unreachable here
         local_domains=config.served_domains if registrar is not None else (),
     )

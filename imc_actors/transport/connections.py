@@ -4,7 +4,10 @@ An outgoing request over TCP reuses the open connection to its destination, wait
 being opened by another request, or opens one (its reader started in the transport's
 nursery). A destination that refused a connection is not tried again for
 :data:`TCP_RETRY_AFTER` seconds unless TCP is required (the caller then sends over UDP).
-Connections accepted by our listeners are tracked here too, so shutdown closes them all.
+Connections accepted by our listeners are tracked here too, so shutdown closes them all, and
+bounded: beyond ``max_accepted`` accepted connections in all, or ``max_per_ip`` from one
+address, a new one is closed at once (logged at most once per
+:data:`~.tcp.EXHAUSTED_LOG_INTERVAL` seconds).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ from collections.abc import Callable
 
 import trio
 
+from .limits import LogInterval
 from .tcp import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BUFFER,
+    EXHAUSTED_LOG_INTERVAL,
     FrameCallback,
     FramingErrorCallback,
     TcpConnection,
@@ -34,7 +40,8 @@ TCP_RETRY_AFTER = 30.0
 
 class Connections:
     """The transport's TCP connections; each one's reader calls ``on_frame``,
-    ``on_framing_error`` and, when it ends, ``on_closed`` (which must call :meth:`closed`)."""
+    ``on_framing_error`` and, when it ends, ``on_closed`` (which must call :meth:`closed`).
+    ``refused`` counts the accepted connections closed at once because a cap was reached."""
 
     def __init__(
         self,
@@ -50,16 +57,36 @@ class Connections:
         self._nursery: trio.Nursery | None = None
         self._connect_timeout = 5.0
         self._idle_timeout = DEFAULT_IDLE_TIMEOUT
+        self._max_buffer = DEFAULT_MAX_BUFFER
+        self._max_accepted = 2048
+        self._max_per_ip = 256
+        self._accepted: dict[str, int] = {}  # peer host -> accepted connections live
+        self._accepted_total = 0
+        self._refused_log = LogInterval(EXHAUSTED_LOG_INTERVAL)
+        self.refused = 0
 
     def __len__(self) -> int:
         """How many connections are live (both directions)."""
         return len(self._live)
 
-    def open(self, nursery: trio.Nursery, *, connect_timeout: float, idle_timeout: float) -> None:
-        """Start a run: readers of new outgoing connections go to ``nursery``."""
+    def open(
+        self,
+        nursery: trio.Nursery,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        max_accepted: int = 2048,
+        max_per_ip: int = 256,
+    ) -> None:
+        """Start a run: readers of new outgoing connections go to ``nursery``; at most
+        ``max_accepted`` accepted connections live at once, ``max_per_ip`` from one address."""
         self._nursery = nursery
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
+        self._max_buffer = max_buffer
+        self._max_accepted = max_accepted
+        self._max_per_ip = max_per_ip
 
     async def aclose(self) -> None:
         """End a run: close every connection and forget the outgoing ones. Checkpoints (the
@@ -70,9 +97,38 @@ class Connections:
         self._outgoing.clear()
 
     async def serve(self, conn: TcpConnection) -> None:
-        """Track an accepted connection and read it until it ends."""
+        """Track an accepted connection and read it until it ends; close it at once when
+        ``max_accepted`` connections, or ``max_per_ip`` from its address, are live."""
+        host = conn.peer[0]
+        from_host = self._accepted.get(host, 0)
+        if self._accepted_total >= self._max_accepted or from_host >= self._max_per_ip:
+            self.refused += 1
+            if self._refused_log.due(trio.current_time()):
+                which = (
+                    f"tcp_max_connections {self._max_accepted}"
+                    if self._accepted_total >= self._max_accepted
+                    else f"tcp_max_per_ip {self._max_per_ip} from {host}"
+                )
+                log.warning(
+                    "%s reached: closing new connections (%d so far; logged at most every %.0f s)",
+                    which,
+                    self.refused,
+                    EXHAUSTED_LOG_INTERVAL,
+                )
+            await conn.aclose()
+            return
+        self._accepted[host] = from_host + 1
+        self._accepted_total += 1
         self._live.add(conn)
-        await conn.run(*self._callbacks)
+        try:
+            await conn.run(*self._callbacks)
+        finally:
+            self._accepted_total -= 1
+            left = self._accepted[host] - 1
+            if left:
+                self._accepted[host] = left
+            else:
+                del self._accepted[host]
 
     def closed(self, conn: TcpConnection) -> None:
         """Forget ``conn`` (its reader ended)."""
@@ -103,7 +159,11 @@ class Connections:
         done = self._connecting[dest] = trio.Event()
         try:
             conn = await open_connection(
-                dest[0], dest[1], timeout=self._connect_timeout, idle_timeout=self._idle_timeout
+                dest[0],
+                dest[1],
+                timeout=self._connect_timeout,
+                idle_timeout=self._idle_timeout,
+                max_buffer=self._max_buffer,
             )
         except OSError as exc:
             log.debug("tcp connect to %s:%d failed: %s", dest[0], dest[1], exc)

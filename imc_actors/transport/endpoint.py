@@ -16,7 +16,9 @@ a module of its own with the state it owns:
   transactions; Timers E, F and K of client transactions) from one task;
 - :mod:`.routing`: next hops (:class:`Hop`, :func:`parse_hop`, targets, DNS) and our own
   addresses in Via, and the Via rewrite of responses;
-- :mod:`.connections`: the TCP connection pool (reuse, refused hops, readers).
+- :mod:`.connections`: the TCP connection pool (reuse, refused hops, readers, the caps on
+  accepted connections);
+- :mod:`.limits`: the per-source flood budget and the once-per-interval warnings.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from imc_actors.sip import Response, SipParseError, new_mark, parse, salvage_res
 
 from .client import TCP_THRESHOLD, ClientTransactions, better
 from .connections import TCP_RETRY_AFTER, Connections
+from .limits import FloodLimiter
 from .records import (
     ClientResult,
     Handler,
@@ -53,7 +56,7 @@ from .routing import (
     via_port,
 )
 from .server import ServerTransactions, UdpPeer
-from .tcp import DEFAULT_IDLE_TIMEOUT, TcpConnection, TcpListener
+from .tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFER, TcpConnection, TcpListener
 from .timers import LANES, TimerWheel
 from .udp import Address, UdpEndpoint
 
@@ -96,7 +99,14 @@ class SipTransport:
     seconds after which an idle TCP connection is closed. ``connect_timeout``: limit for
     opening an outgoing TCP connection. ``max_transactions``: most server transactions alive
     at once (each lives until Timer J after its final response); a new request beyond it is
-    answered 503 with ``Retry-After: 1`` without a transaction or a handler call.
+    answered 503 with ``Retry-After: 1`` without a transaction or a handler call; so is one
+    while the responses kept by live transactions reach ``max_transaction_bytes``.
+    ``max_vias``: most Via header fields a request may carry (more: 483).
+    ``tcp_max_connections`` / ``tcp_max_per_ip``: most accepted TCP connections live at once,
+    in all and from one address (beyond: closed at once); ``tcp_max_buffer``: most bytes held
+    for one incomplete TCP message. ``flood_rate`` (0 = off), ``flood_burst``,
+    ``flood_block``, ``flood_sources``: each source IP's budget of new requests (see
+    :class:`~.limits.FloodLimiter`); addresses in ``flood_exempt`` (CIDRs) have none.
     """
 
     def __init__(
@@ -113,9 +123,30 @@ class SipTransport:
         connect_timeout: float = 5.0,
         max_transactions: int = 100_000,
         local_domains: Sequence[str] = (),
+        max_transaction_bytes: int = 256 * 1024 * 1024,
+        max_vias: int = 16,
+        tcp_max_connections: int = 2048,
+        tcp_max_per_ip: int = 256,
+        tcp_max_buffer: int = DEFAULT_MAX_BUFFER,
+        flood_rate: float = 0.0,
+        flood_burst: int = 1,
+        flood_block: float = 0.0,
+        flood_sources: int = 65536,
+        flood_exempt: Sequence[str] = (),
     ) -> None:
         if max_transactions < 1:
             raise ValueError(f"max_transactions must be positive, got {max_transactions}")
+        self.max_transaction_bytes = max_transaction_bytes
+        self.max_vias = max_vias
+        self.tcp_max_connections = tcp_max_connections
+        self.tcp_max_per_ip = tcp_max_per_ip
+        self.tcp_max_buffer = tcp_max_buffer
+        #: The per-source budget of new requests, None when ``flood_rate`` is 0.
+        self.flood: FloodLimiter | None = None
+        if flood_rate > 0:
+            self.flood = FloodLimiter(
+                flood_rate, flood_burst, flood_block, exempt=flood_exempt, max_sources=flood_sources
+            )
         self.listen = list(listen)
         self.outbound_proxy = outbound_proxy
         self.max_datagram = max_datagram
@@ -197,7 +228,10 @@ class SipTransport:
                     port = endpoint.address[1]
                 else:
                     listener = await TcpListener.bind(
-                        address.host, address.port, idle_timeout=self.tcp_idle_timeout
+                        address.host,
+                        address.port,
+                        idle_timeout=self.tcp_idle_timeout,
+                        max_buffer=self.tcp_max_buffer,
                     )
                     self._tcp.append(listener)
                     port = listener.address[1]
@@ -205,13 +239,22 @@ class SipTransport:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._servers.open(
-                    nursery, handler, t1=self.t1, max_transactions=self.max_transactions
+                    nursery,
+                    handler,
+                    t1=self.t1,
+                    max_transactions=self.max_transactions,
+                    max_bytes=self.max_transaction_bytes,
+                    max_vias=self.max_vias,
+                    flood=self.flood,
                 )
                 self._clients.open(nursery, self.bound, t1=self.t1, t2=self.t2, t4=self.t4)
                 self._connections.open(
                     nursery,
                     connect_timeout=self.connect_timeout,
                     idle_timeout=self.tcp_idle_timeout,
+                    max_buffer=self.tcp_max_buffer,
+                    max_accepted=self.tcp_max_connections,
+                    max_per_ip=self.tcp_max_per_ip,
                 )
                 nursery.start_soon(self._timer_loop)
                 for endpoint in self._udp:
@@ -265,6 +308,11 @@ class SipTransport:
             self_targets=clients.self_targets,
             merged=servers.merged,
             client_unreachable=clients.unreachable,
+            throttled=self.flood.throttled if self.flood is not None else 0,
+            vias_refused=servers.vias_refused,
+            transaction_bytes=servers.kept_bytes,
+            tcp_refused=self._connections.refused,
+            tcp_accept_failures=sum(listener.exhausted for listener in self._tcp),
         )
 
     # ------------------------------------------------------------------ receiving: UDP

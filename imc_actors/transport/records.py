@@ -107,7 +107,13 @@ class TransportStatistics:
     ``merged``: requests refused 482 as merged (RFC 3261 §8.2.2.2: the same Call-ID, CSeq and
     From tag as a live transaction, on another branch);
     ``client_unreachable``: client transactions over UDP ended 503 by an ICMP port or host
-    unreachable (before Timer F; also counted in ``client_failed`` unless another fork won).
+    unreachable (before Timer F; also counted in ``client_failed`` unless another fork won); ``throttled``: new requests answered
+    503 + ``Retry-After`` because their source was over its flood budget; ``vias_refused``:
+    requests refused 483 for carrying more than ``max_vias`` Via header fields;
+    ``transaction_bytes``: bytes of responses the live server transactions keep now;
+    ``tcp_refused``: accepted TCP connections closed at once (``tcp_max_connections`` or
+    ``tcp_max_per_ip`` reached); ``tcp_accept_failures``: accepts that failed for lack of
+    file descriptors or memory (retried).
     """
 
     received: int
@@ -132,3 +138,8 @@ class TransportStatistics:
     self_targets: int = 0
     merged: int = 0
     client_unreachable: int = 0
+    throttled: int = 0
+    vias_refused: int = 0
+    transaction_bytes: int = 0
+    tcp_refused: int = 0
+    tcp_accept_failures: int = 0

@@ -3,9 +3,12 @@
 A request is matched to its server transaction (RFC 3261 §17.2.3) so a retransmission is
 answered from the transaction and never reaches the handler twice; a new request gets a
 transaction and one handler task, whose :class:`Reply` becomes the response kept for
-retransmissions. At most ``max_transactions`` server transactions live at once: beyond that a
-new request is answered 503 with ``Retry-After`` at once, statelessly, and never reaches the
-handler. A CANCEL matching a live transaction gets 200 (RFC 3261 §9.2).
+retransmissions. At most ``max_transactions`` server transactions live at once, keeping at
+most ``max_transaction_bytes`` of responses between them: beyond either a new request is
+answered 503 with ``Retry-After`` at once, statelessly, and never reaches the handler. So is a
+new request from a source over its flood budget (:class:`~.limits.FloodLimiter`). A request
+with more than ``max_vias`` Via header fields gets 483 before anything else (its answer would
+copy them all, and be kept). A CANCEL matching a live transaction gets 200 (RFC 3261 §9.2).
 
 A handler may also offer ``start(request, source, respond) -> bool`` (:class:`StartHandler`):
 for a request over UDP :class:`ServerTransactions` tries it first, and when it returns True no
@@ -33,6 +36,7 @@ from imc_actors.sip import (
     server_key,
 )
 
+from .limits import FloodLimiter, LogInterval
 from .records import Handler, Reply, Responder, Source
 from .routing import ViaFix, patch_via
 from .tcp import TcpConnection
@@ -45,8 +49,10 @@ log = logging.getLogger(__name__)
 
 #: Retry-After (seconds) of the 503 a new request gets while ``max_transactions`` are live.
 REFUSED_RETRY_AFTER = (("Retry-After", "1"),)
-#: The "limit reached" warning is logged at most once per this many seconds.
+#: The "limit reached" warnings are logged at most once per this many seconds.
 REFUSED_LOG_INTERVAL = 1.0
+#: Reason phrase of the 483 a request with more than ``max_vias`` Via header fields gets.
+TOO_MANY_VIAS = "Too Many Hops (Via)"
 #: Methods a CANCEL may target (RFC 3261 §9.2 matching ignores the method otherwise).
 _CANCELLABLE = (
     "MESSAGE",
@@ -86,20 +92,22 @@ class UdpPeer:
 class ServerEntry:
     """A server transaction plus the deadline it is filed under in the timer wheel."""
 
-    __slots__ = ("txn", "scheduled", "merge")
+    __slots__ = ("txn", "scheduled", "merge", "kept")
 
     def __init__(self, txn: ServerTransaction) -> None:
         self.txn = txn
         self.scheduled: float | None = None
         self.merge: tuple[Any, ...] | None = None  # its key in ServerTransactions._merge
+        self.kept = 0  # bytes of the response it keeps for retransmissions
 
 
 class ServerTransactions:
     """The live server transactions of a transport and the handler they dispatch to.
 
     ``timers`` is the transport's wheel (Timer J). :meth:`open` starts a run, :meth:`close`
-    ends it. The counters (``requests``, ``refused``, ``absorbed``, ``handler_errors`` and
-    ``sent``, the responses written on TCP by handler tasks) are read by
+    ends it. ``kept_bytes`` is the size of the responses the live transactions keep. The
+    counters (``requests``, ``refused``, ``vias_refused``, ``absorbed``, ``handler_errors``
+    and ``sent``, the responses written on TCP by handler tasks) are read by
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
@@ -115,8 +123,15 @@ class ServerTransactions:
         self._start_handler: Callable[[Request, Source, Responder], bool] | None = None
         self._t1 = 0.5
         self._max_transactions = 100_000
-        self._refused_logged_at = -math.inf
+        self._max_bytes = 256 * 1024 * 1024
+        self._max_vias = 16
+        self._flood: FloodLimiter | None = None
+        self._refused_log = LogInterval(REFUSED_LOG_INTERVAL)
+        self._bytes_log = LogInterval(REFUSED_LOG_INTERVAL)
+        self._flood_log = LogInterval(REFUSED_LOG_INTERVAL)
+        self.kept_bytes = 0
         self.requests = 0
+        self.vias_refused = 0
         self.loops = 0
         self.merged = 0
         self.refused = 0
@@ -129,39 +144,63 @@ class ServerTransactions:
         return len(self._entries)
 
     def open(
-        self, nursery: trio.Nursery, handler: Handler, *, t1: float, max_transactions: int
+        self,
+        nursery: trio.Nursery,
+        handler: Handler,
+        *,
+        t1: float,
+        max_transactions: int,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_vias: int = 16,
+        flood: FloodLimiter | None = None,
     ) -> None:
-        """Start a run: handler tasks go to ``nursery``; ``handler.start`` is used if it has one."""
+        """Start a run: handler tasks go to ``nursery``; ``handler.start`` is used if it has one.
+        ``max_bytes``: most bytes of responses kept by live transactions; ``max_vias``: most
+        Via header fields a request may carry; ``flood``: the per-source budget, or None."""
         self._nursery = nursery
         self._handler = handler
         self._start_handler = getattr(handler, "start", None)
         self._t1 = t1
         self._max_transactions = max_transactions
+        self._max_bytes = max_bytes
+        self._max_vias = max_vias
+        self._flood = flood
 
     def close(self) -> None:
         """End a run: ``respond`` callbacks still outstanding do nothing; transactions go."""
         self._nursery = None
         self._entries.clear()
         self._merge.clear()
+        self.kept_bytes = 0
 
     def on_request(
         self, request: Request, fix: ViaFix, source: Source, sender: Sender
     ) -> bytes | None:
         """Match ``request`` to a server transaction (no checkpoint).
 
-        A retransmission returns the transaction's last response (None while the handler still
+        A request with more than ``max_vias`` Via header fields gets a stateless 483 first. A
+        retransmission returns the transaction's last response (None while the handler still
         works); a new request gets a transaction and a handler task, or, while
-        ``max_transactions`` transactions are live, an immediate stateless 503 with
-        ``Retry-After`` (returned, like every answer sent at once). ``fix`` is the
+        ``max_transactions`` transactions are live or their kept responses reach
+        ``max_bytes``, or while its source is over its flood budget, an immediate stateless
+        503 with ``Retry-After`` (returned, like every answer sent at once). ``fix`` is the
         received/rport rewrite of the top Via that responses get.
         """
+        vias, looped = self._vias(request)
+        if vias > self._max_vias:
+            self.vias_refused += 1
+            return patch_via(build_response(request, 483, TOO_MANY_VIAS, to_tag=new_tag()), fix)
         now = trio.current_time()
         key = server_key(request)
         entry = self._entries.get(key)
         if entry is not None:
             self.absorbed += 1
             return entry.txn.on_retransmission(now)
-        if self._mark and self._looped(request):
+        if self._flood is not None:
+            blocked = self._flood.allow(source.host, now)
+            if blocked:
+                return self._throttle(request, fix, source, blocked, now)
+        if looped:
             # One of our own requests came back (a proxy routed it to us): 482, statelessly,
             # and it reaches no handler, so it can cause nothing (RFC 3261 §16.3 step 4).
             self.loops += 1
@@ -187,6 +226,8 @@ class ServerTransactions:
             )
         if len(self._entries) >= self._max_transactions:
             return self._refuse(request, fix, now)
+        if self.kept_bytes >= self._max_bytes:
+            return self._refuse(request, fix, now, memory=True)
         # Timer J runs 64*T1 on TCP too (RFC 3261 says 0 there): a request repeated over a new
         # connection, or over UDP after TCP, is still answered from the transaction, so a chat
         # line is never relayed twice (spec §5).
@@ -209,25 +250,54 @@ class ServerTransactions:
         self._nursery.start_soon(self._serve_request, request, fix, source, key, entry, sender)
         return None
 
-    def _looped(self, request: Request) -> bool:
-        """True when a Via of ``request`` holds a branch our client side made."""
+    def _vias(self, request: Request) -> tuple[int, bool]:
+        """How many Via header fields ``request`` has (each of a comma-separated list counted),
+        and whether one holds a branch our client side made (it looped)."""
         mark = self._mark
+        count = 0
+        looped = False
         for name, value in request.headers:
-            if name == "Via" and is_own_branch(value, mark):
-                return True
-        return False
+            if name == "Via":
+                count += 1 + value.count(",")
+                if mark and not looped:
+                    looped = is_own_branch(value, mark)
+        return count, looped
 
-    def _refuse(self, request: Request, fix: ViaFix, now: float) -> bytes:
-        """The stateless 503 + ``Retry-After`` for a new request beyond ``max_transactions``
-        (no transaction, no handler: a retransmission is refused again, or served once there
-        is room). Logged at most once per second."""
+    def _refuse(self, request: Request, fix: ViaFix, now: float, *, memory: bool = False) -> bytes:
+        """The stateless 503 + ``Retry-After`` for a new request beyond ``max_transactions``,
+        or (``memory``) once the kept responses reach ``max_bytes`` (no transaction, no
+        handler: a retransmission is refused again, or served once there is room). Logged at
+        most once per second."""
         self.refused += 1
-        if now - self._refused_logged_at >= REFUSED_LOG_INTERVAL:
-            self._refused_logged_at = now
+        if memory:
+            if self._bytes_log.due(now):
+                log.warning(
+                    "server transaction memory limit %d bytes reached: answering 503",
+                    self._max_bytes,
+                )
+        elif self._refused_log.due(now):
             log.warning(
                 "server transaction limit %d reached: answering 503", self._max_transactions
             )
         data = build_response(request, 503, to_tag=new_tag(), headers=REFUSED_RETRY_AFTER)
+        return patch_via(data, fix)
+
+    def _throttle(
+        self, request: Request, fix: ViaFix, source: Source, blocked: float, now: float
+    ) -> bytes:
+        """The stateless 503 + ``Retry-After`` (the seconds its source stays blocked) for a new
+        request from a source over its flood budget. Logged at most once per second."""
+        if self._flood_log.due(now):
+            assert self._flood is not None
+            log.warning(
+                "source %s over flood_rate %g/s (burst %d): throttled for %.0f s",
+                source.host,
+                self._flood.rate,
+                self._flood.burst,
+                blocked,
+            )
+        retry = (("Retry-After", str(max(1, math.ceil(blocked)))),)
+        data = build_response(request, 503, to_tag=new_tag(), headers=retry)
         return patch_via(data, fix)
 
     def _start(
@@ -324,12 +394,17 @@ class ServerTransactions:
         if entry.txn.state == "terminated":
             self._forget(key, entry)
             return
+        if self._entries.get(key) is entry:  # still live: it keeps these bytes until Timer J
+            self.kept_bytes += len(data) - entry.kept
+            entry.kept = len(data)
         self._timers.schedule(LANE_J, self._fire, key, entry, entry.txn.deadline())
 
     def _forget(self, key: Any, entry: ServerEntry) -> None:
         """Drop an ended transaction (and its merge key)."""
         if self._entries.get(key) is entry:
             del self._entries[key]
+            self.kept_bytes -= entry.kept
+            entry.kept = 0
         if entry.merge is not None and self._merge.get(entry.merge) == key:
             del self._merge[entry.merge]
 

@@ -4,20 +4,37 @@ A :class:`TcpConnection` wraps one ``trio.SocketStream`` (accepted or opened by 
 (:meth:`TcpConnection.run`) turns the byte stream into complete SIP messages and hands each to a
 synchronous callback; sends from many tasks are serialised by a lock. A framing error gets the
 400 the callback salvages, then the connection is closed (there is no way to find the next
-message boundary). A connection idle for ``idle_timeout`` seconds is closed.
+message boundary); so does an incomplete message that fills ``max_buffer`` bytes (513). A
+connection idle for ``idle_timeout`` seconds is closed.
+
+:class:`TcpListener` accepts in a loop of its own: when accept fails for lack of resources
+(EMFILE, ENFILE, ENOMEM, ENOBUFS) it waits :data:`ACCEPT_RETRY` seconds and tries again, and
+says so at most once per :data:`EXHAUSTED_LOG_INTERVAL` seconds.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from imc_actors.sip import SipParseError, parse_stream
 
-__all__ = ["TcpConnection", "TcpListener", "open_connection"]
+from .limits import LogInterval
+
+__all__ = [
+    "ACCEPT_RETRY",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_BUFFER",
+    "EXHAUSTED_LOG_INTERVAL",
+    "TcpConnection",
+    "TcpListener",
+    "open_connection",
+]
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +45,25 @@ FrameCallback = Callable[[bytes, "TcpConnection"], "bytes | None"]
 FramingErrorCallback = Callable[[bytes, SipParseError], "bytes | None"]
 
 DEFAULT_IDLE_TIMEOUT = 120.0  # Kamailio's tcp_connection_lifetime
+#: Bytes buffered for one incomplete message: the largest message parse accepts (64 KiB), and
+#: room for the CRLFs a keep-alive may put before it.
+DEFAULT_MAX_BUFFER = 65 * 1024
+#: Seconds the accept loop waits after accept failed for lack of file descriptors or memory.
+ACCEPT_RETRY = 0.1
+#: Resource exhaustion (EMFILE on accept, a connection cap reached) is logged at most once
+#: per this many seconds.
+EXHAUSTED_LOG_INTERVAL = 10.0
 _RECEIVE_SIZE = 65536
+#: What accept(2) returns when the process or the system is out of resources.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class TcpConnection:
     """One SIP-over-TCP connection.
 
     ``peer`` and ``local`` are ``(host, port)``. ``outgoing`` is True for connections we opened.
-    ``closed`` becomes True once the reader ended or :meth:`aclose` ran.
+    ``closed`` becomes True once the reader ended or :meth:`aclose` ran. ``max_buffer``: most
+    bytes held for one incomplete message.
     """
 
     def __init__(
@@ -44,10 +72,12 @@ class TcpConnection:
         *,
         outgoing: bool,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         self.stream = stream
         self.outgoing = outgoing
         self.idle_timeout = idle_timeout
+        self.max_buffer = max_buffer
         peer = stream.socket.getpeername()
         local = stream.socket.getsockname()
         self.peer: Address = (peer[0], peer[1])
@@ -96,8 +126,10 @@ class TcpConnection:
         """Read and dispatch messages until EOF, error, idle timeout or cancellation.
 
         Each complete message goes to ``on_frame`` (synchronously); its return value, if any, is
-        sent back on this connection. Always closes the stream and calls ``on_close`` before
-        returning (also on cancellation). Checkpoints at every receive.
+        sent back on this connection. Never more than ``max_buffer`` bytes are held: an
+        incomplete message that fills them is a framing error (513 Message too large). Always
+        closes the stream and calls ``on_close`` before returning (also on cancellation).
+        Checkpoints at every receive.
         """
         buffer = bytearray()
         try:
@@ -105,8 +137,13 @@ class TcpConnection:
                 self._idle_scope = scope
                 self.touch()
                 while True:
+                    room = min(_RECEIVE_SIZE, self.max_buffer - len(buffer))
+                    if room <= 0:  # max_buffer bytes and still no whole message
+                        exc = SipParseError("Message too large", 513)
+                        await self._framing_error(buffer, exc, on_framing_error)
+                        break
                     try:
-                        chunk = await self.stream.receive_some(_RECEIVE_SIZE)
+                        chunk = await self.stream.receive_some(room)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         break
                     if not chunk:
@@ -116,11 +153,7 @@ class TcpConnection:
                     try:
                         frames = parse_stream(buffer)
                     except SipParseError as exc:
-                        log.info("tcp %s: framing error: %s; closing", self.peer, exc.reason)
-                        answer = on_framing_error(bytes(buffer), exc)
-                        if answer is not None:
-                            with trio.move_on_after(1.0):
-                                await self.send(answer)
+                        await self._framing_error(buffer, exc, on_framing_error)
                         break
                     for frame in frames:
                         self.frames_received += 1
@@ -140,6 +173,16 @@ class TcpConnection:
             if on_close is not None:
                 on_close(self)
 
+    async def _framing_error(
+        self, buffer: bytearray, exc: SipParseError, on_framing_error: FramingErrorCallback
+    ) -> None:
+        """Send the last answer ``on_framing_error`` makes of ``buffer`` (within 1 s)."""
+        log.info("tcp %s: framing error: %s; closing", self.peer, exc.reason)
+        answer = on_framing_error(bytes(buffer), exc)
+        if answer is not None:
+            with trio.move_on_after(1.0):
+                await self.send(answer)
+
     async def _abort(self) -> None:
         if not self.closed:
             self.closed = True
@@ -153,7 +196,12 @@ class TcpConnection:
 
 
 async def open_connection(
-    host: str, port: int, *, timeout: float, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_buffer: int = DEFAULT_MAX_BUFFER,
 ) -> TcpConnection:
     """Connect to ``host:port`` within ``timeout`` seconds.
 
@@ -164,21 +212,35 @@ async def open_connection(
         stream = await trio.open_tcp_stream(host, port)
     if scope.cancelled_caught:
         raise TimeoutError(f"tcp connect to {host}:{port} timed out")
-    return TcpConnection(stream, outgoing=True, idle_timeout=idle_timeout)
+    return TcpConnection(stream, outgoing=True, idle_timeout=idle_timeout, max_buffer=max_buffer)
 
 
 class TcpListener:
-    """Bound TCP listening socket(s) for one listen address."""
+    """Bound TCP listening socket(s) for one listen address; its connections get
+    ``idle_timeout`` and ``max_buffer``. ``exhausted`` counts failed accepts (EMFILE & co.)."""
 
-    def __init__(self, listeners: list[trio.SocketListener], idle_timeout: float) -> None:
+    def __init__(
+        self,
+        listeners: list[trio.SocketListener],
+        idle_timeout: float,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+    ) -> None:
         self.listeners = listeners
         self.idle_timeout = idle_timeout
+        self.max_buffer = max_buffer
         name = listeners[0].socket.getsockname()
         self.address: Address = (name[0], name[1])
+        self.exhausted = 0
+        self._exhausted_log = LogInterval(EXHAUSTED_LOG_INTERVAL)
 
     @classmethod
     async def bind(
-        cls, host: str, port: int, *, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+        cls,
+        host: str,
+        port: int,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> TcpListener:
         """Bind and listen on ``host:port`` (port 0 = ephemeral).
 
@@ -190,24 +252,61 @@ class TcpListener:
             raise OSError(
                 exc.errno, f"cannot bind tcp:{host}:{port}: {exc.strerror or exc}"
             ) from exc
-        return cls(listeners, idle_timeout)
+        return cls(listeners, idle_timeout, max_buffer)
 
     async def serve(self, on_connection: Callable[[TcpConnection], Awaitable[None]]) -> None:
         """Accept connections forever; each runs ``on_connection`` in its own task.
 
-        Accept errors such as EMFILE are retried by ``trio.serve_listeners`` after a pause.
-        Runs until cancelled; cancellation also cancels every connection task.
+        An accept that fails for lack of resources (EMFILE, ENFILE, ENOMEM, ENOBUFS) is tried
+        again after :data:`ACCEPT_RETRY` seconds (the connection waits in the backlog), logged
+        at most once per :data:`EXHAUSTED_LOG_INTERVAL` seconds. Runs until cancelled;
+        cancellation also cancels every connection task.
         """
 
         async def handle(stream: trio.SocketStream) -> None:
             try:
-                conn = TcpConnection(stream, outgoing=False, idle_timeout=self.idle_timeout)
+                conn = TcpConnection(
+                    stream,
+                    outgoing=False,
+                    idle_timeout=self.idle_timeout,
+                    max_buffer=self.max_buffer,
+                )
             except OSError:  # peer vanished between accept and getpeername
                 await trio.aclose_forcefully(stream)
                 return
             await on_connection(conn)
 
-        await trio.serve_listeners(handle, self.listeners)
+        async with trio.open_nursery() as nursery:
+            for listener in self.listeners:
+                nursery.start_soon(self._accept_loop, listener, handle, nursery)
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        handle: Callable[[trio.SocketStream], Awaitable[None]],
+        nursery: trio.Nursery,
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self.exhausted += 1
+                if self._exhausted_log.due(trio.current_time()):
+                    log.error(
+                        "tcp %s:%d: accept failed: %s (%s); new connections wait (%d failures "
+                        "so far; logged at most every %.0f s)",
+                        self.address[0],
+                        self.address[1],
+                        errno.errorcode.get(exc.errno, exc.errno),
+                        os.strerror(exc.errno),
+                        self.exhausted,
+                        EXHAUSTED_LOG_INTERVAL,
+                    )
+                await trio.sleep(ACCEPT_RETRY)
+            else:
+                nursery.start_soon(handle, stream)
 
     async def aclose(self) -> None:
         """Close the listening sockets. Checkpoints."""

@@ -128,3 +128,28 @@ async def test_requests_ended_by_icmp_unreachable_are_counted(server, ua):
     after = await scrape(server)
     assert value(after, "imc_sip_client_unreachable_total") == 1
     assert value(after, "imc_sip_client_timeouts_total") == 0
+
+
+THROTTLING = {"rpc_listen": "127.0.0.1:0", "flood_rate": 0.01, "flood_burst": 2, "flood_block": 60}
+
+
+@pytest.mark.parametrize("config_overrides", [THROTTLING])
+async def test_throttled_requests_are_counted(server, ua):
+    alice = await ua("alice", register=False)
+    codes = [(await alice.request("OPTIONS", f"sip:{alice.domain}")).code for _ in range(5)]
+    assert codes == [200, 200, 503, 503, 503]  # flood_burst, then the source is blocked
+    samples = await scrape(server)
+    assert value(samples, "imc_sip_throttled_total") == 3
+    assert value(samples, "imc_sip_transactions_refused_total") == 0
+    assert value(samples, "imc_sip_server_transactions") == 2  # the throttled got none
+    assert value(samples, "imc_sip_transaction_bytes") > 0
+    for name in ("imc_sip_vias_refused_total", "imc_sip_tcp_refused_total", "imc_sip_tcp_accept_failures_total"):
+        assert value(samples, name) == 0
+
+
+@pytest.mark.parametrize("config_overrides", [{**THROTTLING, "trusted_sources": ["127.0.0.0/8"]}])
+async def test_trusted_sources_are_not_throttled(server, ua):
+    alice = await ua("alice", register=False)
+    codes = [(await alice.request("OPTIONS", f"sip:{alice.domain}")).code for _ in range(5)]
+    assert codes == [200] * 5
+    assert value(await scrape(server), "imc_sip_throttled_total") == 0

@@ -166,3 +166,42 @@ def test_extra_hdrs_from_the_environment_split_where_a_header_starts(raw, expect
 def test_other_lists_from_the_environment_are_comma_separated():
     config = Config.from_sources(environ={"IMC_DOMAINS": "a.example, b.example,"})
     assert config.domains == ["a.example", "b.example"]
+
+
+def test_abuse_bounds_defaults_and_sources():
+    defaults = {
+        "flood_rate": 2000.0, "flood_burst": 4000, "flood_block": 2.0, "flood_sources": 65536,
+        "tcp_max_connections": 2048, "tcp_max_per_ip": 256, "tcp_idle_timeout": 120.0,
+        "tcp_max_buffer": 66560, "max_transaction_bytes": 256 << 20, "max_vias": 16,
+    }  # fmt: skip
+    config = Config.from_sources(environ={})
+    assert {name: getattr(config, name) for name in defaults} == defaults
+    env = {"IMC_FLOOD_RATE": "0", "IMC_TCP_IDLE_TIMEOUT": "30.5", "IMC_MAX_VIAS": "8"}
+    config = Config.from_sources(environ=env, overrides={"tcp_max_per_ip": "4"})
+    assert (config.flood_rate, config.tcp_idle_timeout) == (0.0, 30.5)
+    assert (config.max_vias, config.tcp_max_per_ip) == (8, 4)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"IMC_FLOOD_RATE": "-1"},
+            "invalid flood_rate: must be 0 (off) or a positive number of requests a second",
+        ),
+        ({"IMC_FLOOD_BURST": "0"}, "invalid flood_burst: must be positive"),
+        ({"IMC_FLOOD_BLOCK": "soon"}, "invalid flood_block: expected a number, got 'soon'"),
+        (
+            {"IMC_TCP_IDLE_TIMEOUT": "0"},
+            "invalid tcp_idle_timeout: must be a positive number of seconds",
+        ),
+        ({"IMC_TCP_MAX_BUFFER": "100"}, "invalid tcp_max_buffer: must be at least 1024 bytes"),
+        ({"IMC_TCP_MAX_CONNECTIONS": "0"}, "invalid tcp_max_connections: must be positive"),
+        ({"IMC_MAX_VIAS": "0"}, "invalid max_vias: must be positive"),
+        ({"IMC_MAX_TRANSACTION_BYTES": "0"}, "invalid max_transaction_bytes: must be positive"),
+    ],
+)
+def test_abuse_bounds_are_validated(env, message):
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources(environ=env)
+    assert str(info.value) == message

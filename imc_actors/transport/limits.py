@@ -1,0 +1,144 @@
+"""Fairness and the logging of exhausted resources: a token bucket per source IP, and a clock
+that lets a warning out at most once per interval.
+
+:class:`FloodLimiter` gives each source IP address a budget of new requests (``rate`` a second,
+``burst`` at once, in the spirit of Kamailio's pike): a source that spends it is *blocked* for
+``block`` seconds, its new requests answered 503 + ``Retry-After`` without a transaction or a
+handler, while every other source is served. Addresses inside the ``exempt`` networks (the
+server's ``trusted_sources``: proxies carrying many users' traffic) have no budget. The table
+of buckets is bounded (``max_sources``): idle buckets are swept out first, then the oldest.
+
+:class:`LogInterval` is the "once per interval" of every warning about a limit reached or a
+resource exhausted (transaction table, TCP caps, EMFILE on accept, floods), so an attack does
+not also flood the log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Sequence
+
+__all__ = ["FloodLimiter", "LogInterval"]
+
+
+class LogInterval:
+    """Says when a rate-limited log line is due: at most once per ``interval`` seconds."""
+
+    __slots__ = ("interval", "_last")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last = -math.inf
+
+    def due(self, now: float) -> bool:
+        """True (and the interval restarts) when the last line was ``interval`` seconds ago."""
+        if now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+class _Bucket:
+    __slots__ = ("tokens", "stamp", "blocked_until")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.blocked_until = -math.inf
+
+
+class FloodLimiter:
+    """A token bucket per source IP (see the module docstring).
+
+    ``rate`` new requests a second and ``burst`` at once per address; an address that runs
+    dry is blocked for ``block`` seconds. ``exempt``: CIDRs without a budget. ``max_sources``:
+    most buckets kept. ``throttled`` counts the requests refused; ``blocked`` the times a
+    source was blocked.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        block: float,
+        *,
+        exempt: Sequence[str] = (),
+        max_sources: int = 65536,
+    ) -> None:
+        if not rate > 0 or burst < 1 or block < 0 or max_sources < 1:
+            raise ValueError(
+                f"flood limits must be positive: rate={rate} burst={burst} block={block} "
+                f"max_sources={max_sources}"
+            )
+        self.rate = rate
+        self.burst = burst
+        self.block = block
+        self.max_sources = max_sources
+        self._exempt = [ipaddress.ip_network(cidr, strict=False) for cidr in exempt]
+        self._exempt_hosts: dict[str, bool] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._next_sweep = -math.inf
+        self.throttled = 0
+        self.blocked = 0
+
+    def __len__(self) -> int:
+        """How many sources have a bucket now."""
+        return len(self._buckets)
+
+    def allow(self, host: str, now: float) -> float:
+        """Spend one token of ``host``'s budget at ``now``: 0.0 when the request may go on,
+        else the seconds its source stays blocked (what ``Retry-After`` says). No checkpoint."""
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            if self._exempt and self._is_exempt(host):
+                return 0.0
+            if len(self._buckets) >= self.max_sources:
+                self._make_room(now)
+            bucket = self._buckets[host] = _Bucket(float(self.burst), now)
+        tokens = bucket.tokens + (now - bucket.stamp) * self.rate
+        bucket.tokens = tokens if tokens < self.burst else float(self.burst)
+        bucket.stamp = now
+        if now < bucket.blocked_until:
+            self.throttled += 1
+            return bucket.blocked_until - now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        self.throttled += 1
+        self.blocked += 1
+        bucket.blocked_until = now + self.block
+        return max(self.block, 1.0 / self.rate)
+
+    def _is_exempt(self, host: str) -> bool:
+        known = self._exempt_hosts.get(host)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(host.partition("%")[0])
+            except ValueError:
+                known = False
+            else:
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                known = any(ip in network for network in self._exempt)
+            if len(self._exempt_hosts) >= self.max_sources:
+                self._exempt_hosts.clear()
+            self._exempt_hosts[host] = known
+        return known
+
+    def _make_room(self, now: float) -> None:
+        """The table is full: drop the buckets that are full again and not blocked (their
+        sources have been idle for ``burst / rate`` seconds, so a fresh bucket is the same),
+        at most once per that time; else the oldest bucket."""
+        buckets = self._buckets
+        if now >= self._next_sweep:
+            rate, burst = self.rate, self.burst
+            self._next_sweep = now + burst / rate
+            for host in [
+                h
+                for h, b in buckets.items()
+                if b.tokens + (now - b.stamp) * rate >= burst and now >= b.blocked_until
+            ]:
+                del buckets[host]
+        if len(buckets) >= self.max_sources:
+            del buckets[next(iter(buckets))]
