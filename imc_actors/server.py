@@ -253,6 +253,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
             commit=commit, on_registered=conference.delivery.wake,
+            on_binding=transport.bind_contacts,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))

@@ -115,6 +115,7 @@ _TRANSPORT = (
     ("server_transactions", "imc_sip_server_transactions", False, "live server transactions"),
     ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
     ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP connections"),
+    ("ws_connections", "imc_sip_ws_connections", False, "open SIP WebSocket connections"),
 )  # fmt: skip
 
 

@@ -26,7 +26,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a request came from: ``transport`` is ``udp`` or ``tcp``; the peer's host and port."""
+    """Where a request came from: ``transport`` is ``udp``, ``tcp`` or ``ws``; the peer's host
+    and port (for ``tcp`` and ``ws``, they name the connection)."""
 
     transport: str
     host: str
@@ -100,7 +101,8 @@ class TransportStatistics:
     ``client_failed``: outcomes of :meth:`send_request` (2xx / anything else);
     ``client_timeouts``: of the failures, Timer F expiries; ``client_retransmissions``: Timer E
     resends; ``send_errors``: datagrams the network refused (or dropped from a full buffer);
-    ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now;
+    ``server_transactions`` / ``client_transactions`` / ``tcp_connections`` /
+    ``ws_connections``: live now;
     ``loops``: requests refused 482 because they carried one of our own Via branches;
     ``self_targets``: outgoing requests not sent because their next hop was this server.
     """
@@ -125,3 +127,4 @@ class TransportStatistics:
     tcp_connections: int
     loops: int = 0
     self_targets: int = 0
+    ws_connections: int = 0

@@ -35,7 +35,6 @@ from imc_actors.sip import (
 
 from .records import Handler, Reply, Responder, Source
 from .routing import ViaFix, patch_via
-from .tcp import TcpConnection
 from .timers import LANE_J, TimerWheel
 from .udp import Address, UdpEndpoint
 
@@ -65,7 +64,8 @@ _CANCELLABLE = (
 
 
 class Sender(Protocol):
-    """Where the responses to one request go: a :class:`UdpPeer` or a TCP connection."""
+    """Where the responses to one request go: a :class:`UdpPeer`, a TCP connection or a
+    WebSocket."""
 
     async def send(self, data: bytes) -> bool: ...
 
@@ -98,7 +98,7 @@ class ServerTransactions:
 
     ``timers`` is the transport's wheel (Timer J). :meth:`open` starts a run, :meth:`close`
     ends it. The counters (``requests``, ``refused``, ``absorbed``, ``handler_errors`` and
-    ``sent``, the responses written on TCP by handler tasks) are read by
+    ``sent``, the responses written on TCP and WebSocket by handler tasks) are read by
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
@@ -264,7 +264,7 @@ class ServerTransactions:
         data = patch_via(data, fix)
         self._respond(key, entry, data, code)
         try:
-            if await sender.send(data) and isinstance(sender, TcpConnection):
+            if await sender.send(data) and not isinstance(sender, UdpPeer):
                 self.sent += 1
         finally:
             _after(reply)
