@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server", description="Run the SIP IMC server.")
     _config_flags(serve)
-    _setting(serve, "--listen", "listen", "listen address, repeatable; port 0 picks a free one",
+    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp or ws, e.g. "
+             "ws:127.0.0.1:5066 for browsers), repeatable; port 0 picks a free one",
              action="append", metavar="TRANSPORT:HOST:PORT")
     _setting(serve, "--domain", "domains", "a domain the server is responsible for, repeatable",
              action="append", metavar="HOST")
@@ -83,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
-    _setting(serve, "--rpc-listen", "rpc_listen", "serve JSON-RPC (/RPC), /metrics and the status page "
-             "(/) on this address (e.g. 127.0.0.1:5080; port 0 picks a free one)", metavar="HOST:PORT")
+    _setting(serve, "--rpc-listen", "rpc_listen", "serve JSON-RPC (/RPC), /metrics, the status page "
+             "(/) and the browser chat page (/chat) on this address (e.g. 127.0.0.1:5080; port 0 picks a free one)", metavar="HOST:PORT")
     _setting(serve, "--mi-fifo", "mi_fifo", "serve the MI FIFO at PATH (created if absent)", metavar="PATH")
     _setting(serve, "--reply-dir", "reply_dir", "where MI FIFO reply FIFOs are", metavar="DIR")
 

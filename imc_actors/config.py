@@ -33,17 +33,24 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """One SIP listening socket: ``transport`` is ``udp`` or ``tcp``; port 0 picks a free one."""
+    """One SIP listening socket: ``transport`` is ``udp``, ``tcp`` or ``ws`` (SIP over
+    WebSocket, RFC 7118); port 0 picks a free one."""
 
-    transport: Literal["udp", "tcp"]
+    transport: Literal["udp", "tcp", "ws"]
     host: str
     port: int
 
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
-        """Parse ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060`` (transport defaults to udp)."""
+        """Parse ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``ws:127.0.0.1:5066`` (transport
+        defaults to udp). ``wss:`` and ``tls:`` are refused: TLS is not supported yet."""
         transport, sep, rest = text.partition(":")
-        if not sep or transport.lower() not in ("udp", "tcp"):
+        if sep and transport.lower() in ("wss", "tls"):
+            raise ValueError(
+                f"{transport.lower()}: in {text!r} needs TLS, which is not supported yet "
+                "(use ws: behind a TLS-terminating proxy)"
+            )
+        if not sep or transport.lower() not in ("udp", "tcp", "ws"):
             transport, rest = "udp", text
         transport = transport.lower()
         if rest.startswith("["):

@@ -17,6 +17,7 @@ from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
+from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository
@@ -303,6 +304,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
             commit=commit, on_registered=conference.delivery.wake,
+            on_binding=transport.bind_contacts,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
@@ -311,7 +313,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             server = Server(config, conference, transport, registrar, metrics)
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
-                app = create_app(conference, metrics)
+                app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))
                 server.http_url = await nursery.start(serve_http, app, config.rpc_listen)
             if config.mi_fifo is not None:
                 fifo = FifoServer(conference, config.mi_fifo, config.reply_dir)

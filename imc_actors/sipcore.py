@@ -49,6 +49,10 @@ class SipCore:
     ``commit`` makes a REGISTER's binding changes durable before its 200 (None: bindings in
     memory only); ``on_registered(aor)`` is called once the 200 to a REGISTER that added or
     refreshed a binding is sent (the server delivers the member's stored notices then).
+    ``on_binding(source, aor, contacts, clear)`` hears every accepted change of bindings
+    before its 200 (``contacts`` as ``(uri, seconds)``; the server gives it to
+    :meth:`SipTransport.bind_contacts <imc_actors.transport.SipTransport.bind_contacts>`, so
+    a contact registered over a WebSocket is reached over that connection).
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class SipCore:
         clock: Callable[[], float] = trio.current_time,
         commit: Callable[[Sequence[Any]], Awaitable[None]] | None = None,
         on_registered: Callable[[str], None] | None = None,
+        on_binding: Callable[[Source, str, Sequence[tuple[str, int]], bool], None] | None = None,
     ) -> None:
         self.config = config
         self.registrar = registrar
@@ -67,6 +72,7 @@ class SipCore:
         self.clock = clock
         self.commit = commit
         self.on_registered = on_registered
+        self.on_binding = on_binding
         self._aor_locks: dict[str, trio.Lock] = {}
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_sources]
         methods = ["MESSAGE", "OPTIONS"] + (["REGISTER"] if registrar is not None else [])
@@ -101,7 +107,8 @@ class SipCore:
             if isinstance(planned, Update):
                 if self.commit is not None:
                     return False  # the change must be committed first: a task does that
-                planned = self._registered(planned, self.registrar.apply(planned, self.clock()))
+                reply = self.registrar.apply(planned, self.clock())
+                planned = self._registered(planned, reply, source)
             respond(planned)
             return True
         start = getattr(self.message_handler, "start", None)
@@ -135,17 +142,17 @@ class SipCore:
                 ),
             )
         if method == "REGISTER" and self.registrar is not None:
-            return await self._register(self.registrar, request)
+            return await self._register(self.registrar, request, source)
         if method == "CANCEL":
             return Reply(481, "Call/Transaction Does Not Exist")
         return Reply(405, "Method Not Allowed", headers=(("Allow", self.allow),))
 
-    async def _register(self, registrar: Registrar, request: Request) -> Reply:
+    async def _register(self, registrar: Registrar, request: Request, source: Source) -> Reply:
         """Plan, commit, apply: one AOR's REGISTERs are handled one at a time, so each plan
         sees the bindings the previous one left."""
         planned = registrar.plan(request, self.clock())
         if not isinstance(planned, Update) or self.commit is None:
-            return planned if isinstance(planned, Reply) else self._registered(planned, registrar.apply(planned, self.clock()))
+            return planned if isinstance(planned, Reply) else self._registered(planned, registrar.apply(planned, self.clock()), source)
         aor = planned.aor
         lock = self._aor_locks.get(aor)
         if lock is None:
@@ -162,13 +169,17 @@ class SipCore:
                 except StoreError as exc:
                     log.error("REGISTER for %s not stored: %s", planned.aor, exc)
                     return Reply(500, "Server Internal Error")
-                return self._registered(planned, registrar.apply(planned, self.clock()))
+                return self._registered(planned, registrar.apply(planned, self.clock()), source)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._aor_locks.pop(aor, None)
 
-    def _registered(self, update: Update, reply: Reply) -> Reply:
-        """``reply`` with the member's stored notices sent after it (when a binding is live)."""
+    def _registered(self, update: Update, reply: Reply, source: Source) -> Reply:
+        """``reply`` with the member's stored notices sent after it (when a binding is live);
+        ``on_binding`` hears of the change first."""
+        if self.on_binding is not None:
+            contacts = [(uri, seconds) for _, uri, seconds in update.changes]
+            self.on_binding(source, update.aor, contacts, update.clear)
         if self.on_registered is None or update.clear or not any(seconds for _, _, seconds in update.changes):
             return reply
         hook, aor = self.on_registered, update.aor

@@ -10,6 +10,7 @@ One small Starlette app served by Hypercorn's Trio worker inside the server's nu
 ``GET /api/rooms``    what the page polls: the rooms (first ``?limit=``, default 1000) with
                       counts and owner, and the totals
 ``GET /api/room``     ``?uri=sip:room@domain``: one room's members with roles
+``GET /chat``         the browser chat page over SIP-over-WebSocket (:mod:`.chat_page`)
 ====================  =====================================================================
 
 Every handler is ``async`` and reads the rooms' committed snapshots in the Trio thread (never
@@ -34,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .chat_page import ChatSettings, chat_routes
 from .jsonrpc import PARSE_ERROR, RpcDispatcher, RpcError, error_response
 from .listen import connect_host, parse_listen
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -77,10 +79,13 @@ def _load_static() -> dict[str, bytes]:
     return {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
 
-def create_app(source: RoomSource, metrics: ServerMetrics | None = None) -> Starlette:
+def create_app(
+    source: RoomSource, metrics: ServerMetrics | None = None, chat: ChatSettings | None = None
+) -> Starlette:
     """The ASGI app for ``source`` (a :class:`~imc_actors.conference.Conference`).
 
-    ``metrics`` is served on ``/metrics`` (404 when None).
+    ``metrics`` is served on ``/metrics`` (404 when None); ``chat`` tells the chat page
+    (``/chat``) where the server's WebSocket listener is (None: it reports there is none).
     """
     dispatcher = RpcDispatcher(source)
     static = _load_static()
@@ -137,6 +142,7 @@ def create_app(source: RoomSource, metrics: ServerMetrics | None = None) -> Star
         return JSONResponse({"error": "use POST"}, 405, {"Allow": "POST"})
 
     routes = [
+        *chat_routes(chat, _PAGE_HEADERS),
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/static/{name}", asset, methods=["GET", "HEAD"]),
         Route("/RPC", rpc, methods=["POST"]),

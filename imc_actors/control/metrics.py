@@ -145,6 +145,7 @@ _TRANSPORT = (
      "bytes of responses the live server transactions keep for retransmissions"),
     ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
     ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP connections"),
+    ("ws_connections", "imc_sip_ws_connections", False, "open SIP WebSocket connections"),
 )  # fmt: skip
 
 

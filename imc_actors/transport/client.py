@@ -62,6 +62,8 @@ UNREACHABLE = ClientResult(503, "Destination Unreachable")
 NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable")
 #: The next hop is one of our own sockets (never sent: it would loop).
 SELF_TARGET = ClientResult(482, "Loop Detected")
+#: A contact registered over a WebSocket that has closed (no other way to reach it).
+WS_CLOSED = ClientResult(480, "Temporarily Unavailable")
 
 
 class ClientEntry:
@@ -306,7 +308,7 @@ class ClientTransactions:
         planned: list[tuple[str, bytes, UdpEndpoint, Address]] = []
         for target in targets:
             hop = target.hop
-            if hop.transport == "tcp" or not is_ip(hop.host):
+            if hop.transport in ("tcp", "ws") or not is_ip(hop.host):
                 return False
             udp = router.udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
             dest = (hop.host, hop.port)
@@ -384,6 +386,18 @@ class ClientTransactions:
     ) -> ClientResult:
         """Build, send and follow one client transaction to ``target``. Checkpoints."""
         router = self._router
+        if target.hop.transport == "ws":  # RFC 7118: only over the connection that registered it
+            ws = router.ws_connection(target)
+            if ws is None:
+                await trio.lowlevel.checkpoint()
+                return WS_CLOSED
+            branch = new_branch(self._mark)
+            data = build_request(
+                method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+                call_id=call_id, cseq=1, via_host=ws.via_host, via_port=None, via_transport="WS",
+                branch=branch, headers=headers, body=body, content_type=content_type,
+            )  # fmt: skip
+            return await self._run_client(data, (branch, method), None, ws.peer, ws)  # type: ignore[arg-type]
         try:
             hop = target.hop
             if is_ip(hop.host):  # no name to resolve: no checkpoint (send_request waits anyway)

@@ -1,7 +1,7 @@
 """``SipTransport``: the Trio worker that binds the SIP sockets and wires the transport's parts.
 
-:class:`SipTransport` binds every listen address (UDP endpoints, TCP listeners), parses each
-datagram or TCP frame (malformed ones get the 400 :func:`~imc_actors.sip.salvage_response`
+:class:`SipTransport` binds every listen address (UDP endpoints, TCP and WebSocket
+listeners), parses each datagram, TCP frame or WebSocket message (malformed ones get the 400 :func:`~imc_actors.sip.salvage_response`
 salvages, ACKs are absorbed), and hands requests and responses to the part whose job they
 are; it also runs the one timer task and keeps the receive-side counters. The parts, each in
 a module of its own with the state it owns:
@@ -19,6 +19,8 @@ a module of its own with the state it owns:
 - :mod:`.connections`: the TCP connection pool (reuse, refused hops, readers, the caps on
   accepted connections);
 - :mod:`.limits`: the per-source flood budget and the once-per-interval warnings.
+- :mod:`.websocket`: SIP over WebSocket (RFC 7118) and the contacts registered over each
+  connection (:meth:`SipTransport.bind_contacts`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from .server import ServerTransactions, UdpPeer
 from .tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFER, TcpConnection, TcpListener
 from .timers import LANES, TimerWheel
 from .udp import Address, UdpEndpoint
+from .websocket import WsBindings, WsConnection, WsListener
 
 __all__ = [
     "TCP_RETRY_AFTER",
@@ -89,14 +92,16 @@ _better = better
 
 
 class SipTransport:
-    """SIP over UDP and TCP for the server: server and client transactions, dispatch, next hop.
+    """SIP over UDP, TCP and WebSocket for the server: server and client transactions,
+    dispatch, next hop.
 
     ``listen``: the addresses to bind (port 0 = ephemeral; :attr:`bound` has the real ones).
     ``outbound_proxy``: a SIP URI or ``host[:port]`` every outgoing request is sent to.
     ``locate(aor)``: registered contact URIs of an AOR (``user@host``), [] when none; used to
     retarget outgoing requests (spec §6). ``max_datagram``: largest UDP datagram accepted.
     ``t1``/``t2``/``t4``: RFC 3261 timer values (tests shorten them). ``tcp_idle_timeout``:
-    seconds after which an idle TCP connection is closed. ``connect_timeout``: limit for
+    seconds after which an idle TCP connection is closed (an idle WebSocket is pinged then, and
+    closed when it does not answer). ``connect_timeout``: limit for
     opening an outgoing TCP connection. ``max_transactions``: most server transactions alive
     at once (each lives until Timer J after its final response); a new request beyond it is
     answered 503 with ``Retry-After: 1`` without a transaction or a handler call; so is one
@@ -163,6 +168,8 @@ class SipTransport:
         # Filled by run() and cleared when it ends; the router reads the same lists.
         self._udp: list[UdpEndpoint] = []
         self._tcp: list[TcpListener] = []
+        self._ws: list[WsListener] = []
+        self._websockets = WsBindings()
         self._timers = TimerWheel(LANES)
         self._router = Router(
             self._udp,
@@ -170,6 +177,7 @@ class SipTransport:
             parse_hop(outbound_proxy) if outbound_proxy else None,
             locate,
             local_domains=local_domains,
+            ws=self._websockets,
         )
         self._connections = Connections(self._on_frame, self._on_framing_error, self._on_tcp_closed)
         self._servers = ServerTransactions(self._timers, self.mark)
@@ -226,6 +234,12 @@ class SipTransport:
                     )
                     self._udp.append(endpoint)
                     port = endpoint.address[1]
+                elif address.transport == "ws":
+                    websocket = await WsListener.bind(
+                        address.host, address.port, idle_timeout=self.tcp_idle_timeout
+                    )
+                    self._ws.append(websocket)
+                    port = websocket.address[1]
                 else:
                     listener = await TcpListener.bind(
                         address.host,
@@ -261,6 +275,8 @@ class SipTransport:
                     nursery.start_soon(self._serve_udp, endpoint)
                 for listener in self._tcp:
                     nursery.start_soon(listener.serve, self._connections.serve)
+                for websocket in self._ws:
+                    nursery.start_soon(websocket.serve, self._serve_ws)
                 log.info("SIP transport listening on %s", ", ".join(map(str, self.bound)))
                 task_status.started(self)
         finally:
@@ -272,6 +288,8 @@ class SipTransport:
             with trio.CancelScope(shield=True):
                 for listener in self._tcp:
                     await listener.aclose()
+                for websocket in self._ws:
+                    await websocket.aclose()
                 await self._connections.aclose()
             for endpoint in self._udp:
                 self._sent += endpoint.sent
@@ -279,6 +297,7 @@ class SipTransport:
                 self._send_errors += endpoint.send_errors
             self._udp.clear()
             self._tcp.clear()
+            self._ws.clear()
             self._timers.clear()
 
     def statistics(self) -> TransportStatistics:
@@ -304,6 +323,7 @@ class SipTransport:
             server_transactions=len(servers),
             client_transactions=len(clients),
             tcp_connections=len(self._connections),
+            ws_connections=len(self._websockets),
             loops=servers.loops,
             self_targets=clients.self_targets,
             merged=servers.merged,
@@ -356,8 +376,10 @@ class SipTransport:
             self._rejected += 1
         return answer
 
-    # ------------------------------------------------------------------ receiving: TCP
-    def _on_frame(self, data: bytes, conn: TcpConnection) -> bytes | None:
+    # ------------------------------------------------------------------ receiving: TCP, WS
+    def _on_frame(self, data: bytes, conn: TcpConnection | WsConnection) -> bytes | None:
+        """One message from a TCP connection or a WebSocket: parsed, then handed over like a
+        datagram; the answer to send back at once on ``conn``, if any."""
         self._received += 1
         try:
             message = parse(data)
@@ -372,7 +394,7 @@ class SipTransport:
         if message.method == "ACK":
             self._acks += 1
             return None
-        source = Source("tcp", conn.peer[0], conn.peer[1])
+        source = conn.source if isinstance(conn, WsConnection) else Source("tcp", *conn.peer)
         fix, _ = via_fix(message, source)
         answer = self._servers.on_request(message, fix, source, conn)
         if answer is not None:
@@ -389,6 +411,26 @@ class SipTransport:
     def _on_tcp_closed(self, conn: TcpConnection) -> None:
         self._connections.closed(conn)
         self._clients.connection_lost(conn)
+
+    async def _serve_ws(self, conn: WsConnection) -> None:
+        """Read one accepted WebSocket until it ends; then what was sent over it and not yet
+        answered gets 503, and the contacts registered over it are unreachable."""
+        self._websockets.opened(conn)
+        try:
+            await conn.run(self._on_frame)
+        finally:
+            self._websockets.closed(conn)
+            self._clients.connection_lost(conn)  # type: ignore[arg-type]
+
+    def bind_contacts(
+        self, source: Source, aor: str, contacts: Sequence[tuple[str, int]], clear: bool
+    ) -> None:
+        """What an accepted REGISTER for ``aor`` (``user@host``, lower case) from ``source``
+        changed: ``contacts`` as ``(contact URI as registered, seconds)`` (0 removed it);
+        ``clear`` removed them all. Contacts registered over a WebSocket are reached over
+        that connection while it is open (RFC 7118); requests to them fail with 480 once it
+        has closed. No checkpoint."""
+        self._websockets.bind(source, aor, contacts, clear, trio.current_time())
 
     # ------------------------------------------------------------------ timers
     async def _timer_loop(self) -> None:

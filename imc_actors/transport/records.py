@@ -26,7 +26,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a request came from: ``transport`` is ``udp`` or ``tcp``; the peer's host and port."""
+    """Where a request came from: ``transport`` is ``udp``, ``tcp`` or ``ws``; the peer's host
+    and port (for ``tcp`` and ``ws``, they name the connection)."""
 
     transport: str
     host: str
@@ -101,7 +102,8 @@ class TransportStatistics:
     ``client_failed``: outcomes of :meth:`send_request` (2xx / anything else);
     ``client_timeouts``: of the failures, Timer F expiries; ``client_retransmissions``: Timer E
     resends; ``send_errors``: datagrams the network refused (or dropped from a full buffer);
-    ``server_transactions`` / ``client_transactions`` / ``tcp_connections``: live now;
+    ``server_transactions`` / ``client_transactions`` / ``tcp_connections`` /
+    ``ws_connections``: live now;
     ``loops``: requests refused 482 because they carried one of our own Via branches;
     ``self_targets``: outgoing requests not sent because their next hop was this server;
     ``merged``: requests refused 482 as merged (RFC 3261 §8.2.2.2: the same Call-ID, CSeq and
@@ -143,3 +145,4 @@ class TransportStatistics:
     transaction_bytes: int = 0
     tcp_refused: int = 0
     tcp_accept_failures: int = 0
+    ws_connections: int = 0

@@ -4,7 +4,8 @@ which of our own addresses a message names.
 Outgoing (spec §6): :func:`parse_hop` reads a URI's next hop; :class:`Router` picks the
 targets of a request (``outbound_proxy``, else every contact ``locate`` returns for the
 Request-URI's AOR, else the Request-URI's host), resolves DNS names, and chooses the local
-socket and the address our Via names. Incoming: :func:`via_fix` and :func:`patch_via` give a
+socket and the address our Via names; a contact registered over a WebSocket is reached over
+the connection that registered it (:meth:`Router.ws_connection`). Incoming: :func:`via_fix` and :func:`patch_via` give a
 response the ``received``/``rport`` of RFC 3261 §18.2.1 and RFC 3581, and :func:`via_port` the
 port it goes back to without ``rport``.
 """
@@ -26,6 +27,7 @@ from imc_actors.sip import Request, aor_key
 from .records import Source
 from .tcp import TcpConnection, TcpListener
 from .udp import Address, UdpEndpoint
+from .websocket import WsBindings, WsConnection
 
 __all__ = [
     "WILDCARD",
@@ -51,7 +53,8 @@ WILDCARD = ("0.0.0.0", "::", "")
 @dataclass(frozen=True, slots=True)
 class Hop:
     """A next hop from :func:`parse_hop`: ``host`` as written (IP literal or DNS name, IPv6
-    without brackets), ``port``, ``transport`` 'udp', 'tcp' or None (chosen by message size)."""
+    without brackets), ``port``, ``transport`` 'udp', 'tcp', 'ws' or None (chosen by message
+    size)."""
 
     host: str
     port: int
@@ -60,10 +63,12 @@ class Hop:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One destination of an outgoing request: its Request-URI and next hop."""
+    """One destination of an outgoing request: its Request-URI and next hop, and the AOR
+    whose registered contact it is (None for a proxy or a Request-URI's own host)."""
 
     request_uri: str
     hop: Hop
+    aor: str | None = None
 
 
 class NoRoute(Exception):
@@ -78,8 +83,10 @@ class NotRegistered(ValueError):
 @functools.lru_cache(maxsize=4096)
 def parse_hop(uri: str) -> Hop:
     """Host, port and transport of a SIP URI (``sip:user@host:port;transport=tcp``) or a plain
-    ``host[:port]``. The port defaults to 5060. Raises ValueError when there is no host, or for
-    ``sips:`` (TLS is not supported, and sending a sips URI in the clear is not allowed)."""
+    ``host[:port]``. The port defaults to 5060. ``transport=ws`` is kept (such a contact is
+    reached over its WebSocket connection, never at its host). Raises ValueError when there is
+    no host, for another transport (``wss``, ``tls``, ``sctp``), or for ``sips:`` (TLS is not
+    supported, and sending a sips URI in the clear is not allowed)."""
     text = uri.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
@@ -99,7 +106,7 @@ def parse_hop(uri: str) -> Hop:
         name, _, value = param.partition("=")
         if name.strip().lower() == "transport":
             value = value.strip().lower()
-            if value not in ("udp", "tcp"):
+            if value not in ("udp", "tcp", "ws"):
                 raise ValueError(f"unsupported transport {value!r} in {uri!r}")
             transport = value
     if hostport.startswith("["):
@@ -209,7 +216,8 @@ class Router:
     by :class:`~imc_actors.transport.SipTransport`); ``proxy_hop`` the ``outbound_proxy``'s hop;
     ``locate(aor) -> contact URIs`` the registrar's lookup, or None; ``local_domains`` the
     domains whose users only ``locate`` can find (with ``locate`` set and no proxy, a user of
-    one of them without a binding is :class:`NotRegistered`).
+    one of them without a binding is :class:`NotRegistered`); ``ws`` the connections contacts
+    were registered over (the transport's :class:`~.websocket.WsBindings`).
     """
 
     def __init__(
@@ -220,8 +228,10 @@ class Router:
         locate: Callable[[str], list[str]] | None,
         *,
         local_domains: Sequence[str] = (),
+        ws: WsBindings | None = None,
     ) -> None:
         self._udp = udp
+        self.ws = ws if ws is not None else WsBindings()
         self._tcp = tcp
         self._proxy_hop = proxy_hop
         self.locate = locate
@@ -241,7 +251,7 @@ class Router:
             targets: list[Target] = []
             for contact in contacts:
                 try:
-                    targets.append(Target(contact, parse_hop(contact)))
+                    targets.append(Target(contact, parse_hop(contact), aor))
                 except ValueError as exc:
                     log.warning("unusable contact %r for %s: %s", contact, aor, exc)
             if targets:
@@ -249,6 +259,11 @@ class Router:
             if aor is not None and aor.rpartition("@")[2] in self.local_domains:
                 raise NotRegistered(f"{aor} is not registered")
         return [Target(request_uri, parse_hop(request_uri))]
+
+    def ws_connection(self, target: Target) -> WsConnection | None:
+        """The open WebSocket connection ``target``'s contact was registered over (RFC 7118:
+        the only way to reach it), or None when there is none (any more)."""
+        return self.ws.connection(target.aor, target.request_uri)
 
     def is_self(self, dest: Address) -> bool:
         """True when ``dest`` (ip, port) is one of our own listening sockets: a request sent

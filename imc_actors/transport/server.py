@@ -39,7 +39,6 @@ from imc_actors.sip import (
 from .limits import FloodLimiter, LogInterval
 from .records import Handler, Reply, Responder, Source
 from .routing import ViaFix, patch_via
-from .tcp import TcpConnection
 from .timers import LANE_J, TimerWheel
 from .udp import Address, UdpEndpoint
 
@@ -71,7 +70,8 @@ _CANCELLABLE = (
 
 
 class Sender(Protocol):
-    """Where the responses to one request go: a :class:`UdpPeer` or a TCP connection."""
+    """Where the responses to one request go: a :class:`UdpPeer`, a TCP connection or a
+    WebSocket."""
 
     async def send(self, data: bytes) -> bool: ...
 
@@ -107,7 +107,7 @@ class ServerTransactions:
     ``timers`` is the transport's wheel (Timer J). :meth:`open` starts a run, :meth:`close`
     ends it. ``kept_bytes`` is the size of the responses the live transactions keep. The
     counters (``requests``, ``refused``, ``vias_refused``, ``absorbed``, ``handler_errors``
-    and ``sent``, the responses written on TCP by handler tasks) are read by
+    and ``sent``, the responses written on TCP and WebSocket by handler tasks) are read by
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
@@ -361,7 +361,7 @@ class ServerTransactions:
         data = patch_via(data, fix)
         self._respond(key, entry, data, code)
         try:
-            if await sender.send(data) and isinstance(sender, TcpConnection):
+            if await sender.send(data) and not isinstance(sender, UdpPeer):
                 self.sent += 1
         finally:
             _after(reply)

@@ -633,7 +633,9 @@ def test_parse_hop() -> None:
     assert (hop.host, hop.port, hop.transport) == ("::1", 5070, "tcp")
     hop = parse_hop("10.0.0.1:5080")
     assert (hop.host, hop.port, hop.transport) == ("10.0.0.1", 5080, None)
-    for bad in ("sips:a@b", "sip:a@", "sip:a@h:0", "sip:a@h;transport=tls"):
+    hop = parse_hop("sip:k3x@df7jal23ls0d.invalid;transport=WS")
+    assert (hop.host, hop.port, hop.transport) == ("df7jal23ls0d.invalid", 5060, "ws")
+    for bad in ("sips:a@b", "sip:a@", "sip:a@h:0", "sip:a@h;transport=tls", "sip:a@h;transport=wss"):  # fmt: skip
         with pytest.raises(ValueError):
             parse_hop(bad)
 

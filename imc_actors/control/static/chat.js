@@ -1,0 +1,340 @@
+// imc-actors chat page: a SIP user agent in the browser (JsSIP over the server's ws: listener).
+// It registers the user, and talks to rooms with MESSAGE exactly as a phone does: commands
+// (#create, #join, #leave, #rooms, #members, ...) and chat lines go to the room's URI or to the
+// manager; what comes back is shown in the log, notices ("*** ...") set apart. The rooms list
+// and the members panel are filled from the answers to #rooms and #members. Nothing is loaded
+// from elsewhere; /api/chat says where the WebSocket listener is.
+"use strict";
+
+(() => {
+  const $ = (selector) => document.querySelector(selector);
+  let cfg = null; // {ws, domain, manager, command_char} from /api/chat
+  let ua = null; // the JsSIP.UA once signed in
+  let me = null; // our SIP URI
+  let current = null; // URI of the room the chat line goes to
+  let queue = Promise.resolve(); // requests leave one at a time, in order
+
+  function status(text, kind) {
+    const el = $("#status");
+    el.textContent = text;
+    el.className = kind || "";
+  }
+
+  // "sip:chat@example.org" for "chat", "chat@example.org" or "sip:chat@example.org"
+  function roomUri(name) {
+    const bare = name.trim().replace(/^sip:/i, "");
+    return bare.includes("@") ? `sip:${bare}` : `sip:${bare}@${cfg.domain}`;
+  }
+
+  // "chat" for a room of our domain, "chat@host" for another one
+  function roomName(uri) {
+    const bare = uri.replace(/^sip:/i, "");
+    const [user, host] = bare.split("@");
+    return host && host.toLowerCase() !== cfg.domain.toLowerCase() ? bare : user;
+  }
+
+  function uriOf(jssipUri) {
+    return `sip:${jssipUri.user}@${jssipUri.host}`;
+  }
+
+  // ------------------------------------------------------------------ the log
+  function log(text, kind, room) {
+    const line = document.createElement("p");
+    line.className = kind;
+    if (room) {
+      line.dataset.room = room;
+      if (current && room !== current) line.classList.add("other-room");
+      const tag = document.createElement("span");
+      tag.className = "room";
+      tag.textContent = `[${roomName(room)}] `;
+      line.append(tag);
+    }
+    const body = document.createElement("span");
+    body.className = "text";
+    body.textContent = text; // never innerHTML: everything here comes from SIP users
+    line.append(body);
+    const box = $("#log");
+    box.append(line);
+    box.scrollTop = box.scrollHeight;
+  }
+
+  // ------------------------------------------------------------------ sending
+  // Resolves to {ok, code, reason} once the request has its final answer.
+  function send(target, body) {
+    const done = queue.then(
+      () =>
+        new Promise((resolve) => {
+          ua.sendMessage(target, body, {
+            contentType: "text/plain;charset=UTF-8",
+            eventHandlers: {
+              succeeded: (e) => resolve({ ok: true, code: e.response.status_code, reason: e.response.reason_phrase }),
+              failed: (e) =>
+                resolve({
+                  ok: false,
+                  code: e.response ? e.response.status_code : 0,
+                  reason: e.response ? e.response.reason_phrase : e.cause,
+                }),
+            },
+          });
+        }),
+    );
+    queue = done;
+    return done;
+  }
+
+  function refused(answer, room) {
+    if (!answer.ok) log(answer.code ? `! ${answer.code} ${answer.reason}` : `! ${answer.reason}`, "error", room);
+    return answer.ok;
+  }
+
+  const cmd = (name) => `${cfg.command_char}${name}`;
+
+  async function refreshRooms() {
+    refused(await send(cfg.manager, cmd("rooms")), cfg.manager);
+  }
+
+  async function refreshMembers() {
+    if (current) await send(current, cmd("members")); // a refusal comes back as a notice too
+  }
+
+  function select(uri) {
+    current = uri;
+    $("#current").textContent = uri ? roomName(uri) : "No room selected";
+    $("#current").dataset.room = uri || "";
+    $("#leave").hidden = !uri;
+    $("#members tbody").replaceChildren();
+    for (const tr of document.querySelectorAll("#rooms tbody tr")) {
+      tr.classList.toggle("current", tr.dataset.room === uri);
+    }
+    for (const line of document.querySelectorAll("#log p[data-room]")) {
+      line.classList.toggle("other-room", Boolean(uri) && line.dataset.room !== uri);
+    }
+    if (uri) refreshMembers();
+  }
+
+  async function join(uri) {
+    const answer = await send(uri, cmd("join"));
+    if (refused(answer, uri)) {
+      select(uri);
+      refreshRooms();
+    }
+  }
+
+  async function create(name, isPrivate) {
+    const uri = roomUri(name);
+    const answer = await send(cfg.manager, `${cmd("create")} ${name.trim()}${isPrivate ? " private" : ""}`);
+    if (refused(answer, uri)) {
+      select(uri);
+      refreshRooms();
+    }
+  }
+
+  async function leave() {
+    const room = current;
+    if (!room) return;
+    if (refused(await send(room, cmd("leave")), room)) {
+      select(null);
+      refreshRooms();
+    }
+  }
+
+  async function say(text) {
+    if (text.startsWith(cfg.command_char)) {
+      const target = current || cfg.manager;
+      log(text, "mine command", target);
+      refused(await send(target, text), target);
+      return;
+    }
+    if (!current) {
+      log("! select or join a room first", "error");
+      return;
+    }
+    const room = current;
+    log(`[${me.replace(/^sip:/, "").split("@")[0]}]: ${text}`, "mine", room);
+    refused(await send(room, text), room);
+  }
+
+  // ------------------------------------------------------------------ receiving
+  function renderRooms(body, sender) {
+    const host = sender.split("@")[1] || cfg.domain;
+    const names = body.split("\n").slice(1).map((line) => line.trim().replace(/^\[|\]$/g, "")).filter(Boolean);
+    const rows = names.map((name) => {
+      const uri = `sip:${name}@${host}`;
+      const tr = document.createElement("tr");
+      tr.dataset.room = uri;
+      if (uri === current) tr.className = "current";
+      const nameCell = document.createElement("td");
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "name";
+      open.textContent = roomName(uri);
+      open.title = "talk in this room";
+      open.addEventListener("click", () => select(uri));
+      nameCell.append(open);
+      const joinCell = document.createElement("td");
+      const joinButton = document.createElement("button");
+      joinButton.type = "button";
+      joinButton.className = "join";
+      joinButton.textContent = "Join";
+      joinButton.addEventListener("click", () => join(uri));
+      joinCell.append(joinButton);
+      tr.append(nameCell, joinCell);
+      return tr;
+    });
+    $("#rooms tbody").replaceChildren(...rows);
+    $("#no-rooms").hidden = rows.length > 0;
+  }
+
+  function renderMembers(body, room) {
+    if (room !== current) return;
+    const rows = body.split("\n").slice(1).filter((line) => line.trim()).map((line) => {
+      const text = line.trim();
+      const role = text.startsWith("*") ? "owner" : text.startsWith("~") ? "admin" : "member";
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      name.textContent = text.replace(/^[*~]/, "").replace(/^\[|\]$/g, "");
+      const roleCell = document.createElement("td");
+      roleCell.textContent = role;
+      tr.className = `role-${role}`;
+      tr.append(name, roleCell);
+      return tr;
+    });
+    $("#members tbody").replaceChildren(...rows);
+  }
+
+  const MEMBERSHIP = / has joined the room$| has left the room$| is now (owner|admin|member)$|declined the invitation$/;
+
+  function receive(request) {
+    const from = uriOf(request.from.uri);
+    const body = request.body || "";
+    if (body.startsWith("Rooms:")) return renderRooms(body, from);
+    if (body.startsWith("Members:")) return renderMembers(body, from);
+    const notice = body.startsWith("*** ");
+    log(body, notice ? "notice" : "chat", from);
+    if (!notice) return;
+    if (from === current && MEMBERSHIP.test(body)) refreshMembers();
+    if (body === "*** Room has been destroyed" || body === "*** You have been removed from the room") {
+      if (from === current) select(null);
+      refreshRooms();
+    }
+  }
+
+  // ------------------------------------------------------------------ signing in
+  function userUri(text) {
+    const bare = text.trim().replace(/^sip:/i, "");
+    return bare.includes("@") ? `sip:${bare}` : `sip:${bare}@${cfg.domain}`;
+  }
+
+  function signIn() {
+    if (ua) return;
+    me = userUri($("#user").value);
+    const options = {
+      sockets: [new JsSIP.WebSocketInterface(cfg.ws)],
+      uri: me,
+      register: true,
+      register_expires: 600,
+      session_timers: false,
+      user_agent: "imc-actors chat page (JsSIP)",
+    };
+    const password = $("#password").value;
+    if (password) options.password = password; // JsSIP uses it only to answer a digest challenge
+    try {
+      ua = new JsSIP.UA(options);
+    } catch (error) {
+      ua = null;
+      status(`cannot sign in: ${error.message}`, "error");
+      return;
+    }
+    $("#signin-button").disabled = true;
+    status(`connecting to ${cfg.ws}\u2026`);
+    ua.on("connected", () => status("connected, registering\u2026"));
+    ua.on("disconnected", () => status(`disconnected from ${cfg.ws}; retrying\u2026`, "error"));
+    ua.on("registered", () => {
+      status(`signed in as ${me}`, "ok");
+      document.body.dataset.signedIn = "yes";
+      $("#signin").hidden = true;
+      $("#chat").hidden = false;
+      refreshRooms();
+    });
+    ua.on("registrationFailed", (e) => {
+      const code = e.response ? e.response.status_code : 0;
+      const why = e.response ? `${code} ${e.response.reason_phrase}` : e.cause;
+      const ask = code === 401 || code === 407 || e.cause === JsSIP.C.causes.AUTHENTICATION_ERROR;
+      status(ask ? `the server asks for a password (${why}): enter it and sign in again` : `sign-in failed: ${why}`, "error");
+      signOut();
+    });
+    ua.on("newMessage", (e) => {
+      if (e.originator === "remote") receive(e.request);
+    });
+    ua.start();
+  }
+
+  function signOut() {
+    if (!ua) return;
+    const old = ua;
+    ua = null;
+    old.stop(); // unregisters, then closes the WebSocket
+    delete document.body.dataset.signedIn;
+    $("#signin-button").disabled = false;
+    $("#signin").hidden = false;
+    $("#chat").hidden = true;
+    select(null);
+  }
+
+  // ------------------------------------------------------------------ wiring
+  function wire() {
+    $("#signin").addEventListener("submit", (e) => {
+      e.preventDefault();
+      signIn();
+    });
+    $("#signout").addEventListener("click", () => {
+      signOut();
+      status("signed out");
+    });
+    $("#create").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const name = $("#create-name").value;
+      if (name.trim()) create(name, $("#create-private").checked);
+      $("#create-name").value = "";
+    });
+    $("#join").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const name = $("#join-name").value;
+      if (name.trim()) join(roomUri(name));
+      $("#join-name").value = "";
+    });
+    $("#leave").addEventListener("click", () => leave());
+    $("#refresh-rooms").addEventListener("click", () => refreshRooms());
+    $("#say").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const text = $("#line").value;
+      if (text.trim()) say(text);
+      $("#line").value = "";
+    });
+  }
+
+  async function start() {
+    wire();
+    if (typeof JsSIP === "undefined") {
+      status("JsSIP did not load (/static/vendor/jssip.min.js)", "error");
+      return;
+    }
+    try {
+      const response = await fetch("/api/chat", { cache: "no-store", headers: { Accept: "application/json" } });
+      cfg = await response.json();
+    } catch (error) {
+      status(`cannot read /api/chat: ${error.message}`, "error");
+      return;
+    }
+    if (!cfg.ws) {
+      $("#nows").hidden = false;
+      status("no WebSocket listener", "error");
+      return;
+    }
+    $("#domain-hint").textContent = `domain ${cfg.domain}, over ${cfg.ws}`;
+    $("#signin").hidden = false;
+    status("not signed in");
+  }
+
+  start();
+})();

@@ -1,0 +1,128 @@
+"""The browser chat page (``/chat``) in a real headless Chromium: a browser user (JsSIP over the
+server's ``ws:`` listener) and a SIP phone over UDP (:class:`TestUA`) in one room chat both
+ways, and the page shows the phone's join and leave notices set apart as notices.
+
+Skipped like the status page test when the browser, its driver or Selenium is missing (a
+failure under CI). A screenshot is kept in ``test-artifacts/chat_page.png``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import trio
+
+from imc_actors.server import open_server
+from tests.browser.test_status_page import ARTIFACTS, Page, require_browser, start_browser
+from tests.integration.conftest import DOMAIN, MANAGER, expect, make_config, udp_address
+from tests.support.control import http
+from tests.support.ua import TestUA
+
+LOBBY = f"sip:lobby@{DOMAIN}"
+CAFE = f"sip:cafe@{DOMAIN}"
+LINES = "[...document.querySelectorAll('#log p')].map(p => [p.className, p.dataset.room || '', p.querySelector('.text').textContent])"
+ROOMS = "[...document.querySelectorAll('#rooms tbody tr')].map(tr => tr.dataset.room)"
+MEMBERS = "[...document.querySelectorAll('#members tbody tr')].map(tr => [...tr.cells].map(td => td.textContent).join(' '))"
+
+
+def has_line(kind: str, room: str, text: str) -> str:
+    """A JavaScript condition: the log holds a line of class ``kind`` from ``room``."""
+    return f"{LINES}.some(([k, r, t]) => k.split(' ').includes('{kind}') && r === '{room}' && t === {text!r})"
+
+
+async def test_a_browser_and_a_phone_chat_in_one_room(tmp_path, nursery):
+    require_browser()
+    config = make_config(
+        tmp_path, listen=["udp:127.0.0.1:0", "ws:127.0.0.1:0"], rpc_listen="127.0.0.1:0"
+    )
+    async with open_server(config) as server:
+        bob = await TestUA.open(nursery, "bob", DOMAIN, udp_address(server))
+        assert (await bob.register()).code == 200
+        await bob.message(MANAGER, "#create cafe")
+        await expect(bob, "*** Room was created")
+
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, server.http_url + "/chat")
+            await page.wait("!document.getElementById('signin').hidden")
+            await page.script("document.getElementById('user').value = 'alice';")
+            await page.script("document.getElementById('signin-button').click();")
+            await page.wait("document.body.dataset.signedIn === 'yes'")
+            assert await page.script("return document.getElementById('status').textContent") == (
+                f"signed in as sip:alice@{DOMAIN}"
+            )
+            assert server.transport.statistics().ws_connections == 1
+            shown = "el => getComputedStyle(document.getElementById(el)).display !== 'none'"
+            assert await page.script(f"return ['signin', 'chat'].map({shown})") == [False, True]
+            await page.wait(f"{ROOMS}.includes('{CAFE}')")
+
+            # the browser creates a room; the phone joins it: a notice, and the members panel
+            await page.script("document.getElementById('create-name').value = 'lobby';")
+            await page.script("document.getElementById('create-button').click();")
+            await page.wait(has_line("notice", LOBBY, "*** Room was created"))
+            await page.wait(f"{ROOMS}.join(',') === '{CAFE},{LOBBY}'")
+            assert (
+                await page.script("return document.getElementById('current').textContent")
+                == "lobby"
+            )
+            assert (await bob.message(LOBBY, "#join")).code == 200
+            await expect(bob, "*** [bob] has joined the room")
+            await page.wait(has_line("notice", LOBBY, "*** [bob] has joined the room"))
+            await page.wait(f"{MEMBERS}.join(',') === 'alice owner,bob member'")
+
+            # chat both ways
+            await page.script("document.getElementById('line').value = 'hello phone';")
+            await page.script("document.getElementById('send').click();")
+            await expect(bob, "[alice]: hello phone", sender=LOBBY)
+            assert (await bob.message(LOBBY, "hello browser")).code == 202
+            await page.wait(has_line("chat", LOBBY, "[bob]: hello browser"))
+            assert await page.script(f"return {LINES}.filter(([k]) => k === 'mine').length") == 1
+
+            # the phone leaves: its notice, and the panel follows
+            assert (await bob.message(LOBBY, "#leave")).code == 200
+            await expect(bob, "*** [bob] has left the room")
+            await page.wait(has_line("notice", LOBBY, "*** [bob] has left the room"))
+            await page.wait(f"{MEMBERS}.join(',') === 'alice owner'")
+            colour = await page.script(
+                "return [getComputedStyle(document.querySelector('#log p.notice')).fontStyle,"
+                " getComputedStyle(document.querySelector('#log p.chat')).fontStyle]"
+            )
+            assert colour == ["italic", "normal"]  # notices are set apart
+
+            # the browser joins the phone's room from the rooms list, then leaves it
+            row = f"document.querySelector('#rooms tbody tr[data-room=\"{CAFE}\"]')"
+            await page.script(f"{row}.querySelector('button.join').click();")
+            await expect(bob, "*** [alice] has joined the room", sender=CAFE)
+            await page.wait("document.getElementById('current').textContent === 'cafe'")
+            await page.wait(f"{MEMBERS}.join(',') === 'bob owner,alice member'")
+            await page.script("document.getElementById('leave').click();")
+            await expect(bob, "*** [alice] has left the room", sender=CAFE)
+            await page.wait("document.getElementById('current').textContent === 'No room selected'")
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            assert await page.run(page.driver.save_screenshot, str(ARTIFACTS / "chat_page.png"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
+            bob.close()
+
+
+async def test_without_a_ws_listener_the_page_says_so(tmp_path):
+    require_browser()
+    config = make_config(tmp_path, listen=["udp:127.0.0.1:0"], rpc_listen="127.0.0.1:0")
+    async with open_server(config) as server:
+        answer = await http(server.http_url + "/api/chat")
+        assert answer.status == 200
+        assert answer.json()["ws"] is None
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, server.http_url + "/chat")
+            await page.wait("!document.getElementById('nows').hidden")
+            text = await page.script("return document.getElementById('nows').textContent")
+            assert "no WebSocket listener" in text and "--listen ws:" in text
+            assert await page.script("return document.getElementById('signin').hidden") is True
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
