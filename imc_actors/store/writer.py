@@ -383,15 +383,20 @@ class Store:
     async def _attempt(self, attempt: _Attempt) -> _BatchResult:
         """Run ``attempt`` in the writer thread; give up on it at its deadline (see the module
         docstring). An abandoned thread keeps the limiter until it ends, so nothing else uses
-        the connection meanwhile."""
-        with trio.move_on_after(self._db_timeout):
-            return await trio.to_thread.run_sync(
-                self._write_in_thread, attempt, limiter=self._limiter, abandon_on_cancel=True
-            )
-        # Trio's deadline passed; on a virtual clock (tests) the wall-clock one may not have yet.
-        remaining = attempt.deadline - time.monotonic()
-        if remaining > 0:
-            await trio.to_thread.run_sync(attempt.finished.wait, remaining)
+        the connection meanwhile.
+
+        The deadline is wall-clock time, watched from a thread: a Trio timer would fire at once
+        on a virtual clock (tests), and it would also count the wait for the limiter wrongly
+        when a read holds the connection."""
+        writing = trio.CancelScope()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, attempt, writing)
+            with writing:
+                result = await trio.to_thread.run_sync(
+                    self._write_in_thread, attempt, limiter=self._limiter, abandon_on_cancel=True
+                )
+                nursery.cancel_scope.cancel()
+                return result
         if not attempt.finished.is_set() and not attempt.abandon():
             log.warning("a COMMIT was under way at db_timeout; waiting for its outcome")
             await trio.to_thread.run_sync(attempt.finished.wait)
@@ -400,6 +405,15 @@ class Store:
                 raise RuntimeError("the writer thread failed")
             return attempt.result
         return attempt.timed_out()
+
+    @staticmethod
+    async def _watch(attempt: _Attempt, writing: trio.CancelScope) -> None:
+        """Cancel ``writing`` when ``attempt`` has not finished by its wall-clock deadline."""
+        remaining = max(attempt.deadline - time.monotonic(), 0.0)
+        if not await trio.to_thread.run_sync(
+            attempt.finished.wait, remaining, abandon_on_cancel=True
+        ):
+            writing.cancel()
 
     def _write_in_thread(self, attempt: _Attempt) -> _BatchResult:
         """Runs in the worker thread: :meth:`_write_groups` under the attempt's guard."""

@@ -187,9 +187,6 @@ async def test_a_confirmed_subscription_reports_failures_to_the_room(config):
 
 
 async def test_an_unconfirmed_delivery_times_out(config, autojump_clock):
-    # the autojump clock races ahead while a commit runs in its thread: keep db_timeout out
-    # of the way (it is measured against the wall clock, but armed on Trio's)
-    config = config.replace(db_timeout=3600.0)
     async with open_conference(config) as conference:
         await chat_room(conference)
         alice = conference.subscribe(f"sip:alice@{DOMAIN}")

@@ -160,3 +160,31 @@ async def test_a_commit_under_way_at_db_timeout_is_waited_for(
     assert backend.committed == [2]
     assert [state.name for state in sqlite_repository.load_rooms()] == ["slow"]
     assert store.statistics().available
+
+
+async def test_a_commit_queued_behind_a_read_waits_on_the_wall_clock_not_trio_s(
+    sqlite_repository: Repository, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A read holds the connection while a commit waits for it, and Trio's (virtual) clock
+    # races a minute ahead: db_timeout is wall-clock time, so the commit still goes through.
+    # (It used to be armed on Trio's clock: the commit was cancelled before it started, then
+    # waited db_timeout of wall-clock time for a thread that never ran, and failed with 503.)
+    store = Store(sqlite_repository, db_timeout=SHORT_TIMEOUT * 25)
+    release = threading.Event()
+    committed = trio.Event()
+
+    async def commit() -> None:
+        await store.commit(room("queued"))
+        committed.set()
+
+    async with trio.open_nursery() as nursery:
+        await run_store(store, nursery)
+        nursery.start_soon(store.read, lambda _repository: release.wait(SAFETY))
+        nursery.start_soon(commit)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(60)  # virtual: the clock jumps past any Trio deadline
+        release.set()
+        await committed.wait()  # (no fail_after: on this clock it would fire at once)
+        nursery.cancel_scope.cancel()
+    assert [state.name for state in sqlite_repository.load_rooms()] == ["queued"]
+    assert store.statistics().available
