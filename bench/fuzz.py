@@ -19,8 +19,7 @@ A **crash** is anything the server must never do: an exception other than the do
 :class:`SipParseError` from the parser (or any from ``salvage_response``, the router or the
 answer's building), a 5xx answer other than 503 with ``Retry-After`` (backpressure), an answer
 that does not fit one UDP datagram (for an input that did), or an ERROR logged while the
-input was handled; the registrar's deliberate 500 for a stale CSeq (:data:`DOCUMENTED_5XX`)
-is counted apart. The
+input was handled. The
 report gives the crashes (each input is written to ``--out`` when given), the outcomes, the
 slowest inputs and the process's RSS. Exit status 1 when anything crashed.
 
@@ -80,11 +79,6 @@ INPUTS_PER_EXAMPLE = 10
 KEEP = 5
 RETIME = 50
 KEEP_CRASHES = 20
-
-#: 5xx answers the server gives on purpose, by a phrase of their ``Warning``: counted and
-#: reported apart, not as crashes. The registrar's answer to a REGISTER whose CSeq is not above
-#: the one stored for its Call-ID (RFC 3261 §10.3 step 7 says the update fails, not how).
-DOCUMENTED_5XX = ("CSeq not above the one stored",)
 
 T = TypeVar("T")
 
@@ -381,7 +375,6 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     answers: Counter[int] = field(default_factory=Counter)
-    documented_5xx: Counter[str] = field(default_factory=Counter)
     slowest: list[tuple[float, str, int, bytes]] = field(default_factory=list)
     slowest_parse: list[tuple[float, str, int, bytes]] = field(default_factory=list)
     handle_seconds: float = 0.0
@@ -408,8 +401,6 @@ class Report:
         yield "outcomes: " + ", ".join(f"{k} {n:,}" for k, n in self.outcomes.most_common())
         yield "parse errors: " + ", ".join(f"{k} {n:,}" for k, n in self.reasons.most_common(12))
         yield "answers: " + ", ".join(f"{k} {n:,}" for k, n in sorted(self.answers.items()))
-        for text, n in self.documented_5xx.most_common():
-            yield f"  documented 5xx (not counted as crashes): {n:,} x {text}"
         mean = self.handle_seconds / self.inputs * 1e6 if self.inputs else 0.0
         yield f"handling (parse + route + answer), mean: {mean:.0f} µs per input"
         for title, slowest in (
@@ -556,11 +547,7 @@ class _Harness:
         self.report.answers[reply.code] += 1
         retry = any(name == "Retry-After" for name, _ in reply.headers)
         if reply.code >= 500 and not (reply.code == 503 and retry):
-            warning = next((value for name, value in reply.headers if name == "Warning"), "")
-            if any(known in warning for known in DOCUMENTED_5XX):
-                self.report.documented_5xx[f"{reply.code} {warning}"] += 1
-            else:
-                self.crash("5xx", f"{reply.code} {reply.reason}", data, index)
+            self.crash("5xx", f"{reply.code} {reply.reason}", data, index)
         try:
             wire = build_response(
                 request, reply.code, reply.reason, headers=reply.headers, body=reply.body,

@@ -269,8 +269,9 @@ class Registrar:
           binding.
         - a contact's interval (its ``expires`` param, else the Expires header, else the default)
           above 0 and below ``min_expires``: 423 with ``Min-Expires``; 0 removes the binding.
-        - a binding last set by the same Call-ID with an equal or higher CSeq: 500, and nothing
-          of the request is applied (RFC 3261 §10.3 steps 6-7: updates are all or nothing).
+        - a binding last set by the same Call-ID with an equal or higher CSeq: 400 Invalid CSeq
+          with a ``Warning`` (Kamailio's registrar answers the same), and nothing of the request
+          is applied (RFC 3261 §10.3 steps 6-7: updates are all or nothing).
         - the 200 listing the resulting bindings would be over :data:`MAX_ANSWER` bytes (it
           could not be sent back over UDP): 403 Too Many Contacts with a ``Warning``, and
           nothing of the request is applied.
@@ -474,7 +475,7 @@ class Registrar:
 
 def _out_of_order() -> Reply:
     return Reply(
-        500,
-        "Server Internal Error",
+        400,
+        "Invalid CSeq",
         headers=(("Warning", '399 imc-actors "CSeq not above the one stored for this Call-ID"'),),
     )

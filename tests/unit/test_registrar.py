@@ -160,11 +160,11 @@ def test_require_is_420(reg: Registrar) -> None:
     assert reg.bindings(0.0) == {}
 
 
-def test_same_call_id_stale_cseq_is_500_and_applies_nothing(reg: Registrar) -> None:
+def test_same_call_id_stale_cseq_is_400_and_applies_nothing(reg: Registrar) -> None:
     reg.register(register([f"<{PHONE}>"], expires=600, cseq=5), now=0.0)
     for stale in (5, 4):
         reply = reg.register(register([f"<{LAPTOP}>", f"<{PHONE}>"], cseq=stale), now=1.0)
-        assert reply.code == 500
+        assert (reply.code, reply.reason) == (400, "Invalid CSeq")  # input: never a 500
         assert reg.lookup("alice@example.org", 1.0) == [PHONE]  # LAPTOP not added either
 
 
@@ -181,10 +181,10 @@ def test_other_call_id_any_cseq_updates(reg: Registrar) -> None:
     assert contacts_of(reply) == [f"<{PHONE}>;expires=1200"]
 
 
-def test_wildcard_with_stale_cseq_is_500(reg: Registrar) -> None:
+def test_wildcard_with_stale_cseq_is_400(reg: Registrar) -> None:
     reg.register(register([f"<{PHONE}>"], cseq=5), now=0.0)
     reply = reg.register(register(["*"], expires=0, cseq=5), now=1.0)
-    assert reply.code == 500
+    assert reply.code == 400
     assert reg.lookup("alice@example.org", 1.0) == [PHONE]
 
 
