@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..sip import USER_SAFE, canonical_user
+from ..sip import USER_SAFE, complete_argument
 from . import texts
 from .effects import MAX_STORED_LENGTH
 
@@ -56,14 +56,6 @@ _ROOMLESS = frozenset({"rooms", "help"})
 _MAX_TOKENS = 5  # name + 4 arguments; further tokens are ignored (spec §2)
 _LINE_END = re.compile(rb"[\r\n\x00]")
 _BLANKS = re.compile(r"[ \t]+")
-
-# RFC 3261 user: unreserved / escaped / user-unreserved, minus ";", "?" and "/" which would be
-# ambiguous with URI parameters and headers in the places these URIs go (From/To, DB rows).
-_USER = r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
-_URI_REST = re.compile(rf"(?P<user>{_USER})@(?P<host>{_HOST})(?::[0-9]{{1,5}})?(?:[;?].*)?")
-
 
 @dataclass(frozen=True, slots=True)
 class Command:
@@ -120,27 +112,6 @@ def parse_command(body: bytes, start_char: str) -> Command | None:
     if name is None:
         raise CommandError(400, texts.invalid_command(typed, start))
     return Command(name, typed, tuple(tokens[1:]), start)
-
-
-def complete_argument(arg: str, default_host: str) -> str:
-    """Complete a user or room argument into ``sip:user@host`` (spec §1).
-
-    No ``:`` → ``sip:`` is prefixed; no ``@`` → ``@`` + ``default_host`` is appended. The
-    result must be a ``sip:``/``sips:`` URI with a user part; port, parameters and headers
-    are dropped and the scheme becomes ``sip:``; case is kept; the user is put in canonical
-    form (:func:`imc_actors.sip.uri.canonical_user`: ``%63hat`` -> ``chat``), as the
-    Request-URI and the sender are. Raises ``ValueError`` otherwise.
-    """
-    text = arg if ":" in arg else "sip:" + arg
-    scheme, _, rest = text.partition(":")
-    if scheme.lower() not in ("sip", "sips"):
-        raise ValueError(f"not a SIP URI: {arg!r}")
-    if "@" not in rest:
-        rest = f"{rest}@{default_host}"
-    match = _URI_REST.fullmatch(rest)
-    if match is None:
-        raise ValueError(f"not a SIP URI: {arg!r}")
-    return f"sip:{canonical_user(match['user'])}@{match['host']}"
 
 
 def _fits(uri: str) -> bool:

@@ -13,6 +13,7 @@ with a user part.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from functools import lru_cache
 
@@ -27,6 +28,14 @@ __all__ = ["USER_SAFE", "aor_key", "canonical", "canonical_user", "complete_argu
 #: Characters a canonical user part holds unescaped: RFC 3261's ``unreserved`` and
 #: ``user-unreserved`` except ``;``, ``?`` and ``/``, which stay escaped because they would be
 #: ambiguous with URI parameters and headers where these URIs go (From/To, database rows).
+# RFC 3261 user: unreserved / escaped / user-unreserved, minus ";", "?" and "/" which would be
+# ambiguous with URI parameters and headers in the places these URIs go (From/To, DB rows).
+_USER = r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
+_URI_REST = re.compile(rf"(?P<user>{_USER})@(?P<host>{_HOST})(?::[0-9]{{1,5}})?(?:[;?].*)?")
+
+
 USER_SAFE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,"
 )
@@ -103,19 +112,21 @@ def aor_key(uri: str) -> str:
 
 
 def complete_argument(arg: str, default_host: str) -> str:
-    """Complete a user or room argument of a command (spec §1) to ``sip:user@host``.
+    """Complete a user or room argument into ``sip:user@host`` (spec §1).
 
-    No ``:`` -> ``sip:`` is prefixed; no ``@`` -> ``@default_host`` is added after the user
-    (before any ``;params``). The result is :func:`canonical`: ``bob`` ->
-    ``sip:bob@<default_host>``, ``bob@x.org`` -> ``sip:bob@x.org``,
-    ``sip:bob@x.org;transport=tcp`` -> ``sip:bob@x.org``. Raises ValueError when the completed
-    text is not a SIP URI with a user part (``bad uri``, ``sip:@x``, ``@@``, ``""``).
+    No ``:`` → ``sip:`` is prefixed; no ``@`` → ``@`` + ``default_host`` is appended. The
+    result must be a ``sip:``/``sips:`` URI with a user part; port, parameters and headers
+    are dropped and the scheme becomes ``sip:``; case is kept; the user is put in canonical
+    form (:func:`canonical_user`: ``%63hat`` -> ``chat``), as the
+    Request-URI and the sender are. Raises ``ValueError`` otherwise.
     """
-    text = arg
-    if ":" not in text:
-        text = "sip:" + text
-    if "@" not in text:
-        scheme, _, rest = text.partition(":")
-        user, semi, params = rest.partition(";")
-        text = f"{scheme}:{user}@{default_host}{semi}{params}"
-    return canonical(text)
+    text = arg if ":" in arg else "sip:" + arg
+    scheme, _, rest = text.partition(":")
+    if scheme.lower() not in ("sip", "sips"):
+        raise ValueError(f"not a SIP URI: {arg!r}")
+    if "@" not in rest:
+        rest = f"{rest}@{default_host}"
+    match = _URI_REST.fullmatch(rest)
+    if match is None:
+        raise ValueError(f"not a SIP URI: {arg!r}")
+    return f"sip:{canonical_user(match['user'])}@{match['host']}"
