@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server", description="Run the SIP IMC server.")
     _config_flags(serve)
-    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp or ws, e.g. "
-             "ws:127.0.0.1:5066 for browsers), repeatable; port 0 picks a free one",
+    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp, tls or ws, e.g. "
+             "tls:127.0.0.1:5061 with --tls-cert/--tls-key, ws:127.0.0.1:5066 for browsers), "
+             "repeatable; port 0 picks a free one",
              action="append", metavar="TRANSPORT:HOST:PORT")
     _setting(serve, "--domain", "domains", "a domain the server is responsible for, repeatable",
              action="append", metavar="HOST")
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
              "send (0: no limit); beyond its burst a source gets 503 with Retry-After", metavar="N")
     _setting(serve, "--flood-burst", "flood_burst", "new SIP requests a source address may send at once",
              metavar="N")
+    # TLS (README "TLS")
+    _setting(serve, "--tls-cert", "tls_cert", "PEM certificate chain of the tls: listen addresses",
+             metavar="FILE")
+    _setting(serve, "--tls-key", "tls_key", "PEM private key of --tls-cert", metavar="FILE")
+    _setting(serve, "--tls-ca", "tls_ca", "PEM CA certificates outgoing TLS connections trust "
+             "(none: the system's)", metavar="FILE")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
