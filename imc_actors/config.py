@@ -139,6 +139,10 @@ class Config:
     mi_fifo: str | None = None
     reply_dir: str = "/tmp/"
     rpc_listen: str | None = None
+    # Management access (see README "Management")
+    rpc_token: str | None = None
+    rpc_hosts: list[str] = field(default_factory=list)
+    metrics_public: bool = False
     # Logging
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
@@ -269,6 +273,7 @@ class Config:
 
             parse_listen(self.rpc_listen)
         self._validate_tls()
+        self._validate_rpc_access()
 
     def _validate_tls(self) -> None:
         """``tls_cert``/``tls_key`` are needed by a ``tls:`` listen address and must load;
@@ -289,6 +294,29 @@ class Config:
                 client_context(self.tls_ca, self.tls_verify)
             except TlsSetupError as exc:
                 raise ConfigError(exc.param, exc.why) from None
+
+    def _validate_rpc_access(self) -> None:
+        """``rpc_token`` fits a header and is long enough; it is required when ``rpc_listen``
+        is not a loopback address; ``rpc_hosts`` are ``host`` or ``host:port``."""
+        from .control.access import check_host_entry, is_loopback_listen, token_problem
+
+        if self.rpc_token is not None:
+            problem = token_problem(self.rpc_token)
+            if problem:
+                raise ConfigError("rpc_token", problem)
+        for entry in self.rpc_hosts:
+            problem = check_host_entry(entry)
+            if problem:
+                raise ConfigError("rpc_hosts", problem)
+        if self.rpc_listen is not None and self.rpc_token is None:
+            from .control.listen import parse_listen
+
+            host, _ = parse_listen(self.rpc_listen)
+            if not is_loopback_listen(host):
+                raise ConfigError(
+                    "rpc_token",
+                    f"required when rpc_listen ({self.rpc_listen}) is not a loopback address",
+                )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -343,8 +371,8 @@ def default_text(name: str) -> str:
     return str(value)
 
 
-_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
-_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify"}
+_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources", "rpc_hosts"}
+_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", "metrics_public"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
@@ -354,7 +382,7 @@ _INT_FIELDS = {
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
-_OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca"}
+_OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 
 
 #: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a

@@ -18,6 +18,7 @@ from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
+from .control.access import AccessGuard
 from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
@@ -324,7 +325,11 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))
-                server.http_url = await nursery.start(serve_http, app, config.rpc_listen)
+                guarded = AccessGuard(  # Host, Origin, Content-Type and rpc_token checks
+                    app, token=config.rpc_token, hosts=config.rpc_hosts,
+                    metrics_public=config.metrics_public,
+                )  # fmt: skip
+                server.http_url = await nursery.start(serve_http, guarded, config.rpc_listen)
             if config.mi_fifo is not None:
                 fifo = FifoServer(conference, config.mi_fifo, config.reply_dir)
                 server.mi_fifo = await nursery.start(fifo.run)
