@@ -247,3 +247,18 @@ def test_a_tls_listen_address_needs_a_certificate_and_key(tmp_path, tls):
         make_config(tmp_path, listen=["tls:127.0.0.1:0"], tls_cert=tls.ca, tls_key=tls.key)
     with pytest.raises(ConfigError, match="invalid tls_ca: .* holds no PEM CA certificate"):
         make_config(tmp_path, tls_ca=tls.key)
+
+
+async def test_a_sips_contact_goes_over_tls_only(tls_server, tls, nursery):
+    # registered over plain TCP: that connection is not used for a sips: contact
+    alice = await TestUA.open(
+        nursery, "alice", DOMAIN, address(tls_server, "tcp"), transport="tls", tls=tls.ua
+    )
+    alice.transport = "tcp"  # its requests go over plain TCP; its listener speaks TLS
+    sips = f"sips:alice@127.0.0.1:{alice.port}"
+    assert (await alice.register(contact=sips)).code == 200
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    notice = await expect(alice, "*** Room was created")
+    assert notice.uri == sips
+    assert alice.accepted == 1  # a new TLS connection to the contact, verified with tls_ca
+    assert (notice.header("Via") or "").startswith("SIP/2.0/TLS ")

@@ -305,7 +305,7 @@ class TestUA:
             plain = await trio.open_tcp_stream(*self.server)
             self._tcp_socket = plain.socket
             stream: trio.abc.Stream = plain
-            if self.tls is not None:
+            if self.tls is not None and self.transport == "tls":
                 stream = trio.SSLStream(plain, self.tls[0], server_hostname=self.server[0])
                 await stream.do_handshake()
             self._tcp_out = stream
