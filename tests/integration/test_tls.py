@@ -188,6 +188,7 @@ async def test_a_client_that_rejects_our_certificate_leaves_nothing_behind(tls_s
     await eventually(lambda: tls_server.transport.statistics().tls_handshake_failures == 1, "counted")
     await eventually(lambda: tls_server.transport.statistics().tcp_connections == 0, "gone")
     assert tls_server.transport.statistics().handler_errors == 0
+    assert len(tls_server.transport._bindings) == 0  # nothing left in the connection registry
 
 
 async def test_a_silent_connection_is_closed_after_the_handshake_timeout(
