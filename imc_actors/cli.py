@@ -46,6 +46,9 @@ def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file to read rpc_listen from (env IMC_CONFIG)")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                         help="how long to wait for the server (default 10)")
+    parser.add_argument("--token", metavar="TOKEN",
+                        help="the server's rpc_token, sent as Authorization: Bearer (default: "
+                        "IMC_RPC_TOKEN, else rpc_token in the configuration)")
     if json_flag:
         parser.add_argument("--json", dest="as_json", action="store_true",
                             help="print the JSON-RPC result instead of a table")
@@ -62,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server", description="Run the SIP IMC server.")
     _config_flags(serve)
-    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp or ws, e.g. "
-             "ws:127.0.0.1:5066 for browsers), repeatable; port 0 picks a free one",
+    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp, tls or ws, e.g. "
+             "tls:127.0.0.1:5061 with --tls-cert/--tls-key, ws:127.0.0.1:5066 for browsers), "
+             "repeatable; port 0 picks a free one",
              action="append", metavar="TRANSPORT:HOST:PORT")
     _setting(serve, "--domain", "domains", "a domain the server is responsible for, repeatable",
              action="append", metavar="HOST")
@@ -81,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
              "send (0: no limit); beyond its burst a source gets 503 with Retry-After", metavar="N")
     _setting(serve, "--flood-burst", "flood_burst", "new SIP requests a source address may send at once",
              metavar="N")
+    # TLS (README "TLS")
+    _setting(serve, "--tls-cert", "tls_cert", "PEM certificate chain of the tls: listen addresses",
+             metavar="FILE")
+    _setting(serve, "--tls-key", "tls_key", "PEM private key of --tls-cert", metavar="FILE")
+    _setting(serve, "--tls-ca", "tls_ca", "PEM CA certificates outgoing TLS connections trust "
+             "(none: the system's)", metavar="FILE")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
@@ -91,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     client_help = (
         "Exit status: 0 ok, 1 the server answered an error (e.g. room not found), "
-        "2 usage error, 3 server unreachable."
+        "2 usage error, 3 server unreachable, 4 the server wants a token or refused it."
     )
     rooms = sub.add_parser("rooms", help="list the rooms of a running server",
                            description="List every room with its member count and owner (imc.list_rooms).",
@@ -253,19 +263,22 @@ def _client(args: argparse.Namespace) -> int:
     from .control import client
     from .control.listen import DEFAULT_RPC_URL, rpc_url_for
 
-    url = args.rpc_url
-    if url is None:
+    url, token = args.rpc_url, args.token
+    if url is None or token is None:  # --token, else IMC_RPC_TOKEN, else rpc_token in --config
         try:
             config = load_config(args)
-            url = rpc_url_for(config.rpc_listen) if config.rpc_listen else DEFAULT_RPC_URL
         except ConfigError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return client.EXIT_USAGE
+        if url is None:
+            url = rpc_url_for(config.rpc_listen) if config.rpc_listen else DEFAULT_RPC_URL
+        if token is None:
+            token = config.rpc_token
     if args.command == "rooms":
-        return client.run_rooms(url, as_json=args.as_json, timeout=args.timeout)
+        return client.run_rooms(url, as_json=args.as_json, timeout=args.timeout, token=token)
     if args.command == "members":
-        return client.run_members(url, args.room, as_json=args.as_json, timeout=args.timeout)
-    return client.run_rpc(url, args.method, args.args, timeout=args.timeout)
+        return client.run_members(url, args.room, as_json=args.as_json, timeout=args.timeout, token=token)
+    return client.run_rpc(url, args.method, args.args, timeout=args.timeout, token=token)
 
 
 def _chat(args: argparse.Namespace) -> int:

@@ -33,35 +33,38 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """One SIP listening socket: ``transport`` is ``udp``, ``tcp`` or ``ws`` (SIP over
-    WebSocket, RFC 7118); port 0 picks a free one."""
+    """One SIP listening socket: ``transport`` is ``udp``, ``tcp``, ``tls`` (SIP over TLS,
+    ``tls_cert``/``tls_key``) or ``ws`` (SIP over WebSocket, RFC 7118); port 0 picks a free
+    one."""
 
-    transport: Literal["udp", "tcp", "ws"]
+    transport: Literal["udp", "tcp", "tls", "ws"]
     host: str
     port: int
 
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
-        """Parse ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``ws:127.0.0.1:5066`` (transport
-        defaults to udp). ``wss:`` and ``tls:`` are refused: TLS is not supported yet."""
+        """Parse ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:127.0.0.1:5061``,
+        ``ws:127.0.0.1:5066`` (transport defaults to udp; the port to 5060, 5061 for tls).
+        ``wss:`` is refused: WebSocket over TLS is not supported yet."""
         transport, sep, rest = text.partition(":")
-        if sep and transport.lower() in ("wss", "tls"):
+        if sep and transport.lower() == "wss":
             raise ValueError(
-                f"{transport.lower()}: in {text!r} needs TLS, which is not supported yet "
-                "(use ws: behind a TLS-terminating proxy)"
+                f"wss: in {text!r} is not supported yet (use ws: behind a TLS-terminating "
+                "proxy, or tls: for SIP over TLS)"
             )
-        if not sep or transport.lower() not in ("udp", "tcp", "ws"):
+        if not sep or transport.lower() not in ("udp", "tcp", "tls", "ws"):
             transport, rest = "udp", text
         transport = transport.lower()
+        default_port = "5061" if transport == "tls" else "5060"
         if rest.startswith("["):
             host, _, port_text = rest[1:].partition("]")
             port_text = port_text.removeprefix(":")
         else:
             host, _, port_text = rest.rpartition(":")
             if not host:
-                host, port_text = rest, "5060"
+                host, port_text = rest, default_port
         try:
-            port = int(port_text) if port_text else 5060
+            port = int(port_text or default_port)
         except ValueError:
             raise ValueError(f"bad port in {text!r}") from None
         if not host or not 0 <= port <= 65535:
@@ -116,6 +119,11 @@ class Config:
     flood_burst: int = 4000
     flood_block: float = 2.0
     flood_sources: int = 65536
+    # TLS (see README "TLS")
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_verify: bool = True
     # Delivery (see README "Delivery")
     pending_ttl: int = 7 * 24 * 3600
     pending_max: int = 1000
@@ -131,6 +139,10 @@ class Config:
     mi_fifo: str | None = None
     reply_dir: str = "/tmp/"
     rpc_listen: str | None = None
+    # Management access (see README "Management")
+    rpc_token: str | None = None
+    rpc_hosts: list[str] = field(default_factory=list)
+    metrics_public: bool = False
     # Logging
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
@@ -260,6 +272,51 @@ class Config:
             from .control.listen import parse_listen  # raises ConfigError naming rpc_listen
 
             parse_listen(self.rpc_listen)
+        self._validate_tls()
+        self._validate_rpc_access()
+
+    def _validate_tls(self) -> None:
+        """``tls_cert``/``tls_key`` are needed by a ``tls:`` listen address and must load;
+        ``tls_ca`` must load too."""
+        wants_tls = any(text.lower().startswith("tls:") for text in self.listen)
+        if wants_tls and not (self.tls_cert and self.tls_key):
+            missing = "tls_cert" if not self.tls_cert else "tls_key"
+            raise ConfigError(missing, "a tls: listen address needs tls_cert and tls_key (PEM files)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            raise ConfigError(missing, "tls_cert and tls_key go together")
+        if self.tls_cert or self.tls_ca:
+            from .transport.tls import TlsSetupError, client_context, server_context
+
+            try:
+                if self.tls_cert and self.tls_key:
+                    server_context(self.tls_cert, self.tls_key)
+                client_context(self.tls_ca, self.tls_verify)
+            except TlsSetupError as exc:
+                raise ConfigError(exc.param, exc.why) from None
+
+    def _validate_rpc_access(self) -> None:
+        """``rpc_token`` fits a header and is long enough; it is required when ``rpc_listen``
+        is not a loopback address; ``rpc_hosts`` are ``host`` or ``host:port``."""
+        from .control.access import check_host_entry, is_loopback_listen, token_problem
+
+        if self.rpc_token is not None:
+            problem = token_problem(self.rpc_token)
+            if problem:
+                raise ConfigError("rpc_token", problem)
+        for entry in self.rpc_hosts:
+            problem = check_host_entry(entry)
+            if problem:
+                raise ConfigError("rpc_hosts", problem)
+        if self.rpc_listen is not None and self.rpc_token is None:
+            from .control.listen import parse_listen
+
+            host, _ = parse_listen(self.rpc_listen)
+            if not is_loopback_listen(host):
+                raise ConfigError(
+                    "rpc_token",
+                    f"required when rpc_listen ({self.rpc_listen}) is not a loopback address",
+                )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -314,8 +371,8 @@ def default_text(name: str) -> str:
     return str(value)
 
 
-_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
-_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
+_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources", "rpc_hosts"}
+_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", "metrics_public"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
@@ -325,6 +382,7 @@ _INT_FIELDS = {
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
+_OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 
 
 #: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
+from .control.access import AccessGuard
 from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
@@ -29,6 +31,7 @@ from .sipcore import SipCore
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
+from .transport.tls import client_context, server_context
 
 log = logging.getLogger("imc_actors.server")
 
@@ -240,6 +243,13 @@ def message_handler(conference: Conference, config: Config, *, mark: str = "") -
     return MessageHandler(conference, config, mark=mark)
 
 
+def tls_contexts(config: Config) -> dict[str, ssl.SSLContext | None]:
+    """The transport's TLS contexts from ``tls_cert``/``tls_key`` (our listeners; None
+    without them) and ``tls_ca``/``tls_verify`` (outgoing connections)."""
+    server = server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    return {"tls_server": server, "tls_client": client_context(config.tls_ca, config.tls_verify)}
+
+
 @asynccontextmanager
 async def open_server(config: Config) -> AsyncIterator[Server]:
     """Bind the configured sockets and serve for the body of the block.
@@ -283,6 +293,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         flood_exempt=config.trusted_sources,
         # our users are found through the registrar only: no binding means unreachable here
         local_domains=config.served_domains if registrar is not None else (),
+        **tls_contexts(config),
     )
     metrics = ServerMetrics.for_config(config)
     repository = await trio.to_thread.run_sync(open_repository, config)
@@ -314,7 +325,11 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))
-                server.http_url = await nursery.start(serve_http, app, config.rpc_listen)
+                guarded = AccessGuard(  # Host, Origin, Content-Type and rpc_token checks
+                    app, token=config.rpc_token, hosts=config.rpc_hosts,
+                    metrics_public=config.metrics_public,
+                )  # fmt: skip
+                server.http_url = await nursery.start(serve_http, guarded, config.rpc_listen)
             if config.mi_fifo is not None:
                 fifo = FifoServer(conference, config.mi_fifo, config.reply_dir)
                 server.mi_fifo = await nursery.start(fifo.run)

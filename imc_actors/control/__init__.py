@@ -8,6 +8,8 @@
 - :mod:`.client`: the CLI client (stdlib urllib) and its exit codes.
 - :mod:`.logs`: text and JSON log formats.
 - :mod:`.listen`: ``rpc_listen`` parsing and the URLs that reach it.
+- :mod:`.access`: who may use the HTTP listener (``rpc_token``, ``rpc_hosts``, ``Host``,
+  ``Origin`` and ``Content-Type`` checks).
 
 Nothing is imported here, so the CLI client does not load the HTTP server's dependencies.
 """

@@ -9,7 +9,11 @@ usually on loopback). Exit codes scripts can rely on:
 2     usage error (bad arguments, bad configuration, a URL that is not http://)
 3     no JSON-RPC server could be reached at the URL (refused, timed out, not JSON-RPC);
       the message names the URL
+4     the server wants a token (``rpc_token``) and none was sent, or refused the one sent
 ====  ==================================================================================
+
+The token (``Authorization: Bearer <token>``) comes from ``--token``, else ``IMC_RPC_TOKEN``,
+else ``rpc_token`` in the configuration file.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 __all__ = [
+    "EXIT_DENIED",
     "EXIT_OK",
     "EXIT_RPC_ERROR",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "RpcClientError",
+    "RpcDenied",
     "RpcFailure",
     "RpcUnreachable",
     "call",
@@ -42,6 +48,7 @@ EXIT_OK = 0
 EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
 #: Largest answer read from the server.
 MAX_ANSWER = 64 * 1024 * 1024
 
@@ -72,33 +79,59 @@ class RpcFailure(RpcClientError):
         self.data = data
 
 
+class RpcDenied(RpcClientError):
+    """The server answered 401: it wants a token, or not the one sent."""
+
+    def __init__(self, url: str, sent: bool) -> None:
+        if sent:
+            text = f"the server at {url} refused the token (wrong token)"
+        else:
+            text = (
+                f"the server at {url} wants a token: pass --token, or set rpc_token "
+                "(IMC_RPC_TOKEN or the configuration file)"
+            )
+        super().__init__(text)
+        self.url = url
+        self.sent = sent
+
+
 class UsageError(RpcClientError):
     """The request cannot even be made (e.g. a URL that is not http://)."""
 
 
-def call(url: str, method: str, params: Sequence[Any] = (), *, timeout: float = 10.0) -> Any:
-    """Call ``method`` with positional ``params`` at ``url``; return its result.
+def call(
+    url: str,
+    method: str,
+    params: Sequence[Any] = (),
+    *,
+    timeout: float = 10.0,
+    token: str | None = None,
+) -> Any:
+    """Call ``method`` with positional ``params`` at ``url``; return its result. ``token`` is
+    sent as ``Authorization: Bearer <token>``.
 
-    Raises :class:`RpcFailure` for a JSON-RPC error, :class:`RpcUnreachable` when no JSON-RPC
-    answer came back, :class:`UsageError` for a URL that is not ``http(s)://host...``.
+    Raises :class:`RpcFailure` for a JSON-RPC error, :class:`RpcDenied` for a 401,
+    :class:`RpcUnreachable` when no JSON-RPC answer came back, :class:`UsageError` for a URL
+    that is not ``http(s)://host...``.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--rpc: expected an http:// URL, got {url!r}")
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}).encode()
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=timeout) as response:
             raw = response.read(MAX_ANSWER)
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise RpcDenied(url, bool(token)) from None
         status = f"HTTP {exc.code} {exc.reason or ''}".strip()
-        raise RpcUnreachable(url, f"{status} (is this the /RPC URL?)") from None
+        why = _error_text(exc)
+        raise RpcUnreachable(url, f"{status}{': ' + why if why else ''} (is this the /RPC URL?)") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
@@ -119,6 +152,16 @@ def call(url: str, method: str, params: Sequence[Any] = (), *, timeout: float = 
             raise RpcFailure(-32603, str(error))
         raise RpcFailure(int(error.get("code", -32603)), str(error.get("message", "")), error.get("data"))
     return answer.get("result")
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` text of a refusal's JSON body (:mod:`.access`), or ''."""
+    try:
+        answer = json.loads(exc.read(4096))
+    except (ValueError, OSError):
+        return ""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return error if isinstance(error, str) else ""
 
 
 # ---------------------------------------------------------------------------------- output
@@ -145,6 +188,8 @@ def _fail(exc: RpcClientError, err: TextIO) -> int:
         return EXIT_UNREACHABLE
     if isinstance(exc, UsageError):
         return EXIT_USAGE
+    if isinstance(exc, RpcDenied):
+        return EXIT_DENIED
     return EXIT_RPC_ERROR
 
 
@@ -160,13 +205,14 @@ def run_rooms(
     *,
     as_json: bool = False,
     timeout: float = 10.0,
+    token: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """``imc-actors rooms``: every room with its member count and owner."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        rooms = call(url, "imc.list_rooms", timeout=timeout)
+        rooms = call(url, "imc.list_rooms", timeout=timeout, token=token)
     except RpcClientError as exc:
         return _fail(exc, err)
     if as_json:
@@ -186,13 +232,14 @@ def run_members(
     *,
     as_json: bool = False,
     timeout: float = 10.0,
+    token: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """``imc-actors members ROOM``: the room's listed members in joining order."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        answer = call(url, "imc.list_members", [room_argument(room)], timeout=timeout)
+        answer = call(url, "imc.list_members", [room_argument(room)], timeout=timeout, token=token)
     except RpcClientError as exc:
         return _fail(exc, err)
     if as_json:
@@ -221,13 +268,14 @@ def run_rpc(
     args: Sequence[str],
     *,
     timeout: float = 10.0,
+    token: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """``imc-actors rpc METHOD [ARGS...]``: any method; the result is printed as JSON."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        result = call(url, method, [parse_argument(a) for a in args], timeout=timeout)
+        result = call(url, method, [parse_argument(a) for a in args], timeout=timeout, token=token)
     except RpcClientError as exc:
         return _fail(exc, err)
     _print_json(result, out)

@@ -14,8 +14,9 @@ One small Starlette app served by Hypercorn's Trio worker inside the server's nu
 ====================  =====================================================================
 
 Every handler is ``async`` and reads the rooms' committed snapshots in the Trio thread (never
-in a worker thread). The listener binds 127.0.0.1 unless ``rpc_listen`` names another host;
-it has no authentication, so keep it on loopback or behind a proxy that adds it.
+in a worker thread). The listener binds 127.0.0.1 unless ``rpc_listen`` names another host.
+Who may use it (``Host``, ``Origin``, ``Content-Type`` and ``rpc_token`` checks) is decided
+before any route, by :class:`~.access.AccessGuard`, which the server wraps around this app.
 """
 
 from __future__ import annotations

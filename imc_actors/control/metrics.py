@@ -144,8 +144,12 @@ _TRANSPORT = (
     ("transaction_bytes", "imc_sip_transaction_bytes", False,
      "bytes of responses the live server transactions keep for retransmissions"),
     ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
-    ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP connections"),
+    ("tcp_connections", "imc_sip_tcp_connections", False, "open SIP TCP and TLS connections"),
     ("ws_connections", "imc_sip_ws_connections", False, "open SIP WebSocket connections"),
+    ("tls_connections", "imc_sip_tls_connections", False,
+     "open SIP TLS connections (also counted in imc_sip_tcp_connections)"),
+    ("tls_handshake_failures", "imc_sip_tls_handshake_failures", True,
+     "accepted SIP TLS connections closed because the handshake failed or took too long"),
 )  # fmt: skip
 
 

@@ -2,8 +2,10 @@
 
 :meth:`ClientTransactions.send_request` builds a request, asks the :class:`Router` for its
 targets (spec §6; several contacts are tried in parallel and the best result wins, RFC 3261
-§16.7), picks UDP or TCP per target (TCP when the URI says so, or for a message over
-:data:`TCP_THRESHOLD` bytes when the hop accepts a connection) and follows each client
+§16.7), picks the way per target (the TCP, TLS or WebSocket connection its contact was
+registered over while that is open; else TLS for a ``sips:`` or ``transport=tls`` URI; TCP when
+the URI says so, or for a message over :data:`TCP_THRESHOLD` bytes when the hop accepts a
+connection; else UDP) and follows each client
 transaction (Timers E, F and K on the transport's timer wheel) to its final result.
 :meth:`ClientTransactions.start_request` is the task-free variant for the common case (one
 IP-literal target over UDP). Responses are matched to their transaction by branch and method;
@@ -64,6 +66,8 @@ NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable")
 SELF_TARGET = ClientResult(482, "Loop Detected")
 #: A contact registered over a WebSocket that has closed (no other way to reach it).
 WS_CLOSED = ClientResult(480, "Temporarily Unavailable")
+#: Via transport names by connection transport.
+_VIA_TRANSPORT = {"tcp": "TCP", "tls": "TLS", "ws": "WS"}
 
 
 class ClientEntry:
@@ -308,8 +312,10 @@ class ClientTransactions:
         planned: list[tuple[str, bytes, UdpEndpoint, Address]] = []
         for target in targets:
             hop = target.hop
-            if hop.transport in ("tcp", "ws") or not is_ip(hop.host):
+            if hop.transport in ("tcp", "tls", "ws") or not is_ip(hop.host):
                 return False
+            if target.aor is not None and router.connection(target) is not None:
+                return False  # registered over a connection: sent over it, by send_request
             udp = router.udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
             dest = (hop.host, hop.port)
             if udp is None or router.is_self(dest):
@@ -386,18 +392,25 @@ class ClientTransactions:
     ) -> ClientResult:
         """Build, send and follow one client transaction to ``target``. Checkpoints."""
         router = self._router
-        if target.hop.transport == "ws":  # RFC 7118: only over the connection that registered it
-            ws = router.ws_connection(target)
-            if ws is None:
-                await trio.lowlevel.checkpoint()
-                return WS_CLOSED
+        # RFC 5626 / RFC 7118: over the connection the contact registered on, while it is open
+        registered = router.connection(target)
+        if registered is not None:
             branch = new_branch(self._mark)
+            if isinstance(registered, TcpConnection):
+                family = socket.AF_INET6 if ":" in registered.local[0] else socket.AF_INET
+                via_host, via_port = router.tcp_via(family, registered)
+            else:  # a WebSocket: a .invalid name and no port (RFC 7118 §5)
+                via_host, via_port = registered.via_host, None  # type: ignore[attr-defined]
             data = build_request(
                 method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
-                call_id=call_id, cseq=1, via_host=ws.via_host, via_port=None, via_transport="WS",
-                branch=branch, headers=headers, body=body, content_type=content_type,
+                call_id=call_id, cseq=1, via_host=via_host, via_port=via_port,
+                via_transport=_VIA_TRANSPORT[registered.transport], branch=branch,
+                headers=headers, body=body, content_type=content_type,
             )  # fmt: skip
-            return await self._run_client(data, (branch, method), None, ws.peer, ws)  # type: ignore[arg-type]
+            return await self._run_client(data, (branch, method), None, registered.peer, registered)  # type: ignore[arg-type]
+        if target.hop.transport == "ws":  # a browser: no other way to reach it
+            await trio.lowlevel.checkpoint()
+            return WS_CLOSED
         try:
             hop = target.hop
             if is_ip(hop.host):  # no name to resolve: no checkpoint (send_request waits anyway)
@@ -425,6 +438,12 @@ class ClientTransactions:
                 content_type=content_type,
             )  # fmt: skip
 
+        if target.hop.transport == "tls":  # sips: or transport=tls: TLS or nothing
+            conn = await self._connections.get(dest, required=True, tls=target.hop.host)
+            if conn is None:
+                return UNAVAILABLE
+            via = router.tcp_via(family, conn)
+            return await self._run_client(build("TLS", via), (branch, method), None, dest, conn)
         data = build("UDP", router.via_address(udp, dest)) if udp is not None else b""
         want_tcp = target.hop.transport == "tcp" or udp is None
         try_tcp = not want_tcp and target.hop.transport is None and len(data) > TCP_THRESHOLD

@@ -1,23 +1,29 @@
-"""The TCP connection pool: every live connection, and the outgoing ones by destination.
+"""The TCP and TLS connection pool: every live connection, and the outgoing ones by
+destination.
 
-An outgoing request over TCP reuses the open connection to its destination, waits for one
-being opened by another request, or opens one (its reader started in the transport's
-nursery). A destination that refused a connection is not tried again for
+An outgoing request over TCP or TLS reuses the open connection of that transport to its
+destination, waits for one being opened by another request, or opens one (its reader started
+in the transport's nursery; a TLS one is opened with the transport's client context and
+handshaken first). A destination that refused a connection is not tried again for
 :data:`TCP_RETRY_AFTER` seconds unless TCP is required (the caller then sends over UDP).
-Connections accepted by our listeners are tracked here too, so shutdown closes them all, and
-bounded: beyond ``max_accepted`` accepted connections in all, or ``max_per_ip`` from one
-address, a new one is closed at once (logged at most once per
-:data:`~.tcp.EXHAUSTED_LOG_INTERVAL` seconds).
+Connections accepted by our listeners (TCP and TLS alike) are tracked here too, so shutdown
+closes them all, and bounded: beyond ``max_accepted`` accepted connections in all, or
+``max_per_ip`` from one address, a new one is closed at once, before any TLS handshake (logged
+at most once per :data:`~.tcp.EXHAUSTED_LOG_INTERVAL` seconds). Every live connection is also
+in the ``registry`` (:class:`~.bindings.ConnectionBindings`), which knows the contacts
+registered over it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Callable
 
 import trio
 
+from .bindings import ConnectionBindings
 from .limits import LogInterval
 from .tcp import (
     DEFAULT_IDLE_TIMEOUT,
@@ -28,6 +34,7 @@ from .tcp import (
     TcpConnection,
     open_connection,
 )
+from .tls import client_context, open_tls_connection
 from .udp import Address
 
 __all__ = ["TCP_RETRY_AFTER", "Connections"]
@@ -39,21 +46,29 @@ TCP_RETRY_AFTER = 30.0
 
 
 class Connections:
-    """The transport's TCP connections; each one's reader calls ``on_frame``,
+    """The transport's TCP and TLS connections; each one's reader calls ``on_frame``,
     ``on_framing_error`` and, when it ends, ``on_closed`` (which must call :meth:`closed`).
-    ``refused`` counts the accepted connections closed at once because a cap was reached."""
+    ``refused`` counts the accepted connections closed at once because a cap was reached.
+    ``registry`` learns of every connection opened and closed; ``tls_client`` is the context
+    outgoing TLS connections verify their peer with (default: the system's trusted CAs)."""
 
     def __init__(
         self,
         on_frame: FrameCallback,
         on_framing_error: FramingErrorCallback,
         on_closed: Callable[[TcpConnection], None],
+        *,
+        registry: ConnectionBindings | None = None,
+        tls_client: ssl.SSLContext | None = None,
     ) -> None:
         self._callbacks = (on_frame, on_framing_error, on_closed)
+        self.registry = registry if registry is not None else ConnectionBindings()
+        self._tls_client = tls_client
         self._live: set[TcpConnection] = set()
-        self._outgoing: dict[Address, TcpConnection] = {}
-        self._connecting: dict[Address, trio.Event] = {}
-        self._refused_until: dict[Address, float] = {}
+        # keyed by (transport, destination): a TCP and a TLS connection to one host are two
+        self._outgoing: dict[tuple[str, Address], TcpConnection] = {}
+        self._connecting: dict[tuple[str, Address], trio.Event] = {}
+        self._refused_until: dict[tuple[str, Address], float] = {}
         self._nursery: trio.Nursery | None = None
         self._connect_timeout = 5.0
         self._idle_timeout = DEFAULT_IDLE_TIMEOUT
@@ -120,6 +135,7 @@ class Connections:
         self._accepted[host] = from_host + 1
         self._accepted_total += 1
         self._live.add(conn)
+        self.registry.opened(conn)
         try:
             await conn.run(*self._callbacks)
         finally:
@@ -131,50 +147,71 @@ class Connections:
                 del self._accepted[host]
 
     def closed(self, conn: TcpConnection) -> None:
-        """Forget ``conn`` (its reader ended)."""
+        """Forget ``conn`` (its reader ended), and the contacts registered over it."""
         self._live.discard(conn)
-        for addr, known in list(self._outgoing.items()):
+        self.registry.closed(conn)
+        for key, known in list(self._outgoing.items()):
             if known is conn:
-                del self._outgoing[addr]
+                del self._outgoing[key]
 
-    async def get(self, dest: Address, *, required: bool) -> TcpConnection | None:
-        """A connection to ``dest``: the open one, or a new one (its reader started).
+    async def get(
+        self, dest: Address, *, required: bool, tls: str | None = None
+    ) -> TcpConnection | None:
+        """A connection to ``dest``: the open one, or a new one (its reader started). With
+        ``tls`` (the name the peer's certificate must have: the URI's host) a TLS connection,
+        else a TCP one.
 
-        None when the hop refuses or does not answer in ``connect_timeout``; a hop that refused
-        is not tried again for 30 s unless ``required``. Checkpoints.
+        None when the hop refuses, does not answer in ``connect_timeout`` or fails the TLS
+        handshake; a hop that refused is not tried again for 30 s unless ``required``.
+        Checkpoints.
         """
-        conn = self._outgoing.get(dest)
+        key = ("tls" if tls is not None else "tcp", dest)
+        conn = self._outgoing.get(key)
         if conn is not None and not conn.closed:
             await trio.lowlevel.checkpoint()
             return conn
         now = trio.current_time()
-        if not required and self._refused_until.get(dest, -math.inf) > now:
+        if not required and self._refused_until.get(key, -math.inf) > now:
             await trio.lowlevel.checkpoint()
             return None
-        pending = self._connecting.get(dest)
+        pending = self._connecting.get(key)
         if pending is not None:
             await pending.wait()
-            conn = self._outgoing.get(dest)
+            conn = self._outgoing.get(key)
             return conn if conn is not None and not conn.closed else None
-        done = self._connecting[dest] = trio.Event()
+        done = self._connecting[key] = trio.Event()
         try:
-            conn = await open_connection(
-                dest[0],
-                dest[1],
-                timeout=self._connect_timeout,
-                idle_timeout=self._idle_timeout,
-                max_buffer=self._max_buffer,
-            )
+            if tls is not None:
+                if self._tls_client is None:
+                    self._tls_client = client_context()
+                conn = await open_tls_connection(
+                    dest[0],
+                    dest[1],
+                    context=self._tls_client,
+                    server_hostname=tls,
+                    timeout=self._connect_timeout,
+                    idle_timeout=self._idle_timeout,
+                    max_buffer=self._max_buffer,
+                )
+            else:
+                conn = await open_connection(
+                    dest[0],
+                    dest[1],
+                    timeout=self._connect_timeout,
+                    idle_timeout=self._idle_timeout,
+                    max_buffer=self._max_buffer,
+                )
         except OSError as exc:
-            log.debug("tcp connect to %s:%d failed: %s", dest[0], dest[1], exc)
-            self._refused_until[dest] = trio.current_time() + TCP_RETRY_AFTER
+            log.debug("%s connect to %s:%d failed: %s", key[0], dest[0], dest[1], exc)
+            self._refused_until[key] = trio.current_time() + TCP_RETRY_AFTER
             return None
         finally:
-            del self._connecting[dest]
+            del self._connecting[key]
             done.set()
-        self._refused_until.pop(dest, None)
-        self._outgoing[dest] = conn
+        self._refused_until.pop(key, None)
+        self._outgoing[key] = conn
         self._live.add(conn)
+        self.registry.opened(conn)
         assert self._nursery is not None
         self._nursery.start_soon(conn.run, *self._callbacks)
         return conn

@@ -16,16 +16,19 @@ a module of its own with the state it owns:
   transactions; Timers E, F and K of client transactions) from one task;
 - :mod:`.routing`: next hops (:class:`Hop`, :func:`parse_hop`, targets, DNS) and our own
   addresses in Via, and the Via rewrite of responses;
-- :mod:`.connections`: the TCP connection pool (reuse, refused hops, readers, the caps on
-  accepted connections);
+- :mod:`.connections`: the TCP and TLS connection pool (reuse, refused hops, readers, the
+  caps on accepted connections);
+- :mod:`.tls`: SIP over TLS (``tls:`` listeners, handshakes, the server and client contexts);
+- :mod:`.bindings`: the contacts registered over each TCP, TLS and WebSocket connection
+  (:meth:`SipTransport.bind_contacts`), which requests to them are sent over;
 - :mod:`.limits`: the per-source flood budget and the once-per-interval warnings.
-- :mod:`.websocket`: SIP over WebSocket (RFC 7118) and the contacts registered over each
-  connection (:meth:`SipTransport.bind_contacts`).
+- :mod:`.websocket`: SIP over WebSocket (RFC 7118).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 
 import trio
@@ -33,6 +36,7 @@ import trio
 from imc_actors.config import ListenAddress
 from imc_actors.sip import Response, SipParseError, new_mark, parse, salvage_response
 
+from .bindings import ConnectionBindings
 from .client import TCP_THRESHOLD, ClientTransactions, better
 from .connections import TCP_RETRY_AFTER, Connections
 from .limits import FloodLimiter
@@ -60,8 +64,9 @@ from .routing import (
 from .server import ServerTransactions, UdpPeer
 from .tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFER, TcpConnection, TcpListener
 from .timers import LANES, TimerWheel
+from .tls import TlsListener
 from .udp import Address, UdpEndpoint
-from .websocket import WsBindings, WsConnection, WsListener
+from .websocket import WsConnection, WsListener
 
 __all__ = [
     "TCP_RETRY_AFTER",
@@ -92,7 +97,7 @@ _better = better
 
 
 class SipTransport:
-    """SIP over UDP, TCP and WebSocket for the server: server and client transactions,
+    """SIP over UDP, TCP, TLS and WebSocket for the server: server and client transactions,
     dispatch, next hop.
 
     ``listen``: the addresses to bind (port 0 = ephemeral; :attr:`bound` has the real ones).
@@ -112,6 +117,10 @@ class SipTransport:
     for one incomplete TCP message. ``flood_rate`` (0 = off), ``flood_burst``,
     ``flood_block``, ``flood_sources``: each source IP's budget of new requests (see
     :class:`~.limits.FloodLimiter`); addresses in ``flood_exempt`` (CIDRs) have none.
+    ``tls_server``: the context ``tls:`` listen addresses accept with (required when there is
+    one; :func:`~.tls.server_context`); ``tls_client``: the one outgoing TLS connections verify
+    their peer with (default: :func:`~.tls.client_context`, the system's trusted CAs). TLS
+    connections count against the ``tcp_*`` limits like TCP ones.
     """
 
     def __init__(
@@ -138,6 +147,8 @@ class SipTransport:
         flood_block: float = 0.0,
         flood_sources: int = 65536,
         flood_exempt: Sequence[str] = (),
+        tls_server: ssl.SSLContext | None = None,
+        tls_client: ssl.SSLContext | None = None,
     ) -> None:
         if max_transactions < 1:
             raise ValueError(f"max_transactions must be positive, got {max_transactions}")
@@ -153,6 +164,9 @@ class SipTransport:
                 flood_rate, flood_burst, flood_block, exempt=flood_exempt, max_sources=flood_sources
             )
         self.listen = list(listen)
+        if tls_server is None and any(a.transport == "tls" for a in self.listen):
+            raise ValueError("a tls: listen address needs tls_server (a certificate and key)")
+        self.tls_server = tls_server
         self.outbound_proxy = outbound_proxy
         self.max_datagram = max_datagram
         self.t1, self.t2, self.t4 = t1, t2, t4
@@ -169,7 +183,8 @@ class SipTransport:
         self._udp: list[UdpEndpoint] = []
         self._tcp: list[TcpListener] = []
         self._ws: list[WsListener] = []
-        self._websockets = WsBindings()
+        # every TCP, TLS and WebSocket connection, and the contacts registered over each
+        self._bindings = ConnectionBindings()
         self._timers = TimerWheel(LANES)
         self._router = Router(
             self._udp,
@@ -177,9 +192,15 @@ class SipTransport:
             parse_hop(outbound_proxy) if outbound_proxy else None,
             locate,
             local_domains=local_domains,
-            ws=self._websockets,
+            ws=self._bindings,
         )
-        self._connections = Connections(self._on_frame, self._on_framing_error, self._on_tcp_closed)
+        self._connections = Connections(
+            self._on_frame,
+            self._on_framing_error,
+            self._on_tcp_closed,
+            registry=self._bindings,
+            tls_client=tls_client,
+        )
         self._servers = ServerTransactions(self._timers, self.mark)
         self._clients = ClientTransactions(self._timers, self._router, self._connections, self.mark)
 
@@ -189,6 +210,7 @@ class SipTransport:
         self._rejected = 0
         self._acks = 0
         self._send_errors = 0
+        self._tls_failures = 0
 
     @property
     def locate(self) -> Callable[[str], list[str]] | None:
@@ -234,6 +256,17 @@ class SipTransport:
                     )
                     self._udp.append(endpoint)
                     port = endpoint.address[1]
+                elif address.transport == "tls":
+                    assert self.tls_server is not None
+                    secure = await TlsListener.bind_tls(
+                        address.host,
+                        address.port,
+                        context=self.tls_server,
+                        idle_timeout=self.tcp_idle_timeout,
+                        max_buffer=self.tcp_max_buffer,
+                    )
+                    self._tcp.append(secure)
+                    port = secure.address[1]
                 elif address.transport == "ws":
                     websocket = await WsListener.bind(
                         address.host, address.port, idle_timeout=self.tcp_idle_timeout
@@ -291,6 +324,9 @@ class SipTransport:
                 for websocket in self._ws:
                     await websocket.aclose()
                 await self._connections.aclose()
+            self._tls_failures += sum(
+                getattr(listener, "handshake_failures", 0) for listener in self._tcp
+            )
             for endpoint in self._udp:
                 self._sent += endpoint.sent
                 self._received += endpoint.received
@@ -323,7 +359,10 @@ class SipTransport:
             server_transactions=len(servers),
             client_transactions=len(clients),
             tcp_connections=len(self._connections),
-            ws_connections=len(self._websockets),
+            ws_connections=self._bindings.count("ws"),
+            tls_connections=self._bindings.count("tls"),
+            tls_handshake_failures=self._tls_failures
+            + sum(getattr(listener, "handshake_failures", 0) for listener in self._tcp),
             loops=servers.loops,
             self_targets=clients.self_targets,
             merged=servers.merged,
@@ -394,7 +433,7 @@ class SipTransport:
         if message.method == "ACK":
             self._acks += 1
             return None
-        source = conn.source if isinstance(conn, WsConnection) else Source("tcp", *conn.peer)
+        source = conn.source
         fix, _ = via_fix(message, source)
         answer = self._servers.on_request(message, fix, source, conn)
         if answer is not None:
@@ -415,11 +454,11 @@ class SipTransport:
     async def _serve_ws(self, conn: WsConnection) -> None:
         """Read one accepted WebSocket until it ends; then what was sent over it and not yet
         answered gets 503, and the contacts registered over it are unreachable."""
-        self._websockets.opened(conn)
+        self._bindings.opened(conn)
         try:
             await conn.run(self._on_frame)
         finally:
-            self._websockets.closed(conn)
+            self._bindings.closed(conn)
             self._clients.connection_lost(conn)  # type: ignore[arg-type]
 
     def bind_contacts(
@@ -427,10 +466,11 @@ class SipTransport:
     ) -> None:
         """What an accepted REGISTER for ``aor`` (``user@host``, lower case) from ``source``
         changed: ``contacts`` as ``(contact URI as registered, seconds)`` (0 removed it);
-        ``clear`` removed them all. Contacts registered over a WebSocket are reached over
-        that connection while it is open (RFC 7118); requests to them fail with 480 once it
-        has closed. No checkpoint."""
-        self._websockets.bind(source, aor, contacts, clear, trio.current_time())
+        ``clear`` removed them all. Contacts registered over a TCP, TLS or WebSocket
+        connection are reached over that connection while it is open (RFC 5626, RFC 7118);
+        once it has closed, a WebSocket contact gets 480 at once and a TCP or TLS one a new
+        connection to the address it names. No checkpoint."""
+        self._bindings.bind(source, aor, contacts, clear, trio.current_time())
 
     # ------------------------------------------------------------------ timers
     async def _timer_loop(self) -> None:

@@ -26,8 +26,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a request came from: ``transport`` is ``udp``, ``tcp`` or ``ws``; the peer's host
-    and port (for ``tcp`` and ``ws``, they name the connection)."""
+    """Where a request came from: ``transport`` is ``udp``, ``tcp``, ``tls`` or ``ws``; the
+    peer's host and port (for ``tcp``, ``tls`` and ``ws``, they name the connection)."""
 
     transport: str
     host: str
@@ -115,7 +115,9 @@ class TransportStatistics:
     ``transaction_bytes``: bytes of responses the live server transactions keep now;
     ``tcp_refused``: accepted TCP connections closed at once (``tcp_max_connections`` or
     ``tcp_max_per_ip`` reached); ``tcp_accept_failures``: accepts that failed for lack of
-    file descriptors or memory (retried).
+    file descriptors or memory (retried); ``tls_connections``: TLS connections live now (also
+    in ``tcp_connections``); ``tls_handshake_failures``: accepted TLS connections closed
+    because their handshake failed or took too long.
     """
 
     received: int
@@ -146,3 +148,5 @@ class TransportStatistics:
     tcp_refused: int = 0
     tcp_accept_failures: int = 0
     ws_connections: int = 0
+    tls_connections: int = 0
+    tls_handshake_failures: int = 0

@@ -4,8 +4,8 @@ which of our own addresses a message names.
 Outgoing (spec §6): :func:`parse_hop` reads a URI's next hop; :class:`Router` picks the
 targets of a request (``outbound_proxy``, else every contact ``locate`` returns for the
 Request-URI's AOR, else the Request-URI's host), resolves DNS names, and chooses the local
-socket and the address our Via names; a contact registered over a WebSocket is reached over
-the connection that registered it (:meth:`Router.ws_connection`). Incoming: :func:`via_fix` and :func:`patch_via` give a
+socket and the address our Via names; a contact registered over a TCP, TLS or WebSocket
+connection is reached over that connection while it is open (:meth:`Router.connection`). Incoming: :func:`via_fix` and :func:`patch_via` give a
 response the ``received``/``rport`` of RFC 3261 §18.2.1 and RFC 3581, and :func:`via_port` the
 port it goes back to without ``rport``.
 """
@@ -24,10 +24,10 @@ import trio
 from imc_actors.config import ListenAddress
 from imc_actors.sip import Request, aor_key
 
+from .bindings import BoundConnection, ConnectionBindings
 from .records import Source
 from .tcp import TcpConnection, TcpListener
 from .udp import Address, UdpEndpoint
-from .websocket import WsBindings, WsConnection
 
 __all__ = [
     "WILDCARD",
@@ -53,8 +53,8 @@ WILDCARD = ("0.0.0.0", "::", "")
 @dataclass(frozen=True, slots=True)
 class Hop:
     """A next hop from :func:`parse_hop`: ``host`` as written (IP literal or DNS name, IPv6
-    without brackets), ``port``, ``transport`` 'udp', 'tcp', 'ws' or None (chosen by message
-    size)."""
+    without brackets), ``port``, ``transport`` 'udp', 'tcp', 'tls', 'ws' or None (chosen by
+    message size)."""
 
     host: str
     port: int
@@ -83,18 +83,19 @@ class NotRegistered(ValueError):
 @functools.lru_cache(maxsize=4096)
 def parse_hop(uri: str) -> Hop:
     """Host, port and transport of a SIP URI (``sip:user@host:port;transport=tcp``) or a plain
-    ``host[:port]``. The port defaults to 5060. ``transport=ws`` is kept (such a contact is
-    reached over its WebSocket connection, never at its host). Raises ValueError when there is
-    no host, for another transport (``wss``, ``tls``, ``sctp``), or for ``sips:`` (TLS is not
-    supported, and sending a sips URI in the clear is not allowed)."""
+    ``host[:port]``. The port defaults to 5060, 5061 over TLS. ``transport=ws`` is kept (such a
+    contact is reached over its WebSocket connection, never at its host). A ``sips:`` URI, and
+    ``transport=tls``, are reached over TLS only (RFC 3261 §26.2.2: a sips URI is never sent in
+    the clear; ``sips:…;transport=tcp`` is TLS over TCP, RFC 5630). Raises ValueError when
+    there is no host, for another transport (``wss``, ``sctp``), or for ``sips:`` with
+    ``transport=udp`` or ``ws``."""
     text = uri.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()
     scheme, colon, rest = text.partition(":")
     lowered = scheme.lower()
-    if colon and lowered == "sips":
-        raise ValueError(f"sips URI not supported: {uri!r}")
-    if colon and lowered == "sip":
+    secure = bool(colon) and lowered == "sips"
+    if colon and lowered in ("sip", "sips"):
         text = rest
     text = text.partition("?")[0]
     at = text.rfind("@")
@@ -106,9 +107,11 @@ def parse_hop(uri: str) -> Hop:
         name, _, value = param.partition("=")
         if name.strip().lower() == "transport":
             value = value.strip().lower()
-            if value not in ("udp", "tcp", "ws"):
+            if value not in ("udp", "tcp", "tls", "ws") or (secure and value in ("udp", "ws")):
                 raise ValueError(f"unsupported transport {value!r} in {uri!r}")
             transport = value
+    if secure:
+        transport = "tls"
     if hostport.startswith("["):
         host, _, tail = hostport[1:].partition("]")
         port_text = tail.removeprefix(":")
@@ -124,7 +127,7 @@ def parse_hop(uri: str) -> Hop:
             raise ValueError(f"bad port in {uri!r}")
         port = int(port_text)
     else:
-        port = 5060
+        port = 5061 if transport == "tls" else 5060
     return Hop(host, port, transport)
 
 
@@ -217,7 +220,8 @@ class Router:
     ``locate(aor) -> contact URIs`` the registrar's lookup, or None; ``local_domains`` the
     domains whose users only ``locate`` can find (with ``locate`` set and no proxy, a user of
     one of them without a binding is :class:`NotRegistered`); ``ws`` the connections contacts
-    were registered over (the transport's :class:`~.websocket.WsBindings`).
+    were registered over (the transport's :class:`~.bindings.ConnectionBindings`: TCP, TLS and
+    WebSocket alike).
     """
 
     def __init__(
@@ -228,10 +232,10 @@ class Router:
         locate: Callable[[str], list[str]] | None,
         *,
         local_domains: Sequence[str] = (),
-        ws: WsBindings | None = None,
+        ws: ConnectionBindings | None = None,
     ) -> None:
         self._udp = udp
-        self.ws = ws if ws is not None else WsBindings()
+        self.ws = ws if ws is not None else ConnectionBindings()
         self._tcp = tcp
         self._proxy_hop = proxy_hop
         self.locate = locate
@@ -260,10 +264,16 @@ class Router:
                 raise NotRegistered(f"{aor} is not registered")
         return [Target(request_uri, parse_hop(request_uri))]
 
-    def ws_connection(self, target: Target) -> WsConnection | None:
-        """The open WebSocket connection ``target``'s contact was registered over (RFC 7118:
-        the only way to reach it), or None when there is none (any more)."""
-        return self.ws.connection(target.aor, target.request_uri)
+    def connection(self, target: Target) -> BoundConnection | None:
+        """The open connection ``target``'s contact was registered over (RFC 5626's flow; RFC
+        7118: the only way to reach a browser), or None when there is none (any more). A
+        ``sips:``/TLS contact is only ever sent over a TLS connection."""
+        if target.aor is None:
+            return None
+        conn = self.ws.connection(target.aor, target.request_uri)
+        if conn is not None and target.hop.transport == "tls" and conn.transport != "tls":
+            return None
+        return conn
 
     def is_self(self, dest: Address) -> bool:
         """True when ``dest`` (ip, port) is one of our own listening sockets: a request sent
@@ -320,10 +330,11 @@ class Router:
         return host, port
 
     def tcp_via(self, family: int, conn: TcpConnection) -> Address:
-        """The sent-by of our Via for a request over ``conn``: our TCP listener of ``family``
-        (a wildcard bind names the connection's local address), else the connection's own."""
+        """The sent-by of our Via for a request over ``conn``: our listener of its transport
+        (TCP or TLS) and ``family`` (a wildcard bind names the connection's local address),
+        else the connection's own."""
         for listener in self._tcp:
-            if listener.listeners[0].socket.family == family:
+            if listener.transport == conn.transport and listener.listeners[0].socket.family == family:
                 host, port = listener.address
                 if host in WILDCARD:
                     host = conn.local[0]

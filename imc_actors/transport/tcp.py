@@ -25,6 +25,7 @@ import trio
 from imc_actors.sip import SipParseError, parse_stream
 
 from .limits import LogInterval
+from .records import Source
 
 __all__ = [
     "ACCEPT_RETRY",
@@ -33,6 +34,7 @@ __all__ = [
     "EXHAUSTED_LOG_INTERVAL",
     "TcpConnection",
     "TcpListener",
+    "bind_listeners",
     "open_connection",
 ]
 
@@ -59,34 +61,54 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 
 
 class TcpConnection:
-    """One SIP-over-TCP connection.
+    """One SIP-over-TCP connection (and, as :class:`~.tls.TlsConnection`, over TLS).
 
     ``peer`` and ``local`` are ``(host, port)``. ``outgoing`` is True for connections we opened.
     ``closed`` becomes True once the reader ended or :meth:`aclose` ran. ``max_buffer``: most
-    bytes held for one incomplete message.
+    bytes held for one incomplete message. ``stream`` is what is read and written (a
+    ``trio.SocketStream``, or a ``trio.SSLStream`` over one: then ``socket`` names the socket).
+    ``bindings`` holds ``(aor, contact) -> expires_at`` for the contacts registered over it
+    (kept by :class:`~.bindings.ConnectionBindings`).
     """
+
+    #: The ``Source.transport`` of requests read from it and the Via transport sent over it.
+    transport = "tcp"
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         *,
         outgoing: bool,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        socket: trio.socket.SocketType | None = None,
     ) -> None:
         self.stream = stream
         self.outgoing = outgoing
         self.idle_timeout = idle_timeout
         self.max_buffer = max_buffer
-        peer = stream.socket.getpeername()
-        local = stream.socket.getsockname()
+        sock = socket if socket is not None else stream.socket  # type: ignore[attr-defined]
+        peer = sock.getpeername()
+        local = sock.getsockname()
         self.peer: Address = (peer[0], peer[1])
         self.local: Address = (local[0], local[1])
         self.closed = False
+        self.bindings: dict[tuple[str, str], float] = {}
         self._send_lock = trio.Lock()
         self._idle_scope: trio.CancelScope | None = None
         self.frames_received = 0
         self.frames_sent = 0
+
+    @property
+    def source(self) -> Source:
+        """What requests read from this connection are handed over with."""
+        return Source(self.transport, self.peer[0], self.peer[1])
+
+    async def handshake(self) -> bool:
+        """Whatever must happen before the first message (nothing over TCP; the TLS handshake
+        in :class:`~.tls.TlsConnection`); False closes the connection. Checkpoints."""
+        await trio.lowlevel.checkpoint()
+        return True
 
     def touch(self) -> None:
         """Push the idle deadline ``idle_timeout`` seconds into the future (no checkpoint)."""
@@ -107,7 +129,7 @@ class TcpConnection:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.debug("tcp %s: send failed: %s", self.peer, exc)
+                log.debug("%s %s: send failed: %s", self.transport, self.peer, exc)
                 await self._abort()
                 return False
             except trio.Cancelled:
@@ -133,6 +155,8 @@ class TcpConnection:
         """
         buffer = bytearray()
         try:
+            if not await self.handshake():  # bounded by its own timeout
+                return
             with trio.CancelScope() as scope:
                 self._idle_scope = scope
                 self.touch()
@@ -160,12 +184,14 @@ class TcpConnection:
                         try:
                             answer = on_frame(frame, self)
                         except Exception:
-                            log.exception("tcp %s: error handling a message", self.peer)
+                            log.exception("%s %s: error handling a message", self.transport, self.peer)
                             continue
                         if answer is not None:
                             await self.send(answer)
             if scope.cancelled_caught:
-                log.debug("tcp %s: idle for %.0f s, closing", self.peer, self.idle_timeout)
+                log.debug(
+                    "%s %s: idle for %.0f s, closing", self.transport, self.peer, self.idle_timeout
+                )
         finally:
             self._idle_scope = None
             with trio.CancelScope(shield=True):
@@ -177,7 +203,7 @@ class TcpConnection:
         self, buffer: bytearray, exc: SipParseError, on_framing_error: FramingErrorCallback
     ) -> None:
         """Send the last answer ``on_framing_error`` makes of ``buffer`` (within 1 s)."""
-        log.info("tcp %s: framing error: %s; closing", self.peer, exc.reason)
+        log.info("%s %s: framing error: %s; closing", self.transport, self.peer, exc.reason)
         answer = on_framing_error(bytes(buffer), exc)
         if answer is not None:
             with trio.move_on_after(1.0):
@@ -215,9 +241,23 @@ async def open_connection(
     return TcpConnection(stream, outgoing=True, idle_timeout=idle_timeout, max_buffer=max_buffer)
 
 
+async def bind_listeners(transport: str, host: str, port: int) -> list[trio.SocketListener]:
+    """Listening TCP sockets on ``host:port`` (port 0 = ephemeral) for a ``transport:`` listen
+    address. Raises :class:`OSError` naming the address. Checkpoints (name resolution)."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot bind {transport}:{host}:{port}: {exc.strerror or exc}"
+        ) from exc
+
+
 class TcpListener:
     """Bound TCP listening socket(s) for one listen address; its connections get
-    ``idle_timeout`` and ``max_buffer``. ``exhausted`` counts failed accepts (EMFILE & co.)."""
+    ``idle_timeout`` and ``max_buffer``. ``exhausted`` counts failed accepts (EMFILE & co.).
+    :class:`~.tls.TlsListener` is the same over TLS (:meth:`connection` wraps each stream)."""
+
+    transport = "tcp"
 
     def __init__(
         self,
@@ -246,13 +286,14 @@ class TcpListener:
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"cannot bind tcp:{host}:{port}: {exc.strerror or exc}"
-            ) from exc
-        return cls(listeners, idle_timeout, max_buffer)
+        return cls(await bind_listeners("tcp", host, port), idle_timeout, max_buffer)
+
+    def connection(self, stream: trio.SocketStream) -> TcpConnection:
+        """The connection an accepted ``stream`` becomes (raises OSError when the peer is
+        already gone)."""
+        return TcpConnection(
+            stream, outgoing=False, idle_timeout=self.idle_timeout, max_buffer=self.max_buffer
+        )
 
     async def serve(self, on_connection: Callable[[TcpConnection], Awaitable[None]]) -> None:
         """Accept connections forever; each runs ``on_connection`` in its own task.
@@ -265,12 +306,7 @@ class TcpListener:
 
         async def handle(stream: trio.SocketStream) -> None:
             try:
-                conn = TcpConnection(
-                    stream,
-                    outgoing=False,
-                    idle_timeout=self.idle_timeout,
-                    max_buffer=self.max_buffer,
-                )
+                conn = self.connection(stream)
             except OSError:  # peer vanished between accept and getpeername
                 await trio.aclose_forcefully(stream)
                 return
@@ -295,8 +331,9 @@ class TcpListener:
                 self.exhausted += 1
                 if self._exhausted_log.due(trio.current_time()):
                     log.error(
-                        "tcp %s:%d: accept failed: %s (%s); new connections wait (%d failures "
+                        "%s %s:%d: accept failed: %s (%s); new connections wait (%d failures "
                         "so far; logged at most every %.0f s)",
+                        self.transport,
                         self.address[0],
                         self.address[1],
                         errno.errorcode.get(exc.errno, exc.errno),

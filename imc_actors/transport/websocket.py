@@ -10,10 +10,11 @@ ping within :data:`PONG_TIMEOUT` seconds is closed.
 
 A browser cannot accept connections, so a request for a contact registered over a WebSocket
 (typically ``sip:<random>@<random>.invalid;transport=ws``) can only go back over the connection
-that registered it. :class:`WsBindings` remembers that: the server reports each accepted
-REGISTER's binding changes (:meth:`WsBindings.bind`), and routing asks
-:meth:`WsBindings.connection` for ``(aor, contact)``. Once that connection has closed there is
-no way to the contact: a request to it fails at once (480), it never waits for a timeout.
+that registered it. :class:`~.bindings.ConnectionBindings` (the registry TCP and TLS
+connections share) remembers that: the server reports each accepted REGISTER's binding changes,
+and routing asks it for the connection of ``(aor, contact)``. Once that connection has closed
+there is no way to a ``transport=ws`` contact: a request to it fails at once (480), it never
+waits for a timeout.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
+from .bindings import ConnectionBindings
 from .records import Source
 from .udp import Address
 
@@ -61,7 +63,7 @@ class WsConnection:
     or a send failed. ``via_host`` is the ``<random>.invalid`` sent-by our requests over this
     connection carry in their Via (RFC 7118 §5: the client cannot reach us by that name and
     need not). ``bindings`` holds ``(aor, contact) -> expires_at`` for the contacts registered
-    over it (kept by :class:`WsBindings`).
+    over it (kept by :class:`~.bindings.ConnectionBindings`).
     """
 
     transport = "ws"
@@ -222,73 +224,5 @@ class WsListener:
             await listener.aclose()
 
 
-class WsBindings:
-    """The open WebSocket connections and the contacts registered over each.
-
-    Bounded by what the registrar accepted: an entry exists only for a binding a REGISTER over
-    that connection set, and goes when the binding is removed, replaced over another
-    connection or transport, expires (noticed at the connection's next REGISTER), or the
-    connection closes.
-    """
-
-    def __init__(self) -> None:
-        self._live: dict[Address, WsConnection] = {}
-        self._by_aor: dict[str, dict[str, WsConnection]] = {}
-
-    def __len__(self) -> int:
-        """How many WebSocket connections are open."""
-        return len(self._live)
-
-    def opened(self, conn: WsConnection) -> None:
-        """Track ``conn`` (its reader is starting)."""
-        self._live[conn.peer] = conn
-
-    def closed(self, conn: WsConnection) -> None:
-        """Forget ``conn`` and every contact registered over it."""
-        if self._live.get(conn.peer) is conn:
-            del self._live[conn.peer]
-        for aor, contact in list(conn.bindings):
-            self._drop(aor, contact, conn)
-        conn.bindings.clear()
-
-    def bind(
-        self,
-        source: Source,
-        aor: str,
-        contacts: Sequence[tuple[str, int]],
-        clear: bool,
-        now: float,
-    ) -> None:
-        """Record what one accepted REGISTER for ``aor`` (``user@host``, lower case) changed:
-        ``contacts`` are ``(contact URI as registered, seconds)`` (0 removes it), ``clear``
-        removes every contact of the AOR. Contacts registered from a WebSocket ``source`` are
-        reached over its connection from now on; any other source takes them off theirs."""
-        if clear:
-            for contact, conn in list(self._by_aor.get(aor, {}).items()):
-                self._drop(aor, contact, conn)
-            return
-        conn = self._live.get((source.host, source.port)) if source.transport == "ws" else None
-        if conn is not None:
-            for key, expires_at in list(conn.bindings.items()):
-                if expires_at <= now:
-                    self._drop(key[0], key[1], conn)
-        for contact, seconds in contacts:
-            known = self._by_aor.get(aor, {}).get(contact)
-            if known is not None:
-                self._drop(aor, contact, known)
-            if conn is not None and seconds > 0 and not conn.closed:
-                self._by_aor.setdefault(aor, {})[contact] = conn
-                conn.bindings[(aor, contact)] = now + seconds
-
-    def connection(self, aor: str | None, contact: str) -> WsConnection | None:
-        """The open connection ``contact`` of ``aor`` was registered over, or None."""
-        conn = self._by_aor.get(aor or "", {}).get(contact)
-        return conn if conn is not None and not conn.closed else None
-
-    def _drop(self, aor: str, contact: str, conn: WsConnection) -> None:
-        contacts = self._by_aor.get(aor)
-        if contacts is not None and contacts.get(contact) is conn:
-            del contacts[contact]
-            if not contacts:
-                del self._by_aor[aor]
-        conn.bindings.pop((aor, contact), None)
+#: The name the registry had when it served WebSockets only.
+WsBindings = ConnectionBindings

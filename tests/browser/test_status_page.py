@@ -159,3 +159,53 @@ async def test_status_page_follows_sip_changes(tmp_path, nursery):
                 await trio.to_thread.run_sync(page.driver.quit)
             for agent in agents.values():
                 agent.close()
+
+
+TOKEN = "browser-token-0123456789"
+
+
+async def test_status_page_asks_for_the_token_once_per_session(tmp_path, nursery):
+    require_browser()
+    config = make_config(tmp_path, rpc_listen="127.0.0.1:0", rpc_token=TOKEN)
+    async with open_server(config) as server:
+        alice = await TestUA.open(nursery, "alice", DOMAIN, udp_address(server))
+        assert (await alice.register()).code == 200
+        await command(alice, MANAGER, "#create lobby")
+
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        form = "!document.getElementById('token-form').hidden"
+
+        async def sign_in(token: str) -> None:
+            def type_it() -> None:
+                from selenium.webdriver.common.by import By
+
+                field = page.driver.find_element(By.ID, "token")
+                field.send_keys(token)
+                page.driver.find_element(By.CSS_SELECTOR, "#token-form button").click()
+
+            await page.run(type_it)
+
+        try:
+            await page.run(page.driver.get, server.http_url + "/")
+            await page.wait(form)  # the polls got 401: the page asks
+            assert await page.rooms() == []
+            assert await page.script("return document.querySelector('main').hidden") is True
+
+            await sign_in("not-the-token-at-all")
+            await page.wait(f"{form} && document.getElementById('token-error').textContent === 'wrong token'")
+            assert await page.script("return sessionStorage.getItem('imc-actors-token')") is None
+
+            await sign_in(TOKEN)
+            await page.wait(f"{ROW} !== null", LOBBY)
+            assert await page.rooms() == [[LOBBY, "1", f"sip:alice@{DOMAIN}", "no"]]
+            assert await page.script("return document.getElementById('token-form').hidden") is True
+
+            # a reload keeps the session's token: no second question
+            await page.run(page.driver.refresh)
+            await page.wait(f"{ROW} !== null", LOBBY)
+            assert await page.script("return document.getElementById('token-form').hidden") is True
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
+            alice.close()

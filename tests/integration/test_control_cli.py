@@ -210,3 +210,43 @@ async def test_rpc_port_in_use_stops_startup(tmp_path):
         )  # fmt: skip
     assert code == 1
     assert f"rpc_listen 127.0.0.1:{port}" in err and "in use" in err
+
+
+TOKEN = "cli-token-0123456789abcdef"
+
+
+@pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0", "rpc_token": TOKEN}])
+async def test_the_cli_sends_the_token_from_flag_env_or_config(server, tmp_path):
+    url = server.rpc_url
+    config = tmp_path / "client.toml"
+    config.write_text(f'rpc_token = "{TOKEN}"\n')
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('rpc_token = "not-the-right-token-at-all"\n')
+    results = await gather({
+        "none": cli("rooms", "--rpc", url),
+        "flag": cli("rooms", "--json", "--rpc", url, "--token", TOKEN),
+        "env": cli("members", "--json", CHAT, "--rpc", url, env={"IMC_RPC_TOKEN": TOKEN}),
+        "config": cli("rpc", "imc.list_rooms", "--rpc", url, "--config", str(config)),
+        "flag wins": cli("rooms", "--json", "--rpc", url, "--token", TOKEN, "--config", str(wrong)),
+        "wrong": cli("rooms", "--rpc", url, "--config", str(wrong)),
+    })  # fmt: skip
+    assert results["none"] == (
+        4, "", f"imc-actors: the server at {url} wants a token: pass --token, or set rpc_token "
+        "(IMC_RPC_TOKEN or the configuration file)\n",
+    )  # fmt: skip
+    assert results["flag"] == (0, "[]\n", "")
+    assert results["env"] == (1, "", "imc-actors: Room not found (error 500)\n")  # it got through
+    assert results["config"] == (0, "[]\n", "")
+    assert results["flag wins"] == (0, "[]\n", "")
+    assert results["wrong"] == (4, "", f"imc-actors: the server at {url} refused the token (wrong token)\n")
+
+
+async def test_serve_refuses_a_non_loopback_rpc_listen_without_a_token(tmp_path):
+    code, out, err = await cli(
+        "serve", "--rpc-listen", "0.0.0.0:0", "--db-url", f"sqlite:///{tmp_path}/x.db"
+    )
+    assert code == 2
+    assert err == (
+        "imc-actors: invalid rpc_token: required when rpc_listen (0.0.0.0:0) is not a loopback "
+        "address\n"
+    )

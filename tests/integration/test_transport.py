@@ -635,7 +635,12 @@ def test_parse_hop() -> None:
     assert (hop.host, hop.port, hop.transport) == ("10.0.0.1", 5080, None)
     hop = parse_hop("sip:k3x@df7jal23ls0d.invalid;transport=WS")
     assert (hop.host, hop.port, hop.transport) == ("df7jal23ls0d.invalid", 5060, "ws")
-    for bad in ("sips:a@b", "sip:a@", "sip:a@h:0", "sip:a@h;transport=tls", "sip:a@h;transport=wss"):  # fmt: skip
+    # TLS: sips: URIs and transport=tls, port 5061 unless given; sips is never sent in the clear
+    assert parse_hop("sips:bob@example.org") == Hop("example.org", 5061, "tls")
+    assert parse_hop("sip:bob@10.0.0.1;transport=TLS") == Hop("10.0.0.1", 5061, "tls")
+    assert parse_hop("sips:bob@10.0.0.1:5070;transport=tcp") == Hop("10.0.0.1", 5070, "tls")
+    for bad in ("sip:a@", "sip:a@h:0", "sip:a@h;transport=wss", "sips:a@h;transport=udp",
+                "sips:a@h;transport=ws", "sip:a@h;transport=sctp"):  # fmt: skip
         with pytest.raises(ValueError):
             parse_hop(bad)
 

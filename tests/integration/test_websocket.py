@@ -110,7 +110,7 @@ async def test_unregistering_over_the_websocket_takes_the_contact_off_it(server)
         assert (await alice.register()).code == 200
         assert (await alice.register(expires=0)).code == 200
         assert server.registrar.lookup(f"alice@{DOMAIN}", trio.current_time()) == []
-        assert server.transport._websockets.connection(f"alice@{DOMAIN}", alice.contact) is None
+        assert server.transport._bindings.connection(f"alice@{DOMAIN}", alice.contact) is None
 
 
 async def test_a_handshake_without_the_sip_subprotocol_is_refused(server):

@@ -63,8 +63,11 @@ class HttpAnswer:
         return json.loads(self.body)
 
 
-def _fetch(url: str, data: bytes | None, method: str, content_type: str) -> HttpAnswer:
+def _fetch(
+    url: str, data: bytes | None, method: str, content_type: str, extra: dict[str, str]
+) -> HttpAnswer:
     headers = {"Content-Type": content_type} if data is not None else {}
+    headers.update(extra)
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -75,18 +78,23 @@ def _fetch(url: str, data: bytes | None, method: str, content_type: str) -> Http
 
 
 async def http(
-    url: str, data: bytes | None = None, *, method: str | None = None, content_type: str = "application/json"
+    url: str,
+    data: bytes | None = None,
+    *,
+    method: str | None = None,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> HttpAnswer:
     """One HTTP request over a real socket (urllib in a worker thread; the server stays in the
-    Trio thread)."""
+    Trio thread); ``headers`` are added (``Host`` replaces urllib's own)."""
     verb = method or ("POST" if data is not None else "GET")
-    return await trio.to_thread.run_sync(_fetch, url, data, verb, content_type)
+    return await trio.to_thread.run_sync(_fetch, url, data, verb, content_type, headers or {})
 
 
-async def rpc(url: str, payload: Any) -> HttpAnswer:
+async def rpc(url: str, payload: Any, *, headers: dict[str, str] | None = None) -> HttpAnswer:
     """POST ``payload`` (JSON-encoded unless bytes) to the JSON-RPC URL."""
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return await http(url, data)
+    return await http(url, data, headers=headers)
 
 
 # ---------------------------------------------------------------------------------- MI FIFO

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import socket
+import ssl
 from collections.abc import Sequence
 
 import trio
@@ -65,8 +66,10 @@ class TestUA:
 
     Attributes: ``user``/``domain``; ``uri`` (``sip:user@domain``); ``contact``
     (``sip:user@127.0.0.1:<port>``); ``port`` (its UDP port, also its TCP listener's port when
-    ``transport == 'tcp'``); ``server`` (``(host, port)`` requests go to); ``transport`` for its
-    own requests; ``answer``, the status it gives incoming MESSAGEs (other methods get 200);
+    ``transport == 'tcp'`` or ``'tls'``); ``server`` (``(host, port)`` requests go to);
+    ``transport`` for its own requests (``tls``: over TLS, with :attr:`tls` the client and
+    server contexts, and a ``;transport=tls`` contact); ``accepted``, how many connections
+    its TCP/TLS listener accepted; ``answer``, the status it gives incoming MESSAGEs (other methods get 200);
     ``drop_next``, how many upcoming incoming requests to ignore completely; ``received``, every
     request answered, in order (a retransmission is answered again, not recorded twice);
     ``ignored``, requests dropped because of ``drop_next``; ``retransmissions``, incoming
@@ -85,6 +88,7 @@ class TestUA:
         answer: int,
         udp: trio.socket.SocketType,
         tcp_listeners: list[trio.SocketListener],
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         self.user = user
         self.domain = domain
@@ -94,6 +98,10 @@ class TestUA:
         self.port: int = udp.getsockname()[1]
         self.uri = f"sip:{user}@{domain}"
         self.contact = f"sip:{user}@{HOST}:{self.port}"
+        if transport == "tls":
+            self.contact += ";transport=tls"
+        self.tls = tls  # (client context, server context)
+        self.accepted = 0
         self.drop_next = 0
         self.received: list[Request] = []
         self.ignored: list[Request] = []
@@ -103,7 +111,8 @@ class TestUA:
         self.t2 = 4.0
         self._udp = udp
         self._tcp_listeners = tcp_listeners
-        self._tcp_out: trio.SocketStream | None = None
+        self._tcp_out: trio.abc.Stream | None = None
+        self._tcp_socket: trio.socket.SocketType | None = None
         self._tcp_lock = trio.Lock()
         self._waiters: dict[str, _Waiter] = {}
         self._answered: dict[tuple[str | None, str, str], bytes] = {}
@@ -127,17 +136,21 @@ class TestUA:
         *,
         transport: str = "udp",
         answer: int = 200,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> TestUA:
         """Bind 127.0.0.1:0 over UDP (plus a TCP listener on the same port number when
-        ``transport == 'tcp'``) and start the receive loops as one task in ``nursery``.
-        Requests go to ``server`` over ``transport``. Checkpoints."""
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"transport must be 'udp' or 'tcp', not {transport!r}")
+        ``transport`` is ``'tcp'`` or ``'tls'``: over TLS with ``tls``'s server context) and
+        start the receive loops as one task in ``nursery``. Requests go to ``server`` over
+        ``transport`` (TLS verifying the server with ``tls``'s client context). Checkpoints."""
+        if transport not in ("udp", "tcp", "tls"):
+            raise ValueError(f"transport must be 'udp', 'tcp' or 'tls', not {transport!r}")
+        if (transport == "tls") != (tls is not None):
+            raise ValueError("transport 'tls' goes with tls=(client context, server context)")
         for _ in range(20):
             udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             await udp.bind((HOST, 0))
             listeners: list[trio.SocketListener] = []
-            if transport == "tcp":
+            if transport in ("tcp", "tls"):
                 try:
                     listeners = await trio.open_tcp_listeners(udp.getsockname()[1], host=HOST)
                 except OSError:  # that port number is taken for TCP: try another
@@ -146,7 +159,7 @@ class TestUA:
             break
         else:  # pragma: no cover
             raise OSError("no port free for both UDP and TCP")
-        ua = cls(user, domain, server, transport, answer, udp, listeners)
+        ua = cls(user, domain, server, transport, answer, udp, listeners, tls)
         await nursery.start(ua._run)
         return ua
 
@@ -157,9 +170,10 @@ class TestUA:
                     self._nursery = nursery
                     nursery.start_soon(self._udp_loop)
                     if self._tcp_listeners:
-                        nursery.start_soon(
-                            trio.serve_listeners, self._tcp_connection, self._tcp_listeners
-                        )
+                        listeners: list = list(self._tcp_listeners)
+                        if self.tls is not None:
+                            listeners = [trio.SSLListener(lst, self.tls[1]) for lst in listeners]
+                        nursery.start_soon(trio.serve_listeners, self._tcp_connection, listeners)
                     task_status.started()
             finally:
                 self._close_sockets()
@@ -175,8 +189,8 @@ class TestUA:
         self._udp.close()
         for listener in self._tcp_listeners:
             listener.socket.close()
-        if self._tcp_out is not None:
-            self._tcp_out.socket.close()
+        if self._tcp_socket is not None:
+            self._tcp_socket.close()
 
     # ------------------------------------------------------------------ receiving
     async def _udp_loop(self) -> None:
@@ -191,12 +205,14 @@ class TestUA:
             if answer is not None:
                 await self._udp.sendto(answer, addr[:2])
 
-    async def _tcp_connection(self, stream: trio.SocketStream) -> None:
+    async def _tcp_connection(self, stream: trio.abc.Stream) -> None:
+        self.accepted += 1
         await self._read_stream(stream)
 
-    async def _read_stream(self, stream: trio.SocketStream) -> None:
+    async def _read_stream(self, stream: trio.abc.Stream) -> None:
         buffer = bytearray()
-        lock = trio.Lock()
+        # answers on the connection our requests use share its lock with send_raw
+        lock = self._tcp_lock if stream is self._tcp_out else trio.Lock()
         try:
             while True:
                 chunk = await stream.receive_some(65536)
@@ -284,13 +300,25 @@ class TestUA:
         else:
             await self._udp.sendto(data, self.server)
 
-    async def _connection(self) -> trio.SocketStream:
+    async def _connection(self) -> trio.abc.Stream:
         if self._tcp_out is None:
-            stream = await trio.open_tcp_stream(*self.server)
+            plain = await trio.open_tcp_stream(*self.server)
+            self._tcp_socket = plain.socket
+            stream: trio.abc.Stream = plain
+            if self.tls is not None and self.transport == "tls":
+                stream = trio.SSLStream(plain, self.tls[0], server_hostname=self.server[0])
+                await stream.do_handshake()
             self._tcp_out = stream
             assert self._nursery is not None
             self._nursery.start_soon(self._read_stream, stream)
         return self._tcp_out
+
+    async def close_connection(self) -> None:
+        """Close the TCP/TLS connection this UA's requests went over (the next one opens a
+        new connection from another port)."""
+        if self._tcp_out is not None:
+            stream, self._tcp_out, self._tcp_socket = self._tcp_out, None, None
+            await trio.aclose_forcefully(stream)
 
     def build(
         self,
@@ -351,7 +379,7 @@ class TestUA:
         waiter = self._waiters[branch] = _Waiter()
         try:
             deadline = trio.current_time() + 64 * self.t1
-            if self.transport == "tcp":
+            if self.transport in ("tcp", "tls"):
                 await self.send_raw(data, tcp=True)
                 with trio.move_on_at(deadline):
                     await waiter.event.wait()

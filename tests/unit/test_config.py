@@ -89,20 +89,23 @@ def test_missing_file_is_a_config_error(tmp_path):
         ("127.0.0.1:5080", ListenAddress("udp", "127.0.0.1", 5080)),
         ("ws:127.0.0.1:5066", ListenAddress("ws", "127.0.0.1", 5066)),
         ("WS:[::1]:0", ListenAddress("ws", "::1", 0)),
+        ("tls:127.0.0.1:5061", ListenAddress("tls", "127.0.0.1", 5061)),
+        ("TLS:[::1]", ListenAddress("tls", "::1", 5061)),
+        ("tls:127.0.0.1", ListenAddress("tls", "127.0.0.1", 5061)),
     ],
 )
 def test_listen_address_forms(text, expected):
     assert ListenAddress.parse(text) == expected
 
 
-@pytest.mark.parametrize("transport", ["wss", "WSS", "tls"])
-def test_listen_over_tls_is_refused_with_a_clear_error(transport):
+@pytest.mark.parametrize("transport", ["wss", "WSS"])
+def test_listen_over_wss_is_refused_with_a_clear_error(transport):
     with pytest.raises(ConfigError) as caught:
         Config(listen=[f"{transport}:127.0.0.1:5067"]).validate()
     assert caught.value.param == "listen"
     assert str(caught.value) == (
-        f"invalid listen: {transport.lower()}: in '{transport}:127.0.0.1:5067' needs TLS, "
-        "which is not supported yet (use ws: behind a TLS-terminating proxy)"
+        f"invalid listen: wss: in '{transport}:127.0.0.1:5067' is not supported yet (use ws: "
+        "behind a TLS-terminating proxy, or tls: for SIP over TLS)"
     )
 
 

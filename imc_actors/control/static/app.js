@@ -1,11 +1,15 @@
 // imc-actors status page: polls /api/rooms (and /api/room for the selected room) every second
-// and updates the tables in place; no page reload, no external resources.
+// and updates the tables in place; no page reload, no external resources. When the server has
+// an rpc_token (it answers 401), the page asks for it once, keeps it in sessionStorage (this
+// tab, until it is closed) and sends it as "Authorization: Bearer" with every poll.
 "use strict";
 
 (() => {
   const POLL_MS = 1000;
+  const TOKEN_KEY = "imc-actors-token";
   let selected = null; // URI of the room whose members are shown
   let refreshes = 0;
+  let signingIn = false; // the token form is shown: polls wait for it
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -16,8 +20,28 @@
     return td;
   }
 
+  class Unauthorized extends Error {}
+
+  function askToken(message) {
+    signingIn = true;
+    const form = $("#token-form");
+    form.hidden = false;
+    $("main").hidden = true;
+    const error = $("#token-error");
+    error.hidden = !message;
+    error.textContent = message || "";
+    $("#token").focus();
+  }
+
   async function getJSON(url) {
-    const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(url, { cache: "no-store", headers });
+    if (response.status === 401) {
+      if (token) sessionStorage.removeItem(TOKEN_KEY);
+      throw new Unauthorized(token ? "wrong token" : "");
+    }
     if (!response.ok && response.status !== 400 && response.status !== 404) {
       throw new Error(`HTTP ${response.status}`);
     }
@@ -94,6 +118,7 @@
 
   async function refresh() {
     const status = $("#status");
+    if (signingIn) return;
     try {
       const answer = await getJSON("/api/rooms");
       renderRooms(answer.data);
@@ -103,10 +128,27 @@
       status.className = "";
       status.textContent = `updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
+      if (error instanceof Unauthorized) {
+        status.className = "error";
+        status.textContent = "sign in with the access token";
+        askToken(error.message);
+        return;
+      }
       status.className = "error";
       status.textContent = `server unreachable (${error.message}); retrying`;
     }
   }
+
+  $("#token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("#token");
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    input.value = "";
+    $("#token-form").hidden = true;
+    $("main").hidden = false;
+    signingIn = false;
+    refresh();
+  });
 
   function select(uri) {
     selected = uri;
