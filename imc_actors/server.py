@@ -15,17 +15,19 @@ import trio
 
 from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
+from .auth import Authenticator
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
 from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository
+from .imc import texts
 from .imc.effects import Notice
 from .registrar import Registrar
 from .sip import Request, is_own_call_id
-from .sip.uri import canonical
-from .sipcore import SipCore
+from .sip.uri import aor_key, canonical
+from .sipcore import Identity, SipCore
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
@@ -117,22 +119,16 @@ def message_sender(transport: SipTransport, config: Config) -> MessageSender:
     return MessageSender(transport, config)
 
 
-def sender_of(request: Request, config: Config) -> str:
-    """Who sent ``request`` (spec §9): the identity header when configured and trusted, else From."""
-    if config.identity_header and config.trusted_sources:
-        asserted = request.header(config.identity_header)
-        if asserted:
-            text = asserted.split(",", 1)[0].strip()
-            if "<" in text:
-                text = text[text.index("<") + 1 : text.index(">")] if ">" in text else text
-            try:
-                return canonical(text)
-            except ValueError:
-                pass
-    return canonical(request.from_uri)
+def sender_of(request: Request, identity: Identity | None = None) -> str:
+    """Who sent ``request``: the identity :class:`~imc_actors.sipcore.SipCore` settled
+    (authenticated user, or a trusted proxy's ``identity_header``), else From. Raises
+    ValueError when From is no SIP URI with a user."""
+    return identity.uri if identity is not None else canonical(request.from_uri)
 
 
 LOOP = Reply(482, "Loop Detected")
+#: An authenticated MESSAGE whose From names another user (a ``***`` notice says so too).
+OTHER_SENDER_REASON = "From Is Not The Authenticated User"
 
 
 class MessageHandler:
@@ -171,25 +167,37 @@ class MessageHandler:
             or self.conference.supervisor.lookup(user, host) is not None
         )
 
-    def _incoming(self, request: Request) -> IncomingMessage | None:
+    def _incoming(self, request: Request, identity: Identity | None) -> IncomingMessage | None:
         try:
             ruri = canonical(request.uri)
-            sender = sender_of(request, self.config)
+            sender = sender_of(request, identity)
         except ValueError:
             return None
         return IncomingMessage(
             ruri, sender, request.body, request.header("Content-Type"), request.call_id
         )
 
-    async def __call__(self, request: Request, source: Source) -> Reply:
+    async def __call__(
+        self, request: Request, source: Source, *, identity: Identity | None = None
+    ) -> Reply:
+        """Answer one MESSAGE; ``identity`` is its sender as SipCore settled it (None: From).
+        An authenticated sender whose From names someone else gets 403 and a notice."""
         if self.is_own(request):
             await trio.lowlevel.checkpoint()
             return LOOP
-        msg = self._incoming(request)
+        msg = self._incoming(request, identity)
         if msg is None:
             await trio.lowlevel.checkpoint()
             return Reply(400, "Invalid Request-URI or From")
         hold = self.conference.hold()
+        if identity is not None and identity.authenticated and not _names(request.from_uri, msg.sender):
+            text = texts.NOT_THE_AUTHENTICATED_USER.format(user=msg.sender, sender=request.from_uri)
+            try:
+                answer = await self.conference.refuse(msg, 403, text, hold=hold)
+            except BaseException:
+                hold.release()
+                raise
+            return Reply(answer.code, OTHER_SENDER_REASON, after=hold.release)
         try:
             answer = await self.conference.handle(msg, hold=hold)
         except BaseException:
@@ -197,17 +205,30 @@ class MessageHandler:
             raise
         return _reply_of(answer, hold)
 
-    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+    def start(
+        self, request: Request, source: Source, respond: Responder, *,
+        identity: Identity | None = None,
+    ) -> bool:  # fmt: skip
         if self.is_own(request):
             respond(LOOP)
             return True
-        msg = self._incoming(request)
+        if identity is not None and identity.authenticated:
+            return False  # the From check may refuse with a notice: a task does that
+        msg = self._incoming(request, identity)
         if msg is None:
             return False
         hold = self.conference.hold()
         return self.conference.start(
             msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold
         )
+
+
+def _names(from_uri: str, user: str) -> bool:
+    """True when From ``from_uri`` names ``user`` (case-insensitively, spec §1)."""
+    try:
+        return aor_key(from_uri) == aor_key(user)
+    except ValueError:
+        return False
 
 
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:
@@ -238,6 +259,21 @@ def message_handler(conference: Conference, config: Config, *, mark: str = "") -
     """The MESSAGE route: SIP request in, conference answer out (``mark``: see
     :class:`MessageHandler`)."""
     return MessageHandler(conference, config, mark=mark)
+
+
+async def _authenticator(config: Config, store: Any) -> Authenticator | None:
+    """The digest authenticator (None with ``auth = "off"``): the nonce secret is read from
+    ``secret_table`` (made on first start), user rows through the store's thread."""
+    if config.auth_mode == "off":
+        return None
+    if store is None or not hasattr(store, "read"):
+        raise StoreError(f"auth = {config.auth_mode!r} needs the database (users and the nonce secret)")
+    secret = await store.read(lambda repository: repository.load_secret())
+
+    async def load(username: str, domain: str) -> Any:
+        return await store.read(lambda repository: repository.load_subscriber(username, domain))
+
+    return Authenticator(config, secret, load)
 
 
 @asynccontextmanager
@@ -301,10 +337,11 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         else:
             commit = None
         sweep = commit
+        authenticator = await _authenticator(config, store)
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
             commit=commit, on_registered=conference.delivery.wake,
-            on_binding=transport.bind_contacts,
+            on_binding=transport.bind_contacts, authenticator=authenticator,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
