@@ -52,9 +52,6 @@ log = logging.getLogger(__name__)
 
 #: The answer to a wrong password or an unknown user (the same, so users cannot be probed).
 WRONG_PASSWORD = Reply(403, "Wrong User Or Password")
-#: User agents that answer only the first challenge and only with MD5 (JsSIP 3.x): they get
-#: the MD5 challenge alone.
-MD5_ONLY_AGENTS = ("JsSIP",)
 
 LoadUser = Callable[[str, str], Awaitable[Subscriber | None]]
 
@@ -113,6 +110,7 @@ class Authenticator:
         self.counts = NonceCounts(config.nonce_counts)
         self.users = UserCache(load, config.auth_cache_size, config.auth_cache_ttl, clock)
         self.clock = clock
+        self.md5_only_agents = tuple(config.md5_only_agents)
 
     def realm_for(self, request: Request) -> str:
         """The realm of ``request``: its To host (REGISTER) or From host (else), when served."""
@@ -125,9 +123,11 @@ class Authenticator:
 
     def challenge(self, request: Request, realm: str, *, stale: bool = False,
                   algorithms: tuple[str, ...] = ALGORITHMS) -> Reply:  # fmt: skip
-        """The 401: one ``WWW-Authenticate`` per algorithm, one fresh nonce for all."""
+        """The 401: one ``WWW-Authenticate`` per algorithm, one fresh nonce for all; MD5 alone
+        to a User-Agent naming one of ``md5_only_agents`` (clients that read only the first
+        challenge and cannot do SHA-256: JsSIP 3, sipsak, SIPp)."""
         agent = request.header("User-Agent") or ""
-        if any(name in agent for name in MD5_ONLY_AGENTS):
+        if any(name in agent for name in self.md5_only_agents):
             algorithms = ("MD5",)
         nonce = self.nonces.make(self.clock())
         headers = tuple(
@@ -149,7 +149,7 @@ class Authenticator:
         if issued is None:  # not our nonce (another secret, or made up)
             await trio.lowlevel.checkpoint()
             return self.challenge(request, realm)
-        if not _same_uri(credentials.uri, request.uri):
+        if not _same_uri(credentials.uri, request.uri, self.domains):
             await trio.lowlevel.checkpoint()
             return Reply(400, "Digest URI Differs From Request-URI")
         try:
@@ -212,10 +212,23 @@ def _ours(request: Request, realm: str) -> tuple[Credentials | None, str | None]
     return None, error
 
 
-def _same_uri(digest_uri: str, request_uri: str) -> bool:
+def _same_uri(digest_uri: str, request_uri: str, domains: list[str]) -> bool:
+    """True when the digest ``uri`` names the Request-URI (RFC 7616 §3.4.6), or is the bare
+    ``sip:<served domain>`` (SIPp answers every challenge with ``sip:<server>:<port>``).
+    Scheme case, port and parameters are not compared: clients differ there."""
     if digest_uri == request_uri:
         return True
-    try:
-        return canonical(digest_uri).lower() == canonical(request_uri).lower()
-    except ValueError:
-        return digest_uri.lower() == request_uri.lower()
+    key = _uri_key(digest_uri)
+    return key == _uri_key(request_uri) or key in domains
+
+
+def _uri_key(uri: str) -> str:
+    text = uri.strip().lower()
+    text = text.partition(":")[2] if text.startswith(("sip:", "sips:")) else text
+    text = text.split(";", 1)[0].split("?", 1)[0]
+    user, at, host = text.rpartition("@")
+    if host.startswith("["):
+        host = host.partition("]")[0] + "]"
+    else:
+        host = host.partition(":")[0]
+    return f"{user}{at}{host}"

@@ -142,6 +142,7 @@ class Config:
     nonce_counts: int = 65536
     auth_cache_size: int = 10000
     auth_cache_ttl: float = 30.0
+    md5_only_agents: list[str] = field(default_factory=lambda: list(MD5_ONLY_AGENTS))
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -324,6 +325,9 @@ class Config:
 
 
 AUTH_MODES = ("off", "register", "all")
+#: User-Agents that read only the first challenge and speak only MD5 (RFC 8760 clients pick
+#: the first they can): they are offered MD5 alone.
+MD5_ONLY_AGENTS = ("JsSIP", "sipsak", "SIPp")
 
 
 def _is_loopback(host: str) -> bool:
@@ -367,7 +371,7 @@ def default_text(name: str) -> str:
     return str(value)
 
 
-_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources"}
+_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources", "md5_only_agents"}
 _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",

@@ -44,7 +44,8 @@ class Server:
 
     ``metrics`` holds its Prometheus registry; ``http_url`` is the management HTTP listener's
     base URL (``http://host:port``, the real port when ``rpc_listen`` asked for 0) or None when
-    ``rpc_listen`` is unset; ``mi_fifo`` the MI FIFO's path or None.
+    ``rpc_listen`` is unset; ``mi_fifo`` the MI FIFO's path or None; ``authenticator`` the
+    digest :class:`~imc_actors.auth.Authenticator`, None with ``auth = "off"``.
     """
 
     config: Config
@@ -54,6 +55,7 @@ class Server:
     metrics: ServerMetrics | None = None
     http_url: str | None = None
     mi_fifo: str | None = None
+    authenticator: Authenticator | None = None
 
     @property
     def addresses(self) -> list[ListenAddress]:
@@ -348,6 +350,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             if sweep is not None:
                 nursery.start_soon(_sweep_bindings, sweep)
             server = Server(config, conference, transport, registrar, metrics)
+            server.authenticator = authenticator
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))
