@@ -460,32 +460,15 @@ class Repository:
                         f"table {table} uses the {engine[0]} engine, which has no transactions "
                         f"(ALTER TABLE {table} ENGINE=InnoDB)"
                     )
-        if self.subscriber_table not in tables:
-            problems.append(
-                f"table {self.subscriber_table} (users) is missing (imc-actors db init creates it)"
-            )
-        else:
-            found = {column.name.lower() for column in self._db.get_columns(self.subscriber_table)}
-            missing = [column for column in SUBSCRIBER_COLUMNS if column not in found]
-            if missing:
-                problems.append(f"table {self.subscriber_table} has no column {', '.join(missing)}")
-            elif SHA256_COLUMN not in found:
-                problems.append(
-                    f"table {self.subscriber_table} has no column {SHA256_COLUMN} for SHA-256 "
-                    "digests (imc-actors db init adds it)"
-                )
-            if not any(
-                index.unique and sorted(str(c).lower() for c in index.columns) == sorted(SUBSCRIBER_UNIQUE)
-                for index in self._db.get_indexes(self.subscriber_table)
-            ):
-                problems.append(
-                    f"table {self.subscriber_table} has no unique key on ({', '.join(SUBSCRIBER_UNIQUE)})"
-                )
         for table, columns in (
             (self.pending_table, PENDING_COLUMNS),
             (self.location_table, LOCATION_COLUMNS),
+            (self.subscriber_table, ()),
             (self.secret_table, SECRET_COLUMNS),
         ):
+            if table == self.subscriber_table:
+                problems.extend(self._check_subscriber(tables))
+                continue
             if table not in tables:
                 problems.append(f"table {table} is missing (imc-actors db init creates it)")
                 continue
@@ -504,6 +487,30 @@ class Repository:
                         f"{VERSION_TABLE} table gives {table_name} version {table_version}; "
                         f"imc-actors knows version {TABLE_VERSION}"
                     )
+        return problems
+
+
+    def _check_subscriber(self, tables: set[str]) -> list[str]:
+        """Kamailio's subscriber columns and key, and our ``ha1_sha256`` column."""
+        table = self.subscriber_table
+        if table not in tables:
+            return [f"table {table} (users) is missing (imc-actors db init creates it)"]
+        problems: list[str] = []
+        found = {column.name.lower() for column in self._db.get_columns(table)}
+        missing = [column for column in SUBSCRIBER_COLUMNS if column not in found]
+        if missing:
+            problems.append(f"table {table} has no column {', '.join(missing)}")
+        elif SHA256_COLUMN not in found:
+            problems.append(
+                f"table {table} has no column {SHA256_COLUMN} for SHA-256 digests "
+                "(imc-actors db init adds it)"
+            )
+        wanted = sorted(SUBSCRIBER_UNIQUE)
+        if not any(
+            index.unique and sorted(str(c).lower() for c in index.columns) == wanted
+            for index in self._db.get_indexes(table)
+        ):
+            problems.append(f"table {table} has no unique key on ({', '.join(SUBSCRIBER_UNIQUE)})")
         return problems
 
     # -- reading ------------------------------------------------------------------------------
