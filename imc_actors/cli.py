@@ -173,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--server", default="127.0.0.1:5060", metavar="HOST:PORT",
                       help="the server's SIP address (default 127.0.0.1:5060, what serve listens on)")
     chat.add_argument("--password", metavar="PW",
-                      help="for digest authentication (not supported yet: a server that asks "
-                      "for it is reported as an error)")
+                      help="answer the server's digest challenges (auth) with this password")
     chat.add_argument("--wait", type=float, default=0.5, metavar="SECONDS",
                       help="at the end of input, quit once nothing has arrived for this long "
                       "(at most ten times it; default 0.5)")

@@ -327,7 +327,7 @@ class Config:
 AUTH_MODES = ("off", "register", "all")
 #: User-Agents that read only the first challenge and speak only MD5 (RFC 8760 clients pick
 #: the first they can): they are offered MD5 alone.
-MD5_ONLY_AGENTS = ("JsSIP", "sipsak", "SIPp")
+MD5_ONLY_AGENTS = ("JsSIP", "sipsak", "SIPp", "baresip")
 
 
 def _is_loopback(host: str) -> bool:

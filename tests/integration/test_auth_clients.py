@@ -87,3 +87,47 @@ async def test_sipsak_registers_with_its_password(tmp_path):
         right = await _run(command("alice-pw"), tmp_path)
         assert right.returncode == 0, (right.stdout + right.stderr).decode(errors="replace")[-2000:]
         assert server.registrar.lookup(f"alice@{DOMAIN}", trio.current_time()) != []
+
+
+BARESIP_CONFIG = """\
+poll_method epoll
+sip_listen 127.0.0.1:{port}
+module_path /usr/lib/baresip/modules
+module g711.so
+module_app account.so
+module_app menu.so
+module_app contact.so
+"""
+
+
+async def test_baresip_registers_and_creates_a_room_with_auth_pass(nursery, tmp_path):
+    baresip = _tool("baresip")
+    if not Path("/usr/lib/baresip/modules/contact.so").exists():
+        pytest.skip("baresip's contact module is not installed")
+    config = make_config(tmp_path, auth="all")
+    _users(config)
+    async with open_server(config) as server:
+        host, port = udp_address(server)
+        (tmp_path / "config").write_text(BARESIP_CONFIG.format(port=free_port()))
+        (tmp_path / "accounts").write_text(
+            f'<sip:alice@{DOMAIN}>;auth_pass=alice-pw;outbound="sip:{host}:{port};transport=udp";regint=600\n'
+        )
+        (tmp_path / "contacts").write_text(f'"manager" <sip:imc-manager@{DOMAIN}>\n')
+        with server.conference.subscribe(f"sip:alice@{DOMAIN}", observe=True) as notices:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(trio.run_process, [
+                    baresip, "-f", str(tmp_path), "-t", "30",
+                    "-e", "/contact_next", "-e", "/message #create bsroom",
+                ])  # fmt: skip
+                with trio.fail_after(20):
+                    delivered = await notices.receive()
+                assert delivered.notice.body == b"*** Room was created"
+                # baresip tells nobody when its REGISTER is done (its MESSAGE may come first):
+                # look at the registrar until its binding is there (baresip unregisters on exit)
+                assert server.registrar is not None
+                with trio.fail_after(20):
+                    while not server.registrar.lookup(f"alice@{DOMAIN}", trio.current_time()):
+                        await trio.sleep(0.05)
+                inner.cancel_scope.cancel()
+        room = server.conference.room(f"sip:bsroom@{DOMAIN}")
+        assert room is not None and room.owner is not None and room.owner.uri == f"sip:alice@{DOMAIN}"
