@@ -304,3 +304,24 @@ async def test_the_digest_uri_must_name_the_request_uri_or_the_server(nursery, t
         assert response.code == code, (uri, response)
         if code == 400:
             assert response.reason == "Digest URI Differs From Request-URI"
+
+
+async def test_digest_over_websocket_with_a_jssip_user_agent(nursery, tmp_path):
+    from tests.support.ws import WsUA
+
+    server = await _server(nursery, tmp_path, listen=["udp:127.0.0.1:0", "ws:127.0.0.1:0"])
+    agent = [("User-Agent", "imc-actors chat page (JsSIP)")]
+    async with WsUA.connect(_address(server, "ws"), "alice", DOMAIN) as alice:
+
+        async def authenticated(method: str, ruri: str, headers, **kwargs):
+            first = await alice.request(method, ruri, headers=[*agent, *headers], **kwargs)
+            assert first.code == 401
+            [challenge] = first.header_list("WWW-Authenticate")  # JsSIP: MD5 alone
+            assert "algorithm=MD5" in challenge
+            answer = digest_answer(challenge, method, ruri, "alice", PASSWORDS["alice"], 1)
+            return await alice.request(method, ruri, headers=[*agent, *headers, ("Authorization", answer)], **kwargs)
+
+        contact = [("Contact", f"<{alice.contact}>;expires=600")]
+        assert (await authenticated("REGISTER", f"sip:{DOMAIN}", contact, to_uri=alice.uri)).code == 200
+        assert (await authenticated("MESSAGE", MANAGER, [], body=b"#create chat")).code == 200
+        assert (await alice.next_message()).body == b"*** Room was created"
