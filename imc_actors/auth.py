@@ -46,7 +46,7 @@ from .store.users import Subscriber
 from .store.writer import StoreUnavailable
 from .transport import Reply
 
-__all__ = ["Authenticated", "Authenticator", "UserCache", "WRONG_PASSWORD"]
+__all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "WRONG_PASSWORD"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,24 @@ class Authenticated:
     """A request whose digest verified: ``uri`` is ``sip:username@realm``."""
 
     uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStatistics:
+    """Counts since start (metric ``imc_auth_total{result}``): ``accepted`` answers;
+    ``challenged`` requests without credentials for us (or with a nonce not ours);
+    ``refused`` wrong user or password; ``stale`` old nonces; ``replayed`` nonce-counts seen
+    before; ``malformed`` unreadable ``Authorization`` (400). ``nonces`` and ``users`` are the
+    entries held now (bounded by ``nonce_counts`` and ``auth_cache_size``)."""
+
+    accepted: int
+    challenged: int
+    refused: int
+    stale: int
+    replayed: int
+    malformed: int
+    nonces: int
+    users: int
 
 
 class UserCache:
@@ -111,6 +129,11 @@ class Authenticator:
         self.users = UserCache(load, config.auth_cache_size, config.auth_cache_ttl, clock)
         self.clock = clock
         self.md5_only_agents = tuple(config.md5_only_agents)
+        self._counts = dict.fromkeys(("accepted", "challenged", "refused", "stale", "replayed", "malformed"), 0)
+
+    def statistics(self) -> AuthStatistics:
+        """The counters and table sizes now."""
+        return AuthStatistics(**self._counts, nonces=len(self.counts), users=len(self.users))
 
     def realm_for(self, request: Request) -> str:
         """The realm of ``request``: its To host (REGISTER) or From host (else), when served."""
@@ -138,40 +161,46 @@ class Authenticator:
 
     async def authenticate(self, request: Request) -> Authenticated | Reply:
         """Who sent ``request``, or the answer to send instead. Checkpoints."""
+        result, outcome = await self._authenticate(request)
+        if outcome:
+            self._counts[outcome] += 1
+        return result
+
+    async def _authenticate(self, request: Request) -> tuple[Authenticated | Reply, str]:
         realm = self.realm_for(request)
         credentials, error = _ours(request, realm)
         if credentials is None:
             await trio.lowlevel.checkpoint()
             if error is not None:
-                return Reply(400, error)
-            return self.challenge(request, realm)
+                return Reply(400, error), "malformed"
+            return self.challenge(request, realm), "challenged"
         issued = self.nonces.issued(credentials.nonce)
         if issued is None:  # not our nonce (another secret, or made up)
             await trio.lowlevel.checkpoint()
-            return self.challenge(request, realm)
+            return self.challenge(request, realm), "challenged"
         if not _same_uri(credentials.uri, request.uri, self.domains):
             await trio.lowlevel.checkpoint()
-            return Reply(400, "Digest URI Differs From Request-URI")
+            return Reply(400, "Digest URI Differs From Request-URI"), "malformed"
         try:
             verified = await self._verify(credentials, request.method, realm)
         except StoreUnavailable as exc:
-            return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),))
+            return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),)), ""
         except StoreError as exc:
             log.error("reading user %s@%s failed: %s", credentials.username, realm, exc)
-            return Reply(500, "Server Internal Error")
+            return Reply(500, "Server Internal Error"), ""
         if verified is None:  # the row has no hash for this algorithm: offer what it has
-            return self.challenge(request, realm, algorithms=("MD5",))
+            return self.challenge(request, realm, algorithms=("MD5",)), "challenged"
         if not verified:
             log.info("digest for %s@%s refused: wrong user or password", credentials.username, realm)
-            return WRONG_PASSWORD
+            return WRONG_PASSWORD, "refused"
         if self.nonces.is_stale(issued, self.clock()):
-            return self.challenge(request, realm, stale=True)
+            return self.challenge(request, realm, stale=True), "stale"
         if not self.counts.fresh(credentials.nonce, issued, credentials.nc):
             log.info("digest for %s@%s refused: nonce-count %s used before (a replay?)",
                      credentials.username, realm, credentials.nc_text)  # fmt: skip
-            return self.challenge(request, realm, stale=True)
+            return self.challenge(request, realm, stale=True), "replayed"
         self.counts.record(credentials.nonce, issued, credentials.nc)
-        return Authenticated(f"sip:{credentials.username}@{realm}")
+        return Authenticated(f"sip:{credentials.username}@{realm}"), "accepted"
 
     async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:
         """True when the response is right, False when not (or no such user), None when the

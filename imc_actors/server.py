@@ -350,7 +350,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             if sweep is not None:
                 nursery.start_soon(_sweep_bindings, sweep)
             server = Server(config, conference, transport, registrar, metrics)
-            server.authenticator = authenticator
+            server.authenticator = metrics.authenticator = authenticator
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))
