@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import trio
 
 from .config import Config
-from .sip import Request, canonical
+from .sip import Request, canonical, canonical_user
 from .sip.digest import (
     ALGORITHMS,
     Credentials,
@@ -200,7 +200,7 @@ class Authenticator:
                      credentials.username, realm, credentials.nc_text)  # fmt: skip
             return self.challenge(request, realm, stale=True), "replayed"
         self.counts.record(credentials.nonce, issued, credentials.nc)
-        return Authenticated(f"sip:{credentials.username}@{realm}"), "accepted"
+        return Authenticated(f"sip:{canonical_user(credentials.username)}@{realm}"), "accepted"
 
     async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:
         """True when the response is right, False when not (or no such user), None when the
