@@ -330,3 +330,36 @@ async def test_digest_over_websocket_with_a_jssip_user_agent(nursery, tmp_path):
         assert (await authenticated("REGISTER", f"sip:{DOMAIN}", contact, to_uri=alice.uri)).code == 200
         assert (await authenticated("MESSAGE", MANAGER, [], body=b"#create chat")).code == 200
         assert (await alice.next_message()).body == b"*** Room was created"
+
+
+async def test_a_new_password_works_at_once_despite_the_cache(nursery, tmp_path):
+    server = await _server(nursery, tmp_path)
+    alice = await _ua(nursery, server, "alice")
+    assert (await alice.register()).code == 200  # her row is cached now
+    store = server.conference.store
+    assert store is not None
+    assert await store.read(lambda r: r.set_user("alice", DOMAIN, "new-pw", create=False))
+    alice.password = "new-pw"
+    assert (await alice.register()).code == 200  # the failed check read the row again
+    alice.password = PASSWORDS["alice"]
+    assert (await alice.register()).code == 403
+
+
+async def test_user_cache_is_bounded_and_expires():
+    from imc_actors.auth import UserCache
+
+    now, loads = [0.0], []
+
+    async def load(user, domain):
+        loads.append(user)
+        await trio.lowlevel.checkpoint()
+        return None
+
+    cache = UserCache(load, size=2, ttl=10.0, clock=lambda: now[0])
+    for user in ("a", "b", "a", "c", "a"):
+        await cache.get(user, "d")
+    assert loads == ["a", "b", "c"] and len(cache) == 2  # "b" was the least recently used
+    assert (await cache.get("b", "d"))[1] is False
+    now[0] = 10.0
+    assert (await cache.get("a", "d"))[1] is False  # expired: read again
+    assert len(cache) == 2
