@@ -26,8 +26,8 @@ from .imc import texts
 from .imc.effects import Notice
 from .registrar import Registrar
 from .sip import Request, is_own_call_id
-from .sip.uri import aor_key, canonical
-from .sipcore import Identity, SipCore
+from .sip.uri import canonical
+from .sipcore import Identity, SipCore, same_aor
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
@@ -192,8 +192,12 @@ class MessageHandler:
             await trio.lowlevel.checkpoint()
             return Reply(400, "Invalid Request-URI or From")
         hold = self.conference.hold()
-        if identity is not None and identity.authenticated and not _names(request.from_uri, msg.sender):
-            text = texts.NOT_THE_AUTHENTICATED_USER.format(user=msg.sender, sender=request.from_uri)
+        if identity is not None and identity.authenticated and not same_aor(request.from_uri, msg.sender):
+            try:
+                posing = canonical(request.from_uri)
+            except ValueError:
+                posing = request.from_uri
+            text = texts.NOT_THE_AUTHENTICATED_USER.format(user=msg.sender, sender=posing)
             try:
                 answer = await self.conference.refuse(msg, 403, text, hold=hold)
             except BaseException:
@@ -223,14 +227,6 @@ class MessageHandler:
         return self.conference.start(
             msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold
         )
-
-
-def _names(from_uri: str, user: str) -> bool:
-    """True when From ``from_uri`` names ``user`` (case-insensitively, spec §1)."""
-    try:
-        return aor_key(from_uri) == aor_key(user)
-    except ValueError:
-        return False
 
 
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:

@@ -43,7 +43,7 @@ from imc_actors.store.repository import StoreError
 from imc_actors.store.writer import StoreUnavailable
 from imc_actors.transport import Handler, Reply, Responder, Source
 
-__all__ = ["Identity", "SipCore", "SUPPORTED", "OTHER_AOR"]
+__all__ = ["Identity", "SipCore", "SUPPORTED", "OTHER_AOR", "same_aor"]
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class SipCore:
             if identity is None:
                 return await self.message_handler(request, source)
             return await self.message_handler(request, source, identity=identity)  # type: ignore[call-arg]
-        if identity is not None and method == "REGISTER" and not _same_aor(request.to_uri, identity.uri):
+        if identity is not None and method == "REGISTER" and not same_aor(request.to_uri, identity.uri):
             log.info("REGISTER for %s by %s: 403", request.to_uri, identity.uri)
             return OTHER_AOR
         await trio.lowlevel.checkpoint()
@@ -267,7 +267,9 @@ class SipCore:
         return Reply(reply.code, reply.reason, reply.headers, reply.body, reply.content_type, after=lambda: hook(aor))
 
 
-def _same_aor(uri: str, user: str) -> bool:
+def same_aor(uri: str, user: str) -> bool:
+    """True when ``uri`` names the address of record ``user`` (``user@host``, case-insensitive,
+    escapes decoded, spec §1); False when either is no SIP URI with a user."""
     try:
         return aor_key(uri) == aor_key(user)
     except ValueError:
