@@ -30,8 +30,11 @@ most ten times that), unregisters and exits 0; SIGINT and SIGTERM unregister and
 Status lines (registered, room selected) go to stderr. Exit status: 0 after a normal end, 1 when
 registering failed, 2 for a bad argument.
 
-Authentication: a 401/407 challenge is reported as an error (the transport's client results
-carry no challenge headers, so ``--password`` is accepted but not used yet).
+Authentication: with ``--password``, a 401/407 is answered once with digest credentials
+(:mod:`imc_actors.sip.digest`: the first challenge whose algorithm it speaks, SHA-256 or MD5,
+``qop=auth``), and the nonce is reused with a rising nonce-count for the next requests until
+the server asks again (``stale=true``, or a new challenge). Without a password, or when the
+answer is refused, the 401/403 is reported as an error.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import trio
 from .config import ListenAddress
 from .imc.commands import CommandError, parse_command, resolve
 from .sip import Request, complete_argument, new_call_id, split_uri
+from .sip.digest import Challenge, DigestError, authorization, parse_challenge
 from .transport import ClientResult, Reply, SipTransport, Source
 
 __all__ = ["ChatClient", "ChatError", "ChatOptions", "run_chat", "REGISTER_EXPIRES"]
@@ -83,8 +87,8 @@ class ChatOptions:
     """What ``imc-actors chat`` was given.
 
     ``user`` (``alice@example.com`` or ``sip:alice@example.com``; without ``@host`` the server's
-    host is the domain), ``server`` (``HOST[:PORT]``), ``password`` (for digest authentication,
-    unused so far), ``wait`` (seconds of quiet after the end of input before quitting),
+    host is the domain), ``server`` (``HOST[:PORT]``), ``password`` (answers digest
+    challenges; None: none is answered), ``wait`` (seconds of quiet after the end of input before quitting),
     ``manager_user`` and ``command_char`` as configured on the server.
     """
 
@@ -142,6 +146,8 @@ class ChatClient:
         self.contact = ""
         self._transport: SipTransport | None = None
         self._last_arrival = -math.inf
+        self._challenge: tuple[str, Challenge] | None = None  # (header name, challenge) in use
+        self._nc = 0
 
     # ------------------------------------------------------------------ output
     def say(self, line: str) -> None:
@@ -180,11 +186,53 @@ class ChatClient:
         assert self._transport is not None
         # send_request always sends CSeq 1, so each REGISTER gets a Call-ID of its own (the
         # registrar refuses a repeated CSeq within one Call-ID; a new one replaces the binding)
-        return await self._transport.send_request(
-            "REGISTER", f"sip:{self.domain}", from_uri=self.aor, to_uri=self.aor,
+        return await self._send(
+            "REGISTER", f"sip:{self.domain}", to_uri=self.aor,
             headers=[("Contact", f"<{self.contact}>"), ("Expires", str(expires))],
-            call_id=new_call_id(self.server_host),
+            new_call_id=True,
         )  # fmt: skip
+
+    async def _send(
+        self, method: str, uri: str, *, to_uri: str, headers: list[tuple[str, str]],
+        body: bytes = b"", content_type: str | None = None, new_call_id: bool = False,
+    ) -> ClientResult:  # fmt: skip
+        """``send_request`` with digest credentials: the current challenge's nonce with the
+        next nonce-count, and once more with a fresh challenge when the server asks."""
+        assert self._transport is not None
+        for attempt in (1, 2):
+            result = await self._transport.send_request(
+                method, uri, from_uri=self.aor, to_uri=to_uri,
+                headers=[*headers, *self._credentials(method, uri)], body=body,
+                content_type=content_type, call_id=self._call_id() if new_call_id else None,
+            )  # fmt: skip
+            if result.code not in _AUTH_CODES or self.options.password is None or attempt == 2:
+                return result
+            if not self._take_challenge(result):
+                return result
+        raise AssertionError("unreachable")
+
+    def _call_id(self) -> str:
+        return new_call_id(self.server_host)
+
+    def _credentials(self, method: str, uri: str) -> list[tuple[str, str]]:
+        if self._challenge is None or self.options.password is None:
+            return []
+        name, chosen = self._challenge
+        self._nc += 1
+        return [(name, authorization(chosen, method, uri, self.user, self.options.password, self._nc))]
+
+    def _take_challenge(self, result: ClientResult) -> bool:
+        """Keep the first challenge of ``result`` this client can answer; False when none."""
+        name = "Authorization" if result.code == 401 else "Proxy-Authorization"
+        for text in result.challenges:
+            try:
+                chosen = parse_challenge(text)
+            except DigestError:
+                continue
+            if chosen.algorithm in ("SHA-256", "MD5") and "auth" in chosen.qop:
+                self._challenge, self._nc = (name, chosen), 0
+                return True
+        return False
 
     async def register(self) -> int:
         """REGISTER until accepted (a 423 doubles Expires, up to 3600 s); returns the Expires
@@ -202,7 +250,11 @@ class ChatClient:
     def _refusal(self, what: str, result: ClientResult) -> str:
         text = f"{what} {self.aor} with {self.options.server}: {result.code} {result.reason}"
         if result.code in _AUTH_CODES:
-            return text + " (the server requires authentication, which this client cannot do yet)"
+            if self.options.password is None:
+                return text + " (the server requires a password: --password)"
+            return text + " (the server did not accept the password's answer)"
+        if result.code == 403 and self.options.password is not None:
+            return text + " (is the password right?)"
         if result.code == 408:
             return text + " (is imc-actors serve running there?)"
         return text
@@ -242,15 +294,14 @@ class ChatClient:
         if target is None:
             self.say("! no room selected: /room NAME, or #create NAME / #join NAME")
             return True
-        assert self._transport is not None
-        result = await self._transport.send_request(
-            "MESSAGE", target, from_uri=self.aor, to_uri=target, body=line.encode(),
+        result = await self._send(
+            "MESSAGE", target, to_uri=target, headers=[], body=line.encode(),
             content_type="text/plain;charset=UTF-8",
         )  # fmt: skip
         if not result.ok:
             self.say(f"! {result.code} {result.reason}")
-            if result.code in _AUTH_CODES:
-                self.say("! the server requires authentication, which this client cannot do yet")
+            if result.code in _AUTH_CODES and self.options.password is None:
+                self.say("! the server requires a password: start again with --password")
         elif is_command:
             self._follow(line, target)
         return True

@@ -37,6 +37,54 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--location-table", "location_table", "the registrar's bindings", metavar="NAME")
     _setting(parser, "--db-timeout", "db_timeout", "seconds a database write may take before it "
              "fails with 503 (nothing of it is written)", metavar="SECONDS")
+    _auth_table_flags(parser)
+
+
+# -- authentication (README "Users and passwords") ------------------------------------------
+def _auth_table_flags(parser: argparse.ArgumentParser) -> None:
+    _setting(parser, "--subscriber-table", "subscriber_table", "users and password hashes "
+             "(Kamailio auth_db's table)", metavar="NAME")
+    _setting(parser, "--secret-table", "secret_table", "the nonce secret of digest authentication",
+             metavar="NAME")
+
+
+def _auth_flags(serve: argparse.ArgumentParser) -> None:
+    _setting(serve, "--auth", "auth", "digest authentication: off, register (REGISTER only) or "
+             "all (REGISTER and MESSAGE); unset is off only when every listen address is "
+             "loopback", choices=["off", "register", "all"])
+
+
+def _user_parser(sub: Any) -> None:
+    """``user add|passwd|del|list`` (:mod:`imc_actors.usercmd`)."""
+    user = sub.add_parser("user", help="add, change, delete and list users (digest passwords)",
+                          description="Manage the users of digest authentication in the "
+                          "subscriber table of db_url (only password hashes are written).",
+                          epilog="Exit status: 0 done, 1 refused or database error, 2 usage error.")
+    actions = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    for name, text in (("add", "add a user"), ("passwd", "change a user's password")):
+        action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] +
+                                    "; without --password it is read from the terminal (twice) "
+                                    "or from the first line of standard input.")
+        action.add_argument("address", metavar="USER@DOMAIN")
+        action.add_argument("--password", metavar="PW", help="the password (visible to other "
+                            "local users in the process list: prefer the prompt or stdin)")
+        _config_flags(action)
+    delete = actions.add_parser("del", help="delete a user", description="Delete a user.")
+    delete.add_argument("address", metavar="USER@DOMAIN")
+    _config_flags(delete)
+    listing = actions.add_parser("list", help="list the users", description="List the users "
+                                 "(USER@DOMAIN, one a line), of DOMAIN only when given.")
+    listing.add_argument("address", metavar="DOMAIN", nargs="?")
+    _config_flags(listing)
+
+
+def _user(config: Config, args: argparse.Namespace) -> int:
+    from .usercmd import run_user
+
+    return run_user(config, args.user_command, args.address, getattr(args, "password", None))
+
+
+# -------------------------------------------------------------------------------------------
 
 
 def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
@@ -98,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
              "(/) and the browser chat page (/chat) on this address (e.g. 127.0.0.1:5080; port 0 picks a free one)", metavar="HOST:PORT")
     _setting(serve, "--mi-fifo", "mi_fifo", "serve the MI FIFO at PATH (created if absent)", metavar="PATH")
     _setting(serve, "--reply-dir", "reply_dir", "where MI FIFO reply FIFOs are", metavar="DIR")
+    _auth_flags(serve)
 
     client_help = (
         "Exit status: 0 ok, 1 the server answered an error (e.g. room not found), "
@@ -134,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--server", default="127.0.0.1:5060", metavar="HOST:PORT",
                       help="the server's SIP address (default 127.0.0.1:5060, what serve listens on)")
     chat.add_argument("--password", metavar="PW",
-                      help="for digest authentication (not supported yet: a server that asks "
-                      "for it is reported as an error)")
+                      help="answer the server's digest challenges (auth) with this password")
     chat.add_argument("--wait", type=float, default=0.5, metavar="SECONDS",
                       help="at the end of input, quit once nothing has arrived for this long "
                       "(at most ten times it; default 0.5)")
@@ -150,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("check", "say whether the database at db_url fits")):
         action = db_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         _config_flags(action)
+    _user_parser(sub)
     return parser
 
 
@@ -242,7 +291,8 @@ def _db(config: Config, action: str) -> int:
         repository = repository_of(config)
         if action == "init":
             repository.init_schema()
-            tables = (config.rooms_table, config.members_table, config.pending_table, config.location_table)
+            tables = (config.rooms_table, config.members_table, config.pending_table,
+                      config.location_table, config.subscriber_table, config.secret_table)  # fmt: skip
             print(f"{PROG}: tables {', '.join(tables)} ready")
             return 0
         problems = repository.check_schema()
@@ -319,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config)
     if args.command == "db":
         return _db(config, args.db_command)
+    if args.command == "user":
+        return _user(config, args)
     try:
         trio.run(_serve, config)
     except (OSError, BaseExceptionGroup) as exc:

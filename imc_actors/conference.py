@@ -344,6 +344,16 @@ class Conference:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
 
+    async def refuse(
+        self, msg: IncomingMessage, code: int, text: str, *, hold: Hold | None = None
+    ) -> Answer:
+        """Refuse ``msg`` without routing it: ``text`` (a ``***`` notice) goes to its sender
+        From its Request-URI, and the answer has ``code``. For refusals decided before the
+        conference (the server's identity checks). Checkpoints."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
+        return await self._refuse(code, text, msg, hold)
+
     async def _refuse(self, code: int, text: str, msg: IncomingMessage, hold: Hold | None) -> Answer:
         """A refusal with no room behind it: notice From the Request-URI, then the code."""
         outcome = notice_error(code, text, msg.sender, msg.request_uri)
@@ -361,6 +371,7 @@ def repository_of(config: Config) -> Repository:
     return Repository(
         config.db_url, config.rooms_table, config.members_table,
         pending_table=config.pending_table, location_table=config.location_table,
+        subscriber_table=config.subscriber_table, secret_table=config.secret_table,
         lock_timeout=config.db_timeout,
     )  # fmt: skip
 

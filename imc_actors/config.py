@@ -146,6 +146,15 @@ class Config:
     # Logging
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
+    # Authentication (README "Users and passwords"): digest on REGISTER / MESSAGE
+    auth: Literal["off", "register", "all"] | None = None  # None: off on loopback (auth_mode)
+    subscriber_table: str = "subscriber"
+    secret_table: str = "imc_secret"
+    nonce_expires: float = 300.0
+    nonce_counts: int = 65536
+    auth_cache_size: int = 10000
+    auth_cache_ttl: float = 30.0
+    md5_only_agents: list[str] = field(default_factory=lambda: list(MD5_ONLY_AGENTS))
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -256,10 +265,12 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
-        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
+        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table,
+                  self.subscriber_table, self.secret_table]  # fmt: skip
         if len({t.lower() for t in tables}) != len(tables):
-            raise ConfigError("pending_table", "the four table names must differ")
-        for name in ("rooms_table", "members_table", "pending_table", "location_table", "manager_user"):
+            raise ConfigError("pending_table", "the table names must differ")
+        for name in ("rooms_table", "members_table", "pending_table", "location_table",
+                     "subscriber_table", "secret_table", "manager_user"):  # fmt: skip
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
@@ -274,6 +285,7 @@ class Config:
             parse_listen(self.rpc_listen)
         self._validate_tls()
         self._validate_rpc_access()
+        self._validate_auth()
 
     def _validate_tls(self) -> None:
         """``tls_cert``/``tls_key`` are needed by a ``tls:`` listen address and must load;
@@ -318,7 +330,36 @@ class Config:
                     f"required when rpc_listen ({self.rpc_listen}) is not a loopback address",
                 )
 
+    def _validate_auth(self) -> None:
+        """``auth`` and its limits; secure by default: unset ``auth`` means off only when
+        every listen address is loopback (or ``trusted_sources`` front the server)."""
+        if self.auth is not None and self.auth not in AUTH_MODES:
+            raise ConfigError("auth", "must be 'off', 'register' or 'all'")
+        if not self.nonce_expires > 0:
+            raise ConfigError("nonce_expires", "must be a positive number of seconds")
+        if not self.auth_cache_ttl >= 0:
+            raise ConfigError("auth_cache_ttl", "must be 0 (no cache) or more seconds")
+        for name in ("nonce_counts", "auth_cache_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
+        if self.auth is None and not self.trusted_sources:
+            exposed = [str(a) for a in self.listen_addresses if not _is_loopback(a.host)]
+            if exposed:
+                raise ConfigError(
+                    "auth",
+                    f"{exposed[0]} is not a loopback address and nothing authenticates "
+                    "the users: set auth = \"register\" or \"all\" (add users with "
+                    "imc-actors user add), or trusted_sources (a proxy that authenticates), "
+                    "or auth = \"off\" to take every From as it is",
+                )
+
     # ------------------------------------------------------------------ derived
+    @property
+    def auth_mode(self) -> str:
+        """``auth`` as in force: ``off``, ``register`` or ``all`` (unset is ``off``; validation
+        refused an unset ``auth`` on a non-loopback address)."""
+        return self.auth or "off"
+
     @property
     def listen_addresses(self) -> list[ListenAddress]:
         return [ListenAddress.parse(text) for text in self.listen]
@@ -340,6 +381,22 @@ class Config:
         return new
 
 
+AUTH_MODES = ("off", "register", "all")
+#: User-Agents that read only the first challenge and speak only MD5 (RFC 8760 clients pick
+#: the first they can): they are offered MD5 alone.
+MD5_ONLY_AGENTS = ("JsSIP", "sipsak", "SIPp", "baresip")
+
+
+def _is_loopback(host: str) -> bool:
+    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_listen_host(host: str) -> bool:
     """A host a socket can be bound to without a DNS lookup: an IP literal, or localhost."""
     if host.lower() == "localhost":
@@ -352,7 +409,7 @@ def _is_listen_host(host: str) -> bool:
 
 
 #: Defaults that depend on other settings, in the words ``--help`` and README use.
-DERIVED_DEFAULTS = {"domains": "the listen hosts"}
+DERIVED_DEFAULTS = {"domains": "the listen hosts", "auth": "off on loopback only"}
 
 
 def default_text(name: str) -> str:
@@ -371,17 +428,18 @@ def default_text(name: str) -> str:
     return str(value)
 
 
-_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources", "rpc_hosts"}
+_LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources", "rpc_hosts", "md5_only_agents"}
 _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", "metrics_public"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "flood_burst", "flood_sources",
+    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size",
 }
-_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
-_OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
+_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block",
+                 "nonce_expires", "auth_cache_ttl"}  # fmt: skip
+_OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 
 
@@ -436,7 +494,7 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         if not isinstance(value, str):
             raise ConfigError(name, f"expected a string, got {value!r}")
-        return value
+        return value.strip().lower() if name == "auth" else value
     if not isinstance(value, str):
         raise ConfigError(name, f"expected a string, got {value!r}")
     if name in ("owner_leave", "log_format", "log_level"):

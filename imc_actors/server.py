@@ -16,6 +16,7 @@ import trio
 
 from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
+from .auth import Authenticator
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config, ListenAddress
 from .control.access import AccessGuard
@@ -23,11 +24,12 @@ from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository
+from .imc import texts
 from .imc.effects import Notice
 from .registrar import Registrar
 from .sip import Request, is_own_call_id
 from .sip.uri import canonical
-from .sipcore import SipCore
+from .sipcore import Identity, SipCore, same_aor
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
@@ -45,7 +47,8 @@ class Server:
 
     ``metrics`` holds its Prometheus registry; ``http_url`` is the management HTTP listener's
     base URL (``http://host:port``, the real port when ``rpc_listen`` asked for 0) or None when
-    ``rpc_listen`` is unset; ``mi_fifo`` the MI FIFO's path or None.
+    ``rpc_listen`` is unset; ``mi_fifo`` the MI FIFO's path or None; ``authenticator`` the
+    digest :class:`~imc_actors.auth.Authenticator`, None with ``auth = "off"``.
     """
 
     config: Config
@@ -55,6 +58,7 @@ class Server:
     metrics: ServerMetrics | None = None
     http_url: str | None = None
     mi_fifo: str | None = None
+    authenticator: Authenticator | None = None
 
     @property
     def addresses(self) -> list[ListenAddress]:
@@ -120,22 +124,16 @@ def message_sender(transport: SipTransport, config: Config) -> MessageSender:
     return MessageSender(transport, config)
 
 
-def sender_of(request: Request, config: Config) -> str:
-    """Who sent ``request`` (spec §9): the identity header when configured and trusted, else From."""
-    if config.identity_header and config.trusted_sources:
-        asserted = request.header(config.identity_header)
-        if asserted:
-            text = asserted.split(",", 1)[0].strip()
-            if "<" in text:
-                text = text[text.index("<") + 1 : text.index(">")] if ">" in text else text
-            try:
-                return canonical(text)
-            except ValueError:
-                pass
-    return canonical(request.from_uri)
+def sender_of(request: Request, identity: Identity | None = None) -> str:
+    """Who sent ``request``: the identity :class:`~imc_actors.sipcore.SipCore` settled
+    (authenticated user, or a trusted proxy's ``identity_header``), else From. Raises
+    ValueError when From is no SIP URI with a user."""
+    return identity.uri if identity is not None else canonical(request.from_uri)
 
 
 LOOP = Reply(482, "Loop Detected")
+#: An authenticated MESSAGE whose From names another user (a ``***`` notice says so too).
+OTHER_SENDER_REASON = "From Is Not The Authenticated User"
 
 
 class MessageHandler:
@@ -174,25 +172,41 @@ class MessageHandler:
             or self.conference.supervisor.lookup(user, host) is not None
         )
 
-    def _incoming(self, request: Request) -> IncomingMessage | None:
+    def _incoming(self, request: Request, identity: Identity | None) -> IncomingMessage | None:
         try:
             ruri = canonical(request.uri)
-            sender = sender_of(request, self.config)
+            sender = sender_of(request, identity)
         except ValueError:
             return None
         return IncomingMessage(
             ruri, sender, request.body, request.header("Content-Type"), request.call_id
         )
 
-    async def __call__(self, request: Request, source: Source) -> Reply:
+    async def __call__(
+        self, request: Request, source: Source, *, identity: Identity | None = None
+    ) -> Reply:
+        """Answer one MESSAGE; ``identity`` is its sender as SipCore settled it (None: From).
+        An authenticated sender whose From names someone else gets 403 and a notice."""
         if self.is_own(request):
             await trio.lowlevel.checkpoint()
             return LOOP
-        msg = self._incoming(request)
+        msg = self._incoming(request, identity)
         if msg is None:
             await trio.lowlevel.checkpoint()
             return Reply(400, "Invalid Request-URI or From")
         hold = self.conference.hold()
+        if identity is not None and identity.authenticated and not same_aor(request.from_uri, msg.sender):
+            try:
+                posing = canonical(request.from_uri)
+            except ValueError:
+                posing = request.from_uri
+            text = texts.NOT_THE_AUTHENTICATED_USER.format(user=msg.sender, sender=posing)
+            try:
+                answer = await self.conference.refuse(msg, 403, text, hold=hold)
+            except BaseException:
+                hold.release()
+                raise
+            return Reply(answer.code, OTHER_SENDER_REASON, after=hold.release)
         try:
             answer = await self.conference.handle(msg, hold=hold)
         except BaseException:
@@ -200,11 +214,16 @@ class MessageHandler:
             raise
         return _reply_of(answer, hold)
 
-    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+    def start(
+        self, request: Request, source: Source, respond: Responder, *,
+        identity: Identity | None = None,
+    ) -> bool:  # fmt: skip
         if self.is_own(request):
             respond(LOOP)
             return True
-        msg = self._incoming(request)
+        if identity is not None and identity.authenticated:
+            return False  # the From check may refuse with a notice: a task does that
+        msg = self._incoming(request, identity)
         if msg is None:
             return False
         hold = self.conference.hold()
@@ -248,6 +267,21 @@ def tls_contexts(config: Config) -> dict[str, ssl.SSLContext | None]:
     without them) and ``tls_ca``/``tls_verify`` (outgoing connections)."""
     server = server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     return {"tls_server": server, "tls_client": client_context(config.tls_ca, config.tls_verify)}
+
+
+async def _authenticator(config: Config, store: Any) -> Authenticator | None:
+    """The digest authenticator (None with ``auth = "off"``): the nonce secret is read from
+    ``secret_table`` (made on first start), user rows through the store's thread."""
+    if config.auth_mode == "off":
+        return None
+    if store is None or not hasattr(store, "read"):
+        raise StoreError(f"auth = {config.auth_mode!r} needs the database (users and the nonce secret)")
+    secret = await store.read(lambda repository: repository.load_secret())
+
+    async def load(username: str, domain: str) -> Any:
+        return await store.read(lambda repository: repository.load_subscriber(username, domain))
+
+    return Authenticator(config, secret, load)
 
 
 @asynccontextmanager
@@ -312,16 +346,18 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         else:
             commit = None
         sweep = commit
+        authenticator = await _authenticator(config, store)
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
             commit=commit, on_registered=conference.delivery.wake,
-            on_binding=transport.bind_contacts,
+            on_binding=transport.bind_contacts, authenticator=authenticator,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:
                 nursery.start_soon(_sweep_bindings, sweep)
             server = Server(config, conference, transport, registrar, metrics)
+            server.authenticator = metrics.authenticator = authenticator
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))

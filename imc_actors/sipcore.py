@@ -4,16 +4,24 @@ Every new request (retransmissions never get here: the transport answers them fr
 transaction, and it absorbs ACKs and CANCELs that match a transaction) is checked and routed in
 this order:
 
-1. ``trusted_sources`` set and the source IP outside every CIDR: 403 (spec §9);
+1. ``trusted_sources`` set and the source IP outside every CIDR: 403 (spec §9), unless the
+   request is one that digest authentication covers (``auth``: REGISTER, and MESSAGE with
+   ``all``): that one is challenged instead;
 2. ``Max-Forwards: 0``: 483 Too Many Hops (except OPTIONS, which RFC 3261 §16.3 lets the
    final recipient answer: it is how next-hop liveness is probed);
 3. OPTIONS: 200 with ``Allow``, ``Accept`` and ``Supported``;
-4. REGISTER: the registrar (405 when it is off); a change of bindings is committed to the
-   store before the 200 (503 + ``Retry-After`` while the database is down, nothing changed),
-   and the registered member's stored notices go out after the 200;
-5. MESSAGE: the message handler (the conference);
-6. CANCEL (one matching no transaction): 481 (RFC 3261 §9.2);
-7. anything else: 405 Method Not Allowed with ``Allow``.
+4. identity, settled here and nowhere else (README "Users and passwords"): a request that
+   ``auth`` covers, from outside ``trusted_sources``, must carry a valid ``Authorization``
+   (:class:`~imc_actors.auth.Authenticator`: 401 challenge, 403, 400); then its sender is the
+   authenticated user. From a trusted source with ``identity_header`` set, the sender is that
+   header (none valid: 403, several: 400). Else it is From;
+5. REGISTER: the registrar (405 when it is off); an authenticated REGISTER for another AOR
+   than the user's gets ``403 To Is Not The Authenticated User``; a change of bindings is
+   committed to the store before the 200 (503 + ``Retry-After`` while the database is down,
+   nothing changed), and the registered member's stored notices go out after the 200;
+6. MESSAGE: the message handler (the conference), given the :class:`Identity`;
+7. CANCEL (one matching no transaction): 481 (RFC 3261 §9.2);
+8. anything else: 405 Method Not Allowed with ``Allow``.
 """
 
 from __future__ import annotations
@@ -22,23 +30,38 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from imc_actors.auth import Authenticated, Authenticator
 from imc_actors.config import Config
 from imc_actors.registrar import Registrar, Update
-from imc_actors.sip import Request
+from imc_actors.sip import Request, aor_key, canonical, split_addresses
 from imc_actors.store.repository import StoreError
 from imc_actors.store.writer import StoreUnavailable
 from imc_actors.transport import Handler, Reply, Responder, Source
 
-__all__ = ["SipCore", "SUPPORTED"]
+__all__ = ["Identity", "SipCore", "SUPPORTED", "OTHER_AOR", "same_aor"]
 
 log = logging.getLogger(__name__)
 
 #: The option tag clients key on (Kamailio's imc sends it on every MESSAGE).
 SUPPORTED = "kamailio/imc"
+
+#: An authenticated REGISTER for an address of record that is not the user's own.
+OTHER_AOR = Reply(403, "To Is Not The Authenticated User")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who sent a MESSAGE, as :class:`SipCore` settled it: ``uri`` is ``sip:user@host``;
+    ``authenticated`` when digest authentication proved it (the From must then name the same
+    user), False when a trusted proxy asserted it (``identity_header``)."""
+
+    uri: str
+    authenticated: bool
 
 
 class SipCore:
@@ -53,6 +76,8 @@ class SipCore:
     before its 200 (``contacts`` as ``(uri, seconds)``; the server gives it to
     :meth:`SipTransport.bind_contacts <imc_actors.transport.SipTransport.bind_contacts>`, so
     a contact registered over a WebSocket is reached over that connection).
+    ``authenticator`` checks digest credentials where ``auth`` asks for them (the server
+    makes one unless ``auth = "off"``; None: nothing is challenged).
     """
 
     def __init__(
@@ -65,6 +90,7 @@ class SipCore:
         commit: Callable[[Sequence[Any]], Awaitable[None]] | None = None,
         on_registered: Callable[[str], None] | None = None,
         on_binding: Callable[[Source, str, Sequence[tuple[str, int]], bool], None] | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config
         self.registrar = registrar
@@ -75,6 +101,11 @@ class SipCore:
         self.on_binding = on_binding
         self._aor_locks: dict[str, trio.Lock] = {}
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_sources]
+        self.authenticator = authenticator
+        self._auth_methods = {"off": (), "register": ("REGISTER",), "all": ("REGISTER", "MESSAGE")}[
+            config.auth_mode
+        ]
+        self._identity_header = config.identity_header if config.trusted_sources else None
         methods = ["MESSAGE", "OPTIONS"] + (["REGISTER"] if registrar is not None else [])
         self.allow = ", ".join(methods)
 
@@ -90,6 +121,28 @@ class SipCore:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._trusted)
 
+    def challenges(self, method: str, source: Source) -> bool:
+        """True when a ``method`` request from ``source`` must be authenticated: ``auth``
+        covers the method and the source is not in ``trusted_sources``."""
+        if self.authenticator is None or method not in self._auth_methods:
+            return False
+        return not (self._trusted and self.is_trusted(source.host))
+
+    def asserted(self, request: Request, source: Source) -> Identity | Reply | None:
+        """The ``identity_header`` identity of a request from a trusted source (a
+        :class:`Reply` when it has none that is valid, 403, or several, 400); None when
+        ``identity_header`` does not apply (then From is the sender)."""
+        name = self._identity_header
+        if name is None or not self.is_trusted(source.host):
+            return None
+        values = [a for value in request.header_list(name) for a in split_addresses(value)]
+        if len(values) > 1:
+            return Reply(400, f"Several {name} Values")
+        try:
+            return Identity(canonical(values[0]), False) if values else Reply(403, f"No Valid {name}")
+        except ValueError:
+            return Reply(403, f"No Valid {name}")
+
     def start(self, request: Request, source: Source, respond: Responder) -> bool:
         """The transport's task-free path (:class:`~imc_actors.transport.StartHandler`):
         REGISTER is answered at once, a MESSAGE goes to the message handler's own ``start``
@@ -100,6 +153,8 @@ class SipCore:
             return False
         if request.max_forwards == 0 or not self.is_trusted(source.host):
             return False
+        if self.challenges(method, source):
+            return False  # verifying reads the user's row: a task does that
         if method == "REGISTER":
             if self.registrar is None:
                 return False
@@ -112,7 +167,15 @@ class SipCore:
             respond(planned)
             return True
         start = getattr(self.message_handler, "start", None)
-        return bool(start is not None and start(request, source, respond))
+        if start is None:
+            return False
+        identity = self.asserted(request, source)
+        if isinstance(identity, Reply):
+            respond(identity)
+            return True
+        if identity is None:
+            return bool(start(request, source, respond))
+        return bool(start(request, source, respond, identity=identity))
 
     async def __call__(self, request: Request, source: Source) -> Reply:
         """Answer one request (see the module docstring for the order of checks).
@@ -121,15 +184,33 @@ class SipCore:
         message handler; the other branches do not block.
         """
         method = request.method
-        if not self.is_trusted(source.host):
+        challenge = self.challenges(method, source)
+        if not challenge and not self.is_trusted(source.host):
             log.info("%s from untrusted source %s: 403", method, source.host)
             await trio.lowlevel.checkpoint()
             return Reply(403, "Forbidden")
         if request.max_forwards == 0 and method != "OPTIONS":
             await trio.lowlevel.checkpoint()
             return Reply(483, "Too Many Hops")
+        identity: Identity | Reply | None = None
+        if challenge:
+            assert self.authenticator is not None
+            result = await self.authenticator.authenticate(request)
+            if not isinstance(result, Authenticated):
+                return result
+            identity = Identity(result.uri, True)
+        elif method == "MESSAGE":
+            identity = self.asserted(request, source)
+            if isinstance(identity, Reply):
+                await trio.lowlevel.checkpoint()
+                return identity
         if method == "MESSAGE":
-            return await self.message_handler(request, source)
+            if identity is None:
+                return await self.message_handler(request, source)
+            return await self.message_handler(request, source, identity=identity)  # type: ignore[call-arg]
+        if identity is not None and method == "REGISTER" and not same_aor(request.to_uri, identity.uri):
+            log.info("REGISTER for %s by %s: 403", request.to_uri, identity.uri)
+            return OTHER_AOR
         await trio.lowlevel.checkpoint()
         if method == "OPTIONS":
             return Reply(
@@ -184,3 +265,12 @@ class SipCore:
             return reply
         hook, aor = self.on_registered, update.aor
         return Reply(reply.code, reply.reason, reply.headers, reply.body, reply.content_type, after=lambda: hook(aor))
+
+
+def same_aor(uri: str, user: str) -> bool:
+    """True when ``uri`` names the address of record ``user`` (``user@host``, case-insensitive,
+    escapes decoded, spec §1); False when either is no SIP URI with a user."""
+    try:
+        return aor_key(uri) == aor_key(user)
+    except ValueError:
+        return False

@@ -34,6 +34,22 @@ CREATE TABLE imc_members (
 
 INSERT INTO version (table_name, table_version) VALUES ('imc_members', 1);
 
+-- Users (digest authentication): Kamailio auth_db's subscriber table, as Kamailio makes it.
+-- password is plaintext (Kamailio's choice; imc-actors never writes it), ha1 is
+-- MD5(username:domain:password), ha1b MD5(username@domain:domain:password).
+CREATE TABLE subscriber (
+    id SERIAL PRIMARY KEY NOT NULL,
+    username VARCHAR(64) DEFAULT '' NOT NULL,
+    domain VARCHAR(64) DEFAULT '' NOT NULL,
+    password VARCHAR(64) DEFAULT '' NOT NULL,
+    ha1 VARCHAR(128) DEFAULT '' NOT NULL,
+    ha1b VARCHAR(128) DEFAULT '' NOT NULL,
+    CONSTRAINT subscriber_account_idx UNIQUE (username, domain)
+);
+CREATE INDEX subscriber_username_idx ON subscriber (username);
+
+INSERT INTO version (table_name, table_version) VALUES ('subscriber', 7);
+
 -- imc-actors' own tables (Kamailio never reads them; `imc-actors db init` creates them too).
 -- Notices waiting for an unreachable member: the columns of Kamailio msilo's silo table.
 -- username/domain are the member's, lower case; inc_time/exp_time seconds since the epoch.
@@ -81,6 +97,18 @@ CREATE TABLE imc_location (
 );
 CREATE INDEX imc_location_account_contact_idx ON imc_location (username, domain, contact);
 CREATE INDEX imc_location_expires_idx ON imc_location (expires);
+
+-- Our column in Kamailio's subscriber table: the SHA-256 HA1, SHA-256(username:domain:password)
+-- (Kamailio ignores it; `imc-actors db init` adds it to an existing subscriber table).
+ALTER TABLE subscriber ADD COLUMN ha1_sha256 VARCHAR(64) DEFAULT '' NOT NULL;
+
+-- Server secrets by name: 'nonce' keys the HMAC of the digest nonces (hex; made on first start).
+CREATE TABLE imc_secret (
+    id SERIAL PRIMARY KEY NOT NULL,
+    name VARCHAR(64) NOT NULL,
+    value VARCHAR(255) NOT NULL,
+    CONSTRAINT imc_secret_name_idx UNIQUE (name)
+);
 
 -- imc-actors: optional indexes (not in Kamailio; harmless to it). PostgreSQL compares text
 -- case-sensitively, so names are matched with lower(); these keep those lookups and room

@@ -171,6 +171,8 @@ class _StatisticsCollector(Collector):
             yield from self._store(store.statistics())
         if m.transport is not None:
             yield from self._transport(_fields(m.transport.statistics()))
+        if m.authenticator is not None:
+            yield from self._auth(m.authenticator.statistics())
         if m.fifo is not None:
             yield CounterMetricFamily(
                 "imc_mi_requests", "MI FIFO requests answered", value=m.fifo.requests
@@ -180,6 +182,18 @@ class _StatisticsCollector(Collector):
                 "MI FIFO input that was not a valid request",
                 value=m.fifo.malformed,
             )
+
+    @staticmethod
+    def _auth(s: Any) -> Iterator[Metric]:
+        total = CounterMetricFamily(
+            "imc_auth", "digest authentication outcomes (README: Users and passwords)",
+            labels=["result"],
+        )  # fmt: skip
+        for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed"):
+            total.add_metric([result], getattr(s, result))
+        yield total
+        yield GaugeMetricFamily("imc_auth_nonces", "nonces whose last nonce-count is kept", value=s.nonces)
+        yield GaugeMetricFamily("imc_auth_users", "user rows cached", value=s.users)
 
     @staticmethod
     def _supervisor(s: Any) -> Iterator[Metric]:
@@ -316,6 +330,7 @@ class ServerMetrics:
         self.store: _HasStatistics | None = None
         self.transport: _HasStatistics | None = None
         self.fifo: Any = None
+        self.authenticator: Any = None  # the digest Authenticator (auth on), see imc_actors.auth
         self.messages_in = Counter(
             "imc_messages_in", "incoming MESSAGE requests, by kind (command or chat)",
             ["kind"], registry=self.registry,

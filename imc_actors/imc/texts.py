@@ -17,6 +17,7 @@ from .state import Member
 __all__ = [
     "ALREADY_IN_ROOM",
     "BODY_TOO_LARGE",
+    "NOT_THE_AUTHENTICATED_USER",
     "INVALID_ROLE",
     "LAST_OWNER_CANNOT_BE_DEMOTED",
     "MISSING_ROOM_NAME",
@@ -104,6 +105,9 @@ MISSING_ROOM_NAME = "*** Missing room name"
 ROOM_NOT_FOUND = "*** Room not found"
 # §3 gives no text for 413; ``.format(limit=<max_body_size>)``.
 BODY_TOO_LARGE = "*** Message body too large (maximum {limit} bytes)"
+# Digest authentication (README "Users and passwords"): a From naming another user than the
+# authenticated one; ``.format(user=<authenticated URI>, sender=<From URI>)``.
+NOT_THE_AUTHENTICATED_USER = "*** You are signed in as {user}: you cannot send as {sender}"
 
 
 def invalid_address(arg: str) -> str:

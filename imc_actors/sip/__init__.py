@@ -19,7 +19,15 @@ from .build import (
 from .message import Request, Response
 from .parse import parse, parse_stream, salvage_response
 from .transaction import ClientTransaction, ServerTransaction, client_key, server_key
-from .uri import USER_SAFE, aor_key, canonical, canonical_user, complete_argument, split_uri
+from .uri import (
+    USER_SAFE,
+    aor_key,
+    canonical,
+    canonical_user,
+    complete_argument,
+    split_addresses,
+    split_uri,
+)
 
 __all__ = [
     "MAX_FIELD",
@@ -50,5 +58,6 @@ __all__ = [
     "reason_phrase",
     "salvage_response",
     "server_key",
+    "split_addresses",
     "split_uri",
 ]

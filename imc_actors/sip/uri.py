@@ -23,7 +23,15 @@ from sipmessage.grammar import simplify_whitespace
 
 from ._guard import forget_traceback
 
-__all__ = ["USER_SAFE", "aor_key", "canonical", "canonical_user", "complete_argument", "split_uri"]
+__all__ = [
+    "USER_SAFE",
+    "aor_key",
+    "canonical",
+    "canonical_user",
+    "complete_argument",
+    "split_addresses",
+    "split_uri",
+]
 
 #: Characters a canonical user part holds unescaped: RFC 3261's ``unreserved`` and
 #: ``user-unreserved`` except ``;``, ``?`` and ``/``, which stay escaped because they would be
@@ -130,3 +138,30 @@ def complete_argument(arg: str, default_host: str) -> str:
     if match is None:
         raise ValueError(f"not a SIP URI: {arg!r}")
     return f"sip:{canonical_user(match['user'])}@{match['host']}"
+
+
+def split_addresses(value: str) -> list[str]:
+    """The comma-separated name-addrs of one header value (P-Asserted-Identity, Contact, …),
+    stripped, empty ones dropped. A comma inside a quoted display name (``"Doe, J." <sip:j@x>``,
+    backslash escapes honoured) or inside ``<…>`` does not separate. Never raises."""
+    parts: list[str] = []
+    start, quoted, angle, escaped = 0, False, False, False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            angle = True
+        elif char == ">":
+            angle = False
+        elif char == "," and not angle:
+            parts.append(value[start:index])
+            start = index + 1
+    parts.append(value[start:])
+    return [part.strip() for part in parts if part.strip()]

@@ -18,8 +18,15 @@ operators recognise them (Kamailio never reads them):
                     flags, cflags, user_agent, socket, methods, instance, reg_id, server_id,
                     connection_id, keepalive, partition)
 
+Users and passwords (digest authentication, :mod:`imc_actors.auth`):
+
+    subscriber   -- Kamailio auth_db's table as is (id, username, domain, password, ha1, ha1b),
+                    plus our column ``ha1_sha256`` (the SHA-256 HA1); Kamailio ignores it, and a
+                    Kamailio table without it works (``password`` or MD5 ``ha1``)
+    imc_secret   -- imc-actors' own: (id, name UNIQUE, value): the nonce secret
+
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
-``location_table``), so the model classes are made per database by :func:`bind_models`.
+``location_table``, ``subscriber_table``, ``secret_table``), so the model classes are made per database by :func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
@@ -58,6 +65,13 @@ LOCATION_COLUMNS = (
     "callid", "cseq", "last_modified", "flags", "cflags", "user_agent", "socket", "methods",
     "instance", "reg_id", "server_id", "connection_id", "keepalive", "partition",
 )  # fmt: skip
+SUBSCRIBER_COLUMNS = ("id", "username", "domain", "password", "ha1", "ha1b")
+SUBSCRIBER_UNIQUE = ("username", "domain")
+#: Our column in Kamailio's subscriber table: the SHA-256 HA1 (64 hex digits).
+SHA256_COLUMN = "ha1_sha256"
+SECRET_COLUMNS = ("id", "name", "value")
+#: Kamailio's version of its subscriber table (written to ``version`` by ``db init``).
+SUBSCRIBER_VERSION = 7
 #: Widths of the columns that hold what users send (longer values are refused before a write).
 MAX_ADDRESS = 255  # src_addr, dst_addr
 MAX_CONTACT = 512  # location.contact, as in Kamailio
@@ -87,6 +101,8 @@ class Models:
     version: type[peewee.Model]
     pending: type[peewee.Model]
     location: type[peewee.Model]
+    subscriber: type[peewee.Model]
+    secret: type[peewee.Model]
 
 
 def bind_models(
@@ -95,8 +111,10 @@ def bind_models(
     members_table: str,
     pending_table: str = "imc_pending",
     location_table: str = "imc_location",
+    subscriber_table: str = "subscriber",
+    secret_table: str = "imc_secret",
 ) -> Models:
-    """Model classes for the four tables in ``database``.
+    """Model classes for the tables in ``database``.
 
     Index names follow Kamailio's PostgreSQL/SQLite DDL (``<table>_name_domain_idx``,
     ``<table>_account_room_idx``); MySQL tables are created as InnoDB (transactions).
@@ -195,6 +213,42 @@ def bind_models(
             table_name = location_table
             table_settings = settings
 
+    class Subscriber(peewee.Model):
+        """One user (Kamailio auth_db's ``subscriber``): ``password`` plaintext (Kamailio's
+        choice; never written by us), ``ha1`` = MD5(username:domain:password), ``ha1b`` =
+        MD5(username@domain:domain:password), ``ha1_sha256`` = SHA-256(username:domain:password)."""
+
+        id = peewee.AutoField()
+        username = peewee.CharField(max_length=MAX_LENGTH, default="")
+        domain = peewee.CharField(max_length=MAX_LENGTH, default="")
+        password = peewee.CharField(max_length=MAX_LENGTH, default="")
+        ha1 = peewee.CharField(max_length=128, default="")
+        ha1b = peewee.CharField(max_length=128, default="")
+        ha1_sha256 = peewee.CharField(max_length=64, default="")
+
+        class Meta:
+            table_name = subscriber_table
+            table_settings = settings
+
+    class Secret(peewee.Model):
+        """A server secret by name (``nonce``: the key of the digest nonces' HMAC, hex)."""
+
+        id = peewee.AutoField()
+        name = peewee.CharField(max_length=MAX_LENGTH)
+        value = peewee.CharField(max_length=255)
+
+        class Meta:
+            table_name = secret_table
+            table_settings = settings
+
+    Subscriber.add_index(
+        Subscriber.index(
+            Subscriber.username, Subscriber.domain, unique=True,
+            name=f"{subscriber_table}_account_idx",
+        )  # fmt: skip
+    )
+    Subscriber.add_index(Subscriber.index(Subscriber.username, name=f"{subscriber_table}_username_idx"))
+    Secret.add_index(Secret.index(Secret.name, unique=True, name=f"{secret_table}_name_idx"))
     Pending.add_index(
         Pending.index(
             Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx"
@@ -227,8 +281,11 @@ def bind_models(
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
-    database.bind([Room, Member, Version, Pending, Location], bind_refs=False, bind_backrefs=False)
-    return Models(Room, Member, Version, Pending, Location)
+    database.bind(
+        [Room, Member, Version, Pending, Location, Subscriber, Secret],
+        bind_refs=False, bind_backrefs=False,
+    )  # fmt: skip
+    return Models(Room, Member, Version, Pending, Location, Subscriber, Secret)
 
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:

@@ -37,7 +37,7 @@ import peewee
 
 from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
 from ..imc.state import Member, RoomState, member_key
-from . import own_tables
+from . import own_tables, users
 from .models import (
     LOCATION_COLUMNS,
     MAX_LENGTH,
@@ -46,6 +46,11 @@ from .models import (
     PENDING_COLUMNS,
     ROOM_COLUMNS,
     ROOM_UNIQUE,
+    SECRET_COLUMNS,
+    SHA256_COLUMN,
+    SUBSCRIBER_COLUMNS,
+    SUBSCRIBER_UNIQUE,
+    SUBSCRIBER_VERSION,
     TABLE_VERSION,
     VERSION_TABLE,
     bind_models,
@@ -164,6 +169,8 @@ class Repository:
         *,
         pending_table: str = "imc_pending",
         location_table: str = "imc_location",
+        subscriber_table: str = "subscriber",
+        secret_table: str = "imc_secret",
         lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
         names = {
@@ -171,6 +178,8 @@ class Repository:
             "members_table": members_table,
             "pending_table": pending_table,
             "location_table": location_table,
+            "subscriber_table": subscriber_table,
+            "secret_table": secret_table,
         }
         try:
             self._url = DatabaseURL.parse(db_url)
@@ -181,17 +190,22 @@ class Repository:
         lowered = [name.lower() for name in names.values()]
         if len(set(lowered)) != len(lowered) or VERSION_TABLE in lowered:
             raise StoreError(
-                "rooms_table, members_table, pending_table and location_table must be four "
-                f"different tables, none called {VERSION_TABLE!r} (got {', '.join(names.values())})"
+                "rooms_table, members_table, pending_table, location_table, subscriber_table "
+                f"and secret_table must be different tables, none called {VERSION_TABLE!r} "
+                f"(got {', '.join(names.values())})"
             )
         self.rooms_table = rooms_table
         self.members_table = members_table
         self.pending_table = pending_table
         self.location_table = location_table
+        self.subscriber_table = subscriber_table
+        self.secret_table = secret_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
         self._models = bind_models(
-            self._db, rooms_table, members_table, pending_table, location_table
-        )
+            self._db, rooms_table, members_table, pending_table, location_table,
+            subscriber_table, secret_table,
+        )  # fmt: skip
+        self._has_sha256: bool | None = None  # subscriber.ha1_sha256 there? (None: not looked)
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
@@ -283,6 +297,43 @@ class Repository:
             "loading the bindings", lambda: own_tables.load_bindings(self._db, self._models, now)
         )
 
+    # -- users (digest authentication; see store/users.py) ----------------------------------
+
+    def load_subscriber(self, username: str, domain: str) -> users.Subscriber | None:
+        """The ``subscriber`` row of ``username`` at ``domain`` (exact match), or None."""
+
+        def load() -> users.Subscriber | None:
+            if self._has_sha256 is None:
+                self._has_sha256 = users.has_sha256_column(self._db, self.subscriber_table)
+            return users.load_subscriber(
+                self._db, self._models, username, domain, sha256=self._has_sha256
+            )
+
+        return self._run("reading a user", load)
+
+    def set_user(self, username: str, domain: str, password: str, *, create: bool) -> bool:
+        """Add a user (``create``) or change an existing one's password; False when the user
+        exists already (add) or does not (passwd). Stores hashes only (see store/users.py)."""
+        try:
+            return self._run(
+                "writing a user",
+                lambda: users.set_user(self._db, self._models, username, domain, password, create=create),
+            )
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+
+    def delete_user(self, username: str, domain: str) -> bool:
+        """Delete a user; False when there was none."""
+        return self._run("deleting a user", lambda: users.delete_user(self._models, username, domain))
+
+    def list_users(self, domain: str | None = None) -> list[tuple[str, str]]:
+        """``(username, domain)`` of every user (of ``domain`` when given), sorted."""
+        return self._run("listing the users", lambda: users.list_users(self._models, domain))
+
+    def load_secret(self) -> bytes:
+        """The nonce secret (made and stored in ``secret_table`` on first use)."""
+        return self._run("reading the nonce secret", lambda: users.load_secret(self._db, self._models))
+
     def ping(self) -> None:
         """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
         self._run("ping", lambda: self._db.execute_sql("SELECT 1").fetchone())
@@ -342,13 +393,29 @@ class Repository:
                 models.member,
                 models.pending,
                 models.location,
+                models.subscriber,
+                models.secret,
             ):
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
             version = models.version
-            for table in (self.rooms_table, self.members_table):
+            for table, number in (
+                (self.rooms_table, TABLE_VERSION),
+                (self.members_table, TABLE_VERSION),
+                (self.subscriber_table, SUBSCRIBER_VERSION),
+            ):
                 if not version.select().where(version.table_name == table).exists():
-                    version.insert(table_name=table, table_version=TABLE_VERSION).execute()
+                    version.insert(table_name=table, table_version=number).execute()
+        if self.subscriber_table in existing and not users.has_sha256_column(
+            self._db, self.subscriber_table
+        ):  # a Kamailio subscriber table: add our SHA-256 HA1 column
+            field = self._models.subscriber._meta.fields[SHA256_COLUMN]
+            self._db.execute_sql(
+                f"ALTER TABLE {self._db.quote[0]}{self.subscriber_table}{self._db.quote[-1]} "
+                f"ADD COLUMN {self._db.quote[0]}{SHA256_COLUMN}{self._db.quote[-1]} "
+                f"VARCHAR({field.max_length}) DEFAULT '' NOT NULL"
+            )
+        self._has_sha256 = None
         if self.engine == "mysql":
             self._exact_is_ci = None  # the tables may be new: look at their collation again
 
@@ -396,7 +463,12 @@ class Repository:
         for table, columns in (
             (self.pending_table, PENDING_COLUMNS),
             (self.location_table, LOCATION_COLUMNS),
+            (self.subscriber_table, ()),
+            (self.secret_table, SECRET_COLUMNS),
         ):
+            if table == self.subscriber_table:
+                problems.extend(self._check_subscriber(tables))
+                continue
             if table not in tables:
                 problems.append(f"table {table} is missing (imc-actors db init creates it)")
                 continue
@@ -415,6 +487,30 @@ class Repository:
                         f"{VERSION_TABLE} table gives {table_name} version {table_version}; "
                         f"imc-actors knows version {TABLE_VERSION}"
                     )
+        return problems
+
+
+    def _check_subscriber(self, tables: set[str]) -> list[str]:
+        """Kamailio's subscriber columns and key, and our ``ha1_sha256`` column."""
+        table = self.subscriber_table
+        if table not in tables:
+            return [f"table {table} (users) is missing (imc-actors db init creates it)"]
+        problems: list[str] = []
+        found = {column.name.lower() for column in self._db.get_columns(table)}
+        missing = [column for column in SUBSCRIBER_COLUMNS if column not in found]
+        if missing:
+            problems.append(f"table {table} has no column {', '.join(missing)}")
+        elif SHA256_COLUMN not in found:
+            problems.append(
+                f"table {table} has no column {SHA256_COLUMN} for SHA-256 digests "
+                "(imc-actors db init adds it)"
+            )
+        wanted = sorted(SUBSCRIBER_UNIQUE)
+        if not any(
+            index.unique and sorted(str(c).lower() for c in index.columns) == wanted
+            for index in self._db.get_indexes(table)
+        ):
+            problems.append(f"table {table} has no unique key on ({', '.join(SUBSCRIBER_UNIQUE)})")
         return problems
 
     # -- reading ------------------------------------------------------------------------------

@@ -518,7 +518,7 @@ class ClientTransactions:
             if already_final:
                 self.absorbed += 1
             else:
-                entry.finish(ClientResult(response.code, response.reason))
+                entry.finish(ClientResult(response.code, response.reason, _challenges(response)))
         if entry.txn.state == "terminated":
             if self._entries.get(key) is entry:
                 del self._entries[key]
@@ -568,3 +568,12 @@ def _same_host(a: str, b: str) -> bool:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
     except ValueError:
         return False
+
+
+def _challenges(response: Response) -> tuple[str, ...]:
+    """The digest challenges of a 401/407 (what a UAC needs to answer it)."""
+    if response.code == 401:
+        return tuple(response.header_list("WWW-Authenticate"))
+    if response.code == 407:
+        return tuple(response.header_list("Proxy-Authenticate"))
+    return ()

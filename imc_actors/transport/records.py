@@ -74,11 +74,14 @@ class ClientResult:
     The final response's code and reason, or 408 ``Request Timeout`` when Timer F fired, or 503
     ``Service Unavailable`` when the request could not be sent (unresolvable hop, network
     error, TCP connection lost), or 503 ``Destination Unreachable`` when an ICMP port or host
-    unreachable came back for its UDP destination.
+    unreachable came back for its UDP destination. ``challenges`` holds the
+    ``WWW-Authenticate`` (401) or ``Proxy-Authenticate`` (407) values of a final response that
+    asks for digest credentials, in order (empty otherwise).
     """
 
     code: int
     reason: str
+    challenges: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

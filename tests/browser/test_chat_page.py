@@ -126,3 +126,40 @@ async def test_without_a_ws_listener_the_page_says_so(tmp_path):
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(page.driver.quit)
+
+
+async def test_the_page_signs_in_with_a_password_when_auth_is_on(tmp_path):
+    """JsSIP answers the server's challenges itself (MD5: ``md5_only_agents`` names it)."""
+    require_browser()
+    from tests.integration.test_auth import _users
+
+    config = make_config(
+        tmp_path, listen=["udp:127.0.0.1:0", "ws:127.0.0.1:0"], rpc_listen="127.0.0.1:0", auth="all"
+    )
+    _users(config)
+    async with open_server(config) as server:
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, server.http_url + "/chat")
+            await page.wait("!document.getElementById('signin').hidden")
+            await page.script("document.getElementById('user').value = 'alice';")
+            await page.script("document.getElementById('password').value = 'wrong';")
+            await page.script("document.getElementById('signin-button').click();")
+            await page.wait("document.getElementById('status').textContent.startsWith('sign-in failed')")
+            assert "403 Wrong User Or Password" in await page.script(
+                "return document.getElementById('status').textContent"
+            )
+            await page.script("document.getElementById('password').value = 'alice-pw';")
+            await page.script("document.getElementById('signin-button').click();")
+            await page.wait("document.body.dataset.signedIn === 'yes'")
+            await page.script("document.getElementById('create-name').value = 'locked';")
+            await page.script("document.getElementById('create-button').click();")
+            locked = f"sip:locked@{DOMAIN}"
+            await page.wait(has_line("notice", locked, "*** Room was created"))
+            room = server.conference.room(locked)
+            assert room is not None and room.owner is not None and room.owner.uri == f"sip:alice@{DOMAIN}"
+            assert server.authenticator is not None and server.authenticator.statistics().refused == 1
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)

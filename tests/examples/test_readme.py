@@ -61,7 +61,7 @@ async def test_readme_snippet_runs(index, tmp_path):
 #: A command a reader would type that needs the venv: ``imc-actors <sub>``, ``python -m ...``
 #: (but ``python3 -m venv``), ``python examples/...``, ``pip install``.
 VENV_COMMAND = re.compile(
-    r"(?<![\w./-])(imc-actors (?:serve|db|rooms|members|rpc|chat)\b|python3? -m (?!venv\b)"
+    r"(?<![\w./-])(imc-actors (?:serve|db|rooms|members|rpc|chat|user)\b|python3? -m (?!venv\b)"
     r"|python3? examples/|pip install)"
 )
 DOCS = [README, ROOT / "examples" / "README.md", ROOT / "examples" / "kamailio" / "README.md"]

@@ -237,3 +237,32 @@ async def test_sigterm_unregisters_and_exits_0(server, nursery):
     with trio.fail_after(DEADLINE):
         assert await frank.process.wait() == 0
     assert bound(server, "frank") == []
+
+
+async def test_chat_answers_digest_challenges_with_its_password(tmp_path, nursery):
+    from .test_auth import _users
+
+    config = make_config(tmp_path, auth="all")
+    _users(config)
+    async with open_server(config) as server:
+        alice = await start_chat(nursery, server, "alice", "--password", "alice-pw")
+        await wait_registered(server, "alice")
+        await alice.send("#create locked", "hello room", "#members")
+        await alice.expect("[locked] *** Room was created", "[locked] Members:", "[locked] *[alice]")
+        assert await alice.finish() == 0
+        room = server.conference.room(f"sip:locked@{DOMAIN}")
+        assert room is not None and room.owner is not None and room.owner.uri == f"sip:alice@{DOMAIN}"
+        host, port = udp_address(server)
+        for extra, why in (
+            (["--password", "wrong"], "403 Wrong User Or Password (is the password right?)"),
+            ([], "401 Unauthorized (the server requires a password: --password)"),
+        ):
+            with trio.fail_after(DEADLINE):
+                result = await trio.run_process(
+                    [sys.executable, "-m", "imc_actors", "chat", f"alice@{DOMAIN}", "--server", f"{host}:{port}", *extra],
+                    stdin=b"#rooms\n", capture_stdout=True, capture_stderr=True, check=False,
+                )  # fmt: skip
+            assert result.returncode == 1
+            assert result.stderr.decode().splitlines()[-1] == (
+                f"imc-actors: cannot register sip:alice@{DOMAIN} with {host}:{port}: {why}"
+            )

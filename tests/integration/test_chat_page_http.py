@@ -42,7 +42,7 @@ async def test_the_page_knows_the_websocket_listener(server):
 
 
 async def test_a_wildcard_listener_is_named_by_the_host_the_page_was_reached_at(tmp_path):
-    config = make_config(tmp_path, listen=["ws:0.0.0.0:0"], rpc_listen="127.0.0.1:0")
+    config = make_config(tmp_path, listen=["ws:0.0.0.0:0"], rpc_listen="127.0.0.1:0", auth="off")
     async with open_server(config) as server:
         port = server.addresses[0].port
         info = (await http(server.http_url + "/api/chat")).json()

@@ -116,3 +116,17 @@ def test_an_mi_fifo_directory_that_cannot_be_made_stops_startup_with_one_line(tm
         f"imc-actors: cannot start: mi_fifo: cannot create directory {path.parent} for {path}: "
         "Not a directory"
     ]
+
+
+def test_an_exposed_listener_without_auth_does_not_start(tmp_path):
+    result = serve("--listen", "udp:0.0.0.0:0", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "imc-actors: invalid auth: udp:0.0.0.0:0 is not a loopback address and nothing "
+        'authenticates the users: set auth = "register" or "all" (add users with imc-actors '
+        'user add), or trusted_sources (a proxy that authenticates), or auth = "off" to take '
+        "every From as it is"
+    ]
+    assert not (tmp_path / "x.db").exists()
+    bad = serve("--auth", "maybe", "--db-url", f"sqlite:///{tmp_path}/x.db")
+    assert bad.returncode == 2 and "invalid choice: 'maybe'" in bad.stderr

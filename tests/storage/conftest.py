@@ -85,17 +85,20 @@ class Tables:
     members: str
     pending: str
     location: str
+    subscriber: str
+    secret: str
 
     @property
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.rooms, self.members, self.pending, self.location)
+    def all(self) -> tuple[str, ...]:
+        return (self.rooms, self.members, self.pending, self.location, self.subscriber, self.secret)
 
     def repository(self, db_url: str, **options: Any) -> Repository:
         """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
         (``lock_timeout``)."""
         return Repository(
             db_url, self.rooms, self.members, pending_table=self.pending,
-            location_table=self.location, **options,
+            location_table=self.location, subscriber_table=self.subscriber,
+            secret_table=self.secret, **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:
@@ -103,6 +106,7 @@ class Tables:
         return [
             "--rooms-table", self.rooms, "--members-table", self.members,
             "--pending-table", self.pending, "--location-table", self.location,
+            "--subscriber-table", self.subscriber, "--secret-table", self.secret,
         ]  # fmt: skip
 
 
@@ -111,7 +115,7 @@ def new_tables() -> Tables:
     suffix = secrets.token_hex(4)
     return Tables(
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
-        f"imc_location_{suffix}",
+        f"imc_location_{suffix}", f"subscriber_{suffix}", f"imc_secret_{suffix}",
     )  # fmt: skip
 
 
@@ -136,8 +140,8 @@ def drop_tables(url: str, tables: Tables, *, drop_version: bool = False) -> None
             db.execute_sql(f"DROP TABLE IF EXISTS {left}{table}{right}")
         if db.table_exists("version"):
             db.execute_sql(
-                f"DELETE FROM version WHERE table_name IN ({db.param}, {db.param})",
-                (tables.rooms, tables.members),
+                f"DELETE FROM version WHERE table_name IN ({db.param}, {db.param}, {db.param})",
+                (tables.rooms, tables.members, tables.subscriber),
             )
             if drop_version and db.execute_sql("SELECT 1 FROM version").fetchone() is None:
                 db.execute_sql("DROP TABLE IF EXISTS version")

@@ -34,6 +34,8 @@ class Tables(Protocol):
 
     rooms: str
     members: str
+    subscriber: str
+    secret: str
 
 
 def engine_of(url: str) -> str:
@@ -382,7 +384,7 @@ def test_check_schema_reports_missing_tables(
     with tables.repository(db_url) as repository:
         repository.ping()  # SQLite: the file exists now, empty
         problems = repository.check_schema()
-        assert len(problems) == 4
+        assert len(problems) == 6
         for problem, table in zip(problems, tables.all, strict=True):
             assert table in problem and "missing" in problem
         repository.init_schema()
@@ -438,6 +440,7 @@ def _ddl_statements(engine: str, tables: Tables, *, kamailio_only: bool) -> list
         text = text.split("-- imc-actors' own tables", 1)[0]
     text = text.replace("imc_members", tables.members).replace("imc_rooms", tables.rooms)
     text = text.replace("imc_pending", tables.pending).replace("imc_location", tables.location)
+    text = text.replace("subscriber", tables.subscriber).replace("imc_secret", tables.secret)
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return [statement.strip() for statement in text.split(";") if statement.strip()]
 
@@ -451,7 +454,10 @@ def test_a_database_made_by_the_ddl_file_works_unchanged(
     with tables.repository(db_url) as repository:
         if kamailio_only:  # imc-actors' own tables are missing until `db init` makes them
             problems = repository.check_schema()
-            assert [p.split()[1] for p in problems] == [tables.pending, tables.location]
+            assert [p.split()[1] for p in problems] == [
+                tables.pending, tables.location, tables.subscriber, tables.secret
+            ]
+            assert "no column ha1_sha256" in problems[2]
             repository.init_schema()
         assert repository.check_schema() == []
         repository.apply_batch(
@@ -486,7 +492,7 @@ def test_ddl_files_insert_kamailio_version_rows() -> None:
         rows = re.findall(
             r"INSERT INTO version \(table_name, table_version\) VALUES \('(\w+)', (\d+)\)", text
         )
-        assert rows == [("imc_rooms", "1"), ("imc_members", "1")], engine
+        assert rows == [("imc_rooms", "1"), ("imc_members", "1"), ("subscriber", "7")], engine
 
 
 # -- URLs and names -----------------------------------------------------------------------------

@@ -22,8 +22,11 @@ to retransmit), :meth:`TestUA.send_raw` / :meth:`TestUA.recv_raw` exchange raw b
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import re
+import secrets
 import socket
 import ssl
 from collections.abc import Sequence
@@ -61,6 +64,32 @@ class _Waiter:
         self.provisional: list[Response] = []
 
 
+def digest_answer(
+    challenge: str, method: str, uri: str, user: str, password: str, nc: int, *,
+    username: str | None = None,
+) -> str:
+    """An ``Authorization`` for one ``WWW-Authenticate`` Digest challenge (qop=auth), computed
+    here with hashlib alone (the server's digest code must not check itself)."""
+    params = dict(
+        (name.lower(), value[1:-1] if value.startswith('"') else value)
+        for name, value in re.findall(r'([A-Za-z-]+)=("[^"]*"|[^,\s]+)', challenge)
+    )
+    algorithm = params.get("algorithm", "MD5")
+    h = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
+
+    def hexdigest(text: str) -> str:
+        return h(text.encode()).hexdigest()
+
+    realm, nonce, cnonce, nc_text = params["realm"], params["nonce"], secrets.token_hex(6), f"{nc:08x}"
+    ha1 = hexdigest(f"{user}:{realm}:{password}")
+    ha2 = hexdigest(f"{method}:{uri}")
+    response = hexdigest(f"{ha1}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}")
+    return (
+        f'Digest username="{username or user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+        f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc={nc_text}'
+    )
+
+
 class TestUA:
     """A test user agent bound to 127.0.0.1 (see the module docstring).
 
@@ -75,6 +104,11 @@ class TestUA:
     ``ignored``, requests dropped because of ``drop_next``; ``retransmissions``, incoming
     requests recognised as retransmissions; ``arrivals``, what arrived in order (responses by
     code, new requests by method); ``t1``/``t2``, its retransmission timers.
+
+    Digest: with ``password`` set, a 401 is answered once with an ``Authorization`` for the
+    challenge of algorithm ``algorithm`` (None: the first offered) as ``auth_user`` (None:
+    ``user``); ``authorizations`` records
+    every ``Authorization`` sent (what an eavesdropper would capture).
     """
 
     __test__ = False  # not a pytest test class
@@ -109,6 +143,10 @@ class TestUA:
         self.arrivals: list[tuple[str, int | str]] = []  # ("response", code) / ("request", method)
         self.t1 = 0.5
         self.t2 = 4.0
+        self.password: str | None = None
+        self.auth_user: str | None = None  # digest username (None: user)
+        self.algorithm: str | None = None
+        self.authorizations: list[str] = []
         self._udp = udp
         self._tcp_listeners = tcp_listeners
         self._tcp_out: trio.abc.Stream | None = None
@@ -120,7 +158,7 @@ class TestUA:
         self._raw_send, self._raw = trio.open_memory_channel[bytes](math.inf)
         self._cseq = itertools.count(1)
         self._reg_call_id = new_call_id(HOST)
-        self._reg_cseq = itertools.count(1)
+        self._reg_cseq = itertools.count(1, 2)  # odd: a digest retry takes the even one
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.closed = False
@@ -369,8 +407,43 @@ class TestUA:
 
         Over UDP it is resent after T1, 2*T1, ... (capped at T2) like RFC 3261 Timer E; with no
         final response 64*T1 after the first send it raises :class:`SipTimeout` (Timer F). Over
-        TCP it is sent once. Provisional responses are skipped.
+        TCP it is sent once. Provisional responses are skipped. A 401 is answered once with
+        credentials when :attr:`password` is set (same Call-ID, next CSeq).
         """
+        call_id = call_id or new_call_id(HOST)
+        cseq = cseq if cseq is not None else next(self._cseq)
+        response = await self._transaction(
+            method, ruri, body=body, headers=headers, content_type=content_type,
+            call_id=call_id, cseq=cseq, to_uri=to_uri,
+        )  # fmt: skip
+        if response.code != 401 or self.password is None:
+            return response
+        challenges = response.header_list("WWW-Authenticate")
+        chosen = next(
+            (c for c in challenges if self.algorithm is None or f"algorithm={self.algorithm}," in c),
+            None,
+        )
+        if chosen is None:
+            return response
+        authorization = digest_answer(chosen, method, ruri, self.auth_user or self.user, self.password, 1)
+        self.authorizations.append(authorization)
+        return await self._transaction(
+            method, ruri, body=body, headers=[*headers, ("Authorization", authorization)],
+            content_type=content_type, call_id=call_id, cseq=cseq + 1, to_uri=to_uri,
+        )  # fmt: skip
+
+    async def _transaction(
+        self,
+        method: str,
+        ruri: str,
+        *,
+        body: bytes,
+        headers: Sequence[tuple[str, str]],
+        content_type: str | None,
+        call_id: str,
+        cseq: int,
+        to_uri: str | None,
+    ) -> Response:
         branch = new_branch()
         data = self.build(
             method, ruri, body=body, headers=headers, content_type=content_type,

@@ -146,7 +146,7 @@ def test_max_transactions_zero_in_file_is_refused(tmp_path):
     "host", ["127.0.0.1", "[::1]", "0.0.0.0", "[::]", "localhost", "LocalHost"]
 )
 def test_listen_hosts_that_bind_without_dns(host):
-    assert Config(listen=[f"udp:{host}:5060"]).validate() is None
+    assert Config(listen=[f"udp:{host}:5060"], auth="off").validate() is None
 
 
 @pytest.mark.parametrize("host", ["foo", "example.com", "*", "127.0.0.256", "local_host"])
@@ -221,3 +221,43 @@ def test_abuse_bounds_are_validated(env, message):
     with pytest.raises(ConfigError) as info:
         Config.from_sources(environ=env)
     assert str(info.value) == message
+
+
+# --------------------------------------------------------------- auth: secure by default
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "[::1]", "localhost"])
+def test_auth_is_off_by_default_on_loopback(host):
+    config = Config(listen=[f"udp:{host}:5060"])
+    config.validate()
+    assert config.auth is None and config.auth_mode == "off"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "192.0.2.1"])
+def test_an_exposed_listener_without_auth_refuses_to_start(host):
+    with pytest.raises(ConfigError) as caught:
+        Config(listen=["udp:127.0.0.1:5060", f"tcp:{host}:5060"]).validate()
+    assert caught.value.param == "auth"
+    assert "is not a loopback address and nothing authenticates the users" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"auth": "off"}, {"auth": "register"}, {"auth": "all"}, {"trusted_sources": ["10.0.0.0/8"]}]
+)
+def test_an_exposed_listener_starts_with_auth_or_trusted_sources_or_an_explicit_off(changes):
+    config = Config(listen=["udp:0.0.0.0:5060"], **changes)
+    config.validate()
+    assert config.auth_mode == changes.get("auth", "off")
+
+
+def test_auth_from_the_environment_and_bad_values():
+    config = Config.from_sources(environ={"IMC_AUTH": "ALL"})
+    assert config.auth == "all"
+    for env, param in (
+        ({"IMC_AUTH": "yes"}, "auth"),
+        ({"IMC_NONCE_EXPIRES": "0"}, "nonce_expires"),
+        ({"IMC_NONCE_COUNTS": "0"}, "nonce_counts"),
+        ({"IMC_AUTH_CACHE_SIZE": "0"}, "auth_cache_size"),
+        ({"IMC_SUBSCRIBER_TABLE": "imc_rooms"}, "pending_table"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            Config.from_sources(environ=env)
+        assert caught.value.param == param, env

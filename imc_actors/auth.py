@@ -1,0 +1,263 @@
+"""Digest authentication of requests, as the UAS (README "Users and passwords").
+
+:class:`Authenticator` answers one question for :class:`~imc_actors.sipcore.SipCore`: who sent
+this request? Either an :class:`Authenticated` user (``sip:username@realm``), or the
+:class:`~imc_actors.transport.Reply` to send instead: a 401 challenge (two
+``WWW-Authenticate``, SHA-256 first, then MD5, RFC 8760 §2), a 403 for a wrong user or
+password, a 400 for an ``Authorization`` that cannot be read, a 503 while the database is
+down. It never looks at the transport, so it works alike over UDP, TCP, TLS and WebSocket.
+
+The realm is the domain of the user: the To host of a REGISTER, the From host of a MESSAGE
+(the first served domain when that host is not one of ours); the user is looked up in the
+``subscriber`` table as ``(username, realm)``, as Kamailio's auth_db does.
+
+Bounds (every one a config parameter): nonces are stateless (:class:`~imc_actors.sip.digest.Nonces`)
+and live ``nonce_expires`` seconds; replays are caught by
+:class:`~imc_actors.sip.digest.NonceCounts` with ``nonce_counts`` entries at most; user rows
+are cached (``auth_cache_size`` entries, ``auth_cache_ttl`` seconds; a failed check reads the
+row again at once, so a new password works at once, a deleted user within the TTL).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from .config import Config
+from .sip import Request, canonical, canonical_user
+from .sip.digest import (
+    ALGORITHMS,
+    Credentials,
+    DigestError,
+    NonceCounts,
+    Nonces,
+    challenge,
+    expected_response,
+    parse_credentials,
+)
+from .store.repository import StoreError
+from .store.users import Subscriber
+from .store.writer import StoreUnavailable
+from .transport import Reply
+
+__all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "WRONG_PASSWORD"]
+
+log = logging.getLogger(__name__)
+
+#: The answer to a wrong password or an unknown user (the same, so users cannot be probed).
+WRONG_PASSWORD = Reply(403, "Wrong User Or Password")
+
+LoadUser = Callable[[str, str], Awaitable[Subscriber | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A request whose digest verified: ``uri`` is ``sip:username@realm``."""
+
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStatistics:
+    """Counts since start (metric ``imc_auth_total{result}``): ``accepted`` answers;
+    ``challenged`` requests without credentials for us (or with a nonce not ours);
+    ``refused`` wrong user or password; ``stale`` old nonces; ``replayed`` nonce-counts seen
+    before; ``malformed`` unreadable ``Authorization`` (400). ``nonces`` and ``users`` are the
+    entries held now (bounded by ``nonce_counts`` and ``auth_cache_size``)."""
+
+    accepted: int
+    challenged: int
+    refused: int
+    stale: int
+    replayed: int
+    malformed: int
+    nonces: int
+    users: int
+
+
+class UserCache:
+    """At most ``size`` user rows (or their absence) for ``ttl`` seconds, least recently used
+    dropped first; ``load(username, domain)`` reads one from the database."""
+
+    def __init__(self, load: LoadUser, size: int, ttl: float, clock: Callable[[], float]) -> None:
+        self._load = load
+        self.size, self.ttl = size, ttl
+        self._clock = clock
+        self._rows: OrderedDict[tuple[str, str], tuple[Subscriber | None, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    async def get(self, username: str, domain: str, *, fresh: bool = False) -> tuple[Subscriber | None, bool]:
+        """``(row, from_cache)``; ``fresh`` reads the database whatever the cache holds.
+        Raises StoreError. Checkpoints when it reads."""
+        key, now = (username, domain), self._clock()
+        cached = self._rows.get(key)
+        if cached is not None and not fresh and now - cached[1] < self.ttl:
+            self._rows.move_to_end(key)
+            return cached[0], True
+        row = await self._load(username, domain)
+        if self.ttl > 0:
+            self._rows[key] = (row, now)
+            self._rows.move_to_end(key)
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+        return row, False
+
+
+class Authenticator:
+    """Challenge and verify requests (see the module docstring).
+
+    ``secret`` keys the nonces; ``load(username, domain)`` reads a user row (the server's runs
+    :meth:`Repository.load_subscriber` in the store's thread); ``clock`` is the wall clock
+    (nonces carry their issue time and outlive a restart).
+    """
+
+    def __init__(
+        self, config: Config, secret: bytes, load: LoadUser, *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.domains = config.served_domains
+        self.nonces = Nonces(secret, config.nonce_expires)
+        self.counts = NonceCounts(config.nonce_counts)
+        self.users = UserCache(load, config.auth_cache_size, config.auth_cache_ttl, clock)
+        self.clock = clock
+        self.md5_only_agents = tuple(config.md5_only_agents)
+        self._counts = dict.fromkeys(("accepted", "challenged", "refused", "stale", "replayed", "malformed"), 0)
+
+    def statistics(self) -> AuthStatistics:
+        """The counters and table sizes now."""
+        return AuthStatistics(**self._counts, nonces=len(self.counts), users=len(self.users))
+
+    def realm_for(self, request: Request) -> str:
+        """The realm of ``request``: its To host (REGISTER) or From host (else), when served."""
+        uri = request.to_uri if request.method == "REGISTER" else request.from_uri
+        try:
+            host = canonical(uri).rpartition("@")[2].lower()
+        except ValueError:
+            host = ""
+        return host if host in self.domains else self.domains[0]
+
+    def challenge(self, request: Request, realm: str, *, stale: bool = False,
+                  algorithms: tuple[str, ...] = ALGORITHMS) -> Reply:  # fmt: skip
+        """The 401: one ``WWW-Authenticate`` per algorithm, one fresh nonce for all; MD5 alone
+        to a User-Agent naming one of ``md5_only_agents`` (clients that read only the first
+        challenge and cannot do SHA-256: JsSIP 3, sipsak, SIPp)."""
+        agent = request.header("User-Agent") or ""
+        if any(name in agent for name in self.md5_only_agents):
+            algorithms = ("MD5",)
+        nonce = self.nonces.make(self.clock())
+        headers = tuple(
+            ("WWW-Authenticate", challenge(realm, nonce, algorithm, stale=stale))
+            for algorithm in algorithms
+        )
+        return Reply(401, "Unauthorized", headers=headers)
+
+    async def authenticate(self, request: Request) -> Authenticated | Reply:
+        """Who sent ``request``, or the answer to send instead. Checkpoints."""
+        result, outcome = await self._authenticate(request)
+        if outcome:
+            self._counts[outcome] += 1
+        return result
+
+    async def _authenticate(self, request: Request) -> tuple[Authenticated | Reply, str]:
+        realm = self.realm_for(request)
+        credentials, error = _ours(request, realm)
+        if credentials is None:
+            await trio.lowlevel.checkpoint()
+            if error is not None:
+                return Reply(400, error), "malformed"
+            return self.challenge(request, realm), "challenged"
+        issued = self.nonces.issued(credentials.nonce)
+        if issued is None:  # not our nonce (another secret, or made up)
+            await trio.lowlevel.checkpoint()
+            return self.challenge(request, realm), "challenged"
+        if not _same_uri(credentials.uri, request.uri, self.domains):
+            await trio.lowlevel.checkpoint()
+            return Reply(400, "Digest URI Differs From Request-URI"), "malformed"
+        try:
+            verified = await self._verify(credentials, request.method, realm)
+        except StoreUnavailable as exc:
+            return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),)), ""
+        except StoreError as exc:
+            log.error("reading user %s@%s failed: %s", credentials.username, realm, exc)
+            return Reply(500, "Server Internal Error"), ""
+        if verified is None:  # the row has no hash for this algorithm: offer what it has
+            return self.challenge(request, realm, algorithms=("MD5",)), "challenged"
+        if not verified:
+            log.info("digest for %s@%s refused: wrong user or password", credentials.username, realm)
+            return WRONG_PASSWORD, "refused"
+        if self.nonces.is_stale(issued, self.clock()):
+            return self.challenge(request, realm, stale=True), "stale"
+        if not self.counts.fresh(credentials.nonce, issued, credentials.nc):
+            log.info("digest for %s@%s refused: nonce-count %s used before (a replay?)",
+                     credentials.username, realm, credentials.nc_text)  # fmt: skip
+            return self.challenge(request, realm, stale=True), "replayed"
+        self.counts.record(credentials.nonce, issued, credentials.nc)
+        return Authenticated(f"sip:{canonical_user(credentials.username)}@{realm}"), "accepted"
+
+    async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:
+        """True when the response is right, False when not (or no such user), None when the
+        user's row cannot answer this algorithm. A miss on a cached row reads it again."""
+        row, cached = await self.users.get(credentials.username, realm)
+        result = _check(row, credentials, method, realm)
+        if result is not True and cached:
+            row, _ = await self.users.get(credentials.username, realm, fresh=True)
+            result = _check(row, credentials, method, realm)
+        return result
+
+
+def _check(row: Subscriber | None, credentials: Credentials, method: str, realm: str) -> bool | None:
+    if row is None:
+        return False
+    secret = row.ha1_for(credentials.algorithm, realm)
+    if secret is None:
+        return None if credentials.algorithm != "MD5" else False
+    expected = expected_response(
+        credentials.algorithm, secret, method, credentials.uri, credentials.nonce,
+        credentials.nc_text, credentials.cnonce,
+    )  # fmt: skip
+    return hmac.compare_digest(expected, credentials.response)
+
+
+def _ours(request: Request, realm: str) -> tuple[Credentials | None, str | None]:
+    """The ``Authorization`` for ``realm`` (others may be for proxies), or the reason the
+    first one that could not be read was refused."""
+    error = None
+    for value in request.header_list("Authorization"):
+        try:
+            credentials = parse_credentials(value)
+        except DigestError as exc:
+            error = error or str(exc)
+            continue
+        if credentials.realm.lower() == realm:
+            return credentials, None
+    return None, error
+
+
+def _same_uri(digest_uri: str, request_uri: str, domains: list[str]) -> bool:
+    """True when the digest ``uri`` names the Request-URI (RFC 7616 §3.4.6), or is the bare
+    ``sip:<served domain>`` (SIPp answers every challenge with ``sip:<server>:<port>``).
+    Scheme case, port and parameters are not compared: clients differ there."""
+    if digest_uri == request_uri:
+        return True
+    key = _uri_key(digest_uri)
+    return key == _uri_key(request_uri) or key in domains
+
+
+def _uri_key(uri: str) -> str:
+    text = uri.strip().lower()
+    text = text.partition(":")[2] if text.startswith(("sip:", "sips:")) else text
+    text = text.split(";", 1)[0].split("?", 1)[0]
+    user, at, host = text.rpartition("@")
+    if host.startswith("["):
+        host = host.partition("]")[0] + "]"
+    else:
+        host = host.partition(":")[0]
+    return f"{user}{at}{host}"

@@ -1,0 +1,95 @@
+"""``imc-actors user add|passwd|del|list``: the users digest authentication checks
+(README "Users and passwords"), in the ``subscriber`` table of ``db_url``.
+
+Exit status as ``db``: 0 done, 1 refused or the database failed (the message says which),
+2 usage error (a bad USER@DOMAIN, an empty password, a bad configuration).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from typing import TextIO
+
+from .config import Config
+
+__all__ = ["read_password", "run_user"]
+
+PROG = "imc-actors"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _split(address: str) -> tuple[str, str]:
+    """``user@domain`` (``sip:`` allowed) -> (user, domain lower-cased)."""
+    text = address.removeprefix("sip:")
+    user, at, domain = text.rpartition("@")
+    if not at or not user or not domain or any(c in text for c in " \t:;<>\""):
+        raise UsageError(f"{address!r} is not USER@DOMAIN")
+    return user, domain.lower()
+
+
+def read_password(stdin: TextIO) -> str:
+    """The password from the terminal (asked twice, not echoed) or the first line of ``stdin``."""
+    if stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise UsageError("the two passwords differ")
+        password = first
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("empty password")
+    return password
+
+
+def run_user(config: Config, action: str, address: str | None, password: str | None,
+             stdin: TextIO | None = None) -> int:  # fmt: skip
+    """Carry out one ``user`` action; print one line (errors on stderr); return the exit status."""
+    from .conference import open_repository
+    from .store.repository import StoreError
+
+    logging.getLogger("imc_actors.store").setLevel(logging.ERROR)
+    try:
+        if action == "list":
+            domain = address.lower() if address else None
+            user = name = ""
+        else:
+            assert address is not None
+            user, domain = _split(address)
+            name = f"{user}@{domain}"
+            if action in ("add", "passwd") and password is None:
+                password = read_password(stdin or sys.stdin)
+            if password is not None and not password:
+                raise UsageError("empty password")
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with open_repository(config) as repository:  # tables made if absent, as serve does
+            if action == "list":
+                for username, host in repository.list_users(domain):
+                    print(f"{username}@{host}")
+                return EXIT_OK
+            if action == "del":
+                done = repository.delete_user(user, domain)
+                why = f"no user {name}"
+                text = f"user {name} deleted"
+            else:
+                assert password is not None and domain is not None
+                done = repository.set_user(user, domain, password, create=action == "add")
+                why = f"user {name} exists (user passwd changes its password)" if action == "add" \
+                    else f"no user {name} (user add creates it)"  # fmt: skip
+                text = f"user {name} added" if action == "add" else f"password of {name} changed"
+    except StoreError as exc:
+        print(f"{PROG}: db_url: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if not done:
+        print(f"{PROG}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{PROG}: {text}")
+    return EXIT_OK
