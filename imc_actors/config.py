@@ -343,7 +343,9 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be positive")
         if self.auth is None and not self.trusted_sources:
-            exposed = [str(a) for a in self.listen_addresses if not _is_loopback(a.host)]
+            from .control.access import is_loopback_listen
+
+            exposed = [str(a) for a in self.listen_addresses if not is_loopback_listen(a.host)]
             if exposed:
                 raise ConfigError(
                     "auth",
@@ -385,16 +387,6 @@ AUTH_MODES = ("off", "register", "all")
 #: User-Agents that read only the first challenge and speak only MD5 (RFC 8760 clients pick
 #: the first they can): they are offered MD5 alone.
 MD5_ONLY_AGENTS = ("JsSIP", "sipsak", "SIPp", "baresip")
-
-
-def _is_loopback(host: str) -> bool:
-    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_listen_host(host: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from imc_actors.sip import Request, aor_key, build_response
+from imc_actors.sip import Request, aor_key, build_response, split_outside
 from imc_actors.store.models import MAX_CONTACT, MAX_LENGTH
 from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
@@ -60,7 +60,7 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
     comes back as ``("*", {})``. Empty elements are skipped.
     """
     result: list[tuple[str, dict[str, str | None]]] = []
-    for element in _split_outside(value, ","):
+    for element in split_outside(value, ","):
         element = element.strip()
         if not element:
             continue
@@ -78,7 +78,7 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
             uri, _, rest = element.partition(";")
             uri, rest = uri.strip(), ";" + rest if rest else ""
         params: dict[str, str | None] = {}
-        for part in _split_outside(rest, ";"):
+        for part in split_outside(rest, ";"):
             part = part.strip()
             if not part:
                 continue
@@ -86,34 +86,6 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
             params[name.strip().lower()] = val.strip() if eq else None
         result.append((uri, params))
     return result
-
-
-def _split_outside(text: str, sep: str) -> list[str]:
-    """Split ``text`` at ``sep`` outside double quotes and ``<...>``."""
-    parts: list[str] = []
-    start = 0
-    quoted = False
-    angle = 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "<":
-            angle += 1
-        elif ch == ">" and angle:
-            angle -= 1
-        elif ch == sep and not angle:
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
-    parts.append(text[start:])
-    return parts
 
 
 def _find_outside_quotes(text: str, ch: str) -> int:

@@ -26,6 +26,7 @@ from .uri import (
     canonical_user,
     complete_argument,
     split_addresses,
+    split_outside,
     split_uri,
 )
 
@@ -59,5 +60,6 @@ __all__ = [
     "salvage_response",
     "server_key",
     "split_addresses",
+    "split_outside",
     "split_uri",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "canonical_user",
     "complete_argument",
     "split_addresses",
+    "split_outside",
     "split_uri",
 ]
 
@@ -140,28 +141,37 @@ def complete_argument(arg: str, default_host: str) -> str:
     return f"sip:{canonical_user(match['user'])}@{match['host']}"
 
 
+def split_outside(text: str, sep: str) -> list[str]:
+    """Split ``text`` at ``sep`` outside double quotes (backslash escapes honoured) and
+    ``<...>``. Never raises."""
+    parts: list[str] = []
+    start = 0
+    quoted = False
+    angle = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle += 1
+        elif ch == ">" and angle:
+            angle -= 1
+        elif ch == sep and not angle:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
 def split_addresses(value: str) -> list[str]:
     """The comma-separated name-addrs of one header value (P-Asserted-Identity, Contact, …),
     stripped, empty ones dropped. A comma inside a quoted display name (``"Doe, J." <sip:j@x>``,
     backslash escapes honoured) or inside ``<…>`` does not separate. Never raises."""
-    parts: list[str] = []
-    start, quoted, angle, escaped = 0, False, False, False
-    for index, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
-        elif char == "<":
-            angle = True
-        elif char == ">":
-            angle = False
-        elif char == "," and not angle:
-            parts.append(value[start:index])
-            start = index + 1
-    parts.append(value[start:])
-    return [part.strip() for part in parts if part.strip()]
+    return [part.strip() for part in split_outside(value, ",") if part.strip()]
