@@ -361,7 +361,8 @@ def repository_of(config: Config) -> Repository:
     return Repository(
         config.db_url, config.rooms_table, config.members_table,
         pending_table=config.pending_table, location_table=config.location_table,
-        lock_timeout=config.db_timeout,
+        lock_timeout=config.db_timeout, bans_table=config.bans_table,
+        limits_table=config.limits_table,
     )  # fmt: skip
 
 

@@ -83,6 +83,8 @@ class Config:
     members_table: str = "imc_members"
     pending_table: str = "imc_pending"
     location_table: str = "imc_location"
+    bans_table: str = "imc_bans"
+    limits_table: str = "imc_room_limits"
     db_timeout: float = 5.0
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
@@ -131,6 +133,12 @@ class Config:
     mi_fifo: str | None = None
     reply_dir: str = "/tmp/"
     rpc_listen: str | None = None
+    # Moderation and limits (issue 16)
+    max_members: int = 1000
+    max_rooms_per_user: int = 100
+    chat_rate: float = 0.0
+    chat_burst: int = 10
+    chat_rate_senders: int = 65536
     # Logging
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
@@ -244,13 +252,20 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
-        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
+        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table,
+                  self.bans_table, self.limits_table]
         if len({t.lower() for t in tables}) != len(tables):
-            raise ConfigError("pending_table", "the four table names must differ")
-        for name in ("rooms_table", "members_table", "pending_table", "location_table", "manager_user"):
+            raise ConfigError("pending_table", "the six table names must differ")
+        for name in ("rooms_table", "members_table", "pending_table", "location_table",
+                     "bans_table", "limits_table", "manager_user"):
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
+        for name in ("max_members", "max_rooms_per_user", "chat_burst", "chat_rate_senders"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
+        if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
+            raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
         for hdr in self.extra_hdrs:
             if ":" not in hdr or "\r" in hdr or "\n" in hdr:
                 raise ConfigError("extra_hdrs", f"not a 'Name: value' header line: {hdr!r}")
@@ -321,9 +336,12 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "flood_burst", "flood_sources",
+    "flood_burst", "flood_sources", "max_members", "max_rooms_per_user", "chat_burst",
+    "chat_rate_senders",
 }
-_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
+_FLOAT_FIELDS = {
+    "restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block", "chat_rate",
+}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 

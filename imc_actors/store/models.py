@@ -18,8 +18,15 @@ operators recognise them (Kamailio never reads them):
                     flags, cflags, user_agent, socket, methods, instance, reg_id, server_id,
                     connection_id, keepalive, partition)
 
+Two more hold what moderation adds to a room (issue 16; Kamailio has nothing like them):
+
+    imc_bans        -- (id PK auto, room, username, domain, reason, banned_by, ban_time,
+                        UNIQUE(room, username, domain))  -- room 'sip:name@domain', all three
+                        lower case; username '*' bans the whole domain
+    imc_room_limits -- (id PK auto, room UNIQUE, max_members)  -- an owner's ``#limit``
+
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
-``location_table``), so the model classes are made per database by :func:`bind_models`.
+``location_table``, ``bans_table``, ``limits_table``), so the model classes are made per database by :func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
@@ -33,6 +40,8 @@ import re
 from dataclasses import dataclass
 
 import peewee
+
+from ..imc.effects import MAX_REASON_LENGTH
 
 #: Width of Kamailio's varchar columns: longer names, domains and room URIs do not fit.
 MAX_LENGTH = 64
@@ -58,12 +67,15 @@ LOCATION_COLUMNS = (
     "callid", "cseq", "last_modified", "flags", "cflags", "user_agent", "socket", "methods",
     "instance", "reg_id", "server_id", "connection_id", "keepalive", "partition",
 )  # fmt: skip
+BAN_COLUMNS = ("id", "room", "username", "domain", "reason", "banned_by", "ban_time")
+LIMIT_COLUMNS = ("id", "room", "max_members")
 #: Widths of the columns that hold what users send (longer values are refused before a write).
 MAX_ADDRESS = 255  # src_addr, dst_addr
 MAX_CONTACT = 512  # location.contact, as in Kamailio
 MAX_CALL_ID = 255
 MAX_USER_AGENT = 255
 MAX_CONTENT_TYPE = 255
+MAX_REASON = MAX_REASON_LENGTH  # imc_bans.reason
 
 
 def check_table_name(name: str, param: str) -> str:
@@ -87,6 +99,8 @@ class Models:
     version: type[peewee.Model]
     pending: type[peewee.Model]
     location: type[peewee.Model]
+    ban: type[peewee.Model]
+    limit: type[peewee.Model]
 
 
 def bind_models(
@@ -95,6 +109,8 @@ def bind_models(
     members_table: str,
     pending_table: str = "imc_pending",
     location_table: str = "imc_location",
+    bans_table: str = "imc_bans",
+    limits_table: str = "imc_room_limits",
 ) -> Models:
     """Model classes for the four tables in ``database``.
 
@@ -195,6 +211,40 @@ def bind_models(
             table_name = location_table
             table_settings = settings
 
+    class BanRow(peewee.Model):
+        """One ban: ``room`` ``sip:name@domain``, ``username``/``domain`` the banned user
+        (``*``: every user of the domain), all lower case; ``ban_time`` epoch seconds."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        username = peewee.CharField(max_length=MAX_LENGTH)
+        domain = peewee.CharField(max_length=MAX_LENGTH)
+        reason = peewee.CharField(max_length=MAX_REASON, default="")
+        banned_by = peewee.CharField(max_length=MAX_ADDRESS, default="")
+        ban_time = peewee.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = bans_table
+            table_settings = settings
+
+    class LimitRow(peewee.Model):
+        """A room's own member limit (``#limit``); ``room`` ``sip:name@domain`` lower case."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        max_members = peewee.IntegerField()
+
+        class Meta:
+            table_name = limits_table
+            table_settings = settings
+
+    BanRow.add_index(
+        BanRow.index(
+            BanRow.room, BanRow.username, BanRow.domain, unique=True,
+            name=f"{bans_table}_room_account_idx",
+        )  # fmt: skip
+    )
+    LimitRow.add_index(LimitRow.index(LimitRow.room, unique=True, name=f"{limits_table}_room_idx"))
     Pending.add_index(
         Pending.index(
             Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx"
@@ -227,8 +277,11 @@ def bind_models(
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
-    database.bind([Room, Member, Version, Pending, Location], bind_refs=False, bind_backrefs=False)
-    return Models(Room, Member, Version, Pending, Location)
+    database.bind(
+        [Room, Member, Version, Pending, Location, BanRow, LimitRow],
+        bind_refs=False, bind_backrefs=False,
+    )  # fmt: skip
+    return Models(Room, Member, Version, Pending, Location, BanRow, LimitRow)
 
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:

@@ -39,6 +39,8 @@ from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
 from ..imc.state import Member, RoomState, member_key
 from . import own_tables
 from .models import (
+    BAN_COLUMNS,
+    LIMIT_COLUMNS,
     LOCATION_COLUMNS,
     MAX_LENGTH,
     MEMBER_COLUMNS,
@@ -165,12 +167,16 @@ class Repository:
         pending_table: str = "imc_pending",
         location_table: str = "imc_location",
         lock_timeout: float = LOCK_TIMEOUT,
+        bans_table: str = "imc_bans",
+        limits_table: str = "imc_room_limits",
     ) -> None:
         names = {
             "rooms_table": rooms_table,
             "members_table": members_table,
             "pending_table": pending_table,
             "location_table": location_table,
+            "bans_table": bans_table,
+            "limits_table": limits_table,
         }
         try:
             self._url = DatabaseURL.parse(db_url)
@@ -181,17 +187,20 @@ class Repository:
         lowered = [name.lower() for name in names.values()]
         if len(set(lowered)) != len(lowered) or VERSION_TABLE in lowered:
             raise StoreError(
-                "rooms_table, members_table, pending_table and location_table must be four "
-                f"different tables, none called {VERSION_TABLE!r} (got {', '.join(names.values())})"
+                "rooms_table, members_table, pending_table, location_table, bans_table and "
+                f"limits_table must be different tables, none called {VERSION_TABLE!r} (got {', '.join(names.values())})"
             )
         self.rooms_table = rooms_table
         self.members_table = members_table
         self.pending_table = pending_table
         self.location_table = location_table
+        self.bans_table = bans_table
+        self.limits_table = limits_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
         self._models = bind_models(
-            self._db, rooms_table, members_table, pending_table, location_table
-        )
+            self._db, rooms_table, members_table, pending_table, location_table,
+            bans_table, limits_table,
+        )  # fmt: skip
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
@@ -342,6 +351,8 @@ class Repository:
                 models.member,
                 models.pending,
                 models.location,
+                models.ban,
+                models.limit,
             ):
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
@@ -396,6 +407,8 @@ class Repository:
         for table, columns in (
             (self.pending_table, PENDING_COLUMNS),
             (self.location_table, LOCATION_COLUMNS),
+            (self.bans_table, BAN_COLUMNS),
+            (self.limits_table, LIMIT_COLUMNS),
         ):
             if table not in tables:
                 problems.append(f"table {table} is missing (imc-actors db init creates it)")
@@ -458,6 +471,7 @@ class Repository:
             taken.add(key)
             members = grouped.pop(key, [])
             rooms.append(RoomState(name, domain, int(flag), _unique_members(key, members)))
+        rooms = own_tables.with_moderation(self._models, rooms)
         if grouped:
             log.warning(
                 "%d member rows name rooms that do not exist (%s); they are ignored",
@@ -526,6 +540,7 @@ class Repository:
                 elif isinstance(write, RoomDelete):
                     execute(sql.room_delete, (write.name, write.domain))
                     execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))
+                    own_tables.delete_room(self._models, f"sip:{write.name}@{write.domain}")
                 elif isinstance(write, own_tables.OWN_WRITES):
                     own_tables.apply(self._db, self._models, write)
                 elif isinstance(write, MemberUpsert):

@@ -39,6 +39,7 @@ DAVE = "sip:dave@example.com"  # invited
 EVE = "sip:eve@example.com"  # not listed
 MALLORY = "sip:mallory@evil.org"  # member from another domain
 MAL2 = "sip:trudy@evil.org"  # invited from that domain
+DEFAULT = Policy()
 
 
 def std(**changes: object) -> RoomState:
@@ -51,7 +52,7 @@ def std(**changes: object) -> RoomState:
 
 
 def run(
-    state: RoomState, sender: str, body: str, policy: Policy = Policy()
+    state: RoomState, sender: str, body: str, policy: Policy = DEFAULT
 ) -> tuple[RoomState, Outcome]:
     command = parse_command(body.encode(), "#")
     target = None
