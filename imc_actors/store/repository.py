@@ -537,6 +537,8 @@ class Repository:
                             execute(sql.room_update, (write.flags, row_id))
                     else:
                         execute(sql.room_insert, (*key, write.flags))
+                        # a new room inherits nothing a deleted namesake left in our tables
+                        own_tables.delete_room(self._models, f"sip:{write.name}@{write.domain}")
                 elif isinstance(write, RoomDelete):
                     execute(sql.room_delete, (write.name, write.domain))
                     execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))

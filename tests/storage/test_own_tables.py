@@ -174,3 +174,20 @@ def test_ban_values_that_do_not_fit_are_refused(repository: Repository) -> None:
     ):
         with pytest.raises(StoreError, match=what):
             repository.apply_batch([write])
+
+
+def test_a_new_room_does_not_inherit_rows_left_by_a_deleted_namesake(
+    repository: Repository, raw_db, tables
+) -> None:
+    from imc_actors.imc.effects import BanSet, LimitSet, RoomUpsert
+
+    repository.apply_batch([
+        RoomUpsert("chat", "example.com", 0), BanSet("sip:chat@example.com", "bob@example.com", ""),
+        LimitSet("sip:chat@example.com", 5),
+    ])  # fmt: skip
+    left, right = raw_db.quote[0], raw_db.quote[-1]
+    raw_db.execute_sql(f"DELETE FROM {left}{tables.rooms}{right}")  # as Kamailio would
+    assert repository.load_rooms() == []
+    repository.apply_batch([RoomUpsert("Chat", "example.com", 0)])
+    (room,) = repository.load_rooms()
+    assert (room.bans, room.max_members) == ((), None)
