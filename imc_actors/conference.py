@@ -276,8 +276,9 @@ class Conference:
         if not isinstance(route, _ToRoom):
             return False
         handle = self.supervisor.lookup(route.name, route.domain)
-        if handle is None or self._chat_limited(route) is not None:
-            return False
+        if handle is None or self._chat_limited(route, peek=True) is not None:
+            return False  # a refusal goes through handle(), which counts it once
+        self._chat_limited(route)
         self.delivery.wake(msg.sender)
 
         def answered(answer: Answer) -> None:
@@ -376,16 +377,19 @@ class Conference:
         return Answer(code, reason_phrase(code), retry_after=retry_after)
 
     # ------------------------------------------------------------------ moderation
-    def _chat_limited(self, route: _ToRoom) -> _Refuse | None:
+    def _chat_limited(self, route: _ToRoom, *, peek: bool = False) -> _Refuse | None:
         """Spend one token of the sender's chat budget in the room (``chat_rate``,
         ``chat_burst``): None when the chat may go on (or is a command, or there is no
         limit), else the 503 refusal. Checked before the room's mailbox, so a flood costs
-        the room nothing. No checkpoint."""
+        the room nothing. With ``peek`` nothing is spent or counted. No checkpoint."""
         limiter = self.chat_limiter
         if limiter is None or route.op.command is not None:
             return None
         key = f"{route.name}@{route.domain} {route.op.sender}".lower()
-        wait = limiter.allow(key, trio.current_time())
+        now = trio.current_time()
+        if peek:
+            return None if limiter.would_allow(key, now) else _Refuse(503, "")
+        wait = limiter.allow(key, now)
         if wait <= 0.0:
             return None
         seconds = max(1, math.ceil(wait))

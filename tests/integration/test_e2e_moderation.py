@@ -9,6 +9,7 @@ import trio.testing
 
 from imc_actors.imc import texts
 from tests.integration.conftest import DOMAIN, MANAGER, expect
+from tests.integration.test_control_metrics import scrape, value
 from tests.support.serve import serve_process
 from tests.support.ua import TestUA
 
@@ -19,7 +20,10 @@ ROOM = f"sip:chat@{DOMAIN}"
 def config_overrides() -> dict:
     # chat_rate: one message per 1000 s after a burst of 3, so the limit is hit by count,
     # never by timing
-    return {"max_members": 4, "max_rooms_per_user": 2, "chat_rate": 0.001, "chat_burst": 3}
+    return {
+        "max_members": 4, "max_rooms_per_user": 2, "chat_rate": 0.001, "chat_burst": 3,
+        "rpc_listen": "127.0.0.1:0",
+    }  # fmt: skip
 
 
 async def no_more_messages(*agents: TestUA) -> None:
@@ -121,7 +125,7 @@ async def test_member_limit_and_limit_command(ua) -> None:
     await no_more_messages(alice, bob, carol, dave, eve)
 
 
-async def test_rooms_per_user_and_chat_budget(ua) -> None:
+async def test_rooms_per_user_and_chat_budget(server, ua) -> None:
     alice, bob = await ua("alice"), await ua("bob")
     await room_with(alice, bob)
     assert (await alice.message(MANAGER, "#create second")).code == 200
@@ -144,6 +148,9 @@ async def test_rooms_per_user_and_chat_budget(ua) -> None:
     assert (await bob.message(ROOM, "#members")).code == 200  # commands are not limited
     await expect(bob, "Members:\n*[alice]\n[bob]")
     await no_more_messages(alice, bob)
+    samples = await scrape(server)
+    assert value(samples, "imc_chat_throttled_total") == 1
+    assert value(samples, "imc_chat_budgets") == 2  # (chat, bob), (chat, alice)
 
 
 async def test_bans_and_limits_survive_a_restart(tmp_path, nursery) -> None:

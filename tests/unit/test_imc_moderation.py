@@ -276,3 +276,21 @@ def test_admin_actions() -> None:
         after, outcome = apply(state, op, Policy())
         assert (outcome.code, outcome.body, outcome.notices) == (code, text.encode(), ())
         assert after is state
+
+
+# ------------------------------------------------------------------ the chat budget's table
+def test_chat_budgets_are_bounded_and_peeking_spends_nothing() -> None:
+    """The conference's chat budget is the transport's token-bucket table with no block time:
+    ``chat_burst`` at once, then one per ``1 / chat_rate`` seconds; at most
+    ``chat_rate_senders`` buckets, idle ones dropped first."""
+    from imc_actors.transport.limits import FloodLimiter
+
+    budget = FloodLimiter(0.5, 2, 0.0, max_sources=2)
+    key = "chat@example.com sip:bob@example.com"
+    assert budget.would_allow(key, 0.0)
+    assert [budget.allow(key, 0.0) for _ in range(3)] == [0.0, 0.0, 2.0]  # Retry-After 2 s
+    assert not budget.would_allow(key, 1.0) and budget.throttled == 1  # peeking counts nothing
+    assert budget.would_allow(key, 2.0) and budget.allow(key, 2.0) == 0.0  # one more per 2 s
+    budget.allow("other a", 2.0)
+    budget.allow("other b", 100.0)  # full: the idle buckets go first
+    assert len(budget) <= 2
