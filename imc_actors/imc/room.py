@@ -174,7 +174,7 @@ def _join(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState
     """U (not listed) joins as a plain member; everyone active, U included, is told."""
     refusal = _admits(state, req.sender, policy, texts.YOU_ARE_BANNED)
     if refusal is not None:
-        return _refuse(state, req, *refusal)
+        return _refuse(state, req, refusal.code, refusal.text)
     new = replace(state, members=(*state.members, Member(req.sender, 0)))
     writes = (MemberUpsert(state.uri, req.sender, 0),)
     return new, _outcome(200, _broadcast(new, texts.has_joined(req.sender)), writes)
@@ -248,7 +248,7 @@ def _invite(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
         return _refuse(state, req, 403, texts.already_member(listed.uri))
     refusal = _admits(state, invitee, policy, texts.is_banned(invitee))
     if refusal is not None:
-        return _refuse(state, req, *refusal)
+        return _refuse(state, req, refusal.code, refusal.text)
     key = member_key(invitee)
     new = replace(
         state,
@@ -270,7 +270,7 @@ def _add(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState,
         return _refuse(state, req, 403, texts.already_member(listed.uri))
     refusal = _admits(state, user, policy, texts.is_banned(user))
     if refusal is not None:
-        return _refuse(state, req, *refusal)
+        return _refuse(state, req, refusal.code, refusal.text)
     new = replace(state, members=(*state.members, Member(user, 0)))
     writes = (MemberUpsert(state.uri, user, 0),)
     return new, _outcome(200, _broadcast(new, texts.has_joined(user)), writes)
@@ -394,7 +394,12 @@ class AdminAction:
 #: Who banned, in the ban row, when the management interface did.
 ADMIN_BY = "admin"
 
-Refusal = tuple[int, str]
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a moderation step cannot be taken: the SIP ``code`` and the notice ``text``."""
+
+    code: int
+    text: str
 
 
 def member_limit(state: RoomState, policy: Policy) -> int:
@@ -404,37 +409,37 @@ def member_limit(state: RoomState, policy: Policy) -> int:
     return min(state.max_members, policy.max_members)
 
 
-def _admits(state: RoomState, uri: str, policy: Policy, banned_text: str) -> Refusal | None:
+def _admits(state: RoomState, uri: str, policy: Policy, banned_text: str) -> _Refusal | None:
     """Why ``uri`` (not listed yet) may not be listed in the room: banned, or the room full."""
     if state.banned(uri) is not None:
-        return 403, banned_text
+        return _Refusal(403, banned_text)
     limit = member_limit(state, policy)
     if len(state.members) >= limit:
-        return 403, texts.room_full(limit)
+        return _Refusal(403, texts.room_full(limit))
     return None
 
 
-def _kick_member(state: RoomState, user: str, reason: str) -> Refusal | tuple[RoomState, Outcome]:
+def _kick_member(state: RoomState, user: str, reason: str) -> _Refusal | tuple[RoomState, Outcome]:
     them = state.find(user)
     if them is None:
-        return 404, texts.not_member(user)
+        return _Refusal(404, texts.not_member(user))
     if _active_owner(them):
-        return 403, texts.OWNER_CANNOT_BE_KICKED
+        return _Refusal(403, texts.OWNER_CANNOT_BE_KICKED)
     return _take_out(state, them, texts.you_were_kicked(reason), texts.was_kicked(them.uri, reason))
 
 
 def _add_ban(
     state: RoomState, user: str, reason: str, by: str, exempt: str | None
-) -> Refusal | tuple[RoomState, Outcome]:
+) -> _Refusal | tuple[RoomState, Outcome]:
     """Ban ``user`` (``sip:*@host``: the domain) and remove every listed entry it covers but
     the active owners and ``exempt`` (the banning member's key)."""
     pattern = member_key(user)
     if any(ban.pattern == pattern for ban in state.bans):
-        return 403, texts.already_banned(pattern)
+        return _Refusal(403, texts.already_banned(pattern))
     if pattern == exempt:
-        return 403, texts.CANNOT_BAN_YOURSELF
+        return _Refusal(403, texts.CANNOT_BAN_YOURSELF)
     if not pattern.startswith("*@") and _active_owner(state.find(user)):
-        return 403, texts.OWNER_CANNOT_BE_BANNED
+        return _Refusal(403, texts.OWNER_CANNOT_BE_BANNED)
     ban = Ban(pattern, reason)
     out = [
         m for m in state.members
@@ -453,12 +458,11 @@ def _add_ban(
 
 
 def _answer(
-    state: RoomState, req: RoomRequest, result: Refusal | tuple[RoomState, Outcome]
+    state: RoomState, req: RoomRequest, result: _Refusal | tuple[RoomState, Outcome]
 ) -> tuple[RoomState, Outcome]:
-    if isinstance(result[0], int):
-        code, text = result  # type: ignore[misc]
-        return _refuse(state, req, code, text)
-    return result  # type: ignore[return-value]
+    if isinstance(result, _Refusal):
+        return _refuse(state, req, result.code, result.text)
+    return result
 
 
 def _kick(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -527,10 +531,9 @@ def _administer(state: RoomState, op: AdminAction) -> tuple[RoomState, Outcome]:
         result = _kick_member(state, op.user, op.reason)
     else:
         result = _add_ban(state, op.user, op.reason, ADMIN_BY, None)
-    if isinstance(result[0], int):
-        code, text = result  # type: ignore[misc]
-        return state, _outcome(code, body=text.encode())
-    return result  # type: ignore[return-value]
+    if isinstance(result, _Refusal):
+        return state, _outcome(result.code, body=result.text.encode())
+    return result
 
 
 _HANDLERS.update(
