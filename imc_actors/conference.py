@@ -478,6 +478,7 @@ async def open_conference(
         check_on_create=config.check_on_create,
         owner_leave=config.owner_leave,
         max_members=config.max_members,
+        max_bans=config.max_bans,
     )
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:

@@ -136,6 +136,7 @@ class Config:
     # Moderation and limits (issue 16)
     max_members: int = 1000
     max_rooms_per_user: int = 100
+    max_bans: int = 1000
     chat_rate: float = 0.0
     chat_burst: int = 10
     chat_rate_senders: int = 65536
@@ -261,7 +262,7 @@ class Config:
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
-        for name in ("max_members", "max_rooms_per_user", "chat_burst", "chat_rate_senders"):
+        for name in ("max_members", "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be positive")
         if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
@@ -336,7 +337,7 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "flood_burst", "flood_sources", "max_members", "max_rooms_per_user", "chat_burst",
+    "flood_burst", "flood_sources", "max_members", "max_rooms_per_user", "max_bans", "chat_burst",
     "chat_rate_senders",
 }
 _FLOAT_FIELDS = {

@@ -64,13 +64,14 @@ class Policy:
     ``owner_leave`` (``destroy``: the last owner leaving destroys the room; ``refuse``: 403).
     ``create_on_join`` is the caller's business (it decides whether to call :func:`new_room`).
     ``max_members``: the most entries (members and pending invitations) a room may list; an
-    owner's ``#limit`` may only lower it for one room.
+    owner's ``#limit`` may only lower it for one room. ``max_bans``: the most bans a room keeps.
     """
 
     start_char: str = "#"
     check_on_create: bool = False
     owner_leave: str = "destroy"
     max_members: int = 1000
+    max_bans: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +430,7 @@ def _kick_member(state: RoomState, user: str, reason: str) -> _Refusal | tuple[R
 
 
 def _add_ban(
-    state: RoomState, user: str, reason: str, by: str, exempt: str | None
+    state: RoomState, user: str, reason: str, by: str, exempt: str | None, max_bans: int
 ) -> _Refusal | tuple[RoomState, Outcome]:
     """Ban ``user`` (``sip:*@host``: the domain) and remove every listed entry it covers but
     the active owners and ``exempt`` (the banning member's key)."""
@@ -440,6 +441,8 @@ def _add_ban(
         return _Refusal(403, texts.CANNOT_BAN_YOURSELF)
     if not pattern.startswith("*@") and _active_owner(state.find(user)):
         return _Refusal(403, texts.OWNER_CANNOT_BE_BANNED)
+    if len(state.bans) >= max_bans:
+        return _Refusal(403, texts.too_many_bans(max_bans))
     ban = Ban(pattern, reason)
     out = [
         m for m in state.members
@@ -480,7 +483,7 @@ def _ban(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState,
     assert me is not None
     target = _target(req)
     assert target.user is not None
-    return _answer(state, req, _add_ban(state, target.user, target.reason, me.uri, me.key))
+    return _answer(state, req, _add_ban(state, target.user, target.reason, me.uri, me.key, policy.max_bans))
 
 
 def _unban(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -521,7 +524,7 @@ def _limit(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
     return new, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), writes, body=body)
 
 
-def _administer(state: RoomState, op: AdminAction) -> tuple[RoomState, Outcome]:
+def _administer(state: RoomState, op: AdminAction, policy: Policy) -> tuple[RoomState, Outcome]:
     """Carry out a management action; a refusal is its code with the text as body."""
     if op.action == "destroy":
         return _destroy_room(state)
@@ -530,7 +533,7 @@ def _administer(state: RoomState, op: AdminAction) -> tuple[RoomState, Outcome]:
     if op.action == "kick":
         result = _kick_member(state, op.user, op.reason)
     else:
-        result = _add_ban(state, op.user, op.reason, ADMIN_BY, None)
+        result = _add_ban(state, op.user, op.reason, ADMIN_BY, None, policy.max_bans)
     if isinstance(result, _Refusal):
         return state, _outcome(result.code, body=result.text.encode())
     return result
@@ -592,7 +595,7 @@ def apply(
     if isinstance(op, InviteFailed):
         return _invite_failed(state, op)
     if isinstance(op, AdminAction):
-        return _administer(state, op)
+        return _administer(state, op, policy)
     if op.command is None:
         return _chat(state, op)
     handler = _HANDLERS.get(op.command.name)

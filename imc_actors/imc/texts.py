@@ -78,6 +78,7 @@ __all__ = [
     "not_banned",
     "room_full",
     "sending_too_fast",
+    "too_many_bans",
     "too_many_rooms",
     "unbanned",
     "was_banned",
@@ -349,6 +350,11 @@ def bans_list(bans: Iterable[Ban]) -> str:
     `` - reason`` when there is one; lines joined by ``\\n``."""
     lines = [ban.pattern + (f" - {ban.reason}" if ban.reason else "") for ban in bans]
     return "\n".join(["Bans:", *lines])
+
+
+def too_many_bans(limit: int) -> str:
+    """A ``#ban`` in a room that has ``max_bans`` bans already."""
+    return f"*** The room has too many bans (at most {limit}); lift one first"
 
 
 def room_full(limit: int) -> str:

@@ -177,6 +177,12 @@ def test_ban_refusals() -> None:
         after, outcome = run(state, sender, body)
         assert (outcome.code, notices(outcome)) == (code, [(sender, text)]), body
         assert after is state
+    for sender, body, code, text in (
+        (BOB, "#ban carol", 403, texts.too_many_bans(1)),
+    ):
+        after, outcome = run(state, sender, body, Policy(max_bans=1))
+        assert (outcome.code, notices(outcome)) == (code, [(sender, text)]), body
+        assert after is state
 
 
 def test_unban_and_bans() -> None:
