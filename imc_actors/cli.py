@@ -35,6 +35,8 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--members-table", "members_table", "the members table", metavar="NAME")
     _setting(parser, "--pending-table", "pending_table", "notices waiting for unreachable members", metavar="NAME")
     _setting(parser, "--location-table", "location_table", "the registrar's bindings", metavar="NAME")
+    _setting(parser, "--bans-table", "bans_table", "the rooms' bans", metavar="NAME")
+    _setting(parser, "--limits-table", "limits_table", "the rooms' own member limits (#limit)", metavar="NAME")
     _setting(parser, "--db-timeout", "db_timeout", "seconds a database write may take before it "
              "fails with 503 (nothing of it is written)", metavar="SECONDS")
     _auth_table_flags(parser)
@@ -139,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(serve, "--tls-key", "tls_key", "PEM private key of --tls-cert", metavar="FILE")
     _setting(serve, "--tls-ca", "tls_ca", "PEM CA certificates outgoing TLS connections trust "
              "(none: the system's)", metavar="FILE")
+    # moderation and limits (README "Moderation")
+    _setting(serve, "--max-members", "max_members", "most entries (members and pending invitations) "
+             "a room lists; owners may lower it per room with #limit", metavar="N")
+    _setting(serve, "--max-rooms-per-user", "max_rooms_per_user", "most rooms one user may own "
+             "(creating one more is refused)", metavar="N")
+    _setting(serve, "--chat-rate", "chat_rate", "chat messages a second each sender may send in a "
+             "room (0: no limit); beyond its burst 503 with Retry-After", metavar="N")
+    _setting(serve, "--chat-burst", "chat_burst", "chat messages a sender may send in a room at once",
+             metavar="N")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
@@ -292,7 +303,8 @@ def _db(config: Config, action: str) -> int:
         if action == "init":
             repository.init_schema()
             tables = (config.rooms_table, config.members_table, config.pending_table,
-                      config.location_table, config.subscriber_table, config.secret_table)  # fmt: skip
+                      config.location_table, config.subscriber_table, config.secret_table,
+                      config.bans_table, config.limits_table)  # fmt: skip
             print(f"{PROG}: tables {', '.join(tables)} ready")
             return 0
         problems = repository.check_schema()

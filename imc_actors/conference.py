@@ -20,15 +20,24 @@ from .actors.delivery import Delivery, Hold, Sender
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .config import Config
 from .imc import texts
-from .imc.commands import CommandError, parse_command, resolve
-from .imc.effects import Notice
-from .imc.room import Policy, RoomRequest, help_text, new_room, notice_error, rooms_reply
+from .imc.commands import CommandError, complete_argument, parse_command, resolve
+from .imc.effects import MAX_REASON_LENGTH, Notice
+from .imc.room import (
+    AdminAction,
+    Policy,
+    RoomRequest,
+    help_text,
+    new_room,
+    notice_error,
+    rooms_reply,
+)
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import USER_SAFE, canonical_user, reason_phrase
 from .store.repository import Repository
 from .store.writer import Backend, Store
+from .transport.limits import FloodLimiter
 
 log = logging.getLogger("imc_actors.conference")
 
@@ -63,6 +72,7 @@ class IncomingMessage:
 class _Refuse:
     code: int
     text: str
+    retry_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +157,14 @@ class Conference:
         self._create_on_join = config.create_on_join
         self._max_body = config.max_body_size
         self._nursery: trio.Nursery | None = None  # set while open_conference runs
+        self._max_rooms = config.max_rooms_per_user
+        #: Chat budget per (room, sender): the transport's token bucket table, keyed by
+        #: ``"<room key> <sender key>"``, bounded by ``chat_rate_senders`` (None: no limit).
+        self.chat_limiter: FloodLimiter | None = None
+        if config.chat_rate > 0:
+            self.chat_limiter = FloodLimiter(
+                config.chat_rate, config.chat_burst, 0.0, max_sources=config.chat_rate_senders
+            )
 
     # ------------------------------------------------------------------ views
     def rooms(self) -> list[RoomState]:
@@ -238,6 +256,9 @@ class Conference:
         if route is _ROOMS:
             return await self._reply(rooms_reply(self.rooms(), _canonical_sender(msg.sender)), msg, hold)
         assert isinstance(route, _ToRoom)
+        limited = self._chat_limited(route)
+        if limited is not None:
+            return await self._refuse(limited.code, limited.text, msg, hold, limited.retry_after)
         return await self._to_room(route.name, route.domain, route.op, msg, create=route.create, hold=hold)
 
     def start(
@@ -255,8 +276,9 @@ class Conference:
         if not isinstance(route, _ToRoom):
             return False
         handle = self.supervisor.lookup(route.name, route.domain)
-        if handle is None:
-            return False
+        if handle is None or self._chat_limited(route, peek=True) is not None:
+            return False  # a refusal goes through handle(), which counts it once
+        self._chat_limited(route)
         self.delivery.wake(msg.sender)
 
         def answered(answer: Answer) -> None:
@@ -336,6 +358,8 @@ class Conference:
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
+                if self.supervisor.owned(op.sender) >= self._max_rooms:
+                    return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
                 state, outcome = new_room(name, domain, op.sender, create)
                 answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
             else:
@@ -354,11 +378,61 @@ class Conference:
             raise ConferenceClosed("this conference has ended; open a new one")
         return await self._refuse(code, text, msg, hold)
 
-    async def _refuse(self, code: int, text: str, msg: IncomingMessage, hold: Hold | None) -> Answer:
+    async def _refuse(
+        self, code: int, text: str, msg: IncomingMessage, hold: Hold | None, retry_after: int | None = None
+    ) -> Answer:
         """A refusal with no room behind it: notice From the Request-URI, then the code."""
         outcome = notice_error(code, text, msg.sender, msg.request_uri)
         await self.delivery.submit(outcome.notices, msg.call_id, hold=hold)
-        return Answer(code, reason_phrase(code))
+        return Answer(code, reason_phrase(code), retry_after=retry_after)
+
+    # ------------------------------------------------------------------ moderation
+    def _chat_limited(self, route: _ToRoom, *, peek: bool = False) -> _Refuse | None:
+        """Spend one token of the sender's chat budget in the room (``chat_rate``,
+        ``chat_burst``): None when the chat may go on (or is a command, or there is no
+        limit), else the 503 refusal. Checked before the room's mailbox, so a flood costs
+        the room nothing. With ``peek`` nothing is spent or counted. No checkpoint."""
+        limiter = self.chat_limiter
+        if limiter is None or route.op.command is not None:
+            return None
+        key = f"{route.name}@{route.domain} {route.op.sender}".lower()
+        now = trio.current_time()
+        if peek:
+            return None if limiter.would_allow(key, now) else _Refuse(503, "")
+        wait = limiter.allow(key, now)
+        if wait <= 0.0:
+            return None
+        seconds = max(1, math.ceil(wait))
+        return _Refuse(503, texts.sending_too_fast(seconds), seconds)
+
+    async def administer(
+        self, room_uri: str, action: str, user: str | None = None, reason: str = ""
+    ) -> Answer:
+        """A management action on the room at ``room_uri``: ``destroy``, ``kick`` or ``ban``
+        ``user`` (completed as a command argument against the room's domain; ``*@domain`` bans
+        a domain) with ``reason``. Carried out by the room's actor like a command, so it is
+        durable before this returns. The answer's ``body`` is the ``***`` text of a refusal
+        (404 no such room, 400 bad user, 403/404 from the room). Checkpoints."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
+        if action not in ("destroy", "kick", "ban"):
+            raise ValueError(f"unknown action {action!r}")
+        name, domain = split_user_host(room_uri)
+        target: str | None = None
+        if action != "destroy":
+            try:
+                target = complete_argument(user or "", domain)
+            except ValueError:
+                return Answer(400, reason_phrase(400), body=texts.invalid_address(user or "").encode())
+        op = AdminAction(action, target, reason[:MAX_REASON_LENGTH])  # type: ignore[arg-type]
+        for _ in range(4):
+            handle = self.supervisor.lookup(name, domain)
+            if handle is None or not handle.committed:
+                return Answer(404, reason_phrase(404), body=texts.ROOM_NOT_FOUND.encode())
+            answer = await self.supervisor.call(handle, op, f"admin-{action}")
+            if answer.code != RETRY:
+                return answer
+        return Answer(503, reason_phrase(503), retry_after=1)
 
     async def _reply(self, body: bytes, msg: IncomingMessage, hold: Hold | None) -> Answer:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
@@ -372,7 +446,8 @@ def repository_of(config: Config) -> Repository:
         config.db_url, config.rooms_table, config.members_table,
         pending_table=config.pending_table, location_table=config.location_table,
         subscriber_table=config.subscriber_table, secret_table=config.secret_table,
-        lock_timeout=config.db_timeout,
+        lock_timeout=config.db_timeout, bans_table=config.bans_table,
+        limits_table=config.limits_table,
     )  # fmt: skip
 
 
@@ -413,6 +488,8 @@ async def open_conference(
         start_char=config.imc_cmd_start_char[0],
         check_on_create=config.check_on_create,
         owner_leave=config.owner_leave,
+        max_members=config.max_members,
+        max_bans=config.max_bans,
     )
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:

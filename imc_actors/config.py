@@ -86,6 +86,8 @@ class Config:
     members_table: str = "imc_members"
     pending_table: str = "imc_pending"
     location_table: str = "imc_location"
+    bans_table: str = "imc_bans"
+    limits_table: str = "imc_room_limits"
     db_timeout: float = 5.0
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
@@ -143,6 +145,13 @@ class Config:
     rpc_token: str | None = None
     rpc_hosts: list[str] = field(default_factory=list)
     metrics_public: bool = False
+    # Moderation and limits (issue 16)
+    max_members: int = 1000
+    max_rooms_per_user: int = 100
+    max_bans: int = 1000
+    chat_rate: float = 0.0
+    chat_burst: int = 10
+    chat_rate_senders: int = 65536
     # Logging
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
@@ -266,14 +275,20 @@ class Config:
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
         tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table,
-                  self.subscriber_table, self.secret_table]  # fmt: skip
+                  self.subscriber_table, self.secret_table, self.bans_table, self.limits_table]
         if len({t.lower() for t in tables}) != len(tables):
             raise ConfigError("pending_table", "the table names must differ")
         for name in ("rooms_table", "members_table", "pending_table", "location_table",
-                     "subscriber_table", "secret_table", "manager_user"):  # fmt: skip
+                     "subscriber_table", "secret_table", "bans_table", "limits_table",
+                     "manager_user"):  # fmt: skip
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
+        for name in ("max_members", "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
+        if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
+            raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
         for hdr in self.extra_hdrs:
             if ":" not in hdr or "\r" in hdr or "\n" in hdr:
                 raise ConfigError("extra_hdrs", f"not a 'Name: value' header line: {hdr!r}")
@@ -427,10 +442,11 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size",
+    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "max_members",
+    "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders",
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block",
-                 "nonce_expires", "auth_cache_ttl"}  # fmt: skip
+                 "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 

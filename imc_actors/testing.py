@@ -58,7 +58,18 @@ from .actors.delivery import DeliveryResult, Sender
 from .actors.supervisor import Answer, ApplyFn, Committer
 from .conference import Conference, IncomingMessage, open_conference, open_repository
 from .config import Config
-from .imc.effects import MemberDelete, MemberUpsert, Notice, Outcome, RoomDelete, RoomUpsert, Write
+from .imc.effects import (
+    BanDelete,
+    BanSet,
+    LimitSet,
+    MemberDelete,
+    MemberUpsert,
+    Notice,
+    Outcome,
+    RoomDelete,
+    RoomUpsert,
+    Write,
+)
 from .imc.room import InviteFailed, Policy, RoomRequest, apply
 from .imc.state import RoomState, member_key
 from .store.repository import StoreError
@@ -134,7 +145,7 @@ def _describe(facts: dict[str, str | None]) -> str:
 def _room_of(write: Write) -> str:
     if isinstance(write, RoomUpsert | RoomDelete):
         return f"sip:{write.name}@{write.domain}"
-    if isinstance(write, MemberUpsert | MemberDelete):
+    if isinstance(write, MemberUpsert | MemberDelete | BanSet | BanDelete | LimitSet):
         return write.room
     return ""
 

@@ -111,6 +111,25 @@ CREATE TABLE imc_secret (
     CONSTRAINT name_idx UNIQUE (name)
 ) ENGINE=InnoDB;
 
+-- Moderation (#ban, #limit): a room's bans and its own member limit. room is the room URI
+-- sip:name@domain, lower case, as are a ban's username/domain (username '*': a whole domain).
+CREATE TABLE imc_bans (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    room VARCHAR(64) NOT NULL,
+    username VARCHAR(64) NOT NULL,
+    domain VARCHAR(64) NOT NULL,
+    reason VARCHAR(255) DEFAULT '' NOT NULL,
+    banned_by VARCHAR(255) DEFAULT '' NOT NULL,
+    ban_time BIGINT DEFAULT 0 NOT NULL
+) ENGINE=InnoDB;
+CREATE UNIQUE INDEX imc_bans_room_account_idx ON imc_bans (room, username, domain);
+CREATE TABLE imc_room_limits (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    room VARCHAR(64) NOT NULL,
+    max_members INTEGER NOT NULL
+) ENGINE=InnoDB;
+CREATE UNIQUE INDEX imc_room_limits_room_idx ON imc_room_limits (room);
+
 -- imc-actors: optional index (not in Kamailio; harmless to it). The default _ci collations
 -- already compare names case-insensitively; this index keeps room deletes from scanning.
 CREATE INDEX imc_members_room_idx ON imc_members (room);

@@ -110,6 +110,25 @@ CREATE TABLE imc_secret (
     CONSTRAINT imc_secret_name_idx UNIQUE (name)
 );
 
+-- Moderation (#ban, #limit): a room's bans and its own member limit. room is the room URI
+-- sip:name@domain, lower case, as are a ban's username/domain (username '*': a whole domain).
+CREATE TABLE imc_bans (
+    id SERIAL PRIMARY KEY NOT NULL,
+    room VARCHAR(64) NOT NULL,
+    username VARCHAR(64) NOT NULL,
+    domain VARCHAR(64) NOT NULL,
+    reason VARCHAR(255) DEFAULT '' NOT NULL,
+    banned_by VARCHAR(255) DEFAULT '' NOT NULL,
+    ban_time BIGINT DEFAULT 0 NOT NULL
+);
+CREATE UNIQUE INDEX imc_bans_room_account_idx ON imc_bans (room, username, domain);
+CREATE TABLE imc_room_limits (
+    id SERIAL PRIMARY KEY NOT NULL,
+    room VARCHAR(64) NOT NULL,
+    max_members INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX imc_room_limits_room_idx ON imc_room_limits (room);
+
 -- imc-actors: optional indexes (not in Kamailio; harmless to it). PostgreSQL compares text
 -- case-sensitively, so names are matched with lower(); these keep those lookups and room
 -- deletes from scanning the tables.

@@ -20,16 +20,16 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
-from ..imc.effects import Notice, Outcome, Write
-from ..imc.room import InviteFailed, Policy, RoomRequest, apply
-from ..imc.state import RoomState
+from ..imc.effects import OWNER, Notice, Outcome, Write
+from ..imc.room import AdminAction, InviteFailed, Policy, RoomRequest, apply
+from ..imc.state import RoomState, member_key
 from ..store.writer import StoreError, StoreUnavailable
 from .delivery import Delivery, DeliveryResult, Hold
 
@@ -75,7 +75,7 @@ class Envelope:
 
     def __init__(
         self,
-        op: RoomRequest | InviteFailed | _Create,
+        op: RoomRequest | InviteFailed | AdminAction | _Create,
         call_id: str,
         callback: AnswerCallback | None = None,
         hold: Hold | None = None,
@@ -144,7 +144,9 @@ class Committer(Protocol):
 _Staged = tuple[Envelope, RoomState, Outcome]
 
 #: The pure transition a room actor runs; replaceable to inject faults (imc_actors.testing).
-ApplyFn = Callable[[RoomState, RoomRequest | InviteFailed, Policy], tuple[RoomState, Outcome]]
+ApplyFn = Callable[
+    [RoomState, RoomRequest | InviteFailed | AdminAction, Policy], tuple[RoomState, Outcome]
+]
 
 
 def partition_of(key: str, hash_size: int) -> int:
@@ -182,6 +184,7 @@ class Supervisor:
         self._restarts = 0
         self._processed = 0
         self._mailbox_full = 0
+        self._owned: Counter[str] = Counter()  # member key -> rooms registered with it as owner
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
@@ -211,6 +214,7 @@ class Supervisor:
         for state in states:
             index = partition_of(state.key, self._hash_size)
             self._partitions[index][state.key] = RoomHandle(state, index)
+            self._count_owners(state, 1)
 
     def lookup(self, name: str, domain: str) -> RoomHandle | None:
         key = f"{name}@{domain}".lower()
@@ -229,7 +233,33 @@ class Supervisor:
         rooms = self._partitions[handle.partition]
         if rooms.get(handle.state.key) is handle:
             del rooms[handle.state.key]
+            self._count_owners(handle.state, -1)
         handle.gone = True
+
+    # ------------------------------------------------------------------ rooms per owner
+    def owned(self, user: str) -> int:
+        """How many registered rooms list ``user`` (``sip:user@host``) as an active OWNER
+        (``max_rooms_per_user``). Rooms being created count from their registration."""
+        return self._owned.get(member_key(user), 0)
+
+    def _count_owners(self, state: RoomState, sign: int) -> None:
+        owned = self._owned
+        for member in state.members:
+            if member.flags & OWNER and member.active:
+                left = owned[member.key] + sign
+                if left > 0:
+                    owned[member.key] = left
+                else:
+                    del owned[member.key]
+
+    def _set_state(self, handle: RoomHandle, state: RoomState) -> None:
+        """Adopt a committed state, keeping :meth:`owned` in step (O(members) only when the
+        members changed: chat and refusals return the very same state)."""
+        old = handle.state
+        if state.members is not old.members:
+            self._count_owners(old, -1)
+            self._count_owners(state, 1)
+        handle.state = state
 
     # ------------------------------------------------------------------ calls
     async def create(
@@ -243,10 +273,15 @@ class Supervisor:
         index = partition_of(state.key, self._hash_size)
         handle = RoomHandle(state, index, committed=False)
         self._partitions[index][state.key] = handle
+        self._count_owners(state, 1)
         return await self._call(handle, _Create(outcome), call_id, hold)
 
     async def call(
-        self, handle: RoomHandle, op: RoomRequest | InviteFailed, call_id: str, hold: Hold | None = None
+        self,
+        handle: RoomHandle,
+        op: RoomRequest | InviteFailed | AdminAction,
+        call_id: str,
+        hold: Hold | None = None,
     ) -> Answer:
         """Send one command to a room and wait for its answer.
 
@@ -277,7 +312,7 @@ class Supervisor:
     async def _call(
         self,
         handle: RoomHandle,
-        op: RoomRequest | InviteFailed | _Create,
+        op: RoomRequest | InviteFailed | AdminAction | _Create,
         call_id: str,
         hold: Hold | None = None,
     ) -> Answer:
@@ -292,7 +327,7 @@ class Supervisor:
     def _post(
         self,
         handle: RoomHandle,
-        op: RoomRequest | InviteFailed | _Create,
+        op: RoomRequest | InviteFailed | AdminAction | _Create,
         call_id: str,
         callback: AnswerCallback | None,
         hold: Hold | None = None,
@@ -422,7 +457,7 @@ class Supervisor:
         assert backlog is not None
         if not staged:
             return
-        handle.state = staged[-1][1]
+        self._set_state(handle, staged[-1][1])
         for envelope, _, outcome in staged:
             backlog.popleft()
             if outcome.notices:
@@ -493,7 +528,7 @@ class Supervisor:
                 log.error("room=%s commit failed call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
                 self._failed_commit(handle, envelope, Answer(500, "Server Internal Error"))
                 return
-        handle.state = new_state
+        self._set_state(handle, new_state)
         handle.committed = True
         if outcome.destroyed:
             self._unregister(handle)

@@ -104,7 +104,7 @@ def create_app(
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             return _api(error_response(RpcError(PARSE_ERROR, "Parse error")))
-        answer = dispatcher.handle(payload)
+        answer = await dispatcher.handle(payload)
         if answer is None:
             return Response(status_code=204, headers=_API_HEADERS)
         return _api(answer)

@@ -13,19 +13,34 @@ Methods:
   ``Invalid room name`` or ``Room not found`` (Kamailio's codes and texts);
 - ``system.listMethods`` -> the method names.
 
+Admin actions (when the source can carry them out, i.e. a
+:class:`~imc_actors.conference.Conference`), run by the room's actor like a command and
+durable before the answer:
+
+- ``imc.destroy_room`` ``[room_uri]`` (or ``{"room": …}``) -> ``{"room": uri, "destroyed": true}``;
+- ``imc.kick`` ``[room_uri, user, reason?]`` (or ``{"room", "user", "reason"}``) ->
+  ``{"room": uri, "user": uri, "kicked": true}``;
+- ``imc.ban`` ``[room_uri, user, reason?]`` (``user`` may be ``*@domain``) ->
+  ``{"room": uri, "user": uri, "banned": true}``.
+
+A room that cannot be found is the error of ``imc.list_members``; a refusal by the room is an
+error whose code is the SIP code (400, 403, 404) and whose message is the notice text without
+``*** `` (``The room's owner cannot be kicked``).
+
 Protocol errors use the JSON-RPC codes: -32700 parse error, -32600 invalid request, -32601
 method not found, -32602 invalid params, -32603 internal error.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 
 from .views import RoomLookupError, RoomSource, find_room, room_summary
 
-__all__ = ["RpcDispatcher", "RpcError", "error_response", "PARSE_ERROR"]
+__all__ = ["RpcDispatcher", "RpcError", "RoomAdmin", "error_response", "PARSE_ERROR"]
 
 log = logging.getLogger("imc_actors.control.rpc")
 
@@ -71,8 +86,22 @@ def _valid_id(value: Any) -> bool:
 Method = Callable[[list[Any] | dict[str, Any]], Any]
 
 
+@runtime_checkable
+class RoomAdmin(Protocol):
+    """A source that can also act on rooms (:meth:`Conference.administer`)."""
+
+    def administer(
+        self, room_uri: str, action: str, user: str | None = None, reason: str = ""
+    ) -> Awaitable[Any]: ...
+
+
 class RpcDispatcher:
-    """Answers JSON-RPC requests about the rooms of ``source`` (no I/O, no checkpoint)."""
+    """Answers JSON-RPC requests about the rooms of ``source``.
+
+    Every method, the admin actions included, goes through :meth:`handle` and :meth:`call`
+    (one place to guard them all). Read-only methods answer between two checkpoints; the
+    admin actions wait for the room's actor.
+    """
 
     def __init__(self, source: RoomSource) -> None:
         self.source = source
@@ -81,9 +110,15 @@ class RpcDispatcher:
             "imc.list_members": self._list_members,
             "system.listMethods": self._list_methods,
         }
+        if isinstance(source, RoomAdmin):
+            self.methods |= {
+                "imc.destroy_room": self._destroy_room,
+                "imc.kick": self._kick,
+                "imc.ban": self._ban,
+            }
 
     # ------------------------------------------------------------------ protocol
-    def handle(self, payload: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
+    async def handle(self, payload: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
         """Answer a decoded request body: one object, or a batch (list) of them.
 
         Returns the response (a list for a batch), or None when every request was a
@@ -92,11 +127,11 @@ class RpcDispatcher:
         if isinstance(payload, list):
             if not payload:
                 return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "empty batch"))
-            responses = [r for r in (self._one(item) for item in payload) if r is not None]
+            responses = [r for r in [await self._one(item) for item in payload] if r is not None]
             return responses or None
-        return self._one(payload)
+        return await self._one(payload)
 
-    def _one(self, request: Any) -> dict[str, Any] | None:
+    async def _one(self, request: Any) -> dict[str, Any] | None:
         if not isinstance(request, dict):
             return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "not an object"))
         request_id = request.get("id")
@@ -110,7 +145,7 @@ class RpcDispatcher:
                 request_id,
             )
         try:
-            result = self.call(method, request.get("params", []))
+            result = await self.call(method, request.get("params", []))
         except RpcError as exc:
             return None if notification else error_response(exc, request_id)
         except Exception:
@@ -120,14 +155,17 @@ class RpcDispatcher:
             return None
         return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
-    def call(self, method: str, params: Any) -> Any:
-        """Run one method; raises :class:`RpcError`."""
+    async def call(self, method: str, params: Any) -> Any:
+        """Run one method; raises :class:`RpcError`. Checkpoints only for the admin actions."""
         function = self.methods.get(method)
         if function is None:
             raise RpcError(METHOD_NOT_FOUND, "Method not found", method)
         if not isinstance(params, list | dict):
             raise RpcError(INVALID_PARAMS, "Invalid params", "params must be an array or an object")
-        return function(params)
+        result = function(params)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
     # ------------------------------------------------------------------ methods
     def _list_rooms(self, params: list[Any] | dict[str, Any]) -> list[dict[str, Any]]:
@@ -159,3 +197,58 @@ class RpcDispatcher:
 
     def _list_methods(self, params: list[Any] | dict[str, Any]) -> list[str]:
         return sorted(self.methods)
+
+    # ------------------------------------------------------------------ admin actions
+    async def _destroy_room(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _, _ = _action_params("imc.destroy_room", params, ("room",))
+        uri = await self._act(room, "destroy")
+        return {"room": uri, "destroyed": True}
+
+    async def _kick(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, user, reason = _action_params("imc.kick", params, ("room", "user", "reason"))
+        uri = await self._act(room, "kick", user, reason)
+        return {"room": uri, "user": user, "kicked": True}
+
+    async def _ban(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, user, reason = _action_params("imc.ban", params, ("room", "user", "reason"))
+        uri = await self._act(room, "ban", user, reason)
+        return {"room": uri, "user": user, "banned": True}
+
+    async def _act(self, room: str | None, action: str, user: str | None = None, reason: str = "") -> str:
+        """Carry out ``action`` in the room ``room`` names; its URI, or :class:`RpcError`."""
+        try:
+            state = find_room(self.source, room)
+        except RoomLookupError as exc:
+            raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+        assert isinstance(self.source, RoomAdmin)
+        answer = await self.source.administer(state.uri, action, user, reason)
+        if answer.code >= 300:
+            text = (answer.body or answer.reason.encode()).decode("utf-8", "replace")
+            if answer.code == 404 and text == "*** Room not found":  # gone meanwhile
+                raise RpcError(500, _LOOKUP_TEXTS["not_found"])
+            raise RpcError(answer.code, text.removeprefix("*** "))
+        return state.uri
+
+
+def _action_params(
+    method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...]
+) -> tuple[str | None, str | None, str]:
+    """``(room, user, reason)`` from positional or named ``params`` (strings; ``user`` is
+    required when the method takes one, ``reason`` defaults to empty)."""
+    if isinstance(params, dict):
+        unknown = set(params) - set(names)
+        if unknown:
+            raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
+        values = [params.get(name) for name in names]
+    else:
+        if len(params) > len(names):
+            raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
+        values = [*params, *([None] * (len(names) - len(params)))]
+    if any(value is not None and not isinstance(value, str) for value in values):
+        raise RpcError(INVALID_PARAMS, "Invalid params", "parameters must be strings")
+    room = values[0]
+    user = values[1] if len(names) > 1 else None
+    reason = (values[2] if len(names) > 2 else None) or ""
+    if len(names) > 1 and not user:
+        raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} needs a user")
+    return room, user, reason

@@ -164,6 +164,18 @@ class _StatisticsCollector(Collector):
         if m.conference is not None:
             yield from self._supervisor(m.conference.supervisor.statistics())
             yield from self._delivery(m.conference.delivery.statistics())
+            limiter = getattr(m.conference, "chat_limiter", None)
+            if limiter is not None:  # chat_rate is on
+                yield CounterMetricFamily(
+                    "imc_chat_throttled",
+                    "chat messages answered 503 because their sender was over its chat budget "
+                    "in the room (chat_rate)",
+                    value=limiter.throttled,
+                )
+                yield GaugeMetricFamily(
+                    "imc_chat_budgets", "(room, sender) chat budgets tracked now (at most "
+                    "chat_rate_senders)", value=len(limiter),
+                )
         store = m.store
         if store is None and m.conference is not None:
             store = getattr(m.conference.supervisor, "store", None)

@@ -93,7 +93,8 @@ def member_role(member: Member) -> str:
 
 
 def room_detail(state: RoomState) -> dict[str, object]:
-    """Everything the status page shows about one room: members in joining order with roles."""
+    """Everything the status page shows about one room: members in joining order with roles,
+    its bans in banning order and its own member limit (``#limit``; None: the server's)."""
     members = [
         {
             "uri": m.uri,
@@ -111,6 +112,8 @@ def room_detail(state: RoomState) -> dict[str, object]:
         "owner": owner_uri(state),
         "count": len(members),
         "members": members,
+        "bans": [{"pattern": ban.pattern, "reason": ban.reason} for ban in state.bans],
+        "max_members": state.max_members,
     }
 
 

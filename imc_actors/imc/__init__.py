@@ -19,6 +19,9 @@ from .effects import (
     INVITED,
     OWNER,
     PRIVATE,
+    BanDelete,
+    BanSet,
+    LimitSet,
     MemberDelete,
     MemberUpsert,
     Notice,
@@ -28,6 +31,7 @@ from .effects import (
     Write,
 )
 from .room import (
+    AdminAction,
     InviteFailed,
     Policy,
     RoomRequest,
@@ -37,10 +41,15 @@ from .room import (
     notice_error,
     rooms_reply,
 )
-from .state import Member, RoomState, member_key
+from .state import Ban, Member, RoomState, member_key
 
 __all__ = [
     "ADMIN",
+    "AdminAction",
+    "Ban",
+    "BanDelete",
+    "BanSet",
+    "LimitSet",
     "COMMANDS",
     "INVITED",
     "OWNER",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..sip import USER_SAFE, complete_argument
 from . import texts
-from .effects import MAX_STORED_LENGTH
+from .effects import MAX_REASON_LENGTH, MAX_STORED_LENGTH
 
 __all__ = [
     "COMMANDS",
@@ -41,6 +41,12 @@ COMMANDS = (
     "add",
     "modify",
     "help",
+    # moderation (issue 16 items 4-5)
+    "ban",
+    "unban",
+    "bans",
+    "kick",
+    "limit",
 )
 _ALIASES = {"deny": "reject", "exit": "leave", "list": "members"}
 _NAMES = {name: name for name in COMMANDS} | _ALIASES
@@ -63,13 +69,16 @@ class Command:
 
     ``name`` is canonical (aliases resolved, lower case), ``typed`` is the name as typed,
     ``args`` the tokens after the name (at most 4). ``start_char`` is the start character
-    the body was parsed with; texts about the command (``send '#help'``) use it.
+    the body was parsed with; texts about the command (``send '#help'``) use it. ``rest`` is
+    the whole line after the name, blanks around it removed (``#ban``/``#kick`` take their
+    reason from it, spaces included).
     """
 
     name: str
     typed: str
     args: tuple[str, ...] = ()
     start_char: str = "#"
+    rest: str = ""
 
 
 class CommandError(Exception):
@@ -106,12 +115,14 @@ def parse_command(body: bytes, start_char: str) -> Command | None:
     line = body[len(prefix) : end.start() if end else len(body)].decode("utf-8", "replace")
     if not line or line[0] in " \t":
         raise CommandError(400, texts.missing_command(start))
-    tokens = _BLANKS.split(line.rstrip(" \t"), maxsplit=_MAX_TOKENS)[:_MAX_TOKENS]
+    text = line.rstrip(" \t")
+    tokens = _BLANKS.split(text, maxsplit=_MAX_TOKENS)[:_MAX_TOKENS]
     typed = tokens[0]
     name = _NAMES.get(typed.lower())
     if name is None:
         raise CommandError(400, texts.invalid_command(typed, start))
-    return Command(name, typed, tuple(tokens[1:]), start)
+    rest = text[len(typed) :].lstrip(" \t") if name in _REASON_COMMANDS else ""
+    return Command(name, typed, tuple(tokens[1:]), start, rest)
 
 
 def _fits(uri: str) -> bool:
@@ -128,6 +139,10 @@ class Target:
     (``None`` for ``#rooms`` and ``#help``). ``user``: the completed ``sip:user@host`` for
     ``#invite``, ``#add``, ``#remove`` and ``#modify``. ``role``: ``owner``, ``admin`` or
     ``member`` (lower case) for ``#modify``. ``private``: ``#create ... private``.
+    Moderation: ``user`` is also the ``#ban``/``#unban``/``#kick`` user (``sip:*@host`` for a
+    whole domain, ``#ban``/``#unban`` only); ``reason`` the ``#ban``/``#kick`` reason (may be
+    empty, cut to :data:`~imc_actors.imc.effects.MAX_REASON_LENGTH`); ``limit`` the number
+    of ``#limit <n>`` (None: ``#limit`` alone asks for the limit).
     """
 
     room_name: str | None
@@ -135,6 +150,8 @@ class Target:
     user: str | None = None
     role: str | None = None
     private: bool = False
+    reason: str = ""
+    limit: int | None = None
 
     @property
     def room_uri(self) -> str | None:
@@ -177,6 +194,8 @@ def resolve(
     user: str | None = None
     role: str | None = None
     private = False
+    reason = ""
+    limit: int | None = None
     room_arg: str | None
     if name == "create":
         room_arg = args[0] if args else None
@@ -199,6 +218,8 @@ def resolve(
             raise CommandError(400, texts.INVALID_ROLE)
         user = _complete_or_400(args[0], ruri_host)
         room_arg = args[2] if len(args) > 2 else None
+    elif name in _MODERATION_ARGS:
+        user, room_arg, reason, limit = _moderation_args(command, ruri_host)
     else:
         room_arg = args[0] if args else None
 
@@ -221,4 +242,39 @@ def resolve(
         raise CommandError(400, texts.address_too_long(MAX_STORED_LENGTH))
     if sender is not None and not _fits(sender):
         raise CommandError(400, texts.sender_too_long(MAX_STORED_LENGTH))
-    return Target(room_name, room_domain, user, role, private)
+    return Target(room_name, room_domain, user, role, private, reason, limit)
+
+
+# --------------------------------------------------------------------------- moderation
+#: ``#ban <user|*@domain> [reason]`` and ``#kick <user> [reason]``: the reason is the rest of
+#: the line, so they take no room argument (the room is the Request-URI's).
+_REASON_COMMANDS = frozenset({"ban", "kick"})
+#: ``#unban <user|*@domain> [<room>]`` and ``#limit [<n>] [<room>]`` (``#bans [<room>]`` takes
+#: arguments as ``#members`` does).
+_MODERATION_ARGS = _REASON_COMMANDS | {"unban", "limit"}
+#: The user part that bans a whole domain (``*@example.com``; ``*`` alone: the room's domain).
+WILDCARD = "*"
+
+
+def _moderation_args(
+    command: Command, ruri_host: str
+) -> tuple[str | None, str | None, str, int | None]:
+    """``(user, room argument, reason, limit)`` of a moderation command (see :class:`Target`)."""
+    name, args = command.name, command.args
+    if name == "limit":
+        if args and args[0].isdigit():
+            number = int(args[0]) if len(args[0]) <= 9 else 10**9
+            return None, args[1] if len(args) > 1 else None, "", number
+        if args and args[0][:1] in "-+0123456789":
+            raise CommandError(400, texts.invalid_limit(command.start_char))
+        return None, args[0] if args else None, "", None
+    if not args:
+        raise CommandError(400, texts.missing_argument(command.start_char))
+    user = _complete_or_400(args[0], ruri_host)
+    if name == "kick" and user.partition(":")[2].rpartition("@")[0] == WILDCARD:
+        raise CommandError(400, texts.invalid_address(args[0]))
+    if name == "unban":
+        return user, args[1] if len(args) > 1 else None, "", None
+    parts = _BLANKS.split(command.rest, maxsplit=1)
+    reason = parts[1][:MAX_REASON_LENGTH] if len(parts) > 1 else ""
+    return user, None, reason, None

@@ -22,6 +22,8 @@ PRIVATE = 1
 #: Commands that would write a longer one are refused before anything is written
 #: (:func:`imc_actors.imc.commands.resolve`).
 MAX_STORED_LENGTH = 64
+#: Widest ban or kick reason kept (longer ones are cut; the column is ``varchar(255)``).
+MAX_REASON_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,40 @@ class MemberDelete:
     member: str
 
 
-Write = RoomUpsert | RoomDelete | MemberUpsert | MemberDelete
+# --------------------------------------------------------------------------- moderation
+# Kept in imc-actors' own tables (``bans_table``, ``limits_table``), beside Kamailio's.
+@dataclass(frozen=True, slots=True)
+class BanSet:
+    """Ban ``pattern`` from the room ``room`` (``sip:name@domain``).
+
+    ``pattern`` is a ban key (:func:`imc_actors.imc.state.member_key` of the user, or
+    ``*@host``), lower case. ``reason`` may be empty; ``by`` is who banned (a member URI, or
+    ``admin`` for the management interface). The store adds the time of the write.
+    """
+
+    room: str
+    pattern: str
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BanDelete:
+    """Lift the ban of ``pattern`` (a ban key) in ``room`` (``sip:name@domain``)."""
+
+    room: str
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSet:
+    """Set the room's own member limit (``#limit``); ``max_members`` None drops it."""
+
+    room: str
+    max_members: int | None
+
+
+Write = RoomUpsert | RoomDelete | MemberUpsert | MemberDelete | BanSet | BanDelete | LimitSet
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from ..sip import reason_phrase
 from . import texts
@@ -28,6 +29,9 @@ from .effects import (
     INVITED,
     OWNER,
     PRIVATE,
+    BanDelete,
+    BanSet,
+    LimitSet,
     MemberDelete,
     MemberUpsert,
     Notice,
@@ -36,10 +40,11 @@ from .effects import (
     RoomUpsert,
     Write,
 )
-from .state import Member, RoomState, member_key
+from .state import Ban, Member, RoomState, member_key
 from .texts import help_text
 
 __all__ = [
+    "AdminAction",
     "InviteFailed",
     "Policy",
     "RoomRequest",
@@ -58,11 +63,15 @@ class Policy:
     """Room behaviour settings (spec §11): ``imc_cmd_start_char``, ``check_on_create``,
     ``owner_leave`` (``destroy``: the last owner leaving destroys the room; ``refuse``: 403).
     ``create_on_join`` is the caller's business (it decides whether to call :func:`new_room`).
+    ``max_members``: the most entries (members and pending invitations) a room may list; an
+    owner's ``#limit`` may only lower it for one room. ``max_bans``: the most bans a room keeps.
     """
 
     start_char: str = "#"
     check_on_create: bool = False
     owner_leave: str = "destroy"
+    max_members: int = 1000
+    max_bans: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +171,11 @@ def _target(req: RoomRequest) -> Target:
 
 
 # --------------------------------------------------------------------------- membership
-def _join(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
+def _join(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
     """U (not listed) joins as a plain member; everyone active, U included, is told."""
+    refusal = _admits(state, req.sender, policy, texts.YOU_ARE_BANNED)
+    if refusal is not None:
+        return _refuse(state, req, refusal.code, refusal.text)
     new = replace(state, members=(*state.members, Member(req.sender, 0)))
     writes = (MemberUpsert(state.uri, req.sender, 0),)
     return new, _outcome(200, _broadcast(new, texts.has_joined(req.sender)), writes)
@@ -177,7 +189,7 @@ def _create(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
         return _refuse(state, req, 403, texts.ROOM_EXISTS_AND_MEMBER)
     if state.private:
         return _refuse(state, req, 403, texts.PRIVATE_ROOM_EXISTS)
-    return _join(state, req)
+    return _join(state, req, policy)
 
 
 def _join_cmd(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -187,13 +199,15 @@ def _join_cmd(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomS
         if me.active:
             return _refuse(state, req, 403, texts.ALREADY_IN_ROOM)
         return _accept(state, req, policy)
+    if state.banned(req.sender) is not None:
+        return _refuse(state, req, 403, texts.YOU_ARE_BANNED)
     if state.private:
         uri = state.uri
         notices = [Notice(req.sender, texts.PRIVATE_ROOM_BY_INVITATION.encode(), uri)]
         body = texts.attempted_join(req.sender).encode()
         notices += [Notice(m.uri, body, uri, keep=True) for m in state.members if _manages(m)]
         return state, _outcome(403, notices)
-    return _join(state, req)
+    return _join(state, req, policy)
 
 
 def _accept(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -233,6 +247,9 @@ def _invite(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
     listed = state.find(invitee)
     if listed is not None:
         return _refuse(state, req, 403, texts.already_member(listed.uri))
+    refusal = _admits(state, invitee, policy, texts.is_banned(invitee))
+    if refusal is not None:
+        return _refuse(state, req, refusal.code, refusal.text)
     key = member_key(invitee)
     new = replace(
         state,
@@ -252,6 +269,9 @@ def _add(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState,
     listed = state.find(user)
     if listed is not None:
         return _refuse(state, req, 403, texts.already_member(listed.uri))
+    refusal = _admits(state, user, policy, texts.is_banned(user))
+    if refusal is not None:
+        return _refuse(state, req, refusal.code, refusal.text)
     new = replace(state, members=(*state.members, Member(user, 0)))
     writes = (MemberUpsert(state.uri, user, 0),)
     return new, _outcome(200, _broadcast(new, texts.has_joined(user)), writes)
@@ -267,9 +287,14 @@ def _remove(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
         return _refuse(state, req, 404, texts.not_member(user))
     if _active_owner(them):
         return _refuse(state, req, 403, texts.OWNER_CANNOT_BE_REMOVED)
+    return _take_out(state, them, texts.REMOVED_FROM_ROOM, texts.has_left(them.uri))
+
+
+def _take_out(state: RoomState, them: Member, own: str, others: str) -> tuple[RoomState, Outcome]:
+    """Remove ``them``: they are told ``own``, the active members left are told ``others``."""
     new = _without(state, them.key)
-    notices = [Notice(them.uri, texts.REMOVED_FROM_ROOM.encode(), state.uri, keep=True)]
-    notices += _broadcast(new, texts.has_left(them.uri))
+    notices = [Notice(them.uri, own.encode(), state.uri, keep=True)]
+    notices += _broadcast(new, others)
     return new, _outcome(200, notices, (MemberDelete(state.uri, them.uri),))
 
 
@@ -348,7 +373,175 @@ _HANDLERS = {
     "members": _members,
     "add": _add,
     "modify": _modify,
-}
+}  # the moderation handlers are added below
+
+
+# --------------------------------------------------------------------------- moderation
+@dataclass(frozen=True, slots=True)
+class AdminAction:
+    """A management action on a room (JSON-RPC ``imc.destroy_room``, ``imc.kick``,
+    ``imc.ban``), taken with the server's authority rather than a member's.
+
+    ``user`` is the ``sip:user@host`` to kick or ban (``sip:*@host``: ban a whole domain);
+    ``reason`` goes into the notices. A refusal comes back as an :class:`Outcome` with its
+    code and the ``***`` text as ``body`` (nobody is sent a notice).
+    """
+
+    action: Literal["destroy", "kick", "ban"]
+    user: str | None = None
+    reason: str = ""
+
+
+#: Who banned, in the ban row, when the management interface did.
+ADMIN_BY = "admin"
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why a moderation step cannot be taken: the SIP ``code`` and the notice ``text``."""
+
+    code: int
+    text: str
+
+
+def member_limit(state: RoomState, policy: Policy) -> int:
+    """The room's member limit: its own ``#limit``, never above the server's ``max_members``."""
+    if state.max_members is None:
+        return policy.max_members
+    return min(state.max_members, policy.max_members)
+
+
+def _admits(state: RoomState, uri: str, policy: Policy, banned_text: str) -> _Refusal | None:
+    """Why ``uri`` (not listed yet) may not be listed in the room: banned, or the room full."""
+    if state.banned(uri) is not None:
+        return _Refusal(403, banned_text)
+    limit = member_limit(state, policy)
+    if len(state.members) >= limit:
+        return _Refusal(403, texts.room_full(limit))
+    return None
+
+
+def _kick_member(state: RoomState, user: str, reason: str) -> _Refusal | tuple[RoomState, Outcome]:
+    them = state.find(user)
+    if them is None:
+        return _Refusal(404, texts.not_member(user))
+    if _active_owner(them):
+        return _Refusal(403, texts.OWNER_CANNOT_BE_KICKED)
+    return _take_out(state, them, texts.you_were_kicked(reason), texts.was_kicked(them.uri, reason))
+
+
+def _add_ban(
+    state: RoomState, user: str, reason: str, by: str, exempt: str | None, max_bans: int
+) -> _Refusal | tuple[RoomState, Outcome]:
+    """Ban ``user`` (``sip:*@host``: the domain) and remove every listed entry it covers but
+    the active owners and ``exempt`` (the banning member's key)."""
+    pattern = member_key(user)
+    if any(ban.pattern == pattern for ban in state.bans):
+        return _Refusal(403, texts.already_banned(pattern))
+    if pattern == exempt:
+        return _Refusal(403, texts.CANNOT_BAN_YOURSELF)
+    if not pattern.startswith("*@") and _active_owner(state.find(user)):
+        return _Refusal(403, texts.OWNER_CANNOT_BE_BANNED)
+    if len(state.bans) >= max_bans:
+        return _Refusal(403, texts.too_many_bans(max_bans))
+    ban = Ban(pattern, reason)
+    out = [
+        m for m in state.members
+        if ban.matches(m.key) and not _active_owner(m) and m.key != exempt
+    ]  # fmt: skip
+    new = state
+    for them in out:
+        new = _without(new, them.key)
+    new = replace(new, bans=(*state.bans, ban))
+    own = texts.you_were_banned(reason).encode()
+    notices = [Notice(m.uri, own, state.uri, keep=True) for m in out]
+    notices += _broadcast(new, texts.was_banned(pattern, reason))
+    writes: list[Write] = [BanSet(state.uri, pattern, reason, by)]
+    writes += [MemberDelete(state.uri, m.uri) for m in out]
+    return new, _outcome(200, notices, writes)
+
+
+def _answer(
+    state: RoomState, req: RoomRequest, result: _Refusal | tuple[RoomState, Outcome]
+) -> tuple[RoomState, Outcome]:
+    if isinstance(result, _Refusal):
+        return _refuse(state, req, result.code, result.text)
+    return result
+
+
+def _kick(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    if not _manages(state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_KICK)
+    target = _target(req)
+    assert target.user is not None
+    return _answer(state, req, _kick_member(state, target.user, target.reason))
+
+
+def _ban(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if not _manages(me):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_BAN)
+    assert me is not None
+    target = _target(req)
+    assert target.user is not None
+    return _answer(state, req, _add_ban(state, target.user, target.reason, me.uri, me.key, policy.max_bans))
+
+
+def _unban(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    if not _manages(state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_BAN)
+    target = _target(req)
+    assert target.user is not None
+    pattern = member_key(target.user)
+    if not any(ban.pattern == pattern for ban in state.bans):
+        return _refuse(state, req, 404, texts.not_banned(pattern))
+    new = replace(state, bans=tuple(ban for ban in state.bans if ban.pattern != pattern))
+    notices = _broadcast(new, texts.unbanned(pattern))
+    return new, _outcome(200, notices, (BanDelete(state.uri, pattern),))
+
+
+def _bans(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    if not _manages(state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_BAN)
+    body = texts.bans_list(state.bans).encode()
+    return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+
+
+def _limit(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    me = state.find(req.sender)
+    if me is None or not me.active:
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    number = req.target.limit if req.target is not None else None
+    if number is None:
+        body = texts.limit_is(member_limit(state, policy)).encode()
+        return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+    if not _active_owner(me):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_LIMIT)
+    if not 1 <= number <= policy.max_members:
+        return _refuse(state, req, 400, texts.limit_out_of_range(policy.max_members))
+    new = replace(state, max_members=number)
+    writes = (LimitSet(state.uri, number),) if number != state.max_members else ()
+    body = texts.limit_is(number).encode()
+    return new, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), writes, body=body)
+
+
+def _administer(state: RoomState, op: AdminAction, policy: Policy) -> tuple[RoomState, Outcome]:
+    """Carry out a management action; a refusal is its code with the text as body."""
+    if op.action == "destroy":
+        return _destroy_room(state)
+    if op.user is None:
+        raise ValueError(f"{op.action} needs a user")
+    if op.action == "kick":
+        result = _kick_member(state, op.user, op.reason)
+    else:
+        result = _add_ban(state, op.user, op.reason, ADMIN_BY, None, policy.max_bans)
+    if isinstance(result, _Refusal):
+        return state, _outcome(result.code, body=result.text.encode())
+    return result
+
+
+_HANDLERS.update(
+    {"kick": _kick, "ban": _ban, "unban": _unban, "bans": _bans, "limit": _limit}
+)
 
 
 # --------------------------------------------------------------------------- chat
@@ -364,6 +557,8 @@ def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
         elif member.active:
             others.append(member.uri)
     if me is None or not me.active:
+        if me is None and state.banned(req.sender) is not None:
+            return _refuse(state, req, 403, texts.YOU_ARE_BANNED)
         return _refuse(state, req, 403, texts.NOT_A_MEMBER)
     body = b"[" + me.user.encode() + b"]: " + req.body
     uri, ctype = state.uri, req.content_type
@@ -388,7 +583,7 @@ def _invite_failed(state: RoomState, op: InviteFailed) -> tuple[RoomState, Outco
 
 # --------------------------------------------------------------------------- public API
 def apply(
-    state: RoomState, op: RoomRequest | InviteFailed, policy: Policy
+    state: RoomState, op: RoomRequest | InviteFailed | AdminAction, policy: Policy
 ) -> tuple[RoomState, Outcome]:
     """Apply one request (command or chat) or invitation failure to a room.
 
@@ -399,6 +594,8 @@ def apply(
     """
     if isinstance(op, InviteFailed):
         return _invite_failed(state, op)
+    if isinstance(op, AdminAction):
+        return _administer(state, op, policy)
     if op.command is None:
         return _chat(state, op)
     handler = _HANDLERS.get(op.command.name)

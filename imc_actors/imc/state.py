@@ -41,12 +41,29 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class Ban:
+    """One ban of a room: ``pattern`` is ``user@host`` or ``*@host`` (a whole domain), lower
+    case, as :func:`member_key` spells it; ``reason`` as given (may be empty)."""
+
+    pattern: str
+    reason: str = ""
+
+    def matches(self, key: str) -> bool:
+        """Does the ban cover the member key ``key`` (``user@host``, lower case)?"""
+        if self.pattern.startswith("*@"):
+            return key.rpartition("@")[2] == self.pattern[2:]
+        return key == self.pattern
+
+
+@dataclass(frozen=True, slots=True)
 class RoomState:
     """A room: ``name``/``domain`` keep the spelling the room was created with.
 
     ``members`` is in joining order (the order ``#members`` and ``owner`` use).
     ``inviters`` maps an invitee's key to the inviter's URI; it is not persisted (Kamailio's
     tables have no column for it), so after a restart a ``#reject`` tells nobody.
+    ``bans`` (in banning order) and ``max_members`` (the room's own ``#limit``, None: the
+    server's ``max_members``) live in imc-actors' own tables.
     """
 
     name: str
@@ -54,6 +71,8 @@ class RoomState:
     flags: int = 0
     members: tuple[Member, ...] = ()
     inviters: Mapping[str, str] = field(default_factory=dict)
+    bans: tuple[Ban, ...] = ()
+    max_members: int | None = None
 
     @property
     def uri(self) -> str:
@@ -80,4 +99,15 @@ class RoomState:
         for member in self.members:
             if member.flags & OWNER:
                 return member
+        return None
+
+    def banned(self, uri: str) -> Ban | None:
+        """The first ban covering ``uri`` (``sip:user@host``), or None. Cheap when there are
+        no bans (the common case: chat never pays for it)."""
+        if not self.bans:
+            return None
+        key = member_key(uri)
+        for ban in self.bans:
+            if ban.matches(key):
+                return ban
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .effects import ADMIN, OWNER
-from .state import Member
+from .state import Ban, Member
 
 __all__ = [
     "ALREADY_IN_ROOM",
@@ -61,6 +61,31 @@ __all__ = [
     "rooms_list",
     "tag",
     "user_part",
+    # moderation (issue 16 items 4-5)
+    "CANNOT_BAN_YOURSELF",
+    "NO_PERMISSION_BAN",
+    "NO_PERMISSION_KICK",
+    "NO_PERMISSION_LIMIT",
+    "OWNER_CANNOT_BE_BANNED",
+    "OWNER_CANNOT_BE_KICKED",
+    "YOU_ARE_BANNED",
+    "already_banned",
+    "ban_name",
+    "bans_list",
+    "invalid_limit",
+    "is_banned",
+    "limit_is",
+    "limit_out_of_range",
+    "not_banned",
+    "room_full",
+    "sending_too_fast",
+    "too_many_bans",
+    "too_many_rooms",
+    "unbanned",
+    "was_banned",
+    "was_kicked",
+    "you_were_banned",
+    "you_were_kicked",
 ]
 
 
@@ -258,6 +283,111 @@ def help_text(start_char: str) -> str:
         f"{s}rooms - list the conference rooms",
         f"{s}leave [<room_name>] - leave a conference room (or {s}exit)",
         f"{s}destroy [<room_name>] - destroy a conference room",
+        # moderation (issue 16 items 4-5)
+        f"{s}kick <user_name> [<reason>] - remove a user from this room, telling them why",
+        f"{s}ban <user_name|*@domain> [<reason>] - ban a user (or a domain) from this room",
+        f"{s}unban <user_name|*@domain> [<room_name>] - lift a ban",
+        f"{s}bans [<room_name>] - list the bans of a conference room",
+        f"{s}limit [<number>] [<room_name>] - show or set the room's member limit (owner)",
         f"{s}help - show this help",
     ]
     return "\r\n".join(lines)
+
+
+# --------------------------------------------------------------------------- moderation
+# Not in the spec (issue 16 items 4-5): #ban, #unban, #bans, #kick, #limit and the limits.
+NO_PERMISSION_BAN = "*** You don't have the permission to ban members from this room"
+NO_PERMISSION_KICK = "*** You don't have the permission to kick members from this room"
+NO_PERMISSION_LIMIT = "*** Only the room's owner can change its member limit"
+OWNER_CANNOT_BE_BANNED = "*** The room's owner cannot be banned"
+OWNER_CANNOT_BE_KICKED = "*** The room's owner cannot be kicked"
+CANNOT_BAN_YOURSELF = "*** You cannot ban yourself"
+YOU_ARE_BANNED = "*** You are banned from this room"
+
+
+def _because(reason: str) -> str:
+    return f": {reason}" if reason else ""
+
+
+def ban_name(pattern: str) -> str:
+    """How notices name a ban: ``[user]`` for ``user@host``, ``*@host`` for a domain."""
+    return pattern if pattern.startswith("*@") else tag(pattern)
+
+
+def is_banned(uri: str) -> str:
+    """``#invite``/``#add`` of a banned user."""
+    return f"*** {tag(uri)} is banned from this room"
+
+
+def already_banned(pattern: str) -> str:
+    return f"*** {ban_name(pattern)} is banned from this room already"
+
+
+def not_banned(pattern: str) -> str:
+    return f"*** {ban_name(pattern)} is not banned from this room"
+
+
+def you_were_banned(reason: str) -> str:
+    """To a member the ban removed."""
+    return f"*** You have been banned from the room{_because(reason)}"
+
+
+def was_banned(pattern: str, reason: str) -> str:
+    """To the room's active members after a ban."""
+    return f"*** {ban_name(pattern)} has been banned from the room{_because(reason)}"
+
+
+def you_were_kicked(reason: str) -> str:
+    return f"*** You have been kicked from the room{_because(reason)}"
+
+
+def was_kicked(uri: str, reason: str) -> str:
+    return f"*** {tag(uri)} has been kicked from the room{_because(reason)}"
+
+
+def unbanned(pattern: str) -> str:
+    return f"*** {ban_name(pattern)} is no longer banned from the room"
+
+
+def bans_list(bans: Iterable[Ban]) -> str:
+    """``Bans:`` then one line per ban in banning order: ``user@host`` or ``*@host``, then
+    `` - reason`` when there is one; lines joined by ``\\n``."""
+    lines = [ban.pattern + (f" - {ban.reason}" if ban.reason else "") for ban in bans]
+    return "\n".join(["Bans:", *lines])
+
+
+def too_many_bans(limit: int) -> str:
+    """A ``#ban`` in a room that has ``max_bans`` bans already."""
+    return f"*** The room has too many bans (at most {limit}); lift one first"
+
+
+def room_full(limit: int) -> str:
+    """A join, invitation or addition beyond the room's member limit (every listed entry,
+    pending invitations included, counts)."""
+    return f"*** The room is full (at most {limit} members)"
+
+
+def too_many_rooms(limit: int) -> str:
+    """A room creation by a user who owns ``max_rooms_per_user`` rooms already."""
+    return f"*** You own too many rooms (at most {limit})"
+
+
+def limit_is(limit: int) -> str:
+    """The answer to ``#limit``, and to ``#limit <n>`` once set."""
+    return f"*** The room takes at most {limit} members"
+
+
+def invalid_limit(start_char: str) -> str:
+    """``#limit`` with an argument that is a number but not a whole positive one."""
+    s = _s(start_char)
+    return f"*** The limit must be a whole number (send '{s}help' for help)"
+
+
+def limit_out_of_range(maximum: int) -> str:
+    """``#limit <n>`` outside 1..max_members (owners may only lower the server's limit)."""
+    return f"*** The limit must be from 1 to {maximum}"
+
+
+def sending_too_fast(retry_after: int) -> str:
+    """Chat beyond ``chat_rate``/``chat_burst`` (answered 503 with Retry-After)."""
+    return f"*** You are sending too fast; wait {retry_after} s"

@@ -25,8 +25,16 @@ Users and passwords (digest authentication, :mod:`imc_actors.auth`):
                     Kamailio table without it works (``password`` or MD5 ``ha1``)
     imc_secret   -- imc-actors' own: (id, name UNIQUE, value): the nonce secret
 
+Two more hold what moderation adds to a room (issue 16; Kamailio has nothing like them):
+
+    imc_bans        -- (id PK auto, room, username, domain, reason, banned_by, ban_time,
+                        UNIQUE(room, username, domain))  -- room 'sip:name@domain', all three
+                        lower case; username '*' bans the whole domain
+    imc_room_limits -- (id PK auto, room UNIQUE, max_members)  -- an owner's ``#limit``
+
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
-``location_table``, ``subscriber_table``, ``secret_table``), so the model classes are made per database by :func:`bind_models`.
+``location_table``, ``subscriber_table``, ``secret_table``, ``bans_table``, ``limits_table``),
+so the model classes are made per database by :func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
@@ -40,6 +48,8 @@ import re
 from dataclasses import dataclass
 
 import peewee
+
+from ..imc.effects import MAX_REASON_LENGTH
 
 #: Width of Kamailio's varchar columns: longer names, domains and room URIs do not fit.
 MAX_LENGTH = 64
@@ -72,12 +82,15 @@ SHA256_COLUMN = "ha1_sha256"
 SECRET_COLUMNS = ("id", "name", "value")
 #: Kamailio's version of its subscriber table (written to ``version`` by ``db init``).
 SUBSCRIBER_VERSION = 7
+BAN_COLUMNS = ("id", "room", "username", "domain", "reason", "banned_by", "ban_time")
+LIMIT_COLUMNS = ("id", "room", "max_members")
 #: Widths of the columns that hold what users send (longer values are refused before a write).
 MAX_ADDRESS = 255  # src_addr, dst_addr
 MAX_CONTACT = 512  # location.contact, as in Kamailio
 MAX_CALL_ID = 255
 MAX_USER_AGENT = 255
 MAX_CONTENT_TYPE = 255
+MAX_REASON = MAX_REASON_LENGTH  # imc_bans.reason
 
 
 def check_table_name(name: str, param: str) -> str:
@@ -103,6 +116,8 @@ class Models:
     location: type[peewee.Model]
     subscriber: type[peewee.Model]
     secret: type[peewee.Model]
+    ban: type[peewee.Model]
+    limit: type[peewee.Model]
 
 
 def bind_models(
@@ -113,6 +128,8 @@ def bind_models(
     location_table: str = "imc_location",
     subscriber_table: str = "subscriber",
     secret_table: str = "imc_secret",
+    bans_table: str = "imc_bans",
+    limits_table: str = "imc_room_limits",
 ) -> Models:
     """Model classes for the tables in ``database``.
 
@@ -249,6 +266,40 @@ def bind_models(
     )
     Subscriber.add_index(Subscriber.index(Subscriber.username, name=f"{subscriber_table}_username_idx"))
     Secret.add_index(Secret.index(Secret.name, unique=True, name=f"{secret_table}_name_idx"))
+    class BanRow(peewee.Model):
+        """One ban: ``room`` ``sip:name@domain``, ``username``/``domain`` the banned user
+        (``*``: every user of the domain), all lower case; ``ban_time`` epoch seconds."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        username = peewee.CharField(max_length=MAX_LENGTH)
+        domain = peewee.CharField(max_length=MAX_LENGTH)
+        reason = peewee.CharField(max_length=MAX_REASON, default="")
+        banned_by = peewee.CharField(max_length=MAX_ADDRESS, default="")
+        ban_time = peewee.BigIntegerField(default=0)
+
+        class Meta:
+            table_name = bans_table
+            table_settings = settings
+
+    class LimitRow(peewee.Model):
+        """A room's own member limit (``#limit``); ``room`` ``sip:name@domain`` lower case."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        max_members = peewee.IntegerField()
+
+        class Meta:
+            table_name = limits_table
+            table_settings = settings
+
+    BanRow.add_index(
+        BanRow.index(
+            BanRow.room, BanRow.username, BanRow.domain, unique=True,
+            name=f"{bans_table}_room_account_idx",
+        )  # fmt: skip
+    )
+    LimitRow.add_index(LimitRow.index(LimitRow.room, unique=True, name=f"{limits_table}_room_idx"))
     Pending.add_index(
         Pending.index(
             Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx"
@@ -282,10 +333,10 @@ def bind_models(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
     database.bind(
-        [Room, Member, Version, Pending, Location, Subscriber, Secret],
+        [Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow],
         bind_refs=False, bind_backrefs=False,
     )  # fmt: skip
-    return Models(Room, Member, Version, Pending, Location, Subscriber, Secret)
+    return Models(Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow)
 
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:

@@ -1,4 +1,5 @@
-"""Reads and writes of imc-actors' own tables: pending notices and registrar bindings.
+"""Reads and writes of imc-actors' own tables: pending notices, registrar bindings, and the
+bans and member limits of rooms (moderation).
 
 Called by :class:`~imc_actors.store.repository.Repository` inside its transactions and its
 reconnect-and-retry wrapper; every function here takes the bound models and runs plain
@@ -10,17 +11,22 @@ lost connection must not duplicate anything that matters): a binding is replaced
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import peewee
 
+from ..imc.effects import BanDelete, BanSet, LimitSet
+from ..imc.state import Ban, RoomState
 from .models import (
     MAX_ADDRESS,
     MAX_CALL_ID,
     MAX_CONTACT,
     MAX_CONTENT_TYPE,
     MAX_LENGTH,
+    MAX_REASON,
     MAX_USER_AGENT,
     Models,
 )
@@ -47,6 +53,10 @@ OWN_WRITES = (
     BindingDelete,
     BindingClear,
     BindingExpire,
+    # moderation: records of the room logic (imc.effects), kept in our own tables
+    BanSet,
+    BanDelete,
+    LimitSet,
 )
 OwnWrite = (
     PendingAdd
@@ -57,6 +67,9 @@ OwnWrite = (
     | BindingDelete
     | BindingClear
     | BindingExpire
+    | BanSet
+    | BanDelete
+    | LimitSet
 )
 
 
@@ -101,6 +114,8 @@ def validate(write: OwnWrite) -> None:
             _fits(write.user_agent, MAX_USER_AGENT, "User-Agent")
         elif isinstance(write, BindingDelete | BindingClear):
             _key(write.aor)
+        elif isinstance(write, BanSet | BanDelete | LimitSet):
+            _validate_moderation(write)
     except _Invalid as exc:
         raise StoreError(f"cannot store {type(write).__name__}: {exc}") from None
 
@@ -166,6 +181,8 @@ def apply(db: peewee.Database, models: Models, write: OwnWrite) -> None:
         location.delete().where((location.username == user) & (location.domain == host)).execute()
     elif isinstance(write, BindingExpire):
         location.delete().where(location.expires <= _utc(write.now)).execute()
+    elif isinstance(write, BanSet | BanDelete | LimitSet):
+        _apply_moderation(models, write)
 
 
 def _ruid() -> str:
@@ -242,3 +259,73 @@ def load_bindings(db: peewee.Database, models: Models, now: float) -> list[Bindi
         )  # fmt: skip
         for user, host, contact, expires, callid, cseq, user_agent, received, q in rows
     ]
+
+
+# ---------------------------------------------------------------------- moderation
+# Rows name their room as ``sip:name@domain`` lower case (rooms compare case-insensitively);
+# a ban's username/domain are the ban key's (``*`` for a whole domain).
+
+
+def _validate_moderation(write: BanSet | BanDelete | LimitSet) -> None:
+    _fits(write.room, MAX_LENGTH, "room URI")
+    if isinstance(write, BanSet | BanDelete):
+        user, host = _key(write.pattern)
+        _fits(user, MAX_LENGTH, "banned user")
+        _fits(host, MAX_LENGTH, "banned domain")
+    if isinstance(write, BanSet):
+        _fits(write.reason, MAX_REASON, "ban reason")
+        _fits(write.by, MAX_ADDRESS, "banned by")
+    if isinstance(write, LimitSet) and write.max_members is not None:
+        if not 0 < write.max_members < 2**31:
+            raise _Invalid(f"member limit {write.max_members} is out of range")
+
+
+def _apply_moderation(models: Models, write: BanSet | BanDelete | LimitSet) -> None:
+    ban, limit = models.ban, models.limit
+    room = write.room.lower()
+    if isinstance(write, LimitSet):
+        limit.delete().where(limit.room == room).execute()
+        if write.max_members is not None:
+            limit.insert(room=room, max_members=write.max_members).execute()
+        return
+    user, host = _key(write.pattern)
+    ban.delete().where((ban.room == room) & (ban.username == user) & (ban.domain == host)).execute()
+    if isinstance(write, BanSet):
+        ban.insert(
+            room=room, username=user, domain=host, reason=write.reason, banned_by=write.by,
+            ban_time=int(time.time()),
+        ).execute()  # fmt: skip
+
+
+def delete_room(models: Models, room_uri: str) -> None:
+    """A room was deleted: its bans and limit go with it (inside the caller's transaction)."""
+    room = room_uri.lower()
+    models.ban.delete().where(models.ban.room == room).execute()
+    models.limit.delete().where(models.limit.room == room).execute()
+
+
+def with_moderation(models: Models, rooms: list[RoomState]) -> list[RoomState]:
+    """``rooms`` with their bans (in banning order) and member limits from our own tables.
+
+    Two full scans; a row naming no loaded room is ignored (its room was deleted by a
+    Kamailio that knows nothing of these tables).
+    """
+    ban, limit = models.ban, models.limit
+    bans: dict[str, list[Ban]] = {}
+    query = ban.select(ban.room, ban.username, ban.domain, ban.reason).order_by(ban.id)
+    for room, user, host, reason in query.tuples():
+        bans.setdefault(str(room).lower(), []).append(Ban(f"{user}@{host}".lower(), reason or ""))
+    limits = {
+        str(room).lower(): int(number)
+        for room, number in limit.select(limit.room, limit.max_members).tuples()
+    }
+    if not bans and not limits:
+        return rooms
+    out: list[RoomState] = []
+    for state in rooms:
+        key = "sip:" + state.key
+        found, number = bans.get(key), limits.get(key)
+        if found is not None or number is not None:
+            state = replace(state, bans=tuple(found or ()), max_members=number)
+        out.append(state)
+    return out

@@ -39,6 +39,8 @@ from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
 from ..imc.state import Member, RoomState, member_key
 from . import own_tables, users
 from .models import (
+    BAN_COLUMNS,
+    LIMIT_COLUMNS,
     LOCATION_COLUMNS,
     MAX_LENGTH,
     MEMBER_COLUMNS,
@@ -172,6 +174,8 @@ class Repository:
         subscriber_table: str = "subscriber",
         secret_table: str = "imc_secret",
         lock_timeout: float = LOCK_TIMEOUT,
+        bans_table: str = "imc_bans",
+        limits_table: str = "imc_room_limits",
     ) -> None:
         names = {
             "rooms_table": rooms_table,
@@ -180,6 +184,8 @@ class Repository:
             "location_table": location_table,
             "subscriber_table": subscriber_table,
             "secret_table": secret_table,
+            "bans_table": bans_table,
+            "limits_table": limits_table,
         }
         try:
             self._url = DatabaseURL.parse(db_url)
@@ -190,9 +196,9 @@ class Repository:
         lowered = [name.lower() for name in names.values()]
         if len(set(lowered)) != len(lowered) or VERSION_TABLE in lowered:
             raise StoreError(
-                "rooms_table, members_table, pending_table, location_table, subscriber_table "
-                f"and secret_table must be different tables, none called {VERSION_TABLE!r} "
-                f"(got {', '.join(names.values())})"
+                "rooms_table, members_table, pending_table, location_table, subscriber_table, "
+                f"secret_table, bans_table and limits_table must be different tables, none called "
+                f"{VERSION_TABLE!r} (got {', '.join(names.values())})"
             )
         self.rooms_table = rooms_table
         self.members_table = members_table
@@ -200,10 +206,13 @@ class Repository:
         self.location_table = location_table
         self.subscriber_table = subscriber_table
         self.secret_table = secret_table
+        self.bans_table = bans_table
+        self.limits_table = limits_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
         self._models = bind_models(
             self._db, rooms_table, members_table, pending_table, location_table,
-            subscriber_table, secret_table,
+            subscriber_table=subscriber_table, secret_table=secret_table,
+            bans_table=bans_table, limits_table=limits_table,
         )  # fmt: skip
         self._has_sha256: bool | None = None  # subscriber.ha1_sha256 there? (None: not looked)
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
@@ -395,6 +404,8 @@ class Repository:
                 models.location,
                 models.subscriber,
                 models.secret,
+                models.ban,
+                models.limit,
             ):
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
@@ -465,6 +476,8 @@ class Repository:
             (self.location_table, LOCATION_COLUMNS),
             (self.subscriber_table, ()),
             (self.secret_table, SECRET_COLUMNS),
+            (self.bans_table, BAN_COLUMNS),
+            (self.limits_table, LIMIT_COLUMNS),
         ):
             if table == self.subscriber_table:
                 problems.extend(self._check_subscriber(tables))
@@ -554,6 +567,7 @@ class Repository:
             taken.add(key)
             members = grouped.pop(key, [])
             rooms.append(RoomState(name, domain, int(flag), _unique_members(key, members)))
+        rooms = own_tables.with_moderation(self._models, rooms)
         if grouped:
             log.warning(
                 "%d member rows name rooms that do not exist (%s); they are ignored",
@@ -619,9 +633,12 @@ class Repository:
                             execute(sql.room_update, (write.flags, row_id))
                     else:
                         execute(sql.room_insert, (*key, write.flags))
+                        # a new room inherits nothing a deleted namesake left in our tables
+                        own_tables.delete_room(self._models, f"sip:{write.name}@{write.domain}")
                 elif isinstance(write, RoomDelete):
                     execute(sql.room_delete, (write.name, write.domain))
                     execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))
+                    own_tables.delete_room(self._models, f"sip:{write.name}@{write.domain}")
                 elif isinstance(write, own_tables.OWN_WRITES):
                     own_tables.apply(self._db, self._models, write)
                 elif isinstance(write, MemberUpsert):

@@ -110,6 +110,17 @@ class FloodLimiter:
         bucket.blocked_until = now + self.block
         return max(self.block, 1.0 / self.rate)
 
+    def would_allow(self, host: str, now: float) -> bool:
+        """Whether :meth:`allow` would let a request of ``host`` through at ``now``; spends
+        and counts nothing (for a caller that refuses elsewhere, so as to count a refusal
+        once). No checkpoint."""
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            return True
+        if now < bucket.blocked_until:
+            return False
+        return bucket.tokens + (now - bucket.stamp) * self.rate >= 1.0
+
     def _is_exempt(self, host: str) -> bool:
         known = self._exempt_hosts.get(host)
         if known is None:

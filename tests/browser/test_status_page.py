@@ -205,7 +205,73 @@ async def test_status_page_asks_for_the_token_once_per_session(tmp_path, nursery
             await page.run(page.driver.refresh)
             await page.wait(f"{ROW} !== null", LOBBY)
             assert await page.script("return document.getElementById('token-form').hidden") is True
+
+            # the moderation buttons send the token too (POST /RPC, not only the polls)
+            await page.script(f"{ROW}.querySelector('button').click();", LOBBY)
+            await page.wait("document.querySelectorAll('#members tbody tr').length === 1")
+            await page.script("document.getElementById('admin-destroy').click();")
+            await page.wait(f"{ROW} === null", LOBBY)
+            assert await page.script("return document.getElementById('token-form').hidden") is True
+            assert server.conference.room(LOBBY) is None
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(page.driver.quit)
             alice.close()
+
+
+async def test_status_page_bans_and_destroys_through_json_rpc(tmp_path, nursery):
+    """The moderation section: click a member, Ban with a reason, see the ban listed and the
+    member gone; Destroy room; both reach the members over SIP (issue 16 item 7)."""
+    require_browser()
+    config = make_config(tmp_path, rpc_listen="127.0.0.1:0")
+    async with open_server(config) as server:
+        agents = {}
+        for user in ("alice", "bob"):
+            agent = await TestUA.open(nursery, user, DOMAIN, udp_address(server))
+            assert (await agent.register()).code == 200
+            agents[user] = agent
+        alice, bob = agents["alice"], agents["bob"]
+        await command(alice, MANAGER, "#create lobby")
+        await next_message(alice)
+        await command(bob, LOBBY, "#join")
+        await next_message(alice)
+        await next_message(bob)
+
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, server.http_url + "/")
+            await page.wait(f"{ROW} !== null", LOBBY)
+            await page.script(f"{ROW}.querySelector('button').click();", LOBBY)
+            await page.wait("document.querySelectorAll('#members tbody tr').length === 2")
+            assert await page.script("return document.getElementById('no-bans').hidden") is False
+
+            await page.script("document.querySelectorAll('#members tbody tr')[1].click();")
+            assert await page.script("return document.getElementById('admin-user').value") == f"sip:bob@{DOMAIN}"
+            await page.script("document.getElementById('admin-reason').value = 'spam';")
+            await page.script("document.getElementById('admin-ban').click();")
+            await page.wait("document.getElementById('admin-result').textContent === 'imc.ban: done'")
+            await page.wait(f"document.querySelector('#bans li[data-ban=\"bob@{DOMAIN}\"]') !== null")
+            assert await page.script("return document.querySelector('#bans li').textContent") == (
+                f"bob@{DOMAIN} \u2014 spam")
+            await page.wait("document.querySelectorAll('#members tbody tr').length === 1")
+            assert await next_message(bob) == b"*** You have been banned from the room: spam"
+            assert await next_message(alice) == b"*** [bob] has been banned from the room: spam"
+
+            # a refusal is shown, not hidden: the owner cannot be kicked
+            await page.script("document.getElementById('admin-user').value = 'alice';")
+            await page.script("document.getElementById('admin-kick').click();")
+            await page.wait(
+                "document.getElementById('admin-result').textContent === "
+                "\"imc.kick: The room's owner cannot be kicked\""
+            )
+
+            await page.script("document.getElementById('admin-destroy').click();")
+            await page.wait("document.getElementById('room-gone').hidden === false")
+            await page.wait(f"{ROW} === null", LOBBY)
+            assert await next_message(alice) == b"*** Room has been destroyed"
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
+            for agent in agents.values():
+                agent.close()

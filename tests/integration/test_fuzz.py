@@ -7,7 +7,10 @@ from bench.fuzz import fuzz, random_inputs
 
 
 async def test_two_thousand_seeded_inputs_crash_nothing(tmp_path) -> None:
-    report = await fuzz(2000, seed_value=0, out=tmp_path)
+    # The stream of inputs depends on the generator's word lists (every command name is one):
+    # with the moderation commands, seed 0 happens to send no chat a member could send (no
+    # 202); seed 1 reaches every answer below, as seed 0 did before.
+    report = await fuzz(2000, seed_value=1, out=tmp_path)
     text = "\n".join(report.lines())
     assert report.inputs == 2000
     assert report.crashes == 0, text

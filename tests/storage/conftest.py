@@ -87,10 +87,15 @@ class Tables:
     location: str
     subscriber: str
     secret: str
+    bans: str
+    limits: str
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (self.rooms, self.members, self.pending, self.location, self.subscriber, self.secret)
+        return (
+            self.rooms, self.members, self.pending, self.location, self.subscriber, self.secret,
+            self.bans, self.limits,
+        )  # fmt: skip
 
     def repository(self, db_url: str, **options: Any) -> Repository:
         """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
@@ -98,7 +103,7 @@ class Tables:
         return Repository(
             db_url, self.rooms, self.members, pending_table=self.pending,
             location_table=self.location, subscriber_table=self.subscriber,
-            secret_table=self.secret, **options,
+            secret_table=self.secret, bans_table=self.bans, limits_table=self.limits, **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:
@@ -107,6 +112,7 @@ class Tables:
             "--rooms-table", self.rooms, "--members-table", self.members,
             "--pending-table", self.pending, "--location-table", self.location,
             "--subscriber-table", self.subscriber, "--secret-table", self.secret,
+            "--bans-table", self.bans, "--limits-table", self.limits,
         ]  # fmt: skip
 
 
@@ -116,6 +122,7 @@ def new_tables() -> Tables:
     return Tables(
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
         f"imc_location_{suffix}", f"subscriber_{suffix}", f"imc_secret_{suffix}",
+        f"imc_bans_{suffix}", f"imc_limits_{suffix}",
     )  # fmt: skip
 
 

@@ -120,3 +120,74 @@ def test_binding_expire_deletes_only_expired_rows(repository: Repository) -> Non
     )
     rows = repository._models.location.select().count()  # the expired row is gone
     assert rows == 1
+
+
+# -- moderation: bans and member limits --------------------------------------------------------
+def test_bans_and_limits_come_back_with_their_room(repository: Repository) -> None:
+    from imc_actors.imc.effects import OWNER, BanDelete, BanSet, LimitSet, MemberUpsert, RoomUpsert
+    from imc_actors.imc.state import Ban, Member, RoomState
+
+    repository.apply_batch([
+        RoomUpsert("Chat", "Example.com", 0), MemberUpsert("sip:Chat@Example.com", "sip:alice@example.com", OWNER),
+        RoomUpsert("other", "example.com", 0),
+        BanSet("sip:Chat@Example.com", "bob@example.com", "spam " * 20, "sip:alice@example.com"),
+        BanSet("sip:Chat@Example.com", "*@evil.org", ""),
+        BanSet("sip:other@example.com", "carol@example.com", "x"),
+        LimitSet("sip:Chat@Example.com", 20),
+    ])  # fmt: skip
+    # replayed and updated writes are harmless (a retried batch), names compare ignoring case
+    repository.apply_batch([
+        BanSet("sip:chat@example.com", "bob@example.com", "spam"), LimitSet("sip:CHAT@example.com", 10),
+        BanDelete("sip:other@example.com", "carol@example.com"),
+        BanDelete("sip:other@example.com", "carol@example.com"),
+    ])  # fmt: skip
+    chat, other = repository.load_rooms()
+    assert chat == RoomState(
+        "Chat", "Example.com", 0, (Member("sip:alice@example.com", OWNER),),
+        bans=(Ban("*@evil.org"), Ban("bob@example.com", "spam")), max_members=10,
+    )  # fmt: skip
+    assert (other.bans, other.max_members) == ((), None)
+    repository.apply_batch([LimitSet("sip:chat@example.com", None)])
+    assert repository.load_rooms()[0].max_members is None
+
+
+def test_a_deleted_room_takes_its_bans_and_limit_along(repository: Repository) -> None:
+    from imc_actors.imc.effects import BanSet, LimitSet, RoomDelete, RoomUpsert
+
+    repository.apply_batch([
+        RoomUpsert("chat", "example.com", 0), BanSet("sip:chat@example.com", "bob@example.com", ""),
+        LimitSet("sip:chat@example.com", 5),
+    ])  # fmt: skip
+    repository.apply_batch([RoomDelete("Chat", "example.com"), RoomUpsert("chat", "example.com", 0)])
+    (room,) = repository.load_rooms()
+    assert (room.bans, room.max_members) == ((), None)
+
+
+def test_ban_values_that_do_not_fit_are_refused(repository: Repository) -> None:
+    from imc_actors.imc.effects import BanSet, LimitSet
+
+    for write, what in (
+        (BanSet("sip:chat@example.com", "bob@example.com", "x" * 256), "ban reason"),
+        (BanSet("sip:chat@example.com", "b" * 65 + "@example.com", ""), "banned user"),
+        (BanSet("sip:chat@example.com", "nobody", ""), "not user@host"),
+        (LimitSet("sip:chat@example.com", 0), "member limit"),
+    ):
+        with pytest.raises(StoreError, match=what):
+            repository.apply_batch([write])
+
+
+def test_a_new_room_does_not_inherit_rows_left_by_a_deleted_namesake(
+    repository: Repository, raw_db, tables
+) -> None:
+    from imc_actors.imc.effects import BanSet, LimitSet, RoomUpsert
+
+    repository.apply_batch([
+        RoomUpsert("chat", "example.com", 0), BanSet("sip:chat@example.com", "bob@example.com", ""),
+        LimitSet("sip:chat@example.com", 5),
+    ])  # fmt: skip
+    left, right = raw_db.quote[0], raw_db.quote[-1]
+    raw_db.execute_sql(f"DELETE FROM {left}{tables.rooms}{right}")  # as Kamailio would
+    assert repository.load_rooms() == []
+    repository.apply_batch([RoomUpsert("Chat", "example.com", 0)])
+    (room,) = repository.load_rooms()
+    assert (room.bans, room.max_members) == ((), None)

@@ -33,15 +33,21 @@
     $("#token").focus();
   }
 
-  async function getJSON(url) {
-    const headers = { Accept: "application/json" };
+  // fetch with the token (if any) as "Authorization: Bearer"; a 401 forgets it and throws
+  async function authorizedFetch(url, options = {}) {
+    const headers = { Accept: "application/json", ...(options.headers || {}) };
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(url, { cache: "no-store", headers });
+    const response = await fetch(url, { cache: "no-store", ...options, headers });
     if (response.status === 401) {
       if (token) sessionStorage.removeItem(TOKEN_KEY);
       throw new Unauthorized(token ? "wrong token" : "");
     }
+    return response;
+  }
+
+  async function getJSON(url) {
+    const response = await authorizedFetch(url);
     if (!response.ok && response.status !== 400 && response.status !== 404) {
       throw new Error(`HTTP ${response.status}`);
     }
@@ -91,8 +97,11 @@
     if (gone) {
       $("#room-info").textContent = "";
       $("#members tbody").replaceChildren();
+      $("#admin-panel").hidden = true;
       return;
     }
+    $("#admin-panel").hidden = false;
+    renderBans(data);
     $("#room-info").textContent =
       `${data.count} listed, ${data.private ? "private" : "public"} room`;
     const rows = data.members.map((member, index) => {
@@ -104,9 +113,60 @@
         cell(member.uri, "uri"),
         cell(role, `role role-${member.role}${member.invited ? " invited" : ""}`),
       );
+      tr.addEventListener("click", () => { $("#admin-user").value = member.uri; });
       return tr;
     });
     $("#members tbody").replaceChildren(...rows);
+  }
+
+  function renderBans(data) {
+    const items = (data.bans || []).map((ban) => {
+      const li = document.createElement("li");
+      li.textContent = ban.reason ? `${ban.pattern} \u2014 ${ban.reason}` : ban.pattern;
+      li.dataset.ban = ban.pattern;
+      return li;
+    });
+    $("#bans").replaceChildren(...items);
+    $("#no-bans").hidden = items.length > 0;
+  }
+
+  // Moderation: every action is a JSON-RPC call to /RPC (the same dispatch as any client's).
+  let rpcId = 0;
+
+  async function act(method) {
+    if (selected === null) return;
+    const result = $("#admin-result");
+    const params = method === "imc.destroy_room"
+      ? [selected]
+      : [selected, $("#admin-user").value.trim(), $("#admin-reason").value.trim()];
+    rpcId += 1;
+    try {
+      const response = await authorizedFetch("/RPC", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ jsonrpc: "2.0", method, params, id: rpcId }),
+      });
+      const answer = await response.json();
+      if (answer.error) {
+        result.className = "error";
+        result.textContent = `${method}: ${answer.error.message}`;
+      } else {
+        result.className = "ok";
+        result.textContent = `${method}: done`;
+      }
+    } catch (error) {
+      if (error instanceof Unauthorized) {
+        askToken(error.message);
+        return;
+      }
+      result.className = "error";
+      result.textContent = `${method}: ${error.message}`;
+    }
+    await refresh();
+  }
+
+  for (const button of document.querySelectorAll("#admin-form button")) {
+    button.addEventListener("click", () => { act(button.dataset.method); });
   }
 
   async function refreshMembers() {

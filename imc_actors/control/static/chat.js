@@ -202,7 +202,9 @@
     $("#members tbody").replaceChildren(...rows);
   }
 
-  const MEMBERSHIP = / has joined the room$| has left the room$| is now (owner|admin|member)$|declined the invitation$/;
+  const MEMBERSHIP = / has joined the room$| has left the room$| is now (owner|admin|member)$|declined the invitation$| has been (kicked|banned) from the room(: .*)?$/;
+  // Notices that take the reader out of the room (removed, kicked, banned, destroyed).
+  const GONE = /^\*\*\* (Room has been destroyed|You have been removed from the room|You have been (kicked|banned) from the room(: .*)?)$/;
 
   function receive(request) {
     const from = uriOf(request.from.uri);
@@ -213,7 +215,7 @@
     log(body, notice ? "notice" : "chat", from);
     if (!notice) return;
     if (from === current && MEMBERSHIP.test(body)) refreshMembers();
-    if (body === "*** Room has been destroyed" || body === "*** You have been removed from the room") {
+    if (GONE.test(body)) {
       if (from === current) select(null);
       refreshRooms();
     }
