@@ -37,6 +37,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--location-table", "location_table", "the registrar's bindings", metavar="NAME")
     _setting(parser, "--db-timeout", "db_timeout", "seconds a database write may take before it "
              "fails with 503 (nothing of it is written)", metavar="SECONDS")
+    # ownership (issue 13)
+    _setting(parser, "--lease-table", "lease_table", "which node serves which room", metavar="NAME")
+    _setting(parser, "--node-table", "node_table", "the nodes of a cluster", metavar="NAME")
 
 
 def _client_flags(parser: argparse.ArgumentParser, *, json_flag: bool) -> None:
@@ -81,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
              "send (0: no limit); beyond its burst a source gets 503 with Retry-After", metavar="N")
     _setting(serve, "--flood-burst", "flood_burst", "new SIP requests a source address may send at once",
              metavar="N")
+    _setting(serve, "--node", "node", "this node's name: hold room leases in the database and "
+             "fence every room write by them", metavar="NAME")
+    _setting(serve, "--lease-ttl", "lease_ttl", "seconds a room lease lasts unless renewed",
+             metavar="SECONDS")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
@@ -232,7 +239,8 @@ def _db(config: Config, action: str) -> int:
         repository = repository_of(config)
         if action == "init":
             repository.init_schema()
-            tables = (config.rooms_table, config.members_table, config.pending_table, config.location_table)
+            tables = (config.rooms_table, config.members_table, config.pending_table, config.location_table,
+                      config.lease_table, config.node_table)
             print(f"{PROG}: tables {', '.join(tables)} ready")
             return 0
         problems = repository.check_schema()

@@ -30,6 +30,7 @@ import trio
 from ..imc.effects import Notice, Outcome, Write
 from ..imc.room import InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState
+from ..store.repository import Fenced
 from ..store.writer import StoreError, StoreUnavailable
 from .delivery import Delivery, DeliveryResult, Hold
 
@@ -448,9 +449,12 @@ class Supervisor:
         await self._adopt(handle, staged[:first])
         rest = staged[first:]
         writers = sum(1 for _, _, outcome in rest if outcome.writes)
-        if isinstance(exc, StoreUnavailable) or writers == 1:
+        if isinstance(exc, StoreUnavailable | Fenced) or writers == 1:
             envelope = rest[0][0]
-            if isinstance(exc, StoreUnavailable):
+            if isinstance(exc, StoreUnavailable | Fenced):
+                if isinstance(exc, Fenced):
+                    log.warning("room=%s write refused call_id=%s: %s", handle.state.uri,
+                                envelope.call_id, exc)
                 answer = Answer(503, "Service Unavailable", retry_after=exc.retry_after)
             else:
                 log.error("room=%s commit failed call_id=%s: %s", handle.state.uri,
@@ -486,7 +490,9 @@ class Supervisor:
         if outcome.writes:
             try:
                 await self._store.commit(outcome.writes)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, Fenced) as exc:
+                if isinstance(exc, Fenced):
+                    log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
                 self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
                 return
             except StoreError as exc:

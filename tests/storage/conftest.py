@@ -85,17 +85,20 @@ class Tables:
     members: str
     pending: str
     location: str
+    leases: str
+    nodes: str
 
     @property
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.rooms, self.members, self.pending, self.location)
+    def all(self) -> tuple[str, ...]:
+        return (self.rooms, self.members, self.pending, self.location, self.leases, self.nodes)
 
     def repository(self, db_url: str, **options: Any) -> Repository:
         """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
-        (``lock_timeout``)."""
+        (``lock_timeout``, ``node``, ``clock``...)."""
         return Repository(
             db_url, self.rooms, self.members, pending_table=self.pending,
-            location_table=self.location, **options,
+            location_table=self.location, lease_table=self.leases, node_table=self.nodes,
+            **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:
@@ -103,6 +106,7 @@ class Tables:
         return [
             "--rooms-table", self.rooms, "--members-table", self.members,
             "--pending-table", self.pending, "--location-table", self.location,
+            "--lease-table", self.leases, "--node-table", self.nodes,
         ]  # fmt: skip
 
 
@@ -111,7 +115,7 @@ def new_tables() -> Tables:
     suffix = secrets.token_hex(4)
     return Tables(
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
-        f"imc_location_{suffix}",
+        f"imc_location_{suffix}", f"imc_leases_{suffix}", f"imc_nodes_{suffix}",
     )  # fmt: skip
 
 

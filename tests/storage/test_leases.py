@@ -1,0 +1,238 @@
+"""Room leases and fencing (issue 13) on SQLite, PostgreSQL and MySQL/MariaDB.
+
+Every lease time comes from an injected clock (:class:`FakeClock`), so expiry needs no sleep:
+the tests move the clock past a lease's end instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import peewee
+import pytest
+import trio
+import trio.testing
+
+from imc_actors.imc.effects import OWNER, MemberUpsert, RoomDelete, RoomUpsert
+from imc_actors.imc.state import Member, RoomState
+from imc_actors.store.leases import Lease, room_of
+from imc_actors.store.repository import Fenced, Repository
+from imc_actors.store.writer import Store
+from tests.storage.conftest import Tables
+
+T0 = 1_800_000_000.0
+TTL = 5.0
+
+
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def nodes(db_url: str, tables: Tables, clock: FakeClock) -> Iterator[tuple[Repository, Repository]]:
+    """Two nodes, ``n1`` and ``n2``, each with its own connection, sharing ``clock``."""
+    one = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    two = tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock)
+    one.init_schema()
+    yield one, two
+    one.close()
+    two.close()
+
+
+def room_writes(name: str, owner: str = "sip:alice@example.com") -> list[object]:
+    return [RoomUpsert(name, "example.com", 0), MemberUpsert(f"sip:{name}@example.com", owner, OWNER)]
+
+
+# -- acquire, renew, expiry, takeover ------------------------------------------------------------
+
+
+def test_acquire_renew_expiry_and_takeover_with_epochs(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert one.acquire("Chat@Example.com") == 1  # keys compare in lower case
+    assert one.owner_of("chat@example.com") == Lease("chat@example.com", "n1", 1, T0 + TTL)
+    assert two.acquire("chat@example.com") is None  # held and not expired
+    clock.now = T0 + 4
+    assert one.renew() == 1
+    clock.now = T0 + 8  # past the first expiry, not past the renewed one (T0 + 9)
+    assert two.acquire("chat@example.com") is None
+    assert one.owner_of("chat@example.com").live(clock.now)
+    clock.now = T0 + 9  # expired now: taken over with the next epoch
+    assert two.acquire("chat@example.com") == 2
+    assert two.owner_of("chat@example.com") == Lease("chat@example.com", "n2", 2, T0 + 9 + TTL)
+    assert one.acquire("chat@example.com") is None
+    assert one.held == {} and two.held == {"chat@example.com": 2}
+    assert two.acquire("chat@example.com") == 3  # its own owner may acquire again: a new epoch
+    assert one.renew() == 0  # n1 holds nothing any more
+
+
+def test_release_hands_the_leases_over_at_once(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert [one.acquire(room) for room in ("a@x", "b@x")] == [1, 1]
+    assert two.acquire("a@x") is None
+    assert one.release() == 2
+    assert one.held == {}
+    assert not one.owner_of("a@x").live(clock.now)
+    assert two.acquire("a@x") == 2  # no waiting for the TTL
+    assert one.owner_of("nosuch@x") is None
+
+
+def test_a_racing_pair_of_acquirers_has_exactly_one_winner(
+    db_url: str, tables: Tables, nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    """Two connections acquire the same rooms at the same moment, fresh and expired ones."""
+    one, two = nodes
+    rooms = [f"race{i}@x" for i in range(15)]
+    with tables.repository(db_url, node="n0", lease_ttl=TTL, clock=clock) as stale:
+        for room in rooms[::2]:  # every other room: held by a node that died, expired now
+            assert stale.acquire(room) == 1
+    clock.now = T0 + TTL
+    results: dict[str, list[int | None]] = {"n1": [], "n2": []}
+    barrier = threading.Barrier(2, timeout=60)
+
+    def race(repository: Repository) -> None:
+        for room in rooms:
+            barrier.wait()
+            results[repository.node or ""].append(repository.acquire(room))
+
+    threads = [threading.Thread(target=race, args=(repo,)) for repo in (one, two)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for index, room in enumerate(rooms):
+        got = (results["n1"][index], results["n2"][index])
+        winners = [epoch for epoch in got if epoch is not None]
+        assert len(winners) == 1, (room, got)
+        assert winners[0] == (2 if index % 2 == 0 else 1), (room, got)
+        lease = one.owner_of(room)
+        assert lease is not None and lease.epoch == winners[0]
+        assert lease.node == ("n1" if got[0] is not None else "n2")
+
+
+# -- fencing --------------------------------------------------------------------------------------
+
+
+def test_a_write_for_a_room_taken_over_is_not_applied(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    one.apply_batch(room_writes("lobby"))  # a new room: its first lease is taken by the write
+    assert one.held == {"lobby@example.com": 1}
+    before = one.load_rooms()
+    clock.now = T0 + TTL  # n1 stopped renewing; n2 takes the room over
+    assert two.acquire("lobby@example.com") == 2
+    with pytest.raises(Fenced) as raised:
+        one.apply_batch([MemberUpsert("sip:lobby@example.com", "sip:bob@example.com", 0)])
+    assert raised.value.rooms == frozenset({"lobby@example.com"})
+    assert "n1" in str(raised.value) and "lobby@example.com" in str(raised.value)
+    assert raised.value.retry_after == 5
+    assert one.load_rooms() == before  # nothing of it was written
+    two.apply_batch([MemberUpsert("sip:lobby@example.com", "sip:bob@example.com", 0)])  # the owner may
+    assert [m.uri for m in one.load_rooms()[0].members] == [
+        "sip:alice@example.com", "sip:bob@example.com",
+    ]  # fmt: skip
+
+
+def test_a_room_whose_lease_another_node_holds_cannot_be_written_at_all(
+    nodes: tuple[Repository, Repository],
+) -> None:
+    one, two = nodes
+    assert two.acquire("taken@example.com") == 1
+    with pytest.raises(Fenced):
+        one.apply_batch(room_writes("taken"))  # no lease of its own, and the row is n2's
+    assert one.load_rooms() == []
+    one.apply_batch([RoomUpsert("free", "example.com", 0)])  # writes without a room are free
+    assert one.held == {"free@example.com": 1}
+
+
+def test_a_destroyed_room_forgets_its_lease(nodes: tuple[Repository, Repository]) -> None:
+    one, two = nodes
+    one.apply_batch(room_writes("gone"))
+    one.apply_batch([RoomDelete("gone", "example.com")])
+    assert one.held == {} and one.owner_of("gone@example.com") is None
+    two.apply_batch(room_writes("gone", "sip:bob@example.com"))  # a new room of that name
+    assert two.owner_of("gone@example.com").node == "n2"
+
+
+def test_without_a_node_nothing_is_fenced_and_no_lease_is_written(
+    db_url: str, tables: Tables, raw_db: peewee.Database
+) -> None:
+    with tables.repository(db_url) as repository:
+        repository.init_schema()
+        repository.apply_batch(room_writes("plain"))
+        assert [room.key for room in repository.load_rooms()] == ["plain@example.com"]
+    left, right = raw_db.quote[0], raw_db.quote[-1]
+    count = raw_db.execute_sql(f"SELECT COUNT(*) FROM {left}{tables.leases}{right}").fetchone()
+    assert int(count[0]) == 0
+
+
+def test_db_check_names_a_lease_table_without_its_epoch(
+    nodes: tuple[Repository, Repository], raw_db: peewee.Database, tables: Tables
+) -> None:
+    one, _ = nodes
+    left, right = raw_db.quote[0], raw_db.quote[-1]
+    raw_db.execute_sql(f"DROP TABLE {left}{tables.nodes}{right}")
+    raw_db.execute_sql(f"ALTER TABLE {left}{tables.leases}{right} DROP COLUMN epoch")
+    assert one.check_schema() == [
+        f"table {tables.leases} has no column epoch",
+        f"table {tables.nodes} is missing (imc-actors db init creates it)",
+    ]
+
+
+async def test_a_fenced_room_does_not_fail_the_other_rooms_of_its_batch(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    for name in ("a", "b", "c"):
+        one.apply_batch(room_writes(name))
+    clock.now = T0 + TTL
+    assert two.acquire("b@example.com") == 2
+    store = Store(one)
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def join(name: str) -> None:
+        try:
+            await store.commit([MemberUpsert(f"sip:{name}@example.com", "sip:bob@example.com", 0)])
+        except Exception as exc:  # noqa: BLE001 - recorded and checked below
+            outcomes[name] = exc
+        else:
+            outcomes[name] = None
+
+    async with trio.open_nursery() as writer:
+        async with trio.open_nursery() as joins:
+            for name in ("a", "b", "c"):  # queued before the writer runs: one batch
+                joins.start_soon(join, name)
+            await trio.testing.wait_all_tasks_blocked()
+            await writer.start(store.run)
+        writer.cancel_scope.cancel()
+    assert outcomes["a"] is None and outcomes["c"] is None
+    assert isinstance(outcomes["b"], Fenced) and outcomes["b"].rooms == {"b@example.com"}
+    assert store.statistics().batches == 1 and store.statistics().available
+    members = {room.key: [m.uri for m in room.members] for room in one.load_rooms()}
+    assert members == {
+        "a@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
+        "b@example.com": ["sip:alice@example.com"],
+        "c@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
+    }
+
+
+def test_room_of_names_the_room_of_each_room_write() -> None:
+    assert room_of(RoomUpsert("Chat", "Example.com", 0)) == "chat@example.com"
+    assert room_of(MemberUpsert("sip:Chat@example.com", "sip:a@b", 0)) == "chat@example.com"
+    assert room_of(RoomState("x", "y", 0, (Member("sip:a@b"),))) is None
