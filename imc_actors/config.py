@@ -251,10 +251,13 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
-        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table,
-                  self.lease_table, self.node_table]
-        if len({t.lower() for t in tables}) != len(tables):
-            raise ConfigError("pending_table", "the table names must all differ")
+        seen: set[str] = set()
+        for name in ("rooms_table", "members_table", "pending_table", "location_table",
+                     "lease_table", "node_table"):
+            table = getattr(self, name).lower()
+            if table in seen:  # the first one that repeats an earlier one is named
+                raise ConfigError(name, "the table names must all differ")
+            seen.add(table)
         for name in ("rooms_table", "members_table", "pending_table", "location_table",
                      "lease_table", "node_table", "manager_user"):
             value = getattr(self, name)

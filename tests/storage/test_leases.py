@@ -7,6 +7,7 @@ the tests move the clock past a lease's end instead.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import peewee
@@ -14,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from imc_actors import Config, IncomingMessage, open_conference
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomDelete, RoomUpsert
 from imc_actors.imc.state import Member, RoomState
 from imc_actors.store.leases import Lease, room_of
@@ -236,3 +238,48 @@ def test_room_of_names_the_room_of_each_room_write() -> None:
     assert room_of(RoomUpsert("Chat", "Example.com", 0)) == "chat@example.com"
     assert room_of(MemberUpsert("sip:Chat@example.com", "sip:a@b", 0)) == "chat@example.com"
     assert room_of(RoomState("x", "y", 0, (Member("sip:a@b"),))) is None
+
+
+# -- a conference with a node name ----------------------------------------------------------------
+
+
+def conference_config(db_url: str, tables: Tables, node: str) -> Config:
+    return Config(
+        db_url=db_url, domains=["example.com"], node=node, lease_ttl=TTL,
+        rooms_table=tables.rooms, members_table=tables.members, pending_table=tables.pending,
+        location_table=tables.location, lease_table=tables.leases, node_table=tables.nodes,
+    )  # fmt: skip
+
+
+def say(room: str, user: str, body: str) -> IncomingMessage:
+    return IncomingMessage(f"sip:{room}@example.com", f"sip:{user}@example.com", body.encode())
+
+
+async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_taken(
+    db_url: str, tables: Tables, clock: FakeClock
+) -> None:
+    config = conference_config(db_url, tables, "n1")  # on the real wall clock
+    clock.now = time.time()
+    async with open_conference(config) as conf:
+        for name in ("a", "b"):
+            assert (await conf.handle(say("imc-manager", "alice", f"#create {name}"))).code == 200
+        assert conf.leases is not None and conf.leases.statistics().held == 2
+    with tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock) as other:
+        for room in ("a@example.com", "b@example.com"):  # released at the clean shutdown
+            lease = other.owner_of(room)
+            assert lease is not None and (lease.node, lease.epoch) == ("n1", 1)
+            assert not lease.live(other.now())
+        async with open_conference(config) as conf:  # takes its stored rooms back at startup
+            assert other.acquire("a@example.com") is None
+            clock.now = 10 * T0  # n1's leases are long expired on n2's clock
+            assert other.acquire("a@example.com") == 3  # taken over from n1 (epoch 2)
+            refused = await conf.handle(say("a", "bob", "#join"))
+            assert (refused.code, refused.retry_after) == (503, 5)
+            assert (await conf.handle(say("b", "bob", "#join"))).code == 200
+            assert (await conf.handle(say("a", "alice", "hello"))).code == 202  # chat writes nothing
+        members = {room.key: [m.uri for m in room.members] for room in other.load_rooms()}
+        assert members == {
+            "a@example.com": ["sip:alice@example.com"],
+            "b@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
+        }
+        assert other.owner_of("a@example.com").node == "n2"  # n1's release left n2's lease alone
