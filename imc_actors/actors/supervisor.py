@@ -27,6 +27,7 @@ from typing import Protocol
 
 import trio
 
+from ..imc import texts
 from ..imc.effects import Notice, Outcome, Write
 from ..imc.room import InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState
@@ -453,8 +454,7 @@ class Supervisor:
             envelope = rest[0][0]
             if isinstance(exc, StoreUnavailable | Fenced):
                 if isinstance(exc, Fenced):
-                    log.warning("room=%s write refused call_id=%s: %s", handle.state.uri,
-                                envelope.call_id, exc)
+                    await self._fenced(handle, envelope, exc)
                 answer = Answer(503, "Service Unavailable", retry_after=exc.retry_after)
             else:
                 log.error("room=%s commit failed call_id=%s: %s", handle.state.uri,
@@ -492,7 +492,7 @@ class Supervisor:
                 await self._store.commit(outcome.writes)
             except (StoreUnavailable, Fenced) as exc:
                 if isinstance(exc, Fenced):
-                    log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
+                    await self._fenced(handle, envelope, exc)
                 self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
                 return
             except StoreError as exc:
@@ -506,6 +506,20 @@ class Supervisor:
         if outcome.notices:
             await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
         envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
+
+    async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
+        """A write refused because another node holds the room's lease: log it and tell the
+        sender why its 503 came (the notice leaves after the answer, like every other)."""
+        log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
+        op = envelope.op
+        to = op.sender if isinstance(op, RoomRequest) else None
+        if isinstance(op, _Create) and op.outcome.notices:
+            to = op.outcome.notices[0].to  # the creator
+        if to is None:
+            return
+        text = texts.ROOM_HELD_ELSEWHERE.format(seconds=exc.retry_after)
+        notice = Notice(to, text.encode(), handle.state.uri)
+        await self._delivery.submit((notice,), envelope.call_id, hold=envelope.hold)
 
     def _failed_commit(self, handle: RoomHandle, envelope: Envelope, answer: Answer) -> None:
         envelope.resolve(answer)

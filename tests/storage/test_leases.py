@@ -273,8 +273,12 @@ async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_t
             assert other.acquire("a@example.com") is None
             clock.now = 10 * T0  # n1's leases are long expired on n2's clock
             assert other.acquire("a@example.com") == 3  # taken over from n1 (epoch 2)
-            refused = await conf.handle(say("a", "bob", "#join"))
-            assert (refused.code, refused.retry_after) == (503, 5)
+            with conf.subscribe("sip:bob@example.com") as bob:
+                refused = await conf.handle(say("a", "bob", "#join"))
+                assert (refused.code, refused.retry_after) == (503, 5)
+                told = await bob.receive()
+            assert told.notice.body == b"*** Room is held by another node now; try again in 5 seconds"
+            assert told.notice.sender == "sip:a@example.com"
             assert (await conf.handle(say("b", "bob", "#join"))).code == 200
             assert (await conf.handle(say("a", "alice", "hello"))).code == 202  # chat writes nothing
         members = {room.key: [m.uri for m in room.members] for room in other.load_rooms()}
