@@ -479,6 +479,7 @@ async def _serving(
         rooms = await store.load_rooms()
         if keeper is not None:  # leases first, then the state they guard
             await keeper.acquire(rooms)
+            await keeper.advertise([])  # a node without SIP sockets; the server names its own
             rooms = await store.load_rooms()
             await nursery.start(keeper.run)
         supervisor.load(rooms)

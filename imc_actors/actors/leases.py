@@ -7,14 +7,19 @@ node may take the rooms over at once. A room created later gets its first lease 
 transaction that creates it (:meth:`~imc_actors.store.leases.LeaseTable.fence`). Every write
 is fenced by the epochs the repository recorded (:class:`~imc_actors.store.repository.Fenced`).
 
-What it does not do yet (issue 13 items 2 and 4): route the commands of a room another node
-holds to that node, or take a dead node's rooms over; such a room's writes get 503 here.
+Each renewal round also heartbeats this node into the node table with the SIP addresses the
+server advertises (:meth:`LeaseKeeper.advertise`), so other nodes can find where a room lives
+(``Repository.locate``). What it does not do yet (issue 13 items 2 and 4): route the commands
+of a room another node holds to that node, or take a dead node's rooms over; such a room's
+writes get 503 here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -48,6 +53,16 @@ class LeaseKeeper:
         self._renewals = 0
         self._failures = 0
         self._not_acquired = 0
+        self._addresses: tuple[str, ...] = ()
+
+    async def advertise(self, addresses: list[str]) -> None:
+        """Heartbeat now, and in every later round, with these SIP listen addresses (a failure
+        is logged; the next round tries again)."""
+        self._addresses = tuple(addresses)
+        try:
+            await self._store.read(partial(_round, renew=False, addresses=self._addresses))
+        except StoreError as exc:
+            log.warning("recording this node's addresses failed: %s", exc)
 
     async def acquire(self, rooms: list[RoomState]) -> list[str]:
         """Take the lease of each of ``rooms``; the keys of those another node holds."""
@@ -65,14 +80,14 @@ class LeaseKeeper:
         return missed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Renew every ``lease_ttl / 3`` seconds until cancelled; a failed round is logged and
-        the next one tried (a lease that expired meanwhile may be taken over: fencing then
-        refuses this node's writes for it)."""
+        """Renew and heartbeat every ``lease_ttl / 3`` seconds until cancelled; a failed round
+        is logged and the next one tried (a lease that expired meanwhile may be taken over:
+        fencing then refuses this node's writes for it)."""
         task_status.started()
         while True:
             await trio.sleep(self._ttl / 3)
             try:
-                await self._store.read(lambda repository: repository.renew())
+                await self._store.read(partial(_round, renew=True, addresses=self._addresses))
             except StoreError as exc:
                 self._failures += 1
                 log.warning("renewing the room leases failed: %s", exc)
@@ -89,6 +104,7 @@ class LeaseKeeper:
             log.debug("released %d room leases", count)
 
     def statistics(self) -> LeaseStatistics:
+        """Counters now."""
         repository: Any = self._store.repository
         return LeaseStatistics(
             held=repository.lease_count,
@@ -96,3 +112,10 @@ class LeaseKeeper:
             renew_failures=self._failures,
             not_acquired=self._not_acquired,
         )
+
+
+def _round(repository: Any, *, renew: bool, addresses: Sequence[str]) -> None:
+    """In the writer thread: renew the leases (unless only advertising), then heartbeat."""
+    if renew:
+        repository.renew()
+    repository.heartbeat(addresses)

@@ -62,6 +62,7 @@ from .models import (
     check_table_name,
     extra_indexes,
 )
+from .nodes import NodeInfo, NodeTable, RoomLocation
 from .records import Binding, PendingRow, StoreWrite
 from .urls import LOCK_TIMEOUT, DatabaseURL, open_database
 
@@ -233,6 +234,8 @@ class Repository:
         self.lease_ttl = lease_ttl
         self._clock = clock
         self._leases = LeaseTable(self._db, lease_table)
+        assert self._models.node is not None
+        self._nodes = NodeTable(self._models.node)
         self._held: dict[str, int] = {}
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
@@ -377,6 +380,38 @@ class Repository:
         """The lease of ``room`` as stored now, or None when it never had one. Expired or
         not: see :meth:`Lease.live` with this repository's clock (:meth:`now`)."""
         return self._run(f"reading the lease of {room}", lambda: self._leases.owner_of(room.lower()))
+
+    # -- the node registry (issue 13 item 2): see imc_actors.store.nodes ----------------------
+
+    def heartbeat(self, addresses: Sequence[str]) -> None:
+        """Record that this node is alive now and reachable at ``addresses`` (its SIP listen
+        addresses, ``udp:host:port``)."""
+        node = self._require_node()
+        problem = NodeTable.problem(addresses)
+        if problem is not None:
+            raise StoreError(f"node {node!r}: {problem}")
+        self._run(
+            "recording the heartbeat",
+            lambda: self._nodes.heartbeat(node, addresses, self._clock()),
+        )
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node that ever heartbeat, by name (live or not: see :meth:`NodeInfo.live`)."""
+        return self._run("reading the nodes", self._nodes.all)
+
+    def locate(self, room: str) -> RoomLocation | None:
+        """Where ``room`` (a room key) is served now: the node holding its live lease and that
+        node's addresses; None when no node holds a live lease (anyone may acquire it)."""
+
+        def locate() -> RoomLocation | None:
+            lease = self._leases.owner_of(room.lower())
+            if lease is None or not lease.live(self._clock()):
+                return None
+            info = self._nodes.get(lease.node)
+            addresses = info.addresses if info is not None else ()
+            return RoomLocation(lease.room, lease.node, lease.epoch, addresses)
+
+        return self._run(f"locating {room}", locate)
 
     def now(self) -> float:
         """The wall clock leases are measured on (seconds since the epoch)."""

@@ -15,10 +15,11 @@ import pytest
 import trio
 import trio.testing
 
-from imc_actors import Config, IncomingMessage, open_conference
+from imc_actors import Config, IncomingMessage, open_conference, open_server
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomDelete, RoomUpsert
 from imc_actors.imc.state import Member, RoomState
 from imc_actors.store.leases import Lease, room_of
+from imc_actors.store.nodes import NodeInfo, RoomLocation
 from imc_actors.store.repository import Fenced, Repository
 from imc_actors.store.writer import Store
 from tests.storage.conftest import Tables
@@ -287,3 +288,45 @@ async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_t
             "b@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
         }
         assert other.owner_of("a@example.com").node == "n2"  # n1's release left n2's lease alone
+
+
+# -- the node registry and where a room lives (issue 13 item 2) -----------------------------------
+
+
+def test_heartbeats_record_each_node_and_locate_finds_a_rooms_owner(
+    db_url: str, tables: Tables, nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert one.nodes() == []
+    one.heartbeat(["udp:10.0.0.1:5060", "tcp:10.0.0.1:5060"])
+    clock.now = T0 + 1
+    two.heartbeat(["udp:10.0.0.2:5060"])
+    one.heartbeat(["udp:10.0.0.1:5070"])  # a second beat replaces the row
+    assert one.nodes() == [
+        NodeInfo("n1", ("udp:10.0.0.1:5070",), T0 + 1),
+        NodeInfo("n2", ("udp:10.0.0.2:5060",), T0 + 1),
+    ]
+    assert not NodeInfo("n1", (), T0).live(T0 + TTL, TTL)
+    assert two.locate("chat@example.com") is None  # nobody holds it: anyone may acquire it
+    assert two.acquire("chat@example.com") == 1
+    assert one.locate("Chat@Example.com") == RoomLocation(
+        "chat@example.com", "n2", 1, ("udp:10.0.0.2:5060",)
+    )
+    clock.now = T0 + 1 + TTL  # the lease expired: the room lives nowhere now
+    assert one.locate("chat@example.com") is None
+    with tables.repository(db_url, node="n3", clock=clock) as three:
+        assert three.acquire("other@example.com") == 1  # a node that never heartbeat
+        assert one.locate("other@example.com") == RoomLocation("other@example.com", "n3", 1, ())
+
+
+async def test_a_server_with_a_node_name_advertises_its_bound_addresses(
+    db_url: str, tables: Tables
+) -> None:
+    config = conference_config(db_url, tables, "n1").replace(listen=["udp:127.0.0.81:0"])
+    async with open_server(config) as server:
+        (address,) = server.addresses
+        assert address.port != 0
+        with tables.repository(db_url) as reader:
+            (node,) = reader.nodes()
+    assert (node.name, node.addresses) == ("n1", (str(address),))
+    assert node.live(time.time(), TTL)
