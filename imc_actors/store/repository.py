@@ -49,6 +49,7 @@ from .models import (
     LEASE_COLUMNS,
     LOCATION_COLUMNS,
     MAX_LENGTH,
+    MAX_NODE_NAME,
     MAX_ROOM_KEY,
     MEMBER_COLUMNS,
     MEMBER_UNIQUE,
@@ -86,7 +87,8 @@ class Fenced(StoreError):
     """A write for rooms whose lease this node does not hold (any more) with the epoch it
     acquired: another node took them over, or this node never held them. Nothing of the
     transaction was written. ``rooms`` are the room keys (``name@domain``, lower case),
-    ``node`` this node's name, ``retry_after`` the seconds for a 503's ``Retry-After`` (the lease TTL, rounded up)."""
+    ``node`` this node's name, ``retry_after`` the seconds for a 503's ``Retry-After`` (the
+    lease TTL, rounded up)."""
 
     def __init__(self, rooms: frozenset[str], node: str, retry_after: int) -> None:
         names = ", ".join(sorted(rooms))
@@ -218,6 +220,8 @@ class Repository:
                 f"{', '.join(names)} must be different tables, none called "
                 f"{VERSION_TABLE!r} (got {', '.join(names.values())})"
             )
+        if node is not None and not 0 < len(node) <= MAX_NODE_NAME:
+            raise StoreError(f"node name {node[:40]!r} must have 1 to {MAX_NODE_NAME} characters")
         self.rooms_table = rooms_table
         self.members_table = members_table
         self.pending_table = pending_table

@@ -330,3 +330,13 @@ async def test_a_server_with_a_node_name_advertises_its_bound_addresses(
             (node,) = reader.nodes()
     assert (node.name, node.addresses) == ("n1", (str(address),))
     assert node.live(time.time(), TTL)
+
+
+async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> None:
+    config = conference_config(db_url, tables, "n1").replace(listen=["udp:127.0.0.81:0"])
+    async with open_server(config) as server:
+        await server.conference.handle(say("imc-manager", "alice", "#create m"))
+        text = server.metrics.exposition().decode()
+    assert "imc_leases_held 1.0" in text
+    assert "imc_lease_renew_failures_total 0.0" in text
+    assert "imc_leases_not_acquired 0.0" in text
