@@ -20,7 +20,7 @@ from imc_actors.imc.effects import OWNER, MemberUpsert, RoomDelete, RoomUpsert
 from imc_actors.imc.state import Member, RoomState
 from imc_actors.store.leases import Lease, room_of
 from imc_actors.store.nodes import NodeInfo, RoomLocation
-from imc_actors.store.repository import Fenced, Repository
+from imc_actors.store.repository import Fenced, Repository, StoreError, guarded
 from imc_actors.store.writer import Store
 from tests.storage.conftest import Tables
 
@@ -340,3 +340,102 @@ async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> No
     assert "imc_leases_held 1.0" in text
     assert "imc_lease_renew_failures_total 0.0" in text
     assert "imc_leases_not_acquired 0.0" in text
+
+
+def test_writes_racing_a_takeover_are_either_stored_or_fenced_never_both(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    """n1 keeps writing for a room while n2 takes it over: every write n1 was told succeeded
+    is stored, no refused one is, every write n1 began after the takeover is refused, and
+    nothing of n1 commits after the takeover (the fence's row lock makes the takeover wait)."""
+    one, two = nodes
+    one.apply_batch(room_writes("hot"))
+    clock.now = T0 + TTL  # n1's lease has run out; n2 may take the room over
+    ready, taken = threading.Event(), threading.Event()
+    stored: list[int] = []
+    refused: list[int] = []
+    began_after: list[int] = []
+
+    def writer() -> None:
+        for i in range(100_000):
+            if i == 10:
+                ready.set()
+            if i > 10:  # leave the other connection gaps (SQLite's busy handler polls)
+                taken.wait(0.001)
+            if taken.is_set():
+                if len(began_after) == 5:
+                    return
+                began_after.append(i)
+            try:
+                one.apply_batch([MemberUpsert("sip:hot@example.com", f"sip:u{i}@example.com", 0)])
+            except Fenced:
+                refused.append(i)
+            else:
+                stored.append(i)
+        ready.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert ready.wait(60)
+    assert two.acquire("hot@example.com") == 2
+    at_takeover = two.load_rooms()  # what the new owner starts from
+    taken.set()
+    thread.join(120)
+    assert began_after and set(began_after) <= set(refused)
+    (room,) = one.load_rooms()
+    assert [room] == at_takeover  # nothing of n1 was committed after the takeover
+    users = {m.uri for m in room.members} - {"sip:alice@example.com"}
+    assert users == {f"sip:u{i}@example.com" for i in stored}
+    assert len(stored) >= 10
+
+
+class PauseAtCommit:
+    """A CommitGuard that stops the write transaction right before COMMIT (after the fence)."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.go = threading.Event()
+
+    def check(self) -> None:
+        pass
+
+    def committing(self) -> None:
+        self.reached.set()
+        assert self.go.wait(60)
+
+
+def test_a_takeover_waits_for_a_write_transaction_that_passed_the_fence(
+    db_url: str, tables: Tables, nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    """The fence's read locks the lease row until COMMIT: a takeover cannot slip in between
+    the check and the commit (it runs into its lock timeout instead), so the new owner
+    always starts from a state that holds every write the old owner committed."""
+    one, _ = nodes
+    one.apply_batch(room_writes("held"))
+    clock.now = T0 + TTL  # expired: only the open transaction stands in the way
+    pause = PauseAtCommit()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with guarded(pause):
+                one.apply_batch([MemberUpsert("sip:held@example.com", "sip:bob@example.com", 0)])
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        assert pause.reached.wait(60)
+        with tables.repository(db_url, node="n2", clock=clock, lock_timeout=1) as taker:
+            with pytest.raises(StoreError):
+                taker.acquire("held@example.com")
+            pause.go.set()
+            thread.join(60)
+            assert errors == []
+            assert taker.acquire("held@example.com") == 2
+            (room,) = taker.load_rooms()
+    finally:
+        pause.go.set()
+        thread.join(60)
+    assert [m.uri for m in room.members] == ["sip:alice@example.com", "sip:bob@example.com"]
