@@ -68,7 +68,8 @@ class LeaseKeeper:
         """Take the lease of each of ``rooms``; the keys of those another node holds."""
 
         def acquire_all(repository: Any) -> list[str]:
-            return [room.key for room in rooms if repository.acquire(room.key) is None]
+            epochs = repository.acquire_all([room.key for room in rooms])
+            return [room for room, epoch in epochs.items() if epoch is None]
 
         missed = await self._store.read(acquire_all)
         self._not_acquired = len(missed)

@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+#: Rooms whose leases :meth:`Repository.acquire_all` takes in one transaction.
+_ACQUIRE_CHUNK = 500
+
 #: MySQL engines with transactions (a batch is all or nothing only there).
 _TRANSACTIONAL_ENGINES = {"innodb", "xtradb", "rocksdb", "tokudb", "ndbcluster"}
 
@@ -363,6 +366,32 @@ class Repository:
         else:
             self._held[key] = epoch
         return epoch
+
+    def acquire_all(self, rooms: Sequence[str], ttl: float | None = None) -> dict[str, int | None]:
+        """:meth:`acquire` for many rooms (startup), a few hundred per transaction: room key
+        -> new epoch, or None where another node holds the lease."""
+        node = self._require_node()
+        keys = [room.lower() for room in rooms]
+        for key in keys:
+            if len(key) > MAX_ROOM_KEY:
+                raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+        result: dict[str, int | None] = {}
+        for start in range(0, len(keys), _ACQUIRE_CHUNK):
+            chunk = keys[start : start + _ACQUIRE_CHUNK]
+
+            def acquire(chunk: list[str] = chunk) -> dict[str, int | None]:
+                now = self._clock()
+                with self._db.atomic():
+                    return {key: self._leases.acquire(key, node, self._ttl(ttl), now) for key in chunk}
+
+            got = self._run(f"acquiring {len(chunk)} leases", acquire)
+            for key, epoch in got.items():
+                if epoch is None:
+                    self._held.pop(key, None)
+                else:
+                    self._held[key] = epoch
+            result.update(got)
+        return result
 
     def renew(self, ttl: float | None = None) -> int:
         """Extend every lease this node holds by ``ttl`` seconds from now (default

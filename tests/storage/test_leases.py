@@ -439,3 +439,18 @@ def test_a_takeover_waits_for_a_write_transaction_that_passed_the_fence(
         pause.go.set()
         thread.join(60)
     assert [m.uri for m in room.members] == ["sip:alice@example.com", "sip:bob@example.com"]
+
+
+def test_acquire_all_takes_what_is_free_or_expired_in_few_transactions(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert two.acquire("held@x") == 1
+    clock.now = T0 + 1
+    assert two.acquire("fresh@x") == 1
+    clock.now = T0 + TTL  # held@x expired, fresh@x (until T0 + 1 + TTL) not
+    rooms = ["held@x", "fresh@x", *(f"r{i}@x" for i in range(1200))]  # three transactions
+    got = one.acquire_all(rooms)
+    assert got["held@x"] == 2 and got["fresh@x"] is None
+    assert all(got[f"r{i}@x"] == 1 for i in range(1200))
+    assert one.lease_count == 1201 and "fresh@x" not in one.held
