@@ -120,7 +120,7 @@ def bind_models(
     lease_table: str = "imc_leases",
     node_table: str = "imc_nodes",
 ) -> Models:
-    """Model classes for the four tables in ``database``.
+    """Model classes for the tables in ``database``.
 
     Index names follow Kamailio's PostgreSQL/SQLite DDL (``<table>_name_domain_idx``,
     ``<table>_account_room_idx``); MySQL tables are created as InnoDB (transactions).
