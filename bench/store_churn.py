@@ -1,6 +1,9 @@
 """#join/#leave churn through the public API: SQLite write-through against an in-memory store.
 
-Run: ``python -m bench.store_churn [--users 200] [--rooms 20] [--ops 20000] [--repeat 3]``
+Run: ``python -m bench.store_churn [--users 200] [--rooms 20] [--ops 20000] [--repeat 3] [--node NAME]``
+
+``--node`` runs the SQLite side with that node name: every write is then fenced by its room's
+lease (issue 13), which is what the fencing costs.
 
 Both runs use the same conference code; only the repository differs: a SQLite file (WAL,
 synchronous=FULL, group commit through the single writer thread) or :class:`MemoryRepository`
@@ -77,16 +80,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rooms", type=int, default=20)
     parser.add_argument("--ops", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--node", default=None, help="node name: fence every write by its lease")
     args = parser.parse_args(argv)
     sqlite_rates, memory_rates = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
-            config = Config(db_url=f"sqlite:///{tmp}/churn{i}.db", domains=[DOMAIN])
+            config = Config(db_url=f"sqlite:///{tmp}/churn{i}.db", domains=[DOMAIN], node=args.node)
             sqlite_rates.append(trio.run(churn, config, None, args.users, args.rooms, args.ops))
             memory_rates.append(trio.run(churn, config, MemoryRepository(), args.users, args.rooms, args.ops))
     sqlite_median, memory_median = statistics.median(sqlite_rates), statistics.median(memory_rates)
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
-    print(f"users={args.users} rooms={args.rooms} ops/run={args.ops} runs={args.repeat}")
+    print(f"users={args.users} rooms={args.rooms} ops/run={args.ops} runs={args.repeat} node={args.node}")
     print(f"sqlite write-through: {sqlite_median:10.0f} commands/s (runs: {', '.join(f'{r:.0f}' for r in sqlite_rates)})")
     print(f"in-memory:            {memory_median:10.0f} commands/s (runs: {', '.join(f'{r:.0f}' for r in memory_rates)})")
     print(f"ratio sqlite/memory:  {sqlite_median / memory_median:10.2f}")

@@ -39,6 +39,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--limits-table", "limits_table", "the rooms' own member limits (#limit)", metavar="NAME")
     _setting(parser, "--db-timeout", "db_timeout", "seconds a database write may take before it "
              "fails with 503 (nothing of it is written)", metavar="SECONDS")
+    # ownership (issue 13)
+    _setting(parser, "--lease-table", "lease_table", "which node serves which room", metavar="NAME")
+    _setting(parser, "--node-table", "node_table", "the nodes of a cluster", metavar="NAME")
     _auth_table_flags(parser)
 
 
@@ -150,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
              "room (0: no limit); beyond its burst 503 with Retry-After", metavar="N")
     _setting(serve, "--chat-burst", "chat_burst", "chat messages a sender may send in a room at once",
              metavar="N")
+    _setting(serve, "--node", "node", "this node's name: hold room leases in the database and "
+             "fence every room write by them", metavar="NAME")
+    _setting(serve, "--lease-ttl", "lease_ttl", "seconds a room lease lasts unless renewed",
+             metavar="SECONDS")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
@@ -304,7 +311,8 @@ def _db(config: Config, action: str) -> int:
             repository.init_schema()
             tables = (config.rooms_table, config.members_table, config.pending_table,
                       config.location_table, config.subscriber_table, config.secret_table,
-                      config.bans_table, config.limits_table)  # fmt: skip
+                      config.bans_table, config.limits_table, config.lease_table,
+                      config.node_table)  # fmt: skip
             print(f"{PROG}: tables {', '.join(tables)} ready")
             return 0
         problems = repository.check_schema()

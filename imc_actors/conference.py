@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from .actors.delivery import Delivery, Hold, Sender
+from .actors.leases import LeaseKeeper
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .config import Config
 from .imc import texts
@@ -150,6 +151,8 @@ class Conference:
         self.notices = notices
         #: The store (group-committing writer) behind the rooms, or None.
         self.store = store
+        #: This node's room leases (config ``node``), or None.
+        self.leases: LeaseKeeper | None = None
         self._closed = False
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
@@ -448,6 +451,8 @@ def repository_of(config: Config) -> Repository:
         subscriber_table=config.subscriber_table, secret_table=config.secret_table,
         lock_timeout=config.db_timeout, bans_table=config.bans_table,
         limits_table=config.limits_table,
+        lease_table=config.lease_table, node_table=config.node_table, node=config.node,
+        lease_ttl=config.lease_ttl,
     )  # fmt: skip
 
 
@@ -509,6 +514,33 @@ async def _running(
     wrap_sender: Callable[[Sender], Sender] | None,
     wrap_store: Callable[[Committer], Committer] | None,
 ) -> AsyncIterator[Conference]:
+    # ownership (issue 13): with a node name, hold the rooms' leases while serving them
+    keeper = (
+        LeaseKeeper(store, config.lease_ttl)
+        if config.node is not None and hasattr(store.repository, "acquire") else None
+    )  # fmt: skip
+    try:
+        async with _serving(
+            config, store, router, policy, apply, wrap_sender, wrap_store, keeper
+        ) as conference:
+            yield conference
+    finally:
+        if keeper is not None:  # the store has stopped writing: hand the rooms over at once
+            with trio.CancelScope(shield=True):
+                await keeper.release()
+
+
+@asynccontextmanager
+async def _serving(
+    config: Config,
+    store: Store,
+    router: NoticeRouter,
+    policy: Policy,
+    apply: ApplyFn | None,
+    wrap_sender: Callable[[Sender], Sender] | None,
+    wrap_store: Callable[[Committer], Committer] | None,
+    keeper: LeaseKeeper | None,
+) -> AsyncIterator[Conference]:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         delivery = Delivery(
@@ -532,11 +564,18 @@ async def _running(
             apply=apply if apply is not None else room_apply,
         )
         delivery.on_outcome = supervisor.on_delivery
-        supervisor.load(await store.load_rooms())
+        rooms = await store.load_rooms()
+        if keeper is not None:  # leases first, then the state they guard
+            await keeper.acquire(rooms)
+            await keeper.advertise([])  # a node without SIP sockets; the server names its own
+            rooms = await store.load_rooms()
+            await nursery.start(keeper.run)
+        supervisor.load(rooms)
         await delivery.restore()
         await nursery.start(delivery.run)
         await nursery.start(supervisor.run)
         conference = Conference(config, supervisor, delivery, router, store)
+        conference.leases = keeper
         conference._nursery = nursery
         try:
             yield conference

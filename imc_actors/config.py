@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 DEFAULT_LISTEN = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+#: A ``node`` name: what the lease and node tables can hold (issue 13).
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -89,6 +91,11 @@ class Config:
     bans_table: str = "imc_bans"
     limits_table: str = "imc_room_limits"
     db_timeout: float = 5.0
+    # Ownership (issue 13): room leases and fencing
+    node: str | None = None
+    lease_ttl: float = 5.0
+    lease_table: str = "imc_leases"
+    node_table: str = "imc_nodes"
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
     imc_cmd_start_char: str = "#"
@@ -274,13 +281,16 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
-        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table,
-                  self.subscriber_table, self.secret_table, self.bans_table, self.limits_table]
-        if len({t.lower() for t in tables}) != len(tables):
-            raise ConfigError("pending_table", "the table names must differ")
-        for name in ("rooms_table", "members_table", "pending_table", "location_table",
-                     "subscriber_table", "secret_table", "bans_table", "limits_table",
-                     "manager_user"):  # fmt: skip
+        seen: set[str] = set()
+        tables = ("rooms_table", "members_table", "pending_table", "location_table",
+                  "subscriber_table", "secret_table", "bans_table", "limits_table",
+                  "lease_table", "node_table")  # fmt: skip
+        for name in tables:
+            table = getattr(self, name).lower()
+            if table in seen:  # the first one that repeats an earlier one is named
+                raise ConfigError(name, "the table names must all differ")
+            seen.add(table)
+        for name in (*tables, "manager_user"):
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
@@ -289,6 +299,7 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
             raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
+        self._validate_ownership()
         for hdr in self.extra_hdrs:
             if ":" not in hdr or "\r" in hdr or "\n" in hdr:
                 raise ConfigError("extra_hdrs", f"not a 'Name: value' header line: {hdr!r}")
@@ -370,6 +381,15 @@ class Config:
                     "or auth = \"off\" to take every From as it is",
                 )
 
+    def _validate_ownership(self) -> None:
+        """``node`` and ``lease_ttl`` (issue 13)."""
+        if self.node is not None and not _NODE_NAME.fullmatch(self.node):
+            raise ConfigError(
+                "node", f"{self.node!r} is not a node name (1-64 letters, digits, '.', '_', '-')"
+            )
+        if not 0 < self.lease_ttl < math.inf:
+            raise ConfigError("lease_ttl", "must be a positive number of seconds")
+
     # ------------------------------------------------------------------ derived
     @property
     def auth_mode(self) -> str:
@@ -449,6 +469,9 @@ _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate
                  "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
+# ownership (issue 13)
+_FLOAT_FIELDS |= {"lease_ttl"}
+_OPTIONAL_FIELDS |= {"node"}
 
 
 #: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a

@@ -358,6 +358,8 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
                 nursery.start_soon(_sweep_bindings, sweep)
             server = Server(config, conference, transport, registrar, metrics)
             server.authenticator = metrics.authenticator = authenticator
+            if conference.leases is not None:  # where other nodes reach this one (issue 13)
+                await conference.leases.advertise([str(address) for address in server.addresses])
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))

@@ -129,6 +129,24 @@ CREATE TABLE imc_room_limits (
 );
 CREATE UNIQUE INDEX imc_room_limits_room_idx ON imc_room_limits (room);
 
+-- Ownership (issue 13): which node serves which room. room is the room key 'name@domain'
+-- (lower case); epoch rises by one at every acquisition, and each write for the room checks
+-- it (fencing); expires and heartbeat are milliseconds since the epoch (the node's clock).
+CREATE TABLE imc_leases (
+    room VARCHAR(128) PRIMARY KEY NOT NULL,
+    node VARCHAR(64) NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires BIGINT NOT NULL
+);
+CREATE INDEX imc_leases_node_idx ON imc_leases (node);
+
+-- The nodes: their SIP listen addresses (space-separated) and last heartbeat.
+CREATE TABLE imc_nodes (
+    name VARCHAR(64) PRIMARY KEY NOT NULL,
+    addresses VARCHAR(1024) DEFAULT '' NOT NULL,
+    heartbeat BIGINT NOT NULL
+);
+
 -- imc-actors: optional indexes (not in Kamailio; harmless to it). PostgreSQL compares text
 -- case-sensitively, so names are matched with lower(); these keep those lookups and room
 -- deletes from scanning the tables.

@@ -27,9 +27,11 @@ from typing import Protocol
 
 import trio
 
+from ..imc import texts
 from ..imc.effects import OWNER, Notice, Outcome, Write
 from ..imc.room import AdminAction, InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState, member_key
+from ..store.repository import Fenced
 from ..store.writer import StoreError, StoreUnavailable
 from .delivery import Delivery, DeliveryResult, Hold
 
@@ -483,9 +485,11 @@ class Supervisor:
         await self._adopt(handle, staged[:first])
         rest = staged[first:]
         writers = sum(1 for _, _, outcome in rest if outcome.writes)
-        if isinstance(exc, StoreUnavailable) or writers == 1:
+        if isinstance(exc, StoreUnavailable | Fenced) or writers == 1:
             envelope = rest[0][0]
-            if isinstance(exc, StoreUnavailable):
+            if isinstance(exc, StoreUnavailable | Fenced):
+                if isinstance(exc, Fenced):
+                    await self._fenced(handle, envelope, exc)
                 answer = Answer(503, "Service Unavailable", retry_after=exc.retry_after)
             else:
                 log.error("room=%s commit failed call_id=%s: %s", handle.state.uri,
@@ -521,7 +525,9 @@ class Supervisor:
         if outcome.writes:
             try:
                 await self._store.commit(outcome.writes)
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, Fenced) as exc:
+                if isinstance(exc, Fenced):
+                    await self._fenced(handle, envelope, exc)
                 self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
                 return
             except StoreError as exc:
@@ -535,6 +541,20 @@ class Supervisor:
         if outcome.notices:
             await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
         envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
+
+    async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
+        """A write refused because another node holds the room's lease: log it and tell the
+        sender why its 503 came (the notice leaves after the answer, like every other)."""
+        log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
+        op = envelope.op
+        to = op.sender if isinstance(op, RoomRequest) else None
+        if isinstance(op, _Create) and op.outcome.notices:
+            to = op.outcome.notices[0].to  # the creator
+        if to is None:
+            return
+        text = texts.ROOM_HELD_ELSEWHERE.format(seconds=exc.retry_after)
+        notice = Notice(to, text.encode(), handle.state.uri)
+        await self._delivery.submit((notice,), envelope.call_id, hold=envelope.hold)
 
     def _failed_commit(self, handle: RoomHandle, envelope: Envelope, answer: Answer) -> None:
         envelope.resolve(answer)

@@ -181,6 +181,9 @@ class _StatisticsCollector(Collector):
             store = getattr(m.conference.supervisor, "store", None)
         if store is not None and hasattr(store, "statistics"):
             yield from self._store(store.statistics())
+        leases = getattr(m.conference, "leases", None)
+        if leases is not None:  # with config node (issue 13)
+            yield from self._leases(leases.statistics())
         if m.transport is not None:
             yield from self._transport(_fields(m.transport.statistics()))
         if m.authenticator is not None:
@@ -281,6 +284,21 @@ class _StatisticsCollector(Collector):
             "imc_pending_members",
             "members with stored notices waiting now",
             value=d.waiting_members,
+        )
+
+    @staticmethod
+    def _leases(s: Any) -> Iterator[Metric]:
+        yield GaugeMetricFamily("imc_leases_held", "room leases this node holds", value=s.held)
+        yield CounterMetricFamily(
+            "imc_lease_renewals", "rounds that renewed every lease of this node", value=s.renewals
+        )
+        yield CounterMetricFamily(
+            "imc_lease_renew_failures", "renewal rounds that failed", value=s.renew_failures
+        )
+        yield GaugeMetricFamily(
+            "imc_leases_not_acquired",
+            "stored rooms whose lease another node held at startup",
+            value=s.not_acquired,
         )
 
     @staticmethod

@@ -5,9 +5,11 @@
 - :class:`Store` (Trio): ``run`` (the writer task), ``commit`` (durable on return),
   ``load_rooms``, ``statistics``.
 - :class:`StoreError`, and :class:`StoreUnavailable` (answer 503 with ``retry_after``).
+- :class:`Fenced`: a write for rooms whose lease this node lost (issue 13; 503 too); the
+  leases themselves are :mod:`.leases`, the node registry :mod:`.nodes`.
 """
 
-from .repository import Repository, StoreError
+from .repository import Fenced, Repository, StoreError
 from .writer import Store, StoreStatistics, StoreUnavailable
 
-__all__ = ["Repository", "Store", "StoreError", "StoreStatistics", "StoreUnavailable"]
+__all__ = ["Fenced", "Repository", "Store", "StoreError", "StoreStatistics", "StoreUnavailable"]

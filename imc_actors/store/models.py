@@ -32,9 +32,19 @@ Two more hold what moderation adds to a room (issue 16; Kamailio has nothing lik
                         lower case; username '*' bans the whole domain
     imc_room_limits -- (id PK auto, room UNIQUE, max_members)  -- an owner's ``#limit``
 
+Two more of imc-actors' own tables say which node serves which room (issue 13, see
+:mod:`imc_actors.store.leases`); they have no Kamailio counterpart:
+
+    imc_leases   -- (room PK varchar(128), node varchar(64), epoch bigint, expires bigint)
+                    room = the room key ``name@domain`` lower case; expires in milliseconds
+                    since the epoch, on the owner's wall clock
+    imc_nodes    -- (name PK varchar(64), addresses varchar(1024), heartbeat bigint)
+                    addresses = the node's SIP listen addresses, space-separated
+
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
-``location_table``, ``subscriber_table``, ``secret_table``, ``bans_table``, ``limits_table``),
-so the model classes are made per database by :func:`bind_models`.
+``location_table``, ``subscriber_table``, ``secret_table``, ``bans_table``, ``limits_table``,
+``lease_table``, ``node_table``), so the model classes are made per database by
+:func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
@@ -92,6 +102,14 @@ MAX_USER_AGENT = 255
 MAX_CONTENT_TYPE = 255
 MAX_REASON = MAX_REASON_LENGTH  # imc_bans.reason
 
+# -- ownership (issue 13): room leases and the node registry ---------------------------------
+LEASE_COLUMNS = ("room", "node", "epoch", "expires")
+NODE_COLUMNS = ("name", "addresses", "heartbeat")
+#: Widths of the lease and node columns (a room key ``name@domain`` fits twice over).
+MAX_ROOM_KEY = 128
+MAX_NODE_NAME = 64
+MAX_NODE_ADDRESSES = 1024
+
 
 def check_table_name(name: str, param: str) -> str:
     """Return ``name`` when it is a plain SQL identifier that fits Kamailio's version table.
@@ -118,6 +136,9 @@ class Models:
     secret: type[peewee.Model]
     ban: type[peewee.Model]
     limit: type[peewee.Model]
+    # ownership (issue 13)
+    lease: type[peewee.Model] | None = None
+    node: type[peewee.Model] | None = None
 
 
 def bind_models(
@@ -130,6 +151,9 @@ def bind_models(
     secret_table: str = "imc_secret",
     bans_table: str = "imc_bans",
     limits_table: str = "imc_room_limits",
+    *,
+    lease_table: str = "imc_leases",
+    node_table: str = "imc_nodes",
 ) -> Models:
     """Model classes for the tables in ``database``.
 
@@ -332,12 +356,51 @@ def bind_models(
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
+    lease, node = _ownership_models(settings, lease_table, node_table)
     database.bind(
-        [Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow],
+        [Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow, lease, node],
         bind_refs=False, bind_backrefs=False,
     )  # fmt: skip
-    return Models(Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow)
+    return Models(
+        Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow,
+        lease=lease, node=node,
+    )  # fmt: skip
 
+
+def _ownership_models(
+    settings: list[str], lease_table: str, node_table: str
+) -> tuple[type[peewee.Model], type[peewee.Model]]:
+    """The lease and node tables (issue 13; read and written by :mod:`.leases`)."""
+
+    class Lease(peewee.Model):
+        """Which node serves a room: ``room`` is the room key (``name@domain``, lower case),
+        ``node`` the owner's name, ``epoch`` how many times the lease was acquired (each
+        acquisition adds one; writes are fenced by it), ``expires`` milliseconds since the
+        epoch on the owner's wall clock."""
+
+        room = peewee.CharField(max_length=MAX_ROOM_KEY, primary_key=True)
+        node = peewee.CharField(max_length=MAX_NODE_NAME)
+        epoch = peewee.BigIntegerField()
+        expires = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = lease_table
+            table_settings = settings
+
+    class Node(peewee.Model):
+        """One node of a cluster: its SIP listen addresses (space-separated) and its last
+        heartbeat (milliseconds since the epoch, on its own wall clock)."""
+
+        name = peewee.CharField(max_length=MAX_NODE_NAME, primary_key=True)
+        addresses = peewee.CharField(max_length=MAX_NODE_ADDRESSES, default="")
+        heartbeat = peewee.BigIntegerField()
+
+        class Meta:
+            table_name = node_table
+            table_settings = settings
+
+    Lease.add_index(Lease.index(Lease.node, name=f"{lease_table}_node_idx"))
+    return Lease, Node
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:
     """Indexes imc-actors adds to Kamailio's tables: ``(table, index name, CREATE INDEX …)``.

@@ -11,6 +11,11 @@ the writer runs. Every method that touches the database:
 - raises :class:`StoreError`, and nothing else, when it fails; the message names the operation,
   the database (password hidden) and the driver's reason.
 
+With a ``node`` name (issue 13) every write transaction is *fenced*: before it commits, it
+checks, in the same transaction, that this node still holds the lease of every room it writes
+for with the epoch it acquired (:mod:`imc_actors.store.leases`); otherwise it rolls back and
+raises :class:`Fenced`, naming the rooms. Without one (the default) nothing of this runs.
+
 A caller that may give up waiting on a write (the store, after ``db_timeout``) installs a
 :class:`CommitGuard` for its thread with :func:`guarded`: :meth:`Repository.apply_batch` then asks
 it before each attempt and right before COMMIT, and rolls back when the guard refuses, so a
@@ -26,6 +31,7 @@ case-sensitive collation.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -38,13 +44,18 @@ import peewee
 from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
 from ..imc.state import Member, RoomState, member_key
 from . import own_tables, users
+from .leases import Clock, Lease, LeaseTable, room_of, rooms_of, wall_clock
 from .models import (
     BAN_COLUMNS,
+    LEASE_COLUMNS,
     LIMIT_COLUMNS,
     LOCATION_COLUMNS,
     MAX_LENGTH,
+    MAX_NODE_NAME,
+    MAX_ROOM_KEY,
     MEMBER_COLUMNS,
     MEMBER_UNIQUE,
+    NODE_COLUMNS,
     PENDING_COLUMNS,
     ROOM_COLUMNS,
     ROOM_UNIQUE,
@@ -59,14 +70,20 @@ from .models import (
     check_table_name,
     extra_indexes,
 )
+from .nodes import NodeInfo, NodeTable, RoomLocation
 from .records import Binding, PendingRow, StoreWrite
 from .urls import LOCK_TIMEOUT, DatabaseURL, open_database
 
-__all__ = ["CommitGuard", "Repository", "StoreError", "current_guard", "guarded", "split_member"]
+__all__ = [
+    "CommitGuard", "Fenced", "Repository", "StoreError", "current_guard", "guarded", "split_member",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+#: Rooms whose leases :meth:`Repository.acquire_all` takes in one transaction.
+_ACQUIRE_CHUNK = 500
 
 #: MySQL engines with transactions (a batch is all or nothing only there).
 _TRANSACTIONAL_ENGINES = {"innodb", "xtradb", "rocksdb", "tokudb", "ndbcluster"}
@@ -74,6 +91,21 @@ _TRANSACTIONAL_ENGINES = {"innodb", "xtradb", "rocksdb", "tokudb", "ndbcluster"}
 
 class StoreError(Exception):
     """A database operation failed. ``str()`` is a readable reason (never the password)."""
+
+
+class Fenced(StoreError):
+    """A write for rooms whose lease this node does not hold (any more) with the epoch it
+    acquired: another node took them over, or this node never held them. Nothing of the
+    transaction was written. ``rooms`` are the room keys (``name@domain``, lower case),
+    ``node`` this node's name, ``retry_after`` the seconds for a 503's ``Retry-After`` (the
+    lease TTL, rounded up)."""
+
+    def __init__(self, rooms: frozenset[str], node: str, retry_after: int) -> None:
+        names = ", ".join(sorted(rooms))
+        super().__init__(f"node {node!r} does not hold the lease of {names}; nothing written")
+        self.rooms = rooms
+        self.node = node
+        self.retry_after = retry_after
 
 
 class CommitGuard(Protocol):
@@ -176,6 +208,11 @@ class Repository:
         lock_timeout: float = LOCK_TIMEOUT,
         bans_table: str = "imc_bans",
         limits_table: str = "imc_room_limits",
+        lease_table: str = "imc_leases",
+        node_table: str = "imc_nodes",
+        node: str | None = None,
+        lease_ttl: float = 5.0,
+        clock: Clock = wall_clock,
     ) -> None:
         names = {
             "rooms_table": rooms_table,
@@ -186,6 +223,8 @@ class Repository:
             "secret_table": secret_table,
             "bans_table": bans_table,
             "limits_table": limits_table,
+            "lease_table": lease_table,
+            "node_table": node_table,
         }
         try:
             self._url = DatabaseURL.parse(db_url)
@@ -196,10 +235,11 @@ class Repository:
         lowered = [name.lower() for name in names.values()]
         if len(set(lowered)) != len(lowered) or VERSION_TABLE in lowered:
             raise StoreError(
-                "rooms_table, members_table, pending_table, location_table, subscriber_table, "
-                f"secret_table, bans_table and limits_table must be different tables, none called "
+                f"{', '.join(names)} must be different tables, none called "
                 f"{VERSION_TABLE!r} (got {', '.join(names.values())})"
             )
+        if node is not None and not 0 < len(node) <= MAX_NODE_NAME:
+            raise StoreError(f"node name {node[:40]!r} must have 1 to {MAX_NODE_NAME} characters")
         self.rooms_table = rooms_table
         self.members_table = members_table
         self.pending_table = pending_table
@@ -213,8 +253,19 @@ class Repository:
             self._db, rooms_table, members_table, pending_table, location_table,
             subscriber_table=subscriber_table, secret_table=secret_table,
             bans_table=bans_table, limits_table=limits_table,
+            lease_table=lease_table, node_table=node_table,
         )  # fmt: skip
         self._has_sha256: bool | None = None  # subscriber.ha1_sha256 there? (None: not looked)
+        # ownership (issue 13): this node's name, and the epochs of the leases it acquired
+        self.lease_table = lease_table
+        self.node_table = node_table
+        self.node = node
+        self.lease_ttl = lease_ttl
+        self._clock = clock
+        self._leases = LeaseTable(self._db, lease_table)
+        assert self._models.node is not None
+        self._nodes = NodeTable(self._models.node)
+        self._held: dict[str, int] = {}
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
@@ -342,6 +393,149 @@ class Repository:
     def load_secret(self) -> bytes:
         """The nonce secret (made and stored in ``secret_table`` on first use)."""
         return self._run("reading the nonce secret", lambda: users.load_secret(self._db, self._models))
+    # -- ownership (issue 13): see imc_actors.store.leases ------------------------------------
+
+    @property
+    def held(self) -> dict[str, int]:
+        """Room key -> epoch of every lease this repository's node acquired (a copy)."""
+        return dict(self._held)
+
+    @property
+    def lease_count(self) -> int:
+        """How many leases this repository's node holds (safe to read from any thread)."""
+        return len(self._held)
+
+    def acquire(self, room: str, ttl: float | None = None) -> int | None:
+        """Take the lease of ``room`` (a room key, ``name@domain``) for this node for ``ttl``
+        seconds (default ``lease_ttl``): its new epoch, or None while another node holds it.
+        One transaction; the epoch is what this node's writes for the room are fenced by."""
+        node = self._require_node()
+        key = room.lower()
+        if len(key) > MAX_ROOM_KEY:
+            raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+
+        def acquire() -> int | None:
+            with self._db.atomic():
+                return self._leases.acquire(key, node, self._ttl(ttl), self._clock())
+
+        epoch = self._run(f"acquiring the lease of {key}", acquire)
+        if epoch is None:
+            self._held.pop(key, None)
+        else:
+            self._held[key] = epoch
+        return epoch
+
+    def acquire_all(self, rooms: Sequence[str], ttl: float | None = None) -> dict[str, int | None]:
+        """:meth:`acquire` for many rooms (startup), a few hundred per transaction: room key
+        -> new epoch, or None where another node holds the lease."""
+        node = self._require_node()
+        keys = [room.lower() for room in rooms]
+        for key in keys:
+            if len(key) > MAX_ROOM_KEY:
+                raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+        result: dict[str, int | None] = {}
+        for start in range(0, len(keys), _ACQUIRE_CHUNK):
+            chunk = keys[start : start + _ACQUIRE_CHUNK]
+
+            def acquire(chunk: list[str] = chunk) -> dict[str, int | None]:
+                now = self._clock()
+                with self._db.atomic():
+                    return {key: self._leases.acquire(key, node, self._ttl(ttl), now) for key in chunk}
+
+            got = self._run(f"acquiring {len(chunk)} leases", acquire)
+            for key, epoch in got.items():
+                if epoch is None:
+                    self._held.pop(key, None)
+                else:
+                    self._held[key] = epoch
+            result.update(got)
+        return result
+
+    def renew(self, ttl: float | None = None) -> int:
+        """Extend every lease this node holds by ``ttl`` seconds from now (default
+        ``lease_ttl``), in one statement; how many rows changed."""
+        node = self._require_node()
+        return self._run(
+            "renewing the leases", lambda: self._leases.renew(node, self._ttl(ttl), self._clock())
+        )
+
+    def release(self) -> int:
+        """Expire every lease of this node at once (clean shutdown: another node may take the
+        rooms over without waiting for ``lease_ttl``); how many there were."""
+        node = self._require_node()
+        count = self._run("releasing the leases", lambda: self._leases.release(node))
+        self._held.clear()
+        return count
+
+    def owner_of(self, room: str) -> Lease | None:
+        """The lease of ``room`` as stored now, or None when it never had one. Expired or
+        not: see :meth:`Lease.live` with this repository's clock (:meth:`now`)."""
+        return self._run(f"reading the lease of {room}", lambda: self._leases.owner_of(room.lower()))
+
+    # -- the node registry (issue 13 item 2): see imc_actors.store.nodes ----------------------
+
+    def heartbeat(self, addresses: Sequence[str]) -> None:
+        """Record that this node is alive now and reachable at ``addresses`` (its SIP listen
+        addresses, ``udp:host:port``)."""
+        node = self._require_node()
+        problem = NodeTable.problem(addresses)
+        if problem is not None:
+            raise StoreError(f"node {node!r}: {problem}")
+        self._run(
+            "recording the heartbeat",
+            lambda: self._nodes.heartbeat(node, addresses, self._clock()),
+        )
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node that ever heartbeat, by name (live or not: see :meth:`NodeInfo.live`)."""
+        return self._run("reading the nodes", self._nodes.all)
+
+    def locate(self, room: str) -> RoomLocation | None:
+        """Where ``room`` (a room key) is served now: the node holding its live lease and that
+        node's addresses; None when no node holds a live lease (anyone may acquire it)."""
+
+        def locate() -> RoomLocation | None:
+            lease = self._leases.owner_of(room.lower())
+            if lease is None or not lease.live(self._clock()):
+                return None
+            info = self._nodes.get(lease.node)
+            addresses = info.addresses if info is not None else ()
+            return RoomLocation(lease.room, lease.node, lease.epoch, addresses)
+
+        return self._run(f"locating {room}", locate)
+
+    def now(self) -> float:
+        """The wall clock leases are measured on (seconds since the epoch)."""
+        return self._clock()
+
+    def _require_node(self) -> str:
+        if self.node is None:
+            raise StoreError("leases need a node name (config node)")
+        return self.node
+
+    def _ttl(self, ttl: float | None) -> float:
+        return self.lease_ttl if ttl is None else ttl
+
+    def _fence(self, writes: list[StoreWrite], node: str) -> tuple[dict[str, int], set[str]]:
+        """Inside the write transaction: raise :class:`Fenced` unless this node holds every
+        written room's lease with its epoch. Returns the leases taken for new rooms and the
+        rooms destroyed (their leases are deleted), to record once committed."""
+        rooms = rooms_of(writes)
+        if not rooms:
+            return {}, set()
+        held = {room: self._held.get(room) for room in rooms}
+        fenced, taken = self._leases.fence(node, held, self.lease_ttl, self._clock())
+        if fenced:
+            raise Fenced(frozenset(fenced), node, max(1, math.ceil(self.lease_ttl)))
+        destroyed: set[str] = set()
+        for write in writes:
+            if isinstance(write, RoomDelete):
+                destroyed.add(room_of(write))  # type: ignore[arg-type]
+            elif isinstance(write, RoomUpsert):
+                destroyed.discard(room_of(write))  # type: ignore[arg-type]
+        for room in destroyed:
+            self._leases.forget(node, room)
+        return taken, destroyed
 
     def ping(self) -> None:
         """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
@@ -406,7 +600,10 @@ class Repository:
                 models.secret,
                 models.ban,
                 models.limit,
+                models.lease,
+                models.node,
             ):
+                assert model is not None
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
             version = models.version
@@ -478,6 +675,8 @@ class Repository:
             (self.secret_table, SECRET_COLUMNS),
             (self.bans_table, BAN_COLUMNS),
             (self.limits_table, LIMIT_COLUMNS),
+            (self.lease_table, LEASE_COLUMNS),
+            (self.node_table, NODE_COLUMNS),
         ):
             if table == self.subscriber_table:
                 problems.extend(self._check_subscriber(tables))
@@ -654,8 +853,15 @@ class Repository:
                 else:
                     user, host = split_member(write.member)
                     execute(sql.member_delete, (write.room, user, host))
+            node = self.node
+            if node is not None:
+                taken, destroyed = self._fence(writes, node)
             if guard is not None:
                 guard.committing()  # a refusal raises here: the block rolls back
+        if node is not None:  # committed: record the leases taken and forgotten
+            self._held.update(taken)
+            for room in destroyed:
+                self._held.pop(room, None)
 
     def _statements(self, exact_is_ci: bool) -> _Statements:
         """The write statements, rendered once (peewee's query builder costs more than SQLite)."""

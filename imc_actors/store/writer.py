@@ -14,6 +14,9 @@ Failures stay local:
   and every later one fail at once with :class:`StoreUnavailable` (the caller answers 503 with
   ``Retry-After``) while a background ping (every ``ping_interval`` seconds of Trio time) waits
   for the database to return; then the store resumes by itself;
+- when a combined batch is *fenced* (:class:`~.repository.Fenced`: rooms whose lease this node
+  lost, issue 13), the commits that write for those rooms fail with that error and the rest
+  are committed together at once, without them: a fenced room never fails another room;
 - when a batch is not durable within ``db_timeout`` seconds of wall-clock time (a table locked
   by another client, a stalled server), its commits fail with :class:`StoreUnavailable` at
   that moment and the store becomes unavailable as above, although the worker thread (which
@@ -34,15 +37,16 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import trio
 
 from ..imc.state import RoomState
+from .leases import rooms_of
 from .records import StoreWrite
-from .repository import StoreError, guarded
+from .repository import Fenced, StoreError, guarded
 
 _T = TypeVar("_T")
 
@@ -148,7 +152,7 @@ class _Attempt:
                 raise self.timeout_error()
             self._committing = True
 
-    def settled(self, indexes: range, *, durable: bool) -> None:
+    def settled(self, indexes: Iterable[int], *, durable: bool) -> None:
         """The worker thread: the transaction of ``groups[indexes]`` has ended."""
         with self._lock:
             self._committing = False
@@ -429,14 +433,58 @@ class Store:
         repository = self._repository
         groups = attempt.groups
         started = time.perf_counter()
-        try:
-            repository.apply_batch([write for group in groups for write in group])
-        except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiters
-            attempt.settled(range(len(groups)), durable=False)
-            combined: BaseException = exc
-        else:
-            attempt.settled(range(len(groups)), durable=True)
-            return _BatchResult(errors=[None] * len(groups), seconds=time.perf_counter() - started)
+        fenced: list[BaseException | None] = [None] * len(groups)
+        remaining = list(range(len(groups)))
+        while True:
+            try:
+                repository.apply_batch([write for i in remaining for write in groups[i]])
+            except Fenced as exc:
+                attempt.settled(remaining, durable=False)
+                hit = self._fenced_groups(exc, groups, remaining, fenced)
+                if not hit:  # names no room of the batch: an error like any other
+                    combined: BaseException = exc
+                    break
+                remaining = [i for i in remaining if fenced[i] is None]
+                if not remaining:
+                    return _BatchResult(errors=fenced)
+                if attempt.late():
+                    timeout = attempt.timeout_error()
+                    errors = [timeout if fenced[i] is None else fenced[i] for i in range(len(groups))]
+                    return _BatchResult(errors=errors, down=timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiters
+                attempt.settled(remaining, durable=False)
+                combined = exc
+                break
+            else:
+                attempt.settled(remaining, durable=True)
+                return _BatchResult(errors=fenced, seconds=time.perf_counter() - started)
+        rest = self._write_groups_of(attempt, remaining, combined)  # fenced groups are done
+        for i, error in zip(remaining, rest.errors, strict=True):
+            fenced[i] = error
+        return _BatchResult(errors=fenced, down=rest.down)
+
+    @staticmethod
+    def _fenced_groups(
+        exc: Fenced, groups: list[tuple[StoreWrite, ...]], remaining: list[int],
+        errors: list[BaseException | None],
+    ) -> bool:
+        """Give each remaining group that writes for a room of ``exc`` its own :class:`Fenced`
+        (naming its rooms); False when there is none."""
+        hit = False
+        for i in remaining:
+            rooms = rooms_of(groups[i]) & exc.rooms
+            if rooms:
+                errors[i] = Fenced(frozenset(rooms), exc.node, exc.retry_after)
+                hit = True
+        return hit
+
+    def _write_groups_of(
+        self, attempt: _Attempt, indexes: list[int], combined: BaseException
+    ) -> _BatchResult:
+        """The fallbacks after the combined transaction of ``groups[indexes]`` failed with
+        ``combined``: an outage, or each group alone. Errors in the order of ``indexes``."""
+        repository = self._repository
+        groups = [attempt.groups[i] for i in indexes]
         if attempt.late():  # a lock wait ran out: the database does not answer in time
             return _BatchResult(errors=[combined] * len(groups), down=attempt.timeout_error())
         try:
@@ -449,18 +497,18 @@ class Store:
             "batch of %d commits failed (%s); retrying them one by one", len(groups), combined
         )
         errors: list[BaseException | None] = []
-        for index, group in enumerate(groups):
+        for index, group in zip(indexes, groups, strict=True):
             if attempt.late():
                 timeout = attempt.timeout_error()
-                errors.extend([timeout] * (len(groups) - index))
+                errors.extend([timeout] * (len(groups) - len(errors)))
                 return _BatchResult(errors=errors, down=timeout)
             try:
                 repository.apply_batch(group)
             except Exception as exc:  # noqa: BLE001
-                attempt.settled(range(index, index + 1), durable=False)
+                attempt.settled((index,), durable=False)
                 errors.append(exc)
             else:
-                attempt.settled(range(index, index + 1), durable=True)
+                attempt.settled((index,), durable=True)
                 errors.append(None)
         return _BatchResult(errors=errors)
 

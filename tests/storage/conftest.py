@@ -89,21 +89,24 @@ class Tables:
     secret: str
     bans: str
     limits: str
+    leases: str
+    nodes: str
 
     @property
     def all(self) -> tuple[str, ...]:
         return (
             self.rooms, self.members, self.pending, self.location, self.subscriber, self.secret,
-            self.bans, self.limits,
+            self.bans, self.limits, self.leases, self.nodes,
         )  # fmt: skip
 
     def repository(self, db_url: str, **options: Any) -> Repository:
         """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
-        (``lock_timeout``)."""
+        (``lock_timeout``, ``node``, ``clock``...)."""
         return Repository(
             db_url, self.rooms, self.members, pending_table=self.pending,
             location_table=self.location, subscriber_table=self.subscriber,
-            secret_table=self.secret, bans_table=self.bans, limits_table=self.limits, **options,
+            secret_table=self.secret, bans_table=self.bans, limits_table=self.limits,
+            lease_table=self.leases, node_table=self.nodes, **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:
@@ -113,6 +116,7 @@ class Tables:
             "--pending-table", self.pending, "--location-table", self.location,
             "--subscriber-table", self.subscriber, "--secret-table", self.secret,
             "--bans-table", self.bans, "--limits-table", self.limits,
+            "--lease-table", self.leases, "--node-table", self.nodes,
         ]  # fmt: skip
 
 
@@ -122,7 +126,7 @@ def new_tables() -> Tables:
     return Tables(
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
         f"imc_location_{suffix}", f"subscriber_{suffix}", f"imc_secret_{suffix}",
-        f"imc_bans_{suffix}", f"imc_limits_{suffix}",
+        f"imc_bans_{suffix}", f"imc_limits_{suffix}", f"imc_leases_{suffix}", f"imc_nodes_{suffix}",
     )  # fmt: skip
 
 

@@ -256,8 +256,46 @@ def test_auth_from_the_environment_and_bad_values():
         ({"IMC_NONCE_EXPIRES": "0"}, "nonce_expires"),
         ({"IMC_NONCE_COUNTS": "0"}, "nonce_counts"),
         ({"IMC_AUTH_CACHE_SIZE": "0"}, "auth_cache_size"),
-        ({"IMC_SUBSCRIBER_TABLE": "imc_rooms"}, "pending_table"),
+        ({"IMC_SUBSCRIBER_TABLE": "imc_rooms"}, "subscriber_table"),
     ):
         with pytest.raises(ConfigError) as caught:
             Config.from_sources(environ=env)
         assert caught.value.param == param, env
+
+
+# -- ownership (issue 13) ---------------------------------------------------------------------
+
+
+def test_node_and_lease_ttl_from_file_environment_and_flag(tmp_path):
+    path = tmp_path / "imc.toml"
+    path.write_text('node = "a"\nlease_ttl = 3\nlease_table = "leases"\n')
+    default = Config.from_sources(environ={})
+    assert (default.node, default.lease_ttl, default.lease_table, default.node_table) == (
+        None, 5.0, "imc_leases", "imc_nodes",
+    )  # fmt: skip
+    assert Config.from_sources(str(path), environ={}).node == "a"
+    env = {"IMC_NODE": "b.example-1", "IMC_LEASE_TTL": "2.5", "IMC_NODE_TABLE": "nodes"}
+    config = Config.from_sources(str(path), environ=env)
+    assert (config.node, config.lease_ttl, config.lease_table, config.node_table) == (
+        "b.example-1", 2.5, "leases", "nodes",
+    )  # fmt: skip
+    flag = Config.from_sources(str(path), environ=env, overrides={"node": "c", "lease_ttl": "1"})
+    assert (flag.node, flag.lease_ttl) == ("c", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "param"),
+    [
+        ({"IMC_NODE": "has space"}, "node"),
+        ({"IMC_NODE": "-dash-first"}, "node"),
+        ({"IMC_NODE": "n" * 65}, "node"),
+        ({"IMC_LEASE_TTL": "0"}, "lease_ttl"),
+        ({"IMC_LEASE_TTL": "inf"}, "lease_ttl"),
+        ({"IMC_LEASE_TABLE": "imc_rooms"}, "lease_table"),
+        ({"IMC_NODE_TABLE": "x y"}, "node_table"),
+    ],
+)
+def test_bad_ownership_values_name_the_parameter(env, param):
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources(environ=env)
+    assert info.value.param == param

@@ -1,0 +1,470 @@
+"""Room leases and fencing (issue 13) on SQLite, PostgreSQL and MySQL/MariaDB.
+
+Every lease time comes from an injected clock (:class:`FakeClock`), so expiry needs no sleep:
+the tests move the clock past a lease's end instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import peewee
+import pytest
+import trio
+import trio.testing
+
+from imc_actors import Config, IncomingMessage, open_conference, open_server
+from imc_actors.imc.effects import (
+    OWNER,
+    BanDelete,
+    BanSet,
+    LimitSet,
+    MemberUpsert,
+    RoomDelete,
+    RoomUpsert,
+)
+from imc_actors.imc.state import Member, RoomState
+from imc_actors.store.leases import Lease, room_of
+from imc_actors.store.nodes import NodeInfo, RoomLocation
+from imc_actors.store.repository import Fenced, Repository, StoreError, guarded
+from imc_actors.store.writer import Store
+from tests.storage.conftest import Tables
+
+T0 = 1_800_000_000.0
+TTL = 5.0
+
+
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def nodes(db_url: str, tables: Tables, clock: FakeClock) -> Iterator[tuple[Repository, Repository]]:
+    """Two nodes, ``n1`` and ``n2``, each with its own connection, sharing ``clock``."""
+    one = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    two = tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock)
+    one.init_schema()
+    yield one, two
+    one.close()
+    two.close()
+
+
+def room_writes(name: str, owner: str = "sip:alice@example.com") -> list[object]:
+    return [RoomUpsert(name, "example.com", 0), MemberUpsert(f"sip:{name}@example.com", owner, OWNER)]
+
+
+# -- acquire, renew, expiry, takeover ------------------------------------------------------------
+
+
+def test_acquire_renew_expiry_and_takeover_with_epochs(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert one.acquire("Chat@Example.com") == 1  # keys compare in lower case
+    assert one.owner_of("chat@example.com") == Lease("chat@example.com", "n1", 1, T0 + TTL)
+    assert two.acquire("chat@example.com") is None  # held and not expired
+    clock.now = T0 + 4
+    assert one.renew() == 1
+    clock.now = T0 + 8  # past the first expiry, not past the renewed one (T0 + 9)
+    assert two.acquire("chat@example.com") is None
+    assert one.owner_of("chat@example.com").live(clock.now)
+    clock.now = T0 + 9  # expired now: taken over with the next epoch
+    assert two.acquire("chat@example.com") == 2
+    assert two.owner_of("chat@example.com") == Lease("chat@example.com", "n2", 2, T0 + 9 + TTL)
+    assert one.acquire("chat@example.com") is None
+    assert one.held == {} and two.held == {"chat@example.com": 2}
+    assert two.acquire("chat@example.com") == 3  # its own owner may acquire again: a new epoch
+    assert one.renew() == 0  # n1 holds nothing any more
+
+
+def test_release_hands_the_leases_over_at_once(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert [one.acquire(room) for room in ("a@x", "b@x")] == [1, 1]
+    assert two.acquire("a@x") is None
+    assert one.release() == 2
+    assert one.held == {}
+    assert not one.owner_of("a@x").live(clock.now)
+    assert two.acquire("a@x") == 2  # no waiting for the TTL
+    assert one.owner_of("nosuch@x") is None
+
+
+def test_a_racing_pair_of_acquirers_has_exactly_one_winner(
+    db_url: str, tables: Tables, nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    """Two connections acquire the same rooms at the same moment, fresh and expired ones."""
+    one, two = nodes
+    rooms = [f"race{i}@x" for i in range(15)]
+    with tables.repository(db_url, node="n0", lease_ttl=TTL, clock=clock) as stale:
+        for room in rooms[::2]:  # every other room: held by a node that died, expired now
+            assert stale.acquire(room) == 1
+    clock.now = T0 + TTL
+    results: dict[str, list[int | None]] = {"n1": [], "n2": []}
+    barrier = threading.Barrier(2, timeout=60)
+
+    def race(repository: Repository) -> None:
+        for room in rooms:
+            barrier.wait()
+            results[repository.node or ""].append(repository.acquire(room))
+
+    threads = [threading.Thread(target=race, args=(repo,)) for repo in (one, two)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for index, room in enumerate(rooms):
+        got = (results["n1"][index], results["n2"][index])
+        winners = [epoch for epoch in got if epoch is not None]
+        assert len(winners) == 1, (room, got)
+        assert winners[0] == (2 if index % 2 == 0 else 1), (room, got)
+        lease = one.owner_of(room)
+        assert lease is not None and lease.epoch == winners[0]
+        assert lease.node == ("n1" if got[0] is not None else "n2")
+
+
+# -- fencing --------------------------------------------------------------------------------------
+
+
+def test_a_write_for_a_room_taken_over_is_not_applied(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    one.apply_batch(room_writes("lobby"))  # a new room: its first lease is taken by the write
+    assert one.held == {"lobby@example.com": 1}
+    before = one.load_rooms()
+    clock.now = T0 + TTL  # n1 stopped renewing; n2 takes the room over
+    assert two.acquire("lobby@example.com") == 2
+    with pytest.raises(Fenced) as raised:
+        one.apply_batch([MemberUpsert("sip:lobby@example.com", "sip:bob@example.com", 0)])
+    assert raised.value.rooms == frozenset({"lobby@example.com"})
+    assert "n1" in str(raised.value) and "lobby@example.com" in str(raised.value)
+    assert raised.value.retry_after == 5
+    assert one.load_rooms() == before  # nothing of it was written
+    two.apply_batch([MemberUpsert("sip:lobby@example.com", "sip:bob@example.com", 0)])  # the owner may
+    assert [m.uri for m in one.load_rooms()[0].members] == [
+        "sip:alice@example.com", "sip:bob@example.com",
+    ]  # fmt: skip
+
+
+def test_a_room_whose_lease_another_node_holds_cannot_be_written_at_all(
+    nodes: tuple[Repository, Repository],
+) -> None:
+    one, two = nodes
+    assert two.acquire("taken@example.com") == 1
+    with pytest.raises(Fenced):
+        one.apply_batch(room_writes("taken"))  # no lease of its own, and the row is n2's
+    assert one.load_rooms() == []
+    one.apply_batch([RoomUpsert("free", "example.com", 0)])  # writes without a room are free
+    assert one.held == {"free@example.com": 1}
+
+
+def test_a_destroyed_room_forgets_its_lease(nodes: tuple[Repository, Repository]) -> None:
+    one, two = nodes
+    one.apply_batch(room_writes("gone"))
+    one.apply_batch([RoomDelete("gone", "example.com")])
+    assert one.held == {} and one.owner_of("gone@example.com") is None
+    two.apply_batch(room_writes("gone", "sip:bob@example.com"))  # a new room of that name
+    assert two.owner_of("gone@example.com").node == "n2"
+
+
+def test_without_a_node_nothing_is_fenced_and_no_lease_is_written(
+    db_url: str, tables: Tables, raw_db: peewee.Database
+) -> None:
+    with tables.repository(db_url) as repository:
+        repository.init_schema()
+        repository.apply_batch(room_writes("plain"))
+        assert [room.key for room in repository.load_rooms()] == ["plain@example.com"]
+    left, right = raw_db.quote[0], raw_db.quote[-1]
+    count = raw_db.execute_sql(f"SELECT COUNT(*) FROM {left}{tables.leases}{right}").fetchone()
+    assert int(count[0]) == 0
+
+
+def test_db_check_names_a_lease_table_without_its_epoch(
+    nodes: tuple[Repository, Repository], raw_db: peewee.Database, tables: Tables
+) -> None:
+    one, _ = nodes
+    left, right = raw_db.quote[0], raw_db.quote[-1]
+    raw_db.execute_sql(f"DROP TABLE {left}{tables.nodes}{right}")
+    raw_db.execute_sql(f"ALTER TABLE {left}{tables.leases}{right} DROP COLUMN epoch")
+    assert one.check_schema() == [
+        f"table {tables.leases} has no column epoch",
+        f"table {tables.nodes} is missing (imc-actors db init creates it)",
+    ]
+
+
+async def test_a_fenced_room_does_not_fail_the_other_rooms_of_its_batch(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    for name in ("a", "b", "c"):
+        one.apply_batch(room_writes(name))
+    clock.now = T0 + TTL
+    assert two.acquire("b@example.com") == 2
+    store = Store(one)
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def join(name: str) -> None:
+        try:
+            await store.commit([MemberUpsert(f"sip:{name}@example.com", "sip:bob@example.com", 0)])
+        except Exception as exc:  # noqa: BLE001 - recorded and checked below
+            outcomes[name] = exc
+        else:
+            outcomes[name] = None
+
+    async with trio.open_nursery() as writer:
+        async with trio.open_nursery() as joins:
+            for name in ("a", "b", "c"):  # queued before the writer runs: one batch
+                joins.start_soon(join, name)
+            await trio.testing.wait_all_tasks_blocked()
+            await writer.start(store.run)
+        writer.cancel_scope.cancel()
+    assert outcomes["a"] is None and outcomes["c"] is None
+    assert isinstance(outcomes["b"], Fenced) and outcomes["b"].rooms == {"b@example.com"}
+    assert store.statistics().batches == 1 and store.statistics().available
+    members = {room.key: [m.uri for m in room.members] for room in one.load_rooms()}
+    assert members == {
+        "a@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
+        "b@example.com": ["sip:alice@example.com"],
+        "c@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
+    }
+
+
+def test_room_of_names_the_room_of_each_room_write() -> None:
+    assert room_of(RoomUpsert("Chat", "Example.com", 0)) == "chat@example.com"
+    assert room_of(MemberUpsert("sip:Chat@example.com", "sip:a@b", 0)) == "chat@example.com"
+    # a room's bans and member limit are fenced with it
+    assert room_of(BanSet("sip:Chat@example.com", "a@b")) == "chat@example.com"
+    assert room_of(BanDelete("sip:Chat@example.com", "a@b")) == "chat@example.com"
+    assert room_of(LimitSet("sip:Chat@example.com", 5)) == "chat@example.com"
+    assert room_of(RoomState("x", "y", 0, (Member("sip:a@b"),))) is None
+
+
+# -- a conference with a node name ----------------------------------------------------------------
+
+
+def conference_config(db_url: str, tables: Tables, node: str) -> Config:
+    return Config(
+        db_url=db_url, domains=["example.com"], node=node, lease_ttl=TTL,
+        rooms_table=tables.rooms, members_table=tables.members, pending_table=tables.pending,
+        location_table=tables.location, lease_table=tables.leases, node_table=tables.nodes,
+        subscriber_table=tables.subscriber, secret_table=tables.secret, bans_table=tables.bans,
+        limits_table=tables.limits,
+    )  # fmt: skip
+
+
+def say(room: str, user: str, body: str) -> IncomingMessage:
+    return IncomingMessage(f"sip:{room}@example.com", f"sip:{user}@example.com", body.encode())
+
+
+async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_taken(
+    db_url: str, tables: Tables, clock: FakeClock
+) -> None:
+    config = conference_config(db_url, tables, "n1")  # on the real wall clock
+    clock.now = time.time()
+    async with open_conference(config) as conf:
+        for name in ("a", "b"):
+            assert (await conf.handle(say("imc-manager", "alice", f"#create {name}"))).code == 200
+        assert conf.leases is not None and conf.leases.statistics().held == 2
+    with tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock) as other:
+        for room in ("a@example.com", "b@example.com"):  # released at the clean shutdown
+            lease = other.owner_of(room)
+            assert lease is not None and (lease.node, lease.epoch) == ("n1", 1)
+            assert not lease.live(other.now())
+        async with open_conference(config) as conf:  # takes its stored rooms back at startup
+            assert other.acquire("a@example.com") is None
+            clock.now = 10 * T0  # n1's leases are long expired on n2's clock
+            assert other.acquire("a@example.com") == 3  # taken over from n1 (epoch 2)
+            with conf.subscribe("sip:bob@example.com") as bob:
+                refused = await conf.handle(say("a", "bob", "#join"))
+                assert (refused.code, refused.retry_after) == (503, 5)
+                told = await bob.receive()
+            assert told.notice.body == b"*** Room is held by another node now; try again in 5 seconds"
+            assert told.notice.sender == "sip:a@example.com"
+            assert (await conf.handle(say("b", "bob", "#join"))).code == 200
+            assert (await conf.handle(say("a", "alice", "hello"))).code == 202  # chat writes nothing
+        members = {room.key: [m.uri for m in room.members] for room in other.load_rooms()}
+        assert members == {
+            "a@example.com": ["sip:alice@example.com"],
+            "b@example.com": ["sip:alice@example.com", "sip:bob@example.com"],
+        }
+        assert other.owner_of("a@example.com").node == "n2"  # n1's release left n2's lease alone
+
+
+# -- the node registry and where a room lives (issue 13 item 2) -----------------------------------
+
+
+def test_heartbeats_record_each_node_and_locate_finds_a_rooms_owner(
+    db_url: str, tables: Tables, nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert one.nodes() == []
+    one.heartbeat(["udp:10.0.0.1:5060", "tcp:10.0.0.1:5060"])
+    clock.now = T0 + 1
+    two.heartbeat(["udp:10.0.0.2:5060"])
+    one.heartbeat(["udp:10.0.0.1:5070"])  # a second beat replaces the row
+    assert one.nodes() == [
+        NodeInfo("n1", ("udp:10.0.0.1:5070",), T0 + 1),
+        NodeInfo("n2", ("udp:10.0.0.2:5060",), T0 + 1),
+    ]
+    assert not NodeInfo("n1", (), T0).live(T0 + TTL, TTL)
+    assert two.locate("chat@example.com") is None  # nobody holds it: anyone may acquire it
+    assert two.acquire("chat@example.com") == 1
+    assert one.locate("Chat@Example.com") == RoomLocation(
+        "chat@example.com", "n2", 1, ("udp:10.0.0.2:5060",)
+    )
+    clock.now = T0 + 1 + TTL  # the lease expired: the room lives nowhere now
+    assert one.locate("chat@example.com") is None
+    with tables.repository(db_url, node="n3", clock=clock) as three:
+        assert three.acquire("other@example.com") == 1  # a node that never heartbeat
+        assert one.locate("other@example.com") == RoomLocation("other@example.com", "n3", 1, ())
+
+
+async def test_a_server_with_a_node_name_advertises_its_bound_addresses(
+    db_url: str, tables: Tables
+) -> None:
+    config = conference_config(db_url, tables, "n1").replace(listen=["udp:127.0.0.81:0"])
+    async with open_server(config) as server:
+        (address,) = server.addresses
+        assert address.port != 0
+        with tables.repository(db_url) as reader:
+            (node,) = reader.nodes()
+    assert (node.name, node.addresses) == ("n1", (str(address),))
+    assert node.live(time.time(), TTL)
+
+
+async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> None:
+    config = conference_config(db_url, tables, "n1").replace(listen=["udp:127.0.0.81:0"])
+    async with open_server(config) as server:
+        await server.conference.handle(say("imc-manager", "alice", "#create m"))
+        text = server.metrics.exposition().decode()
+    assert "imc_leases_held 1.0" in text
+    assert "imc_lease_renew_failures_total 0.0" in text
+    assert "imc_leases_not_acquired 0.0" in text
+
+
+def test_writes_racing_a_takeover_are_either_stored_or_fenced_never_both(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    """n1 keeps writing for a room while n2 takes it over: every write n1 was told succeeded
+    is stored, no refused one is, every write n1 began after the takeover is refused, and
+    nothing of n1 commits after the takeover (the fence's row lock makes the takeover wait)."""
+    one, two = nodes
+    one.apply_batch(room_writes("hot"))
+    clock.now = T0 + TTL  # n1's lease has run out; n2 may take the room over
+    ready, taken = threading.Event(), threading.Event()
+    stored: list[int] = []
+    refused: list[int] = []
+    began_after: list[int] = []
+
+    def writer() -> None:
+        for i in range(100_000):
+            if i == 10:
+                ready.set()
+            if i > 10:  # leave the other connection gaps (SQLite's busy handler polls)
+                taken.wait(0.001)
+            if taken.is_set():
+                if len(began_after) == 5:
+                    return
+                began_after.append(i)
+            try:
+                one.apply_batch([MemberUpsert("sip:hot@example.com", f"sip:u{i}@example.com", 0)])
+            except Fenced:
+                refused.append(i)
+            else:
+                stored.append(i)
+        ready.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert ready.wait(60)
+    assert two.acquire("hot@example.com") == 2
+    at_takeover = two.load_rooms()  # what the new owner starts from
+    taken.set()
+    thread.join(120)
+    assert began_after and set(began_after) <= set(refused)
+    (room,) = one.load_rooms()
+    assert [room] == at_takeover  # nothing of n1 was committed after the takeover
+    users = {m.uri for m in room.members} - {"sip:alice@example.com"}
+    assert users == {f"sip:u{i}@example.com" for i in stored}
+    assert len(stored) >= 10
+
+
+class PauseAtCommit:
+    """A CommitGuard that stops the write transaction right before COMMIT (after the fence)."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.go = threading.Event()
+
+    def check(self) -> None:
+        pass
+
+    def committing(self) -> None:
+        self.reached.set()
+        assert self.go.wait(60)
+
+
+def test_a_takeover_waits_for_a_write_transaction_that_passed_the_fence(
+    db_url: str, tables: Tables, nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    """The fence's read locks the lease row until COMMIT: a takeover cannot slip in between
+    the check and the commit (it runs into its lock timeout instead), so the new owner
+    always starts from a state that holds every write the old owner committed."""
+    one, _ = nodes
+    one.apply_batch(room_writes("held"))
+    clock.now = T0 + TTL  # expired: only the open transaction stands in the way
+    pause = PauseAtCommit()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with guarded(pause):
+                one.apply_batch([MemberUpsert("sip:held@example.com", "sip:bob@example.com", 0)])
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        assert pause.reached.wait(60)
+        with tables.repository(db_url, node="n2", clock=clock, lock_timeout=1) as taker:
+            with pytest.raises(StoreError):
+                taker.acquire("held@example.com")
+            pause.go.set()
+            thread.join(60)
+            assert errors == []
+            assert taker.acquire("held@example.com") == 2
+            (room,) = taker.load_rooms()
+    finally:
+        pause.go.set()
+        thread.join(60)
+    assert [m.uri for m in room.members] == ["sip:alice@example.com", "sip:bob@example.com"]
+
+
+def test_acquire_all_takes_what_is_free_or_expired_in_few_transactions(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    assert two.acquire("held@x") == 1
+    clock.now = T0 + 1
+    assert two.acquire("fresh@x") == 1
+    clock.now = T0 + TTL  # held@x expired, fresh@x (until T0 + 1 + TTL) not
+    rooms = ["held@x", "fresh@x", *(f"r{i}@x" for i in range(1200))]  # three transactions
+    got = one.acquire_all(rooms)
+    assert got["held@x"] == 2 and got["fresh@x"] is None
+    assert all(got[f"r{i}@x"] == 1 for i in range(1200))
+    assert one.lease_count == 1201 and "fresh@x" not in one.held
