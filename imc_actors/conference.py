@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
+from .actors.archive import expire_history
 from .actors.delivery import Delivery, Hold, Sender
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .config import Config
@@ -299,7 +301,7 @@ class Conference:
         if command is None:
             if not ruri_user or ruri_user.lower() == self._manager:
                 return _Refuse(404, texts.ROOM_NOT_FOUND)
-            op = RoomRequest(sender, None, None, msg.body, msg.content_type, msg.call_id)
+            op = RoomRequest(sender, None, None, msg.body, msg.content_type, msg.call_id, time.time())
             return _ToRoom(ruri_user, ruri_host, op, None)
         if command.name == "help":
             return _HELP
@@ -315,7 +317,9 @@ class Conference:
         assert target.room_name is not None and target.room_domain is not None
         if target.room_domain.lower() not in self._domains or target.room_name.lower() == self._manager:
             return _Refuse(404, texts.ROOM_NOT_FOUND)
-        op = RoomRequest(sender, command, target, msg.body, msg.content_type, msg.call_id)
+        op = RoomRequest(
+            sender, command, target, msg.body, msg.content_type, msg.call_id, time.time()
+        )
         creates = command.name == "create" or (command.name == "join" and self._create_on_join)
         private = target.private if command.name == "create" else False
         return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
@@ -336,7 +340,7 @@ class Conference:
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
-                state, outcome = new_room(name, domain, op.sender, create)
+                state, outcome = new_room(name, domain, op.sender, create, now=op.time)
                 answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
             else:
                 return await self._refuse(404, texts.ROOM_NOT_FOUND, msg, hold)
@@ -361,6 +365,7 @@ def repository_of(config: Config) -> Repository:
     return Repository(
         config.db_url, config.rooms_table, config.members_table,
         pending_table=config.pending_table, location_table=config.location_table,
+        history_table=config.history_table, room_info_table=config.room_info_table,
         lock_timeout=config.db_timeout,
     )  # fmt: skip
 
@@ -402,6 +407,9 @@ async def open_conference(
         start_char=config.imc_cmd_start_char[0],
         check_on_create=config.check_on_create,
         owner_leave=config.owner_leave,
+        history_max=config.history_max if hasattr(repository, "load_history") else 0,
+        history_on_join=config.history_on_join,
+        history_lines_max=config.history_lines_max,
     )
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:
@@ -442,12 +450,15 @@ async def _running(
             restart_limit=config.restart_limit,
             restart_window=config.restart_window,
             apply=apply if apply is not None else room_apply,
+            reader=store if policy.history_max > 0 else None,
         )
         delivery.on_outcome = supervisor.on_delivery
         supervisor.load(await store.load_rooms())
         await delivery.restore()
         await nursery.start(delivery.run)
         await nursery.start(supervisor.run)
+        if policy.history_max > 0 and config.history_days > 0:
+            nursery.start_soon(expire_history, store, config.history_days)
         conference = Conference(config, supervisor, delivery, router, store)
         conference._nursery = nursery
         try:

@@ -83,6 +83,8 @@ class Config:
     members_table: str = "imc_members"
     pending_table: str = "imc_pending"
     location_table: str = "imc_location"
+    history_table: str = "imc_history"
+    room_info_table: str = "imc_room_info"
     db_timeout: float = 5.0
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
@@ -123,6 +125,11 @@ class Config:
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
     max_deliveries: int = 20_000
+    # History, topic (issue 16; see README "History")
+    history_max: int = 1000
+    history_days: int = 30
+    history_on_join: int = 20
+    history_lines_max: int = 100
     # Actors and supervision
     mailbox_size: int = 256
     restart_limit: int = 5
@@ -244,10 +251,15 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
-        tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
+        tables = [getattr(self, name) for name in TABLE_FIELDS]
         if len({t.lower() for t in tables}) != len(tables):
-            raise ConfigError("pending_table", "the four table names must differ")
-        for name in ("rooms_table", "members_table", "pending_table", "location_table", "manager_user"):
+            raise ConfigError("pending_table", f"the {len(tables)} table names must differ")
+        for name in ("history_max", "history_days", "history_on_join"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must be 0 (off) or more")
+        if self.history_lines_max < 1:
+            raise ConfigError("history_lines_max", "must be positive")
+        for name in (*TABLE_FIELDS, "manager_user"):
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
@@ -294,6 +306,12 @@ def _is_listen_host(host: str) -> bool:
     return True
 
 
+#: The Config fields that name tables (Kamailio's two, then imc-actors' own).
+TABLE_FIELDS = (
+    "rooms_table", "members_table", "pending_table", "location_table", "history_table",
+    "room_info_table",
+)  # fmt: skip
+
 #: Defaults that depend on other settings, in the words ``--help`` and README use.
 DERIVED_DEFAULTS = {"domains": "the listen hosts"}
 
@@ -321,7 +339,8 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "flood_burst", "flood_sources",
+    "flood_burst", "flood_sources", "history_max", "history_days", "history_on_join",
+    "history_lines_max",
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}

@@ -22,21 +22,25 @@ from dataclasses import dataclass, replace
 
 from ..sip import reason_phrase
 from . import texts
-from .commands import Command, Target
+from .commands import Command, Target, command_text
 from .effects import (
     ADMIN,
     INVITED,
+    MAX_TOPIC_LENGTH,
     OWNER,
     PRIVATE,
+    HistoryAppend,
+    HistoryQuery,
     MemberDelete,
     MemberUpsert,
     Notice,
     Outcome,
     RoomDelete,
+    RoomInfoSet,
     RoomUpsert,
     Write,
 )
-from .state import Member, RoomState, member_key
+from .state import Member, RoomInfo, RoomState, member_key
 from .texts import help_text
 
 __all__ = [
@@ -58,11 +62,17 @@ class Policy:
     """Room behaviour settings (spec §11): ``imc_cmd_start_char``, ``check_on_create``,
     ``owner_leave`` (``destroy``: the last owner leaving destroys the room; ``refuse``: 403).
     ``create_on_join`` is the caller's business (it decides whether to call :func:`new_room`).
+    The archive (issue 16): ``history_max`` lines kept per room (0: no archive, chat writes
+    nothing), ``history_on_join`` lines replayed to a joiner (0: none), ``history_lines_max``
+    the most lines one ``#history`` sends (and its default is ``min(20, history_lines_max)``).
     """
 
     start_char: str = "#"
     check_on_create: bool = False
     owner_leave: str = "destroy"
+    history_max: int = 0
+    history_on_join: int = 0
+    history_lines_max: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,7 @@ class RoomRequest:
     body: bytes = b""
     content_type: str | None = None
     call_id: str = ""
+    time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +112,11 @@ def _outcome(
     destroyed: bool = False,
     created: bool = False,
     body: bytes | None = None,
+    history: HistoryQuery | None = None,
 ) -> Outcome:
-    return Outcome(code, reason_phrase(code), tuple(notices), tuple(writes), destroyed, created, body)
+    return Outcome(
+        code, reason_phrase(code), tuple(notices), tuple(writes), destroyed, created, body, history
+    )
 
 
 def _refuse(state: RoomState, req: RoomRequest, code: int, text: str) -> tuple[RoomState, Outcome]:
@@ -162,11 +176,26 @@ def _target(req: RoomRequest) -> Target:
 
 
 # --------------------------------------------------------------------------- membership
-def _join(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
+def _joined(
+    new: RoomState, joiner: str, writes: Iterable[Write], policy: Policy
+) -> tuple[RoomState, Outcome]:
+    """``joiner`` is an active member of ``new`` now: everyone active is told, then the joiner
+    gets the topic (when there is one) and the last ``history_on_join`` lines (issue 16)."""
+    notices = _broadcast(new, texts.has_joined(joiner))
+    if new.info.topic:
+        notices.append(Notice(joiner, texts.topic_is(new.info.topic).encode(), new.uri))
+    history = None
+    if policy.history_max > 0 and policy.history_on_join > 0:
+        limit = min(policy.history_on_join, policy.history_max)
+        history = HistoryQuery(new.archive_key, joiner, limit, replay=True)
+    return new, _outcome(200, notices, writes, history=history)
+
+
+def _join(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
     """U (not listed) joins as a plain member; everyone active, U included, is told."""
     new = replace(state, members=(*state.members, Member(req.sender, 0)))
     writes = (MemberUpsert(state.uri, req.sender, 0),)
-    return new, _outcome(200, _broadcast(new, texts.has_joined(req.sender)), writes)
+    return _joined(new, req.sender, writes, policy)
 
 
 def _create(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -177,7 +206,7 @@ def _create(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
         return _refuse(state, req, 403, texts.ROOM_EXISTS_AND_MEMBER)
     if state.private:
         return _refuse(state, req, 403, texts.PRIVATE_ROOM_EXISTS)
-    return _join(state, req)
+    return _join(state, req, policy)
 
 
 def _join_cmd(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -193,7 +222,7 @@ def _join_cmd(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomS
         body = texts.attempted_join(req.sender).encode()
         notices += [Notice(m.uri, body, uri, keep=True) for m in state.members if _manages(m)]
         return state, _outcome(403, notices)
-    return _join(state, req)
+    return _join(state, req, policy)
 
 
 def _accept(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -203,7 +232,7 @@ def _accept(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
     flags = me.flags & ~INVITED
     new = _with_flags(state, me.key, flags)
     writes = (MemberUpsert(state.uri, me.uri, flags),)
-    return new, _outcome(200, _broadcast(new, texts.has_joined(me.uri)), writes)
+    return _joined(new, me.uri, writes, policy)
 
 
 def _decline(state: RoomState, me: Member) -> tuple[RoomState, Outcome]:
@@ -254,7 +283,7 @@ def _add(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState,
         return _refuse(state, req, 403, texts.already_member(listed.uri))
     new = replace(state, members=(*state.members, Member(user, 0)))
     writes = (MemberUpsert(state.uri, user, 0),)
-    return new, _outcome(200, _broadcast(new, texts.has_joined(user)), writes)
+    return _joined(new, user, writes, policy)
 
 
 def _remove(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -336,6 +365,68 @@ def _modify(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
     return new, _outcome(200, _broadcast(new, texts.is_now(them.uri, role)), writes)
 
 
+# --------------------------------------------------------------------------- history, topic, info
+def _history(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#history [n]``: the last ``n`` lines (default 20, at most ``history_lines_max``) as
+    pages, for active members; read by the actor once this outcome is handled."""
+    me = state.find(req.sender)
+    if me is None or not me.active:
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    if policy.history_max <= 0:
+        return _refuse(state, req, 403, texts.HISTORY_OFF)
+    cap = max(1, min(policy.history_lines_max, policy.history_max))
+    count = req.target.count if req.target is not None else None
+    if count is None:
+        count = min(20, cap)
+    elif not 1 <= count <= cap:
+        return _refuse(state, req, 400, texts.history_count(cap))
+    return state, _outcome(200, history=HistoryQuery(state.archive_key, req.sender, count, False))
+
+
+def _sees(state: RoomState, member: Member | None) -> bool:
+    """May see the room's topic and card: anyone for a public room, active members else."""
+    return not state.private or (member is not None and member.active)
+
+
+def _topic(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#topic``: show the topic; ``#topic <text>`` (owner, admin) sets it, ``#topic -``
+    clears it; everyone active is told."""
+    me = state.find(req.sender)
+    text = command_text(req.body, policy.start_char)
+    if not text:
+        if not _sees(state, me):
+            return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+        shown = texts.topic_is(state.info.topic) if state.info.topic else texts.NO_TOPIC
+        body = shown.encode()
+        return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+    if not _manages(me):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_TOPIC)
+    assert me is not None
+    topic = "" if text == "-" else text
+    if len(topic) > MAX_TOPIC_LENGTH:
+        return _refuse(state, req, 400, texts.topic_too_long(MAX_TOPIC_LENGTH))
+    when = int(req.time) if req.time else None
+    info = replace(state.info, topic=topic, topic_by=me.uri if topic else "", topic_time=when)
+    new = replace(state, info=info)
+    write = RoomInfoSet(state.archive_key, topic, info.topic_by, info.topic_time, info.created)
+    said = texts.topic_set(me.uri, topic) if topic else texts.topic_cleared(me.uri)
+    return new, _outcome(200, _broadcast(new, said), (write,))
+
+
+def _info(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#info``: name, topic, private or public, owners, member count, creation time."""
+    if not _sees(state, state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    active = [m for m in state.members if m.active]
+    owners = [m.uri for m in active if m.owner]
+    text = texts.info_text(
+        state.uri, state.info.topic, state.private, owners, len(active),
+        len(state.members) - len(active), state.info.created,
+    )  # fmt: skip
+    body = text.encode()
+    return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+
+
 _HANDLERS = {
     "create": _create,
     "join": _join_cmd,
@@ -348,12 +439,16 @@ _HANDLERS = {
     "members": _members,
     "add": _add,
     "modify": _modify,
+    "history": _history,
+    "topic": _topic,
+    "info": _info,
 }
 
 
 # --------------------------------------------------------------------------- chat
-def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
-    """Relay ``[U]: body`` to every active member but U; one pass, the state is reused."""
+def _chat(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """Relay ``[U]: body`` to every active member but U; one pass, the state is reused.
+    With an archive (``history_max`` > 0) the line is appended to it in the same commit."""
     key = member_key(req.sender)
     me: Member | None = None
     others: list[str] = []
@@ -368,7 +463,10 @@ def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
     body = b"[" + me.user.encode() + b"]: " + req.body
     uri, ctype = state.uri, req.content_type
     notices = tuple(Notice(to, body, uri, "relay", ctype, keep=True) for to in others)
-    return state, Outcome(202, "Accepted", notices)
+    if policy.history_max <= 0:
+        return state, Outcome(202, "Accepted", notices)
+    line = HistoryAppend(state.archive_key, me.uri, req.time, ctype, req.body, policy.history_max)
+    return state, Outcome(202, "Accepted", notices, (line,))
 
 
 def _invite_failed(state: RoomState, op: InviteFailed) -> tuple[RoomState, Outcome]:
@@ -400,28 +498,36 @@ def apply(
     if isinstance(op, InviteFailed):
         return _invite_failed(state, op)
     if op.command is None:
-        return _chat(state, op)
+        return _chat(state, op, policy)
     handler = _HANDLERS.get(op.command.name)
     if handler is None:
         raise ValueError(f"command {op.command.name!r} is not applied to a room")
     return handler(state, op, policy)
 
 
-def new_room(name: str, domain: str, owner: str, private: bool) -> tuple[RoomState, Outcome]:
-    """A new room with ``owner`` as its OWNER; tells the owner ``*** Room was created``."""
+def new_room(
+    name: str, domain: str, owner: str, private: bool, now: float | None = None
+) -> tuple[RoomState, Outcome]:
+    """A new room with ``owner`` as its OWNER; tells the owner ``*** Room was created``.
+    ``now`` (epoch seconds) is recorded as its creation time (``#info``), when given."""
     flags = PRIVATE if private else 0
-    state = RoomState(name, domain, flags, (Member(owner, OWNER),), {})
+    info = RoomInfo(created=int(now)) if now is not None else RoomInfo()
+    state = RoomState(name, domain, flags, (Member(owner, OWNER),), {}, info)
     notice = Notice(owner, texts.ROOM_CREATED.encode(), state.uri)
-    writes = (RoomUpsert(name, domain, flags), MemberUpsert(state.uri, owner, OWNER))
+    writes: tuple[Write, ...] = (RoomUpsert(name, domain, flags), MemberUpsert(state.uri, owner, OWNER))
+    if now is not None:
+        writes += (RoomInfoSet(state.archive_key, "", "", None, info.created),)
     return state, _outcome(200, (notice,), writes, created=True)
 
 
 def rooms_reply(rooms: Iterable[RoomState], sender: str) -> bytes:
     """The ``#rooms`` body: public rooms and private rooms ``sender`` is listed in
-    (pending invitations included), sorted by name (case-insensitively, then as spelled)."""
-    names = [room.name for room in rooms if not room.private or room.find(sender) is not None]
-    names.sort(key=lambda n: (n.lower(), n))
-    return texts.rooms_list(names).encode()
+    (pending invitations included), sorted by name (case-insensitively, then as spelled);
+    a room with a topic shows it (``[name] - topic``)."""
+    shown = [room for room in rooms if not room.private or room.find(sender) is not None]
+    names = sorted((room.name for room in shown), key=lambda n: (n.lower(), n))
+    topics = {room.name: room.info.topic for room in shown if room.info.topic}
+    return texts.rooms_list(names, topics).encode()
 
 
 def notice_error(code: int, text: str, to: str, sender_uri: str) -> Outcome:

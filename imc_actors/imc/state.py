@@ -41,12 +41,27 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """What a room has beyond Kamailio's columns (stored in imc-actors' own table).
+
+    ``topic`` (``""``: none), ``topic_by`` the URI of who set it, ``topic_time`` and
+    ``created`` epoch seconds (None: unknown, e.g. a room made by Kamailio).
+    """
+
+    topic: str = ""
+    topic_by: str = ""
+    topic_time: int | None = None
+    created: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RoomState:
     """A room: ``name``/``domain`` keep the spelling the room was created with.
 
     ``members`` is in joining order (the order ``#members`` and ``owner`` use).
     ``inviters`` maps an invitee's key to the inviter's URI; it is not persisted (Kamailio's
     tables have no column for it), so after a restart a ``#reject`` tells nobody.
+    ``info`` holds the topic and the creation time.
     """
 
     name: str
@@ -54,6 +69,7 @@ class RoomState:
     flags: int = 0
     members: tuple[Member, ...] = ()
     inviters: Mapping[str, str] = field(default_factory=dict)
+    info: RoomInfo = RoomInfo()
 
     @property
     def uri(self) -> str:
@@ -62,6 +78,11 @@ class RoomState:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.domain}".lower()
+
+    @property
+    def archive_key(self) -> str:
+        """The room in imc-actors' own tables: ``sip:name@domain`` in lower case."""
+        return f"sip:{self.key}"
 
     @property
     def private(self) -> bool:

@@ -18,8 +18,16 @@ operators recognise them (Kamailio never reads them):
                     flags, cflags, user_agent, socket, methods, instance, reg_id, server_id,
                     connection_id, keepalive, partition)
 
+Two more hold what rooms have beyond Kamailio's columns (issue 16):
+
+    imc_history   -- the archive of relayed chat lines: (id PK auto, room, seq, sender,
+                     inc_time, ctype, body), UNIQUE(room, seq); room = 'sip:name@domain'
+                     lower case, seq numbers the room's lines from 1
+    imc_room_info -- one row per room: (id PK auto, room UNIQUE, topic, topic_by,
+                     topic_time, created)
+
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
-``location_table``), so the model classes are made per database by :func:`bind_models`.
+``location_table``, ``history_table``, ``room_info_table``), so the model classes are made per database by :func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
@@ -58,12 +66,15 @@ LOCATION_COLUMNS = (
     "callid", "cseq", "last_modified", "flags", "cflags", "user_agent", "socket", "methods",
     "instance", "reg_id", "server_id", "connection_id", "keepalive", "partition",
 )  # fmt: skip
+HISTORY_COLUMNS = ("id", "room", "seq", "sender", "inc_time", "ctype", "body")
+ROOM_INFO_COLUMNS = ("id", "room", "topic", "topic_by", "topic_time", "created")
 #: Widths of the columns that hold what users send (longer values are refused before a write).
 MAX_ADDRESS = 255  # src_addr, dst_addr
 MAX_CONTACT = 512  # location.contact, as in Kamailio
 MAX_CALL_ID = 255
 MAX_USER_AGENT = 255
 MAX_CONTENT_TYPE = 255
+MAX_TOPIC = 255  # imc.effects.MAX_TOPIC_LENGTH
 
 
 def check_table_name(name: str, param: str) -> str:
@@ -87,6 +98,8 @@ class Models:
     version: type[peewee.Model]
     pending: type[peewee.Model]
     location: type[peewee.Model]
+    history: type[peewee.Model]
+    room_info: type[peewee.Model]
 
 
 def bind_models(
@@ -95,6 +108,8 @@ def bind_models(
     members_table: str,
     pending_table: str = "imc_pending",
     location_table: str = "imc_location",
+    history_table: str = "imc_history",
+    room_info_table: str = "imc_room_info",
 ) -> Models:
     """Model classes for the four tables in ``database``.
 
@@ -195,6 +210,44 @@ def bind_models(
             table_name = location_table
             table_settings = settings
 
+    class History(peewee.Model):
+        """One archived chat line: ``room`` the room URI in lower case, ``seq`` its number in
+        the room (from 1), ``sender`` the member URI, ``inc_time`` epoch seconds, ``ctype``
+        the Content-Type (``""``: none), ``body`` the bytes as sent."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        seq = peewee.BigIntegerField()
+        sender = peewee.CharField(max_length=MAX_ADDRESS)
+        inc_time = peewee.BigIntegerField()
+        ctype = peewee.CharField(max_length=MAX_CONTENT_TYPE, default="")
+        body = peewee.BlobField()
+
+        class Meta:
+            table_name = history_table
+            table_settings = settings
+
+    class RoomInfo(peewee.Model):
+        """What a room has beyond Kamailio's columns: its topic and creation time."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        topic = peewee.CharField(max_length=MAX_TOPIC, default="")
+        topic_by = peewee.CharField(max_length=MAX_ADDRESS, default="")
+        topic_time = peewee.BigIntegerField(null=True)
+        created = peewee.BigIntegerField(null=True)
+
+        class Meta:
+            table_name = room_info_table
+            table_settings = settings
+
+    History.add_index(
+        History.index(History.room, History.seq, unique=True, name=f"{history_table}_room_seq_idx")
+    )
+    History.add_index(History.index(History.inc_time, name=f"{history_table}_time_idx"))
+    RoomInfo.add_index(
+        RoomInfo.index(RoomInfo.room, unique=True, name=f"{room_info_table}_room_idx")
+    )
     Pending.add_index(
         Pending.index(
             Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx"
@@ -227,8 +280,11 @@ def bind_models(
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
-    database.bind([Room, Member, Version, Pending, Location], bind_refs=False, bind_backrefs=False)
-    return Models(Room, Member, Version, Pending, Location)
+    database.bind(
+        [Room, Member, Version, Pending, Location, History, RoomInfo],
+        bind_refs=False, bind_backrefs=False,
+    )  # fmt: skip
+    return Models(Room, Member, Version, Pending, Location, History, RoomInfo)
 
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:

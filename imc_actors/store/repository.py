@@ -30,21 +30,24 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import peewee
 
 from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
+from ..imc.history import HistoryLine
 from ..imc.state import Member, RoomState, member_key
 from . import own_tables
 from .models import (
+    HISTORY_COLUMNS,
     LOCATION_COLUMNS,
     MAX_LENGTH,
     MEMBER_COLUMNS,
     MEMBER_UNIQUE,
     PENDING_COLUMNS,
     ROOM_COLUMNS,
+    ROOM_INFO_COLUMNS,
     ROOM_UNIQUE,
     TABLE_VERSION,
     VERSION_TABLE,
@@ -149,8 +152,9 @@ class Repository:
     """Kamailio's imc tables in the database at ``db_url``.
 
     ``db_url`` is a peewee URL (see :mod:`imc_actors.store.urls`); ``rooms_table`` and
-    ``members_table`` name Kamailio's tables, ``pending_table`` and ``location_table``
-    imc-actors' own (plain identifiers of at most 32 characters). ``lock_timeout`` (seconds,
+    ``members_table`` name Kamailio's tables, ``pending_table``, ``location_table``,
+    ``history_table`` and ``room_info_table`` imc-actors' own (plain identifiers of at most 32
+    characters). ``lock_timeout`` (seconds,
     ``db_timeout``) bounds how long a statement waits for another connection's lock (see
     :func:`~imc_actors.store.urls.open_database`). The constructor does not connect; a bad URL
     or table name raises :class:`StoreError` at once.
@@ -164,6 +168,8 @@ class Repository:
         *,
         pending_table: str = "imc_pending",
         location_table: str = "imc_location",
+        history_table: str = "imc_history",
+        room_info_table: str = "imc_room_info",
         lock_timeout: float = LOCK_TIMEOUT,
     ) -> None:
         names = {
@@ -171,6 +177,8 @@ class Repository:
             "members_table": members_table,
             "pending_table": pending_table,
             "location_table": location_table,
+            "history_table": history_table,
+            "room_info_table": room_info_table,
         }
         try:
             self._url = DatabaseURL.parse(db_url)
@@ -181,17 +189,22 @@ class Repository:
         lowered = [name.lower() for name in names.values()]
         if len(set(lowered)) != len(lowered) or VERSION_TABLE in lowered:
             raise StoreError(
-                "rooms_table, members_table, pending_table and location_table must be four "
-                f"different tables, none called {VERSION_TABLE!r} (got {', '.join(names.values())})"
+                f"{', '.join(names)} must be different tables, none called "
+                f"{VERSION_TABLE!r} (got {', '.join(names.values())})"
             )
         self.rooms_table = rooms_table
         self.members_table = members_table
         self.pending_table = pending_table
         self.location_table = location_table
+        self.history_table = history_table
+        self.room_info_table = room_info_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
         self._models = bind_models(
-            self._db, rooms_table, members_table, pending_table, location_table
-        )
+            self._db, rooms_table, members_table, pending_table, location_table,
+            history_table, room_info_table,
+        )  # fmt: skip
+        #: room (lower-case URI) -> the number of its last archived line, as committed
+        self._history_seq: dict[str, int] = {}
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
@@ -276,6 +289,14 @@ class Repository:
             lambda: own_tables.load_pending(self._models, member, limit),
         )
 
+    def load_history(self, room: str, limit: int, before: int | None = None) -> list[HistoryLine]:
+        """The newest ``limit`` archived lines of ``room`` (``sip:name@domain``, any case),
+        numbered below ``before`` when given, oldest first."""
+        return self._run(
+            "reading the history",
+            lambda: own_tables.load_history(self._models, room.lower(), limit, before),
+        )
+
     def load_bindings(self, now: float) -> list[Binding]:
         """Every registrar binding that has not expired at ``now`` (epoch seconds), oldest
         first. Expired rows are deleted."""
@@ -342,6 +363,8 @@ class Repository:
                 models.member,
                 models.pending,
                 models.location,
+                models.history,
+                models.room_info,
             ):
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
@@ -396,6 +419,8 @@ class Repository:
         for table, columns in (
             (self.pending_table, PENDING_COLUMNS),
             (self.location_table, LOCATION_COLUMNS),
+            (self.history_table, HISTORY_COLUMNS),
+            (self.room_info_table, ROOM_INFO_COLUMNS),
         ):
             if table not in tables:
                 problems.append(f"table {table} is missing (imc-actors db init creates it)")
@@ -448,6 +473,7 @@ class Repository:
             if len(uris) > 1:  # one room spelled several ways: re-read it in joining order
                 grouped[key] = self._members_spelled(uris)
 
+        infos = own_tables.load_room_info(self._models)
         rooms: list[RoomState] = []
         taken: set[str] = set()
         for name, domain, flag in room_rows:
@@ -457,7 +483,9 @@ class Repository:
                 continue
             taken.add(key)
             members = grouped.pop(key, [])
-            rooms.append(RoomState(name, domain, int(flag), _unique_members(key, members)))
+            state = RoomState(name, domain, int(flag), _unique_members(key, members))
+            info = infos.get(f"sip:{key}")
+            rooms.append(replace(state, info=info) if info is not None else state)
         if grouped:
             log.warning(
                 "%d member rows name rooms that do not exist (%s); they are ignored",
@@ -510,6 +538,21 @@ class Repository:
         if self._exact_is_ci is None:
             self._exact_is_ci = self._mysql_columns_are_ci()
         sql = self._statements(bool(self._exact_is_ci))
+        seqs = own_tables.HistorySeqs(self._history_seq)
+        try:
+            self._apply_in_transaction(writes, sql, seqs, guard)
+        except BaseException:
+            seqs.settle(committed=False)
+            raise
+        seqs.settle(committed=True)
+
+    def _apply_in_transaction(
+        self,
+        writes: list[StoreWrite],
+        sql: _Statements,
+        seqs: own_tables.HistorySeqs,
+        guard: CommitGuard | None,
+    ) -> None:
         execute = self._db.execute_sql
         with self._db.atomic():
             for write in writes:
@@ -526,8 +569,10 @@ class Repository:
                 elif isinstance(write, RoomDelete):
                     execute(sql.room_delete, (write.name, write.domain))
                     execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))
+                    room = f"sip:{write.name}@{write.domain}".lower()
+                    own_tables.clear_room(self._models, room, seqs)
                 elif isinstance(write, own_tables.OWN_WRITES):
-                    own_tables.apply(self._db, self._models, write)
+                    own_tables.apply(self._db, self._models, write, seqs)
                 elif isinstance(write, MemberUpsert):
                     user, host = split_member(write.member)
                     ids = execute(sql.member_exact, (user, host, write.room)).fetchall()

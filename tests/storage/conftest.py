@@ -85,17 +85,20 @@ class Tables:
     members: str
     pending: str
     location: str
+    history: str
+    room_info: str
 
     @property
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.rooms, self.members, self.pending, self.location)
+    def all(self) -> tuple[str, ...]:
+        return (self.rooms, self.members, self.pending, self.location, self.history, self.room_info)
 
     def repository(self, db_url: str, **options: Any) -> Repository:
         """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
         (``lock_timeout``)."""
         return Repository(
             db_url, self.rooms, self.members, pending_table=self.pending,
-            location_table=self.location, **options,
+            location_table=self.location, history_table=self.history,
+            room_info_table=self.room_info, **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:
@@ -103,6 +106,7 @@ class Tables:
         return [
             "--rooms-table", self.rooms, "--members-table", self.members,
             "--pending-table", self.pending, "--location-table", self.location,
+            "--history-table", self.history, "--room-info-table", self.room_info,
         ]  # fmt: skip
 
 
@@ -111,7 +115,7 @@ def new_tables() -> Tables:
     suffix = secrets.token_hex(4)
     return Tables(
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
-        f"imc_location_{suffix}",
+        f"imc_location_{suffix}", f"imc_history_{suffix}", f"imc_room_info_{suffix}",
     )  # fmt: skip
 
 
