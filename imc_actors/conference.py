@@ -24,6 +24,7 @@ from .config import Config
 from .imc import texts
 from .imc.commands import CommandError, parse_command, resolve
 from .imc.effects import Notice
+from .imc.history import HistoryLine
 from .imc.room import Policy, RoomRequest, help_text, new_room, notice_error, rooms_reply
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
@@ -179,6 +180,28 @@ class Conference:
             mailbox_depth=handle.send.statistics().current_buffer_used if handle.send is not None else 0,
             processed=handle.processed,
         )
+
+    async def history(
+        self, uri: str, limit: int, before: int | None = None
+    ) -> list[HistoryLine] | None:
+        """The newest ``limit`` archived lines (numbered below ``before``, when given) of the
+        room at ``uri``, oldest first; None when the archive is off (``history_max = 0``).
+        Read in the store's thread (checkpoints); raises
+        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read.
+        A room that does not exist has no lines."""
+        if self.supervisor.history_reader is None:
+            return None
+        key = uri.lower()
+        lines: list[HistoryLine] = await self.supervisor.history_reader.read(
+            lambda r: r.load_history(key, limit, before)
+        )
+        return lines
+
+    @property
+    def history_limit(self) -> int:
+        """The most lines :meth:`history` is asked for at once (``history_lines_max``; 0 when
+        the archive is off)."""
+        return self.config.history_lines_max if self.supervisor.history_reader is not None else 0
 
     @property
     def closed(self) -> bool:

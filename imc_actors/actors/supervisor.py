@@ -576,6 +576,11 @@ class Supervisor:
 
     # ------------------------------------------------------------------ metrics
     @property
+    def history_reader(self) -> Reader | None:
+        """What the archive is read through (None: no archive)."""
+        return self._reader
+
+    @property
     def store(self) -> Committer:
         """The store this supervisor commits through (read-only; metrics read its statistics)."""
         return self._store

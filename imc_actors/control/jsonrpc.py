@@ -1,8 +1,9 @@
 """JSON-RPC 2.0 for the management methods (spec §10), as Kamailio's jsonrpcs answers them.
 
-Pure: :class:`RpcDispatcher` takes the decoded request body (one request object, or a batch
-list) and returns the response object(s) to encode, or None when nothing is to be sent (only
-notifications). The HTTP side (:mod:`imc_actors.control.http`) does the bytes.
+:class:`RpcDispatcher` takes the decoded request body (one request object, or a batch list)
+and returns the response object(s) to encode, or None when nothing is to be sent (only
+notifications). The HTTP side (:mod:`imc_actors.control.http`) does the bytes. Methods are
+read-only; :meth:`RpcDispatcher.handle` awaits those that read the database (``imc.history``).
 
 Methods:
 
@@ -11,6 +12,14 @@ Methods:
   ``{"room": uri, "members": [uri, ...], "count": n}``; a room that cannot be listed is a
   JSON-RPC error with code 500 and message ``No room name``, ``Empty room name``,
   ``Invalid room name`` or ``Room not found`` (Kamailio's codes and texts);
+- ``imc.room_info`` ``[room_uri]`` (or ``{"room": …}``) -> ``{"room", "name", "domain",
+  "topic", "topic_by", "topic_time", "private", "owners": [uri…], "members": active count,
+  "invited": n, "created": epoch seconds or null}``; errors as for ``imc.list_members``;
+- ``imc.history`` ``[room_uri, limit, before]`` (or ``{"room", "limit", "before"}``; limit
+  default 20, at most ``history_lines_max``; ``before`` a ``seq``, for the page before it) ->
+  ``{"room": uri, "lines": [{"seq", "sender", "time", "content_type", "body"}…]}`` oldest
+  first; errors as above, plus code 500 ``History is off`` (``history_max = 0``) and
+  ``History unavailable`` (the database cannot be read now);
 - ``system.listMethods`` -> the method names.
 
 Protocol errors use the JSON-RPC codes: -32700 parse error, -32600 invalid request, -32601
@@ -19,11 +28,21 @@ method not found, -32602 invalid params, -32603 internal error.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from .views import RoomLookupError, RoomSource, find_room, room_summary
+from ..store.repository import StoreError
+from .views import (
+    HistorySource,
+    RoomLookupError,
+    RoomSource,
+    find_room,
+    history_lines,
+    room_info,
+    room_summary,
+)
 
 __all__ = ["RpcDispatcher", "RpcError", "error_response", "PARSE_ERROR"]
 
@@ -79,11 +98,14 @@ class RpcDispatcher:
         self.methods: dict[str, Method] = {
             "imc.list_rooms": self._list_rooms,
             "imc.list_members": self._list_members,
+            "imc.room_info": self._room_info,
             "system.listMethods": self._list_methods,
         }
+        if hasattr(source, "history"):
+            self.methods["imc.history"] = self._history
 
     # ------------------------------------------------------------------ protocol
-    def handle(self, payload: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
+    async def handle(self, payload: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
         """Answer a decoded request body: one object, or a batch (list) of them.
 
         Returns the response (a list for a batch), or None when every request was a
@@ -92,11 +114,11 @@ class RpcDispatcher:
         if isinstance(payload, list):
             if not payload:
                 return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "empty batch"))
-            responses = [r for r in (self._one(item) for item in payload) if r is not None]
+            responses = [r for r in [await self._one(item) for item in payload] if r is not None]
             return responses or None
-        return self._one(payload)
+        return await self._one(payload)
 
-    def _one(self, request: Any) -> dict[str, Any] | None:
+    async def _one(self, request: Any) -> dict[str, Any] | None:
         if not isinstance(request, dict):
             return error_response(RpcError(INVALID_REQUEST, "Invalid Request", "not an object"))
         request_id = request.get("id")
@@ -111,6 +133,8 @@ class RpcDispatcher:
             )
         try:
             result = self.call(method, request.get("params", []))
+            if inspect.isawaitable(result):
+                result = await result
         except RpcError as exc:
             return None if notification else error_response(exc, request_id)
         except Exception:
@@ -121,7 +145,7 @@ class RpcDispatcher:
         return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
     def call(self, method: str, params: Any) -> Any:
-        """Run one method; raises :class:`RpcError`."""
+        """Run one method (its result, or an awaitable of it); raises :class:`RpcError`."""
         function = self.methods.get(method)
         if function is None:
             raise RpcError(METHOD_NOT_FOUND, "Method not found", method)
@@ -135,27 +159,58 @@ class RpcDispatcher:
             raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_rooms takes no parameters")
         return [room_summary(room) for room in self.source.rooms()]
 
-    def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    def _room_arg(
+        self, method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...] = ("room",)
+    ) -> tuple[Any, list[Any]]:
+        """The room named by the first parameter (as ``find_room`` finds it) and the rest of the
+        positional parameters ``names`` lists (missing ones are left out)."""
         if isinstance(params, dict):
-            unknown = set(params) - {"room"}
+            unknown = set(params) - set(names)
             if unknown:
                 raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
-            args = [params["room"]] if "room" in params else []
+            args = [params.get(name) for name in names]
+            while args and args[-1] is None:
+                args.pop()
         else:
-            args = params
-        if len(args) > 1:
-            raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_members takes one room URI")
+            args = list(params)
+        if len(args) > len(names):
+            raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
         if args and not isinstance(args[0], str):
             raise RpcError(INVALID_PARAMS, "Invalid params", "the room must be a string")
         try:
             room = find_room(self.source, args[0] if args else None)
         except RoomLookupError as exc:
             raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+        return room, args[1:]
+
+    def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _ = self._room_arg("imc.list_members", params)
         return {
             "room": room.uri,
             "members": [member.uri for member in room.members],
             "count": len(room.members),
         }
+
+    def _room_info(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _ = self._room_arg("imc.room_info", params)
+        return room_info(room)
+
+    async def _history(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, rest = self._room_arg("imc.history", params, ("room", "limit", "before"))
+        source: HistorySource = self.source  # type: ignore[assignment]
+        cap = source.history_limit
+        if cap <= 0:
+            raise RpcError(500, "History is off")
+        limit, before = (rest + [None, None])[:2]
+        for name, value in (("limit", limit), ("before", before)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise RpcError(INVALID_PARAMS, "Invalid params", f"{name} must be a positive integer")
+        limit = min(limit or min(20, cap), cap)
+        try:
+            lines = await source.history(room.archive_key, limit, before)
+        except StoreError:
+            raise RpcError(500, "History unavailable") from None
+        return {"room": room.uri, "lines": history_lines(lines or [])}
 
     def _list_methods(self, params: list[Any] | dict[str, Any]) -> list[str]:
         return sorted(self.methods)
