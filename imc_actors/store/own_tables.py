@@ -319,9 +319,9 @@ class HistorySeqs:
         """After the transaction: remember its numbers, or forget the rooms it touched (a
         failed COMMIT may have been durable, so their last number is read again)."""
         for room, last in self.taken.items():
-            if committed:
+            if committed and last:
                 self.known[room] = last
-            else:
+            else:  # failed, or the room's lines are gone (destroyed): nothing to remember
                 self.known.pop(room, None)
         self.taken = {}
 
