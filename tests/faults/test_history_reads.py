@@ -59,3 +59,35 @@ async def test_history_that_cannot_be_read_gets_503_and_a_notice(tmp_path, autoj
         assert (await conf.handle(say(ROOM_A, "carol", "#history"))).code == 200
         await conf.flush_notices()
         assert inbox.bodies_to("carol")[-1].endswith(b" UTC [carol]: kept")
+
+
+async def test_old_lines_are_swept_hourly(autojump_clock):
+    """``history_days``: an hour after start, and every hour, lines older than the limit go."""
+    from imc_actors.actors.archive import SWEEP_INTERVAL, expire_history
+    from imc_actors.store.records import HistoryExpire
+    from imc_actors.store.repository import StoreError
+
+    class Store:
+        def __init__(self) -> None:
+            self.commits: list[list[object]] = []
+            self.fail = False
+
+        async def commit(self, writes) -> None:
+            self.commits.append(list(writes))
+            if self.fail:
+                raise StoreError("down")
+
+    store = Store()
+    now = [1_000_000.0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(expire_history, store, 2, lambda: now[0])
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.commits == []  # not at once: a restart is no reason to sweep
+        await trio.sleep(SWEEP_INTERVAL + 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.commits == [[HistoryExpire(1_000_000.0 - 2 * 86400)]]
+        store.fail, now[0] = True, 2_000_000.0  # a failed sweep is logged, the next one runs
+        await trio.sleep(2 * SWEEP_INTERVAL)  # the sweeps at 2 h and 3 h (we are at 1 h + 1 s)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.commits[1:] == [[HistoryExpire(2_000_000.0 - 2 * 86400)]] * 2
+        nursery.cancel_scope.cancel()
