@@ -1,6 +1,6 @@
 """A single-process micro-benchmark of the SIP hot path, for A/B comparisons of optimisations.
 
-``python -m bench.micro [--members 10] [--messages 4000] [--scenario fanout|churn]``
+``python -m bench.micro [--members 10] [--messages 4000] [--scenario fanout|churn] [--history-max N]``
 
 The real server (``imc_actors.server.open_server``: transport, registrar, conference, SQLite
 store) runs in this process on 127.0.0.1:<free port>, and so does a small Trio client with one
@@ -114,7 +114,8 @@ class Client:
                 sock.sendto(ok_for(data), addr)
 
 
-async def run(members: int, messages: int, window: int, scenario: str, timeout: float) -> dict[str, float]:
+async def run(members: int, messages: int, window: int, scenario: str, timeout: float,
+              history_max: int | None = None) -> dict[str, float]:
     from imc_actors.config import Config
     from imc_actors.server import open_server
 
@@ -124,6 +125,8 @@ async def run(members: int, messages: int, window: int, scenario: str, timeout: 
         "log_level": "warning"}
     if "flood_rate" in Config.names():  # one source (127.0.0.1) sends everything: no budget
         overrides["flood_rate"] = 0
+    if history_max is not None:  # 0: no archive (chat writes nothing), as before issue 16
+        overrides["history_max"] = history_max
     config = Config.from_sources(environ={}, overrides=overrides)
     with trio.fail_after(timeout):
         async with open_server(config) as server, trio.open_nursery() as nursery:
@@ -189,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--history-max", type=int, default=None,
+                        help="the server's history_max (0: no archive; default: the server's default)")
     args = parser.parse_args(argv)
     for _ in range(args.repeat):
-        result = trio.run(run, args.members, args.messages, args.window, args.scenario, args.timeout)
+        result = trio.run(run, args.members, args.messages, args.window, args.scenario, args.timeout,
+                          args.history_max)
         print(f"{args.scenario} N={args.members}: {result['messages']} requests, {result['deliveries']} "
               f"deliveries in {result['wall']:.2f}s (cpu {result['cpu']:.2f}s): "
               f"{result['us_per_delivery']:.1f} µs/delivery, {result['us_per_request']:.0f} µs/request, "

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .config import LOG_LEVELS, Config, ConfigError, default_text
+from .config import LOG_LEVELS, TABLE_FIELDS, Config, ConfigError, default_text
 from .control.logs import JsonFormatter
 from .control.logs import setup_logging as _setup_logging
 
@@ -37,6 +37,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--location-table", "location_table", "the registrar's bindings", metavar="NAME")
     _setting(parser, "--bans-table", "bans_table", "the rooms' bans", metavar="NAME")
     _setting(parser, "--limits-table", "limits_table", "the rooms' own member limits (#limit)", metavar="NAME")
+    _setting(parser, "--history-table", "history_table", "the archive of chat lines (#history)", metavar="NAME")
+    _setting(parser, "--room-info-table", "room_info_table", "the rooms' topics and creation times",
+             metavar="NAME")
     _setting(parser, "--db-timeout", "db_timeout", "seconds a database write may take before it "
              "fails with 503 (nothing of it is written)", metavar="SECONDS")
     # ownership (issue 13)
@@ -309,10 +312,7 @@ def _db(config: Config, action: str) -> int:
         repository = repository_of(config)
         if action == "init":
             repository.init_schema()
-            tables = (config.rooms_table, config.members_table, config.pending_table,
-                      config.location_table, config.subscriber_table, config.secret_table,
-                      config.bans_table, config.limits_table, config.lease_table,
-                      config.node_table)  # fmt: skip
+            tables = [getattr(config, name) for name in TABLE_FIELDS]
             print(f"{PROG}: tables {', '.join(tables)} ready")
             return 0
         problems = repository.check_schema()

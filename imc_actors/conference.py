@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
+from .actors.archive import expire_history
 from .actors.delivery import Delivery, Hold, Sender
 from .actors.leases import LeaseKeeper
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
@@ -23,6 +25,7 @@ from .config import Config
 from .imc import texts
 from .imc.commands import CommandError, complete_argument, parse_command, resolve
 from .imc.effects import MAX_REASON_LENGTH, Notice
+from .imc.history import HistoryLine
 from .imc.room import (
     AdminAction,
     Policy,
@@ -199,6 +202,28 @@ class Conference:
             processed=handle.processed,
         )
 
+    async def history(
+        self, uri: str, limit: int, before: int | None = None
+    ) -> list[HistoryLine] | None:
+        """The newest ``limit`` archived lines (numbered below ``before``, when given) of the
+        room at ``uri``, oldest first; None when the archive is off (``history_max = 0``).
+        Read in the store's thread (checkpoints); raises
+        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read.
+        A room that does not exist has no lines."""
+        if self.supervisor.history_reader is None:
+            return None
+        key = uri.lower()
+        lines: list[HistoryLine] = await self.supervisor.history_reader.read(
+            lambda r: r.load_history(key, limit, before)
+        )
+        return lines
+
+    @property
+    def history_limit(self) -> int:
+        """The most lines :meth:`history` is asked for at once (``history_lines_max``; 0 when
+        the archive is off)."""
+        return self.config.history_lines_max if self.supervisor.history_reader is not None else 0
+
     @property
     def closed(self) -> bool:
         """True once the :func:`open_conference` block that made this conference has ended
@@ -324,7 +349,7 @@ class Conference:
         if command is None:
             if not ruri_user or ruri_user.lower() == self._manager:
                 return _Refuse(404, texts.ROOM_NOT_FOUND)
-            op = RoomRequest(sender, None, None, msg.body, msg.content_type, msg.call_id)
+            op = RoomRequest(sender, None, None, msg.body, msg.content_type, msg.call_id, time.time())
             return _ToRoom(ruri_user, ruri_host, op, None)
         if command.name == "help":
             return _HELP
@@ -340,7 +365,9 @@ class Conference:
         assert target.room_name is not None and target.room_domain is not None
         if target.room_domain.lower() not in self._domains or target.room_name.lower() == self._manager:
             return _Refuse(404, texts.ROOM_NOT_FOUND)
-        op = RoomRequest(sender, command, target, msg.body, msg.content_type, msg.call_id)
+        op = RoomRequest(
+            sender, command, target, msg.body, msg.content_type, msg.call_id, time.time()
+        )
         creates = command.name == "create" or (command.name == "join" and self._create_on_join)
         private = target.private if command.name == "create" else False
         return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
@@ -363,7 +390,7 @@ class Conference:
             elif create is not None:
                 if self.supervisor.owned(op.sender) >= self._max_rooms:
                     return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
-                state, outcome = new_room(name, domain, op.sender, create)
+                state, outcome = new_room(name, domain, op.sender, create, now=op.time)
                 answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
             else:
                 return await self._refuse(404, texts.ROOM_NOT_FOUND, msg, hold)
@@ -453,6 +480,7 @@ def repository_of(config: Config) -> Repository:
         limits_table=config.limits_table,
         lease_table=config.lease_table, node_table=config.node_table, node=config.node,
         lease_ttl=config.lease_ttl,
+        history_table=config.history_table, room_info_table=config.room_info_table,
     )  # fmt: skip
 
 
@@ -495,6 +523,9 @@ async def open_conference(
         owner_leave=config.owner_leave,
         max_members=config.max_members,
         max_bans=config.max_bans,
+        history_max=config.history_max if hasattr(repository, "load_history") else 0,
+        history_on_join=config.history_on_join,
+        history_lines_max=config.history_lines_max,
     )
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:
@@ -562,6 +593,7 @@ async def _serving(
             restart_limit=config.restart_limit,
             restart_window=config.restart_window,
             apply=apply if apply is not None else room_apply,
+            reader=store if policy.history_max > 0 else None,
         )
         delivery.on_outcome = supervisor.on_delivery
         rooms = await store.load_rooms()
@@ -574,6 +606,8 @@ async def _serving(
         await delivery.restore()
         await nursery.start(delivery.run)
         await nursery.start(supervisor.run)
+        if policy.history_max > 0 and config.history_days > 0:
+            nursery.start_soon(expire_history, store, config.history_days)
         conference = Conference(config, supervisor, delivery, router, store)
         conference.leases = keeper
         conference._nursery = nursery

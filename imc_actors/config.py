@@ -90,6 +90,8 @@ class Config:
     location_table: str = "imc_location"
     bans_table: str = "imc_bans"
     limits_table: str = "imc_room_limits"
+    history_table: str = "imc_history"
+    room_info_table: str = "imc_room_info"
     db_timeout: float = 5.0
     # Ownership (issue 13): room leases and fencing
     node: str | None = None
@@ -140,6 +142,11 @@ class Config:
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
     max_deliveries: int = 20_000
+    # History, topic (issue 16; see README "History")
+    history_max: int = 1000
+    history_days: int = 30
+    history_on_join: int = 20
+    history_lines_max: int = 100
     # Actors and supervision
     mailbox_size: int = 256
     restart_limit: int = 5
@@ -281,16 +288,19 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
+        tables = [getattr(self, name) for name in TABLE_FIELDS]
         seen: set[str] = set()
-        tables = ("rooms_table", "members_table", "pending_table", "location_table",
-                  "subscriber_table", "secret_table", "bans_table", "limits_table",
-                  "lease_table", "node_table")  # fmt: skip
-        for name in tables:
+        for name in TABLE_FIELDS:
             table = getattr(self, name).lower()
             if table in seen:  # the first one that repeats an earlier one is named
-                raise ConfigError(name, "the table names must all differ")
+                raise ConfigError(name, f"the {len(tables)} table names must all differ")
             seen.add(table)
-        for name in (*tables, "manager_user"):
+        for name in ("history_max", "history_days", "history_on_join"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, "must be 0 (off) or more")
+        if self.history_lines_max < 1:
+            raise ConfigError("history_lines_max", "must be positive")
+        for name in (*TABLE_FIELDS, "manager_user"):
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
@@ -435,6 +445,13 @@ def _is_listen_host(host: str) -> bool:
     return True
 
 
+#: The Config fields that name tables (Kamailio's two, then imc-actors' own).
+TABLE_FIELDS = (
+    "rooms_table", "members_table", "pending_table", "location_table", "subscriber_table",
+    "secret_table", "bans_table", "limits_table", "lease_table", "node_table", "history_table",
+    "room_info_table",
+)  # fmt: skip
+
 #: Defaults that depend on other settings, in the words ``--help`` and README use.
 DERIVED_DEFAULTS = {"domains": "the listen hosts", "auth": "off on loopback only"}
 
@@ -463,7 +480,8 @@ _INT_FIELDS = {
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "max_members",
-    "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders",
+    "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
+    "history_days", "history_on_join", "history_lines_max",
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block",
                  "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip

@@ -446,6 +446,12 @@ class _FaultyRepository:
     def load_rooms(self) -> list[RoomState]:
         return self._inner.load_rooms()
 
+    def load_history(self, room: str, limit: int, before: int | None = None) -> list[Any]:
+        """The archive, read as the room actors read it (fails like ``ping`` while the
+        database is down)."""
+        self.ping()
+        return self._inner.load_history(room, limit, before)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         close = getattr(self._inner, "close", None)
         if close is not None:

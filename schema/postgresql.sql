@@ -147,6 +147,33 @@ CREATE TABLE imc_nodes (
     heartbeat BIGINT NOT NULL
 );
 
+-- The archive of relayed chat lines (#history, replay on join). room is 'sip:name@domain' in
+-- lower case, seq numbers the room's lines from 1, inc_time is seconds since the epoch,
+-- ctype the Content-Type ('' when none); about history_max lines are kept per room.
+CREATE TABLE imc_history (
+    id SERIAL PRIMARY KEY NOT NULL,
+    room VARCHAR(64) NOT NULL,
+    seq BIGINT NOT NULL,
+    sender VARCHAR(255) NOT NULL,
+    inc_time BIGINT NOT NULL,
+    ctype VARCHAR(255) DEFAULT '' NOT NULL,
+    body BYTEA NOT NULL,
+    CONSTRAINT imc_history_room_seq_idx UNIQUE (room, seq)
+);
+CREATE INDEX imc_history_time_idx ON imc_history (inc_time);
+
+-- What a room has beyond Kamailio's columns: its topic (who set it, when) and when it was
+-- created (seconds since the epoch; NULL when unknown). room as in imc_history.
+CREATE TABLE imc_room_info (
+    id SERIAL PRIMARY KEY NOT NULL,
+    room VARCHAR(64) NOT NULL,
+    topic VARCHAR(255) DEFAULT '' NOT NULL,
+    topic_by VARCHAR(255) DEFAULT '' NOT NULL,
+    topic_time BIGINT DEFAULT NULL,
+    created BIGINT DEFAULT NULL,
+    CONSTRAINT imc_room_info_room_idx UNIQUE (room)
+);
+
 -- imc-actors: optional indexes (not in Kamailio; harmless to it). PostgreSQL compares text
 -- case-sensitively, so names are matched with lower(); these keep those lookups and room
 -- deletes from scanning the tables.

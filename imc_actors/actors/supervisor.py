@@ -23,12 +23,13 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
 from ..imc import texts
-from ..imc.effects import OWNER, Notice, Outcome, Write
+from ..imc.effects import OWNER, HistoryQuery, Notice, Outcome, Write
+from ..imc.history import history_notices
 from ..imc.room import AdminAction, InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState, member_key
 from ..store.repository import Fenced
@@ -142,6 +143,12 @@ class Committer(Protocol):
     async def commit(self, writes: Sequence[Write]) -> None: ...
 
 
+class Reader(Protocol):
+    """What the supervisor needs to read a room's archive: the store's ``read``."""
+
+    async def read(self, query: Callable[[Any], Any]) -> Any: ...
+
+
 #: One command of a batch: its envelope, the state after it, and its outcome.
 _Staged = tuple[Envelope, RoomState, Outcome]
 
@@ -171,8 +178,10 @@ class Supervisor:
         restart_window: float = 60.0,
         apply: ApplyFn = apply,
         max_batch: int = 64,
+        reader: Reader | None = None,
     ) -> None:
         self._apply = apply
+        self._reader = reader  # reads the archive for HistoryQuery outcomes (None: no archive)
         self.max_batch = max_batch
         self._store = store
         self._delivery = delivery
@@ -442,8 +451,8 @@ class Supervisor:
             handle.current = None
             staged.append((envelope, state, outcome))
             writes.extend(outcome.writes)
-            if outcome.destroyed:
-                break
+            if outcome.destroyed or outcome.history is not None:
+                break  # a history read must see the archive as of this command, no later
         if writes:
             try:
                 await self._store.commit(writes)
@@ -464,7 +473,10 @@ class Supervisor:
             backlog.popleft()
             if outcome.notices:
                 await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
-            envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
+            answer = Answer(outcome.code, outcome.reason, body=outcome.body)
+            if outcome.history is not None:
+                answer = await self._read_history(handle, envelope, outcome.history, answer)
+            envelope.resolve(answer)
             self._count(handle)
         if staged[-1][2].destroyed:
             self._unregister(handle)
@@ -540,7 +552,35 @@ class Supervisor:
             self._unregister(handle)
         if outcome.notices:
             await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
-        envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
+        answer = Answer(outcome.code, outcome.reason, body=outcome.body)
+        if outcome.history is not None:
+            answer = await self._read_history(handle, envelope, outcome.history, answer)
+        envelope.resolve(answer)
+
+    async def _read_history(
+        self, handle: RoomHandle, envelope: Envelope, query: HistoryQuery, answer: Answer
+    ) -> Answer:
+        """Read the archive ``query`` asks for (the room waits meanwhile, so the lines are those
+        before this command) and send it; return the command's answer. A ``#history`` whose
+        read fails gets 503 and a notice; a replay that fails is only logged (the join stands).
+        """
+        uri = handle.state.uri
+        try:
+            if self._reader is None:
+                raise StoreError("no archive to read")
+            lines = await self._reader.read(lambda r: r.load_history(query.room, query.limit))
+        except StoreError as exc:
+            log.warning("room=%s reading the history failed call_id=%s: %s", uri, envelope.call_id, exc)
+            if query.replay:
+                return answer
+            notice = Notice(query.to, texts.HISTORY_UNAVAILABLE.encode(), uri)
+            await self._delivery.submit((notice,), envelope.call_id, hold=envelope.hold)
+            retry = exc.retry_after if isinstance(exc, StoreUnavailable) else 1
+            return Answer(503, "Service Unavailable", retry_after=retry)
+        notices = history_notices(query, lines, uri)
+        if notices:
+            await self._delivery.submit(notices, envelope.call_id, hold=envelope.hold)
+        return answer
 
     async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
         """A write refused because another node holds the room's lease: log it and tell the
@@ -589,6 +629,11 @@ class Supervisor:
         self._nurseries[handle.partition].start_soon(self._call, handle, op, in_reply_to)
 
     # ------------------------------------------------------------------ metrics
+    @property
+    def history_reader(self) -> Reader | None:
+        """What the archive is read through (None: no archive)."""
+        return self._reader
+
     @property
     def store(self) -> Committer:
         """The store this supervisor commits through (read-only; metrics read its statistics)."""

@@ -9,7 +9,9 @@ One small Starlette app served by Hypercorn's Trio worker inside the server's nu
                       ``/static/``; nothing is loaded from elsewhere)
 ``GET /api/rooms``    what the page polls: the rooms (first ``?limit=``, default 1000) with
                       counts and owner, and the totals
-``GET /api/room``     ``?uri=sip:room@domain``: one room's members with roles
+``GET /api/room``     ``?uri=sip:room@domain``: one room's members with roles, its ``info``
+                      (``imc.room_info``) and its last lines (``history``: up to
+                      ``STATUS_LINES``, null when the archive is off or cannot be read)
 ``GET /chat``         the browser chat page over SIP-over-WebSocket (:mod:`.chat_page`)
 ====================  =====================================================================
 
@@ -36,11 +38,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..store.repository import StoreError
 from .chat_page import ChatSettings, chat_routes
 from .jsonrpc import PARSE_ERROR, RpcDispatcher, RpcError, error_response
 from .listen import connect_host, parse_listen
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .views import RoomLookupError, RoomSource, find_room, room_detail, room_row
+from .views import (
+    RoomLookupError,
+    RoomSource,
+    find_room,
+    history_lines,
+    room_detail,
+    room_info,
+    room_row,
+)
 
 __all__ = ["create_app", "serve_http"]
 
@@ -48,6 +59,8 @@ log = logging.getLogger("imc_actors.control.http")
 
 #: Largest JSON-RPC request body accepted.
 MAX_BODY = 1024 * 1024
+#: Archived lines the status page shows for the selected room.
+STATUS_LINES = 20
 #: Rooms the status page gets per poll by default (``?limit=`` up to ``MAX_PAGE_ROOMS``).
 PAGE_ROOMS = 1000
 MAX_PAGE_ROOMS = 20000
@@ -137,7 +150,15 @@ def create_app(
         except RoomLookupError as exc:
             status = 404 if exc.kind == "not_found" else 400
             return _api({"error": exc.kind, "uri": exc.argument}, status)
-        return _api(room_detail(room))
+        detail = room_detail(room) | {"info": room_info(room), "history": None}
+        read = getattr(source, "history", None)
+        if read is not None:
+            try:
+                lines = await read(room.archive_key, STATUS_LINES)
+            except StoreError:
+                lines = None
+            detail["history"] = history_lines(lines) if lines is not None else None
+        return _api(detail)
 
     async def not_allowed(request: Request) -> Response:
         return JSONResponse({"error": "use POST"}, 405, {"Allow": "POST"})

@@ -1,8 +1,9 @@
 """JSON-RPC 2.0 for the management methods (spec §10), as Kamailio's jsonrpcs answers them.
 
-Pure: :class:`RpcDispatcher` takes the decoded request body (one request object, or a batch
-list) and returns the response object(s) to encode, or None when nothing is to be sent (only
-notifications). The HTTP side (:mod:`imc_actors.control.http`) does the bytes.
+:class:`RpcDispatcher` takes the decoded request body (one request object, or a batch list)
+and returns the response object(s) to encode, or None when nothing is to be sent (only
+notifications). The HTTP side (:mod:`imc_actors.control.http`) does the bytes. Methods are
+read-only; :meth:`RpcDispatcher.handle` awaits those that read the database (``imc.history``).
 
 Methods:
 
@@ -11,6 +12,14 @@ Methods:
   ``{"room": uri, "members": [uri, ...], "count": n}``; a room that cannot be listed is a
   JSON-RPC error with code 500 and message ``No room name``, ``Empty room name``,
   ``Invalid room name`` or ``Room not found`` (Kamailio's codes and texts);
+- ``imc.room_info`` ``[room_uri]`` (or ``{"room": …}``) -> ``{"room", "name", "domain",
+  "topic", "topic_by", "topic_time", "private", "owners": [uri…], "members": active count,
+  "invited": n, "created": epoch seconds or null}``; errors as for ``imc.list_members``;
+- ``imc.history`` ``[room_uri, limit, before]`` (or ``{"room", "limit", "before"}``; limit
+  default 20, at most ``history_lines_max``; ``before`` a ``seq``, for the page before it) ->
+  ``{"room": uri, "lines": [{"seq", "sender", "time", "content_type", "body"}…]}`` oldest
+  first; errors as above, plus code 500 ``History is off`` (``history_max = 0``) and
+  ``History unavailable`` (the database cannot be read now);
 - ``system.listMethods`` -> the method names.
 
 Admin actions (when the source can carry them out, i.e. a
@@ -38,7 +47,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
-from .views import RoomLookupError, RoomSource, find_room, room_summary
+from ..store.repository import StoreError
+from .views import (
+    HistorySource,
+    RoomLookupError,
+    RoomSource,
+    find_room,
+    history_lines,
+    room_info,
+    room_summary,
+)
 
 __all__ = ["RpcDispatcher", "RpcError", "RoomAdmin", "error_response", "PARSE_ERROR"]
 
@@ -108,6 +126,7 @@ class RpcDispatcher:
         self.methods: dict[str, Method] = {
             "imc.list_rooms": self._list_rooms,
             "imc.list_members": self._list_members,
+            "imc.room_info": self._room_info,
             "system.listMethods": self._list_methods,
         }
         if isinstance(source, RoomAdmin):
@@ -116,6 +135,8 @@ class RpcDispatcher:
                 "imc.kick": self._kick,
                 "imc.ban": self._ban,
             }
+        if hasattr(source, "history"):
+            self.methods["imc.history"] = self._history
 
     # ------------------------------------------------------------------ protocol
     async def handle(self, payload: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
@@ -173,27 +194,58 @@ class RpcDispatcher:
             raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_rooms takes no parameters")
         return [room_summary(room) for room in self.source.rooms()]
 
-    def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    def _room_arg(
+        self, method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...] = ("room",)
+    ) -> tuple[Any, list[Any]]:
+        """The room named by the first parameter (as ``find_room`` finds it) and the rest of the
+        positional parameters ``names`` lists (missing ones are left out)."""
         if isinstance(params, dict):
-            unknown = set(params) - {"room"}
+            unknown = set(params) - set(names)
             if unknown:
                 raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
-            args = [params["room"]] if "room" in params else []
+            args = [params.get(name) for name in names]
+            while args and args[-1] is None:
+                args.pop()
         else:
-            args = params
-        if len(args) > 1:
-            raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_members takes one room URI")
+            args = list(params)
+        if len(args) > len(names):
+            raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
         if args and not isinstance(args[0], str):
             raise RpcError(INVALID_PARAMS, "Invalid params", "the room must be a string")
         try:
             room = find_room(self.source, args[0] if args else None)
         except RoomLookupError as exc:
             raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+        return room, args[1:]
+
+    def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _ = self._room_arg("imc.list_members", params)
         return {
             "room": room.uri,
             "members": [member.uri for member in room.members],
             "count": len(room.members),
         }
+
+    def _room_info(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _ = self._room_arg("imc.room_info", params)
+        return room_info(room)
+
+    async def _history(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, rest = self._room_arg("imc.history", params, ("room", "limit", "before"))
+        source: HistorySource = self.source  # type: ignore[assignment]
+        cap = source.history_limit
+        if cap <= 0:
+            raise RpcError(500, "History is off")
+        limit, before = (rest + [None, None])[:2]
+        for name, value in (("limit", limit), ("before", before)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise RpcError(INVALID_PARAMS, "Invalid params", f"{name} must be a positive integer")
+        limit = min(limit or min(20, cap), cap)
+        try:
+            lines = await source.history(room.archive_key, limit, before)
+        except StoreError:
+            raise RpcError(500, "History unavailable") from None
+        return {"room": room.uri, "lines": history_lines(lines or [])}
 
     def _list_methods(self, params: list[Any] | dict[str, Any]) -> list[str]:
         return sorted(self.methods)

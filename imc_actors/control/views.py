@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from ..imc.effects import ADMIN, INVITED, OWNER
+from ..imc.history import HistoryLine
 from ..imc.state import Member, RoomState
 from ..sip.uri import canonical
 
@@ -21,9 +22,11 @@ __all__ = [
     "RoomLookupError",
     "RoomSource",
     "find_room",
+    "history_lines",
     "member_role",
     "owner_uri",
     "room_detail",
+    "room_info",
     "room_row",
     "room_summary",
 ]
@@ -35,6 +38,17 @@ class RoomSource(Protocol):
     def rooms(self) -> list[RoomState]: ...
 
     def room(self, uri: str) -> RoomState | None: ...
+
+
+class HistorySource(RoomSource, Protocol):
+    """A :class:`RoomSource` that can also read the archive (the conference)."""
+
+    @property
+    def history_limit(self) -> int: ...
+
+    async def history(
+        self, uri: str, limit: int, before: int | None = None
+    ) -> list[HistoryLine] | None: ...
 
 
 LookupKind = Literal["missing", "empty", "invalid", "not_found"]
@@ -130,3 +144,36 @@ def room_row(state: RoomState) -> dict[str, object]:
         "invited": invited,
         "owner": owner_uri(state),
     }
+
+
+def room_info(state: RoomState) -> dict[str, object]:
+    """``imc.room_info``: what ``#info`` says, as data (times in epoch seconds or None)."""
+    active = [m for m in state.members if m.active]
+    return {
+        "room": state.uri,
+        "name": state.name,
+        "domain": state.domain,
+        "topic": state.info.topic,
+        "topic_by": state.info.topic_by or None,
+        "topic_time": state.info.topic_time,
+        "private": state.private,
+        "owners": [m.uri for m in active if m.owner],
+        "members": len(active),
+        "invited": len(state.members) - len(active),
+        "created": state.info.created,
+    }
+
+
+def history_lines(lines: list[HistoryLine]) -> list[dict[str, object]]:
+    """Archived lines as ``{"seq", "sender", "time", "content_type", "body"}`` (body as text,
+    undecodable bytes replaced)."""
+    return [
+        {
+            "seq": line.seq,
+            "sender": line.sender,
+            "time": line.time,
+            "content_type": line.content_type,
+            "body": line.body.decode("utf-8", "replace"),
+        }
+        for line in lines
+    ]

@@ -21,6 +21,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Target",
+    "command_text",
     "complete_argument",
     "parse_command",
     "resolve",
@@ -47,6 +48,10 @@ COMMANDS = (
     "bans",
     "kick",
     "limit",
+    # issue 16: the archive, the topic, the room's card
+    "history",
+    "topic",
+    "info",
 )
 _ALIASES = {"deny": "reject", "exit": "leave", "list": "members"}
 _NAMES = {name: name for name in COMMANDS} | _ALIASES
@@ -125,6 +130,17 @@ def parse_command(body: bytes, start_char: str) -> Command | None:
     return Command(name, typed, tuple(tokens[1:]), start, rest)
 
 
+def command_text(body: bytes, start_char: str) -> str:
+    """The first line of a command's body after its name, as typed (spaces kept, ends
+    stripped): the free text of ``#topic <text>``, which tokens would cut and squeeze."""
+    start = start_char[:1].encode("utf-8")
+    end = _LINE_END.search(body, len(start))
+    line = body[len(start) : end.start() if end else len(body)].decode("utf-8", "replace")
+    parts = _BLANKS.split(line.strip(" \t"), maxsplit=1)
+    return parts[1] if len(parts) > 1 else ""
+
+
+
 def _fits(uri: str) -> bool:
     """The user and host of ``sip:user@host`` each fit a column of the store."""
     user, _, host = uri.partition(":")[2].rpartition("@")
@@ -143,6 +159,7 @@ class Target:
     whole domain, ``#ban``/``#unban`` only); ``reason`` the ``#ban``/``#kick`` reason (may be
     empty, cut to :data:`~imc_actors.imc.effects.MAX_REASON_LENGTH`); ``limit`` the number
     of ``#limit <n>`` (None: ``#limit`` alone asks for the limit).
+    ``count``: the number of lines ``#history`` asks for (None: the default).
     """
 
     room_name: str | None
@@ -152,6 +169,7 @@ class Target:
     private: bool = False
     reason: str = ""
     limit: int | None = None
+    count: int | None = None
 
     @property
     def room_uri(self) -> str | None:
@@ -196,8 +214,16 @@ def resolve(
     private = False
     reason = ""
     limit: int | None = None
+    count: int | None = None
     room_arg: str | None
-    if name == "create":
+    if name == "topic":  # the rest of the line is the text: the room is the Request-URI's
+        room_arg = None
+    elif name == "history":  # [<number>] [<room>]: a first argument of digits is the number
+        room_arg = args[0] if args else None
+        if args and args[0].isascii() and args[0].isdigit():
+            count = int(args[0])
+            room_arg = args[1] if len(args) > 1 else None
+    elif name == "create":
         room_arg = args[0] if args else None
         if len(args) >= 2:
             if args[1].lower() != "private":
@@ -242,7 +268,7 @@ def resolve(
         raise CommandError(400, texts.address_too_long(MAX_STORED_LENGTH))
     if sender is not None and not _fits(sender):
         raise CommandError(400, texts.sender_too_long(MAX_STORED_LENGTH))
-    return Target(room_name, room_domain, user, role, private, reason, limit)
+    return Target(room_name, room_domain, user, role, private, reason, limit, count)
 
 
 # --------------------------------------------------------------------------- moderation

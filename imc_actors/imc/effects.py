@@ -96,7 +96,47 @@ class LimitSet:
     max_members: int | None
 
 
-Write = RoomUpsert | RoomDelete | MemberUpsert | MemberDelete | BanSet | BanDelete | LimitSet
+# ---------------------------------------------------------------------- history and topic
+#: Most characters a room topic may have (``#topic``; the ``topic`` column's width).
+MAX_TOPIC_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryAppend:
+    """Append one relayed chat line to the room's archive (imc-actors' own table).
+
+    ``room`` is the room URI ``sip:name@domain``; ``sender`` the member URI as listed;
+    ``time`` seconds since the epoch when the line arrived; ``content_type`` the incoming
+    Content-Type (None: none given); ``body`` the bytes as sent (without the ``[user]: ``
+    prefix). ``keep`` is ``history_max``: the store keeps about that many lines of the room
+    (the oldest go, see :mod:`imc_actors.store.own_tables`).
+    """
+
+    room: str
+    sender: str
+    time: float
+    content_type: str | None
+    body: bytes
+    keep: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfoSet:
+    """Create or replace the room's own row of what Kamailio's tables cannot hold: the topic
+    (``""``: none), who set it and when, and when the room was created (epoch seconds, None
+    when unknown: a room from before imc-actors kept it)."""
+
+    room: str
+    topic: str
+    topic_by: str
+    topic_time: int | None
+    created: int | None
+
+
+Write = (
+    RoomUpsert | RoomDelete | MemberUpsert | MemberDelete | BanSet | BanDelete | LimitSet
+    | HistoryAppend | RoomInfoSet
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +167,28 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Read the room's archive once this outcome is durable and send it to ``to``.
+
+    ``limit`` is how many of the newest lines. ``replay`` True: one MESSAGE per line, as it
+    was relayed (``[user]: body``, its Content-Type, a ``Date:`` of its time), for a member
+    who just joined; False: the ``#history`` reply, lines packed into pages.
+    """
+
+    room: str
+    to: str
+    limit: int
+    replay: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one command or chat: the SIP answer and the effects behind it.
 
     ``code``/``reason`` are the SIP final response. ``writes`` must be committed before
     the answer and the notices go out. ``destroyed`` means the room is gone and its actor
     ends after this outcome. ``created`` means a new room was made by this command.
+    ``history``: the archive read this outcome asks for (sent after its notices).
     """
 
     code: int
@@ -142,3 +198,4 @@ class Outcome:
     destroyed: bool = False
     created: bool = False
     body: bytes | None = field(default=None)
+    history: HistoryQuery | None = None

@@ -23,24 +23,28 @@ from typing import Literal
 
 from ..sip import reason_phrase
 from . import texts
-from .commands import Command, Target
+from .commands import Command, Target, command_text
 from .effects import (
     ADMIN,
     INVITED,
+    MAX_TOPIC_LENGTH,
     OWNER,
     PRIVATE,
     BanDelete,
     BanSet,
+    HistoryAppend,
+    HistoryQuery,
     LimitSet,
     MemberDelete,
     MemberUpsert,
     Notice,
     Outcome,
     RoomDelete,
+    RoomInfoSet,
     RoomUpsert,
     Write,
 )
-from .state import Ban, Member, RoomState, member_key
+from .state import Ban, Member, RoomInfo, RoomState, member_key
 from .texts import help_text
 
 __all__ = [
@@ -65,6 +69,9 @@ class Policy:
     ``create_on_join`` is the caller's business (it decides whether to call :func:`new_room`).
     ``max_members``: the most entries (members and pending invitations) a room may list; an
     owner's ``#limit`` may only lower it for one room. ``max_bans``: the most bans a room keeps.
+    The archive (issue 16): ``history_max`` lines kept per room (0: no archive, chat writes
+    nothing), ``history_on_join`` lines replayed to a joiner (0: none), ``history_lines_max``
+    the most lines one ``#history`` sends (and its default is ``min(20, history_lines_max)``).
     """
 
     start_char: str = "#"
@@ -72,6 +79,9 @@ class Policy:
     owner_leave: str = "destroy"
     max_members: int = 1000
     max_bans: int = 1000
+    history_max: int = 0
+    history_on_join: int = 0
+    history_lines_max: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,7 @@ class RoomRequest:
     body: bytes = b""
     content_type: str | None = None
     call_id: str = ""
+    time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +121,11 @@ def _outcome(
     destroyed: bool = False,
     created: bool = False,
     body: bytes | None = None,
+    history: HistoryQuery | None = None,
 ) -> Outcome:
-    return Outcome(code, reason_phrase(code), tuple(notices), tuple(writes), destroyed, created, body)
+    return Outcome(
+        code, reason_phrase(code), tuple(notices), tuple(writes), destroyed, created, body, history
+    )
 
 
 def _refuse(state: RoomState, req: RoomRequest, code: int, text: str) -> tuple[RoomState, Outcome]:
@@ -171,6 +185,21 @@ def _target(req: RoomRequest) -> Target:
 
 
 # --------------------------------------------------------------------------- membership
+def _joined(
+    new: RoomState, joiner: str, writes: Iterable[Write], policy: Policy
+) -> tuple[RoomState, Outcome]:
+    """``joiner`` is an active member of ``new`` now: everyone active is told, then the joiner
+    gets the topic (when there is one) and the last ``history_on_join`` lines (issue 16)."""
+    notices = _broadcast(new, texts.has_joined(joiner))
+    if new.info.topic:
+        notices.append(Notice(joiner, texts.topic_is(new.info.topic).encode(), new.uri))
+    history = None
+    if policy.history_max > 0 and policy.history_on_join > 0:
+        limit = min(policy.history_on_join, policy.history_max)
+        history = HistoryQuery(new.archive_key, joiner, limit, replay=True)
+    return new, _outcome(200, notices, writes, history=history)
+
+
 def _join(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
     """U (not listed) joins as a plain member; everyone active, U included, is told."""
     refusal = _admits(state, req.sender, policy, texts.YOU_ARE_BANNED)
@@ -178,7 +207,7 @@ def _join(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState
         return _refuse(state, req, refusal.code, refusal.text)
     new = replace(state, members=(*state.members, Member(req.sender, 0)))
     writes = (MemberUpsert(state.uri, req.sender, 0),)
-    return new, _outcome(200, _broadcast(new, texts.has_joined(req.sender)), writes)
+    return _joined(new, req.sender, writes, policy)
 
 
 def _create(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -217,7 +246,7 @@ def _accept(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
     flags = me.flags & ~INVITED
     new = _with_flags(state, me.key, flags)
     writes = (MemberUpsert(state.uri, me.uri, flags),)
-    return new, _outcome(200, _broadcast(new, texts.has_joined(me.uri)), writes)
+    return _joined(new, me.uri, writes, policy)
 
 
 def _decline(state: RoomState, me: Member) -> tuple[RoomState, Outcome]:
@@ -274,7 +303,7 @@ def _add(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState,
         return _refuse(state, req, refusal.code, refusal.text)
     new = replace(state, members=(*state.members, Member(user, 0)))
     writes = (MemberUpsert(state.uri, user, 0),)
-    return new, _outcome(200, _broadcast(new, texts.has_joined(user)), writes)
+    return _joined(new, user, writes, policy)
 
 
 def _remove(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -361,6 +390,68 @@ def _modify(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSta
     return new, _outcome(200, _broadcast(new, texts.is_now(them.uri, role)), writes)
 
 
+# --------------------------------------------------------------------------- history, topic, info
+def _history(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#history [n]``: the last ``n`` lines (default 20, at most ``history_lines_max``) as
+    pages, for active members; read by the actor once this outcome is handled."""
+    me = state.find(req.sender)
+    if me is None or not me.active:
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    if policy.history_max <= 0:
+        return _refuse(state, req, 403, texts.HISTORY_OFF)
+    cap = max(1, min(policy.history_lines_max, policy.history_max))
+    count = req.target.count if req.target is not None else None
+    if count is None:
+        count = min(20, cap)
+    elif not 1 <= count <= cap:
+        return _refuse(state, req, 400, texts.history_count(cap))
+    return state, _outcome(200, history=HistoryQuery(state.archive_key, req.sender, count, False))
+
+
+def _sees(state: RoomState, member: Member | None) -> bool:
+    """May see the room's topic and card: anyone for a public room, active members else."""
+    return not state.private or (member is not None and member.active)
+
+
+def _topic(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#topic``: show the topic; ``#topic <text>`` (owner, admin) sets it, ``#topic -``
+    clears it; everyone active is told."""
+    me = state.find(req.sender)
+    text = command_text(req.body, policy.start_char)
+    if not text:
+        if not _sees(state, me):
+            return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+        shown = texts.topic_is(state.info.topic) if state.info.topic else texts.NO_TOPIC
+        body = shown.encode()
+        return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+    if not _manages(me):
+        return _refuse(state, req, 403, texts.NO_PERMISSION_TOPIC)
+    assert me is not None
+    topic = "" if text == "-" else text
+    if len(topic) > MAX_TOPIC_LENGTH:
+        return _refuse(state, req, 400, texts.topic_too_long(MAX_TOPIC_LENGTH))
+    when = int(req.time) if req.time else None
+    info = replace(state.info, topic=topic, topic_by=me.uri if topic else "", topic_time=when)
+    new = replace(state, info=info)
+    write = RoomInfoSet(state.archive_key, topic, info.topic_by, info.topic_time, info.created)
+    said = texts.topic_set(me.uri, topic) if topic else texts.topic_cleared(me.uri)
+    return new, _outcome(200, _broadcast(new, said), (write,))
+
+
+def _info(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """``#info``: name, topic, private or public, owners, member count, creation time."""
+    if not _sees(state, state.find(req.sender)):
+        return _refuse(state, req, 403, texts.NOT_A_MEMBER)
+    active = [m for m in state.members if m.active]
+    owners = [m.uri for m in active if m.owner]
+    text = texts.info_text(
+        state.uri, state.info.topic, state.private, owners, len(active),
+        len(state.members) - len(active), state.info.created,
+    )  # fmt: skip
+    body = text.encode()
+    return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+
+
 _HANDLERS = {
     "create": _create,
     "join": _join_cmd,
@@ -373,6 +464,9 @@ _HANDLERS = {
     "members": _members,
     "add": _add,
     "modify": _modify,
+    "history": _history,
+    "topic": _topic,
+    "info": _info,
 }  # the moderation handlers are added below
 
 
@@ -545,8 +639,9 @@ _HANDLERS.update(
 
 
 # --------------------------------------------------------------------------- chat
-def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
-    """Relay ``[U]: body`` to every active member but U; one pass, the state is reused."""
+def _chat(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
+    """Relay ``[U]: body`` to every active member but U; one pass, the state is reused.
+    With an archive (``history_max`` > 0) the line is appended to it in the same commit."""
     key = member_key(req.sender)
     me: Member | None = None
     others: list[str] = []
@@ -563,7 +658,10 @@ def _chat(state: RoomState, req: RoomRequest) -> tuple[RoomState, Outcome]:
     body = b"[" + me.user.encode() + b"]: " + req.body
     uri, ctype = state.uri, req.content_type
     notices = tuple(Notice(to, body, uri, "relay", ctype, keep=True) for to in others)
-    return state, Outcome(202, "Accepted", notices)
+    if policy.history_max <= 0:
+        return state, Outcome(202, "Accepted", notices)
+    line = HistoryAppend(state.archive_key, me.uri, req.time, ctype, req.body, policy.history_max)
+    return state, Outcome(202, "Accepted", notices, (line,))
 
 
 def _invite_failed(state: RoomState, op: InviteFailed) -> tuple[RoomState, Outcome]:
@@ -597,28 +695,36 @@ def apply(
     if isinstance(op, AdminAction):
         return _administer(state, op, policy)
     if op.command is None:
-        return _chat(state, op)
+        return _chat(state, op, policy)
     handler = _HANDLERS.get(op.command.name)
     if handler is None:
         raise ValueError(f"command {op.command.name!r} is not applied to a room")
     return handler(state, op, policy)
 
 
-def new_room(name: str, domain: str, owner: str, private: bool) -> tuple[RoomState, Outcome]:
-    """A new room with ``owner`` as its OWNER; tells the owner ``*** Room was created``."""
+def new_room(
+    name: str, domain: str, owner: str, private: bool, now: float | None = None
+) -> tuple[RoomState, Outcome]:
+    """A new room with ``owner`` as its OWNER; tells the owner ``*** Room was created``.
+    ``now`` (epoch seconds) is recorded as its creation time (``#info``), when given."""
     flags = PRIVATE if private else 0
-    state = RoomState(name, domain, flags, (Member(owner, OWNER),), {})
+    info = RoomInfo(created=int(now)) if now is not None else RoomInfo()
+    state = RoomState(name, domain, flags, (Member(owner, OWNER),), {}, info=info)
     notice = Notice(owner, texts.ROOM_CREATED.encode(), state.uri)
-    writes = (RoomUpsert(name, domain, flags), MemberUpsert(state.uri, owner, OWNER))
+    writes: tuple[Write, ...] = (RoomUpsert(name, domain, flags), MemberUpsert(state.uri, owner, OWNER))
+    if now is not None:
+        writes += (RoomInfoSet(state.archive_key, "", "", None, info.created),)
     return state, _outcome(200, (notice,), writes, created=True)
 
 
 def rooms_reply(rooms: Iterable[RoomState], sender: str) -> bytes:
     """The ``#rooms`` body: public rooms and private rooms ``sender`` is listed in
-    (pending invitations included), sorted by name (case-insensitively, then as spelled)."""
-    names = [room.name for room in rooms if not room.private or room.find(sender) is not None]
-    names.sort(key=lambda n: (n.lower(), n))
-    return texts.rooms_list(names).encode()
+    (pending invitations included), sorted by name (case-insensitively, then as spelled);
+    a room with a topic shows it (``[name] - topic``)."""
+    shown = [room for room in rooms if not room.private or room.find(sender) is not None]
+    names = sorted((room.name for room in shown), key=lambda n: (n.lower(), n))
+    topics = {room.name: room.info.topic for room in shown if room.info.topic}
+    return texts.rooms_list(names, topics).encode()
 
 
 def notice_error(code: int, text: str, to: str, sender_uri: str) -> Outcome:

@@ -56,6 +56,20 @@ class Ban:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """What a room has beyond Kamailio's columns (stored in imc-actors' own table).
+
+    ``topic`` (``""``: none), ``topic_by`` the URI of who set it, ``topic_time`` and
+    ``created`` epoch seconds (None: unknown, e.g. a room made by Kamailio).
+    """
+
+    topic: str = ""
+    topic_by: str = ""
+    topic_time: int | None = None
+    created: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RoomState:
     """A room: ``name``/``domain`` keep the spelling the room was created with.
 
@@ -64,6 +78,7 @@ class RoomState:
     tables have no column for it), so after a restart a ``#reject`` tells nobody.
     ``bans`` (in banning order) and ``max_members`` (the room's own ``#limit``, None: the
     server's ``max_members``) live in imc-actors' own tables.
+    ``info`` holds the topic and the creation time.
     """
 
     name: str
@@ -73,6 +88,7 @@ class RoomState:
     inviters: Mapping[str, str] = field(default_factory=dict)
     bans: tuple[Ban, ...] = ()
     max_members: int | None = None
+    info: RoomInfo = RoomInfo()
 
     @property
     def uri(self) -> str:
@@ -81,6 +97,11 @@ class RoomState:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.domain}".lower()
+
+    @property
+    def archive_key(self) -> str:
+        """The room in imc-actors' own tables: ``sip:name@domain`` in lower case."""
+        return f"sip:{self.key}"
 
     @property
     def private(self) -> bool:

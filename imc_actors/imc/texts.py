@@ -9,7 +9,8 @@ that character makes a body a command, spec §2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+from collections.abc import Iterable, Mapping
 
 from .effects import ADMIN, OWNER
 from .state import Ban, Member
@@ -87,6 +88,22 @@ __all__ = [
     "was_kicked",
     "you_were_banned",
     "you_were_kicked",
+    # history, topic and info (issue 16)
+    "HISTORY_EMPTY",
+    "HISTORY_OFF",
+    "HISTORY_UNAVAILABLE",
+    "NO_PERMISSION_TOPIC",
+    "NO_TOPIC",
+    "history_count",
+    "history_line",
+    "history_page",
+    "info_text",
+    "room_entry",
+    "topic_cleared",
+    "topic_is",
+    "topic_set",
+    "topic_too_long",
+    "utc",
 ]
 
 
@@ -260,9 +277,11 @@ def members_list(members: Iterable[Member]) -> str:
     return "\n".join(["Members:", *owners, *admins, *plain])
 
 
-def rooms_list(names: Iterable[str]) -> str:
-    """``Rooms:`` then ``\\n[name]`` per name, in the order given."""
-    return "Rooms:" + "".join(f"\n[{name}]" for name in names)
+def rooms_list(names: Iterable[str], topics: Mapping[str, str] | None = None) -> str:
+    """``Rooms:`` then ``\\n[name]`` per name, in the order given; a name with a topic in
+    ``topics`` gets it after `` - `` (:func:`room_entry`)."""
+    topics = topics or {}
+    return "Rooms:" + "".join("\n" + room_entry(name, topics.get(name, "")) for name in names)
 
 
 def help_text(start_char: str) -> str:
@@ -292,6 +311,7 @@ def help_text(start_char: str) -> str:
         f"{s}unban <user_name|*@domain> [<room_name>] - lift a ban",
         f"{s}bans [<room_name>] - list the bans of a conference room",
         f"{s}limit [<number>] [<room_name>] - show or set the room's member limit (owner)",
+        *_help_history_topic_info(s),
         f"{s}help - show this help",
     ]
     return "\r\n".join(lines)
@@ -394,3 +414,81 @@ def limit_out_of_range(maximum: int) -> str:
 def sending_too_fast(retry_after: int) -> str:
     """Chat beyond ``chat_rate``/``chat_burst`` (answered 503 with Retry-After)."""
     return f"*** You are sending too fast; wait {retry_after} s"
+# --------------------------------------------------------------------------- history, topic, info
+# Not in the spec (issue 16): the archive (#history, replay on join), #topic and #info.
+HISTORY_EMPTY = "*** The room's history is empty"
+HISTORY_OFF = "*** This server keeps no history (history_max = 0)"
+HISTORY_UNAVAILABLE = "*** The history cannot be read right now; try again later"
+NO_PERMISSION_TOPIC = "*** You don't have the permission to change the topic of this room"
+NO_TOPIC = "*** No topic is set"
+
+
+def utc(epoch: float | None) -> str:
+    """``2026-12-02 05:48:20 UTC`` for an epoch time; ``unknown`` for None."""
+    if epoch is None:
+        return "unknown"
+    moment = dt.datetime.fromtimestamp(int(epoch), dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def history_count(limit: int) -> str:
+    """``#history`` with a first argument of digits that is 0 or over ``limit``."""
+    return f"*** The number of lines must be from 1 to {limit}"
+
+
+def topic_too_long(limit: int) -> str:
+    return f"*** Topic too long (at most {limit} characters)"
+
+
+def topic_is(topic: str) -> str:
+    """``#topic`` without text, and what a joiner is told when the room has a topic."""
+    return f"*** Topic: {topic}"
+
+
+def topic_set(uri: str, topic: str) -> str:
+    return f"*** {tag(uri)} set the topic: {topic}"
+
+
+def topic_cleared(uri: str) -> str:
+    return f"*** {tag(uri)} cleared the topic"
+
+
+def history_line(sender: str, time: float, body: str) -> str:
+    """One line of a ``#history`` page: ``2026-12-02 05:48:20 UTC [alice]: hello``."""
+    return f"{utc(time)} {tag(sender)}: {body}"
+
+
+def history_page(lines: Iterable[str], page: int, pages: int) -> str:
+    """``History:`` (``History (2/3):`` when there are several pages), then one line each."""
+    head = "History:" if pages == 1 else f"History ({page}/{pages}):"
+    return "\n".join([head, *lines])
+
+
+def room_entry(name: str, topic: str) -> str:
+    """One ``#rooms`` line: ``[name]`` (spec §4), with `` - topic`` when the room has one."""
+    return f"[{name}] - {topic}" if topic else f"[{name}]"
+
+
+def info_text(
+    uri: str, topic: str, private: bool, owners: Iterable[str], active: int, invited: int,
+    created: int | None,
+) -> str:  # fmt: skip
+    """The ``#info`` reply: one ``Name: value`` line each, joined by ``\n``."""
+    members = f"{active} ({invited} invited)" if invited else str(active)
+    return "\n".join([
+        "Info:",
+        f"Room: {uri}",
+        f"Topic: {topic}" if topic else "Topic: (none)",
+        f"Type: {'private' if private else 'public'}",
+        "Owners: " + (", ".join(tag(owner) for owner in owners) or "(none)"),
+        f"Members: {members}",
+        f"Created: {utc(created)}",
+    ])  # fmt: skip
+
+
+def _help_history_topic_info(s: str) -> list[str]:
+    return [
+        f"{s}history [<number>] [<room_name>] - show the last lines said in a conference room",
+        f"{s}topic [<text>] - show the room's topic, or set it (owner, admin; '{s}topic -' clears it)",
+        f"{s}info [<room_name>] - show a conference room's topic, type, owners, members and age",
+    ]

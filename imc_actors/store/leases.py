@@ -41,10 +41,12 @@ import peewee
 from ..imc.effects import (
     BanDelete,
     BanSet,
+    HistoryAppend,
     LimitSet,
     MemberDelete,
     MemberUpsert,
     RoomDelete,
+    RoomInfoSet,
     RoomUpsert,
 )
 from ..imc.state import member_key
@@ -82,7 +84,9 @@ def room_of(write: object) -> str | None:
     belong to no room (pending notices, bindings: not fenced)."""
     if isinstance(write, RoomUpsert | RoomDelete):
         return f"{write.name}@{write.domain}".lower()
-    if isinstance(write, MemberUpsert | MemberDelete | BanSet | BanDelete | LimitSet):
+    if isinstance(
+        write, MemberUpsert | MemberDelete | BanSet | BanDelete | LimitSet | HistoryAppend | RoomInfoSet
+    ):
         return member_key(write.room)
     return None
 

@@ -41,10 +41,18 @@ Two more of imc-actors' own tables say which node serves which room (issue 13, s
     imc_nodes    -- (name PK varchar(64), addresses varchar(1024), heartbeat bigint)
                     addresses = the node's SIP listen addresses, space-separated
 
+Two more hold what rooms have beyond Kamailio's columns (issue 16):
+
+    imc_history   -- the archive of relayed chat lines: (id PK auto, room, seq, sender,
+                     inc_time, ctype, body), UNIQUE(room, seq); room = 'sip:name@domain'
+                     lower case, seq numbers the room's lines from 1
+    imc_room_info -- one row per room: (id PK auto, room UNIQUE, topic, topic_by,
+                     topic_time, created)
+
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
 ``location_table``, ``subscriber_table``, ``secret_table``, ``bans_table``, ``limits_table``,
-``lease_table``, ``node_table``), so the model classes are made per database by
-:func:`bind_models`.
+``lease_table``, ``node_table``, ``history_table``, ``room_info_table``), so the model classes
+are made per database by :func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
 Besides Kamailio's keys, :func:`extra_indexes` lists indexes imc-actors adds when it may (they
@@ -94,6 +102,8 @@ SECRET_COLUMNS = ("id", "name", "value")
 SUBSCRIBER_VERSION = 7
 BAN_COLUMNS = ("id", "room", "username", "domain", "reason", "banned_by", "ban_time")
 LIMIT_COLUMNS = ("id", "room", "max_members")
+HISTORY_COLUMNS = ("id", "room", "seq", "sender", "inc_time", "ctype", "body")
+ROOM_INFO_COLUMNS = ("id", "room", "topic", "topic_by", "topic_time", "created")
 #: Widths of the columns that hold what users send (longer values are refused before a write).
 MAX_ADDRESS = 255  # src_addr, dst_addr
 MAX_CONTACT = 512  # location.contact, as in Kamailio
@@ -109,6 +119,7 @@ NODE_COLUMNS = ("name", "addresses", "heartbeat")
 MAX_ROOM_KEY = 128
 MAX_NODE_NAME = 64
 MAX_NODE_ADDRESSES = 1024
+MAX_TOPIC = 255  # imc.effects.MAX_TOPIC_LENGTH
 
 
 def check_table_name(name: str, param: str) -> str:
@@ -136,6 +147,8 @@ class Models:
     secret: type[peewee.Model]
     ban: type[peewee.Model]
     limit: type[peewee.Model]
+    history: type[peewee.Model]
+    room_info: type[peewee.Model]
     # ownership (issue 13)
     lease: type[peewee.Model] | None = None
     node: type[peewee.Model] | None = None
@@ -154,6 +167,8 @@ def bind_models(
     *,
     lease_table: str = "imc_leases",
     node_table: str = "imc_nodes",
+    history_table: str = "imc_history",
+    room_info_table: str = "imc_room_info",
 ) -> Models:
     """Model classes for the tables in ``database``.
 
@@ -290,6 +305,7 @@ def bind_models(
     )
     Subscriber.add_index(Subscriber.index(Subscriber.username, name=f"{subscriber_table}_username_idx"))
     Secret.add_index(Secret.index(Secret.name, unique=True, name=f"{secret_table}_name_idx"))
+
     class BanRow(peewee.Model):
         """One ban: ``room`` ``sip:name@domain``, ``username``/``domain`` the banned user
         (``*``: every user of the domain), all lower case; ``ban_time`` epoch seconds."""
@@ -324,6 +340,45 @@ def bind_models(
         )  # fmt: skip
     )
     LimitRow.add_index(LimitRow.index(LimitRow.room, unique=True, name=f"{limits_table}_room_idx"))
+
+    class History(peewee.Model):
+        """One archived chat line: ``room`` the room URI in lower case, ``seq`` its number in
+        the room (from 1), ``sender`` the member URI, ``inc_time`` epoch seconds, ``ctype``
+        the Content-Type (``""``: none), ``body`` the bytes as sent."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        seq = peewee.BigIntegerField()
+        sender = peewee.CharField(max_length=MAX_ADDRESS)
+        inc_time = peewee.BigIntegerField()
+        ctype = peewee.CharField(max_length=MAX_CONTENT_TYPE, default="")
+        body = peewee.BlobField()
+
+        class Meta:
+            table_name = history_table
+            table_settings = settings
+
+    class RoomInfo(peewee.Model):
+        """What a room has beyond Kamailio's columns: its topic and creation time."""
+
+        id = peewee.AutoField()
+        room = peewee.CharField(max_length=MAX_LENGTH)
+        topic = peewee.CharField(max_length=MAX_TOPIC, default="")
+        topic_by = peewee.CharField(max_length=MAX_ADDRESS, default="")
+        topic_time = peewee.BigIntegerField(null=True)
+        created = peewee.BigIntegerField(null=True)
+
+        class Meta:
+            table_name = room_info_table
+            table_settings = settings
+
+    History.add_index(
+        History.index(History.room, History.seq, unique=True, name=f"{history_table}_room_seq_idx")
+    )
+    History.add_index(History.index(History.inc_time, name=f"{history_table}_time_idx"))
+    RoomInfo.add_index(
+        RoomInfo.index(RoomInfo.room, unique=True, name=f"{room_info_table}_room_idx")
+    )
     Pending.add_index(
         Pending.index(
             Pending.username, Pending.domain, Pending.id, name=f"{pending_table}_account_idx"
@@ -358,12 +413,13 @@ def bind_models(
     )
     lease, node = _ownership_models(settings, lease_table, node_table)
     database.bind(
-        [Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow, lease, node],
+        [Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow, History,
+         RoomInfo, lease, node],
         bind_refs=False, bind_backrefs=False,
     )  # fmt: skip
     return Models(
-        Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow,
-        lease=lease, node=node,
+        Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow, History,
+        RoomInfo, lease=lease, node=node,
     )  # fmt: skip
 
 

@@ -1,16 +1,24 @@
-"""Reads and writes of imc-actors' own tables: pending notices, registrar bindings, and the
-bans and member limits of rooms (moderation).
+"""Reads and writes of imc-actors' own tables: pending notices, registrar bindings, the bans
+and member limits of rooms (moderation), the archive of chat lines and the rooms' topics.
 
 Called by :class:`~imc_actors.store.repository.Repository` inside its transactions and its
 reconnect-and-retry wrapper; every function here takes the bound models and runs plain
 peewee queries. Each write is idempotent or harmless to replay (a replayed batch after a
 lost connection must not duplicate anything that matters): a binding is replaced by
-(AOR, contact), deletes by id or key.
+(AOR, contact), deletes by id or key. An archived line replayed after a lost connection may
+be stored twice (under the next number): the archive is at least once, like the pending
+notices.
+
+The archive keeps about ``history_max`` lines per room: each :class:`HistoryAppend` numbers its
+line (``seq``, one more than the room's last, which the repository remembers between batches)
+and, every ``keep // 10`` lines, deletes the room's lines more than ``keep`` behind, so a room
+has at most ``keep + keep // 10`` rows; :class:`HistoryExpire` drops lines by age.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections import Counter
 from dataclasses import replace
@@ -18,8 +26,9 @@ from typing import Any
 
 import peewee
 
-from ..imc.effects import BanDelete, BanSet, LimitSet
-from ..imc.state import Ban, RoomState
+from ..imc.effects import BanDelete, BanSet, HistoryAppend, LimitSet, RoomInfoSet
+from ..imc.history import HistoryLine
+from ..imc.state import Ban, RoomInfo, RoomState
 from .models import (
     MAX_ADDRESS,
     MAX_CALL_ID,
@@ -27,6 +36,7 @@ from .models import (
     MAX_CONTENT_TYPE,
     MAX_LENGTH,
     MAX_REASON,
+    MAX_TOPIC,
     MAX_USER_AGENT,
     Models,
 )
@@ -36,6 +46,7 @@ from .records import (
     BindingDelete,
     BindingExpire,
     BindingSet,
+    HistoryExpire,
     PendingAdd,
     PendingDelete,
     PendingExpire,
@@ -57,6 +68,9 @@ OWN_WRITES = (
     BanSet,
     BanDelete,
     LimitSet,
+    HistoryAppend,
+    HistoryExpire,
+    RoomInfoSet,
 )
 OwnWrite = (
     PendingAdd
@@ -70,6 +84,9 @@ OwnWrite = (
     | BanSet
     | BanDelete
     | LimitSet
+    | HistoryAppend
+    | HistoryExpire
+    | RoomInfoSet
 )
 
 
@@ -116,6 +133,16 @@ def validate(write: OwnWrite) -> None:
             _key(write.aor)
         elif isinstance(write, BanSet | BanDelete | LimitSet):
             _validate_moderation(write)
+        elif isinstance(write, HistoryAppend):
+            _fits(write.room, MAX_LENGTH, "room")
+            _fits(write.sender, MAX_ADDRESS, "sender")
+            _fits(write.content_type, MAX_CONTENT_TYPE, "content type")
+            if write.keep < 1:
+                raise _Invalid(f"keep must be positive, not {write.keep}")
+        elif isinstance(write, RoomInfoSet):
+            _fits(write.room, MAX_LENGTH, "room")
+            _fits(write.topic, MAX_TOPIC, "topic")
+            _fits(write.topic_by, MAX_ADDRESS, "topic setter")
     except _Invalid as exc:
         raise StoreError(f"cannot store {type(write).__name__}: {exc}") from None
 
@@ -130,10 +157,23 @@ def _epoch(value: Any) -> float:
     return value.replace(tzinfo=dt.UTC).timestamp()
 
 
-def apply(db: peewee.Database, models: Models, write: OwnWrite) -> None:
-    """Carry out one write (inside the caller's transaction)."""
+def apply(
+    db: peewee.Database, models: Models, write: OwnWrite, seqs: HistorySeqs | None = None
+) -> None:
+    """Carry out one write (inside the caller's transaction); ``seqs`` numbers archived lines."""
     pending, location = models.pending, models.location
-    if isinstance(write, PendingAdd):
+    if isinstance(write, HistoryAppend):
+        _append_line(models, write, seqs if seqs is not None else HistorySeqs({}))
+    elif isinstance(write, HistoryExpire):
+        models.history.delete().where(models.history.inc_time < int(write.before)).execute()
+    elif isinstance(write, RoomInfoSet):
+        info = models.room_info
+        info.delete().where(info.room == write.room).execute()
+        info.insert(
+            room=write.room, topic=write.topic, topic_by=write.topic_by,
+            topic_time=write.topic_time, created=write.created,
+        ).execute()  # fmt: skip
+    elif isinstance(write, PendingAdd):
         user, host = _key(write.member)
         pending.insert(
             src_addr=write.sender, dst_addr=write.recipient, username=user, domain=host,
@@ -329,3 +369,102 @@ def with_moderation(models: Models, rooms: list[RoomState]) -> list[RoomState]:
             state = replace(state, bans=tuple(found or ()), max_members=number)
         out.append(state)
     return out
+
+
+# ---------------------------------------------------------------------- the archive
+class HistorySeqs:
+    """The last line number of each room during one transaction.
+
+    ``known`` is what the repository remembers from committed transactions (room -> last
+    ``seq``); numbers taken in this transaction go to ``taken`` and become known only once it
+    committed (:meth:`settle`), so a rolled-back batch leaves nothing behind.
+    """
+
+    def __init__(self, known: dict[str, int]) -> None:
+        self.known = known
+        self.taken: dict[str, int] = {}
+
+    def next(self, models: Models, room: str) -> int:
+        last = self.taken.get(room)
+        if last is None:
+            last = self.known.get(room)
+        if last is None:
+            history = models.history
+            found = history.select(peewee.fn.MAX(history.seq)).where(history.room == room).scalar()
+            last = int(found or 0)
+        self.taken[room] = last + 1
+        return last + 1
+
+    def cleared(self, room: str) -> None:
+        """The room's lines were deleted in this transaction: numbering starts again."""
+        self.taken[room] = 0
+
+    def settle(self, committed: bool) -> None:
+        """After the transaction: remember its numbers, or forget the rooms it touched (a
+        failed COMMIT may have been durable, so their last number is read again)."""
+        for room, last in self.taken.items():
+            if committed and last:
+                self.known[room] = last
+            else:  # failed, or the room's lines are gone (destroyed): nothing to remember
+                self.known.pop(room, None)
+        self.taken = {}
+
+
+@functools.cache
+def _insert_line_sql(table: str, quote: str, param: str) -> str:
+    """The archive's INSERT, rendered once per table (it runs for every chat line, and peewee's
+    query builder costs more than the statement)."""
+    left, right = quote[0], quote[-1]
+    columns = ", ".join(f"{left}{c}{right}" for c in ("room", "seq", "sender", "inc_time", "ctype", "body"))
+    return f"INSERT INTO {left}{table}{right} ({columns}) VALUES ({', '.join([param] * 6)})"
+
+
+def _append_line(models: Models, write: HistoryAppend, seqs: HistorySeqs) -> None:
+    history = models.history
+    seq = seqs.next(models, write.room)
+    db = history._meta.database
+    sql = _insert_line_sql(history._meta.table_name, db.quote, db.param)
+    values = (write.room, seq, write.sender, int(write.time), write.content_type or "", write.body)
+    db.execute_sql(sql, values)
+    step = max(1, write.keep // 10)
+    if seq > write.keep and seq % step == 0:
+        history.delete().where((history.room == write.room) & (history.seq <= seq - write.keep)).execute()
+
+
+def clear_room(models: Models, room: str, seqs: HistorySeqs) -> None:
+    """Delete the archive and the info row of ``room`` (lower-case URI): the room is gone."""
+    models.history.delete().where(models.history.room == room).execute()
+    models.room_info.delete().where(models.room_info.room == room).execute()
+    seqs.cleared(room)
+
+
+def load_history(models: Models, room: str, limit: int, before: int | None = None) -> list[HistoryLine]:
+    """The newest ``limit`` lines of ``room`` (numbered below ``before``, when given), oldest first."""
+    history = models.history
+    where = history.room == room
+    if before is not None:
+        where &= history.seq < before
+    query = (
+        history.select(history.seq, history.sender, history.inc_time, history.ctype, history.body)
+        .where(where).order_by(history.seq.desc()).limit(limit)
+    )  # fmt: skip
+    lines = [
+        HistoryLine(int(seq), sender, float(inc), ctype or None, bytes(body))
+        for seq, sender, inc, ctype, body in query.tuples()
+    ]
+    lines.reverse()
+    return lines
+
+
+def load_room_info(models: Models) -> dict[str, RoomInfo]:
+    """Room (lower-case URI) -> its :class:`RoomInfo`, for every row of the info table."""
+    info = models.room_info
+    query = info.select(info.room, info.topic, info.topic_by, info.topic_time, info.created)
+    return {
+        room.lower(): RoomInfo(
+            topic or "", topic_by or "",
+            int(topic_time) if topic_time is not None else None,
+            int(created) if created is not None else None,
+        )  # fmt: skip
+        for room, topic, topic_by, topic_time, created in query.tuples()
+    }

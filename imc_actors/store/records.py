@@ -18,6 +18,7 @@ __all__ = [
     "BindingDelete",
     "BindingExpire",
     "BindingSet",
+    "HistoryExpire",
     "PendingAdd",
     "PendingDelete",
     "PendingExpire",
@@ -83,6 +84,18 @@ class PendingRow:
     in_reply_to: str
     created: float
     expires: float
+
+
+# ---------------------------------------------------------------------- the archive
+@dataclass(frozen=True, slots=True)
+class HistoryExpire:
+    """Delete every archived chat line older than ``before`` (epoch seconds; ``history_days``).
+
+    Appending lines (:class:`~imc_actors.imc.effects.HistoryAppend`) and the room's topic
+    (:class:`~imc_actors.imc.effects.RoomInfoSet`) are room writes, made by the room logic.
+    """
+
+    before: float
 
 
 # ---------------------------------------------------------------------- bindings
@@ -152,4 +165,5 @@ StoreWrite = (
     | BindingDelete
     | BindingClear
     | BindingExpire
+    | HistoryExpire
 )

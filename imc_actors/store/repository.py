@@ -36,17 +36,19 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import peewee
 
 from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
+from ..imc.history import HistoryLine
 from ..imc.state import Member, RoomState, member_key
 from . import own_tables, users
 from .leases import Clock, Lease, LeaseTable, room_of, rooms_of, wall_clock
 from .models import (
     BAN_COLUMNS,
+    HISTORY_COLUMNS,
     LEASE_COLUMNS,
     LIMIT_COLUMNS,
     LOCATION_COLUMNS,
@@ -58,6 +60,7 @@ from .models import (
     NODE_COLUMNS,
     PENDING_COLUMNS,
     ROOM_COLUMNS,
+    ROOM_INFO_COLUMNS,
     ROOM_UNIQUE,
     SECRET_COLUMNS,
     SHA256_COLUMN,
@@ -188,8 +191,9 @@ class Repository:
     """Kamailio's imc tables in the database at ``db_url``.
 
     ``db_url`` is a peewee URL (see :mod:`imc_actors.store.urls`); ``rooms_table`` and
-    ``members_table`` name Kamailio's tables, ``pending_table`` and ``location_table``
-    imc-actors' own (plain identifiers of at most 32 characters). ``lock_timeout`` (seconds,
+    ``members_table`` name Kamailio's tables, ``pending_table``, ``location_table``,
+    ``history_table`` and ``room_info_table`` imc-actors' own (plain identifiers of at most 32
+    characters). ``lock_timeout`` (seconds,
     ``db_timeout``) bounds how long a statement waits for another connection's lock (see
     :func:`~imc_actors.store.urls.open_database`). The constructor does not connect; a bad URL
     or table name raises :class:`StoreError` at once.
@@ -205,6 +209,8 @@ class Repository:
         location_table: str = "imc_location",
         subscriber_table: str = "subscriber",
         secret_table: str = "imc_secret",
+        history_table: str = "imc_history",
+        room_info_table: str = "imc_room_info",
         lock_timeout: float = LOCK_TIMEOUT,
         bans_table: str = "imc_bans",
         limits_table: str = "imc_room_limits",
@@ -225,6 +231,8 @@ class Repository:
             "limits_table": limits_table,
             "lease_table": lease_table,
             "node_table": node_table,
+            "history_table": history_table,
+            "room_info_table": room_info_table,
         }
         try:
             self._url = DatabaseURL.parse(db_url)
@@ -248,12 +256,15 @@ class Repository:
         self.secret_table = secret_table
         self.bans_table = bans_table
         self.limits_table = limits_table
+        self.history_table = history_table
+        self.room_info_table = room_info_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
         self._models = bind_models(
             self._db, rooms_table, members_table, pending_table, location_table,
             subscriber_table=subscriber_table, secret_table=secret_table,
             bans_table=bans_table, limits_table=limits_table,
-            lease_table=lease_table, node_table=node_table,
+            lease_table=lease_table, node_table=node_table, history_table=history_table,
+            room_info_table=room_info_table,
         )  # fmt: skip
         self._has_sha256: bool | None = None  # subscriber.ha1_sha256 there? (None: not looked)
         # ownership (issue 13): this node's name, and the epochs of the leases it acquired
@@ -266,6 +277,8 @@ class Repository:
         assert self._models.node is not None
         self._nodes = NodeTable(self._models.node)
         self._held: dict[str, int] = {}
+        #: room (lower-case URI) -> the number of its last archived line, as committed
+        self._history_seq: dict[str, int] = {}
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
@@ -348,6 +361,14 @@ class Repository:
         return self._run(
             "reading the pending notices",
             lambda: own_tables.load_pending(self._models, member, limit),
+        )
+
+    def load_history(self, room: str, limit: int, before: int | None = None) -> list[HistoryLine]:
+        """The newest ``limit`` archived lines of ``room`` (``sip:name@domain``, any case),
+        numbered below ``before`` when given, oldest first."""
+        return self._run(
+            "reading the history",
+            lambda: own_tables.load_history(self._models, room.lower(), limit, before),
         )
 
     def load_bindings(self, now: float) -> list[Binding]:
@@ -602,6 +623,8 @@ class Repository:
                 models.limit,
                 models.lease,
                 models.node,
+                models.history,
+                models.room_info,
             ):
                 assert model is not None
                 if model._meta.table_name not in existing:
@@ -677,6 +700,8 @@ class Repository:
             (self.limits_table, LIMIT_COLUMNS),
             (self.lease_table, LEASE_COLUMNS),
             (self.node_table, NODE_COLUMNS),
+            (self.history_table, HISTORY_COLUMNS),
+            (self.room_info_table, ROOM_INFO_COLUMNS),
         ):
             if table == self.subscriber_table:
                 problems.extend(self._check_subscriber(tables))
@@ -756,6 +781,7 @@ class Repository:
             if len(uris) > 1:  # one room spelled several ways: re-read it in joining order
                 grouped[key] = self._members_spelled(uris)
 
+        infos = own_tables.load_room_info(self._models)
         rooms: list[RoomState] = []
         taken: set[str] = set()
         for name, domain, flag in room_rows:
@@ -765,7 +791,9 @@ class Repository:
                 continue
             taken.add(key)
             members = grouped.pop(key, [])
-            rooms.append(RoomState(name, domain, int(flag), _unique_members(key, members)))
+            state = RoomState(name, domain, int(flag), _unique_members(key, members))
+            info = infos.get(f"sip:{key}")
+            rooms.append(replace(state, info=info) if info is not None else state)
         rooms = own_tables.with_moderation(self._models, rooms)
         if grouped:
             log.warning(
@@ -819,6 +847,21 @@ class Repository:
         if self._exact_is_ci is None:
             self._exact_is_ci = self._mysql_columns_are_ci()
         sql = self._statements(bool(self._exact_is_ci))
+        seqs = own_tables.HistorySeqs(self._history_seq)
+        try:
+            self._apply_in_transaction(writes, sql, seqs, guard)
+        except BaseException:
+            seqs.settle(committed=False)
+            raise
+        seqs.settle(committed=True)
+
+    def _apply_in_transaction(
+        self,
+        writes: list[StoreWrite],
+        sql: _Statements,
+        seqs: own_tables.HistorySeqs,
+        guard: CommitGuard | None,
+    ) -> None:
         execute = self._db.execute_sql
         with self._db.atomic():
             for write in writes:
@@ -837,9 +880,11 @@ class Repository:
                 elif isinstance(write, RoomDelete):
                     execute(sql.room_delete, (write.name, write.domain))
                     execute(sql.room_members_delete, (f"sip:{write.name}@{write.domain}",))
-                    own_tables.delete_room(self._models, f"sip:{write.name}@{write.domain}")
+                    room = f"sip:{write.name}@{write.domain}".lower()
+                    own_tables.delete_room(self._models, room)
+                    own_tables.clear_room(self._models, room, seqs)
                 elif isinstance(write, own_tables.OWN_WRITES):
-                    own_tables.apply(self._db, self._models, write)
+                    own_tables.apply(self._db, self._models, write, seqs)
                 elif isinstance(write, MemberUpsert):
                     user, host = split_member(write.member)
                     ids = execute(sql.member_exact, (user, host, write.room)).fetchall()

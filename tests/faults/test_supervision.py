@@ -103,17 +103,27 @@ async def test_commit_failure_answers_500_and_keeps_state(config):
         assert members_of(conf.room(ROOM_A)) == {**before, f"dave@{DOMAIN}": 0}
 
 
-async def test_database_outage_gives_503_then_recovers(config, autojump_clock):
+@pytest.mark.parametrize("history_max", [0, 1000], ids=["no-archive", "archive"])
+async def test_database_outage_gives_503_then_recovers(tmp_path, autojump_clock, history_max):
+    config = make_config(tmp_path, mailbox_size=4, history_max=history_max)
     faults = Faults(seed=SEED)
-    async with open_conference(config, **faults.hooks(config)) as conf:
+    inbox = Inbox()
+    async with open_conference(config, **faults.hooks(config, sender=inbox)) as conf:
         await two_rooms(conf)
         faults.fail_commit(times=None)  # the database is down
         first = await conf.handle(say(ROOM_A, "dave", "#join"))
         assert first.code in (500, 503)
         answer = await conf.handle(say(ROOM_A, "erin", "#join"))
         assert answer.code == 503 and answer.retry_after
-        # what needs no write is still served
-        assert (await conf.handle(say(ROOM_A, "carol", "still chatting"))).code == 202
+        # what needs no write is still served; with an archive a chat line is a write: it is
+        # refused like any change and not relayed (acknowledged lines are always archived)
+        chat = await conf.handle(say(ROOM_A, "carol", "still chatting"))
+        await conf.flush_notices()
+        relayed = b"[carol]: still chatting" in inbox.bodies_to("alice")
+        if history_max:
+            assert chat.code == 503 and chat.retry_after and not relayed
+        else:
+            assert chat.code == 202 and relayed
         assert (await conf.handle(say(ROOM_A, "carol", "#members"))).code == 200
         faults.clear()
         # the store pings once a (virtual) second in a worker thread; wait for the event it

@@ -152,3 +152,48 @@ async def test_status_page_endpoints(server, ua):
     ]
     assert (await http(base + "/api/room?uri=sip%3Anope%40127.0.0.1")).status == 404
     assert (await http(base + "/api/room")).status == 400
+
+
+async def test_room_info_and_history(server, ua):
+    agents = await populate(ua)
+    alice, bob = agents["alice"], agents["bob"]
+    url = server.rpc_url
+    await command(alice, CHAT, "#topic Plans for Friday")
+    await next_message(alice)
+    await next_message(bob)
+    info = await result(url, "imc.room_info", [CHAT])
+    created = info.pop("created")
+    topic_time = info.pop("topic_time")
+    assert info == {
+        "room": CHAT, "name": "chat", "domain": "127.0.0.1", "topic": "Plans for Friday",
+        "topic_by": "sip:alice@127.0.0.1", "private": False, "owners": ["sip:alice@127.0.0.1"],
+        "members": 2, "invited": 1,
+    }  # fmt: skip
+    assert isinstance(created, int) and isinstance(topic_time, int) and created <= topic_time
+    assert await result(url, "imc.room_info", {"room": CHAT}) == info | {
+        "created": created, "topic_time": topic_time,
+    }  # fmt: skip
+    assert await error(url, "imc.room_info", ["sip:nope@127.0.0.1"]) == {
+        "code": 500, "message": "Room not found",
+    }  # fmt: skip
+
+    assert await result(url, "imc.history", [CHAT]) == {"room": CHAT, "lines": []}
+    for i in range(5):
+        await command(bob, CHAT, f"line {i}", code=202)
+        assert await next_message(alice) == f"[bob]: line {i}".encode()
+    page = await result(url, "imc.history", [CHAT, 2])
+    assert [(line["seq"], line["sender"], line["body"]) for line in page["lines"]] == [
+        (4, "sip:bob@127.0.0.1", "line 3"), (5, "sip:bob@127.0.0.1", "line 4"),
+    ]  # fmt: skip
+    assert page["lines"][0]["content_type"] == "text/plain"
+    older = await result(url, "imc.history", {"room": CHAT, "limit": 10, "before": 4})
+    assert [line["body"] for line in older["lines"]] == ["line 0", "line 1", "line 2"]
+    assert await error(url, "imc.history", [CHAT, 0]) == {
+        "code": -32602, "message": "Invalid params", "data": "limit must be a positive integer",
+    }  # fmt: skip
+    assert len((await result(url, "imc.history", [CHAT, 10_000]))["lines"]) == 5  # capped
+    assert "imc.history" in await result(url, "system.listMethods")
+
+    detail = (await http(f"{server.http_url}/api/room?uri={CHAT}")).json()
+    assert detail["info"]["topic"] == "Plans for Friday"
+    assert [line["body"] for line in detail["history"]] == [f"line {i}" for i in range(5)]

@@ -6,13 +6,13 @@ from __future__ import annotations
 from bench.fuzz import fuzz, random_inputs
 
 
-async def test_two_thousand_seeded_inputs_crash_nothing(tmp_path) -> None:
-    # The stream of inputs depends on the generator's word lists (every command name is one):
-    # with the moderation commands, seed 0 happens to send no chat a member could send (no
-    # 202); seed 1 reaches every answer below, as seed 0 did before.
-    report = await fuzz(2000, seed_value=1, out=tmp_path)
+async def test_three_thousand_seeded_inputs_crash_nothing(tmp_path) -> None:
+    # 3,000 since #history, #topic and #info joined the command words: they thin out the
+    # #create/#join/chat sequences, and the first 2,000 inputs of seed 0 no longer hold an
+    # accepted chat line (the 202 below).
+    report = await fuzz(3000, seed_value=0, out=tmp_path)
     text = "\n".join(report.lines())
-    assert report.inputs == 2000
+    assert report.inputs == 3000
     assert report.crashes == 0, text
     assert list(tmp_path.iterdir()) == []  # no crashing input was written
     # The inputs reach every layer: refused and answered, dropped, routed to rooms and the

@@ -116,3 +116,42 @@ async def test_registrations_survive_a_kill(tmp_path, nursery):
         assert (await alice.message(CHAT, "#add bob")).code == 200
         await expect(bob, "*** [bob] has joined the room", sender=CHAT)  # bob never re-registered
         assert await server.terminate() == 0
+
+
+async def test_history_and_topic_survive_a_restart(tmp_path, nursery):
+    """The archive and the topic are in the database, written before the 202/200: after a
+    SIGTERM and, for the last line, a kill -9, both come back."""
+    db_url = f"sqlite:///{tmp_path}/imc.db"
+    async with serve_process(db_url) as server:
+        alice, bob = await open_uas(nursery, server, "alice", "bob")
+        assert (await alice.message(MANAGER, "#create chat")).code == 200
+        assert (await bob.message(CHAT, "#join")).code == 200
+        assert (await alice.message(CHAT, "#topic Kept across restarts")).code == 200
+        assert (await bob.message(CHAT, "before the restart")).code == 202
+        assert await server.terminate() == 0
+        for agent in (alice, bob):
+            agent.close()
+
+    async with serve_process(db_url) as server:
+        (bob,) = await open_uas(nursery, server, "bob")
+        assert (await bob.message(CHAT, "after the restart")).code == 202
+        assert await server.kill() != 0  # the 202 came after the commit: nothing is lost
+        bob.close()
+
+    async with serve_process(db_url) as server:
+        bob, carol = await open_uas(nursery, server, "bob", "carol")
+        assert (await bob.message(CHAT, "#history")).code == 200
+        page = await bob.next_message()
+        lines = page.body.decode().split("\n")
+        assert lines[0] == "History:" and len(lines) == 3, lines
+        assert lines[1].endswith("[bob]: before the restart")
+        assert lines[2].endswith("[bob]: after the restart")
+        assert (await carol.message(CHAT, "#join")).code == 200
+        await expect(carol, "*** [carol] has joined the room")
+        await expect(carol, "*** Topic: Kept across restarts")
+        await expect(carol, "[bob]: before the restart")
+        await expect(carol, "[bob]: after the restart")
+        assert (await carol.message(CHAT, "#info")).code == 200
+        info = await carol.next_message()
+        assert b"Topic: Kept across restarts" in info.body and b"Created: 20" in info.body
+        assert await server.terminate() == 0

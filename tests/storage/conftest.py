@@ -91,12 +91,14 @@ class Tables:
     limits: str
     leases: str
     nodes: str
+    history: str
+    room_info: str
 
     @property
     def all(self) -> tuple[str, ...]:
         return (
             self.rooms, self.members, self.pending, self.location, self.subscriber, self.secret,
-            self.bans, self.limits, self.leases, self.nodes,
+            self.bans, self.limits, self.leases, self.nodes, self.history, self.room_info,
         )  # fmt: skip
 
     def repository(self, db_url: str, **options: Any) -> Repository:
@@ -106,7 +108,8 @@ class Tables:
             db_url, self.rooms, self.members, pending_table=self.pending,
             location_table=self.location, subscriber_table=self.subscriber,
             secret_table=self.secret, bans_table=self.bans, limits_table=self.limits,
-            lease_table=self.leases, node_table=self.nodes, **options,
+            lease_table=self.leases, node_table=self.nodes, history_table=self.history,
+            room_info_table=self.room_info, **options,
         )  # fmt: skip
 
     def flags(self) -> list[str]:
@@ -117,6 +120,7 @@ class Tables:
             "--subscriber-table", self.subscriber, "--secret-table", self.secret,
             "--bans-table", self.bans, "--limits-table", self.limits,
             "--lease-table", self.leases, "--node-table", self.nodes,
+            "--history-table", self.history, "--room-info-table", self.room_info,
         ]  # fmt: skip
 
 
@@ -127,6 +131,7 @@ def new_tables() -> Tables:
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
         f"imc_location_{suffix}", f"subscriber_{suffix}", f"imc_secret_{suffix}",
         f"imc_bans_{suffix}", f"imc_limits_{suffix}", f"imc_leases_{suffix}", f"imc_nodes_{suffix}",
+        f"imc_history_{suffix}", f"imc_room_info_{suffix}",
     )  # fmt: skip
 
 

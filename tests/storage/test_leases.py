@@ -20,9 +20,11 @@ from imc_actors.imc.effects import (
     OWNER,
     BanDelete,
     BanSet,
+    HistoryAppend,
     LimitSet,
     MemberUpsert,
     RoomDelete,
+    RoomInfoSet,
     RoomUpsert,
 )
 from imc_actors.imc.state import Member, RoomState
@@ -250,6 +252,11 @@ def test_room_of_names_the_room_of_each_room_write() -> None:
     assert room_of(BanSet("sip:Chat@example.com", "a@b")) == "chat@example.com"
     assert room_of(BanDelete("sip:Chat@example.com", "a@b")) == "chat@example.com"
     assert room_of(LimitSet("sip:Chat@example.com", 5)) == "chat@example.com"
+    # and so are its archive and its topic
+    assert room_of(HistoryAppend("sip:chat@example.com", "sip:a@b", 0.0, None, b"hi", 10)) == (
+        "chat@example.com"
+    )
+    assert room_of(RoomInfoSet("sip:chat@example.com", "", "", None, None)) == "chat@example.com"
     assert room_of(RoomState("x", "y", 0, (Member("sip:a@b"),))) is None
 
 
@@ -262,7 +269,7 @@ def conference_config(db_url: str, tables: Tables, node: str) -> Config:
         rooms_table=tables.rooms, members_table=tables.members, pending_table=tables.pending,
         location_table=tables.location, lease_table=tables.leases, node_table=tables.nodes,
         subscriber_table=tables.subscriber, secret_table=tables.secret, bans_table=tables.bans,
-        limits_table=tables.limits,
+        limits_table=tables.limits, history_table=tables.history, room_info_table=tables.room_info,
     )  # fmt: skip
 
 
@@ -295,7 +302,8 @@ async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_t
             assert told.notice.body == b"*** Room is held by another node now; try again in 5 seconds"
             assert told.notice.sender == "sip:a@example.com"
             assert (await conf.handle(say("b", "bob", "#join"))).code == 200
-            assert (await conf.handle(say("a", "alice", "hello"))).code == 202  # chat writes nothing
+            # with the archive on (history_max), a chat line is a write too: fenced like the rest
+            assert (await conf.handle(say("a", "alice", "hello"))).code == 503
         members = {room.key: [m.uri for m in room.members] for room in other.load_rooms()}
         assert members == {
             "a@example.com": ["sip:alice@example.com"],

@@ -94,16 +94,23 @@
     const gone = status !== 200;
     $("#room-gone").hidden = !gone;
     $("#members").hidden = gone;
+    $("#history").hidden = gone;
     if (gone) {
       $("#room-info").textContent = "";
+      $("#room-topic").textContent = "";
       $("#members tbody").replaceChildren();
       $("#admin-panel").hidden = true;
+      $("#history tbody").replaceChildren();
+      $("#no-history").hidden = true;
       return;
     }
     $("#admin-panel").hidden = false;
     renderBans(data);
+    const created = data.info && data.info.created ? `, created ${utc(data.info.created)}` : "";
     $("#room-info").textContent =
-      `${data.count} listed, ${data.private ? "private" : "public"} room`;
+      `${data.count} listed, ${data.private ? "private" : "public"} room${created}`;
+    $("#room-topic").textContent = data.info && data.info.topic ? `Topic: ${data.info.topic}` : "No topic";
+    renderHistory(data.history);
     const rows = data.members.map((member, index) => {
       const tr = document.createElement("tr");
       tr.dataset.member = member.uri;
@@ -117,6 +124,33 @@
       return tr;
     });
     $("#members tbody").replaceChildren(...rows);
+  }
+
+  function utc(seconds) {
+    return new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  }
+
+  function renderHistory(lines) {
+    const none = $("#no-history");
+    if (lines === null || lines === undefined) {
+      none.hidden = false;
+      none.textContent = "No history (the archive is off or cannot be read now).";
+      $("#history tbody").replaceChildren();
+      return;
+    }
+    none.hidden = lines.length > 0;
+    none.textContent = "Nothing said yet.";
+    const rows = lines.map((line) => {
+      const tr = document.createElement("tr");
+      tr.append(
+        cell(String(line.seq), "num"),
+        cell(utc(line.time), "time"),
+        cell(line.sender, "uri"),
+        cell(line.body, "line"),
+      );
+      return tr;
+    });
+    $("#history tbody").replaceChildren(...rows);
   }
 
   function renderBans(data) {

@@ -157,7 +157,11 @@
   // ------------------------------------------------------------------ receiving
   function renderRooms(body, sender) {
     const host = sender.split("@")[1] || cfg.domain;
-    const names = body.split("\n").slice(1).map((line) => line.trim().replace(/^\[|\]$/g, "")).filter(Boolean);
+    // "[name]", or "[name] - topic" for a room with a topic: the name is what is bracketed
+    const names = body.split("\n").slice(1).map((line) => {
+      const match = /^\[([^\]]*)\]/.exec(line.trim());
+      return match ? match[1] : "";
+    }).filter(Boolean);
     const rows = names.map((name) => {
       const uri = `sip:${name}@${host}`;
       const tr = document.createElement("tr");
