@@ -9,7 +9,7 @@ exact notice text for the sender.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..sip import USER_SAFE, complete_argument
 from . import texts
@@ -21,7 +21,6 @@ __all__ = [
     "Command",
     "CommandError",
     "Target",
-    "command_text",
     "complete_argument",
     "parse_command",
     "resolve",
@@ -76,14 +75,14 @@ class Command:
     ``args`` the tokens after the name (at most 4). ``start_char`` is the start character
     the body was parsed with; texts about the command (``send '#help'``) use it. ``rest`` is
     the whole line after the name, blanks around it removed (``#ban``/``#kick`` take their
-    reason from it, spaces included).
+    reason from it and ``#topic`` its text, spaces included).
     """
 
     name: str
     typed: str
     args: tuple[str, ...] = ()
     start_char: str = "#"
-    rest: str = ""
+    rest: str = field(default="", compare=False)  # derived from the same line as ``args``
 
 
 class CommandError(Exception):
@@ -126,19 +125,7 @@ def parse_command(body: bytes, start_char: str) -> Command | None:
     name = _NAMES.get(typed.lower())
     if name is None:
         raise CommandError(400, texts.invalid_command(typed, start))
-    rest = text[len(typed) :].lstrip(" \t") if name in _REASON_COMMANDS else ""
-    return Command(name, typed, tuple(tokens[1:]), start, rest)
-
-
-def command_text(body: bytes, start_char: str) -> str:
-    """The first line of a command's body after its name, as typed (spaces kept, ends
-    stripped): the free text of ``#topic <text>``, which tokens would cut and squeeze."""
-    start = start_char[:1].encode("utf-8")
-    end = _LINE_END.search(body, len(start))
-    line = body[len(start) : end.start() if end else len(body)].decode("utf-8", "replace")
-    parts = _BLANKS.split(line.strip(" \t"), maxsplit=1)
-    return parts[1] if len(parts) > 1 else ""
-
+    return Command(name, typed, tuple(tokens[1:]), start, text[len(typed) :].lstrip(" \t"))
 
 
 def _fits(uri: str) -> bool:

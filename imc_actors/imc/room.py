@@ -23,7 +23,7 @@ from typing import Literal
 
 from ..sip import reason_phrase
 from . import texts
-from .commands import Command, Target, command_text
+from .commands import Command, Target
 from .effects import (
     ADMIN,
     INVITED,
@@ -417,7 +417,8 @@ def _topic(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
     """``#topic``: show the topic; ``#topic <text>`` (owner, admin) sets it, ``#topic -``
     clears it; everyone active is told."""
     me = state.find(req.sender)
-    text = command_text(req.body, policy.start_char)
+    assert req.command is not None
+    text = req.command.rest
     if not text:
         if not _sees(state, me):
             return _refuse(state, req, 403, texts.NOT_A_MEMBER)

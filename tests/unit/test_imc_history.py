@@ -9,7 +9,6 @@ from imc_actors.imc.commands import (
     COMMANDS,
     CommandError,
     Target,
-    command_text,
     parse_command,
     resolve,
 )
@@ -77,10 +76,15 @@ def test_the_new_commands_parse_and_resolve() -> None:
             target(body, ruri_user="imc-manager")
 
 
-def test_command_text_keeps_the_line_as_typed() -> None:
-    assert command_text(b"#topic  Plans  for\tFriday  \r\nsecond line", "#") == "Plans  for\tFriday"
-    assert command_text(b"#topic", "#") == "" and command_text(b"#topic   ", "#") == ""
-    assert command_text("!topic café".encode(), "!") == "café"
+def test_the_topic_text_is_the_line_as_typed() -> None:
+    def text(body: bytes, start: str = "#") -> str:
+        command = parse_command(body, start)
+        assert command is not None
+        return command.rest
+
+    assert text(b"#topic  Plans  for\tFriday  \r\nsecond line") == "Plans  for\tFriday"
+    assert text(b"#topic") == "" and text(b"#topic   ") == ""
+    assert text("!topic café".encode(), "!") == "café"
 
 
 def test_help_lists_every_command() -> None:
