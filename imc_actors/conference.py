@@ -432,6 +432,7 @@ async def _running(
             max_in_flight=config.max_deliveries,
             pending_max=config.pending_max,
             pending_ttl=config.pending_ttl,
+            pending_retry=config.pending_retry,
         )
         supervisor = Supervisor(
             store=wrap_store(store) if wrap_store is not None else store,

@@ -119,6 +119,7 @@ class Config:
     # Delivery (see README "Delivery")
     pending_ttl: int = 7 * 24 * 3600
     pending_max: int = 1000
+    pending_retry: float = 60.0
     delivery_window: int = 1
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
@@ -244,6 +245,8 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
+        if not 0 <= self.pending_retry < math.inf:
+            raise ConfigError("pending_retry", "must be 0 (no retries) or a positive number of seconds")
         tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
         if len({t.lower() for t in tables}) != len(tables):
             raise ConfigError("pending_table", "the four table names must differ")
@@ -323,7 +326,9 @@ _INT_FIELDS = {
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
     "flood_burst", "flood_sources",
 }
-_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block"}
+_FLOAT_FIELDS = {
+    "restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block", "pending_retry",
+}
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 
 

@@ -16,9 +16,12 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
   *member* (``Notice.keep``) is **stored** durably (the ``imc_pending`` table, through the
   store) and the lane is *parked*: what comes next for that member is stored behind it, in
   order, and nothing is sent until the member is reachable again (:meth:`Delivery.wake`, called
-  on its next REGISTER and its next MESSAGE). Then the stored notices go out oldest first, each
-  with a ``Date:`` of its original time, and once none is left the lane delivers directly
-  again. Refusals, replies and invitations are never stored: an unreachable one fails (an
+  on its next REGISTER and its next MESSAGE), or until a retry: a parked member that still has
+  a binding (``reachable``) is tried again ``pending_retry`` seconds after it parked, then
+  after twice as long each time it is still unreachable, up to an hour. Then the stored
+  notices go out oldest first, each with a ``Date:`` of its original time, while what keeps
+  coming for the member is stored behind them, and once none is left the lane delivers
+  directly again. Refusals, replies and invitations are never stored: an unreachable one fails (an
   invitation is withdrawn by its room).
 
 Bounds: a lane holds at most ``member_queue`` notices in memory (past that, member notices
@@ -37,6 +40,7 @@ row sends it again after the restart.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -61,6 +65,8 @@ HOLD_LIMIT = 2.0
 FLUSH_BATCH = 20
 #: Notices written to the store per commit when a lane parks.
 PERSIST_BATCH = 100
+#: The longest wait between two retries of a parked member (seconds; see ``pending_retry``).
+RETRY_CAP = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +184,13 @@ class _Lane:
     """One recipient's queue (see the module docstring)."""
 
     __slots__ = (
-        "drained",
         "in_flight",
         "items",
         "key",
+        "nudge",
         "parked",
+        "retries",
+        "retry_at",
         "stored",
         "waiting",
         "woken",
@@ -198,7 +206,9 @@ class _Lane:
         self.working = False  # the lane's worker task runs (storing or flushing)
         self.waiting = False  # in Delivery._waiting for a free in-flight slot
         self.stored = 0  # rows in the pending store
-        self.drained: trio.Event | None = None  # set when in_flight drops to 0
+        self.nudge: trio.Event | None = None  # the worker waits on it: set on news for it
+        self.retry_at: float | None = None  # a retry of the parked lane is scheduled then
+        self.retries = 0  # retries since the lane parked (the backoff doubles with each)
 
 
 class Delivery:
@@ -220,6 +230,7 @@ class Delivery:
         max_in_flight: int = 20_000,
         pending_max: int = 1000,
         pending_ttl: float = 7 * 24 * 3600.0,
+        pending_retry: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if min(window, member_queue, queue_size, max_in_flight) < 1:
@@ -232,7 +243,14 @@ class Delivery:
         self._max_in_flight = max_in_flight
         self._pending_max = pending_max
         self._pending_ttl = pending_ttl
+        self._pending_retry = pending_retry
         self._clock = clock
+        #: Whether a member (``user@host``) has a binding now; None: assume it has. Set by the
+        #: server from its registrar; a parked member without one is not retried until it has.
+        self.reachable: Callable[[str], bool] | None = None
+        self._retries: list[tuple[float, int, _Lane]] = []  # heap of (due, seq, lane)
+        self._retry_changed: trio.Event | None = None
+        self._retry_ids = 0
         self._sender: Sender = sender
         self._start: Callable[..., bool] | None = getattr(sender, "start", None)
         self._nursery: trio.Nursery | None = None
@@ -287,8 +305,12 @@ class Delivery:
                 nursery.start_soon(self._release_stale_holds)
                 if self._store is not None:
                     nursery.start_soon(self._expire_loop)
+                    if self._pending_retry > 0:
+                        nursery.start_soon(self._retry_loop)
                 for lane in list(self._lanes.values()):
                     self._pump(lane)
+                    if lane.parked:
+                        self._schedule_retry(lane)
                 task_status.started(self)
         finally:
             self._nursery = None
@@ -316,6 +338,7 @@ class Delivery:
         lane = self._lanes.get(member_key(member))
         if lane is not None and lane.parked and not lane.woken:
             lane.woken = True
+            lane.retries = 0
             self._ensure_worker(lane)
 
     async def drain(self) -> None:
@@ -368,9 +391,16 @@ class Delivery:
         self._queued += 1
         self._begin()
         if lane.parked:
+            self._nudge(lane)
             self._ensure_worker(lane)
         else:
             self._pump(lane)
+
+    def _nudge(self, lane: _Lane) -> None:
+        """Tell ``lane``'s worker something changed (a new item, an answer)."""
+        if lane.nudge is not None:
+            lane.nudge.set()
+            lane.nudge = None
 
     def _pump(self, lane: _Lane) -> None:
         """Start what ``lane`` may start now. Never blocks."""
@@ -421,9 +451,7 @@ class Delivery:
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
         lane.in_flight -= 1
         self._in_flight -= 1
-        if lane.in_flight == 0 and lane.drained is not None:
-            lane.drained.set()
-            lane.drained = None
+        self._nudge(lane)
         notice = item.notice
         if not result.ok and result.unreachable and notice.keep and self._store is not None:
             # Back in the lane, ahead of anything newer, and the lane parks: stored in order.
@@ -509,28 +537,42 @@ class Delivery:
             self._nursery.start_soon(self._lane_worker, lane)
 
     async def _lane_worker(self, lane: _Lane) -> None:
-        """Store a parked lane's notices, then (when woken) deliver what is stored. Counts as
-        unfinished work for :meth:`drain` while it runs."""
+        """Store a parked lane's notices; when woken, deliver what is stored, oldest first,
+        and store what keeps coming behind it meanwhile: a live but slow member alternates
+        (its overflow is stored, stored rows go out as its answers come) until nothing is
+        stored, then its lane delivers directly again. A lane left parked is retried later
+        (:meth:`_schedule_retry`). Counts as unfinished work for :meth:`drain` while it runs."""
         try:
             while lane.parked:
-                if lane.items:
+                if not lane.woken:
+                    if not lane.items:
+                        return
                     await self._persist(lane)
-                elif lane.woken:
-                    while lane.in_flight:  # the window holds for stored notices too
-                        lane.drained = lane.drained or trio.Event()
-                        await lane.drained.wait()
-                    if not await self._flush(lane):
-                        continue
-                    if not lane.items and lane.stored == 0 and lane.woken:
-                        lane.parked = lane.woken = False
-                        log.info("member %s reachable: delivering directly again", lane.key)
-                else:
-                    return
+                    continue
+                # the window holds for stored notices too: wait out the ones in flight
+                await self._store_while(lane, lambda: lane.in_flight > 0)
+                outcome = await self._flush(lane)
+                if outcome == "empty" and lane.woken:
+                    lane.parked = lane.woken = False
+                    lane.retries = 0
+                    log.info("member %s reachable: delivering directly again", lane.key)
         finally:
             lane.working = False
             self._end(1)
             if not lane.parked:
                 self._pump(lane)
+            elif not lane.woken:
+                self._schedule_retry(lane)
+
+    async def _store_while(self, lane: _Lane, busy: Callable[[], bool]) -> None:
+        """Store ``lane``'s queued notices as they come, as long as ``busy()`` holds (it must
+        change only where the lane is nudged: an answer, a new notice)."""
+        while busy():
+            if lane.items:
+                await self._persist(lane)
+            else:
+                lane.nudge = trio.Event()
+                await lane.nudge.wait()
 
     async def _persist(self, lane: _Lane) -> None:
         """Write the lane's queued notices to the pending store, oldest first. A notice that
@@ -595,9 +637,10 @@ class Delivery:
         lane.stored = min(self._pending_max, lane.stored + len(batch))
         return "ok"
 
-    async def _flush(self, lane: _Lane) -> bool:
-        """Deliver one batch of stored notices; False when the lane must stay parked (the
-        member is unreachable again, or the store failed)."""
+    async def _flush(self, lane: _Lane) -> str:
+        """Deliver one batch of stored notices: ``empty`` when none was stored, ``more`` when
+        some were delivered (there may be more), ``parked`` when the lane must stay parked
+        (the member is unreachable again, or the store failed)."""
         assert self._store is not None
         key = lane.key
         try:
@@ -606,10 +649,10 @@ class Delivery:
             )
         except StoreError as exc:
             await self._store_trouble(exc)
-            return False
+            return "parked"
         if not rows:
             lane.stored = 0
-            return True
+            return "empty"
         finished: list[int] = []
         reachable = True
         now = self._clock()
@@ -622,11 +665,7 @@ class Delivery:
                 row.recipient, row.body, row.sender, kind=row.kind,  # type: ignore[arg-type]
                 content_type=row.content_type, keep=True, date=row.created,
             )  # fmt: skip
-            self._in_flight += 1
-            try:
-                result = await self._call(notice, row.in_reply_to)
-            finally:
-                self._in_flight -= 1
+            result = await self._send_stored(lane, notice, row.in_reply_to)
             if result.ok:
                 self._flushed += 1
                 self._ok += 1
@@ -642,9 +681,66 @@ class Delivery:
                 await self._store.commit([PendingDelete(tuple(finished))])
             except StoreError as exc:  # delivered at least once: they may go again later
                 await self._store_trouble(exc)
-                return False
+                return "parked"
             lane.stored = max(0, lane.stored - len(finished))
-        return reachable
+        return "more" if reachable else "parked"
+
+    async def _send_stored(self, lane: _Lane, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        """Deliver one stored notice, and store what comes for ``lane`` while it is in flight
+        (so the lane's memory stays bounded even while a dead contact takes Timer F)."""
+        outcome: list[DeliveryResult] = []
+
+        async def send() -> None:
+            try:
+                outcome.append(await self._call(notice, in_reply_to))
+            finally:
+                self._nudge(lane)
+
+        self._in_flight += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                await self._store_while(lane, lambda: not outcome)
+        finally:
+            self._in_flight -= 1
+        return outcome[0]
+
+    # ------------------------------------------------------------------ retries
+    def _schedule_retry(self, lane: _Lane) -> None:
+        """Try parked ``lane`` again after ``pending_retry`` seconds, doubled with each retry
+        that found the member still unreachable, up to :data:`RETRY_CAP` (or ``pending_retry``
+        when that is longer). No effect when a retry is scheduled already."""
+        if self._pending_retry <= 0 or self._store is None or lane.retry_at is not None:
+            return
+        cap = max(RETRY_CAP, self._pending_retry)
+        delay = min(cap, self._pending_retry * 2 ** min(lane.retries, 32))
+        lane.retry_at = trio.current_time() + delay
+        self._retry_ids += 1
+        heapq.heappush(self._retries, (lane.retry_at, self._retry_ids, lane))
+        if self._retry_changed is not None:
+            self._retry_changed.set()
+
+    def _retry(self, lane: _Lane) -> None:
+        if self._lanes.get(lane.key) is not lane or not lane.parked or lane.woken:
+            return  # delivered, forgotten or woken meanwhile
+        lane.retries += 1
+        if self.reachable is not None and not self.reachable(lane.key):
+            self._schedule_retry(lane)  # no binding now: look again later
+            return
+        log.info("member %s: retrying its %d stored notices", lane.key, lane.stored)
+        lane.woken = True
+        self._ensure_worker(lane)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            while self._retries and self._retries[0][0] <= now:
+                _, _, lane = heapq.heappop(self._retries)
+                lane.retry_at = None
+                self._retry(lane)
+            self._retry_changed = trio.Event()
+            with trio.move_on_at(self._retries[0][0] if self._retries else math.inf):
+                await self._retry_changed.wait()
 
     async def _store_trouble(self, exc: StoreError) -> None:
         now = trio.current_time()

@@ -293,3 +293,123 @@ async def test_the_fast_path_keeps_order_too(nursery, store) -> None:
     with trio.fail_after(5):
         await delivery.drain()
     assert sender.bodies(CAROL) == []
+
+
+class ArrivingDuringWrites:
+    """The real store, with one more notice for ``to`` submitted as each write starts: the
+    notices keep coming at the pace the lane's writes go (a live member whose notices come
+    faster than it answers them one at a time)."""
+
+    def __init__(self, store: Store, delivery_of: Callable[[], Delivery], to: str, count: int) -> None:
+        self.store = store
+        self.delivery_of = delivery_of
+        self.to = to
+        self.left = count
+        self.submitted: list[bytes] = []
+
+    async def commit(self, writes) -> None:  # type: ignore[no-untyped-def]
+        if self.left > 0:
+            self.left -= 1
+            body = f"late {len(self.submitted)}".encode()
+            self.submitted.append(body)
+            await self.delivery_of().submit([Notice(self.to, body, ROOM, "relay", keep=True)], "c")
+        await self.store.commit(writes)
+
+    async def read(self, query):  # type: ignore[no-untyped-def]
+        return await self.store.read(query)
+
+    async def wait_available(self) -> None:
+        await self.store.wait_available()
+
+
+async def test_a_live_but_slow_member_gets_everything_in_order(nursery, store) -> None:
+    # Its lane overflowed into the store, and notices keep coming while the lane writes: the
+    # stored ones must go out as the answers come, not pile up behind a worker that flushes
+    # only once nothing is queued (that reached pending_max and dropped the oldest).
+    sender = Sender()
+    holder: list[Delivery] = []
+    arriving = ArrivingDuringWrites(store, lambda: holder[0], ALICE, 300)
+    delivery = make(sender, arriving, member_queue=4, pending_max=50)  # type: ignore[arg-type]
+    holder.append(delivery)
+    await started(nursery, delivery)
+    first = [relay(ALICE, f"line {i}") for i in range(10)]
+    await delivery.submit(first, "cid")
+    with trio.fail_after(30):
+        while arriving.left:
+            await trio.sleep(0.01)
+        await delivery.drain()
+    stats = delivery.statistics()
+    assert stats.stored > 50  # it did go through the store, more than pending_max in all
+    assert (stats.dropped, stats.pending, stats.failed) == (0, 0, 0)
+    assert sender.bodies(ALICE) == [n.body for n in first] + arriving.submitted
+
+
+async def test_what_comes_while_a_stored_notice_is_in_flight_is_stored(nursery, store) -> None:
+    # A woken member whose stored notice takes long to answer (a dead contact: Timer F): what
+    # comes meanwhile is stored, not heaped up in memory behind the flush.
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(ALICE, "first")], "cid")
+    await delivery.drain()
+    gate = sender.member(ALICE).gate = trio.Event()
+    sender.member(ALICE).code = 200
+    delivery.wake(ALICE)
+    with trio.fail_after(10):
+        while len(sender.bodies(ALICE)) < 2:  # the stored one is in flight again
+            await trio.sleep(0.01)
+        await delivery.submit([relay(ALICE, f"line {i}") for i in range(300)], "cid")
+        while delivery.statistics().queued:
+            await trio.sleep(0.01)
+    assert delivery.statistics().stored == 301
+    gate.set()
+    await delivery.drain()
+    assert sender.bodies(ALICE)[2:] == [f"line {i}".encode() for i in range(300)]
+
+
+async def advance_to(clock: trio.testing.MockClock, delivery: Delivery, when: float) -> None:
+    """Move the (stopped) clock to ``when``, then wait for what became due to finish (the
+    store's thread works in real time meanwhile; the clock stays at ``when``)."""
+    clock.jump(when - trio.current_time())
+    await trio.testing.wait_all_tasks_blocked()
+    await delivery.drain()
+
+
+async def test_a_parked_member_is_retried_after_pending_retry(nursery, store, mock_clock) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    delivery = await started(nursery, make(sender, store, pending_retry=60.0))
+    parked = trio.current_time()
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(3)], "cid")
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [b"line 0"]
+    sender.member(ALICE).code = 200  # the phone is back, and does not REGISTER again
+    await advance_to(mock_clock, delivery, parked + 59)
+    assert sender.bodies(ALICE) == [b"line 0"]  # not before pending_retry
+    await advance_to(mock_clock, delivery, parked + 60)
+    assert sender.bodies(ALICE) == [b"line 0", b"line 0", b"line 1", b"line 2"]
+    assert delivery.statistics().pending == 0
+
+
+async def test_retries_back_off_and_need_a_binding(nursery, store, mock_clock) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    sender.member(BOB).code = 480
+    delivery = make(sender, store, pending_retry=600.0)
+    bound = {"alice@example.com"}
+    delivery.reachable = lambda key: key in bound
+    await started(nursery, delivery)
+    parked = trio.current_time()
+    await delivery.submit([relay(ALICE, "a"), relay(BOB, "b")], "cid")
+    await delivery.drain()
+    tries = []
+    # retries due at 600, then 1,200 later (1,800), 2,400 later (4,200), then the cap (7,800)
+    for at in (599, 600, 1799, 1800, 4199, 4200, 7799, 7800):
+        await advance_to(mock_clock, delivery, parked + at)
+        tries.append(len(sender.bodies(ALICE)))
+    assert tries == [1, 2, 2, 3, 3, 4, 4, 5]
+    assert sender.bodies(BOB) == [b"b"]  # no binding: never retried
+    bound.add("bob@example.com")
+    sender.member(BOB).code = 200
+    await advance_to(mock_clock, delivery, parked + 7800 + 3600)
+    assert sender.bodies(BOB) == [b"b", b"b"]  # within the cap once it has one
