@@ -239,6 +239,7 @@ class Delivery:
         self._store = store if pending_max > 0 else None
         self._window = window
         self._member_queue = member_queue
+        self._store_batch = min(PERSIST_BATCH, member_queue)  # see _store_while
         self._queue_size = queue_size
         self._max_in_flight = max_in_flight
         self._pending_max = pending_max
@@ -391,13 +392,15 @@ class Delivery:
         self._queued += 1
         self._begin()
         if lane.parked:
-            self._nudge(lane)
+            self._nudge(lane, added=True)
             self._ensure_worker(lane)
         else:
             self._pump(lane)
 
-    def _nudge(self, lane: _Lane) -> None:
+    def _nudge(self, lane: _Lane, *, added: bool = False) -> None:
         """Tell ``lane``'s worker something changed (a new item, an answer)."""
+        if added and len(lane.items) < self._store_batch:
+            return  # the worker stores full batches only
         if lane.nudge is not None:
             lane.nudge.set()
             lane.nudge = None
@@ -565,10 +568,12 @@ class Delivery:
                 self._schedule_retry(lane)
 
     async def _store_while(self, lane: _Lane, busy: Callable[[], bool]) -> None:
-        """Store ``lane``'s queued notices as they come, as long as ``busy()`` holds (it must
-        change only where the lane is nudged: an answer, a new notice)."""
+        """Store ``lane``'s queued notices as they come, a full batch (``PERSIST_BATCH``, or
+        ``member_queue`` when smaller) at a time, as long as ``busy()`` holds (it must change only where the lane is nudged: an
+        answer, a new notice). What is left under a batch waits in memory for the flush to
+        reach it (the store when it is still parked then, directly once nothing is stored)."""
         while busy():
-            if lane.items:
+            if len(lane.items) >= self._store_batch:
                 await self._persist(lane)
             else:
                 lane.nudge = trio.Event()

@@ -295,24 +295,28 @@ async def test_the_fast_path_keeps_order_too(nursery, store) -> None:
     assert sender.bodies(CAROL) == []
 
 
-class ArrivingDuringWrites:
-    """The real store, with one more notice for ``to`` submitted as each write starts: the
-    notices keep coming at the pace the lane's writes go (a live member whose notices come
-    faster than it answers them one at a time)."""
+class Chatter:
+    """A room that goes on producing notices for ``to`` while its lane works: one more as each
+    write to the store starts, and one more every second delivery attempt (faster than the
+    member answers while the lane writes; the real store underneath)."""
 
-    def __init__(self, store: Store, delivery_of: Callable[[], Delivery], to: str, count: int) -> None:
+    def __init__(self, store: Store, to: str, count: int) -> None:
         self.store = store
-        self.delivery_of = delivery_of
         self.to = to
         self.left = count
         self.submitted: list[bytes] = []
+        self.delivery: Delivery | None = None
+        self.sends = 0
 
-    async def commit(self, writes) -> None:  # type: ignore[no-untyped-def]
-        if self.left > 0:
+    async def arrive(self) -> None:
+        if self.left > 0 and self.delivery is not None:
             self.left -= 1
             body = f"late {len(self.submitted)}".encode()
             self.submitted.append(body)
-            await self.delivery_of().submit([Notice(self.to, body, ROOM, "relay", keep=True)], "c")
+            await self.delivery.submit([Notice(self.to, body, ROOM, "relay", keep=True)], "c")
+
+    async def commit(self, writes) -> None:  # type: ignore[no-untyped-def]
+        await self.arrive()
         await self.store.commit(writes)
 
     async def read(self, query):  # type: ignore[no-untyped-def]
@@ -322,26 +326,37 @@ class ArrivingDuringWrites:
         await self.store.wait_available()
 
 
+class ChattySender(Sender):
+    def __init__(self, chatter: Chatter) -> None:
+        super().__init__()
+        self.chatter = chatter
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        self.chatter.sends += 1
+        if self.chatter.sends % 2 == 0:
+            await self.chatter.arrive()
+        return await super().__call__(notice, in_reply_to)
+
+
 async def test_a_live_but_slow_member_gets_everything_in_order(nursery, store) -> None:
     # Its lane overflowed into the store, and notices keep coming while the lane writes: the
     # stored ones must go out as the answers come, not pile up behind a worker that flushes
     # only once nothing is queued (that reached pending_max and dropped the oldest).
-    sender = Sender()
-    holder: list[Delivery] = []
-    arriving = ArrivingDuringWrites(store, lambda: holder[0], ALICE, 300)
-    delivery = make(sender, arriving, member_queue=4, pending_max=50)  # type: ignore[arg-type]
-    holder.append(delivery)
+    chatter = Chatter(store, ALICE, 400)
+    sender = ChattySender(chatter)
+    delivery = make(sender, chatter, member_queue=4, pending_max=100)  # type: ignore[arg-type]
+    chatter.delivery = delivery
     await started(nursery, delivery)
-    first = [relay(ALICE, f"line {i}") for i in range(10)]
+    first = [relay(ALICE, f"line {i}") for i in range(60)]
     await delivery.submit(first, "cid")
     with trio.fail_after(30):
-        while arriving.left:
+        while chatter.left:
             await trio.sleep(0.01)
         await delivery.drain()
     stats = delivery.statistics()
-    assert stats.stored > 50  # it did go through the store, more than pending_max in all
+    assert stats.stored > 100  # it did go through the store, more than pending_max in all
     assert (stats.dropped, stats.pending, stats.failed) == (0, 0, 0)
-    assert sender.bodies(ALICE) == [n.body for n in first] + arriving.submitted
+    assert sender.bodies(ALICE) == [n.body for n in first] + chatter.submitted
 
 
 async def test_what_comes_while_a_stored_notice_is_in_flight_is_stored(nursery, store) -> None:
