@@ -50,6 +50,7 @@ from pathlib import Path
 
 from . import procs
 from .micro import ok_for
+from .recovery import metrics
 from .servers import REPO, ImcServer
 
 DOMAIN = "127.0.0.1"
@@ -254,7 +255,8 @@ class Rig:
     def start(self, dead: bool) -> Client:
         port = procs.free_port(avoid=[self.member_port])
         os.environ["IMC_DELIVERY_WINDOW"] = str(self.window)  # no --flag for it; the child inherits it
-        self.server = ImcServer(self.workdir, port)
+        self.http = procs.free_port(avoid=[self.member_port, port])
+        self.server = ImcServer(self.workdir, port, extra_args=("--rpc-listen", f"127.0.0.1:{self.http}"))
         self.server.start()
         client = Client(port)
         ports = [self.member_port]
@@ -328,6 +330,7 @@ class Rig:
                 break
         lag = (time.monotonic() - last_sent) if len(latencies) >= expected else float("inf")
         cpu = (procs.cpu_seconds(pids) - cpu0) / max(1e-9, time.monotonic() - wall0) * 100
+        self.metrics = metrics(self.http)
         answered = sum(client.codes.values()) - client.codes.get(0, 0)
         ok_answers = client.codes.get(202, 0) + client.codes.get(200, 0)
         client.codes.clear()
@@ -451,6 +454,7 @@ def isolation(args: argparse.Namespace, workdir: Path) -> None:
                 f"live deliveries, {result.answered}/{result.sent} answered, p50 {result.p50_ms:.2f} ms "
                 f"p99 {result.p99_ms:.2f} ms, achieved {result.achieved:.0f}/s, server cpu "
                 f"{result.cpu_percent:.0f}%")  # fmt: skip
+            log(f"    server after it: {rig.metrics}")
         with_ = [r for r in results if r.dead]
         without = [r for r in results if not r.dead]
 
