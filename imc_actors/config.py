@@ -121,6 +121,7 @@ class Config:
     pending_max: int = 1000
     pending_retry: float = 60.0
     delivery_window: int = 1
+    delivery_overdue: float = 4.0
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
     max_deliveries: int = 20_000
@@ -245,6 +246,8 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
+        if not 0 <= self.delivery_overdue < math.inf:
+            raise ConfigError("delivery_overdue", "must be 0 (off) or a positive number of seconds")
         if not 0 <= self.pending_retry < math.inf:
             raise ConfigError("pending_retry", "must be 0 (no retries) or a positive number of seconds")
         tables = [self.rooms_table, self.members_table, self.pending_table, self.location_table]
@@ -328,6 +331,7 @@ _INT_FIELDS = {
 }
 _FLOAT_FIELDS = {
     "restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block", "pending_retry",
+    "delivery_overdue",
 }
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen"}
 

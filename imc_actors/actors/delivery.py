@@ -9,7 +9,10 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
 - **queued**: in its recipient's lane, in the order the rooms produced it;
 - **in flight**: sent, waiting for its final answer. A lane has at most ``window`` notices in
   flight (default 1: the next one leaves when the previous one has its final answer), all
-  lanes together at most ``max_in_flight``;
+  lanes together at most ``max_in_flight``. A notice unanswered for ``overdue`` seconds (its
+  MESSAGE being retransmitted) stops counting against the window; when it then fails as
+  unreachable while a later one was answered, the member is there and only its answer was
+  lost: it fails alone, the lane does not park;
 - **delivered** (2xx), or **refused** (a deliberate 4xx/6xx such as 403, 404, 415: dropped and
   counted; a failed invitation is reported back to its room through ``on_outcome``);
 - **unreachable** (408, 480, 5xx, no binding, transport error): a notice the room sent a
@@ -62,7 +65,7 @@ log = logging.getLogger("imc_actors.delivery")
 #: Seconds a :class:`Hold` may stay unreleased before delivery releases it by itself.
 HOLD_LIMIT = 2.0
 #: Stored notices read, sent and deleted per round of a flush.
-FLUSH_BATCH = 20
+FLUSH_BATCH = 100
 #: Notices written to the store per commit when a lane parks.
 PERSIST_BATCH = 100
 #: The longest wait between two retries of a parked member (seconds; see ``pending_retry``).
@@ -168,7 +171,7 @@ class Hold:
 
 
 class _Item:
-    __slots__ = ("created", "hold", "in_reply_to", "notice", "seq")
+    __slots__ = ("created", "hold", "in_reply_to", "notice", "overdue", "sent", "seq")
 
     def __init__(
         self, notice: Notice, in_reply_to: str, hold: Hold | None, seq: int, created: float
@@ -178,12 +181,16 @@ class _Item:
         self.hold = hold
         self.seq = seq
         self.created = created
+        self.sent = 0.0  # trio time it was sent
+        self.overdue = False  # unanswered for `overdue` s: no longer holds the lane's window
 
 
 class _Lane:
     """One recipient's queue (see the module docstring)."""
 
     __slots__ = (
+        "answered",
+        "flying",
         "in_flight",
         "items",
         "key",
@@ -200,7 +207,9 @@ class _Lane:
     def __init__(self, key: str) -> None:
         self.key = key
         self.items: deque[_Item] = deque()
-        self.in_flight = 0
+        self.in_flight = 0  # in flight and holding the window (overdue ones do not)
+        self.flying: deque[_Item] = deque()  # every direct delivery in flight, oldest first
+        self.answered = -math.inf  # trio time of the last 2xx
         self.parked = False  # unreachable: new notices are stored, nothing is sent
         self.woken = False  # reachable again: flush the stored notices
         self.working = False  # the lane's worker task runs (storing or flushing)
@@ -231,6 +240,7 @@ class Delivery:
         pending_max: int = 1000,
         pending_ttl: float = 7 * 24 * 3600.0,
         pending_retry: float = 60.0,
+        overdue: float = 4.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if min(window, member_queue, queue_size, max_in_flight) < 1:
@@ -245,6 +255,7 @@ class Delivery:
         self._pending_max = pending_max
         self._pending_ttl = pending_ttl
         self._pending_retry = pending_retry
+        self._overdue = overdue
         self._clock = clock
         #: Whether a member (``user@host``) has a binding now; None: assume it has. Set by the
         #: server from its registrar; a parked member without one is not retried until it has.
@@ -304,6 +315,8 @@ class Delivery:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._release_stale_holds)
+                if self._overdue > 0:
+                    nursery.start_soon(self._overdue_loop)
                 if self._store is not None:
                     nursery.start_soon(self._expire_loop)
                     if self._pending_retry > 0:
@@ -427,6 +440,8 @@ class Delivery:
         self._forget_if_idle(lane)
 
     def _send(self, lane: _Lane, item: _Item) -> None:
+        item.sent = trio.current_time()
+        lane.flying.append(item)
         start = self._start
         if start is not None:
 
@@ -452,10 +467,27 @@ class Delivery:
             return DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
 
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
-        lane.in_flight -= 1
+        if item.overdue:
+            item.overdue = False
+        else:
+            lane.in_flight -= 1
         self._in_flight -= 1
+        try:
+            lane.flying.remove(item)
+        except ValueError:
+            pass
         self._nudge(lane)
         notice = item.notice
+        if result.ok:
+            lane.answered = trio.current_time()
+        elif result.unreachable and lane.answered > item.sent:
+            # Later notices were answered while this one went unanswered: the member is there
+            # and its answer to this one was lost (a phone that ignores retransmissions). It
+            # failed alone; the member is not parked.
+            self._final(notice, item.in_reply_to, result)
+            self._pump(lane)
+            self._kick()
+            return
         if not result.ok and result.unreachable and notice.keep and self._store is not None:
             # Back in the lane, ahead of anything newer, and the lane parks: stored in order.
             index = 0
@@ -509,7 +541,8 @@ class Delivery:
 
     def _forget_if_idle(self, lane: _Lane) -> None:
         if (
-            not lane.items and not lane.in_flight and not lane.parked and not lane.working
+            not lane.items and not lane.flying and not lane.in_flight and not lane.parked
+            and not lane.working
             and not lane.waiting and self._lanes.get(lane.key) is lane
         ):  # fmt: skip
             del self._lanes[lane.key]
@@ -777,6 +810,25 @@ class Delivery:
                     if left == 0 and not lane.items:
                         lane.parked = False
                         self._forget_if_idle(lane)
+
+    async def _overdue_loop(self) -> None:
+        """Once a second: a delivery unanswered for ``overdue`` seconds stops holding its
+        member's window, so the next notice goes out (see ``delivery_overdue``)."""
+        while True:
+            await trio.sleep(min(1.0, self._overdue / 2))
+            limit = trio.current_time() - self._overdue
+            for lane in [lane for lane in self._lanes.values() if lane.flying]:
+                released = False
+                for item in lane.flying:
+                    if item.sent > limit:
+                        break
+                    if not item.overdue:
+                        item.overdue = True
+                        lane.in_flight -= 1
+                        released = True
+                if released:
+                    self._nudge(lane)
+                    self._pump(lane)
 
     async def _release_stale_holds(self) -> None:
         while True:

@@ -428,3 +428,49 @@ async def test_retries_back_off_and_need_a_binding(nursery, store, mock_clock) -
     sender.member(BOB).code = 200
     await advance_to(mock_clock, delivery, parked + 7800 + 3600)
     assert sender.bodies(BOB) == [b"b", b"b"]  # within the cap once it has one
+
+
+async def test_an_overdue_answer_frees_the_window_and_a_lost_one_parks_nobody(
+    nursery, store, mock_clock
+) -> None:
+    # A phone that never answers the retransmissions of a MESSAGE whose 200 was lost (SIPp's
+    # UAS under overload): after delivery_overdue the next notice goes out; when the first
+    # times out while later ones were answered, only it failed.
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(3)], "cid")
+    assert sender.bodies(ALICE) == [b"a0"]
+    await trio.testing.wait_all_tasks_blocked()  # the once-a-second check is asleep
+    mock_clock.jump(3.5)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0"]  # not overdue yet
+    mock_clock.jump(1.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]  # a0 no longer holds the window
+    first = sender.pending.pop(0)[1]
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+    assert sender.bodies(ALICE) == [b"a0", b"a1", b"a2"]
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+    first(DeliveryResult(408, "Request Timeout"))
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.ok, stats.failed, stats.stored, stats.waiting_members) == (2, 1, 0, 0)
+    await delivery.submit([relay(ALICE, "a3")], "cid")
+    assert sender.bodies(ALICE)[-1] == b"a3"  # direct: not parked
+
+
+async def test_an_overdue_notice_of_a_silent_member_still_parks_it(
+    nursery, store, mock_clock
+) -> None:
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(3)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    mock_clock.jump(4.5)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]
+    sender.pending.pop(0)[1](DeliveryResult(408, "Request Timeout"))  # nothing answered since
+    sender.pending.pop(0)[1](DeliveryResult(408, "Request Timeout"))
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.stored, stats.pending, stats.waiting_members, stats.failed) == (3, 3, 1, 0)
