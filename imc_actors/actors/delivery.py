@@ -196,6 +196,7 @@ class _Lane:
         "key",
         "nudge",
         "parked",
+        "persisting",
         "retries",
         "retry_at",
         "stored",
@@ -212,7 +213,8 @@ class _Lane:
         self.answered = -math.inf  # trio time of the last 2xx
         self.parked = False  # unreachable: new notices are stored, nothing is sent
         self.woken = False  # reachable again: flush the stored notices
-        self.working = False  # the lane's worker task runs (storing or flushing)
+        self.working = False  # the lane's worker task runs (flushing, or waiting for the store)
+        self.persisting = False  # the lane's persister task runs (writing notices to the store)
         self.waiting = False  # in Delivery._waiting for a free in-flight slot
         self.stored = 0  # rows in the pending store
         self.nudge: trio.Event | None = None  # the worker waits on it: set on news for it
@@ -249,7 +251,7 @@ class Delivery:
         self._store = store if pending_max > 0 else None
         self._window = window
         self._member_queue = member_queue
-        self._store_batch = min(PERSIST_BATCH, member_queue)  # see _store_while
+        self._store_batch = min(PERSIST_BATCH, member_queue)  # see _persister
         self._queue_size = queue_size
         self._max_in_flight = max_in_flight
         self._pending_max = pending_max
@@ -353,6 +355,7 @@ class Delivery:
         if lane is not None and lane.parked and not lane.woken:
             lane.woken = True
             lane.retries = 0
+            self._nudge(lane)
             self._ensure_worker(lane)
 
     async def drain(self) -> None:
@@ -405,15 +408,14 @@ class Delivery:
         self._queued += 1
         self._begin()
         if lane.parked:
-            self._nudge(lane, added=True)
+            if not lane.woken or len(lane.items) >= self._store_batch:
+                self._ensure_persister(lane)
             self._ensure_worker(lane)
         else:
             self._pump(lane)
 
-    def _nudge(self, lane: _Lane, *, added: bool = False) -> None:
-        """Tell ``lane``'s worker something changed (a new item, an answer)."""
-        if added and len(lane.items) < self._store_batch:
-            return  # the worker stores full batches only
+    def _nudge(self, lane: _Lane) -> None:
+        """Tell ``lane``'s worker something changed (an answer, the persister done)."""
         if lane.nudge is not None:
             lane.nudge.set()
             lane.nudge = None
@@ -572,23 +574,55 @@ class Delivery:
             self._begin()  # drain() waits for the worker (ended in its finally)
             self._nursery.start_soon(self._lane_worker, lane)
 
+    def _ensure_persister(self, lane: _Lane) -> None:
+        if not lane.persisting and self._nursery is not None:
+            lane.persisting = True
+            self._begin()  # drain() waits for it too
+            self._nursery.start_soon(self._persister, lane)
+
+    async def _persister(self, lane: _Lane) -> None:
+        """Write a parked lane's queued notices to the store, oldest first: all of them while
+        it is unreachable, full batches (``PERSIST_BATCH``, or ``member_queue`` when smaller)
+        while it is being flushed (what is left under a batch waits in memory for the flush to
+        reach it). Runs beside the worker, so neither waits for the other's round trips."""
+        try:
+            while lane.parked and lane.items and (
+                not lane.woken or len(lane.items) >= self._store_batch
+            ):
+                await self._persist(lane)
+        finally:
+            lane.persisting = False
+            self._end(1)
+            self._nudge(lane)
+
+    async def _until(self, lane: _Lane, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()`` (it must change only where the lane is nudged)."""
+        while not ready():
+            lane.nudge = trio.Event()
+            await lane.nudge.wait()
+
     async def _lane_worker(self, lane: _Lane) -> None:
-        """Store a parked lane's notices; when woken, deliver what is stored, oldest first,
-        and store what keeps coming behind it meanwhile: a live but slow member alternates
-        (its overflow is stored, stored rows go out as its answers come) until nothing is
-        stored, then its lane delivers directly again. A lane left parked is retried later
-        (:meth:`_schedule_retry`). Counts as unfinished work for :meth:`drain` while it runs."""
+        """A parked lane: when woken, deliver what is stored, oldest first, while the
+        persister stores what keeps coming behind it: a live but slow member alternates (its
+        overflow is stored, stored rows go out as its answers come) until nothing is stored,
+        then its lane delivers directly again. Unreachable: wait for the persister, then end;
+        the lane is retried later (:meth:`_schedule_retry`). Counts as unfinished work for
+        :meth:`drain` while it runs."""
         try:
             while lane.parked:
                 if not lane.woken:
-                    if not lane.items:
+                    if not lane.items and not lane.persisting:
                         return
-                    await self._persist(lane)
+                    self._ensure_persister(lane)
+                    await self._until(lane, lambda: not lane.persisting or lane.woken)
                     continue
                 # the window holds for stored notices too: wait out the ones in flight
-                await self._store_while(lane, lambda: lane.in_flight > 0)
+                await self._until(lane, lambda: lane.in_flight == 0)
                 outcome = await self._flush(lane)
                 if outcome == "empty" and lane.woken:
+                    if lane.persisting:  # notices on their way into the store: read again
+                        await self._until(lane, lambda: not lane.persisting)
+                        continue
                     lane.parked = lane.woken = False
                     lane.retries = 0
                     log.info("member %s reachable: delivering directly again", lane.key)
@@ -599,18 +633,6 @@ class Delivery:
                 self._pump(lane)
             elif not lane.woken:
                 self._schedule_retry(lane)
-
-    async def _store_while(self, lane: _Lane, busy: Callable[[], bool]) -> None:
-        """Store ``lane``'s queued notices as they come, a full batch (``PERSIST_BATCH``, or
-        ``member_queue`` when smaller) at a time, as long as ``busy()`` holds (it must change only where the lane is nudged: an
-        answer, a new notice). What is left under a batch waits in memory for the flush to
-        reach it (the store when it is still parked then, directly once nothing is stored)."""
-        while busy():
-            if len(lane.items) >= self._store_batch:
-                await self._persist(lane)
-            else:
-                lane.nudge = trio.Event()
-                await lane.nudge.wait()
 
     async def _persist(self, lane: _Lane) -> None:
         """Write the lane's queued notices to the pending store, oldest first. A notice that
@@ -724,24 +746,12 @@ class Delivery:
         return "more" if reachable else "parked"
 
     async def _send_stored(self, lane: _Lane, notice: Notice, in_reply_to: str) -> DeliveryResult:
-        """Deliver one stored notice, and store what comes for ``lane`` while it is in flight
-        (so the lane's memory stays bounded even while a dead contact takes Timer F)."""
-        outcome: list[DeliveryResult] = []
-
-        async def send() -> None:
-            try:
-                outcome.append(await self._call(notice, in_reply_to))
-            finally:
-                self._nudge(lane)
-
+        """Deliver one stored notice (what comes meanwhile goes to the persister)."""
         self._in_flight += 1
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send)
-                await self._store_while(lane, lambda: not outcome)
+            return await self._call(notice, in_reply_to)
         finally:
             self._in_flight -= 1
-        return outcome[0]
 
     # ------------------------------------------------------------------ retries
     def _schedule_retry(self, lane: _Lane) -> None:
@@ -767,6 +777,7 @@ class Delivery:
             return
         log.info("member %s: retrying its %d stored notices", lane.key, lane.stored)
         lane.woken = True
+        self._nudge(lane)
         self._ensure_worker(lane)
 
     async def _retry_loop(self) -> None:
@@ -803,7 +814,7 @@ class Delivery:
                 log.warning("expiring stored notices failed: %s", exc)
                 continue
             for lane in list(self._lanes.values()):
-                if lane.parked and not lane.working:
+                if lane.parked and not lane.working and not lane.persisting:
                     left = counts.get(lane.key, 0)
                     self._expired += max(0, lane.stored - left)
                     lane.stored = left
