@@ -10,7 +10,8 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
 - **in flight**: sent, waiting for its final answer. A lane has at most ``window`` notices in
   flight (default 1: the next one leaves when the previous one has its final answer), all
   lanes together at most ``max_in_flight``. A notice unanswered for ``overdue`` seconds (its
-  MESSAGE being retransmitted) stops counting against the window; when it then fails as
+  MESSAGE being retransmitted) stops counting against the window (one such notice per lane at
+  a time, so an overloaded server is not sent more work); when it then fails as
   unreachable while a later one was answered, the member is there and only its answer was
   lost: it fails alone, the lane does not park;
 - **delivered** (2xx), or **refused** (a deliberate 4xx/6xx such as 403, 404, 415: dropped and
@@ -870,20 +871,18 @@ class Delivery:
 
     async def _overdue_loop(self) -> None:
         """Once a second: a delivery unanswered for ``overdue`` seconds stops holding its
-        member's window, so the next notice goes out (see ``delivery_overdue``)."""
+        member's window, so the next notice goes out (see ``delivery_overdue``); at most one
+        per member at a time."""
         while True:
             await trio.sleep(min(1.0, self._overdue / 2))
             limit = trio.current_time() - self._overdue
             for lane in [lane for lane in self._lanes.values() if lane.flying]:
-                released = False
-                for item in lane.flying:
-                    if item.sent > limit:
-                        break
-                    if not item.overdue:
-                        item.overdue = True
-                        lane.in_flight -= 1
-                        released = True
-                if released:
+                # One overdue notice per lane at a time: a lost answer no longer blocks the
+                # member, but a server too slow to get answers in time is not sent more.
+                oldest = lane.flying[0]
+                if oldest.sent <= limit and not any(item.overdue for item in lane.flying):
+                    oldest.overdue = True
+                    lane.in_flight -= 1
                     self._nudge(lane)
                     self._pump(lane)
 

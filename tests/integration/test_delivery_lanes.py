@@ -474,3 +474,21 @@ async def test_an_overdue_notice_of_a_silent_member_still_parks_it(
     await delivery.drain()
     stats = delivery.statistics()
     assert (stats.stored, stats.pending, stats.waiting_members, stats.failed) == (3, 3, 1, 0)
+
+
+async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock_clock) -> None:
+    # Answers slower than delivery_overdue (an overloaded server): one more notice goes out,
+    # not one more per second.
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(5)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    for _ in range(20):
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))  # the overdue one answered at last
+    for _ in range(5):
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1", b"a2"]  # a1 is the overdue one now
