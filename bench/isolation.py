@@ -361,10 +361,17 @@ def calibrate(rig: Rig, start: float, duration: float) -> float:
 
 
 # ------------------------------------------------------------------------- fan-out cost
+#: bench.micro's pace per room size (chat MESSAGEs/s): below what one member's lane delivers
+#: at delivery_window 1 in one process (unpaced, the sender outruns it, the lane overflows
+#: into the store and drops past pending_max, and the run never gets all its deliveries).
+MICRO_RATE = {2: 1500.0, 10: 500.0}
+
+
 def _micro(source: Path, members: int, window: int, messages: int) -> float:
-    """One ``bench.micro`` fan-out run on ``source``: CPU µs per delivery."""
+    """One paced ``bench.micro`` fan-out run on ``source``: CPU µs per delivery."""
     cmd = [sys.executable, "-m", "bench.micro", "--members", str(members), "--messages", str(messages),
-           "--repeat", "1", "--delivery-window", str(window)]  # fmt: skip
+           "--repeat", "1", "--delivery-window", str(window), "--rate", str(MICRO_RATE[members]),
+           "--timeout", "120"]  # fmt: skip
     out = subprocess.run(cmd, cwd=source, capture_output=True, text=True, timeout=600, check=False)
     found = re.search(r"([\d.]+) µs/delivery", out.stdout)
     if found is None:
@@ -416,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-isolation", dest="isolation", action="store_false")
     parser.add_argument("--baseline", default="f368b2a")
     parser.add_argument("--cost-repeat", type=int, default=3)
-    parser.add_argument("--cost-messages", type=int, default=3000)
+    parser.add_argument("--cost-messages", type=int, default=2000)
     args = parser.parse_args(argv)
     procs.install_cleanup()
     workdir = Path(tempfile.mkdtemp(prefix="imc-isolation-"))
