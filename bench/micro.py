@@ -1,6 +1,7 @@
 """A single-process micro-benchmark of the SIP hot path, for A/B comparisons of optimisations.
 
-``python -m bench.micro [--members 10] [--messages 4000] [--scenario fanout|churn] [--history-max N]``
+``python -m bench.micro [--members 10] [--messages 4000] [--scenario fanout|churn] [--history-max N]
+[--delivery-window W] [--rate R]``
 
 The real server (``imc_actors.server.open_server``: transport, registrar, conference, SQLite
 store) runs in this process on 127.0.0.1:<free port>, and so does a small Trio client with one
@@ -115,7 +116,8 @@ class Client:
 
 
 async def run(members: int, messages: int, window: int, scenario: str, timeout: float,
-              history_max: int | None = None) -> dict[str, float]:
+              history_max: int | None = None, delivery_window: int = 0,
+              rate: float = 0.0) -> dict[str, float]:
     from imc_actors.config import Config
     from imc_actors.server import open_server
 
@@ -127,6 +129,8 @@ async def run(members: int, messages: int, window: int, scenario: str, timeout: 
         overrides["flood_rate"] = 0
     if history_max is not None:  # 0: no archive (chat writes nothing), as before issue 16
         overrides["history_max"] = history_max
+    if delivery_window and "delivery_window" in Config.names():  # older trees: one lane for all
+        overrides["delivery_window"] = delivery_window
     config = Config.from_sources(environ={}, overrides=overrides)
     with trio.fail_after(timeout):
         async with open_server(config) as server, trio.open_nursery() as nursery:
@@ -156,11 +160,14 @@ async def run(members: int, messages: int, window: int, scenario: str, timeout: 
             client.deliveries = 0
             failures = 0
             cpu0, t0 = time.process_time(), time.perf_counter()
+            start = trio.current_time()
             sent = 0
 
             async def lane(i: int) -> None:
                 nonlocal failures, sent
                 while sent < messages:
+                    if rate:  # paced: request k leaves at t0 + k / rate, not as fast as answers come
+                        await trio.sleep_until(start + sent / rate)
                     sent += 1
                     if scenario == "fanout":
                         code = await client.send("MESSAGE", "room", users[0], b"hello room")
@@ -194,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--history-max", type=int, default=None,
                         help="the server's history_max (0: no archive; default: the server's default)")
+    parser.add_argument("--delivery-window", dest="delivery_window", type=int, default=0,
+                        help="the server's delivery_window (default: its own default)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="pace the requests at this many a second (default: as fast as answered)")
     args = parser.parse_args(argv)
     for _ in range(args.repeat):
         result = trio.run(run, args.members, args.messages, args.window, args.scenario, args.timeout,
-                          args.history_max)
+                          args.history_max, args.delivery_window, args.rate)
         print(f"{args.scenario} N={args.members}: {result['messages']} requests, {result['deliveries']} "
               f"deliveries in {result['wall']:.2f}s (cpu {result['cpu']:.2f}s): "
               f"{result['us_per_delivery']:.1f} µs/delivery, {result['us_per_request']:.0f} µs/request, "

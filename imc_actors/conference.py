@@ -583,6 +583,8 @@ async def _serving(
             max_in_flight=config.max_deliveries,
             pending_max=config.pending_max,
             pending_ttl=config.pending_ttl,
+            pending_retry=config.pending_retry,
+            overdue=config.delivery_overdue,
         )
         supervisor = Supervisor(
             store=wrap_store(store) if wrap_store is not None else store,

@@ -138,7 +138,9 @@ class Config:
     # Delivery (see README "Delivery")
     pending_ttl: int = 7 * 24 * 3600
     pending_max: int = 1000
+    pending_retry: float = 60.0
     delivery_window: int = 1
+    delivery_overdue: float = 4.0
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
     max_deliveries: int = 20_000
@@ -288,6 +290,10 @@ class Config:
                 raise ConfigError(name, "must be positive")
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
+        if not 0 <= self.delivery_overdue < math.inf:
+            raise ConfigError("delivery_overdue", "must be 0 (off) or a positive number of seconds")
+        if not 0 <= self.pending_retry < math.inf:
+            raise ConfigError("pending_retry", "must be 0 (no retries) or a positive number of seconds")
         tables = [getattr(self, name) for name in TABLE_FIELDS]
         seen: set[str] = set()
         for name in TABLE_FIELDS:
@@ -490,6 +496,7 @@ _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 # ownership (issue 13)
 _FLOAT_FIELDS |= {"lease_ttl"}
 _OPTIONAL_FIELDS |= {"node"}
+_FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 
 
 #: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a

@@ -352,6 +352,8 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             commit=commit, on_registered=conference.delivery.wake,
             on_binding=transport.bind_contacts, authenticator=authenticator,
         )  # fmt: skip
+        if registrar is not None:  # a parked member is retried only while it has a binding
+            conference.delivery.reachable = lambda key: bool(registrar.lookup(key, trio.current_time()))
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:

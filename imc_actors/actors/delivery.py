@@ -9,16 +9,23 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
 - **queued**: in its recipient's lane, in the order the rooms produced it;
 - **in flight**: sent, waiting for its final answer. A lane has at most ``window`` notices in
   flight (default 1: the next one leaves when the previous one has its final answer), all
-  lanes together at most ``max_in_flight``;
+  lanes together at most ``max_in_flight``. A notice unanswered for ``overdue`` seconds (its
+  MESSAGE being retransmitted) stops counting against the window (one such notice per lane at
+  a time, so an overloaded server is not sent more work); when it then fails as
+  unreachable while a later one was answered, the member is there and only its answer was
+  lost: it fails alone, the lane does not park;
 - **delivered** (2xx), or **refused** (a deliberate 4xx/6xx such as 403, 404, 415: dropped and
   counted; a failed invitation is reported back to its room through ``on_outcome``);
 - **unreachable** (408, 480, 5xx, no binding, transport error): a notice the room sent a
   *member* (``Notice.keep``) is **stored** durably (the ``imc_pending`` table, through the
   store) and the lane is *parked*: what comes next for that member is stored behind it, in
   order, and nothing is sent until the member is reachable again (:meth:`Delivery.wake`, called
-  on its next REGISTER and its next MESSAGE). Then the stored notices go out oldest first, each
-  with a ``Date:`` of its original time, and once none is left the lane delivers directly
-  again. Refusals, replies and invitations are never stored: an unreachable one fails (an
+  on its next REGISTER and its next MESSAGE), or until a retry: a parked member that still has
+  a binding (``reachable``) is tried again ``pending_retry`` seconds after it parked, then
+  after twice as long each time it is still unreachable, up to an hour. Then the stored
+  notices go out oldest first, each with a ``Date:`` of its original time, while what keeps
+  coming for the member is stored behind them, and once none is left the lane delivers
+  directly again. Refusals, replies and invitations are never stored: an unreachable one fails (an
   invitation is withdrawn by its room).
 
 Bounds: a lane holds at most ``member_queue`` notices in memory (past that, member notices
@@ -37,6 +44,7 @@ row sends it again after the restart.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -58,9 +66,11 @@ log = logging.getLogger("imc_actors.delivery")
 #: Seconds a :class:`Hold` may stay unreleased before delivery releases it by itself.
 HOLD_LIMIT = 2.0
 #: Stored notices read, sent and deleted per round of a flush.
-FLUSH_BATCH = 20
+FLUSH_BATCH = 100
 #: Notices written to the store per commit when a lane parks.
 PERSIST_BATCH = 100
+#: The longest wait between two retries of a parked member (seconds; see ``pending_retry``).
+RETRY_CAP = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,11 @@ class DeliveryStatistics:
     waiting_members: int = 0
 
 
+def _stops(result: DeliveryResult) -> bool:
+    """A flush stops at an unreachable answer (the rest stays stored)."""
+    return not result.ok and result.unreachable
+
+
 class Hold:
     """Notices submitted under a hold stay queued until :meth:`release` (see the module
     docstring); made by :meth:`Delivery.hold`. Releasing twice does nothing."""
@@ -162,7 +177,7 @@ class Hold:
 
 
 class _Item:
-    __slots__ = ("created", "hold", "in_reply_to", "notice", "seq")
+    __slots__ = ("created", "hold", "in_reply_to", "notice", "overdue", "sent", "seq")
 
     def __init__(
         self, notice: Notice, in_reply_to: str, hold: Hold | None, seq: int, created: float
@@ -172,17 +187,24 @@ class _Item:
         self.hold = hold
         self.seq = seq
         self.created = created
+        self.sent = 0.0  # trio time it was sent
+        self.overdue = False  # unanswered for `overdue` s: no longer holds the lane's window
 
 
 class _Lane:
     """One recipient's queue (see the module docstring)."""
 
     __slots__ = (
-        "drained",
+        "answered",
+        "flying",
         "in_flight",
         "items",
         "key",
+        "nudge",
         "parked",
+        "persisting",
+        "retries",
+        "retry_at",
         "stored",
         "waiting",
         "woken",
@@ -192,13 +214,18 @@ class _Lane:
     def __init__(self, key: str) -> None:
         self.key = key
         self.items: deque[_Item] = deque()
-        self.in_flight = 0
+        self.in_flight = 0  # in flight and holding the window (overdue ones do not)
+        self.flying: deque[_Item] = deque()  # every direct delivery in flight, oldest first
+        self.answered = -math.inf  # trio time of the last 2xx
         self.parked = False  # unreachable: new notices are stored, nothing is sent
         self.woken = False  # reachable again: flush the stored notices
-        self.working = False  # the lane's worker task runs (storing or flushing)
+        self.working = False  # the lane's worker task runs (flushing, or waiting for the store)
+        self.persisting = False  # the lane's persister task runs (writing notices to the store)
         self.waiting = False  # in Delivery._waiting for a free in-flight slot
         self.stored = 0  # rows in the pending store
-        self.drained: trio.Event | None = None  # set when in_flight drops to 0
+        self.nudge: trio.Event | None = None  # the worker waits on it: set on news for it
+        self.retry_at: float | None = None  # a retry of the parked lane is scheduled then
+        self.retries = 0  # retries since the lane parked (the backoff doubles with each)
 
 
 class Delivery:
@@ -220,6 +247,8 @@ class Delivery:
         max_in_flight: int = 20_000,
         pending_max: int = 1000,
         pending_ttl: float = 7 * 24 * 3600.0,
+        pending_retry: float = 60.0,
+        overdue: float = 4.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if min(window, member_queue, queue_size, max_in_flight) < 1:
@@ -228,11 +257,20 @@ class Delivery:
         self._store = store if pending_max > 0 else None
         self._window = window
         self._member_queue = member_queue
+        self._store_batch = min(PERSIST_BATCH, member_queue)  # see _persister
         self._queue_size = queue_size
         self._max_in_flight = max_in_flight
         self._pending_max = pending_max
         self._pending_ttl = pending_ttl
+        self._pending_retry = pending_retry
+        self._overdue = overdue
         self._clock = clock
+        #: Whether a member (``user@host``) has a binding now; None: assume it has. Set by the
+        #: server from its registrar; a parked member without one is not retried until it has.
+        self.reachable: Callable[[str], bool] | None = None
+        self._retries: list[tuple[float, int, _Lane]] = []  # heap of (due, seq, lane)
+        self._retry_changed: trio.Event | None = None
+        self._retry_ids = 0
         self._sender: Sender = sender
         self._start: Callable[..., bool] | None = getattr(sender, "start", None)
         self._nursery: trio.Nursery | None = None
@@ -285,10 +323,16 @@ class Delivery:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._release_stale_holds)
+                if self._overdue > 0:
+                    nursery.start_soon(self._overdue_loop)
                 if self._store is not None:
                     nursery.start_soon(self._expire_loop)
+                    if self._pending_retry > 0:
+                        nursery.start_soon(self._retry_loop)
                 for lane in list(self._lanes.values()):
                     self._pump(lane)
+                    if lane.parked:
+                        self._schedule_retry(lane)
                 task_status.started(self)
         finally:
             self._nursery = None
@@ -316,6 +360,8 @@ class Delivery:
         lane = self._lanes.get(member_key(member))
         if lane is not None and lane.parked and not lane.woken:
             lane.woken = True
+            lane.retries = 0
+            self._nudge(lane)
             self._ensure_worker(lane)
 
     async def drain(self) -> None:
@@ -368,9 +414,17 @@ class Delivery:
         self._queued += 1
         self._begin()
         if lane.parked:
+            if not lane.woken or len(lane.items) >= self._store_batch:
+                self._ensure_persister(lane)
             self._ensure_worker(lane)
         else:
             self._pump(lane)
+
+    def _nudge(self, lane: _Lane) -> None:
+        """Tell ``lane``'s worker something changed (an answer, the persister done)."""
+        if lane.nudge is not None:
+            lane.nudge.set()
+            lane.nudge = None
 
     def _pump(self, lane: _Lane) -> None:
         """Start what ``lane`` may start now. Never blocks."""
@@ -394,6 +448,8 @@ class Delivery:
         self._forget_if_idle(lane)
 
     def _send(self, lane: _Lane, item: _Item) -> None:
+        item.sent = trio.current_time()
+        lane.flying.append(item)
         start = self._start
         if start is not None:
 
@@ -419,12 +475,27 @@ class Delivery:
             return DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
 
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
-        lane.in_flight -= 1
+        if item.overdue:
+            item.overdue = False
+        else:
+            lane.in_flight -= 1
         self._in_flight -= 1
-        if lane.in_flight == 0 and lane.drained is not None:
-            lane.drained.set()
-            lane.drained = None
+        try:
+            lane.flying.remove(item)
+        except ValueError:
+            pass
+        self._nudge(lane)
         notice = item.notice
+        if result.ok:
+            lane.answered = trio.current_time()
+        elif result.unreachable and lane.answered > item.sent:
+            # Later notices were answered while this one went unanswered: the member is there
+            # and its answer to this one was lost (a phone that ignores retransmissions). It
+            # failed alone; the member is not parked.
+            self._final(notice, item.in_reply_to, result)
+            self._pump(lane)
+            self._kick()
+            return
         if not result.ok and result.unreachable and notice.keep and self._store is not None:
             # Back in the lane, ahead of anything newer, and the lane parks: stored in order.
             index = 0
@@ -478,7 +549,8 @@ class Delivery:
 
     def _forget_if_idle(self, lane: _Lane) -> None:
         if (
-            not lane.items and not lane.in_flight and not lane.parked and not lane.working
+            not lane.items and not lane.flying and not lane.in_flight and not lane.parked
+            and not lane.working
             and not lane.waiting and self._lanes.get(lane.key) is lane
         ):  # fmt: skip
             del self._lanes[lane.key]
@@ -508,29 +580,65 @@ class Delivery:
             self._begin()  # drain() waits for the worker (ended in its finally)
             self._nursery.start_soon(self._lane_worker, lane)
 
+    def _ensure_persister(self, lane: _Lane) -> None:
+        if not lane.persisting and self._nursery is not None:
+            lane.persisting = True
+            self._begin()  # drain() waits for it too
+            self._nursery.start_soon(self._persister, lane)
+
+    async def _persister(self, lane: _Lane) -> None:
+        """Write a parked lane's queued notices to the store, oldest first: all of them while
+        it is unreachable, full batches (``PERSIST_BATCH``, or ``member_queue`` when smaller)
+        while it is being flushed (what is left under a batch waits in memory for the flush to
+        reach it). Runs beside the worker, so neither waits for the other's round trips."""
+        try:
+            while lane.parked and lane.items and (
+                not lane.woken or len(lane.items) >= self._store_batch
+            ):
+                await self._persist(lane)
+        finally:
+            lane.persisting = False
+            self._end(1)
+            self._nudge(lane)
+
+    async def _until(self, lane: _Lane, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()`` (it must change only where the lane is nudged)."""
+        while not ready():
+            lane.nudge = trio.Event()
+            await lane.nudge.wait()
+
     async def _lane_worker(self, lane: _Lane) -> None:
-        """Store a parked lane's notices, then (when woken) deliver what is stored. Counts as
-        unfinished work for :meth:`drain` while it runs."""
+        """A parked lane: when woken, deliver what is stored, oldest first, while the
+        persister stores what keeps coming behind it: a live but slow member alternates (its
+        overflow is stored, stored rows go out as its answers come) until nothing is stored,
+        then its lane delivers directly again. Unreachable: wait for the persister, then end;
+        the lane is retried later (:meth:`_schedule_retry`). Counts as unfinished work for
+        :meth:`drain` while it runs."""
         try:
             while lane.parked:
-                if lane.items:
-                    await self._persist(lane)
-                elif lane.woken:
-                    while lane.in_flight:  # the window holds for stored notices too
-                        lane.drained = lane.drained or trio.Event()
-                        await lane.drained.wait()
-                    if not await self._flush(lane):
+                if not lane.woken:
+                    if not lane.items and not lane.persisting:
+                        return
+                    self._ensure_persister(lane)
+                    await self._until(lane, lambda: not lane.persisting or lane.woken)
+                    continue
+                # the window holds for stored notices too: wait out the ones in flight
+                await self._until(lane, lambda: lane.in_flight == 0)
+                outcome = await self._flush(lane)
+                if outcome == "empty" and lane.woken:
+                    if lane.persisting:  # notices on their way into the store: read again
+                        await self._until(lane, lambda: not lane.persisting)
                         continue
-                    if not lane.items and lane.stored == 0 and lane.woken:
-                        lane.parked = lane.woken = False
-                        log.info("member %s reachable: delivering directly again", lane.key)
-                else:
-                    return
+                    lane.parked = lane.woken = False
+                    lane.retries = 0
+                    log.info("member %s reachable: delivering directly again", lane.key)
         finally:
             lane.working = False
             self._end(1)
             if not lane.parked:
                 self._pump(lane)
+            elif not lane.woken:
+                self._schedule_retry(lane)
 
     async def _persist(self, lane: _Lane) -> None:
         """Write the lane's queued notices to the pending store, oldest first. A notice that
@@ -595,9 +703,10 @@ class Delivery:
         lane.stored = min(self._pending_max, lane.stored + len(batch))
         return "ok"
 
-    async def _flush(self, lane: _Lane) -> bool:
-        """Deliver one batch of stored notices; False when the lane must stay parked (the
-        member is unreachable again, or the store failed)."""
+    async def _flush(self, lane: _Lane) -> str:
+        """Deliver one batch of stored notices: ``empty`` when none was stored, ``more`` when
+        some were delivered (there may be more), ``parked`` when the lane must stay parked
+        (the member is unreachable again, or the store failed)."""
         assert self._store is not None
         key = lane.key
         try:
@@ -606,27 +715,32 @@ class Delivery:
             )
         except StoreError as exc:
             await self._store_trouble(exc)
-            return False
+            return "parked"
         if not rows:
             lane.stored = 0
-            return True
+            return "empty"
         finished: list[int] = []
-        reachable = True
         now = self._clock()
+        live: list[PendingRow] = []
         for row in rows:
             if row.expires <= now:
                 self._expired += 1
                 finished.append(row.id)
-                continue
-            notice = Notice(
-                row.recipient, row.body, row.sender, kind=row.kind,  # type: ignore[arg-type]
-                content_type=row.content_type, keep=True, date=row.created,
-            )  # fmt: skip
-            self._in_flight += 1
-            try:
-                result = await self._call(notice, row.in_reply_to)
-            finally:
-                self._in_flight -= 1
+            else:
+                live.append(row)
+        notices = [
+            (
+                Notice(
+                    row.recipient, row.body, row.sender, kind=row.kind,  # type: ignore[arg-type]
+                    content_type=row.content_type, keep=True, date=row.created,
+                ),
+                row.in_reply_to,
+            )
+            for row in live
+        ]  # fmt: skip
+        results = await self._send_in_turn(notices)
+        reachable = True
+        for row, result in zip(live, results, strict=False):
             if result.ok:
                 self._flushed += 1
                 self._ok += 1
@@ -642,9 +756,87 @@ class Delivery:
                 await self._store.commit([PendingDelete(tuple(finished))])
             except StoreError as exc:  # delivered at least once: they may go again later
                 await self._store_trouble(exc)
-                return False
+                return "parked"
             lane.stored = max(0, lane.stored - len(finished))
-        return reachable
+        return "more" if reachable else "parked"
+
+    async def _send_in_turn(self, notices: list[tuple[Notice, str]]) -> list[DeliveryResult]:
+        """Deliver ``notices`` one after the other (the next when the previous has its final
+        answer), stopping after the first unreachable one: their results, in order. With a
+        sender that has ``start`` the next one leaves from the previous one's callback, as
+        direct deliveries do, so a flush goes at the member's round-trip rate and not at
+        the scheduler's."""
+        results: list[DeliveryResult] = []
+        finished = trio.Event()
+        start = self._start
+
+        def launch() -> bool:
+            notice, in_reply_to = notices[len(results)]
+            self._in_flight += 1
+            try:
+                if start is not None and start(notice, in_reply_to, answered):
+                    return True
+            except Exception:  # a sender bug: the rest goes through _call
+                log.exception("starting a delivery to %s raised", notice.to)
+            self._in_flight -= 1
+            return False
+
+        def answered(result: DeliveryResult) -> None:
+            self._in_flight -= 1
+            results.append(result)
+            if (result.ok or not result.unreachable) and len(results) < len(notices):
+                if launch():
+                    return
+            finished.set()
+
+        if notices and launch():
+            await finished.wait()
+        while len(results) < len(notices) and not (results and _stops(results[-1])):
+            notice, in_reply_to = notices[len(results)]
+            self._in_flight += 1
+            try:
+                results.append(await self._call(notice, in_reply_to))
+            finally:
+                self._in_flight -= 1
+        return results
+
+    # ------------------------------------------------------------------ retries
+    def _schedule_retry(self, lane: _Lane) -> None:
+        """Try parked ``lane`` again after ``pending_retry`` seconds, doubled with each retry
+        that found the member still unreachable, up to :data:`RETRY_CAP` (or ``pending_retry``
+        when that is longer). No effect when a retry is scheduled already."""
+        if self._pending_retry <= 0 or self._store is None or lane.retry_at is not None:
+            return
+        cap = max(RETRY_CAP, self._pending_retry)
+        delay = min(cap, self._pending_retry * 2 ** min(lane.retries, 32))
+        lane.retry_at = trio.current_time() + delay
+        self._retry_ids += 1
+        heapq.heappush(self._retries, (lane.retry_at, self._retry_ids, lane))
+        if self._retry_changed is not None:
+            self._retry_changed.set()
+
+    def _retry(self, lane: _Lane) -> None:
+        if self._lanes.get(lane.key) is not lane or not lane.parked or lane.woken:
+            return  # delivered, forgotten or woken meanwhile
+        lane.retries += 1
+        if self.reachable is not None and not self.reachable(lane.key):
+            self._schedule_retry(lane)  # no binding now: look again later
+            return
+        log.info("member %s: retrying its %d stored notices", lane.key, lane.stored)
+        lane.woken = True
+        self._nudge(lane)
+        self._ensure_worker(lane)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            while self._retries and self._retries[0][0] <= now:
+                _, _, lane = heapq.heappop(self._retries)
+                lane.retry_at = None
+                self._retry(lane)
+            self._retry_changed = trio.Event()
+            with trio.move_on_at(self._retries[0][0] if self._retries else math.inf):
+                await self._retry_changed.wait()
 
     async def _store_trouble(self, exc: StoreError) -> None:
         now = trio.current_time()
@@ -669,13 +861,30 @@ class Delivery:
                 log.warning("expiring stored notices failed: %s", exc)
                 continue
             for lane in list(self._lanes.values()):
-                if lane.parked and not lane.working:
+                if lane.parked and not lane.working and not lane.persisting:
                     left = counts.get(lane.key, 0)
                     self._expired += max(0, lane.stored - left)
                     lane.stored = left
                     if left == 0 and not lane.items:
                         lane.parked = False
                         self._forget_if_idle(lane)
+
+    async def _overdue_loop(self) -> None:
+        """Once a second: a delivery unanswered for ``overdue`` seconds stops holding its
+        member's window, so the next notice goes out (see ``delivery_overdue``); at most one
+        per member at a time."""
+        while True:
+            await trio.sleep(min(1.0, self._overdue / 2))
+            limit = trio.current_time() - self._overdue
+            for lane in [lane for lane in self._lanes.values() if lane.flying]:
+                # One overdue notice per lane at a time: a lost answer no longer blocks the
+                # member, but a server too slow to get answers in time is not sent more.
+                oldest = lane.flying[0]
+                if oldest.sent <= limit and not any(item.overdue for item in lane.flying):
+                    oldest.overdue = True
+                    lane.in_flight -= 1
+                    self._nudge(lane)
+                    self._pump(lane)
 
     async def _release_stale_holds(self) -> None:
         while True:

@@ -293,3 +293,202 @@ async def test_the_fast_path_keeps_order_too(nursery, store) -> None:
     with trio.fail_after(5):
         await delivery.drain()
     assert sender.bodies(CAROL) == []
+
+
+class Chatter:
+    """A room that goes on producing notices for ``to`` while its lane works: one more as each
+    write to the store starts, and one more every second delivery attempt (faster than the
+    member answers while the lane writes; the real store underneath)."""
+
+    def __init__(self, store: Store, to: str, count: int) -> None:
+        self.store = store
+        self.to = to
+        self.left = count
+        self.submitted: list[bytes] = []
+        self.delivery: Delivery | None = None
+        self.sends = 0
+
+    async def arrive(self) -> None:
+        if self.left > 0 and self.delivery is not None:
+            self.left -= 1
+            body = f"late {len(self.submitted)}".encode()
+            self.submitted.append(body)
+            await self.delivery.submit([Notice(self.to, body, ROOM, "relay", keep=True)], "c")
+
+    async def commit(self, writes) -> None:  # type: ignore[no-untyped-def]
+        await self.arrive()
+        await self.store.commit(writes)
+
+    async def read(self, query):  # type: ignore[no-untyped-def]
+        return await self.store.read(query)
+
+    async def wait_available(self) -> None:
+        await self.store.wait_available()
+
+
+class ChattySender(Sender):
+    def __init__(self, chatter: Chatter) -> None:
+        super().__init__()
+        self.chatter = chatter
+
+    async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
+        self.chatter.sends += 1
+        if self.chatter.sends % 2 == 0:
+            await self.chatter.arrive()
+        return await super().__call__(notice, in_reply_to)
+
+
+async def test_a_live_but_slow_member_gets_everything_in_order(nursery, store) -> None:
+    # Its lane overflowed into the store, and notices keep coming while the lane writes: the
+    # stored ones must go out as the answers come, not pile up behind a worker that flushes
+    # only once nothing is queued (that reached pending_max and dropped the oldest).
+    chatter = Chatter(store, ALICE, 400)
+    sender = ChattySender(chatter)
+    delivery = make(sender, chatter, member_queue=4, pending_max=100)  # type: ignore[arg-type]
+    chatter.delivery = delivery
+    await started(nursery, delivery)
+    first = [relay(ALICE, f"line {i}") for i in range(60)]
+    await delivery.submit(first, "cid")
+    with trio.fail_after(30):
+        while chatter.left:
+            await trio.sleep(0.01)
+        await delivery.drain()
+    stats = delivery.statistics()
+    assert stats.stored > 100  # it did go through the store, more than pending_max in all
+    assert (stats.dropped, stats.pending, stats.failed) == (0, 0, 0)
+    assert sender.bodies(ALICE) == [n.body for n in first] + chatter.submitted
+
+
+async def test_what_comes_while_a_stored_notice_is_in_flight_is_stored(nursery, store) -> None:
+    # A woken member whose stored notice takes long to answer (a dead contact: Timer F): what
+    # comes meanwhile is stored, not heaped up in memory behind the flush.
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(ALICE, "first")], "cid")
+    await delivery.drain()
+    gate = sender.member(ALICE).gate = trio.Event()
+    sender.member(ALICE).code = 200
+    delivery.wake(ALICE)
+    with trio.fail_after(10):
+        while len(sender.bodies(ALICE)) < 2:  # the stored one is in flight again
+            await trio.sleep(0.01)
+        await delivery.submit([relay(ALICE, f"line {i}") for i in range(300)], "cid")
+        while delivery.statistics().queued:
+            await trio.sleep(0.01)
+    assert delivery.statistics().stored == 301
+    gate.set()
+    await delivery.drain()
+    assert sender.bodies(ALICE)[2:] == [f"line {i}".encode() for i in range(300)]
+
+
+async def advance_to(clock: trio.testing.MockClock, delivery: Delivery, when: float) -> None:
+    """Move the (stopped) clock to ``when``, then wait for what became due to finish (the
+    store's thread works in real time meanwhile; the clock stays at ``when``)."""
+    clock.jump(when - trio.current_time())
+    await trio.testing.wait_all_tasks_blocked()
+    await delivery.drain()
+
+
+async def test_a_parked_member_is_retried_after_pending_retry(nursery, store, mock_clock) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    delivery = await started(nursery, make(sender, store, pending_retry=60.0))
+    parked = trio.current_time()
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(3)], "cid")
+    await delivery.drain()
+    assert sender.bodies(ALICE) == [b"line 0"]
+    sender.member(ALICE).code = 200  # the phone is back, and does not REGISTER again
+    await advance_to(mock_clock, delivery, parked + 59)
+    assert sender.bodies(ALICE) == [b"line 0"]  # not before pending_retry
+    await advance_to(mock_clock, delivery, parked + 60)
+    assert sender.bodies(ALICE) == [b"line 0", b"line 0", b"line 1", b"line 2"]
+    assert delivery.statistics().pending == 0
+
+
+async def test_retries_back_off_and_need_a_binding(nursery, store, mock_clock) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 480
+    sender.member(BOB).code = 480
+    delivery = make(sender, store, pending_retry=600.0)
+    bound = {"alice@example.com"}
+    delivery.reachable = lambda key: key in bound
+    await started(nursery, delivery)
+    parked = trio.current_time()
+    await delivery.submit([relay(ALICE, "a"), relay(BOB, "b")], "cid")
+    await delivery.drain()
+    tries = []
+    # retries due at 600, then 1,200 later (1,800), 2,400 later (4,200), then the cap (7,800)
+    for at in (599, 600, 1799, 1800, 4199, 4200, 7799, 7800):
+        await advance_to(mock_clock, delivery, parked + at)
+        tries.append(len(sender.bodies(ALICE)))
+    assert tries == [1, 2, 2, 3, 3, 4, 4, 5]
+    assert sender.bodies(BOB) == [b"b"]  # no binding: never retried
+    bound.add("bob@example.com")
+    sender.member(BOB).code = 200
+    await advance_to(mock_clock, delivery, parked + 7800 + 3600)
+    assert sender.bodies(BOB) == [b"b", b"b"]  # within the cap once it has one
+
+
+async def test_an_overdue_answer_frees_the_window_and_a_lost_one_parks_nobody(
+    nursery, store, mock_clock
+) -> None:
+    # A phone that never answers the retransmissions of a MESSAGE whose 200 was lost (SIPp's
+    # UAS under overload): after delivery_overdue the next notice goes out; when the first
+    # times out while later ones were answered, only it failed.
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(3)], "cid")
+    assert sender.bodies(ALICE) == [b"a0"]
+    await trio.testing.wait_all_tasks_blocked()  # the once-a-second check is asleep
+    mock_clock.jump(3.5)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0"]  # not overdue yet
+    mock_clock.jump(1.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]  # a0 no longer holds the window
+    first = sender.pending.pop(0)[1]
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+    assert sender.bodies(ALICE) == [b"a0", b"a1", b"a2"]
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+    first(DeliveryResult(408, "Request Timeout"))
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.ok, stats.failed, stats.stored, stats.waiting_members) == (2, 1, 0, 0)
+    await delivery.submit([relay(ALICE, "a3")], "cid")
+    assert sender.bodies(ALICE)[-1] == b"a3"  # direct: not parked
+
+
+async def test_an_overdue_notice_of_a_silent_member_still_parks_it(
+    nursery, store, mock_clock
+) -> None:
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(3)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    mock_clock.jump(4.5)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]
+    sender.pending.pop(0)[1](DeliveryResult(408, "Request Timeout"))  # nothing answered since
+    sender.pending.pop(0)[1](DeliveryResult(408, "Request Timeout"))
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.stored, stats.pending, stats.waiting_members, stats.failed) == (3, 3, 1, 0)
+
+
+async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock_clock) -> None:
+    # Answers slower than delivery_overdue (an overloaded server): one more notice goes out,
+    # not one more per second.
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(5)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    for _ in range(20):
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))  # the overdue one answered at last
+    for _ in range(5):
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1", b"a2"]  # a1 is the overdue one now
