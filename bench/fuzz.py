@@ -556,8 +556,21 @@ class _Harness:
         except Exception as error:
             self.crash("answer", repr(error), data, index)
             return
+        finally:
+            self._sent(reply, data, index)
         if len(wire) > MAX_DATAGRAM and len(data) <= MAX_DATAGRAM:
             self.crash("answer", f"{reply.code} of {len(wire)} bytes", data, index)
+
+    def _sent(self, reply: object, data: bytes, index: int) -> None:
+        """What the transport does once the answer is on the wire: run the reply's ``after``
+        hook, which releases the notices the request caused (answer first). Without it every
+        notice would wait for delivery's stale-hold sweep."""
+        after = getattr(reply, "after", None)
+        if after is not None:
+            try:
+                after()
+            except Exception as error:
+                self.crash("after", repr(error), data, index)
 
 
 Engine = Callable[[int, int, int], Iterator[tuple[int, bytes]]]
