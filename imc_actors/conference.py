@@ -13,6 +13,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -36,7 +37,7 @@ from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import USER_SAFE, canonical_user, reason_phrase
-from .store.repository import Repository
+from .store.repository import Repository, StoreError
 from .store.writer import Backend, Store
 from .transport.limits import FloodLimiter
 
@@ -154,6 +155,7 @@ class Conference:
         #: This node's room leases (config ``node``), or None.
         self.leases: LeaseKeeper | None = None
         self._closed = False
+        self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
         self._start = config.imc_cmd_start_char[0]
@@ -279,6 +281,8 @@ class Conference:
         if not isinstance(route, _ToRoom):
             return False
         handle = self.supervisor.lookup(route.name, route.domain)
+        if self.leases is not None and not self.leases.serving(handle.state.key if handle else ""):
+            return False  # not this node's room (yet): handle() takes it over or refuses
         if handle is None or self._chat_limited(route, peek=True) is not None:
             return False  # a refusal goes through handle(), which counts it once
         self._chat_limited(route)
@@ -356,6 +360,11 @@ class Conference:
         hold: Hold | None,
     ) -> Answer:
         """Send ``op`` to the room; create it first when ``create`` is not None (its private flag)."""
+        refused = await self.claim(f"{name}@{domain}".lower())
+        if refused is not None:
+            if refused.text:
+                return await self._refuse(refused.code, refused.text, msg, hold, refused.retry_after)
+            return Answer(refused.code, reason_phrase(refused.code), retry_after=refused.retry_after)
         for _ in range(4):
             handle = self.supervisor.lookup(name, domain)
             if handle is not None:
@@ -370,6 +379,62 @@ class Conference:
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
+
+    # ------------------------------------------------------------------ ownership
+    async def claim(self, key: str) -> _Refuse | None:
+        """Make this node the one serving the room ``key`` (``name@domain``, lower case) when
+        it has a node name and does not serve it now (issue 13, failover): take the room's
+        lease over (free, expired, or its own lapsed one; epoch + 1) and serve the state read
+        from the database after that. None when the room may be served here now (or is not
+        stored: it may be created); else the refusal: 503 while another node holds a live
+        lease (``texts.ROOM_HELD_ELSEWHERE``), 503 without a notice when the database fails.
+        Concurrent claims of one room wait for the first. Checkpoints."""
+        keeper, store = self.leases, self.store
+        if keeper is None or store is None:
+            return None
+        while not keeper.serving(key):
+            pending = self._claims.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        else:
+            return None
+        self._claims[key] = event = trio.Event()
+        try:
+            await self.supervisor.stop(key)  # nothing of a stale actor may commit after this
+            try:
+                epoch, state = await store.read(partial(_take_over, key=key))
+            except StoreError as exc:
+                log.warning("room=%s taking the lease over failed: %s", key, exc)
+                return _Refuse(503, "", 1)
+            if epoch is None:
+                seconds = max(1, math.ceil(self.config.lease_ttl))
+                return _Refuse(503, texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds), seconds)
+            keeper.taken(key)
+            if state is not None:
+                log.info("room=%s taken over (epoch %d), %d members", key, epoch, len(state.members))
+                self.supervisor.replace(state)
+            return None
+        finally:
+            del self._claims[key]
+            event.set()
+
+    async def lease_round(self) -> None:
+        """One round of the lease keeper now (it runs one every ``lease_ttl / 3`` seconds):
+        renew, stop the rooms another node took over, take over the rooms of dead nodes.
+        Does nothing without a node name. Checkpoints."""
+        if self.leases is not None:
+            await self.leases.round(self._lost, self._orphans)
+
+    def _lost(self, keys: list[str]) -> None:
+        """The lease keeper found rooms another node took over: stop serving them here."""
+        for key in keys:
+            self.supervisor.retire(key)
+
+    async def _orphans(self, keys: list[str]) -> None:
+        """The lease keeper found rooms of dead nodes: take them over before anyone writes."""
+        for key in keys:
+            await self.claim(key)
 
     async def refuse(
         self, msg: IncomingMessage, code: int, text: str, *, hold: Hold | None = None
@@ -441,6 +506,10 @@ class Conference:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
         await self.delivery.submit((notice,), msg.call_id, hold=hold)
         return Answer(200, "OK", body=body)
+
+
+def _take_over(repository: Repository, *, key: str) -> tuple[int | None, RoomState | None]:
+    return repository.take_over(key)
 
 
 def repository_of(config: Config) -> Repository:
@@ -569,7 +638,6 @@ async def _serving(
             await keeper.acquire(rooms)
             await keeper.advertise([])  # a node without SIP sockets; the server names its own
             rooms = await store.load_rooms()
-            await nursery.start(keeper.run)
         supervisor.load(rooms)
         await delivery.restore()
         await nursery.start(delivery.run)
@@ -577,6 +645,8 @@ async def _serving(
         conference = Conference(config, supervisor, delivery, router, store)
         conference.leases = keeper
         conference._nursery = nursery
+        if keeper is not None:
+            await nursery.start(keeper.run, conference._lost, conference._orphans)
         try:
             yield conference
             with trio.move_on_after(SHUTDOWN_GRACE):  # notices already queued still go out

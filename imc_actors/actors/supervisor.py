@@ -120,6 +120,7 @@ class RoomHandle:
     receive: trio.MemoryReceiveChannel[Envelope] | None = None
     current: Envelope | None = None
     backlog: deque[Envelope] | None = None  # taken from the mailbox, not yet answered
+    ended: trio.Event | None = None  # set when the actor ends (see Supervisor.stop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,37 @@ class Supervisor:
     def rooms(self) -> list[RoomState]:
         """Committed state of every room (a consistent snapshot per room)."""
         return [h.state for h in self.handles() if h.committed]
+
+    def replace(self, state: RoomState) -> None:
+        """Serve ``state`` (read from the database after taking the room's lease over) instead
+        of whatever this registry held for the room (see :meth:`retire`)."""
+        self.retire(state.key)
+        index = partition_of(state.key, self._hash_size)
+        self._partitions[index][state.key] = RoomHandle(state, index)
+        self._count_owners(state, 1)
+
+    async def stop(self, key: str) -> None:
+        """:meth:`retire` the room ``key`` and wait until its actor has ended (a batch it is
+        committing finishes first, fenced or not). Checkpoints only when an actor runs."""
+        handle = self._partitions[partition_of(key, self._hash_size)].get(key)
+        if handle is None:
+            return
+        self.retire(key)
+        if handle.running:
+            handle.ended = ended = handle.ended or trio.Event()
+            await ended.wait()
+
+    def retire(self, key: str) -> None:
+        """Stop serving the room ``key`` here (its lease is another node's, or it is gone):
+        unregister it and end its actor. Commands already queued for it are routed again."""
+        handle = self._partitions[partition_of(key, self._hash_size)].get(key)
+        if handle is None:
+            return
+        self._unregister(handle)
+        if handle.send is not None:
+            handle.send.close()  # the actor ends at its next receive and re-routes the rest
+        if not handle.running:
+            self._drain(handle, Answer(RETRY, "Room gone"))
 
     def _unregister(self, handle: RoomHandle) -> None:
         rooms = self._partitions[handle.partition]
@@ -393,6 +425,8 @@ class Supervisor:
                     )
         finally:
             handle.running = False
+            if handle.ended is not None:
+                handle.ended.set()
 
     async def _actor(self, handle: RoomHandle) -> None:
         """The actor loop: take what is queued (up to ``max_batch``), handle it, repeat.
@@ -409,11 +443,16 @@ class Supervisor:
                 try:
                     backlog.append(receive.receive_nowait())
                 except trio.WouldBlock:
-                    backlog.append(await receive.receive())
+                    try:
+                        backlog.append(await receive.receive())
+                    except trio.EndOfChannel:  # retired: see retire()
+                        break
+                except trio.EndOfChannel:
+                    break
             while len(backlog) < self.max_batch:
                 try:
                     backlog.append(receive.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
             if isinstance(backlog[0].op, _Create) or not handle.committed:
                 await self._process(handle, backlog[0])
@@ -543,9 +582,12 @@ class Supervisor:
         envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
 
     async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
-        """A write refused because another node holds the room's lease: log it and tell the
-        sender why its 503 came (the notice leaves after the answer, like every other)."""
+        """A write refused because another node holds the room's lease: log it, stop serving
+        the room here, and tell the sender why its 503 came (the notice leaves after the
+        answer, like every other)."""
         log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
+        if handle.committed:  # another node serves it now: stop it here (see Conference.claim)
+            self.retire(handle.state.key)
         op = envelope.op
         to = op.sender if isinstance(op, RoomRequest) else None
         if isinstance(op, _Create) and op.outcome.notices:
