@@ -141,7 +141,7 @@ class LeaseKeeper:
             if lost is not None:
                 lost(gone)
         if found and orphans is not None:
-            log.info("taking over %d rooms of dead nodes (%s)", len(found), ", ".join(found[:5]))
+            log.warning("taking over %d rooms of dead nodes (%s)", len(found), ", ".join(found[:5]))
             await orphans(found)
 
     async def release(self) -> None:

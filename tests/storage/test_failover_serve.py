@@ -1,0 +1,55 @@
+"""Failover between two real ``imc-actors serve`` processes (issue 13 item 4): nodes ``a``
+(127.0.0.2) and ``b`` (127.0.0.3) share one database; after ``kill -9`` of ``a`` its room is
+served by ``b``, restored from the database with every acknowledged member.
+
+The only wait is for ``b``'s own log line saying it took the room over (its scan runs every
+``lease_ttl / 3``; a safety net bounds it), not a sleep.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from tests.integration.conftest import DOMAIN, MANAGER, expect
+from tests.storage.conftest import Tables
+from tests.support.serve import serve_process
+from tests.support.ua import TestUA
+
+CHAT = f"sip:chat@{DOMAIN}"
+TTL = "1.5"
+
+
+async def test_kill_9_of_a_node_moves_its_room_to_the_other_node(
+    db_url: str, tables: Tables, nursery: trio.Nursery
+) -> None:
+    flags = [*tables.flags(), "--lease-ttl", TTL]
+    async with (
+        serve_process(db_url, *flags, "--node", "a", host="127.0.0.2") as a,
+        serve_process(db_url, *flags, "--node", "b", host="127.0.0.3") as b,
+    ):
+        alice = await TestUA.open(nursery, "alice", DOMAIN, a.udp)
+        bob = await TestUA.open(nursery, "bob", DOMAIN, a.udp)
+        for agent in (alice, bob):
+            assert (await agent.register()).code == 200
+        assert (await alice.message(MANAGER, "#create chat")).code == 200
+        await expect(alice, "*** Room was created", sender=CHAT)
+        assert (await bob.message(CHAT, "#join")).code == 200  # acknowledged: durable
+        for agent in (alice, bob):
+            await expect(agent, "*** [bob] has joined the room", sender=CHAT)
+        carol = await TestUA.open(nursery, "carol", DOMAIN, b.udp)
+        assert (await carol.register()).code == 200
+        refused = await carol.message(CHAT, "#join")  # a lives and holds the room
+        assert refused.code == 503 and refused.header("Retry-After") == "2"
+        await expect(carol, "*** Room is held by another node now; try again in 2 seconds", sender=CHAT)
+
+        assert await a.kill() != 0  # no release, no cleanup
+        with trio.fail_after(30):  # safety net: the scan takes it within about lease_ttl
+            line = await b.logged(b"taking over 1 rooms of dead nodes")
+        assert b"chat@127.0.0.1" in line
+        bob.server = b.udp
+        assert (await bob.register()).code == 200  # bob's phone now talks to b
+        assert (await bob.message(CHAT, "#members")).code == 200
+        await expect(bob, "Members:\n*[alice]\n[bob]", sender=CHAT)
+        assert (await carol.message(CHAT, "#join")).code == 200
+        await expect(bob, "*** [carol] has joined the room", sender=CHAT)
+        assert await b.terminate() == 0
