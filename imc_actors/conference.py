@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -37,6 +37,7 @@ from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import USER_SAFE, canonical_user, reason_phrase
+from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.writer import Backend, Store
 from .transport.limits import FloodLimiter
@@ -68,6 +69,9 @@ class IncomingMessage:
     body: bytes
     content_type: str | None = None
     call_id: str = ""
+    #: The node that forwarded this MESSAGE here (issue 13; checked by the server), or None.
+    #: A forwarded MESSAGE is never forwarded again.
+    forwarded_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,12 @@ class _ToRoom:
     op: RoomRequest
     create: bool | None  # create the room if missing (the private flag), or None: never
 
+
+#: :meth:`Conference.claim`'s refusal while another node holds a live lease (forwardable).
+_HELD_ELSEWHERE = _Refuse(503, "", None)
+
+#: ``forward(request_uri, sender, body, content_type, location) -> Answer | None``.
+Forward = Callable[[str, str, bytes, "str | None", RoomLocation], Awaitable[Answer | None]]
 
 _HELP = "help"
 _ROOMS = "rooms"
@@ -154,6 +164,9 @@ class Conference:
         self.store = store
         #: This node's room leases (config ``node``), or None.
         self.leases: LeaseKeeper | None = None
+        #: Hands a MESSAGE for a room another node holds to that node (the server sets it:
+        #: :class:`~imc_actors.forwarding.Forwarder`), or None: such a MESSAGE gets 503.
+        self.forward: Forward | None = None
         self._closed = False
         self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
         self._domains = frozenset(config.served_domains)
@@ -360,8 +373,16 @@ class Conference:
         hold: Hold | None,
     ) -> Answer:
         """Send ``op`` to the room; create it first when ``create`` is not None (its private flag)."""
-        refused = await self.claim(f"{name}@{domain}".lower())
+        key = f"{name}@{domain}".lower()
+        refused = await self.claim(key)
+        if refused is _HELD_ELSEWHERE and self.forward is not None and msg.forwarded_by is None:
+            answer = await self._forwarded(key, msg)
+            if answer is not None:
+                return answer
         if refused is not None:
+            if refused is _HELD_ELSEWHERE:
+                seconds = max(1, math.ceil(self.config.lease_ttl))
+                refused = _Refuse(503, texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds), seconds)
             if refused.text:
                 return await self._refuse(refused.code, refused.text, msg, hold, refused.retry_after)
             return Answer(refused.code, reason_phrase(refused.code), retry_after=refused.retry_after)
@@ -408,8 +429,7 @@ class Conference:
                 log.warning("room=%s taking the lease over failed: %s", key, exc)
                 return _Refuse(503, "", 1)
             if epoch is None:
-                seconds = max(1, math.ceil(self.config.lease_ttl))
-                return _Refuse(503, texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds), seconds)
+                return _HELD_ELSEWHERE
             keeper.taken(key)
             if state is not None:
                 log.info("room=%s taken over (epoch %d), %d members", key, epoch, len(state.members))
@@ -418,6 +438,19 @@ class Conference:
         finally:
             del self._claims[key]
             event.set()
+
+    async def _forwarded(self, key: str, msg: IncomingMessage) -> Answer | None:
+        """Hand ``msg`` to the node holding ``key``'s live lease; its answer, or None when no
+        other node can be found (then the 503 stands)."""
+        assert self.forward is not None and self.store is not None
+        try:
+            location = await self.store.read(partial(_locate, key=key))
+        except StoreError as exc:
+            log.warning("room=%s locating its node failed: %s", key, exc)
+            return None
+        if location is None or location.node == self.config.node:
+            return None
+        return await self.forward(msg.request_uri, msg.sender, msg.body, msg.content_type, location)
 
     async def lease_round(self) -> None:
         """One round of the lease keeper now (it runs one every ``lease_ttl / 3`` seconds):
@@ -506,6 +539,10 @@ class Conference:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
         await self.delivery.submit((notice,), msg.call_id, hold=hold)
         return Answer(200, "OK", body=body)
+
+
+def _locate(repository: Repository, *, key: str) -> RoomLocation | None:
+    return repository.locate(key)
 
 
 def _take_over(repository: Repository, *, key: str) -> tuple[int | None, RoomState | None]:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import trio.testing
 
-from imc_actors import open_conference
+from imc_actors import IncomingMessage, open_conference
 from imc_actors.conference import Conference
 from tests.storage.conftest import Tables
 from tests.storage.test_leases import TTL, FakeClock, conference_config, say
@@ -105,3 +105,26 @@ async def test_a_clean_shutdown_hands_over_at_once_and_a_node_that_comes_back_ta
             assert (await back.handle(say("imc-manager", "erin", "#create fresh"))).code == 200
             assert back.leases.statistics().held == 1
         assert (await two.handle(say("chat", "bob", "hello"))).code == 202
+
+
+async def test_a_forwarded_message_is_never_forwarded_again(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one, node(db_url, tables, clock, "n2") as two:
+        await make_chat(one)
+        calls: list[str] = []
+
+        async def forward(request_uri, sender, body, content_type, location):
+            calls.append(location.node)
+            forwarded = IncomingMessage(request_uri, sender, body, content_type, forwarded_by="n2")
+            return await one.handle(forwarded)
+
+        two.forward = forward
+        assert (await two.handle(say("chat", "carol", "#join"))).code == 200  # via n1
+        assert calls == ["n1"] and "sip:carol@example.com" in members(one)
+        # a forwarded MESSAGE reaching a node that does not hold the room (a race: the room
+        # moved meanwhile) is refused there, never forwarded on
+        again = IncomingMessage(f"sip:{CHAT}", "sip:dave@example.com", b"#join", forwarded_by="n1")
+        assert (await two.handle(again)).code == 503
+        assert calls == ["n1"]

@@ -1,6 +1,7 @@
 """Failover between two real ``imc-actors serve`` processes (issue 13 item 4): nodes ``a``
 (127.0.0.2) and ``b`` (127.0.0.3) share one database; after ``kill -9`` of ``a`` its room is
-served by ``b``, restored from the database with every acknowledged member.
+served by ``b``, restored from the database with every acknowledged member. While both
+run, ``b`` forwards the MESSAGEs for ``a``'s room to ``a`` (issue 13 item 2).
 
 The only wait is for ``b``'s own log line saying it took the room over (its scan runs every
 ``lease_ttl / 3``; a safety net bounds it), not a sleep.
@@ -38,9 +39,9 @@ async def test_kill_9_of_a_node_moves_its_room_to_the_other_node(
             await expect(agent, "*** [bob] has joined the room", sender=CHAT)
         carol = await TestUA.open(nursery, "carol", DOMAIN, b.udp)
         assert (await carol.register()).code == 200
-        refused = await carol.message(CHAT, "#join")  # a lives and holds the room
-        assert refused.code == 503 and refused.header("Retry-After") == "2"
-        await expect(carol, "*** Room is held by another node now; try again in 2 seconds", sender=CHAT)
+        assert (await carol.message(CHAT, "#join")).code == 200  # a holds the room: forwarded
+        for agent in (alice, bob):
+            await expect(agent, "*** [carol] has joined the room", sender=CHAT)
 
         assert await a.kill() != 0  # no release, no cleanup
         with trio.fail_after(30):  # safety net: the scan takes it within about lease_ttl
@@ -49,7 +50,43 @@ async def test_kill_9_of_a_node_moves_its_room_to_the_other_node(
         bob.server = b.udp
         assert (await bob.register()).code == 200  # bob's phone now talks to b
         assert (await bob.message(CHAT, "#members")).code == 200
-        await expect(bob, "Members:\n*[alice]\n[bob]", sender=CHAT)
-        assert (await carol.message(CHAT, "#join")).code == 200
-        await expect(bob, "*** [carol] has joined the room", sender=CHAT)
+        await expect(bob, "Members:\n*[alice]\n[bob]\n[carol]", sender=CHAT)
+        assert (await carol.message(CHAT, "#leave")).code == 200  # b serves it itself now
+        await expect(bob, "*** [carol] has left the room", sender=CHAT)
         assert await b.terminate() == 0
+
+
+async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_answer(
+    db_url: str, tables: Tables, nursery: trio.Nursery
+) -> None:
+    flags = [*tables.flags(), "--lease-ttl", "5"]
+    async with (
+        serve_process(db_url, *flags, "--node", "a", host="127.0.0.2") as a,
+        serve_process(db_url, *flags, "--node", "b", host="127.0.0.3") as b,
+    ):
+        alice, bob, carol = [await TestUA.open(nursery, user, DOMAIN, a.udp) for user in ("alice", "bob", "carol")]
+        for agent in (alice, bob, carol):
+            assert (await agent.register()).code == 200
+        assert (await alice.message(MANAGER, "#create chat")).code == 200
+        await expect(alice, "*** Room was created", sender=CHAT)
+        bob.server = carol.server = b.udp  # they talk to b; a holds the room
+        assert (await bob.message(CHAT, "#join")).code == 200  # forwarded to a, a's 200 relayed
+        for agent in (alice, bob):  # a did the fan-out
+            await expect(agent, "*** [bob] has joined the room", sender=CHAT)
+        assert (await bob.message(CHAT, "hello")).code == 202
+        await expect(alice, "[bob]: hello", sender=CHAT)
+        refused = await bob.message(CHAT, "#destroy")  # a's refusal, relayed
+        assert refused.code == 403
+        await expect(bob, "*** Only the room's owner can destroy the room", sender=CHAT)
+        stored = tables.repository(db_url).load_room("chat@127.0.0.1")
+        assert [m.uri for m in stored.members] == [f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"]
+
+        # only a listed node may forward: a client posing as node b from its own address
+        carol.server = a.udp
+        posing = await carol.request(
+            "MESSAGE", CHAT, body=b"#join",
+            headers=[("X-IMC-Forwarded-By", "b"), ("X-IMC-Request-URI", CHAT)],
+            content_type="text/plain",
+        )
+        assert posing.code == 403
+        assert len(tables.repository(db_url).load_room("chat@127.0.0.1").members) == 2
