@@ -90,3 +90,30 @@ async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_a
         )
         assert posing.code == 403
         assert len(tables.repository(db_url).load_room("chat@127.0.0.1").members) == 2
+
+
+async def test_under_auth_the_forwarding_node_authenticates_and_the_owner_trusts_the_node(
+    db_url: str, tables: Tables, nursery: trio.Nursery
+) -> None:
+    repository = tables.repository(db_url)
+    repository.init_schema()
+    for user in ("alice", "bob"):
+        repository.set_user(user, DOMAIN, f"{user}-pw", create=True)
+    flags = [*tables.flags(), "--auth", "all"]
+    async with (
+        serve_process(db_url, *flags, "--node", "a", host="127.0.0.2") as a,
+        serve_process(db_url, *flags, "--node", "b", host="127.0.0.3") as b,
+    ):
+        alice = await TestUA.open(nursery, "alice", DOMAIN, a.udp)
+        bob = await TestUA.open(nursery, "bob", DOMAIN, a.udp)
+        for agent in (alice, bob):
+            agent.password = f"{agent.user}-pw"
+            assert (await agent.register()).code == 200
+        assert (await alice.message(MANAGER, "#create chat")).code == 200
+        await expect(alice, "*** Room was created", sender=CHAT)
+        bob.server = b.udp
+        bob.password = None  # b challenges bob itself: without his password, nothing goes on
+        assert (await bob.message(CHAT, "#join")).code == 401
+        bob.password = "bob-pw"
+        assert (await bob.message(CHAT, "#join")).code == 200  # b authenticated him, a trusts b
+        await expect(alice, "*** [bob] has joined the room", sender=CHAT)
