@@ -92,8 +92,8 @@ class _ToRoom:
 #: :meth:`Conference.claim`'s refusal while another node holds a live lease (forwardable).
 _HELD_ELSEWHERE = _Refuse(503, "", None)
 
-#: ``forward(request_uri, sender, body, content_type, location) -> Answer | None``.
-Forward = Callable[[str, str, bytes, "str | None", RoomLocation], Awaitable[Answer | None]]
+#: ``forward(request_uri, sender, body, content_type, call_id, location) -> Answer | None``.
+Forward = Callable[[str, str, bytes, "str | None", str, RoomLocation], Awaitable[Answer | None]]
 
 _HELP = "help"
 _ROOMS = "rooms"
@@ -450,7 +450,9 @@ class Conference:
             return None
         if location is None or location.node == self.config.node:
             return None
-        return await self.forward(msg.request_uri, msg.sender, msg.body, msg.content_type, location)
+        return await self.forward(
+            msg.request_uri, msg.sender, msg.body, msg.content_type, msg.call_id, location
+        )
 
     async def lease_round(self) -> None:
         """One round of the lease keeper now (it runs one every ``lease_ttl / 3`` seconds):

@@ -3,7 +3,8 @@ node holds hands it to that node over SIP, and relays the final answer.
 
 The forwarded MESSAGE goes to the owner's SIP listen address (from ``imc_nodes``, see
 ``Repository.locate``), From the original sender, To the original Request-URI, with the
-original body and Content-Type, and two headers:
+original body, Content-Type and Call-ID (so the owner's notices carry it as In-Reply-To), and
+two headers:
 
 - ``X-IMC-Forwarded-By: <node>``, the forwarding node's name. The owner accepts the request
   only from a source address that node advertises in ``imc_nodes`` (403 otherwise), and never
@@ -46,7 +47,7 @@ class Forwarder:
 
     async def __call__(
         self, request_uri: str, sender: str, body: bytes, content_type: str | None,
-        location: RoomLocation,
+        call_id: str, location: RoomLocation,
     ) -> Answer | None:  # fmt: skip
         """Forward one MESSAGE to ``location``'s node; its final answer, or None when the
         node advertises no UDP or TCP address."""
@@ -59,7 +60,7 @@ class Forwarder:
         result = await self._transport.send_request(
             "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
             headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
-            body=body, content_type=content_type,
+            body=body, content_type=content_type, call_id=call_id or None,
         )  # fmt: skip
         self.forwarded += 1
         log.debug("forwarded a MESSAGE for %s to node %s: %d", location.room, location.node, result.code)

@@ -115,9 +115,9 @@ async def test_a_forwarded_message_is_never_forwarded_again(
         await make_chat(one)
         calls: list[str] = []
 
-        async def forward(request_uri, sender, body, content_type, location):
+        async def forward(request_uri, sender, body, content_type, call_id, location):
             calls.append(location.node)
-            forwarded = IncomingMessage(request_uri, sender, body, content_type, forwarded_by="n2")
+            forwarded = IncomingMessage(request_uri, sender, body, content_type, call_id, "n2")
             return await one.handle(forwarded)
 
         two.forward = forward

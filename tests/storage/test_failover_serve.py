@@ -75,9 +75,12 @@ async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_a
             await expect(agent, "*** [bob] has joined the room", sender=CHAT)
         assert (await bob.message(CHAT, "hello")).code == 202
         await expect(alice, "[bob]: hello", sender=CHAT)
-        refused = await bob.message(CHAT, "#destroy")  # a's refusal, relayed
+        refused = await bob.request(  # a's refusal, relayed
+            "MESSAGE", CHAT, body=b"#destroy", content_type="text/plain", call_id="destroy-1@bob"
+        )
         assert refused.code == 403
-        await expect(bob, "*** Only the room's owner can destroy the room", sender=CHAT)
+        told = await expect(bob, "*** Only the room's owner can destroy the room", sender=CHAT)
+        assert told.header("In-Reply-To") == "destroy-1@bob"  # the original Call-ID went along
         stored = tables.repository(db_url).load_room("chat@127.0.0.1")
         assert [m.uri for m in stored.members] == [f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}"]
 
