@@ -407,8 +407,9 @@ class Conference:
         it has a node name and does not serve it now (issue 13, failover): take the room's
         lease over (free, expired, or its own lapsed one; epoch + 1) and serve the state read
         from the database after that. None when the room may be served here now (or is not
-        stored: it may be created); else the refusal: 503 while another node holds a live
-        lease (``texts.ROOM_HELD_ELSEWHERE``), 503 without a notice when the database fails.
+        stored: it may be created); else the refusal: :data:`_HELD_ELSEWHERE` while another
+        node holds a live lease (the caller forwards, or refuses with
+        ``texts.ROOM_HELD_ELSEWHERE``), 503 without a notice when the database fails.
         Concurrent claims of one room wait for the first. Checkpoints."""
         keeper, store = self.leases, self.store
         if keeper is None or store is None:
