@@ -2,7 +2,7 @@
 node holds hands it to that node over SIP, and relays the final answer.
 
 The forwarded MESSAGE goes to the owner's SIP listen address (from ``imc_nodes``, see
-``Repository.locate``), From the original sender, To the original Request-URI, with the
+``Repository.locate``; Request-URI ``sip:host:port``, the node itself), From the original sender, To the original Request-URI, with the
 original body, Content-Type and Call-ID (so the owner's notices carry it as In-Reply-To), and
 two headers:
 
@@ -54,9 +54,10 @@ class Forwarder:
         target = _target(location.addresses)
         if target is None:
             return None
-        user = request_uri.partition(":")[2].rpartition("@")[0]
+        # addressed to the node itself, without a user: a user part would make the router
+        # look the URI up in the registrar when the node's host is also a served domain
         host = f"[{target.host}]" if ":" in target.host else target.host
-        uri = f"sip:{user}@{host}:{target.port}" + (";transport=tcp" if target.transport == "tcp" else "")
+        uri = f"sip:{host}:{target.port}" + (";transport=tcp" if target.transport == "tcp" else "")
         result = await self._transport.send_request(
             "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
             headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
