@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -293,6 +294,35 @@ async def _sweep_bindings(commit: Callable[[list[Any]], Awaitable[None]]) -> Non
             log.warning("sweeping expired bindings failed: %s", exc)
 
 
+async def _follow_bindings(
+    read: Callable[[Callable[[Any], Any]], Awaitable[Any]],
+    registrar: Registrar,
+    wake: Callable[[str], None],
+    period: float,
+) -> None:
+    """With several nodes (issue 13): every ``period`` seconds, add the bindings the other
+    nodes wrote since the last look to this node's registrar, and send what is stored for
+    their members, so a room's owner reaches members registered with any node. (A binding
+    another node removed stays here until it expires.)"""
+    since = time.time()
+    while True:
+        await trio.sleep(period)
+        wall = time.time()
+        try:
+            bindings = await read(partial(_bindings_since, now=wall, since=since))
+        except StoreError as exc:
+            log.warning("reading the other nodes' bindings failed: %s", exc)
+            continue
+        since = wall
+        registrar.restore(bindings, trio.current_time(), wall)
+        for aor in {binding.aor for binding in bindings}:
+            wake(aor)
+
+
+def _bindings_since(repository: Any, *, now: float, since: float) -> Any:
+    return repository.load_bindings(now, since=since)
+
+
 def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:
     """The MESSAGE route: SIP request in, conference answer out (``mark``: see
     :class:`MessageHandler`)."""
@@ -393,6 +423,11 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:
                 nursery.start_soon(_sweep_bindings, sweep)
+            if sweep is not None and conference.leases is not None and registrar is not None:
+                nursery.start_soon(
+                    _follow_bindings, store.read, registrar, conference.delivery.wake,
+                    config.lease_ttl / 3,
+                )  # fmt: skip
             server = Server(config, conference, transport, registrar, metrics)
             server.authenticator = metrics.authenticator = authenticator
             if conference.leases is not None:  # where other nodes reach this one (issue 13)

@@ -350,11 +350,13 @@ class Repository:
             lambda: own_tables.load_pending(self._models, member, limit),
         )
 
-    def load_bindings(self, now: float) -> list[Binding]:
+    def load_bindings(self, now: float, since: float | None = None) -> list[Binding]:
         """Every registrar binding that has not expired at ``now`` (epoch seconds), oldest
-        first. Expired rows are deleted."""
+        first. Expired rows are deleted. With ``since``: only those written (by any node) from
+        about then on, nothing deleted (a node catching up with the others' REGISTERs)."""
         return self._run(
-            "loading the bindings", lambda: own_tables.load_bindings(self._db, self._models, now)
+            "loading the bindings",
+            lambda: own_tables.load_bindings(self._db, self._models, now, since),
         )
 
     # -- users (digest authentication; see store/users.py) ----------------------------------

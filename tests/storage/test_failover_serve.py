@@ -95,6 +95,14 @@ async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_a
         assert posing.code == 403
         assert len(tables.repository(db_url).load_room("chat@127.0.0.1").members) == 2
 
+        # dave registers with b only, after a started: a, the owner, still reaches him
+        dave = await TestUA.open(nursery, "dave", DOMAIN, b.udp)
+        assert (await dave.register()).code == 200
+        assert (await dave.message(CHAT, "#join")).code == 200  # forwarded to a
+        await expect(dave, "*** [dave] has joined the room", sender=CHAT)  # a read his binding
+        assert (await alice.message(CHAT, "hi all")).code == 202
+        await expect(dave, "[alice]: hi all", sender=CHAT)
+
 
 async def test_under_auth_the_forwarding_node_authenticates_and_the_owner_trusts_the_node(
     db_url: str, tables: Tables, nursery: trio.Nursery
