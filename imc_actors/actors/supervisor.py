@@ -188,6 +188,7 @@ class Supervisor:
         self._processed = 0
         self._mailbox_full = 0
         self._owned: Counter[str] = Counter()  # member key -> rooms registered with it as owner
+        self._stopping: dict[str, RoomHandle] = {}  # retired rooms whose actor has not ended yet
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
@@ -244,10 +245,11 @@ class Supervisor:
         """:meth:`retire` the room ``key`` and wait until its actor has ended (a batch it is
         committing finishes first, fenced or not). Checkpoints only when an actor runs."""
         handle = self._partitions[partition_of(key, self._hash_size)].get(key)
-        if handle is None:
-            return
-        self.retire(key)
-        if handle.running:
+        if handle is not None:
+            self.retire(key)
+        else:
+            handle = self._stopping.get(key)  # retired earlier (fenced), its actor still running
+        if handle is not None and handle.running:
             handle.ended = ended = handle.ended or trio.Event()
             await ended.wait()
 
@@ -255,12 +257,16 @@ class Supervisor:
         """Stop serving the room ``key`` here (its lease is another node's, or it is gone):
         unregister it and end its actor. Commands already queued for it are routed again."""
         handle = self._partitions[partition_of(key, self._hash_size)].get(key)
-        if handle is None:
-            return
+        if handle is not None:
+            self._retire(handle)
+
+    def _retire(self, handle: RoomHandle) -> None:
         self._unregister(handle)
         if handle.send is not None:
             handle.send.close()  # the actor ends at its next receive and re-routes the rest
-        if not handle.running:
+        if handle.running:
+            self._stopping[handle.state.key] = handle  # stop() waits for it
+        else:
             self._drain(handle, Answer(RETRY, "Room gone"))
 
     def _unregister(self, handle: RoomHandle) -> None:
@@ -425,6 +431,8 @@ class Supervisor:
                     )
         finally:
             handle.running = False
+            if self._stopping.get(handle.state.key) is handle:
+                del self._stopping[handle.state.key]
             if handle.ended is not None:
                 handle.ended.set()
 
@@ -586,8 +594,8 @@ class Supervisor:
         the room here, and tell the sender why its 503 came (the notice leaves after the
         answer, like every other)."""
         log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
-        if handle.committed:  # another node serves it now: stop it here (see Conference.claim)
-            self.retire(handle.state.key)
+        if handle.committed and not handle.gone:  # another node serves it: stop it here
+            self._retire(handle)
         op = envelope.op
         to = op.sender if isinstance(op, RoomRequest) else None
         if isinstance(op, _Create) and op.outcome.notices:
