@@ -374,19 +374,10 @@ class Conference:
     ) -> Answer:
         """Send ``op`` to the room; create it first when ``create`` is not None (its private flag)."""
         key = f"{name}@{domain}".lower()
-        refused = await self.claim(key)
-        if refused is _HELD_ELSEWHERE and self.forward is not None and msg.forwarded_by is None:
-            answer = await self._forwarded(key, msg)
-            if answer is not None:
-                return answer
-        if refused is not None:
-            if refused is _HELD_ELSEWHERE:
-                seconds = max(1, math.ceil(self.config.lease_ttl))
-                refused = _Refuse(503, texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds), seconds)
-            if refused.text:
-                return await self._refuse(refused.code, refused.text, msg, hold, refused.retry_after)
-            return Answer(refused.code, reason_phrase(refused.code), retry_after=refused.retry_after)
         for _ in range(4):
+            refused = await self.claim(key)  # again after a RETRY: the room may have moved
+            if refused is not None:
+                return await self._elsewhere(key, refused, msg, hold)
             handle = self.supervisor.lookup(name, domain)
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
@@ -400,6 +391,22 @@ class Conference:
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
+
+    async def _elsewhere(
+        self, key: str, refused: _Refuse, msg: IncomingMessage, hold: Hold | None
+    ) -> Answer:
+        """``claim`` refused: forward ``msg`` to the room's node when it is another's live
+        lease (and ``msg`` was not forwarded already), else answer the refusal."""
+        if refused is _HELD_ELSEWHERE and self.forward is not None and msg.forwarded_by is None:
+            answer = await self._forwarded(key, msg)
+            if answer is not None:
+                return answer
+        if refused is _HELD_ELSEWHERE:
+            seconds = max(1, math.ceil(self.config.lease_ttl))
+            refused = _Refuse(503, texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds), seconds)
+        if refused.text:
+            return await self._refuse(refused.code, refused.text, msg, hold, refused.retry_after)
+        return Answer(refused.code, reason_phrase(refused.code), retry_after=refused.retry_after)
 
     # ------------------------------------------------------------------ ownership
     async def claim(self, key: str) -> _Refuse | None:

@@ -531,6 +531,12 @@ class Supervisor:
         first = next(index for index, (_, _, outcome) in enumerate(staged) if outcome.writes)
         await self._adopt(handle, staged[:first])
         rest = staged[first:]
+        if isinstance(exc, Fenced) and handle.committed:
+            # another node holds the room now: stop it here; the rest of the backlog (this
+            # writer and everything after it) is routed again, to the new owner
+            log.warning("room=%s write refused: %s", handle.state.uri, exc)
+            self._retire(handle)
+            return
         writers = sum(1 for _, _, outcome in rest if outcome.writes)
         if isinstance(exc, StoreUnavailable | Fenced) or writers == 1:
             envelope = rest[0][0]
@@ -547,6 +553,8 @@ class Supervisor:
             self._count(handle)
             rest = rest[1:]
         for _ in rest:  # redo them one at a time from the committed state
+            if handle.gone:  # retired meanwhile: the actor's end routes the rest again
+                return
             await self._process(handle, backlog[0])
             backlog.popleft()
 
@@ -573,6 +581,12 @@ class Supervisor:
             try:
                 await self._store.commit(outcome.writes)
             except (StoreUnavailable, Fenced) as exc:
+                if isinstance(exc, Fenced) and handle.committed:  # as in _commit_failed
+                    log.warning("room=%s write refused call_id=%s: %s", handle.state.uri,
+                                envelope.call_id, exc)
+                    self._retire(handle)
+                    envelope.resolve(Answer(RETRY, "Room gone"))
+                    return
                 if isinstance(exc, Fenced):
                     await self._fenced(handle, envelope, exc)
                 self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
@@ -590,12 +604,11 @@ class Supervisor:
         envelope.resolve(Answer(outcome.code, outcome.reason, body=outcome.body))
 
     async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
-        """A write refused because another node holds the room's lease: log it, stop serving
-        the room here, and tell the sender why its 503 came (the notice leaves after the
-        answer, like every other)."""
+        """A new room's creation refused because another node holds its lease: log it and
+        tell the creator why its 503 came (the notice leaves after the answer, like every
+        other). A served room's fenced write retires the room instead (see
+        :meth:`_commit_failed`): its commands are routed again, to the new owner."""
         log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
-        if handle.committed and not handle.gone:  # another node serves it: stop it here
-            self._retire(handle)
         op = envelope.op
         to = op.sender if isinstance(op, RoomRequest) else None
         if isinstance(op, _Create) and op.outcome.notices:

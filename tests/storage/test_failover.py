@@ -55,14 +55,27 @@ async def test_a_request_takes_a_dead_nodes_room_over_with_its_acknowledged_memb
             assert b"alice" in listed.body and b"bob" in listed.body  # restored from the database
             assert (await two.handle(say("chat", "carol", "#join"))).code == 200
             assert members(two) == ["sip:alice@example.com", "sip:bob@example.com", "sip:carol@example.com"]
-            # n1 still believes it holds the room: its write is fenced, then it stops serving it
-            assert (await one.handle(say("chat", "dave", "#join"))).code == 503
+            # n1 still believes it holds the room: its write is fenced, it stops serving the
+            # room, and the command is routed again: to n2, the new owner, when n1 forwards
+            assert members(one) is not None
+            forwarded: list[str] = []
+
+            async def forward(request_uri, sender, body, content_type, call_id, location):
+                forwarded.append(location.node)
+                return await two.handle(IncomingMessage(request_uri, sender, body, content_type, call_id, "n1"))
+
+            one.forward = forward
+            assert (await one.handle(say("chat", "erin", "#join"))).code == 200
+            assert forwarded == ["n2"] and "sip:erin@example.com" in members(two)
             assert members(one) is None
-            assert (await one.handle(say("chat", "bob", "hello"))).code == 503  # no stale reads
+            one.forward = None  # without forwarding: 503, also for chat (no stale reads)
+            assert (await one.handle(say("chat", "dave", "#join"))).code == 503
+            assert (await one.handle(say("chat", "bob", "hello"))).code == 503
             lease = await trio.to_thread.run_sync(two.store.repository.owner_of, CHAT)
             assert (lease.node, lease.epoch) == ("n2", 2)
             stored = await trio.to_thread.run_sync(two.store.repository.load_room, CHAT)
             assert [m.uri for m in stored.members] == members(two)
+            assert "sip:dave@example.com" not in members(two)
 
 
 async def test_the_scan_takes_a_dead_nodes_rooms_over_before_anyone_writes(
