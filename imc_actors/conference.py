@@ -438,7 +438,7 @@ class Conference:
                 return _Refuse(503, "", 1)
             if epoch is None:
                 return _HELD_ELSEWHERE
-            keeper.taken(key)
+            keeper.taken(key, stored=state is not None)
             if state is not None:
                 log.info("room=%s taken over (epoch %d), %d members", key, epoch, len(state.members))
                 self.supervisor.replace(state)

@@ -38,12 +38,15 @@ log = logging.getLogger("imc_actors.leases")
 class LeaseStatistics:
     """``held``: leases this node holds now; ``renewals``/``renew_failures``: renewal rounds
     that worked and that failed; ``not_acquired``: stored rooms whose lease another node held
-    at startup."""
+    at startup; ``taken_over``: stored rooms this node took over since (failover, or a
+    lapsed lease of its own); ``lost``: rooms its renewals found taken over by another node."""
 
     held: int
     renewals: int
     renew_failures: int
     not_acquired: int
+    taken_over: int = 0
+    lost: int = 0
 
 
 class LeaseKeeper:
@@ -60,6 +63,8 @@ class LeaseKeeper:
         self._fresh_until = -float("inf")  # trio time until which held leases may be trusted
         self._margin = lease_ttl / 5
         self._taken: dict[str, float] = {}  # room -> trio time its own acquisition covers
+        self._taken_over = 0
+        self._lost = 0
 
     def serving(self, room: str) -> bool:
         """True when this node may serve ``room`` (a room key) from memory now: it holds the
@@ -69,9 +74,11 @@ class LeaseKeeper:
         fresh = now < self._fresh_until or now < self._taken.get(room, -float("inf"))
         return fresh and repository.holds(room)
 
-    def taken(self, room: str) -> None:
-        """``room``'s lease was (re)acquired just now: serve it until the next round at least."""
+    def taken(self, room: str, *, stored: bool) -> None:
+        """``room``'s lease was (re)acquired just now: serve it until the next round at least
+        (``stored``: the room exists and was read from the database, a takeover)."""
         self._taken[room] = trio.current_time() + self._ttl - self._margin
+        self._taken_over += stored
 
     def _renewed(self, started: float) -> None:
         self._fresh_until = started + self._ttl - self._margin
@@ -136,6 +143,7 @@ class LeaseKeeper:
         self._renewals += 1
         self._renewed(started)
         if gone:
+            self._lost += len(gone)
             log.warning("%d rooms were taken over by other nodes (%s); stopped here",
                         len(gone), ", ".join(gone[:5]))
             if lost is not None:
@@ -161,6 +169,8 @@ class LeaseKeeper:
             renewals=self._renewals,
             renew_failures=self._failures,
             not_acquired=self._not_acquired,
+            taken_over=self._taken_over,
+            lost=self._lost,
         )
 
 

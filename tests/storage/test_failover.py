@@ -93,12 +93,13 @@ async def test_the_scan_takes_a_dead_nodes_rooms_over_before_anyone_writes(
             clock.now += TTL / 2  # n1's lease expired and it has not heartbeat for lease_ttl
             await two.lease_round()
             assert two.leases.statistics().held == 1
+            assert two.leases.statistics().taken_over == 1
             assert members(two) == ["sip:alice@example.com", "sip:bob@example.com"]
             # n1 wakes up: its renewal finds the room gone and stops it (no writes, no reads)
             assert members(one) is not None
             await one.lease_round()
             assert members(one) is None and one.leases is not None
-            assert one.leases.statistics().held == 0
+            assert one.leases.statistics().held == 0 and one.leases.statistics().lost == 1
             assert (await two.handle(say("chat", "bob", "hello"))).code == 202
 
 

@@ -355,6 +355,8 @@ async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> No
     assert "imc_leases_held 1.0" in text
     assert "imc_lease_renew_failures_total 0.0" in text
     assert "imc_leases_not_acquired 0.0" in text
+    assert "imc_leases_taken_over_total 0.0" in text and "imc_leases_lost_total 0.0" in text
+    assert "imc_forwarded_messages_total 0.0" in text
 
 
 def test_writes_racing_a_takeover_are_either_stored_or_fenced_never_both(
