@@ -9,6 +9,7 @@ still (``mock_clock``), so the keepers renew only when a test runs a round
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,8 @@ import trio.testing
 
 from imc_actors import IncomingMessage, open_conference
 from imc_actors.conference import Conference
+from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert
+from imc_actors.store.records import BindingSet
 from tests.storage.conftest import Tables
 from tests.storage.test_leases import TTL, FakeClock, conference_config, say
 
@@ -142,3 +145,63 @@ async def test_a_forwarded_message_is_never_forwarded_again(
         again = IncomingMessage(f"sip:{CHAT}", "sip:dave@example.com", b"#join", forwarded_by="n1")
         assert (await two.handle(again)).code == 503
         assert calls == ["n1"]
+
+
+# -- the repository's part --------------------------------------------------------------------
+
+
+def test_orphans_lists_expired_leases_of_silent_nodes_only(db_url: str, tables: Tables) -> None:
+    clock = FakeClock()
+    one = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    two = tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock)
+    one.init_schema()
+    with one, two:
+        assert one.acquire("a@example.com") == 1 and one.acquire("b@example.com") == 1
+        one.heartbeat(["udp:127.0.0.2:5060"])
+        assert two.acquire("c@example.com") == 1  # a node that never heartbeat
+        assert two.orphans() == [] and one.orphans() == []  # every lease still runs
+        clock.now += TTL
+        assert two.orphans() == ["a@example.com", "b@example.com"]  # n1 silent for lease_ttl
+        assert one.orphans() == ["c@example.com"]  # n2 has no heartbeat row at all
+        one.heartbeat(["udp:127.0.0.2:5060"])  # alive again, leases still expired
+        assert two.orphans() == []
+        assert two.orphans(limit=1) == []
+        clock.now += TTL
+        assert two.orphans(limit=1) == ["a@example.com"]
+
+
+def test_take_over_reads_the_room_after_the_lease_and_lost_finds_what_moved(
+    db_url: str, tables: Tables
+) -> None:
+    clock = FakeClock()
+    one = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    two = tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock)
+    one.init_schema()
+    with one, two:
+        one.apply_batch([
+            RoomUpsert("Chat", "Example.com", 0),
+            MemberUpsert("sip:Chat@Example.com", "sip:alice@example.com", OWNER),
+        ])  # fmt: skip
+        assert two.take_over(CHAT) == (None, None)  # n1's lease runs
+        assert not two.holds(CHAT)
+        clock.now += TTL
+        epoch, state = two.take_over(CHAT)
+        assert epoch == 2 and state is not None and two.holds(CHAT)
+        assert (state.name, state.domain, [m.uri for m in state.members]) == (
+            "Chat", "Example.com", ["sip:alice@example.com"],
+        )  # fmt: skip
+        assert one.renew() == 0 and one.lost() == [CHAT] and not one.holds(CHAT)
+        assert one.lost() == []
+        epoch, state = two.take_over("nothing@example.com")  # not stored: no lease kept
+        assert state is None and not two.holds("nothing@example.com")
+        assert two.owner_of("nothing@example.com") is None
+
+
+def test_load_bindings_since_reads_what_other_nodes_wrote_lately(db_url: str, tables: Tables) -> None:
+    with tables.repository(db_url) as repository:
+        repository.init_schema()
+        now = time.time()
+        repository.apply_batch([BindingSet("dave@example.com", "sip:dave@127.0.0.1:5070", now + 600, "c1", 1)])
+        assert [b.aor for b in repository.load_bindings(now, since=now - 5)] == ["dave@example.com"]
+        assert repository.load_bindings(now, since=now + 60) == []  # nothing written since
+        assert repository.load_bindings(now + 601, since=now - 5) == []  # expired
