@@ -203,7 +203,7 @@ class Supervisor:
                     self._nurseries.append(await outer.start(self._partition_task))
                 task_status.started(self)
         finally:
-            for rooms in self._partitions:
+            for rooms in [*self._partitions, self._stopping]:
                 for handle in rooms.values():
                     self._drain(handle, Answer(503, "Service Unavailable", retry_after=5))
 
