@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
              "room (0: no limit); beyond its burst 503 with Retry-After", metavar="N")
     _setting(serve, "--chat-burst", "chat_burst", "chat messages a sender may send in a room at once",
              metavar="N")
-    _setting(serve, "--node", "node", "this node's name: hold room leases in the database and "
-             "fence every room write by them", metavar="NAME")
+    _setting(serve, "--node", "node", "this node's name: hold room leases in the database, "
+             "fence every room write by them, forward MESSAGEs for other nodes' rooms to them "
+             "and take over the rooms of dead nodes", metavar="NAME")
     _setting(serve, "--lease-ttl", "lease_ttl", "seconds a room lease lasts unless renewed",
              metavar="SECONDS")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -39,7 +40,8 @@ from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import USER_SAFE, canonical_user, reason_phrase
-from .store.repository import Repository
+from .store.nodes import RoomLocation
+from .store.repository import Repository, StoreError
 from .store.writer import Backend, Store
 from .transport.limits import FloodLimiter
 
@@ -70,6 +72,9 @@ class IncomingMessage:
     body: bytes
     content_type: str | None = None
     call_id: str = ""
+    #: The node that forwarded this MESSAGE here (issue 13; checked by the server), or None.
+    #: A forwarded MESSAGE is never forwarded again.
+    forwarded_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,12 @@ class _ToRoom:
     op: RoomRequest
     create: bool | None  # create the room if missing (the private flag), or None: never
 
+
+#: :meth:`Conference.claim`'s refusal while another node holds a live lease (forwardable).
+_HELD_ELSEWHERE = _Refuse(503, "", None)
+
+#: ``forward(request_uri, sender, body, content_type, call_id, location) -> Answer | None``.
+Forward = Callable[[str, str, bytes, "str | None", str, RoomLocation], Awaitable[Answer | None]]
 
 _HELP = "help"
 _ROOMS = "rooms"
@@ -156,7 +167,11 @@ class Conference:
         self.store = store
         #: This node's room leases (config ``node``), or None.
         self.leases: LeaseKeeper | None = None
+        #: Hands a MESSAGE for a room another node holds to that node (the server sets it:
+        #: :class:`~imc_actors.forwarding.Forwarder`), or None: such a MESSAGE gets 503.
+        self.forward: Forward | None = None
         self._closed = False
+        self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
         self._start = config.imc_cmd_start_char[0]
@@ -304,6 +319,8 @@ class Conference:
         if not isinstance(route, _ToRoom):
             return False
         handle = self.supervisor.lookup(route.name, route.domain)
+        if self.leases is not None and not self.leases.serving(handle.state.key if handle else ""):
+            return False  # not this node's room (yet): handle() takes it over or refuses
         if handle is None or self._chat_limited(route, peek=True) is not None:
             return False  # a refusal goes through handle(), which counts it once
         self._chat_limited(route)
@@ -383,7 +400,11 @@ class Conference:
         hold: Hold | None,
     ) -> Answer:
         """Send ``op`` to the room; create it first when ``create`` is not None (its private flag)."""
+        key = f"{name}@{domain}".lower()
         for _ in range(4):
+            refused = await self.claim(key)  # again after a RETRY: the room may have moved
+            if refused is not None:
+                return await self._elsewhere(key, refused, msg, hold)
             handle = self.supervisor.lookup(name, domain)
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
@@ -397,6 +418,93 @@ class Conference:
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
+
+    async def _elsewhere(
+        self, key: str, refused: _Refuse, msg: IncomingMessage, hold: Hold | None
+    ) -> Answer:
+        """``claim`` refused: forward ``msg`` to the room's node when it is another's live
+        lease (and ``msg`` was not forwarded already), else answer the refusal."""
+        if refused is _HELD_ELSEWHERE and self.forward is not None and msg.forwarded_by is None:
+            answer = await self._forwarded(key, msg)
+            if answer is not None:
+                return answer
+        if refused is _HELD_ELSEWHERE:
+            seconds = max(1, math.ceil(self.config.lease_ttl))
+            refused = _Refuse(503, texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds), seconds)
+        if refused.text:
+            return await self._refuse(refused.code, refused.text, msg, hold, refused.retry_after)
+        return Answer(refused.code, reason_phrase(refused.code), retry_after=refused.retry_after)
+
+    # ------------------------------------------------------------------ ownership
+    async def claim(self, key: str) -> _Refuse | None:
+        """Make this node the one serving the room ``key`` (``name@domain``, lower case) when
+        it has a node name and does not serve it now (issue 13, failover): take the room's
+        lease over (free, expired, or its own lapsed one; epoch + 1) and serve the state read
+        from the database after that. None when the room may be served here now (or is not
+        stored: it may be created); else the refusal: :data:`_HELD_ELSEWHERE` while another
+        node holds a live lease (the caller forwards, or refuses with
+        ``texts.ROOM_HELD_ELSEWHERE``), 503 without a notice when the database fails.
+        Concurrent claims of one room wait for the first. Checkpoints."""
+        keeper, store = self.leases, self.store
+        if keeper is None or store is None:
+            return None
+        while not keeper.serving(key):
+            pending = self._claims.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        else:
+            return None
+        self._claims[key] = event = trio.Event()
+        try:
+            await self.supervisor.stop(key)  # nothing of a stale actor may commit after this
+            try:
+                epoch, state = await store.read(partial(_take_over, key=key))
+            except StoreError as exc:
+                log.warning("room=%s taking the lease over failed: %s", key, exc)
+                return _Refuse(503, "", 1)
+            if epoch is None:
+                return _HELD_ELSEWHERE
+            keeper.taken(key, stored=state is not None)
+            if state is not None:
+                log.info("room=%s taken over (epoch %d), %d members", key, epoch, len(state.members))
+                self.supervisor.replace(state)
+            return None
+        finally:
+            del self._claims[key]
+            event.set()
+
+    async def _forwarded(self, key: str, msg: IncomingMessage) -> Answer | None:
+        """Hand ``msg`` to the node holding ``key``'s live lease; its answer, or None when no
+        other node can be found (then the 503 stands)."""
+        assert self.forward is not None and self.store is not None
+        try:
+            location = await self.store.read(partial(_locate, key=key))
+        except StoreError as exc:
+            log.warning("room=%s locating its node failed: %s", key, exc)
+            return None
+        if location is None or location.node == self.config.node:
+            return None
+        return await self.forward(
+            msg.request_uri, msg.sender, msg.body, msg.content_type, msg.call_id, location
+        )
+
+    async def lease_round(self) -> None:
+        """One round of the lease keeper now (it runs one every ``lease_ttl / 3`` seconds):
+        renew, stop the rooms another node took over, take over the rooms of dead nodes.
+        Does nothing without a node name. Checkpoints."""
+        if self.leases is not None:
+            await self.leases.round(self._lost, self._orphans)
+
+    def _lost(self, keys: list[str]) -> None:
+        """The lease keeper found rooms another node took over: stop serving them here."""
+        for key in keys:
+            self.supervisor.retire(key)
+
+    async def _orphans(self, keys: list[str]) -> None:
+        """The lease keeper found rooms of dead nodes: take them over before anyone writes."""
+        for key in keys:
+            await self.claim(key)
 
     async def refuse(
         self, msg: IncomingMessage, code: int, text: str, *, hold: Hold | None = None
@@ -468,6 +576,14 @@ class Conference:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
         await self.delivery.submit((notice,), msg.call_id, hold=hold)
         return Answer(200, "OK", body=body)
+
+
+def _locate(repository: Repository, *, key: str) -> RoomLocation | None:
+    return repository.locate(key)
+
+
+def _take_over(repository: Repository, *, key: str) -> tuple[int | None, RoomState | None]:
+    return repository.take_over(key)
 
 
 def repository_of(config: Config) -> Repository:
@@ -603,7 +719,6 @@ async def _serving(
             await keeper.acquire(rooms)
             await keeper.advertise([])  # a node without SIP sockets; the server names its own
             rooms = await store.load_rooms()
-            await nursery.start(keeper.run)
         supervisor.load(rooms)
         await delivery.restore()
         await nursery.start(delivery.run)
@@ -613,6 +728,8 @@ async def _serving(
         conference = Conference(config, supervisor, delivery, router, store)
         conference.leases = keeper
         conference._nursery = nursery
+        if keeper is not None:
+            await nursery.start(keeper.run, conference._lost, conference._orphans)
         try:
             yield conference
             with trio.move_on_after(SHUTDOWN_GRACE):  # notices already queued still go out

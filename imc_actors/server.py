@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -24,6 +25,7 @@ from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository
+from .forwarding import FORWARDED_BY, FORWARDED_URI, Forwarder, from_node
 from .imc import texts
 from .imc.effects import Notice
 from .registrar import Registrar
@@ -190,6 +192,8 @@ class MessageHandler:
         if self.is_own(request):
             await trio.lowlevel.checkpoint()
             return LOOP
+        if request.header(FORWARDED_BY) is not None:
+            return await self._from_node(request, source)
         msg = self._incoming(request, identity)
         if msg is None:
             await trio.lowlevel.checkpoint()
@@ -214,6 +218,38 @@ class MessageHandler:
             raise
         return _reply_of(answer, hold)
 
+    async def _from_node(self, request: Request, source: Source) -> Reply:
+        """A MESSAGE another node forwarded (issue 13): accepted only from an address that
+        node advertises in the node table; then it is the original sender's (From), for the
+        original Request-URI (``X-IMC-Request-URI``), and is never forwarded again."""
+        node = request.header(FORWARDED_BY) or ""
+        store = self.conference.store
+        try:
+            nodes = await store.read(lambda repository: repository.nodes()) if store else []
+        except (StoreError, AttributeError) as exc:
+            log.warning("checking a MESSAGE forwarded by %r failed: %s", node, exc)
+            return Reply(503, None, (("Retry-After", "1"),))
+        if self.config.node is None or node == self.config.node or not from_node(nodes, node, source):
+            log.warning("MESSAGE claiming to be forwarded by node %r from %s:%d refused",
+                        node, source.host, source.port)
+            return Reply(403, "Not Forwarded By A Known Node")
+        try:
+            ruri = canonical(request.header(FORWARDED_URI) or request.uri)
+            sender = canonical(request.from_uri)
+        except ValueError:
+            return Reply(400, "Invalid Request-URI or From")
+        msg = IncomingMessage(
+            ruri, sender, request.body, request.header("Content-Type"), request.call_id,
+            forwarded_by=node,
+        )  # fmt: skip
+        hold = self.conference.hold()
+        try:
+            answer = await self.conference.handle(msg, hold=hold)
+        except BaseException:
+            hold.release()
+            raise
+        return _reply_of(answer, hold)
+
     def start(
         self, request: Request, source: Source, respond: Responder, *,
         identity: Identity | None = None,
@@ -221,6 +257,8 @@ class MessageHandler:
         if self.is_own(request):
             respond(LOOP)
             return True
+        if request.header(FORWARDED_BY) is not None:
+            return False  # checked against the node table in a task
         if identity is not None and identity.authenticated:
             return False  # the From check may refuse with a notice: a task does that
         msg = self._incoming(request, identity)
@@ -254,6 +292,35 @@ async def _sweep_bindings(commit: Callable[[list[Any]], Awaitable[None]]) -> Non
             await commit([BindingExpire(time.time())])
         except StoreError as exc:
             log.warning("sweeping expired bindings failed: %s", exc)
+
+
+async def _follow_bindings(
+    read: Callable[[Callable[[Any], Any]], Awaitable[Any]],
+    registrar: Registrar,
+    wake: Callable[[str], None],
+    period: float,
+) -> None:
+    """With several nodes (issue 13): every ``period`` seconds, add the bindings the other
+    nodes wrote since the last look to this node's registrar, and send what is stored for
+    their members, so a room's owner reaches members registered with any node. (A binding
+    another node removed stays here until it expires.)"""
+    since = time.time()
+    while True:
+        await trio.sleep(period)
+        wall = time.time()
+        try:
+            bindings = await read(partial(_bindings_since, now=wall, since=since))
+        except StoreError as exc:
+            log.warning("reading the other nodes' bindings failed: %s", exc)
+            continue
+        since = wall
+        registrar.restore(bindings, trio.current_time(), wall)
+        for aor in {binding.aor for binding in bindings}:
+            wake(aor)
+
+
+def _bindings_since(repository: Any, *, now: float, since: float) -> Any:
+    return repository.load_bindings(now, since=since)
 
 
 def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:
@@ -358,10 +425,17 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:
                 nursery.start_soon(_sweep_bindings, sweep)
+            if sweep is not None and conference.leases is not None and registrar is not None:
+                nursery.start_soon(
+                    _follow_bindings, store.read, registrar, conference.delivery.wake,
+                    config.lease_ttl / 3,
+                )  # fmt: skip
             server = Server(config, conference, transport, registrar, metrics)
             server.authenticator = metrics.authenticator = authenticator
             if conference.leases is not None:  # where other nodes reach this one (issue 13)
                 await conference.leases.advertise([str(address) for address in server.addresses])
+                assert config.node is not None
+                conference.forward = Forwarder(transport, config.node, config.lease_ttl)
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
                 app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))

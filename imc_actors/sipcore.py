@@ -4,6 +4,9 @@ Every new request (retransmissions never get here: the transport answers them fr
 transaction, and it absorbs ACKs and CANCELs that match a transaction) is checked and routed in
 this order:
 
+0. a MESSAGE forwarded by another node (``X-IMC-Forwarded-By``, issue 13) goes to the message
+   handler, which accepts it only from an address that node advertises in the node table
+   (403 otherwise; :mod:`imc_actors.forwarding`): the forwarding node settled its identity;
 1. ``trusted_sources`` set and the source IP outside every CIDR: 403 (spec §9), unless the
    request is one that digest authentication covers (``auth``: REGISTER, and MESSAGE with
    ``all``): that one is challenged instead;
@@ -37,6 +40,7 @@ import trio
 
 from imc_actors.auth import Authenticated, Authenticator
 from imc_actors.config import Config
+from imc_actors.forwarding import FORWARDED_BY
 from imc_actors.registrar import Registrar, Update
 from imc_actors.sip import Request, aor_key, canonical, split_addresses
 from imc_actors.store.repository import StoreError
@@ -184,6 +188,10 @@ class SipCore:
         message handler; the other branches do not block.
         """
         method = request.method
+        if method == "MESSAGE" and request.max_forwards != 0 and request.header(FORWARDED_BY) is not None:
+            # another node's (issue 13): the handler checks the source against the node table
+            # and takes the identity the forwarding node settled (it authenticated the sender)
+            return await self.message_handler(request, source)
         challenge = self.challenges(method, source)
         if not challenge and not self.is_trusted(source.host):
             log.info("%s from untrusted source %s: 403", method, source.host)

@@ -9,15 +9,18 @@ is fenced by the epochs the repository recorded (:class:`~imc_actors.store.repos
 
 Each renewal round also heartbeats this node into the node table with the SIP addresses the
 server advertises (:meth:`LeaseKeeper.advertise`), so other nodes can find where a room lives
-(``Repository.locate``). What it does not do yet (issue 13 items 2 and 4): route the commands
-of a room another node holds to that node, or take a dead node's rooms over; such a room's
-writes get 503 here.
+(``Repository.locate``), notices the rooms another node has taken over since (``lost``: the
+conference stops them here) and finds the rooms of dead nodes (``orphans``: expired leases
+whose node has not heartbeat for ``lease_ttl``), which the conference takes over (failover,
+issue 13 item 4). :meth:`LeaseKeeper.serving` tells whether this node may serve a room from
+memory: it holds the lease and its last successful renewal is recent enough on the monotonic
+clock (``lease_ttl`` minus a margin), else the next request re-acquires it and reloads it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,12 +38,15 @@ log = logging.getLogger("imc_actors.leases")
 class LeaseStatistics:
     """``held``: leases this node holds now; ``renewals``/``renew_failures``: renewal rounds
     that worked and that failed; ``not_acquired``: stored rooms whose lease another node held
-    at startup."""
+    at startup; ``taken_over``: stored rooms this node took over since (failover, or a
+    lapsed lease of its own); ``lost``: rooms its renewals found taken over by another node."""
 
     held: int
     renewals: int
     renew_failures: int
     not_acquired: int
+    taken_over: int = 0
+    lost: int = 0
 
 
 class LeaseKeeper:
@@ -54,6 +60,29 @@ class LeaseKeeper:
         self._failures = 0
         self._not_acquired = 0
         self._addresses: tuple[str, ...] = ()
+        self._fresh_until = -float("inf")  # trio time until which held leases may be trusted
+        self._margin = lease_ttl / 5
+        self._taken: dict[str, float] = {}  # room -> trio time its own acquisition covers
+        self._taken_over = 0
+        self._lost = 0
+
+    def serving(self, room: str) -> bool:
+        """True when this node may serve ``room`` (a room key) from memory now: it holds the
+        lease, and renewed it less than ``lease_ttl`` minus a margin ago (monotonic clock)."""
+        repository: Any = self._store.repository
+        now = trio.current_time()
+        fresh = now < self._fresh_until or now < self._taken.get(room, -float("inf"))
+        return fresh and repository.holds(room)
+
+    def taken(self, room: str, *, stored: bool) -> None:
+        """``room``'s lease was (re)acquired just now: serve it until the next round at least
+        (``stored``: the room exists and was read from the database, a takeover)."""
+        self._taken[room] = trio.current_time() + self._ttl - self._margin
+        self._taken_over += stored
+
+    def _renewed(self, started: float) -> None:
+        self._fresh_until = started + self._ttl - self._margin
+        self._taken.clear()  # the renewal covered them
 
     async def advertise(self, addresses: list[str]) -> None:
         """Heartbeat now, and in every later round, with these SIP listen addresses (a failure
@@ -71,7 +100,9 @@ class LeaseKeeper:
             epochs = repository.acquire_all([room.key for room in rooms])
             return [room for room, epoch in epochs.items() if epoch is None]
 
+        started = trio.current_time()
         missed = await self._store.read(acquire_all)
+        self._renewed(started)
         self._not_acquired = len(missed)
         if missed:
             log.warning(
@@ -80,20 +111,46 @@ class LeaseKeeper:
             )  # fmt: skip
         return missed
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Renew and heartbeat every ``lease_ttl / 3`` seconds until cancelled; a failed round
-        is logged and the next one tried (a lease that expired meanwhile may be taken over:
-        fencing then refuses this node's writes for it)."""
+    async def run(
+        self,
+        lost: Callable[[list[str]], None] | None = None,
+        orphans: Callable[[list[str]], Awaitable[None]] | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Every ``lease_ttl / 3`` seconds until cancelled: renew and heartbeat, tell ``lost``
+        the rooms another node has taken over since, and hand ``orphans`` the rooms of dead
+        nodes. A failed round is logged and the next one tried (a lease that expired
+        meanwhile may be taken over: fencing then refuses this node's writes for it)."""
         task_status.started()
         while True:
             await trio.sleep(self._ttl / 3)
-            try:
-                await self._store.read(partial(_round, renew=True, addresses=self._addresses))
-            except StoreError as exc:
-                self._failures += 1
-                log.warning("renewing the room leases failed: %s", exc)
-            else:
-                self._renewals += 1
+            await self.round(lost, orphans)
+
+    async def round(
+        self,
+        lost: Callable[[list[str]], None] | None = None,
+        orphans: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
+        """One round of :meth:`run` (tests call it directly)."""
+        started = trio.current_time()
+        try:
+            gone, found = await self._store.read(partial(_round, renew=True, addresses=self._addresses))
+        except StoreError as exc:
+            self._failures += 1
+            log.warning("renewing the room leases failed: %s", exc)
+            return
+        self._renewals += 1
+        self._renewed(started)
+        if gone:
+            self._lost += len(gone)
+            log.warning("%d rooms were taken over by other nodes (%s); stopped here",
+                        len(gone), ", ".join(gone[:5]))
+            if lost is not None:
+                lost(gone)
+        if found and orphans is not None:
+            log.warning("taking over %d rooms of dead nodes (%s)", len(found), ", ".join(found[:5]))
+            await orphans(found)
 
     async def release(self) -> None:
         """Expire every lease of this node now (call after the store stopped writing)."""
@@ -112,11 +169,20 @@ class LeaseKeeper:
             renewals=self._renewals,
             renew_failures=self._failures,
             not_acquired=self._not_acquired,
+            taken_over=self._taken_over,
+            lost=self._lost,
         )
 
 
-def _round(repository: Any, *, renew: bool, addresses: Sequence[str]) -> None:
-    """In the writer thread: renew the leases (unless only advertising), then heartbeat."""
-    if renew:
-        repository.renew()
+def _round(
+    repository: Any, *, renew: bool, addresses: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """In the writer thread: renew the leases (unless only advertising), heartbeat, then the
+    rooms lost since and the rooms of dead nodes."""
+    if not renew:
+        repository.heartbeat(addresses)
+        return [], []
+    renewed = repository.renew()
     repository.heartbeat(addresses)
+    gone = repository.lost() if renewed < repository.lease_count else []
+    return gone, repository.orphans()

@@ -121,6 +121,7 @@ class RoomHandle:
     receive: trio.MemoryReceiveChannel[Envelope] | None = None
     current: Envelope | None = None
     backlog: deque[Envelope] | None = None  # taken from the mailbox, not yet answered
+    ended: trio.Event | None = None  # set when the actor ends (see Supervisor.stop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,7 @@ class Supervisor:
         self._processed = 0
         self._mailbox_full = 0
         self._owned: Counter[str] = Counter()  # member key -> rooms registered with it as owner
+        self._stopping: dict[str, RoomHandle] = {}  # retired rooms whose actor has not ended yet
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
@@ -210,7 +212,7 @@ class Supervisor:
                     self._nurseries.append(await outer.start(self._partition_task))
                 task_status.started(self)
         finally:
-            for rooms in self._partitions:
+            for rooms in [*self._partitions, self._stopping]:
                 for handle in rooms.values():
                     self._drain(handle, Answer(503, "Service Unavailable", retry_after=5))
 
@@ -239,6 +241,42 @@ class Supervisor:
     def rooms(self) -> list[RoomState]:
         """Committed state of every room (a consistent snapshot per room)."""
         return [h.state for h in self.handles() if h.committed]
+
+    def replace(self, state: RoomState) -> None:
+        """Serve ``state`` (read from the database after taking the room's lease over) instead
+        of whatever this registry held for the room (see :meth:`retire`)."""
+        self.retire(state.key)
+        index = partition_of(state.key, self._hash_size)
+        self._partitions[index][state.key] = RoomHandle(state, index)
+        self._count_owners(state, 1)
+
+    async def stop(self, key: str) -> None:
+        """:meth:`retire` the room ``key`` and wait until its actor has ended (a batch it is
+        committing finishes first, fenced or not). Checkpoints only when an actor runs."""
+        handle = self._partitions[partition_of(key, self._hash_size)].get(key)
+        if handle is not None:
+            self.retire(key)
+        else:
+            handle = self._stopping.get(key)  # retired earlier (fenced), its actor still running
+        if handle is not None and handle.running:
+            handle.ended = ended = handle.ended or trio.Event()
+            await ended.wait()
+
+    def retire(self, key: str) -> None:
+        """Stop serving the room ``key`` here (its lease is another node's, or it is gone):
+        unregister it and end its actor. Commands already queued for it are routed again."""
+        handle = self._partitions[partition_of(key, self._hash_size)].get(key)
+        if handle is not None:
+            self._retire(handle)
+
+    def _retire(self, handle: RoomHandle) -> None:
+        self._unregister(handle)
+        if handle.send is not None:
+            handle.send.close()  # the actor ends at its next receive and re-routes the rest
+        if handle.running:
+            self._stopping[handle.state.key] = handle  # stop() waits for it
+        else:
+            self._drain(handle, Answer(RETRY, "Room gone"))
 
     def _unregister(self, handle: RoomHandle) -> None:
         rooms = self._partitions[handle.partition]
@@ -402,6 +440,10 @@ class Supervisor:
                     )
         finally:
             handle.running = False
+            if self._stopping.get(handle.state.key) is handle:
+                del self._stopping[handle.state.key]
+            if handle.ended is not None:
+                handle.ended.set()
 
     async def _actor(self, handle: RoomHandle) -> None:
         """The actor loop: take what is queued (up to ``max_batch``), handle it, repeat.
@@ -418,11 +460,16 @@ class Supervisor:
                 try:
                     backlog.append(receive.receive_nowait())
                 except trio.WouldBlock:
-                    backlog.append(await receive.receive())
+                    try:
+                        backlog.append(await receive.receive())
+                    except trio.EndOfChannel:  # retired: see retire()
+                        break
+                except trio.EndOfChannel:
+                    break
             while len(backlog) < self.max_batch:
                 try:
                     backlog.append(receive.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
             if isinstance(backlog[0].op, _Create) or not handle.committed:
                 await self._process(handle, backlog[0])
@@ -496,6 +543,12 @@ class Supervisor:
         first = next(index for index, (_, _, outcome) in enumerate(staged) if outcome.writes)
         await self._adopt(handle, staged[:first])
         rest = staged[first:]
+        if isinstance(exc, Fenced) and handle.committed:
+            # another node holds the room now: stop it here; the rest of the backlog (this
+            # writer and everything after it) is routed again, to the new owner
+            log.warning("room=%s write refused: %s", handle.state.uri, exc)
+            self._retire(handle)
+            return
         writers = sum(1 for _, _, outcome in rest if outcome.writes)
         if isinstance(exc, StoreUnavailable | Fenced) or writers == 1:
             envelope = rest[0][0]
@@ -512,6 +565,8 @@ class Supervisor:
             self._count(handle)
             rest = rest[1:]
         for _ in rest:  # redo them one at a time from the committed state
+            if handle.gone:  # retired meanwhile: the actor's end routes the rest again
+                return
             await self._process(handle, backlog[0])
             backlog.popleft()
 
@@ -538,6 +593,12 @@ class Supervisor:
             try:
                 await self._store.commit(outcome.writes)
             except (StoreUnavailable, Fenced) as exc:
+                if isinstance(exc, Fenced) and handle.committed:  # as in _commit_failed
+                    log.warning("room=%s write refused call_id=%s: %s", handle.state.uri,
+                                envelope.call_id, exc)
+                    self._retire(handle)
+                    envelope.resolve(Answer(RETRY, "Room gone"))
+                    return
                 if isinstance(exc, Fenced):
                     await self._fenced(handle, envelope, exc)
                 self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
@@ -583,8 +644,10 @@ class Supervisor:
         return answer
 
     async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
-        """A write refused because another node holds the room's lease: log it and tell the
-        sender why its 503 came (the notice leaves after the answer, like every other)."""
+        """A new room's creation refused because another node holds its lease: log it and
+        tell the creator why its 503 came (the notice leaves after the answer, like every
+        other). A served room's fenced write retires the room instead (see
+        :meth:`_commit_failed`): its commands are routed again, to the new owner."""
         log.warning("room=%s write refused call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
         op = envelope.op
         to = op.sender if isinstance(op, RoomRequest) else None

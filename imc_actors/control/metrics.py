@@ -184,6 +184,12 @@ class _StatisticsCollector(Collector):
         leases = getattr(m.conference, "leases", None)
         if leases is not None:  # with config node (issue 13)
             yield from self._leases(leases.statistics())
+        forwarded = getattr(getattr(m.conference, "forward", None), "forwarded", None)
+        if forwarded is not None:
+            yield CounterMetricFamily(
+                "imc_forwarded_messages", "MESSAGEs forwarded to the node holding their room",
+                value=forwarded,
+            )
         if m.transport is not None:
             yield from self._transport(_fields(m.transport.statistics()))
         if m.authenticator is not None:
@@ -299,6 +305,12 @@ class _StatisticsCollector(Collector):
             "imc_leases_not_acquired",
             "stored rooms whose lease another node held at startup",
             value=s.not_acquired,
+        )
+        yield CounterMetricFamily(
+            "imc_leases_taken_over", "stored rooms this node took over (failover)", value=s.taken_over
+        )
+        yield CounterMetricFamily(
+            "imc_leases_lost", "rooms this node's renewals found taken over by another node", value=s.lost
         )
 
     @staticmethod

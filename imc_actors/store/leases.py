@@ -132,6 +132,7 @@ class LeaseTable:
         self._renew = f"UPDATE {t} SET expires = {p} WHERE node = {p}"
         self._release = f"UPDATE {t} SET expires = 0 WHERE node = {p}"
         self._owner = f"SELECT room, node, epoch, expires FROM {t} WHERE room = {p}"
+        self._held = f"SELECT room, epoch FROM {t} WHERE node = {p}"
         self._forget = f"DELETE FROM {t} WHERE node = {p} AND room = {p}"
         # A locking read: it sees the latest committed row (also under MySQL's REPEATABLE
         # READ) and keeps a takeover waiting until this transaction ends. SQLite needs none:
@@ -169,6 +170,24 @@ class LeaseTable:
             sql = f"{self._release} AND room IN ({marks})"
             count += int(self._execute(sql, (node, *chunk)).rowcount)
         return count
+
+    def epochs_of(self, node: str) -> dict[str, int]:
+        """Room key -> epoch of every lease ``node`` holds in the table (expired or not)."""
+        rows = self._execute(self._held, (node,)).fetchall()
+        return {str(room).lower(): int(epoch) for room, epoch in rows}
+
+    def orphans(self, node: str, node_table: str, now: float, stale: float, limit: int) -> list[str]:
+        """Rooms of other nodes whose lease has expired at ``now`` and whose node's last
+        heartbeat is at or before ``stale`` (or that never heartbeat)."""
+        left, right = self._db.quote[0], self._db.quote[-1]
+        p = self._p
+        sql = (
+            f"SELECT l.room FROM {self._t} l LEFT JOIN {left}{node_table}{right} n "
+            f"ON n.name = l.node WHERE l.expires <= {p} AND l.node <> {p} "
+            f"AND (n.heartbeat IS NULL OR n.heartbeat <= {p}) ORDER BY l.room LIMIT {int(limit)}"
+        )
+        rows = self._execute(sql, (millis(now), node, millis(stale))).fetchall()
+        return [str(row[0]) for row in rows]
 
     def owner_of(self, room: str) -> Lease | None:
         """The stored lease of ``room`` (expired or not; see :meth:`Lease.live`), or None."""

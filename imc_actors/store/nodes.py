@@ -68,6 +68,17 @@ class NodeTable:
             conflict_target=target, preserve=[node.addresses, node.heartbeat]
         ).execute()
 
+    @property
+    def table(self) -> str:
+        """The node table's name."""
+        return str(self._model._meta.table_name)
+
+    def retire(self, name: str) -> None:
+        """Mark ``name`` as gone (heartbeat 0): a clean shutdown, so the other nodes' scans
+        take its rooms over at once instead of after ``lease_ttl``."""
+        node = self._model
+        node.update(heartbeat=0).where(node.name == name).execute()
+
     def get(self, name: str) -> NodeInfo | None:
         """``name``'s row, or None when it never heartbeat."""
         node = self._model

@@ -277,14 +277,23 @@ def load_pending(models: Models, member: str, limit: int) -> list[PendingRow]:
     ]
 
 
-def load_bindings(db: peewee.Database, models: Models, now: float) -> list[Binding]:
+def load_bindings(
+    db: peewee.Database, models: Models, now: float, since: float | None = None
+) -> list[Binding]:
+    """Unexpired bindings, oldest first; expired rows are deleted. With ``since`` (wall
+    clock): only the rows written from a second before it on, and nothing is deleted."""
     location = models.location
     with db.atomic():
-        location.delete().where(location.expires <= _utc(now)).execute()
         query = location.select(
             location.username, location.domain, location.contact, location.expires,
             location.callid, location.cseq, location.user_agent, location.received, location.q,
         ).order_by(location.last_modified, location.id)  # fmt: skip
+        if since is None:
+            location.delete().where(location.expires <= _utc(now)).execute()
+        else:  # last_modified has whole seconds: a second of overlap misses nothing
+            query = query.where(
+                (location.last_modified >= _utc(since - 1)) & (location.expires > _utc(now))
+            )
         rows = list(query.tuples())
     return [
         Binding(

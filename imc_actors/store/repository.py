@@ -371,11 +371,13 @@ class Repository:
             lambda: own_tables.load_history(self._models, room.lower(), limit, before),
         )
 
-    def load_bindings(self, now: float) -> list[Binding]:
+    def load_bindings(self, now: float, since: float | None = None) -> list[Binding]:
         """Every registrar binding that has not expired at ``now`` (epoch seconds), oldest
-        first. Expired rows are deleted."""
+        first. Expired rows are deleted. With ``since``: only those written (by any node) from
+        about then on, nothing deleted (a node catching up with the others' REGISTERs)."""
         return self._run(
-            "loading the bindings", lambda: own_tables.load_bindings(self._db, self._models, now)
+            "loading the bindings",
+            lambda: own_tables.load_bindings(self._db, self._models, now, since),
         )
 
     # -- users (digest authentication; see store/users.py) ----------------------------------
@@ -481,12 +483,66 @@ class Repository:
         )
 
     def release(self) -> int:
-        """Expire every lease of this node at once (clean shutdown: another node may take the
-        rooms over without waiting for ``lease_ttl``); how many there were."""
+        """Expire every lease of this node at once and mark it as gone in the node table
+        (clean shutdown: other nodes take the rooms over without waiting for ``lease_ttl``,
+        their scan at once); how many leases there were."""
         node = self._require_node()
-        count = self._run("releasing the leases", lambda: self._leases.release(node))
+
+        def release() -> int:
+            with self._db.atomic():
+                self._nodes.retire(node)
+                return self._leases.release(node)
+
+        count = self._run("releasing the leases", release)
         self._held.clear()
         return count
+
+    def holds(self, room: str) -> bool:
+        """True while this node holds the lease of ``room`` (a room key) as far as it knows
+        (safe to read from any thread; :meth:`lost` finds the ones taken over since)."""
+        return room in self._held
+
+    def take_over(self, room: str) -> tuple[int | None, RoomState | None]:
+        """Acquire ``room``'s lease (free, expired, or this node's own: epoch + 1), then read
+        the room's state from the database: ``(epoch, state)``; ``(None, None)`` while another
+        node holds a live lease. A room that is not stored (any more) gets its lease deleted
+        again: ``(epoch, None)``. The state is read after the lease is taken, so it holds
+        every write the previous owner committed (its later ones are fenced)."""
+        key = room.lower()
+        epoch = self.acquire(key)
+        if epoch is None:
+            return None, None
+        state = self.load_room(key)
+        if state is None:
+            node = self._require_node()
+            self._run(f"forgetting the lease of {key}", lambda: self._leases.forget(node, key))
+            self._held.pop(key, None)
+        return epoch, state
+
+    def lost(self) -> list[str]:
+        """The rooms this node believed it held whose lease another node has taken since (they
+        are forgotten here: their writes would be fenced anyway). Call after :meth:`renew`
+        changed fewer rows than :attr:`lease_count`."""
+        node = self._require_node()
+        rows = self._run("reading the held leases", lambda: self._leases.epochs_of(node))
+        gone = [room for room, epoch in list(self._held.items()) if rows.get(room) != epoch]
+        for room in gone:
+            self._held.pop(room, None)
+        return gone
+
+    def orphans(self, limit: int = 500) -> list[str]:
+        """Up to ``limit`` rooms whose lease has expired and whose node has not heartbeat for
+        ``lease_ttl`` (dead, or shut down cleanly): for a periodic takeover scan."""
+        node = self._require_node()
+        now = self._clock()
+        return self._run(
+            "finding orphaned rooms",
+            lambda: self._leases.orphans(node, self._nodes.table, now, now - self.lease_ttl, limit),
+        )
+
+    def load_room(self, room: str) -> RoomState | None:
+        """One room (a room key) as stored, with its members, bans and limit; None if absent."""
+        return self._run(f"loading the room {room}", lambda: self._load_room(room.lower()))
 
     def owner_of(self, room: str) -> Lease | None:
         """The lease of ``room`` as stored now, or None when it never had one. Expired or
@@ -547,6 +603,8 @@ class Repository:
         held = {room: self._held.get(room) for room in rooms}
         fenced, taken = self._leases.fence(node, held, self.lease_ttl, self._clock())
         if fenced:
+            for room in fenced:  # lost (or never held): the next request for it takes it over
+                self._held.pop(room, None)
             raise Fenced(frozenset(fenced), node, max(1, math.ceil(self.lease_ttl)))
         destroyed: set[str] = set()
         for write in writes:
@@ -802,6 +860,27 @@ class Repository:
                 ", ".join(sorted(grouped)[:5]),
             )
         return rooms
+
+    def _load_room(self, key: str) -> RoomState | None:
+        room, member = self._models.room, self._models.member
+        name, _, domain = key.partition("@")
+        rows = self._db.execute(
+            room.select(room.name, room.domain, room.flag)
+            .where(peewee.fn.LOWER(room.name) == name, peewee.fn.LOWER(room.domain) == domain)
+            .order_by(room.id)
+        ).fetchall()
+        if not rows:
+            return None
+        spellings = [f"sip:{key}", f"sips:{key}", key]
+        cursor = self._db.execute(
+            member.select(member.username, member.domain, member.flag)
+            .where(peewee.fn.LOWER(member.room).in_(spellings))
+            .order_by(member.id)
+        )
+        members = [Member(f"sip:{username}@{host}", flag) for username, host, flag in cursor]
+        name, domain, flag = rows[0]
+        state = RoomState(name, domain, int(flag), _unique_members(key, members))
+        return own_tables.with_moderation(self._models, [state])[0]
 
     def _members_spelled(self, room_uris: list[str]) -> list[Member]:
         """Members whose room column is one of ``room_uris`` (exactly), in joining order."""

@@ -302,7 +302,8 @@ async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_t
             assert told.notice.body == b"*** Room is held by another node now; try again in 5 seconds"
             assert told.notice.sender == "sip:a@example.com"
             assert (await conf.handle(say("b", "bob", "#join"))).code == 200
-            # with the archive on (history_max), a chat line is a write too: fenced like the rest
+            # not served from this node's memory either (n2 holds the room: no stale reads), and
+            # with the archive on a chat line is a write too
             assert (await conf.handle(say("a", "alice", "hello"))).code == 503
         members = {room.key: [m.uri for m in room.members] for room in other.load_rooms()}
         assert members == {
@@ -362,6 +363,8 @@ async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> No
     assert "imc_leases_held 1.0" in text
     assert "imc_lease_renew_failures_total 0.0" in text
     assert "imc_leases_not_acquired 0.0" in text
+    assert "imc_leases_taken_over_total 0.0" in text and "imc_leases_lost_total 0.0" in text
+    assert "imc_forwarded_messages_total 0.0" in text
 
 
 def test_writes_racing_a_takeover_are_either_stored_or_fenced_never_both(

@@ -40,6 +40,15 @@ class ServeProcess:
     process: trio.Process
     addresses: dict[str, tuple[str, int]]
     log: list[bytes] = field(default_factory=list)
+    grew: trio.Event = field(default_factory=trio.Event)  # set (and replaced) as stderr grows
+
+    async def logged(self, text: bytes) -> bytes:
+        """Wait until a line of stderr contains ``text``; that line."""
+        while True:
+            for line in self.log:
+                if text in line:
+                    return line
+            await self.grew.wait()
 
     @property
     def udp(self) -> tuple[str, int]:
@@ -61,19 +70,20 @@ class ServeProcess:
         return await self.process.wait()
 
 
-def serve_command(db_url: str, *extra: str) -> list[str]:
+def serve_command(db_url: str, *extra: str, host: str = "127.0.0.1") -> list[str]:
     return [
         sys.executable, "-m", "imc_actors", "serve",
-        "--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0",
+        "--listen", f"udp:{host}:0", "--listen", f"tcp:{host}:0",
         "--domain", "127.0.0.1", "--db-url", db_url, *extra,
     ]
 
 
 @asynccontextmanager
-async def serve_process(db_url: str, *extra: str) -> AsyncIterator[ServeProcess]:
-    """Start the server, wait for its ``listening on`` line, stop it (kill if needed) at exit."""
+async def serve_process(db_url: str, *extra: str, host: str = "127.0.0.1") -> AsyncIterator[ServeProcess]:
+    """Start the server (listening on ``host``, ephemeral ports), wait for its ``listening
+    on`` line, stop it (kill if needed) at exit."""
     process = await trio.lowlevel.open_process(
-        serve_command(db_url, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        serve_command(db_url, *extra, host=host), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     assert process.stderr is not None
     stderr = process.stderr
@@ -104,6 +114,8 @@ async def serve_process(db_url: str, *extra: str) -> AsyncIterator[ServeProcess]
                 async for chunk in stderr:
                     *lines, rest = (rest + chunk).split(b"\n")
                     log[-1:] = [*lines, rest]
+                    server.grew.set()
+                    server.grew = trio.Event()
 
             nursery.start_soon(drain)
             try:

@@ -1,0 +1,103 @@
+"""Forwarding between nodes (issue 13 item 2): a node that gets a MESSAGE for a room another
+node holds hands it to that node over SIP, and relays the final answer.
+
+The forwarded MESSAGE goes to the owner's SIP listen address (from ``imc_nodes``, see
+``Repository.locate``; Request-URI ``sip:host:port``, the node itself), From the original sender, To the original Request-URI, with the
+original body, Content-Type and Call-ID (so the owner's notices carry it as In-Reply-To), and
+two headers:
+
+- ``X-IMC-Forwarded-By: <node>``, the forwarding node's name. The owner accepts the request
+  only from a source address that node advertises in ``imc_nodes`` (403 otherwise), and never
+  forwards it again (one hop: a forwarded request for a room the owner does not hold either
+  gets 503 there);
+- ``X-IMC-Request-URI: <uri>``, the original Request-URI (the forwarded one names the owner's
+  address).
+
+The owner runs the command and does the fan-out itself (its notices go straight to the
+members and to the original sender); the forwarder answers the original sender with the
+owner's final code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from .actors.supervisor import Answer
+from .config import ListenAddress
+from .store.nodes import NodeInfo, RoomLocation
+from .transport import SipTransport, Source
+
+log = logging.getLogger("imc_actors.forwarding")
+
+__all__ = ["FORWARDED_BY", "FORWARDED_URI", "Forwarder", "from_node"]
+
+FORWARDED_BY = "X-IMC-Forwarded-By"
+FORWARDED_URI = "X-IMC-Request-URI"
+
+
+class Forwarder:
+    """Hands a conference's MESSAGE to the node holding its room (``Conference.forward``)."""
+
+    def __init__(self, transport: SipTransport, node: str, lease_ttl: float) -> None:
+        self._transport = transport
+        self._node = node
+        self._retry_after = max(1, math.ceil(lease_ttl))
+        self.forwarded = 0
+
+    async def __call__(
+        self, request_uri: str, sender: str, body: bytes, content_type: str | None,
+        call_id: str, location: RoomLocation,
+    ) -> Answer | None:  # fmt: skip
+        """Forward one MESSAGE to ``location``'s node; its final answer, or None when the
+        node advertises no UDP or TCP address."""
+        target = _target(location.addresses)
+        if target is None:
+            return None
+        # addressed to the node itself, without a user: a user part would make the router
+        # look the URI up in the registrar when the node's host is also a served domain
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        uri = f"sip:{host}:{target.port}" + (";transport=tcp" if target.transport == "tcp" else "")
+        result = await self._transport.send_request(
+            "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
+            headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
+            body=body, content_type=content_type, call_id=call_id or None,
+        )  # fmt: skip
+        self.forwarded += 1
+        log.debug("forwarded a MESSAGE for %s to node %s: %d", location.room, location.node, result.code)
+        retry_after = self._retry_after if result.code == 503 else None
+        return Answer(result.code, result.reason, retry_after=retry_after)
+
+
+def _target(addresses: tuple[str, ...]) -> ListenAddress | None:
+    parsed = []
+    for text in addresses:
+        try:
+            parsed.append(ListenAddress.parse(text))
+        except ValueError:
+            continue
+    for transport in ("udp", "tcp"):
+        for address in parsed:
+            if address.transport == transport:
+                return address
+    return None
+
+
+def from_node(nodes: list[NodeInfo], name: str, source: Source) -> bool:
+    """True when ``source`` is an address the node ``name`` advertises (UDP: host and port;
+    TCP: host, the connection's port being the client's own)."""
+    for info in nodes:
+        if info.name != name:
+            continue
+        for text in info.addresses:
+            try:
+                address = ListenAddress.parse(text)
+            except ValueError:
+                continue
+            if address.host != source.host:
+                continue
+            if address.transport == "udp" and source.transport == "udp" and address.port == source.port:
+                return True
+            if address.transport == source.transport != "udp":
+                return True
+    return False

@@ -1,0 +1,207 @@
+"""Failover (issue 13 item 4): a dead node's rooms are taken over by another node, restored
+from the database; a clean shutdown hands them over at once; a node that comes back takes
+new rooms only. Two conferences (nodes ``n1`` and ``n2``) share one database on each engine.
+
+The lease times come from an injected wall clock (:class:`FakeClock`) and trio's clock stands
+still (``mock_clock``), so the keepers renew only when a test runs a round
+(``Conference.lease_round``) and a node "dies" by the clock moving past its leases: no sleep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio.testing
+
+from imc_actors import IncomingMessage, open_conference
+from imc_actors.conference import Conference
+from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert
+from imc_actors.store.records import BindingSet
+from tests.storage.conftest import Tables
+from tests.storage.test_leases import TTL, FakeClock, conference_config, say
+
+CHAT = "chat@example.com"
+
+
+@asynccontextmanager
+async def node(db_url: str, tables: Tables, clock: FakeClock, name: str) -> AsyncIterator[Conference]:
+    repository = tables.repository(db_url, node=name, lease_ttl=TTL, clock=clock)
+    await trio.to_thread.run_sync(repository.init_schema)
+    async with open_conference(conference_config(db_url, tables, name), repository=repository) as conf:
+        yield conf
+
+
+def members(conf: Conference) -> list[str] | None:
+    state = conf.room(f"sip:{CHAT}")
+    return None if state is None else [member.uri for member in state.members]
+
+
+async def make_chat(conf: Conference) -> None:
+    assert (await conf.handle(say("imc-manager", "alice", "#create chat"))).code == 200
+    assert (await conf.handle(say("chat", "bob", "#join"))).code == 200
+
+
+async def test_a_request_takes_a_dead_nodes_room_over_with_its_acknowledged_members(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one:
+        await make_chat(one)
+        async with node(db_url, tables, clock, "n2") as two:
+            refused = await two.handle(say("chat", "carol", "#join"))  # n1 is alive
+            assert (refused.code, refused.retry_after) == (503, 5)
+            clock.now += TTL  # n1 renews no more: its lease has expired on n2's clock
+            listed = await two.handle(say("chat", "bob", "#members"))
+            assert listed.code == 200 and listed.body is not None
+            assert b"alice" in listed.body and b"bob" in listed.body  # restored from the database
+            assert (await two.handle(say("chat", "carol", "#join"))).code == 200
+            assert members(two) == ["sip:alice@example.com", "sip:bob@example.com", "sip:carol@example.com"]
+            # n1 still believes it holds the room: its write is fenced, it stops serving the
+            # room, and the command is routed again: to n2, the new owner, when n1 forwards
+            assert members(one) is not None
+            forwarded: list[str] = []
+
+            async def forward(request_uri, sender, body, content_type, call_id, location):
+                forwarded.append(location.node)
+                return await two.handle(IncomingMessage(request_uri, sender, body, content_type, call_id, "n1"))
+
+            one.forward = forward
+            assert (await one.handle(say("chat", "erin", "#join"))).code == 200
+            assert forwarded == ["n2"] and "sip:erin@example.com" in members(two)
+            assert members(one) is None
+            one.forward = None  # without forwarding: 503, also for chat (no stale reads)
+            assert (await one.handle(say("chat", "dave", "#join"))).code == 503
+            assert (await one.handle(say("chat", "bob", "hello"))).code == 503
+            lease = await trio.to_thread.run_sync(two.store.repository.owner_of, CHAT)
+            assert (lease.node, lease.epoch) == ("n2", 2)
+            stored = await trio.to_thread.run_sync(two.store.repository.load_room, CHAT)
+            assert [m.uri for m in stored.members] == members(two)
+            assert "sip:dave@example.com" not in members(two)
+
+
+async def test_the_scan_takes_a_dead_nodes_rooms_over_before_anyone_writes(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one:
+        await make_chat(one)
+        async with node(db_url, tables, clock, "n2") as two:
+            await two.lease_round()  # n1 is alive: nothing to take
+            assert two.leases is not None and two.leases.statistics().held == 0
+            clock.now += TTL / 2
+            await two.lease_round()  # n1's lease still runs
+            assert two.leases.statistics().held == 0
+            clock.now += TTL / 2  # n1's lease expired and it has not heartbeat for lease_ttl
+            await two.lease_round()
+            assert two.leases.statistics().held == 1
+            assert two.leases.statistics().taken_over == 1
+            assert members(two) == ["sip:alice@example.com", "sip:bob@example.com"]
+            # n1 wakes up: its renewal finds the room gone and stops it (no writes, no reads)
+            assert members(one) is not None
+            await one.lease_round()
+            assert members(one) is None and one.leases is not None
+            assert one.leases.statistics().held == 0 and one.leases.statistics().lost == 1
+            assert (await two.handle(say("chat", "bob", "hello"))).code == 202
+
+
+async def test_a_clean_shutdown_hands_over_at_once_and_a_node_that_comes_back_takes_new_rooms(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n2") as two:
+        async with node(db_url, tables, clock, "n1") as one:
+            await make_chat(one)
+        await two.lease_round()  # released, and n1 marked gone: no wait for lease_ttl
+        assert members(two) == ["sip:alice@example.com", "sip:bob@example.com"]
+        async with node(db_url, tables, clock, "n1") as back:
+            assert back.leases is not None and back.leases.statistics().not_acquired == 1
+            refused = await back.handle(say("chat", "bob", "hello"))
+            assert (refused.code, refused.retry_after) == (503, 5)  # moved rooms stay moved
+            assert (await back.handle(say("imc-manager", "erin", "#create fresh"))).code == 200
+            assert back.leases.statistics().held == 1
+        assert (await two.handle(say("chat", "bob", "hello"))).code == 202
+
+
+async def test_a_forwarded_message_is_never_forwarded_again(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one, node(db_url, tables, clock, "n2") as two:
+        await make_chat(one)
+        calls: list[str] = []
+
+        async def forward(request_uri, sender, body, content_type, call_id, location):
+            calls.append(location.node)
+            forwarded = IncomingMessage(request_uri, sender, body, content_type, call_id, "n2")
+            return await one.handle(forwarded)
+
+        two.forward = forward
+        assert (await two.handle(say("chat", "carol", "#join"))).code == 200  # via n1
+        assert calls == ["n1"] and "sip:carol@example.com" in members(one)
+        # a forwarded MESSAGE reaching a node that does not hold the room (a race: the room
+        # moved meanwhile) is refused there, never forwarded on
+        again = IncomingMessage(f"sip:{CHAT}", "sip:dave@example.com", b"#join", forwarded_by="n1")
+        assert (await two.handle(again)).code == 503
+        assert calls == ["n1"]
+
+
+# -- the repository's part --------------------------------------------------------------------
+
+
+def test_orphans_lists_expired_leases_of_silent_nodes_only(db_url: str, tables: Tables) -> None:
+    clock = FakeClock()
+    one = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    two = tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock)
+    one.init_schema()
+    with one, two:
+        assert one.acquire("a@example.com") == 1 and one.acquire("b@example.com") == 1
+        one.heartbeat(["udp:127.0.0.2:5060"])
+        assert two.acquire("c@example.com") == 1  # a node that never heartbeat
+        assert two.orphans() == [] and one.orphans() == []  # every lease still runs
+        clock.now += TTL
+        assert two.orphans() == ["a@example.com", "b@example.com"]  # n1 silent for lease_ttl
+        assert one.orphans() == ["c@example.com"]  # n2 has no heartbeat row at all
+        one.heartbeat(["udp:127.0.0.2:5060"])  # alive again, leases still expired
+        assert two.orphans() == []
+        assert two.orphans(limit=1) == []
+        clock.now += TTL
+        assert two.orphans(limit=1) == ["a@example.com"]
+
+
+def test_take_over_reads_the_room_after_the_lease_and_lost_finds_what_moved(
+    db_url: str, tables: Tables
+) -> None:
+    clock = FakeClock()
+    one = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    two = tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock)
+    one.init_schema()
+    with one, two:
+        one.apply_batch([
+            RoomUpsert("Chat", "Example.com", 0),
+            MemberUpsert("sip:Chat@Example.com", "sip:alice@example.com", OWNER),
+        ])  # fmt: skip
+        assert two.take_over(CHAT) == (None, None)  # n1's lease runs
+        assert not two.holds(CHAT)
+        clock.now += TTL
+        epoch, state = two.take_over(CHAT)
+        assert epoch == 2 and state is not None and two.holds(CHAT)
+        assert (state.name, state.domain, [m.uri for m in state.members]) == (
+            "Chat", "Example.com", ["sip:alice@example.com"],
+        )  # fmt: skip
+        assert one.renew() == 0 and one.lost() == [CHAT] and not one.holds(CHAT)
+        assert one.lost() == []
+        epoch, state = two.take_over("nothing@example.com")  # not stored: no lease kept
+        assert state is None and not two.holds("nothing@example.com")
+        assert two.owner_of("nothing@example.com") is None
+
+
+def test_load_bindings_since_reads_what_other_nodes_wrote_lately(db_url: str, tables: Tables) -> None:
+    with tables.repository(db_url) as repository:
+        repository.init_schema()
+        now = time.time()
+        repository.apply_batch([BindingSet("dave@example.com", "sip:dave@127.0.0.1:5070", now + 600, "c1", 1)])
+        assert [b.aor for b in repository.load_bindings(now, since=now - 5)] == ["dave@example.com"]
+        assert repository.load_bindings(now, since=now + 60) == []  # nothing written since
+        assert repository.load_bindings(now + 601, since=now - 5) == []  # expired
