@@ -433,8 +433,13 @@ class Delivery:
             item = items[0]
             hold = item.hold
             if hold is not None and not hold.released:
-                hold._block(lane)
-                return
+                if trio.current_time() - hold.made < HOLD_LIMIT:
+                    hold._block(lane)
+                    return
+                # stale (its answer never went out): go now, as the sweep would have, instead
+                # of waiting one sweep per notice of this lane
+                hold.release()
+                continue
             if self._in_flight >= self._max_in_flight or self._nursery is None:
                 if not lane.waiting and self._nursery is not None:
                     lane.waiting = True

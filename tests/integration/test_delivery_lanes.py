@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from imc_actors.actors.delivery import Delivery, DeliveryResult
+from imc_actors.actors.delivery import HOLD_LIMIT, Delivery, DeliveryResult
 from imc_actors.imc.effects import Notice
 from imc_actors.store.repository import Repository
 from imc_actors.store.writer import Store
@@ -380,6 +380,20 @@ async def test_what_comes_while_a_stored_notice_is_in_flight_is_stored(nursery, 
     gate.set()
     await delivery.drain()
     assert sender.bodies(ALICE)[2:] == [f"line {i}".encode() for i in range(300)]
+
+
+async def test_one_sweep_lets_every_forgotten_hold_of_a_lane_go(nursery, store, mock_clock) -> None:
+    # Five requests whose answers never went out (their after-hooks never ran): once the
+    # holds are stale, the lane must not take a sweep per notice (it used to: one a second).
+    sender = Sender()
+    delivery = await started(nursery, make(sender, store))
+    for i in range(5):
+        await delivery.submit([relay(ALICE, f"line {i}")], f"cid-{i}", hold=delivery.hold())
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == []
+    mock_clock.jump(HOLD_LIMIT * 1.5)  # past the limit, and one sweep of the stale holds
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [f"line {i}".encode() for i in range(5)]
 
 
 async def advance_to(clock: trio.testing.MockClock, delivery: Delivery, when: float) -> None:
