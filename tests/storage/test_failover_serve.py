@@ -100,6 +100,7 @@ async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_a
         assert (await dave.register()).code == 200
         assert (await dave.message(CHAT, "#join")).code == 200  # forwarded to a
         await expect(dave, "*** [dave] has joined the room", sender=CHAT)  # a read his binding
+        await expect(dave, "[bob]: hello", sender=CHAT)  # the archive's replay on join, from a
         assert (await alice.message(CHAT, "hi all")).code == 202
         await expect(dave, "[alice]: hi all", sender=CHAT)
 
