@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
-from .bindings import ConnectionBindings
 from .records import Source
 from .tcp import bind_listeners
 from .udp import Address
@@ -35,7 +34,6 @@ from .udp import Address
 __all__ = [
     "MAX_MESSAGE",
     "SUBPROTOCOL",
-    "WsBindings",
     "WsConnection",
     "WsListener",
 ]
@@ -217,7 +215,3 @@ class WsListener:
         """Close the listening sockets. Checkpoints."""
         for listener in self.listeners:
             await listener.aclose()
-
-
-#: The name the registry had when it served WebSockets only.
-WsBindings = ConnectionBindings
