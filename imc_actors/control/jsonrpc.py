@@ -212,11 +212,14 @@ class RpcDispatcher:
             raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
         if args and not isinstance(args[0], str):
             raise RpcError(INVALID_PARAMS, "Invalid params", "the room must be a string")
+        return self._find(args[0] if args else None), args[1:]
+
+    def _find(self, room: str | None) -> Any:
+        """The room ``room`` names (as ``find_room`` finds it), or Kamailio's error for it."""
         try:
-            room = find_room(self.source, args[0] if args else None)
+            return find_room(self.source, room)
         except RoomLookupError as exc:
             raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
-        return room, args[1:]
 
     def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
         room, _ = self._room_arg("imc.list_members", params)
@@ -268,10 +271,7 @@ class RpcDispatcher:
 
     async def _act(self, room: str | None, action: str, user: str | None = None, reason: str = "") -> str:
         """Carry out ``action`` in the room ``room`` names; its URI, or :class:`RpcError`."""
-        try:
-            state = find_room(self.source, room)
-        except RoomLookupError as exc:
-            raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+        state = self._find(room)
         assert isinstance(self.source, RoomAdmin)
         answer = await self.source.administer(state.uri, action, user, reason)
         if answer.code >= 300:
