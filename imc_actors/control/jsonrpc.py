@@ -199,24 +199,17 @@ class RpcDispatcher:
     ) -> tuple[Any, list[Any]]:
         """The room named by the first parameter (as ``find_room`` finds it) and the rest of the
         positional parameters ``names`` lists (missing ones are left out)."""
-        if isinstance(params, dict):
-            unknown = set(params) - set(names)
-            if unknown:
-                raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
-            args = [params.get(name) for name in names]
-            while args and args[-1] is None:
-                args.pop()
-        else:
-            args = list(params)
-        if len(args) > len(names):
-            raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
+        args = _positional(method, params, names)
         if args and not isinstance(args[0], str):
             raise RpcError(INVALID_PARAMS, "Invalid params", "the room must be a string")
+        return self._find(args[0] if args else None), args[1:]
+
+    def _find(self, room: str | None) -> Any:
+        """The room ``room`` names (as ``find_room`` finds it), or Kamailio's error for it."""
         try:
-            room = find_room(self.source, args[0] if args else None)
+            return find_room(self.source, room)
         except RoomLookupError as exc:
             raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
-        return room, args[1:]
 
     def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
         room, _ = self._room_arg("imc.list_members", params)
@@ -268,10 +261,7 @@ class RpcDispatcher:
 
     async def _act(self, room: str | None, action: str, user: str | None = None, reason: str = "") -> str:
         """Carry out ``action`` in the room ``room`` names; its URI, or :class:`RpcError`."""
-        try:
-            state = find_room(self.source, room)
-        except RoomLookupError as exc:
-            raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+        state = self._find(room)
         assert isinstance(self.source, RoomAdmin)
         answer = await self.source.administer(state.uri, action, user, reason)
         if answer.code >= 300:
@@ -282,20 +272,29 @@ class RpcDispatcher:
         return state.uri
 
 
+def _positional(method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...]) -> list[Any]:
+    """``params`` as a positional list in the order of ``names``: named ones must be among
+    ``names`` (those left out, at the end, are left out), positional ones at most as many."""
+    if isinstance(params, dict):
+        unknown = set(params) - set(names)
+        if unknown:
+            raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
+        args = [params.get(name) for name in names]
+        while args and args[-1] is None:
+            args.pop()
+        return args
+    if len(params) > len(names):
+        raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
+    return list(params)
+
+
 def _action_params(
     method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...]
 ) -> tuple[str | None, str | None, str]:
     """``(room, user, reason)`` from positional or named ``params`` (strings; ``user`` is
     required when the method takes one, ``reason`` defaults to empty)."""
-    if isinstance(params, dict):
-        unknown = set(params) - set(names)
-        if unknown:
-            raise RpcError(INVALID_PARAMS, "Invalid params", f"unknown parameter {sorted(unknown)[0]!r}")
-        values = [params.get(name) for name in names]
-    else:
-        if len(params) > len(names):
-            raise RpcError(INVALID_PARAMS, "Invalid params", f"{method} takes {', '.join(names)}")
-        values = [*params, *([None] * (len(names) - len(params)))]
+    values = _positional(method, params, names)
+    values += [None] * (len(names) - len(values))
     if any(value is not None and not isinstance(value, str) for value in values):
         raise RpcError(INVALID_PARAMS, "Invalid params", "parameters must be strings")
     room = values[0]

@@ -46,7 +46,7 @@ class ConnectionBindings:
     """
 
     def __init__(self) -> None:
-        self._live: dict[tuple[str, str, int], BoundConnection] = {}
+        self._live: dict[Source, BoundConnection] = {}
         self._by_aor: dict[str, dict[str, BoundConnection]] = {}
 
     def __len__(self) -> int:
@@ -55,19 +55,17 @@ class ConnectionBindings:
 
     def count(self, transport: str) -> int:
         """How many ``transport`` connections are open."""
-        return sum(1 for key in self._live if key[0] == transport)
+        return sum(1 for source in self._live if source.transport == transport)
 
     def opened(self, conn: BoundConnection) -> None:
         """Track ``conn`` (its reader is starting)."""
-        source = conn.source
-        self._live[(source.transport, source.host, source.port)] = conn
+        self._live[conn.source] = conn
 
     def closed(self, conn: BoundConnection) -> None:
         """Forget ``conn`` and every contact registered over it."""
         source = conn.source
-        key = (source.transport, source.host, source.port)
-        if self._live.get(key) is conn:
-            del self._live[key]
+        if self._live.get(source) is conn:
+            del self._live[source]
         for aor, contact in list(conn.bindings):
             self._drop(aor, contact, conn)
         conn.bindings.clear()
@@ -89,7 +87,7 @@ class ConnectionBindings:
             for contact, conn in list(self._by_aor.get(aor, {}).items()):
                 self._drop(aor, contact, conn)
             return
-        conn = self._live.get((source.transport, source.host, source.port))
+        conn = self._live.get(source)
         if conn is not None:
             for key, expires_at in list(conn.bindings.items()):
                 if expires_at <= now:

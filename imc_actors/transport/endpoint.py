@@ -192,7 +192,7 @@ class SipTransport:
             parse_hop(outbound_proxy) if outbound_proxy else None,
             locate,
             local_domains=local_domains,
-            ws=self._bindings,
+            bindings=self._bindings,
         )
         self._connections = Connections(
             self._on_frame,

@@ -219,9 +219,9 @@ class Router:
     by :class:`~imc_actors.transport.SipTransport`); ``proxy_hop`` the ``outbound_proxy``'s hop;
     ``locate(aor) -> contact URIs`` the registrar's lookup, or None; ``local_domains`` the
     domains whose users only ``locate`` can find (with ``locate`` set and no proxy, a user of
-    one of them without a binding is :class:`NotRegistered`); ``ws`` the connections contacts
-    were registered over (the transport's :class:`~.bindings.ConnectionBindings`: TCP, TLS and
-    WebSocket alike).
+    one of them without a binding is :class:`NotRegistered`); ``bindings`` the connections
+    contacts were registered over (the transport's :class:`~.bindings.ConnectionBindings`: TCP,
+    TLS and WebSocket alike).
     """
 
     def __init__(
@@ -232,10 +232,10 @@ class Router:
         locate: Callable[[str], list[str]] | None,
         *,
         local_domains: Sequence[str] = (),
-        ws: ConnectionBindings | None = None,
+        bindings: ConnectionBindings | None = None,
     ) -> None:
         self._udp = udp
-        self.ws = ws if ws is not None else ConnectionBindings()
+        self.bindings = bindings if bindings is not None else ConnectionBindings()
         self._tcp = tcp
         self._proxy_hop = proxy_hop
         self.locate = locate
@@ -270,7 +270,7 @@ class Router:
         ``sips:``/TLS contact is only ever sent over a TLS connection."""
         if target.aor is None:
             return None
-        conn = self.ws.connection(target.aor, target.request_uri)
+        conn = self.bindings.connection(target.aor, target.request_uri)
         if conn is not None and target.hop.transport == "tls" and conn.transport != "tls":
             return None
         return conn

@@ -20,7 +20,6 @@ parameter at fault, which :class:`~imc_actors.config.Config` turns into ``invali
 from __future__ import annotations
 
 import logging
-import math
 import os
 import ssl
 
@@ -135,7 +134,7 @@ class TlsConnection(TcpConnection):
             return True
         limit = min(HANDSHAKE_TIMEOUT, self.idle_timeout)
         why = f"no handshake within {limit:g} s"
-        with trio.move_on_after(limit if math.isfinite(limit) else HANDSHAKE_TIMEOUT):
+        with trio.move_on_after(limit):
             try:
                 await self.stream.do_handshake()  # type: ignore[attr-defined]
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

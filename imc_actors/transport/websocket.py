@@ -27,14 +27,13 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
-from .bindings import ConnectionBindings
 from .records import Source
+from .tcp import bind_listeners
 from .udp import Address
 
 __all__ = [
     "MAX_MESSAGE",
     "SUBPROTOCOL",
-    "WsBindings",
     "WsConnection",
     "WsListener",
 ]
@@ -184,13 +183,7 @@ class WsListener:
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"cannot bind ws:{host}:{port}: {exc.strerror or exc}"
-            ) from exc
-        return cls(listeners, idle_timeout)
+        return cls(await bind_listeners("ws", host, port), idle_timeout)
 
     async def serve(self, on_connection: Callable[[WsConnection], Awaitable[None]]) -> None:
         """Accept WebSocket connections forever; each accepted one runs ``on_connection`` in
@@ -222,7 +215,3 @@ class WsListener:
         """Close the listening sockets. Checkpoints."""
         for listener in self.listeners:
             await listener.aclose()
-
-
-#: The name the registry had when it served WebSockets only.
-WsBindings = ConnectionBindings
