@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import trio
 
 from .config import Config
-from .sip import Request, canonical, canonical_user
+from .sip import Request, canonical_user, split_uri
 from .sip.digest import (
     ALGORITHMS,
     Credentials,
@@ -139,7 +139,7 @@ class Authenticator:
         """The realm of ``request``: its To host (REGISTER) or From host (else), when served."""
         uri = request.to_uri if request.method == "REGISTER" else request.from_uri
         try:
-            host = canonical(uri).rpartition("@")[2].lower()
+            host = split_uri(uri)[1].lower()
         except ValueError:
             host = ""
         return host if host in self.domains else self.domains[0]

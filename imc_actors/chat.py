@@ -53,7 +53,7 @@ import trio
 from .config import ListenAddress
 from .imc.commands import CommandError, parse_command, resolve
 from .sip import Request, complete_argument, new_call_id, split_uri
-from .sip.digest import Challenge, DigestError, authorization, parse_challenge
+from .sip.digest import ALGORITHMS, Challenge, DigestError, authorization, parse_challenge
 from .transport import ClientResult, Reply, SipTransport, Source
 
 __all__ = ["ChatClient", "ChatError", "ChatOptions", "run_chat", "REGISTER_EXPIRES"]
@@ -198,18 +198,20 @@ class ChatClient:
     ) -> ClientResult:  # fmt: skip
         """``send_request`` with digest credentials: the current challenge's nonce with the
         next nonce-count, and once more with a fresh challenge when the server asks."""
-        assert self._transport is not None
-        for attempt in (1, 2):
-            result = await self._transport.send_request(
+        transport = self._transport
+        assert transport is not None
+
+        async def attempt() -> ClientResult:
+            return await transport.send_request(
                 method, uri, from_uri=self.aor, to_uri=to_uri,
                 headers=[*headers, *self._credentials(method, uri)], body=body,
                 content_type=content_type, call_id=self._call_id() if new_call_id else None,
             )  # fmt: skip
-            if result.code not in _AUTH_CODES or self.options.password is None or attempt == 2:
-                return result
-            if not self._take_challenge(result):
-                return result
-        raise AssertionError("unreachable")
+
+        result = await attempt()
+        if result.code in _AUTH_CODES and self.options.password is not None and self._take_challenge(result):
+            result = await attempt()
+        return result
 
     def _call_id(self) -> str:
         return new_call_id(self.server_host)
@@ -229,7 +231,7 @@ class ChatClient:
                 chosen = parse_challenge(text)
             except DigestError:
                 continue
-            if chosen.algorithm in ("SHA-256", "MD5") and "auth" in chosen.qop:
+            if chosen.algorithm in ALGORITHMS and "auth" in chosen.qop:
                 self._challenge, self._nc = (name, chosen), 0
                 return True
         return False

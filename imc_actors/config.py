@@ -236,15 +236,10 @@ class Config:
             raise ConfigError("log_format", "must be 'text' or 'json'")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", "must be debug, info, warning, error or critical")
-        if self.max_body_size < 1:
-            raise ConfigError("max_body_size", "must be positive")
-        if self.mailbox_size < 1:
-            raise ConfigError("mailbox_size", "must be positive")
-        if self.max_transactions < 1:
-            raise ConfigError("max_transactions", "must be positive")
-        for name in ("max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "flood_burst", "flood_sources"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, "must be positive")
+        self._require_positive(
+            "max_body_size", "mailbox_size", "max_transactions", "max_transaction_bytes", "max_vias",
+            "tcp_max_connections", "tcp_max_per_ip", "flood_burst", "flood_sources",
+        )  # fmt: skip
         if self.tcp_max_buffer < 1024:
             raise ConfigError("tcp_max_buffer", "must be at least 1024 bytes")
         if not self.tcp_idle_timeout > 0:
@@ -282,37 +277,31 @@ class Config:
         scheme = self.db_url.split(":", 1)[0].lower()
         if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
             raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
-        for name in ("pending_ttl", "delivery_window", "delivery_member_queue", "delivery_queue", "max_deliveries"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, "must be positive")
-        for name in ("max_contacts", "max_aors"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, "must be positive")
+        self._require_positive(
+            "pending_ttl", "delivery_window", "delivery_member_queue", "delivery_queue", "max_deliveries",
+            "max_contacts", "max_aors",
+        )  # fmt: skip
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
         if not 0 <= self.delivery_overdue < math.inf:
             raise ConfigError("delivery_overdue", "must be 0 (off) or a positive number of seconds")
         if not 0 <= self.pending_retry < math.inf:
             raise ConfigError("pending_retry", "must be 0 (no retries) or a positive number of seconds")
-        tables = [getattr(self, name) for name in TABLE_FIELDS]
         seen: set[str] = set()
         for name in TABLE_FIELDS:
             table = getattr(self, name).lower()
             if table in seen:  # the first one that repeats an earlier one is named
-                raise ConfigError(name, f"the {len(tables)} table names must all differ")
+                raise ConfigError(name, f"the {len(TABLE_FIELDS)} table names must all differ")
             seen.add(table)
         for name in ("history_max", "history_days", "history_on_join"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be 0 (off) or more")
-        if self.history_lines_max < 1:
-            raise ConfigError("history_lines_max", "must be positive")
+        self._require_positive("history_lines_max")
         for name in (*TABLE_FIELDS, "manager_user"):
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
-        for name in ("max_members", "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, "must be positive")
+        self._require_positive("max_members", "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders")
         if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
             raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
         self._validate_ownership()
@@ -328,6 +317,12 @@ class Config:
         self._validate_tls()
         self._validate_rpc_access()
         self._validate_auth()
+
+    def _require_positive(self, *names: str) -> None:
+        """ConfigError naming the first of ``names`` whose value is below 1."""
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be positive")
 
     def _validate_tls(self) -> None:
         """``tls_cert``/``tls_key`` are needed by a ``tls:`` listen address and must load;
@@ -381,9 +376,7 @@ class Config:
             raise ConfigError("nonce_expires", "must be a positive number of seconds")
         if not self.auth_cache_ttl >= 0:
             raise ConfigError("auth_cache_ttl", "must be 0 (no cache) or more seconds")
-        for name in ("nonce_counts", "auth_cache_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, "must be positive")
+        self._require_positive("nonce_counts", "auth_cache_size")
         if self.auth is None and not self.trusted_sources:
             from .control.access import is_loopback_listen
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from imc_actors.sip import Request, aor_key, build_response, split_outside
+from imc_actors.sip import Request, aor_key, build_response, split_addresses, split_outside
 from imc_actors.store.models import MAX_CONTACT, MAX_LENGTH
 from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
@@ -60,10 +60,7 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
     comes back as ``("*", {})``. Empty elements are skipped.
     """
     result: list[tuple[str, dict[str, str | None]]] = []
-    for element in split_outside(value, ","):
-        element = element.strip()
-        if not element:
-            continue
+    for element in split_addresses(value):
         if element == "*":
             result.append(("*", {}))
             continue

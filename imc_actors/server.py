@@ -211,6 +211,11 @@ class MessageHandler:
                 hold.release()
                 raise
             return Reply(answer.code, OTHER_SENDER_REASON, after=hold.release)
+        return await self._handle(msg, hold)
+
+    async def _handle(self, msg: IncomingMessage, hold: Hold) -> Reply:
+        """``msg`` handled by the conference; ``hold`` is released after the reply is sent
+        (at once when handling fails)."""
         try:
             answer = await self.conference.handle(msg, hold=hold)
         except BaseException:
@@ -242,13 +247,7 @@ class MessageHandler:
             ruri, sender, request.body, request.header("Content-Type"), request.call_id,
             forwarded_by=node,
         )  # fmt: skip
-        hold = self.conference.hold()
-        try:
-            answer = await self.conference.handle(msg, hold=hold)
-        except BaseException:
-            hold.release()
-            raise
-        return _reply_of(answer, hold)
+        return await self._handle(msg, self.conference.hold())
 
     def start(
         self, request: Request, source: Source, respond: Responder, *,

@@ -37,18 +37,17 @@ __all__ = [
 #: Characters a canonical user part holds unescaped: RFC 3261's ``unreserved`` and
 #: ``user-unreserved`` except ``;``, ``?`` and ``/``, which stay escaped because they would be
 #: ambiguous with URI parameters and headers where these URIs go (From/To, database rows).
-# RFC 3261 user: unreserved / escaped / user-unreserved, minus ";", "?" and "/" which would be
-# ambiguous with URI parameters and headers in the places these URIs go (From/To, DB rows).
-_USER = r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
-_URI_REST = re.compile(rf"(?P<user>{_USER})@(?P<host>{_HOST})(?::[0-9]{{1,5}})?(?:[;?].*)?")
-
-
 USER_SAFE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()&=+$,"
 )
 _QUOTE_SAFE = "".join(sorted(USER_SAFE))
+
+# The ``user@host[:port][;params|?headers]`` after the scheme that complete_argument accepts:
+# a user of :data:`USER_SAFE` characters and ``%XX`` escapes, a host name or ``[IPv6]``.
+_USER = rf"(?:[{re.escape(_QUOTE_SAFE)}]|%[0-9A-Fa-f]{{2}})+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
+_URI_REST = re.compile(rf"(?P<user>{_USER})@(?P<host>{_HOST})(?::[0-9]{{1,5}})?(?:[;?].*)?")
 
 
 def canonical_user(user: str) -> str:
