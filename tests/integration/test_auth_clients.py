@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,21 @@ module_app contact.so
 """
 
 
+def _baresip_port() -> int:
+    """A port for baresip's sip_listen: baresip binds UDP and TCP there and its TLS listener on
+    the next port, so both must be free (a plain free_port left the next one to chance)."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            for number, kind in ((port, socket.SOCK_STREAM), (port + 1, socket.SOCK_STREAM)):
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    probe.bind(("127.0.0.1", number))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for baresip")
+
+
 async def test_baresip_registers_and_creates_a_room_with_auth_pass(nursery, tmp_path):
     baresip = _tool("baresip")
     if not Path("/usr/lib/baresip/modules/contact.so").exists():
@@ -108,7 +124,7 @@ async def test_baresip_registers_and_creates_a_room_with_auth_pass(nursery, tmp_
     _users(config)
     async with open_server(config) as server:
         host, port = udp_address(server)
-        (tmp_path / "config").write_text(BARESIP_CONFIG.format(port=free_port()))
+        (tmp_path / "config").write_text(BARESIP_CONFIG.format(port=_baresip_port()))
         (tmp_path / "accounts").write_text(
             f'<sip:alice@{DOMAIN}>;auth_pass=alice-pw;outbound="sip:{host}:{port};transport=udp";regint=600\n'
         )
