@@ -880,7 +880,7 @@ class Repository:
         members = [Member(f"sip:{username}@{host}", flag) for username, host, flag in cursor]
         name, domain, flag = rows[0]
         state = RoomState(name, domain, int(flag), _unique_members(key, members))
-        return own_tables.with_moderation(self._models, [state])[0]
+        return own_tables.with_moderation(self._models, [state], f"sip:{key}")[0]
 
     def _members_spelled(self, room_uris: list[str]) -> list[Member]:
         """Members whose room column is one of ``room_uris`` (exactly), in joining order."""
