@@ -259,13 +259,7 @@ class Repository:
         self.history_table = history_table
         self.room_info_table = room_info_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
-        self._models = bind_models(
-            self._db, rooms_table, members_table, pending_table, location_table,
-            subscriber_table=subscriber_table, secret_table=secret_table,
-            bans_table=bans_table, limits_table=limits_table,
-            lease_table=lease_table, node_table=node_table, history_table=history_table,
-            room_info_table=room_info_table,
-        )  # fmt: skip
+        self._models = bind_models(self._db, **names)
         self._has_sha256: bool | None = None  # subscriber.ha1_sha256 there? (None: not looked)
         # ownership (issue 13): this node's name, and the epochs of the leases it acquired
         self.lease_table = lease_table
