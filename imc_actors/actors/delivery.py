@@ -485,10 +485,7 @@ class Delivery:
         else:
             lane.in_flight -= 1
         self._in_flight -= 1
-        try:
-            lane.flying.remove(item)
-        except ValueError:
-            pass
+        lane.flying.remove(item)  # _send put it there
         self._nudge(lane)
         notice = item.notice
         if result.ok:
@@ -554,8 +551,7 @@ class Delivery:
 
     def _forget_if_idle(self, lane: _Lane) -> None:
         if (
-            not lane.items and not lane.flying and not lane.in_flight and not lane.parked
-            and not lane.working
+            not lane.items and not lane.flying and not lane.parked and not lane.working
             and not lane.waiting and self._lanes.get(lane.key) is lane
         ):  # fmt: skip
             del self._lanes[lane.key]
