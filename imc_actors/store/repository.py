@@ -174,6 +174,14 @@ def _check_length(value: str, what: str) -> None:
         )
 
 
+def _room_key(room: str) -> str:
+    """``room`` as a lease key (lower case); raises :class:`StoreError` when it is too long."""
+    key = room.lower()
+    if len(key) > MAX_ROOM_KEY:
+        raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+    return key
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     """True for errors after which the connection may be dead (peewee's or a driver's)."""
     return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
@@ -427,29 +435,21 @@ class Repository:
         seconds (default ``lease_ttl``): its new epoch, or None while another node holds it.
         One transaction; the epoch is what this node's writes for the room are fenced by."""
         node = self._require_node()
-        key = room.lower()
-        if len(key) > MAX_ROOM_KEY:
-            raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+        key = _room_key(room)
 
         def acquire() -> int | None:
             with self._db.atomic():
                 return self._leases.acquire(key, node, self._ttl(ttl), self._clock())
 
         epoch = self._run(f"acquiring the lease of {key}", acquire)
-        if epoch is None:
-            self._held.pop(key, None)
-        else:
-            self._held[key] = epoch
+        self._note_lease(key, epoch)
         return epoch
 
     def acquire_all(self, rooms: Sequence[str], ttl: float | None = None) -> dict[str, int | None]:
         """:meth:`acquire` for many rooms (startup), a few hundred per transaction: room key
         -> new epoch, or None where another node holds the lease."""
         node = self._require_node()
-        keys = [room.lower() for room in rooms]
-        for key in keys:
-            if len(key) > MAX_ROOM_KEY:
-                raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+        keys = [_room_key(room) for room in rooms]
         result: dict[str, int | None] = {}
         for start in range(0, len(keys), _ACQUIRE_CHUNK):
             chunk = keys[start : start + _ACQUIRE_CHUNK]
@@ -461,12 +461,16 @@ class Repository:
 
             got = self._run(f"acquiring {len(chunk)} leases", acquire)
             for key, epoch in got.items():
-                if epoch is None:
-                    self._held.pop(key, None)
-                else:
-                    self._held[key] = epoch
+                self._note_lease(key, epoch)
             result.update(got)
         return result
+
+    def _note_lease(self, key: str, epoch: int | None) -> None:
+        """Remember the outcome of acquiring ``key``'s lease (None: another node holds it)."""
+        if epoch is None:
+            self._held.pop(key, None)
+        else:
+            self._held[key] = epoch
 
     def renew(self, ttl: float | None = None) -> int:
         """Extend every lease this node holds by ``ttl`` seconds from now (default
