@@ -276,7 +276,6 @@ class Repository:
         self.lease_ttl = lease_ttl
         self._clock = clock
         self._leases = LeaseTable(self._db, lease_table)
-        assert self._models.node is not None
         self._nodes = NodeTable(self._models.node)
         self._held: dict[str, int] = {}
         #: room (lower-case URI) -> the number of its last archived line, as committed
@@ -667,22 +666,7 @@ class Repository:
         models = self._models
         existing = set(self._db.get_tables())
         with self._db.atomic():
-            for model in (
-                models.version,
-                models.room,
-                models.member,
-                models.pending,
-                models.location,
-                models.subscriber,
-                models.secret,
-                models.ban,
-                models.limit,
-                models.lease,
-                models.node,
-                models.history,
-                models.room_info,
-            ):
-                assert model is not None
+            for model in models.all():
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
             version = models.version
