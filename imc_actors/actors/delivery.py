@@ -455,19 +455,28 @@ class Delivery:
     def _send(self, lane: _Lane, item: _Item) -> None:
         item.sent = trio.current_time()
         lane.flying.append(item)
+
+        def done(result: DeliveryResult) -> None:
+            self._done(lane, item, result)
+
+        if not self._started(item.notice, item.in_reply_to, done):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_task, lane, item)
+
+    def _started(
+        self, notice: Notice, in_reply_to: str, done: Callable[[DeliveryResult], None]
+    ) -> bool:
+        """Start a delivery through the sender's ``start`` (its answer goes to ``done``); False
+        when the sender has none or declines, and when it raises (a sender bug): the caller
+        then delivers through :meth:`_call`."""
         start = self._start
-        if start is not None:
-
-            def done(result: DeliveryResult) -> None:
-                self._done(lane, item, result)
-
-            try:
-                if start(item.notice, item.in_reply_to, done):
-                    return
-            except Exception:  # a sender bug: deliver through a task instead
-                log.exception("starting a delivery to %s raised", item.notice.to)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._send_task, lane, item)
+        if start is None:
+            return False
+        try:
+            return bool(start(notice, in_reply_to, done))
+        except Exception:
+            log.exception("starting a delivery to %s raised", notice.to)
+            return False
 
     async def _send_task(self, lane: _Lane, item: _Item) -> None:
         self._done(lane, item, await self._call(item.notice, item.in_reply_to))
@@ -485,10 +494,7 @@ class Delivery:
         else:
             lane.in_flight -= 1
         self._in_flight -= 1
-        try:
-            lane.flying.remove(item)
-        except ValueError:
-            pass
+        lane.flying.remove(item)  # _send put it there
         self._nudge(lane)
         notice = item.notice
         if result.ok:
@@ -554,8 +560,7 @@ class Delivery:
 
     def _forget_if_idle(self, lane: _Lane) -> None:
         if (
-            not lane.items and not lane.flying and not lane.in_flight and not lane.parked
-            and not lane.working
+            not lane.items and not lane.flying and not lane.parked and not lane.working
             and not lane.waiting and self._lanes.get(lane.key) is lane
         ):  # fmt: skip
             del self._lanes[lane.key]
@@ -773,25 +778,20 @@ class Delivery:
         the scheduler's."""
         results: list[DeliveryResult] = []
         finished = trio.Event()
-        start = self._start
 
-        def launch() -> bool:
+        def launch() -> bool:  # False: the rest goes through _call
             notice, in_reply_to = notices[len(results)]
             self._in_flight += 1
-            try:
-                if start is not None and start(notice, in_reply_to, answered):
-                    return True
-            except Exception:  # a sender bug: the rest goes through _call
-                log.exception("starting a delivery to %s raised", notice.to)
+            if self._started(notice, in_reply_to, answered):
+                return True
             self._in_flight -= 1
             return False
 
         def answered(result: DeliveryResult) -> None:
             self._in_flight -= 1
             results.append(result)
-            if (result.ok or not result.unreachable) and len(results) < len(notices):
-                if launch():
-                    return
+            if not _stops(result) and len(results) < len(notices) and launch():
+                return
             finished.set()
 
         if notices and launch():

@@ -63,7 +63,7 @@ only slower.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import peewee
 
@@ -136,22 +136,26 @@ def check_table_name(name: str, param: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Models:
-    """The three model classes bound to one database and one pair of table names."""
+    """The model classes bound to one database and its table names (see :meth:`all`)."""
 
+    version: type[peewee.Model]
     room: type[peewee.Model]
     member: type[peewee.Model]
-    version: type[peewee.Model]
     pending: type[peewee.Model]
     location: type[peewee.Model]
     subscriber: type[peewee.Model]
     secret: type[peewee.Model]
     ban: type[peewee.Model]
     limit: type[peewee.Model]
+    # ownership (issue 13)
+    lease: type[peewee.Model]
+    node: type[peewee.Model]
     history: type[peewee.Model]
     room_info: type[peewee.Model]
-    # ownership (issue 13)
-    lease: type[peewee.Model] | None = None
-    node: type[peewee.Model] | None = None
+
+    def all(self) -> tuple[type[peewee.Model], ...]:
+        """Every model, in the order of the fields (the order ``init_schema`` creates them)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def bind_models(
@@ -412,15 +416,13 @@ def bind_models(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
     lease, node = _ownership_models(settings, lease_table, node_table)
-    database.bind(
-        [Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow, History,
-         RoomInfo, lease, node],
-        bind_refs=False, bind_backrefs=False,
+    models = Models(
+        version=Version, room=Room, member=Member, pending=Pending, location=Location,
+        subscriber=Subscriber, secret=Secret, ban=BanRow, limit=LimitRow, lease=lease, node=node,
+        history=History, room_info=RoomInfo,
     )  # fmt: skip
-    return Models(
-        Room, Member, Version, Pending, Location, Subscriber, Secret, BanRow, LimitRow, History,
-        RoomInfo, lease=lease, node=node,
-    )  # fmt: skip
+    database.bind(list(models.all()), bind_refs=False, bind_backrefs=False)
+    return models
 
 
 def _ownership_models(

@@ -353,21 +353,24 @@ def delete_room(models: Models, room_uri: str) -> None:
     models.limit.delete().where(models.limit.room == room).execute()
 
 
-def with_moderation(models: Models, rooms: list[RoomState]) -> list[RoomState]:
+def with_moderation(
+    models: Models, rooms: list[RoomState], only: str | None = None
+) -> list[RoomState]:
     """``rooms`` with their bans (in banning order) and member limits from our own tables.
 
-    Two full scans; a row naming no loaded room is ignored (its room was deleted by a
+    Two full scans, or with ``only`` (a lower-case room URI, the one room of ``rooms``) two
+    lookups of its rows; a row naming no loaded room is ignored (its room was deleted by a
     Kamailio that knows nothing of these tables).
     """
     ban, limit = models.ban, models.limit
     bans: dict[str, list[Ban]] = {}
     query = ban.select(ban.room, ban.username, ban.domain, ban.reason).order_by(ban.id)
+    limit_query = limit.select(limit.room, limit.max_members)
+    if only is not None:  # rows are written lower case (see _apply_moderation)
+        query, limit_query = query.where(ban.room == only), limit_query.where(limit.room == only)
     for room, user, host, reason in query.tuples():
         bans.setdefault(str(room).lower(), []).append(Ban(f"{user}@{host}".lower(), reason or ""))
-    limits = {
-        str(room).lower(): int(number)
-        for room, number in limit.select(limit.room, limit.max_members).tuples()
-    }
+    limits = {str(room).lower(): int(number) for room, number in limit_query.tuples()}
     if not bans and not limits:
         return rooms
     out: list[RoomState] = []

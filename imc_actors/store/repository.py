@@ -174,6 +174,14 @@ def _check_length(value: str, what: str) -> None:
         )
 
 
+def _room_key(room: str) -> str:
+    """``room`` as a lease key (lower case); raises :class:`StoreError` when it is too long."""
+    key = room.lower()
+    if len(key) > MAX_ROOM_KEY:
+        raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+    return key
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     """True for errors after which the connection may be dead (peewee's or a driver's)."""
     return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
@@ -259,13 +267,7 @@ class Repository:
         self.history_table = history_table
         self.room_info_table = room_info_table
         self._db: peewee.Database = open_database(self._url, lock_timeout=lock_timeout)
-        self._models = bind_models(
-            self._db, rooms_table, members_table, pending_table, location_table,
-            subscriber_table=subscriber_table, secret_table=secret_table,
-            bans_table=bans_table, limits_table=limits_table,
-            lease_table=lease_table, node_table=node_table, history_table=history_table,
-            room_info_table=room_info_table,
-        )  # fmt: skip
+        self._models = bind_models(self._db, **names)
         self._has_sha256: bool | None = None  # subscriber.ha1_sha256 there? (None: not looked)
         # ownership (issue 13): this node's name, and the epochs of the leases it acquired
         self.lease_table = lease_table
@@ -274,7 +276,6 @@ class Repository:
         self.lease_ttl = lease_ttl
         self._clock = clock
         self._leases = LeaseTable(self._db, lease_table)
-        assert self._models.node is not None
         self._nodes = NodeTable(self._models.node)
         self._held: dict[str, int] = {}
         #: room (lower-case URI) -> the number of its last archived line, as committed
@@ -433,29 +434,21 @@ class Repository:
         seconds (default ``lease_ttl``): its new epoch, or None while another node holds it.
         One transaction; the epoch is what this node's writes for the room are fenced by."""
         node = self._require_node()
-        key = room.lower()
-        if len(key) > MAX_ROOM_KEY:
-            raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+        key = _room_key(room)
 
         def acquire() -> int | None:
             with self._db.atomic():
                 return self._leases.acquire(key, node, self._ttl(ttl), self._clock())
 
         epoch = self._run(f"acquiring the lease of {key}", acquire)
-        if epoch is None:
-            self._held.pop(key, None)
-        else:
-            self._held[key] = epoch
+        self._note_lease(key, epoch)
         return epoch
 
     def acquire_all(self, rooms: Sequence[str], ttl: float | None = None) -> dict[str, int | None]:
         """:meth:`acquire` for many rooms (startup), a few hundred per transaction: room key
         -> new epoch, or None where another node holds the lease."""
         node = self._require_node()
-        keys = [room.lower() for room in rooms]
-        for key in keys:
-            if len(key) > MAX_ROOM_KEY:
-                raise StoreError(f"room key {key[:40]!r}… is longer than {MAX_ROOM_KEY} characters")
+        keys = [_room_key(room) for room in rooms]
         result: dict[str, int | None] = {}
         for start in range(0, len(keys), _ACQUIRE_CHUNK):
             chunk = keys[start : start + _ACQUIRE_CHUNK]
@@ -467,12 +460,16 @@ class Repository:
 
             got = self._run(f"acquiring {len(chunk)} leases", acquire)
             for key, epoch in got.items():
-                if epoch is None:
-                    self._held.pop(key, None)
-                else:
-                    self._held[key] = epoch
+                self._note_lease(key, epoch)
             result.update(got)
         return result
+
+    def _note_lease(self, key: str, epoch: int | None) -> None:
+        """Remember the outcome of acquiring ``key``'s lease (None: another node holds it)."""
+        if epoch is None:
+            self._held.pop(key, None)
+        else:
+            self._held[key] = epoch
 
     def renew(self, ttl: float | None = None) -> int:
         """Extend every lease this node holds by ``ttl`` seconds from now (default
@@ -669,22 +666,7 @@ class Repository:
         models = self._models
         existing = set(self._db.get_tables())
         with self._db.atomic():
-            for model in (
-                models.version,
-                models.room,
-                models.member,
-                models.pending,
-                models.location,
-                models.subscriber,
-                models.secret,
-                models.ban,
-                models.limit,
-                models.lease,
-                models.node,
-                models.history,
-                models.room_info,
-            ):
-                assert model is not None
+            for model in models.all():
                 if model._meta.table_name not in existing:
                     model.create_table(safe=True)
             version = models.version
@@ -880,7 +862,7 @@ class Repository:
         members = [Member(f"sip:{username}@{host}", flag) for username, host, flag in cursor]
         name, domain, flag = rows[0]
         state = RoomState(name, domain, int(flag), _unique_members(key, members))
-        return own_tables.with_moderation(self._models, [state])[0]
+        return own_tables.with_moderation(self._models, [state], f"sip:{key}")[0]
 
     def _members_spelled(self, room_uris: list[str]) -> list[Member]:
         """Members whose room column is one of ``room_uris`` (exactly), in joining order."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,32 +96,25 @@ class Tables:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (
-            self.rooms, self.members, self.pending, self.location, self.subscriber, self.secret,
-            self.bans, self.limits, self.leases, self.nodes, self.history, self.room_info,
-        )  # fmt: skip
+        return astuple(self)
+
+    def by_parameter(self) -> dict[str, str]:
+        """Repository parameter (``rooms_table``...) -> the table name."""
+        renamed = {"leases": "lease_table", "nodes": "node_table"}
+        return {renamed.get(f.name, f"{f.name}_table"): getattr(self, f.name) for f in fields(self)}
 
     def repository(self, db_url: str, **options: Any) -> Repository:
         """A :class:`Repository` on these tables (not connected yet); ``options`` are passed on
         (``lock_timeout``, ``node``, ``clock``...)."""
-        return Repository(
-            db_url, self.rooms, self.members, pending_table=self.pending,
-            location_table=self.location, subscriber_table=self.subscriber,
-            secret_table=self.secret, bans_table=self.bans, limits_table=self.limits,
-            lease_table=self.leases, node_table=self.nodes, history_table=self.history,
-            room_info_table=self.room_info, **options,
-        )  # fmt: skip
+        return Repository(db_url, **self.by_parameter(), **options)
 
     def flags(self) -> list[str]:
         """The CLI flags that name these tables."""
         return [
-            "--rooms-table", self.rooms, "--members-table", self.members,
-            "--pending-table", self.pending, "--location-table", self.location,
-            "--subscriber-table", self.subscriber, "--secret-table", self.secret,
-            "--bans-table", self.bans, "--limits-table", self.limits,
-            "--lease-table", self.leases, "--node-table", self.nodes,
-            "--history-table", self.history, "--room-info-table", self.room_info,
-        ]  # fmt: skip
+            text
+            for parameter, name in self.by_parameter().items()
+            for text in ("--" + parameter.replace("_", "-"), name)
+        ]
 
 
 def new_tables() -> Tables:
