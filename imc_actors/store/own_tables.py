@@ -468,10 +468,13 @@ def load_history(models: Models, room: str, limit: int, before: int | None = Non
     return lines
 
 
-def load_room_info(models: Models) -> dict[str, RoomInfo]:
-    """Room (lower-case URI) -> its :class:`RoomInfo`, for every row of the info table."""
+def load_room_info(models: Models, room: str | None = None) -> dict[str, RoomInfo]:
+    """Room (lower-case URI) -> its :class:`RoomInfo`, for every row of the info table (only
+    ``room``'s, a lower-case URI, when given)."""
     info = models.room_info
     query = info.select(info.room, info.topic, info.topic_by, info.topic_time, info.created)
+    if room is not None:
+        query = query.where(info.room == room)
     return {
         room.lower(): RoomInfo(
             topic or "", topic_by or "",

@@ -862,6 +862,9 @@ class Repository:
         members = [Member(f"sip:{username}@{host}", flag) for username, host, flag in cursor]
         name, domain, flag = rows[0]
         state = RoomState(name, domain, int(flag), _unique_members(key, members))
+        info = own_tables.load_room_info(self._models, f"sip:{key}").get(f"sip:{key}")
+        if info is not None:  # the topic and creation time come along, as at startup
+            state = replace(state, info=info)
         return own_tables.with_moderation(self._models, [state], f"sip:{key}")[0]
 
     def _members_spelled(self, room_uris: list[str]) -> list[Member]:

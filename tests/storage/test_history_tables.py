@@ -86,6 +86,9 @@ def test_room_info_comes_back_with_the_room_and_goes_with_it(repository: Reposit
     repository.apply_batch([RoomInfoSet(ROOM, topic, "sip:alice@example.com", 1_700_000_100, 1_700_000_000)])
     (room,) = repository.load_rooms()
     assert room.info == RoomInfo(topic, "sip:alice@example.com", 1_700_000_100, 1_700_000_000)
+    # one room loaded alone (a takeover after failover) keeps its topic too
+    taken = repository.load_room("chat@example.com")
+    assert taken is not None and taken.info == room.info
     repository.apply_batch([RoomDelete("chat", "example.com")])  # the room, its lines, its info
     assert repository.load_rooms() == [] and bodies(repository) == []
     repository.apply_batch([RoomUpsert("chat", "example.com", 0), line(7)])
