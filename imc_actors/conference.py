@@ -321,9 +321,15 @@ class Conference:
         handle = self.supervisor.lookup(route.name, route.domain)
         if self.leases is not None and not self.leases.serving(handle.state.key if handle else ""):
             return False  # not this node's room (yet): handle() takes it over or refuses
-        if handle is None or self._chat_limited(route, peek=True) is not None:
-            return False  # a refusal goes through handle(), which counts it once
-        self._chat_limited(route)
+        if handle is None:
+            return False
+        key = self._chat_key(route)
+        if key is not None:  # one key, one clock reading: check, then spend
+            assert self.chat_limiter is not None
+            now = trio.current_time()
+            if not self.chat_limiter.would_allow(key, now):
+                return False  # a refusal goes through handle(), which counts it once
+            self.chat_limiter.allow(key, now)
         self.delivery.wake(msg.sender)
 
         def answered(answer: Answer) -> None:
@@ -525,19 +531,23 @@ class Conference:
         return Answer(code, reason_phrase(code), retry_after=retry_after)
 
     # ------------------------------------------------------------------ moderation
-    def _chat_limited(self, route: _ToRoom, *, peek: bool = False) -> _Refuse | None:
+    def _chat_key(self, route: _ToRoom) -> str | None:
+        """The sender's chat budget in the room (:attr:`chat_limiter`'s key), or None when
+        ``route`` is a command or there is no limit. No checkpoint."""
+        if self.chat_limiter is None or route.op.command is not None:
+            return None
+        return f"{route.name}@{route.domain} {route.op.sender}".lower()
+
+    def _chat_limited(self, route: _ToRoom) -> _Refuse | None:
         """Spend one token of the sender's chat budget in the room (``chat_rate``,
         ``chat_burst``): None when the chat may go on (or is a command, or there is no
         limit), else the 503 refusal. Checked before the room's mailbox, so a flood costs
-        the room nothing. With ``peek`` nothing is spent or counted. No checkpoint."""
-        limiter = self.chat_limiter
-        if limiter is None or route.op.command is not None:
+        the room nothing. No checkpoint."""
+        key = self._chat_key(route)
+        if key is None:
             return None
-        key = f"{route.name}@{route.domain} {route.op.sender}".lower()
-        now = trio.current_time()
-        if peek:
-            return None if limiter.would_allow(key, now) else _Refuse(503, "")
-        wait = limiter.allow(key, now)
+        assert self.chat_limiter is not None
+        wait = self.chat_limiter.allow(key, trio.current_time())
         if wait <= 0.0:
             return None
         seconds = max(1, math.ceil(wait))

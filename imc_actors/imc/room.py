@@ -133,6 +133,14 @@ def _refuse(state: RoomState, req: RoomRequest, code: int, text: str) -> tuple[R
     return state, _outcome(code, (Notice(req.sender, text.encode(), state.uri),))
 
 
+def _reply(
+    state: RoomState, req: RoomRequest, text: str, writes: Iterable[Write] = ()
+) -> tuple[RoomState, Outcome]:
+    """A 200 whose ``text`` goes back to the sender as the reply notice and the body."""
+    body = text.encode()
+    return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), writes, body=body)
+
+
 def _broadcast(state: RoomState, text: str) -> list[Notice]:
     """The notice ``text`` to every active member of ``state``, in joining order."""
     body = text.encode()
@@ -361,9 +369,7 @@ def _members(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSt
     me = state.find(req.sender)
     if me is None or not me.active:
         return _refuse(state, req, 403, texts.NOT_A_MEMBER)
-    body = texts.members_list(state.members).encode()
-    notice = Notice(req.sender, body, state.uri, kind="reply")
-    return state, _outcome(200, (notice,), body=body)
+    return _reply(state, req, texts.members_list(state.members))
 
 
 def _modify(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -423,8 +429,7 @@ def _topic(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
         if not _sees(state, me):
             return _refuse(state, req, 403, texts.NOT_A_MEMBER)
         shown = texts.topic_is(state.info.topic) if state.info.topic else texts.NO_TOPIC
-        body = shown.encode()
-        return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+        return _reply(state, req, shown)
     if not _manages(me):
         return _refuse(state, req, 403, texts.NO_PERMISSION_TOPIC)
     assert me is not None
@@ -449,8 +454,7 @@ def _info(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState
         state.uri, state.info.topic, state.private, owners, len(active),
         len(state.members) - len(active), state.info.created,
     )  # fmt: skip
-    body = text.encode()
-    return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+    return _reply(state, req, text)
 
 
 _HANDLERS = {
@@ -597,8 +601,7 @@ def _unban(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
 def _bans(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
     if not _manages(state.find(req.sender)):
         return _refuse(state, req, 403, texts.NO_PERMISSION_BAN)
-    body = texts.bans_list(state.bans).encode()
-    return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+    return _reply(state, req, texts.bans_list(state.bans))
 
 
 def _limit(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
@@ -607,16 +610,14 @@ def _limit(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
         return _refuse(state, req, 403, texts.NOT_A_MEMBER)
     number = req.target.limit if req.target is not None else None
     if number is None:
-        body = texts.limit_is(member_limit(state, policy)).encode()
-        return state, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), body=body)
+        return _reply(state, req, texts.limit_is(member_limit(state, policy)))
     if not _active_owner(me):
         return _refuse(state, req, 403, texts.NO_PERMISSION_LIMIT)
     if not 1 <= number <= policy.max_members:
         return _refuse(state, req, 400, texts.limit_out_of_range(policy.max_members))
     new = replace(state, max_members=number)
     writes = (LimitSet(state.uri, number),) if number != state.max_members else ()
-    body = texts.limit_is(number).encode()
-    return new, _outcome(200, (Notice(req.sender, body, state.uri, kind="reply"),), writes, body=body)
+    return _reply(new, req, texts.limit_is(number), writes)
 
 
 def _administer(state: RoomState, op: AdminAction, policy: Policy) -> tuple[RoomState, Outcome]:
