@@ -207,8 +207,8 @@ def resolve(
         room_arg = None
     elif name == "history":  # [<number>] [<room>]: a first argument of digits is the number
         room_arg = args[0] if args else None
-        if args and args[0].isascii() and args[0].isdigit():
-            count = int(args[0])
+        count = _number(args[0]) if args else None
+        if count is not None:
             room_arg = args[1] if len(args) > 1 else None
     elif name == "create":
         room_arg = args[0] if args else None
@@ -269,14 +269,23 @@ _MODERATION_ARGS = _REASON_COMMANDS | {"unban", "limit"}
 WILDCARD = "*"
 
 
+def _number(token: str) -> int | None:
+    """The count a token of ASCII digits gives (``#history <n>``, ``#limit <n>``), at most
+    10**9 (so a long one is simply too large, never an int conversion error); None for any
+    other token (``²`` is a digit to ``str.isdigit``, not to us)."""
+    if not (token.isascii() and token.isdigit()):
+        return None
+    return int(token) if len(token) <= 9 else 10**9
+
+
 def _moderation_args(
     command: Command, ruri_host: str
 ) -> tuple[str | None, str | None, str, int | None]:
     """``(user, room argument, reason, limit)`` of a moderation command (see :class:`Target`)."""
     name, args = command.name, command.args
     if name == "limit":
-        if args and args[0].isdigit():
-            number = int(args[0]) if len(args[0]) <= 9 else 10**9
+        number = _number(args[0]) if args else None
+        if number is not None:
             return None, args[1] if len(args) > 1 else None, "", number
         if args and args[0][:1] in "-+0123456789":
             raise CommandError(400, texts.invalid_limit(command.start_char))

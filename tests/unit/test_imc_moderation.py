@@ -103,6 +103,21 @@ def test_limit_and_unban_take_an_optional_room() -> None:
     assert target(b"#unban *@Evil.org chat").user == "sip:*@Evil.org"
 
 
+def test_counts_are_ascii_digits_and_never_overflow() -> None:
+    # '²' is a digit to str.isdigit, and int() of 5,000 digits raises: both used to escape
+    # resolve() as ValueError instead of an answer
+    def target(body: bytes):
+        command = parse_command(body, "#")
+        assert command is not None
+        return resolve(command, ruri_user="chat", ruri_host=HOST, manager_user="imc-manager")
+
+    with pytest.raises(CommandError) as refused:  # a room name, not a number: and not a valid one
+        target("#limit ²".encode())
+    assert refused.value.code == 400
+    assert target(b"#limit " + b"9" * 5000).limit == 10**9  # too large: refused by the room
+    assert target(b"#history " + b"9" * 5000).count == 10**9
+
+
 def test_help_lists_every_command() -> None:
     from imc_actors.imc import COMMANDS
 
