@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server", description="Run the SIP IMC server.")
     _config_flags(serve)
-    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp, tls or ws, e.g. "
-             "tls:127.0.0.1:5061 with --tls-cert/--tls-key, ws:127.0.0.1:5066 for browsers), "
+    _setting(serve, "--listen", "listen", "listen address (transport udp, tcp, tls, ws or wss, e.g. "
+             "tls:127.0.0.1:5061 with --tls-cert/--tls-key, ws:127.0.0.1:5066 for browsers, "
+             "wss:127.0.0.1:7443 with --tls-cert/--tls-key), "
              "repeatable; port 0 picks a free one",
              action="append", metavar="TRANSPORT:HOST:PORT")
     _setting(serve, "--domain", "domains", "a domain the server is responsible for, repeatable",

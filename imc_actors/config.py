@@ -33,31 +33,32 @@ class ConfigError(ValueError):
         self.param = param
 
 
+#: Listen transports, and the port each takes when none is given (ws/wss: FreeSWITCH's ports).
+LISTEN_TRANSPORTS = {"udp": 5060, "tcp": 5060, "tls": 5061, "ws": 5066, "wss": 7443}
+#: Listen transports that speak TLS (they need ``tls_cert``/``tls_key``).
+SECURE_TRANSPORTS = ("tls", "wss")
+
+
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     """One SIP listening socket: ``transport`` is ``udp``, ``tcp``, ``tls`` (SIP over TLS,
-    ``tls_cert``/``tls_key``) or ``ws`` (SIP over WebSocket, RFC 7118); port 0 picks a free
-    one."""
+    ``tls_cert``/``tls_key``), ``ws`` (SIP over WebSocket, RFC 7118) or ``wss`` (SIP over
+    WebSocket over TLS, the same certificate as ``tls``); port 0 picks a free one."""
 
-    transport: Literal["udp", "tcp", "tls", "ws"]
+    transport: Literal["udp", "tcp", "tls", "ws", "wss"]
     host: str
     port: int
 
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
         """Parse ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``tls:127.0.0.1:5061``,
-        ``ws:127.0.0.1:5066`` (transport defaults to udp; the port to 5060, 5061 for tls).
-        ``wss:`` is refused: WebSocket over TLS is not supported yet."""
+        ``ws:127.0.0.1:5066``, ``wss:127.0.0.1:7443`` (transport defaults to udp; the port to
+        :data:`LISTEN_TRANSPORTS`' port of the transport)."""
         transport, sep, rest = text.partition(":")
-        if sep and transport.lower() == "wss":
-            raise ValueError(
-                f"wss: in {text!r} is not supported yet (use ws: behind a TLS-terminating "
-                "proxy, or tls: for SIP over TLS)"
-            )
-        if not sep or transport.lower() not in ("udp", "tcp", "tls", "ws"):
+        if not sep or transport.lower() not in LISTEN_TRANSPORTS:
             transport, rest = "udp", text
         transport = transport.lower()
-        default_port = "5061" if transport == "tls" else "5060"
+        default_port = str(LISTEN_TRANSPORTS[transport])
         if rest.startswith("["):
             host, _, port_text = rest[1:].partition("]")
             port_text = port_text.removeprefix(":")
@@ -325,12 +326,12 @@ class Config:
                 raise ConfigError(name, "must be positive")
 
     def _validate_tls(self) -> None:
-        """``tls_cert``/``tls_key`` are needed by a ``tls:`` listen address and must load;
-        ``tls_ca`` must load too."""
-        wants_tls = any(text.lower().startswith("tls:") for text in self.listen)
-        if wants_tls and not (self.tls_cert and self.tls_key):
+        """``tls_cert``/``tls_key`` are needed by a ``tls:`` or ``wss:`` listen address and
+        must load; ``tls_ca`` must load too."""
+        secure = [t for t in SECURE_TRANSPORTS if any(a.lower().startswith(f"{t}:") for a in self.listen)]
+        if secure and not (self.tls_cert and self.tls_key):
             missing = "tls_cert" if not self.tls_cert else "tls_key"
-            raise ConfigError(missing, "a tls: listen address needs tls_cert and tls_key (PEM files)")
+            raise ConfigError(missing, f"a {secure[0]}: listen address needs tls_cert and tls_key (PEM files)")
         if bool(self.tls_cert) != bool(self.tls_key):
             missing = "tls_key" if self.tls_cert else "tls_cert"
             raise ConfigError(missing, "tls_cert and tls_key go together")

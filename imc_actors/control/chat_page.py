@@ -2,17 +2,17 @@
 
 The page (``static/chat.html``, ``chat.js``, ``chat.css``) is a SIP user agent in the
 browser, built on the vendored JsSIP (``static/vendor/jssip.min.js``): it registers over the
-server's ``ws:`` listener and speaks to rooms with MESSAGE like any phone. The server only
+server's ``ws:`` (else ``wss:``) listener and speaks to rooms with MESSAGE like any phone. The server only
 serves the files and tells the page where to connect:
 
 ====================  =====================================================================
 ``GET /chat``         the page (its Content-Security-Policy allows the WebSocket URL below)
-``GET /api/chat``     ``{"ws": "ws://host:port/" or null, "domain", "manager", "command_char"}``
+``GET /api/chat``     ``{"ws": "ws[s]://host:port/" or null, "domain", "manager", "command_char"}``
 ``GET /static/...``   ``chat.js``, ``chat.css``; ``vendor/jssip.min.js`` and its
                       ``jssip.VERSION`` and ``jssip.LICENSE``
 ====================  =====================================================================
 
-``ws`` is None when no ``ws:`` listen address is configured (the page then says so and how to
+``ws`` is None when no ``ws:`` or ``wss:`` listen address is configured (the page then says so and how to
 add one). A listener bound to a wildcard address is named by the host the browser used to
 reach this page.
 """
@@ -47,7 +47,8 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 
 @dataclass(frozen=True, slots=True)
 class ChatSettings:
-    """What the chat page is told: the bound ``ws:`` listen addresses (real ports), the SIP
+    """What the chat page is told: the bound ``ws:`` and ``wss:`` listen addresses (real
+    ports, ``ws:`` first), the SIP
     ``domain`` users sign in to, the ``manager`` URI and the ``command_char``."""
 
     ws: tuple[ListenAddress, ...]
@@ -60,15 +61,17 @@ class ChatSettings:
         """The settings of a server with ``config`` whose transport bound ``bound``."""
         domain = config.served_domains[0]
         return cls(
-            ws=tuple(a for a in bound if a.transport == "ws"),
+            # plain ws: first (the page itself is served over plain HTTP), then wss:
+            ws=tuple(sorted((a for a in bound if a.transport in ("ws", "wss")), key=lambda a: a.transport != "ws")),
             domain=domain,
             manager=f"sip:{config.manager_user}@{domain}",
             command_char=config.imc_cmd_start_char[:1],
         )
 
     def ws_url(self, page_host: str | None) -> str | None:
-        """The URL of the first ``ws:`` listener, seen from a browser that reached the page at
-        ``page_host`` (used for a wildcard bind); None without one."""
+        """The URL of the first ``ws:`` listener (else the first ``wss:`` one), seen from a
+        browser that reached the page at ``page_host`` (used for a wildcard bind); None without
+        one."""
         if not self.ws:
             return None
         address = self.ws[0]
@@ -76,7 +79,7 @@ class ChatSettings:
             host = f"[{page_host}]" if ":" in page_host else page_host
         else:
             host = connect_host(address.host)
-        return f"ws://{host}:{address.port}/"
+        return f"{address.transport}://{host}:{address.port}/"
 
 
 def _load() -> dict[str, bytes]:

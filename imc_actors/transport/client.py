@@ -404,7 +404,8 @@ class ClientTransactions:
             data = build_request(
                 method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
                 call_id=call_id, cseq=1, via_host=via_host, via_port=via_port,
-                via_transport=_VIA_TRANSPORT[registered.transport], branch=branch,
+                via_transport=getattr(registered, "via_transport", None) or _VIA_TRANSPORT[registered.transport],
+                branch=branch,
                 headers=headers, body=body, content_type=content_type,
             )  # fmt: skip
             return await self._run_client(data, (branch, method), None, registered.peer, registered)  # type: ignore[arg-type]

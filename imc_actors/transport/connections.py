@@ -111,10 +111,11 @@ class Connections:
             await conn.aclose()
         self._outgoing.clear()
 
-    async def serve(self, conn: TcpConnection) -> None:
-        """Track an accepted connection and read it until it ends; close it at once when
-        ``max_accepted`` connections, or ``max_per_ip`` from its address, are live."""
-        host = conn.peer[0]
+    def admit(self, host: str) -> bool:
+        """Count one more accepted connection from ``host``; False (nothing counted, the
+        refusal logged at most once per interval) when ``max_accepted`` connections in all, or
+        ``max_per_ip`` from ``host``, are live. Each True is paired with :meth:`release`.
+        TCP, TLS and WebSocket listeners share this one budget."""
         from_host = self._accepted.get(host, 0)
         if self._accepted_total >= self._max_accepted or from_host >= self._max_per_ip:
             self.refused += 1
@@ -130,21 +131,33 @@ class Connections:
                     self.refused,
                     EXHAUSTED_LOG_INTERVAL,
                 )
-            await conn.aclose()
-            return
+            return False
         self._accepted[host] = from_host + 1
         self._accepted_total += 1
+        return True
+
+    def release(self, host: str) -> None:
+        """An accepted connection from ``host`` that :meth:`admit` counted has ended."""
+        self._accepted_total -= 1
+        left = self._accepted[host] - 1
+        if left:
+            self._accepted[host] = left
+        else:
+            del self._accepted[host]
+
+    async def serve(self, conn: TcpConnection) -> None:
+        """Track an accepted connection and read it until it ends; close it at once when
+        ``max_accepted`` connections, or ``max_per_ip`` from its address, are live."""
+        host = conn.peer[0]
+        if not self.admit(host):
+            await conn.aclose()
+            return
         self._live.add(conn)
         self.registry.opened(conn)
         try:
             await conn.run(*self._callbacks)
         finally:
-            self._accepted_total -= 1
-            left = self._accepted[host] - 1
-            if left:
-                self._accepted[host] = left
-            else:
-                del self._accepted[host]
+            self.release(host)
 
     def closed(self, conn: TcpConnection) -> None:
         """Forget ``conn`` (its reader ended), and the contacts registered over it."""

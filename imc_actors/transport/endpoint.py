@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
@@ -164,8 +165,9 @@ class SipTransport:
                 flood_rate, flood_burst, flood_block, exempt=flood_exempt, max_sources=flood_sources
             )
         self.listen = list(listen)
-        if tls_server is None and any(a.transport == "tls" for a in self.listen):
-            raise ValueError("a tls: listen address needs tls_server (a certificate and key)")
+        secure = [a.transport for a in self.listen if a.transport in ("tls", "wss")]
+        if tls_server is None and secure:
+            raise ValueError(f"a {secure[0]}: listen address needs tls_server (a certificate and key)")
         self.tls_server = tls_server
         self.outbound_proxy = outbound_proxy
         self.max_datagram = max_datagram
@@ -267,9 +269,12 @@ class SipTransport:
                     )
                     self._tcp.append(secure)
                     port = secure.address[1]
-                elif address.transport == "ws":
+                elif address.transport in ("ws", "wss"):
                     websocket = await WsListener.bind(
-                        address.host, address.port, idle_timeout=self.tcp_idle_timeout
+                        address.host,
+                        address.port,
+                        idle_timeout=self.tcp_idle_timeout,
+                        ssl_context=self.tls_server if address.transport == "wss" else None,
                     )
                     self._ws.append(websocket)
                     port = websocket.address[1]
@@ -309,7 +314,14 @@ class SipTransport:
                 for listener in self._tcp:
                     nursery.start_soon(listener.serve, self._connections.serve)
                 for websocket in self._ws:
-                    nursery.start_soon(websocket.serve, self._serve_ws)
+                    nursery.start_soon(
+                        partial(
+                            websocket.serve,
+                            self._serve_ws,
+                            admit=self._connections.admit,  # one budget with TCP and TLS
+                            release=self._connections.release,
+                        )
+                    )
                 log.info("SIP transport listening on %s", ", ".join(map(str, self.bound)))
                 task_status.started(self)
         finally:
@@ -325,7 +337,7 @@ class SipTransport:
                     await websocket.aclose()
                 await self._connections.aclose()
             self._tls_failures += sum(
-                getattr(listener, "handshake_failures", 0) for listener in self._tcp
+                getattr(listener, "handshake_failures", 0) for listener in [*self._tcp, *self._ws]
             )
             for endpoint in self._udp:
                 self._sent += endpoint.sent
@@ -362,7 +374,7 @@ class SipTransport:
             ws_connections=self._bindings.count("ws"),
             tls_connections=self._bindings.count("tls"),
             tls_handshake_failures=self._tls_failures
-            + sum(getattr(listener, "handshake_failures", 0) for listener in self._tcp),
+            + sum(getattr(listener, "handshake_failures", 0) for listener in [*self._tcp, *self._ws]),
             loops=servers.loops,
             self_targets=clients.self_targets,
             merged=servers.merged,

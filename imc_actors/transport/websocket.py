@@ -22,10 +22,16 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
 from .records import Source
 from .tcp import bind_listeners
@@ -67,8 +73,13 @@ class WsConnection:
 
     transport = "ws"
 
-    def __init__(self, ws: WebSocketConnection, *, idle_timeout: float = math.inf) -> None:
+    def __init__(
+        self, ws: WebSocketConnection, *, idle_timeout: float = math.inf, secure: bool = False
+    ) -> None:
         self.ws = ws
+        #: True over TLS (a ``wss:`` listener): our requests' Via then says ``WSS``.
+        self.secure = secure
+        self.via_transport = "WSS" if secure else "WS"
         self.idle_timeout = idle_timeout
         self.peer: Address = _address(ws.remote)
         self.local: Address = _address(ws.local)
@@ -167,49 +178,122 @@ def _address(endpoint: object) -> Address:
 
 
 class WsListener:
-    """Bound TCP listening socket(s) for one ``ws:`` listen address."""
+    """Bound TCP listening socket(s) for one ``ws:`` listen address, or for one ``wss:`` one
+    (``ssl_context`` set: each connection does the TLS handshake first, within the opening
+    handshake's :data:`HANDSHAKE_TIMEOUT`; a failed one closes that connection only)."""
 
-    def __init__(self, listeners: list[trio.SocketListener], idle_timeout: float) -> None:
+    def __init__(
+        self,
+        listeners: list[trio.SocketListener],
+        idle_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.listeners = listeners
         self.idle_timeout = idle_timeout
+        self.ssl_context = ssl_context
+        #: ``wss:`` connections whose TLS handshake failed or timed out.
+        self.handshake_failures = 0
         name = listeners[0].socket.getsockname()
         self.address: Address = (name[0], name[1])
         #: Handshakes refused because they did not offer the ``sip`` subprotocol.
         self.refused = 0
 
     @classmethod
-    async def bind(cls, host: str, port: int, *, idle_timeout: float = math.inf) -> WsListener:
-        """Bind and listen on ``host:port`` (port 0 = ephemeral).
+    async def bind(
+        cls,
+        host: str,
+        port: int,
+        *,
+        idle_timeout: float = math.inf,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> WsListener:
+        """Bind and listen on ``host:port`` (port 0 = ephemeral); with ``ssl_context``, for
+        ``wss:``.
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
-        return cls(await bind_listeners("ws", host, port), idle_timeout)
+        name = "wss" if ssl_context is not None else "ws"
+        return cls(await bind_listeners(name, host, port), idle_timeout, ssl_context)
 
-    async def serve(self, on_connection: Callable[[WsConnection], Awaitable[None]]) -> None:
+    async def serve(
+        self,
+        on_connection: Callable[[WsConnection], Awaitable[None]],
+        *,
+        admit: Callable[[str], bool] = lambda host: True,
+        release: Callable[[str], None] = lambda host: None,
+    ) -> None:
         """Accept WebSocket connections forever; each accepted one runs ``on_connection`` in
         its own task, and is closed when that returns. Runs until cancelled; cancellation
-        also ends every connection."""
+        also ends every connection.
 
-        async def handle(request: WebSocketRequest) -> None:
-            if SUBPROTOCOL not in request.proposed_subprotocols:
-                self.refused += 1
-                await request.reject(
-                    400,
-                    extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
-                    body=b"SIP over WebSocket needs the subprotocol 'sip' (RFC 7118)\n",
-                )
+        ``admit(host)`` is asked first, before any TLS or opening handshake: False closes the
+        connection at once; each True is paired with ``release(host)`` when it ends (the
+        transport passes its accepted-connection budget, ``tcp_max_connections`` and
+        ``tcp_max_per_ip``). A TLS handshake that fails closes its connection at once
+        (counted in ``handshake_failures``); one that, or an opening handshake that, does not
+        complete within :data:`HANDSHAKE_TIMEOUT` seconds is closed then."""
+
+        async def serve_stream(stream: trio.SocketStream) -> None:
+            try:
+                host = str(stream.socket.getpeername()[0])
+            except OSError:  # already gone
+                await trio.aclose_forcefully(stream)
                 return
-            ws = await request.accept(subprotocol=SUBPROTOCOL)
-            await on_connection(WsConnection(ws, idle_timeout=self.idle_timeout))
+            if not admit(host):
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                await self._serve_stream(stream, on_connection)
+            finally:
+                release(host)
 
-        server = WebSocketServer(
-            handle,
-            self.listeners,
-            max_message_size=MAX_MESSAGE,
-            connect_timeout=HANDSHAKE_TIMEOUT,
-            disconnect_timeout=CLOSE_TIMEOUT,
-        )
-        await server.run()
+        await trio.serve_listeners(serve_stream, self.listeners)  # type: ignore[arg-type]
+
+    async def _serve_stream(
+        self,
+        raw: trio.SocketStream,
+        on_connection: Callable[[WsConnection], Awaitable[None]],
+    ) -> None:
+        stream: trio.abc.Stream = raw
+        async with trio.open_nursery() as nursery:  # the WebSocket's reader task
+            request: WebSocketRequest | None = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                if self.ssl_context is not None:  # TLS under the WebSocket (wss:)
+                    secure = trio.SSLStream(raw, self.ssl_context, server_side=True, https_compatible=True)
+                    stream = secure
+                    try:
+                        await secure.do_handshake()
+                    except trio.BrokenResourceError:
+                        self.handshake_failures += 1
+                        log.debug("wss %s: TLS handshake failed", raw.socket.getpeername())
+                        await trio.aclose_forcefully(raw)
+                        return
+                request = await wrap_server_stream(nursery, stream, max_message_size=MAX_MESSAGE)
+            if request is None:  # a handshake that did not complete in time
+                if self.ssl_context is not None and stream is raw:
+                    self.handshake_failures += 1
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                if SUBPROTOCOL not in request.proposed_subprotocols:
+                    self.refused += 1
+                    await request.reject(
+                        400,
+                        extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
+                        body=b"SIP over WebSocket needs the subprotocol 'sip' (RFC 7118)\n",
+                    )
+                    return
+                ws = await request.accept(subprotocol=SUBPROTOCOL)
+                conn = WsConnection(ws, idle_timeout=self.idle_timeout, secure=self.ssl_context is not None)
+                try:
+                    await on_connection(conn)
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        await ws.aclose()
+            finally:
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(stream)
 
     async def aclose(self) -> None:
         """Close the listening sockets. Checkpoints."""

@@ -8,14 +8,19 @@ failure under CI). A screenshot is kept in ``test-artifacts/chat_page.png``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import tempfile
 
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from imc_actors.server import open_server
 from tests.browser.test_status_page import ARTIFACTS, Page, require_browser, start_browser
 from tests.integration.conftest import DOMAIN, MANAGER, expect, make_config, udp_address
 from tests.support.control import http
+from tests.support.tls import make_tls
 from tests.support.ua import TestUA
 
 LOBBY = f"sip:lobby@{DOMAIN}"
@@ -163,3 +168,53 @@ async def test_the_page_signs_in_with_a_password_when_auth_is_on(tmp_path):
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(page.driver.quit)
+
+
+def spki_hash(cert_file: str) -> str:
+    """Chromium's ``--ignore-certificate-errors-spki-list`` entry for one certificate (base64
+    SHA-256 of its public key): the browser trusts this test certificate and no other."""
+    with open(cert_file, "rb") as handle:
+        cert = x509.load_pem_x509_certificate(handle.read())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+async def test_over_wss_a_browser_and_a_phone_chat(tmp_path, nursery):
+    """With only a ``wss:`` listener the page connects over TLS (``wss://``) and works alike."""
+    require_browser()
+    tls = make_tls(tmp_path)
+    config = make_config(
+        tmp_path, listen=["udp:127.0.0.1:0", "wss:127.0.0.1:0"], rpc_listen="127.0.0.1:0",
+        **tls.config(),
+    )  # fmt: skip
+    async with open_server(config) as server:
+        info = (await http(server.http_url + "/api/chat")).json()
+        assert info["ws"].startswith("wss://127.0.0.1:")
+        bob = await TestUA.open(nursery, "bob", DOMAIN, udp_address(server))
+        assert (await bob.register()).code == 200
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        flag = f"--ignore-certificate-errors-spki-list={spki_hash(tls.cert)}"
+        page = Page(await trio.to_thread.run_sync(start_browser, profile, flag))
+        try:
+            await page.run(page.driver.get, server.http_url + "/chat")
+            await page.wait("!document.getElementById('signin').hidden")
+            await page.script("document.getElementById('user').value = 'alice';")
+            await page.script("document.getElementById('signin-button').click();")
+            await page.wait("document.body.dataset.signedIn === 'yes'")
+            assert server.transport.statistics().ws_connections == 1
+            await page.script("document.getElementById('create-name').value = 'lobby';")
+            await page.script("document.getElementById('create-button').click();")
+            await page.wait(has_line("notice", LOBBY, "*** Room was created"))
+            assert (await bob.message(LOBBY, "#join")).code == 200
+            await expect(bob, "*** [bob] has joined the room")
+            await page.script("document.getElementById('line').value = 'hello over tls';")
+            await page.script("document.getElementById('send').click();")
+            await expect(bob, "[alice]: hello over tls", sender=LOBBY)
+            assert (await bob.message(LOBBY, "hello browser")).code == 202
+            await page.wait(has_line("chat", LOBBY, "[bob]: hello browser"))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
+            bob.close()

@@ -49,15 +49,16 @@ def require_browser() -> None:
         pytest.skip(reason)
 
 
-def start_browser(profile: str) -> Any:
-    """A headless Chromium with a fresh profile; no driver or browser download (blocking)."""
+def start_browser(profile: str, *extra_flags: str) -> Any:
+    """A headless Chromium with a fresh profile (and ``extra_flags``); no driver or browser
+    download (blocking)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra_flags):
         options.add_argument(flag)
     service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
     return webdriver.Chrome(options=options, service=service)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -71,11 +72,14 @@ class WsUA:
         domain: str,
         *,
         subprotocols: Sequence[str] = ("sip",),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> AsyncIterator[WsUA]:
-        """Open the WebSocket to ``ws://host:port/`` and read it for the body of the block."""
+        """Open the WebSocket to ``ws://host:port/`` (``wss://`` with ``ssl_context``) and
+        read it for the body of the block."""
         host, port = address
+        use_ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else False
         async with open_websocket(
-            host, port, "/", use_ssl=False, subprotocols=list(subprotocols)
+            host, port, "/", use_ssl=use_ssl, subprotocols=list(subprotocols)
         ) as ws:
             agent = cls(ws, user, domain)
             async with trio.open_nursery() as nursery:

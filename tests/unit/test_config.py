@@ -99,14 +99,8 @@ def test_listen_address_forms(text, expected):
 
 
 @pytest.mark.parametrize("transport", ["wss", "WSS"])
-def test_listen_over_wss_is_refused_with_a_clear_error(transport):
-    with pytest.raises(ConfigError) as caught:
-        Config(listen=[f"{transport}:127.0.0.1:5067"]).validate()
-    assert caught.value.param == "listen"
-    assert str(caught.value) == (
-        f"invalid listen: wss: in '{transport}:127.0.0.1:5067' is not supported yet (use ws: "
-        "behind a TLS-terminating proxy, or tls: for SIP over TLS)"
-    )
+def test_listen_over_wss_is_parsed(transport):
+    assert ListenAddress.parse(f"{transport}:127.0.0.1:5067") == ListenAddress("wss", "127.0.0.1", 5067)
 
 
 def test_max_transactions_default_and_sources(tmp_path):
