@@ -18,9 +18,16 @@ SECRET = f"sip:secret@{DOMAIN}"
 
 
 async def open_uas(nursery, server, *users):
+    """Fresh UAs, registered. Each first removes the bindings its user left in an earlier run
+    (``Contact: *``): they survive restarts, and the OS may have given their old port to another
+    agent of this run, which would then get that user's notices too."""
     agents = []
     for user in users:
         agent = await TestUA.open(nursery, user, DOMAIN, server.udp)
+        clear = await agent.request(
+            "REGISTER", f"sip:{DOMAIN}", headers=[("Contact", "*"), ("Expires", "0")], to_uri=agent.uri
+        )
+        assert clear.code == 200
         assert (await agent.register()).code == 200
         agents.append(agent)
     return agents
