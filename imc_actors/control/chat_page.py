@@ -19,8 +19,7 @@ reach this page.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -30,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import Config, ListenAddress
+from ..transport.routing import WILDCARD
 from .listen import connect_host
 
 __all__ = ["ChatSettings", "chat_routes"]
@@ -42,7 +42,6 @@ _FILES = {
     "vendor/jssip.LICENSE": "text/plain; charset=utf-8",
     "vendor/jssip.VERSION": "text/plain; charset=utf-8",
 }
-_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +74,7 @@ class ChatSettings:
         if not self.ws:
             return None
         address = self.ws[0]
-        if address.host in _WILDCARDS and page_host:
+        if address.host in WILDCARD and page_host:
             host = f"[{page_host}]" if ":" in page_host else page_host
         else:
             host = connect_host(address.host)
@@ -87,9 +86,12 @@ def _load() -> dict[str, bytes]:
     return {name: folder.joinpath(*name.split("/")).read_bytes() for name in _FILES}
 
 
-def chat_routes(settings: ChatSettings | None, headers: dict[str, str]) -> list[Route]:
+def chat_routes(
+    settings: ChatSettings | None, headers: dict[str, str], api_answer: Callable[[Any], Response]
+) -> list[Route]:
     """The routes of the chat page; ``headers`` are the status page's security headers
-    (their CSP is widened to let the page open the WebSocket). Without ``settings`` (an app
+    (their CSP is widened to let the page open the WebSocket), ``api_answer`` makes the JSON
+    answer of ``/api/chat`` as every other ``/api/`` route's. Without ``settings`` (an app
     made without a transport) the page still loads and reports that there is no listener."""
     files = _load()
 
@@ -111,9 +113,7 @@ def chat_routes(settings: ChatSettings | None, headers: dict[str, str]) -> list[
         return Response(files["chat.html"], headers=page_headers, media_type=_FILES["chat.html"])
 
     async def api(request: Request) -> Response:
-        body = json.dumps(info(request), separators=(",", ":")).encode()
-        api_headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-        return Response(body, headers=api_headers, media_type="application/json")
+        return api_answer(info(request))
 
     async def asset(request: Request) -> Response:
         name = request.url.path.removeprefix("/static/")

@@ -164,7 +164,7 @@ def create_app(
         return JSONResponse({"error": "use POST"}, 405, {"Allow": "POST"})
 
     routes = [
-        *chat_routes(chat, _PAGE_HEADERS),
+        *chat_routes(chat, _PAGE_HEADERS, _api),
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/static/{name}", asset, methods=["GET", "HEAD"]),
         Route("/RPC", rpc, methods=["POST"]),
