@@ -348,7 +348,7 @@ class Config:
     def _validate_rpc_access(self) -> None:
         """``rpc_token`` fits a header and is long enough; it is required when ``rpc_listen``
         is not a loopback address; ``rpc_hosts`` are ``host`` or ``host:port``."""
-        from .control.access import check_host_entry, is_loopback_listen, token_problem
+        from .control.access import check_host_entry, token_problem
 
         if self.rpc_token is not None:
             problem = token_problem(self.rpc_token)
@@ -379,8 +379,6 @@ class Config:
             raise ConfigError("auth_cache_ttl", "must be 0 (no cache) or more seconds")
         self._require_positive("nonce_counts", "auth_cache_size")
         if self.auth is None and not self.trusted_sources:
-            from .control.access import is_loopback_listen
-
             exposed = [str(a) for a in self.listen_addresses if not is_loopback_listen(a.host)]
             if exposed:
                 raise ConfigError(
@@ -434,15 +432,23 @@ AUTH_MODES = ("off", "register", "all")
 MD5_ONLY_AGENTS = ("JsSIP", "sipsak", "SIPp", "baresip")
 
 
+def _listen_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP literal ``host`` names (brackets allowed), None when it is not one."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
 def _is_listen_host(host: str) -> bool:
     """A host a socket can be bound to without a DNS lookup: an IP literal, or localhost."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    return host.lower() == "localhost" or _listen_ip(host) is not None
+
+
+def is_loopback_listen(host: str) -> bool:
+    """True when a listen host (SIP or ``rpc_listen``) is only reachable from this machine."""
+    address = _listen_ip(host)
+    return host.lower() == "localhost" or (address is not None and address.is_loopback)
 
 
 #: The Config fields that name tables (Kamailio's two, then imc-actors' own).

@@ -21,7 +21,8 @@ to SIP), need no token: they hold no data; the status page asks for the token an
 every poll. The texts of the refusals are :data:`MISDIRECTED`, :data:`CROSS_ORIGIN`,
 :data:`NOT_JSON`, :data:`NO_TOKEN` and :data:`BAD_TOKEN`.
 
-The helpers :func:`token_problem`, :func:`check_host_entry` and :func:`is_loopback_listen` are
+The helpers :func:`token_problem` and :func:`check_host_entry` (and config's
+:func:`~imc_actors.config.is_loopback_listen`) are
 what :class:`~imc_actors.config.Config` validates those settings with (``rpc_token`` is
 required when ``rpc_listen`` is not a loopback address).
 """
@@ -29,11 +30,12 @@ required when ``rpc_listen`` is not a loopback address).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
+
+from ..config import is_loopback_listen
 
 __all__ = [
     "BAD_TOKEN",
@@ -44,7 +46,6 @@ __all__ = [
     "NO_TOKEN",
     "AccessGuard",
     "check_host_entry",
-    "is_loopback_listen",
     "needs_token",
     "token_problem",
 ]
@@ -82,16 +83,6 @@ def check_host_entry(entry: str) -> str | None:
     if not _HOST_ENTRY.fullmatch(entry.strip()):
         return f"expected host or host:port, got {entry!r}"
     return None
-
-
-def is_loopback_listen(host: str) -> bool:
-    """True when an ``rpc_listen`` host is only reachable from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _split_host(text: str) -> tuple[str, int | None]:
