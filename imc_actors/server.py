@@ -385,6 +385,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         tcp_max_connections=config.tcp_max_connections,
         tcp_max_per_ip=config.tcp_max_per_ip,
         tcp_max_buffer=config.tcp_max_buffer,
+        tcp_send_queue=config.tcp_send_queue,
         flood_rate=config.flood_rate,
         flood_burst=config.flood_burst,
         flood_block=config.flood_block,

@@ -34,6 +34,8 @@ class BoundConnection(Protocol):
 
     async def send(self, data: bytes) -> bool: ...
 
+    def try_send(self, data: bytes) -> bool: ...
+
 
 class ConnectionBindings:
     """The open connections (every TCP, TLS and WebSocket connection, both directions) and
