@@ -129,7 +129,8 @@ class ClientTransactions:
     addresses, ``connections`` gives TCP connections. :meth:`open` starts a run, :meth:`close`
     ends it (pending requests get 503). The counters (``ok``, ``failed``, ``timeouts``,
     ``retransmissions``, ``stray``, ``absorbed``, ``sent``: requests written on TCP,
-    ``unreachable``: transactions ended by an ICMP error) are read by
+    ``unreachable``: transactions ended by an ICMP error, ``queue_full``: task-free sends
+    declined for a full connection send queue) are read by
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
@@ -155,6 +156,7 @@ class ClientTransactions:
         self.sent = 0
         self.self_targets = 0
         self.unreachable = 0
+        self.queue_full = 0
 
     def __len__(self) -> int:
         """How many client transactions are live."""
@@ -184,10 +186,9 @@ class ClientTransactions:
         self._entries.clear()
 
     def connection_lost(self, conn: Stream) -> None:
-        """``conn`` closed: requests sent over it and not yet answered get 503."""
-        for entry in self._entries.values():
-            if entry.conn is conn and entry.result is None:
-                entry.finish(UNAVAILABLE)
+        """``conn`` closed: requests sent over it and not yet answered get 503 at once (not
+        at Timer F); their transactions are gone, and their timer filings skipped."""
+        self._end([key for key, e in self._entries.items() if e.conn is conn], UNAVAILABLE)
 
     def on_unreachable(self, dest: Address) -> None:
         """An ICMP port or host unreachable says nobody listens at ``dest`` (ip, port); called
@@ -197,24 +198,30 @@ class ClientTransactions:
 
         Scans the live transactions: ICMP errors are rare, and each one ends what it finds.
         """
-        entries = self._entries
         port = dest[1]
         found = [
             key
-            for key, entry in entries.items()
-            if entry.result is None
-            and entry.udp is not None
+            for key, entry in self._entries.items()
+            if entry.udp is not None
             and entry.dest[1] == port
             and _same_host(entry.dest[0], dest[0])
         ]
-        for key in found:
+        self.unreachable += self._end(found, UNREACHABLE)
+
+    def _end(self, keys: list[Any], result: ClientResult) -> int:
+        """End the transactions of ``keys`` still without a final response with ``result``:
+        they leave the table and their timer filings are skipped. How many it ended."""
+        entries = self._entries
+        ended = 0
+        for key in keys:
             entry = entries.get(key)
             if entry is None or entry.result is not None:
-                continue  # a callback of an earlier one ended it
+                continue  # answered already, or a callback of an earlier one ended it
             del entries[key]
             entry.scheduled = None  # the timer wheel skips a filing no longer scheduled
-            self.unreachable += 1
-            entry.finish(UNREACHABLE)
+            ended += 1
+            entry.finish(result)
+        return ended
 
     # ------------------------------------------------------------------ sending
     async def send_request(
@@ -331,6 +338,7 @@ class ClientTransactions:
                 data = self._build_for(conn, build)
                 size = room[id(conn)] = room.get(id(conn), 0) + len(data)
                 if not conn.queue.has_room(size):
+                    self.queue_full += 1
                     return False  # full: send_request waits for room
                 planned.append((branch, data, None, conn.peer, conn))
                 continue

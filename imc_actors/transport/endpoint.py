@@ -382,6 +382,8 @@ class SipTransport:
             transaction_bytes=servers.kept_bytes,
             tcp_refused=self._connections.refused,
             tcp_accept_failures=sum(listener.exhausted for listener in self._tcp),
+            send_queued=self._bindings.queued(),
+            send_queue_full=clients.queue_full,
         )
 
     # ------------------------------------------------------------------ receiving: UDP
