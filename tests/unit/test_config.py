@@ -242,7 +242,8 @@ def test_an_exposed_listener_without_auth_refuses_to_start(host):
 
 
 @pytest.mark.parametrize(
-    "changes", [{"auth": "off"}, {"auth": "register"}, {"auth": "all"}, {"trusted_sources": ["10.0.0.0/8"]}]
+    "changes",
+    [{"auth": "off"}, {"auth": "register"}, {"auth": "all"}, {"trusted_sources": ["10.0.0.0/8"]}],
 )
 def test_an_exposed_listener_starts_with_auth_or_trusted_sources_or_an_explicit_off(changes):
     config = Config(listen=["udp:0.0.0.0:5060"], **changes)
