@@ -57,6 +57,7 @@ class SendQueue:
         self.peak = 0
         self.refused = 0
         self.closed = False
+        self._busy = False  # the writer holds a batch (between take and done)
         self._items: deque[Item] = deque()
         self._writer = trio.lowlevel.ParkingLot()  # the writer, waiting for work
         self._room = trio.lowlevel.ParkingLot()  # awaited senders, waiting for room
@@ -74,6 +75,16 @@ class SendQueue:
         if self.queued > self.peak:
             self.peak = self.queued
         self._writer.unpark()
+
+    def idle(self) -> bool:
+        """Nothing is queued, being written or waiting for room: a message may be written
+        straight to the stream without overtaking anything. No checkpoint."""
+        return not self._items and not self._busy and not self._room and not self.closed
+
+    def rest(self, data: bytes) -> None:
+        """Queue what a direct write (made while :meth:`idle`) left of a message: the writer
+        writes it first, so the message stays whole. No checkpoint."""
+        self._append(data, None)
 
     def has_room(self, size: int) -> bool:
         """Whether :meth:`offer` would take a message of ``size`` bytes now. No checkpoint."""
@@ -115,6 +126,7 @@ class SendQueue:
                 return []
             await self._writer.park()
         items = self._items
+        self._busy = True
         batch = [items.popleft()]
         size = len(batch[0][0])
         while items and size + len(items[0][0]) <= max_bytes:
@@ -126,6 +138,7 @@ class SendQueue:
     def done(self, batch: list[Item], ok: bool) -> None:
         """The writer finished ``batch`` (``ok``: written). Frees its room and tells awaited
         senders. No checkpoint."""
+        self._busy = False
         for data, written in batch:
             self.queued -= len(data)
             if written is not None:

@@ -5,7 +5,9 @@ A :class:`TcpConnection` wraps one ``trio.SocketStream`` (accepted or opened by 
 synchronous callback. Everything sent goes through the connection's :class:`~.sendqueue.SendQueue`
 (at most ``send_queue`` bytes), drained in order by one writer task that :meth:`run` starts
 beside the reader: :meth:`TcpConnection.try_send` queues without waiting (or refuses when the
-queue is full), :meth:`TcpConnection.send` waits for room and for the write. A write that fails,
+queue is full), :meth:`TcpConnection.send` waits for room and for the write. Over plain TCP, a
+message that finds the queue idle is written straight to the non-blocking socket (what the
+kernel does not take is queued first, for the writer). A write that fails,
 or makes no progress for ``idle_timeout`` seconds (a peer that stopped reading), closes the
 connection. A framing error gets the
 400 the callback salvages, then the connection is closed (there is no way to find the next
@@ -107,6 +109,9 @@ class TcpConnection:
         self.bindings: dict[tuple[str, str], float] = {}
         #: What the writer task writes, in order (see :meth:`try_send` and :meth:`send`).
         self.queue = SendQueue(send_queue)
+        # Plain TCP: a message finding the queue idle is written straight to this
+        # (non-blocking) socket, without waking the writer. None over TLS.
+        self._fd: int | None = sock.fileno() if type(stream) is trio.SocketStream else None
         self._idle_scope: trio.CancelScope | None = None
         self.frames_received = 0
         self.frames_sent = 0
@@ -136,7 +141,24 @@ class TcpConnection:
         dropped; whoever waits for an answer to it learns of the close (``on_close``)."""
         if self.closed:
             return False
-        return self.queue.offer(data)
+        return self._write_now(data) or self.queue.offer(data)
+
+    def _write_now(self, data: bytes) -> bool:
+        """Plain TCP with nothing queued or being written: write ``data`` to the socket at
+        once (what the kernel does not take is queued first, so the message stays whole);
+        False (nothing written) when that is not possible now. No checkpoint."""
+        fd = self._fd
+        if fd is None or not self.queue.idle():
+            return False
+        try:
+            sent = os.write(fd, data)  # the socket is non-blocking (trio's)
+        except OSError:  # full (EAGAIN), or broken: the writer meets it and closes
+            return False
+        if sent < len(data):
+            self.queue.rest(data[sent:])
+        self.frames_sent += 1
+        self.touch()
+        return True
 
     async def send(self, data: bytes) -> bool:
         """Send one complete message through the queue: waits for room, then until the writer
@@ -148,6 +170,9 @@ class TcpConnection:
         if self.closed:
             await trio.lowlevel.checkpoint()
             return False
+        if self._write_now(data):
+            await trio.lowlevel.checkpoint()
+            return True
         return await self.queue.put(data)
 
     async def _write_loop(self, stop: trio.CancelScope) -> None:

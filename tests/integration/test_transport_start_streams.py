@@ -318,3 +318,28 @@ async def test_room_notices_to_a_tcp_member_leave_without_a_task(
         assert bob.accepted == 0
         to_bob = [taken for uri, taken in started if uri == bob.uri]
         assert len(to_bob) >= 6 and all(to_bob)
+
+
+async def test_a_message_the_kernel_takes_only_part_of_stays_whole_and_in_order(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """A message written straight to the socket (the queue was idle) that the kernel takes
+    only part of: the rest is queued first, so the peer reads it whole, then the next one."""
+    server = await core(nursery)
+    stalled = await stalled_member(server, "slow")
+    uri = f"sip:slow@{DOMAIN}"
+    outcomes = Outcomes()
+    big = b"B" * 60_000  # more than the socket buffers of a new connection take at once
+    assert start(server, uri, outcomes, body=big) is True
+    assert server.transport.statistics().send_queued > 0  # the part the kernel did not take
+    assert start(server, uri, outcomes, body=b"after") is True  # queued behind that rest
+    buffer = bytearray()
+    frames: list[bytes] = []
+    while len(frames) < 2:
+        buffer += await stalled.receive_some(65536)
+        frames += parse_stream(buffer)
+    first, second = (parse(frame) for frame in frames)
+    assert first.body == big and second.body == b"after"  # type: ignore[union-attr]
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.transport.statistics().send_queued == 0
+    await stalled.aclose()
