@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,11 +368,14 @@ def calibrate(rig: Rig, start: float, duration: float) -> float:
 MICRO_RATE = {2: 1500.0, 10: 500.0}
 
 
-def _micro(source: Path, members: int, window: int, messages: int) -> float:
-    """One paced ``bench.micro`` fan-out run on ``source``: CPU µs per delivery."""
+def micro_cost(
+    source: Path, members: int, window: int, messages: int, extra: Sequence[str] = ()
+) -> float:
+    """One paced ``bench.micro`` fan-out run on ``source`` (``extra``: more of its flags): CPU
+    µs per delivery."""
     cmd = [sys.executable, "-m", "bench.micro", "--members", str(members), "--messages", str(messages),
            "--repeat", "1", "--delivery-window", str(window), "--rate", str(MICRO_RATE[members]),
-           "--timeout", "120"]  # fmt: skip
+           "--timeout", "120", *extra]  # fmt: skip
     out = subprocess.run(cmd, cwd=source, capture_output=True, text=True, timeout=600, check=False)
     found = re.search(r"([\d.]+) µs/delivery", out.stdout)
     if found is None:
@@ -397,7 +401,7 @@ def cost(baseline: str, workdir: Path, repeat: int, messages: int) -> None:
         for members, window in cases:
             order = [("new", REPO), ("old", old)] if round_ % 2 == 0 else [("old", old), ("new", REPO)]
             for name, source in order:
-                us = _micro(source, members, window, messages)
+                us = micro_cost(source, members, window, messages)
                 figures.setdefault((name, members, window), []).append(us)
                 log(f"  micro {name} N={members} window={window}: {us:.1f} µs/delivery")
     log(f"\nfan-out cost, CPU µs per delivery (bench.micro, medians of {repeat}):")

@@ -1,7 +1,7 @@
 """A single-process micro-benchmark of the SIP hot path, for A/B comparisons of optimisations.
 
 ``python -m bench.micro [--members 10] [--messages 4000] [--scenario fanout|churn] [--history-max N]
-[--delivery-window W] [--rate R]``
+[--delivery-window W] [--rate R] [--transport udp|tcp]``
 
 The real server (``imc_actors.server.open_server``: transport, registrar, conference, SQLite
 store) runs in this process on 127.0.0.1:<free port>, and so does a small Trio client with one
@@ -11,6 +11,10 @@ chat MESSAGEs (or ``#join``/``#exit`` pairs) in flight and answers every relayed
 for the server alone; it is a stable *cost* figure (CPU µs per delivered message, both sides
 included) that changes only when the code does, unlike the SIPp runs on a shared machine.
 Bounded: at most ``--messages`` requests and ``--timeout`` seconds.
+
+``--transport tcp`` (fan-out only): every member but the sender REGISTERs over a TCP connection
+of its own (its contact names that connection's port, ``;transport=tcp``) and gets its
+deliveries over it, as a phone behind NAT does; the sender stays on the UDP socket.
 """
 
 from __future__ import annotations
@@ -114,16 +118,56 @@ class Client:
                 self.deliveries += 1
                 sock.sendto(ok_for(data), addr)
 
+    def answered(self, data: bytes) -> None:
+        """A response arrived (over UDP or a member's TCP connection): wake its sender."""
+        if int(data[8:11]) < 200:
+            return
+        m = re.search(rb"(?mi)^(?:Call-ID|i):\s*([^\r\n]+)", data)
+        if m is not None:
+            event = self.pending.pop(m.group(1).strip(), None)
+            if event is not None:
+                self.codes[m.group(1).strip()] = int(data[8:11])
+                event.set()
+
+    async def tcp_member(self, address: tuple[str, int], user: str, nursery: trio.Nursery) -> None:
+        """Register ``user`` over a TCP connection of its own and answer what comes over it."""
+        from imc_actors.sip import parse_stream
+
+        stream = await trio.open_tcp_stream(*address)
+        port = stream.socket.getsockname()[1]
+        extra = f"Contact: <sip:{user}@127.0.0.1:{port};transport=tcp>\r\nExpires: 3600\r\n"
+        call_id, data = self.request("REGISTER", user, user, extra=extra)
+        data = data.replace(b"SIP/2.0/UDP 127.0.0.1:%d" % self.port, b"SIP/2.0/TCP 127.0.0.1:%d" % port)
+        done = self.pending[call_id] = trio.Event()
+
+        async def read() -> None:
+            buffer = bytearray()
+            while chunk := await stream.receive_some(65536):
+                buffer += chunk
+                for frame in parse_stream(buffer):
+                    if frame.startswith(b"SIP/2.0 "):
+                        self.answered(frame)
+                    elif frame.startswith(b"MESSAGE "):
+                        self.deliveries += 1
+                        await stream.send_all(ok_for(frame))
+
+        nursery.start_soon(read)
+        await stream.send_all(data)
+        with trio.fail_after(10):
+            await done.wait()
+        assert self.codes.pop(call_id) == 200
+
 
 async def run(members: int, messages: int, window: int, scenario: str, timeout: float,
               history_max: int | None = None, delivery_window: int = 0,
-              rate: float = 0.0) -> dict[str, float]:
+              rate: float = 0.0, transport: str = "udp") -> dict[str, float]:
     from imc_actors.config import Config
     from imc_actors.server import open_server
 
     db = os.path.join(tempfile.mkdtemp(prefix="imc-micro-"), "micro.db")
     overrides = {
-        "listen": ["udp:127.0.0.1:0"], "domains": [DOMAIN], "db_url": f"sqlite:///{db}",
+        "listen": ["udp:127.0.0.1:0"] + (["tcp:127.0.0.1:0"] if transport == "tcp" else []),
+        "domains": [DOMAIN], "db_url": f"sqlite:///{db}",
         "log_level": "warning"}
     if "flood_rate" in Config.names():  # one source (127.0.0.1) sends everything: no budget
         overrides["flood_rate"] = 0
@@ -145,7 +189,11 @@ async def run(members: int, messages: int, window: int, scenario: str, timeout: 
             nursery.start_soon(client.receive_loop)
             users = [f"m{i}" for i in range(members)]
             contact = lambda u: f"Contact: <sip:{u}@127.0.0.1:{client.port}>\r\nExpires: 3600\r\n"  # noqa: E731
-            for user in users:
+            tcp = next(((a.host, a.port) for a in server.addresses if a.transport == "tcp"), None)
+            for index, user in enumerate(users):
+                if tcp is not None and index > 0:  # members over TCP, the sender over UDP
+                    await client.tcp_member(tcp, user, nursery)
+                    continue
                 assert await client.send("REGISTER", user, user, extra=contact(user)) == 200
             if scenario == "fanout":
                 assert await client.send("MESSAGE", "room", users[0], b"#create") == 200
@@ -205,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's delivery_window (default: its own default)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="pace the requests at this many a second (default: as fast as answered)")
+    parser.add_argument("--transport", choices=["udp", "tcp"], default="udp",
+                        help="how the members (all but the sender) are registered (fan-out)")
     args = parser.parse_args(argv)
     for _ in range(args.repeat):
         result = trio.run(run, args.members, args.messages, args.window, args.scenario, args.timeout,
-                          args.history_max, args.delivery_window, args.rate)
-        print(f"{args.scenario} N={args.members}: {result['messages']} requests, {result['deliveries']} "
+                          args.history_max, args.delivery_window, args.rate, args.transport)
+        print(f"{args.scenario} N={args.members} {args.transport}: {result['messages']} requests, {result['deliveries']} "
               f"deliveries in {result['wall']:.2f}s (cpu {result['cpu']:.2f}s): "
               f"{result['us_per_delivery']:.1f} µs/delivery, {result['us_per_request']:.0f} µs/request, "
               f"{result['failures']} failures", flush=True)  # fmt: skip

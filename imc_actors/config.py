@@ -126,6 +126,7 @@ class Config:
     tcp_max_connections: int = 2048
     tcp_max_per_ip: int = 256
     tcp_max_buffer: int = 65 * 1024
+    tcp_send_queue: int = 256 * 1024
     tcp_idle_timeout: float = 120.0
     flood_rate: float = 2000.0
     flood_burst: int = 4000
@@ -243,6 +244,8 @@ class Config:
         )  # fmt: skip
         if self.tcp_max_buffer < 1024:
             raise ConfigError("tcp_max_buffer", "must be at least 1024 bytes")
+        if self.tcp_send_queue < 1024:
+            raise ConfigError("tcp_send_queue", "must be at least 1024 bytes")
         if not self.tcp_idle_timeout > 0:
             raise ConfigError("tcp_idle_timeout", "must be a positive number of seconds")
         if not self.flood_rate >= 0:
@@ -485,6 +488,7 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
+    "tcp_send_queue",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "max_members",
     "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max",

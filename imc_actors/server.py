@@ -199,7 +199,11 @@ class MessageHandler:
             await trio.lowlevel.checkpoint()
             return Reply(400, "Invalid Request-URI or From")
         hold = self.conference.hold()
-        if identity is not None and identity.authenticated and not same_aor(request.from_uri, msg.sender):
+        if (
+            identity is not None
+            and identity.authenticated
+            and not same_aor(request.from_uri, msg.sender)
+        ):
             try:
                 posing = canonical(request.from_uri)
             except ValueError:
@@ -234,9 +238,17 @@ class MessageHandler:
         except (StoreError, AttributeError) as exc:
             log.warning("checking a MESSAGE forwarded by %r failed: %s", node, exc)
             return Reply(503, None, (("Retry-After", "1"),))
-        if self.config.node is None or node == self.config.node or not from_node(nodes, node, source):
-            log.warning("MESSAGE claiming to be forwarded by node %r from %s:%d refused",
-                        node, source.host, source.port)
+        if (
+            self.config.node is None
+            or node == self.config.node
+            or not from_node(nodes, node, source)
+        ):
+            log.warning(
+                "MESSAGE claiming to be forwarded by node %r from %s:%d refused",
+                node,
+                source.host,
+                source.port,
+            )
             return Reply(403, "Not Forwarded By A Known Node")
         try:
             ruri = canonical(request.header(FORWARDED_URI) or request.uri)
@@ -331,7 +343,11 @@ def message_handler(conference: Conference, config: Config, *, mark: str = "") -
 def tls_contexts(config: Config) -> dict[str, ssl.SSLContext | None]:
     """The transport's TLS contexts from ``tls_cert``/``tls_key`` (our listeners; None
     without them) and ``tls_ca``/``tls_verify`` (outgoing connections)."""
-    server = server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    server = (
+        server_context(config.tls_cert, config.tls_key)
+        if config.tls_cert and config.tls_key
+        else None
+    )
     return {"tls_server": server, "tls_client": client_context(config.tls_ca, config.tls_verify)}
 
 
@@ -341,7 +357,9 @@ async def _authenticator(config: Config, store: Any) -> Authenticator | None:
     if config.auth_mode == "off":
         return None
     if store is None or not hasattr(store, "read"):
-        raise StoreError(f"auth = {config.auth_mode!r} needs the database (users and the nonce secret)")
+        raise StoreError(
+            f"auth = {config.auth_mode!r} needs the database (users and the nonce secret)"
+        )
     secret = await store.read(lambda repository: repository.load_secret())
 
     async def load(username: str, domain: str) -> Any:
@@ -385,6 +403,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         tcp_max_connections=config.tcp_max_connections,
         tcp_max_per_ip=config.tcp_max_per_ip,
         tcp_max_buffer=config.tcp_max_buffer,
+        tcp_send_queue=config.tcp_send_queue,
         flood_rate=config.flood_rate,
         flood_burst=config.flood_burst,
         flood_block=config.flood_block,
@@ -419,7 +438,9 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
             on_binding=transport.bind_contacts, authenticator=authenticator,
         )  # fmt: skip
         if registrar is not None:  # a parked member is retried only while it has a binding
-            conference.delivery.reachable = lambda key: bool(registrar.lookup(key, trio.current_time()))
+            conference.delivery.reachable = lambda key: bool(
+                registrar.lookup(key, trio.current_time())
+            )
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:

@@ -141,6 +141,10 @@ _TRANSPORT = (
     ("merged", "imc_sip_merged", True, "requests refused 482 as merged (the same request by another path)"),
     ("self_targets", "imc_sip_self_targets", True, "outgoing requests not sent: the next hop was this server"),
     ("server_transactions", "imc_sip_server_transactions", False, "live server transactions"),
+    ("send_queue_full", "imc_sip_send_queue_full", True,
+     "task-free sends over a TCP, TLS or WebSocket connection declined: its send queue was full"),
+    ("send_queued", "imc_sip_send_queued_bytes", False,
+     "bytes waiting in the send queues of the TCP, TLS and WebSocket connections"),
     ("transaction_bytes", "imc_sip_transaction_bytes", False,
      "bytes of responses the live server transactions keep for retransmissions"),
     ("client_transactions", "imc_sip_client_transactions", False, "live client transactions"),
@@ -173,8 +177,9 @@ class _StatisticsCollector(Collector):
                     value=limiter.throttled,
                 )
                 yield GaugeMetricFamily(
-                    "imc_chat_budgets", "(room, sender) chat budgets tracked now (at most "
-                    "chat_rate_senders)", value=len(limiter),
+                    "imc_chat_budgets",
+                    "(room, sender) chat budgets tracked now (at most chat_rate_senders)",
+                    value=len(limiter),
                 )
         store = m.store
         if store is None and m.conference is not None:
@@ -187,7 +192,8 @@ class _StatisticsCollector(Collector):
         forwarded = getattr(getattr(m.conference, "forward", None), "forwarded", None)
         if forwarded is not None:
             yield CounterMetricFamily(
-                "imc_forwarded_messages", "MESSAGEs forwarded to the node holding their room",
+                "imc_forwarded_messages",
+                "MESSAGEs forwarded to the node holding their room",
                 value=forwarded,
             )
         if m.transport is not None:
@@ -213,7 +219,9 @@ class _StatisticsCollector(Collector):
         for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed"):
             total.add_metric([result], getattr(s, result))
         yield total
-        yield GaugeMetricFamily("imc_auth_nonces", "nonces whose last nonce-count is kept", value=s.nonces)
+        yield GaugeMetricFamily(
+            "imc_auth_nonces", "nonces whose last nonce-count is kept", value=s.nonces
+        )
         yield GaugeMetricFamily("imc_auth_users", "user rows cached", value=s.users)
 
     @staticmethod
@@ -307,10 +315,14 @@ class _StatisticsCollector(Collector):
             value=s.not_acquired,
         )
         yield CounterMetricFamily(
-            "imc_leases_taken_over", "stored rooms this node took over (failover)", value=s.taken_over
+            "imc_leases_taken_over",
+            "stored rooms this node took over (failover)",
+            value=s.taken_over,
         )
         yield CounterMetricFamily(
-            "imc_leases_lost", "rooms this node's renewals found taken over by another node", value=s.lost
+            "imc_leases_lost",
+            "rooms this node's renewals found taken over by another node",
+            value=s.lost,
         )
 
     @staticmethod

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .records import Source
+from .sendqueue import SendQueue
 from .udp import Address
 
 __all__ = ["BoundConnection", "ConnectionBindings"]
@@ -28,11 +29,14 @@ class BoundConnection(Protocol):
     peer: Address
     closed: bool
     bindings: dict[tuple[str, str], float]
+    queue: SendQueue
 
     @property
     def source(self) -> Source: ...
 
     async def send(self, data: bytes) -> bool: ...
+
+    def try_send(self, data: bytes) -> bool: ...
 
 
 class ConnectionBindings:
@@ -56,6 +60,10 @@ class ConnectionBindings:
     def count(self, transport: str) -> int:
         """How many ``transport`` connections are open."""
         return sum(1 for source in self._live if source.transport == transport)
+
+    def queued(self) -> int:
+        """Bytes waiting in the send queues of the open connections."""
+        return sum(conn.queue.queued for conn in self._live.values())
 
     def opened(self, conn: BoundConnection) -> None:
         """Track ``conn`` (its reader is starting)."""

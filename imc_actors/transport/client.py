@@ -41,6 +41,7 @@ from .routing import NoRoute, NotRegistered, Router, Target, find_call_id_host, 
 from .tcp import TcpConnection
 from .timers import LANE_FIRST_E, LANE_K, LANE_TCP_F, TimerWheel
 from .udp import Address, UdpEndpoint
+from .websocket import WsConnection
 
 __all__ = [
     "TCP_THRESHOLD",
@@ -66,6 +67,8 @@ NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable")
 SELF_TARGET = ClientResult(482, "Loop Detected")
 #: A contact registered over a WebSocket that has closed (no other way to reach it).
 WS_CLOSED = ClientResult(480, "Temporarily Unavailable")
+#: A connection a request can go over.
+Stream = TcpConnection | WsConnection
 #: Via transport names by connection transport.
 _VIA_TRANSPORT = {"tcp": "TCP", "tls": "TLS", "ws": "WS"}
 
@@ -80,7 +83,7 @@ class ClientEntry:
         txn: ClientTransaction,
         udp: UdpEndpoint | None,
         dest: Address,
-        conn: TcpConnection | None,
+        conn: Stream | None,
         callback: Callable[[ClientResult], None] | None = None,
     ) -> None:
         self.txn = txn
@@ -126,7 +129,8 @@ class ClientTransactions:
     addresses, ``connections`` gives TCP connections. :meth:`open` starts a run, :meth:`close`
     ends it (pending requests get 503). The counters (``ok``, ``failed``, ``timeouts``,
     ``retransmissions``, ``stray``, ``absorbed``, ``sent``: requests written on TCP,
-    ``unreachable``: transactions ended by an ICMP error) are read by
+    ``unreachable``: transactions ended by an ICMP error, ``queue_full``: task-free sends
+    declined for a full connection send queue) are read by
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
@@ -152,6 +156,7 @@ class ClientTransactions:
         self.sent = 0
         self.self_targets = 0
         self.unreachable = 0
+        self.queue_full = 0
 
     def __len__(self) -> int:
         """How many client transactions are live."""
@@ -180,11 +185,10 @@ class ClientTransactions:
             entry.finish(UNAVAILABLE)
         self._entries.clear()
 
-    def connection_lost(self, conn: TcpConnection) -> None:
-        """``conn`` closed: requests sent over it and not yet answered get 503."""
-        for entry in self._entries.values():
-            if entry.conn is conn and entry.result is None:
-                entry.finish(UNAVAILABLE)
+    def connection_lost(self, conn: Stream) -> None:
+        """``conn`` closed: requests sent over it and not yet answered get 503 at once (not
+        at Timer F); their transactions are gone, and their timer filings skipped."""
+        self._end([key for key, e in self._entries.items() if e.conn is conn], UNAVAILABLE)
 
     def on_unreachable(self, dest: Address) -> None:
         """An ICMP port or host unreachable says nobody listens at ``dest`` (ip, port); called
@@ -194,24 +198,30 @@ class ClientTransactions:
 
         Scans the live transactions: ICMP errors are rare, and each one ends what it finds.
         """
-        entries = self._entries
         port = dest[1]
         found = [
             key
-            for key, entry in entries.items()
-            if entry.result is None
-            and entry.udp is not None
+            for key, entry in self._entries.items()
+            if entry.udp is not None
             and entry.dest[1] == port
             and _same_host(entry.dest[0], dest[0])
         ]
-        for key in found:
+        self.unreachable += self._end(found, UNREACHABLE)
+
+    def _end(self, keys: list[Any], result: ClientResult) -> int:
+        """End the transactions of ``keys`` still without a final response with ``result``:
+        they leave the table and their timer filings are skipped. How many it ended."""
+        entries = self._entries
+        ended = 0
+        for key in keys:
             entry = entries.get(key)
             if entry is None or entry.result is not None:
-                continue  # a callback of an earlier one ended it
+                continue  # answered already, or a callback of an earlier one ended it
             del entries[key]
             entry.scheduled = None  # the timer wheel skips a filing no longer scheduled
-            self.unreachable += 1
-            entry.finish(UNREACHABLE)
+            ended += 1
+            entry.finish(result)
+        return ended
 
     # ------------------------------------------------------------------ sending
     async def send_request(
@@ -309,34 +319,41 @@ class ClientTransactions:
         # would make send_request send it again.
         call_id = call_id or new_call_id(self._call_id_host(), self._mark)
         from_tag = new_tag()
-        planned: list[tuple[str, bytes, UdpEndpoint, Address]] = []
+        planned: list[tuple[str, bytes, UdpEndpoint | None, Address, Stream | None]] = []
+        room: dict[int, int] = {}  # id(connection) -> bytes this request queues on it
         for target in targets:
+            branch = new_branch(self._mark)
+            build = _builder(
+                method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+                call_id=call_id, branch=branch, headers=headers, body=body,
+                content_type=content_type,
+            )  # fmt: skip
             hop = target.hop
+            conn: Stream | None = router.connection(target)  # type: ignore[assignment]
+            if conn is None and hop.transport in ("tcp", "tls") and is_ip(hop.host):
+                dest = (hop.host, hop.port)
+                tls = hop.host if hop.transport == "tls" else None
+                conn = None if router.is_self(dest) else self._connections.pooled(dest, tls=tls)
+            if conn is not None:  # the registered connection, or an open one to the hop
+                data = self._build_for(conn, build)
+                size = room[id(conn)] = room.get(id(conn), 0) + len(data)
+                if not conn.queue.has_room(size):
+                    self.queue_full += 1
+                    return False  # full: send_request waits for room
+                planned.append((branch, data, None, conn.peer, conn))
+                continue
             if hop.transport in ("tcp", "tls", "ws") or not is_ip(hop.host):
-                return False
-            if target.aor is not None and router.connection(target) is not None:
-                return False  # registered over a connection: sent over it, by send_request
+                return False  # a new connection or a DNS name: send_request awaits them
             udp = router.udp_for(socket.AF_INET6 if ":" in hop.host else socket.AF_INET)
             dest = (hop.host, hop.port)
             if udp is None or router.is_self(dest):
                 return False
-            branch = new_branch(self._mark)
-            via_host, via_port = router.via_address(udp, dest)
-            data = build_request(
-                method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
-                call_id=call_id, cseq=1, via_host=via_host, via_port=via_port,
-                via_transport="UDP", branch=branch, headers=headers, body=body,
-                content_type=content_type,
-            )  # fmt: skip
+            data = build("UDP", router.via_address(udp, dest))
             if hop.transport is None and len(data) > TCP_THRESHOLD:
                 return False
-            planned.append((branch, data, udp, dest))
-        first = planned[0]
-        try:
-            first[2].sendto(first[1], first[3])  # retries a stale ICMP error once
-        except OSError:  # a full buffer, or an error send_request reports in its own way
+            planned.append((branch, data, udp, dest, None))
+        if not self._transmit(planned[0]):
             return False
-        first[2].sent += 1
 
         if len(planned) == 1:
 
@@ -362,20 +379,48 @@ class ClientTransactions:
                     on_result(best)
 
         now = trio.current_time()
-        for index, (branch, data, udp, dest) in enumerate(planned):
-            if index:
-                try:
-                    udp.sendto(data, dest)
-                except OSError:
-                    finished(UNAVAILABLE)
-                    continue
-                udp.sent += 1
-            txn = ClientTransaction(data, False, now, t1=self._t1, t2=self._t2, t4=self._t4)
-            entry = ClientEntry(txn, udp, dest, None, finished)
+        for index, plan in enumerate(planned):
+            if index and not self._transmit(plan):
+                finished(UNAVAILABLE)
+                continue
+            branch, data, udp, dest, conn = plan
+            reliable = conn is not None
+            txn = ClientTransaction(data, reliable, now, t1=self._t1, t2=self._t2, t4=self._t4)
+            entry = ClientEntry(txn, udp, dest, conn, finished)
             key = (branch, method)
             self._entries[key] = entry
-            self._schedule(key, entry, txn.deadline())
+            self._schedule(key, entry, txn.deadline())  # Timer F only when reliable
         return True
+
+    def _transmit(
+        self, plan: tuple[str, bytes, UdpEndpoint | None, Address, Stream | None]
+    ) -> bool:
+        """Hand one planned request of :meth:`start_request` to its socket without waiting:
+        a datagram sent, or a message queued on its connection. False when it was not."""
+        _, data, udp, dest, conn = plan
+        if conn is not None:
+            if not conn.try_send(data):
+                return False
+            self.sent += 1
+            return True
+        assert udp is not None
+        try:
+            udp.sendto(data, dest)  # retries a stale ICMP error once
+        except OSError:  # a full buffer, or an error send_request reports in its own way
+            return False
+        udp.sent += 1
+        return True
+
+    def _build_for(self, conn: Stream, build: Builder) -> bytes:
+        """The request ``build`` makes for sending over ``conn``: its Via names our listener
+        of the connection's transport (TCP, TLS), or a WebSocket's ``.invalid`` host without
+        a port (RFC 7118 §5)."""
+        if isinstance(conn, TcpConnection):
+            family = socket.AF_INET6 if ":" in conn.local[0] else socket.AF_INET
+            via: tuple[str, int | None] = self._router.tcp_via(family, conn)
+        else:
+            via = (conn.via_host, None)
+        return build(getattr(conn, "via_transport", None) or _VIA_TRANSPORT[conn.transport], via)
 
     async def _send_to_target(
         self,
@@ -392,23 +437,16 @@ class ClientTransactions:
     ) -> ClientResult:
         """Build, send and follow one client transaction to ``target``. Checkpoints."""
         router = self._router
+        branch = new_branch(self._mark)
+        build = _builder(
+            method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+            call_id=call_id, branch=branch, headers=headers, body=body, content_type=content_type,
+        )  # fmt: skip
         # RFC 5626 / RFC 7118: over the connection the contact registered on, while it is open
-        registered = router.connection(target)
+        registered: Stream | None = router.connection(target)  # type: ignore[assignment]
         if registered is not None:
-            branch = new_branch(self._mark)
-            if isinstance(registered, TcpConnection):
-                family = socket.AF_INET6 if ":" in registered.local[0] else socket.AF_INET
-                via_host, via_port = router.tcp_via(family, registered)
-            else:  # a WebSocket: a .invalid name and no port (RFC 7118 §5)
-                via_host, via_port = registered.via_host, None  # type: ignore[attr-defined]
-            data = build_request(
-                method, target.request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
-                call_id=call_id, cseq=1, via_host=via_host, via_port=via_port,
-                via_transport=getattr(registered, "via_transport", None) or _VIA_TRANSPORT[registered.transport],
-                branch=branch,
-                headers=headers, body=body, content_type=content_type,
-            )  # fmt: skip
-            return await self._run_client(data, (branch, method), None, registered.peer, registered)  # type: ignore[arg-type]
+            data = self._build_for(registered, build)
+            return await self._run_client(data, (branch, method), None, registered.peer, registered)
         if target.hop.transport == "ws":  # a browser: no other way to reach it
             await trio.lowlevel.checkpoint()
             return WS_CLOSED
@@ -428,17 +466,7 @@ class ClientTransactions:
                 "not sending %s to %s: %s:%d is this server", method, target.request_uri, *dest
             )
             return SELF_TARGET
-        branch = new_branch(self._mark)
         udp = router.udp_for(family)
-
-        def build(via_transport: str, via: Address) -> bytes:
-            return build_request(
-                method, target.request_uri, from_uri=from_uri, from_tag=from_tag,
-                to_uri=to_uri, call_id=call_id, cseq=1, via_host=via[0], via_port=via[1],
-                via_transport=via_transport, branch=branch, headers=headers, body=body,
-                content_type=content_type,
-            )  # fmt: skip
-
         if target.hop.transport == "tls":  # sips: or transport=tls: TLS or nothing
             conn = await self._connections.get(dest, required=True, tls=target.hop.host)
             if conn is None:
@@ -465,7 +493,7 @@ class ClientTransactions:
         key: tuple[str, str],
         udp: UdpEndpoint | None,
         dest: Address,
-        conn: TcpConnection | None,
+        conn: Stream | None,
     ) -> ClientResult:
         """Send ``data`` and wait for the client transaction's outcome. ``key`` is what
         :func:`client_key` gives its responses: ``(branch, method)``. Checkpoints."""
@@ -559,6 +587,36 @@ class ClientTransactions:
             entry.finish(TIMEOUT)
         else:
             entry.finish(ClientResult(txn.final_code or 408, txn.final_reason or "Request Timeout"))
+
+
+#: ``build(via_transport, (via host, via port or None)) -> bytes``: one request, for one way.
+Builder = Callable[[str, tuple[str, "int | None"]], bytes]
+
+
+def _builder(
+    method: str,
+    request_uri: str,
+    *,
+    from_uri: str,
+    from_tag: str,
+    to_uri: str,
+    call_id: str,
+    branch: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    content_type: str | None,
+) -> Builder:
+    """What builds the request of one client transaction once its way (Via) is known."""
+
+    def build(via_transport: str, via: tuple[str, int | None]) -> bytes:
+        return build_request(
+            method, request_uri, from_uri=from_uri, from_tag=from_tag, to_uri=to_uri,
+            call_id=call_id, cseq=1, via_host=via[0], via_port=via[1],
+            via_transport=via_transport, branch=branch, headers=headers, body=body,
+            content_type=content_type,
+        )  # fmt: skip
+
+    return build
 
 
 def _same_host(a: str, b: str) -> bool:

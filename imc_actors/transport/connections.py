@@ -25,6 +25,7 @@ import trio
 
 from .bindings import ConnectionBindings
 from .limits import LogInterval
+from .sendqueue import DEFAULT_SEND_QUEUE
 from .tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BUFFER,
@@ -73,6 +74,7 @@ class Connections:
         self._connect_timeout = 5.0
         self._idle_timeout = DEFAULT_IDLE_TIMEOUT
         self._max_buffer = DEFAULT_MAX_BUFFER
+        self._send_queue = DEFAULT_SEND_QUEUE
         self._max_accepted = 2048
         self._max_per_ip = 256
         self._accepted: dict[str, int] = {}  # peer host -> accepted connections live
@@ -93,15 +95,18 @@ class Connections:
         max_buffer: int = DEFAULT_MAX_BUFFER,
         max_accepted: int = 2048,
         max_per_ip: int = 256,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
-        """Start a run: readers of new outgoing connections go to ``nursery``; at most
-        ``max_accepted`` accepted connections live at once, ``max_per_ip`` from one address."""
+        """Start a run: readers of new outgoing connections go to ``nursery`` (each with a send
+        queue of ``send_queue`` bytes); at most ``max_accepted`` accepted connections live at
+        once, ``max_per_ip`` from one address."""
         self._nursery = nursery
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._max_buffer = max_buffer
         self._max_accepted = max_accepted
         self._max_per_ip = max_per_ip
+        self._send_queue = send_queue
 
     async def aclose(self) -> None:
         """End a run: close every connection and forget the outgoing ones. Checkpoints (the
@@ -167,6 +172,12 @@ class Connections:
             if known is conn:
                 del self._outgoing[key]
 
+    def pooled(self, dest: Address, *, tls: str | None = None) -> TcpConnection | None:
+        """The open outgoing connection to ``dest`` (TLS with ``tls``, else TCP), or None
+        when none is open (:meth:`get` opens one). No checkpoint."""
+        conn = self._outgoing.get(("tls" if tls is not None else "tcp", dest))
+        return conn if conn is not None and not conn.closed else None
+
     async def get(
         self, dest: Address, *, required: bool, tls: str | None = None
     ) -> TcpConnection | None:
@@ -179,8 +190,8 @@ class Connections:
         Checkpoints.
         """
         key = ("tls" if tls is not None else "tcp", dest)
-        conn = self._outgoing.get(key)
-        if conn is not None and not conn.closed:
+        conn = self.pooled(dest, tls=tls)
+        if conn is not None:
             await trio.lowlevel.checkpoint()
             return conn
         now = trio.current_time()
@@ -205,6 +216,7 @@ class Connections:
                     timeout=self._connect_timeout,
                     idle_timeout=self._idle_timeout,
                     max_buffer=self._max_buffer,
+                    send_queue=self._send_queue,
                 )
             else:
                 conn = await open_connection(
@@ -213,6 +225,7 @@ class Connections:
                     timeout=self._connect_timeout,
                     idle_timeout=self._idle_timeout,
                     max_buffer=self._max_buffer,
+                    send_queue=self._send_queue,
                 )
         except OSError as exc:
             log.debug("%s connect to %s:%d failed: %s", key[0], dest[0], dest[1], exc)

@@ -62,6 +62,7 @@ from .routing import (
     via_fix,
     via_port,
 )
+from .sendqueue import DEFAULT_SEND_QUEUE
 from .server import ServerTransactions, UdpPeer
 from .tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFER, TcpConnection, TcpListener
 from .timers import LANES, TimerWheel
@@ -115,7 +116,8 @@ class SipTransport:
     ``max_vias``: most Via header fields a request may carry (more: 483).
     ``tcp_max_connections`` / ``tcp_max_per_ip``: most accepted TCP connections live at once,
     in all and from one address (beyond: closed at once); ``tcp_max_buffer``: most bytes held
-    for one incomplete TCP message. ``flood_rate`` (0 = off), ``flood_burst``,
+    for one incomplete TCP message; ``tcp_send_queue``: most bytes queued for sending on one
+    TCP, TLS or WebSocket connection (see :mod:`.sendqueue`). ``flood_rate`` (0 = off), ``flood_burst``,
     ``flood_block``, ``flood_sources``: each source IP's budget of new requests (see
     :class:`~.limits.FloodLimiter`); addresses in ``flood_exempt`` (CIDRs) have none.
     ``tls_server``: the context ``tls:`` listen addresses accept with (required when there is
@@ -143,6 +145,7 @@ class SipTransport:
         tcp_max_connections: int = 2048,
         tcp_max_per_ip: int = 256,
         tcp_max_buffer: int = DEFAULT_MAX_BUFFER,
+        tcp_send_queue: int = DEFAULT_SEND_QUEUE,
         flood_rate: float = 0.0,
         flood_burst: int = 1,
         flood_block: float = 0.0,
@@ -158,6 +161,7 @@ class SipTransport:
         self.tcp_max_connections = tcp_max_connections
         self.tcp_max_per_ip = tcp_max_per_ip
         self.tcp_max_buffer = tcp_max_buffer
+        self.tcp_send_queue = tcp_send_queue
         #: The per-source budget of new requests, None when ``flood_rate`` is 0.
         self.flood: FloodLimiter | None = None
         if flood_rate > 0:
@@ -266,6 +270,7 @@ class SipTransport:
                         context=self.tls_server,
                         idle_timeout=self.tcp_idle_timeout,
                         max_buffer=self.tcp_max_buffer,
+                        send_queue=self.tcp_send_queue,
                     )
                     self._tcp.append(secure)
                     port = secure.address[1]
@@ -275,6 +280,7 @@ class SipTransport:
                         address.port,
                         idle_timeout=self.tcp_idle_timeout,
                         ssl_context=self.tls_server if address.transport == "wss" else None,
+                        send_queue=self.tcp_send_queue,
                     )
                     self._ws.append(websocket)
                     port = websocket.address[1]
@@ -284,6 +290,7 @@ class SipTransport:
                         address.port,
                         idle_timeout=self.tcp_idle_timeout,
                         max_buffer=self.tcp_max_buffer,
+                        send_queue=self.tcp_send_queue,
                     )
                     self._tcp.append(listener)
                     port = listener.address[1]
@@ -307,6 +314,7 @@ class SipTransport:
                     max_buffer=self.tcp_max_buffer,
                     max_accepted=self.tcp_max_connections,
                     max_per_ip=self.tcp_max_per_ip,
+                    send_queue=self.tcp_send_queue,
                 )
                 nursery.start_soon(self._timer_loop)
                 for endpoint in self._udp:
@@ -384,6 +392,8 @@ class SipTransport:
             transaction_bytes=servers.kept_bytes,
             tcp_refused=self._connections.refused,
             tcp_accept_failures=sum(listener.exhausted for listener in self._tcp),
+            send_queued=self._bindings.queued(),
+            send_queue_full=clients.queue_full,
         )
 
     # ------------------------------------------------------------------ receiving: UDP
@@ -471,7 +481,7 @@ class SipTransport:
             await conn.run(self._on_frame)
         finally:
             self._bindings.closed(conn)
-            self._clients.connection_lost(conn)  # type: ignore[arg-type]
+            self._clients.connection_lost(conn)
 
     def bind_contacts(
         self, source: Source, aor: str, contacts: Sequence[tuple[str, int]], clear: bool

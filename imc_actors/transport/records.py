@@ -120,7 +120,10 @@ class TransportStatistics:
     ``tcp_max_per_ip`` reached); ``tcp_accept_failures``: accepts that failed for lack of
     file descriptors or memory (retried); ``tls_connections``: TLS connections live now (also
     in ``tcp_connections``); ``tls_handshake_failures``: accepted TLS connections closed
-    because their handshake failed or took too long.
+    because their handshake failed or took too long; ``send_queued``: bytes waiting in the
+    send queues of the TCP, TLS and WebSocket connections now (``tcp_send_queue`` each);
+    ``send_queue_full``: task-free sends declined because a connection's queue was full (each
+    went the awaited way instead).
     """
 
     received: int
@@ -150,6 +153,8 @@ class TransportStatistics:
     transaction_bytes: int = 0
     tcp_refused: int = 0
     tcp_accept_failures: int = 0
+    send_queued: int = 0
+    send_queue_full: int = 0
     ws_connections: int = 0
     tls_connections: int = 0
     tls_handshake_failures: int = 0

@@ -2,7 +2,14 @@
 
 A :class:`TcpConnection` wraps one ``trio.SocketStream`` (accepted or opened by us). Its reader
 (:meth:`TcpConnection.run`) turns the byte stream into complete SIP messages and hands each to a
-synchronous callback; sends from many tasks are serialised by a lock. A framing error gets the
+synchronous callback. Everything sent goes through the connection's :class:`~.sendqueue.SendQueue`
+(at most ``send_queue`` bytes), drained in order by one writer task that :meth:`run` starts
+beside the reader: :meth:`TcpConnection.try_send` queues without waiting (or refuses when the
+queue is full), :meth:`TcpConnection.send` waits for room and for the write. Over plain TCP, a
+message that finds the queue idle is written straight to the non-blocking socket (what the
+kernel does not take is queued first, for the writer). A write that fails,
+or makes no progress for ``idle_timeout`` seconds (a peer that stopped reading), closes the
+connection. A framing error gets the
 400 the callback salvages, then the connection is closed (there is no way to find the next
 message boundary); so does an incomplete message that fills ``max_buffer`` bytes (513). A
 connection idle for ``idle_timeout`` seconds is closed.
@@ -26,6 +33,7 @@ from imc_actors.sip import SipParseError, parse_stream
 
 from .limits import LogInterval
 from .records import Source
+from .sendqueue import DEFAULT_SEND_QUEUE, SendQueue
 
 __all__ = [
     "ACCEPT_RETRY",
@@ -56,6 +64,8 @@ ACCEPT_RETRY = 0.1
 #: per this many seconds.
 EXHAUSTED_LOG_INTERVAL = 10.0
 _RECEIVE_SIZE = 65536
+#: Most bytes the writer hands the stream in one write (several queued messages joined).
+_WRITE_BATCH = 65536
 #: What accept(2) returns when the process or the system is out of resources.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -65,7 +75,8 @@ class TcpConnection:
 
     ``peer`` and ``local`` are ``(host, port)``. ``outgoing`` is True for connections we opened.
     ``closed`` becomes True once the reader ended or :meth:`aclose` ran. ``max_buffer``: most
-    bytes held for one incomplete message. ``stream`` is what is read and written (a
+    bytes held for one incomplete message; ``send_queue``: most bytes queued for the writer.
+    ``stream`` is what is read and written (a
     ``trio.SocketStream``, or a ``trio.SSLStream`` over one: then ``socket`` names the socket).
     ``bindings`` holds ``(aor, contact) -> expires_at`` for the contacts registered over it
     (kept by :class:`~.bindings.ConnectionBindings`).
@@ -82,6 +93,7 @@ class TcpConnection:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         socket: trio.socket.SocketType | None = None,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
         self.stream = stream
         self.outgoing = outgoing
@@ -93,8 +105,13 @@ class TcpConnection:
         self.peer: Address = (peer[0], peer[1])
         self.local: Address = (local[0], local[1])
         self.closed = False
+        self.stream_closed = False
         self.bindings: dict[tuple[str, str], float] = {}
-        self._send_lock = trio.Lock()
+        #: What the writer task writes, in order (see :meth:`try_send` and :meth:`send`).
+        self.queue = SendQueue(send_queue)
+        # Plain TCP: a message finding the queue idle is written straight to this
+        # (non-blocking) socket, without waking the writer. None over TLS.
+        self._fd: int | None = sock.fileno() if type(stream) is trio.SocketStream else None
         self._idle_scope: trio.CancelScope | None = None
         self.frames_received = 0
         self.frames_sent = 0
@@ -115,29 +132,80 @@ class TcpConnection:
         if self._idle_scope is not None and math.isfinite(self.idle_timeout):
             self._idle_scope.deadline = trio.current_time() + self.idle_timeout
 
-    async def send(self, data: bytes) -> bool:
-        """Send one complete message; False when the connection is (or becomes) broken.
+    def try_send(self, data: bytes) -> bool:
+        """Queue one complete message for the writer without waiting: True when queued (it is
+        written in order after everything queued before it), False when the connection is
+        closed or its queue has no room (``send_queue`` bytes). No checkpoint.
 
-        Concurrent senders queue on a lock so messages never interleave. Checkpoints.
-        Cancellation while the bytes are half-written leaves the stream unusable, so the
-        connection is then closed (the peer sees EOF rather than a corrupt frame).
+        A queued message that can no longer be written (the connection closes first) is
+        dropped; whoever waits for an answer to it learns of the close (``on_close``)."""
+        if self.closed:
+            return False
+        return self._write_now(data) or self.queue.offer(data)
+
+    def _write_now(self, data: bytes) -> bool:
+        """Plain TCP with nothing queued or being written: write ``data`` to the socket at
+        once (what the kernel does not take is queued first, so the message stays whole);
+        False (nothing written) when that is not possible now. No checkpoint."""
+        fd = self._fd
+        if fd is None or not self.queue.idle():
+            return False
+        try:
+            sent = os.write(fd, data)  # the socket is non-blocking (trio's)
+        except OSError:  # full (EAGAIN), or broken: the writer meets it and closes
+            return False
+        if sent < len(data):
+            self.queue.rest(data[sent:])
+        self.frames_sent += 1
+        self.touch()
+        return True
+
+    async def send(self, data: bytes) -> bool:
+        """Send one complete message through the queue: waits for room, then until the writer
+        wrote it; False when the connection is (or becomes) closed first. Checkpoints.
+
+        Messages never interleave (one writer). Cancellation while waiting for room queues
+        nothing; once queued, the message is written whole even if the caller is cancelled.
         """
         if self.closed:
             await trio.lowlevel.checkpoint()
             return False
-        async with self._send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.debug("%s %s: send failed: %s", self.transport, self.peer, exc)
-                await self._abort()
-                return False
-            except trio.Cancelled:
-                await self._abort()
-                raise
-        self.frames_sent += 1
-        self.touch()
-        return True
+        if self._write_now(data):
+            await trio.lowlevel.checkpoint()
+            return True
+        return await self.queue.put(data)
+
+    async def _write_loop(self, stop: trio.CancelScope) -> None:
+        """The writer: write queued messages in order, several joined per write; a write that
+        fails or makes no progress for ``idle_timeout`` seconds closes the connection
+        (``stop`` ends its reader). Returns once the queue is closed."""
+        queue = self.queue
+        while True:
+            batch = await queue.take(_WRITE_BATCH)
+            if not batch:
+                return
+            data = batch[0][0] if len(batch) == 1 else b"".join(item[0] for item in batch)
+            ok = False
+            with trio.move_on_after(self.idle_timeout) as stall:
+                try:
+                    await self.stream.send_all(data)
+                    ok = True
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    log.debug("%s %s: send failed: %s", self.transport, self.peer, exc)
+                else:
+                    self.frames_sent += len(batch)
+                    self.touch()
+            queue.done(batch, ok)
+            if not ok:
+                if stall.cancelled_caught:
+                    log.info(
+                        "%s %s: a write made no progress for %.0f s (%d bytes queued); closing",
+                        self.transport, self.peer, self.idle_timeout, queue.queued,
+                    )  # fmt: skip
+                self.closed = True
+                queue.close()
+                stop.cancel()
+                return
 
     async def run(
         self,
@@ -160,34 +228,10 @@ class TcpConnection:
             with trio.CancelScope() as scope:
                 self._idle_scope = scope
                 self.touch()
-                while True:
-                    room = min(_RECEIVE_SIZE, self.max_buffer - len(buffer))
-                    if room <= 0:  # max_buffer bytes and still no whole message
-                        exc = SipParseError("Message too large", 513)
-                        await self._framing_error(buffer, exc, on_framing_error)
-                        break
-                    try:
-                        chunk = await self.stream.receive_some(room)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        break
-                    if not chunk:
-                        break
-                    self.touch()
-                    buffer += chunk
-                    try:
-                        frames = parse_stream(buffer)
-                    except SipParseError as exc:
-                        await self._framing_error(buffer, exc, on_framing_error)
-                        break
-                    for frame in frames:
-                        self.frames_received += 1
-                        try:
-                            answer = on_frame(frame, self)
-                        except Exception:
-                            log.exception("%s %s: error handling a message", self.transport, self.peer)
-                            continue
-                        if answer is not None:
-                            await self.send(answer)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                    await self._read_loop(buffer, on_frame, on_framing_error)
+                    nursery.cancel_scope.cancel()
             if scope.cancelled_caught:
                 log.debug(
                     "%s %s: idle for %.0f s, closing", self.transport, self.peer, self.idle_timeout
@@ -198,6 +242,39 @@ class TcpConnection:
                 await self._abort()
             if on_close is not None:
                 on_close(self)
+
+    async def _read_loop(
+        self, buffer: bytearray, on_frame: FrameCallback, on_framing_error: FramingErrorCallback
+    ) -> None:
+        """Read and dispatch until EOF, a read error or a framing error (see :meth:`run`)."""
+        while True:
+            room = min(_RECEIVE_SIZE, self.max_buffer - len(buffer))
+            if room <= 0:  # max_buffer bytes and still no whole message
+                exc = SipParseError("Message too large", 513)
+                await self._framing_error(buffer, exc, on_framing_error)
+                return
+            try:
+                chunk = await self.stream.receive_some(room)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not chunk:
+                return
+            self.touch()
+            buffer += chunk
+            try:
+                frames = parse_stream(buffer)
+            except SipParseError as exc:
+                await self._framing_error(buffer, exc, on_framing_error)
+                return
+            for frame in frames:
+                self.frames_received += 1
+                try:
+                    answer = on_frame(frame, self)
+                except Exception:
+                    log.exception("%s %s: error handling a message", self.transport, self.peer)
+                    continue
+                if answer is not None:
+                    await self.send(answer)
 
     async def _framing_error(
         self, buffer: bytearray, exc: SipParseError, on_framing_error: FramingErrorCallback
@@ -210,8 +287,9 @@ class TcpConnection:
                 await self.send(answer)
 
     async def _abort(self) -> None:
-        if not self.closed:
-            self.closed = True
+        self.queue.close()
+        if not self.stream_closed:
+            self.closed = self.stream_closed = True
             await trio.aclose_forcefully(self.stream)
         else:
             await trio.lowlevel.checkpoint()
@@ -228,6 +306,7 @@ async def open_connection(
     timeout: float,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_buffer: int = DEFAULT_MAX_BUFFER,
+    send_queue: int = DEFAULT_SEND_QUEUE,
 ) -> TcpConnection:
     """Connect to ``host:port`` within ``timeout`` seconds.
 
@@ -238,7 +317,13 @@ async def open_connection(
         stream = await trio.open_tcp_stream(host, port)
     if scope.cancelled_caught:
         raise TimeoutError(f"tcp connect to {host}:{port} timed out")
-    return TcpConnection(stream, outgoing=True, idle_timeout=idle_timeout, max_buffer=max_buffer)
+    return TcpConnection(
+        stream,
+        outgoing=True,
+        idle_timeout=idle_timeout,
+        max_buffer=max_buffer,
+        send_queue=send_queue,
+    )
 
 
 async def bind_listeners(transport: str, host: str, port: int) -> list[trio.SocketListener]:
@@ -254,7 +339,7 @@ async def bind_listeners(transport: str, host: str, port: int) -> list[trio.Sock
 
 class TcpListener:
     """Bound TCP listening socket(s) for one listen address; its connections get
-    ``idle_timeout`` and ``max_buffer``. ``exhausted`` counts failed accepts (EMFILE & co.).
+    ``idle_timeout``, ``max_buffer`` and ``send_queue``. ``exhausted`` counts failed accepts (EMFILE & co.).
     :class:`~.tls.TlsListener` is the same over TLS (:meth:`connection` wraps each stream)."""
 
     transport = "tcp"
@@ -264,10 +349,12 @@ class TcpListener:
         listeners: list[trio.SocketListener],
         idle_timeout: float,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
         self.listeners = listeners
         self.idle_timeout = idle_timeout
         self.max_buffer = max_buffer
+        self.send_queue = send_queue
         name = listeners[0].socket.getsockname()
         self.address: Address = (name[0], name[1])
         self.exhausted = 0
@@ -281,18 +368,23 @@ class TcpListener:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> TcpListener:
         """Bind and listen on ``host:port`` (port 0 = ephemeral).
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
-        return cls(await bind_listeners("tcp", host, port), idle_timeout, max_buffer)
+        return cls(await bind_listeners("tcp", host, port), idle_timeout, max_buffer, send_queue)
 
     def connection(self, stream: trio.SocketStream) -> TcpConnection:
         """The connection an accepted ``stream`` becomes (raises OSError when the peer is
         already gone)."""
         return TcpConnection(
-            stream, outgoing=False, idle_timeout=self.idle_timeout, max_buffer=self.max_buffer
+            stream,
+            outgoing=False,
+            idle_timeout=self.idle_timeout,
+            max_buffer=self.max_buffer,
+            send_queue=self.send_queue,
         )
 
     async def serve(self, on_connection: Callable[[TcpConnection], Awaitable[None]]) -> None:

@@ -25,6 +25,7 @@ import ssl
 
 import trio
 
+from .sendqueue import DEFAULT_SEND_QUEUE
 from .tcp import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BUFFER,
@@ -72,10 +73,13 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         raise TlsSetupError(
-            "tls_cert", f"{cert} and {key} are not a PEM certificate and its private key ({exc.reason or exc})"
+            "tls_cert",
+            f"{cert} and {key} are not a PEM certificate and its private key ({exc.reason or exc})",
         ) from None
     except OSError as exc:
-        raise TlsSetupError("tls_cert", f"cannot read {exc.filename or cert}: {exc.strerror}") from None
+        raise TlsSetupError(
+            "tls_cert", f"cannot read {exc.filename or cert}: {exc.strerror}"
+        ) from None
     return context
 
 
@@ -114,6 +118,7 @@ class TlsConnection(TcpConnection):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         listener: TlsListener | None = None,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
         super().__init__(
             stream,
@@ -121,6 +126,7 @@ class TlsConnection(TcpConnection):
             idle_timeout=idle_timeout,
             max_buffer=max_buffer,
             socket=stream.transport_stream.socket,
+            send_queue=send_queue,
         )
         self.listener = listener
         self.handshaken = False
@@ -162,10 +168,11 @@ class TlsListener(TcpListener):
         listeners: list[trio.SocketListener],
         idle_timeout: float,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        send_queue: int = DEFAULT_SEND_QUEUE,
         *,
         context: ssl.SSLContext,
     ) -> None:
-        super().__init__(listeners, idle_timeout, max_buffer)
+        super().__init__(listeners, idle_timeout, max_buffer, send_queue)
         self.context = context
         self.handshake_failures = 0
 
@@ -178,11 +185,12 @@ class TlsListener(TcpListener):
         context: ssl.SSLContext,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> TlsListener:
         """Bind and listen on ``host:port`` (port 0 = ephemeral). Raises :class:`OSError`
         naming the address. Checkpoints (name resolution)."""
         listeners = await bind_listeners("tls", host, port)
-        return cls(listeners, idle_timeout, max_buffer, context=context)
+        return cls(listeners, idle_timeout, max_buffer, send_queue, context=context)
 
     def connection(self, stream: trio.SocketStream) -> TlsConnection:
         """The TLS connection an accepted ``stream`` becomes (not handshaken yet)."""
@@ -192,6 +200,7 @@ class TlsListener(TcpListener):
             idle_timeout=self.idle_timeout,
             max_buffer=self.max_buffer,
             listener=self,
+            send_queue=self.send_queue,
         )
 
 
@@ -204,6 +213,7 @@ async def open_tls_connection(
     timeout: float,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_buffer: int = DEFAULT_MAX_BUFFER,
+    send_queue: int = DEFAULT_SEND_QUEUE,
 ) -> TlsConnection:
     """Connect to ``host:port`` and complete the TLS handshake within ``timeout`` seconds,
     verifying the certificate for ``server_hostname`` as ``context`` says.
@@ -219,7 +229,11 @@ async def open_tls_connection(
             tls = trio.SSLStream(stream, context, server_hostname=server_hostname)
             await tls.do_handshake()
             conn = TlsConnection(
-                tls, outgoing=True, idle_timeout=idle_timeout, max_buffer=max_buffer
+                tls,
+                outgoing=True,
+                idle_timeout=idle_timeout,
+                max_buffer=max_buffer,
+                send_queue=send_queue,
             )
             conn.handshaken = True
             return conn

@@ -6,7 +6,11 @@ subprotocol; one without it is refused with HTTP 400. Each accepted connection i
 directions (we send text when the message is valid UTF-8, as SIP nearly always is). A message
 larger than :data:`MAX_MESSAGE` closes the connection (close code 1009), as a TCP framing error
 does. A connection quiet for ``idle_timeout`` seconds is pinged; one that does not answer the
-ping within :data:`PONG_TIMEOUT` seconds is closed.
+ping within :data:`PONG_TIMEOUT` seconds is closed. As over TCP, everything sent goes through
+the connection's :class:`~.sendqueue.SendQueue` (``send_queue`` bytes), written in order by one
+writer task beside the reader (:meth:`WsConnection.try_send` without waiting,
+:meth:`WsConnection.send` awaited); a message the peer does not take within ``idle_timeout``
+seconds closes the connection.
 
 A browser cannot accept connections, so a request for a contact registered over a WebSocket
 (typically ``sip:<random>@<random>.invalid;transport=ws``) can only go back over the connection
@@ -34,6 +38,7 @@ from trio_websocket import (
 )
 
 from .records import Source
+from .sendqueue import DEFAULT_SEND_QUEUE, SendQueue
 from .tcp import bind_listeners
 from .udp import Address
 
@@ -74,7 +79,12 @@ class WsConnection:
     transport = "ws"
 
     def __init__(
-        self, ws: WebSocketConnection, *, idle_timeout: float = math.inf, secure: bool = False
+        self,
+        ws: WebSocketConnection,
+        *,
+        idle_timeout: float = math.inf,
+        send_queue: int = DEFAULT_SEND_QUEUE,
+        secure: bool = False,
     ) -> None:
         self.ws = ws
         #: True over TLS (a ``wss:`` listener): our requests' Via then says ``WSS``.
@@ -89,63 +99,105 @@ class WsConnection:
         self.frames_received = 0
         self.frames_sent = 0
         self._scope: trio.CancelScope | None = None
+        #: What the writer task sends, in order (see :meth:`try_send` and :meth:`send`).
+        self.queue = SendQueue(send_queue)
 
     @property
     def source(self) -> Source:
         """What requests read from this connection are handed over with."""
         return Source("ws", self.peer[0], self.peer[1])
 
+    def try_send(self, data: bytes) -> bool:
+        """Queue one complete SIP message (one WebSocket message) without waiting: True when
+        queued, False when the connection is closed or its queue has no room. No
+        checkpoint."""
+        if self.closed:
+            return False
+        return self.queue.offer(data)
+
     async def send(self, data: bytes) -> bool:
-        """Send one complete SIP message as one WebSocket message; False when the connection
-        is (or becomes) closed. Checkpoints. Cancellation while the frame is half-written
-        leaves the stream unusable, so the connection is then closed."""
+        """Send one complete SIP message as one WebSocket message through the queue: waits for
+        room, then until the writer sent it; False when the connection is (or becomes) closed
+        first. Checkpoints; once queued, a cancelled caller's message is still sent whole."""
         if self.closed:
             await trio.lowlevel.checkpoint()
             return False
-        try:
-            message: str | bytes = data.decode("utf-8")
-        except UnicodeDecodeError:
-            message = data
-        try:
-            await self.ws.send_message(message)
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            log.debug("ws %s: send failed: connection closed", self.peer)
-            self._stop()
-            return False
-        except trio.Cancelled:
-            self._stop()
-            raise
-        self.frames_sent += 1
-        return True
+        return await self.queue.put(data)
+
+    async def _write_loop(self) -> None:
+        """The writer: one WebSocket message per queued SIP message (text when it is UTF-8),
+        in order; a send that fails or takes more than ``idle_timeout`` seconds closes the
+        connection. Returns once the queue is closed."""
+        queue = self.queue
+        while True:
+            batch = await queue.take(0)  # one at a time: each is a WebSocket message of its own
+            if not batch:
+                return
+            data = batch[0][0]
+            try:
+                message: str | bytes = data.decode("utf-8")
+            except UnicodeDecodeError:
+                message = data
+            ok = False
+            with trio.move_on_after(self.idle_timeout) as stall:
+                try:
+                    await self.ws.send_message(message)
+                    ok = True
+                except (
+                    ConnectionClosed,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    OSError,
+                ):
+                    log.debug("ws %s: send failed: connection closed", self.peer)
+                else:
+                    self.frames_sent += 1
+            queue.done(batch, ok)
+            if not ok:
+                if stall.cancelled_caught:
+                    log.info(
+                        "ws %s: a message was not taken in %.0f s (%d bytes queued); closing",
+                        self.peer, self.idle_timeout, queue.queued,
+                    )  # fmt: skip
+                self._stop()
+                return
 
     async def run(self, on_message: MessageCallback) -> None:
         """Read and dispatch messages until the peer closes, an error, or cancellation.
 
         Each message goes to ``on_message`` (synchronously; text is encoded as UTF-8); its
         return value, if any, is sent back on this connection. Empty messages and bare
-        CRLF keep-alives are ignored. Checkpoints at every receive; ``closed`` is True when
-        it returns (the listener then closes the WebSocket).
+        CRLF keep-alives are ignored. The writer task runs beside the reader for as long.
+        Checkpoints at every receive; ``closed`` is True when it returns (the listener then
+        closes the WebSocket) and whatever was still queued is dropped.
         """
         try:
-            with trio.CancelScope() as self._scope:
-                while True:
-                    message = await self._receive()
-                    if message is None:
-                        break
-                    data = message.encode("utf-8") if isinstance(message, str) else message
-                    if not data.strip():
-                        continue
-                    self.frames_received += 1
-                    try:
-                        answer = on_message(data, self)
-                    except Exception:
-                        log.exception("ws %s: error handling a message", self.peer)
-                        continue
-                    if answer is not None:
-                        await self.send(answer)
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._write_loop)
+                await self._read_loop(on_message)
+                nursery.cancel_scope.cancel()
         finally:
             self._scope = None
             self.closed = True
+            self.queue.close()
+
+    async def _read_loop(self, on_message: MessageCallback) -> None:
+        while True:
+            message = await self._receive()
+            if message is None:
+                return
+            data = message.encode("utf-8") if isinstance(message, str) else message
+            if not data.strip():
+                continue
+            self.frames_received += 1
+            try:
+                answer = on_message(data, self)
+            except Exception:
+                log.exception("ws %s: error handling a message", self.peer)
+                continue
+            if answer is not None:
+                await self.send(answer)
 
     async def _receive(self) -> str | bytes | None:
         """The next message, None once the connection is gone (or an idle one missed its
@@ -167,6 +219,7 @@ class WsConnection:
 
     def _stop(self) -> None:
         self.closed = True
+        self.queue.close()
         if self._scope is not None:
             self._scope.cancel()
 
@@ -187,10 +240,12 @@ class WsListener:
         listeners: list[trio.SocketListener],
         idle_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
         self.listeners = listeners
         self.idle_timeout = idle_timeout
         self.ssl_context = ssl_context
+        self.send_queue = send_queue
         #: ``wss:`` connections whose TLS handshake failed or timed out.
         self.handshake_failures = 0
         name = listeners[0].socket.getsockname()
@@ -206,14 +261,15 @@ class WsListener:
         *,
         idle_timeout: float = math.inf,
         ssl_context: ssl.SSLContext | None = None,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> WsListener:
         """Bind and listen on ``host:port`` (port 0 = ephemeral); with ``ssl_context``, for
-        ``wss:``.
+        ``wss:``; its connections queue at most ``send_queue`` bytes for sending.
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
         name = "wss" if ssl_context is not None else "ws"
-        return cls(await bind_listeners(name, host, port), idle_timeout, ssl_context)
+        return cls(await bind_listeners(name, host, port), idle_timeout, ssl_context, send_queue)
 
     async def serve(
         self,
@@ -285,7 +341,10 @@ class WsListener:
                     )
                     return
                 ws = await request.accept(subprotocol=SUBPROTOCOL)
-                conn = WsConnection(ws, idle_timeout=self.idle_timeout, secure=self.ssl_context is not None)
+                conn = WsConnection(
+                    ws, idle_timeout=self.idle_timeout, send_queue=self.send_queue,
+                    secure=self.ssl_context is not None,
+                )  # fmt: skip
                 try:
                     await on_connection(conn)
                 finally:

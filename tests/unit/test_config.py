@@ -183,6 +183,7 @@ def test_abuse_bounds_defaults_and_sources():
         "flood_rate": 2000.0, "flood_burst": 4000, "flood_block": 2.0, "flood_sources": 65536,
         "tcp_max_connections": 2048, "tcp_max_per_ip": 256, "tcp_idle_timeout": 120.0,
         "tcp_max_buffer": 66560, "max_transaction_bytes": 256 << 20, "max_vias": 16,
+        "tcp_send_queue": 256 << 10,
     }  # fmt: skip
     config = Config.from_sources(environ={})
     assert {name: getattr(config, name) for name in defaults} == defaults
@@ -206,6 +207,7 @@ def test_abuse_bounds_defaults_and_sources():
             "invalid tcp_idle_timeout: must be a positive number of seconds",
         ),
         ({"IMC_TCP_MAX_BUFFER": "100"}, "invalid tcp_max_buffer: must be at least 1024 bytes"),
+        ({"IMC_TCP_SEND_QUEUE": "100"}, "invalid tcp_send_queue: must be at least 1024 bytes"),
         ({"IMC_TCP_MAX_CONNECTIONS": "0"}, "invalid tcp_max_connections: must be positive"),
         ({"IMC_MAX_VIAS": "0"}, "invalid max_vias: must be positive"),
         ({"IMC_MAX_TRANSACTION_BYTES": "0"}, "invalid max_transaction_bytes: must be positive"),
@@ -234,7 +236,8 @@ def test_an_exposed_listener_without_auth_refuses_to_start(host):
 
 
 @pytest.mark.parametrize(
-    "changes", [{"auth": "off"}, {"auth": "register"}, {"auth": "all"}, {"trusted_sources": ["10.0.0.0/8"]}]
+    "changes",
+    [{"auth": "off"}, {"auth": "register"}, {"auth": "all"}, {"trusted_sources": ["10.0.0.0/8"]}],
 )
 def test_an_exposed_listener_starts_with_auth_or_trusted_sources_or_an_explicit_off(changes):
     config = Config(listen=["udp:0.0.0.0:5060"], **changes)
