@@ -28,8 +28,15 @@ async def scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     return samples
 
 
-def value(samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+def value(samples, name: str, node: str = "", **labels: str) -> float:
+    """The sample ``name`` with ``labels``, of ``node`` (every series has a node label: ``""``
+    without config ``node``)."""
+    return samples[(name, tuple(sorted((labels | {"node": node}).items())))]
+
+
+async def test_every_series_has_a_node_label_empty_without_a_node_name(server, ua):
+    samples = await scrape(server)
+    assert samples and {dict(labels).get("node") for _, labels in samples} == {""}
 
 
 async def test_metrics_move_with_traffic(server, ua):

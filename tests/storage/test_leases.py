@@ -270,6 +270,7 @@ def conference_config(db_url: str, tables: Tables, node: str) -> Config:
         location_table=tables.location, lease_table=tables.leases, node_table=tables.nodes,
         subscriber_table=tables.subscriber, secret_table=tables.secret, bans_table=tables.bans,
         limits_table=tables.limits, history_table=tables.history, room_info_table=tables.room_info,
+        metrics_table=tables.metrics,
     )  # fmt: skip
 
 
@@ -360,11 +361,12 @@ async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> No
     async with open_server(config) as server:
         await server.conference.handle(say("imc-manager", "alice", "#create m"))
         text = server.metrics.exposition().decode()
-    assert "imc_leases_held 1.0" in text
-    assert "imc_lease_renew_failures_total 0.0" in text
-    assert "imc_leases_not_acquired 0.0" in text
-    assert "imc_leases_taken_over_total 0.0" in text and "imc_leases_lost_total 0.0" in text
-    assert "imc_forwarded_messages_total 0.0" in text
+    assert 'imc_leases_held{node="n1"} 1.0' in text
+    assert 'imc_lease_renew_failures_total{node="n1"} 0.0' in text
+    assert 'imc_leases_not_acquired{node="n1"} 0.0' in text
+    assert 'imc_leases_taken_over_total{node="n1"} 0.0' in text
+    assert 'imc_leases_lost_total{node="n1"} 0.0' in text
+    assert 'imc_forwarded_messages_total{node="n1"} 0.0' in text
 
 
 def test_writes_racing_a_takeover_are_either_stored_or_fenced_never_both(
