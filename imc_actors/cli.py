@@ -45,8 +45,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     # ownership (issue 13)
     _setting(parser, "--lease-table", "lease_table", "which node serves which room", metavar="NAME")
     _setting(parser, "--node-table", "node_table", "the nodes of a cluster", metavar="NAME")
-    _setting(parser, "--metrics-table", "metrics_table", "each node's latest metrics snapshot",
-             metavar="NAME")
+    _setting(parser, "--metrics-table", "metrics_table", "each node's metrics", metavar="NAME")
     _auth_table_flags(parser)
 
 

@@ -72,9 +72,12 @@ def node_views(
         gone = info.heartbeat <= 0  # a clean shutdown retires it (heartbeat 0)
         views.append(
             NodeView(
-                info.name, info.addresses, None if gone else info.heartbeat,
+                info.name,
+                info.addresses,
+                None if gone else info.heartbeat,
                 None if gone else max(0.0, now - info.heartbeat),
-                not gone and info.live(now, ttl), held.get(info.name, 0),
+                not gone and info.live(now, ttl),
+                held.get(info.name, 0),
             )  # fmt: skip
         )
     return tuple(views)

@@ -598,7 +598,9 @@ class Conference:
             if refused is _HELD_ELSEWHERE:
                 return await self._held_by(key)
             if refused is not None:
-                return Answer(refused.code, reason_phrase(refused.code), retry_after=refused.retry_after)
+                return Answer(
+                    refused.code, reason_phrase(refused.code), retry_after=refused.retry_after
+                )
             handle = self.supervisor.lookup(name, domain)
             if handle is None or not handle.committed:
                 return Answer(404, reason_phrase(404), body=texts.ROOM_NOT_FOUND.encode())

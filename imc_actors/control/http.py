@@ -150,7 +150,9 @@ def create_app(
         rooms = view.rooms()
         summary = {"rooms": len(rooms), "members": sum(len(room.members) for room in rooms)}
         rows = [room_row(room) | {"node": room_node(view, room)} for room in rooms[:limit]]
-        return _api({"rooms": rows, "summary": summary, "nodes": node_rows(view), "time": time.time()})
+        return _api(
+            {"rooms": rows, "summary": summary, "nodes": node_rows(view), "time": time.time()}
+        )
 
     async def api_room(request: Request) -> Response:
         try:

@@ -213,7 +213,9 @@ class RpcDispatcher:
         return result
 
     # ------------------------------------------------------------------ methods
-    def _list_rooms(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> list[dict[str, Any]]:
+    def _list_rooms(
+        self, view: RoomSource, params: list[Any] | dict[str, Any]
+    ) -> list[dict[str, Any]]:
         if params:
             raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_rooms takes no parameters")
         if in_cluster(view):
@@ -250,7 +252,9 @@ class RpcDispatcher:
             return room_info(room) | {"node": room_node(view, room)}
         return room_info(room)
 
-    async def _history(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    async def _history(
+        self, view: RoomSource, params: list[Any] | dict[str, Any]
+    ) -> dict[str, Any]:
         room, rest = self._room_arg(view, "imc.history", params, ("room", "limit", "before"))
         source: HistorySource = self.source  # type: ignore[assignment]
         cap = source.history_limit
@@ -271,7 +275,9 @@ class RpcDispatcher:
         return sorted(self.methods)
 
     # ------------------------------------------------------------------ admin actions
-    async def _destroy_room(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    async def _destroy_room(
+        self, view: RoomSource, params: list[Any] | dict[str, Any]
+    ) -> dict[str, Any]:
         room, _, _ = _action_params("imc.destroy_room", params, ("room",))
         uri = await self._act(view, room, "destroy")
         return {"room": uri, "destroyed": True}
@@ -287,7 +293,12 @@ class RpcDispatcher:
         return {"room": uri, "user": user, "banned": True}
 
     async def _act(
-        self, view: RoomSource, room: str | None, action: str, user: str | None = None, reason: str = ""
+        self,
+        view: RoomSource,
+        room: str | None,
+        action: str,
+        user: str | None = None,
+        reason: str = "",
     ) -> str:
         """Carry out ``action`` in the room ``room`` names; its URI, or :class:`RpcError`."""
         state = _find(view, room)

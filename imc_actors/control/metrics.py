@@ -467,7 +467,13 @@ class ServerMetrics:
         """:meth:`own` as compact JSON, what :func:`share_metrics` stores for the peers:
         ``[[name, type, help, unit, [[sample name, labels, value], ...]], ...]``."""
         families = [
-            [m.name, m.type, m.documentation, m.unit, [[s.name, s.labels, s.value] for s in m.samples]]
+            [
+                m.name,
+                m.type,
+                m.documentation,
+                m.unit,
+                [[s.name, s.labels, s.value] for s in m.samples],
+            ]
             for m in self.own()
         ]
         return json.dumps(families, separators=(",", ":"))
@@ -476,7 +482,9 @@ class ServerMetrics:
 def _labelled(metric: Metric, node: str) -> Metric:
     """``metric`` with ``node`` added to every sample's labels."""
     copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
-    copy.samples = [sample._replace(labels={**sample.labels, "node": node}) for sample in metric.samples]
+    copy.samples = [
+        sample._replace(labels={**sample.labels, "node": node}) for sample in metric.samples
+    ]
     return copy
 
 
@@ -487,7 +495,9 @@ def families_of(snapshot: str) -> list[Metric]:
         for name, typ, documentation, unit, samples in json.loads(snapshot):
             metric = Metric(str(name), str(documentation), str(typ), str(unit))
             for sample_name, labels, value in samples:
-                metric.add_sample(str(sample_name), {str(k): str(v) for k, v in labels.items()}, float(value))
+                metric.add_sample(
+                    str(sample_name), {str(k): str(v) for k, v in labels.items()}, float(value)
+                )
             families.append(metric)
         return families
     except (TypeError, ValueError, AttributeError) as exc:
@@ -533,7 +543,9 @@ async def share_metrics(
     while True:
         body = metrics.snapshot()  # in the Trio thread: the records belong to Trio tasks
 
-        def exchange(repository: Any, body: str = body) -> tuple[list[tuple[str, float, str]], str | None]:
+        def exchange(
+            repository: Any, body: str = body
+        ) -> tuple[list[tuple[str, float, str]], str | None]:
             problem = None
             try:
                 repository.share_metrics(body)

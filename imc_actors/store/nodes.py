@@ -85,7 +85,9 @@ class NodeTable:
         """Replace ``name``'s metrics snapshot with ``body`` (at most ``MAX_METRICS_BODY``
         characters: ValueError beyond), stored at ``now``."""
         if len(body) > MAX_METRICS_BODY:
-            raise ValueError(f"the metrics snapshot has {len(body)} characters; at most {MAX_METRICS_BODY}")
+            raise ValueError(
+                f"the metrics snapshot has {len(body)} characters; at most {MAX_METRICS_BODY}"
+            )
         row = self._metrics
         row.insert(node=name, updated=millis(now), body=body).on_conflict(
             conflict_target=_target(row, row.node), preserve=[row.updated, row.body]

@@ -585,7 +585,9 @@ class Repository:
     def share_metrics(self, body: str) -> None:
         """Store ``body`` (JSON) as this node's metrics snapshot, replacing its last one."""
         node = self._require_node()
-        self._run("storing the metrics", lambda: self._nodes.share_metrics(node, body, self._clock()))
+        self._run(
+            "storing the metrics", lambda: self._nodes.share_metrics(node, body, self._clock())
+        )
 
     def peer_metrics(self, since: float) -> list[tuple[str, float, str]]:
         """``(node, updated, body)`` of the other nodes' metrics snapshots stored at or after

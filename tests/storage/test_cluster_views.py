@@ -39,7 +39,9 @@ async def management_url(server: ServeProcess) -> str:
 
 
 async def call(url: str, method: str, params: Any = ()) -> dict[str, Any]:
-    answer = await rpc(url + "/RPC", {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
+    answer = await rpc(
+        url + "/RPC", {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+    )
     assert answer.status == 200, answer.body
     return answer.json()
 
@@ -73,7 +75,15 @@ async def test_every_node_shows_every_room_of_the_cluster_and_the_nodes(
 ) -> None:
     config = tmp_path / "cluster.toml"
     config.write_text("cluster_view_age = 0.0\nmetrics_share_interval = 0.2\n")
-    flags = [*tables.flags(), "--lease-ttl", "1.5", "--config", str(config), "--reply-dir", str(tmp_path)]
+    flags = [
+        *tables.flags(),
+        "--lease-ttl",
+        "1.5",
+        "--config",
+        str(config),
+        "--reply-dir",
+        str(tmp_path),
+    ]
     async with (
         serve_process(
             db_url, *flags, "--node", "a", "--rpc-listen", "127.0.0.2:0", host="127.0.0.2"
@@ -103,16 +113,26 @@ async def test_every_node_shows_every_room_of_the_cluster_and_the_nodes(
 
         # JSON-RPC on b: the rooms, their members and info from the database, a's node
         listed = (await call(b_url, "imc.list_rooms"))["result"]
-        assert [(r["room"], r["members"], r["node"]) for r in listed] == [(CHAT, 1, "a"), (SECRET, 1, "a")]
+        assert [(r["room"], r["members"], r["node"]) for r in listed] == [
+            (CHAT, 1, "a"),
+            (SECRET, 1, "a"),
+        ]
         members = (await call(b_url, "imc.list_members", [CHAT]))["result"]
         assert members == {"room": CHAT, "members": [f"sip:alice@{DOMAIN}"], "count": 1}
         info = (await call(b_url, "imc.room_info", [SECRET]))["result"]
-        assert (info["private"], info["owners"], info["node"]) == (True, [f"sip:alice@{DOMAIN}"], "a")
+        assert (info["private"], info["owners"], info["node"]) == (
+            True,
+            [f"sip:alice@{DOMAIN}"],
+            "a",
+        )
         nodes = {n["name"]: n for n in (await call(b_url, "imc.nodes"))["result"]}
         assert set(nodes) == {"a", "b"}
         assert nodes["a"]["live"] and nodes["b"]["live"]
         assert (nodes["a"]["rooms"], nodes["b"]["rooms"]) == (2, 0)
-        assert nodes["a"]["addresses"] == [f"udp:{a.udp[0]}:{a.udp[1]}", f"tcp:{a.tcp[0]}:{a.tcp[1]}"]
+        assert nodes["a"]["addresses"] == [
+            f"udp:{a.udp[0]}:{a.udp[1]}",
+            f"tcp:{a.tcp[0]}:{a.tcp[1]}",
+        ]
         assert 0 <= nodes["a"]["age"] < 1.5
         # a write on b for a's room: refused, naming the node that can do it
         refused = await call(b_url, "imc.kick", [CHAT, "bob"])
