@@ -81,13 +81,15 @@ class NodeTable:
             conflict_target=_target(node, node.name), preserve=[node.addresses, node.heartbeat]
         ).execute()
 
-    def share_metrics(self, name: str, body: str, now: float) -> None:
-        """Replace ``name``'s metrics snapshot with ``body`` (at most ``MAX_METRICS_BODY``
-        characters: ValueError beyond), stored at ``now``."""
+    @staticmethod
+    def metrics_problem(body: str) -> str | None:
+        """Why a metrics snapshot does not fit the table, or None."""
         if len(body) > MAX_METRICS_BODY:
-            raise ValueError(
-                f"the metrics snapshot has {len(body)} characters; at most {MAX_METRICS_BODY}"
-            )
+            return f"the metrics snapshot has {len(body)} characters; at most {MAX_METRICS_BODY}"
+        return None
+
+    def share_metrics(self, name: str, body: str, now: float) -> None:
+        """Replace ``name``'s metrics snapshot with ``body``, stored at ``now``."""
         row = self._metrics
         row.insert(node=name, updated=millis(now), body=body).on_conflict(
             conflict_target=_target(row, row.node), preserve=[row.updated, row.body]

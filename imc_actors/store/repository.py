@@ -583,8 +583,12 @@ class Repository:
         return self._run("reading the cluster's rooms", read)
 
     def share_metrics(self, body: str) -> None:
-        """Store ``body`` (JSON) as this node's metrics snapshot, replacing its last one."""
+        """Store ``body`` (JSON) as this node's metrics snapshot, replacing its last one;
+        ValueError when it is longer than the column holds (``MAX_METRICS_BODY``)."""
         node = self._require_node()
+        problem = NodeTable.metrics_problem(body)
+        if problem is not None:
+            raise ValueError(problem)
         self._run(
             "storing the metrics", lambda: self._nodes.share_metrics(node, body, self._clock())
         )

@@ -29,6 +29,7 @@ from imc_actors.imc.effects import (
 )
 from imc_actors.imc.state import Member, RoomState
 from imc_actors.store.leases import Lease, room_of
+from imc_actors.store.models import MAX_METRICS_BODY
 from imc_actors.store.nodes import NodeInfo, RoomLocation
 from imc_actors.store.repository import Fenced, Repository, StoreError, guarded
 from imc_actors.store.writer import Store
@@ -481,3 +482,36 @@ def test_acquire_all_takes_what_is_free_or_expired_in_few_transactions(
     assert got["held@x"] == 2 and got["fresh@x"] is None
     assert all(got[f"r{i}@x"] == 1 for i in range(1200))
     assert one.lease_count == 1201 and "fresh@x" not in one.held
+
+
+def test_each_node_keeps_one_metrics_row_and_reads_the_others_fresh_ones(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    one.share_metrics('[["imc_rooms"]]')
+    clock.now = T0 + 10
+    one.share_metrics("[]")  # replaces its row: one per node, however long it runs
+    two.share_metrics("[1]")
+    assert two.peer_metrics(T0) == [("n1", T0 + 10, "[]")]
+    assert one.peer_metrics(T0) == [("n2", T0 + 10, "[1]")]
+    assert one.peer_metrics(T0 + 11) == []  # older than asked for: left out
+    with pytest.raises(ValueError, match="at most"):
+        one.share_metrics("x" * (MAX_METRICS_BODY + 1))
+    assert two.peer_metrics(T0) == [("n1", T0 + 10, "[]")]
+
+
+def test_the_cluster_read_has_every_room_the_live_leases_and_the_nodes(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    one.apply_batch([RoomUpsert("a", "example.com", 0), RoomUpsert("b", "example.com", 0)])
+    one.heartbeat(["udp:10.0.0.1:5060"])
+    found = two.cluster()
+    assert [room.key for room in found.rooms] == ["a@example.com", "b@example.com"]
+    assert found.owners == {"a@example.com": "n1", "b@example.com": "n1"}  # created: leased
+    assert [node.name for node in found.nodes] == ["n1"]
+    assert found.now == T0
+    clock.now = T0 + TTL  # every lease expired: the rooms are nobody's now
+    assert two.cluster().owners == {}
+    assert two.acquire("b@example.com") == 2
+    assert two.cluster().owners == {"b@example.com": "n2"}
