@@ -10,7 +10,6 @@ condition (the answer of a management call) under a deadline, never a fixed slee
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,21 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import DOMAIN, MANAGER, expect
 from tests.storage.conftest import Tables
 from tests.support.control import MiClient, http, rpc
-from tests.support.serve import ServeProcess, serve_process
+from tests.support.serve import serve_process
 from tests.support.ua import TestUA
 
 CHAT = f"sip:chat@{DOMAIN}"
 SECRET = f"sip:secret@{DOMAIN}"
-MANAGEMENT = re.compile(rb"management on (http://\S+) ")
 
 T = TypeVar("T")
-
-
-async def management_url(server: ServeProcess) -> str:
-    line = await server.logged(b"management on ")
-    match = MANAGEMENT.search(line)
-    assert match is not None, line
-    return match.group(1).decode()
 
 
 async def call(url: str, method: str, params: Any = ()) -> dict[str, Any]:
@@ -93,7 +84,7 @@ async def test_every_node_shows_every_room_of_the_cluster_and_the_nodes(
             "--mi-fifo", str(tmp_path / "b.fifo"), host="127.0.0.3",
         ) as b,
     ):  # fmt: skip
-        a_url, b_url = await management_url(a), await management_url(b)
+        a_url, b_url = await a.management_url(), await b.management_url()
         alice = await TestUA.open(nursery, "alice", DOMAIN, a.udp)
         bob = await TestUA.open(nursery, "bob", DOMAIN, b.udp)
         for agent in (alice, bob):

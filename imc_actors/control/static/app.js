@@ -76,6 +76,7 @@
   }
 
   function renderRooms(data) {
+    const cluster = (data.nodes || []).length > 0;
     renderNodes(data.nodes || []);
     const tbody = $("#rooms tbody");
     const rows = [];
@@ -94,8 +95,8 @@
         cell(String(room.members), "num members"),
         cell(room.owner || "\u2014", "owner"),
         cell(room.private ? "yes" : "no", "private"),
-        cell(room.node || "\u2014", "node node-column"),
       );
+      if (cluster) tr.append(cell(room.node || "\u2014", "node node-column"));
       tr.addEventListener("click", () => select(room.room));
       rows.push(tr);
     }
