@@ -515,3 +515,35 @@ def test_the_cluster_read_has_every_room_the_live_leases_and_the_nodes(
     assert two.cluster().owners == {}
     assert two.acquire("b@example.com") == 2
     assert two.cluster().owners == {"b@example.com": "n2"}
+
+
+async def test_a_conference_shows_the_whole_cluster_reading_it_once_per_cluster_view_age(
+    db_url: str, tables: Tables, clock: FakeClock
+) -> None:
+    config = conference_config(db_url, tables, "n1").replace(cluster_view_age=60.0)
+    clock.now = time.time()
+    async with open_conference(config) as conf:
+        assert (await conf.handle(say("imc-manager", "alice", "#create a"))).code == 200
+        with tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock) as other:
+            other.apply_batch([RoomUpsert("z", "example.com", 0)])  # n2's room, leased by n2
+            assert conf.room("sip:z@example.com") is None  # not in n1's memory
+            views = []
+            async with trio.open_nursery() as nursery:  # two callers at once: one read
+                for _ in range(2):
+                    nursery.start_soon(lambda: _append(views, conf.snapshot()))
+            assert conf.cluster is not None and conf.cluster.reads == 1
+            for view in views:
+                assert [room.key for room in view.rooms()] == ["a@example.com", "z@example.com"]
+                assert view.owner(view.room("sip:Z@example.com")) == "n2"
+                assert view.owner(view.room("sip:a@example.com")) == "n1"
+            other.apply_batch([RoomUpsert("y", "example.com", 0)])
+            assert "y@example.com" not in [r.key for r in (await conf.snapshot()).rooms()]  # cached
+            assert conf.cluster.reads == 1
+            answer = await conf.administer("sip:z@example.com", "destroy")  # not n1's to write
+            assert (answer.code, answer.retry_after) == (503, 5)
+            assert answer.body == b"*** Room is held by node n2; send the request to that node"
+            assert other.load_room("z@example.com") is not None
+
+
+async def _append(into: list, awaitable) -> None:
+    into.append(await awaitable)
