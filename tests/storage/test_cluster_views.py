@@ -10,6 +10,7 @@ condition (the answer of a management call) under a deadline, never a fixed slee
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +56,12 @@ async def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
+
+
+async def cli(*args: str) -> list[str]:
+    """``imc-actors ARGS`` (exit 0); its output lines."""
+    done = await trio.run_process([sys.executable, "-m", "imc_actors", *args], capture_stdout=True)
+    return done.stdout.decode().splitlines()
 
 
 def nodes_of(found: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
@@ -133,6 +140,15 @@ async def test_every_node_shows_every_room_of_the_cluster_and_the_nodes(
         assert (await call(a_url, "imc.destroy_room", [SECRET]))["result"]["destroyed"] is True
         listed = (await call(b_url, "imc.list_rooms"))["result"]  # cluster_view_age = 0
         assert [r["room"] for r in listed] == [CHAT]
+
+        # the CLI against b
+        shown = await cli("nodes", "--rpc", b_url + "/RPC")
+        assert shown[0].split() == ["NODE", "LIVE", "ROOMS", "AGE", "ADDRESSES"]
+        assert [line.split()[:3] for line in shown[1:]] == [["a", "yes", "1"], ["b", "yes", "0"]]
+        shown = await cli("rooms", "--rpc", b_url + "/RPC")
+        assert [line.split() for line in shown] == [
+            ["ROOM", "MEMBERS", "OWNER", "NODE"], [CHAT, "1", f"sip:alice@{DOMAIN}", "a"]
+        ]  # fmt: skip
 
         # the MI FIFO on b
         mi = MiClient(str(tmp_path / "b.fifo"), str(tmp_path))
