@@ -1,4 +1,4 @@
-"""The CLI's side of JSON-RPC: ``imc-actors rooms``, ``members ROOM`` and ``rpc METHOD [ARGS]``.
+"""The CLI's side of JSON-RPC: ``imc-actors rooms``, ``members ROOM``, ``nodes`` and ``rpc METHOD [ARGS]``.
 
 Plain stdlib ``urllib`` (no proxy: the management listener is meant to be reached directly,
 usually on loopback). Exit codes scripts can rely on:
