@@ -454,8 +454,8 @@ def _is_listen_host(host: str) -> bool:
 #: The Config fields that name tables (Kamailio's two, then imc-actors' own).
 TABLE_FIELDS = (
     "rooms_table", "members_table", "pending_table", "location_table", "subscriber_table",
-    "secret_table", "bans_table", "limits_table", "lease_table", "node_table", "history_table",
-    "room_info_table", "metrics_table",
+    "secret_table", "bans_table", "limits_table", "lease_table", "node_table", "metrics_table",
+    "history_table", "room_info_table",
 )  # fmt: skip
 
 #: Defaults that depend on other settings, in the words ``--help`` and README use.

@@ -42,9 +42,9 @@ class Tables(Protocol):
     limits: str
     leases: str
     nodes: str
+    metrics: str
     history: str
     room_info: str
-    metrics: str
     all: tuple[str, ...]
 
 
