@@ -45,6 +45,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     # ownership (issue 13)
     _setting(parser, "--lease-table", "lease_table", "which node serves which room", metavar="NAME")
     _setting(parser, "--node-table", "node_table", "the nodes of a cluster", metavar="NAME")
+    _setting(parser, "--metrics-table", "metrics_table", "each node's metrics", metavar="NAME")
     _auth_table_flags(parser)
 
 
@@ -184,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "included (imc.list_members).", epilog=client_help)
     members.add_argument("room", metavar="ROOM", help="room URI, e.g. sip:chat@example.com (sip: may be left out)")
     _client_flags(members, json_flag=True)
+    nodes = sub.add_parser(
+        "nodes",
+        help="list the nodes of a running server's cluster",
+        description="List the nodes sharing the server's database: liveness, rooms held, "
+        "heartbeat age, SIP addresses (imc.nodes).",
+        epilog=client_help,
+    )
+    _client_flags(nodes, json_flag=True)
     rpc = sub.add_parser("rpc", help="call any JSON-RPC method of a running server",
                          description="Call METHOD with ARGS as positional parameters and print the "
                          "result as JSON. An argument that parses as JSON is sent as that value "
@@ -330,7 +339,7 @@ def _db(config: Config, action: str) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    """``rooms`` / ``members`` / ``rpc``: find the server's URL, call, print; exit codes as in
+    """``rooms`` / ``members`` / ``nodes`` / ``rpc``: find the server's URL, call, print; exit codes as in
     :mod:`imc_actors.control.client`."""
     from .control import client
     from .control.listen import DEFAULT_RPC_URL, rpc_url_for
@@ -348,6 +357,8 @@ def _client(args: argparse.Namespace) -> int:
             token = config.rpc_token
     if args.command == "rooms":
         return client.run_rooms(url, as_json=args.as_json, timeout=args.timeout, token=token)
+    if args.command == "nodes":
+        return client.run_nodes(url, as_json=args.as_json, timeout=args.timeout, token=token)
     if args.command == "members":
         return client.run_members(url, args.room, as_json=args.as_json, timeout=args.timeout, token=token)
     return client.run_rpc(url, args.method, args.args, timeout=args.timeout, token=token)
@@ -375,7 +386,7 @@ def _startup_error(exc: BaseException) -> OSError | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("rooms", "members", "rpc"):
+    if args.command in ("rooms", "members", "nodes", "rpc"):
         return _client(args)
     if args.command == "chat":
         return _chat(args)

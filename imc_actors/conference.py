@@ -22,6 +22,7 @@ from .actors.archive import expire_history
 from .actors.delivery import Delivery, Hold, Sender
 from .actors.leases import LeaseKeeper
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
+from .cluster import ClusterSnapshot, ClusterView, node_views
 from .config import Config
 from .imc import texts
 from .imc.commands import CommandError, complete_argument, parse_command, resolve
@@ -39,7 +40,7 @@ from .imc.room import (
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
-from .sip import USER_SAFE, canonical_user, reason_phrase
+from .sip import USER_SAFE, canonical_user, reason_phrase, split_user_host
 from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.writer import Backend, Store
@@ -123,16 +124,6 @@ class RoomStatus:
     processed: int
 
 
-def split_user_host(uri: str) -> tuple[str, str]:
-    """``sip:user@host`` -> ``(user, host)``, the user in canonical form
-    (:func:`~imc_actors.sip.uri.canonical_user`: ``sip:%63hat@x`` names the room ``chat``);
-    the user is empty when the URI has none."""
-    # Not sip.split_uri: that one raises for a URI without a user, which handle()/room() must not.
-    rest = uri.split(":", 1)[1] if ":" in uri else uri
-    user, sep, host = rest.rpartition("@")
-    return (canonical_user(user), host) if sep else ("", rest)
-
-
 def _canonical_sender(uri: str) -> str:
     """``uri`` (``sip:user@host``) with its user part in canonical form; the very same string
     when it already is (the server's senders always are: it reads them with
@@ -167,6 +158,8 @@ class Conference:
         self.store = store
         #: This node's room leases (config ``node``), or None.
         self.leases: LeaseKeeper | None = None
+        #: The database half of :meth:`snapshot` (with ``node`` set), or None.
+        self.cluster: ClusterView | None = None
         #: Hands a MESSAGE for a room another node holds to that node (the server sets it:
         #: :class:`~imc_actors.forwarding.Forwarder`), or None: such a MESSAGE gets 503.
         self.forward: Forward | None = None
@@ -197,6 +190,31 @@ class Conference:
         name, domain = split_user_host(uri)
         handle = self.supervisor.lookup(name, domain)
         return handle.state if handle is not None and handle.committed else None
+
+    async def snapshot(self) -> ClusterSnapshot:
+        """Every room of the cluster (issue 13 item 3; see :mod:`imc_actors.cluster`): the
+        rooms this node serves as they are in memory, every other one as the database has it
+        (at most ``cluster_view_age`` old), who holds each and the nodes. Without ``node``:
+        this conference's rooms. Checkpoints when it reads; raises
+        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read."""
+        keeper = self.leases
+        if self.cluster is None or keeper is None:
+            return ClusterSnapshot(self.rooms())
+        found = await self.cluster.read()
+        served = {room.key: room for room in self.rooms() if keeper.serving(room.key)}
+        rooms = {room.key: room for room in found.rooms} | served
+        owners = dict(found.owners) | dict.fromkeys(served, self.config.node)
+        nodes = node_views(found.nodes, owners, found.now, self.config.lease_ttl)
+        return ClusterSnapshot(rooms.values(), owners, nodes, self.config.node)  # type: ignore[arg-type]
+
+    async def _listed_rooms(self) -> list[RoomState]:
+        """The rooms ``#rooms`` lists: the cluster's, or this node's alone (logged) while the
+        database cannot be read."""
+        try:
+            return (await self.snapshot()).rooms()
+        except StoreError as exc:
+            log.warning("#rooms lists this node's rooms only: reading the others failed: %s", exc)
+            return self.rooms()
 
     def room_status(self, uri: str) -> RoomStatus | None:
         """The supervisor's view of the room at ``uri`` (restarts, quarantine, mailbox), or None
@@ -297,7 +315,8 @@ class Conference:
         if route is _HELP:
             return await self._reply(help_text(self._start).encode(), msg, hold)
         if route is _ROOMS:
-            return await self._reply(rooms_reply(self.rooms(), _canonical_sender(msg.sender)), msg, hold)
+            rooms = await self._listed_rooms()
+            return await self._reply(rooms_reply(rooms, _canonical_sender(msg.sender)), msg, hold)
         assert isinstance(route, _ToRoom)
         limited = self._chat_limited(route)
         if limited is not None:
@@ -573,7 +592,15 @@ class Conference:
             except ValueError:
                 return Answer(400, reason_phrase(400), body=texts.invalid_address(user or "").encode())
         op = AdminAction(action, target, reason[:MAX_REASON_LENGTH])  # type: ignore[arg-type]
+        key = f"{name}@{domain}".lower()
         for _ in range(4):
+            refused = await self.claim(key)  # a room of a dead node is taken over first
+            if refused is _HELD_ELSEWHERE:
+                return await self._held_by(key)
+            if refused is not None:
+                return Answer(
+                    refused.code, reason_phrase(refused.code), retry_after=refused.retry_after
+                )
             handle = self.supervisor.lookup(name, domain)
             if handle is None or not handle.committed:
                 return Answer(404, reason_phrase(404), body=texts.ROOM_NOT_FOUND.encode())
@@ -581,6 +608,23 @@ class Conference:
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
+
+    async def _held_by(self, key: str) -> Answer:
+        """The answer to a management action for a room another node holds (issue 13): 503
+        with ``Retry-After`` and ``texts.ROOM_HELD_BY`` naming that node. Actions are not
+        forwarded: the operator sends them to the owner's management interface."""
+        assert self.store is not None
+        seconds = max(1, math.ceil(self.config.lease_ttl))
+        try:
+            location = await self.store.read(partial(_locate, key=key))
+        except StoreError as exc:
+            log.warning("room=%s locating its node failed: %s", key, exc)
+            location = None
+        if location is None or location.node == self.config.node:  # moved meanwhile
+            body = texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds)
+        else:
+            body = texts.ROOM_HELD_BY.format(node=location.node)
+        return Answer(503, reason_phrase(503), body=body.encode(), retry_after=seconds)
 
     async def _reply(self, body: bytes, msg: IncomingMessage, hold: Hold | None) -> Answer:
         notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
@@ -605,6 +649,7 @@ def repository_of(config: Config) -> Repository:
         lock_timeout=config.db_timeout, bans_table=config.bans_table,
         limits_table=config.limits_table,
         lease_table=config.lease_table, node_table=config.node_table, node=config.node,
+        metrics_table=config.metrics_table,
         lease_ttl=config.lease_ttl,
         history_table=config.history_table, room_info_table=config.room_info_table,
     )  # fmt: skip
@@ -737,6 +782,8 @@ async def _serving(
             nursery.start_soon(expire_history, store, config.history_days)
         conference = Conference(config, supervisor, delivery, router, store)
         conference.leases = keeper
+        if keeper is not None:
+            conference.cluster = ClusterView(store, config.cluster_view_age)
         conference._nursery = nursery
         if keeper is not None:
             await nursery.start(keeper.run, conference._lost, conference._orphans)

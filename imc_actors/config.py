@@ -99,6 +99,10 @@ class Config:
     lease_ttl: float = 5.0
     lease_table: str = "imc_leases"
     node_table: str = "imc_nodes"
+    # The whole cluster in the management views and /metrics (issue 13 item 3)
+    cluster_view_age: float = 1.0
+    metrics_share_interval: float = 5.0
+    metrics_table: str = "imc_metrics"
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
     imc_cmd_start_char: str = "#"
@@ -400,6 +404,9 @@ class Config:
             )
         if not 0 < self.lease_ttl < math.inf:
             raise ConfigError("lease_ttl", "must be a positive number of seconds")
+        for name in ("cluster_view_age", "metrics_share_interval"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(name, "must be a number of seconds, 0 or more")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -457,8 +464,8 @@ def is_loopback_listen(host: str) -> bool:
 #: The Config fields that name tables (Kamailio's two, then imc-actors' own).
 TABLE_FIELDS = (
     "rooms_table", "members_table", "pending_table", "location_table", "subscriber_table",
-    "secret_table", "bans_table", "limits_table", "lease_table", "node_table", "history_table",
-    "room_info_table",
+    "secret_table", "bans_table", "limits_table", "lease_table", "node_table", "metrics_table",
+    "history_table", "room_info_table",
 )  # fmt: skip
 
 #: Defaults that depend on other settings, in the words ``--help`` and README use.
@@ -498,7 +505,7 @@ _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 # ownership (issue 13)
-_FLOAT_FIELDS |= {"lease_ttl"}
+_FLOAT_FIELDS |= {"lease_ttl", "cluster_view_age", "metrics_share_interval"}
 _OPTIONAL_FIELDS |= {"node"}
 _FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 

@@ -24,7 +24,7 @@ from .control.access import AccessGuard
 from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
-from .control.metrics import ServerMetrics, TimedRepository
+from .control.metrics import ServerMetrics, TimedRepository, share_metrics
 from .forwarding import FORWARDED_BY, FORWARDED_URI, Forwarder, from_node
 from .imc import texts
 from .imc.effects import Notice
@@ -468,6 +468,9 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
                 fifo = FifoServer(conference, config.mi_fifo, config.reply_dir)
                 server.mi_fifo = await nursery.start(fifo.run)
                 metrics.fifo = fifo
+            if conference.leases is not None and config.metrics_share_interval > 0:
+                # every node's /metrics shows the whole cluster (issue 13 item 3)
+                await nursery.start(share_metrics, metrics, store, config.metrics_share_interval)
             try:
                 yield server
             finally:

@@ -148,6 +148,14 @@ CREATE TABLE imc_nodes (
     heartbeat BIGINT NOT NULL
 ) ENGINE=InnoDB;
 
+-- Each node's latest metrics snapshot (JSON; one row per node, replaced every
+-- metrics_share_interval seconds): every node's /metrics shows the others' series from it.
+CREATE TABLE imc_metrics (
+    node VARCHAR(64) PRIMARY KEY NOT NULL,
+    updated BIGINT NOT NULL,
+    body TEXT NOT NULL
+) ENGINE=InnoDB;
+
 -- The archive of relayed chat lines (#history, replay on join). room is 'sip:name@domain' in
 -- lower case, seq numbers the room's lines from 1, inc_time is seconds since the epoch,
 -- ctype the Content-Type ('' when none); about history_max lines are kept per room.

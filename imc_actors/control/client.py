@@ -1,4 +1,4 @@
-"""The CLI's side of JSON-RPC: ``imc-actors rooms``, ``members ROOM`` and ``rpc METHOD [ARGS]``.
+"""The CLI's side of JSON-RPC: ``imc-actors rooms``, ``members ROOM``, ``nodes`` and ``rpc METHOD [ARGS]``.
 
 Plain stdlib ``urllib`` (no proxy: the management listener is meant to be reached directly,
 usually on loopback). Exit codes scripts can rely on:
@@ -39,6 +39,7 @@ __all__ = [
     "RpcUnreachable",
     "call",
     "run_members",
+    "run_nodes",
     "run_rooms",
     "run_rpc",
 ]
@@ -219,10 +220,46 @@ def run_rooms(
         _print_json(rooms, out)
         return EXIT_OK
     rows = [(r.get("room", ""), r.get("members", 0), r.get("owner") or "-") for r in rooms]
-    for line in _table(("ROOM", "MEMBERS", "OWNER"), rows, {1}):
+    heads: tuple[str, ...] = ("ROOM", "MEMBERS", "OWNER")
+    if any("node" in r for r in rooms):  # a cluster (issue 13): the node holding each room
+        rows = [(*row, r.get("node") or "-") for row, r in zip(rows, rooms, strict=True)]
+        heads += ("NODE",)
+    for line in _table(heads, rows, {1}):
         out.write(line + "\n")
     if not rows:
         out.write("(no rooms)\n")
+    return EXIT_OK
+
+
+def run_nodes(
+    url: str,
+    *,
+    as_json: bool = False,
+    timeout: float = 10.0,
+    token: str | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """``imc-actors nodes``: the nodes of the cluster (``imc.nodes``)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        nodes = call(url, "imc.nodes", timeout=timeout, token=token)
+    except RpcClientError as exc:
+        return _fail(exc, err)
+    if as_json:
+        _print_json(nodes, out)
+        return EXIT_OK
+    rows = [
+        (
+            n.get("name", ""), "yes" if n.get("live") else "no", n.get("rooms", 0),
+            "-" if n.get("age") is None else f"{n['age']:.1f}", " ".join(n.get("addresses", [])) or "-",
+        )
+        for n in nodes
+    ]  # fmt: skip
+    for line in _table(("NODE", "LIVE", "ROOMS", "AGE", "ADDRESSES"), rows, {2, 3}):
+        out.write(line + "\n")
+    if not rows:
+        out.write("(no nodes: the server has no node name)\n")
     return EXIT_OK
 
 

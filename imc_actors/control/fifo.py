@@ -14,6 +14,13 @@ and reads the answer from ``<reply_dir>/reply_fifo_name`` (an absolute name is u
     \tMEMBER:: sip:bob@example.com
                                         <- empty line: end of reply
 
+With ``node`` set (issue 13) the commands answer for every room of the cluster
+(:func:`~.views.snapshot_of`), ``imc_list_rooms`` adds ``NODE=<node holding it>`` (``-``:
+none now), and ``imc_nodes`` lists the nodes::
+
+    200 OK
+    NODE:: a LIVE=yes ROOMS=3 AGE=0.412 ADDRESSES=udp:127.0.0.2:5060
+
 The module has two halves, as h11 does: :class:`MiParser` (pure: bytes in, :class:`MiRequest`
 and :class:`MiGarbage` events out) with :func:`execute` (pure: request + rooms -> reply text),
 and :func:`serve_fifo`, the Trio task that owns the file descriptors.
@@ -36,7 +43,17 @@ from dataclasses import dataclass
 
 import trio
 
-from .views import RoomLookupError, RoomSource, find_room, owner_uri
+from ..store.repository import StoreError
+from .views import (
+    RoomLookupError,
+    RoomSource,
+    find_room,
+    in_cluster,
+    node_rows,
+    owner_uri,
+    room_node,
+    snapshot_of,
+)
 
 __all__ = [
     "MiGarbage",
@@ -235,15 +252,34 @@ class MiParser:
 
 # ---------------------------------------------------------------------------------- commands
 def _list_rooms(source: RoomSource, params: Sequence[str]) -> MiReply:
+    cluster = in_cluster(source)
     nodes = [
         node(
             "ROOM",
             "",
-            (("URI", room.uri), ("MEMBERS", len(room.members)), ("OWNER", owner_uri(room))),
+            (("URI", room.uri), ("MEMBERS", len(room.members)), ("OWNER", owner_uri(room)))
+            + ((("NODE", room_node(source, room) or "-"),) if cluster else ()),
         )
         for room in source.rooms()
     ]
     return MiReply(200, "OK", tuple(nodes))
+
+
+def _nodes(source: RoomSource, params: Sequence[str]) -> MiReply:
+    """``imc_nodes``: one ``NODE:: name`` line per node of the cluster (none without one)."""
+    if params:
+        return MiReply(400, "too many params")
+    lines = []
+    for row in node_rows(source):
+        age = row["age"]
+        attrs = (
+            ("LIVE", "yes" if row["live"] else "no"),
+            ("ROOMS", row["rooms"]),
+            ("AGE", "-" if age is None else f"{age:.3f}"),
+            ("ADDRESSES", ",".join(row["addresses"]) or "-"),  # type: ignore[arg-type]
+        )
+        lines.append(node("NODE", str(row["name"]), attrs))
+    return MiReply(200, "OK", tuple(lines))
 
 
 def _list_members(source: RoomSource, params: Sequence[str]) -> MiReply:
@@ -265,6 +301,7 @@ def _list_members(source: RoomSource, params: Sequence[str]) -> MiReply:
 COMMANDS = {
     "imc_list_rooms": _list_rooms,
     "imc_list_members": _list_members,
+    "imc_nodes": _nodes,
 }
 
 
@@ -372,7 +409,11 @@ class FifoServer:
             return
         self.requests += 1
         try:
-            reply = execute(self.source, event)
+            view = await snapshot_of(self.source) if event.command in COMMANDS else self.source
+            reply = execute(view, event)
+        except StoreError as exc:
+            log.warning("MI FIFO: %s: reading the cluster's rooms failed: %s", event.command, exc)
+            reply = MiReply(500, "cluster view unavailable")
         except Exception:  # a bug must not take the reader (and the server) down
             log.exception("MI FIFO: %s failed", event.command)
             reply = MiReply(500, f"command '{event.command}' failed")

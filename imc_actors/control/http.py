@@ -8,7 +8,8 @@ One small Starlette app served by Hypercorn's Trio worker inside the server's nu
 ``GET /``             the status page (``static/index.html``; its script and style under
                       ``/static/``; nothing is loaded from elsewhere)
 ``GET /api/rooms``    what the page polls: the rooms (first ``?limit=``, default 1000) with
-                      counts and owner, and the totals
+                      counts, owner and (``node`` set) the node holding each, the totals,
+                      and ``nodes`` (``imc.nodes``; empty without ``node``)
 ``GET /api/room``     ``?uri=sip:room@domain``: one room's members with roles, its ``info``
                       (``imc.room_info``) and its last lines (``history``: up to
                       ``STATUS_LINES``, null when the archive is off or cannot be read)
@@ -48,9 +49,12 @@ from .views import (
     RoomSource,
     find_room,
     history_lines,
+    node_rows,
     room_detail,
     room_info,
+    room_node,
     room_row,
+    snapshot_of,
 )
 
 __all__ = ["create_app", "serve_http"]
@@ -139,18 +143,28 @@ def create_app(
     async def api_rooms(request: Request) -> Response:
         text = request.query_params.get("limit", "")
         limit = min(max(int(text), 1), MAX_PAGE_ROOMS) if text.isdigit() else PAGE_ROOMS
-        rooms = source.rooms()
+        try:
+            view = await snapshot_of(source)
+        except StoreError:
+            return _api({"error": "cluster view unavailable"}, 503)
+        rooms = view.rooms()
         summary = {"rooms": len(rooms), "members": sum(len(room.members) for room in rooms)}
-        rows = [room_row(room) for room in rooms[:limit]]
-        return _api({"rooms": rows, "summary": summary, "time": time.time()})
+        rows = [room_row(room) | {"node": room_node(view, room)} for room in rooms[:limit]]
+        return _api(
+            {"rooms": rows, "summary": summary, "nodes": node_rows(view), "time": time.time()}
+        )
 
     async def api_room(request: Request) -> Response:
         try:
-            room = find_room(source, request.query_params.get("uri"))
+            view = await snapshot_of(source)
+            room = find_room(view, request.query_params.get("uri"))
+        except StoreError:
+            return _api({"error": "cluster view unavailable"}, 503)
         except RoomLookupError as exc:
             status = 404 if exc.kind == "not_found" else 400
             return _api({"error": exc.kind, "uri": exc.argument}, status)
-        detail = room_detail(room) | {"info": room_info(room), "history": None}
+        extra = {"info": room_info(room), "history": None, "node": room_node(view, room)}
+        detail = room_detail(room) | extra
         read = getattr(source, "history", None)
         if read is not None:
             try:

@@ -20,7 +20,16 @@ Methods:
   ``{"room": uri, "lines": [{"seq", "sender", "time", "content_type", "body"}…]}`` oldest
   first; errors as above, plus code 500 ``History is off`` (``history_max = 0``) and
   ``History unavailable`` (the database cannot be read now);
+- ``imc.nodes`` (no params) -> ``[{"name", "addresses": [...], "heartbeat": epoch seconds or
+  null, "age": seconds or null, "live": bool, "rooms": n}, ...]``, the nodes of the cluster
+  (``[]`` without ``node``; null times: the node shut down cleanly);
 - ``system.listMethods`` -> the method names.
+
+With ``node`` set (issue 13) every method answers for every room of the cluster (from
+:meth:`Conference.snapshot <imc_actors.conference.Conference.snapshot>`: the rooms this node
+serves from memory, the others from the database), ``imc.list_rooms`` entries and
+``imc.room_info`` also give ``"node"``: the node holding the room now (null: none). When the
+database cannot be read for that, the answer is error 500 ``Cluster view unavailable``.
 
 Admin actions (when the source can carry them out, i.e. a
 :class:`~imc_actors.conference.Conference`), run by the room's actor like a command and
@@ -34,7 +43,8 @@ durable before the answer:
 
 A room that cannot be found is the error of ``imc.list_members``; a refusal by the room is an
 error whose code is the SIP code (400, 403, 404) and whose message is the notice text without
-``*** `` (``The room's owner cannot be kicked``).
+``*** `` (``The room's owner cannot be kicked``). An action for a room another node holds is
+not forwarded: error 503 ``Room is held by node <name>; send the request to that node``.
 
 Protocol errors use the JSON-RPC codes: -32700 parse error, -32600 invalid request, -32601
 method not found, -32602 invalid params, -32603 internal error.
@@ -54,8 +64,12 @@ from .views import (
     RoomSource,
     find_room,
     history_lines,
+    in_cluster,
+    node_rows,
     room_info,
+    room_node,
     room_summary,
+    snapshot_of,
 )
 
 __all__ = ["RpcDispatcher", "RpcError", "RoomAdmin", "error_response", "PARSE_ERROR"]
@@ -101,7 +115,9 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
 
 
-Method = Callable[[list[Any] | dict[str, Any]], Any]
+#: A method: ``(view, params)``, ``view`` being what the rooms are read from (the cluster's
+#: snapshot, or the source itself).
+Method = Callable[[RoomSource, list[Any] | dict[str, Any]], Any]
 
 
 @runtime_checkable
@@ -127,6 +143,7 @@ class RpcDispatcher:
             "imc.list_rooms": self._list_rooms,
             "imc.list_members": self._list_members,
             "imc.room_info": self._room_info,
+            "imc.nodes": self._nodes,
             "system.listMethods": self._list_methods,
         }
         if isinstance(source, RoomAdmin):
@@ -177,54 +194,68 @@ class RpcDispatcher:
         return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
     async def call(self, method: str, params: Any) -> Any:
-        """Run one method; raises :class:`RpcError`. Checkpoints only for the admin actions."""
+        """Run one method; raises :class:`RpcError`. Checkpoints for the admin actions, and
+        where the rooms are read from the database (a cluster)."""
         function = self.methods.get(method)
         if function is None:
             raise RpcError(METHOD_NOT_FOUND, "Method not found", method)
         if not isinstance(params, list | dict):
             raise RpcError(INVALID_PARAMS, "Invalid params", "params must be an array or an object")
-        result = function(params)
+        view = self.source
+        if method != "system.listMethods":
+            try:
+                view = await snapshot_of(self.source)
+            except StoreError:
+                raise RpcError(500, "Cluster view unavailable") from None
+        result = function(view, params)
         if inspect.isawaitable(result):
             result = await result
         return result
 
     # ------------------------------------------------------------------ methods
-    def _list_rooms(self, params: list[Any] | dict[str, Any]) -> list[dict[str, Any]]:
+    def _list_rooms(
+        self, view: RoomSource, params: list[Any] | dict[str, Any]
+    ) -> list[dict[str, Any]]:
         if params:
             raise RpcError(INVALID_PARAMS, "Invalid params", "imc.list_rooms takes no parameters")
-        return [room_summary(room) for room in self.source.rooms()]
+        if in_cluster(view):
+            return [room_summary(room) | {"node": room_node(view, room)} for room in view.rooms()]
+        return [room_summary(room) for room in view.rooms()]
+
+    def _nodes(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> list[dict[str, Any]]:
+        if params:
+            raise RpcError(INVALID_PARAMS, "Invalid params", "imc.nodes takes no parameters")
+        return node_rows(view)
 
     def _room_arg(
-        self, method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...] = ("room",)
-    ) -> tuple[Any, list[Any]]:
-        """The room named by the first parameter (as ``find_room`` finds it) and the rest of the
-        positional parameters ``names`` lists (missing ones are left out)."""
+        self, view: RoomSource, method: str, params: list[Any] | dict[str, Any],
+        names: tuple[str, ...] = ("room",),
+    ) -> tuple[Any, list[Any]]:  # fmt: skip
+        """The room named by the first parameter (as ``find_room`` finds it in ``view``) and
+        the rest of the positional parameters ``names`` lists (missing ones are left out)."""
         args = _positional(method, params, names)
         if args and not isinstance(args[0], str):
             raise RpcError(INVALID_PARAMS, "Invalid params", "the room must be a string")
-        return self._find(args[0] if args else None), args[1:]
+        return _find(view, args[0] if args else None), args[1:]
 
-    def _find(self, room: str | None) -> Any:
-        """The room ``room`` names (as ``find_room`` finds it), or Kamailio's error for it."""
-        try:
-            return find_room(self.source, room)
-        except RoomLookupError as exc:
-            raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
-
-    def _list_members(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
-        room, _ = self._room_arg("imc.list_members", params)
+    def _list_members(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _ = self._room_arg(view, "imc.list_members", params)
         return {
             "room": room.uri,
             "members": [member.uri for member in room.members],
             "count": len(room.members),
         }
 
-    def _room_info(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
-        room, _ = self._room_arg("imc.room_info", params)
+    def _room_info(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+        room, _ = self._room_arg(view, "imc.room_info", params)
+        if in_cluster(view):
+            return room_info(room) | {"node": room_node(view, room)}
         return room_info(room)
 
-    async def _history(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
-        room, rest = self._room_arg("imc.history", params, ("room", "limit", "before"))
+    async def _history(
+        self, view: RoomSource, params: list[Any] | dict[str, Any]
+    ) -> dict[str, Any]:
+        room, rest = self._room_arg(view, "imc.history", params, ("room", "limit", "before"))
         source: HistorySource = self.source  # type: ignore[assignment]
         cap = source.history_limit
         if cap <= 0:
@@ -240,28 +271,37 @@ class RpcDispatcher:
             raise RpcError(500, "History unavailable") from None
         return {"room": room.uri, "lines": history_lines(lines or [])}
 
-    def _list_methods(self, params: list[Any] | dict[str, Any]) -> list[str]:
+    def _list_methods(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> list[str]:
         return sorted(self.methods)
 
     # ------------------------------------------------------------------ admin actions
-    async def _destroy_room(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    async def _destroy_room(
+        self, view: RoomSource, params: list[Any] | dict[str, Any]
+    ) -> dict[str, Any]:
         room, _, _ = _action_params("imc.destroy_room", params, ("room",))
-        uri = await self._act(room, "destroy")
+        uri = await self._act(view, room, "destroy")
         return {"room": uri, "destroyed": True}
 
-    async def _kick(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    async def _kick(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
         room, user, reason = _action_params("imc.kick", params, ("room", "user", "reason"))
-        uri = await self._act(room, "kick", user, reason)
+        uri = await self._act(view, room, "kick", user, reason)
         return {"room": uri, "user": user, "kicked": True}
 
-    async def _ban(self, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
+    async def _ban(self, view: RoomSource, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
         room, user, reason = _action_params("imc.ban", params, ("room", "user", "reason"))
-        uri = await self._act(room, "ban", user, reason)
+        uri = await self._act(view, room, "ban", user, reason)
         return {"room": uri, "user": user, "banned": True}
 
-    async def _act(self, room: str | None, action: str, user: str | None = None, reason: str = "") -> str:
+    async def _act(
+        self,
+        view: RoomSource,
+        room: str | None,
+        action: str,
+        user: str | None = None,
+        reason: str = "",
+    ) -> str:
         """Carry out ``action`` in the room ``room`` names; its URI, or :class:`RpcError`."""
-        state = self._find(room)
+        state = _find(view, room)
         assert isinstance(self.source, RoomAdmin)
         answer = await self.source.administer(state.uri, action, user, reason)
         if answer.code >= 300:
@@ -270,6 +310,14 @@ class RpcDispatcher:
                 raise RpcError(500, _LOOKUP_TEXTS["not_found"])
             raise RpcError(answer.code, text.removeprefix("*** "))
         return state.uri
+
+
+def _find(view: RoomSource, room: str | None) -> Any:
+    """The room ``room`` names in ``view`` (as ``find_room`` finds it), or Kamailio's error."""
+    try:
+        return find_room(view, room)
+    except RoomLookupError as exc:
+        raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
 
 
 def _positional(method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...]) -> list[Any]:

@@ -18,15 +18,29 @@ Each server has its own :class:`~prometheus_client.CollectorRegistry` (no global
 several servers in one process (tests, embedders) do not mix their numbers. The exposition
 leaves out prometheus_client's ``*_created`` timestamps (for this registry only). Scraping runs in
 the Trio thread, never in a worker thread: the records it reads belong to Trio tasks.
+
+**Every series has a ``node`` label** (issue 13 item 3): the server's ``node`` name, or ``""``
+without one (which Prometheus treats as no label, so a single server's queries need none). In a
+cluster each node's ``/metrics`` also shows the other nodes' series, each with its own node's
+label: every ``metrics_share_interval`` seconds :func:`share_metrics` stores this node's
+series as JSON (:meth:`ServerMetrics.snapshot`) in its one row of the metrics table
+(``metrics_table``; replaced, so one row per node however long it runs) and reads the other
+rows back into :attr:`ServerMetrics.peers`. A scrape never touches the database or another
+node: it merges the peers' last snapshots into its own families. A peer whose snapshot is
+older than :data:`PEER_INTERVALS` intervals (dead, cut off, or stopped) is left out, so a dead
+node's series disappear within that time and never slow or break anyone's scrape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -34,8 +48,14 @@ from prometheus_client.registry import Collector
 
 from ..config import Config
 from ..imc.effects import Write
+from ..store.repository import StoreError
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics", "TimedRepository"]
+__all__ = ["CONTENT_TYPE", "PEER_INTERVALS", "ServerMetrics", "TimedRepository", "share_metrics"]
+
+log = logging.getLogger("imc_actors.control.metrics")
+
+#: A peer's snapshot is shown while it is younger than this many ``metrics_share_interval``.
+PEER_INTERVALS = 3
 
 #: Content-Type of the text exposition format served on ``/metrics``.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -376,8 +396,14 @@ class ServerMetrics:
     ``start_char`` is ``imc_cmd_start_char`` (tells commands from chat).
     """
 
-    def __init__(self, start_char: str = "#") -> None:
+    def __init__(self, start_char: str = "#", node: str = "") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: The ``node`` label of this server's series (config ``node``; ``""`` without one).
+        self.node = node
+        #: The other nodes' last snapshots: ``(node, stored at (wall clock), families)``, set
+        #: by :func:`share_metrics`; shown while younger than :attr:`peer_max_age` seconds.
+        self.peers: list[tuple[str, float, list[Metric]]] = []
+        self.peer_max_age = 0.0
         self._start = start_char[:1].encode()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.conference: Any = None
@@ -404,7 +430,9 @@ class ServerMetrics:
 
     @classmethod
     def for_config(cls, config: Config) -> ServerMetrics:
-        return cls(config.imc_cmd_start_char)
+        metrics = cls(config.imc_cmd_start_char, config.node or "")
+        metrics.peer_max_age = PEER_INTERVALS * config.metrics_share_interval
+        return metrics
 
     def observe_commit(self, seconds: float) -> None:
         """Record one durable commit's latency."""
@@ -434,10 +462,124 @@ class ServerMetrics:
         """
         return _Counted(self, handler)
 
-    def exposition(self) -> bytes:
+    def exposition(self, now: float | None = None) -> bytes:
         """The text exposition of every metric (call from the Trio thread), without the
-        ``_created`` series prometheus_client adds to counters and histograms."""
-        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+        ``_created`` series prometheus_client adds to counters and histograms, each series
+        labelled with its ``node``: this server's, then the peers' snapshots younger than
+        :attr:`peer_max_age` at ``now`` (wall clock; default: the time now)."""
+        now = time.time() if now is None else now
+        fresh = [families for _, at, families in self.peers if now - at < self.peer_max_age]
+        return generate_latest(_Merged(self.own(), *fresh))  # type: ignore[arg-type]
+
+    def own(self) -> list[Metric]:
+        """This server's families now, every sample labelled ``node``."""
+        return [_labelled(metric, self.node) for metric in _WithoutCreated(self.registry).collect()]
+
+    def snapshot(self) -> str:
+        """:meth:`own` as compact JSON, what :func:`share_metrics` stores for the peers:
+        ``[[name, type, help, unit, [[sample name, labels, value], ...]], ...]``."""
+        families = [
+            [
+                m.name,
+                m.type,
+                m.documentation,
+                m.unit,
+                [[s.name, s.labels, s.value] for s in m.samples],
+            ]
+            for m in self.own()
+        ]
+        return json.dumps(families, separators=(",", ":"))
+
+
+def _labelled(metric: Metric, node: str) -> Metric:
+    """``metric`` with ``node`` added to every sample's labels."""
+    copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+    copy.samples = [
+        sample._replace(labels={**sample.labels, "node": node}) for sample in metric.samples
+    ]
+    return copy
+
+
+def families_of(snapshot: str) -> list[Metric]:
+    """The families of a :meth:`ServerMetrics.snapshot` (ValueError when it is not one)."""
+    try:
+        families = []
+        for name, typ, documentation, unit, samples in json.loads(snapshot):
+            metric = Metric(str(name), str(documentation), str(typ), str(unit))
+            for sample_name, labels, value in samples:
+                metric.add_sample(
+                    str(sample_name), {str(k): str(v) for k, v in labels.items()}, float(value)
+                )
+            families.append(metric)
+        return families
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not a metrics snapshot: {exc}") from None
+
+
+class _Merged:
+    """Families of several nodes as one registry: one family per name (the first seen gives
+    its type and help), the samples of every node in it (each carries its ``node`` label)."""
+
+    def __init__(self, *nodes: Iterable[Metric]) -> None:
+        self._nodes = nodes
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for families in self._nodes:
+            for metric in families:
+                into = merged.get(metric.name)
+                if into is None:
+                    merged[metric.name] = into = Metric(
+                        metric.name, metric.documentation, metric.type, metric.unit
+                    )
+                elif into.type != metric.type:
+                    continue  # another version's family of that name: not mixed in
+                into.samples.extend(metric.samples)
+        yield from merged.values()
+
+
+async def share_metrics(
+    metrics: ServerMetrics,
+    store: Any,
+    interval: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Every ``interval`` seconds until cancelled: store ``metrics``' snapshot as this node's
+    row of the metrics table and read the other nodes' rows (younger than
+    ``PEER_INTERVALS * interval``) into :attr:`ServerMetrics.peers`, through ``store`` (its
+    writer thread). A failed round is logged; the peers already read age out meanwhile."""
+    task_status.started()
+    max_age = PEER_INTERVALS * interval
+    metrics.peer_max_age = max_age
+    while True:
+        body = metrics.snapshot()  # in the Trio thread: the records belong to Trio tasks
+
+        def exchange(
+            repository: Any, body: str = body
+        ) -> tuple[list[tuple[str, float, str]], str | None]:
+            problem = None
+            try:
+                repository.share_metrics(body)
+            except ValueError as exc:  # too large for the column: the peers go on reading
+                problem = str(exc)
+            return repository.peer_metrics(repository.now() - max_age), problem
+
+        try:
+            rows, problem = await store.read(exchange)
+        except StoreError as exc:
+            log.warning("sharing the metrics with the other nodes failed: %s", exc)
+        else:
+            if problem is not None:
+                log.warning("this node's metrics are not shared: %s", problem)
+            peers = []
+            for node, updated, text in rows:
+                try:
+                    peers.append((node, updated, families_of(text)))
+                except ValueError as exc:
+                    log.warning("node %s's metrics snapshot is ignored: %s", node, exc)
+            metrics.peers = peers
+        await trio.sleep(interval)
 
 
 class _WithoutCreated:

@@ -2,8 +2,10 @@
 
 The MI FIFO, JSON-RPC and the web status page answer the same two questions (which rooms,
 who is in a room) from the same committed snapshots (:meth:`Conference.rooms`,
-:meth:`Conference.room`); only the wire format differs. Nothing here awaits or mutates: a view
-is taken between two checkpoints of the Trio loop, so it is consistent per room.
+:meth:`Conference.room`); only the wire format differs. Nothing here mutates, and only
+:func:`snapshot_of` awaits: with ``node`` set each interface first takes the cluster's
+snapshot (:meth:`Conference.snapshot`: every room of every node, see
+:mod:`imc_actors.cluster`) and answers from it, so it is consistent per room.
 
 Counts follow spec §10: ``members`` counts every listed entry, INVITED ones included; ``owner``
 is the first OWNER in joining order (empty when a room has none).
@@ -29,6 +31,10 @@ __all__ = [
     "room_info",
     "room_row",
     "room_summary",
+    "in_cluster",
+    "node_rows",
+    "room_node",
+    "snapshot_of",
 ]
 
 
@@ -38,6 +44,34 @@ class RoomSource(Protocol):
     def rooms(self) -> list[RoomState]: ...
 
     def room(self, uri: str) -> RoomState | None: ...
+
+
+async def snapshot_of(source: RoomSource) -> RoomSource:
+    """What the views read: ``source.snapshot()`` when it has one (the conference: the whole
+    cluster), else ``source`` itself. Checkpoints when it reads the database; raises
+    :class:`~imc_actors.store.repository.StoreError` when that fails."""
+    take = getattr(source, "snapshot", None)
+    if take is None:
+        return source
+    view: RoomSource = await take()
+    return view
+
+
+def room_node(view: RoomSource, state: RoomState) -> str | None:
+    """The node holding ``state``'s room in ``view`` (a cluster snapshot), or None (no live
+    lease, or no cluster)."""
+    owner = getattr(view, "owner", None)
+    return owner(state) if owner is not None else None
+
+
+def node_rows(view: RoomSource) -> list[dict[str, object]]:
+    """``imc.nodes``: each node of ``view`` (a cluster snapshot) as a dict (none without one)."""
+    return [node.as_dict() for node in getattr(view, "nodes", ())]
+
+
+def in_cluster(view: RoomSource) -> bool:
+    """True when ``view`` is a cluster's snapshot (``node`` set): rows then name room nodes."""
+    return getattr(view, "node", None) is not None
 
 
 class HistorySource(RoomSource, Protocol):

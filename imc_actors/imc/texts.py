@@ -39,6 +39,7 @@ __all__ = [
     "ROOM_EXISTS_AND_MEMBER",
     "ROOM_NOT_FOUND",
     "ROOM_HELD_ELSEWHERE",
+    "ROOM_HELD_BY",
     "SECOND_ARGUMENT_PRIVATE",
     "address_too_long",
     "room_name_too_long",
@@ -148,6 +149,8 @@ MISSING_ROOM_NAME = "*** Missing room name"
 ROOM_NOT_FOUND = "*** Room not found"
 # Issue 13: a write for a room whose lease another node holds (503); ``.format(seconds=…)``.
 ROOM_HELD_ELSEWHERE = "*** Room is held by another node now; try again in {seconds} seconds"
+# Issue 13: a management action (JSON-RPC) for a room another node holds; ``.format(node=…)``.
+ROOM_HELD_BY = "*** Room is held by node {node}; send the request to that node"
 # §3 gives no text for 413; ``.format(limit=<max_body_size>)``.
 BODY_TOO_LARGE = "*** Message body too large (maximum {limit} bytes)"
 # Digest authentication (README "Users and passwords"): a From naming another user than the

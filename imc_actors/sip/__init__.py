@@ -28,6 +28,7 @@ from .uri import (
     split_addresses,
     split_outside,
     split_uri,
+    split_user_host,
 )
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "split_addresses",
     "split_outside",
     "split_uri",
+    "split_user_host",
 ]

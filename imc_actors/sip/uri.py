@@ -32,6 +32,7 @@ __all__ = [
     "split_addresses",
     "split_outside",
     "split_uri",
+    "split_user_host",
 ]
 
 #: Characters a canonical user part holds unescaped: RFC 3261's ``unreserved`` and
@@ -98,9 +99,19 @@ def _parse(uri: str) -> tuple[URI, str]:
 def split_uri(uri: str) -> tuple[str, str]:
     """``(user, host)`` of a SIP URI: the user in canonical form (:func:`canonical_user`), the
     host as spelled (an IPv6 host keeps its brackets). Raises ValueError."""
-    # conference.split_user_host is the non-raising split of an already canonical Request-URI.
+    # split_user_host is the non-raising split of an already canonical Request-URI.
     parsed, written = _parse(uri)
     return canonical_user(written), parsed.host
+
+
+def split_user_host(uri: str) -> tuple[str, str]:
+    """``sip:user@host`` -> ``(user, host)``, the user in canonical form
+    (:func:`canonical_user`: ``sip:%63hat@x`` names the room ``chat``);
+    the user is empty when the URI has none."""
+    # Not split_uri: that one raises for a URI without a user, which handle()/room() must not.
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    user, sep, host = rest.rpartition("@")
+    return (canonical_user(user), host) if sep else ("", rest)
 
 
 def canonical(uri: str) -> str:

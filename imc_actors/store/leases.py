@@ -133,6 +133,7 @@ class LeaseTable:
         self._release = f"UPDATE {t} SET expires = 0 WHERE node = {p}"
         self._owner = f"SELECT room, node, epoch, expires FROM {t} WHERE room = {p}"
         self._held = f"SELECT room, epoch FROM {t} WHERE node = {p}"
+        self._live = f"SELECT room, node FROM {t} WHERE expires > {p}"
         self._forget = f"DELETE FROM {t} WHERE node = {p} AND room = {p}"
         # A locking read: it sees the latest committed row (also under MySQL's REPEATABLE
         # READ) and keeps a takeover waiting until this transaction ends. SQLite needs none:
@@ -175,6 +176,11 @@ class LeaseTable:
         """Room key -> epoch of every lease ``node`` holds in the table (expired or not)."""
         rows = self._execute(self._held, (node,)).fetchall()
         return {str(room).lower(): int(epoch) for room, epoch in rows}
+
+    def live_owners(self, now: float) -> dict[str, str]:
+        """Room key -> node of every lease that has not expired at ``now`` (one scan)."""
+        rows = self._execute(self._live, (millis(now),)).fetchall()
+        return {str(room).lower(): str(node) for room, node in rows}
 
     def orphans(self, node: str, node_table: str, now: float, stale: float, limit: int) -> list[str]:
         """Rooms of other nodes whose lease has expired at ``now`` and whose node's last

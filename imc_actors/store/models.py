@@ -40,6 +40,9 @@ Two more of imc-actors' own tables say which node serves which room (issue 13, s
                     since the epoch, on the owner's wall clock
     imc_nodes    -- (name PK varchar(64), addresses varchar(1024), heartbeat bigint)
                     addresses = the node's SIP listen addresses, space-separated
+    imc_metrics  -- (node PK varchar(64), updated bigint, body text): each node's latest
+                    metrics snapshot (JSON, see :mod:`imc_actors.control.metrics`), one row
+                    per node, replaced every ``metrics_share_interval``
 
 Two more hold what rooms have beyond Kamailio's columns (issue 16):
 
@@ -51,7 +54,7 @@ Two more hold what rooms have beyond Kamailio's columns (issue 16):
 
 Table names are configurable (``rooms_table``, ``members_table``, ``pending_table``,
 ``location_table``, ``subscriber_table``, ``secret_table``, ``bans_table``, ``limits_table``,
-``lease_table``, ``node_table``, ``history_table``, ``room_info_table``), so the model classes
+``lease_table``, ``node_table``, ``metrics_table``, ``history_table``, ``room_info_table``), so the model classes
 are made per database by :func:`bind_models`.
 ``schema/*.sql`` holds the same shape as plain DDL.
 
@@ -115,10 +118,13 @@ MAX_REASON = MAX_REASON_LENGTH  # imc_bans.reason
 # -- ownership (issue 13): room leases and the node registry ---------------------------------
 LEASE_COLUMNS = ("room", "node", "epoch", "expires")
 NODE_COLUMNS = ("name", "addresses", "heartbeat")
+METRICS_COLUMNS = ("node", "updated", "body")
 #: Widths of the lease and node columns (a room key ``name@domain`` fits twice over).
 MAX_ROOM_KEY = 128
 MAX_NODE_NAME = 64
 MAX_NODE_ADDRESSES = 1024
+#: Longest metrics snapshot stored (characters of JSON; MySQL's TEXT holds 65,535 bytes).
+MAX_METRICS_BODY = 60000
 MAX_TOPIC = 255  # imc.effects.MAX_TOPIC_LENGTH
 
 
@@ -150,6 +156,7 @@ class Models:
     # ownership (issue 13)
     lease: type[peewee.Model]
     node: type[peewee.Model]
+    metrics: type[peewee.Model]
     history: type[peewee.Model]
     room_info: type[peewee.Model]
 
@@ -171,6 +178,7 @@ def bind_models(
     *,
     lease_table: str = "imc_leases",
     node_table: str = "imc_nodes",
+    metrics_table: str = "imc_metrics",
     history_table: str = "imc_history",
     room_info_table: str = "imc_room_info",
 ) -> Models:
@@ -415,20 +423,21 @@ def bind_models(
     Version.add_index(
         Version.index(Version.table_name, unique=True, name=f"{VERSION_TABLE}_table_name_idx")
     )
-    lease, node = _ownership_models(settings, lease_table, node_table)
+    lease, node, metrics = _ownership_models(settings, lease_table, node_table, metrics_table)
     models = Models(
         version=Version, room=Room, member=Member, pending=Pending, location=Location,
         subscriber=Subscriber, secret=Secret, ban=BanRow, limit=LimitRow, lease=lease, node=node,
-        history=History, room_info=RoomInfo,
+        metrics=metrics, history=History, room_info=RoomInfo,
     )  # fmt: skip
     database.bind(list(models.all()), bind_refs=False, bind_backrefs=False)
     return models
 
 
 def _ownership_models(
-    settings: list[str], lease_table: str, node_table: str
-) -> tuple[type[peewee.Model], type[peewee.Model]]:
-    """The lease and node tables (issue 13; read and written by :mod:`.leases`)."""
+    settings: list[str], lease_table: str, node_table: str, metrics_table: str
+) -> tuple[type[peewee.Model], type[peewee.Model], type[peewee.Model]]:
+    """The lease, node and metrics tables (issue 13; read and written by :mod:`.leases` and
+    :mod:`.nodes`)."""
 
     class Lease(peewee.Model):
         """Which node serves a room: ``room`` is the room key (``name@domain``, lower case),
@@ -457,8 +466,20 @@ def _ownership_models(
             table_name = node_table
             table_settings = settings
 
+    class Metrics(peewee.Model):
+        """One node's latest metrics snapshot: ``body`` is JSON, ``updated`` milliseconds
+        since the epoch on that node's wall clock."""
+
+        node = peewee.CharField(max_length=MAX_NODE_NAME, primary_key=True)
+        updated = peewee.BigIntegerField()
+        body = peewee.TextField()
+
+        class Meta:
+            table_name = metrics_table
+            table_settings = settings
+
     Lease.add_index(Lease.index(Lease.node, name=f"{lease_table}_node_idx"))
-    return Lease, Node
+    return Lease, Node, Metrics
 
 def extra_indexes(engine: str, rooms_table: str, members_table: str) -> list[tuple[str, str, str]]:
     """Indexes imc-actors adds to Kamailio's tables: ``(table, index name, CREATE INDEX …)``.

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import peewee
 
+from ..imc.state import RoomState
 from .leases import millis
-from .models import MAX_NODE_ADDRESSES
+from .models import MAX_METRICS_BODY, MAX_NODE_ADDRESSES
 
-__all__ = ["NodeInfo", "NodeTable", "RoomLocation"]
+__all__ = ["ClusterRead", "NodeInfo", "NodeTable", "RoomLocation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +45,25 @@ class RoomLocation:
     addresses: tuple[str, ...]
 
 
-class NodeTable:
-    """Reads and writes of the node table through its bound model (``Models.node``)."""
+@dataclass(frozen=True, slots=True)
+class ClusterRead:
+    """The whole cluster as one read of the database found it (``Repository.cluster``):
+    every stored ``rooms`` state, ``owners`` (room key -> the node holding its live lease),
+    every node, and ``now``, the reader's wall clock (seconds since the epoch)."""
 
-    def __init__(self, model: type[peewee.Model]) -> None:
+    rooms: list[RoomState]
+    owners: dict[str, str]
+    nodes: list[NodeInfo]
+    now: float
+
+
+class NodeTable:
+    """Reads and writes of the node table and the metrics table through their bound models
+    (``Models.node``, ``Models.metrics``)."""
+
+    def __init__(self, model: type[peewee.Model], metrics: type[peewee.Model]) -> None:
         self._model = model
+        self._metrics = metrics
 
     @staticmethod
     def problem(addresses: Sequence[str]) -> str | None:
@@ -62,11 +77,33 @@ class NodeTable:
     def heartbeat(self, name: str, addresses: Sequence[str], now: float) -> None:
         """Insert or update ``name``'s row: its addresses and a heartbeat at ``now``."""
         node = self._model
-        # MySQL's ON DUPLICATE KEY UPDATE takes no conflict target (the primary key is it)
-        target = None if isinstance(node._meta.database, peewee.MySQLDatabase) else [node.name]
         node.insert(name=name, addresses=" ".join(addresses), heartbeat=millis(now)).on_conflict(
-            conflict_target=target, preserve=[node.addresses, node.heartbeat]
+            conflict_target=_target(node, node.name), preserve=[node.addresses, node.heartbeat]
         ).execute()
+
+    @staticmethod
+    def metrics_problem(body: str) -> str | None:
+        """Why a metrics snapshot does not fit the table, or None."""
+        if len(body) > MAX_METRICS_BODY:
+            return f"the metrics snapshot has {len(body)} characters; at most {MAX_METRICS_BODY}"
+        return None
+
+    def share_metrics(self, name: str, body: str, now: float) -> None:
+        """Replace ``name``'s metrics snapshot with ``body``, stored at ``now``."""
+        row = self._metrics
+        row.insert(node=name, updated=millis(now), body=body).on_conflict(
+            conflict_target=_target(row, row.node), preserve=[row.updated, row.body]
+        ).execute()
+
+    def peer_metrics(self, name: str, since: float) -> list[tuple[str, float, str]]:
+        """``(node, updated seconds, body)`` of every other node's snapshot since ``since``."""
+        row = self._metrics
+        query = (
+            row.select(row.node, row.updated, row.body)
+            .where(row.node != name, row.updated >= millis(since))
+            .order_by(row.node)
+        )
+        return [(str(n), int(u) / 1000, str(b)) for n, u, b in query.tuples()]  # type: ignore[call-overload]
 
     @property
     def table(self) -> str:
@@ -91,6 +128,12 @@ class NodeTable:
         node = self._model
         rows = node.select(node.name, node.addresses, node.heartbeat).order_by(node.name)
         return [_info(row) for row in rows.tuples()]
+
+
+def _target(model: type[peewee.Model], key: peewee.Field) -> list[peewee.Field] | None:
+    """The upsert's conflict target: MySQL's ON DUPLICATE KEY UPDATE takes none (the primary
+    key is it)."""
+    return None if isinstance(model._meta.database, peewee.MySQLDatabase) else [key]
 
 
 def _info(row: tuple[object, ...]) -> NodeInfo:

@@ -57,6 +57,7 @@ from .models import (
     MAX_ROOM_KEY,
     MEMBER_COLUMNS,
     MEMBER_UNIQUE,
+    METRICS_COLUMNS,
     NODE_COLUMNS,
     PENDING_COLUMNS,
     ROOM_COLUMNS,
@@ -73,7 +74,7 @@ from .models import (
     check_table_name,
     extra_indexes,
 )
-from .nodes import NodeInfo, NodeTable, RoomLocation
+from .nodes import ClusterRead, NodeInfo, NodeTable, RoomLocation
 from .records import Binding, PendingRow, StoreWrite
 from .urls import LOCK_TIMEOUT, DatabaseURL, open_database
 
@@ -224,6 +225,7 @@ class Repository:
         limits_table: str = "imc_room_limits",
         lease_table: str = "imc_leases",
         node_table: str = "imc_nodes",
+        metrics_table: str = "imc_metrics",
         node: str | None = None,
         lease_ttl: float = 5.0,
         clock: Clock = wall_clock,
@@ -239,6 +241,7 @@ class Repository:
             "limits_table": limits_table,
             "lease_table": lease_table,
             "node_table": node_table,
+            "metrics_table": metrics_table,
             "history_table": history_table,
             "room_info_table": room_info_table,
         }
@@ -272,11 +275,12 @@ class Repository:
         # ownership (issue 13): this node's name, and the epochs of the leases it acquired
         self.lease_table = lease_table
         self.node_table = node_table
+        self.metrics_table = metrics_table
         self.node = node
         self.lease_ttl = lease_ttl
         self._clock = clock
         self._leases = LeaseTable(self._db, lease_table)
-        self._nodes = NodeTable(self._models.node)
+        self._nodes = NodeTable(self._models.node, self._models.metrics)
         self._held: dict[str, int] = {}
         #: room (lower-case URI) -> the number of its last archived line, as committed
         self._history_seq: dict[str, int] = {}
@@ -564,6 +568,37 @@ class Repository:
         """Every node that ever heartbeat, by name (live or not: see :meth:`NodeInfo.live`)."""
         return self._run("reading the nodes", self._nodes.all)
 
+    def cluster(self) -> ClusterRead:
+        """What the management views show of the whole cluster, read in one transaction:
+        every stored room, the node holding each live lease, every node (issue 13 item 3)."""
+
+        def read() -> ClusterRead:
+            now = self._clock()
+            with self._db.atomic():
+                rooms = self._load_rooms()
+                owners = self._leases.live_owners(now)
+                nodes = self._nodes.all()
+            return ClusterRead(rooms, owners, nodes, now)
+
+        return self._run("reading the cluster's rooms", read)
+
+    def share_metrics(self, body: str) -> None:
+        """Store ``body`` (JSON) as this node's metrics snapshot, replacing its last one;
+        ValueError when it is longer than the column holds (``MAX_METRICS_BODY``)."""
+        node = self._require_node()
+        problem = NodeTable.metrics_problem(body)
+        if problem is not None:
+            raise ValueError(problem)
+        self._run(
+            "storing the metrics", lambda: self._nodes.share_metrics(node, body, self._clock())
+        )
+
+    def peer_metrics(self, since: float) -> list[tuple[str, float, str]]:
+        """``(node, updated, body)`` of the other nodes' metrics snapshots stored at or after
+        ``since`` (seconds since the epoch), by node."""
+        node = self._require_node()
+        return self._run("reading the metrics", lambda: self._nodes.peer_metrics(node, since))
+
     def locate(self, room: str) -> RoomLocation | None:
         """Where ``room`` (a room key) is served now: the node holding its live lease and that
         node's addresses; None when no node holds a live lease (anyone may acquire it)."""
@@ -740,6 +775,7 @@ class Repository:
             (self.limits_table, LIMIT_COLUMNS),
             (self.lease_table, LEASE_COLUMNS),
             (self.node_table, NODE_COLUMNS),
+            (self.metrics_table, METRICS_COLUMNS),
             (self.history_table, HISTORY_COLUMNS),
             (self.room_info_table, ROOM_INFO_COLUMNS),
         ):

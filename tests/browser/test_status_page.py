@@ -21,6 +21,7 @@ import trio
 from imc_actors.server import open_server
 from tests.integration.conftest import DOMAIN, MANAGER, make_config, udp_address
 from tests.support.control import command, next_message
+from tests.support.serve import serve_process
 from tests.support.ua import TestUA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -287,3 +288,55 @@ async def test_status_page_bans_and_destroys_through_json_rpc(tmp_path, nursery)
                 await trio.to_thread.run_sync(page.driver.quit)
             for agent in agents.values():
                 agent.close()
+
+
+NODE_ROW = "document.querySelector(`#nodes tbody tr[data-node=\"${arguments[0]}\"]`)"
+NODE_CELLS = f"return [...{NODE_ROW}.cells].map(td => td.textContent)"
+
+
+async def test_status_page_shows_the_nodes_and_each_rooms_node(tmp_path, nursery):
+    """Two ``serve`` processes, nodes ``a`` and ``b`` on one SQLite file (one machine): the
+    page on ``b`` shows ``a``'s room with its node, both nodes live, then ``a`` dead after
+    ``kill -9`` and the room on ``b`` once ``b`` took it over (issue 13 item 3)."""
+    require_browser()
+
+    db_url = f"sqlite:///{tmp_path / 'cluster.db'}"
+    flags = ["--lease-ttl", "1.5"]
+    async with (
+        serve_process(db_url, *flags, "--node", "a", host="127.0.0.2") as a,
+        serve_process(
+            db_url, *flags, "--node", "b", "--rpc-listen", "127.0.0.3:0", host="127.0.0.3"
+        ) as b,
+    ):
+        url = await b.management_url()
+        alice = await TestUA.open(nursery, "alice", DOMAIN, a.udp)
+        assert (await alice.register()).code == 200
+        await command(alice, MANAGER, "#create lobby")
+
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, url + "/")
+            await page.wait(f"{ROW} !== null", LOBBY)
+            assert await page.rooms() == [[LOBBY, "1", f"sip:alice@{DOMAIN}", "no", "a"]]
+            panel_hidden = "return document.getElementById('nodes-panel').hidden"
+            assert await page.script(panel_hidden) is False
+            await page.wait(f"{NODE_ROW} !== null && {NODE_ROW}.className === 'live'", "a")
+            cells = await page.script(NODE_CELLS, "a")
+            assert (cells[0], cells[3], cells[4]) == ("a", "yes", "1")
+            assert cells[1] == f"udp:{a.udp[0]}:{a.udp[1]} tcp:{a.tcp[0]}:{a.tcp[1]}"
+
+            assert await a.kill() != 0
+            await page.wait(f"{NODE_ROW}.className === 'dead'", "a")  # within lease_ttl
+            cells = await page.script(NODE_CELLS, "a")
+            assert cells[3] == "no"
+            await page.wait(f"{ROW}.cells[4].textContent === 'b'", LOBBY)  # b took it over
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = str(ARTIFACTS / "status_page_cluster.png")
+            assert await page.run(page.driver.save_screenshot, shot)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
+            alice.close()
+        assert await b.terminate() == 0

@@ -284,7 +284,7 @@ async def test_garbage_authorizations_leave_no_state(nursery, tmp_path):
     assert (stats.refused, stats.malformed, stats.accepted, stats.nonces) == (20, 1, 0, 0)
     assert server.metrics is not None
     text = server.metrics.exposition().decode()
-    assert 'imc_auth_total{result="refused"} 20.0' in text and "imc_auth_users" in text
+    assert 'imc_auth_total{node="",result="refused"} 20.0' in text and "imc_auth_users" in text
 
 
 async def test_loopback_default_is_off(server, ua):

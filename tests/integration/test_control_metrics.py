@@ -6,6 +6,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from imc_actors.control.metrics import ServerMetrics, families_of
 from tests.support import free_port
 from tests.support.control import CHAT, MANAGER, command, http, next_message
 
@@ -28,8 +29,15 @@ async def scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     return samples
 
 
-def value(samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
+def value(samples, name: str, node: str = "", **labels: str) -> float:
+    """The sample ``name`` with ``labels``, of ``node`` (every series has a node label: ``""``
+    without config ``node``)."""
+    return samples[(name, tuple(sorted((labels | {"node": node}).items())))]
+
+
+async def test_every_series_has_a_node_label_empty_without_a_node_name(server, ua):
+    samples = await scrape(server)
+    assert samples and {dict(labels).get("node") for _, labels in samples} == {""}
 
 
 async def test_metrics_move_with_traffic(server, ua):
@@ -153,3 +161,23 @@ async def test_trusted_sources_are_not_throttled(server, ua):
     codes = [(await alice.request("OPTIONS", f"sip:{alice.domain}")).code for _ in range(5)]
     assert codes == [200] * 5
     assert value(await scrape(server), "imc_sip_throttled_total") == 0
+
+
+def test_the_other_nodes_snapshots_merge_into_one_family_each_until_they_are_stale():
+    a, b = ServerMetrics(node="a"), ServerMetrics(node="b")
+    a.observe_commit(0.01)
+    b.observe_commit(0.02)
+    b.observe_commit(0.03)
+    b.peers, b.peer_max_age = [("a", 1000.0, families_of(a.snapshot()))], 15.0
+    text = b.exposition(now=1014.0).decode()
+    assert text.count("# TYPE imc_store_commit_seconds histogram") == 1
+    counts = {
+        sample.labels["node"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "imc_store_commit_seconds_count"
+    }
+    assert counts == {"b": 2.0, "a": 1.0}
+    assert 'node="a"' not in b.exposition(now=1015.0).decode()  # a's snapshot is too old now
+    with pytest.raises(ValueError, match="not a metrics snapshot"):
+        families_of('{"no": "list"}')

@@ -58,6 +58,7 @@ async def test_list_rooms_and_members(server, ua):
     assert await result(url, "imc.list_members", {"room": CHAT}) == CHAT_MEMBERS
     assert await result(url, "imc.list_members", ["SIP:Chat@127.0.0.1;transport=tcp"]) == CHAT_MEMBERS
     assert "imc.list_members" in await result(url, "system.listMethods")
+    assert await result(url, "imc.nodes") == []  # no node name: no cluster
 
 
 async def test_owner_is_the_first_owner_by_joining_order(server, ua):

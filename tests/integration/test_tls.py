@@ -170,7 +170,7 @@ async def test_plain_sip_to_the_tls_port_is_closed_and_counted(tls_server, tls, 
     stats = tls_server.transport.statistics()
     assert stats.tls_handshake_failures == 1
     exposition = tls_server.metrics.exposition().decode()
-    assert "imc_sip_tls_handshake_failures_total 1.0" in exposition
+    assert 'imc_sip_tls_handshake_failures_total{node=""} 1.0' in exposition
     await eventually(lambda: tls_server.transport.statistics().tcp_connections == 0, "gone")
     alice = await tls_ua(nursery, tls_server, tls, "alice")  # the listener still serves
     assert (await alice.message(MANAGER, "#rooms")).code == 200

@@ -91,6 +91,7 @@ class Tables:
     limits: str
     leases: str
     nodes: str
+    metrics: str
     history: str
     room_info: str
 
@@ -124,7 +125,7 @@ def new_tables() -> Tables:
         f"imc_rooms_{suffix}", f"imc_members_{suffix}", f"imc_pending_{suffix}",
         f"imc_location_{suffix}", f"subscriber_{suffix}", f"imc_secret_{suffix}",
         f"imc_bans_{suffix}", f"imc_limits_{suffix}", f"imc_leases_{suffix}", f"imc_nodes_{suffix}",
-        f"imc_history_{suffix}", f"imc_room_info_{suffix}",
+        f"imc_metrics_{suffix}", f"imc_history_{suffix}", f"imc_room_info_{suffix}",
     )  # fmt: skip
 
 

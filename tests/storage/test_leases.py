@@ -29,6 +29,7 @@ from imc_actors.imc.effects import (
 )
 from imc_actors.imc.state import Member, RoomState
 from imc_actors.store.leases import Lease, room_of
+from imc_actors.store.models import MAX_METRICS_BODY
 from imc_actors.store.nodes import NodeInfo, RoomLocation
 from imc_actors.store.repository import Fenced, Repository, StoreError, guarded
 from imc_actors.store.writer import Store
@@ -270,6 +271,7 @@ def conference_config(db_url: str, tables: Tables, node: str) -> Config:
         location_table=tables.location, lease_table=tables.leases, node_table=tables.nodes,
         subscriber_table=tables.subscriber, secret_table=tables.secret, bans_table=tables.bans,
         limits_table=tables.limits, history_table=tables.history, room_info_table=tables.room_info,
+        metrics_table=tables.metrics,
     )  # fmt: skip
 
 
@@ -360,11 +362,12 @@ async def test_the_leases_show_in_the_metrics(db_url: str, tables: Tables) -> No
     async with open_server(config) as server:
         await server.conference.handle(say("imc-manager", "alice", "#create m"))
         text = server.metrics.exposition().decode()
-    assert "imc_leases_held 1.0" in text
-    assert "imc_lease_renew_failures_total 0.0" in text
-    assert "imc_leases_not_acquired 0.0" in text
-    assert "imc_leases_taken_over_total 0.0" in text and "imc_leases_lost_total 0.0" in text
-    assert "imc_forwarded_messages_total 0.0" in text
+    assert 'imc_leases_held{node="n1"} 1.0' in text
+    assert 'imc_lease_renew_failures_total{node="n1"} 0.0' in text
+    assert 'imc_leases_not_acquired{node="n1"} 0.0' in text
+    assert 'imc_leases_taken_over_total{node="n1"} 0.0' in text
+    assert 'imc_leases_lost_total{node="n1"} 0.0' in text
+    assert 'imc_forwarded_messages_total{node="n1"} 0.0' in text
 
 
 def test_writes_racing_a_takeover_are_either_stored_or_fenced_never_both(
@@ -479,3 +482,68 @@ def test_acquire_all_takes_what_is_free_or_expired_in_few_transactions(
     assert got["held@x"] == 2 and got["fresh@x"] is None
     assert all(got[f"r{i}@x"] == 1 for i in range(1200))
     assert one.lease_count == 1201 and "fresh@x" not in one.held
+
+
+def test_each_node_keeps_one_metrics_row_and_reads_the_others_fresh_ones(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    one.share_metrics('[["imc_rooms"]]')
+    clock.now = T0 + 10
+    one.share_metrics("[]")  # replaces its row: one per node, however long it runs
+    two.share_metrics("[1]")
+    assert two.peer_metrics(T0) == [("n1", T0 + 10, "[]")]
+    assert one.peer_metrics(T0) == [("n2", T0 + 10, "[1]")]
+    assert one.peer_metrics(T0 + 11) == []  # older than asked for: left out
+    with pytest.raises(ValueError, match="at most"):
+        one.share_metrics("x" * (MAX_METRICS_BODY + 1))
+    assert two.peer_metrics(T0) == [("n1", T0 + 10, "[]")]
+
+
+def test_the_cluster_read_has_every_room_the_live_leases_and_the_nodes(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    one, two = nodes
+    one.apply_batch([RoomUpsert("a", "example.com", 0), RoomUpsert("b", "example.com", 0)])
+    one.heartbeat(["udp:10.0.0.1:5060"])
+    found = two.cluster()
+    assert [room.key for room in found.rooms] == ["a@example.com", "b@example.com"]
+    assert found.owners == {"a@example.com": "n1", "b@example.com": "n1"}  # created: leased
+    assert [node.name for node in found.nodes] == ["n1"]
+    assert found.now == T0
+    clock.now = T0 + TTL  # every lease expired: the rooms are nobody's now
+    assert two.cluster().owners == {}
+    assert two.acquire("b@example.com") == 2
+    assert two.cluster().owners == {"b@example.com": "n2"}
+
+
+async def test_a_conference_shows_the_whole_cluster_reading_it_once_per_cluster_view_age(
+    db_url: str, tables: Tables, clock: FakeClock
+) -> None:
+    config = conference_config(db_url, tables, "n1").replace(cluster_view_age=60.0)
+    clock.now = time.time()
+    async with open_conference(config) as conf:
+        assert (await conf.handle(say("imc-manager", "alice", "#create a"))).code == 200
+        with tables.repository(db_url, node="n2", lease_ttl=TTL, clock=clock) as other:
+            other.apply_batch([RoomUpsert("z", "example.com", 0)])  # n2's room, leased by n2
+            assert conf.room("sip:z@example.com") is None  # not in n1's memory
+            views = []
+            async with trio.open_nursery() as nursery:  # two callers at once: one read
+                for _ in range(2):
+                    nursery.start_soon(lambda: _append(views, conf.snapshot()))
+            assert conf.cluster is not None and conf.cluster.reads == 1
+            for view in views:
+                assert [room.key for room in view.rooms()] == ["a@example.com", "z@example.com"]
+                assert view.owner(view.room("sip:Z@example.com")) == "n2"
+                assert view.owner(view.room("sip:a@example.com")) == "n1"
+            other.apply_batch([RoomUpsert("y", "example.com", 0)])
+            assert "y@example.com" not in [r.key for r in (await conf.snapshot()).rooms()]  # cached
+            assert conf.cluster.reads == 1
+            answer = await conf.administer("sip:z@example.com", "destroy")  # not n1's to write
+            assert (answer.code, answer.retry_after) == (503, 5)
+            assert answer.body == b"*** Room is held by node n2; send the request to that node"
+            assert other.load_room("z@example.com") is not None
+
+
+async def _append(into: list, awaitable) -> None:
+    into.append(await awaitable)

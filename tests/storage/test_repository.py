@@ -42,6 +42,7 @@ class Tables(Protocol):
     limits: str
     leases: str
     nodes: str
+    metrics: str
     history: str
     room_info: str
     all: tuple[str, ...]
@@ -453,6 +454,7 @@ def _ddl_statements(engine: str, tables: Tables, *, kamailio_only: bool) -> list
     text = text.replace("imc_bans", tables.bans).replace("imc_room_limits", tables.limits)
     text = text.replace("imc_leases", tables.leases).replace("imc_nodes", tables.nodes)
     text = text.replace("imc_history", tables.history).replace("imc_room_info", tables.room_info)
+    text = text.replace("imc_metrics", tables.metrics)
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return [statement.strip() for statement in text.split(";") if statement.strip()]
 
@@ -468,8 +470,8 @@ def test_a_database_made_by_the_ddl_file_works_unchanged(
             problems = repository.check_schema()
             assert [p.split()[1] for p in problems] == [
                 tables.pending, tables.location, tables.subscriber, tables.secret,
-                tables.bans, tables.limits, tables.leases, tables.nodes, tables.history,
-                tables.room_info,
+                tables.bans, tables.limits, tables.leases, tables.nodes, tables.metrics,
+                tables.history, tables.room_info,
             ]  # fmt: skip
             assert "no column ha1_sha256" in problems[2]
             repository.init_schema()

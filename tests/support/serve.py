@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import trio
 
 LISTENING = re.compile(rb"^imc-actors: listening on (.*)$")
+MANAGEMENT = re.compile(rb"management on (http://\S+) ")
 
 
 def listening_addresses(line: bytes) -> str | None:
@@ -49,6 +50,13 @@ class ServeProcess:
                 if text in line:
                     return line
             await self.grew.wait()
+
+    async def management_url(self) -> str:
+        """The base URL of its management listener (``--rpc-listen``), from its log line."""
+        line = await self.logged(b"management on ")
+        match = MANAGEMENT.search(line)
+        assert match is not None, line
+        return match.group(1).decode()
 
     @property
     def udp(self) -> tuple[str, int]:

@@ -1,5 +1,6 @@
 // imc-actors status page: polls /api/rooms (and /api/room for the selected room) every second
-// and updates the tables in place; no page reload, no external resources. When the server has
+// and updates the tables in place; no page reload, no external resources. In a cluster (the
+// server has a node name) it also shows the nodes and the node holding each room. When the server has
 // an rpc_token (it answers 401), the page asks for it once, keeps it in sessionStorage (this
 // tab, until it is closed) and sends it as "Authorization: Bearer" with every poll.
 "use strict";
@@ -54,7 +55,29 @@
     return { status: response.status, data: await response.json() };
   }
 
+  function renderNodes(nodes) {
+    const cluster = nodes.length > 0;
+    $("#nodes-panel").hidden = !cluster;
+    document.body.classList.toggle("cluster", cluster);
+    const rows = nodes.map((node) => {
+      const tr = document.createElement("tr");
+      tr.dataset.node = node.name;
+      tr.className = node.live ? "live" : "dead";
+      tr.append(
+        cell(node.name, "name"),
+        cell(node.addresses.join(" ") || "\u2014", "addresses"),
+        cell(node.age === null ? "\u2014" : `${node.age.toFixed(1)} s`, "num age"),
+        cell(node.live ? "yes" : "no", "live"),
+        cell(String(node.rooms), "num rooms"),
+      );
+      return tr;
+    });
+    $("#nodes tbody").replaceChildren(...rows);
+  }
+
   function renderRooms(data) {
+    const cluster = (data.nodes || []).length > 0;
+    renderNodes(data.nodes || []);
     const tbody = $("#rooms tbody");
     const rows = [];
     for (const room of data.rooms) {
@@ -73,6 +96,7 @@
         cell(room.owner || "\u2014", "owner"),
         cell(room.private ? "yes" : "no", "private"),
       );
+      if (cluster) tr.append(cell(room.node || "\u2014", "node node-column"));
       tr.addEventListener("click", () => select(room.room));
       rows.push(tr);
     }
