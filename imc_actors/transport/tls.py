@@ -178,10 +178,12 @@ class TlsListener(TcpListener):
         context: ssl.SSLContext,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        reuse_port: bool = False,
     ) -> TlsListener:
-        """Bind and listen on ``host:port`` (port 0 = ephemeral). Raises :class:`OSError`
-        naming the address. Checkpoints (name resolution)."""
-        listeners = await bind_listeners("tls", host, port)
+        """Bind and listen on ``host:port`` (port 0 = ephemeral; ``reuse_port``: see
+        :func:`~.tcp.bind_listeners`). Raises :class:`OSError` naming the address.
+        Checkpoints (name resolution)."""
+        listeners = await bind_listeners("tls", host, port, reuse_port=reuse_port)
         return cls(listeners, idle_timeout, max_buffer, context=context)
 
     def connection(self, stream: trio.SocketStream) -> TlsConnection:

@@ -178,12 +178,15 @@ class WsListener:
         self.refused = 0
 
     @classmethod
-    async def bind(cls, host: str, port: int, *, idle_timeout: float = math.inf) -> WsListener:
-        """Bind and listen on ``host:port`` (port 0 = ephemeral).
+    async def bind(
+        cls, host: str, port: int, *, idle_timeout: float = math.inf, reuse_port: bool = False
+    ) -> WsListener:
+        """Bind and listen on ``host:port`` (port 0 = ephemeral; ``reuse_port``: see
+        :func:`~.tcp.bind_listeners`).
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
-        return cls(await bind_listeners("ws", host, port), idle_timeout)
+        return cls(await bind_listeners("ws", host, port, reuse_port=reuse_port), idle_timeout)
 
     async def serve(self, on_connection: Callable[[WsConnection], Awaitable[None]]) -> None:
         """Accept WebSocket connections forever; each accepted one runs ``on_connection`` in
