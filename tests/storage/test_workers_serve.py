@@ -152,7 +152,9 @@ def test_a_port_in_use_stops_the_workers_with_the_one_line_message(tmp_path) -> 
 
 
 def test_workers_need_a_database_they_share(tmp_path) -> None:
-    result = run_serve("--workers", "2", "--db-url", "sqlite:///:memory:", "--listen", f"udp:{HOST}:0")
+    result = run_serve(
+        "--workers", "2", "--db-url", "sqlite:///:memory:", "--listen", f"udp:{HOST}:0"
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "imc-actors: invalid workers: 2 workers need one database they share, and "
