@@ -343,6 +343,8 @@ def _serve_workers(config: Config) -> int:
     if refusal is not None:
         announce(config, refusal, logging.ERROR)
         return 2
+    from . import server  # noqa: F401  (imported once here, not again in every forked worker)
+
     return supervise(config, serve, lambda text, level: announce(config, text, level))
 
 
