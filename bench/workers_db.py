@@ -25,12 +25,18 @@ About a minute per configuration. Needs SIPp; ``2-postgresql`` needs PostgreSQL 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import peewee
+import trio
+
+from imc_actors.config import Config
 
 from . import load, procs, sipp
 from .servers import ImcServer
@@ -99,6 +105,89 @@ def run(
     return lines
 
 
+# ------------------------------------------------------------------ the store alone
+def _store_worker(config: Config, index: int, users: int, rooms: int, ops: int,
+                  start: Any, results: Any) -> None:  # fmt: skip
+    results.put(trio.run(_store_churn, config, index, users, rooms, ops, start))
+
+
+async def _store_churn(
+    config: Config, index: int, users: int, rooms: int, ops: int, start: Any
+) -> tuple[float, int, float]:
+    """#join/#leave through one node's conference (no sockets): (commands/s, failed, p99 ms)."""
+    from imc_actors.conference import IncomingMessage, open_conference
+
+    domain = "bench.invalid"
+    async with open_conference(config) as conf:
+        for r in range(rooms):
+            answer = await conf.handle(
+                IncomingMessage(
+                    f"sip:imc-manager@{domain}",
+                    f"sip:o{index}x{r}@{domain}",
+                    f"#create n{index}r{r}".encode(),
+                )
+            )
+            assert answer.code == 200, answer
+        await trio.to_thread.run_sync(start.wait)  # every process starts the churn together
+        per_user, failed, took = ops // users, 0, []
+
+        async def user(u: int) -> None:
+            nonlocal failed
+            room = f"sip:n{index}r{u % rooms}@{domain}"
+            for i in range(per_user):
+                began = time.perf_counter()
+                answer = await conf.handle(
+                    IncomingMessage(
+                        room,
+                        f"sip:n{index}u{u}@{domain}",
+                        b"#join" if i % 2 == 0 else b"#leave",
+                        None,
+                        f"{u}-{i}",
+                    )
+                )
+                took.append(time.perf_counter() - began)
+                failed += answer.code != 200
+
+        began = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for u in range(users):
+                nursery.start_soon(user, u)
+        elapsed = time.perf_counter() - began
+    took.sort()
+    return per_user * users / elapsed, failed, 1000 * took[int(0.99 * (len(took) - 1))]
+
+
+def store_run(engine: str, processes: int, ops: int, pg: str, workdir: Path) -> str:
+    """``processes`` nodes, each with its own conference and rooms, churning at once on one
+    database: the sum of their commands/s, their failed commands and the worst p99."""
+    suffix = secrets.token_hex(3)
+    url = pg if engine == "postgresql" else f"sqlite:///{workdir / f'store-{suffix}.db'}"
+    tables = {f"{name}_table": f"imc_{name}_{suffix}" for name in TABLES}
+    from imc_actors.conference import repository_of
+
+    repository = repository_of(Config(db_url=url, **tables))
+    repository.init_schema()  # once: two processes racing CREATE TABLE fail on PostgreSQL
+    repository.close()
+    context = multiprocessing.get_context("fork")
+    start, results = context.Barrier(processes), context.Queue()
+    children = []
+    for index in range(processes):
+        config = Config(db_url=url, domains=["bench.invalid"], node=f"s{index}", **tables)
+        child = context.Process(
+            target=_store_worker, args=(config, index, 100, 20, ops, start, results)
+        )
+        child.start()
+        children.append(child)
+    outcomes = [results.get(timeout=300) for _ in children]
+    for child in children:
+        child.join()
+    if engine == "postgresql":
+        drop_tables(pg, suffix)
+    rate = sum(o[0] for o in outcomes)
+    return (f"| {processes} x {engine} | {rate:.0f} | {sum(o[1] for o in outcomes)} | "
+            f"{max(o[2] for o in outcomes):.0f} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.workers_db", description=__doc__.split("\n")[0]
@@ -108,7 +197,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--pg", default=PG)
+    parser.add_argument(
+        "--store",
+        type=int,
+        default=0,
+        metavar="OPS",
+        help="instead: OPS #join/#leave commands per node through the "
+        "conference alone (no SIP), 1 and 2 nodes on SQLite, 2 on PostgreSQL",
+    )
     args = parser.parse_args(argv)
+    if args.store:
+        workdir = Path(tempfile.mkdtemp(prefix="imc-bench-store-"))
+        lines = [
+            "| nodes x database | commands/s (sum) | failed | worst p99 ms |",
+            "|---|---:|---:|---:|",
+        ]
+        try:
+            for engine, processes in (
+                ("sqlite", 1),
+                ("sqlite", 2),
+                ("postgresql", 1),
+                ("postgresql", 2),
+            ):
+                lines.append(store_run(engine, processes, args.store, args.pg, workdir))
+                print(lines[-1], flush=True)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print("\n".join(lines))
+        return 0
     problem = sipp.available()
     if problem:
         print(f"bench: {problem}")
