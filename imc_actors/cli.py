@@ -11,13 +11,16 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .config import LOG_LEVELS, TABLE_FIELDS, Config, ConfigError, default_text
 from .control.logs import JsonFormatter
 from .control.logs import setup_logging as _setup_logging
+
+if TYPE_CHECKING:
+    from .workers import WorkerSlot
 
 PROG = "imc-actors"
 
@@ -163,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
              "and take over the rooms of dead nodes", metavar="NAME")
     _setting(serve, "--lease-ttl", "lease_ttl", "seconds a room lease lasts unless renewed",
              metavar="SECONDS")
+    _setting(serve, "--workers", "workers", "processes sharing the SIP ports (SO_REUSEPORT), "
+             "each a node named NODE-i (NODE: --node, else the host name) on the same database, "
+             "supervised by this one", metavar="N")
     _setting(serve, "--log-level", "log_level", "least severe level logged", choices=list(LOG_LEVELS))
     _setting(serve, "--log-format", "log_format", "text lines, or one JSON object per line",
              choices=["text", "json"])
@@ -289,27 +295,67 @@ class _NotTheTransportsListeningLine(logging.Filter):
         return not (record.levelno == logging.INFO and str(record.msg).startswith("SIP transport listening on"))
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, slot: WorkerSlot | None = None) -> None:
+    """One server until SIGINT or SIGTERM; as a worker of ``serve --workers N`` (``slot``) it
+    shares the ports, binds its private address and tells the parent instead of saying
+    where it listens."""
     from .server import open_server
 
     transport_log = logging.getLogger("imc_actors.transport.endpoint")
     quiet = _NotTheTransportsListeningLine()
     transport_log.addFilter(quiet)
+    private = slot.private_host if slot is not None else None
     try:
-        async with open_server(config) as server:
+        async with open_server(config, shared_ports=slot is not None, private_host=private) as server:
             _tune_gc()
             # catch the signals before saying "listening": a supervisor may stop us at once
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                announce(config, "listening on " + " ".join(str(a) for a in server.addresses))
-                if server.http_url is not None:
-                    announce(config, f"management on {server.http_url} (JSON-RPC {server.rpc_url})")
-                if server.mi_fifo is not None:
-                    announce(config, f"MI FIFO at {server.mi_fifo}")
+                if slot is not None:
+                    slot.ready(server)
+                else:
+                    announce(config, "listening on " + " ".join(str(a) for a in server.addresses))
+                    if server.http_url is not None:
+                        announce(config, f"management on {server.http_url} (JSON-RPC {server.rpc_url})")
+                    if server.mi_fifo is not None:
+                        announce(config, f"MI FIFO at {server.mi_fifo}")
                 async for signum in signals:
-                    announce(config, f"{signal.Signals(signum).name}, shutting down")
+                    if slot is None:  # a worker's parent has said so already
+                        announce(config, f"{signal.Signals(signum).name}, shutting down")
                     break
     finally:
         transport_log.removeFilter(quiet)
+
+
+def serve(config: Config, slot: WorkerSlot | None = None) -> int:
+    """``serve``'s exit code: 0 after SIGINT/SIGTERM, 1 when it cannot start (one line says
+    why), 130 on KeyboardInterrupt. ``slot``: as one worker of ``serve --workers N``."""
+    try:
+        trio.run(_serve, config, slot)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _startup_error(exc)
+        if error is None:
+            raise
+        # OSError(errno, text) reads "[Errno n] text": the text alone says it
+        why = error.strerror if error.strerror and error.filename is None else error
+        where = f"worker {slot.index} (node {slot.node}) " if slot is not None else ""
+        announce(config, f"{where}cannot start: {why}", logging.ERROR)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _serve_workers(config: Config) -> int:
+    """``serve`` with ``workers`` > 1 (:mod:`imc_actors.workers`)."""
+    from .workers import supervise, workers_refusal
+
+    refusal = workers_refusal(config)
+    if refusal is not None:
+        announce(config, refusal, logging.ERROR)
+        return 2
+    from . import server  # noqa: F401  (imported once here, not again in every forked worker)
+
+    return supervise(config, serve, lambda text, level: announce(config, text, level))
 
 
 def _db(config: Config, action: str) -> int:
@@ -404,19 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _db(config, args.db_command)
     if args.command == "user":
         return _user(config, args)
-    try:
-        trio.run(_serve, config)
-    except (OSError, BaseExceptionGroup) as exc:
-        error = _startup_error(exc)
-        if error is None:
-            raise
-        # OSError(errno, text) reads "[Errno n] text": the text alone says it
-        why = error.strerror if error.strerror and error.filename is None else error
-        announce(config, f"cannot start: {why}", logging.ERROR)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    if config.workers > 1:
+        return _serve_workers(config)
+    return serve(config)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,8 @@ from typing import Any, Literal
 DEFAULT_LISTEN = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
 #: A ``node`` name: what the lease and node tables can hold (issue 13).
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Most ``workers`` one ``serve`` starts (one process per core is the point; 64 is plenty).
+MAX_WORKERS = 64
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -103,6 +105,8 @@ class Config:
     cluster_view_age: float = 1.0
     metrics_share_interval: float = 5.0
     metrics_table: str = "imc_metrics"
+    #: processes sharing the SIP ports on this machine, each a node (``serve --workers N``)
+    workers: int = 1
     # IMC behaviour (Kamailio names)
     hash_size: int = 4
     imc_cmd_start_char: str = "#"
@@ -407,6 +411,8 @@ class Config:
         for name in ("cluster_view_age", "metrics_share_interval"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(name, "must be a number of seconds, 0 or more")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError("workers", f"must be from 1 to {MAX_WORKERS}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -507,6 +513,7 @@ _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 # ownership (issue 13)
 _FLOAT_FIELDS |= {"lease_ttl", "cluster_view_age", "metrics_share_interval"}
 _OPTIONAL_FIELDS |= {"node"}
+_INT_FIELDS |= {"workers"}
 _FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 
 

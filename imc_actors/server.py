@@ -334,6 +334,26 @@ def _bindings_since(repository: Any, *, now: float, since: float) -> Any:
     return repository.load_bindings(now, since=since)
 
 
+async def _find_binding(
+    read: Callable[[Callable[[Any], Any]], Awaitable[Any]], registrar: Registrar, aor: str
+) -> bool:
+    """With several nodes (issue 13): a member this node has no binding for may have
+    registered with another node since :func:`_follow_bindings` last looked. Its rows in the
+    bindings table, read now, are added to the registrar; True when there were any (the
+    notice is then sent at once instead of being stored until the next look)."""
+    wall = time.time()
+    try:
+        bindings = await read(partial(_bindings_of, now=wall, aor=aor))
+    except StoreError as exc:
+        log.warning("looking up the bindings of %s failed: %s", aor, exc)
+        return False
+    return registrar.restore(bindings, trio.current_time(), wall) > 0
+
+
+def _bindings_of(repository: Any, *, now: float, aor: str) -> Any:
+    return repository.load_bindings(now, aor=aor)
+
+
 def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:
     """The MESSAGE route: SIP request in, conference answer out (``mark``: see
     :class:`MessageHandler`)."""
@@ -369,7 +389,9 @@ async def _authenticator(config: Config, store: Any) -> Authenticator | None:
 
 
 @asynccontextmanager
-async def open_server(config: Config) -> AsyncIterator[Server]:
+async def open_server(
+    config: Config, *, shared_ports: bool = False, private_host: str | None = None
+) -> AsyncIterator[Server]:
     """Bind the configured sockets and serve for the body of the block.
 
     Raises OSError (naming the address) when a socket cannot be bound. Leaving the block or
@@ -377,6 +399,11 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
 
     The management interfaces start after the SIP transport: the HTTP listener (JSON-RPC,
     ``/metrics``, status page) when ``rpc_listen`` is set, the MI FIFO when ``mi_fifo`` is.
+
+    A worker of ``serve --workers N`` (:mod:`imc_actors.workers`) passes ``shared_ports``
+    (the listen addresses are bound with ``SO_REUSEPORT``) and ``private_host`` (its own UDP
+    and TCP address there, which it sends from and advertises first; see
+    :class:`~imc_actors.transport.SipTransport`).
     """
     registrar = None
     if config.registrar:
@@ -412,6 +439,8 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
         flood_exempt=config.trusted_sources,
         # our users are found through the registrar only: no binding means unreachable here
         local_domains=config.served_domains if registrar is not None else (),
+        reuse_port=shared_ports,
+        private_host=private_host,
         **tls_contexts(config),
     )
     metrics = ServerMetrics.for_config(config)
@@ -450,6 +479,7 @@ async def open_server(config: Config) -> AsyncIterator[Server]:
                     _follow_bindings, store.read, registrar, conference.delivery.wake,
                     config.lease_ttl / 3,
                 )  # fmt: skip
+                transport.find_binding = partial(_find_binding, store.read, registrar)
             server = Server(config, conference, transport, registrar, metrics)
             server.authenticator = metrics.authenticator = authenticator
             if conference.leases is not None:  # where other nodes reach this one (issue 13)

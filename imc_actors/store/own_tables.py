@@ -278,17 +278,25 @@ def load_pending(models: Models, member: str, limit: int) -> list[PendingRow]:
 
 
 def load_bindings(
-    db: peewee.Database, models: Models, now: float, since: float | None = None
+    db: peewee.Database, models: Models, now: float, since: float | None = None,
+    aor: str | None = None,
 ) -> list[Binding]:
     """Unexpired bindings, oldest first; expired rows are deleted. With ``since`` (wall
-    clock): only the rows written from a second before it on, and nothing is deleted."""
+    clock): only the rows written from a second before it on, and nothing is deleted. With
+    ``aor`` (``user@host``): only that AOR's unexpired rows, nothing deleted."""
     location = models.location
     with db.atomic():
         query = location.select(
             location.username, location.domain, location.contact, location.expires,
             location.callid, location.cseq, location.user_agent, location.received, location.q,
         ).order_by(location.last_modified, location.id)  # fmt: skip
-        if since is None:
+        if aor is not None:
+            user, host = _key(aor)
+            query = query.where(
+                (location.username == user) & (location.domain == host)
+                & (location.expires > _utc(now))
+            )  # fmt: skip
+        elif since is None:
             location.delete().where(location.expires <= _utc(now)).execute()
         else:  # last_modified has whole seconds: a second of overlap misses nothing
             query = query.where(

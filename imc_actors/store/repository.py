@@ -376,13 +376,17 @@ class Repository:
             lambda: own_tables.load_history(self._models, room.lower(), limit, before),
         )
 
-    def load_bindings(self, now: float, since: float | None = None) -> list[Binding]:
+    def load_bindings(
+        self, now: float, since: float | None = None, aor: str | None = None
+    ) -> list[Binding]:
         """Every registrar binding that has not expired at ``now`` (epoch seconds), oldest
         first. Expired rows are deleted. With ``since``: only those written (by any node) from
-        about then on, nothing deleted (a node catching up with the others' REGISTERs)."""
+        about then on, nothing deleted (a node catching up with the others' REGISTERs). With
+        ``aor`` (``user@host``): that AOR's alone, nothing deleted (a node looking for a
+        member another node registered)."""
         return self._run(
             "loading the bindings",
-            lambda: own_tables.load_bindings(self._db, self._models, now, since),
+            lambda: own_tables.load_bindings(self._db, self._models, now, since, aor),
         )
 
     # -- users (digest authentication; see store/users.py) ----------------------------------

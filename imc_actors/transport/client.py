@@ -240,7 +240,7 @@ class ClientTransactions:
         if self._nursery is None:
             raise RuntimeError("SipTransport is not running")
         try:
-            targets = self._router.targets(request_uri)
+            targets = await self._targets(request_uri)
         except NotRegistered as exc:
             log.debug("not sending %s to %s: %s", method, request_uri, exc)
             await trio.lowlevel.checkpoint()
@@ -283,6 +283,17 @@ class ClientTransactions:
                 result = better(result, other)
         self._count_outcome(method, request_uri, result)
         return result
+
+    async def _targets(self, request_uri: str) -> list[Target]:
+        """The router's targets; a user without a binding here is looked for once more with
+        the router's ``find`` (another node may have registered it) before NotRegistered."""
+        try:
+            return self._router.targets(request_uri)
+        except NotRegistered as exc:
+            find = self._router.find
+            if find is None or not await find(exc.aor):
+                raise
+        return self._router.targets(request_uri)
 
     def _count_outcome(self, method: str, request_uri: str, result: ClientResult) -> None:
         """Count one outgoing request's final outcome (and log a failure at debug level)."""

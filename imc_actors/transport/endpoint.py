@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
@@ -88,6 +88,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Ports tried for the private UDP and TCP pair of a worker (see ``SipTransport``).
+PRIVATE_BIND_TRIES = 20
+
 # The names these had when they lived here, for code that imports them from this module.
 _Target = Target
 _NoRoute = NoRoute
@@ -124,6 +127,14 @@ class SipTransport:
     one; :func:`~.tls.server_context`); ``tls_client``: the one outgoing TLS connections verify
     their peer with (default: :func:`~.tls.client_context`, the system's trusted CAs). TLS
     connections count against the ``tcp_*`` limits like TCP ones.
+
+    For the workers of ``serve --workers N`` (:mod:`imc_actors.workers`): ``reuse_port`` binds
+    every listen address with ``SO_REUSEPORT``, so N processes share the ports; and
+    ``private_host`` binds a UDP and a TCP socket of this process alone on that host, on one
+    ephemeral port, *first* (:attr:`private`, also first in :attr:`bound`): the requests this
+    transport sends go out from them, with their port in Via, so the responses and whatever
+    another worker sends to this one (forwarding) reach this process and not whichever worker
+    the kernel picks on a shared port.
     """
 
     def __init__(
@@ -153,6 +164,8 @@ class SipTransport:
         flood_exempt: Sequence[str] = (),
         tls_server: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+        private_host: str | None = None,
     ) -> None:
         if max_transactions < 1:
             raise ValueError(f"max_transactions must be positive, got {max_transactions}")
@@ -180,6 +193,10 @@ class SipTransport:
         self.connect_timeout = connect_timeout
         self.max_transactions = max_transactions
         self.bound: list[ListenAddress] = []
+        self.reuse_port = reuse_port
+        self.private_host = private_host
+        #: The addresses bound for ``private_host`` (UDP, then TCP on the same port), or [].
+        self.private: list[ListenAddress] = []
         #: In every Via branch and Call-ID this transport makes: its own requests coming back
         #: are recognised (482 Loop Detected; see :func:`imc_actors.sip.new_mark`).
         self.mark = new_mark()
@@ -228,6 +245,17 @@ class SipTransport:
         self._router.locate = locate
 
     @property
+    def find_binding(self) -> Callable[[str], Awaitable[bool]] | None:
+        """``await find_binding(aor)``: asked when ``locate`` has no contact for a user of a
+        local domain, before that user counts as unreachable; True when it found bindings
+        (``locate`` returns them now). None (the default): no second look."""
+        return self._router.find
+
+    @find_binding.setter
+    def find_binding(self, find: Callable[[str], Awaitable[bool]] | None) -> None:
+        self._router.find = find
+
+    @property
     def _serve_request(self) -> Callable[..., object]:
         """The coroutine a request's handler task runs (it lives in :class:`ServerTransactions`);
         replaceable, so a test can watch which requests get a task."""
@@ -254,12 +282,17 @@ class SipTransport:
         if self._nursery is not None:
             raise RuntimeError("SipTransport is already running")
         self.bound = []
+        self.private = []
         try:
+            if self.private_host is not None:
+                await self._bind_private(self.private_host)
+            shared = self.reuse_port
             for address in self.listen:
                 if address.transport == "udp":
                     endpoint = UdpEndpoint.bind(
-                        address.host, address.port, max_datagram=self.max_datagram
-                    )
+                        address.host, address.port, max_datagram=self.max_datagram,
+                        reuse_port=shared,
+                    )  # fmt: skip
                     self._udp.append(endpoint)
                     port = endpoint.address[1]
                 elif address.transport == "tls":
@@ -271,6 +304,7 @@ class SipTransport:
                         idle_timeout=self.tcp_idle_timeout,
                         max_buffer=self.tcp_max_buffer,
                         send_queue=self.tcp_send_queue,
+                        reuse_port=shared,
                     )
                     self._tcp.append(secure)
                     port = secure.address[1]
@@ -281,6 +315,7 @@ class SipTransport:
                         idle_timeout=self.tcp_idle_timeout,
                         ssl_context=self.tls_server if address.transport == "wss" else None,
                         send_queue=self.tcp_send_queue,
+                        reuse_port=shared,
                     )
                     self._ws.append(websocket)
                     port = websocket.address[1]
@@ -291,6 +326,7 @@ class SipTransport:
                         idle_timeout=self.tcp_idle_timeout,
                         max_buffer=self.tcp_max_buffer,
                         send_queue=self.tcp_send_queue,
+                        reuse_port=shared,
                     )
                     self._tcp.append(listener)
                     port = listener.address[1]
@@ -355,6 +391,27 @@ class SipTransport:
             self._tcp.clear()
             self._ws.clear()
             self._timers.clear()
+
+    async def _bind_private(self, host: str) -> None:
+        """Bind ``udp:host:P`` and ``tcp:host:P`` for one free port P (a few tries: another
+        program may hold the TCP port of the UDP one the kernel picked). Raises OSError."""
+        for attempt in range(PRIVATE_BIND_TRIES):
+            endpoint = UdpEndpoint.bind(host, 0, max_datagram=self.max_datagram)
+            port = endpoint.address[1]
+            try:
+                listener = await TcpListener.bind(
+                    host, port, idle_timeout=self.tcp_idle_timeout, max_buffer=self.tcp_max_buffer
+                )
+            except OSError:
+                endpoint.close()
+                if attempt == PRIVATE_BIND_TRIES - 1:
+                    raise
+                continue
+            self._udp.append(endpoint)
+            self._tcp.append(listener)
+            self.private = [ListenAddress("udp", host, port), ListenAddress("tcp", host, port)]
+            self.bound.extend(self.private)
+            return
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters (no checkpoint)."""

@@ -16,7 +16,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -77,7 +77,12 @@ class NoRoute(Exception):
 
 class NotRegistered(ValueError):
     """The Request-URI is a user of a domain we serve who has no binding: unreachable here
-    (answered 480, never looked up in DNS or sent to port 5060 of the domain)."""
+    (answered 480, never looked up in DNS or sent to port 5060 of the domain). ``aor`` is
+    that user's ``user@host``."""
+
+    def __init__(self, aor: str) -> None:
+        super().__init__(f"{aor} is not registered")
+        self.aor = aor
 
 
 @functools.lru_cache(maxsize=4096)
@@ -239,6 +244,9 @@ class Router:
         self._tcp = tcp
         self._proxy_hop = proxy_hop
         self.locate = locate
+        #: ``await find(aor)``: look for bindings ``locate`` does not know yet (another
+        #: node's REGISTER, issue 13); True when it found some (``locate`` has them now).
+        self.find: Callable[[str], Awaitable[bool]] | None = None
         self.local_domains = frozenset(d.lower() for d in local_domains)
         self._local_ip_cache: dict[str, str] = {}
 
@@ -261,7 +269,7 @@ class Router:
             if targets:
                 return targets
             if aor is not None and aor.rpartition("@")[2] in self.local_domains:
-                raise NotRegistered(f"{aor} is not registered")
+                raise NotRegistered(aor)
         return [Target(request_uri, parse_hop(request_uri))]
 
     def connection(self, target: Target) -> BoundConnection | None:

@@ -25,6 +25,7 @@ import errno
 import logging
 import math
 import os
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -326,15 +327,48 @@ async def open_connection(
     )
 
 
-async def bind_listeners(transport: str, host: str, port: int) -> list[trio.SocketListener]:
+async def bind_listeners(
+    transport: str, host: str, port: int, *, reuse_port: bool = False
+) -> list[trio.SocketListener]:
     """Listening TCP sockets on ``host:port`` (port 0 = ephemeral) for a ``transport:`` listen
-    address. Raises :class:`OSError` naming the address. Checkpoints (name resolution)."""
+    address; with ``reuse_port`` each has ``SO_REUSEPORT``, so the workers of ``serve
+    --workers N`` share the port (the kernel spreads the connections over them). Raises
+    :class:`OSError` naming the address. Checkpoints (name resolution)."""
     try:
-        return await trio.open_tcp_listeners(port, host=host)
+        if not reuse_port:
+            return await trio.open_tcp_listeners(port, host=host)
+        return await _reuse_port_listeners(host, port)
     except OSError as exc:
         raise OSError(
             exc.errno, f"cannot bind {transport}:{host}:{port}: {exc.strerror or exc}"
         ) from exc
+
+
+async def _reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """What :func:`trio.open_tcp_listeners` binds, each socket with ``SO_REUSEPORT`` too."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, sockaddr in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(socket.SOMAXCONN)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 class TcpListener:
@@ -369,12 +403,15 @@ class TcpListener:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        reuse_port: bool = False,
     ) -> TcpListener:
-        """Bind and listen on ``host:port`` (port 0 = ephemeral).
+        """Bind and listen on ``host:port`` (port 0 = ephemeral; ``reuse_port``: see
+        :func:`bind_listeners`).
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
-        return cls(await bind_listeners("tcp", host, port), idle_timeout, max_buffer, send_queue)
+        listeners = await bind_listeners("tcp", host, port, reuse_port=reuse_port)
+        return cls(listeners, idle_timeout, max_buffer, send_queue)
 
     def connection(self, stream: trio.SocketStream) -> TcpConnection:
         """The connection an accepted ``stream`` becomes (raises OSError when the peer is

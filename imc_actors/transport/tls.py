@@ -186,10 +186,12 @@ class TlsListener(TcpListener):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_buffer: int = DEFAULT_MAX_BUFFER,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        reuse_port: bool = False,
     ) -> TlsListener:
-        """Bind and listen on ``host:port`` (port 0 = ephemeral). Raises :class:`OSError`
-        naming the address. Checkpoints (name resolution)."""
-        listeners = await bind_listeners("tls", host, port)
+        """Bind and listen on ``host:port`` (port 0 = ephemeral; ``reuse_port``: see
+        :func:`~.tcp.bind_listeners`). Raises :class:`OSError` naming the address.
+        Checkpoints (name resolution)."""
+        listeners = await bind_listeners("tls", host, port, reuse_port=reuse_port)
         return cls(listeners, idle_timeout, max_buffer, send_queue, context=context)
 
     def connection(self, stream: trio.SocketStream) -> TlsConnection:

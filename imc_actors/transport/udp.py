@@ -136,11 +136,16 @@ class UdpEndpoint:
         self.address: Address = (host, port)
 
     @classmethod
-    def bind(cls, host: str, port: int, *, max_datagram: int = 65535) -> UdpEndpoint:
+    def bind(
+        cls, host: str, port: int, *, max_datagram: int = 65535, reuse_port: bool = False
+    ) -> UdpEndpoint:
         """Bind ``host:port`` (port 0 = ephemeral). Raises :class:`OSError` naming the address.
 
         Where the platform has ``IP_RECVERR`` / ``IPV6_RECVERR`` (Linux) it is set, so ICMP
-        errors reach :meth:`serve`'s ``on_unreachable``."""
+        errors reach :meth:`serve`'s ``on_unreachable``. With ``reuse_port`` the socket has
+        ``SO_REUSEPORT``: the workers of ``serve --workers N`` share the port, and the kernel
+        hands each datagram to one of them by a hash of its source and destination, so one
+        client's requests (and their retransmissions) keep reaching the same worker."""
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
             family, _, _, _, sockaddr = infos[0]
@@ -152,6 +157,8 @@ class UdpEndpoint:
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)

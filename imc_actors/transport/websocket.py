@@ -262,14 +262,17 @@ class WsListener:
         idle_timeout: float = math.inf,
         ssl_context: ssl.SSLContext | None = None,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        reuse_port: bool = False,
     ) -> WsListener:
         """Bind and listen on ``host:port`` (port 0 = ephemeral); with ``ssl_context``, for
-        ``wss:``; its connections queue at most ``send_queue`` bytes for sending.
+        ``wss:``; its connections queue at most ``send_queue`` bytes for sending
+        (``reuse_port``: see :func:`~.tcp.bind_listeners`).
 
         Raises :class:`OSError` naming the address. Checkpoints (name resolution).
         """
         name = "wss" if ssl_context is not None else "ws"
-        return cls(await bind_listeners(name, host, port), idle_timeout, ssl_context, send_queue)
+        listeners = await bind_listeners(name, host, port, reuse_port=reuse_port)
+        return cls(listeners, idle_timeout, ssl_context, send_queue)
 
     async def serve(
         self,

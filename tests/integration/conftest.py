@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 from imc_actors.config import Config
 from imc_actors.server import Server, open_server
+from tests.support.serve import ServeProcess, serve_process
 from tests.support.ua import TestUA
 
 DOMAIN = "127.0.0.1"
@@ -25,7 +28,9 @@ def make_config(tmp_path, **overrides) -> Config:
     return Config.from_sources(environ={}, overrides=values)
 
 
-def udp_address(server: Server) -> tuple[str, int]:
+def udp_address(server: Server | ServeProcess) -> tuple[str, int]:
+    if isinstance(server, ServeProcess):
+        return server.udp
     for addr in server.addresses:
         if addr.transport == "udp":
             return addr.host, addr.port
@@ -38,10 +43,71 @@ def config_overrides() -> dict:
     return {}
 
 
+#: The loopback address of the two-worker server the SIP-only end-to-end tests also run on.
+WORKERS_HOST = "127.0.0.8"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Item 6 of issue 13: in a module with ``TWO_WORKERS = True``, every test that talks SIP
+    only (uses ``ua`` but not ``server``, whose in-process objects a subprocess does not
+    have) runs twice: against the in-process server and against ``imc-actors serve
+    --workers 2`` (PostgreSQL, own tables, :data:`WORKERS_HOST`)."""
+    names = inspect.signature(metafunc.function).parameters  # its own, not ua's
+    if getattr(metafunc.module, "TWO_WORKERS", False) and "ua" in names and "server" not in names:
+        metafunc.parametrize("server_kind", ["one", "two-workers"])
+
+
 @pytest.fixture
-async def server(tmp_path, config_overrides) -> Server:
+def server_kind() -> str:
+    """``one`` (the in-process server) or ``two-workers`` (see :func:`pytest_generate_tests`)."""
+    return "one"
+
+
+def setting_env(overrides: dict) -> dict[str, str]:
+    """``config_overrides`` as the ``IMC_*`` environment of a ``serve`` process."""
+    env = {}
+    for name, value in overrides.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
+            text = ",".join(value)
+        else:
+            text = str(value)
+        env["IMC_" + name.upper()] = text
+    return env
+
+
+@pytest.fixture
+async def server(tmp_path, config_overrides, server_kind):
+    """The in-process :class:`Server`; for ``server_kind == "two-workers"`` the
+    :class:`~tests.support.serve.ServeProcess` of ``serve --workers 2`` instead."""
+    if server_kind == "two-workers":
+        async with two_worker_server(config_overrides) as process:
+            yield process
+        return
     async with open_server(make_config(tmp_path, **config_overrides)) as srv:
         yield srv
+
+
+@asynccontextmanager
+async def two_worker_server(overrides: dict) -> AsyncIterator[ServeProcess]:
+    """``serve --workers 2`` on PostgreSQL tables of its own (dropped afterwards)."""
+    from tests.storage.conftest import SERVER_URLS, drop_tables, new_tables, skip_or_fail
+    from tests.storage.conftest import _why_unreachable as why_unreachable
+
+    url = SERVER_URLS["postgresql"]
+    reason = why_unreachable("postgresql", url)
+    if reason is not None:
+        skip_or_fail(reason)
+    tables = new_tables()
+    try:
+        async with serve_process(
+            url, "--workers", "2", *tables.flags(), host=WORKERS_HOST, env=setting_env(overrides)
+        ) as process:
+            yield process
+            assert await process.terminate() == 0
+    finally:
+        drop_tables(url, tables)
 
 
 UAFactory = Callable[..., Awaitable[TestUA]]

@@ -8,6 +8,8 @@ import trio
 from tests.integration.conftest import DOMAIN, MANAGER, expect
 
 ROOM = f"sip:chat@{DOMAIN}"
+#: The SIP-only tests also run against `serve --workers 2` (see conftest.py).
+TWO_WORKERS = True
 
 
 async def no_more_messages(*agents) -> None:

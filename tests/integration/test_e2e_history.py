@@ -12,6 +12,8 @@ from tests.integration.conftest import DOMAIN, MANAGER, expect
 from tests.integration.test_e2e_commands import no_more_messages
 
 ROOM = f"sip:chat@{DOMAIN}"
+#: The SIP-only tests also run against `serve --workers 2` (see conftest.py).
+TWO_WORKERS = True
 
 
 async def room_with(ua, *users):

@@ -14,6 +14,8 @@ from tests.support.serve import serve_process
 from tests.support.ua import TestUA
 
 ROOM = f"sip:chat@{DOMAIN}"
+#: The SIP-only tests also run against `serve --workers 2` (see conftest.py).
+TWO_WORKERS = True
 
 
 @pytest.fixture

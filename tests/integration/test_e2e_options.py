@@ -7,6 +7,8 @@ import pytest
 from tests.integration.conftest import DOMAIN, MANAGER, expect
 
 ROOM = f"sip:chat@{DOMAIN}"
+#: The SIP-only tests also run against `serve --workers 2` (see conftest.py).
+TWO_WORKERS = True
 
 
 @pytest.mark.parametrize("config_overrides", [{"extra_hdrs": ["X-Service: imc", "P-Test: one two"]}])

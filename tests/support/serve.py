@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -63,6 +64,10 @@ class ServeProcess:
         return self.addresses["udp"]
 
     @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
     def tcp(self) -> tuple[str, int]:
         return self.addresses["tcp"]
 
@@ -87,12 +92,16 @@ def serve_command(db_url: str, *extra: str, host: str = "127.0.0.1") -> list[str
 
 
 @asynccontextmanager
-async def serve_process(db_url: str, *extra: str, host: str = "127.0.0.1") -> AsyncIterator[ServeProcess]:
+async def serve_process(
+    db_url: str, *extra: str, host: str = "127.0.0.1", env: Mapping[str, str] | None = None
+) -> AsyncIterator[ServeProcess]:
     """Start the server (listening on ``host``, ephemeral ports), wait for its ``listening
-    on`` line, stop it (kill if needed) at exit."""
+    on`` line, stop it (kill if needed) at exit. ``env``: more environment variables
+    (``IMC_*`` settings)."""
     process = await trio.lowlevel.open_process(
-        serve_command(db_url, *extra, host=host), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+        serve_command(db_url, *extra, host=host), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
+    )  # fmt: skip
     assert process.stderr is not None
     stderr = process.stderr
     log: list[bytes] = []
