@@ -225,12 +225,13 @@ class ClientTransactions:
         body: bytes = b"",
         content_type: str | None = None,
         call_id: str | None = None,
+        direct: bool = False,
     ) -> ClientResult:
         """:meth:`SipTransport.send_request <imc_actors.transport.SipTransport.send_request>`."""
         if self._nursery is None:
             raise RuntimeError("SipTransport is not running")
         try:
-            targets = self._router.targets(request_uri)
+            targets = self._router.targets(request_uri, direct=direct)
         except NotRegistered as exc:
             log.debug("not sending %s to %s: %s", method, request_uri, exc)
             await trio.lowlevel.checkpoint()
