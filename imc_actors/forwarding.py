@@ -2,7 +2,9 @@
 node holds hands it to that node over SIP, and relays the final answer.
 
 The forwarded MESSAGE goes to the owner's SIP listen address (from ``imc_nodes``, see
-``Repository.locate``; Request-URI ``sip:host:port``, the node itself), From the original sender, To the original Request-URI, with the
+``Repository.locate``; Request-URI ``sip:host:port``, the node itself, sent there directly even
+when ``outbound_proxy`` is set: the proxy in front of the nodes would not route it, and the owner
+accepts it only from the forwarding node's own address), From the original sender, To the original Request-URI, with the
 original body, Content-Type and Call-ID (so the owner's notices carry it as In-Reply-To), and
 two headers:
 
@@ -62,6 +64,7 @@ class Forwarder:
             "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
             headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
             body=body, content_type=content_type, call_id=call_id or None,
+            direct=True,  # to the node itself, never through outbound_proxy
         )  # fmt: skip
         self.forwarded += 1
         log.debug("forwarded a MESSAGE for %s to node %s: %d", location.room, location.node, result.code)

@@ -235,12 +235,13 @@ class ClientTransactions:
         body: bytes = b"",
         content_type: str | None = None,
         call_id: str | None = None,
+        direct: bool = False,
     ) -> ClientResult:
         """:meth:`SipTransport.send_request <imc_actors.transport.SipTransport.send_request>`."""
         if self._nursery is None:
             raise RuntimeError("SipTransport is not running")
         try:
-            targets = await self._targets(request_uri)
+            targets = await self._targets(request_uri, direct=direct)
         except NotRegistered as exc:
             log.debug("not sending %s to %s: %s", method, request_uri, exc)
             await trio.lowlevel.checkpoint()
@@ -284,16 +285,17 @@ class ClientTransactions:
         self._count_outcome(method, request_uri, result)
         return result
 
-    async def _targets(self, request_uri: str) -> list[Target]:
-        """The router's targets; a user without a binding here is looked for once more with
-        the router's ``find`` (another node may have registered it) before NotRegistered."""
+    async def _targets(self, request_uri: str, *, direct: bool = False) -> list[Target]:
+        """The router's targets (``direct``: see ``Router.targets``); a user without a binding
+        here is looked for once more with the router's ``find`` (another node may have
+        registered it) before NotRegistered."""
         try:
-            return self._router.targets(request_uri)
+            return self._router.targets(request_uri, direct=direct)
         except NotRegistered as exc:
             find = self._router.find
             if find is None or not await find(exc.aor):
                 raise
-        return self._router.targets(request_uri)
+        return self._router.targets(request_uri, direct=direct)
 
     def _count_outcome(self, method: str, request_uri: str, result: ClientResult) -> None:
         """Count one outgoing request's final outcome (and log a failure at debug level)."""

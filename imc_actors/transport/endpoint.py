@@ -578,6 +578,7 @@ class SipTransport:
         body: bytes = b"",
         content_type: str | None = None,
         call_id: str | None = None,
+        direct: bool = False,
     ) -> ClientResult:
         """Send a new out-of-dialog request and wait for its final outcome.
 
@@ -587,7 +588,8 @@ class SipTransport:
         to the next hop (spec §6): ``outbound_proxy``; else every contact ``locate`` returns
         for the Request-URI's AOR, in parallel, each as Request-URI (RFC 3261 retargeting;
         the best result wins, RFC 3261 §16.7); else the Request-URI's host (IP literal or DNS
-        name, port 5060 by default). UDP with retransmissions (Timer E) up to Timer F; TCP
+        name, port 5060 by default). With ``direct`` always the last: the Request-URI's
+        host, never the proxy (a node forwarding to another node). UDP with retransmissions (Timer E) up to Timer F; TCP
         when the URI says ``transport=tcp``, or when the message exceeds 1300 bytes and the hop
         accepts a TCP connection (else UDP).
 
@@ -599,7 +601,7 @@ class SipTransport:
         """
         return await self._clients.send_request(
             method, request_uri, from_uri=from_uri, to_uri=to_uri, headers=headers, body=body,
-            content_type=content_type, call_id=call_id,
+            content_type=content_type, call_id=call_id, direct=direct,
         )  # fmt: skip
 
     def start_request(

@@ -250,8 +250,12 @@ class Router:
         self.local_domains = frozenset(d.lower() for d in local_domains)
         self._local_ip_cache: dict[str, str] = {}
 
-    def targets(self, request_uri: str) -> list[Target]:
-        """Destinations for a request to ``request_uri`` (spec §6). Raises ValueError."""
+    def targets(self, request_uri: str, *, direct: bool = False) -> list[Target]:
+        """Destinations for a request to ``request_uri`` (spec §6). ``direct``: the
+        Request-URI's own host, past ``outbound_proxy`` and the registrar (a request to another
+        node, which the proxy in front of the nodes would not route). Raises ValueError."""
+        if direct:
+            return [Target(request_uri, parse_hop(request_uri))]
         if self._proxy_hop is not None:
             return [Target(request_uri, self._proxy_hop)]
         if self.locate is not None:

@@ -609,6 +609,19 @@ async def test_outbound_proxy(nursery: trio.Nursery) -> None:
     assert proxy.received[0].uri == "sip:bob@far.away.invalid"
 
 
+async def test_a_direct_request_bypasses_the_outbound_proxy(nursery: trio.Nursery) -> None:
+    # a node forwarding to another node (issue 13): the proxy in front would not route it
+    proxy = await TestUA.open(nursery, "proxy", DOMAIN, ("127.0.0.1", 9))
+    node = await TestUA.open(nursery, "node", DOMAIN, ("127.0.0.1", 9))
+    transport = SipTransport([ListenAddress("udp", "127.0.0.1", 0)],
+                             outbound_proxy=f"sip:127.0.0.1:{proxy.port};lr")  # fmt: skip
+    await nursery.start(transport.run, RecordingHandler())
+    result = await transport.send_request("MESSAGE", f"sip:127.0.0.1:{node.port}", from_uri=ROOM,
+                                          to_uri=ROOM, body=b"to the node", direct=True)  # fmt: skip
+    assert result.code == 200
+    assert [r.body for r in node.received] == [b"to the node"] and proxy.received == []
+
+
 async def test_dns_name_hop(nursery: trio.Nursery) -> None:
     server = await start_core(nursery)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
