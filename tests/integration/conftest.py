@@ -53,6 +53,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     have) runs twice: against the in-process server and against ``imc-actors serve
     --workers 2`` (PostgreSQL, own tables, :data:`WORKERS_HOST`)."""
     names = inspect.signature(metafunc.function).parameters  # its own, not ua's
+    if metafunc.function.__name__ in getattr(metafunc.module, "ONE_SERVER_ONLY", ()):
+        return  # e.g. #rooms: each worker lists the rooms it has loaded (cluster-wide: item 3)
     if getattr(metafunc.module, "TWO_WORKERS", False) and "ua" in names and "server" not in names:
         metafunc.parametrize("server_kind", ["one", "two-workers"])
 
