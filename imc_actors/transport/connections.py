@@ -16,10 +16,11 @@ registered over it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -75,6 +76,7 @@ class Connections:
         self._idle_timeout = DEFAULT_IDLE_TIMEOUT
         self._max_buffer = DEFAULT_MAX_BUFFER
         self._send_queue = DEFAULT_SEND_QUEUE
+        self._local_hosts: list[str] = []
         self._max_accepted = 2048
         self._max_per_ip = 256
         self._accepted: dict[str, int] = {}  # peer host -> accepted connections live
@@ -96,17 +98,38 @@ class Connections:
         max_accepted: int = 2048,
         max_per_ip: int = 256,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        local_hosts: Sequence[str] = (),
     ) -> None:
         """Start a run: readers of new outgoing connections go to ``nursery`` (each with a send
         queue of ``send_queue`` bytes); at most ``max_accepted`` accepted connections live at
-        once, ``max_per_ip`` from one address."""
+        once, ``max_per_ip`` from one address. ``local_hosts``: the hosts our TCP listeners
+        are bound to, in order; an outgoing TCP connection is made from the first one of the
+        destination's family and scope (loopback or not), so its source address is one we
+        advertise (another node checks a forwarded request's source against them), not the
+        kernel's choice (127.0.0.1 for every loopback destination)."""
         self._nursery = nursery
+        self._local_hosts = [h for h in local_hosts if h not in ("0.0.0.0", "::", "", "localhost")]
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
         self._max_buffer = max_buffer
         self._max_accepted = max_accepted
         self._max_per_ip = max_per_ip
         self._send_queue = send_queue
+
+    def _local_for(self, host: str) -> str | None:
+        """The local host to connect to ``host`` from (see :meth:`open`), None for the kernel's."""
+        try:
+            dest = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for local in self._local_hosts:
+            try:
+                address = ipaddress.ip_address(local)
+            except ValueError:
+                continue
+            if address.version == dest.version and address.is_loopback == dest.is_loopback:
+                return local
+        return None
 
     async def aclose(self) -> None:
         """End a run: close every connection and forget the outgoing ones. Checkpoints (the
@@ -226,6 +249,7 @@ class Connections:
                     idle_timeout=self._idle_timeout,
                     max_buffer=self._max_buffer,
                     send_queue=self._send_queue,
+                    local_address=self._local_for(dest[0]),
                 )
         except OSError as exc:
             log.debug("%s connect to %s:%d failed: %s", key[0], dest[0], dest[1], exc)

@@ -351,6 +351,7 @@ class SipTransport:
                     max_accepted=self.tcp_max_connections,
                     max_per_ip=self.tcp_max_per_ip,
                     send_queue=self.tcp_send_queue,
+                    local_hosts=[a.host for a in self.bound if a.transport == "tcp"],
                 )
                 nursery.start_soon(self._timer_loop)
                 for endpoint in self._udp:

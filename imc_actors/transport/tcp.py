@@ -308,14 +308,15 @@ async def open_connection(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_buffer: int = DEFAULT_MAX_BUFFER,
     send_queue: int = DEFAULT_SEND_QUEUE,
+    local_address: str | None = None,
 ) -> TcpConnection:
-    """Connect to ``host:port`` within ``timeout`` seconds.
+    """Connect to ``host:port`` within ``timeout`` seconds (from ``local_address`` when given).
 
     Raises :class:`OSError` when refused, unreachable or timed out. Checkpoints; cancellation
     abandons the attempt.
     """
     with trio.move_on_after(timeout) as scope:
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     if scope.cancelled_caught:
         raise TimeoutError(f"tcp connect to {host}:{port} timed out")
     return TcpConnection(

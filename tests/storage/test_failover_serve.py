@@ -76,6 +76,11 @@ async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_a
             await expect(agent, "*** [bob] has joined the room", sender=CHAT)
         assert (await bob.message(CHAT, "hello")).code == 202
         await expect(alice, "[bob]: hello", sender=CHAT)
+        # a line too large for UDP is forwarded over TCP: from b's own address, not the
+        # kernel's pick for a loopback destination (127.0.0.1), or a refuses it
+        long = "x" * 3000
+        assert (await bob.message(CHAT, long)).code == 202
+        await expect(alice, f"[bob]: {long}", sender=CHAT)
         refused = await bob.request(  # a's refusal, relayed
             "MESSAGE", CHAT, body=b"#destroy", content_type="text/plain", call_id="destroy-1@bob"
         )
@@ -101,6 +106,7 @@ async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_a
         assert (await dave.message(CHAT, "#join")).code == 200  # forwarded to a
         await expect(dave, "*** [dave] has joined the room", sender=CHAT)  # a read his binding
         await expect(dave, "[bob]: hello", sender=CHAT)  # the archive's replay on join, from a
+        await expect(dave, f"[bob]: {long}", sender=CHAT)
         assert (await alice.message(CHAT, "hi all")).code == 202
         await expect(dave, "[alice]: hi all", sender=CHAT)
 
