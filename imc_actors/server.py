@@ -320,7 +320,7 @@ async def _follow_bindings(
         await trio.sleep(period)
         wall = time.time()
         try:
-            bindings = await read(partial(_bindings_since, now=wall, since=since))
+            bindings = await read(partial(_load_bindings, now=wall, since=since))
         except StoreError as exc:
             log.warning("reading the other nodes' bindings failed: %s", exc)
             continue
@@ -330,8 +330,9 @@ async def _follow_bindings(
             wake(aor)
 
 
-def _bindings_since(repository: Any, *, now: float, since: float) -> Any:
-    return repository.load_bindings(now, since=since)
+def _load_bindings(repository: Any, *, now: float, **which: Any) -> Any:
+    """``repository.load_bindings`` in the store's thread (``which``: ``since=`` or ``aor=``)."""
+    return repository.load_bindings(now, **which)
 
 
 async def _find_binding(
@@ -343,15 +344,11 @@ async def _find_binding(
     notice is then sent at once instead of being stored until the next look)."""
     wall = time.time()
     try:
-        bindings = await read(partial(_bindings_of, now=wall, aor=aor))
+        bindings = await read(partial(_load_bindings, now=wall, aor=aor))
     except StoreError as exc:
         log.warning("looking up the bindings of %s failed: %s", aor, exc)
         return False
     return registrar.restore(bindings, trio.current_time(), wall) > 0
-
-
-def _bindings_of(repository: Any, *, now: float, aor: str) -> Any:
-    return repository.load_bindings(now, aor=aor)
 
 
 def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:

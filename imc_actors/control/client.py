@@ -201,6 +201,22 @@ def room_argument(text: str) -> str:
     return text
 
 
+def _answer(
+    url: str, method: str, params: list[Any], as_json: bool, timeout: float,
+    token: str | None, out: TextIO, err: TextIO | None,
+) -> tuple[Any, int | None]:  # fmt: skip
+    """Call ``method``: ``(result, None)`` for the caller to print, or ``(None, exit code)``
+    once the error was reported on ``err`` or the JSON result printed (``as_json``)."""
+    try:
+        result = call(url, method, params, timeout=timeout, token=token)
+    except RpcClientError as exc:
+        return None, _fail(exc, err or sys.stderr)
+    if as_json:
+        _print_json(result, out)
+        return None, EXIT_OK
+    return result, None
+
+
 def run_rooms(
     url: str,
     *,
@@ -211,14 +227,10 @@ def run_rooms(
     err: TextIO | None = None,
 ) -> int:
     """``imc-actors rooms``: every room with its member count and owner."""
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        rooms = call(url, "imc.list_rooms", timeout=timeout, token=token)
-    except RpcClientError as exc:
-        return _fail(exc, err)
-    if as_json:
-        _print_json(rooms, out)
-        return EXIT_OK
+    out = out or sys.stdout
+    rooms, code = _answer(url, "imc.list_rooms", [], as_json, timeout, token, out, err)
+    if code is not None:
+        return code
     rows = [(r.get("room", ""), r.get("members", 0), r.get("owner") or "-") for r in rooms]
     heads: tuple[str, ...] = ("ROOM", "MEMBERS", "OWNER")
     if any("node" in r for r in rooms):  # a cluster (issue 13): the node holding each room
@@ -241,14 +253,10 @@ def run_nodes(
     err: TextIO | None = None,
 ) -> int:
     """``imc-actors nodes``: the nodes of the cluster (``imc.nodes``)."""
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        nodes = call(url, "imc.nodes", timeout=timeout, token=token)
-    except RpcClientError as exc:
-        return _fail(exc, err)
-    if as_json:
-        _print_json(nodes, out)
-        return EXIT_OK
+    out = out or sys.stdout
+    nodes, code = _answer(url, "imc.nodes", [], as_json, timeout, token, out, err)
+    if code is not None:
+        return code
     rows = [
         (
             n.get("name", ""), "yes" if n.get("live") else "no", n.get("rooms", 0),
@@ -274,14 +282,11 @@ def run_members(
     err: TextIO | None = None,
 ) -> int:
     """``imc-actors members ROOM``: the room's listed members in joining order."""
-    out, err = out or sys.stdout, err or sys.stderr
-    try:
-        answer = call(url, "imc.list_members", [room_argument(room)], timeout=timeout, token=token)
-    except RpcClientError as exc:
-        return _fail(exc, err)
-    if as_json:
-        _print_json(answer, out)
-        return EXIT_OK
+    out = out or sys.stdout
+    params = [room_argument(room)]
+    answer, code = _answer(url, "imc.list_members", params, as_json, timeout, token, out, err)
+    if code is not None:
+        return code
     members = answer.get("members", [])
     count = answer.get("count", len(members))
     out.write(f"{answer.get('room', room)}: {count} member{'' if count == 1 else 's'}\n")
