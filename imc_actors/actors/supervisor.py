@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from ..imc import texts
-from ..imc.effects import OWNER, HistoryQuery, Notice, Outcome, Write
+from ..imc.effects import OWNER, HistoryAppend, HistoryQuery, Notice, Outcome, Write
 from ..imc.history import history_notices
 from ..imc.room import AdminAction, InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState, member_key
@@ -122,6 +122,9 @@ class RoomHandle:
     current: Envelope | None = None
     backlog: deque[Envelope] | None = None  # taken from the mailbox, not yet answered
     ended: trio.Event | None = None  # set when the actor ends (see Supervisor.stop)
+    # a read found the room's archive empty and no line has been archived since: a join's
+    # replay needs no read (churn in rooms without chat pays no database round trip)
+    archive_empty: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +499,8 @@ class Supervisor:
             handle.current = envelope  # a raise in apply is blamed on this one command
             state, outcome = self._apply(state, envelope.op, self._policy)
             handle.current = None
+            if handle.archive_empty and _archives(outcome.writes):
+                handle.archive_empty = False
             staged.append((envelope, state, outcome))
             writes.extend(outcome.writes)
             if outcome.destroyed or outcome.history is not None:
@@ -588,6 +593,8 @@ class Supervisor:
                 return
             new_state, outcome = self._apply(handle.state, op, self._policy)
         handle.current = None
+        if handle.archive_empty and _archives(outcome.writes):
+            handle.archive_empty = False
         self._count(handle)
         if outcome.writes:
             try:
@@ -608,6 +615,8 @@ class Supervisor:
                 self._failed_commit(handle, envelope, Answer(500, "Server Internal Error"))
                 return
         self._set_state(handle, new_state)
+        if isinstance(op, _Create):  # a new room's archive is empty (RoomDelete cleared it)
+            handle.archive_empty = True
         handle.committed = True
         if outcome.destroyed:
             self._unregister(handle)
@@ -629,7 +638,11 @@ class Supervisor:
         try:
             if self._reader is None:
                 raise StoreError("no archive to read")
-            lines = await self._reader.read(lambda r: r.load_history(query.room, query.limit))
+            if handle.archive_empty:
+                lines = []
+            else:
+                lines = await self._reader.read(lambda r: r.load_history(query.room, query.limit))
+                handle.archive_empty = not lines and query.limit > 0
         except StoreError as exc:
             log.warning("room=%s reading the history failed call_id=%s: %s", uri, envelope.call_id, exc)
             if query.replay:
@@ -720,3 +733,6 @@ class Supervisor:
         )
 
 
+def _archives(writes: Sequence[object]) -> bool:
+    """True when ``writes`` append a line to a room's archive."""
+    return any(isinstance(write, HistoryAppend) for write in writes)

@@ -61,6 +61,29 @@ async def test_history_that_cannot_be_read_gets_503_and_a_notice(tmp_path, autoj
         assert inbox.bodies_to("carol")[-1].endswith(b" UTC [carol]: kept")
 
 
+async def test_an_archive_found_empty_is_not_read_again_until_a_line_is_kept(tmp_path, autojump_clock):
+    """Room a was created here, so its archive is known empty: reads need no database (with the
+    database down, ``#history`` still answers that it is empty) until a line is archived,
+    after which the archive is read again (and, the database being down, cannot be)."""
+    config = make_config(tmp_path)
+    faults = Faults(seed=SEED)
+    inbox = Inbox()
+    async with open_conference(config, **faults.hooks(config, sender=inbox)) as conf:
+        await two_rooms(conf)  # carol's #join read the empty archive
+        faults.fail_commit(times=None)  # the database is down: reads fail too
+        assert (await conf.handle(say(ROOM_A, "carol", "#history"))).code == 200, faults
+        await conf.flush_notices()
+        assert inbox.bodies_to("carol")[-1] == texts.HISTORY_EMPTY.encode()
+        faults.clear()
+        await conf.supervisor.store.wait_available()
+        assert (await conf.handle(say(ROOM_A, "carol", "kept"))).code == 202
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 200
+        await conf.flush_notices()
+        assert inbox.bodies_to("dave")[-1] == b"[carol]: kept"  # replayed: it was read
+        faults.fail_commit(times=None)
+        assert (await conf.handle(say(ROOM_A, "carol", "#history"))).code == 503, faults
+
+
 async def test_old_lines_are_swept_hourly(autojump_clock):
     """``history_days``: an hour after start, and every hour, lines older than the limit go."""
     from imc_actors.actors.archive import SWEEP_INTERVAL, expire_history
