@@ -306,7 +306,10 @@ async def _serve(config: Config, slot: WorkerSlot | None = None) -> None:
     transport_log.addFilter(quiet)
     private = slot.private_host if slot is not None else None
     try:
-        async with open_server(config, shared_ports=slot is not None, private_host=private) as server:
+        steering = slot.steering() if slot is not None else None
+        async with open_server(
+            config, shared_ports=slot is not None, private_host=private, steering=steering
+        ) as server:
             _tune_gc()
             # catch the signals before saying "listening": a supervisor may stop us at once
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -158,6 +158,8 @@ class Conference:
         self.store = store
         #: This node's room leases (config ``node``), or None.
         self.leases: LeaseKeeper | None = None
+        #: The node that is the home of a room name (workers of one machine), or None.
+        self.home: Callable[[str], str] | None = None
         #: The database half of :meth:`snapshot` (with ``node`` set), or None.
         self.cluster: ClusterView | None = None
         #: Hands a MESSAGE for a room another node holds to that node (the server sets it:
@@ -434,6 +436,9 @@ class Conference:
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
+                homed = await self._at_home(key, name, msg)
+                if homed is not None:
+                    return homed
                 if self.supervisor.owned(op.sender) >= self._max_rooms:
                     return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
                 state, outcome = new_room(name, domain, op.sender, create, now=op.time)
@@ -513,6 +518,31 @@ class Conference:
         return await self.forward(
             msg.request_uri, msg.sender, msg.body, msg.content_type, msg.call_id, location
         )
+
+    async def _at_home(self, key: str, name: str, msg: IncomingMessage) -> Answer | None:
+        """A room to create here whose home is another live node: the answer of that node,
+        to which ``msg`` is forwarded; None to create it here (no home, this node's own, a
+        forwarded request, or its home is not live or cannot be reached)."""
+        if self.home is None or self.forward is None or msg.forwarded_by is not None:
+            return None
+        node = self.home(name)
+        if node == self.config.node or self.store is None:
+            return None
+        try:
+            location = await self.store.read(
+                partial(_node_location, key=key, node=node, ttl=self.config.lease_ttl)
+            )
+        except StoreError as exc:
+            log.warning("room=%s locating its home node %s failed: %s", key, node, exc)
+            return None
+        if location is None:
+            return None
+        answer = await self.forward(
+            msg.request_uri, msg.sender, msg.body, msg.content_type, msg.call_id, location
+        )
+        if answer is None or answer.code in (408, 503):
+            return None  # not reached: created here instead
+        return answer
 
     async def lease_round(self) -> None:
         """One round of the lease keeper now (it runs one every ``lease_ttl / 3`` seconds):
@@ -636,6 +666,14 @@ def _locate(repository: Repository, *, key: str) -> RoomLocation | None:
     return repository.locate(key)
 
 
+def _node_location(repository: Repository, *, key: str, node: str, ttl: float) -> RoomLocation | None:
+    """``node`` as the place to serve ``key`` when it is live (heartbeat within ``ttl``)."""
+    for info in repository.nodes():
+        if info.name == node and info.addresses and info.live(time.time(), ttl):
+            return RoomLocation(key, node, 0, info.addresses)
+    return None
+
+
 def _take_over(repository: Repository, *, key: str) -> tuple[int | None, RoomState | None]:
     return repository.take_over(key)
 
@@ -671,6 +709,7 @@ async def open_conference(
     apply: ApplyFn | None = None,
     wrap_sender: Callable[[Sender], Sender] | None = None,
     wrap_store: Callable[[Committer], Committer] | None = None,
+    home: Callable[[str], str] | None = None,
 ) -> AsyncIterator[Conference]:
     """Run a conference (store, supervisor, delivery; no sockets) for the body of the block.
 
@@ -684,6 +723,13 @@ async def open_conference(
     Leaving the block, or cancellation of the caller, stops every actor; changes already
     acknowledged are durable. Leaving normally first waits (at most ``SHUTDOWN_GRACE`` seconds)
     until the notices already queued have been delivered. Subscriptions end with the block.
+
+    ``home(room_name)``, with ``node`` set: the node that is the room's home (the workers of
+    ``serve --workers N``, see :mod:`imc_actors.transport.steering`). At startup this node
+    takes the leases of its home rooms only, leaving the others to their homes (a room whose
+    home never claims it is taken over by the first node it is asked of); a room created
+    through this node (``#create`` sent to the manager URI) is created at its home, the
+    request being forwarded there, unless that node is not live.
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
@@ -700,7 +746,9 @@ async def open_conference(
     )
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:
-        async with _running(config, store, router, policy, apply, wrap_sender, wrap_store) as conference:
+        async with _running(
+            config, store, router, policy, apply, wrap_sender, wrap_store, home
+        ) as conference:
             yield conference
     finally:
         router.close()
@@ -715,6 +763,7 @@ async def _running(
     apply: ApplyFn | None,
     wrap_sender: Callable[[Sender], Sender] | None,
     wrap_store: Callable[[Committer], Committer] | None,
+    home: Callable[[str], str] | None = None,
 ) -> AsyncIterator[Conference]:
     # ownership (issue 13): with a node name, hold the rooms' leases while serving them
     keeper = (
@@ -723,7 +772,7 @@ async def _running(
     )  # fmt: skip
     try:
         async with _serving(
-            config, store, router, policy, apply, wrap_sender, wrap_store, keeper
+            config, store, router, policy, apply, wrap_sender, wrap_store, keeper, home
         ) as conference:
             yield conference
     finally:
@@ -742,6 +791,7 @@ async def _serving(
     wrap_sender: Callable[[Sender], Sender] | None,
     wrap_store: Callable[[Committer], Committer] | None,
     keeper: LeaseKeeper | None,
+    home: Callable[[str], str] | None = None,
 ) -> AsyncIterator[Conference]:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
@@ -771,7 +821,8 @@ async def _serving(
         delivery.on_outcome = supervisor.on_delivery
         rooms = await store.load_rooms()
         if keeper is not None:  # leases first, then the state they guard
-            await keeper.acquire(rooms)
+            mine = rooms if home is None else [r for r in rooms if home(r.name) == config.node]
+            await keeper.acquire(mine)
             await keeper.advertise([])  # a node without SIP sockets; the server names its own
             rooms = await store.load_rooms()
         supervisor.load(rooms)
@@ -782,6 +833,7 @@ async def _serving(
             nursery.start_soon(expire_history, store, config.history_days)
         conference = Conference(config, supervisor, delivery, router, store)
         conference.leases = keeper
+        conference.home = home if keeper is not None else None
         if keeper is not None:
             conference.cluster = ClusterView(store, config.cluster_view_age)
         conference._nursery = nursery

@@ -35,6 +35,7 @@ from .sipcore import Identity, SipCore, same_aor
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
+from .transport.steering import Steering
 from .transport.tls import client_context, server_context
 
 log = logging.getLogger("imc_actors.server")
@@ -387,7 +388,11 @@ async def _authenticator(config: Config, store: Any) -> Authenticator | None:
 
 @asynccontextmanager
 async def open_server(
-    config: Config, *, shared_ports: bool = False, private_host: str | None = None
+    config: Config,
+    *,
+    shared_ports: bool = False,
+    private_host: str | None = None,
+    steering: Steering | None = None,
 ) -> AsyncIterator[Server]:
     """Bind the configured sockets and serve for the body of the block.
 
@@ -400,7 +405,9 @@ async def open_server(
     A worker of ``serve --workers N`` (:mod:`imc_actors.workers`) passes ``shared_ports``
     (the listen addresses are bound with ``SO_REUSEPORT``) and ``private_host`` (its own UDP
     and TCP address there, which it sends from and advertises first; see
-    :class:`~imc_actors.transport.SipTransport`).
+    :class:`~imc_actors.transport.SipTransport`), and ``steering``: each room's home worker,
+    which takes the room's lease at startup and gets its requests from the other workers
+    (:mod:`imc_actors.transport.steering`).
     """
     registrar = None
     if config.registrar:
@@ -438,13 +445,15 @@ async def open_server(
         local_domains=config.served_domains if registrar is not None else (),
         reuse_port=shared_ports,
         private_host=private_host,
+        steering=steering,
         **tls_contexts(config),
     )
     metrics = ServerMetrics.for_config(config)
     repository = await trio.to_thread.run_sync(open_repository, config)
     repository = TimedRepository(repository, metrics.observe_commit)
     sender = message_sender(transport, config)
-    async with open_conference(config, sender=sender, repository=repository) as conference:
+    home = steering.home_node if steering is not None and steering.nodes else None
+    async with open_conference(config, sender=sender, repository=repository, home=home) as conference:
         metrics.conference, metrics.transport = conference, transport
         store = conference.store
         if registrar is not None and store is not None and hasattr(repository, "load_bindings"):

@@ -38,15 +38,18 @@ import logging
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Config, ListenAddress
+from .transport.steering import Steering
 
 log = logging.getLogger("imc_actors.workers")
 
@@ -95,12 +98,22 @@ def private_host(listen: list[ListenAddress]) -> str:
 @dataclass
 class WorkerSlot:
     """What one worker process is told: its ``index``, ``node`` name, the ``private_host`` of
-    its own address, and the pipe it reports on (:meth:`ready`)."""
+    its own address, every worker's node name (``nodes``, in index order), the directory
+    ``relay_dir`` of the workers' relay sockets (:meth:`steering`), and the pipe it reports
+    on (:meth:`ready`)."""
 
     index: int
     node: str
     private_host: str
+    nodes: tuple[str, ...] = ()
+    relay_dir: str = ""
     ready_fd: int = -1
+
+    def steering(self) -> Steering | None:
+        """This worker's :class:`~imc_actors.transport.steering.Steering` (None alone)."""
+        if len(self.nodes) < 2 or not self.relay_dir:
+            return None
+        return Steering(self.index, len(self.nodes), self.relay_dir, self.nodes)
 
     def ready(self, server: Any) -> None:
         """Tell the parent this worker listens: its shared and private addresses, and the
@@ -145,8 +158,12 @@ class _Supervisor:
         self.run = run
         self.say = say
         host = private_host(config.listen_addresses)
+        names = node_names(config)
+        # the workers' relay sockets (steering): a directory only this user can reach
+        self.relay_dir = tempfile.mkdtemp(prefix="imc-actors-workers-")
         self.workers = [
-            _Worker(WorkerSlot(index, name, host)) for index, name in enumerate(node_names(config))
+            _Worker(WorkerSlot(index, name, host, tuple(names), self.relay_dir))
+            for index, name in enumerate(names)
         ]
         self.listen = list(config.listen)  # the real ports, once worker 0 has bound them
         self.stopping = False
@@ -405,7 +422,9 @@ def supervise(config: Config, run: RunWorker, say: Callable[[str, int], None]) -
     lines. Returns the exit code: 0 after a clean shutdown, a worker's code when it failed
     to start, 1 when a worker did not shut down cleanly."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    supervisor = _Supervisor(config, run, say)
     try:
-        return _Supervisor(config, run, say).serve()
+        return supervisor.serve()
     finally:
+        shutil.rmtree(supervisor.relay_dir, ignore_errors=True)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)

@@ -64,6 +64,7 @@ from .routing import (
 )
 from .sendqueue import DEFAULT_SEND_QUEUE
 from .server import ServerTransactions, UdpPeer
+from .steering import Steering
 from .tcp import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFER, TcpConnection, TcpListener
 from .timers import LANES, TimerWheel
 from .tls import TlsListener
@@ -134,7 +135,9 @@ class SipTransport:
     ephemeral port, *first* (:attr:`private`, also first in :attr:`bound`): the requests this
     transport sends go out from them, with their port in Via, so the responses and whatever
     another worker sends to this one (forwarding) reach this process and not whichever worker
-    the kernel picks on a shared port.
+    the kernel picks on a shared port. ``steering`` (:class:`~.steering.Steering`) passes a
+    request received on a shared UDP port to its room's home worker, and handles the ones the
+    other workers pass here.
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class SipTransport:
         tls_client: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         private_host: str | None = None,
+        steering: Steering | None = None,
     ) -> None:
         if max_transactions < 1:
             raise ValueError(f"max_transactions must be positive, got {max_transactions}")
@@ -197,6 +201,10 @@ class SipTransport:
         self.private_host = private_host
         #: The addresses bound for ``private_host`` (UDP, then TCP on the same port), or [].
         self.private: list[ListenAddress] = []
+        self.steering = steering
+        #: The UDP endpoints of the listen addresses (not the private one), in their order:
+        #: what a steered datagram names (its index here is the same in every worker).
+        self._shared_udp: list[UdpEndpoint] = []
         #: In every Via branch and Call-ID this transport makes: its own requests coming back
         #: are recognised (482 Loop Detected; see :func:`imc_actors.sip.new_mark`).
         self.mark = new_mark()
@@ -294,6 +302,7 @@ class SipTransport:
                         reuse_port=shared,
                     )  # fmt: skip
                     self._udp.append(endpoint)
+                    self._shared_udp.append(endpoint)
                     port = endpoint.address[1]
                 elif address.transport == "tls":
                     assert self.tls_server is not None
@@ -331,6 +340,8 @@ class SipTransport:
                     self._tcp.append(listener)
                     port = listener.address[1]
                 self.bound.append(ListenAddress(address.transport, address.host, port))
+            if self.steering is not None:
+                self.steering.open()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._servers.open(
@@ -356,6 +367,8 @@ class SipTransport:
                 nursery.start_soon(self._timer_loop)
                 for endpoint in self._udp:
                     nursery.start_soon(self._serve_udp, endpoint)
+                if self.steering is not None:
+                    nursery.start_soon(self.steering.serve, self._on_steered, self._send_steered)
                 for listener in self._tcp:
                     nursery.start_soon(listener.serve, self._connections.serve)
                 for websocket in self._ws:
@@ -388,7 +401,10 @@ class SipTransport:
                 self._sent += endpoint.sent
                 self._received += endpoint.received
                 self._send_errors += endpoint.send_errors
+            if self.steering is not None:
+                self.steering.close()
             self._udp.clear()
+            self._shared_udp.clear()
             self._tcp.clear()
             self._ws.clear()
             self._timers.clear()
@@ -452,14 +468,38 @@ class SipTransport:
             tcp_accept_failures=sum(listener.exhausted for listener in self._tcp),
             send_queued=self._bindings.queued(),
             send_queue_full=clients.queue_full,
+            steered=self.steering.relayed if self.steering is not None else 0,
+            steered_in=self.steering.received if self.steering is not None else 0,
+            steer_fallbacks=self.steering.fallbacks if self.steering is not None else 0,
         )
 
     # ------------------------------------------------------------------ receiving: UDP
     async def _serve_udp(self, endpoint: UdpEndpoint) -> None:
+        steering = self.steering
+        shared = self._shared_udp.index(endpoint) if endpoint in self._shared_udp else -1
+
         def on_datagram(data: bytes, addr: Address) -> tuple[bytes, Address] | None:
             return self._on_datagram(endpoint, data, addr)
 
-        await endpoint.serve(on_datagram, self._clients.on_unreachable)
+        def on_shared(data: bytes, addr: Address) -> tuple[bytes, Address] | None:
+            assert steering is not None
+            home = steering.target(data)
+            if home is not None and steering.relay(home, shared, addr, data):
+                return None  # its home worker handles (and answers) it
+            return self._on_datagram(endpoint, data, addr)
+
+        callback = on_shared if steering is not None and shared >= 0 else on_datagram
+        await endpoint.serve(callback, self._clients.on_unreachable)
+
+    def _on_steered(self, index: int, data: bytes, addr: Address) -> tuple[bytes, Address] | None:
+        """A datagram another worker received on shared endpoint ``index`` and passed here:
+        handled as if this worker had received it there (never passed on again)."""
+        if not 0 <= index < len(self._shared_udp):
+            return None
+        return self._on_datagram(self._shared_udp[index], data, addr)
+
+    def _send_steered(self, index: int, data: bytes, dest: Address) -> None:
+        self._shared_udp[index].send_nowait(data, dest)
 
     def _on_datagram(
         self, endpoint: UdpEndpoint, data: bytes, addr: Address

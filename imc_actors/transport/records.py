@@ -123,7 +123,10 @@ class TransportStatistics:
     because their handshake failed or took too long; ``send_queued``: bytes waiting in the
     send queues of the TCP, TLS and WebSocket connections now (``tcp_send_queue`` each);
     ``send_queue_full``: task-free sends declined because a connection's queue was full (each
-    went the awaited way instead).
+    went the awaited way instead). ``steered``: datagrams passed to their room's home worker
+    (``serve --workers N``, :mod:`.steering`); ``steered_in``: datagrams another worker passed
+    here; ``steer_fallbacks``: datagrams handled here because the home worker's relay socket
+    was gone or full.
     """
 
     received: int
@@ -158,3 +161,6 @@ class TransportStatistics:
     ws_connections: int = 0
     tls_connections: int = 0
     tls_handshake_failures: int = 0
+    steered: int = 0
+    steered_in: int = 0
+    steer_fallbacks: int = 0

@@ -1,6 +1,6 @@
 """``imc-actors serve --workers 2`` as a real process tree (issue 13, items 2, 4 and 6): two
 worker nodes share the SIP ports of 127.0.0.4 (SO_REUSEPORT), rooms made through either are
-used through the other (forwarded between the workers' private addresses), a worker killed
+used through the other (steered to the room's home worker, or forwarded), a worker killed
 with ``kill -9`` has its rooms served again with every acknowledged change, and SIGTERM to
 the parent hands every lease over.
 
@@ -21,6 +21,7 @@ import sys
 import peewee
 import trio
 
+from imc_actors.transport.steering import home_of
 from tests.integration.conftest import DOMAIN, MANAGER, expect
 from tests.storage.conftest import Tables
 from tests.support.serve import ServeProcess, serve_process
@@ -99,13 +100,16 @@ async def test_two_workers_share_the_ports_forward_fail_over_and_hand_over(
             await expect(agent, "*** Room was created", sender=f"sip:r{index}@{DOMAIN}")
         owner = {room.split("@")[0]: node for room, (node, _, _) in leases(raw_db, tables).items()}
         assert set(owner.values()) == {"w-0", "w-1"}, owner  # both workers serve rooms
+        # each room was created at its home worker (the #create forwarded there when it
+        # reached the other one), where the other worker steers the room's UDP requests
+        assert all(node == f"w-{home_of(name, 2)}" for name, node in owner.items()), owner
 
         # each client reaches the worker that owns its own room: join a room of the other one
         first = agents[0]
         home = owner["r0"]
         index = next(i for i in range(CLIENTS) if owner[f"r{i}"] != home)
         room, creator = f"sip:r{index}@{DOMAIN}", agents[index]
-        assert (await first.message(room, "#join")).code == 200  # forwarded to the owner
+        assert (await first.message(room, "#join")).code == 200  # steered to the owner
         for agent in (creator, first):
             await expect(agent, "*** [u0] has joined the room", sender=room)
         assert (await first.message(room, "said before the kill")).code == 202
