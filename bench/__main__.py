@@ -4,6 +4,7 @@ Commands (default ``compare``)::
 
     python -m bench [compare] [--record] [--only fanout2,fanout10,fanout50,churn]
                               [--servers imc-actors,kamailio] [--duration S] [--no-memory]
+                              [--workers N] [--imc-pg URL]
     python -m bench memory [--rooms 100000] [--members 10] [--record]
     python -m bench trial --server imc-actors --scenario fanout10 --rate 500 [--profile]
 
@@ -47,13 +48,26 @@ def make_scenario(key: str, server, uas_port: int, workdir: Path, args) -> load.
     return load.Churn(server, uas_port, workdir / f"{key}-{server.name}", users=args.churn_users, **common)
 
 
-def start_servers(names: list[str], workdir: Path) -> dict[str, object]:
+def imc_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """imc-actors' extra ``serve`` arguments: ``--workers N``."""
+    extra: list[str] = []
+    if getattr(args, "workers", 1) > 1:
+        extra += ["--workers", str(args.workers)]
+    return tuple(extra)
+
+
+def start_servers(names: list[str], workdir: Path, args: argparse.Namespace) -> dict[str, object]:
     servers: dict[str, object] = {}
     used: list[int] = []
     for name in names:
         port = procs.free_port(avoid=used)
         used.append(port)
-        server = ImcServer(workdir, port) if name == "imc-actors" else KamailioServer(workdir, port)
+        if name == "imc-actors":
+            server: ImcServer | KamailioServer = ImcServer(
+                workdir, port, extra_args=imc_args(args), pg_url=getattr(args, "imc_pg", None)
+            )
+        else:
+            server = KamailioServer(workdir, port)
         took = server.start()
         log(f"{name}: listening on udp/tcp 127.0.0.1:{port} (started in {took:.1f}s, pid {server.pid})")
         servers[name] = server
@@ -70,7 +84,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imc-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"bench: work directory {workdir}")
-    servers = start_servers(args.servers, workdir)
+    servers = start_servers(args.servers, workdir, args)
     uas_ports = {}
     for name in servers:
         uas_ports[name] = procs.free_port(avoid=[s.port for s in servers.values()] + list(uas_ports.values()))  # type: ignore[attr-defined]
@@ -112,13 +126,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     versions = [s.version() for s in servers.values()]  # type: ignore[attr-defined]
     settings = (f"trial {args.duration:g}s, delivery lag ≤ {args.max_lag:g}s, bisection to "
                 f"{args.tolerance:.0%}, {1 + args.confirm} trials at the rate (medians), "
-                f"churn over {args.churn_users} users/rooms")  # fmt: skip
+                f"churn over {args.churn_users} users/rooms, imc-actors with "
+                f"{args.workers} worker{'s' if args.workers > 1 else ''} on "
+                f"{'PostgreSQL' if args.imc_pg else 'a SQLite file'}")  # fmt: skip
     block = report.render(results, settings=settings, versions=versions, started=started_at,
-                          elapsed=elapsed, workdir=workdir) + mem_block  # fmt: skip
+                          elapsed=elapsed, workdir=workdir, workers=args.workers) + mem_block  # fmt: skip
     log("")
     log(block)
     if args.record:
-        report.record(block)
+        report.record(block, key="workers" if args.workers > 1 else "latest")
         log(f"bench: recorded in {report.RESULTS_MD}")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -144,7 +160,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     """One scenario on one server at one rate (optionally under py-spy): for profiling."""
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="imc-bench-trial-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    servers = start_servers([args.server], workdir)
+    servers = start_servers([args.server], workdir, args)
     server = servers[args.server]
     uas_port = procs.free_port(avoid=[server.port])  # type: ignore[attr-defined]
     try:
@@ -191,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="deliveries may end at most this long after the last answer (default 1 s)")
         p.add_argument("--churn-users", dest="churn_users", type=int, default=3000,
                        help="users (each with a room) the churn cycles through (default 3000)")
+        p.add_argument("--workers", type=int, default=1,
+                       help="imc-actors: serve --workers N (default 1: one process)")
+        p.add_argument("--imc-pg", dest="imc_pg", default=None, metavar="URL",
+                       help="imc-actors: a scratch database on this PostgreSQL server (e.g. "
+                            "postgresql://postgres@127.0.0.1:5432/test) instead of a fresh "
+                            "SQLite file; created for the run and dropped after")
 
     compare = sub.add_parser("compare", help="the whole comparison (default)")
     common(compare)

@@ -34,6 +34,36 @@ class ServerError(RuntimeError):
     """A server did not start."""
 
 
+class ScratchDatabase:
+    """A PostgreSQL database of one run's own on the server of ``server_url``
+    (``postgresql://user@host:port/db``): created now, dropped by :meth:`drop`."""
+
+    def __init__(self, server_url: str) -> None:
+        import secrets
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(server_url)
+        self.name = f"imc_bench_{secrets.token_hex(4)}"
+        self._connect = {"host": parts.hostname or "127.0.0.1", "port": parts.port or 5432,
+                         "user": parts.username or "postgres", "dbname": parts.path.lstrip("/") or "postgres"}  # fmt: skip
+        self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, "", ""))
+        self._sql(f'CREATE DATABASE "{self.name}"')
+
+    def _sql(self, statement: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(**self._connect)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        self._sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
 class ImcServer:
     """imc-actors as a subprocess (``python -m imc_actors serve``)."""
 
@@ -41,8 +71,12 @@ class ImcServer:
 
     def __init__(self, workdir: Path, port: int, *, python: str = sys.executable,
                  log_level: str = "warning", extra_args: tuple[str, ...] = (),
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, pg_url: str | None = None) -> None:
         self.workdir = workdir
+        #: A PostgreSQL server URL: each start gets a scratch database of its own there
+        #: (created, then dropped at stop) instead of the SQLite file.
+        self.pg_url = pg_url
+        self.scratch: ScratchDatabase | None = None
         self.source = source or Path(os.environ.get("IMC_BENCH_SOURCE") or REPO)
         self.port = port
         self.python = python
@@ -57,11 +91,14 @@ class ImcServer:
         assert self.proc is not None
         return self.proc.pid
 
+    def db_url(self) -> str:
+        return self.scratch.url if self.scratch is not None else f"sqlite:///{self.db_path}"
+
     def command(self) -> list[str]:
         return [
             self.python, "-m", "imc_actors", "serve",
             "--listen", f"udp:127.0.0.1:{self.port}", "--listen", f"tcp:127.0.0.1:{self.port}",
-            "--domain", "127.0.0.1", "--db-url", f"sqlite:///{self.db_path}",
+            "--domain", "127.0.0.1", "--db-url", self.db_url(),
             "--log-level", self.log_level, *self.extra_args,
         ]  # fmt: skip
 
@@ -70,6 +107,10 @@ class ImcServer:
         if fresh:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+            if self.pg_url is not None:
+                if self.scratch is not None:
+                    self.scratch.drop()
+                self.scratch = ScratchDatabase(self.pg_url)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.source), env.get("PYTHONPATH")]))
         # every load generator sends from 127.0.0.1: no per-source budget, so the benchmark
@@ -87,6 +128,9 @@ class ImcServer:
         if self.proc is not None:
             procs.stop(self.proc)
             self.proc = None
+        if self.scratch is not None:
+            self.scratch.drop()
+            self.scratch = None
 
     def version(self) -> str:
         where = "this checkout" if self.source == REPO else str(self.source)
