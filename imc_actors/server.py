@@ -306,6 +306,13 @@ async def _sweep_bindings(commit: Callable[[list[Any]], Awaitable[None]]) -> Non
             log.warning("sweeping expired bindings failed: %s", exc)
 
 
+def _wake_everywhere(wake: Callable[[str], None], steering: Steering, aor: str) -> None:
+    """A REGISTER for ``aor`` was answered here: deliver what this worker and the others
+    keep for it."""
+    wake(aor)
+    steering.wake_all(aor)
+
+
 async def _follow_bindings(
     read: Callable[[Callable[[Any], Any]], Awaitable[Any]],
     registrar: Registrar,
@@ -467,9 +474,13 @@ async def open_server(
             commit = None
         sweep = commit
         authenticator = await _authenticator(config, store)
+        registered = conference.delivery.wake
+        if steering is not None:  # the other workers deliver to the member too (issue 13)
+            steering.on_wake = conference.delivery.wake
+            registered = partial(_wake_everywhere, conference.delivery.wake, steering)
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
-            commit=commit, on_registered=conference.delivery.wake,
+            commit=commit, on_registered=registered,
             on_binding=transport.bind_contacts, authenticator=authenticator,
         )  # fmt: skip
         if registrar is not None:  # a parked member is retried only while it has a binding

@@ -24,7 +24,10 @@ Each worker listens on a Unix ``SOCK_SEQPACKET`` socket (message boundaries kept
 file ``relay-<i>`` in a directory of the parent's (mode 0700, removed when it exits): only
 processes of the same user can reach them, since a relayed datagram carries a source address
 the home worker trusts. The others connect to it on first use, and again at most once a
-second after it failed (:data:`RECONNECT`). TCP, TLS and WebSocket connections are not steered
+second after it failed (:data:`RECONNECT`). The same connections carry *wakes*
+(:meth:`Steering.wake_all`): a worker that accepts a REGISTER tells the others at once, so a
+member whose notices wait on another worker (parked after a failed delivery) gets them now
+and not at that worker's next read of the bindings table. TCP, TLS and WebSocket connections are not steered
 (a connection stays with the worker that accepted it; :mod:`imc_actors.forwarding` serves
 them).
 """
@@ -52,6 +55,8 @@ MAX_FRAME = 65535 + 128
 LINE_LIMIT = 512
 #: Send and receive buffer asked for each relay connection (the kernel caps it).
 BUFFER = 4 * 1024 * 1024
+#: The start of a frame that is not a datagram: a member registered with the sending worker.
+WAKE = b"\x00wake "
 #: Seconds before connecting again to a worker whose relay socket refused or failed.
 RECONNECT = 1.0
 
@@ -117,6 +122,8 @@ class Steering:
         self.relayed = 0
         self.received = 0
         self.fallbacks = 0
+        #: ``on_wake(member)``: another worker's REGISTER for ``member`` (see :meth:`wake_all`).
+        self.on_wake: Callable[[str], None] | None = None
 
     def path(self, index: int) -> str:
         return str(self.where / f"relay-{index}")
@@ -216,6 +223,35 @@ class Steering:
         self.relayed += 1
         return True
 
+    def wake_all(self, member: str) -> int:
+        """Tell every other worker that ``member`` (``user@host``) registered, without
+        waiting (each then delivers what it keeps for it: :attr:`on_wake`); how many were
+        told. A worker that is down is not (its lanes start again empty)."""
+        told = 0
+        frame = WAKE + member.encode("utf-8", "replace")
+        for index in range(self.count):
+            if index == self.index or (out := self._peer(index)) is None:
+                continue
+            try:
+                out.send(frame)
+            except BlockingIOError:  # behind: its own follow of the bindings wakes it later
+                continue
+            except OSError:
+                out.close()
+                del self._peers[index]
+                self._retry_at[index] = trio.current_time() + RECONNECT
+                continue
+            told += 1
+        return told
+
+    def _woken(self, raw: bytes) -> None:
+        if self.on_wake is None:
+            return
+        try:
+            self.on_wake(raw.decode("utf-8", "replace"))
+        except Exception:  # the callback must never kill the relay
+            log.exception("error handling a wake relayed from another worker")
+
     async def serve(
         self, on_relayed: OnRelayed, send: Callable[[int, bytes, tuple[str, int]], object]
     ) -> None:
@@ -266,6 +302,9 @@ class Steering:
                     if not frame:  # the other worker closed it (or died)
                         closed = True
                         break
+                    if frame.startswith(WAKE):
+                        self._woken(frame[len(WAKE) :])
+                        continue
                     parsed = _frame(frame)
                     if parsed is None:
                         log.warning("dropped a malformed frame on the worker relay socket")

@@ -78,3 +78,35 @@ async def test_a_worker_that_is_not_listening_is_not_relayed_to(tmp_path, autoju
     finally:
         first.close()
         second.close()
+
+
+async def test_a_registration_wakes_the_member_on_every_other_worker(tmp_path):
+    """``wake_all``: each other listening worker hears ``on_wake(member)``; one that is down
+    is skipped (it starts again with no lanes to wake)."""
+    workers = [Steering(i, 3, tmp_path) for i in range(3)]
+    woken: list[tuple[int, str]] = []
+    arrived = trio.Event()
+
+    def on_wake_of(index: int):
+        def on_wake(member: str) -> None:
+            woken.append((index, member))
+            arrived.set()
+
+        return on_wake
+
+    for index in (0, 1):  # worker 2 is down
+        workers[index].open()
+        workers[index].on_wake = on_wake_of(index)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(workers[1].serve, lambda *args: None, lambda *args: None)
+            await trio.testing.wait_all_tasks_blocked()
+            assert workers[0].wake_all("alice@example.com") == 1
+            with trio.fail_after(5):
+                await arrived.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        for worker in workers:
+            worker.close()
+    assert woken == [(1, "alice@example.com")]
+    assert workers[1].received == 0  # a wake is not a relayed datagram
