@@ -128,13 +128,6 @@ class Steering:
     def path(self, index: int) -> str:
         return str(self.where / f"relay-{index}")
 
-    def home(self, name: str | bytes) -> int:
-        return home_of(name, self.count)
-
-    def is_home(self, name: str | bytes) -> bool:
-        """True when this worker is the home of the room named ``name``."""
-        return home_of(name, self.count) == self.index
-
     def home_node(self, name: str) -> str:
         """The node name of the home worker of the room named ``name`` (needs ``nodes``)."""
         return self.nodes[home_of(name, self.count)]
@@ -201,23 +194,28 @@ class Steering:
         self._peers[home] = out
         return out
 
-    def relay(self, home: int, endpoint: int, source: tuple[str, int], data: bytes) -> bool:
-        """Pass ``data`` (received from ``source`` on shared endpoint ``endpoint``) to worker
-        ``home`` without waiting; False when it could not be (then handle it here)."""
+    def _send(self, home: int, frame: bytes) -> bool:
+        """Send one frame to worker ``home`` without waiting; False when it could not be
+        (not listening, its buffer full, or the connection broken: reconnect later)."""
         out = self._peer(home)
         if out is None:
-            self.fallbacks += 1
             return False
-        header = f"{endpoint} {source[0]} {source[1]}\n".encode("ascii", "replace")
         try:
-            out.send(header + data)
-        except BlockingIOError:  # its socket buffer is full: it is behind, handled here
-            self.fallbacks += 1
+            out.send(frame)
+        except BlockingIOError:  # its socket buffer is full: it is behind
             return False
         except OSError:  # it went away (EPIPE, ECONNRESET): reconnect later
             out.close()
             del self._peers[home]
             self._retry_at[home] = trio.current_time() + RECONNECT
+            return False
+        return True
+
+    def relay(self, home: int, endpoint: int, source: tuple[str, int], data: bytes) -> bool:
+        """Pass ``data`` (received from ``source`` on shared endpoint ``endpoint``) to worker
+        ``home`` without waiting; False when it could not be (then handle it here)."""
+        header = f"{endpoint} {source[0]} {source[1]}\n".encode("ascii", "replace")
+        if not self._send(home, header + data):
             self.fallbacks += 1
             return False
         self.relayed += 1
@@ -227,22 +225,9 @@ class Steering:
         """Tell every other worker that ``member`` (``user@host``) registered, without
         waiting (each then delivers what it keeps for it: :attr:`on_wake`); how many were
         told. A worker that is down is not (its lanes start again empty)."""
-        told = 0
         frame = WAKE + member.encode("utf-8", "replace")
-        for index in range(self.count):
-            if index == self.index or (out := self._peer(index)) is None:
-                continue
-            try:
-                out.send(frame)
-            except BlockingIOError:  # behind: its own follow of the bindings wakes it later
-                continue
-            except OSError:
-                out.close()
-                del self._peers[index]
-                self._retry_at[index] = trio.current_time() + RECONNECT
-                continue
-            told += 1
-        return told
+        # a worker behind or down is skipped: its own follow of the bindings wakes it later
+        return sum(self._send(index, frame) for index in range(self.count) if index != self.index)
 
     def _woken(self, raw: bytes) -> None:
         if self.on_wake is None:
