@@ -173,7 +173,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
             out = Path(args.profile)
             spy = procs.spawn([pyspy, "record", "-p", str(server.pid), "-o", str(out), "-r", "200",  # type: ignore[attr-defined]
                                "-f", {".json": "speedscope", ".txt": "raw"}.get(out.suffix, "flamegraph"),
-                               "-d", str(int(args.duration) + 8), "--nonblocking", "--gil"],
+                               "-d", str(int(args.duration) + 8), "--nonblocking", "--gil", "--subprocesses"],
                               stderr=workdir / "py-spy.err")  # fmt: skip
             time.sleep(1.0)
         for _ in range(args.repeat):

@@ -26,6 +26,7 @@ from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository, share_metrics
 from .forwarding import FORWARDED_BY, FORWARDED_URI, Forwarder, from_node
+from .handoff import Handoff, take_frame
 from .imc import texts
 from .imc.effects import Notice
 from .registrar import Registrar
@@ -306,10 +307,10 @@ async def _sweep_bindings(commit: Callable[[list[Any]], Awaitable[None]]) -> Non
             log.warning("sweeping expired bindings failed: %s", exc)
 
 
-def _wake_everywhere(wake: Callable[[str], None], steering: Steering, aor: str) -> None:
+def _wake_everywhere(wake: Callable[..., None], steering: Steering, aor: str) -> None:
     """A REGISTER for ``aor`` was answered here: deliver what this worker and the others
     keep for it."""
-    wake(aor)
+    wake(aor, here=True)
     steering.wake_all(aor)
 
 
@@ -476,7 +477,10 @@ async def open_server(
         authenticator = await _authenticator(config, store)
         registered = conference.delivery.wake
         if steering is not None:  # the other workers deliver to the member too (issue 13)
-            steering.on_wake = conference.delivery.wake
+            steering.on_wake = partial(conference.delivery.wake, here=True)
+            # each member's notices leave its own worker (imc_actors.handoff)
+            conference.delivery.handoff = Handoff(steering)
+            steering.on_notices = partial(take_frame, conference.delivery)
             registered = partial(_wake_everywhere, conference.delivery.wake, steering)
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark),
@@ -493,7 +497,7 @@ async def open_server(
                 nursery.start_soon(_sweep_bindings, sweep)
             if sweep is not None and conference.leases is not None and registrar is not None:
                 nursery.start_soon(
-                    _follow_bindings, store.read, registrar, conference.delivery.wake,
+                    _follow_bindings, store.read, registrar, partial(conference.delivery.wake, here=True),
                     config.lease_ttl / 3,
                 )  # fmt: skip
                 transport.find_binding = partial(_find_binding, store.read, registrar)

@@ -38,6 +38,13 @@ A sender with a ``start`` method (the server's SIP sender, for the common case o
 at an IP address) sends a notice on the spot and reports the outcome through a callback: no
 task per delivery. Otherwise each delivery in flight runs in a task of its own.
 
+With several workers (``serve --workers N``), a member's notices may be delivered by the
+worker of its own (``handoff``, :mod:`imc_actors.handoff`): :meth:`submit` puts those into an
+*outbox* for that worker instead of a lane. An outbox respects holds as a lane does and, once
+free, hands its notices over in one frame per batch; the other worker queues them with
+:meth:`take` in its lanes. Notices it cannot take at once (down, or behind) go into the lanes
+here. Invitations stay here, since their failure goes back to their room.
+
 Stored notices are delivered at least once: a crash between a delivery and the delete of its
 row sends it again after the restart.
 """
@@ -98,6 +105,17 @@ Sender = Callable[[Notice, str], Awaitable[DeliveryResult]]
 OutcomeHook = Callable[[Notice, str, DeliveryResult], None]
 
 
+class HandoffTarget(Protocol):
+    """Where members' notices are delivered with several workers (see
+    :class:`~imc_actors.handoff.Handoff`)."""
+
+    def worker_of(self, key: str) -> int | None: ...
+
+    def send(self, worker: int, notices: Sequence[tuple[Notice, str]]) -> int: ...
+
+    def wake(self, worker: int, member: str) -> None: ...
+
+
 class PendingStore(Protocol):
     """What delivery needs to store notices: the store's commit and read (see
     :class:`~imc_actors.store.writer.Store`)."""
@@ -117,7 +135,9 @@ class DeliveryStatistics:
     ``failed`` final outcomes so far (``failed`` includes refusals); ``stored`` notices put in
     the pending store, ``flushed`` stored ones delivered later, ``expired`` and ``dropped``
     (over ``pending_max``) stored ones given up; ``pending`` stored ones waiting now, for
-    ``waiting_members`` members.
+    ``waiting_members`` members. With several workers: ``handed_out`` notices handed to
+    their member's worker, ``handed_in`` taken from another worker, ``handoff_fallbacks``
+    delivered here because their member's worker could not take them.
     """
 
     submitted: int
@@ -132,6 +152,9 @@ class DeliveryStatistics:
     dropped: int = 0
     pending: int = 0
     waiting_members: int = 0
+    handed_out: int = 0
+    handed_in: int = 0
+    handoff_fallbacks: int = 0
 
 
 def _stops(result: DeliveryResult) -> bool:
@@ -203,6 +226,7 @@ class _Lane:
         "nudge",
         "parked",
         "persisting",
+        "remote",
         "retries",
         "retry_at",
         "stored",
@@ -211,8 +235,9 @@ class _Lane:
         "working",
     )
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, remote: int = -1) -> None:
         self.key = key
+        self.remote = remote  # an outbox for this worker (see HandoffTarget); -1: a member's lane
         self.items: deque[_Item] = deque()
         self.in_flight = 0  # in flight and holding the window (overdue ones do not)
         self.flying: deque[_Item] = deque()  # every direct delivery in flight, oldest first
@@ -294,6 +319,12 @@ class Delivery:
         self._dropped = 0
         self._by_kind: dict[str, int] = {}
         self._store_warned_at = -math.inf
+        #: Several workers: hands members' notices to the worker that delivers to them.
+        self.handoff: HandoffTarget | None = None
+        self._outboxes: dict[int, _Lane] = {}
+        self._handed_out = 0
+        self._handed_in = 0
+        self._handoff_fallbacks = 0
 
     def set_sender(self, sender: Sender) -> None:
         """Replace how notices are sent (e.g. an embedding app delivering its own way)."""
@@ -348,16 +379,36 @@ class Delivery:
         """Queue ``notices`` (in order, each in its recipient's lane). Checkpoints only when
         ``queue_size`` notices are in memory already (then waits for room)."""
         for notice in notices:
-            while self._queued >= self._queue_size:
-                if self._space is None:
-                    self._space = trio.Event()
-                await self._space.wait()
+            await self._wait_for_space()
             self._add(notice, in_reply_to, hold)
+        for box in self._outboxes.values():
+            if box.items:
+                self._pump(box)
 
-    def wake(self, member: str) -> None:
+    async def take(self, notices: Sequence[tuple[Notice, str]]) -> None:
+        """Queue ``(notice, in_reply_to)`` pairs another worker handed over: this worker
+        delivers them (never hands them on). Waits as :meth:`submit` does."""
+        for notice, in_reply_to in notices:
+            await self._wait_for_space()
+            self._handed_in += 1
+            self._add(notice, in_reply_to, None, here=True)
+
+    async def _wait_for_space(self) -> None:
+        while self._queued >= self._queue_size:
+            if self._space is None:
+                self._space = trio.Event()
+            await self._space.wait()
+
+    def wake(self, member: str, *, here: bool = False) -> None:
         """``member`` (a URI or ``user@host``) is reachable again: deliver what is stored for it
-        (no effect when nothing is). Never blocks."""
-        lane = self._lanes.get(member_key(member))
+        (no effect when nothing is); with several workers, its own worker is told too unless
+        ``here`` (the caller tells every worker itself). Never blocks."""
+        key = member_key(member)
+        if self.handoff is not None and not here:
+            worker = self.handoff.worker_of(key)
+            if worker is not None:
+                self.handoff.wake(worker, key)
+        lane = self._lanes.get(key)
         if lane is not None and lane.parked and not lane.woken:
             lane.woken = True
             lane.retries = 0
@@ -384,6 +435,9 @@ class Delivery:
             dropped=self._dropped,
             pending=sum(lane.stored for lane in parked),
             waiting_members=sum(1 for lane in parked if lane.stored or lane.items),
+            handed_out=self._handed_out,
+            handed_in=self._handed_in,
+            handoff_fallbacks=self._handoff_fallbacks,
         )
 
     # ------------------------------------------------------------------ lanes
@@ -393,10 +447,21 @@ class Delivery:
             lane = self._lanes[key] = _Lane(key)
         return lane
 
-    def _add(self, notice: Notice, in_reply_to: str, hold: Hold | None) -> None:
+    def _add(self, notice: Notice, in_reply_to: str, hold: Hold | None, *, here: bool = False) -> None:
+        key = member_key(notice.to)
+        if self.handoff is not None and not here and notice.invite_of is None:
+            worker = self.handoff.worker_of(key)
+            if worker is not None:  # the member's worker delivers it (its outbox: see submit)
+                box = self._outboxes.get(worker)
+                if box is None:
+                    box = self._outboxes[worker] = _Lane(f"worker {worker}", remote=worker)
+                box.items.append(_Item(notice, in_reply_to, hold, 0, 0.0))
+                self._queued += 1
+                self._begin()
+                return
         self._submitted += 1
         self._by_kind[notice.kind] = self._by_kind.get(notice.kind, 0) + 1
-        lane = self._lane(member_key(notice.to))
+        lane = self._lane(key)
         if lane.parked and notice.invite_of is not None:
             self._final(
                 notice, in_reply_to, DeliveryResult(480, "Temporarily Unavailable"), counted=False
@@ -428,6 +493,9 @@ class Delivery:
 
     def _pump(self, lane: _Lane) -> None:
         """Start what ``lane`` may start now. Never blocks."""
+        if lane.remote >= 0:
+            self._pump_outbox(lane)
+            return
         items = lane.items
         while not lane.parked and items and lane.in_flight < self._window:
             item = items[0]
@@ -451,6 +519,41 @@ class Delivery:
             self._in_flight += 1
             self._send(lane, item)
         self._forget_if_idle(lane)
+
+    def _pump_outbox(self, box: _Lane) -> None:
+        """Hand over what ``box`` holds, up to the first notice still held."""
+        items = box.items
+        batch: list[_Item] = []
+        while items:
+            hold = items[0].hold
+            if hold is not None and not hold.released:
+                if trio.current_time() - hold.made < HOLD_LIMIT:
+                    hold._block(box)
+                    break
+                if batch:  # what came before goes first: releasing pumps this box again
+                    self._hand_off(box.remote, batch)
+                    batch = []
+                hold.release()
+                continue
+            batch.append(items.popleft())
+        if batch:
+            self._hand_off(box.remote, batch)
+
+    def _hand_off(self, worker: int, batch: list[_Item]) -> None:
+        """Hand ``batch`` (out of its outbox) to ``worker``; what it does not take is queued
+        in the lanes here."""
+        assert self.handoff is not None
+        try:
+            sent = self.handoff.send(worker, [(item.notice, item.in_reply_to) for item in batch])
+        except Exception:  # a bug in the hand-off must not lose the notices
+            log.exception("handing notices to worker %d raised", worker)
+            sent = 0
+        self._dequeued(len(batch))
+        self._handed_out += sent
+        for item in batch[sent:]:
+            self._handoff_fallbacks += 1
+            self._add(item.notice, item.in_reply_to, None, here=True)
+        self._end(len(batch))  # after the fallbacks began: drain() never sees a false idle
 
     def _send(self, lane: _Lane, item: _Item) -> None:
         item.sent = trio.current_time()

@@ -319,6 +319,19 @@ class _StatisticsCollector(Collector):
         yield GaugeMetricFamily(
             "imc_pending_notices", "stored notices waiting for their member now", value=d.pending
         )
+        handoffs = CounterMetricFamily(
+            "imc_delivery_handoffs", "serve --workers N: notices handed to their member's worker "
+            "(out), taken from another worker (in), or delivered here because their member's "
+            "worker could not take them (fallback)",
+            labels=["event"],
+        )  # fmt: skip
+        for event, count in (
+            ("out", d.handed_out),
+            ("in", d.handed_in),
+            ("fallback", d.handoff_fallbacks),
+        ):
+            handoffs.add_metric([event], count)
+        yield handoffs
         yield GaugeMetricFamily(
             "imc_pending_members",
             "members with stored notices waiting now",

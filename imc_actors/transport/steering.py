@@ -27,7 +27,9 @@ the home worker trusts. The others connect to it on first use, and again at most
 second after it failed (:data:`RECONNECT`). The same connections carry *wakes*
 (:meth:`Steering.wake_all`): a worker that accepts a REGISTER tells the others at once, so a
 member whose notices wait on another worker (parked after a failed delivery) gets them now
-and not at that worker's next read of the bindings table. TCP, TLS and WebSocket connections are not steered
+and not at that worker's next read of the bindings table; and *notices* a room's worker hands
+to the worker that delivers to their member (:meth:`send_notices`, :mod:`imc_actors.handoff`).
+TCP, TLS and WebSocket connections are not steered
 (a connection stays with the worker that accepted it; :mod:`imc_actors.forwarding` serves
 them).
 """
@@ -38,7 +40,7 @@ import logging
 import os
 import socket
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -57,6 +59,8 @@ LINE_LIMIT = 512
 BUFFER = 4 * 1024 * 1024
 #: The start of a frame that is not a datagram: a member registered with the sending worker.
 WAKE = b"\x00wake "
+#: The start of a frame of notices handed to their member's worker (:mod:`imc_actors.handoff`).
+NOTICES = b"\x00notices "
 #: Seconds before connecting again to a worker whose relay socket refused or failed.
 RECONNECT = 1.0
 
@@ -124,6 +128,9 @@ class Steering:
         self.fallbacks = 0
         #: ``on_wake(member)``: another worker's REGISTER for ``member`` (see :meth:`wake_all`).
         self.on_wake: Callable[[str], None] | None = None
+        #: ``await on_notices(frame)``: notices another worker handed to this one
+        #: (:meth:`send_notices`); this connection is not read meanwhile (backpressure).
+        self.on_notices: Callable[[bytes], Awaitable[None]] | None = None
 
     def path(self, index: int) -> str:
         return str(self.where / f"relay-{index}")
@@ -225,9 +232,18 @@ class Steering:
         """Tell every other worker that ``member`` (``user@host``) registered, without
         waiting (each then delivers what it keeps for it: :attr:`on_wake`); how many were
         told. A worker that is down is not (its lanes start again empty)."""
-        frame = WAKE + member.encode("utf-8", "replace")
         # a worker behind or down is skipped: its own follow of the bindings wakes it later
-        return sum(self._send(index, frame) for index in range(self.count) if index != self.index)
+        return sum(self.wake(index, member) for index in range(self.count) if index != self.index)
+
+    def wake(self, worker: int, member: str) -> bool:
+        """Tell ``worker`` that ``member`` (``user@host``) is reachable now, without waiting;
+        False when it could not be told."""
+        return self._send(worker, WAKE + member.encode("utf-8", "replace"))
+
+    def send_notices(self, worker: int, frame: bytes) -> bool:
+        """Pass a frame of notices (:mod:`imc_actors.handoff`) to ``worker`` without
+        waiting; False when it could not be (then they are delivered here)."""
+        return self._send(worker, NOTICES + frame)
 
     def _woken(self, raw: bytes) -> None:
         if self.on_wake is None:
@@ -236,6 +252,15 @@ class Steering:
             self.on_wake(raw.decode("utf-8", "replace"))
         except Exception:  # the callback must never kill the relay
             log.exception("error handling a wake relayed from another worker")
+
+    async def _take_notices(self, frame: bytes) -> None:
+        if self.on_notices is None:
+            log.warning("dropped notices another worker handed over: nothing takes them here")
+            return
+        try:
+            await self.on_notices(frame)
+        except Exception:  # the callback must never kill the relay
+            log.exception("error taking notices another worker handed over")
 
     async def serve(
         self, on_relayed: OnRelayed, send: Callable[[int, bytes, tuple[str, int]], object]
@@ -272,6 +297,7 @@ class Steering:
         with conn:
             while True:
                 replies: list[tuple[int, bytes, tuple[str, int]]] = []
+                handed: list[bytes] = []
                 drained = closed = False
                 for _ in range(BATCH):
                     try:
@@ -290,6 +316,9 @@ class Steering:
                     if frame.startswith(WAKE):
                         self._woken(frame[len(WAKE) :])
                         continue
+                    if frame.startswith(NOTICES):
+                        handed.append(frame[len(NOTICES) :])
+                        continue
                     parsed = _frame(frame)
                     if parsed is None:
                         log.warning("dropped a malformed frame on the worker relay socket")
@@ -305,6 +334,8 @@ class Steering:
                         replies.append((endpoint, *reply))
                 for endpoint, data, dest in replies:
                     send(endpoint, data, dest)
+                for notices in handed:
+                    await self._take_notices(notices)
                 if closed:
                     return
                 if drained:
