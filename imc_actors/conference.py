@@ -19,7 +19,7 @@ from functools import partial
 import trio
 
 from .actors.archive import expire_history
-from .actors.delivery import Delivery, Hold, Sender
+from .actors.delivery import Delivery, HandoffTarget, Hold, Sender
 from .actors.leases import LeaseKeeper
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .cluster import ClusterSnapshot, ClusterView, node_views
@@ -710,6 +710,7 @@ async def open_conference(
     wrap_sender: Callable[[Sender], Sender] | None = None,
     wrap_store: Callable[[Committer], Committer] | None = None,
     home: Callable[[str], str] | None = None,
+    handoff: HandoffTarget | None = None,
 ) -> AsyncIterator[Conference]:
     """Run a conference (store, supervisor, delivery; no sockets) for the body of the block.
 
@@ -730,6 +731,10 @@ async def open_conference(
     home never claims it is taken over by the first node it is asked of); a room created
     through this node (``#create`` sent to the manager URI) is created at its home, the
     request being forwarded there, unless that node is not live.
+
+    ``handoff`` (the workers of ``serve --workers N``, :class:`~imc_actors.handoff.Handoff`):
+    notices for members another worker delivers to are handed to it, and only this worker's
+    members' stored notices are restored here.
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
@@ -747,7 +752,7 @@ async def open_conference(
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:
         async with _running(
-            config, store, router, policy, apply, wrap_sender, wrap_store, home
+            config, store, router, policy, apply, wrap_sender, wrap_store, home, handoff
         ) as conference:
             yield conference
     finally:
@@ -764,6 +769,7 @@ async def _running(
     wrap_sender: Callable[[Sender], Sender] | None,
     wrap_store: Callable[[Committer], Committer] | None,
     home: Callable[[str], str] | None = None,
+    handoff: HandoffTarget | None = None,
 ) -> AsyncIterator[Conference]:
     # ownership (issue 13): with a node name, hold the rooms' leases while serving them
     keeper = (
@@ -772,7 +778,7 @@ async def _running(
     )  # fmt: skip
     try:
         async with _serving(
-            config, store, router, policy, apply, wrap_sender, wrap_store, keeper, home
+            config, store, router, policy, apply, wrap_sender, wrap_store, keeper, home, handoff
         ) as conference:
             yield conference
     finally:
@@ -792,6 +798,7 @@ async def _serving(
     wrap_store: Callable[[Committer], Committer] | None,
     keeper: LeaseKeeper | None,
     home: Callable[[str], str] | None = None,
+    handoff: HandoffTarget | None = None,
 ) -> AsyncIterator[Conference]:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
@@ -819,6 +826,7 @@ async def _serving(
             reader=store if policy.history_max > 0 else None,
         )
         delivery.on_outcome = supervisor.on_delivery
+        delivery.handoff = handoff
         rooms = await store.load_rooms()
         if keeper is not None:  # leases first, then the state they guard
             mine = rooms if home is None else [r for r in rooms if home(r.name) == config.node]

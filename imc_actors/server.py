@@ -461,7 +461,10 @@ async def open_server(
     repository = TimedRepository(repository, metrics.observe_commit)
     sender = message_sender(transport, config)
     home = steering.home_node if steering is not None and steering.nodes else None
-    async with open_conference(config, sender=sender, repository=repository, home=home) as conference:
+    handoff = Handoff(steering) if steering is not None else None  # imc_actors.handoff
+    async with open_conference(
+        config, sender=sender, repository=repository, home=home, handoff=handoff
+    ) as conference:
         metrics.conference, metrics.transport = conference, transport
         store = conference.store
         if registrar is not None and store is not None and hasattr(repository, "load_bindings"):
@@ -478,8 +481,6 @@ async def open_server(
         registered = conference.delivery.wake
         if steering is not None:  # the other workers deliver to the member too (issue 13)
             steering.on_wake = partial(conference.delivery.wake, here=True)
-            # each member's notices leave its own worker (imc_actors.handoff)
-            conference.delivery.handoff = Handoff(steering)
             steering.on_notices = partial(take_frame, conference.delivery)
             registered = partial(_wake_everywhere, conference.delivery.wake, steering)
         core = SipCore(

@@ -333,14 +333,18 @@ class Delivery:
 
     # ------------------------------------------------------------------ lifecycle
     async def restore(self) -> None:
-        """Park the lanes of members who have stored notices (call once before :meth:`run`).
+        """Park the lanes of members who have stored notices (call once before :meth:`run`);
+        with ``handoff`` set, of this worker's members only (each worker flushes its own).
         Raises StoreError when the store cannot be read."""
         if self._store is None:
             return
         counts: dict[str, int] = await self._store.read(
             lambda repository: repository.pending_counts()
         )
+        handoff = self.handoff
         for key, count in counts.items():
+            if handoff is not None and handoff.worker_of(key) is not None:
+                continue
             lane = self._lane(key)
             lane.parked = True
             lane.stored = count

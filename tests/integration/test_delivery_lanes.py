@@ -506,3 +506,27 @@ async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock
         mock_clock.jump(1.0)
         await trio.testing.wait_all_tasks_blocked()
     assert sender.bodies(ALICE) == [b"a0", b"a1", b"a2"]  # a1 is the overdue one now
+
+
+async def test_with_several_workers_each_restores_only_its_own_members(nursery, store, tmp_path) -> None:
+    """Stored notices are flushed by their member's worker (imc_actors.handoff): the other
+    workers do not park (and later flush) lanes for them at startup."""
+    import time
+
+    from imc_actors.handoff import Handoff
+    from imc_actors.store.records import PendingAdd
+    from imc_actors.transport.steering import Steering, home_of
+
+    now = time.time()
+    mine = next(f"m{i}@example.com" for i in range(100) if home_of(f"m{i}@example.com", 2) == 0)
+    theirs = next(f"m{i}@example.com" for i in range(100) if home_of(f"m{i}@example.com", 2) == 1)
+    await store.commit([
+        PendingAdd(member, f"sip:{member}", ROOM, b"kept", "relay", None, "cid", now, now + 3600)
+        for member in (mine, theirs, theirs)
+    ])  # fmt: skip
+    alone, worker = make(Sender(), store), make(Sender(), store)
+    worker.handoff = Handoff(Steering(0, 2, tmp_path))
+    await alone.restore()
+    await worker.restore()
+    assert (alone.statistics().pending, alone.statistics().waiting_members) == (3, 2)
+    assert (worker.statistics().pending, worker.statistics().waiting_members) == (1, 1)
