@@ -505,11 +505,8 @@ class Delivery:
             item = items[0]
             hold = item.hold
             if hold is not None and not hold.released:
-                if trio.current_time() - hold.made < HOLD_LIMIT:
-                    hold._block(lane)
+                if self._held_back(lane, hold):
                     return
-                # stale (its answer never went out): go now, as the sweep would have, instead
-                # of waiting one sweep per notice of this lane
                 hold.release()
                 continue
             if self._in_flight >= self._max_in_flight or self._nursery is None:
@@ -524,6 +521,16 @@ class Delivery:
             self._send(lane, item)
         self._forget_if_idle(lane)
 
+    @staticmethod
+    def _held_back(lane: _Lane, hold: Hold) -> bool:
+        """True when the unreleased ``hold`` still holds ``lane`` back (pumped again on its
+        release). False when it is stale (its answer never went out): the caller releases it
+        and goes on, as the sweep would have, instead of waiting one sweep per notice."""
+        if trio.current_time() - hold.made < HOLD_LIMIT:
+            hold._block(lane)
+            return True
+        return False
+
     def _pump_outbox(self, box: _Lane) -> None:
         """Hand over what ``box`` holds, up to the first notice still held."""
         items = box.items
@@ -531,8 +538,7 @@ class Delivery:
         while items:
             hold = items[0].hold
             if hold is not None and not hold.released:
-                if trio.current_time() - hold.made < HOLD_LIMIT:
-                    hold._block(box)
+                if self._held_back(box, hold):
                     break
                 if batch:  # what came before goes first: releasing pumps this box again
                     self._hand_off(box.remote, batch)

@@ -237,13 +237,11 @@ class _StatisticsCollector(Collector):
 
     @staticmethod
     def _auth(s: Any) -> Iterator[Metric]:
-        total = CounterMetricFamily(
-            "imc_auth", "digest authentication outcomes (README: Users and passwords)",
-            labels=["result"],
+        yield _by_label(
+            "imc_auth", "digest authentication outcomes (README: Users and passwords)", "result",
+            [(result, getattr(s, result))
+             for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed")],
         )  # fmt: skip
-        for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed"):
-            total.add_metric([result], getattr(s, result))
-        yield total
         yield GaugeMetricFamily(
             "imc_auth_nonces", "nonces whose last nonce-count is kept", value=s.nonces
         )
@@ -289,12 +287,10 @@ class _StatisticsCollector(Collector):
             if kind not in ("notice", "relay", "reply"):
                 out.add_metric([kind], count)
         yield out
-        done = CounterMetricFamily(
-            "imc_deliveries", "finished deliveries, by result", labels=["result"]
-        )
-        done.add_metric(["ok"], d.ok)
-        done.add_metric(["failed"], d.failed)
-        yield done
+        yield _by_label(
+            "imc_deliveries", "finished deliveries, by result", "result",
+            [("ok", d.ok), ("failed", d.failed)],
+        )  # fmt: skip
         yield GaugeMetricFamily(
             "imc_delivery_queue_depth",
             "outgoing MESSAGEs queued in memory, every member's lane",
@@ -303,35 +299,23 @@ class _StatisticsCollector(Collector):
         yield GaugeMetricFamily(
             "imc_deliveries_in_flight", "outgoing MESSAGEs being sent now", value=d.in_flight
         )
-        pending = CounterMetricFamily(
+        yield _by_label(
             "imc_pending", "notices for unreachable members: stored (queued), delivered later "
             "(flushed), given up after pending_ttl (expired) or over pending_max (dropped)",
-            labels=["event"],
+            "event",
+            [("queued", d.stored), ("flushed", d.flushed), ("expired", d.expired),
+             ("dropped", d.dropped)],
         )  # fmt: skip
-        for event, count in (
-            ("queued", d.stored),
-            ("flushed", d.flushed),
-            ("expired", d.expired),
-            ("dropped", d.dropped),
-        ):
-            pending.add_metric([event], count)
-        yield pending
         yield GaugeMetricFamily(
             "imc_pending_notices", "stored notices waiting for their member now", value=d.pending
         )
-        handoffs = CounterMetricFamily(
+        yield _by_label(
             "imc_delivery_handoffs", "serve --workers N: notices handed to their member's worker "
             "(out), taken from another worker (in), or delivered here because their member's "
             "worker could not take them (fallback)",
-            labels=["event"],
+            "event",
+            [("out", d.handed_out), ("in", d.handed_in), ("fallback", d.handoff_fallbacks)],
         )  # fmt: skip
-        for event, count in (
-            ("out", d.handed_out),
-            ("in", d.handed_in),
-            ("fallback", d.handoff_fallbacks),
-        ):
-            handoffs.add_metric([event], count)
-        yield handoffs
         yield GaugeMetricFamily(
             "imc_pending_members",
             "members with stored notices waiting now",
@@ -394,14 +378,10 @@ class _StatisticsCollector(Collector):
                 family = CounterMetricFamily if counter else GaugeMetricFamily
                 yield family(name, doc, value=t[field])
         if "client_ok" in t and "client_failed" in t:
-            client = CounterMetricFamily(
-                "imc_sip_client_requests",
-                "outgoing SIP requests finished, by result",
-                labels=["result"],
-            )
-            client.add_metric(["ok"], t["client_ok"])
-            client.add_metric(["failed"], t["client_failed"])
-            yield client
+            yield _by_label(
+                "imc_sip_client_requests", "outgoing SIP requests finished, by result", "result",
+                [("ok", t["client_ok"]), ("failed", t["client_failed"])],
+            )  # fmt: skip
 
 
 class ServerMetrics:
@@ -507,6 +487,14 @@ class ServerMetrics:
             for m in self.own()
         ]
         return json.dumps(families, separators=(",", ":"))
+
+
+def _by_label(name: str, doc: str, label: str, counts: Iterable[tuple[str, float]]) -> Metric:
+    """A counter family with one sample per ``(value of label, count)`` pair."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, count in counts:
+        family.add_metric([value], count)
+    return family
 
 
 def _labelled(metric: Metric, node: str) -> Metric:

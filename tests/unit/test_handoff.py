@@ -3,6 +3,8 @@ of notices, and two Delivery instances handing notices to each other over real U
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 
 import pytest
@@ -52,6 +54,24 @@ def _by_member(got: list[tuple[str, bytes]]) -> dict[str, list[bytes]]:
     return out
 
 
+@asynccontextmanager
+async def _workers(steerings: Sequence[Steering], *serving: Steering) -> AsyncIterator[trio.Nursery]:
+    """``steerings`` listening for the block (closed after), the ``serving`` ones reading their
+    connections; the block gets the nursery, cancelled when it ends."""
+    for steering in steerings:
+        steering.open()
+    try:
+        async with trio.open_nursery() as nursery:
+            for steering in serving:
+                nursery.start_soon(steering.serve, lambda *args: None, lambda *args: None)
+            await trio.testing.wait_all_tasks_blocked()
+            yield nursery
+            nursery.cancel_scope.cancel()
+    finally:
+        for steering in steerings:
+            steering.close()
+
+
 class _Progress:
     """Set whenever a recorder got a notice: what the tests wait on (no polling)."""
 
@@ -87,36 +107,28 @@ async def test_each_members_notices_leave_its_own_worker_after_the_hold(tmp_path
     senders = [_Recorder(progress), _Recorder(progress)]
     deliveries = [Delivery(sender) for sender in senders]
     for steering, delivery in zip(steerings, deliveries, strict=True):
-        steering.open()
         delivery.handoff = Handoff(steering)
         steering.on_notices = partial(take_frame, delivery)
     here, there = _members(0, 3), _members(1, 3)
     room = "sip:r@example.com"
-    try:
-        async with trio.open_nursery() as nursery:
-            for steering in steerings:
-                nursery.start_soon(steering.serve, lambda *args: None, lambda *args: None)
-            for delivery in deliveries:
-                await nursery.start(delivery.run)
-            hold = deliveries[0].hold()
-            members = [m for pair in zip(here, there, strict=True) for m in pair]
-            line = b"[alice]: hi"
-            await deliveries[0].submit(
-                [Notice(m, line, room, "relay", keep=True) for m in members], "call-1", hold=hold
-            )
-            invitation = Notice(there[0], b"invited", room, invite_of=there[0])
-            await deliveries[0].submit([invitation], "call-1", hold=hold)
-            await trio.testing.wait_all_tasks_blocked()
-            assert senders[1].got == []  # held: nothing handed over before the answer is out
-            hold.release()
-            await deliveries[0].submit(
-                [Notice(m, b"*** bob joined", room, keep=True) for m in members], "call-2"
-            )
-            await progress.until(lambda: len(senders[1].got) == 6 and len(senders[0].got) == 7)
-            nursery.cancel_scope.cancel()
-    finally:
-        for steering in steerings:
-            steering.close()
+    async with _workers(steerings, *steerings) as nursery:
+        for delivery in deliveries:
+            await nursery.start(delivery.run)
+        hold = deliveries[0].hold()
+        members = [m for pair in zip(here, there, strict=True) for m in pair]
+        line = b"[alice]: hi"
+        await deliveries[0].submit(
+            [Notice(m, line, room, "relay", keep=True) for m in members], "call-1", hold=hold
+        )
+        invitation = Notice(there[0], b"invited", room, invite_of=there[0])
+        await deliveries[0].submit([invitation], "call-1", hold=hold)
+        await trio.testing.wait_all_tasks_blocked()
+        assert senders[1].got == []  # held: nothing handed over before the answer is out
+        hold.release()
+        await deliveries[0].submit(
+            [Notice(m, b"*** bob joined", room, keep=True) for m in members], "call-2"
+        )
+        await progress.until(lambda: len(senders[1].got) == 6 and len(senders[0].got) == 7)
     # worker 1 delivered to its members, each in order; the invitation stayed with its room
     assert _by_member(senders[1].got) == {
         m: [b"[alice]: hi", b"*** bob joined"] for m in there
@@ -133,17 +145,12 @@ async def test_notices_for_a_worker_that_is_down_are_delivered_here(tmp_path):
     steering = Steering(0, 2, tmp_path)  # worker 1 never listens
     sender = _Recorder(_Progress())
     delivery = Delivery(sender)
-    steering.open()
     delivery.handoff = Handoff(steering)
     there = _members(1, 2)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(delivery.run)
-            await delivery.submit([Notice(m, b"x", "sip:r@example.com") for m in there], "c")
-            await delivery.drain()
-            nursery.cancel_scope.cancel()
-    finally:
-        steering.close()
+    async with _workers([steering]) as nursery:
+        await nursery.start(delivery.run)
+        await delivery.submit([Notice(m, b"x", "sip:r@example.com") for m in there], "c")
+        await delivery.drain()
     assert _by_member(sender.got) == {m: [b"x"] for m in there}
     stats = delivery.statistics()
     assert (stats.handed_out, stats.handoff_fallbacks, stats.ok) == (0, 2, 2)
@@ -161,21 +168,12 @@ async def test_a_member_sending_wakes_its_own_worker(tmp_path):
     steerings[1].on_wake = on_wake
     delivery = Delivery(_Recorder(progress))
     delivery.handoff = Handoff(steerings[0])
-    for steering in steerings:
-        steering.open()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(steerings[1].serve, lambda *args: None, lambda *args: None)
-            await trio.testing.wait_all_tasks_blocked()
-            delivery.wake(_members(1, 1)[0], here=True)  # the caller tells the others itself
-            delivery.wake(_members(1, 1)[0])
-            delivery.wake(_members(0, 1)[0])  # its own member: nobody else is told
-            await progress.until(lambda: woken)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.cancel_scope.cancel()
-    finally:
-        for steering in steerings:
-            steering.close()
+    async with _workers(steerings, steerings[1]):
+        delivery.wake(_members(1, 1)[0], here=True)  # the caller tells the others itself
+        delivery.wake(_members(1, 1)[0])
+        delivery.wake(_members(0, 1)[0])  # its own member: nobody else is told
+        await progress.until(lambda: woken)
+        await trio.testing.wait_all_tasks_blocked()
     assert woken == [_members(1, 1)[0].removeprefix("sip:")]
 
 
@@ -196,18 +194,9 @@ async def test_a_batch_too_big_for_one_frame_goes_in_several_in_order(tmp_path):
     body_size = FRAME_LIMIT // 3  # each notice its own body: three do not fit in one frame
     pairs = [(Notice(m, bytes([65 + i]) * body_size, "sip:r@example.com"), "c") for i, m in enumerate(there)]
     huge = (Notice(there[0], b"x" * (FRAME_LIMIT + 1), "sip:r@example.com"), "c")
-    for steering in steerings:
-        steering.open()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(steerings[1].serve, lambda *args: None, lambda *args: None)
-            await trio.testing.wait_all_tasks_blocked()
-            assert handoff.send(1, pairs) == 8
-            assert handoff.send(1, [huge]) == 0  # one notice larger than a frame stays here
-            await progress.until(lambda: sum(map(len, frames)) == 8)
-            nursery.cancel_scope.cancel()
-    finally:
-        for steering in steerings:
-            steering.close()
+    async with _workers(steerings, steerings[1]):
+        assert handoff.send(1, pairs) == 8
+        assert handoff.send(1, [huge]) == 0  # one notice larger than a frame stays here
+        await progress.until(lambda: sum(map(len, frames)) == 8)
     assert len(frames) > 1
     assert [pair for frame in frames for pair in frame] == pairs
