@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -163,7 +164,7 @@ def apply(
     """Carry out one write (inside the caller's transaction); ``seqs`` numbers archived lines."""
     pending, location = models.pending, models.location
     if isinstance(write, HistoryAppend):
-        _append_line(models, write, seqs if seqs is not None else HistorySeqs({}))
+        append_lines(models, [write], seqs if seqs is not None else HistorySeqs({}))
     elif isinstance(write, HistoryExpire):
         models.history.delete().where(models.history.inc_time < int(write.before)).execute()
     elif isinstance(write, RoomInfoSet):
@@ -174,13 +175,7 @@ def apply(
             topic_time=write.topic_time, created=write.created,
         ).execute()  # fmt: skip
     elif isinstance(write, PendingAdd):
-        user, host = _key(write.member)
-        pending.insert(
-            src_addr=write.sender, dst_addr=write.recipient, username=user, domain=host,
-            inc_time=int(write.created), exp_time=int(write.expires),
-            ctype=write.content_type or "", body=write.body, callid=write.in_reply_to,
-            kind=write.kind,
-        ).execute()  # fmt: skip
+        add_pending(models, [write])
     elif isinstance(write, PendingDelete):
         ids = list(write.ids)
         for start in range(0, len(ids), 500):
@@ -430,25 +425,69 @@ class HistorySeqs:
         self.taken = {}
 
 
+#: Writes that :func:`apply_run` takes several at a time, in one statement.
+RUN_WRITES = (HistoryAppend, PendingAdd)
+#: Rows per INSERT statement: the parameters of one stay within old SQLite's limit of 999.
+LINES_PER_INSERT = 150  # six parameters each
+PENDING_PER_INSERT = 90  # ten
+
+
+def apply_run(models: Models, writes: Sequence[Any], seqs: HistorySeqs) -> None:
+    """Carry out ``writes``, consecutive writes of one kind of :data:`RUN_WRITES`, in as few
+    statements as they fit. Each statement is a round trip to the database, and in the store's
+    writer thread a wait for the GIL while the event loop is busy: one statement per chat
+    line or stored notice made a busy room's commits several times slower."""
+    if isinstance(writes[0], HistoryAppend):
+        append_lines(models, writes, seqs)
+    else:
+        add_pending(models, writes)
+
+
+def add_pending(models: Models, writes: Sequence[PendingAdd]) -> None:
+    """Store ``writes`` in order, :data:`PENDING_PER_INSERT` notices per INSERT (their ids
+    ascend in that order: a member's notices are delivered by id)."""
+    rows = []
+    for write in writes:
+        user, host = _key(write.member)
+        rows.append({
+            "src_addr": write.sender, "dst_addr": write.recipient, "username": user, "domain": host,
+            "inc_time": int(write.created), "exp_time": int(write.expires),
+            "ctype": write.content_type or "", "body": write.body, "callid": write.in_reply_to,
+            "kind": write.kind,
+        })  # fmt: skip
+    for start in range(0, len(rows), PENDING_PER_INSERT):
+        models.pending.insert_many(rows[start : start + PENDING_PER_INSERT]).execute()
+
+
 @functools.cache
-def _insert_line_sql(table: str, quote: str, param: str) -> str:
-    """The archive's INSERT, rendered once per table (it runs for every chat line, and peewee's
-    query builder costs more than the statement)."""
+def _insert_lines_sql(table: str, quote: str, param: str, count: int) -> str:
+    """The archive's INSERT of ``count`` lines, rendered once per table and count (it runs for
+    every batch of chat lines, and peewee's query builder costs more than the statement)."""
     left, right = quote[0], quote[-1]
     columns = ", ".join(f"{left}{c}{right}" for c in ("room", "seq", "sender", "inc_time", "ctype", "body"))
-    return f"INSERT INTO {left}{table}{right} ({columns}) VALUES ({', '.join([param] * 6)})"
+    row = f"({', '.join([param] * 6)})"
+    return f"INSERT INTO {left}{table}{right} ({columns}) VALUES {', '.join([row] * count)}"
 
 
-def _append_line(models: Models, write: HistoryAppend, seqs: HistorySeqs) -> None:
+def append_lines(models: Models, writes: Sequence[HistoryAppend], seqs: HistorySeqs) -> None:
+    """Archive ``writes`` in order, :data:`LINES_PER_INSERT` lines per INSERT, then trim their
+    rooms (after all the inserts: each trim deletes only lines ``keep`` or more behind)."""
     history = models.history
-    seq = seqs.next(models, write.room)
     db = history._meta.database
-    sql = _insert_line_sql(history._meta.table_name, db.quote, db.param)
-    values = (write.room, seq, write.sender, int(write.time), write.content_type or "", write.body)
-    db.execute_sql(sql, values)
-    step = max(1, write.keep // 10)
-    if seq > write.keep and seq % step == 0:
-        history.delete().where((history.room == write.room) & (history.seq <= seq - write.keep)).execute()
+    rows: list[Any] = []
+    trims: list[tuple[str, int]] = []
+    for write in writes:
+        seq = seqs.next(models, write.room)
+        rows += (write.room, seq, write.sender, int(write.time), write.content_type or "", write.body)
+        step = max(1, write.keep // 10)
+        if seq > write.keep and seq % step == 0:
+            trims.append((write.room, seq - write.keep))
+    table = history._meta.table_name
+    for start in range(0, len(writes), LINES_PER_INSERT):
+        chunk = rows[start * 6 : (start + LINES_PER_INSERT) * 6]
+        db.execute_sql(_insert_lines_sql(table, db.quote, db.param, len(chunk) // 6), chunk)
+    for room, upto in trims:
+        history.delete().where((history.room == room) & (history.seq <= upto)).execute()
 
 
 def clear_room(models: Models, room: str, seqs: HistorySeqs) -> None:

@@ -967,8 +967,15 @@ class Repository:
         guard: CommitGuard | None,
     ) -> None:
         execute = self._db.execute_sql
+        run: list[Any] = []  # consecutive writes of one kind that go in one statement
         with self._db.atomic():
             for write in writes:
+                if run and type(write) is not type(run[0]):
+                    own_tables.apply_run(self._models, run, seqs)
+                    run = []
+                if isinstance(write, own_tables.RUN_WRITES):
+                    run.append(write)
+                    continue
                 if isinstance(write, RoomUpsert):
                     key: tuple[Any, ...] = (write.name, write.domain)
                     ids = execute(sql.room_exact, key).fetchall()
@@ -1002,6 +1009,8 @@ class Repository:
                 else:
                     user, host = split_member(write.member)
                     execute(sql.member_delete, (write.room, user, host))
+            if run:
+                own_tables.apply_run(self._models, run, seqs)
             node = self.node
             if node is not None:
                 taken, destroyed = self._fence(writes, node)

@@ -13,6 +13,7 @@ from imc_actors.imc.effects import (
     RoomUpsert,
 )
 from imc_actors.imc.state import RoomInfo
+from imc_actors.store.own_tables import LINES_PER_INSERT
 from imc_actors.store.records import HistoryExpire
 from imc_actors.store.repository import Repository, StoreError
 
@@ -66,6 +67,24 @@ def test_the_count_limit_keeps_the_newest_lines(repository: Repository) -> None:
     repository.apply_batch([line(i, keep=100, room="sip:big@example.com") for i in range(125)])
     kept = [e.seq for e in repository.load_history("sip:big@example.com", 1000)]
     assert kept[-1] == 125 and 100 <= len(kept) <= 110  # trimmed every 10 lines
+
+
+def test_a_long_batch_of_lines_of_two_rooms_is_stored_whole_in_order(repository: Repository) -> None:
+    """A batch is archived several lines per INSERT (LINES_PER_INSERT): two rooms' lines
+    interleaved, other writes between them, more lines than one statement takes."""
+    other = "sip:other@example.com"
+    count = 2 * LINES_PER_INSERT + 7
+    batch = [line(i, room=ROOM if i % 3 else other) for i in range(count)]
+    batch.insert(40, RoomInfoSet(ROOM, "topic", "sip:Alice@example.com", T0, T0))
+    repository.apply_batch(batch)
+    mine = repository.load_history(ROOM, 1000)
+    theirs = repository.load_history(other, 1000)
+    assert [e.seq for e in mine] == list(range(1, len(mine) + 1))
+    assert [e.body for e in mine] == [f"line {i} é".encode() for i in range(count) if i % 3]
+    assert [e.body for e in theirs] == [f"line {i} é".encode() for i in range(count) if not i % 3]
+    repository.apply_batch([line(i, keep=20) for i in range(count, count + 30)])  # trims in-batch
+    assert [e.seq for e in repository.load_history(ROOM, 1000)][-1] == len(mine) + 30
+    assert 20 <= len(repository.load_history(ROOM, 1000)) <= 22
 
 
 def test_the_age_limit_drops_old_lines(repository: Repository) -> None:

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from imc_actors.store.own_tables import PENDING_PER_INSERT
 from imc_actors.store.records import (
     BindingClear,
     BindingDelete,
@@ -49,6 +50,19 @@ def test_pending_rows_come_back_in_order_per_member(repository: Repository) -> N
     ]  # fmt: skip
     (bob,) = repository.load_pending("bob@example.com", 10)
     assert bob.recipient == "sip:Bob@Example.com"
+
+
+def test_a_long_batch_of_notices_keeps_each_members_order(repository: Repository) -> None:
+    """Stored notices go several per INSERT (PENDING_PER_INSERT); ids still ascend in the
+    batch's order, which is the order a member gets them in."""
+    count = 2 * PENDING_PER_INSERT + 5
+    batch = [pending("alice@example.com" if i % 2 else "bob@example.com", i) for i in range(count)]
+    batch.insert(10, PendingTrim("carol@example.com", 0))  # another kind of write in between
+    repository.apply_batch(batch)
+    alice = repository.load_pending("alice@example.com", 1000)
+    assert [r.body for r in alice] == [f"line {i}".encode() for i in range(count) if i % 2]
+    assert [r.id for r in alice] == sorted(r.id for r in alice)
+    assert repository.pending_counts()["bob@example.com"] == (count + 1) // 2
 
 
 def test_pending_trim_keeps_the_newest(repository: Repository) -> None:
