@@ -181,12 +181,14 @@ class Supervisor:
         restart_limit: int = 5,
         restart_window: float = 60.0,
         apply: ApplyFn = apply,
-        max_batch: int = 64,
+        max_batch: int | None = None,
         reader: Reader | None = None,
     ) -> None:
         self._apply = apply
         self._reader = reader  # reads the archive for HistoryQuery outcomes (None: no archive)
-        self.max_batch = max_batch
+        # a whole mailbox per commit by default: a busy room's commit waits for the writer
+        # thread, and the commands that arrived meanwhile all go in the next one
+        self.max_batch = max_batch if max_batch is not None else mailbox_size
         self._store = store
         self._delivery = delivery
         self._policy = policy

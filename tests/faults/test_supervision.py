@@ -208,3 +208,54 @@ async def test_a_store_that_cannot_load_stops_startup_with_the_error(config):
         async with open_conference(config, repository=_UnreadableRepository()):
             pytest.fail("the conference must not start without its rooms")
     assert len(live_tasks()) == before  # the store task it had started is gone too
+
+
+class _GatedStore:
+    """The real store; while ``gate`` is set, a commit waits for it. Records each commit's size."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gate: trio.Event | None = None
+        self.sizes: list[int] = []
+
+    async def commit(self, writes) -> None:
+        self.sizes.append(len(writes))
+        if self.gate is not None:
+            await self.gate.wait()
+        await self.inner.commit(writes)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def test_what_queued_behind_a_slow_commit_goes_in_the_next_one(tmp_path):
+    """A room's next transaction takes its whole mailbox (not a fixed 64): under load the
+    commit waits for the writer thread, and the more queued meanwhile, the fewer commits."""
+    config = make_config(tmp_path, mailbox_size=200)
+    gated: list[_GatedStore] = []
+
+    def wrap(inner):
+        gated.append(_GatedStore(inner))
+        return gated[0]
+
+    async with open_conference(config, wrap_store=wrap) as conf:
+        await two_rooms(conf)
+        store = gated[0]
+        store.gate = gate = trio.Event()
+        store.sizes.clear()
+        codes: list[int] = []
+
+        async def chat(i: int) -> None:
+            codes.append((await conf.handle(say(ROOM_A, "carol", f"line {i}"))).code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(chat, 0)
+            await trio.testing.wait_all_tasks_blocked()  # line 0's commit waits at the gate
+            for i in range(1, 151):
+                nursery.start_soon(chat, i)
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        assert codes == [202] * 151
+        assert store.sizes == [1, 150]  # one archived line each: 150 in one transaction
+        history = await conf.store.read(lambda repository: repository.load_history(ROOM_A, 200))
+        assert sorted(line.body for line in history) == sorted(f"line {i}".encode() for i in range(151))
