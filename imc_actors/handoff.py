@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+import trio
 
 from .imc.effects import Notice
 from .transport.steering import MAX_FRAME, Steering, home_of
@@ -31,6 +33,11 @@ __all__ = ["Handoff", "decode", "encode", "take_frame"]
 _KINDS = ("notice", "relay", "reply")
 #: The largest frame of notices (the relay socket's frame, less its tag).
 FRAME_LIMIT = MAX_FRAME - 64
+#: Seconds within which a member's worker is woken once: each chat line its member sends would
+#: otherwise cost a frame each way, and a parked lane it wakes needs telling only once.
+WAKE_INTERVAL = 1.0
+#: Members remembered for :data:`WAKE_INTERVAL` at most (then forgotten all at once).
+WAKE_MEMORY = 10_000
 
 
 def encode(notices: Sequence[tuple[Notice, str]]) -> bytes:
@@ -81,10 +88,12 @@ class Handoff:
     """Which worker delivers to a member, and the hand-off itself, over ``steering``'s
     connections between the workers."""
 
-    def __init__(self, steering: Steering) -> None:
+    def __init__(self, steering: Steering, clock: Callable[[], float] = trio.current_time) -> None:
         self.steering = steering
         self._index = steering.index
         self._count = steering.count
+        self._clock = clock
+        self._woken: dict[str, float] = {}  # member -> when its worker was last woken
 
     def worker_of(self, key: str) -> int | None:
         """The worker that delivers to member ``key`` (``user@host``), or None: this one."""
@@ -108,7 +117,16 @@ class Handoff:
 
     def wake(self, worker: int, member: str) -> None:
         """Tell ``worker`` that ``member`` sent a request: it delivers what it keeps for it
-        (best effort: a retry or the member's next REGISTER does it otherwise)."""
+        (best effort: a retry or the member's next REGISTER does it otherwise). Once per
+        member within :data:`WAKE_INTERVAL`: a member that goes on sending is told of later."""
+        now = self._clock()
+        woken = self._woken
+        last = woken.get(member)
+        if last is not None and now - last < WAKE_INTERVAL:
+            return
+        if len(woken) >= WAKE_MEMORY:
+            woken.clear()
+        woken[member] = now
         self.steering.wake(worker, member)
 
 

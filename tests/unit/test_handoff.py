@@ -177,6 +177,35 @@ async def test_a_member_sending_wakes_its_own_worker(tmp_path):
     assert woken == [_members(1, 1)[0].removeprefix("sip:")]
 
 
+async def test_a_member_that_goes_on_sending_wakes_its_worker_once_a_second(tmp_path):
+    from imc_actors.handoff import WAKE_INTERVAL
+
+    steerings = [Steering(i, 2, tmp_path) for i in range(2)]
+    woken: list[str] = []
+    progress = _Progress()
+
+    def on_wake(member: str) -> None:
+        woken.append(member)
+        progress.bump()
+
+    steerings[1].on_wake = on_wake
+    now = [100.0]
+    delivery = Delivery(_Recorder(progress))
+    delivery.handoff = Handoff(steerings[0], clock=lambda: now[0])
+    member, other = _members(1, 2)
+    async with _workers(steerings, steerings[1]):
+        for _ in range(5):  # a chat line each: one frame
+            delivery.wake(member)
+        delivery.wake(other)  # another member is told at once
+        await progress.until(lambda: len(woken) == 2)
+        now[0] += WAKE_INTERVAL
+        delivery.wake(member)
+        await progress.until(lambda: len(woken) == 3)
+        await trio.testing.wait_all_tasks_blocked()
+    key, other_key = member.removeprefix("sip:"), other.removeprefix("sip:")
+    assert sorted(woken[:2]) == sorted([key, other_key]) and woken[2:] == [key]
+
+
 async def test_a_batch_too_big_for_one_frame_goes_in_several_in_order(tmp_path):
     from imc_actors.handoff import FRAME_LIMIT
 
