@@ -162,6 +162,10 @@ ApplyFn = Callable[
 ]
 
 
+#: Commands a room answers in one step after a commit before it lets other tasks run.
+ADOPT_SLICE = 32
+
+
 def partition_of(key: str, hash_size: int) -> int:
     """Partition index of a lower-cased ``name@domain`` key."""
     return zlib.crc32(key.encode()) & ((1 << hash_size) - 1)
@@ -523,7 +527,11 @@ class Supervisor:
         if not staged:
             return
         self._set_state(handle, staged[-1][1])
-        for envelope, _, outcome in staged:
+        for done, (envelope, _, outcome) in enumerate(staged):
+            if done and not done % ADOPT_SLICE:
+                # let the event loop read the answers to what went out meanwhile: a whole
+                # mailbox in one step kept every member's next notice waiting behind it
+                await trio.lowlevel.cancel_shielded_checkpoint()
             backlog.popleft()
             if outcome.notices:
                 await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)

@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from imc_actors.actors.supervisor import ADOPT_SLICE
 from imc_actors.conference import open_conference
 from imc_actors.config import Config
 from imc_actors.testing import Faults, live_tasks, members_of
@@ -248,14 +249,26 @@ async def test_what_queued_behind_a_slow_commit_goes_in_the_next_one(tmp_path):
         async def chat(i: int) -> None:
             codes.append((await conf.handle(say(ROOM_A, "carol", f"line {i}"))).code)
 
+        seen: list[int] = []  # commands answered, as another task saw it run after run
+
+        async def watch() -> None:
+            while len(codes) < 151:
+                seen.append(conf.supervisor.statistics().processed)
+                await trio.lowlevel.checkpoint()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(chat, 0)
             await trio.testing.wait_all_tasks_blocked()  # line 0's commit waits at the gate
             for i in range(1, 151):
                 nursery.start_soon(chat, i)
             await trio.testing.wait_all_tasks_blocked()
+            before = conf.supervisor.statistics().processed
             gate.set()
+            nursery.start_soon(watch)
         assert codes == [202] * 151
         assert store.sizes == [1, 150]  # one archived line each: 150 in one transaction
+        # the 150 are answered in slices of ADOPT_SLICE, other tasks running in between
+        steps = sorted({n - before - 1 for n in seen if before + 1 < n < before + 151})
+        assert steps and all(step % ADOPT_SLICE == 0 for step in steps), seen
         history = await conf.store.read(lambda repository: repository.load_history(ROOM_A, 200))
         assert sorted(line.body for line in history) == sorted(f"line {i}".encode() for i in range(151))
