@@ -156,7 +156,8 @@ async def test_notices_for_a_worker_that_is_down_are_delivered_here(tmp_path):
     assert (stats.handed_out, stats.handoff_fallbacks, stats.ok) == (0, 2, 2)
 
 
-async def test_a_member_sending_wakes_its_own_worker(tmp_path):
+def _woken_on_worker_1(tmp_path, clock=None):
+    """Two steerings, a delivery on worker 0 handing off to worker 1, and what 1 is woken for."""
     steerings = [Steering(i, 2, tmp_path) for i in range(2)]
     woken: list[str] = []
     progress = _Progress()
@@ -167,7 +168,12 @@ async def test_a_member_sending_wakes_its_own_worker(tmp_path):
 
     steerings[1].on_wake = on_wake
     delivery = Delivery(_Recorder(progress))
-    delivery.handoff = Handoff(steerings[0])
+    delivery.handoff = Handoff(steerings[0]) if clock is None else Handoff(steerings[0], clock=clock)
+    return steerings, delivery, woken, progress
+
+
+async def test_a_member_sending_wakes_its_own_worker(tmp_path):
+    steerings, delivery, woken, progress = _woken_on_worker_1(tmp_path)
     async with _workers(steerings, steerings[1]):
         delivery.wake(_members(1, 1)[0], here=True)  # the caller tells the others itself
         delivery.wake(_members(1, 1)[0])
@@ -180,18 +186,8 @@ async def test_a_member_sending_wakes_its_own_worker(tmp_path):
 async def test_a_member_that_goes_on_sending_wakes_its_worker_once_a_second(tmp_path):
     from imc_actors.handoff import WAKE_INTERVAL
 
-    steerings = [Steering(i, 2, tmp_path) for i in range(2)]
-    woken: list[str] = []
-    progress = _Progress()
-
-    def on_wake(member: str) -> None:
-        woken.append(member)
-        progress.bump()
-
-    steerings[1].on_wake = on_wake
     now = [100.0]
-    delivery = Delivery(_Recorder(progress))
-    delivery.handoff = Handoff(steerings[0], clock=lambda: now[0])
+    steerings, delivery, woken, progress = _woken_on_worker_1(tmp_path, clock=lambda: now[0])
     member, other = _members(1, 2)
     async with _workers(steerings, steerings[1]):
         for _ in range(5):  # a chat line each: one frame
