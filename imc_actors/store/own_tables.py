@@ -158,14 +158,11 @@ def _epoch(value: Any) -> float:
     return value.replace(tzinfo=dt.UTC).timestamp()
 
 
-def apply(
-    db: peewee.Database, models: Models, write: OwnWrite, seqs: HistorySeqs | None = None
-) -> None:
-    """Carry out one write (inside the caller's transaction); ``seqs`` numbers archived lines."""
+def apply(db: peewee.Database, models: Models, write: OwnWrite) -> None:
+    """Carry out one write (inside the caller's transaction); the :data:`RUN_WRITES` go
+    through :func:`apply_run` instead."""
     pending, location = models.pending, models.location
-    if isinstance(write, HistoryAppend):
-        append_lines(models, [write], seqs if seqs is not None else HistorySeqs({}))
-    elif isinstance(write, HistoryExpire):
+    if isinstance(write, HistoryExpire):
         models.history.delete().where(models.history.inc_time < int(write.before)).execute()
     elif isinstance(write, RoomInfoSet):
         info = models.room_info
@@ -174,8 +171,6 @@ def apply(
             room=write.room, topic=write.topic, topic_by=write.topic_by,
             topic_time=write.topic_time, created=write.created,
         ).execute()  # fmt: skip
-    elif isinstance(write, PendingAdd):
-        add_pending(models, [write])
     elif isinstance(write, PendingDelete):
         ids = list(write.ids)
         for start in range(0, len(ids), 500):
@@ -474,18 +469,19 @@ def append_lines(models: Models, writes: Sequence[HistoryAppend], seqs: HistoryS
     rooms (after all the inserts: each trim deletes only lines ``keep`` or more behind)."""
     history = models.history
     db = history._meta.database
-    rows: list[Any] = []
+    rows: list[tuple[Any, ...]] = []
     trims: list[tuple[str, int]] = []
     for write in writes:
         seq = seqs.next(models, write.room)
-        rows += (write.room, seq, write.sender, int(write.time), write.content_type or "", write.body)
+        rows.append((write.room, seq, write.sender, int(write.time), write.content_type or "", write.body))
         step = max(1, write.keep // 10)
         if seq > write.keep and seq % step == 0:
             trims.append((write.room, seq - write.keep))
     table = history._meta.table_name
-    for start in range(0, len(writes), LINES_PER_INSERT):
-        chunk = rows[start * 6 : (start + LINES_PER_INSERT) * 6]
-        db.execute_sql(_insert_lines_sql(table, db.quote, db.param, len(chunk) // 6), chunk)
+    for start in range(0, len(rows), LINES_PER_INSERT):
+        chunk = rows[start : start + LINES_PER_INSERT]
+        sql = _insert_lines_sql(table, db.quote, db.param, len(chunk))
+        db.execute_sql(sql, [value for row in chunk for value in row])
     for room, upto in trims:
         history.delete().where((history.room == room) & (history.seq <= upto)).execute()
 

@@ -995,7 +995,7 @@ class Repository:
                     own_tables.delete_room(self._models, room)
                     own_tables.clear_room(self._models, room, seqs)
                 elif isinstance(write, own_tables.OWN_WRITES):
-                    own_tables.apply(self._db, self._models, write, seqs)
+                    own_tables.apply(self._db, self._models, write)
                 elif isinstance(write, MemberUpsert):
                     user, host = split_member(write.member)
                     ids = execute(sql.member_exact, (user, host, write.room)).fetchall()

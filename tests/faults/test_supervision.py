@@ -211,18 +211,15 @@ async def test_a_store_that_cannot_load_stops_startup_with_the_error(config):
     assert len(live_tasks()) == before  # the store task it had started is gone too
 
 
-class _GatedStore:
-    """The real store; while ``gate`` is set, a commit waits for it. Records each commit's size."""
+class _Sizes:
+    """The real store, recording how many writes each commit carries."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
-        self.gate: trio.Event | None = None
         self.sizes: list[int] = []
 
     async def commit(self, writes) -> None:
         self.sizes.append(len(writes))
-        if self.gate is not None:
-            await self.gate.wait()
         await self.inner.commit(writes)
 
     def __getattr__(self, name):
@@ -233,17 +230,19 @@ async def test_what_queued_behind_a_slow_commit_goes_in_the_next_one(tmp_path):
     """A room's next transaction takes its whole mailbox (not a fixed 64): under load the
     commit waits for the writer thread, and the more queued meanwhile, the fewer commits."""
     config = make_config(tmp_path, mailbox_size=200)
-    gated: list[_GatedStore] = []
+    faults = Faults(seed=SEED)
+    store: list[_Sizes] = []
 
     def wrap(inner):
-        gated.append(_GatedStore(inner))
-        return gated[0]
+        store.append(_Sizes(inner))
+        return faults.wrap_store(store[0])
 
-    async with open_conference(config, wrap_store=wrap) as conf:
+    hooks = {**faults.hooks(config), "wrap_store": wrap}
+    async with open_conference(config, **hooks) as conf:
         await two_rooms(conf)
-        store = gated[0]
-        store.gate = gate = trio.Event()
-        store.sizes.clear()
+        sizes = store[0].sizes
+        sizes.clear()
+        gate = faults.stall_room(room=ROOM_A)  # line 0's commit waits for it
         codes: list[int] = []
 
         async def chat(i: int) -> None:
@@ -258,7 +257,7 @@ async def test_what_queued_behind_a_slow_commit_goes_in_the_next_one(tmp_path):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(chat, 0)
-            await trio.testing.wait_all_tasks_blocked()  # line 0's commit waits at the gate
+            await trio.testing.wait_all_tasks_blocked()
             for i in range(1, 151):
                 nursery.start_soon(chat, i)
             await trio.testing.wait_all_tasks_blocked()
@@ -266,7 +265,7 @@ async def test_what_queued_behind_a_slow_commit_goes_in_the_next_one(tmp_path):
             gate.set()
             nursery.start_soon(watch)
         assert codes == [202] * 151
-        assert store.sizes == [1, 150]  # one archived line each: 150 in one transaction
+        assert sizes == [1, 150]  # one archived line each: 150 in one transaction
         # the 150 are answered in slices of ADOPT_SLICE, other tasks running in between
         steps = sorted({n - before - 1 for n in seen if before + 1 < n < before + 151})
         assert steps and all(step % ADOPT_SLICE == 0 for step in steps), seen
