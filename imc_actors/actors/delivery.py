@@ -78,6 +78,8 @@ FLUSH_BATCH = 100
 PERSIST_BATCH = 100
 #: The longest wait between two retries of a parked member (seconds; see ``pending_retry``).
 RETRY_CAP = 3600.0
+#: Seconds between two warnings about one member's dropped stored notices (each drop counts).
+DROP_WARNING_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,9 @@ class _Lane:
         "retries",
         "retry_at",
         "stored",
+        "unwarned",
         "waiting",
+        "warned_at",
         "woken",
         "working",
     )
@@ -251,6 +255,8 @@ class _Lane:
         self.nudge: trio.Event | None = None  # the worker waits on it: set on news for it
         self.retry_at: float | None = None  # a retry of the parked lane is scheduled then
         self.retries = 0  # retries since the lane parked (the backoff doubles with each)
+        self.warned_at = -math.inf  # trio time of the last warning about dropped notices
+        self.unwarned = 0  # notices dropped since that warning
 
 
 class Delivery:
@@ -819,10 +825,15 @@ class Delivery:
         self._stored_total += len(batch)
         if over > 0:
             self._dropped += over
-            log.warning(
-                "member %s has over %d stored notices: dropped the %d oldest",
-                lane.key, self._pending_max, over,
-            )  # fmt: skip
+            lane.unwarned += over
+            now = trio.current_time()
+            if now - lane.warned_at >= DROP_WARNING_INTERVAL:  # a flood logs once a minute
+                log.warning(
+                    "member %s has over %d stored notices: dropped the %d oldest%s",
+                    lane.key, self._pending_max, lane.unwarned,
+                    "" if lane.warned_at == -math.inf else " since the last warning",
+                )  # fmt: skip
+                lane.warned_at, lane.unwarned = now, 0
         lane.stored = min(self._pending_max, lane.stored + len(batch))
         return "ok"
 

@@ -193,6 +193,18 @@ async def test_pending_max_drops_the_oldest_and_counts(nursery, store) -> None:
     assert sender.bodies(ALICE)[-3:] == [b"line 2", b"line 3", b"line 4"]
 
 
+async def test_a_flood_past_pending_max_warns_once_a_minute(nursery, store, caplog) -> None:
+    sender = Sender()
+    sender.member(ALICE).code = 408
+    delivery = await started(nursery, make(sender, store, pending_max=3))
+    for round in range(3):  # each round stores and drops again
+        await delivery.submit([relay(ALICE, f"line {round}.{i}") for i in range(5)], "cid")
+        await delivery.drain()
+    assert delivery.statistics().dropped == 12
+    warnings = [r.getMessage() for r in caplog.records if "stored notices: dropped" in r.getMessage()]
+    assert warnings == [f"member {ALICE.removeprefix('sip:')} has over 3 stored notices: dropped the 2 oldest"]
+
+
 async def test_expired_notices_are_dropped_and_counted(nursery, store) -> None:
     now = [1_000_000.0]
     sender = Sender()
