@@ -47,6 +47,7 @@ from ..imc.state import RoomState
 from .leases import rooms_of
 from .records import StoreWrite
 from .repository import Fenced, StoreError, guarded
+from .watchdog import Watchdog
 
 _T = TypeVar("_T")
 
@@ -221,6 +222,7 @@ class Store:
         self._batches = 0
         self._failures = 0
         self._last_commit_seconds: float | None = None
+        self._watchdog: Watchdog | None = None  # while running
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -235,6 +237,8 @@ class Store:
             raise RuntimeError("Store.run() is already running")
         self._running = True
         self._stopped = False
+        self._watchdog = Watchdog(trio.lowlevel.current_trio_token())
+        self._watchdog.start()
         try:
             async with trio.open_nursery() as nursery:
                 if not self._available:  # stopped while failing: keep watching the database
@@ -242,6 +246,8 @@ class Store:
                 task_status.started()
                 await self._write_loop(nursery)
         finally:
+            self._watchdog.stop()
+            self._watchdog = None
             self._running = False
             self._stopped = True
             self._fail_queued(
@@ -389,18 +395,21 @@ class Store:
         docstring). An abandoned thread keeps the limiter until it ends, so nothing else uses
         the connection meanwhile.
 
-        The deadline is wall-clock time, watched from a thread: a Trio timer would fire at once
-        on a virtual clock (tests), and it would also count the wait for the limiter wrongly
-        when a read holds the connection."""
+        The deadline is wall-clock time, watched by the store's :class:`~.watchdog.Watchdog`
+        thread: a Trio timer would fire at once on a virtual clock (tests), and it would also
+        count the wait for the limiter wrongly when a read holds the connection."""
+        watchdog = self._watchdog
+        if watchdog is None:
+            raise RuntimeError("Store._attempt outside Store.run")
         writing = trio.CancelScope()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, attempt, writing)
+        watchdog.watch(attempt, writing.cancel)
+        try:
             with writing:
-                result = await trio.to_thread.run_sync(
+                return await trio.to_thread.run_sync(
                     self._write_in_thread, attempt, limiter=self._limiter, abandon_on_cancel=True
                 )
-                nursery.cancel_scope.cancel()
-                return result
+        finally:
+            watchdog.done(attempt)
         if not attempt.finished.is_set() and not attempt.abandon():
             log.warning("a COMMIT was under way at db_timeout; waiting for its outcome")
             await trio.to_thread.run_sync(attempt.finished.wait)
@@ -409,15 +418,6 @@ class Store:
                 raise RuntimeError("the writer thread failed")
             return attempt.result
         return attempt.timed_out()
-
-    @staticmethod
-    async def _watch(attempt: _Attempt, writing: trio.CancelScope) -> None:
-        """Cancel ``writing`` when ``attempt`` has not finished by its wall-clock deadline."""
-        remaining = max(attempt.deadline - time.monotonic(), 0.0)
-        if not await trio.to_thread.run_sync(
-            attempt.finished.wait, remaining, abandon_on_cancel=True
-        ):
-            writing.cancel()
 
     def _write_in_thread(self, attempt: _Attempt) -> _BatchResult:
         """Runs in the worker thread: :meth:`_write_groups` under the attempt's guard."""
