@@ -806,6 +806,7 @@ async def _serving(
             wrap_sender(router) if wrap_sender is not None else router,
             store=store if hasattr(store.repository, "load_pending") else None,
             window=config.delivery_window,
+            burst=config.delivery_burst,
             member_queue=config.delivery_member_queue,
             queue_size=config.delivery_queue,
             max_in_flight=config.max_deliveries,

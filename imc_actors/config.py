@@ -150,6 +150,7 @@ class Config:
     pending_max: int = 1000
     pending_retry: float = 60.0
     delivery_window: int = 1
+    delivery_burst: int = 16
     delivery_overdue: float = 4.0
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
@@ -290,7 +291,7 @@ class Config:
         if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
             raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
         self._require_positive(
-            "pending_ttl", "delivery_window", "delivery_member_queue", "delivery_queue", "max_deliveries",
+            "pending_ttl", "delivery_window", "delivery_burst", "delivery_member_queue", "delivery_queue", "max_deliveries",
             "max_contacts", "max_aors",
         )  # fmt: skip
         if self.pending_max < 0:
@@ -499,6 +500,7 @@ _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", 
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
+    "delivery_burst",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
     "tcp_send_queue",

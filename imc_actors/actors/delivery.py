@@ -9,7 +9,16 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
 - **queued**: in its recipient's lane, in the order the rooms produced it;
 - **in flight**: sent, waiting for its final answer. A lane has at most ``window`` notices in
   flight (default 1: the next one leaves when the previous one has its final answer), all
-  lanes together at most ``max_in_flight``. A notice unanswered for ``overdue`` seconds (its
+  lanes together at most ``max_in_flight``. A lane with ``burst`` or more notices queued (a
+  member sent more than one round trip per notice allows: a bot in a busy room) *bursts*
+  once the member has answered one with a 2xx (a dead contact never bursts): up
+  to ``burst`` are in flight until the lane is idle again, so the member keeps up instead of
+  overflowing into the store. Over UDP a lost MESSAGE may then arrive after up to
+  ``burst - 1`` later ones, so a lane does not burst again before it is idle once an answer
+  took :data:`LATE_ANSWER` or more (a retransmission), a delivery failed or went overdue.
+  Only through a sender's ``start`` (below), which puts each notice on the wire as it is
+  started: tasks would send the notices of a burst in any order, so a notice that ``start``
+  declines ends the burst too. A notice unanswered for ``overdue`` seconds (its
   MESSAGE being retransmitted) stops counting against the window (one such notice per lane at
   a time, so an overloaded server is not sent more work); when it then fails as
   unreachable while a later one was answered, the member is there and only its answer was
@@ -80,6 +89,9 @@ PERSIST_BATCH = 100
 RETRY_CAP = 3600.0
 #: Seconds between two warnings about one member's dropped stored notices (each drop counts).
 DROP_WARNING_INTERVAL = 60.0
+#: An answer this late (RFC 3261's T1: its MESSAGE was retransmitted over UDP, or the member is
+#: slow) stops its lane's burst until the lane is idle (see ``burst``).
+LATE_ANSWER = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +151,8 @@ class DeliveryStatistics:
     (over ``pending_max``) stored ones given up; ``pending`` stored ones waiting now, for
     ``waiting_members`` members. With several workers: ``handed_out`` notices handed to
     their member's worker, ``handed_in`` taken from another worker, ``handoff_fallbacks``
-    delivered here because their member's worker could not take them.
+    delivered here because their member's worker could not take them. ``bursts``: times a
+    lane had ``burst`` notices waiting and opened its window to that many.
     """
 
     submitted: int
@@ -157,6 +170,7 @@ class DeliveryStatistics:
     handed_out: int = 0
     handed_in: int = 0
     handoff_fallbacks: int = 0
+    bursts: int = 0
 
 
 def _stops(result: DeliveryResult) -> bool:
@@ -221,6 +235,7 @@ class _Lane:
 
     __slots__ = (
         "answered",
+        "bursting",
         "flying",
         "in_flight",
         "items",
@@ -231,6 +246,7 @@ class _Lane:
         "remote",
         "retries",
         "retry_at",
+        "steady",
         "stored",
         "unwarned",
         "waiting",
@@ -246,6 +262,8 @@ class _Lane:
         self.in_flight = 0  # in flight and holding the window (overdue ones do not)
         self.flying: deque[_Item] = deque()  # every direct delivery in flight, oldest first
         self.answered = -math.inf  # trio time of the last 2xx
+        self.bursting = False  # up to Delivery's burst in flight, until the lane is idle
+        self.steady = True  # no late answer, failure or overdue since the lane was last idle
         self.parked = False  # unreachable: new notices are stored, nothing is sent
         self.woken = False  # reachable again: flush the stored notices
         self.working = False  # the lane's worker task runs (flushing, or waiting for the store)
@@ -273,6 +291,7 @@ class Delivery:
         on_outcome: OutcomeHook | None = None,
         store: PendingStore | None = None,
         window: int = 1,
+        burst: int = 16,
         member_queue: int = 1000,
         queue_size: int = 20_000,
         max_in_flight: int = 20_000,
@@ -282,11 +301,15 @@ class Delivery:
         overdue: float = 4.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if min(window, member_queue, queue_size, max_in_flight) < 1:
-            raise ValueError("window, member_queue, queue_size and max_in_flight must be positive")
+        if min(window, burst, member_queue, queue_size, max_in_flight) < 1:
+            raise ValueError(
+                "window, burst, member_queue, queue_size and max_in_flight must be positive"
+            )
         self.on_outcome = on_outcome
         self._store = store if pending_max > 0 else None
         self._window = window
+        self._burst = burst
+        self._bursts = 0
         self._member_queue = member_queue
         self._store_batch = min(PERSIST_BATCH, member_queue)  # see _persister
         self._queue_size = queue_size
@@ -448,6 +471,7 @@ class Delivery:
             handed_out=self._handed_out,
             handed_in=self._handed_in,
             handoff_fallbacks=self._handoff_fallbacks,
+            bursts=self._bursts,
         )
 
     # ------------------------------------------------------------------ lanes
@@ -507,7 +531,16 @@ class Delivery:
             self._pump_outbox(lane)
             return
         items = lane.items
-        while not lane.parked and items and lane.in_flight < self._window:
+        if (
+            not lane.bursting and len(items) >= self._burst > self._window and lane.steady
+            and lane.answered > -math.inf and self._start is not None and not lane.parked
+        ):  # fmt: skip
+            lane.bursting = True
+            self._bursts += 1
+        while (
+            not lane.parked and items
+            and lane.in_flight < (self._burst if lane.bursting else self._window)
+        ):  # fmt: skip
             item = items[0]
             hold = item.hold
             if hold is not None and not hold.released:
@@ -525,6 +558,9 @@ class Delivery:
             lane.in_flight += 1
             self._in_flight += 1
             self._send(lane, item)
+        if not items and not lane.flying:  # idle: the next backlog may burst again
+            lane.bursting = False
+            lane.steady = True
         self._forget_if_idle(lane)
 
     @staticmethod
@@ -580,6 +616,7 @@ class Delivery:
 
         if not self._started(item.notice, item.in_reply_to, done):
             assert self._nursery is not None
+            lane.steady = lane.bursting = False  # a task may send after the next one: no burst
             self._nursery.start_soon(self._send_task, lane, item)
 
     def _started(
@@ -616,8 +653,11 @@ class Delivery:
         lane.flying.remove(item)  # _send put it there
         self._nudge(lane)
         notice = item.notice
+        now = trio.current_time()
+        if not result.ok or now - item.sent >= LATE_ANSWER:
+            lane.steady = lane.bursting = False  # no more than window in flight: see burst
         if result.ok:
-            lane.answered = trio.current_time()
+            lane.answered = now
         elif result.unreachable and lane.answered > item.sent:
             # Later notices were answered while this one went unanswered: the member is there
             # and its answer to this one was lost (a phone that ignores retransmissions). It
@@ -1011,6 +1051,7 @@ class Delivery:
                 oldest = lane.flying[0]
                 if oldest.sent <= limit and not any(item.overdue for item in lane.flying):
                     oldest.overdue = True
+                    lane.steady = lane.bursting = False
                     lane.in_flight -= 1
                     self._nudge(lane)
                     self._pump(lane)

@@ -316,6 +316,11 @@ class _StatisticsCollector(Collector):
             "event",
             [("out", d.handed_out), ("in", d.handed_in), ("fallback", d.handoff_fallbacks)],
         )  # fmt: skip
+        yield CounterMetricFamily(
+            "imc_delivery_bursts",
+            "times a member's lane had delivery_burst notices waiting and sent that many at once",
+            value=d.bursts,
+        )
         yield GaugeMetricFamily(
             "imc_pending_members",
             "members with stored notices waiting now",
