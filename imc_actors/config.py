@@ -161,7 +161,7 @@ class Config:
     history_on_join: int = 20
     history_lines_max: int = 100
     # Actors and supervision
-    mailbox_size: int = 256
+    mailbox_size: int = 1024
     restart_limit: int = 5
     restart_window: float = 60.0
     # Management

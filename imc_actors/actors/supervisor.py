@@ -181,7 +181,7 @@ class Supervisor:
         delivery: Delivery,
         policy: Policy,
         hash_size: int = 4,
-        mailbox_size: int = 256,
+        mailbox_size: int = 1024,
         restart_limit: int = 5,
         restart_window: float = 60.0,
         apply: ApplyFn = apply,
