@@ -3,7 +3,8 @@
 It is a small SIP user agent built on :class:`~imc_actors.transport.SipTransport`: it binds one
 UDP socket on the local address that reaches the server, registers ``sip:USER@DOMAIN`` there
 (``REGISTER`` every :data:`REGISTER_EXPIRES` / 2 seconds; ``Expires: 0`` at exit) and sends
-every request to the server (its ``outbound_proxy``). Incoming MESSAGEs are answered 200,
+every request to the server (its ``outbound_proxy``). Incoming MESSAGEs are printed in the order
+they arrive (no task per request: see ``ChatClient.start``) and answered 200,
 OPTIONS 200, anything else 405.
 
 What it prints on stdout, one line per body line:
@@ -54,7 +55,7 @@ from .config import ListenAddress
 from .imc.commands import CommandError, parse_command, resolve
 from .sip import Request, complete_argument, new_call_id, split_uri
 from .sip.digest import ALGORITHMS, Challenge, DigestError, authorization, parse_challenge
-from .transport import ClientResult, Reply, SipTransport, Source
+from .transport import ClientResult, Reply, Responder, SipTransport, Source
 
 __all__ = ["ChatClient", "ChatError", "ChatOptions", "run_chat", "REGISTER_EXPIRES"]
 
@@ -167,9 +168,21 @@ class ChatClient:
         return user if host.lower() == self.domain.lower() else f"{user}@{host}"
 
     # ------------------------------------------------------------------ incoming requests
-    async def handle(self, request: Request, source: Source) -> Reply:
-        """The transport's handler: print a MESSAGE and answer 200; OPTIONS 200; others 405."""
+    async def __call__(self, request: Request, source: Source) -> Reply:
+        """The transport's handler (what :meth:`start` does, in a task)."""
         await trio.lowlevel.checkpoint()
+        return self.answer(request)
+
+    def start(self, request: Request, source: Source, respond: Responder) -> bool:
+        """The transport's task-free path, for every request over UDP: print it and answer at
+        once, so lines come out in the order they arrived. (With a task per request, what
+        arrives together, a burst of the server's ``delivery_burst``, printed in whatever
+        order Trio ran the tasks.)"""
+        respond(self.answer(request))
+        return True
+
+    def answer(self, request: Request) -> Reply:
+        """Print a MESSAGE and answer 200; OPTIONS 200; others 405."""
         if request.method == "MESSAGE":
             self._last_arrival = trio.current_time()
             label = self.label(request.from_uri)
@@ -411,7 +424,7 @@ class ChatClient:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 try:
-                    await nursery.start(self._transport.run, self.handle)
+                    await nursery.start(self._transport.run, self)
                     failure = await self._session(nursery, signals)
                 except OSError as exc:
                     failure = ChatError(f"cannot bind a SIP socket on {local_ip}: {exc}", 1)

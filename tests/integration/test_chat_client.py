@@ -266,3 +266,36 @@ async def test_chat_answers_digest_challenges_with_its_password(tmp_path, nurser
             assert result.stderr.decode().splitlines()[-1] == (
                 f"imc-actors: cannot register sip:alice@{DOMAIN} with {host}:{port}: {why}"
             )
+
+
+async def test_a_burst_of_messages_prints_in_the_order_it_arrived(server, nursery):
+    # The server sends up to delivery_burst notices to a member at once; all of them reach the
+    # client's socket together. Printed from a task each, they came out in Trio's run order.
+    bob = await start_chat(nursery, server, "bob")
+    await wait_registered(server, "bob")
+    [contact] = bound(server, "bob")
+    host, port = contact.split("@", 1)[1].split(";")[0].rsplit(":", 1)
+    sender = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sender:
+        await sender.bind(("127.0.0.1", 0))
+        me = sender.getsockname()[1]
+        count = 40
+        for i in range(count):
+            body = f"[alice]: line {i}".encode()
+            request = (
+                f"MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK-burst-{i}\r\n"
+                f"From: <sip:chat@{DOMAIN}>;tag=burst\r\nTo: <sip:bob@{DOMAIN}>\r\n"
+                f"Call-ID: burst-{i}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n"
+                f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            await sender.sendto(request, (host, int(port)))
+        answers = []
+        with trio.fail_after(DEADLINE):
+            while len(answers) < count:
+                answers.append(await sender.recv(65536))
+        assert all(answer.startswith(b"SIP/2.0 200 ") for answer in answers)
+    await bob.expect(*(f"[chat] [alice]: line {i}" for i in range(count)))
+    printed = [line for line in bob.lines if line.startswith("[chat] [alice]: line ")]
+    assert printed == [f"[chat] [alice]: line {i}" for i in range(count)]
+    assert await bob.finish() == 0
