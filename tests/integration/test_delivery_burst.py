@@ -56,6 +56,16 @@ def bodies(first: int, count: int) -> list[bytes]:
     return [f"line {i}".encode() for i in range(first, first + count)]
 
 
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def started(nursery: trio.Nursery, sender: HeldSender, **options: object) -> Delivery:
+    delivery = Delivery(sender, **options)  # type: ignore[arg-type]
+    await nursery.start(delivery.run)
+    return delivery
+
+
 async def answer_all(sender: HeldSender, delivery: Delivery) -> None:
     while sender.unanswered:
         sender.answer()
@@ -66,16 +76,15 @@ async def answer_all(sender: HeldSender, delivery: Delivery) -> None:
 
 async def test_a_backlog_of_burst_notices_goes_out_that_many_at_a_time_in_order(nursery):
     sender = HeldSender()
-    delivery = Delivery(sender, burst=4)
-    await nursery.start(delivery.run)
+    delivery = await started(nursery, sender, burst=4)
     await delivery.submit(lines(0, 10), "cid")
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.started == bodies(0, 1)  # alone until the member has answered once
     sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.started == bodies(0, 5) and sender.in_flight() == 4
     sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.started == bodies(0, 6) and sender.in_flight() == 4
     await answer_all(sender, delivery)
     assert sender.started == bodies(0, 10)
@@ -86,17 +95,16 @@ async def test_a_backlog_of_burst_notices_goes_out_that_many_at_a_time_in_order(
 async def first_answered(sender: HeldSender, delivery: Delivery, count: int = 11) -> None:
     """Submit ``count`` lines and answer the first: the other ``count - 1`` may burst."""
     await delivery.submit(lines(0, count), "cid")
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
 
 
 async def test_fewer_waiting_than_burst_go_one_at_a_time(nursery):
     sender = HeldSender()
-    delivery = Delivery(sender, burst=4)
-    await nursery.start(delivery.run)
+    delivery = await started(nursery, sender, burst=4)
     await delivery.submit(lines(0, 3), "cid")
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.started == bodies(0, 1)
     await answer_all(sender, delivery)
     assert sender.started == bodies(0, 3) and sender.most_in_flight == 1
@@ -107,26 +115,25 @@ async def test_a_late_answer_keeps_the_member_at_its_window_until_it_is_idle(
     nursery, autojump_clock
 ):
     sender = HeldSender()
-    delivery = Delivery(sender, burst=4, overdue=0)
-    await nursery.start(delivery.run)
+    delivery = await started(nursery, sender, burst=4, overdue=0)
     await first_answered(sender, delivery)
     assert sender.in_flight() == 4 and sender.started == bodies(0, 5)
     await trio.sleep(LATE_ANSWER)  # as if line 1 had been retransmitted
     sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.in_flight() == 3 and sender.started == bodies(0, 5)  # nothing new went
     for _ in range(3):
         sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.in_flight() == 1 and sender.started == bodies(0, 6)  # one at a time now
     await answer_all(sender, delivery)
     assert sender.started == bodies(0, 11)
     # Idle once: the next backlog bursts again (this lane was forgotten: it answers first).
     sender.most_in_flight = 0
     await delivery.submit(lines(11, 10), "cid-2")
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.started[11:] == bodies(11, 5)
     await answer_all(sender, delivery)
     assert sender.most_in_flight == 4 and delivery.statistics().bursts == 2
@@ -134,13 +141,12 @@ async def test_a_late_answer_keeps_the_member_at_its_window_until_it_is_idle(
 
 async def test_a_failed_delivery_keeps_the_member_at_its_window(nursery):
     sender = HeldSender()
-    delivery = Delivery(sender, burst=4)
-    await nursery.start(delivery.run)
+    delivery = await started(nursery, sender, burst=4)
     await first_answered(sender, delivery)
     sender.answer(DeliveryResult(403, "Forbidden"))  # refused: dropped, counted
     for _ in range(3):
         sender.answer()
-    await trio.testing.wait_all_tasks_blocked()
+    await settle()
     assert sender.in_flight() == 1 and sender.started == bodies(0, 6)
     await answer_all(sender, delivery)
     assert sender.started == bodies(0, 11)
@@ -151,8 +157,7 @@ async def test_a_notice_start_declines_ends_the_burst(nursery):
     # It goes in a task, which may put it on the wire after the next one: nothing more is
     # started until it is answered.
     sender = HeldSender(declines=frozenset([b"line 3"]))
-    delivery = Delivery(sender, burst=4)
-    await nursery.start(delivery.run)
+    delivery = await started(nursery, sender, burst=4)
     await first_answered(sender, delivery)
     assert sender.started == bodies(0, 3) and sender.called == [b"line 3"]
     assert sender.in_flight() == 2  # lines 1, 2 (line 3's task is done: answered at once)
@@ -163,8 +168,7 @@ async def test_a_notice_start_declines_ends_the_burst(nursery):
 
 async def test_burst_1_never_sends_more_than_the_window(nursery):
     sender = HeldSender()
-    delivery = Delivery(sender, burst=1)
-    await nursery.start(delivery.run)
+    delivery = await started(nursery, sender, burst=1)
     await delivery.submit(lines(0, 40), "cid")
     await answer_all(sender, delivery)
     assert sender.started == bodies(0, 40) and sender.most_in_flight == 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -20,6 +22,16 @@ class Attempt:
         self.finished = threading.Event()
 
 
+@contextmanager
+def running() -> Iterator[Watchdog]:
+    watchdog = Watchdog(trio.lowlevel.current_trio_token())
+    watchdog.start()
+    try:
+        yield watchdog
+    finally:
+        watchdog.stop()
+
+
 def recorder(calls: list[tuple[str, bool]], name: str, fired: trio.Event | None = None):
     def on_late() -> None:
         calls.append((name, threading.current_thread() is threading.main_thread()))
@@ -30,25 +42,19 @@ def recorder(calls: list[tuple[str, bool]], name: str, fired: trio.Event | None 
 
 
 async def test_an_attempt_past_its_deadline_is_called_back_in_the_trio_thread():
-    watchdog = Watchdog(trio.lowlevel.current_trio_token())
-    watchdog.start()
     calls: list[tuple[str, bool]] = []
     fired = trio.Event()
-    try:
+    with running() as watchdog:
         watchdog.watch(Attempt(0.01), recorder(calls, "late", fired))
         with trio.fail_after(SAFETY):
             await fired.wait()
-    finally:
-        watchdog.stop()
     assert calls == [("late", True)]
 
 
 async def test_a_finished_or_cleared_attempt_is_not_called_back():
-    watchdog = Watchdog(trio.lowlevel.current_trio_token())
-    watchdog.start()
     calls: list[tuple[str, bool]] = []
     fired = trio.Event()
-    try:
+    with running() as watchdog:
         finished = Attempt(0.0)
         finished.finished.set()
         watchdog.watch(finished, recorder(calls, "finished"))
@@ -60,19 +66,15 @@ async def test_a_finished_or_cleared_attempt_is_not_called_back():
         with trio.fail_after(SAFETY):
             await fired.wait()
         await trio.testing.wait_all_tasks_blocked()
-    finally:
-        watchdog.stop()
     assert calls == [("stuck", True)]
 
 
 async def test_a_later_deadline_is_kept_while_the_thread_sleeps_towards_an_earlier_one():
     # The thread is not woken for a deadline later than the one it sleeps towards: it must
     # still find the new attempt when it wakes, and call back at that attempt's deadline.
-    watchdog = Watchdog(trio.lowlevel.current_trio_token())
-    watchdog.start()
     calls: list[tuple[str, bool]] = []
     fired = trio.Event()
-    try:
+    with running() as watchdog:
         first = Attempt(0.05)
         watchdog.watch(first, recorder(calls, "first"))
         first.finished.set()
@@ -82,8 +84,6 @@ async def test_a_later_deadline_is_kept_while_the_thread_sleeps_towards_an_earli
         with trio.fail_after(SAFETY):
             await fired.wait()
         assert time.monotonic() >= second.deadline
-    finally:
-        watchdog.stop()
     assert calls == [("second", True)]
 
 
