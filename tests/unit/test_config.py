@@ -211,12 +211,21 @@ def test_abuse_bounds_defaults_and_sources():
         ({"IMC_TCP_MAX_CONNECTIONS": "0"}, "invalid tcp_max_connections: must be positive"),
         ({"IMC_MAX_VIAS": "0"}, "invalid max_vias: must be positive"),
         ({"IMC_MAX_TRANSACTION_BYTES": "0"}, "invalid max_transaction_bytes: must be positive"),
+        ({"IMC_DELIVERY_BURST": "0"}, "invalid delivery_burst: must be positive"),
+        ({"IMC_DELIVERY_BURST": "many"}, "invalid delivery_burst: expected an integer, got 'many'"),
+        ({"IMC_MAILBOX_SIZE": "0"}, "invalid mailbox_size: must be positive"),
     ],
 )
 def test_abuse_bounds_are_validated(env, message):
     with pytest.raises(ConfigError) as info:
         Config.from_sources(environ=env)
     assert str(info.value) == message
+
+
+def test_delivery_and_mailbox_defaults():
+    config = Config()
+    assert (config.delivery_window, config.delivery_burst, config.mailbox_size) == (1, 16, 1024)
+    assert Config.from_sources(environ={"IMC_DELIVERY_BURST": "4"}).delivery_burst == 4
 
 
 # --------------------------------------------------------------- auth: secure by default
