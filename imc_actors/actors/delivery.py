@@ -20,8 +20,8 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
   started: tasks would send the notices of a burst in any order, so a notice that ``start``
   declines ends the burst too. A notice unanswered for ``overdue`` seconds (its
   MESSAGE being retransmitted) stops counting against the window (one such notice per lane at
-  a time, so an overloaded server is not sent more work); when it then fails as
-  unreachable while a later one was answered, the member is there and only its answer was
+  a time, so an overloaded server is not sent more work); when it then times out (408)
+  while a later one was answered, the member is there and only its answer was
   lost: it fails alone, the lane does not park;
 - **delivered** (2xx), or **refused** (a deliberate 4xx/6xx such as 403, 404, 415: dropped and
   counted; a failed invitation is reported back to its room through ``on_outcome``);
@@ -658,10 +658,11 @@ class Delivery:
             lane.steady = lane.bursting = False  # no more than window in flight: see burst
         if result.ok:
             lane.answered = now
-        elif result.unreachable and lane.answered > item.sent:
+        elif result.code == 408 and lane.answered > item.sent:
             # Later notices were answered while this one went unanswered: the member is there
             # and its answer to this one was lost (a phone that ignores retransmissions). It
-            # failed alone; the member is not parked.
+            # failed alone; the member is not parked. Only a timeout: a notice of a burst
+            # answered 480 or 5xx while later ones got 2xx is stored (below), not lost.
             self._final(notice, item.in_reply_to, result)
             self._pump(lane)
             self._kick()

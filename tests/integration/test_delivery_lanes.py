@@ -542,3 +542,44 @@ async def test_with_several_workers_each_restores_only_its_own_members(nursery, 
     await worker.restore()
     assert (alone.statistics().pending, alone.statistics().waiting_members) == (3, 2)
     assert (worker.statistics().pending, worker.statistics().waiting_members) == (1, 1)
+
+
+async def test_a_notice_of_a_burst_answered_503_is_stored_not_lost(nursery, store) -> None:
+    # In a burst, later notices are answered before an earlier one's 503: the member is
+    # there, but that notice was refused for now. It is stored (and the lane parks, storing
+    # what comes behind it in order), as with one notice in flight; only a timeout whose
+    # answer was lost fails alone.
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, burst=4))
+
+    async def answer_until_idle() -> None:
+        """Answer 200 to whatever is sent until delivery has nothing left to do."""
+        drained = trio.Event()
+
+        async def drain() -> None:
+            await delivery.drain()
+            drained.set()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(drain)
+            with trio.fail_after(10):
+                while not drained.is_set():
+                    while sender.pending:
+                        sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+                    await trio.testing.wait_all_tasks_blocked()
+
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(10)], "cid")
+    sender.pending.pop(0)[1](DeliveryResult(200, "OK"))  # a0: the member answers, a burst
+    assert [body for _, body, _ in sender.attempts] == [f"a{i}".encode() for i in range(5)]
+    refused = sender.pending.pop(0)[1]  # a1
+    for _ in range(3):  # a2 .. a4
+        sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+    refused(DeliveryResult(503, "Service Unavailable"))
+    await answer_until_idle()
+    stats = delivery.statistics()
+    assert stats.failed == 0 and stats.stored >= 1 and stats.waiting_members == 1
+    delivery.wake(ALICE)
+    await answer_until_idle()
+    stats = delivery.statistics()
+    assert stats.failed == 0 and stats.waiting_members == 0
+    assert set(sender.bodies(ALICE)) == {f"a{i}".encode() for i in range(10)}
