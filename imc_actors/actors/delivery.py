@@ -276,6 +276,11 @@ class _Lane:
         self.warned_at = -math.inf  # trio time of the last warning about dropped notices
         self.unwarned = 0  # notices dropped since that warning
 
+    def unsteady(self) -> None:
+        """A sign of loss (a late answer, a failure, an overdue notice) or a notice sent by a
+        task: no more than the window in flight, and no burst, until the lane is idle."""
+        self.steady = self.bursting = False
+
 
 class Delivery:
     """Per-recipient ordered delivery with store and forward (see the module docstring).
@@ -616,7 +621,7 @@ class Delivery:
 
         if not self._started(item.notice, item.in_reply_to, done):
             assert self._nursery is not None
-            lane.steady = lane.bursting = False  # a task may send after the next one: no burst
+            lane.unsteady()  # a task may send after the next one
             self._nursery.start_soon(self._send_task, lane, item)
 
     def _started(
@@ -655,7 +660,7 @@ class Delivery:
         notice = item.notice
         now = trio.current_time()
         if not result.ok or now - item.sent >= LATE_ANSWER:
-            lane.steady = lane.bursting = False  # no more than window in flight: see burst
+            lane.unsteady()
         if result.ok:
             lane.answered = now
         elif result.code == 408 and lane.answered > item.sent:
@@ -1052,7 +1057,7 @@ class Delivery:
                 oldest = lane.flying[0]
                 if oldest.sent <= limit and not any(item.overdue for item in lane.flying):
                     oldest.overdue = True
-                    lane.steady = lane.bursting = False
+                    lane.unsteady()
                     lane.in_flight -= 1
                     self._nudge(lane)
                     self._pump(lane)
