@@ -13,9 +13,14 @@ The realm is the domain of the user: the To host of a REGISTER, the From host of
 
 Bounds (every one a config parameter): nonces are stateless (:class:`~imc_actors.sip.digest.Nonces`)
 and live ``nonce_expires`` seconds; replays are caught by
-:class:`~imc_actors.sip.digest.NonceCounts` with ``nonce_counts`` entries at most; user rows
+:class:`~imc_actors.sip.digest.NonceCounts` (each count once, in any order within
+:data:`~imc_actors.sip.digest.NC_WINDOW`) with ``nonce_counts`` entries at most; user rows
 are cached (``auth_cache_size`` entries, ``auth_cache_ttl`` seconds; a failed check reads the
 row again at once, so a new password works at once, a deleted user within the TTL).
+
+:meth:`Authenticator.authenticate_now` is the same check without a checkpoint, for the
+transport's task-free path: it answers when the user's row is cached, and leaves the rest to
+:meth:`Authenticator.authenticate`.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from .store.users import Subscriber
 from .store.writer import StoreUnavailable
 from .transport import Reply
 
-__all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "WRONG_PASSWORD"]
+__all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "Verdict", "WRONG_PASSWORD"]
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +99,43 @@ class UserCache:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def peek(self, username: str, domain: str) -> tuple[Subscriber | None] | None:
+        """The cached row (or its absence) in a 1-tuple when it is still fresh; None when only
+        the database can answer. Never checkpoints."""
+        key = (username, domain)
+        cached = self._rows.get(key)
+        if cached is None or self._clock() - cached[1] >= self.ttl:
+            return None
+        self._rows.move_to_end(key)
+        return (cached[0],)
+
     async def get(self, username: str, domain: str, *, fresh: bool = False) -> tuple[Subscriber | None, bool]:
         """``(row, from_cache)``; ``fresh`` reads the database whatever the cache holds.
         Raises StoreError. Checkpoints when it reads."""
-        key, now = (username, domain), self._clock()
-        cached = self._rows.get(key)
-        if cached is not None and not fresh and now - cached[1] < self.ttl:
-            self._rows.move_to_end(key)
+        cached = None if fresh else self.peek(username, domain)
+        if cached is not None:
             return cached[0], True
+        now = self._clock()
         row = await self._load(username, domain)
         if self.ttl > 0:
+            key = (username, domain)
             self._rows[key] = (row, now)
             self._rows.move_to_end(key)
             while len(self._rows) > self.size:
                 self._rows.popitem(last=False)
         return row, False
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What :meth:`Authenticator.authenticate_now` found, not yet counted: ``result`` is the
+    answer :meth:`Authenticator.authenticate` would give. Hand it to
+    :meth:`Authenticator.settle` once the request is taken, and drop it otherwise (the
+    request's task then authenticates it again, as if this had not happened)."""
+
+    result: Authenticated | Reply
+    outcome: str
+    used: tuple[str, float, int] | None = None  # (nonce, issued, nc) to record when taken
 
 
 class Authenticator:
@@ -161,46 +188,76 @@ class Authenticator:
 
     async def authenticate(self, request: Request) -> Authenticated | Reply:
         """Who sent ``request``, or the answer to send instead. Checkpoints."""
-        result, outcome = await self._authenticate(request)
-        if outcome:
-            self._counts[outcome] += 1
-        return result
+        verdict = self._precheck(request)
+        if isinstance(verdict, Verdict):
+            await trio.lowlevel.checkpoint()
+        else:
+            credentials, realm, issued = verdict
+            try:
+                verified = await self._verify(credentials, request.method, realm)
+            except StoreUnavailable as exc:
+                return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),))
+            except StoreError as exc:
+                log.error("reading user %s@%s failed: %s", credentials.username, realm, exc)
+                return Reply(500, "Server Internal Error")
+            verdict = self._conclude(request, credentials, realm, issued, verified)
+        self.settle(verdict)
+        return verdict.result
 
-    async def _authenticate(self, request: Request) -> tuple[Authenticated | Reply, str]:
+    def authenticate_now(self, request: Request) -> Verdict | None:
+        """:meth:`authenticate` without a checkpoint, when it needs no database read: the
+        answer, not counted yet (see :class:`Verdict`); None when the user's row is not in
+        the cache, or the cached row refuses the answer (:meth:`authenticate` reads it
+        again). So a user's requests sent back to back are taken in the order they came,
+        while its row is cached."""
+        verdict = self._precheck(request)
+        if isinstance(verdict, Verdict):
+            return verdict
+        credentials, realm, issued = verdict
+        cached = self.users.peek(credentials.username, realm)
+        if cached is None or _check(cached[0], credentials, request.method, realm) is not True:
+            return None
+        return self._conclude(request, credentials, realm, issued, True)
+
+    def settle(self, verdict: Verdict) -> None:
+        """Count ``verdict`` and, when it authenticated, record its nonce-count as used."""
+        if verdict.used is not None:
+            self.counts.record(*verdict.used)
+        self._counts[verdict.outcome] += 1
+
+    def _precheck(self, request: Request) -> Verdict | tuple[Credentials, str, float]:
+        """The answer when the request's own text settles it; else its credentials, realm and
+        nonce issue time, for the user's row to verify."""
         realm = self.realm_for(request)
         credentials, error = _ours(request, realm)
         if credentials is None:
-            await trio.lowlevel.checkpoint()
             if error is not None:
-                return Reply(400, error), "malformed"
-            return self.challenge(request, realm), "challenged"
+                return Verdict(Reply(400, error), "malformed")
+            return Verdict(self.challenge(request, realm), "challenged")
         issued = self.nonces.issued(credentials.nonce)
         if issued is None:  # not our nonce (another secret, or made up)
-            await trio.lowlevel.checkpoint()
-            return self.challenge(request, realm), "challenged"
+            return Verdict(self.challenge(request, realm), "challenged")
         if not _same_uri(credentials.uri, request.uri, self.domains):
-            await trio.lowlevel.checkpoint()
-            return Reply(400, "Digest URI Differs From Request-URI"), "malformed"
-        try:
-            verified = await self._verify(credentials, request.method, realm)
-        except StoreUnavailable as exc:
-            return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),)), ""
-        except StoreError as exc:
-            log.error("reading user %s@%s failed: %s", credentials.username, realm, exc)
-            return Reply(500, "Server Internal Error"), ""
+            return Verdict(Reply(400, "Digest URI Differs From Request-URI"), "malformed")
+        return credentials, realm, issued
+
+    def _conclude(
+        self, request: Request, credentials: Credentials, realm: str, issued: float,
+        verified: bool | None,
+    ) -> Verdict:  # fmt: skip
         if verified is None:  # the row has no hash for this algorithm: offer what it has
-            return self.challenge(request, realm, algorithms=("MD5",)), "challenged"
+            return Verdict(self.challenge(request, realm, algorithms=("MD5",)), "challenged")
         if not verified:
             log.info("digest for %s@%s refused: wrong user or password", credentials.username, realm)
-            return WRONG_PASSWORD, "refused"
+            return Verdict(WRONG_PASSWORD, "refused")
         if self.nonces.is_stale(issued, self.clock()):
-            return self.challenge(request, realm, stale=True), "stale"
+            return Verdict(self.challenge(request, realm, stale=True), "stale")
         if not self.counts.fresh(credentials.nonce, issued, credentials.nc):
             log.info("digest for %s@%s refused: nonce-count %s used before (a replay?)",
                      credentials.username, realm, credentials.nc_text)  # fmt: skip
-            return self.challenge(request, realm, stale=True), "replayed"
-        self.counts.record(credentials.nonce, issued, credentials.nc)
-        return Authenticated(f"sip:{canonical_user(credentials.username)}@{realm}"), "accepted"
+            return Verdict(self.challenge(request, realm, stale=True), "replayed")
+        uri = f"sip:{canonical_user(credentials.username)}@{realm}"
+        return Verdict(Authenticated(uri), "accepted", (credentials.nonce, issued, credentials.nc))
 
     async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:
         """True when the response is right, False when not (or no such user), None when the

@@ -272,11 +272,11 @@ class MessageHandler:
             return True
         if request.header(FORWARDED_BY) is not None:
             return False  # checked against the node table in a task
-        if identity is not None and identity.authenticated:
-            return False  # the From check may refuse with a notice: a task does that
         msg = self._incoming(request, identity)
         if msg is None:
             return False
+        if identity is not None and identity.authenticated and not same_aor(request.from_uri, msg.sender):
+            return False  # refused with a notice: a task does that
         hold = self.conference.hold()
         return self.conference.start(
             msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold

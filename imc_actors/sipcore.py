@@ -150,15 +150,20 @@ class SipCore:
     def start(self, request: Request, source: Source, respond: Responder) -> bool:
         """The transport's task-free path (:class:`~imc_actors.transport.StartHandler`):
         REGISTER is answered at once, a MESSAGE goes to the message handler's own ``start``
-        when it has one. Everything else, and every request that would be refused here
-        (untrusted source, ``Max-Forwards: 0``), is declined and takes :meth:`__call__`."""
+        when it has one (one that must be authenticated too, when the user's row is cached).
+        Everything else, and every request that would be refused here (untrusted source,
+        ``Max-Forwards: 0``), is declined and takes :meth:`__call__`."""
         method = request.method
         if method != "MESSAGE" and method != "REGISTER":
             return False
-        if request.max_forwards == 0 or not self.is_trusted(source.host):
+        if request.max_forwards == 0:
             return False
         if self.challenges(method, source):
-            return False  # verifying reads the user's row: a task does that
+            if method == "MESSAGE" and request.header(FORWARDED_BY) is None:
+                return self._start_authenticated(request, source, respond)
+            return False  # a REGISTER's change is committed first: a task does that
+        if not self.is_trusted(source.host):
+            return False
         if method == "REGISTER":
             if self.registrar is None:
                 return False
@@ -180,6 +185,25 @@ class SipCore:
         if identity is None:
             return bool(start(request, source, respond))
         return bool(start(request, source, respond, identity=identity))
+
+    def _start_authenticated(self, request: Request, source: Source, respond: Responder) -> bool:
+        """:meth:`start` for a MESSAGE that must be authenticated: taken when the user's row
+        is cached (so a user's back-to-back MESSAGEs reach the room in the order they came);
+        else declined, and :meth:`__call__` authenticates it in a task, as if this had not
+        looked (its nonce-count is recorded only once the request is taken)."""
+        start = getattr(self.message_handler, "start", None)
+        assert self.authenticator is not None
+        verdict = self.authenticator.authenticate_now(request) if start is not None else None
+        if verdict is None:
+            return False
+        if not isinstance(verdict.result, Authenticated):
+            self.authenticator.settle(verdict)
+            respond(verdict.result)
+            return True
+        if not start(request, source, respond, identity=Identity(verdict.result.uri, True)):
+            return False
+        self.authenticator.settle(verdict)
+        return True
 
     async def __call__(self, request: Request, source: Source) -> Reply:
         """Answer one request (see the module docstring for the order of checks).

@@ -199,9 +199,18 @@ class Nonces:
         return not (now - self.lifetime <= issued <= now + 1)
 
 
+#: How far below the highest nonce-count seen for a nonce a count may still be used once.
+#: A client may send requests back to back (RFC 3428 lets a UA send a MESSAGE before the last
+#: one is answered), and a network or a server's tasks may deliver them in another order: a
+#: count within the window that was not seen yet is fresh, as in IPsec's anti-replay window
+#: (RFC 4303 §3.4.3). Older counts, and every count seen once, are replays.
+NC_WINDOW = 64
+
+
 class NonceCounts:
-    """The highest nonce-count seen per nonce, for at most ``limit`` nonces (a bound on memory,
-    whatever arrives: about 200 bytes per entry).
+    """The nonce-counts seen per nonce, for at most ``limit`` nonces (a bound on memory,
+    whatever arrives: about 200 bytes per entry): the highest, and which of the
+    :data:`NC_WINDOW` counts below it were seen (one integer used as a bitmap).
 
     Only answers that passed verification are recorded (:meth:`record`), so garbage
     ``Authorization`` headers add nothing. When the table is full the least recently used
@@ -214,26 +223,45 @@ class NonceCounts:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.floor = 0.0
-        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # nonce -> (highest count, bitmap: bit i set = count highest - i seen, issue time)
+        self._seen: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def fresh(self, nonce: str, issued: float, nc: int) -> bool:
-        """True when ``nc`` is above every count seen with ``nonce`` (a first use of a nonce
-        issued after :attr:`floor` is fresh for any ``nc`` ≥ 1)."""
+        """True when ``nc`` was not used with ``nonce`` yet and is above the highest count
+        seen less :data:`NC_WINDOW` (a first use of a nonce issued after :attr:`floor` is
+        fresh for any ``nc`` ≥ 1)."""
+        if nc < 1:
+            return False
         last = self._seen.get(nonce)
-        if last is not None:
-            return nc > last[0]
-        return nc >= 1 and issued > self.floor
+        if last is None:
+            return issued > self.floor
+        highest, seen, _ = last
+        if nc > highest:
+            return True
+        below = highest - nc
+        return below < NC_WINDOW and not (seen >> below) & 1
 
     def record(self, nonce: str, issued: float, nc: int) -> None:
-        """Remember ``nc`` as the highest count used with ``nonce`` (after it verified)."""
-        self._seen[nonce] = (nc, issued)
+        """Remember that ``nc`` was used with ``nonce`` (after it verified and was
+        :meth:`fresh`)."""
+        last = self._seen.get(nonce)
+        if last is None:
+            entry = (nc, 1, issued)
+        elif nc > last[0]:
+            entry = (nc, ((last[1] << (nc - last[0])) | 1) & _WINDOW_MASK, last[2])
+        else:
+            entry = (last[0], last[1] | (1 << (last[0] - nc)), last[2])
+        self._seen[nonce] = entry
         self._seen.move_to_end(nonce)
         while len(self._seen) > self.limit:
-            _, (_, forgotten) = self._seen.popitem(last=False)
+            _, (_, _, forgotten) = self._seen.popitem(last=False)
             self.floor = max(self.floor, forgotten)
+
+
+_WINDOW_MASK = (1 << NC_WINDOW) - 1
 
 
 # ------------------------------------------------------------------------------ client side

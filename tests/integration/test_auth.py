@@ -13,6 +13,7 @@ import trio
 
 from imc_actors.conference import repository_of
 from imc_actors.server import Server, open_server
+from imc_actors.sip import parse
 from imc_actors.sip.digest import Nonces
 from tests.integration.conftest import DOMAIN, MANAGER, expect, make_config, udp_address
 from tests.support.ua import TestUA, digest_answer
@@ -161,6 +162,52 @@ async def test_a_stale_nonce_gets_stale_true_and_a_fresh_one(nursery, tmp_path):
     response = await alice.request("MESSAGE", MANAGER, body=b"#create chat", content_type="text/plain",
                                    headers=[("Authorization", forged)])  # fmt: skip
     assert response.code == 401 and not any("stale" in c for c in response.header_list("WWW-Authenticate"))
+
+
+async def _challenge(bob: TestUA) -> str:
+    password, bob.password = bob.password, None
+    challenged = await bob.message(ROOM, "no credentials")
+    bob.password = password
+    assert challenged.code == 401
+    return challenged.header_list("WWW-Authenticate")[-1]  # MD5
+
+
+async def _pipelined(bob: TestUA, chosen: str, counts: range) -> list[int]:
+    """Chat lines from bob to the room, sent back to back under one nonce with the
+    nonce-counts ``counts`` (RFC 3428 lets a UA send before the last MESSAGE is answered);
+    the codes of their answers."""
+    for nc in counts:
+        authorization = digest_answer(chosen, "MESSAGE", ROOM, "bob", PASSWORDS["bob"], nc)
+        await bob.send_raw(bob.build("MESSAGE", ROOM, body=f"line {nc}".encode(), content_type="text/plain",
+                                     headers=[("Authorization", authorization)]))  # fmt: skip
+    with trio.fail_after(10):  # safety net only
+        return [parse(await bob.recv_raw()).code for _ in counts]
+
+
+async def test_back_to_back_messages_under_one_nonce_all_pass_and_keep_their_order(nursery, tmp_path):
+    # Each one is taken as it arrives while bob's row is cached (no task, no reordering),
+    # and nonce-counts checked in another order would still pass (a window, not a maximum).
+    server = await _server(nursery, tmp_path)
+    alice = await _ua(nursery, server, "alice")
+    bob = await _ua(nursery, server, "bob")
+    assert (await alice.register()).code == 200 and (await bob.register()).code == 200
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    await expect(alice, "*** Room was created")
+    assert (await bob.message(ROOM, "#join")).code == 200
+    await expect(alice, "*** [bob] has joined the room")
+    assert server.authenticator is not None
+    before = server.authenticator.statistics()
+    chosen = await _challenge(bob)
+    assert await _pipelined(bob, chosen, range(1, 31)) == [202] * 30
+    for nc in range(1, 31):
+        await expect(alice, f"[bob]: line {nc}")
+    after = server.authenticator.statistics()
+    assert (after.accepted - before.accepted, after.replayed - before.replayed) == (30, 0)
+    # each count passes once: sent again, they are replays and reach no one
+    assert await _pipelined(bob, chosen, range(28, 33)) == [401, 401, 401, 202, 202]
+    await expect(alice, "[bob]: line 31")
+    await expect(alice, "[bob]: line 32")
+    assert server.authenticator.statistics().replayed - after.replayed == 3
 
 
 async def test_a_forged_from_is_refused_with_a_notice_to_the_real_sender(nursery, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imc_actors.sip.digest import (
+    NC_WINDOW,
     Credentials,
     DigestError,
     NonceCounts,
@@ -108,3 +109,21 @@ def test_nonce_counts_refuse_replays_and_stay_bounded():
     for index in range(1000):  # whatever is recorded, the table keeps `limit` entries
         counts.record(f"n{index}", 40.0 + index, 1)
     assert len(counts) == 3
+
+
+def test_nonce_counts_take_each_count_once_in_any_order_within_the_window():
+    counts = NonceCounts(limit=10)
+    # requests sent back to back with counts 1..5 and checked in another order all pass once
+    for nc in (2, 5, 1, 4, 3):
+        assert counts.fresh("a", 10.0, nc)
+        counts.record("a", 10.0, nc)
+    assert not any(counts.fresh("a", 10.0, nc) for nc in range(0, 6))
+    # a jump ahead shifts the window: what was seen stays seen, the gap stays usable
+    counts.record("a", 10.0, 5 + NC_WINDOW - 1)
+    assert not counts.fresh("a", 10.0, 5) and counts.fresh("a", 10.0, 6)
+    assert not counts.fresh("a", 10.0, 4)  # below the window: too old to tell, a replay
+    counts.record("a", 10.0, 6)
+    assert not counts.fresh("a", 10.0, 6) and counts.fresh("a", 10.0, 7)
+    counts.record("a", 10.0, 1000)
+    assert not counts.fresh("a", 10.0, 1000 - NC_WINDOW) and counts.fresh("a", 10.0, 1001 - NC_WINDOW)
+    assert not counts.fresh("a", 10.0, 1000) and counts.fresh("a", 10.0, 999)
