@@ -656,6 +656,38 @@ class Repository:
         """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
         self._run("ping", lambda: self._db.execute_sql("SELECT 1").fetchone())
 
+    def probe_write(self) -> None:
+        """:meth:`ping`, and wait (up to the lock timeout) for the locks a write takes, then
+        roll back: SQLite's write lock (``BEGIN IMMEDIATE``); on every engine the rooms' and
+        members' table locks (an UPDATE that matches no row). Raises :class:`StoreError`
+        while another client holds one, so the store does not resume into a lock its next
+        write would wait ``db_timeout`` for. Row locks on other rows are not seen."""
+        room, member = self._models.room, self._models.member
+
+        def probe() -> None:
+            if self.engine == "sqlite":
+                self._db.execute_sql("BEGIN IMMEDIATE")
+                try:
+                    self._touch(room, member)
+                finally:
+                    self._db.execute_sql("ROLLBACK")
+                return
+            with self._db.atomic() as transaction:
+                self._touch(room, member)
+                transaction.rollback()
+
+        try:  # not through _run: a lock wait is no reason to reconnect, and the store retries
+            probe()
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self._discard_connection()
+            raise StoreError(f"probing for a write on {self.url} failed: {_describe(exc)}") from exc
+
+    @staticmethod
+    def _touch(*models: type[peewee.Model]) -> None:
+        for model in models:
+            model.update({model.id: model.id}).where(peewee.SQL("1 = 0")).execute()
+
     def close(self) -> None:
         """Close the connection (a later call reconnects)."""
         try:

@@ -12,8 +12,10 @@ Failures stay local:
   alone, so one bad change fails only its own command (:class:`StoreError`);
 - when the database does not answer, the store becomes *unavailable*: the commits of that batch
   and every later one fail at once with :class:`StoreUnavailable` (the caller answers 503 with
-  ``Retry-After``) while a background ping (every ``ping_interval`` seconds of Trio time) waits
-  for the database to return; then the store resumes by itself;
+  ``Retry-After``) while a background probe (every ``ping_interval`` seconds of Trio time)
+  waits for the database to return and take a write (``probe_write``: a ping that also waits
+  for the write locks, so another client's lock keeps the store answering 503 at once rather
+  than letting each write wait ``db_timeout`` for it); then the store resumes by itself;
 - when a combined batch is *fenced* (:class:`~.repository.Fenced`: rooms whose lease this node
   lost, issue 13), the commits that write for those rooms fail with that error and the rest
   are committed together at once, without them: a fenced room never fails another room;
@@ -26,8 +28,9 @@ Failures stay local:
   lock timeout (see :func:`~.urls.open_database`) ends the thread's wait in about as long.
   Only a COMMIT already sent when the deadline passes is waited for: its outcome is the truth.
 
-The store only calls ``apply_batch``, ``ping`` and ``load_rooms`` on its repository, so tests and
-fault-injection tools can pass any object with those methods.
+The store only calls ``apply_batch``, ``ping`` and ``load_rooms`` on its repository (and
+``probe_write`` when it has one, else ``ping``), so tests and fault-injection tools can pass any
+object with those methods.
 """
 
 from __future__ import annotations
@@ -538,10 +541,13 @@ class Store:
         nursery.start_soon(self._wait_for_database)
 
     async def _wait_for_database(self) -> None:
+        # A repository that can tell whether a write would wait for a lock says so (a read
+        # goes on under SQLite's write lock); others are pinged.
+        probe = getattr(self._repository, "probe_write", None) or self._repository.ping
         while True:
             await trio.sleep(self._ping_interval)
             try:
-                await trio.to_thread.run_sync(self._repository.ping, limiter=self._limiter)
+                await trio.to_thread.run_sync(probe, limiter=self._limiter)
             except Exception as exc:  # noqa: BLE001 - still down: keep pinging
                 log.debug("database still unavailable: %s", exc)
                 continue

@@ -19,7 +19,7 @@ import trio
 
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert, Write
 from imc_actors.imc.state import RoomState
-from imc_actors.store.repository import Repository, current_guard
+from imc_actors.store.repository import Repository, StoreError, current_guard
 from imc_actors.store.urls import DatabaseURL, open_database
 from imc_actors.store.writer import Store, StoreUnavailable
 from tests.storage.conftest import Tables, engine_of
@@ -72,12 +72,41 @@ async def run_store(store: Store, nursery: trio.Nursery) -> None:
     await nursery.start(store.run)
 
 
+class CountedProbes:
+    """A repository whose failed write probes are counted; ``refused`` is set at ``times``."""
+
+    def __init__(self, inner: Repository, times: int) -> None:
+        self.inner = inner
+        self.failed = 0
+        self.times = times
+        self.refused = trio.Event()
+
+    def apply_batch(self, writes: Sequence[Write]) -> None:
+        self.inner.apply_batch(writes)
+
+    def ping(self) -> None:
+        self.inner.ping()
+
+    def probe_write(self) -> None:
+        try:
+            self.inner.probe_write()
+        except StoreError:
+            self.failed += 1
+            if self.failed == self.times:
+                trio.from_thread.run_sync(self.refused.set)
+            raise
+
+    def load_rooms(self) -> list[RoomState]:
+        return self.inner.load_rooms()
+
+
 async def test_a_write_behind_a_lock_fails_in_time_and_the_store_resumes(
     db_url: str, tables: Tables
 ) -> None:
     repository = tables.repository(db_url, lock_timeout=DB_TIMEOUT)
     repository.init_schema()
-    store = Store(repository, db_timeout=DB_TIMEOUT, ping_interval=0.05)
+    probes = CountedProbes(repository, times=2)
+    store = Store(probes, db_timeout=DB_TIMEOUT, ping_interval=0.05)
     try:
         async with trio.open_nursery() as nursery:
             await run_store(store, nursery)
@@ -91,16 +120,21 @@ async def test_a_write_behind_a_lock_fails_in_time_and_the_store_resumes(
                 assert not store.statistics().available
                 with pytest.raises(StoreUnavailable):
                     await store.commit(room("refused"))
-                # the engine's lock timeout ends the stuck transaction while the lock is held
-                await store.wait_available()
+                # while the lock is held the store does not resume: its probe waits for the
+                # write lock (a read would pass), so writes keep failing at once
+                await probes.refused.wait()
+                assert not store.statistics().available
+                with pytest.raises(StoreUnavailable):
+                    await store.commit(room("refused again"))
             with trio.fail_after(SAFETY):
+                await store.wait_available()
                 await store.commit(room("after"))
             nursery.cancel_scope.cancel()
     finally:
         repository.close()
     assert stored_names(db_url, tables) == ["after", "before"]
     stats = store.statistics()
-    assert (stats.commits, stats.failures) == (2, 2)
+    assert (stats.commits, stats.failures) == (2, 3)
 
 
 async def test_a_write_abandoned_at_db_timeout_is_not_committed_when_the_lock_goes(
