@@ -71,9 +71,12 @@ _CANCELLABLE = (
 
 class Sender(Protocol):
     """Where the responses to one request go: a :class:`UdpPeer`, a TCP connection or a
-    WebSocket."""
+    WebSocket. ``try_send`` sends (or queues, in order) without waiting: False when it
+    could not."""
 
     async def send(self, data: bytes) -> bool: ...
+
+    def try_send(self, data: bytes) -> bool: ...
 
 
 class UdpPeer:
@@ -87,6 +90,9 @@ class UdpPeer:
 
     async def send(self, data: bytes) -> bool:
         return await self.endpoint.send(data, self.dest)
+
+    def try_send(self, data: bytes) -> bool:
+        return self.endpoint.send_nowait(data, self.dest)  # a lost datagram: the client resends
 
 
 class ServerEntry:
@@ -107,7 +113,7 @@ class ServerTransactions:
     ``timers`` is the transport's wheel (Timer J). :meth:`open` starts a run, :meth:`close`
     ends it. ``kept_bytes`` is the size of the responses the live transactions keep. The
     counters (``requests``, ``refused``, ``vias_refused``, ``absorbed``, ``handler_errors``
-    and ``sent``, the responses written on TCP and WebSocket by handler tasks) are read by
+    and ``sent``, the responses written or queued on TCP and WebSocket) are read by
     :meth:`SipTransport.statistics <imc_actors.transport.SipTransport.statistics>`.
     """
 
@@ -180,7 +186,8 @@ class ServerTransactions:
 
         A request with more than ``max_vias`` Via header fields gets a stateless 483 first. A
         retransmission returns the transaction's last response (None while the handler still
-        works); a new request gets a transaction and a handler task, or, while
+        works); a new request gets a transaction and goes to the handler's ``start`` (when it
+        has one and takes it) or a handler task, or, while
         ``max_transactions`` transactions are live or their kept responses reach
         ``max_bytes``, or while its source is over its flood budget, an immediate stateless
         503 with ``Retry-After`` (returned, like every answer sent at once). ``fix`` is the
@@ -243,7 +250,7 @@ class ServerTransactions:
             self._respond(key, entry, data, 200)
             return data
         self.requests += 1
-        if self._start_handler is not None and type(sender) is UdpPeer:
+        if self._start_handler is not None:
             if self._start(request, fix, source, key, entry, sender):
                 return None
         assert self._nursery is not None
@@ -307,17 +314,28 @@ class ServerTransactions:
         source: Source,
         key: Any,
         entry: ServerEntry,
-        peer: UdpPeer,
+        peer: Sender,
     ) -> bool:
-        """Offer a UDP request to the handler's ``start`` (no task); False when it declines."""
+        """Offer a request to the handler's ``start`` (no task); False when it declines.
+
+        Over a connection too: requests read from one connection are taken in the order they
+        came (a batch of handler tasks runs in either order). The response is queued on the
+        connection at once; when its queue is full, a task waits for room."""
 
         def respond(reply: Reply) -> None:
-            if self._nursery is None or entry.txn.state not in ("trying", "proceeding"):
+            nursery = self._nursery
+            if nursery is None or entry.txn.state not in ("trying", "proceeding"):
                 return  # the transport has stopped, or this request was answered already
             data, code = self._response_bytes(request, reply)
             data = patch_via(data, fix)
             self._respond(key, entry, data, code)
-            peer.endpoint.send_nowait(data, peer.dest)  # a lost datagram: the client resends
+            if type(peer) is UdpPeer:
+                peer.try_send(data)
+            elif peer.try_send(data):
+                self.sent += 1
+            elif not getattr(peer, "closed", False):
+                nursery.start_soon(self._send_later, peer, data, reply)
+                return
             _after(reply)
 
         assert self._start_handler is not None
@@ -328,6 +346,15 @@ class ServerTransactions:
             log.exception("handler failed for %s %s from %s", request.method, request.uri, source)
             respond(Reply(500))
             return True
+
+    async def _send_later(self, sender: Sender, data: bytes, reply: Reply) -> None:
+        """A started request's response whose connection queue was full: sent once there is
+        room (the connection's writer bounds the wait)."""
+        try:
+            if await sender.send(data):
+                self.sent += 1
+        finally:
+            _after(reply)
 
     def _cancel_matches(self, cancel: Request) -> bool:
         for method in _CANCELLABLE:

@@ -4,6 +4,8 @@ Conference.start."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
@@ -11,7 +13,7 @@ import trio.testing
 from imc_actors.actors.supervisor import Answer
 from imc_actors.conference import IncomingMessage, open_conference
 from imc_actors.config import Config
-from imc_actors.sip import Request
+from imc_actors.sip import Request, build_request, new_branch, new_call_id, new_tag
 from imc_actors.store.repository import Repository
 from imc_actors.transport import Reply, Responder, Source
 from tests.support import TestUA, response_of, start_core
@@ -88,14 +90,59 @@ async def test_start_that_raises_is_answered_500(nursery: trio.Nursery) -> None:
     assert server.transport.statistics().handler_errors == 1
 
 
-async def test_tcp_requests_always_take_a_task(nursery: trio.Nursery) -> None:
+async def test_tcp_requests_are_started_in_the_order_they_were_read(nursery: trio.Nursery) -> None:
+    # Several requests in one read: handler tasks would run in either order, start keeps it.
     handler = Deferred()
     server = await start_core(nursery, messages=handler)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address("tcp"), transport="tcp")
-    await ua.send_raw(ua.build("MESSAGE", ROOM, body=b"hello"), tcp=True)
+    lines = [f"line {index}".encode() for index in range(8)]
+    await ua.send_raw(b"".join(ua.build("MESSAGE", ROOM, body=line) for line in lines), tcp=True)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [request.body for request, _ in handler.started] == lines and handler.awaited == []
+    for _, respond in reversed(handler.started):
+        respond(Reply(202))
     with trio.fail_after(5):
-        answer = response_of(await ua.recv_raw())
-    assert answer.code == 202 and handler.started == [] and len(handler.awaited) == 1
+        answers = [response_of(await ua.recv_raw()) for _ in lines]
+    assert [a.code for a in answers] == [202] * len(lines)
+    assert server.transport.statistics().handler_errors == 0
+
+
+async def test_a_started_answer_waits_for_room_on_a_full_connection(nursery: trio.Nursery) -> None:
+    # A client that stops reading: the answers fill the kernel's buffers and the connection's
+    # queue (tcp_send_queue); those that do not fit wait in a task, none is dropped, and each
+    # answer's `after` hook runs once it is queued or sent.
+    handler = Deferred()
+    server = await start_core(nursery, messages=handler, transport_options={"tcp_send_queue": 64 * 1024})
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(server.address("tcp"))
+    stream = trio.SocketStream(sock)
+    host, port = sock.getsockname()[:2]
+    count = 600  # 600 answers of 8 kB: more than the kernel's buffers and the queue hold
+    requests = [
+        build_request("MESSAGE", ROOM, from_uri=f"sip:alice@{DOMAIN}", from_tag=new_tag(), to_uri=ROOM,
+                      call_id=new_call_id(host), cseq=1, via_host=host, via_port=port,
+                      via_transport="TCP", branch=new_branch(), body=b"hi")
+        for _ in range(count)
+    ]  # fmt: skip
+    await stream.send_all(b"".join(requests))
+    with trio.fail_after(10):  # safety net only
+        while len(handler.started) < count:
+            await trio.testing.wait_all_tasks_blocked()
+    released: list[int] = []
+    for index, (_, respond) in enumerate(handler.started):
+        respond(Reply(202, body=b"x" * 8000, content_type="text/plain",
+                      after=lambda index=index: released.append(index)))  # fmt: skip
+    await trio.testing.wait_all_tasks_blocked()
+    stats = server.transport.statistics()
+    assert stats.send_queued <= 64 * 1024 and len(released) < count  # some wait for room
+    received = bytearray()
+    with trio.fail_after(10):  # safety net only
+        while received.count(b"SIP/2.0 202 ") < count:
+            received += await stream.receive_some(1 << 20)
+    await trio.testing.wait_all_tasks_blocked()
+    assert received.count(b"SIP/2.0 202 ") == count and sorted(released) == list(range(count))
+    await stream.aclose()
 
 
 @pytest.mark.parametrize("case", ["untrusted", "max-forwards"])
