@@ -295,7 +295,14 @@ class _NotTheTransportsListeningLine(logging.Filter):
         return not (record.levelno == logging.INFO and str(record.msg).startswith("SIP transport listening on"))
 
 
-async def _serve(config: Config, slot: WorkerSlot | None = None) -> None:
+class _Phase:
+    """Whether ``serve`` got past startup: an error before that is a ``cannot start`` line,
+    one after it a crash (with its traceback)."""
+
+    started = False
+
+
+async def _serve(config: Config, slot: WorkerSlot | None = None, phase: _Phase | None = None) -> None:
     """One server until SIGINT or SIGTERM; as a worker of ``serve --workers N`` (``slot``) it
     shares the ports, binds its private address and tells the parent instead of saying
     where it listens."""
@@ -310,6 +317,8 @@ async def _serve(config: Config, slot: WorkerSlot | None = None) -> None:
         async with open_server(
             config, shared_ports=slot is not None, private_host=private, steering=steering
         ) as server:
+            if phase is not None:
+                phase.started = True
             _tune_gc()
             # catch the signals before saying "listening": a supervisor may stop us at once
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -332,14 +341,17 @@ async def _serve(config: Config, slot: WorkerSlot | None = None) -> None:
 def serve(config: Config, slot: WorkerSlot | None = None) -> int:
     """``serve``'s exit code: 0 after SIGINT/SIGTERM, 1 when it cannot start (one line says
     why), 130 on KeyboardInterrupt. ``slot``: as one worker of ``serve --workers N``."""
+    from .store.repository import StoreError
+
+    phase = _Phase()
     try:
-        trio.run(_serve, config, slot)
-    except (OSError, BaseExceptionGroup) as exc:
-        error = _startup_error(exc)
+        trio.run(_serve, config, slot, phase)
+    except (OSError, StoreError, BaseExceptionGroup) as exc:
+        error = None if phase.started else _startup_error(exc)
         if error is None:
             raise
         # OSError(errno, text) reads "[Errno n] text": the text alone says it
-        why = error.strerror if error.strerror and error.filename is None else error
+        why = error.strerror if isinstance(error, OSError) and error.strerror and error.filename is None else error
         where = f"worker {slot.index} (node {slot.node}) " if slot is not None else ""
         announce(config, f"{where}cannot start: {why}", logging.ERROR)
         return 1
@@ -424,9 +436,13 @@ def _chat(args: argparse.Namespace) -> int:
     ))  # fmt: skip
 
 
-def _startup_error(exc: BaseException) -> OSError | None:
-    """The OSError that stopped startup, also when nurseries wrapped it in exception groups."""
-    if isinstance(exc, OSError):
+def _startup_error(exc: BaseException) -> Exception | None:
+    """The OSError (a socket, a file) or StoreError (the database: unreachable, or this node
+    name already running) that stopped startup, also when nurseries wrapped it in exception
+    groups."""
+    from .store.repository import StoreError
+
+    if isinstance(exc, OSError | StoreError):
         return exc
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return _startup_error(exc.exceptions[0])

@@ -830,6 +830,7 @@ async def _serving(
         delivery.handoff = handoff
         rooms = await store.load_rooms()
         if keeper is not None:  # leases first, then the state they guard
+            await keeper.ensure_alone()
             mine = rooms if home is None else [r for r in rooms if home(r.name) == config.node]
             await keeper.acquire(mine)
             await keeper.advertise([])  # a node without SIP sockets; the server names its own

@@ -17,13 +17,18 @@ two headers:
 
 The owner runs the command and does the fan-out itself (its notices go straight to the
 members and to the original sender); the forwarder answers the original sender with the
-owner's final code.
+owner's final code. It waits at most ``lease_ttl`` seconds for it: an owner that does not
+answer by then (hung, or stopped) no longer renews its leases either, and the client is
+better told at once (the conference answers ``503`` with ``Retry-After`` and a ``***``
+notice) than left to its own Timer F of 32 seconds, which the forward's would equal.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+
+import trio
 
 from .actors.supervisor import Answer
 from .config import ListenAddress
@@ -45,14 +50,17 @@ class Forwarder:
         self._transport = transport
         self._node = node
         self._retry_after = max(1, math.ceil(lease_ttl))
+        self._timeout = lease_ttl
         self.forwarded = 0
+        self.timeouts = 0
 
     async def __call__(
         self, request_uri: str, sender: str, body: bytes, content_type: str | None,
         call_id: str, location: RoomLocation,
     ) -> Answer | None:  # fmt: skip
         """Forward one MESSAGE to ``location``'s node; its final answer, or None when the
-        node advertises no UDP or TCP address."""
+        node advertises no UDP or TCP address or gives no final answer within ``lease_ttl``
+        (then the request was perhaps carried out there: it is not tried elsewhere)."""
         target = _target(location.addresses)
         if target is None:
             return None
@@ -60,13 +68,20 @@ class Forwarder:
         # look the URI up in the registrar when the node's host is also a served domain
         host = f"[{target.host}]" if ":" in target.host else target.host
         uri = f"sip:{host}:{target.port}" + (";transport=tcp" if target.transport == "tcp" else "")
-        result = await self._transport.send_request(
-            "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
-            headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
-            body=body, content_type=content_type, call_id=call_id or None,
-            direct=True,  # to the node itself, never through outbound_proxy
-        )  # fmt: skip
+        result = None
+        with trio.move_on_after(self._timeout):
+            result = await self._transport.send_request(
+                "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
+                headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
+                body=body, content_type=content_type, call_id=call_id or None,
+                direct=True,  # to the node itself, never through outbound_proxy
+            )  # fmt: skip
         self.forwarded += 1
+        if result is None:
+            self.timeouts += 1
+            log.warning("node %s did not answer a MESSAGE for %s forwarded to it within %g s",
+                        location.node, location.room, self._timeout)  # fmt: skip
+            return None
         log.debug("forwarded a MESSAGE for %s to node %s: %d", location.room, location.node, result.code)
         retry_after = self._retry_after if result.code == 503 else None
         return Answer(result.code, result.reason, retry_after=retry_after)

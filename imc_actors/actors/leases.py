@@ -29,9 +29,16 @@ import trio
 
 from ..imc.state import RoomState
 from ..store.repository import StoreError
+
+__all__ = ["LeaseKeeper", "LeaseStatistics", "NodeInUse"]
 from ..store.writer import Store
 
 log = logging.getLogger("imc_actors.leases")
+
+
+class NodeInUse(StoreError):
+    """Another process serves as this node now (its heartbeat moved on while this one waited):
+    two processes with one ``node`` name would take each other's leases in turn."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,37 @@ class LeaseKeeper:
     def _renewed(self, started: float) -> None:
         self._fresh_until = started + self._ttl - self._margin
         self._taken.clear()  # the renewal covered them
+
+    async def ensure_alone(self) -> None:
+        """Raise :class:`NodeInUse` when another process runs as this node. Call before
+        :meth:`acquire`, which would take that process's leases.
+
+        The node table cannot tell a running node from one killed a moment ago: both have a
+        recent heartbeat. So when the heartbeat is younger than ``lease_ttl`` (and the node
+        was not shut down cleanly, which retires it), this waits half a ``lease_ttl`` (more
+        than one renewal period) and looks again: a heartbeat that moved on meanwhile is
+        another process's. Else startup goes on (a restart after ``kill -9`` waits that long).
+        """
+
+        def look(repository: Any) -> tuple[float, tuple[str, ...], float] | None:
+            info = next((n for n in repository.nodes() if n.name == repository.node), None)
+            if info is None or not info.heartbeat:
+                return None
+            return info.heartbeat, info.addresses, repository.now()
+
+        first = await self._store.read(look)
+        if first is None or first[2] - first[0] >= self._ttl:
+            return
+        repository: Any = self._store.repository
+        log.info("node %r heartbeat %.1f s ago from %s: checking that it is not still running",
+                 repository.node, first[2] - first[0], " ".join(first[1]) or "no address")  # fmt: skip
+        await trio.sleep(self._ttl / 2)
+        second = await self._store.read(look)
+        if second is not None and second[0] != first[0]:
+            raise NodeInUse(
+                f"node {repository.node!r} is already running (it heartbeat {second[2] - second[0]:.1f} s "
+                f"ago from {' '.join(second[1]) or 'no address'}): give each node its own --node"
+            )
 
     async def advertise(self, addresses: list[str]) -> None:
         """Heartbeat now, and in every later round, with these SIP listen addresses (a failure

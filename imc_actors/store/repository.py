@@ -473,10 +473,13 @@ class Repository:
         return result
 
     def _note_lease(self, key: str, epoch: int | None) -> None:
-        """Remember the outcome of acquiring ``key``'s lease (None: another node holds it)."""
+        """Remember the outcome of acquiring ``key``'s lease (None: another node holds it).
+        A new epoch means other nodes may have written for the room meanwhile: what this one
+        remembers of it (its archive's last line number) is read again."""
         if epoch is None:
             self._held.pop(key, None)
-        else:
+        elif self._held.get(key) != epoch:
+            self._history_seq.pop(f"sip:{key}", None)
             self._held[key] = epoch
 
     def renew(self, ttl: float | None = None) -> int:

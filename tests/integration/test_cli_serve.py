@@ -118,6 +118,17 @@ def test_an_mi_fifo_directory_that_cannot_be_made_stops_startup_with_one_line(tm
     ]
 
 
+def test_a_database_that_cannot_be_reached_stops_startup_with_one_line():
+    # nothing listens on port 1 of loopback: the connection is refused at once
+    result = serve("--listen", "udp:127.0.0.1:0", "--db-url", "postgresql://postgres@127.0.0.1:1/test",
+                   "--log-level", "error")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("imc-actors: cannot start: creating the tables failed on postgresql://")
+    assert "127.0.0.1:1" in lines[0] or "port 1" in lines[0]
+
+
 def test_an_exposed_listener_without_auth_does_not_start(tmp_path):
     result = serve("--listen", "udp:0.0.0.0:0", "--db-url", f"sqlite:///{tmp_path}/x.db")
     assert result.returncode == 2

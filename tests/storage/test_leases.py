@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from imc_actors import Config, IncomingMessage, open_conference, open_server
+from imc_actors.actors.leases import LeaseKeeper, NodeInUse
 from imc_actors.imc.effects import (
     OWNER,
     BanDelete,
@@ -161,6 +162,90 @@ def test_a_write_for_a_room_taken_over_is_not_applied(
     assert [m.uri for m in one.load_rooms()[0].members] == [
         "sip:alice@example.com", "sip:bob@example.com",
     ]  # fmt: skip
+
+
+def test_a_room_taken_back_numbers_its_archive_after_the_other_nodes_lines(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    # n1 archives lines 1-3, n2 takes the room over and archives 4-5, n1 takes it back: its
+    # next line is 6 (it read the archive again), not 4 again (a duplicate key: a 500).
+    one, two = nodes
+    room = "sip:back@example.com"
+
+    def line(text: str) -> HistoryAppend:
+        return HistoryAppend(room, "sip:alice@example.com", clock.now, "text/plain", text.encode(), 100)
+
+    one.apply_batch([*room_writes("back"), line("1"), line("2"), line("3")])
+    clock.now = T0 + TTL
+    assert two.acquire("back@example.com") == 2
+    two.apply_batch([line("4"), line("5")])
+    clock.now = T0 + 2 * TTL
+    assert one.lost() == ["back@example.com"]
+    assert one.acquire("back@example.com") == 3
+    one.apply_batch([line("6")])
+    assert [(h.seq, h.body) for h in one.load_history(room, 10)] == [
+        (n, str(n).encode()) for n in range(1, 7)
+    ]
+    # the same when n1 never noticed the loss before taking the room back
+    clock.now = T0 + 3 * TTL
+    assert two.acquire("back@example.com") == 4
+    two.apply_batch([line("7")])
+    clock.now = T0 + 4 * TTL
+    assert one.acquire("back@example.com") == 5
+    one.apply_batch([line("8")])
+    assert [h.seq for h in one.load_history(room, 10)] == list(range(1, 9))
+
+
+class DirectStore:
+    """What LeaseKeeper reads through, run in the test's own thread (no writer thread, so an
+    autojump clock moves only when the test's tasks wait)."""
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+
+    async def read(self, fn):  # type: ignore[no-untyped-def]
+        await trio.lowlevel.checkpoint()
+        return fn(self.repository)
+
+
+async def test_a_second_process_with_a_running_nodes_name_is_refused(
+    db_url: str, tables: Tables, clock: FakeClock, autojump_clock: trio.testing.MockClock
+) -> None:
+    running = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    starting = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    running.init_schema()
+    keeper = LeaseKeeper(DirectStore(starting), TTL)
+    try:
+        await keeper.ensure_alone()  # never heartbeat: nothing to wait for
+        running.heartbeat(["udp:127.0.0.2:5060"])
+        clock.now += 1.0
+
+        async def renewing() -> None:  # the running process's next round, within one period
+            await trio.sleep(TTL / 4)
+            clock.now += TTL / 4
+            running.heartbeat(["udp:127.0.0.2:5060"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(renewing)
+            with pytest.raises(NodeInUse) as refused:
+                await keeper.ensure_alone()
+        assert "'n1' is already running" in str(refused.value) and "udp:127.0.0.2:5060" in str(refused.value)
+        assert starting.held == {}  # it took none of the running node's leases
+        # killed (no more heartbeats): a restart waits half a lease_ttl, then goes on
+        started = trio.current_time()
+        await keeper.ensure_alone()
+        assert trio.current_time() - started == pytest.approx(TTL / 2)
+        clock.now += TTL  # a heartbeat older than lease_ttl: no wait at all
+        started = trio.current_time()
+        await keeper.ensure_alone()
+        assert trio.current_time() == started
+        running.release()  # a clean shutdown retires the node: no wait either
+        clock.now -= TTL
+        await keeper.ensure_alone()
+        assert trio.current_time() == started
+    finally:
+        running.close()
+        starting.close()
 
 
 def test_a_room_whose_lease_another_node_holds_cannot_be_written_at_all(
