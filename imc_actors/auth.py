@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -44,12 +45,14 @@ from .sip.digest import (
     Nonces,
     challenge,
     expected_response,
+    origin_of,
     parse_credentials,
 )
 from .store.repository import StoreError
 from .store.users import Subscriber
 from .store.writer import StoreUnavailable
 from .transport import Reply
+from .transport.limits import LogInterval
 
 __all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "Verdict", "WRONG_PASSWORD"]
 
@@ -73,8 +76,9 @@ class AuthStatistics:
     """Counts since start (metric ``imc_auth_total{result}``): ``accepted`` answers;
     ``challenged`` requests without credentials for us (or with a nonce not ours);
     ``refused`` wrong user or password; ``stale`` old nonces; ``replayed`` nonce-counts seen
-    before; ``malformed`` unreadable ``Authorization`` (400). ``nonces`` and ``users`` are the
-    entries held now (bounded by ``nonce_counts`` and ``auth_cache_size``)."""
+    before; ``malformed`` unreadable ``Authorization`` (400); ``busy`` answered 503 because
+    ``auth_max_reads`` user lookups were under way. ``nonces`` and ``users`` are the entries
+    held now (bounded by ``nonce_counts`` and ``auth_cache_size``)."""
 
     accepted: int
     challenged: int
@@ -84,17 +88,33 @@ class AuthStatistics:
     malformed: int
     nonces: int
     users: int
+    busy: int = 0
+
+
+#: A failed check reads the user's row again at once (a new password works at once), but at
+#: most :data:`RECHECK_BURST` times within :data:`RECHECK_INTERVAL` seconds of the last read:
+#: a flood of wrong answers for one user costs a few reads a second, not one each.
+RECHECK_INTERVAL = 1.0
+RECHECK_BURST = 3
 
 
 class UserCache:
     """At most ``size`` user rows (or their absence) for ``ttl`` seconds, least recently used
-    dropped first; ``load(username, domain)`` reads one from the database."""
+    dropped first; ``load(username, domain)`` reads one from the database, at most
+    ``max_reads`` at once (past that :class:`StoreUnavailable`: the reads share the store's
+    thread with its commits, and a flood of unknown users must not stall those)."""
 
-    def __init__(self, load: LoadUser, size: int, ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, load: LoadUser, size: int, ttl: float, clock: Callable[[], float], max_reads: int = 8
+    ) -> None:
         self._load = load
         self.size, self.ttl = size, ttl
         self._clock = clock
-        self._rows: OrderedDict[tuple[str, str], tuple[Subscriber | None, float]] = OrderedDict()
+        self.max_reads = max_reads
+        self.reading = 0
+        self.refused = 0
+        # (username, domain) -> (row, when read, rereads within RECHECK_INTERVAL of the last)
+        self._rows: OrderedDict[tuple[str, str], tuple[Subscriber | None, float, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -110,16 +130,34 @@ class UserCache:
         return (cached[0],)
 
     async def get(self, username: str, domain: str, *, fresh: bool = False) -> tuple[Subscriber | None, bool]:
-        """``(row, from_cache)``; ``fresh`` reads the database whatever the cache holds.
-        Raises StoreError. Checkpoints when it reads."""
-        cached = None if fresh else self.peek(username, domain)
+        """``(row, from_cache)``; ``fresh`` reads the database whatever the cache holds,
+        up to :data:`RECHECK_BURST` times within :data:`RECHECK_INTERVAL`. Raises StoreError
+        (:class:`StoreUnavailable` with ``max_reads`` reads under way). Checkpoints when it
+        reads."""
+        now = self._clock()
+        rereads = 0
+        if fresh:
+            entry = self._rows.get((username, domain))
+            if entry is not None and now - entry[1] < RECHECK_INTERVAL:
+                if entry[2] >= RECHECK_BURST:
+                    return entry[0], True
+                rereads = entry[2] + 1
+            cached = None
+        else:
+            cached = self.peek(username, domain)
         if cached is not None:
             return cached[0], True
-        now = self._clock()
-        row = await self._load(username, domain)
+        if self.reading >= self.max_reads:
+            self.refused += 1
+            raise StoreUnavailable(f"{self.reading} user lookups under way (auth_max_reads)", 1)
+        self.reading += 1
+        try:
+            row = await self._load(username, domain)
+        finally:
+            self.reading -= 1
         if self.ttl > 0:
             key = (username, domain)
-            self._rows[key] = (row, now)
+            self._rows[key] = (row, now, rereads)
             self._rows.move_to_end(key)
             while len(self._rows) > self.size:
                 self._rows.popitem(last=False)
@@ -151,16 +189,23 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.domains = config.served_domains
-        self.nonces = Nonces(secret, config.nonce_expires)
-        self.counts = NonceCounts(config.nonce_counts)
-        self.users = UserCache(load, config.auth_cache_size, config.auth_cache_ttl, clock)
+        self.nonces = Nonces(secret, config.nonce_expires, origin_of(config.node))
+        # the counts of nonces issued before this process started are gone: those are used up
+        self.counts = NonceCounts(config.nonce_counts, floor=math.floor(clock() * 1000) / 1000 - 0.001)
+        self.users = UserCache(
+            load, config.auth_cache_size, config.auth_cache_ttl, clock, config.auth_max_reads
+        )
         self.clock = clock
         self.md5_only_agents = tuple(config.md5_only_agents)
+        self._refusal_log = LogInterval(1.0)
+        self._quiet_refusals = 0
         self._counts = dict.fromkeys(("accepted", "challenged", "refused", "stale", "replayed", "malformed"), 0)
 
     def statistics(self) -> AuthStatistics:
         """The counters and table sizes now."""
-        return AuthStatistics(**self._counts, nonces=len(self.counts), users=len(self.users))
+        return AuthStatistics(
+            **self._counts, nonces=len(self.counts), users=len(self.users), busy=self.users.refused
+        )
 
     def realm_for(self, request: Request) -> str:
         """The realm of ``request``: its To host (REGISTER) or From host (else), when served."""
@@ -248,16 +293,27 @@ class Authenticator:
         if verified is None:  # the row has no hash for this algorithm: offer what it has
             return Verdict(self.challenge(request, realm, algorithms=("MD5",)), "challenged")
         if not verified:
-            log.info("digest for %s@%s refused: wrong user or password", credentials.username, realm)
+            self._log_refusal(credentials, realm, "wrong user or password")
             return Verdict(WRONG_PASSWORD, "refused")
-        if self.nonces.is_stale(issued, self.clock()):
+        if self.nonces.is_stale(issued, self.clock()) or not self.nonces.made_here(credentials.nonce):
+            # too old, or another worker's or node's: it remembers that nonce's counts, not we
             return Verdict(self.challenge(request, realm, stale=True), "stale")
         if not self.counts.fresh(credentials.nonce, issued, credentials.nc):
-            log.info("digest for %s@%s refused: nonce-count %s used before (a replay?)",
-                     credentials.username, realm, credentials.nc_text)  # fmt: skip
+            self._log_refusal(credentials, realm, f"nonce-count {credentials.nc_text} used before (a replay?)")
             return Verdict(self.challenge(request, realm, stale=True), "replayed")
         uri = f"sip:{canonical_user(credentials.username)}@{realm}"
         return Verdict(Authenticated(uri), "accepted", (credentials.nonce, issued, credentials.nc))
+
+    def _log_refusal(self, credentials: Credentials, realm: str, why: str) -> None:
+        """One INFO line per second at most (a flood would write one per request), naming the
+        user as sent, quoted and cut (it is the client's text: no control characters in the
+        log), and how many refusals the quiet second held."""
+        if not self._refusal_log.due(time.monotonic()):
+            self._quiet_refusals += 1
+            return
+        more = f" ({self._quiet_refusals} more refusals since the last line)" if self._quiet_refusals else ""
+        self._quiet_refusals = 0
+        log.info("digest for %r at %s refused: %s%s", credentials.username[:64], realm, why, more)
 
     async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:
         """True when the response is right, False when not (or no such user), None when the

@@ -190,6 +190,7 @@ class Config:
     nonce_counts: int = 65536
     auth_cache_size: int = 10000
     auth_cache_ttl: float = 30.0
+    auth_max_reads: int = 8
     md5_only_agents: list[str] = field(default_factory=lambda: list(MD5_ONLY_AGENTS))
 
     # ------------------------------------------------------------------ building
@@ -389,7 +390,7 @@ class Config:
             raise ConfigError("nonce_expires", "must be a positive number of seconds")
         if not self.auth_cache_ttl >= 0:
             raise ConfigError("auth_cache_ttl", "must be 0 (no cache) or more seconds")
-        self._require_positive("nonce_counts", "auth_cache_size")
+        self._require_positive("nonce_counts", "auth_cache_size", "auth_max_reads")
         if self.auth is None and not self.trusted_sources:
             exposed = [str(a) for a in self.listen_addresses if not is_loopback_listen(a.host)]
             if exposed:
@@ -504,7 +505,7 @@ _INT_FIELDS = {
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
     "tcp_send_queue",
-    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "max_members",
+    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",
     "max_rooms_per_user", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max",
 }

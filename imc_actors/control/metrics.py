@@ -240,7 +240,7 @@ class _StatisticsCollector(Collector):
         yield _by_label(
             "imc_auth", "digest authentication outcomes (README: Users and passwords)", "result",
             [(result, getattr(s, result))
-             for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed")],
+             for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed", "busy")],
         )  # fmt: skip
         yield GaugeMetricFamily(
             "imc_auth_nonces", "nonces whose last nonce-count is kept", value=s.nonces

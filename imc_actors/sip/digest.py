@@ -28,6 +28,7 @@ import hmac
 import re
 import secrets
 import struct
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ __all__ = [
     "DigestError",
     "NonceCounts",
     "Nonces",
+    "origin_of",
     "authorization",
     "challenge",
     "expected_response",
@@ -148,6 +150,8 @@ def parse_credentials(value: str) -> Credentials:
     nc_text, cnonce = params.get("nc", ""), params.get("cnonce", "")
     if not cnonce or not re.fullmatch(r"[0-9A-Fa-f]{8}", nc_text):
         raise DigestError("Digest nc and cnonce required")
+    if nc_text == "00000000":  # counts start at 1 (RFC 7616 §3.4): 0 would be refused forever
+        raise DigestError("Digest nc must be 1 or more")
     return Credentials(
         params["username"], params["realm"], params["nonce"], params["uri"],
         params["response"].lower(), algorithm, cnonce, int(nc_text, 16), nc_text,
@@ -163,23 +167,30 @@ def challenge(realm: str, nonce: str, algorithm: str, *, stale: bool = False) ->
 
 
 class Nonces:
-    """Stateless nonces: ``base64url(issued (8 bytes, ms) + 8 random bytes + HMAC-SHA-256[:16])``.
+    """Stateless nonces: ``base64url(issued (8 bytes, ms) + origin (4) + 4 random bytes +
+    HMAC-SHA-256[:16])``.
 
-    ``secret`` keys the HMAC (every process sharing it accepts the others' nonces);
+    ``secret`` keys the HMAC (every process sharing it can read the others' nonces);
     ``lifetime`` is how many seconds a nonce is good for. Times are seconds since the epoch,
-    passed in (wall clock: nonces outlive a restart).
+    passed in (wall clock). ``origin`` names the process that makes them (:func:`origin_of`
+    its node name): nonce-counts are remembered per process, so a process must take only its
+    own nonces (:meth:`made_here`), or an answer captured at one worker or node would pass
+    once more at each of the others.
     """
 
-    def __init__(self, secret: bytes, lifetime: float) -> None:
+    def __init__(self, secret: bytes, lifetime: float, origin: bytes = bytes(4)) -> None:
+        if len(origin) != 4:
+            raise ValueError("a nonce origin is 4 bytes")
         self._secret = secret
         self.lifetime = lifetime
+        self.origin = origin
 
     def _mac(self, head: bytes) -> bytes:
         return hmac.new(self._secret, head, hashlib.sha256).digest()[:16]
 
     def make(self, now: float) -> str:
         """A fresh nonce issued at ``now``."""
-        head = struct.pack(">Q", int(now * 1000)) + secrets.token_bytes(8)
+        head = struct.pack(">Q", int(now * 1000)) + self.origin + secrets.token_bytes(4)
         return base64.urlsafe_b64encode(head + self._mac(head)).decode().rstrip("=")
 
     def issued(self, nonce: str) -> float | None:
@@ -194,6 +205,10 @@ class Nonces:
             return None
         return struct.unpack(">Q", raw[:8])[0] / 1000
 
+    def made_here(self, nonce: str) -> bool:
+        """True when ``nonce`` (one :meth:`issued` accepts) was made with this origin."""
+        return base64.urlsafe_b64decode(nonce + "=")[8:12] == self.origin
+
     def is_stale(self, issued: float, now: float) -> bool:
         """True when a nonce issued at ``issued`` is past its lifetime (or from the future)."""
         return not (now - self.lifetime <= issued <= now + 1)
@@ -207,6 +222,11 @@ class Nonces:
 NC_WINDOW = 64
 
 
+def origin_of(node: str | None) -> bytes:
+    """The 4-byte nonce origin of a process named ``node`` (None: a server of its own)."""
+    return zlib.crc32((node or "").encode()).to_bytes(4, "big")
+
+
 class NonceCounts:
     """The nonce-counts seen per nonce, for at most ``limit`` nonces (a bound on memory,
     whatever arrives: about 200 bytes per entry): the highest, and which of the
@@ -217,12 +237,14 @@ class NonceCounts:
     nonce is forgotten and ``floor`` rises to its issue time: from then on a nonce issued at
     or before ``floor`` that is not in the table counts as used up (:meth:`fresh` is False),
     so forgetting a nonce never lets its counts be replayed. The price of a small table is
-    only more ``stale=true`` round trips for clients.
+    only more ``stale=true`` round trips for clients. ``floor`` may start above 0: the server
+    starts it at its own start time, since the counts of the nonces issued before went with
+    the previous process (a client answers one ``stale=true`` after a restart).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, floor: float = 0.0) -> None:
         self.limit = limit
-        self.floor = 0.0
+        self.floor = floor
         # nonce -> (highest count, bitmap: bit i set = count highest - i seen, issue time)
         self._seen: OrderedDict[str, tuple[int, int, float]] = OrderedDict()
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 from imc_actors.conference import repository_of
 from imc_actors.server import Server, open_server
@@ -410,3 +411,57 @@ async def test_user_cache_is_bounded_and_expires():
     now[0] = 10.0
     assert (await cache.get("a", "d"))[1] is False  # expired: read again
     assert len(cache) == 2
+
+
+async def test_failed_checks_read_a_row_again_a_few_times_a_second_at_most():
+    from imc_actors.auth import RECHECK_BURST, RECHECK_INTERVAL, UserCache
+
+    now, loads = [0.0], []
+
+    async def load(user, domain):
+        loads.append(user)
+        await trio.lowlevel.checkpoint()
+        return None
+
+    cache = UserCache(load, size=10, ttl=30.0, clock=lambda: now[0])
+    await cache.get("mallory", "d")
+    for _ in range(100):  # a flood of wrong answers for one user
+        await cache.get("mallory", "d", fresh=True)
+    assert len(loads) == 1 + RECHECK_BURST
+    now[0] += RECHECK_INTERVAL  # a second later: at once again, up to the burst
+    for _ in range(100):
+        await cache.get("mallory", "d", fresh=True)
+    assert len(loads) == 2 + 2 * RECHECK_BURST
+
+
+async def test_user_lookups_under_way_are_bounded():
+    # a flood of unknown users: past auth_max_reads lookups the rest are refused at once
+    # (503), so the store's thread, which also commits, is never queued full of reads
+    from imc_actors.auth import UserCache
+    from imc_actors.store.writer import StoreUnavailable
+
+    release = trio.Event()
+
+    async def load(user, domain):
+        await release.wait()
+        return None
+
+    cache = UserCache(load, size=100, ttl=30.0, clock=lambda: 0.0, max_reads=2)
+    outcomes: list[str] = []
+
+    async def lookup(user: str) -> None:
+        try:
+            await cache.get(user, "d")
+        except StoreUnavailable as exc:
+            outcomes.append(f"busy {exc.retry_after}")
+        else:
+            outcomes.append("read")
+
+    async with trio.open_nursery() as nursery:
+        for index in range(5):
+            nursery.start_soon(lookup, f"random{index}")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(outcomes) == ["busy 1"] * 3 and cache.reading == 2
+        release.set()
+    assert sorted(outcomes) == ["busy 1"] * 3 + ["read"] * 2
+    assert (cache.reading, cache.refused) == (0, 3)

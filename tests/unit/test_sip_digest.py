@@ -59,6 +59,8 @@ def test_credentials_are_parsed_with_quotes_escapes_and_commas():
         ('Digest username="a", realm="r", nonce="n", uri="u", response="x"', "Digest qop=auth required"),
         ('Digest username="a", realm="r", nonce="n", uri="u", response="x", qop=auth, nc=1, cnonce="c"',
          "Digest nc and cnonce required"),
+        ('Digest username="a", realm="r", nonce="n", uri="u", response="x", qop=auth, nc=00000000,'
+         ' cnonce="c"', "Digest nc must be 1 or more"),
     ],
 )
 def test_credentials_we_cannot_check_are_refused_with_a_reason(value, reason):
