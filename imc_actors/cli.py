@@ -315,8 +315,9 @@ async def _serve(config: Config, slot: WorkerSlot | None = None, phase: _Phase |
     try:
         steering = slot.steering() if slot is not None else None
         async with open_server(
-            config, shared_ports=slot is not None, private_host=private, steering=steering
-        ) as server:
+            config, shared_ports=slot is not None, private_host=private, steering=steering,
+            node_free=slot is not None and slot.restarted,
+        ) as server:  # fmt: skip
             if phase is not None:
                 phase.started = True
             _tune_gc()

@@ -711,6 +711,7 @@ async def open_conference(
     wrap_store: Callable[[Committer], Committer] | None = None,
     home: Callable[[str], str] | None = None,
     handoff: HandoffTarget | None = None,
+    node_free: bool = False,
 ) -> AsyncIterator[Conference]:
     """Run a conference (store, supervisor, delivery; no sockets) for the body of the block.
 
@@ -735,6 +736,10 @@ async def open_conference(
     ``handoff`` (the workers of ``serve --workers N``, :class:`~imc_actors.handoff.Handoff`):
     notices for members another worker delivers to are handed to it, and only this worker's
     members' stored notices are restored here.
+
+    ``node_free``: the caller knows no other process runs as ``node`` (a worker started again
+    after its predecessor died), so startup does not wait to find out
+    (:meth:`~imc_actors.actors.leases.LeaseKeeper.ensure_alone`).
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
@@ -752,7 +757,7 @@ async def open_conference(
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
     try:
         async with _running(
-            config, store, router, policy, apply, wrap_sender, wrap_store, home, handoff
+            config, store, router, policy, apply, wrap_sender, wrap_store, home, handoff, node_free
         ) as conference:
             yield conference
     finally:
@@ -770,10 +775,11 @@ async def _running(
     wrap_store: Callable[[Committer], Committer] | None,
     home: Callable[[str], str] | None = None,
     handoff: HandoffTarget | None = None,
+    node_free: bool = False,
 ) -> AsyncIterator[Conference]:
     # ownership (issue 13): with a node name, hold the rooms' leases while serving them
     keeper = (
-        LeaseKeeper(store, config.lease_ttl)
+        LeaseKeeper(store, config.lease_ttl, node_free=node_free)
         if config.node is not None and hasattr(store.repository, "acquire") else None
     )  # fmt: skip
     try:

@@ -18,7 +18,13 @@ import trio
 from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .auth import Authenticator
-from .conference import Conference, IncomingMessage, open_conference, open_repository
+from .conference import (
+    SHUTDOWN_GRACE,
+    Conference,
+    IncomingMessage,
+    open_conference,
+    open_repository,
+)
 from .config import Config, ListenAddress
 from .control.access import AccessGuard
 from .control.chat_page import ChatSettings
@@ -401,6 +407,7 @@ async def open_server(
     shared_ports: bool = False,
     private_host: str | None = None,
     steering: Steering | None = None,
+    node_free: bool = False,
 ) -> AsyncIterator[Server]:
     """Bind the configured sockets and serve for the body of the block.
 
@@ -415,7 +422,8 @@ async def open_server(
     and TCP address there, which it sends from and advertises first; see
     :class:`~imc_actors.transport.SipTransport`), and ``steering``: each room's home worker,
     which takes the room's lease at startup and gets its requests from the other workers
-    (:mod:`imc_actors.transport.steering`).
+    (:mod:`imc_actors.transport.steering`), and ``node_free`` when it is started again after
+    its predecessor died (see :func:`~imc_actors.conference.open_conference`).
     """
     registrar = None
     if config.registrar:
@@ -463,8 +471,9 @@ async def open_server(
     home = steering.home_node if steering is not None and steering.nodes else None
     handoff = Handoff(steering) if steering is not None else None  # imc_actors.handoff
     async with open_conference(
-        config, sender=sender, repository=repository, home=home, handoff=handoff
-    ) as conference:
+        config, sender=sender, repository=repository, home=home, handoff=handoff,
+        node_free=node_free,
+    ) as conference:  # fmt: skip
         metrics.conference, metrics.transport = conference, transport
         store = conference.store
         if registrar is not None and store is not None and hasattr(repository, "load_bindings"):
@@ -525,5 +534,10 @@ async def open_server(
                 await nursery.start(share_metrics, metrics, store, config.metrics_share_interval)
             try:
                 yield server
+                # a clean stop: what is queued or in flight for members still goes out while
+                # the transport runs (once it stops, each would fail 503 and be stored for a
+                # member who is there, to arrive late and out of order)
+                with trio.move_on_after(SHUTDOWN_GRACE):
+                    await conference.delivery.drain()
             finally:
                 nursery.cancel_scope.cancel()

@@ -108,6 +108,9 @@ class WorkerSlot:
     nodes: tuple[str, ...] = ()
     relay_dir: str = ""
     ready_fd: int = -1
+    #: started again after its predecessor died: the node name is known to be free (the
+    #: conference's check for a process already running under it is skipped)
+    restarted: bool = False
 
     def steering(self) -> Steering | None:
         """This worker's :class:`~imc_actors.transport.steering.Steering` (None alone)."""
@@ -341,6 +344,7 @@ class _Supervisor:
             now = time.monotonic()
             for worker in self.workers:
                 if not worker.pid and worker.restart_at is not None and now >= worker.restart_at:
+                    worker.slot.restarted = True
                     self.spawn(worker)
         return self.shutdown(0)
 

@@ -60,9 +60,10 @@ class LeaseKeeper:
     """Acquires, renews and releases the leases of one repository's node through ``store``
     (its writer thread; the repository must have ``acquire``/``renew``/``release``)."""
 
-    def __init__(self, store: Store, lease_ttl: float) -> None:
+    def __init__(self, store: Store, lease_ttl: float, *, node_free: bool = False) -> None:
         self._store = store
         self._ttl = lease_ttl
+        self._node_free = node_free
         self._renewals = 0
         self._failures = 0
         self._not_acquired = 0
@@ -100,7 +101,10 @@ class LeaseKeeper:
         was not shut down cleanly, which retires it), this waits half a ``lease_ttl`` (more
         than one renewal period) and looks again: a heartbeat that moved on meanwhile is
         another process's. Else startup goes on (a restart after ``kill -9`` waits that long).
+        Nothing to check with ``node_free`` (a worker its parent started again).
         """
+        if self._node_free:
+            return
 
         def look(repository: Any) -> tuple[float, tuple[str, ...], float] | None:
             info = next((n for n in repository.nodes() if n.name == repository.node), None)

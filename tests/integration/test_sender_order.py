@@ -53,3 +53,36 @@ async def test_back_to_back_lines_reach_the_members_in_the_order_sent(nursery, t
             await expect(alice, f"[bob]: line {index}")
         alice.close()
         bob.close()
+
+
+async def test_a_clean_stop_delivers_what_is_in_flight_before_the_transport_closes(nursery, tmp_path):
+    # bob ignores the first copy of the line, so it is in flight (Timer E) when the server
+    # is told to stop: it must go out while the transport still runs, not fail 503 and be
+    # stored for a member who is there.
+    config = make_config(tmp_path)
+    async with open_server(config) as server:
+        alice = await TestUA.open(nursery, "alice", DOMAIN, _address(server, "udp"))
+        bob = await TestUA.open(nursery, "bob", DOMAIN, _address(server, "udp"))
+        for agent in (alice, bob):
+            assert (await agent.register()).code == 200
+        assert (await alice.message(MANAGER, "#create chat")).code == 200
+        await expect(alice, "*** Room was created")
+        assert (await bob.message(ROOM, "#join")).code == 200
+        await expect(bob, "*** [bob] has joined the room")
+        bob.drop_next = 1
+        assert (await alice.message(ROOM, "last words")).code == 202
+        delivery = server.conference.delivery
+        with trio.fail_after(10):  # safety net only
+            while not bob.ignored:  # the copy bob ignored has arrived: the line is in flight
+                await trio.sleep(0.01)
+    await expect(bob, "[alice]: last words")  # the retransmission, answered this time
+    assert (bob.ignored and bob.ignored[0].body) == b"[alice]: last words"
+    stats = delivery.statistics()
+    assert stats.stored == 0 and stats.in_flight == 0
+    from imc_actors.conference import repository_of
+
+    repository = repository_of(config)
+    try:
+        assert repository.pending_counts() == {}  # nothing stored for bob
+    finally:
+        repository.close()
