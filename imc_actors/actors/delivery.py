@@ -28,7 +28,8 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
 - **unreachable** (408, 480, 5xx, no binding, transport error): a notice the room sent a
   *member* (``Notice.keep``) is **stored** durably (the ``imc_pending`` table, through the
   store) and the lane is *parked*: what comes next for that member is stored behind it, in
-  order, and nothing is sent until the member is reachable again (:meth:`Delivery.wake`, called
+  order (a notice still in flight when the lane parks keeps its turn: what is newer waits
+  for its outcome, and an overdue one is stored in its turn at once), and nothing is sent until the member is reachable again (:meth:`Delivery.wake`, called
   on its next REGISTER and its next MESSAGE), or until a retry: a parked member that still has
   a binding (``reachable``) is tried again ``pending_retry`` seconds after it parked, then
   after twice as long each time it is still unreachable, up to an hour. Then the stored
@@ -216,7 +217,7 @@ class Hold:
 
 
 class _Item:
-    __slots__ = ("created", "hold", "in_reply_to", "notice", "overdue", "sent", "seq")
+    __slots__ = ("created", "detached", "hold", "in_reply_to", "notice", "overdue", "sent", "seq")
 
     def __init__(
         self, notice: Notice, in_reply_to: str, hold: Hold | None, seq: int, created: float
@@ -228,6 +229,7 @@ class _Item:
         self.created = created
         self.sent = 0.0  # trio time it was sent
         self.overdue = False  # unanswered for `overdue` s: no longer holds the lane's window
+        self.detached = False  # stored while still in flight (see Delivery._detach): its outcome is moot
 
 
 class _Lane:
@@ -650,6 +652,8 @@ class Delivery:
             return DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
 
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
+        if item.detached:  # stored in its turn when its lane parked: this outcome is moot
+            return
         if item.overdue:
             item.overdue = False
         else:
@@ -687,11 +691,57 @@ class Delivery:
                     result.code,
                     result.reason,
                 )
+            if not lane.woken:
+                for other in [other for other in lane.flying if other.overdue]:
+                    self._detach(lane, other)
             self._ensure_worker(lane)
         else:
             self._final(notice, item.in_reply_to, result)
         self._pump(lane)
         self._kick()
+
+    def _detach(self, lane: _Lane, item: _Item) -> None:
+        """A parked lane's overdue notice, still unanswered (its MESSAGE retransmitted until
+        Timer F): back in the lane in its turn, to be stored with the others, as if it had
+        failed now. Else it would be stored when it fails, up to half a minute later, behind
+        what came after it, and a flush would deliver it out of order. Stored notices are
+        delivered at least once: should it be answered 2xx after all, the member gets it
+        twice. Member notices only: the others fail on their own."""
+        if not item.notice.keep or self._store is None:
+            return
+        item.detached = True
+        lane.flying.remove(item)
+        self._in_flight -= 1  # an overdue notice no longer counts in the lane's window
+        index = 0
+        while index < len(lane.items) and lane.items[index].seq < item.seq:
+            index += 1
+        lane.items.insert(index, item)
+        self._queued += 1
+        self._nudge(lane)
+        self._kick()
+
+    def _oldest_flying(self, lane: _Lane) -> float:
+        """The seq below which an unreachable lane's queued notices may be stored now: that of
+        its oldest member notice still in flight (should it fail, it is stored in its turn,
+        before them). No bound while the lane is being flushed (a slow member's overflow must
+        go to the store at once; the notice in flight is most likely answered)."""
+        if lane.woken:
+            return math.inf
+        return min((item.seq for item in lane.flying if item.notice.keep), default=math.inf)
+
+    def _storable(self, lane: _Lane) -> bool:
+        """True when the lane's oldest queued notice may be stored now (see
+        :meth:`_oldest_flying`). A lane that has ``member_queue`` notices waiting stores the
+        ones in flight too, in their turn, rather than hold more in memory."""
+        if not lane.items:
+            return False
+        if lane.items[0].seq < self._oldest_flying(lane):
+            return True
+        if len(lane.items) >= self._member_queue:
+            for item in [item for item in lane.flying if item.notice.keep]:
+                self._detach(lane, item)
+            return True
+        return False
 
     def _final(
         self, notice: Notice, in_reply_to: str, result: DeliveryResult, *, counted: bool = True
@@ -770,6 +820,9 @@ class Delivery:
             while lane.parked and lane.items and (
                 not lane.woken or len(lane.items) >= self._store_batch
             ):
+                if not self._storable(lane):  # an older notice is in flight: its outcome first
+                    await self._until(lane, lambda: not lane.parked or self._storable(lane))
+                    continue
                 await self._persist(lane)
         finally:
             lane.persisting = False
@@ -777,9 +830,11 @@ class Delivery:
             self._nudge(lane)
 
     async def _until(self, lane: _Lane, ready: Callable[[], bool]) -> None:
-        """Wait until ``ready()`` (it must change only where the lane is nudged)."""
+        """Wait until ``ready()`` (it must change only where the lane is nudged). The lane's
+        worker and its persister may both wait: they share one event."""
         while not ready():
-            lane.nudge = trio.Event()
+            if lane.nudge is None:
+                lane.nudge = trio.Event()
             await lane.nudge.wait()
 
     async def _lane_worker(self, lane: _Lane) -> None:
@@ -819,7 +874,8 @@ class Delivery:
         """Write the lane's queued notices to the pending store, oldest first. A notice that
         cannot be stored (not an outage: a value too long for its column) fails alone."""
         batch: list[_Item] = []
-        while lane.items and len(batch) < PERSIST_BATCH:
+        bound = self._oldest_flying(lane)  # nothing newer is stored before a notice in flight
+        while lane.items and len(batch) < PERSIST_BATCH and lane.items[0].seq < bound:
             batch.append(lane.items.popleft())
         for item in batch:
             if item.hold is not None:
@@ -1059,6 +1115,8 @@ class Delivery:
                     oldest.overdue = True
                     lane.unsteady()
                     lane.in_flight -= 1
+                    if lane.parked and not lane.woken:  # stored in its turn now, not at Timer F
+                        self._detach(lane, oldest)
                     self._nudge(lane)
                     self._pump(lane)
 

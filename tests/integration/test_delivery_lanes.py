@@ -502,6 +502,57 @@ async def test_an_overdue_notice_of_a_silent_member_still_parks_it(
     assert (stats.stored, stats.pending, stats.waiting_members, stats.failed) == (3, 3, 1, 0)
 
 
+async def test_a_silent_members_notices_are_stored_in_the_order_they_were_sent(
+    nursery, store, mock_clock
+) -> None:
+    # a0 goes overdue, so a1 goes out too; a0 times out first (a1 still retransmitted): the
+    # lane parks, and a1 must be stored in its turn, before a2 and a3, not when its own 408
+    # comes (a flush then delivered a0, a2, a3, a1, and past pending_max dropped a newer one)
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, overdue=4.0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(4)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    mock_clock.jump(4.5)
+    await trio.testing.wait_all_tasks_blocked()
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]
+    first, second = sender.pending.pop(0)[1], sender.pending.pop(0)[1]
+    first(DeliveryResult(408, "Request Timeout"))  # a1 is not overdue yet: a2, a3 wait for it
+    await trio.testing.wait_all_tasks_blocked()
+    for _ in range(5):  # a1 goes overdue on a parked lane: stored now, in its turn
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    await delivery.drain()
+    rows = await store.read(lambda repository: repository.load_pending("alice@example.com", 10))
+    assert [row.body for row in rows] == [b"a0", b"a1", b"a2", b"a3"]
+    second(DeliveryResult(408, "Request Timeout"))  # its own end changes nothing now
+    await delivery.drain()
+    rows = await store.read(lambda repository: repository.load_pending("alice@example.com", 10))
+    assert [row.body for row in rows] == [b"a0", b"a1", b"a2", b"a3"]
+    stats = delivery.statistics()
+    assert (stats.stored, stats.pending, stats.in_flight, stats.failed) == (4, 4, 0, 0)
+
+
+async def test_a_notice_in_flight_when_its_lane_parks_is_answered_and_not_stored(
+    nursery, store
+) -> None:
+    # two in flight: a0 is answered 503 while a1 is still out: a2 waits for a1's outcome
+    # (2xx: delivered, so neither stored nor sent twice), then is stored
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, window=2, burst=1))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(3)], "cid")
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]
+    first, second = sender.pending.pop(0)[1], sender.pending.pop(0)[1]
+    first(DeliveryResult(503, "Service Unavailable"))
+    await trio.testing.wait_all_tasks_blocked()
+    rows = await store.read(lambda repository: repository.load_pending("alice@example.com", 10))
+    assert [row.body for row in rows] == [b"a0"]  # a2 waits for the a1 in flight
+    second(DeliveryResult(200, "OK"))
+    await delivery.drain()
+    rows = await store.read(lambda repository: repository.load_pending("alice@example.com", 10))
+    assert [row.body for row in rows] == [b"a0", b"a2"]
+    assert delivery.statistics().ok == 1
+
+
 async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock_clock) -> None:
     # Answers slower than delivery_overdue (an overloaded server): one more notice goes out,
     # not one more per second.
