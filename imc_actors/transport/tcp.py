@@ -260,13 +260,17 @@ class TcpConnection:
                 return
             if not chunk:
                 return
-            self.touch()
             buffer += chunk
             try:
                 frames = parse_stream(buffer)
             except SipParseError as exc:
                 await self._framing_error(buffer, exc, on_framing_error)
                 return
+            if frames or not buffer:
+                # a whole message (or keep-alive CRLFs) came: the connection is in use. Bytes of
+                # a message that does not end do not count, or one byte a second (slowloris)
+                # would hold the connection open for ever
+                self.touch()
             for frame in frames:
                 self.frames_received += 1
                 try:

@@ -207,6 +207,41 @@ async def test_tcp_idle_timeout_is_configurable(nursery: trio.Nursery, autojump_
     await stream.aclose()
 
 
+async def test_a_message_sent_a_byte_at_a_time_does_not_keep_a_connection_open(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    # slowloris: one byte a second of a request that never ends. Only whole messages (and
+    # keep-alive CRLFs) count as use, so it is closed tcp_idle_timeout after its last one.
+    server = await start_core(nursery, transport_options={"tcp_idle_timeout": 7.0})
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address("tcp"), transport="tcp")
+    stream = await trio.open_tcp_stream(*server.address("tcp"))
+    assert await tcp_options(stream, ua) == 200
+    last_whole = trio.current_time()
+    for _ in range(3):  # keep-alives count: the connection stays
+        await trio.sleep(5.0)
+        await stream.send_all(b"\r\n\r\n")
+        last_whole = trio.current_time()
+    partial = ua.build("OPTIONS", f"sip:{DOMAIN}", transport="tcp")
+    closed_at = None
+    with trio.fail_after(60):
+        for byte in partial[:-10]:
+            try:
+                await stream.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            with trio.move_on_after(1.0):
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:  # reset: closed with our bytes unread
+                    data = b""
+                if data == b"":
+                    closed_at = trio.current_time()
+                    break
+    assert closed_at is not None, "still open after the whole request but its end"
+    assert 7.0 <= closed_at - last_whole < 9.0
+    await stream.aclose()
+
+
 def _lowest_free_fd() -> int:
     fd = os.dup(0)
     os.close(fd)
