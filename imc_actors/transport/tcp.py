@@ -261,12 +261,13 @@ class TcpConnection:
             if not chunk:
                 return
             buffer += chunk
+            pending = len(buffer)
             try:
                 frames = parse_stream(buffer)
             except SipParseError as exc:
                 await self._framing_error(buffer, exc, on_framing_error)
                 return
-            if frames or not buffer:
+            if frames or len(buffer) < pending:
                 # a whole message (or keep-alive CRLFs) came: the connection is in use. Bytes of
                 # a message that does not end do not count, or one byte a second (slowloris)
                 # would hold the connection open for ever
