@@ -240,6 +240,10 @@ class ServerTransactions:
         # line is never relayed twice (spec §5).
         entry = ServerEntry(ServerTransaction(False, now, t1=self._t1))
         self._entries[key] = entry
+        # its response counts from now (what it echoes: the Vias, From, To, Call-ID, CSeq),
+        # so a burst of requests admitted together cannot overshoot max_bytes once answered
+        entry.kept = _echoed_size(request)
+        self.kept_bytes += entry.kept
         if request.to_tag is None and request.method != "CANCEL":
             entry.merge = merge
             self._merge[merge] = key
@@ -446,6 +450,16 @@ class ServerTransactions:
             self._forget(key, entry)
         else:
             self._timers.schedule(LANE_J, self._fire, key, entry, txn.deadline())
+
+
+#: The headers a response copies from its request (RFC 3261 §8.2.6.2).
+_ECHOED = frozenset(("Via", "From", "To", "Call-ID", "CSeq"))
+
+
+def _echoed_size(request: Request) -> int:
+    """About the size of the response to ``request`` before it is built: the headers it
+    copies, plus a status line and Content-Length."""
+    return 128 + sum(len(name) + len(value) + 4 for name, value in request.headers if name in _ECHOED)
 
 
 def _after(reply: object) -> None:

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from imc_actors.sip import build_request, new_branch, new_call_id, new_tag
+from imc_actors.transport import Reply
 from imc_actors.transport.limits import FloodLimiter
 from tests.support import RecordingHandler, TestUA, response_of, start_core
 
@@ -92,6 +93,50 @@ async def test_kept_response_bytes_are_bounded(
     await trio.sleep(33)  # Timer J frees them, and their bytes
     assert server.transport.statistics().transaction_bytes == 0
     assert response_of(await answer(ua, options(ua))).code == 200
+
+
+class Gate:
+    """A MESSAGE handler that answers 200 only once ``opened``."""
+
+    def __init__(self) -> None:
+        self.opened = trio.Event()
+        self.waiting = 0
+
+    async def __call__(self, request, source):  # type: ignore[no-untyped-def]
+        self.waiting += 1
+        await self.opened.wait()
+        return Reply(200)
+
+
+async def test_a_burst_admitted_together_cannot_overshoot_the_kept_bytes(nursery: trio.Nursery) -> None:
+    # 40 MESSAGEs with a 3 kB second Via arrive before any is answered: each response would keep
+    # about 3 kB. They count from admission, so no more than the limit's worth are admitted.
+    gate = Gate()
+    limit = 40_000
+    server = await start_core(nursery, messages=gate, transport_options={"max_transaction_bytes": limit})
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
+    second_via = b"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKpad;x=" + b"y" * 3000
+
+    def padded_request() -> bytes:
+        lines = ua.build("MESSAGE", ROOM, body=b"hi").split(b"\r\n")
+        top = next(i for i, line in enumerate(lines) if line.startswith(b"Via:"))
+        return b"\r\n".join([*lines[: top + 1], second_via, *lines[top + 1 :]])
+
+    padded = [padded_request() for _ in range(40)]
+    for data in padded:
+        await ua.send_raw(data)
+    refused = []
+    with trio.fail_after(5):  # safety net only
+        while gate.waiting + len(refused) < 40:
+            with trio.move_on_after(0.2):
+                refused.append(response_of(await ua.recv_raw()).code)
+    admitted = gate.waiting
+    assert refused == [503] * (40 - admitted) and 0 < admitted <= limit // 3000 + 1
+    gate.opened.set()
+    with trio.fail_after(5):
+        answered = [response_of(await ua.recv_raw()).code for _ in range(admitted)]
+    assert answered == [200] * admitted
+    assert server.transport.statistics().transaction_bytes <= limit + 2 * 3200  # not 3x, as before
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
