@@ -148,6 +148,11 @@ async def test_the_page_signs_in_with_a_password_when_auth_is_on(tmp_path):
         try:
             await page.run(page.driver.get, server.http_url + "/chat")
             await page.wait("!document.getElementById('signin').hidden")
+            await page.script(
+                "window.statusLog = []; const el = document.getElementById('status');"
+                "new MutationObserver(() => statusLog.push(el.textContent))"
+                ".observe(el, {childList: true, characterData: true, subtree: true});"
+            )
             await page.script("document.getElementById('user').value = 'alice';")
             await page.script("document.getElementById('password').value = 'wrong';")
             await page.script("document.getElementById('signin-button').click();")
@@ -158,10 +163,24 @@ async def test_the_page_signs_in_with_a_password_when_auth_is_on(tmp_path):
             await page.script("document.getElementById('password').value = 'alice-pw';")
             await page.script("document.getElementById('signin-button').click();")
             await page.wait("document.body.dataset.signedIn === 'yes'")
+            # the failed UA's WebSocket closed meanwhile: its "disconnected; retrying" must not
+            # have replaced "sign-in failed" (nothing retried: the user signs in again)
+            shown = await page.script("return window.statusLog")
+            failed = next(i for i, text in enumerate(shown) if text.startswith("sign-in failed"))
+            assert shown[failed + 1].startswith("connecting to"), shown
+            assert not any(text.startswith("disconnected") for text in shown), shown
             await page.script("document.getElementById('create-name').value = 'locked';")
             await page.script("document.getElementById('create-button').click();")
             locked = f"sip:locked@{DOMAIN}"
             await page.wait(has_line("notice", locked, "*** Room was created"))
+            # #join of a room one is in already: refused, and the page selects that room
+            await page.script("document.getElementById('create-name').value = 'other';")
+            await page.script("document.getElementById('create-button').click();")
+            await page.wait("document.getElementById('current').textContent === 'other'")
+            await page.script("document.getElementById('join-name').value = 'locked';")
+            await page.script("document.getElementById('join-button').click();")
+            await page.wait(has_line("notice", locked, "*** You are in the room already"))
+            await page.wait("document.getElementById('current').textContent === 'locked'")
             room = server.conference.room(locked)
             assert room is not None and room.owner is not None and room.owner.uri == f"sip:alice@{DOMAIN}"
             assert server.authenticator is not None and server.authenticator.statistics().refused == 1

@@ -206,6 +206,7 @@
     $("#members tbody").replaceChildren(...rows);
   }
 
+  const ALREADY_IN = "*** You are in the room already";
   const MEMBERSHIP = / has joined the room$| has left the room$| is now (owner|admin|member)$|declined the invitation$| has been (kicked|banned) from the room(: .*)?$/;
   // Notices that take the reader out of the room (removed, kicked, banned, destroyed).
   const GONE = /^\*\*\* (Room has been destroyed|You have been removed from the room|You have been (kicked|banned) from the room(: .*)?)$/;
@@ -218,6 +219,7 @@
     const notice = body.startsWith("*** ");
     log(body, notice ? "notice" : "chat", from);
     if (!notice) return;
+    if (body === ALREADY_IN && from !== current) select(from); // #join of a room one is in
     if (from === current && MEMBERSHIP.test(body)) refreshMembers();
     if (GONE.test(body)) {
       if (from === current) select(null);
@@ -244,8 +246,9 @@
     };
     const password = $("#password").value;
     if (password) options.password = password; // JsSIP uses it only to answer a digest challenge
+    let self;
     try {
-      ua = new JsSIP.UA(options);
+      self = ua = new JsSIP.UA(options);
     } catch (error) {
       ua = null;
       status(`cannot sign in: ${error.message}`, "error");
@@ -253,26 +256,29 @@
     }
     $("#signin-button").disabled = true;
     status(`connecting to ${cfg.ws}\u2026`);
-    ua.on("connected", () => status("connected, registering\u2026"));
-    ua.on("disconnected", () => status(`disconnected from ${cfg.ws}; retrying\u2026`, "error"));
-    ua.on("registered", () => {
+    // A UA signed out (a failed sign-in too) still closes its WebSocket: its events must not
+    // overwrite what the page says now ("disconnected; retrying" after "sign-in failed").
+    const on = (event, handler) => self.on(event, (e) => { if (ua === self) handler(e); });
+    on("connected", () => status("connected, registering\u2026"));
+    on("disconnected", () => status(`disconnected from ${cfg.ws}; retrying\u2026`, "error"));
+    on("registered", () => {
       status(`signed in as ${me}`, "ok");
       document.body.dataset.signedIn = "yes";
       $("#signin").hidden = true;
       $("#chat").hidden = false;
       refreshRooms();
     });
-    ua.on("registrationFailed", (e) => {
+    on("registrationFailed", (e) => {
       const code = e.response ? e.response.status_code : 0;
       const why = e.response ? `${code} ${e.response.reason_phrase}` : e.cause;
       const ask = code === 401 || code === 407 || e.cause === JsSIP.C.causes.AUTHENTICATION_ERROR;
       status(ask ? `the server asks for a password (${why}): enter it and sign in again` : `sign-in failed: ${why}`, "error");
       signOut();
     });
-    ua.on("newMessage", (e) => {
+    on("newMessage", (e) => {
       if (e.originator === "remote") receive(e.request);
     });
-    ua.start();
+    self.start();
   }
 
   function signOut() {
