@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,7 @@ from .sipcore import Identity, SipCore, same_aor
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
+from .transport.limits import LogInterval
 from .transport.steering import Steering
 from .transport.tls import client_context, server_context
 
@@ -142,6 +144,11 @@ def sender_of(request: Request, identity: Identity | None = None) -> str:
 
 
 LOOP = Reply(482, "Loop Detected")
+#: Seconds the node table read to check a forwarded MESSAGE is used for: a request that does
+#: not match it reads it again, at most this often (a flood of forged X-IMC-Forwarded-By
+#: headers costs one read a second, not one each on the store's thread).
+NODES_REFRESH = 1.0
+NOT_FORWARDED = Reply(403, "Not Forwarded By A Known Node")
 #: An authenticated MESSAGE whose From names another user (a ``***`` notice says so too).
 OTHER_SENDER_REASON = "From Is Not The Authenticated User"
 
@@ -164,6 +171,10 @@ class MessageHandler:
         self.mark = mark  # the transport's mark in the Call-IDs it makes (see sip.new_mark)
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
+        self._nodes: list[Any] | None = None  # the node table as last read, and when
+        self._nodes_at = -math.inf
+        self._nodes_lock = trio.Lock()
+        self._refusal_log = LogInterval(1.0)
 
     def is_own(self, request: Request) -> bool:
         """True for a MESSAGE that this server (one of its rooms, or the manager) sent."""
@@ -240,34 +251,54 @@ class MessageHandler:
         node advertises in the node table; then it is the original sender's (From), for the
         original Request-URI (``X-IMC-Request-URI``), and is never forwarded again."""
         node = request.header(FORWARDED_BY) or ""
-        store = self.conference.store
-        try:
-            nodes = await store.read(lambda repository: repository.nodes()) if store else []
-        except (StoreError, AttributeError) as exc:
-            log.warning("checking a MESSAGE forwarded by %r failed: %s", node, exc)
-            return Reply(503, None, (("Retry-After", "1"),))
-        if (
-            self.config.node is None
-            or node == self.config.node
-            or not from_node(nodes, node, source)
-        ):
-            log.warning(
-                "MESSAGE claiming to be forwarded by node %r from %s:%d refused",
-                node,
-                source.host,
-                source.port,
-            )
-            return Reply(403, "Not Forwarded By A Known Node")
+        if self.config.node is None or node == self.config.node:
+            await trio.lowlevel.checkpoint()
+            return self._not_forwarded(node, source)
+        if not self._forwarded_by_node(node, source):
+            try:
+                known = await self._read_nodes(node, source)
+            except (StoreError, AttributeError) as exc:
+                log.warning("checking a MESSAGE forwarded by %r failed: %s", node, exc)
+                return Reply(503, None, (("Retry-After", "1"),))
+            if not known:
+                return self._not_forwarded(node, source)
+        msg = self._forwarded(request, node)
+        if msg is None:
+            return Reply(400, "Invalid Request-URI or From")
+        return await self._handle(msg, self.conference.hold())
+
+    def _forwarded_by_node(self, node: str, source: Source) -> bool:
+        """True when the node table as last read says ``source`` is ``node``'s."""
+        return self._nodes is not None and from_node(self._nodes, node, source)
+
+    async def _read_nodes(self, node: str, source: Source) -> bool:
+        """Read the node table again (at most every :data:`NODES_REFRESH` seconds, one
+        reader at a time) and check ``source`` against it. Raises StoreError."""
+        async with self._nodes_lock:
+            if trio.current_time() - self._nodes_at >= NODES_REFRESH:
+                store = self.conference.store
+                self._nodes = await store.read(lambda repository: repository.nodes()) if store else []
+                self._nodes_at = trio.current_time()
+        return self._forwarded_by_node(node, source)
+
+    def _not_forwarded(self, node: str, source: Source) -> Reply:
+        if self._refusal_log.due(trio.current_time()):
+            log.warning("MESSAGE claiming to be forwarded by node %r from %s:%d refused",
+                        node[:64], source.host, source.port)  # fmt: skip
+        return NOT_FORWARDED
+
+    def _forwarded(self, request: Request, node: str) -> IncomingMessage | None:
+        """The conference's view of a forwarded MESSAGE: the original Request-URI and
+        sender; None when they cannot be read."""
         try:
             ruri = canonical(request.header(FORWARDED_URI) or request.uri)
             sender = canonical(request.from_uri)
         except ValueError:
-            return Reply(400, "Invalid Request-URI or From")
-        msg = IncomingMessage(
+            return None
+        return IncomingMessage(
             ruri, sender, request.body, request.header("Content-Type"), request.call_id,
             forwarded_by=node,
         )  # fmt: skip
-        return await self._handle(msg, self.conference.hold())
 
     def start(
         self, request: Request, source: Source, respond: Responder, *,
@@ -276,8 +307,19 @@ class MessageHandler:
         if self.is_own(request):
             respond(LOOP)
             return True
-        if request.header(FORWARDED_BY) is not None:
-            return False  # checked against the node table in a task
+        node = request.header(FORWARDED_BY)
+        if node is not None:
+            # another node's: taken as it comes (in order) when the node table as last read
+            # names its source; else a task reads the table again (or refuses it)
+            if self.config.node is None or node == self.config.node or not self._forwarded_by_node(node, source):
+                return False
+            forwarded = self._forwarded(request, node)
+            if forwarded is None:
+                return False
+            hold = self.conference.hold()
+            return self.conference.start(
+                forwarded, lambda answer: respond(_reply_of(answer, hold)), hold=hold
+            )
         msg = self._incoming(request, identity)
         if msg is None:
             return False

@@ -33,3 +33,50 @@ async def test_an_owner_that_does_not_answer_is_given_up_after_lease_ttl(
     assert data.startswith(b"MESSAGE sip:127.0.0.1:") and b"X-IMC-Forwarded-By: n1" in data
     assert server.transport.statistics().client_transactions == 0  # abandoned, nothing left
     silent.close()
+
+
+async def test_forged_forwarded_by_headers_cost_no_read_each(nursery, tmp_path, monkeypatch) -> None:
+    # A flood of MESSAGEs claiming to come from another node: each gets 403, and the node
+    # table is read once a second at most, not once each on the store's thread (which
+    # commits too), as a flood of bad passwords once stalled it.
+    from imc_actors.server import NODES_REFRESH, open_server
+    from imc_actors.sip import parse
+    from imc_actors.store.repository import Repository
+    from tests.integration.conftest import DOMAIN, make_config
+    from tests.support import TestUA
+
+    reads = []
+    real = Repository.nodes
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        reads.append(1)  # in the store's thread
+        return real(self)
+
+    monkeypatch.setattr(Repository, "nodes", counted)
+    async with open_server(make_config(tmp_path, node="n1")) as server:
+        address = next((a.host, a.port) for a in server.addresses if a.transport == "udp")
+        mallory = await TestUA.open(nursery, "mallory", DOMAIN, address)
+        room = f"sip:chat@{DOMAIN}"
+        forged = [
+            mallory.build("MESSAGE", room, body=b"#join", content_type="text/plain",
+                          headers=[("X-IMC-Forwarded-By", "n2"), ("X-IMC-Request-URI", room)])
+            for _ in range(50)
+        ]  # fmt: skip
+        before = len(reads)
+        started = trio.current_time()
+        for data in forged:
+            await mallory.send_raw(data)
+        with trio.fail_after(10):  # safety net only
+            answers = [parse(await mallory.recv_raw()) for _ in forged]
+        assert {(a.code, a.reason) for a in answers} == {(403, "Not Forwarded By A Known Node")}
+        elapsed = trio.current_time() - started
+        assert len(reads) - before <= 1 + elapsed / NODES_REFRESH
+        # and a node forwarding as this very node is refused without a read at all
+        before = len(reads)
+        itself = mallory.build("MESSAGE", room, body=b"hi", content_type="text/plain",
+                               headers=[("X-IMC-Forwarded-By", "n1")])  # fmt: skip
+        await mallory.send_raw(itself)
+        with trio.fail_after(10):
+            assert parse(await mallory.recv_raw()).code == 403
+        assert len(reads) == before
+        mallory.close()
