@@ -44,7 +44,7 @@ from .sip import USER_SAFE, canonical_user, reason_phrase, split_user_host
 from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.writer import Backend, Store
-from .transport.limits import FloodLimiter
+from .transport.limits import FloodLimiter, LogInterval
 
 log = logging.getLogger("imc_actors.conference")
 
@@ -167,6 +167,9 @@ class Conference:
         self.forward: Forward | None = None
         self._closed = False
         self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
+        self._claiming = 0  # lease takeovers and owner lookups under way (max_claims)
+        self.claims_refused = 0
+        self._claims_log = LogInterval(1.0)
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
         self._start = config.imc_cmd_start_char[0]
@@ -485,7 +488,10 @@ class Conference:
             await pending.wait()
         else:
             return None
+        if self._busy():
+            return _Refuse(503, "", 1)
         self._claims[key] = event = trio.Event()
+        self._claiming += 1
         try:
             await self.supervisor.stop(key)  # nothing of a stale actor may commit after this
             try:
@@ -501,18 +507,37 @@ class Conference:
                 self.supervisor.replace(state)
             return None
         finally:
+            self._claiming -= 1
             del self._claims[key]
             event.set()
+
+    def _busy(self) -> bool:
+        """True (counted, logged once a second) when ``max_claims`` lease takeovers and owner
+        lookups are under way: each is a transaction on the store's thread, which commits
+        too, and requests for rooms this node does not serve (any name: a flood of made-up
+        ones) must not queue it full. The request then gets 503 with ``Retry-After: 1``."""
+        if self._claiming < self.config.max_claims:
+            return False
+        self.claims_refused += 1
+        if self._claims_log.due(trio.current_time()):
+            log.warning("%d lease takeovers and owner lookups under way (max_claims): answering 503",
+                        self._claiming)  # fmt: skip
+        return True
 
     async def _forwarded(self, key: str, msg: IncomingMessage) -> Answer | None:
         """Hand ``msg`` to the node holding ``key``'s live lease; its answer, or None when no
         other node can be found (then the 503 stands)."""
         assert self.forward is not None and self.store is not None
+        if self._busy():
+            return Answer(503, reason_phrase(503), retry_after=1)
+        self._claiming += 1
         try:
             location = await self.store.read(partial(_locate, key=key))
         except StoreError as exc:
             log.warning("room=%s locating its node failed: %s", key, exc)
             return None
+        finally:
+            self._claiming -= 1
         if location is None or location.node == self.config.node:
             return None
         return await self.forward(

@@ -103,6 +103,7 @@ class Config:
     node_table: str = "imc_nodes"
     # The whole cluster in the management views and /metrics (issue 13 item 3)
     cluster_view_age: float = 1.0
+    max_claims: int = 16
     metrics_share_interval: float = 5.0
     metrics_table: str = "imc_metrics"
     #: processes sharing the SIP ports on this machine, each a node (``serve --workers N``)
@@ -415,6 +416,7 @@ class Config:
                 raise ConfigError(name, "must be a number of seconds, 0 or more")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError("workers", f"must be from 1 to {MAX_WORKERS}")
+        self._require_positive("max_claims")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -516,7 +518,7 @@ _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 # ownership (issue 13)
 _FLOAT_FIELDS |= {"lease_ttl", "cluster_view_age", "metrics_share_interval"}
 _OPTIONAL_FIELDS |= {"node"}
-_INT_FIELDS |= {"workers"}
+_INT_FIELDS |= {"workers", "max_claims"}
 _FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 
 

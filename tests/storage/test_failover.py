@@ -205,3 +205,29 @@ def test_load_bindings_since_reads_what_other_nodes_wrote_lately(db_url: str, ta
         assert [b.aor for b in repository.load_bindings(now, since=now - 5)] == ["dave@example.com"]
         assert repository.load_bindings(now, since=now + 60) == []  # nothing written since
         assert repository.load_bindings(now + 601, since=now - 5) == []  # expired
+
+
+async def test_requests_for_rooms_not_served_here_are_bounded_by_max_claims(
+    db_url: str, tables: Tables
+) -> None:
+    # 30 requests at once for made-up rooms: each would take a lease (a transaction on the
+    # store's thread) to find the room is not there. At most max_claims run; the rest get
+    # 503 + Retry-After at once. Real rooms are still served afterwards.
+    config = conference_config(db_url, tables, "n1").replace(max_claims=2)
+    repository = tables.repository(db_url, node="n1", lease_ttl=TTL)
+    await trio.to_thread.run_sync(repository.init_schema)
+    async with open_conference(config, repository=repository) as conf:
+        assert (await conf.handle(say("imc-manager", "alice", "#create real"))).code == 200
+        answers = []
+
+        async def made_up(index: int) -> None:
+            answers.append(await conf.handle(say(f"nosuch{index}", "mallory", "hello")))
+
+        async with trio.open_nursery() as nursery:
+            for index in range(30):
+                nursery.start_soon(made_up, index)
+        codes = sorted(answer.code for answer in answers)
+        assert set(codes) == {404, 503} and codes.count(404) >= 2, codes
+        assert all(a.retry_after == 1 for a in answers if a.code == 503)
+        assert conf.claims_refused == codes.count(503)
+        assert (await conf.handle(say("real", "alice", "hello"))).code == 202

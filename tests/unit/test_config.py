@@ -263,6 +263,7 @@ def test_auth_from_the_environment_and_bad_values():
         ({"IMC_NONCE_COUNTS": "0"}, "nonce_counts"),
         ({"IMC_AUTH_CACHE_SIZE": "0"}, "auth_cache_size"),
         ({"IMC_AUTH_MAX_READS": "0"}, "auth_max_reads"),
+        ({"IMC_MAX_CLAIMS": "0"}, "max_claims"),
         ({"IMC_SUBSCRIBER_TABLE": "imc_rooms"}, "subscriber_table"),
     ):
         with pytest.raises(ConfigError) as caught:
