@@ -25,8 +25,8 @@ from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .cluster import ClusterSnapshot, ClusterView, node_views
 from .config import Config
 from .imc import texts
-from .imc.commands import CommandError, complete_argument, parse_command, resolve
-from .imc.effects import MAX_REASON_LENGTH, Notice
+from .imc.commands import CommandError, complete_argument, fits, parse_command, resolve
+from .imc.effects import MAX_REASON_LENGTH, MAX_STORED_LENGTH, Notice
 from .imc.history import HistoryLine
 from .imc.room import (
     AdminAction,
@@ -646,6 +646,8 @@ class Conference:
                 target = complete_argument(user or "", domain)
             except ValueError:
                 return Answer(400, reason_phrase(400), body=texts.invalid_address(user or "").encode())
+            if not fits(target):  # as #kick/#ban over SIP: a row could not hold it
+                return Answer(400, reason_phrase(400), body=texts.address_too_long(MAX_STORED_LENGTH).encode())
         op = AdminAction(action, target, reason[:MAX_REASON_LENGTH])  # type: ignore[arg-type]
         key = f"{name}@{domain}".lower()
         for _ in range(4):

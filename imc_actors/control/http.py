@@ -35,7 +35,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -97,6 +97,12 @@ def _load_static() -> dict[str, bytes]:
     return {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
 
+def _not_json(name: str) -> None:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259), though Python reads
+    them (and would echo an id of ``NaN`` in a reply no strict client can read)."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def create_app(
     source: RoomSource, metrics: ServerMetrics | None = None, chat: ChatSettings | None = None
 ) -> Starlette:
@@ -113,13 +119,16 @@ def create_app(
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
             return _api({"error": "request too large"}, 413)
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _api({"error": "request too large"}, 413)
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return _api({"error": "request too large"}, 413)
+        except ClientDisconnect:  # gone before its body came: nobody to answer
+            return Response(status_code=400)
+        try:
+            payload = json.loads(body, parse_constant=_not_json)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             return _api(error_response(RpcError(PARSE_ERROR, "Parse error")))
         answer = await dispatcher.handle(payload)
         if answer is None:

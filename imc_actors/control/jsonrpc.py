@@ -201,6 +201,8 @@ class RpcDispatcher:
             raise RpcError(METHOD_NOT_FOUND, "Method not found", method)
         if not isinstance(params, list | dict):
             raise RpcError(INVALID_PARAMS, "Invalid params", "params must be an array or an object")
+        if not _encodable(params):
+            raise RpcError(INVALID_PARAMS, "Invalid params", "strings must be valid Unicode (a lone surrogate is not)")
         view = self.source
         if method != "system.listMethods":
             try:
@@ -262,7 +264,9 @@ class RpcDispatcher:
             raise RpcError(500, "History is off")
         limit, before = (rest + [None, None])[:2]
         for name, value in (("limit", limit), ("before", before)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63
+            ):
                 raise RpcError(INVALID_PARAMS, "Invalid params", f"{name} must be a positive integer")
         limit = min(limit or min(20, cap), cap)
         try:
@@ -318,6 +322,23 @@ def _find(view: RoomSource, room: str | None) -> Any:
         return find_room(view, room)
     except RoomLookupError as exc:
         raise RpcError(500, _LOOKUP_TEXTS[exc.kind]) from None
+
+
+def _encodable(value: Any) -> bool:
+    """True when every string in ``value`` (JSON: strings, numbers, lists, objects) can be
+    written as UTF-8: JSON's ``\\ud800`` escapes give lone surrogates, which no SIP message,
+    database row or log line can hold (an admin reason with one crashed its room's actor)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, list):
+        return all(_encodable(item) for item in value)
+    if isinstance(value, dict):
+        return all(_encodable(key) and _encodable(item) for key, item in value.items())
+    return True
 
 
 def _positional(method: str, params: list[Any] | dict[str, Any], names: tuple[str, ...]) -> list[Any]:

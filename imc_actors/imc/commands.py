@@ -17,6 +17,7 @@ from .effects import MAX_REASON_LENGTH, MAX_STORED_LENGTH
 
 __all__ = [
     "COMMANDS",
+    "fits",
     "ROLES",
     "Command",
     "CommandError",
@@ -128,7 +129,7 @@ def parse_command(body: bytes, start_char: str) -> Command | None:
     return Command(name, typed, tuple(tokens[1:]), start, text[len(typed) :].lstrip(" \t"))
 
 
-def _fits(uri: str) -> bool:
+def fits(uri: str) -> bool:
     """The user and host of ``sip:user@host`` each fit a column of the store."""
     user, _, host = uri.partition(":")[2].rpartition("@")
     return len(user) <= MAX_STORED_LENGTH and len(host) <= MAX_STORED_LENGTH
@@ -251,9 +252,9 @@ def resolve(
         raise CommandError(400, texts.invalid_room_name(room_name))
     if len(room_name) + len(room_domain) + 5 > MAX_STORED_LENGTH:  # sip:name@domain
         raise CommandError(too_long, texts.room_name_too_long(MAX_STORED_LENGTH))
-    if user is not None and not _fits(user):
+    if user is not None and not fits(user):
         raise CommandError(400, texts.address_too_long(MAX_STORED_LENGTH))
-    if sender is not None and not _fits(sender):
+    if sender is not None and not fits(sender):
         raise CommandError(400, texts.sender_too_long(MAX_STORED_LENGTH))
     return Target(room_name, room_domain, user, role, private, reason, limit, count)
 

@@ -51,6 +51,8 @@ async def test_kick_ban_destroy(server, ua, tmp_path):
         "code": 403, "message": "[bob] is banned from this room already"}
     assert await error(url, "imc.ban", [CHAT, "not a user"]) == {
         "code": 400, "message": "Invalid address 'not a user'"}
+    assert await error(url, "imc.ban", [CHAT, "u" * 100]) == {  # as #ban over SIP, not a 500
+        "code": 400, "message": "Address too long (user and host may have at most 64 characters each)"}
     assert await error(url, "imc.kick", ["sip:none@127.0.0.1", "bob"]) == {
         "code": 500, "message": "Room not found"}
     assert (await error(url, "imc.kick", [CHAT]))["code"] == -32602

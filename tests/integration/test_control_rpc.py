@@ -100,6 +100,15 @@ async def test_protocol_errors(server):
     assert invalid["error"]["code"] == -32600 and invalid["id"] == 7
     assert (await rpc(url, [])).json()["error"]["code"] == -32600  # empty batch
     assert (await rpc(url, 42)).json()["error"]["code"] == -32600
+    # not JSON, though Python reads it: nested past its recursion limit, NaN and Infinity
+    assert (await rpc(url, b"[" * 5000 + b"]" * 5000)).json()["error"]["code"] == -32700
+    for constant in (b"NaN", b"-Infinity"):
+        body = b'{"jsonrpc": "2.0", "method": "imc.list_rooms", "id": ' + constant + b"}"
+        assert (await rpc(url, body)).json()["error"]["code"] == -32700
+    # a lone surrogate (a \ud800 escape) in any string: invalid params, no room touched
+    body = b'{"jsonrpc": "2.0", "method": "imc.kick", "params": ["%s", "bob", "\\ud800"], "id": 3}'
+    answer = (await rpc(url, body.replace(b"%s", CHAT.encode()))).json()
+    assert answer["error"]["code"] == -32602 and "surrogate" in answer["error"]["data"]
     # only POST
     answer = await http(url)
     assert answer.status == 405 and answer.headers["allow"] == "POST"
@@ -193,8 +202,28 @@ async def test_room_info_and_history(server, ua):
         "code": -32602, "message": "Invalid params", "data": "limit must be a positive integer",
     }  # fmt: skip
     assert len((await result(url, "imc.history", [CHAT, 10_000]))["lines"]) == 5  # capped
+    assert (await error(url, "imc.history", [CHAT, 2, 2**63]))["code"] == -32602  # no row has it
     assert "imc.history" in await result(url, "system.listMethods")
 
     detail = (await http(f"{server.http_url}/api/room?uri={CHAT}")).json()
     assert detail["info"]["topic"] == "Plans for Friday"
     assert [line["body"] for line in detail["history"]] == [f"line {i}" for i in range(5)]
+
+
+async def test_a_client_gone_before_its_body_leaves_no_traceback(server, caplog):
+    import logging
+    from urllib.parse import urlsplit
+
+    import trio
+
+    caplog.set_level(logging.ERROR)
+    parts = urlsplit(server.rpc_url)
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    await stream.send_all(
+        f"POST /RPC HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n{".encode()
+    )
+    await stream.aclose()  # gone with 99 bytes of the body unsent
+    # the server still answers, and said nothing at ERROR about the one that left
+    assert isinstance(await result(server.rpc_url, "imc.list_rooms"), list)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
