@@ -321,8 +321,20 @@ def reply_path(reply_dir: str, name: str) -> str:
     return name if os.path.isabs(name) else os.path.join(reply_dir, name)
 
 
+def _has_reader(path: str) -> bool:
+    """True when some process has the FIFO at ``path`` open for reading: opening it to write
+    without blocking works then, and fails with ENXIO when nobody reads it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _make_fifo(path: str) -> os.stat_result:
-    """Create the FIFO (replacing a stale one, as Kamailio does), and its directory when that
+    """Create the FIFO (replacing a stale one, as Kamailio does; one another process reads is
+    not stale: startup stops), and its directory when that
     is missing (``/run/imc/`` on a fresh machine; it is left at exit); return its stat."""
     parent = os.path.dirname(path)
     if parent and not os.path.isdir(parent):
@@ -338,6 +350,8 @@ def _make_fifo(path: str) -> os.stat_result:
     else:
         if not stat.S_ISFIFO(st.st_mode):
             raise OSError(errno.EEXIST, f"mi_fifo: {path} exists and is not a FIFO")
+        if _has_reader(path):  # another server's, running: not stale (it would lose its MI)
+            raise OSError(errno.EBUSY, f"mi_fifo: {path} is being read by another process (a running server?)")
         os.unlink(path)
     try:
         os.mkfifo(path, 0o660)

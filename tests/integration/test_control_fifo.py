@@ -134,6 +134,27 @@ async def test_regular_file_is_not_replaced(tmp_path):
     assert path.read_text() == "keep me"
 
 
+async def test_a_fifo_another_server_reads_is_not_taken_over(tmp_path):
+    # a second server given the same mi_fifo must not replace (and at its exit delete) the
+    # FIFO of the one running: that one would lose its MI
+    from imc_actors.server import open_server
+    from tests.integration.conftest import make_config
+
+    path = tmp_path / "imc.fifo"
+    first = make_config(tmp_path, mi_fifo=str(path), reply_dir=str(tmp_path))
+    async with open_server(first) as running:
+        before = os.lstat(path).st_ino
+        second = make_config(tmp_path / "second", mi_fifo=str(path))
+        (tmp_path / "second").mkdir()
+        with pytest.raises(BaseException) as info:
+            async with open_server(second):
+                pass
+        assert "being read by another process" in repr(info.value)
+        assert os.lstat(path).st_ino == before
+        mi = MiClient(running.mi_fifo, str(tmp_path))
+        assert await mi.request(b":imc_list_rooms:reply\n\n") == "200 OK\n\n"
+
+
 async def test_a_missing_directory_is_created(tmp_path):
     from imc_actors.server import open_server
     from tests.integration.conftest import make_config
