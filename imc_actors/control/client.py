@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import sys
 import urllib.error
 import urllib.parse
@@ -115,9 +116,17 @@ def call(
     :class:`RpcUnreachable` when no JSON-RPC answer came back, :class:`UsageError` for a URL
     that is not ``http(s)://host...``.
     """
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as exc:
+        raise UsageError(f"--rpc: {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         raise UsageError(f"--rpc: expected an http:// URL, got {url!r}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"--timeout: expected a positive number of seconds, got {timeout:g}")
+    if token is not None and (not token.isprintable() or not token.isascii()):
+        raise UsageError("--token: a token is printable ASCII (no newline or control character)")
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}).encode()
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
@@ -214,7 +223,21 @@ def _answer(
     if as_json:
         _print_json(result, out)
         return None, EXIT_OK
+    expected = _SHAPES.get(method)
+    if expected is not None and not _shaped(result, expected):
+        failure = RpcUnreachable(url, f"the answer to {method} is not what it returns (is this an imc-actors server?)")
+        return None, _fail(failure, err or sys.stderr)
     return result, None
+
+
+#: What the table commands read from each method's result: a list of objects, or an object.
+_SHAPES: dict[str, type] = {"imc.list_rooms": list, "imc.nodes": list, "imc.list_members": dict}
+
+
+def _shaped(result: Any, expected: type) -> bool:
+    if expected is dict:
+        return isinstance(result, dict) and isinstance(result.get("members", []), list)
+    return isinstance(result, list) and all(isinstance(item, dict) for item in result)
 
 
 def run_rooms(

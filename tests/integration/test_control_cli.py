@@ -250,3 +250,46 @@ async def test_serve_refuses_a_non_loopback_rpc_listen_without_a_token(tmp_path)
         "imc-actors: invalid rpc_token: required when rpc_listen (0.0.0.0:0) is not a loopback "
         "address\n"
     )
+
+
+async def test_bad_flags_are_usage_errors_and_odd_answers_are_reported(tmp_path):
+    # never a traceback: a URL that does not parse, a timeout that is no duration, a token
+    # that cannot be a header are usage errors (2); a server whose answer is not what the
+    # method returns is reported (3), as one that is not an imc-actors server
+    import http.server
+    import threading
+
+    runs = {
+        "url": cli("rooms", "--rpc", "http://[::1:8091/RPC"),
+        "port": cli("rooms", "--rpc", "http://127.0.0.1:99999/RPC"),
+        "negative": cli("rooms", "--rpc", "http://127.0.0.1:9/RPC", "--timeout", "-1"),
+        "nan": cli("rooms", "--rpc", "http://127.0.0.1:9/RPC", "--timeout", "nan"),
+        "inf": cli("rooms", "--rpc", "http://127.0.0.1:9/RPC", "--timeout", "inf"),
+        "token": cli("rooms", "--rpc", "http://127.0.0.1:9/RPC", "--token", "a\nb"),
+    }
+    for name, (code, out, err) in (await gather(runs)).items():
+        assert code == 2 and out == "" and "Traceback" not in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+
+    class Odd(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = b'{"jsonrpc": "2.0", "result": 5, "id": 1}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    odd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=odd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{odd.server_address[1]}/RPC"
+        for command in (("rooms",), ("members", "chat"), ("nodes",)):
+            code, out, err = await cli(*command, "--rpc", url)
+            assert code == 3 and "Traceback" not in err and "not what it returns" in err, (command, err)
+    finally:
+        odd.shutdown()
