@@ -13,11 +13,14 @@ import sys
 from typing import TextIO
 
 from .config import Config
+from .imc.effects import MAX_STORED_LENGTH
 
 __all__ = ["read_password", "run_user"]
 
 PROG = "imc-actors"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
 
 
 class UsageError(Exception):
@@ -30,6 +33,8 @@ def _split(address: str) -> tuple[str, str]:
     user, at, domain = text.rpartition("@")
     if not at or not user or not domain or any(c in text for c in " \t:;<>\""):
         raise UsageError(f"{address!r} is not USER@DOMAIN")
+    if len(user) > MAX_STORED_LENGTH or len(domain) > MAX_STORED_LENGTH:
+        raise UsageError(f"user and domain may have at most {MAX_STORED_LENGTH} characters each")
     return user, domain.lower()
 
 

@@ -100,6 +100,8 @@ def test_user_commands(db_url: str, tables: Tables) -> None:
     assert (empty.returncode, empty.stderr.strip()) == (2, "imc-actors: empty password")
     bad = cli("user", "add", "nodomain", "--password", "x", *flags)
     assert (bad.returncode, bad.stderr.strip()) == (2, "imc-actors: 'nodomain' is not USER@DOMAIN")
+    long = cli("user", "add", "u" * 100 + "@example.org", "--password", "x", *flags)  # not a db error
+    assert (long.returncode, long.stderr.strip()) == (2, "imc-actors: user and domain may have at most 64 characters each")
 
 
 def subprocess_input(args: list[str], text: str) -> subprocess.CompletedProcess[str]:
