@@ -16,8 +16,14 @@ def say(ruri: str, user: str, body: str, call_id: str = "") -> IncomingMessage:
 
 
 def make_config(tmp_path, **overrides) -> Config:
+    # db_timeout is wall-clock time, and these tests run on an autojump clock: while the
+    # store's thread commits, virtual time jumps, so the periodic loops (overdue checks,
+    # expiry) run back to back and on a loaded machine can keep that thread from the GIL
+    # past 5 s (seen once in a full CI run: a #create got 503). They test crash handling,
+    # not db_timeout (tests/storage/test_db_timeout.py does), so it is set far out here.
     return Config.from_sources(environ={}, overrides={
-        "db_url": f"sqlite:///{tmp_path}/imc.db", "domains": [DOMAIN], **overrides,
+        "db_url": f"sqlite:///{tmp_path}/imc.db", "domains": [DOMAIN], "db_timeout": 60.0,
+        **overrides,
     })
 
 
