@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -167,6 +169,8 @@ class Conference:
         self.forward: Forward | None = None
         self._closed = False
         self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
+        # (sender, room key) -> its requests for a room served elsewhere, in the order they came
+        self._turns: dict[tuple[str, str], deque[Any]] = {}
         self._claiming = 0  # lease takeovers and owner lookups under way (max_claims)
         self.claims_refused = 0
         self._claims_log = LogInterval(1.0)
@@ -344,7 +348,11 @@ class Conference:
             return False
         handle = self.supervisor.lookup(route.name, route.domain)
         if self.leases is not None and not self.leases.serving(handle.state.key if handle else ""):
-            return False  # not this node's room (yet): handle() takes it over or refuses
+            # not this node's room (yet): handle() takes it over, forwards or refuses; in turn
+            # per sender and room, so lines a client pipelines keep their order
+            if msg.forwarded_by is not None:
+                return False
+            return self._in_turn(f"{route.name}@{route.domain}".lower(), msg, on_answer, hold)
         if handle is None:
             return False
         key = self._chat_key(route)
@@ -370,6 +378,41 @@ class Conference:
             return False
         on_answer(immediate)
         return True
+
+    def _in_turn(
+        self, key: str, msg: IncomingMessage, on_answer: Callable[[Answer], None], hold: Hold | None
+    ) -> bool:
+        """Queue ``msg`` behind the sender's earlier requests for room ``key`` that are
+        still being handled elsewhere (taken over, forwarded): one task per sender and room
+        handles them one at a time, in the order they came. Each is a live server
+        transaction, so ``max_transactions`` bounds the queues."""
+        assert self._nursery is not None
+        lane_key = (msg.sender, key)
+        lane = self._turns.get(lane_key)
+        if lane is None:
+            lane = self._turns[lane_key] = deque()
+            self._nursery.start_soon(self._take_turns, lane_key, lane)
+        lane.append((msg, on_answer, hold))
+        return True
+
+    async def _take_turns(
+        self, lane_key: tuple[str, str],
+        lane: deque[tuple[IncomingMessage, Callable[[Answer], None], Hold | None]],
+    ) -> None:  # fmt: skip
+        try:
+            while lane:
+                msg, on_answer, hold = lane[0]
+                try:
+                    answer = await self.handle(msg, hold=hold)
+                except ConferenceClosed:
+                    answer = Answer(503, reason_phrase(503), retry_after=5)
+                except Exception:  # as a handler task's: answered 500, the others go on
+                    log.exception("handling a MESSAGE for %s from %s failed", lane_key[1], msg.sender)
+                    answer = Answer(500, reason_phrase(500))
+                lane.popleft()
+                on_answer(answer)
+        finally:
+            del self._turns[lane_key]
 
     async def _answer_later(
         self, msg: IncomingMessage, on_answer: Callable[[Answer], None], hold: Hold | None

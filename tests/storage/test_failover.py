@@ -231,3 +231,42 @@ async def test_requests_for_rooms_not_served_here_are_bounded_by_max_claims(
         assert all(a.retry_after == 1 for a in answers if a.code == 503)
         assert conf.claims_refused == codes.count(503)
         assert (await conf.handle(say("real", "alice", "hello"))).code == 202
+
+
+async def test_lines_pipelined_through_another_node_are_forwarded_in_order(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    # 40 lines offered at once to n2 (as its transport does, each read from the wire in
+    # turn) for a room n1 holds: forwarded one at a time, in the order they came (tasks of
+    # one batch would run in either order)
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one, node(db_url, tables, clock, "n2") as two:
+        await make_chat(one)
+        forwarded: list[bytes] = []
+
+        async def forward(request_uri, sender, body, content_type, call_id, location):
+            forwarded.append(body)
+            return await one.handle(IncomingMessage(request_uri, sender, body, content_type, call_id, "n2"))
+
+        two.forward = forward
+        answers: list[int] = []
+        all_in = trio.Event()
+
+        def answered(code: int) -> None:
+            answers.append(code)
+            if len(answers) == 40:
+                all_in.set()
+
+        async def in_a_task(msg: IncomingMessage) -> None:  # what the transport does on False
+            answered((await two.handle(msg)).code)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(40):
+                msg = say("chat", "bob", f"line {index}")
+                if not two.start(msg, lambda answer: answered(answer.code)):
+                    nursery.start_soon(in_a_task, msg)
+            with trio.fail_after(30):  # safety net only
+                await all_in.wait()
+        assert answers == [202] * 40
+        assert forwarded == [f"line {index}".encode() for index in range(40)]
+        assert two._turns == {}  # nothing left queued
