@@ -63,6 +63,10 @@ _HOST_ENTRY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._]+)(:[0-9]{1,5})?")
 
 MISDIRECTED = "this server does not answer to Host {host!r} (add it to rpc_hosts)"
 CROSS_ORIGIN = "cross-origin request from {origin!r} refused"
+DUPLICATE = "more than one {name} header"
+#: Headers the checks read, which a request may carry once: with two, a check could pass on
+#: one while a later layer reads the other.
+_ONCE = frozenset(("host", "origin", "content-type", "authorization"))
 NOT_JSON = "POST /RPC needs Content-Type: application/json"
 NO_TOKEN = "this server needs Authorization: Bearer <rpc_token>"
 BAD_TOKEN = "wrong token"
@@ -162,7 +166,13 @@ class AccessGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.decode("latin-1").lower()
+            if name in _ONCE and name in headers:  # which one would count? Neither (RFC 9110 §5.3)
+                await _refuse(send, 400, DUPLICATE.format(name=name))
+                return
+            headers[name] = raw_value.decode("latin-1")
         server = scope.get("server")
         host = headers.get("host", "")
         if not self.allowed(host, server, 80):

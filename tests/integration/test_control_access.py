@@ -91,6 +91,35 @@ async def test_a_cross_origin_request_gets_403(server):
 
 
 @pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0"}])
+async def test_a_header_the_checks_read_may_come_once(server):
+    # two Origins (or Hosts): one could pass the check while a later layer reads the other
+    import trio
+
+    parts = urlsplit(server.rpc_url)
+    body = json.dumps(LIST_ROOMS).encode()
+
+    async def status(extra: str) -> bytes:
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        try:
+            await stream.send_all(
+                f"POST /RPC HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                f"{extra}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            )
+            answer = b""
+            with trio.fail_after(10):  # safety net only
+                while b"\r\n" not in answer:
+                    answer += await stream.receive_some(4096)
+            return answer.split(b" ", 2)[1]
+        finally:
+            await stream.aclose()
+
+    same = f"http://{parts.netloc}"
+    assert await status(f"Origin: {same}\r\n") == b"200"
+    assert await status(f"Origin: http://evil.example\r\nOrigin: {same}\r\n") == b"400"
+    assert await status(f"Host: {parts.netloc}\r\n") == b"400"
+
+
+@pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0"}])
 async def test_rpc_takes_json_only(server):
     body = json.dumps(LIST_ROOMS).encode()
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
