@@ -29,7 +29,8 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
   *member* (``Notice.keep``) is **stored** durably (the ``imc_pending`` table, through the
   store) and the lane is *parked*: what comes next for that member is stored behind it, in
   order (a notice still in flight when the lane parks keeps its turn: what is newer waits
-  for its outcome, and an overdue one is stored in its turn at once), and nothing is sent until the member is reachable again (:meth:`Delivery.wake`, called
+  for its outcome, and an overdue one is stored in its turn at once), and nothing is sent
+  until the member is reachable again (:meth:`Delivery.wake`, called
   on its next REGISTER and its next MESSAGE), or until a retry: a parked member that still has
   a binding (``reachable``) is tried again ``pending_retry`` seconds after it parked, then
   after twice as long each time it is still unreachable, up to an hour. Then the stored
@@ -522,6 +523,7 @@ class Delivery:
         if lane.parked:
             if not lane.woken or len(lane.items) >= self._store_batch:
                 self._ensure_persister(lane)
+            self._nudge(lane)  # a persister waiting for a notice in flight looks again
             self._ensure_worker(lane)
         else:
             self._pump(lane)
@@ -654,12 +656,7 @@ class Delivery:
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
         if item.detached:  # stored in its turn when its lane parked: this outcome is moot
             return
-        if item.overdue:
-            item.overdue = False
-        else:
-            lane.in_flight -= 1
-        self._in_flight -= 1
-        lane.flying.remove(item)  # _send put it there
+        self._landed(lane, item)
         self._nudge(lane)
         notice = item.notice
         now = trio.current_time()
@@ -678,11 +675,7 @@ class Delivery:
             return
         if not result.ok and result.unreachable and notice.keep and self._store is not None:
             # Back in the lane, ahead of anything newer, and the lane parks: stored in order.
-            index = 0
-            while index < len(lane.items) and lane.items[index].seq < item.seq:
-                index += 1
-            lane.items.insert(index, item)
-            self._queued += 1
+            self._requeue(lane, item)
             if not lane.parked:
                 lane.parked = True
                 log.info(
@@ -710,15 +703,28 @@ class Delivery:
         if not item.notice.keep or self._store is None:
             return
         item.detached = True
-        lane.flying.remove(item)
-        self._in_flight -= 1  # an overdue notice no longer counts in the lane's window
+        self._landed(lane, item)
+        self._requeue(lane, item)
+        self._nudge(lane)
+        self._kick()
+
+    def _landed(self, lane: _Lane, item: _Item) -> None:
+        """``item`` is no longer in flight: its window slot (unless it was overdue, which
+        gave it back already) and its global slot are free."""
+        if item.overdue:
+            item.overdue = False
+        else:
+            lane.in_flight -= 1
+        self._in_flight -= 1
+        lane.flying.remove(item)  # _send put it there
+
+    def _requeue(self, lane: _Lane, item: _Item) -> None:
+        """Put ``item`` back in its lane in its turn, ahead of anything newer."""
         index = 0
         while index < len(lane.items) and lane.items[index].seq < item.seq:
             index += 1
         lane.items.insert(index, item)
         self._queued += 1
-        self._nudge(lane)
-        self._kick()
 
     def _oldest_flying(self, lane: _Lane) -> float:
         """The seq below which an unreachable lane's queued notices may be stored now: that of
@@ -729,19 +735,15 @@ class Delivery:
             return math.inf
         return min((item.seq for item in lane.flying if item.notice.keep), default=math.inf)
 
+    def _persist_now(self, lane: _Lane) -> bool:
+        """What the persister waits for: the lane no longer parked, a notice it may store,
+        or ``member_queue`` notices waiting."""
+        return not lane.parked or self._storable(lane) or len(lane.items) >= self._member_queue
+
     def _storable(self, lane: _Lane) -> bool:
         """True when the lane's oldest queued notice may be stored now (see
-        :meth:`_oldest_flying`). A lane that has ``member_queue`` notices waiting stores the
-        ones in flight too, in their turn, rather than hold more in memory."""
-        if not lane.items:
-            return False
-        if lane.items[0].seq < self._oldest_flying(lane):
-            return True
-        if len(lane.items) >= self._member_queue:
-            for item in [item for item in lane.flying if item.notice.keep]:
-                self._detach(lane, item)
-            return True
-        return False
+        :meth:`_oldest_flying`)."""
+        return bool(lane.items) and lane.items[0].seq < self._oldest_flying(lane)
 
     def _final(
         self, notice: Notice, in_reply_to: str, result: DeliveryResult, *, counted: bool = True
@@ -820,8 +822,13 @@ class Delivery:
             while lane.parked and lane.items and (
                 not lane.woken or len(lane.items) >= self._store_batch
             ):
+                if not lane.woken and len(lane.items) >= self._member_queue:
+                    # as many waiting as a lane may hold: those in flight are stored in their
+                    # turn too, rather than hold more in memory
+                    for item in [item for item in lane.flying if item.notice.keep]:
+                        self._detach(lane, item)
                 if not self._storable(lane):  # an older notice is in flight: its outcome first
-                    await self._until(lane, lambda: not lane.parked or self._storable(lane))
+                    await self._until(lane, lambda: self._persist_now(lane))
                     continue
                 await self._persist(lane)
         finally:

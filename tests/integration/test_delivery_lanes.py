@@ -553,6 +553,35 @@ async def test_a_notice_in_flight_when_its_lane_parks_is_answered_and_not_stored
     assert delivery.statistics().ok == 1
 
 
+async def test_a_full_unreachable_lane_stores_its_notices_in_flight_and_flushes_later(
+    nursery, store
+) -> None:
+    # a0 is answered 503 while a1 is still out (not overdue); member_queue notices then
+    # wait behind a1: a1 is stored in its turn rather than hold more in memory, and once
+    # the member is back everything flushes (a1's window slot was given back)
+    sender = StartingSender()
+    delivery = await started(nursery, make(sender, store, window=2, burst=1, member_queue=3))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(2)], "cid")
+    first, second = sender.pending.pop(0)[1], sender.pending.pop(0)[1]
+    first(DeliveryResult(503, "Service Unavailable"))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(2, 5)], "cid")
+    with trio.fail_after(10):  # safety net only: the store's thread writes meanwhile
+        while delivery.statistics().stored < 5:
+            await trio.sleep(0.01)
+    rows = await store.read(lambda repository: repository.load_pending("alice@example.com", 10))
+    assert [row.body for row in rows] == [f"a{i}".encode() for i in range(5)]
+    second(DeliveryResult(200, "OK"))  # its late outcome changes nothing
+    delivery.wake(ALICE)
+    with trio.fail_after(10):  # safety net only
+        while sender.pending or delivery.statistics().pending:
+            while sender.pending:
+                sender.pending.pop(0)[1](DeliveryResult(200, "OK"))
+            await trio.testing.wait_all_tasks_blocked()
+        await delivery.drain()
+    assert sender.bodies(ALICE)[2:] == [f"a{i}".encode() for i in range(5)]
+    assert delivery.statistics().in_flight == 0
+
+
 async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock_clock) -> None:
     # Answers slower than delivery_overdue (an overloaded server): one more notice goes out,
     # not one more per second.
