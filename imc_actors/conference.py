@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import trio
 
@@ -52,6 +51,10 @@ log = logging.getLogger("imc_actors.conference")
 
 #: Seconds a conference leaving normally waits for queued notices to be delivered.
 SHUTDOWN_GRACE = 5.0
+
+
+#: A request :meth:`Conference.start` queued in turn: the message, its answer's callback, its hold.
+_Turn = tuple["IncomingMessage", Callable[[Answer], None], Hold | None]
 
 
 class ConferenceClosed(RuntimeError):
@@ -170,7 +173,7 @@ class Conference:
         self._closed = False
         self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
         # (sender, room key) -> its requests for a room served elsewhere, in the order they came
-        self._turns: dict[tuple[str, str], deque[Any]] = {}
+        self._turns: dict[tuple[str, str], deque[_Turn]] = {}
         self._claiming = 0  # lease takeovers and owner lookups under way (max_claims)
         self.claims_refused = 0
         self._claims_log = LogInterval(1.0)
@@ -395,17 +398,12 @@ class Conference:
         lane.append((msg, on_answer, hold))
         return True
 
-    async def _take_turns(
-        self, lane_key: tuple[str, str],
-        lane: deque[tuple[IncomingMessage, Callable[[Answer], None], Hold | None]],
-    ) -> None:  # fmt: skip
+    async def _take_turns(self, lane_key: tuple[str, str], lane: deque[_Turn]) -> None:
         try:
             while lane:
                 msg, on_answer, hold = lane[0]
                 try:
-                    answer = await self.handle(msg, hold=hold)
-                except ConferenceClosed:
-                    answer = Answer(503, reason_phrase(503), retry_after=5)
+                    answer = await self._handled(msg, hold)
                 except Exception:  # as a handler task's: answered 500, the others go on
                     log.exception("handling a MESSAGE for %s from %s failed", lane_key[1], msg.sender)
                     answer = Answer(500, reason_phrase(500))
@@ -417,11 +415,14 @@ class Conference:
     async def _answer_later(
         self, msg: IncomingMessage, on_answer: Callable[[Answer], None], hold: Hold | None
     ) -> None:
+        on_answer(await self._handled(msg, hold))
+
+    async def _handled(self, msg: IncomingMessage, hold: Hold | None) -> Answer:
+        """:meth:`handle` for a request taken by :meth:`start`: a closed conference is 503."""
         try:
-            answer = await self.handle(msg, hold=hold)
+            return await self.handle(msg, hold=hold)
         except ConferenceClosed:
-            answer = Answer(503, reason_phrase(503), retry_after=5)
-        on_answer(answer)
+            return Answer(503, reason_phrase(503), retry_after=5)
 
     def _route(self, msg: IncomingMessage) -> _Refuse | _ToRoom | str:
         """Where one MESSAGE goes (pure, no checkpoint): a refusal, ``#help``/``#rooms``
@@ -534,7 +535,7 @@ class Conference:
         if self._busy():
             return _Refuse(503, "", 1)
         self._claims[key] = event = trio.Event()
-        self._claiming += 1
+        self._claiming += 1  # given back in the finally below
         try:
             await self.supervisor.stop(key)  # nothing of a stale actor may commit after this
             try:

@@ -251,7 +251,7 @@ class MessageHandler:
         node advertises in the node table; then it is the original sender's (From), for the
         original Request-URI (``X-IMC-Request-URI``), and is never forwarded again."""
         node = request.header(FORWARDED_BY) or ""
-        if self.config.node is None or node == self.config.node:
+        if not self._may_forward(node):
             await trio.lowlevel.checkpoint()
             return self._not_forwarded(node, source)
         if not self._forwarded_by_node(node, source):
@@ -266,6 +266,11 @@ class MessageHandler:
         if msg is None:
             return Reply(400, "Invalid Request-URI or From")
         return await self._handle(msg, self.conference.hold())
+
+    def _may_forward(self, node: str) -> bool:
+        """False when no node may forward to this server: it has no ``node`` of its own, or
+        ``node`` names this one."""
+        return self.config.node is not None and node != self.config.node
 
     def _forwarded_by_node(self, node: str, source: Source) -> bool:
         """True when the node table as last read says ``source`` is ``node``'s."""
@@ -311,24 +316,21 @@ class MessageHandler:
         if node is not None:
             # another node's: taken as it comes (in order) when the node table as last read
             # names its source; else a task reads the table again (or refuses it)
-            if self.config.node is None or node == self.config.node or not self._forwarded_by_node(node, source):
+            if not self._may_forward(node) or not self._forwarded_by_node(node, source):
                 return False
             forwarded = self._forwarded(request, node)
-            if forwarded is None:
-                return False
-            hold = self.conference.hold()
-            return self.conference.start(
-                forwarded, lambda answer: respond(_reply_of(answer, hold)), hold=hold
-            )
+            return forwarded is not None and self._start(forwarded, respond)
         msg = self._incoming(request, identity)
         if msg is None:
             return False
         if identity is not None and identity.authenticated and not same_aor(request.from_uri, msg.sender):
             return False  # refused with a notice: a task does that
+        return self._start(msg, respond)
+
+    def _start(self, msg: IncomingMessage, respond: Responder) -> bool:
+        """:meth:`Conference.start` for ``msg``, its notices held until the reply is sent."""
         hold = self.conference.hold()
-        return self.conference.start(
-            msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold
-        )
+        return self.conference.start(msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold)
 
 
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:

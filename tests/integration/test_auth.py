@@ -393,16 +393,23 @@ async def test_a_new_password_works_at_once_despite_the_cache(nursery, tmp_path)
     assert (await alice.register()).code == 403
 
 
+class Loads:
+    """A user-row reader that finds nobody and records each read (``now[0]``: the clock)."""
+
+    def __init__(self) -> None:
+        self.now = [0.0]
+        self.users: list[str] = []
+
+    async def __call__(self, user, domain):  # type: ignore[no-untyped-def]
+        self.users.append(user)
+        await trio.lowlevel.checkpoint()
+
+
 async def test_user_cache_is_bounded_and_expires():
     from imc_actors.auth import UserCache
 
-    now, loads = [0.0], []
-
-    async def load(user, domain):
-        loads.append(user)
-        await trio.lowlevel.checkpoint()
-        return None
-
+    reads = Loads()
+    now, loads, load = reads.now, reads.users, reads
     cache = UserCache(load, size=2, ttl=10.0, clock=lambda: now[0])
     for user in ("a", "b", "a", "c", "a"):
         await cache.get(user, "d")
@@ -416,13 +423,8 @@ async def test_user_cache_is_bounded_and_expires():
 async def test_failed_checks_read_a_row_again_a_few_times_a_second_at_most():
     from imc_actors.auth import RECHECK_BURST, RECHECK_INTERVAL, UserCache
 
-    now, loads = [0.0], []
-
-    async def load(user, domain):
-        loads.append(user)
-        await trio.lowlevel.checkpoint()
-        return None
-
+    reads = Loads()
+    now, loads, load = reads.now, reads.users, reads
     cache = UserCache(load, size=10, ttl=30.0, clock=lambda: now[0])
     await cache.get("mallory", "d")
     for _ in range(100):  # a flood of wrong answers for one user

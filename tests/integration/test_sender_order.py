@@ -25,18 +25,25 @@ def _address(server, transport: str) -> tuple[str, int]:
     return next((a.host, a.port) for a in server.addresses if a.transport == transport)
 
 
+async def _chat(nursery, server, transport: str = "udp") -> tuple[TestUA, TestUA]:
+    """alice (over UDP) owns room chat, bob (over ``transport``) has joined it; both notices
+    of the join are read."""
+    alice = await TestUA.open(nursery, "alice", DOMAIN, _address(server, "udp"))
+    bob = await TestUA.open(nursery, "bob", DOMAIN, _address(server, transport), transport=transport)
+    for agent in (alice, bob):
+        assert (await agent.register()).code == 200
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    await expect(alice, "*** Room was created")
+    assert (await bob.message(ROOM, "#join")).code == 200
+    await expect(alice, "*** [bob] has joined the room")
+    await expect(bob, "*** [bob] has joined the room")
+    return alice, bob
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_back_to_back_lines_reach_the_members_in_the_order_sent(nursery, tmp_path, transport):
     async with open_server(make_config(tmp_path)) as server:
-        alice = await TestUA.open(nursery, "alice", DOMAIN, _address(server, "udp"))
-        bob = await TestUA.open(nursery, "bob", DOMAIN, _address(server, transport), transport=transport)
-        for agent in (alice, bob):
-            assert (await agent.register()).code == 200
-        assert (await alice.message(MANAGER, "#create chat")).code == 200
-        await expect(alice, "*** Room was created")
-        assert (await bob.message(ROOM, "#join")).code == 200
-        await expect(alice, "*** [bob] has joined the room")
-        await expect(bob, "*** [bob] has joined the room")
+        alice, bob = await _chat(nursery, server, transport)
         requests = [
             bob.build("MESSAGE", ROOM, body=f"line {index}".encode(), content_type="text/plain")
             for index in range(LINES)
@@ -61,14 +68,7 @@ async def test_a_clean_stop_delivers_what_is_in_flight_before_the_transport_clos
     # stored for a member who is there.
     config = make_config(tmp_path)
     async with open_server(config) as server:
-        alice = await TestUA.open(nursery, "alice", DOMAIN, _address(server, "udp"))
-        bob = await TestUA.open(nursery, "bob", DOMAIN, _address(server, "udp"))
-        for agent in (alice, bob):
-            assert (await agent.register()).code == 200
-        assert (await alice.message(MANAGER, "#create chat")).code == 200
-        await expect(alice, "*** Room was created")
-        assert (await bob.message(ROOM, "#join")).code == 200
-        await expect(bob, "*** [bob] has joined the room")
+        alice, bob = await _chat(nursery, server)
         bob.drop_next = 1
         assert (await alice.message(ROOM, "last words")).code == 202
         delivery = server.conference.delivery
