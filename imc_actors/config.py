@@ -103,7 +103,7 @@ class Config:
     node_table: str = "imc_nodes"
     # The whole cluster in the management views and /metrics (issue 13 item 3)
     cluster_view_age: float = 1.0
-    max_claims: int = 16
+    max_claims: int = 256
     metrics_share_interval: float = 5.0
     metrics_table: str = "imc_metrics"
     #: processes sharing the SIP ports on this machine, each a node (``serve --workers N``)
