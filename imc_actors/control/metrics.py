@@ -369,6 +369,16 @@ class _StatisticsCollector(Collector):
             "1 while the database answers, 0 while it fails",
             value=int(s.available),
         )
+        yield CounterMetricFamily(
+            "imc_store_inline_commits",
+            "database transactions run on the event loop's thread, flushed by a helper process",
+            value=getattr(s, "inline_commits", 0),
+        )
+        yield CounterMetricFamily(
+            "imc_store_inline_declined",
+            "transactions sent to the writer thread: the write lock or the connection was taken",
+            value=getattr(s, "inline_declined", 0),
+        )
         if s.last_commit_seconds is not None:
             yield GaugeMetricFamily(
                 "imc_store_last_batch_seconds",

@@ -35,7 +35,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -79,12 +79,16 @@ from .records import Binding, PendingRow, StoreWrite
 from .urls import LOCK_TIMEOUT, DatabaseURL, open_database
 
 __all__ = [
-    "CommitGuard", "Fenced", "Repository", "StoreError", "current_guard", "guarded", "split_member",
+    "CommitGuard", "Fenced", "LockBusy", "Repository", "StoreError", "current_guard", "guarded",
+    "split_member",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+#: SQLite settings for :meth:`Repository.unflushed_writes` (synchronous 1 = NORMAL).
+_UNFLUSHED = (("synchronous", 1), ("busy_timeout", 0), ("wal_autocheckpoint", 0))
 
 #: Rooms whose leases :meth:`Repository.acquire_all` takes in one transaction.
 _ACQUIRE_CHUNK = 500
@@ -95,6 +99,12 @@ _TRANSACTIONAL_ENGINES = {"innodb", "xtradb", "rocksdb", "tokudb", "ndbcluster"}
 
 class StoreError(Exception):
     """A database operation failed. ``str()`` is a readable reason (never the password)."""
+
+
+class LockBusy(StoreError):
+    """Another connection held SQLite's write lock at the BEGIN of a transaction run without
+    waiting for it (:meth:`Repository.unflushed_writes`): nothing was written, and the same
+    writes may be applied again where waiting is fine."""
 
 
 class Fenced(StoreError):
@@ -288,6 +298,8 @@ class Repository:
         # MySQL it depends on the columns' collation, looked up on first use (None: not yet).
         self._exact_is_ci: bool | None = None if self.engine == "mysql" else False
         self._statement_cache: dict[bool, _Statements] = {}
+        self._nowait = False  # the next write transaction fails with LockBusy instead of waiting
+        self._saved_pragmas: tuple[tuple[str, Any], ...] | None = None
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -1003,7 +1015,7 @@ class Repository:
     ) -> None:
         execute = self._db.execute_sql
         run: list[Any] = []  # consecutive writes of one kind that go in one statement
-        with self._db.atomic():
+        with self._transaction():
             for write in writes:
                 if run and type(write) is not type(run[0]):
                     own_tables.apply_run(self._models, run, seqs)
@@ -1055,6 +1067,67 @@ class Repository:
             self._held.update(taken)
             for room in destroyed:
                 self._held.pop(room, None)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``atomic()``; the first one after :meth:`unflushed_writes` began raises
+        :class:`LockBusy` when its BEGIN finds the write lock taken (nothing written)."""
+        nowait, self._nowait = self._nowait, False
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._db.atomic())
+            except peewee.OperationalError as exc:
+                if nowait and "locked" in str(exc).lower():
+                    raise LockBusy(f"the write lock of {self.url} is taken") from exc
+                raise
+            yield
+
+    @property
+    def wal_path(self) -> str | None:
+        """The write-ahead log of an SQLite database file (``<file>-wal``); None for an
+        in-memory database and the other engines."""
+        if self.engine != "sqlite":
+            return None
+        name = str(self._db.database)
+        if not name or name == ":memory:" or name.startswith("file:") or "mode=memory" in name:
+            return None
+        return os.path.abspath(name) + "-wal"
+
+    @contextmanager
+    def unflushed_writes(self) -> Iterator[None]:
+        """SQLite only (:attr:`wal_path`): for the block, write transactions on this thread
+        neither flush nor wait. ``synchronous=NORMAL``: a COMMIT appends to the WAL and returns
+        without an fsync (the caller makes the WAL durable, by fsyncing :attr:`wal_path`, before
+        it reports the writes durable); no busy wait: the first write transaction raises
+        :class:`LockBusy` when another connection holds the write lock; no automatic
+        checkpoint (it would flush): a commit made outside the block checkpoints. Restored on
+        exit (never raises then: a connection that cannot be restored is closed, and the next
+        use opens one with the usual settings), so an exception out of this block is one of
+        the block or of its set-up, before anything was written. Used by the store to commit
+        on the event loop's thread (:mod:`.inline`)."""
+        db = self._db
+        db.connect(reuse_if_open=True)
+        execute = db.execute_sql
+        if self._saved_pragmas is None:  # the connection's own settings (see open_database)
+            self._saved_pragmas = tuple(
+                (name, execute(f"PRAGMA {name}").fetchone()[0]) for name, _ in _UNFLUSHED
+            )
+        saved = self._saved_pragmas
+        for name, value in _UNFLUSHED:
+            execute(f"PRAGMA {name} = {value}")
+        self._nowait = True
+        try:
+            yield
+        finally:
+            self._nowait = False
+            if not db.is_closed():  # a reconnect inside the block set them again
+                try:
+                    for name, value in saved:
+                        execute(f"PRAGMA {name} = {int(value)}")
+                except Exception as exc:  # noqa: BLE001 - never raise once the block has run
+                    log.warning("restoring the settings of %s failed (%s); reconnecting",
+                                self.url, _describe(exc))  # fmt: skip
+                    self._discard_connection()  # a new connection has them (open_database)
 
     def _statements(self, exact_is_ci: bool) -> _Statements:
         """The write statements, rendered once (peewee's query builder costs more than SQLite)."""

@@ -12,7 +12,8 @@ Query-string parameters are passed to the driver (``?connect_timeout=10``), as
 Every database is opened with ``thread_safe=False``: the store uses it from one thread at a
 time, but not always the same thread (Trio's worker-thread cache), so the connection must not be
 thread-local. SQLite is opened in WAL mode with ``synchronous=FULL`` (a commit is on disk before
-it returns). Every engine gets a lock timeout (``db_timeout``, see :func:`open_database`), so a
+it returns; the store's commits on the event loop's thread use ``NORMAL`` and have the WAL
+flushed by a helper process before they count as durable, see :mod:`.inline`). Every engine gets a lock timeout (``db_timeout``, see :func:`open_database`), so a
 statement waiting for a lock another connection holds fails after that long and its transaction
 rolls back, instead of hanging the writer thread.
 """

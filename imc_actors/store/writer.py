@@ -5,6 +5,10 @@ writer task (:meth:`Store.run`) collects the commits waiting from all rooms and 
 :meth:`Repository.apply_batch` together, in one transaction, in one worker thread
 (``trio.to_thread.run_sync`` with a dedicated ``CapacityLimiter(1)``), so a thousand rooms
 committing at once cost one disk flush, and the event loop never waits on the database.
+For an SQLite file the batch is first tried on the event loop's own thread without a flush and
+without waiting for a lock, and a helper process flushes the write-ahead log before the
+commits are reported durable (:mod:`.inline`: the writer thread's GIL waits made commits slow
+under load); what stands in its way sends the batch to the writer thread as before.
 
 Failures stay local:
 
@@ -47,9 +51,10 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ..imc.state import RoomState
+from .inline import CHECKPOINT_EVERY, WalSync, inline_repository
 from .leases import rooms_of
 from .records import StoreWrite
-from .repository import Fenced, StoreError, guarded
+from .repository import Fenced, LockBusy, StoreError, guarded
 from .watchdog import Watchdog
 
 _T = TypeVar("_T")
@@ -89,7 +94,10 @@ class StoreStatistics:
     commit is not counted again). ``failures``: calls to :meth:`Store.commit` that raised
     (including those refused at once while unavailable). ``pending``: commits queued or in
     flight now. ``available``: False while the database is failing. ``last_commit_seconds``:
-    how long the last successful transaction took in the worker thread (None before the first).
+    how long the last successful transaction took, its flush included (None before the
+    first). ``inline_commits``: batches committed on the event loop's thread and flushed by
+    the helper process (an SQLite file: :mod:`.inline`); ``inline_declined``: batches that went
+    to the writer thread instead because the write lock or the connection was taken.
     """
 
     commits: int
@@ -98,6 +106,8 @@ class StoreStatistics:
     pending: int
     available: bool
     last_commit_seconds: float | None
+    inline_commits: int = 0
+    inline_declined: int = 0
 
 
 class _Waiter:
@@ -226,6 +236,12 @@ class Store:
         self._failures = 0
         self._last_commit_seconds: float | None = None
         self._watchdog: Watchdog | None = None  # while running
+        # commits on the loop's thread, flushed by a helper process (SQLite files: .inline)
+        self._inline = inline_repository(repository)
+        self._wal = WalSync(self._inline.wal_path) if self._inline is not None else None
+        self._inline_commits = 0
+        self._inline_declined = 0
+        self._since_checkpoint = 0
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -249,6 +265,8 @@ class Store:
                 task_status.started()
                 await self._write_loop(nursery)
         finally:
+            if self._wal is not None:
+                await self._wal.aclose()
             self._watchdog.stop()
             self._watchdog = None
             self._running = False
@@ -342,6 +360,8 @@ class Store:
             pending=len(self._queue) + self._in_flight,
             available=self._available,
             last_commit_seconds=self._last_commit_seconds,
+            inline_commits=self._inline_commits,
+            inline_declined=self._inline_declined,
         )
 
     # -- the writer ---------------------------------------------------------------------------
@@ -404,6 +424,10 @@ class Store:
         watchdog = self._watchdog
         if watchdog is None:
             raise RuntimeError("Store._attempt outside Store.run")
+        if self._inline is not None:
+            result = await self._attempt_inline(attempt)
+            if result is not None:
+                return result
         writing = trio.CancelScope()
         watchdog.watch(attempt, writing.cancel)
         try:
@@ -421,6 +445,59 @@ class Store:
                 raise RuntimeError("the writer thread failed")
             return attempt.result
         return attempt.timed_out()
+
+    async def _attempt_inline(self, attempt: _Attempt) -> _BatchResult | None:
+        """Run ``attempt`` on this thread without a flush, then flush the WAL in the helper
+        process before reporting it (see :mod:`.inline`); None when it must go to the writer
+        thread instead (nothing was written then)."""
+        assert self._inline is not None and self._wal is not None
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            return None  # the writer thread's COMMIT checkpoints the WAL
+        try:
+            self._limiter.acquire_nowait()
+        except trio.WouldBlock:  # a read holds the connection
+            self._inline_declined += 1
+            return None
+        try:
+            started = time.perf_counter()
+            try:
+                with self._inline.unflushed_writes():
+                    result = self._write_groups(attempt)
+            except LockBusy:
+                self._inline_declined += 1
+                return None
+            except Exception as exc:  # noqa: BLE001 - setting the connection up failed
+                log.debug("an inline commit was not possible (%s); using the writer thread", exc)
+                self._inline_declined += 1
+                return None
+            if any(error is None for error in result.errors):  # something committed: flush it
+                watchdog = self._watchdog
+                assert watchdog is not None
+                path = self._wal.path
+
+                def late() -> None:  # a COMMIT under way: its outcome is waited for, as below
+                    log.warning("flushing %s has taken over db_timeout (%g s); waiting for it",
+                                path, attempt.timeout)  # fmt: skip
+
+                watchdog.watch(attempt, late)
+                try:
+                    await self._wal.sync()
+                except OSError as exc:
+                    down = StoreError(f"flushing {self._wal.path} failed: {exc}")
+                    errors: list[BaseException | None] = [
+                        down if error is None else error for error in result.errors
+                    ]
+                    return _BatchResult(errors=errors, down=down)
+                finally:
+                    watchdog.done(attempt)
+                if result.seconds is not None:
+                    result.seconds = time.perf_counter() - started
+            self._inline_commits += 1
+            self._since_checkpoint += 1
+            return result
+        finally:
+            self._limiter.release()
 
     def _write_in_thread(self, attempt: _Attempt) -> _BatchResult:
         """Runs in the worker thread: :meth:`_write_groups` under the attempt's guard."""
@@ -454,6 +531,8 @@ class Store:
                     timeout = attempt.timeout_error()
                     errors = [timeout if fenced[i] is None else fenced[i] for i in range(len(groups))]
                     return _BatchResult(errors=errors, down=timeout)
+            except LockBusy:  # inline, nothing written: the writer thread does it (see .inline)
+                raise
             except Exception as exc:  # noqa: BLE001 - any failure is reported to the waiters
                 attempt.settled(remaining, durable=False)
                 combined = exc
@@ -507,6 +586,8 @@ class Store:
                 return _BatchResult(errors=errors, down=timeout)
             try:
                 repository.apply_batch(group)
+            except LockBusy:  # inline and the first transaction: nothing written yet
+                raise
             except Exception as exc:  # noqa: BLE001
                 attempt.settled((index,), durable=False)
                 errors.append(exc)
