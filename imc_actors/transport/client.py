@@ -553,14 +553,30 @@ class ClientTransactions:
             self.stray += 1
             log.debug("stray response %d for Call-ID %s", response.code, response.call_id)
             return
+        self._settle(key, entry, response.code, response.reason, _challenges(response))
+
+    def on_quick_response(self, branch: str, method: str, code: int, reason: str) -> bool:
+        """:meth:`on_response` for a 2xx read by :func:`~imc_actors.sip.parse.quick_response`;
+        False (nothing done) when it matches no client transaction: the caller then parses
+        it whole and hands it to :meth:`on_response`, which counts and logs a stray."""
+        key = (branch, method)
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        self._settle(key, entry, code, reason, ())
+        return True
+
+    def _settle(
+        self, key: Any, entry: ClientEntry, code: int, reason: str, challenges: tuple[str, ...]
+    ) -> None:
         now = trio.current_time()
         already_final = entry.result is not None
-        entry.txn.on_response(response.code, now, response.reason)
-        if response.code >= 200:
+        entry.txn.on_response(code, now, reason)
+        if code >= 200:
             if already_final:
                 self.absorbed += 1
             else:
-                entry.finish(ClientResult(response.code, response.reason, _challenges(response)))
+                entry.finish(ClientResult(code, reason, challenges))
         if entry.txn.state == "terminated":
             if self._entries.get(key) is entry:
                 del self._entries[key]

@@ -36,6 +36,7 @@ import trio
 
 from imc_actors.config import ListenAddress
 from imc_actors.sip import Response, SipParseError, new_mark, parse, salvage_response
+from imc_actors.sip.parse import quick_response
 
 from .bindings import ConnectionBindings
 from .client import TCP_THRESHOLD, ClientTransactions, better
@@ -505,6 +506,8 @@ class SipTransport:
         self, endpoint: UdpEndpoint, data: bytes, addr: Address
     ) -> tuple[bytes, Address] | None:
         """Handle one datagram synchronously; return an immediate answer and where to send it."""
+        if data.startswith(b"SIP/2.0 2") and self._quick_2xx(data):
+            return None
         try:
             message = parse(data)
         except SipParseError as exc:
@@ -521,6 +524,15 @@ class SipTransport:
         dest = addr if rport else (addr[0], via_port(message))
         answer = self._servers.on_request(message, fix, source, UdpPeer(endpoint, dest))
         return None if answer is None else (answer, dest)
+
+    def _quick_2xx(self, data: bytes) -> bool:
+        """True when ``data`` was a 2xx to one of our client transactions, read and handled
+        without a full parse (:func:`~imc_actors.sip.parse.quick_response`)."""
+        quick = quick_response(data)
+        if quick is None:
+            return False
+        code, reason, branch, method = quick
+        return self._clients.on_quick_response(branch, method, code, reason)
 
     def _malformed_answer(self, data: bytes, exc: SipParseError, peer: Address) -> bytes | None:
         self._malformed += 1
@@ -540,6 +552,8 @@ class SipTransport:
         """One message from a TCP connection or a WebSocket: parsed, then handed over like a
         datagram; the answer to send back at once on ``conn``, if any."""
         self._received += 1
+        if data.startswith(b"SIP/2.0 2") and self._quick_2xx(data):
+            return None
         try:
             message = parse(data)
         except SipParseError as exc:

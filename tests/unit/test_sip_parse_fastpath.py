@@ -148,3 +148,89 @@ def test_the_memo_holds_a_working_set_of_thousands_of_users_and_rooms():
     lines = parse_module._start_line.cache_info()
     assert uris.misses == 2 * users and uris.hits == 2 * users  # second round: all hits
     assert lines.misses == users and lines.hits == users
+
+
+# ---------------------------------------------------------------- quick_response (2xx to us)
+def _response(status: str = "200 OK", via: str = "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKab12;rport=5060",
+              lines: tuple[str, ...] = ("From: <sip:room@example.com>;tag=aa", "To: <sip:bob@example.com>;tag=bb",
+                                        "Call-ID: c1@example.com", "CSeq: 1 MESSAGE"),
+              end: str = "Content-Length: 0\r\n\r\n") -> bytes:  # fmt: skip
+    return "\r\n".join([f"SIP/2.0 {status}", via, *lines, end]).encode()
+
+
+def _parsed(data: bytes) -> tuple[int, str, str | None, str] | str:
+    from imc_actors.sip.parse import parse
+
+    try:
+        message = parse(data)
+    except SipParseError:
+        return "error"
+    return message.code, message.reason, message.branch, message.cseq_method  # type: ignore[union-attr]
+
+
+QUICK = [
+    _response(),
+    _response("202 Accepted"),
+    _response("200 Très bien"),
+    _response(via="Via: SIP/2.0/UDP [::1]:5060;rport;branch=z9hG4bK.x-1"),
+    _response(via="Via: SIP/2.0/TCP h.example.com;received=10.0.0.1;branch=z9hG4bKq;rport"),
+    _response(via="Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKa,SIP/2.0/UDP 10.0.0.2;branch=b"),
+    _response(lines=("CSeq: 4711 MESSAGE", "Call-ID: x@y", "To: <sip:b@c>", "From: <sip:a@c>;tag=1",
+                     "Via: SIP/2.0/UDP 10.0.0.9;branch=below")),
+    _response(end="Content-Length: 2\r\n\r\nok"),
+]
+NOT_QUICK = [
+    _response("180 Ringing"),
+    _response("401 Unauthorized"),
+    _response("2000 OK"),
+    _response(via="v: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKab12"),
+    _response(via="via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKab12"),
+    _response(via="Via: SIP/2.0/UDP 127.0.0.1:5060;rport"),  # no branch
+    _response(via="Via: SIP/2.0/UDP 127.0.0.1:5060;xbranch=z9hG4bKab12"),
+    _response(via="From: <sip:room@example.com>;tag=aa"),  # the Via is not the first header
+    _response(lines=("From: <sip:a@c>;tag=1", "To: <sip:b@c>", "Call-ID: c1")),  # no CSeq
+    _response(lines=("From: <sip:a@c>;tag=1", "To: <sip:b@c>", "Call-ID: c1", "CSeq: 1 MESSAGE",
+                     "cseq: 2 MESSAGE")),
+    _response(lines=("From: <sip:a@c>;tag=1", "To: <sip:b@c>", "CSeq: 1 MESSAGE")),  # no Call-ID
+    _response(lines=("From: <sip:a@c>;tag=1", "To: <sip:b@c>", "i: c1", "CSeq: 1 MESSAGE")),
+    _response(lines=("f: <sip:a@c>;tag=1", "To: <sip:b@c>", "Call-ID: c1", "CSeq: 1 MESSAGE")),
+    _response(end="Content-Length: 0\r\n"),  # the head never ends
+    _response().replace(b"200 OK", b"200 \xff"),  # not UTF-8
+    b"SIP/2.0 200 OK\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKa\nCSeq: 1 MESSAGE\n\n",
+]
+
+
+@pytest.mark.parametrize("data", QUICK)
+def test_quick_response_reads_what_parse_reads(data: bytes) -> None:
+    from imc_actors.sip.parse import quick_response
+
+    quick = quick_response(data)
+    assert quick is not None
+    assert quick == _parsed(data)
+
+
+@pytest.mark.parametrize("data", NOT_QUICK)
+def test_quick_response_leaves_anything_else_to_parse(data: bytes) -> None:
+    from imc_actors.sip.parse import quick_response
+
+    assert quick_response(data) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    code=st.sampled_from(["200", "202", "299", "100", "486", "20", "2x0"]),
+    reason=st.sampled_from(["OK", "", "Accepted now", "ok\tok"]),
+    transport=st.sampled_from(["UDP", "TCP", "TLS", "udp", "U D"]),
+    host=st.sampled_from(["127.0.0.1", "example.com", "[::1]", "h:5060", ""]),
+    params=TOKENISH,
+    order=st.permutations(["From: <sip:a@b>;tag=1", "To: <sip:c@b>", "Call-ID: x@y", "CSeq: 7 MESSAGE"]),
+)
+def test_quick_response_differential(code: str, reason: str, transport: str, host: str, params: str,
+                                     order: list[str]) -> None:  # fmt: skip
+    from imc_actors.sip.parse import quick_response
+
+    data = _response(f"{code} {reason}", f"Via: SIP/2.0/{transport} {host};{params}", tuple(order))
+    quick = quick_response(data)
+    if quick is not None:  # what it reads, parse() reads the same (when it accepts the rest)
+        parsed = _parsed(data)
+        assert parsed == "error" or parsed == quick
