@@ -23,7 +23,9 @@ thread.
 
 The helper is started on the first inline commit and answers one byte per request: ``k``
 after a successful fsync, ``e`` when it failed (the batch then fails as a failed COMMIT
-does). It reopens the WAL when SQLite replaced the file. If it cannot be started or dies, the
+does). It reopens the WAL when SQLite replaced the file. It ignores SIGINT and SIGTERM (a
+Ctrl-C or a signal to the process group reaches it too): it ends when its input does, that
+is when the store stops or this process dies, however it dies. If it cannot be started or dies, the
 fsync is done in a worker thread of this process from then on (logged once): slower, as
 durable.
 """
@@ -47,7 +49,9 @@ CHECKPOINT_EVERY = 256
 
 #: The helper: one byte in, fsync the WAL (reopened when its inode changed), one byte out.
 _HELPER = """\
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal: the server ends it
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a signalled process group: likewise
 path, fd = sys.argv[1], -1
 while os.read(0, 1):
     try:

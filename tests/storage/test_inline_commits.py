@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -134,12 +135,16 @@ async def test_a_dead_helper_leaves_the_flush_to_a_thread(
     await wal.sync()  # the helper opens the new one
     assert wal.helper_syncs == 2
     assert wal._process is not None
+    wal._process.send_signal(signal.SIGINT)  # a Ctrl-C reaches the whole process group
+    wal._process.send_signal(signal.SIGTERM)
+    await wal.sync()
+    assert wal.helper_syncs == 3
     wal._process.kill()
     await wal._process.wait()
     with caplog.at_level(logging.WARNING, logger="imc_actors.store.inline"):
         await wal.sync()
         await wal.sync()
-    assert (wal.helper_syncs, wal.thread_syncs) == (2, 2)
+    assert (wal.helper_syncs, wal.thread_syncs) == (3, 2)
     assert "flushing in a thread instead" in caplog.text
     await wal.aclose()
 
