@@ -22,8 +22,8 @@ never a wrapper that could block (fault injection); PostgreSQL and MariaDB alway
 thread.
 
 The helper is started on the first inline commit and answers one byte per request: ``k``
-after a successful fsync, ``e`` when it failed (the batch then fails as a failed COMMIT
-does). It reopens the WAL when SQLite replaced the file. It ignores SIGINT and SIGTERM (a
+after a successful fsync, ``e`` and the error number when it failed (the batch then fails as
+a failed COMMIT does, with that reason). It reopens the WAL when SQLite replaced the file. It ignores SIGINT and SIGTERM (a
 Ctrl-C or a signal to the process group reaches it too): it ends when its input does, that
 is when the store stops or this process dies, however it dies. If it cannot be started or dies, the
 fsync is done in a worker thread of this process from then on (logged once): slower, as
@@ -62,8 +62,8 @@ while os.read(0, 1):
             fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
         answer = b"k"
-    except OSError:
-        answer = b"e"
+    except OSError as exc:
+        answer = b"e" + bytes([min(exc.errno or 5, 255)])
     os.write(1, answer)
 """
 
@@ -114,7 +114,8 @@ class WalSync:
                 self.helper_syncs += 1
                 return
             if answer == b"e":
-                raise OSError(f"fsync of {self.path} failed")
+                code = (await process.stdout.receive_some(1) or b"\x05")[0]
+                raise OSError(code, os.strerror(code), self.path)
             self._give_up("it stopped answering")
         await trio.to_thread.run_sync(_fsync_file, self.path)
         self.thread_syncs += 1
