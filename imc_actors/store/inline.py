@@ -129,6 +129,12 @@ class WalSync:
         except OSError as exc:
             self._give_up(f"it could not be started ({exc})")
 
+    def stop_helper(self) -> None:
+        """Kill the helper (it did not answer within ``db_timeout``: stopped, or stuck on the
+        disk): the waiting :meth:`sync` sees its end and flushes in a thread instead."""
+        if self._process is not None:
+            self._process.kill()
+
     def _give_up(self, why: str) -> None:
         log.warning("the store's fsync helper for %s: %s; flushing in a thread instead", self.path, why)
         self._broken = True

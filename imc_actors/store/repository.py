@@ -35,7 +35,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -1073,14 +1073,24 @@ class Repository:
         """``atomic()``; the first one after :meth:`unflushed_writes` began raises
         :class:`LockBusy` when its BEGIN finds the write lock taken (nothing written)."""
         nowait, self._nowait = self._nowait, False
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(self._db.atomic())
-            except peewee.OperationalError as exc:
-                if nowait and "locked" in str(exc).lower():
-                    raise LockBusy(f"the write lock of {self.url} is taken") from exc
-                raise
+        atomic = self._db.atomic()
+        try:
+            atomic.__enter__()
+        except peewee.OperationalError as exc:
+            if nowait and "locked" in str(exc).lower():
+                raise LockBusy(f"the write lock of {self.url} is taken") from exc
+            raise
+        try:
             yield
+        except BaseException as exc:
+            try:
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
+            except peewee.OperationalError as rollback:
+                # SQLite rolled back by itself (a full disk, an I/O error): its error stands
+                if "no transaction is active" not in str(rollback):
+                    raise
+            raise
+        atomic.__exit__(None, None, None)
 
     @property
     def wal_path(self) -> str | None:

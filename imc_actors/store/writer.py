@@ -476,9 +476,11 @@ class Store:
                 assert watchdog is not None
                 path = self._wal.path
 
-                def late() -> None:  # a COMMIT under way: its outcome is waited for, as below
-                    log.warning("flushing %s has taken over db_timeout (%g s); waiting for it",
-                                path, attempt.timeout)  # fmt: skip
+                def late() -> None:  # the helper may be stopped: a thread flushes instead
+                    log.warning("flushing %s has taken over db_timeout (%g s); stopping the "
+                                "helper and waiting for a flush in a thread", path, attempt.timeout)  # fmt: skip
+                    assert self._wal is not None
+                    self._wal.stop_helper()
 
                 watchdog.watch(attempt, late)
                 try:
@@ -629,6 +631,8 @@ class Store:
             await trio.sleep(self._ping_interval)
             try:
                 await trio.to_thread.run_sync(probe, limiter=self._limiter)
+                if self._wal is not None:  # a failed flush made it unavailable: flush again
+                    await self._wal.sync()
             except Exception as exc:  # noqa: BLE001 - still down: keep pinging
                 log.debug("database still unavailable: %s", exc)
                 continue

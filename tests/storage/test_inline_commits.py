@@ -101,14 +101,37 @@ async def test_the_writer_thread_takes_one_commit_in_every_checkpoint_every(
     assert len(_rooms(tmp_path)) == 8
 
 
+class CountedWalSync(WalSync):
+    """A WalSync that counts its flushes and says when ``until`` of them have failed."""
+
+    def __init__(self, path: str, until: int) -> None:
+        super().__init__(path)
+        self.failed = 0
+        self.until = until
+        self.enough = trio.Event()
+
+    async def sync(self) -> None:
+        try:
+            await super().sync()
+        except OSError:
+            self.failed += 1
+            if self.failed >= self.until:
+                self.enough.set()
+            raise
+
+
 async def test_a_failed_flush_fails_the_batch_and_the_store_resumes(tmp_path: Path) -> None:
     store = Store(_repository(tmp_path), ping_interval=0.05)
-    store._wal = WalSync(str(tmp_path / "missing" / "imc.db-wal"))  # the helper cannot open it
+    broken = CountedWalSync(str(tmp_path / "missing" / "imc.db-wal"), until=3)  # cannot open
+    store._wal = broken
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         with pytest.raises(StoreError, match="flushing .* failed: .*No such file"):
             await store.commit([RoomUpsert("lost", "example.org", 0)])
         assert not store.statistics().available  # a disk that cannot flush is an outage
+        with trio.fail_after(10):
+            await broken.enough.wait()  # the probe flushed twice more, and failed
+        assert not store.statistics().available  # a passing write probe is not enough
         store._wal = WalSync(repository_wal(store))
         with trio.fail_after(10):
             await store.wait_available()
@@ -173,3 +196,44 @@ def test_only_the_stores_own_sqlite_file_repository_commits_inline(tmp_path: Pat
 
     assert inline_repository(Wrapper()) is None
     assert inline_repository(Repository("sqlite:///:memory:")) is None
+
+
+async def test_a_stopped_helper_is_given_up_at_db_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(_repository(tmp_path), db_timeout=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.commit([RoomUpsert("first", "example.org", 0)])
+        assert store._wal is not None and store._wal._process is not None
+        helper = store._wal._process
+        helper.send_signal(signal.SIGSTOP)
+        try:
+            with caplog.at_level(logging.WARNING), trio.fail_after(20):
+                await store.commit([RoomUpsert("second", "example.org", 0)])
+        finally:
+            if helper.returncode is None:
+                helper.send_signal(signal.SIGCONT)
+        assert "stopping the helper" in caplog.text
+        assert store._wal.thread_syncs == 1
+        await store.commit([RoomUpsert("third", "example.org", 0)])  # flushed in a thread
+        assert store._wal.thread_syncs == 2
+        nursery.cancel_scope.cancel()
+    assert _rooms(tmp_path) == {"first", "second", "third"}
+
+
+async def test_a_full_database_says_so(tmp_path: Path) -> None:
+    repository = _repository(tmp_path)
+    store = Store(repository)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.commit([RoomUpsert("small", "example.org", 0)])
+        pages = repository._db.execute_sql("PRAGMA page_count").fetchone()[0]
+        repository._db.execute_sql(f"PRAGMA max_page_count = {pages}")  # no room to grow,
+        repository._db._pragmas = [*repository._db._pragmas, ("max_page_count", pages)]  # ever
+        big = [RoomUpsert(f"room-{i}-{'x' * 40}", "example.org", 0) for i in range(2000)]
+        with pytest.raises(StoreError) as failed:
+            await store.commit(big)
+        assert "full" in str(failed.value)  # SQLite's own error, not the ROLLBACK's after it
+        assert "cannot rollback" not in str(failed.value)
+        nursery.cancel_scope.cancel()
