@@ -43,6 +43,7 @@ from .sipcore import Identity, SipCore, same_aor
 from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
+from .transport.client import TransportStopped
 from .transport.limits import LogInterval
 from .transport.steering import Steering
 from .transport.tls import client_context, server_context
@@ -110,10 +111,13 @@ class MessageSender:
         return headers
 
     async def __call__(self, notice: Notice, in_reply_to: str) -> DeliveryResult:
-        result = await self.transport.send_request(
-            "MESSAGE", notice.to, from_uri=notice.sender, to_uri=notice.to,
-            headers=self._headers(notice, in_reply_to), body=notice.body,
-        )  # fmt: skip
+        try:
+            result = await self.transport.send_request(
+                "MESSAGE", notice.to, from_uri=notice.sender, to_uri=notice.to,
+                headers=self._headers(notice, in_reply_to), body=notice.body,
+            )  # fmt: skip
+        except TransportStopped:  # shutting down: a member notice is stored (503), not lost
+            return DeliveryResult(503, "Shutting Down")
         return DeliveryResult(result.code, result.reason)
 
     def start(

@@ -45,6 +45,7 @@ from .websocket import WsConnection
 
 __all__ = [
     "TCP_THRESHOLD",
+    "TransportStopped",
     "TIMEOUT",
     "UNAVAILABLE",
     "UNREACHABLE",
@@ -52,6 +53,12 @@ __all__ = [
     "ClientTransactions",
     "better",
 ]
+
+
+
+class TransportStopped(RuntimeError):
+    """A request was to be sent while the transport is not running (before it starts, or
+    once it has stopped: a notice of the last moments of a shutdown)."""
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +246,7 @@ class ClientTransactions:
     ) -> ClientResult:
         """:meth:`SipTransport.send_request <imc_actors.transport.SipTransport.send_request>`."""
         if self._nursery is None:
-            raise RuntimeError("SipTransport is not running")
+            raise TransportStopped("SipTransport is not running")
         try:
             targets = await self._targets(request_uri, direct=direct)
         except NotRegistered as exc:

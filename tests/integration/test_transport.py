@@ -724,3 +724,24 @@ async def test_udp_senders_wait_for_a_full_buffer_in_turn() -> None:
     assert endpoint.sent == 10
     endpoint.close()
     receiver.close()
+
+
+async def test_a_notice_sent_after_the_transport_stopped_is_503_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the last notices of a shutdown (a worker whose parent died): stored, quietly
+    from imc_actors.config import Config
+    from imc_actors.imc.effects import Notice
+    from imc_actors.server import MessageSender
+    from imc_actors.transport.client import TransportStopped
+
+    transport = SipTransport([ListenAddress("udp", "127.0.0.1", 0)])
+    async with trio.open_nursery() as running:
+        await running.start(transport.run, RecordingHandler())
+        running.cancel_scope.cancel()
+    sender = MessageSender(transport, Config.from_sources(environ={}, overrides={}))
+    with pytest.raises(TransportStopped):
+        await transport.send_request("MESSAGE", "sip:bob@127.0.0.1", from_uri=ROOM, to_uri=ROOM)
+    result = await sender(Notice("sip:bob@127.0.0.1", b"hi", ROOM, "relay", keep=True), "c1")
+    assert (result.code, result.unreachable) == (503, True)  # a member notice is stored
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
