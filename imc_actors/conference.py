@@ -483,13 +483,24 @@ class Conference:
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
-                homed = await self._at_home(key, name, msg)
-                if homed is not None:
-                    return homed
-                if self.supervisor.owned(op.sender) >= self._max_rooms:
-                    return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
-                state, outcome = new_room(name, domain, op.sender, create, now=op.time)
-                answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
+                # Until the room is created (its lease held, committed with it), requests for it
+                # wait in claim() as for a takeover under way: else each would find no lease
+                # held here, take it over and replace the new room, or create it a second time.
+                creating = None if self.leases is None or key in self._claims else trio.Event()
+                if creating is not None:
+                    self._claims[key] = creating
+                try:
+                    homed = await self._at_home(key, name, msg)
+                    if homed is not None:
+                        return homed
+                    if self.supervisor.owned(op.sender) >= self._max_rooms:
+                        return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
+                    state, outcome = new_room(name, domain, op.sender, create, now=op.time)
+                    answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
+                finally:
+                    if creating is not None:
+                        del self._claims[key]
+                        creating.set()
             else:
                 return await self._refuse(404, texts.ROOM_NOT_FOUND, msg, hold)
             if answer.code != RETRY:

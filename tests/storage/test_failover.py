@@ -270,3 +270,34 @@ async def test_lines_pipelined_through_another_node_are_forwarded_in_order(
         assert answers == [202] * 40
         assert forwarded == [f"line {index}".encode() for index in range(40)]
         assert two._turns == {}  # nothing left queued
+
+
+async def test_joins_at_once_to_a_room_not_there_yet_create_it_once(db_url: str, tables: Tables) -> None:
+    # four #join at once for a room that does not exist yet, on a node (serve --workers N):
+    # one creates it; the others wait for that and join it. Before, each request that came
+    # while the creation was being committed took the lease over (epoch 2) and replaced the
+    # room with what was stored, or created the room a second time: a 200 #join then 403 chat
+    repository = tables.repository(db_url, node="n1", lease_ttl=TTL)
+    await trio.to_thread.run_sync(repository.init_schema)
+    async with open_conference(conference_config(db_url, tables, "n1"), repository=repository) as conf:
+        for round_ in range(5):
+            room = f"race{round_}"
+            codes: dict[str, int] = {}
+
+            async def join(user: str, room: str = room, codes: dict[str, int] = codes) -> None:
+                codes[user] = (await conf.handle(say(room, user, "#join"))).code
+
+            async with trio.open_nursery() as nursery:
+                for index in range(4):
+                    nursery.start_soon(join, f"u{index}")
+            assert sorted(codes.values()) == [200] * 4, codes
+            state = conf.room(f"sip:{room}@example.com")
+            assert state is not None
+            assert sorted(m.uri for m in state.members) == [f"sip:u{i}@example.com" for i in range(4)]
+            assert sum(1 for m in state.members if m.flags & OWNER) == 1
+            for index in range(4):  # every member may chat
+                assert (await conf.handle(say(room, f"u{index}", "hello"))).code == 202
+        assert conf.leases is not None and conf.leases.statistics().taken_over == 0
+        stored = await trio.to_thread.run_sync(repository.load_rooms)
+        owners = {s.name: sum(1 for m in s.members if m.flags & OWNER) for s in stored}
+        assert owners == {f"race{i}": 1 for i in range(5)}
