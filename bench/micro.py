@@ -238,15 +238,22 @@ async def run(members: int, messages: int, window: int, scenario: str, timeout: 
             "us_per_request": 1e6 * cpu / max(1, sent)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__,
+def load_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """A parser with the load's options (``--scenario --members --messages --repeat``), which
+    :mod:`bench.threads` shares."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=["fanout", "churn"], default="fanout")
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=3)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = load_parser("python -m bench.micro", __doc__)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=300)
-    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--history-max", type=int, default=None,
                         help="the server's history_max (0: no archive; default: the server's default)")
     parser.add_argument("--delivery-window", dest="delivery_window", type=int, default=0,

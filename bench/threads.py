@@ -66,12 +66,9 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.threads", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["fanout", "churn"], default="fanout")
-    parser.add_argument("--members", type=int, default=10)
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--repeat", type=int, default=3)
+    from bench.micro import load_parser
+
+    parser = load_parser("python -m bench.threads", __doc__)
     parser.add_argument("--period", type=float, default=0.005,
                         help="the dummy thread's sleep between wakes (default 0.005 s)")
     parser.add_argument("--variants", default=",".join(VARIANTS),

@@ -450,56 +450,70 @@ class Store:
         """Run ``attempt`` on this thread without a flush, then flush the WAL in the helper
         process before reporting it (see :mod:`.inline`); None when it must go to the writer
         thread instead (nothing was written then)."""
-        assert self._inline is not None and self._wal is not None
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
             return None  # the writer thread's COMMIT checkpoints the WAL
+        result, flushed = None, True
         try:
             self._limiter.acquire_nowait()
         except trio.WouldBlock:  # a read holds the connection
-            self._inline_declined += 1
-            return None
-        try:
-            started = time.perf_counter()
+            pass
+        else:
             try:
-                with self._inline.unflushed_writes():
-                    result = self._write_groups(attempt)
-            except LockBusy:
-                self._inline_declined += 1
-                return None
-            except Exception as exc:  # noqa: BLE001 - setting the connection up failed
-                log.debug("an inline commit was not possible (%s); using the writer thread", exc)
-                self._inline_declined += 1
-                return None
-            if any(error is None for error in result.errors):  # something committed: flush it
-                watchdog = self._watchdog
-                assert watchdog is not None
-                path = self._wal.path
-
-                def late() -> None:  # the helper may be stopped: a thread flushes instead
-                    log.warning("flushing %s has taken over db_timeout (%g s); stopping the "
-                                "helper and waiting for a flush in a thread", path, attempt.timeout)  # fmt: skip
-                    assert self._wal is not None
-                    self._wal.stop_helper()
-
-                watchdog.watch(attempt, late)
-                try:
-                    await self._wal.sync()
-                except OSError as exc:
-                    down = StoreError(f"flushing {self._wal.path} failed: {exc}")
-                    errors: list[BaseException | None] = [
-                        down if error is None else error for error in result.errors
-                    ]
-                    return _BatchResult(errors=errors, down=down)
-                finally:
-                    watchdog.done(attempt)
-                if result.seconds is not None:
-                    result.seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                result = self._write_unflushed(attempt)
+                if result is not None and any(error is None for error in result.errors):
+                    result, flushed = await self._flushed(attempt, result, started)
+            finally:
+                self._limiter.release()
+        if result is None:
+            self._inline_declined += 1
+        elif flushed:
             self._inline_commits += 1
             self._since_checkpoint += 1
-            return result
+        return result
+
+    def _write_unflushed(self, attempt: _Attempt) -> _BatchResult | None:
+        """:meth:`_write_groups` on this thread, committed but not flushed; None when the
+        write lock was taken or the connection could not be set up (nothing written)."""
+        assert self._inline is not None
+        try:
+            with self._inline.unflushed_writes():
+                return self._write_groups(attempt)
+        except LockBusy:
+            return None
+        except Exception as exc:  # noqa: BLE001 - setting the connection up failed
+            log.debug("an inline commit was not possible (%s); using the writer thread", exc)
+            return None
+
+    async def _flushed(
+        self, attempt: _Attempt, result: _BatchResult, started: float
+    ) -> tuple[_BatchResult, bool]:
+        """``(result, True)`` once the WAL is on disk; ``(result with its committed groups
+        failed, False)`` when the flush failed. A helper that has not answered at
+        ``attempt``'s deadline is stopped (a thread flushes instead)."""
+        wal, watchdog = self._wal, self._watchdog
+        assert wal is not None and watchdog is not None
+
+        def late() -> None:
+            log.warning("flushing %s has taken over db_timeout (%g s); stopping the helper and "
+                        "waiting for a flush in a thread", wal.path, attempt.timeout)  # fmt: skip
+            wal.stop_helper()
+
+        watchdog.watch(attempt, late)
+        try:
+            await wal.sync()
+        except OSError as exc:
+            down = StoreError(f"flushing {wal.path} failed: {exc}")
+            errors: list[BaseException | None] = [
+                down if error is None else error for error in result.errors
+            ]
+            return _BatchResult(errors=errors, down=down), False
         finally:
-            self._limiter.release()
+            watchdog.done(attempt)
+        if result.seconds is not None:
+            result.seconds = time.perf_counter() - started
+        return result, True
 
     def _write_in_thread(self, attempt: _Attempt) -> _BatchResult:
         """Runs in the worker thread: :meth:`_write_groups` under the attempt's guard."""

@@ -33,6 +33,16 @@ async def node(db_url: str, tables: Tables, clock: FakeClock, name: str) -> Asyn
         yield conf
 
 
+@asynccontextmanager
+async def real_clock_node(db_url: str, tables: Tables, name: str, **config: object) -> AsyncIterator[Conference]:
+    """A node on the wall clock, with ``config`` overrides."""
+    repository = tables.repository(db_url, node=name, lease_ttl=TTL)
+    await trio.to_thread.run_sync(repository.init_schema)
+    async with open_conference(conference_config(db_url, tables, name).replace(**config),
+                               repository=repository) as conf:  # fmt: skip
+        yield conf
+
+
 def members(conf: Conference) -> list[str] | None:
     state = conf.room(f"sip:{CHAT}")
     return None if state is None else [member.uri for member in state.members]
@@ -213,10 +223,7 @@ async def test_requests_for_rooms_not_served_here_are_bounded_by_max_claims(
     # 30 requests at once for made-up rooms: each would take a lease (a transaction on the
     # store's thread) to find the room is not there. At most max_claims run; the rest get
     # 503 + Retry-After at once. Real rooms are still served afterwards.
-    config = conference_config(db_url, tables, "n1").replace(max_claims=2)
-    repository = tables.repository(db_url, node="n1", lease_ttl=TTL)
-    await trio.to_thread.run_sync(repository.init_schema)
-    async with open_conference(config, repository=repository) as conf:
+    async with real_clock_node(db_url, tables, "n1", max_claims=2) as conf:
         assert (await conf.handle(say("imc-manager", "alice", "#create real"))).code == 200
         answers = []
 
@@ -277,9 +284,7 @@ async def test_joins_at_once_to_a_room_not_there_yet_create_it_once(db_url: str,
     # one creates it; the others wait for that and join it. Before, each request that came
     # while the creation was being committed took the lease over (epoch 2) and replaced the
     # room with what was stored, or created the room a second time: a 200 #join then 403 chat
-    repository = tables.repository(db_url, node="n1", lease_ttl=TTL)
-    await trio.to_thread.run_sync(repository.init_schema)
-    async with open_conference(conference_config(db_url, tables, "n1"), repository=repository) as conf:
+    async with real_clock_node(db_url, tables, "n1") as conf:
         for round_ in range(5):
             room = f"race{round_}"
             codes: dict[str, int] = {}
@@ -298,6 +303,6 @@ async def test_joins_at_once_to_a_room_not_there_yet_create_it_once(db_url: str,
             for index in range(4):  # every member may chat
                 assert (await conf.handle(say(room, f"u{index}", "hello"))).code == 202
         assert conf.leases is not None and conf.leases.statistics().taken_over == 0
-        stored = await trio.to_thread.run_sync(repository.load_rooms)
+        stored = await trio.to_thread.run_sync(conf.store.repository.load_rooms)
         owners = {s.name: sum(1 for m in s.members if m.flags & OWNER) for s in stored}
         assert owners == {f"race{i}": 1 for i in range(5)}
