@@ -536,12 +536,11 @@ class Conference:
         keeper, store = self.leases, self.store
         if keeper is None or store is None:
             return None
-        while not keeper.serving(key):
-            pending = self._claims.get(key)
-            if pending is None:
-                break
+        # A claim under way is waited for even when the lease already looks held: it is taken
+        # (in the store's thread) before the room's state is read and served.
+        while (pending := self._claims.get(key)) is not None:
             await pending.wait()
-        else:
+        if keeper.serving(key):
             return None
         if self._busy():
             return _Refuse(503, "", 1)

@@ -9,6 +9,7 @@ still (``mock_clock``), so the keepers renew only when a test runs a round
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -114,6 +115,47 @@ async def test_the_scan_takes_a_dead_nodes_rooms_over_before_anyone_writes(
             assert members(one) is None and one.leases is not None
             assert one.leases.statistics().held == 0 and one.leases.statistics().lost == 1
             assert (await two.handle(say("chat", "bob", "hello"))).code == 202
+
+
+async def test_a_request_during_the_scans_takeover_waits_for_the_rooms_state(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    # The scan takes the lease (so the room looks served here) and then reads the room. A
+    # request in between used to find no room and get 404 (seen behind the dispatcher under
+    # load, right after "taking over ... rooms of dead nodes"); it must wait for the read.
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one:
+        await make_chat(one)
+        async with node(db_url, tables, clock, "n2") as two:
+            repository = two.store.repository
+            loading, resume = threading.Event(), threading.Event()
+            load_room = repository.load_room
+
+            def paused_load(room: str):  # in the store's thread, after the lease was taken
+                loading.set()
+                resume.wait(30)  # safety net only: the test sets it
+                return load_room(room)
+
+            repository.load_room = paused_load  # type: ignore[method-assign]
+            clock.now += TTL  # n1 has died: its lease expired, no heartbeat since
+            answers = []
+
+            async def members_asked() -> None:
+                answers.append(await two.handle(say("chat", "bob", "#members")))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(two.lease_round)
+                try:
+                    await trio.to_thread.run_sync(loading.wait)
+                    assert two.leases is not None and two.leases.serving(CHAT)  # the window
+                    nursery.start_soon(members_asked)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert [answer.code for answer in answers] == []  # it waits: no 404
+                finally:
+                    resume.set()
+            assert [answer.code for answer in answers] == [200]
+            assert answers[0].body is not None and b"alice" in answers[0].body
+            assert members(two) == ["sip:alice@example.com", "sip:bob@example.com"]
 
 
 async def test_a_clean_shutdown_hands_over_at_once_and_a_node_that_comes_back_takes_new_rooms(
