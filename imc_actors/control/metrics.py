@@ -379,6 +379,11 @@ class _StatisticsCollector(Collector):
             "transactions sent to the writer thread: the write lock or the connection was taken",
             value=getattr(s, "inline_declined", 0),
         )
+        yield CounterMetricFamily(
+            "imc_store_outages",
+            "times the store became unavailable: the database did not answer, or its disk was full",
+            value=getattr(s, "outages", 0),
+        )
         if s.last_commit_seconds is not None:
             yield GaugeMetricFamily(
                 "imc_store_last_batch_seconds",

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,7 +81,7 @@ from .urls import LOCK_TIMEOUT, DatabaseURL, open_database
 
 __all__ = [
     "CommitGuard", "Fenced", "LockBusy", "Repository", "StoreError", "current_guard", "guarded",
-    "split_member",
+    "refuses_writes", "split_member",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,53 @@ def _room_key(room: str) -> str:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    """True for errors after which the connection may be dead (peewee's or a driver's)."""
+    """True for errors after which the connection may be dead (peewee's or a driver's); not
+    when the database refuses every write (:func:`refuses_writes`): a full disk is no reason
+    to reconnect and run each write twice."""
+    if refuses_writes(exc):
+        return False
     return any(cls.__name__ in ("OperationalError", "InterfaceError") for cls in type(exc).__mro__)
+
+
+# SQLite's primary result codes (the low byte of an extended code): SQLITE_READONLY,
+# SQLITE_IOERR, SQLITE_FULL
+_SQLITE_NO_WRITES = frozenset({8, 10, 13})
+# PostgreSQL SQLSTATEs: read_only_sql_transaction (a standby, default_transaction_read_only),
+# disk_full, io_error
+_PG_NO_WRITES = frozenset({"25006", "53100", "58030"})
+# MySQL/MariaDB errors: ER_DISK_FULL, ER_RECORD_FILE_FULL ("The table is full"),
+# ER_OPTION_PREVENTS_STATEMENT (--read-only), ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION; and the
+# write errors that carry errno 28 (ENOSPC): ER_ERROR_ON_WRITE, ER_GET_ERRNO
+_MYSQL_NO_WRITES = frozenset({1021, 1114, 1290, 1792})
+_MYSQL_ERRNO = frozenset({3, 1030})
+_ENOSPC = re.compile(r"(?:Errcode:|error) 28\b")
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) says the database takes no writes now, whatever
+    they write: its storage is full or failing (a full disk, SQLite's ``max_page_count``, an
+    I/O error) or it is read-only (a read-only file or mount, a PostgreSQL standby, MariaDB's
+    ``read_only``). The store treats that as an outage (503 with ``Retry-After``, one log line,
+    a probe until writes pass again) rather than as one command's bad change (500)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _SQLITE_NO_WRITES:
+            return True
+        if getattr(error, "pgcode", None) in _PG_NO_WRITES:
+            return True
+        args = getattr(error, "args", ())
+        number = args[0] if args and isinstance(args[0], int) else None
+        if number in _MYSQL_NO_WRITES or (number in _MYSQL_ERRNO and _ENOSPC.search(str(error))):
+            return True
+        todo.extend([error.__cause__, error.__context__, getattr(error, "orig", None)])
+        todo.extend(arg for arg in args if isinstance(arg, BaseException))
+    return False
 
 
 def _describe(exc: BaseException) -> str:
@@ -694,7 +740,7 @@ class Repository:
         try:  # not through _run: a lock wait is no reason to reconnect, and the store retries
             probe()
         except Exception as exc:
-            if _is_connection_error(exc):
+            if _is_connection_error(exc) or refuses_writes(exc):  # a standby: connect afresh
                 self._discard_connection()
             raise StoreError(f"probing for a write on {self.url} failed: {_describe(exc)}") from exc
 
@@ -1090,7 +1136,16 @@ class Repository:
                 if "no transaction is active" not in str(rollback):
                     raise
             raise
-        atomic.__exit__(None, None, None)
+        try:
+            atomic.__exit__(None, None, None)
+        except peewee.OperationalError as rollback:
+            # the COMMIT failed and SQLite had rolled back already: the COMMIT's error stands
+            failed = rollback.__context__  # peewee's ROLLBACK ran while the COMMIT's was raised
+            while failed is not None and "no transaction is active" in str(failed):
+                failed = failed.__context__
+            if "no transaction is active" in str(rollback) and isinstance(failed, Exception):
+                raise failed from None
+            raise
 
     @property
     def wal_path(self) -> str | None:

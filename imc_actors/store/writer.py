@@ -20,6 +20,10 @@ Failures stay local:
   waits for the database to return and take a write (``probe_write``: a ping that also waits
   for the write locks, so another client's lock keeps the store answering 503 at once rather
   than letting each write wait ``db_timeout`` for it); then the store resumes by itself;
+- when the database takes no writes (:func:`~.repository.refuses_writes`: a full disk, an I/O
+  error, a read-only database), every write would fail alike: that too is an outage, as above, and an
+  outage soon after resuming (a full disk often takes the probe, which writes nothing) backs
+  the probe off, up to ``MAX_BACKOFF`` ping intervals;
 - when a combined batch is *fenced* (:class:`~.repository.Fenced`: rooms whose lease this node
   lost, issue 13), the commits that write for those rooms fail with that error and the rest
   are committed together at once, without them: a fenced room never fails another room;
@@ -54,10 +58,13 @@ from ..imc.state import RoomState
 from .inline import CHECKPOINT_EVERY, WalSync, inline_repository
 from .leases import rooms_of
 from .records import StoreWrite
-from .repository import Fenced, LockBusy, StoreError, guarded
+from .repository import Fenced, LockBusy, StoreError, guarded, refuses_writes
 from .watchdog import Watchdog
 
 _T = TypeVar("_T")
+
+FLAP_WINDOW = 60.0  # seconds: an outage this soon after the store resumed backs the probe off
+MAX_BACKOFF = 32  # the probe waits at most this many ping intervals
 
 __all__ = ["Backend", "Store", "StoreError", "StoreStatistics", "StoreUnavailable"]
 
@@ -98,6 +105,8 @@ class StoreStatistics:
     first). ``inline_commits``: batches committed on the event loop's thread and flushed by
     the helper process (an SQLite file: :mod:`.inline`); ``inline_declined``: batches that went
     to the writer thread instead because the write lock or the connection was taken.
+    ``outages``: times the store became unavailable (the database did not answer in time, or
+    took no writes: full, failing or read-only).
     """
 
     commits: int
@@ -108,6 +117,7 @@ class StoreStatistics:
     last_commit_seconds: float | None
     inline_commits: int = 0
     inline_declined: int = 0
+    outages: int = 0
 
 
 class _Waiter:
@@ -230,6 +240,9 @@ class Store:
         self._available = True
         self._recovered = trio.Event()  # replaced when the store becomes unavailable
         self._recovered.set()
+        self._resumed_at: float | None = None  # trio time the store last resumed
+        self._flaps = 0  # outages in a row, each within FLAP_WINDOW of resuming
+        self._outages = 0
         self._in_flight = 0
         self._commits = 0
         self._batches = 0
@@ -293,7 +306,7 @@ class Store:
             raise StoreError("the store is shut down")
         if not self._available:
             self._failures += 1
-            raise StoreUnavailable("the database is unavailable", self._retry_after)
+            raise StoreUnavailable("the database is unavailable", self._retry_after_now())
         if len(self._queue) >= self._max_pending:
             self._failures += 1
             raise StoreUnavailable(
@@ -333,7 +346,7 @@ class Store:
         used by one thread at a time) and return its result. Raises :class:`StoreError` (as
         :class:`StoreUnavailable` while the database is failing). Checkpoints."""
         if not self._available:
-            raise StoreUnavailable("the database is unavailable", self._retry_after)
+            raise StoreUnavailable("the database is unavailable", self._retry_after_now())
         try:
             return await trio.to_thread.run_sync(query, self._repository, limiter=self._limiter)
         except StoreError:
@@ -362,6 +375,7 @@ class Store:
             last_commit_seconds=self._last_commit_seconds,
             inline_commits=self._inline_commits,
             inline_declined=self._inline_declined,
+            outages=self._outages,
         )
 
     # -- the writer ---------------------------------------------------------------------------
@@ -589,6 +603,8 @@ class Store:
             repository.ping()
         except Exception as exc:  # noqa: BLE001 - the database does not answer: an outage
             return _BatchResult(errors=[combined] * len(groups), down=exc)
+        if refuses_writes(combined):  # every write would fail alike: an outage, not a bad change
+            return _BatchResult(errors=[combined] * len(groups), down=combined)
         if len(groups) == 1:
             return _BatchResult(errors=[combined])
         log.warning(
@@ -607,6 +623,9 @@ class Store:
             except Exception as exc:  # noqa: BLE001
                 attempt.settled((index,), durable=False)
                 errors.append(exc)
+                if refuses_writes(exc):  # the rest would fail alike
+                    errors.extend([exc] * (len(groups) - len(errors)))
+                    return _BatchResult(errors=errors, down=exc)
             else:
                 attempt.settled((index,), durable=True)
                 errors.append(None)
@@ -618,7 +637,7 @@ class Store:
             return error
         result: StoreError
         if down:
-            result = StoreUnavailable(f"the database is unavailable: {error}", self._retry_after)
+            result = StoreUnavailable(f"the database is unavailable: {error}", self._retry_after_now())
         else:
             result = StoreError(f"{type(error).__name__}: {error}")
         result.__cause__ = error
@@ -631,9 +650,19 @@ class Store:
             return
         self._available = False
         self._recovered = trio.Event()
-        log.error("store unavailable, answering 503 until the database is back: %s", reason)
+        # An outage soon after the last one (a disk that is still full takes the probe's
+        # write, not the next batch): probe half as often each time, up to 32 intervals.
+        now = trio.current_time()
+        soon = self._resumed_at is not None and now - self._resumed_at < FLAP_WINDOW
+        self._flaps = min(self._flaps + 1, MAX_BACKOFF.bit_length() - 1) if soon else 0
+        self._outages += 1
+        if self._flaps:
+            log.error("store unavailable again, answering 503 and probing every %g s: %s",
+                      self._probe_interval(), reason)  # fmt: skip
+        else:
+            log.error("store unavailable, answering 503 until the database is back: %s", reason)
         self._fail_queued(
-            lambda: StoreUnavailable(f"the database is unavailable: {reason}", self._retry_after)
+            lambda: StoreUnavailable(f"the database is unavailable: {reason}", self._retry_after_now())
         )
         nursery.start_soon(self._wait_for_database)
 
@@ -642,7 +671,7 @@ class Store:
         # goes on under SQLite's write lock); others are pinged.
         probe = getattr(self._repository, "probe_write", None) or self._repository.ping
         while True:
-            await trio.sleep(self._ping_interval)
+            await trio.sleep(self._probe_interval())
             try:
                 await trio.to_thread.run_sync(probe, limiter=self._limiter)
                 if self._wal is not None:  # a failed flush made it unavailable: flush again
@@ -651,9 +680,18 @@ class Store:
                 log.debug("database still unavailable: %s", exc)
                 continue
             self._available = True
+            self._resumed_at = trio.current_time()
             self._recovered.set()
             log.warning("database available again; the store resumes")
             return
+
+    def _probe_interval(self) -> float:
+        return self._ping_interval * (1 << self._flaps)
+
+    def _retry_after_now(self) -> int:
+        """``Retry-After`` for an outage: ``retry_after``, or the probe's interval once it
+        backs off (the store cannot resume sooner)."""
+        return max(self._retry_after, math.ceil(self._probe_interval()))
 
     def _fail_queued(self, make_error: Callable[[], StoreError]) -> None:
         while self._queue:

@@ -79,6 +79,7 @@ async def test_metrics_move_with_traffic(server, ua):
     assert value(after, "imc_sip_requests_total") == 6
     assert value(after, "imc_sip_received_total") > value(before, "imc_sip_received_total")
     assert value(after, "imc_store_available") == 1
+    assert value(after, "imc_store_outages_total") == 0
     assert value(after, "imc_actor_restarts_total") == 0
     assert not [name for name, _ in after if name.endswith("_created")]  # nobody asked for them
 

@@ -8,8 +8,12 @@ from events and ``wait_all_tasks_blocked``, time from the autojump clock.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 import trio
@@ -240,6 +244,118 @@ async def test_outage_fails_fast_and_recovers(
     assert stored_names(sqlite_repository) == ["before", "after"]
     stats = store.statistics()
     assert (stats.commits, stats.failures, stats.available) == (2, 2, True)
+
+
+def big_room(name: str) -> list[Write]:
+    """Creating room ``name`` with 100 long member URIs: new pages in the database file."""
+    return [
+        RoomUpsert(name, "example.com", 0),
+        *(
+            MemberUpsert(f"sip:{name}@example.com", f"sip:{'m' * 60}{i}@example.org", 0)
+            for i in range(100)
+        ),
+    ]
+
+
+async def test_a_full_database_is_an_outage_not_a_bad_change(
+    sqlite_repository: Repository,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # SQLite's max_page_count makes the file "full" as a full disk does (SQLITE_FULL): every
+    # write that needs a new page fails, whatever it writes. That is 503 with Retry-After and
+    # one log line for the store, not a 500 and two lines per command (and no reconnecting).
+    store = Store(sqlite_repository, ping_interval=1.0, retry_after=3)
+    db = sqlite_repository._db
+
+    async def body(nursery: trio.Nursery) -> None:
+        await store.commit(room("before"))
+        pages = db.execute_sql("PRAGMA page_count").fetchone()[0]
+        db.execute_sql(f"PRAGMA max_page_count = {pages}")
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        results: Results = {}
+        async with trio.open_nursery() as inner:
+            for index in range(8):
+                inner.start_soon(
+                    commit_into, store, results, f"big{index}", big_room(f"big{index}")
+                )
+        assert len(results) == 8
+        assert all(
+            isinstance(e, StoreUnavailable) and e.retry_after == 3 for e in results.values()
+        ), results
+        stats = store.statistics()
+        assert (stats.available, stats.outages) == (False, 1)
+        noted = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(noted) == 1 and "full" in noted[0].getMessage(), [r.getMessage() for r in noted]
+        # Its probe takes the write lock without growing the file, so the store resumes; the
+        # next big write is an outage again, and the probe backs off (twice the interval).
+        await store.wait_available()
+        with pytest.raises(StoreUnavailable) as again:
+            await store.commit(big_room("again"))
+        assert store.statistics().outages == 2
+        assert "probing every 2 s" in caplog.records[-1].getMessage()
+        assert again.value.retry_after == 3  # retry_after until the probe waits longer
+        for _ in range(2):  # two more such outages: the probe waits 8 s, and says so
+            await store.wait_available()
+            with pytest.raises(StoreUnavailable) as later:
+                await store.commit(big_room("again"))
+        assert "probing every 8 s" in caplog.records[-1].getMessage()
+        assert later.value.retry_after == 8
+        # Space again: the store resumes by itself and writes.
+        db.execute_sql("PRAGMA max_page_count = 1073741823")
+        await store.wait_available()
+        await store.commit(big_room("after"))
+
+    await with_store(store, body)
+    assert stored_names(sqlite_repository) == ["before", "after"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs of its own (root only: mount); skipped where it cannot be mounted."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+async def test_a_full_disk_is_an_outage_and_the_store_resumes_when_space_is_freed(
+    small_disk: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A real full disk: the COMMIT fails (SQLite rolled back by itself) and that error, not
+    # the ROLLBACK's "no transaction is active", decides: 503 for an outage, no reconnect.
+    repository = Repository(f"sqlite:///{small_disk / 'imc.db'}")
+    repository.init_schema()
+    store = Store(repository, ping_interval=1.0, retry_after=3)
+
+    async def body(nursery: trio.Nursery) -> None:
+        await store.commit(room("before"))
+        pad = small_disk / "pad"
+        with contextlib.suppress(OSError), open(pad, "wb", buffering=0) as file:  # to ENOSPC
+            while True:
+                file.write(b"\0" * 4096)
+        with pytest.raises(StoreUnavailable) as full:
+            for index in range(50):
+                await store.commit(big_room(f"full{index}"))
+        assert "database or disk is full" in str(full.value)
+        assert not store.statistics().available
+        pad.unlink()
+        await store.wait_available()
+        await store.commit(room("after"))
+
+    try:
+        await with_store(store, body)
+        assert stored_names(repository)[0] == "before" and stored_names(repository)[-1] == "after"
+    finally:
+        repository.close()
 
 
 async def test_outage_fails_the_commits_queued_behind_the_failing_batch(
