@@ -26,13 +26,14 @@ after a successful fsync, ``e`` and the error number when it failed (the batch t
 a failed COMMIT does, with that reason). It reopens the WAL when SQLite replaced the file. It ignores SIGINT and SIGTERM (a
 Ctrl-C or a signal to the process group reaches it too): it ends when its input does, that
 is when the store stops or this process dies, however it dies. If it cannot be started or dies, the
-fsync is done in a worker thread of this process from then on (logged once): slower, as
-durable.
+fsync is done in a worker thread of this process (logged): slower, as durable; a new helper
+is started for the first flush :data:`RESTART_AFTER` seconds later.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -42,10 +43,13 @@ import trio
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_EVERY", "WalSync", "inline_repository"]
+__all__ = ["CHECKPOINT_EVERY", "RESTART_AFTER", "WalSync", "inline_repository"]
 
 #: Inline commits between two commits in the writer thread (whose COMMIT checkpoints the WAL).
 CHECKPOINT_EVERY = 256
+
+#: Seconds after a helper was given up before a flush starts a new one.
+RESTART_AFTER = 60.0
 
 #: The helper: one byte in, fsync the WAL (reopened when its inode changed), one byte out.
 _HELPER = """\
@@ -91,16 +95,19 @@ def _fsync_file(path: str) -> None:
 class WalSync:
     """Makes the WAL file at ``path`` durable, through a helper process (see the module)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, restart_after: float = RESTART_AFTER) -> None:
         self.path = path
         self.helper_syncs = 0  # fsyncs the helper did
         self.thread_syncs = 0  # fsyncs done in a worker thread (no helper)
+        self.helpers_started = 0
         self._process: trio.Process | None = None
-        self._broken = False
+        self._restart_after = restart_after
+        self._start_after = -math.inf  # trio time: no helper is started before it
+        self._given_up: list[trio.Process] = []  # killed, not reaped yet
 
     async def sync(self) -> None:
         """Return once the WAL is on disk; OSError when the fsync failed."""
-        if self._process is None and not self._broken:
+        if self._process is None and trio.current_time() >= self._start_after:
             await self._start()
         process = self._process
         if process is not None:
@@ -121,6 +128,7 @@ class WalSync:
         self.thread_syncs += 1
 
     async def _start(self) -> None:
+        self._given_up = [process for process in self._given_up if process.poll() is None]
         try:
             self._process = await trio.lowlevel.open_process(
                 [sys.executable, "-I", "-S", "-c", _HELPER, self.path],
@@ -128,6 +136,10 @@ class WalSync:
             )  # fmt: skip
         except OSError as exc:
             self._give_up(f"it could not be started ({exc})")
+            return
+        self.helpers_started += 1
+        if self.helpers_started > 1:
+            log.warning("the store's fsync helper for %s was started again", self.path)
 
     def stop_helper(self) -> None:
         """Kill the helper (it did not answer within ``db_timeout``: stopped, or stuck on the
@@ -136,14 +148,17 @@ class WalSync:
             self._process.kill()
 
     def _give_up(self, why: str) -> None:
-        log.warning("the store's fsync helper for %s: %s; flushing in a thread instead", self.path, why)
-        self._broken = True
+        log.warning("the store's fsync helper for %s: %s; flushing in a thread instead, a new "
+                    "helper in %g s", self.path, why, self._restart_after)  # fmt: skip
+        self._start_after = trio.current_time() + self._restart_after
         process, self._process = self._process, None
         if process is not None:
             process.kill()
+            self._given_up.append(process)  # reaped when the next one starts
 
     async def aclose(self) -> None:
         """Stop the helper (it also ends by itself when this process exits)."""
+        self._given_up = [process for process in self._given_up if process.poll() is None]
         process, self._process = self._process, None
         if process is None:
             return

@@ -150,7 +150,7 @@ async def test_a_dead_helper_leaves_the_flush_to_a_thread(
 ) -> None:
     path = tmp_path / "file-wal"
     path.write_bytes(b"x")
-    wal = WalSync(str(path))
+    wal = WalSync(str(path), restart_after=3600.0)
     await wal.sync()
     assert (wal.helper_syncs, wal.thread_syncs) == (1, 0)
     os.replace(tmp_path / "file-wal", tmp_path / "old")  # SQLite made a new WAL file
@@ -168,7 +168,30 @@ async def test_a_dead_helper_leaves_the_flush_to_a_thread(
         await wal.sync()
         await wal.sync()
     assert (wal.helper_syncs, wal.thread_syncs) == (3, 2)
-    assert "flushing in a thread instead" in caplog.text
+    assert "flushing in a thread instead, a new helper in 3600 s" in caplog.text
+    assert wal.helpers_started == 1
+    await wal.aclose()
+
+
+async def test_a_new_helper_is_started_restart_after_seconds_after_one_died(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Else one dead helper would leave every later flush to a thread (the GIL cost the
+    # helper exists to avoid) until the server restarts.
+    path = tmp_path / "file-wal"
+    path.write_bytes(b"x")
+    wal = WalSync(str(path), restart_after=0.0)
+    await wal.sync()
+    first = wal._process
+    assert first is not None
+    first.kill()
+    await first.wait()
+    with caplog.at_level(logging.WARNING, logger="imc_actors.store.inline"):
+        await wal.sync()  # the helper is gone: this flush in a thread
+        await wal.sync()  # restart_after has passed: a new helper
+    assert (wal.helper_syncs, wal.thread_syncs, wal.helpers_started) == (2, 1, 2)
+    assert wal._process is not None and wal._process is not first
+    assert "started again" in caplog.text
     await wal.aclose()
 
 
