@@ -177,6 +177,8 @@ class Conference:
         self._claiming = 0  # lease takeovers and owner lookups under way (max_claims)
         self.claims_refused = 0
         self._claims_log = LogInterval(1.0)
+        self._takeovers_failed = 0
+        self._takeover_log = LogInterval(1.0)
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
         self._start = config.imc_cmd_start_char[0]
@@ -551,7 +553,14 @@ class Conference:
             try:
                 epoch, state = await store.read(partial(_take_over, key=key))
             except StoreError as exc:
-                log.warning("room=%s taking the lease over failed: %s", key, exc)
+                # The room's actor is stopped: unless the lease is let go here, the next
+                # renewal would make the room look served again, with nothing serving it
+                # (404 for its members; a #join would create it a second time).
+                keeper.let_go(key)
+                self._takeovers_failed += 1
+                if self._takeover_log.due(trio.current_time()):
+                    log.warning("room=%s taking the lease over failed (%d so far): %s",
+                                key, self._takeovers_failed, exc)  # fmt: skip
                 return _Refuse(503, "", 1)
             if epoch is None:
                 return _HELD_ELSEWHERE

@@ -88,6 +88,13 @@ class LeaseKeeper:
         self._taken[room] = trio.current_time() + self._ttl - self._margin
         self._taken_over += stored
 
+    def let_go(self, room: str) -> None:
+        """``room`` is not served here any more although its lease may be (a takeover that
+        failed after its actor was stopped): the next request takes it over again."""
+        self._taken.pop(room, None)
+        repository: Any = self._store.repository
+        repository.let_go(room)
+
     def _renewed(self, started: float) -> None:
         self._fresh_until = started + self._ttl - self._margin
         self._taken.clear()  # the renewal covered them

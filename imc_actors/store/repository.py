@@ -244,6 +244,15 @@ def refuses_writes(exc: BaseException) -> bool:
     return False
 
 
+def _unmasked(exc: Exception) -> Exception:
+    """The error that made peewee roll back, when its ROLLBACK then failed because SQLite had
+    rolled back by itself (a full disk): "no transaction is active" says nothing of why."""
+    found: BaseException | None = exc
+    while found is not None and "no transaction is active" in str(found):
+        found = found.__context__
+    return found if isinstance(found, Exception) else exc
+
+
 def _describe(exc: BaseException) -> str:
     """``Type: message`` of the driver's exception (peewee wraps it as its first argument)."""
     if isinstance(exc, peewee.PeeweeException) and exc.args and isinstance(exc.args[0], Exception):
@@ -563,6 +572,13 @@ class Repository:
         self._held.clear()
         return count
 
+    def let_go(self, room: str) -> None:
+        """Forget that this node holds ``room``'s lease (a room key) without writing: its
+        state is not served here any more (a takeover that failed after the room's actor was
+        stopped), so the next request must take it over again and read it first. The row
+        stays as it is (renewed with this node's others, or expiring)."""
+        self._held.pop(_room_key(room), None)
+
     def holds(self, room: str) -> bool:
         """True while this node holds the lease of ``room`` (a room key) as far as it knows
         (safe to read from any thread; :meth:`lost` finds the ones taken over since)."""
@@ -771,7 +787,8 @@ class Repository:
                 return operation()
             except StoreError:
                 raise
-            except Exception as exc:
+            except Exception as raised:
+                exc = _unmasked(raised)
                 retry = attempt == 1 and _is_connection_error(exc)
                 if _is_connection_error(exc):
                     self._discard_connection()
@@ -1140,10 +1157,8 @@ class Repository:
             atomic.__exit__(None, None, None)
         except peewee.OperationalError as rollback:
             # the COMMIT failed and SQLite had rolled back already: the COMMIT's error stands
-            failed = rollback.__context__  # peewee's ROLLBACK ran while the COMMIT's was raised
-            while failed is not None and "no transaction is active" in str(failed):
-                failed = failed.__context__
-            if "no transaction is active" in str(rollback) and isinstance(failed, Exception):
+            failed = _unmasked(rollback)
+            if failed is not rollback:
                 raise failed from None
             raise
 

@@ -20,6 +20,7 @@ from imc_actors import IncomingMessage, open_conference
 from imc_actors.conference import Conference
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert
 from imc_actors.store.records import BindingSet
+from imc_actors.store.repository import StoreError
 from tests.storage.conftest import Tables
 from tests.storage.test_leases import TTL, FakeClock, conference_config, say
 
@@ -156,6 +157,39 @@ async def test_a_request_during_the_scans_takeover_waits_for_the_rooms_state(
             assert [answer.code for answer in answers] == [200]
             assert answers[0].body is not None and b"alice" in answers[0].body
             assert members(two) == ["sip:alice@example.com", "sip:bob@example.com"]
+
+
+async def test_a_takeover_that_fails_leaves_the_room_to_be_taken_over_again(
+    db_url: str, tables: Tables, mock_clock: trio.testing.MockClock
+) -> None:
+    # A database outage longer than the lease: the node may not serve its rooms from memory
+    # (no renewal), so a request takes its own room over; that stops the room's actor, and
+    # the read fails. Once renewals work again the room must be taken over again, not look
+    # served with nothing serving it: that gave its members 404 and made a #join create it
+    # a second time (two owners), seen under serve --workers 2 with a full disk.
+    clock = FakeClock()
+    async with node(db_url, tables, clock, "n1") as one:
+        await make_chat(one)
+        assert one.leases is not None
+        mock_clock.jump(TTL)  # no renewal for lease_ttl
+        assert not one.leases.serving(CHAT)
+        repository = one.store.repository
+        take_over = repository.take_over
+
+        def unavailable(room: str) -> object:
+            raise StoreError("the database is unavailable")
+
+        repository.take_over = unavailable  # type: ignore[method-assign]
+        assert (await one.handle(say("chat", "bob", "hello"))).code == 503
+        repository.take_over = take_over  # type: ignore[method-assign]
+        await one.lease_round()  # the database is back: renewals work
+        assert (await one.handle(say("chat", "bob", "hello"))).code == 202
+        listed = await one.handle(say("chat", "alice", "#members"))
+        assert listed.code == 200 and listed.body is not None and b"bob" in listed.body
+        assert (await one.handle(say("chat", "carol", "#join"))).code == 200
+        stored = await trio.to_thread.run_sync(repository.load_room, CHAT)
+        assert [m.uri for m in stored.members if m.flags & OWNER] == ["sip:alice@example.com"]
+        assert [m.uri for m in stored.members] == members(one)
 
 
 async def test_a_clean_shutdown_hands_over_at_once_and_a_node_that_comes_back_takes_new_rooms(

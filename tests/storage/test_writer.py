@@ -332,7 +332,7 @@ async def test_a_full_disk_is_an_outage_and_the_store_resumes_when_space_is_free
 ) -> None:
     # A real full disk: the COMMIT fails (SQLite rolled back by itself) and that error, not
     # the ROLLBACK's "no transaction is active", decides: 503 for an outage, no reconnect.
-    repository = Repository(f"sqlite:///{small_disk / 'imc.db'}")
+    repository = Repository(f"sqlite:///{small_disk / 'imc.db'}", node="n1")
     repository.init_schema()
     store = Store(repository, ping_interval=1.0, retry_after=3)
 
@@ -347,6 +347,10 @@ async def test_a_full_disk_is_an_outage_and_the_store_resumes_when_space_is_free
                 await store.commit(big_room(f"full{index}"))
         assert "database or disk is full" in str(full.value)
         assert not store.statistics().available
+        with pytest.raises(StoreError) as lease:  # peewee's own transactions say so too
+            for index in range(50):
+                await trio.to_thread.run_sync(repository.acquire, f"lease{index}{'x' * 100}@example.com")
+        assert "database or disk is full" in str(lease.value), lease.value
         pad.unlink()
         await store.wait_available()
         await store.commit(room("after"))
