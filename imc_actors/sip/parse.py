@@ -222,8 +222,8 @@ def _start_line(start: str) -> _SipRequest | _SipResponse:
 
 def _top_via(value: str) -> tuple[str, int | None, str | None]:
     """``(host, port, branch)`` of the first element of the first Via line; later elements are
-    not this hop's business. (A quoted parameter may hold a comma, so then the whole line is
-    parsed.)
+    not this hop's business (a port outside 1-65535 is refused: the answer could not be sent
+    there). (A quoted parameter may hold a comma, so then the whole line is parsed.)
 
     Fast path, for the usual ``SIP/2.0/UDP host:port;branch=…;rport``: the protocol and
     sent-by part repeats from message to message and its sipmessage reading is memoised; the
@@ -239,13 +239,19 @@ def _top_via(value: str) -> tuple[str, int | None, str | None]:
         parsed = _plain_params(params)
         if parsed is not None:
             host, port = _sent_by(head)
-            return host, port, parsed.get("branch")
+            return host, _port(port), parsed.get("branch")
     try:
         via = Via.parse_many(top)[0]
     except (ValueError, IndexError) as exc:
         forget_traceback(exc)
         raise SipParseError("Invalid Via") from None
-    return via.host, via.port, via.parameters.get("branch")
+    return via.host, _port(via.port), via.parameters.get("branch")
+
+
+def _port(port: int | None) -> int | None:
+    if port is not None and not 0 < port <= 65535:
+        raise SipParseError("Invalid Via")
+    return port
 
 
 @lru_cache(maxsize=1024)

@@ -4,6 +4,7 @@ input, client transactions, next-hop choice, UDP and TCP."""
 from __future__ import annotations
 
 import random
+import re
 import socket
 
 import pytest
@@ -223,6 +224,22 @@ async def test_malformed_but_salvageable_gets_400_with_reason(
     assert answer.reason == reason
     assert answer.header("To").startswith(f"<{ROOM}>;tag=")
     assert server.transport.statistics().rejected == 1
+
+
+@pytest.mark.parametrize("port", [b"0", b"65536", b"99999"])
+async def test_a_via_port_no_answer_could_go_to_gets_400_at_the_source(
+    nursery: trio.Nursery, port: bytes
+) -> None:
+    # was a traceback ("sendto(): port must be 0-65535") and the chat line relayed unanswered
+    server = await start_core(nursery)
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
+    data = ua.build("MESSAGE", ROOM, body=b"hello", cseq=1)
+    await ua.send_raw(re.sub(rb"(Via: SIP/2\.0/UDP [^:;]+:)\d+", rb"\g<1>" + port, data, count=1))
+    with trio.fail_after(5):
+        raw = await ua.recv_raw()
+    assert raw.startswith(b"SIP/2.0 400 Invalid Via\r\n"), raw
+    stats = server.transport.statistics()
+    assert (stats.rejected, stats.requests) == (1, 0)
 
 
 def _without_line(data: bytes, name: bytes) -> bytes:

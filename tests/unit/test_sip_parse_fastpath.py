@@ -22,6 +22,8 @@ def slow_via(value: str) -> tuple[str, int | None, str | None] | str:
         via = Via.parse_many(top)[0]
     except (ValueError, IndexError):
         return "error"
+    if via.port is not None and not 0 < via.port <= 65535:  # no answer could go there
+        return "error"
     return via.host, via.port, via.parameters.get("branch")
 
 
