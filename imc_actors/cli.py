@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
              "a room lists; owners may lower it per room with #limit", metavar="N")
     _setting(serve, "--max-rooms-per-user", "max_rooms_per_user", "most rooms one user may own "
              "(creating one more is refused)", metavar="N")
+    _setting(serve, "--max-rooms", "max_rooms", "most rooms this server (each worker or node) "
+             "holds: creating one more is refused", metavar="N")
     _setting(serve, "--chat-rate", "chat_rate", "chat messages a second each sender may send in a "
              "room (0: no limit); beyond its burst 503 with Retry-After", metavar="N")
     _setting(serve, "--chat-burst", "chat_burst", "chat messages a sender may send in a room at once",

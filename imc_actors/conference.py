@@ -497,6 +497,8 @@ class Conference:
                         return homed
                     if self.supervisor.owned(op.sender) >= self._max_rooms:
                         return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
+                    if self.supervisor.room_count() >= self.config.max_rooms:
+                        return await self._refuse(403, texts.server_full(self.config.max_rooms), msg, hold)
                     state, outcome = new_room(name, domain, op.sender, create, now=op.time)
                     answer = await self.supervisor.create(state, outcome, msg.call_id, hold)
                 finally:

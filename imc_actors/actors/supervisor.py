@@ -294,6 +294,10 @@ class Supervisor:
             self._count_owners(handle.state, -1)
         handle.gone = True
 
+    def room_count(self) -> int:
+        """How many rooms are registered here (``max_rooms``), those being created included."""
+        return sum(len(rooms) for rooms in self._partitions)
+
     # ------------------------------------------------------------------ rooms per owner
     def owned(self, user: str) -> int:
         """How many registered rooms list ``user`` (``sip:user@host``) as an active OWNER

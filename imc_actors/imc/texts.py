@@ -84,6 +84,7 @@ __all__ = [
     "sending_too_fast",
     "too_many_bans",
     "too_many_rooms",
+    "server_full",
     "unbanned",
     "was_banned",
     "was_kicked",
@@ -396,6 +397,11 @@ def room_full(limit: int) -> str:
 def too_many_rooms(limit: int) -> str:
     """A room creation by a user who owns ``max_rooms_per_user`` rooms already."""
     return f"*** You own too many rooms (at most {limit})"
+
+
+def server_full(limit: int) -> str:
+    """A room creation on a server that holds ``max_rooms`` rooms already."""
+    return f"*** This server holds too many rooms (at most {limit})"
 
 
 def limit_is(limit: int) -> str:
