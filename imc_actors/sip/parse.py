@@ -416,7 +416,7 @@ def parse_stream(buffer: bytearray) -> list[bytes]:
     call. CRs and LFs before a start line (RFC 5626 keep-alives) are dropped.
 
     Raises :class:`SipParseError` when framing is impossible: no Content-Length (mandatory on
-    streams, RFC 3261 §18.3), an invalid one, or a head or message over 64 KiB. The
+    streams, RFC 3261 §18.3), an invalid one, two that differ, or a head or message over 64 KiB. The
     connection cannot be resynchronised after that; close it.
     """
     messages: list[bytes] = []
@@ -434,6 +434,10 @@ def parse_stream(buffer: bytearray) -> list[bytes]:
         if match is None:
             raise SipParseError("Missing Content-Length")
         value = match.group(1).strip(b" \t")
+        again = _CONTENT_LENGTH.search(buffer, match.end(), end.start() + 1)
+        if again is not None and again.group(1).strip(b" \t") != value:
+            # which one frames the message? Waiting for the longer could hang the connection
+            raise SipParseError("Multiple Content-Length headers")
         if not value.isdigit() or len(value) > 10:
             raise SipParseError("Invalid Content-Length")
         total = end.end() + int(value)

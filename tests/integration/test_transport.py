@@ -316,19 +316,28 @@ async def test_request_without_via_is_dropped(nursery: trio.Nursery) -> None:
     assert (stats.malformed, stats.rejected) == (1, 0)
 
 
-async def test_tcp_framing_error_answers_400_and_closes(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize(
+    ("length", "reason"),
+    [
+        (b"", "Missing Content-Length"),
+        # the first one larger than the body: it used to wait for the rest until the idle timeout
+        (b"Content-Length: 5\r\nContent-Length: 0\r\n", "Multiple Content-Length headers"),
+    ],
+)
+async def test_tcp_framing_error_answers_400_and_closes(
+    nursery: trio.Nursery, length: bytes, reason: str
+) -> None:
     server = await start_core(nursery)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
     stream = await trio.open_tcp_stream(*server.address("tcp"))
     data = ua.build("OPTIONS", f"sip:{DOMAIN}", transport="tcp")
-    without_length = data.replace(b"Content-Length: 0\r\n", b"")
-    await stream.send_all(without_length)
+    await stream.send_all(data.replace(b"Content-Length: 0\r\n", length))
     received = b""
     with trio.fail_after(5):
         while chunk := await stream.receive_some(65536):
             received += chunk
     answer = response_of(received)  # exactly one response, then EOF
-    assert (answer.code, answer.reason) == (400, "Missing Content-Length")
+    assert (answer.code, answer.reason) == (400, reason)
     await stream.aclose()
 
 

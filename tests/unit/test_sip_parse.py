@@ -515,6 +515,16 @@ def test_stream_requires_content_length() -> None:
         parse_stream(buffer)
 
 
+def test_stream_two_content_lengths_that_differ_are_refused_at_once() -> None:
+    # the first one larger than the body: waiting for it would hang the connection
+    for first, second in ((b"50", b"5"), (b"5", b"50")):
+        buffer = bytearray(replace(b"Content-Length: 5", b"Content-Length: " + first + b"\r\nl: " + second))
+        with pytest.raises(SipParseError, match="Multiple Content-Length headers"):
+            parse_stream(buffer)
+    same = replace(b"Content-Length: 5", b"Content-Length: 5\r\nContent-Length: 5")
+    assert parse_stream(bytearray(same)) == [same]  # parse() decides about an exact repeat
+
+
 def test_stream_invalid_content_length() -> None:
     buffer = bytearray(replace(b"Content-Length: 5", b"Content-Length: -5"))
     with pytest.raises(SipParseError, match="Invalid Content-Length"):
