@@ -36,7 +36,7 @@ from .imc.room import (
     help_text,
     new_room,
     notice_error,
-    rooms_reply,
+    rooms_pages,
 )
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
@@ -327,10 +327,11 @@ class Conference:
         if isinstance(route, _Refuse):
             return await self._refuse(route.code, route.text, msg, hold)
         if route is _HELP:
-            return await self._reply(help_text(self._start).encode(), msg, hold)
+            return await self._reply([help_text(self._start).encode()], msg, hold)
         if route is _ROOMS:
             rooms = await self._listed_rooms()
-            return await self._reply(rooms_reply(rooms, _canonical_sender(msg.sender)), msg, hold)
+            shown = rooms_pages(rooms, _canonical_sender(msg.sender), most=self.config.rooms_list_max)
+            return await self._reply(shown, msg, hold)
         assert isinstance(route, _ToRoom)
         limited = self._chat_limited(route)
         if limited is not None:
@@ -748,10 +749,11 @@ class Conference:
             body = texts.ROOM_HELD_BY.format(node=location.node)
         return Answer(503, reason_phrase(503), body=body.encode(), retry_after=seconds)
 
-    async def _reply(self, body: bytes, msg: IncomingMessage, hold: Hold | None) -> Answer:
-        notice = Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply")
-        await self.delivery.submit((notice,), msg.call_id, hold=hold)
-        return Answer(200, "OK", body=body)
+    async def _reply(self, bodies: list[bytes], msg: IncomingMessage, hold: Hold | None) -> Answer:
+        """200, and one reply notice per body (pages) to the sender, in order."""
+        notices = tuple(Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply") for body in bodies)
+        await self.delivery.submit(notices, msg.call_id, hold=hold)
+        return Answer(200, "OK", body=b"\n".join(bodies))
 
 
 def _locate(repository: Repository, *, key: str) -> RoomLocation | None:

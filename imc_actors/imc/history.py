@@ -60,18 +60,8 @@ def pages(lines: Sequence[HistoryLine]) -> list[bytes]:
     """The ``#history`` pages for ``lines`` (oldest first), or the one "empty" notice."""
     if not lines:
         return [texts.HISTORY_EMPTY.encode()]
-    groups: list[list[str]] = [[]]
-    size = 0
-    for line in lines:
-        text = texts.history_line(line.sender, line.time, line.body.decode("utf-8", "replace"))
-        cost = len(text.encode()) + 1
-        if groups[-1] and size + cost > PAGE_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(text)
-        size += cost
-    total = len(groups)
-    return [texts.history_page(group, i, total).encode() for i, group in enumerate(groups, 1)]
+    shown = [texts.history_line(line.sender, line.time, line.body.decode("utf-8", "replace")) for line in lines]
+    return [page.encode() for page in texts.paged("History", shown, PAGE_BYTES)]
 
 
 def history_notices(

@@ -44,6 +44,7 @@ from .effects import (
     RoomUpsert,
     Write,
 )
+from .history import PAGE_BYTES
 from .state import Ban, Member, RoomInfo, RoomState, member_key
 from .texts import help_text
 
@@ -56,6 +57,7 @@ __all__ = [
     "help_text",
     "new_room",
     "notice_error",
+    "rooms_pages",
     "rooms_reply",
 ]
 
@@ -723,10 +725,25 @@ def rooms_reply(rooms: Iterable[RoomState], sender: str) -> bytes:
     """The ``#rooms`` body: public rooms and private rooms ``sender`` is listed in
     (pending invitations included), sorted by name (case-insensitively, then as spelled);
     a room with a topic shows it (``[name] - topic``)."""
+    names, topics = _listed(rooms, sender)
+    return texts.rooms_list(names, topics).encode()
+
+
+def rooms_pages(rooms: Iterable[RoomState], sender: str, *, most: int) -> list[bytes]:
+    """:func:`rooms_reply` as notices that fit a UDP datagram (``Rooms:``, or ``Rooms (1/3):``
+    and so on, :data:`~.history.PAGE_BYTES` of lines each), listing the first ``most`` rooms;
+    then a last line says how many more there are."""
+    names, topics = _listed(rooms, sender)
+    entries = [texts.room_entry(name, topics.get(name, "")) for name in names[:most]]
+    if len(names) > most:
+        entries.append(texts.rooms_not_listed(len(names) - most))
+    return [page.encode() for page in texts.paged("Rooms", entries, PAGE_BYTES)]
+
+
+def _listed(rooms: Iterable[RoomState], sender: str) -> tuple[list[str], dict[str, str]]:
     shown = [room for room in rooms if not room.private or room.find(sender) is not None]
     names = sorted((room.name for room in shown), key=lambda n: (n.lower(), n))
-    topics = {room.name: room.info.topic for room in shown if room.info.topic}
-    return texts.rooms_list(names, topics).encode()
+    return names, {room.name: room.info.topic for room in shown if room.info.topic}
 
 
 def notice_error(code: int, text: str, to: str, sender_uri: str) -> Outcome:

@@ -10,7 +10,7 @@ that character makes a body a command, spec §2).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .effects import ADMIN, OWNER
 from .state import Ban, Member
@@ -99,6 +99,8 @@ __all__ = [
     "history_count",
     "history_line",
     "history_page",
+    "paged",
+    "rooms_not_listed",
     "info_text",
     "room_entry",
     "topic_cleared",
@@ -469,8 +471,33 @@ def history_line(sender: str, time: float, body: str) -> str:
 
 def history_page(lines: Iterable[str], page: int, pages: int) -> str:
     """``History:`` (``History (2/3):`` when there are several pages), then one line each."""
-    head = "History:" if pages == 1 else f"History ({page}/{pages}):"
+    return _page("History", lines, page, pages)
+
+
+def _page(title: str, lines: Iterable[str], page: int, pages: int) -> str:
+    head = f"{title}:" if pages == 1 else f"{title} ({page}/{pages}):"
     return "\n".join([head, *lines])
+
+
+def paged(title: str, lines: Sequence[str], limit: int) -> list[str]:
+    """``lines`` under ``title:`` in as many pages as it takes to keep each page's lines
+    within ``limit`` bytes (a longer line is a page of its own); several pages are headed
+    ``title (1/3):`` and so on. No lines: the one page ``title:``."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for line in lines:
+        cost = len(line.encode()) + 1
+        if groups[-1] and size + cost > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(line)
+        size += cost
+    return [_page(title, group, i, len(groups)) for i, group in enumerate(groups, 1)]
+
+
+def rooms_not_listed(count: int) -> str:
+    """The last ``#rooms`` line when ``rooms_list_max`` left rooms out."""
+    return f"*** {count} more rooms not listed"
 
 
 def room_entry(name: str, topic: str) -> str:

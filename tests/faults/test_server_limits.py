@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from imc_actors import open_conference
 from imc_actors.imc import texts
+from imc_actors.imc.history import PAGE_BYTES
 from tests.faults.common import DOMAIN, MANAGER, Inbox, make_config, say
 
 
@@ -26,3 +27,23 @@ async def test_max_rooms_refuses_one_more_room_with_a_notice(tmp_path) -> None:
         assert (await conf.handle(say(f"sip:two@{DOMAIN}", "u2", "#destroy"))).code == 200
         assert (await conf.handle(say(MANAGER, "u3", "#create three"))).code == 200
         assert sorted(state.name for state in conf.rooms()) == ["one", "three"]
+
+
+async def test_rooms_comes_in_pages_that_fit_a_datagram_and_says_what_it_left_out(tmp_path) -> None:
+    # One notice of 5,000 rooms did not fit a UDP datagram: "Message too long", and the
+    # user got neither the list nor a notice (seen on a tour).
+    inbox = Inbox()
+    config = make_config(tmp_path, max_rooms_per_user=1000, rooms_list_max=250)
+    async with open_conference(config, sender=inbox) as conf:
+        for index in range(300):
+            assert (await conf.handle(say(MANAGER, "owner", f"#create room{index:03}"))).code == 200
+        await conf.flush_notices()
+        inbox.sent.clear()
+        assert (await conf.handle(say(MANAGER, "u1", "#rooms"))).code == 200
+        await conf.flush_notices()
+        pages = [body.decode() for body in inbox.bodies_to("u1")]
+        assert len(pages) > 1
+        assert all(page.startswith(f"Rooms ({i}/{len(pages)}):\n") for i, page in enumerate(pages, 1))
+        assert all(len(page.encode()) <= PAGE_BYTES + len("Rooms (10/10):") for page in pages)
+        lines = [line for page in pages for line in page.split("\n")[1:]]
+        assert lines == [f"[room{i:03}]" for i in range(250)] + [texts.rooms_not_listed(50)]
