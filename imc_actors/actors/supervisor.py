@@ -34,6 +34,7 @@ from ..imc.room import AdminAction, InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState, member_key
 from ..store.repository import Fenced
 from ..store.writer import StoreError, StoreUnavailable
+from ..transport.limits import LogInterval
 from .delivery import Delivery, DeliveryResult, Hold
 
 log = logging.getLogger("imc_actors.supervisor")
@@ -195,6 +196,8 @@ class Supervisor:
         self.max_batch = max_batch if max_batch is not None else mailbox_size
         self._store = store
         self._delivery = delivery
+        self._commit_failures = 0  # refused changes (500): logged once a second, counted
+        self._commit_log = LogInterval(1.0)
         self._policy = policy
         self._hash_size = hash_size
         self._mailbox_size = mailbox_size
@@ -576,8 +579,7 @@ class Supervisor:
                     await self._fenced(handle, envelope, exc)
                 answer = Answer(503, "Service Unavailable", retry_after=exc.retry_after)
             else:
-                log.error("room=%s commit failed call_id=%s: %s", handle.state.uri,
-                          envelope.call_id, exc)
+                self._log_refused(handle, envelope, exc)
                 answer = Answer(500, "Server Internal Error")
             backlog.popleft()
             envelope.resolve(answer)
@@ -588,6 +590,15 @@ class Supervisor:
                 return
             await self._process(handle, backlog[0])
             backlog.popleft()
+
+    def _log_refused(self, handle: RoomHandle, envelope: Envelope, exc: StoreError) -> None:
+        """Log a change the database refused (a 500): at most one line a second, with the
+        count so far, since a broken table (renamed, a column dropped) refuses every command
+        that writes to it."""
+        self._commit_failures += 1
+        if self._commit_log.due(trio.current_time()):
+            log.error("room=%s commit failed call_id=%s (%d so far): %s", handle.state.uri,
+                      envelope.call_id, self._commit_failures, exc)  # fmt: skip
 
     def _count(self, handle: RoomHandle) -> None:
         handle.processed += 1
@@ -625,7 +636,7 @@ class Supervisor:
                 self._failed_commit(handle, envelope, Answer(503, "Service Unavailable", retry_after=exc.retry_after))
                 return
             except StoreError as exc:
-                log.error("room=%s commit failed call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
+                self._log_refused(handle, envelope, exc)
                 self._failed_commit(handle, envelope, Answer(500, "Server Internal Error"))
                 return
         self._set_state(handle, new_state)

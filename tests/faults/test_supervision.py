@@ -104,6 +104,21 @@ async def test_commit_failure_answers_500_and_keeps_state(config):
         assert members_of(conf.room(ROOM_A)) == {**before, f"dave@{DOMAIN}": 0}
 
 
+async def test_refused_changes_are_logged_once_a_second_with_a_count(config, mock_clock, caplog):
+    # A broken table refuses every command that writes to it: a tour saw 2,935 lines in 10 s.
+    faults = Faults(seed=SEED)
+    async with open_conference(config, **faults.hooks(config)) as conf:
+        await two_rooms(conf)
+        faults.fail_commit(room=ROOM_A, times=5)  # scoped: each change refused, no outage
+        caplog.clear()
+        for user in ("d1", "d2", "d3", "d4"):
+            assert (await conf.handle(say(ROOM_A, user, "#join"))).code == 500
+        mock_clock.jump(1.0)
+        assert (await conf.handle(say(ROOM_A, "d5", "#join"))).code == 500
+    lines = [r.getMessage() for r in caplog.records if "commit failed" in r.getMessage()]
+    assert len(lines) == 2 and "(1 so far)" in lines[0] and "(5 so far)" in lines[1], lines
+
+
 @pytest.mark.parametrize("history_max", [0, 1000], ids=["no-archive", "archive"])
 async def test_database_outage_gives_503_then_recovers(tmp_path, autojump_clock, history_max):
     config = make_config(tmp_path, mailbox_size=4, history_max=history_max)
