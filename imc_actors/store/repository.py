@@ -207,12 +207,13 @@ def _is_connection_error(exc: BaseException) -> bool:
 # SQLITE_IOERR, SQLITE_FULL
 _SQLITE_NO_WRITES = frozenset({8, 10, 13})
 # PostgreSQL SQLSTATEs: read_only_sql_transaction (a standby, default_transaction_read_only),
-# disk_full, io_error
-_PG_NO_WRITES = frozenset({"25006", "53100", "58030"})
-# MySQL/MariaDB errors: ER_DISK_FULL, ER_RECORD_FILE_FULL ("The table is full"),
-# ER_OPTION_PREVENTS_STATEMENT (--read-only), ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION; and the
+# insufficient_privilege (grants revoked), disk_full, io_error
+_PG_NO_WRITES = frozenset({"25006", "42501", "53100", "58030"})
+# MySQL/MariaDB errors: ER_DISK_FULL, ER_DBACCESS_DENIED_ERROR, ER_RECORD_FILE_FULL ("The
+# table is full"), ER_TABLEACCESS_DENIED_ERROR and ER_COLUMNACCESS_DENIED_ERROR (grants
+# revoked), ER_OPTION_PREVENTS_STATEMENT (--read-only), ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION; and the
 # write errors that carry errno 28 (ENOSPC): ER_ERROR_ON_WRITE, ER_GET_ERRNO
-_MYSQL_NO_WRITES = frozenset({1021, 1114, 1290, 1792})
+_MYSQL_NO_WRITES = frozenset({1021, 1044, 1114, 1142, 1143, 1290, 1792})
 _MYSQL_ERRNO = frozenset({3, 1030})
 _ENOSPC = re.compile(r"(?:Errcode:|error) 28\b")
 
@@ -220,9 +221,10 @@ _ENOSPC = re.compile(r"(?:Errcode:|error) 28\b")
 def refuses_writes(exc: BaseException) -> bool:
     """True when ``exc`` (or what it wraps) says the database takes no writes now, whatever
     they write: its storage is full or failing (a full disk, SQLite's ``max_page_count``, an
-    I/O error) or it is read-only (a read-only file or mount, a PostgreSQL standby, MariaDB's
-    ``read_only``). The store treats that as an outage (503 with ``Retry-After``, one log line,
-    a probe until writes pass again) rather than as one command's bad change (500)."""
+    I/O error), it is read-only (a read-only file or mount, a PostgreSQL standby, MariaDB's
+    ``read_only``) or this database user may not write (grants revoked). The store treats
+    that as an outage (503 with ``Retry-After``, one log line, a probe until writes pass
+    again) rather than as one command's bad change (500)."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
