@@ -14,13 +14,17 @@ every member reachable. :meth:`Registrar.register` does plan and apply at once (
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from sipmessage import URI
 
 from imc_actors.sip import Request, aor_key, build_response, split_addresses, split_outside
 from imc_actors.store.models import MAX_CONTACT, MAX_LENGTH
 from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
+from imc_actors.transport.routing import parse_hop
 
 __all__ = ["MAX_ANSWER", "Registrar", "Update", "answer_fits", "parse_contacts"]
 
@@ -83,6 +87,29 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
             params[name.strip().lower()] = val.strip() if eq else None
         result.append((uri, params))
     return result
+
+
+def unusable_contact(uri: str) -> str | None:
+    """Why nothing could ever be delivered to the Contact ``uri`` (so it is not registered:
+    400), or None. A SIP or SIPS URI with a host (a valid IPv4 address when it is one in
+    form), a port in 1-65535 and a transport this server speaks."""
+    scheme, colon, tail = uri.partition(":")
+    if not colon or scheme.lower() not in ("sip", "sips"):
+        return f"not a SIP URI: {uri[:80]!r}"
+    try:
+        parsed = URI.parse(f"{scheme.lower()}:{tail}")
+        parse_hop(uri)
+    except ValueError as exc:
+        return f"unusable contact {uri[:80]!r}: {str(exc)[:120] or 'malformed'}"
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        return f"bad port in {uri[:80]!r}"
+    host = parsed.host or ""
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"bad address {host[:80]!r} in {uri[:80]!r}"
+    return None
 
 
 def _find_outside_quotes(text: str, ch: str) -> int:
@@ -306,6 +333,8 @@ class Registrar:
                 return Reply(
                     423, "Interval Too Brief", headers=(("Min-Expires", str(self.min_expires)),)
                 )
+            if expires and (problem := unusable_contact(uri)) is not None:
+                return Reply(400, "Invalid Contact", body=f"{problem}\r\n".encode())
             key = _contact_key(uri)
             existing = current.get(key)
             if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:

@@ -121,6 +121,23 @@ def test_wildcard_misuse_is_400(reg: Registrar, contacts: list[str], expires: in
     assert reg.lookup("alice@example.org", 1.0) == [LAPTOP]
 
 
+@pytest.mark.parametrize(
+    "contact",
+    ["<<<>>>", "<tel:+123>", "<sip:x@192.0.2.9:99999>", "<sip:x@192.0.2.9:0>",
+     "<sip:x@192.0.2.9;transport=sctp>", "<sip:x@999.0.0.1>"],
+)  # fmt: skip
+def test_a_contact_nothing_could_be_delivered_to_is_400_and_registers_nothing(
+    reg: Registrar, contact: str
+) -> None:
+    # they were bound (200) and failed only at delivery: notices stored, DNS lookups of "<<"
+    reg.register(register([f"<{LAPTOP}>"], cseq=1), now=0.0)
+    reply = reg.register(register([f"<{PHONE}>", contact], cseq=2), now=1.0)
+    assert (reply.code, reply.reason) == (400, "Invalid Contact")
+    assert reply.body  # says which and why
+    assert reg.lookup("alice@example.org", 1.0) == [LAPTOP]
+    assert reg.register(register([contact], expires=0, cseq=3), now=2.0).code == 200  # removal
+
+
 def test_no_contact_lists_bindings(reg: Registrar) -> None:
     reg.register(register([f"<{PHONE}>"], expires=600, cseq=1), now=0.0)
     reg.register(register([f"<{LAPTOP}>"], expires=900, cseq=2), now=100.0)
@@ -339,9 +356,9 @@ def test_register_whose_answer_would_be_too_large_changes_nothing() -> None:
     reg = Registrar(["example.org"], max_contacts=200)  # the answer's size is the limit here
     long = "sip:" + "u" * 480 + "@192.0.2.1:{}"
     for batch in range(4):  # 100 bindings of about 520 bytes each
-        first = [f"<{long.format(i)}>" for i in range(25 * batch, 25 * batch + 25)]
+        first = [f"<{long.format(i + 1)}>" for i in range(25 * batch, 25 * batch + 25)]
         assert reg.register(register(first, cseq=batch + 1), now=0.0).code == 200
-    more = [f"<{long.format(i)}>" for i in range(100, 125)]
+    more = [f"<{long.format(i + 1)}>" for i in range(100, 125)]
     reply = reg.register(register(more, cseq=10), now=0.0)
     assert (reply.code, reply.reason) == (403, "Too Many Contacts")
     assert str(MAX_ANSWER) in dict(reply.headers)["Warning"]
