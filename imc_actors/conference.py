@@ -837,7 +837,7 @@ async def open_conference(
     """
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
-    store = Store(repository, db_timeout=config.db_timeout)
+    store = Store(repository, db_timeout=config.db_timeout, inline=config.sqlite_inline)
     policy = Policy(
         start_char=config.imc_cmd_start_char[0],
         check_on_create=config.check_on_create,

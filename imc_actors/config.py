@@ -173,6 +173,7 @@ class Config:
     rpc_token: str | None = None
     rpc_hosts: list[str] = field(default_factory=list)
     metrics_public: bool = False
+    sqlite_inline: bool = True
     # Moderation and limits (issue 16)
     max_members: int = 1000
     max_rooms_per_user: int = 100
@@ -501,7 +502,8 @@ def default_text(name: str) -> str:
 
 
 _LIST_FIELDS = {"extra_hdrs", "domains", "listen", "trusted_sources", "rpc_hosts", "md5_only_agents"}
-_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", "metrics_public"}
+_BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", "metrics_public",
+                "sqlite_inline"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",

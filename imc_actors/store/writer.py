@@ -208,6 +208,7 @@ class Store:
     the Trio time between pings while the database is failing; ``retry_after`` is the
     ``Retry-After`` given meanwhile. ``db_timeout`` is the wall-clock time a commit may take
     (its wait for the writer thread included) before it fails with :class:`StoreUnavailable`.
+    ``inline`` False keeps an SQLite file's commits in the writer thread too (:mod:`.inline`).
     """
 
     def __init__(
@@ -219,6 +220,7 @@ class Store:
         ping_interval: float = 1.0,
         retry_after: int | None = None,
         db_timeout: float = 5.0,
+        inline: bool = True,
     ) -> None:
         if max_batch < 1 or max_pending < 1 or ping_interval <= 0 or not db_timeout > 0:
             raise ValueError(
@@ -250,7 +252,7 @@ class Store:
         self._last_commit_seconds: float | None = None
         self._watchdog: Watchdog | None = None  # while running
         # commits on the loop's thread, flushed by a helper process (SQLite files: .inline)
-        self._inline = inline_repository(repository)
+        self._inline = inline_repository(repository) if inline else None
         self._wal = WalSync(self._inline.wal_path) if self._inline is not None else None
         self._inline_commits = 0
         self._inline_declined = 0

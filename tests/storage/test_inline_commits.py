@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 import imc_actors.store.writer as writer_module
+from imc_actors import Config, IncomingMessage, open_conference
 from imc_actors.imc.effects import RoomUpsert
 from imc_actors.store.inline import WalSync, inline_repository
 from imc_actors.store.repository import Repository
@@ -54,6 +55,21 @@ async def test_commits_of_an_sqlite_file_run_inline_and_each_is_flushed_first(tm
     pragmas = [repository._db.execute_sql(f"PRAGMA {name}").fetchone()[0]
                for name in ("synchronous", "busy_timeout", "wal_autocheckpoint")]
     assert pragmas == [2, 5000, 1000]
+
+
+async def test_sqlite_inline_false_keeps_every_commit_in_the_writer_thread(tmp_path: Path) -> None:
+    # for a filesystem that may be frozen (snapshots): a blocked write then stalls the
+    # writer thread, and db_timeout answers 503, instead of stalling the event loop
+    config = Config.from_sources(environ={"IMC_SQLITE_INLINE": "false"}, overrides={
+        "db_url": f"sqlite:///{tmp_path / 'imc.db'}", "domains": ["example.org"],
+    })  # fmt: skip
+    assert config.sqlite_inline is False
+    async with open_conference(config) as conf:
+        say = IncomingMessage("sip:imc-manager@example.org", "sip:alice@example.org", b"#create r",
+                              "text/plain", "c1")  # fmt: skip
+        assert (await conf.handle(say)).code == 200
+        stats = conf.store.statistics()
+        assert stats.commits >= 1 and stats.inline_commits == 0 and conf.store._wal is None
 
 
 async def test_a_taken_write_lock_sends_the_batch_to_the_writer_thread(tmp_path: Path) -> None:
