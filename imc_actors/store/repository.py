@@ -30,6 +30,7 @@ case-sensitive collation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -244,6 +245,11 @@ def refuses_writes(exc: BaseException) -> bool:
         todo.extend([error.__cause__, error.__context__, getattr(error, "orig", None)])
         todo.extend(arg for arg in args if isinstance(arg, BaseException))
     return False
+
+
+#: Name and domain of the rooms row a committing :meth:`Repository.probe_write` adds and
+#: deletes again in one transaction (not a valid room name: no room can have it).
+_PROBE_ROW = "~imc-actors-probe"
 
 
 def _unmasked(exc: Exception) -> Exception:
@@ -735,25 +741,42 @@ class Repository:
         """A cheap round trip; raises :class:`StoreError` when the database cannot be reached."""
         self._run("ping", lambda: self._db.execute_sql("SELECT 1").fetchone())
 
-    def probe_write(self) -> None:
+    def probe_write(self, *, commit: bool = False) -> None:
         """:meth:`ping`, and wait (up to the lock timeout) for the locks a write takes, then
         roll back: SQLite's write lock (``BEGIN IMMEDIATE``); on every engine the rooms' and
         members' table locks (an UPDATE that matches no row). Raises :class:`StoreError`
         while another client holds one, so the store does not resume into a lock its next
-        write would wait ``db_timeout`` for. Row locks on other rows are not seen."""
+        write would wait ``db_timeout`` for. Row locks on other rows are not seen.
+
+        ``commit``: also write and commit (a row added to and deleted from the rooms table,
+        which every room change writes, in the same transaction, so nothing is left and no
+        other client sees it): for a database that refused writes (full, read-only, grants),
+        where locks alone prove nothing."""
         room, member = self._models.room, self._models.member
+
+        def write() -> None:
+            self._touch(room, member)
+            if commit:
+                probe_row = (room.name == _PROBE_ROW) & (room.domain == _PROBE_ROW)
+                room.delete().where(probe_row).execute()  # never left behind, but be sure
+                room.insert(name=_PROBE_ROW, domain=_PROBE_ROW, flag=0).execute()
+                room.delete().where(probe_row).execute()
 
         def probe() -> None:
             if self.engine == "sqlite":
                 self._db.execute_sql("BEGIN IMMEDIATE")
                 try:
-                    self._touch(room, member)
-                finally:
-                    self._db.execute_sql("ROLLBACK")
+                    write()
+                except BaseException:
+                    with contextlib.suppress(Exception):  # SQLite may have rolled back already
+                        self._db.execute_sql("ROLLBACK")
+                    raise
+                self._db.execute_sql("COMMIT" if commit else "ROLLBACK")
                 return
             with self._db.atomic() as transaction:
-                self._touch(room, member)
-                transaction.rollback()
+                write()
+                if not commit:
+                    transaction.rollback()
 
         try:  # not through _run: a lock wait is no reason to reconnect, and the store retries
             probe()

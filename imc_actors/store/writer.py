@@ -21,9 +21,10 @@ Failures stay local:
   for the write locks, so another client's lock keeps the store answering 503 at once rather
   than letting each write wait ``db_timeout`` for it); then the store resumes by itself;
 - when the database takes no writes (:func:`~.repository.refuses_writes`: a full disk, an I/O
-  error, a read-only database), every write would fail alike: that too is an outage, as above, and an
-  outage soon after resuming (a full disk often takes the probe, which writes nothing) backs
-  the probe off, up to ``MAX_BACKOFF`` ping intervals;
+  error, a read-only database, revoked grants), every write would fail alike: that too is an
+  outage, as above, whose probe also commits a small write (``probe_write(commit=True)``);
+  an outage soon after resuming (a nearly full disk takes the probe's write, not the next
+  batch) backs the probe off, up to ``MAX_BACKOFF`` ping intervals;
 - when a combined batch is *fenced* (:class:`~.repository.Fenced`: rooms whose lease this node
   lost, issue 13), the commits that write for those rooms fail with that error and the rest
   are committed together at once, without them: a fenced room never fails another room;
@@ -50,6 +51,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -245,6 +247,7 @@ class Store:
         self._resumed_at: float | None = None  # trio time the store last resumed
         self._flaps = 0  # outages in a row, each within FLAP_WINDOW of resuming
         self._outages = 0
+        self._refused_writes = False  # the current outage: the database refused writes
         self._in_flight = 0
         self._commits = 0
         self._batches = 0
@@ -658,6 +661,7 @@ class Store:
         soon = self._resumed_at is not None and now - self._resumed_at < FLAP_WINDOW
         self._flaps = min(self._flaps + 1, MAX_BACKOFF.bit_length() - 1) if soon else 0
         self._outages += 1
+        self._refused_writes = refuses_writes(reason)
         if self._flaps:
             log.error("store unavailable again, answering 503 and probing every %g s: %s",
                       self._probe_interval(), reason)  # fmt: skip
@@ -671,7 +675,11 @@ class Store:
     async def _wait_for_database(self) -> None:
         # A repository that can tell whether a write would wait for a lock says so (a read
         # goes on under SQLite's write lock); others are pinged.
-        probe = getattr(self._repository, "probe_write", None) or self._repository.ping
+        probe = getattr(self._repository, "probe_write", None)
+        if probe is None:
+            probe = self._repository.ping
+        elif self._refused_writes:  # locks alone prove nothing here: the probe commits a write
+            probe = partial(probe, commit=True)
         while True:
             await trio.sleep(self._probe_interval())
             try:

@@ -76,7 +76,7 @@ async def test_writes_the_database_user_may_not_make_are_an_outage_too(
             with pytest.raises(StoreUnavailable):
                 await store.commit(room("during"))
             run(f'GRANT INSERT, UPDATE, DELETE ON {names} TO "{role}"')
-            await store.wait_available()
+            await store.wait_available()  # its probe commits a write now
             await store.commit(room("after"))
             nursery.cancel_scope.cancel()
         repository.close()

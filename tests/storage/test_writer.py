@@ -13,6 +13,7 @@ import logging
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,7 @@ async def test_a_full_database_is_an_outage_not_a_bad_change(
         assert (stats.available, stats.outages) == (False, 1)
         noted = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(noted) == 1 and "full" in noted[0].getMessage(), [r.getMessage() for r in noted]
-        # Its probe takes the write lock without growing the file, so the store resumes; the
+        # Its probe's small write needs no new page, so the store resumes; the
         # next big write is an outage again, and the probe backs off (twice the interval).
         await store.wait_available()
         with pytest.raises(StoreUnavailable) as again:
@@ -348,9 +349,17 @@ async def test_a_full_disk_is_an_outage_and_the_store_resumes_when_space_is_free
         assert "database or disk is full" in str(full.value)
         assert not store.statistics().available
         with pytest.raises(StoreError) as lease:  # peewee's own transactions say so too
-            for index in range(50):
-                await trio.to_thread.run_sync(repository.acquire, f"lease{index}{'x' * 100}@example.com")
+            for index in range(50):  # on the store's thread: its probe uses the connection too
+                await trio.to_thread.run_sync(
+                    repository.acquire, f"lease{index}{'x' * 100}@example.com", limiter=store._limiter
+                )
         assert "database or disk is full" in str(lease.value), lease.value
+        # a probe that only takes the locks passes on the full disk; the store's probe after
+        # such an outage commits a write, so it does not resume into the same failure
+        probe = partial(trio.to_thread.run_sync, limiter=store._limiter)
+        await probe(repository.probe_write)
+        with pytest.raises(StoreError):
+            await probe(partial(repository.probe_write, commit=True))
         pad.unlink()
         await store.wait_available()
         await store.commit(room("after"))
