@@ -18,9 +18,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sipmessage import URI
-
 from imc_actors.sip import Request, aor_key, build_response, split_addresses, split_outside
+from imc_actors.sip.uri import parse_sip_uri
 from imc_actors.store.models import MAX_CONTACT, MAX_LENGTH
 from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
@@ -93,14 +92,14 @@ def unusable_contact(uri: str) -> str | None:
     """Why nothing could ever be delivered to the Contact ``uri`` (so it is not registered:
     400), or None. A SIP or SIPS URI with a host (a valid IPv4 address when it is one in
     form), a port in 1-65535 and a transport this server speaks."""
-    scheme, colon, tail = uri.partition(":")
-    if not colon or scheme.lower() not in ("sip", "sips"):
+    try:
+        parsed = parse_sip_uri(uri)
+    except ValueError:
         return f"not a SIP URI: {uri[:80]!r}"
     try:
-        parsed = URI.parse(f"{scheme.lower()}:{tail}")
         parse_hop(uri)
     except ValueError as exc:
-        return f"unusable contact {uri[:80]!r}: {str(exc)[:120] or 'malformed'}"
+        return f"unusable contact {uri[:80]!r}: {str(exc)[:120]}"
     if parsed.port is not None and not 0 < parsed.port <= 65535:
         return f"bad port in {uri[:80]!r}"
     host = parsed.host or ""

@@ -98,7 +98,6 @@ __all__ = [
     "NO_TOPIC",
     "history_count",
     "history_line",
-    "history_page",
     "paged",
     "rooms_not_listed",
     "info_text",
@@ -467,11 +466,6 @@ def topic_cleared(uri: str) -> str:
 def history_line(sender: str, time: float, body: str) -> str:
     """One line of a ``#history`` page: ``2026-12-02 05:48:20 UTC [alice]: hello``."""
     return f"{utc(time)} {tag(sender)}: {body}"
-
-
-def history_page(lines: Iterable[str], page: int, pages: int) -> str:
-    """``History:`` (``History (2/3):`` when there are several pages), then one line each."""
-    return _page("History", lines, page, pages)
 
 
 def _page(title: str, lines: Iterable[str], page: int, pages: int) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "canonical",
     "canonical_user",
     "complete_argument",
+    "parse_sip_uri",
     "split_addresses",
     "split_outside",
     "split_uri",
@@ -65,6 +66,22 @@ def canonical_user(user: str) -> str:
     return urllib.parse.quote_from_bytes(urllib.parse.unquote_to_bytes(user), safe=_QUOTE_SAFE)
 
 
+def parse_sip_uri(text: str) -> URI:
+    """``text`` (a bare URI, no ``<>``) read by sipmessage, its scheme case-insensitive; a
+    ValueError unless it is a ``sip:`` or ``sips:`` URI. A user part is not required."""
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme != scheme.lower():  # schemes are case-insensitive
+        text = f"{scheme.lower()}:{rest}"
+    try:
+        parsed = URI.parse(text)
+    except ValueError as exc:
+        forget_traceback(exc)
+        raise ValueError(f"not a SIP URI: {text!r}") from None
+    if parsed.scheme not in ("sip", "sips"):
+        raise ValueError(f"not a SIP URI: {text!r}")
+    return parsed
+
+
 def _parse(uri: str) -> tuple[URI, str]:
     """``uri`` read by sipmessage, and the text of its user part as written."""
     text = uri.strip()
@@ -78,10 +95,7 @@ def _parse(uri: str) -> tuple[URI, str]:
                     text = match.group("uri")
                     break
         else:
-            scheme, colon, rest = text.partition(":")
-            if colon and scheme != scheme.lower():  # schemes are case-insensitive
-                text = f"{scheme.lower()}:{rest}"
-            parsed = URI.parse(text)
+            parsed = parse_sip_uri(text)
     except ValueError as exc:
         forget_traceback(exc)  # Address.parse raises a shared instance
         raise ValueError(f"not a SIP URI: {uri!r}") from None

@@ -161,13 +161,29 @@ def repository_wal(store: Store) -> str:
     return store._inline.wal_path
 
 
+async def synced_wal(tmp_path: Path, *, restart_after: float) -> WalSync:
+    """A :class:`WalSync` for ``tmp_path/file-wal`` whose helper has done one flush."""
+    path = tmp_path / "file-wal"
+    path.write_bytes(b"x")
+    wal = WalSync(str(path), restart_after=restart_after)
+    await wal.sync()
+    return wal
+
+
+async def kill_helper(wal: WalSync) -> trio.Process:
+    """kill -9 of ``wal``'s helper, waited for; the process."""
+    helper = wal._process
+    assert helper is not None
+    helper.kill()
+    await helper.wait()
+    return helper
+
+
 async def test_a_dead_helper_leaves_the_flush_to_a_thread(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    wal = await synced_wal(tmp_path, restart_after=3600.0)
     path = tmp_path / "file-wal"
-    path.write_bytes(b"x")
-    wal = WalSync(str(path), restart_after=3600.0)
-    await wal.sync()
     assert (wal.helper_syncs, wal.thread_syncs) == (1, 0)
     os.replace(tmp_path / "file-wal", tmp_path / "old")  # SQLite made a new WAL file
     path.write_bytes(b"y")
@@ -178,8 +194,7 @@ async def test_a_dead_helper_leaves_the_flush_to_a_thread(
     wal._process.send_signal(signal.SIGTERM)
     await wal.sync()
     assert wal.helper_syncs == 3
-    wal._process.kill()
-    await wal._process.wait()
+    await kill_helper(wal)
     with caplog.at_level(logging.WARNING, logger="imc_actors.store.inline"):
         await wal.sync()
         await wal.sync()
@@ -194,14 +209,8 @@ async def test_a_new_helper_is_started_restart_after_seconds_after_one_died(
 ) -> None:
     # Else one dead helper would leave every later flush to a thread (the GIL cost the
     # helper exists to avoid) until the server restarts.
-    path = tmp_path / "file-wal"
-    path.write_bytes(b"x")
-    wal = WalSync(str(path), restart_after=0.0)
-    await wal.sync()
-    first = wal._process
-    assert first is not None
-    first.kill()
-    await first.wait()
+    wal = await synced_wal(tmp_path, restart_after=0.0)
+    first = await kill_helper(wal)
     with caplog.at_level(logging.WARNING, logger="imc_actors.store.inline"):
         await wal.sync()  # the helper is gone: this flush in a thread
         await wal.sync()  # restart_after has passed: a new helper
