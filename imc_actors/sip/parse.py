@@ -452,7 +452,6 @@ def parse_stream(buffer: bytearray) -> list[bytes]:
 
 # --- Salvage -----------------------------------------------------------------------------
 
-_REQUEST_LINE = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+ ")
 _TAG_PARAM = re.compile(rb";[ \t]*tag[ \t]*=", re.IGNORECASE)
 # Any line end: CRLF, or a bare LF or CR (RFC 3261 asks for CRLF; a peer that sends bare CRs
 # still gets its 400).
@@ -468,14 +467,16 @@ def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
     none and ``code`` > 100), Call-ID and CSeq that are present and not empty, and ends with
     ``Content-Length: 0``. A missing or empty one is left out: RFC 3261 §8.2.6.2 has the
     response copy them, so what the request lacks the response lacks too (as Kamailio's
-    sanity module answers). Returns None only when there is nobody to answer: not a request (a
-    response, or not even a request line), an ACK (never answered), or no non-empty Via (the
-    answer could not be routed back). Works on bytes; never raises for any ``data``.
+    sanity module answers). A first line that is no request line at all (binary junk, a
+    truncated method) still gets its answer when a Via follows: the Via is what routes it
+    back. Returns None only when there is nobody to answer: a response (a first line
+    starting ``SIP/``), an ACK (never answered), or no non-empty Via (the answer could not be
+    routed back). Works on bytes; never raises for any ``data``.
     """
     if not 100 <= code <= 699 or "\r" in reason or "\n" in reason:
         raise ValueError(f"bad status {code} {reason!r}")
     data = bytes(data[:MAX_MESSAGE]).lstrip(b"\r\n")
-    if data.startswith(b"SIP/") or _REQUEST_LINE.match(data) is None or data[:4] == b"ACK ":
+    if data.startswith(b"SIP/") or data[:4] == b"ACK ":
         return None
     lines = _ANY_LINE_END.split(data, MAX_HEADER_LINES + 1)[1 : MAX_HEADER_LINES + 1]
     found: dict[str, list[bytes]] = {}

@@ -291,6 +291,29 @@ async def test_request_with_a_via_but_no_call_id_cseq_from_or_to_gets_400(
     assert (stats.malformed, stats.rejected, stats.requests) == (1, 1, 0)
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize(
+    "first_line", [b"\xff\xfe GARBAGE", b"\x00\x01\x02", b"MESSAGE", b"<<<>>> sip:x SIP/2.0"]
+)
+async def test_junk_instead_of_a_request_line_still_gets_400_along_its_via(
+    nursery: trio.Nursery, transport: str, first_line: bytes
+) -> None:
+    # was dropped without an answer (over TCP the connection closed silently)
+    server = await start_core(nursery)
+    ua = await TestUA.open(
+        nursery, "alice", DOMAIN, server.address(transport), transport=transport
+    )
+    data = ua.build("MESSAGE", ROOM, body=b"hello", transport=transport, cseq=3)
+    await ua.send_raw(first_line + b"\r\n" + data.split(b"\r\n", 1)[1], tcp=transport == "tcp")
+    with trio.fail_after(5):
+        answer = response_of(await ua.recv_raw())
+    assert answer.code == 400 and answer.reason
+    assert answer.cseq_method == "MESSAGE"
+    assert answer.header("Via").startswith(f"SIP/2.0/{transport.upper()} 127.0.0.1:{ua.port}")
+    stats = server.transport.statistics()
+    assert (stats.malformed, stats.rejected, stats.requests) == (1, 1, 0)
+
+
 async def test_request_without_call_id_over_tcp_gets_400(nursery: trio.Nursery) -> None:
     server = await start_core(nursery)
     ua = await TestUA.open(nursery, "alice", DOMAIN, server.address("tcp"), transport="tcp")
