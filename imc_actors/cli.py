@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -452,10 +452,30 @@ def _startup_error(exc: BaseException) -> Exception | None:
     return None
 
 
+#: Exit code of a command whose reader went away (``imc-actors rooms | head``): what a tool
+#: killed by SIGPIPE reports in a shell (128 + 13).
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _printing(run: Callable[[], int]) -> int:
+    """Run a command that prints; a closed stdout (the reader quit) ends it quietly with
+    :data:`EXIT_BROKEN_PIPE` instead of a BrokenPipeError traceback."""
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("rooms", "members", "nodes", "rpc"):
-        return _client(args)
+        return _printing(lambda: _client(args))
     if args.command == "chat":
         return _chat(args)
     try:
@@ -469,9 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config)
     if args.command == "db":
-        return _db(config, args.db_command)
+        return _printing(lambda: _db(config, args.db_command))
     if args.command == "user":
-        return _user(config, args)
+        return _printing(lambda: _user(config, args))
     if config.workers > 1:
         return _serve_workers(config)
     return serve(config)

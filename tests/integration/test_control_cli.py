@@ -92,6 +92,24 @@ async def test_rooms_and_members(server, ua):
     assert json.loads(out)["members"] == ["sip:alice@127.0.0.1", "sip:bob@127.0.0.1", "sip:carol@127.0.0.1"]
 
 
+async def test_a_reader_that_went_away_ends_the_command_quietly(server, ua):
+    # was a BrokenPipeError traceback (imc-actors rooms | head)
+    await populate(ua)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IMC_")}
+    for args in (("rooms",), ("members", CHAT), ("rpc", "imc.list_rooms")):
+        read, write = os.pipe()
+        os.close(read)  # nobody reads: the first write fails with EPIPE
+        try:
+            with trio.fail_after(30):  # safety net only
+                done = await trio.run_process(
+                    [sys.executable, "-m", "imc_actors", *args, "--rpc", server.rpc_url],
+                    stdout=write, capture_stderr=True, check=False, cwd=ROOT, env=environ,
+                )  # fmt: skip
+        finally:
+            os.close(write)
+        assert (done.returncode, done.stderr.decode()) == (141, ""), args
+
+
 async def test_errors_and_exit_codes(server, ua):
     await populate(ua)
     url = server.rpc_url
