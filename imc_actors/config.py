@@ -137,6 +137,8 @@ class Config:
     tcp_max_buffer: int = 65 * 1024
     tcp_send_queue: int = 256 * 1024
     tcp_idle_timeout: float = 120.0
+    dns_timeout: float = 5.0
+    dns_lookups_max: int = 16
     flood_rate: float = 2000.0
     flood_burst: int = 4000
     flood_block: float = 2.0
@@ -255,6 +257,7 @@ class Config:
         self._require_positive(
             "max_body_size", "mailbox_size", "max_transactions", "max_transaction_bytes", "max_vias",
             "tcp_max_connections", "tcp_max_per_ip", "flood_burst", "flood_sources",
+            "dns_lookups_max",
         )  # fmt: skip
         if self.tcp_max_buffer < 1024:
             raise ConfigError("tcp_max_buffer", "must be at least 1024 bytes")
@@ -262,6 +265,8 @@ class Config:
             raise ConfigError("tcp_send_queue", "must be at least 1024 bytes")
         if not self.tcp_idle_timeout > 0:
             raise ConfigError("tcp_idle_timeout", "must be a positive number of seconds")
+        if not 0 < self.dns_timeout < math.inf:
+            raise ConfigError("dns_timeout", "must be a positive number of seconds")
         if not self.flood_rate >= 0:
             raise ConfigError("flood_rate", "must be 0 (off) or a positive number of requests a second")
         if not self.flood_block >= 0:
@@ -510,12 +515,12 @@ _INT_FIELDS = {
     "delivery_burst",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "tcp_send_queue",
+    "tcp_send_queue", "dns_lookups_max",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",
     "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max",
 }
-_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "flood_rate", "flood_block",
+_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "dns_timeout", "flood_rate", "flood_block",
                  "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}

@@ -495,6 +495,8 @@ async def open_server(
         max_transaction_bytes=config.max_transaction_bytes,
         max_vias=config.max_vias,
         tcp_idle_timeout=config.tcp_idle_timeout,
+        dns_timeout=config.dns_timeout,
+        dns_lookups_max=config.dns_lookups_max,
         tcp_max_connections=config.tcp_max_connections,
         tcp_max_per_ip=config.tcp_max_per_ip,
         tcp_max_buffer=config.tcp_max_buffer,

@@ -160,6 +160,8 @@ _TRANSPORT = (
     ("loops", "imc_sip_loops", True, "requests refused 482: they carried one of our own Via branches"),
     ("merged", "imc_sip_merged", True, "requests refused 482 as merged (the same request by another path)"),
     ("self_targets", "imc_sip_self_targets", True, "outgoing requests not sent: the next hop was this server"),
+    ("dns_timeouts", "imc_sip_dns_timeouts", True,
+     "outgoing requests not sent: their next hop's DNS name got no answer within dns_timeout"),
     ("server_transactions", "imc_sip_server_transactions", False, "live server transactions"),
     ("steered", "imc_sip_steered", True,
      "UDP requests passed to their room's home worker (serve --workers N)"),

@@ -114,7 +114,10 @@ class SipTransport:
     ``t1``/``t2``/``t4``: RFC 3261 timer values (tests shorten them). ``tcp_idle_timeout``:
     seconds after which an idle TCP connection is closed (an idle WebSocket is pinged then, and
     closed when it does not answer). ``connect_timeout``: limit for
-    opening an outgoing TCP connection. ``max_transactions``: most server transactions alive
+    opening an outgoing TCP connection. ``dns_timeout``: most seconds a DNS name of a next
+    hop may take to resolve (then the request fails as unreachable); ``dns_lookups_max``:
+    most lookups in their threads at once (a name server that does not answer holds at most
+    that many threads; a lookup waiting for a free one counts against its ``dns_timeout``). ``max_transactions``: most server transactions alive
     at once (each lives until Timer J after its final response); a new request beyond it is
     answered 503 with ``Retry-After: 1`` without a transaction or a handler call; so is one
     while the responses kept by live transactions reach ``max_transaction_bytes``.
@@ -153,6 +156,8 @@ class SipTransport:
         t4: float = 5.0,
         tcp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         connect_timeout: float = 5.0,
+        dns_timeout: float = 5.0,
+        dns_lookups_max: int = 16,
         max_transactions: int = 100_000,
         local_domains: Sequence[str] = (),
         max_transaction_bytes: int = 256 * 1024 * 1024,
@@ -225,6 +230,8 @@ class SipTransport:
             locate,
             local_domains=local_domains,
             bindings=self._bindings,
+            dns_timeout=dns_timeout,
+            dns_lookups_max=dns_lookups_max,
         )
         self._connections = Connections(
             self._on_frame,
@@ -460,6 +467,7 @@ class SipTransport:
             + sum(getattr(listener, "handshake_failures", 0) for listener in [*self._tcp, *self._ws]),
             loops=servers.loops,
             self_targets=clients.self_targets,
+            dns_timeouts=self._router.dns_timeouts,
             merged=servers.merged,
             client_unreachable=clients.unreachable,
             throttled=self.flood.throttled if self.flood is not None else 0,

@@ -109,6 +109,8 @@ class TransportStatistics:
     ``ws_connections``: live now;
     ``loops``: requests refused 482 because they carried one of our own Via branches;
     ``self_targets``: outgoing requests not sent because their next hop was this server;
+    ``dns_timeouts``: outgoing requests not sent because their next hop's name got no answer
+    within ``dns_timeout``;
     ``merged``: requests refused 482 as merged (RFC 3261 §8.2.2.2: the same Call-ID, CSeq and
     From tag as a live transaction, on another branch);
     ``client_unreachable``: client transactions over UDP ended 503 by an ICMP port or host
@@ -149,6 +151,7 @@ class TransportStatistics:
     tcp_connections: int
     loops: int = 0
     self_targets: int = 0
+    dns_timeouts: int = 0
     merged: int = 0
     client_unreachable: int = 0
     throttled: int = 0

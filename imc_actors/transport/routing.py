@@ -18,6 +18,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -199,6 +200,11 @@ def via_port(req: Request) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
+def _getaddrinfo(host: str, port: int) -> list[Any]:
+    """``socket.getaddrinfo`` for a UDP next hop (run in a thread)."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+
+
 def is_ip(host: str) -> bool:
     """True for an IPv4 or IPv6 literal (nothing to resolve)."""
     try:
@@ -238,8 +244,16 @@ class Router:
         *,
         local_domains: Sequence[str] = (),
         bindings: ConnectionBindings | None = None,
+        dns_timeout: float = 5.0,
+        dns_lookups_max: int = 16,
     ) -> None:
         self._udp = udp
+        self.dns_timeout = dns_timeout
+        #: Threads for getaddrinfo: their own, so names that hang cannot take the threads the
+        #: rest of the server (and trio's default limiter) needs.
+        self._dns_threads = trio.CapacityLimiter(dns_lookups_max)
+        #: Lookups that failed for want of an answer within ``dns_timeout``.
+        self.dns_timeouts = 0
         self.bindings = bindings if bindings is not None else ConnectionBindings()
         self._tcp = tcp
         self._proxy_hop = proxy_hop
@@ -304,7 +318,8 @@ class Router:
         return False
 
     async def resolve(self, hop: Hop) -> tuple[int, Address]:
-        """(address family, (ip, port)) of ``hop``; IP literals as is, names via getaddrinfo.
+        """(address family, (ip, port)) of ``hop``; IP literals as is, names via getaddrinfo
+        in a thread of the router's own (at most ``dns_lookups_max``), within ``dns_timeout``.
 
         Raises :class:`NoRoute`. Checkpoints.
         """
@@ -313,10 +328,26 @@ class Router:
             await trio.lowlevel.checkpoint()
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             return family, (host, hop.port)
-        try:
-            infos = await trio.socket.getaddrinfo(host, hop.port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise NoRoute(f"cannot resolve {host}: {exc}") from None
+        infos = None
+        queued = self._dns_threads.available_tokens == 0
+        with trio.move_on_after(self.dns_timeout):
+            try:
+                infos = await trio.to_thread.run_sync(
+                    _getaddrinfo, host, hop.port, limiter=self._dns_threads, abandon_on_cancel=True
+                )
+            except OSError as exc:
+                raise NoRoute(f"cannot resolve {host}: {exc}") from None
+        if infos is None:
+            self.dns_timeouts += 1
+            waited = (
+                f", waiting behind {self._dns_threads.total_tokens} lookups (dns_lookups_max)"
+                if queued
+                else ""
+            )
+            raise NoRoute(
+                f"cannot resolve {host}: no answer within dns_timeout ({self.dns_timeout:g} s)"
+                + waited
+            )
         families = {e.family for e in self._udp} or {socket.AF_INET, socket.AF_INET6}
         for family, _, _, _, sockaddr in infos:
             if family in families:

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -93,13 +93,19 @@ def serve_command(db_url: str, *extra: str, host: str = "127.0.0.1") -> list[str
 
 @asynccontextmanager
 async def serve_process(
-    db_url: str, *extra: str, host: str = "127.0.0.1", env: Mapping[str, str] | None = None
+    db_url: str,
+    *extra: str,
+    host: str = "127.0.0.1",
+    env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> AsyncIterator[ServeProcess]:
     """Start the server (listening on ``host``, ephemeral ports), wait for its ``listening
     on`` line, stop it (kill if needed) at exit. ``env``: more environment variables
-    (``IMC_*`` settings)."""
+    (``IMC_*`` settings). ``wrapper``: a command the server's command line is appended to
+    (it must ``exec`` it, so that signals reach the server)."""
     process = await trio.lowlevel.open_process(
-        serve_command(db_url, *extra, host=host), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [*wrapper, *serve_command(db_url, *extra, host=host)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, **env} if env else None,
     )  # fmt: skip
     assert process.stderr is not None
