@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import logging
 import os
@@ -488,6 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     setup_logging(config)
+    if args.command == "serve":
+        # A fault in C code (SIGBUS when SQLite's memory-mapped -shm file can no longer be
+        # written, SIGSEGV, SIGFPE, SIGABRT, SIGILL) otherwise ends the server without a
+        # word: this writes "Fatal Python error: Bus error" and every thread's stack to
+        # stderr first (inherited by the workers of serve --workers N).
+        faulthandler.enable(all_threads=True)
     if args.command == "db":
         return _printing(lambda: _db(config, args.db_command))
     if args.command == "user":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
+
+import trio
 
 from tests.support.serve import serve_process
 
@@ -141,3 +144,16 @@ def test_an_exposed_listener_without_auth_does_not_start(tmp_path):
     assert not (tmp_path / "x.db").exists()
     bad = serve("--auth", "maybe", "--db-url", f"sqlite:///{tmp_path}/x.db")
     assert bad.returncode == 2 and "invalid choice: 'maybe'" in bad.stderr
+
+
+async def test_a_fault_in_c_code_says_so_on_stderr_before_the_server_dies(tmp_path):
+    # was: exit 135 without a word (SIGBUS from SQLite's mapped -shm file on a filesystem that
+    # stopped taking writes, in the operator tour)
+    async with serve_process(f"sqlite:///{tmp_path}/imc.db") as server:
+        server.process.send_signal(signal.SIGBUS)
+        with trio.fail_after(30):  # safety net only
+            assert await server.process.wait() == -signal.SIGBUS
+            await server.logged(b"most recent call first")
+    text = b"\n".join(server.log)
+    assert b"Fatal Python error: Bus error" in text
+    assert b"imc_actors" in text  # the stack says where it was
