@@ -371,7 +371,13 @@ def _members(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSt
     me = state.find(req.sender)
     if me is None or not me.active:
         return _refuse(state, req, 403, texts.NOT_A_MEMBER)
-    return _reply(state, req, texts.members_list(state.members))
+    pages = texts.paged("Members", texts.members_lines(state.members), PAGE_BYTES)
+    if len(pages) == 1:
+        return _reply(state, req, pages[0])
+    # a room too big for one datagram: its list in pages (``Members (1/3):`` …), as #rooms
+    bodies = [page.encode() for page in pages]
+    notices = tuple(Notice(req.sender, body, state.uri, kind="reply") for body in bodies)
+    return state, _outcome(200, notices, body=b"\n".join(bodies))
 
 
 def _modify(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:

@@ -57,6 +57,7 @@ __all__ = [
     "invitation_failed",
     "is_now",
     "members_list",
+    "members_lines",
     "missing_argument",
     "missing_command",
     "not_member",
@@ -262,10 +263,15 @@ def owner_cannot_leave(start_char: str) -> str:
 
 # --------------------------------------------------------------------------- listings
 def members_list(members: Iterable[Member]) -> str:
-    """``Members:`` then ``*[owner]``, ``~[admin]``, ``[member]`` lines (active members only).
+    """``Members:`` then :func:`members_lines`, joined by ``\\n`` with no trailing newline."""
+    return "\n".join(["Members:", *members_lines(members)])
 
-    Owners first, then admins, then plain members, each group in joining order; lines joined
-    by ``\\n`` with no trailing newline. A member flagged both OWNER and ADMIN counts as owner.
+
+def members_lines(members: Iterable[Member]) -> list[str]:
+    """``*[owner]``, ``~[admin]``, ``[member]`` lines (active members only).
+
+    Owners first, then admins, then plain members, each group in joining order. A member
+    flagged both OWNER and ADMIN counts as owner.
     """
     owners: list[str] = []
     admins: list[str] = []
@@ -279,7 +285,7 @@ def members_list(members: Iterable[Member]) -> str:
             admins.append("~" + tag(member.uri))
         else:
             plain.append(tag(member.uri))
-    return "\n".join(["Members:", *owners, *admins, *plain])
+    return [*owners, *admins, *plain]
 
 
 def rooms_list(names: Iterable[str], topics: Mapping[str, str] | None = None) -> str:

@@ -16,6 +16,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from imc_actors import IncomingMessage
 from imc_actors.server import open_server
 from tests.browser.test_status_page import ARTIFACTS, Page, require_browser, start_browser
 from tests.integration.conftest import DOMAIN, MANAGER, expect, make_config, udp_address
@@ -28,6 +29,11 @@ CAFE = f"sip:cafe@{DOMAIN}"
 LINES = "[...document.querySelectorAll('#log p')].map(p => [p.className, p.dataset.room || '', p.querySelector('.text').textContent])"
 ROOMS = "[...document.querySelectorAll('#rooms tbody tr')].map(tr => tr.dataset.room)"
 MEMBERS = "[...document.querySelectorAll('#members tbody tr')].map(tr => [...tr.cells].map(td => td.textContent).join(' '))"
+
+
+def say(ruri: str, user: str, body: str) -> IncomingMessage:
+    """A MESSAGE from ``user`` (at DOMAIN) to ``ruri``, handed to the conference directly."""
+    return IncomingMessage(ruri, f"sip:{user}@{DOMAIN}", body.encode(), "text/plain", f"{user}:{body}")
 
 
 def has_line(kind: str, room: str, text: str) -> str:
@@ -111,6 +117,55 @@ async def test_a_browser_and_a_phone_chat_in_one_room(tmp_path, nursery):
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(page.driver.quit)
             bob.close()
+
+
+async def test_long_room_and_member_lists_arrive_in_pages_and_the_page_shows_them_whole(
+    tmp_path, nursery
+):
+    # "Rooms (1/2):" pages (since #rooms was paged) were shown as log lines and the rooms
+    # list stayed empty; #members of a big room is paged the same way now
+    require_browser()
+    config = make_config(
+        tmp_path, listen=["udp:127.0.0.1:0", "ws:127.0.0.1:0"], rpc_listen="127.0.0.1:0",
+        max_rooms_per_user=100,
+    )  # fmt: skip
+    rooms = [f"room-with-a-name-long-enough-to-page-{i:02}" for i in range(30)]
+    members = [f"member-with-a-name-long-enough-to-page-{i:02}" for i in range(25)]
+    big = f"sip:{rooms[0]}@{DOMAIN}"
+    async with open_server(config) as server:
+        conference = server.conference
+        for name in rooms:
+            assert (await conference.handle(say(MANAGER, "bob", f"#create {name}"))).code == 200
+        for name in members:
+            assert (await conference.handle(say(big, name, "#join"))).code == 200
+        listed = await conference.handle(say(MANAGER, "bob", "#rooms"))
+        assert listed.body.startswith(b"Rooms (1/2):\n")  # what the page has to put together
+        listed = await conference.handle(say(big, "bob", "#members"))
+        assert listed.body.startswith(b"Members (1/2):\n")
+
+        profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
+        page = Page(await trio.to_thread.run_sync(start_browser, profile))
+        try:
+            await page.run(page.driver.get, server.http_url + "/chat")
+            await page.wait("!document.getElementById('signin').hidden")
+            await page.script("document.getElementById('user').value = 'alice';")
+            await page.script("document.getElementById('signin-button').click();")
+            await page.wait("document.body.dataset.signedIn === 'yes'")
+            await page.wait(f"{ROOMS}.length === {len(rooms)}")
+            assert await page.script(f"return {ROOMS}") == [f"sip:{name}@{DOMAIN}" for name in rooms]
+            row = f"document.querySelector('#rooms tbody tr[data-room=\"{big}\"]')"
+            await page.script(f"{row}.querySelector('button.join').click();")
+            await page.wait(f"{MEMBERS}.length === {len(members) + 2}")
+            assert await page.script(f"return {MEMBERS}") == [
+                "bob owner", *(f"{name} member" for name in members), "alice member"
+            ]
+            # no page of either list was shown as a line of the log
+            assert not await page.script(
+                f"return {LINES}.some(([k, r, t]) => /^(Rooms|Members)/.test(t))"
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(page.driver.quit)
 
 
 async def test_without_a_ws_listener_the_page_says_so(tmp_path):

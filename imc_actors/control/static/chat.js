@@ -155,10 +155,36 @@
   }
 
   // ------------------------------------------------------------------ receiving
-  function renderRooms(body, sender) {
+  // A "Rooms:" or "Members:" body, or one page of a long list ("Rooms (1/3):" …, the pages
+  // in order from one sender): the lines of the whole list once its last page is in, else null.
+  const LISTING = /^(Rooms|Members)(?: \((\d+)\/(\d+)\))?:(\n|$)/;
+  const partial = new Map(); // kind + sender -> lines of the pages so far
+  function listing(body, from) {
+    const match = LISTING.exec(body);
+    if (!match) return null;
+    const [, kind, page, pages] = match;
+    const lines = body.split("\n").slice(1);
+    if (!page) return { kind, lines };
+    const key = `${kind} ${from}`;
+    const index = Number(page);
+    const sofar = index === 1 ? Object.assign([], { page: 0 }) : partial.get(key);
+    if (!sofar || sofar.page !== index - 1) { // a page missing: wait for the next whole list
+      partial.delete(key);
+      return { kind, lines: null };
+    }
+    const next = Object.assign([...sofar, ...lines], { page: index });
+    if (index < Number(pages)) {
+      partial.set(key, next);
+      return { kind, lines: null };
+    }
+    partial.delete(key);
+    return { kind, lines: [...next] };
+  }
+
+  function renderRooms(lines, sender) {
     const host = sender.split("@")[1] || cfg.domain;
     // "[name]", or "[name] - topic" for a room with a topic: the name is what is bracketed
-    const names = body.split("\n").slice(1).map((line) => {
+    const names = lines.map((line) => {
       const match = /^\[([^\]]*)\]/.exec(line.trim());
       return match ? match[1] : "";
     }).filter(Boolean);
@@ -189,9 +215,9 @@
     $("#no-rooms").hidden = rows.length > 0;
   }
 
-  function renderMembers(body, room) {
+  function renderMembers(lines, room) {
     if (room !== current) return;
-    const rows = body.split("\n").slice(1).filter((line) => line.trim()).map((line) => {
+    const rows = lines.filter((line) => line.trim()).map((line) => {
       const text = line.trim();
       const role = text.startsWith("*") ? "owner" : text.startsWith("~") ? "admin" : "member";
       const tr = document.createElement("tr");
@@ -214,8 +240,11 @@
   function receive(request) {
     const from = uriOf(request.from.uri);
     const body = request.body || "";
-    if (body.startsWith("Rooms:")) return renderRooms(body, from);
-    if (body.startsWith("Members:")) return renderMembers(body, from);
+    const list = listing(body, from);
+    if (list) {
+      if (list.lines === null) return; // more pages to come
+      return list.kind === "Rooms" ? renderRooms(list.lines, from) : renderMembers(list.lines, from);
+    }
     const notice = body.startsWith("*** ");
     log(body, notice ? "notice" : "chat", from);
     if (!notice) return;
