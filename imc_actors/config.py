@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from .sip._guard import ParserLimits
+
 DEFAULT_LISTEN = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
 #: A ``node`` name: what the lease and node tables can hold (issue 13).
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -139,6 +141,11 @@ class Config:
     tcp_idle_timeout: float = 120.0
     dns_timeout: float = 5.0
     dns_lookups_max: int = 16
+    # the SIP parser's limits (imc_actors.sip.ParserLimits; process-wide)
+    sip_max_message: int = 64 * 1024
+    sip_max_header_lines: int = 100
+    sip_max_line: int = 8 * 1024
+    sip_max_field: int = 2 * 1024
     flood_rate: float = 2000.0
     flood_burst: int = 4000
     flood_block: float = 2.0
@@ -267,6 +274,10 @@ class Config:
             raise ConfigError("tcp_idle_timeout", "must be a positive number of seconds")
         if not 0 < self.dns_timeout < math.inf:
             raise ConfigError("dns_timeout", "must be a positive number of seconds")
+        problem = self.parser_limits.problem()
+        if problem is not None:
+            name, why = problem
+            raise ConfigError(f"sip_{name}", why.replace("max_", "sip_max_"))
         if not self.flood_rate >= 0:
             raise ConfigError("flood_rate", "must be 0 (off) or a positive number of requests a second")
         if not self.flood_block >= 0:
@@ -428,6 +439,13 @@ class Config:
 
     # ------------------------------------------------------------------ derived
     @property
+    def parser_limits(self) -> ParserLimits:
+        """The ``sip_max_*`` settings as the SIP parser's limits."""
+        return ParserLimits(
+            self.sip_max_message, self.sip_max_header_lines, self.sip_max_line, self.sip_max_field
+        )
+
+    @property
     def auth_mode(self) -> str:
         """``auth`` as in force: ``off``, ``register`` or ``all`` (unset is ``off``; validation
         refused an unset ``auth`` on a non-loopback address)."""
@@ -515,7 +533,8 @@ _INT_FIELDS = {
     "delivery_burst",
     "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
-    "tcp_send_queue", "dns_lookups_max",
+    "tcp_send_queue", "dns_lookups_max", "sip_max_message", "sip_max_header_lines", "sip_max_line",
+    "sip_max_field",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",
     "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max",

@@ -37,7 +37,7 @@ from .handoff import Handoff, take_frame
 from .imc import texts
 from .imc.effects import Notice
 from .registrar import Registrar
-from .sip import Request, is_own_call_id
+from .sip import Request, is_own_call_id, set_parser_limits
 from .sip.uri import canonical
 from .sipcore import Identity, SipCore, same_aor
 from .store.records import BindingExpire
@@ -472,7 +472,34 @@ async def open_server(
     which takes the room's lease at startup and gets its requests from the other workers
     (:mod:`imc_actors.transport.steering`), and ``node_free`` when it is started again after
     its predecessor died (see :func:`~imc_actors.conference.open_conference`).
+
+    The ``sip_max_*`` settings become the SIP parser's limits for the whole process while the
+    server runs (:func:`~imc_actors.sip.set_parser_limits`); the previous ones are restored
+    when it stops.
     """
+    previous_limits = set_parser_limits(config.parser_limits)
+    try:
+        async with _open_server(
+            config,
+            shared_ports=shared_ports,
+            private_host=private_host,
+            steering=steering,
+            node_free=node_free,
+        ) as server:
+            yield server
+    finally:
+        set_parser_limits(previous_limits)
+
+
+@asynccontextmanager
+async def _open_server(
+    config: Config,
+    *,
+    shared_ports: bool,
+    private_host: str | None,
+    steering: Steering | None,
+    node_free: bool,
+) -> AsyncIterator[Server]:
     registrar = None
     if config.registrar:
         registrar = Registrar(

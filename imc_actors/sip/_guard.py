@@ -11,30 +11,75 @@ same single pass.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import ClassVar
 
 from sipmessage.message import COMPACT_FORMS
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "MAX_HEADER_LINES",
     "MAX_FIELD",
     "MAX_LINE",
     "MAX_MESSAGE",
+    "ParserLimits",
     "SipParseError",
     "canonical_name",
     "forget_traceback",
     "split_message",
 ]
 
+@dataclass(frozen=True)
+class ParserLimits:
+    """What the parser accepts (config ``sip_max_message``, ``sip_max_header_lines``,
+    ``sip_max_line``, ``sip_max_field``); process-wide, see
+    :func:`imc_actors.sip.set_parser_limits`.
+
+    ``max_message``: largest message, in bytes (a UDP datagram is smaller). ``max_header_lines``:
+    most header lines (physical lines after the start line, continuation lines included).
+    ``max_line``: longest line, in bytes; also the longest header value once folded lines are
+    joined. ``max_field``: longest Request-URI, top Via, From or To value handed to
+    sipmessage's grammars, in characters: their regular expressions and parameter loops cost
+    up to ~0.3 µs a character, so the default keeps the worst message, all four at the limit,
+    within a couple of milliseconds.
+    """
+
+    max_message: int = 64 * 1024
+    max_header_lines: int = 100
+    max_line: int = 8 * 1024
+    max_field: int = 2 * 1024
+
+    #: The ranges each may be set in (the upper ends bound the parser's work per message).
+    RANGES: ClassVar[dict[str, tuple[int, int]]] = {
+        "max_message": (1024, 1024 * 1024),
+        "max_header_lines": (16, 1000),
+        "max_line": (256, 64 * 1024),
+        "max_field": (256, 8 * 1024),
+    }
+
+    def problem(self) -> tuple[str, str] | None:
+        """(field, why) for the first value out of its range or order, else None."""
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                return name, f"must be from {low} to {high}"
+        if self.max_line > self.max_message:
+            return "max_line", "must be at most max_message"
+        if self.max_field > self.max_line:
+            return "max_field", "must be at most max_line"
+        return None
+
+
+DEFAULT_LIMITS = ParserLimits()
+# The limits in force (the module globals the parser reads; set_parser_limits changes them).
 #: Largest message :func:`imc_actors.sip.parse` accepts, in bytes (a UDP datagram is smaller).
-MAX_MESSAGE = 64 * 1024
+MAX_MESSAGE = DEFAULT_LIMITS.max_message
 #: Most header lines (physical lines after the start line, continuation lines included).
-MAX_HEADER_LINES = 100
+MAX_HEADER_LINES = DEFAULT_LIMITS.max_header_lines
 #: Longest line, in bytes; also the longest header value once folded lines are joined.
-MAX_LINE = 8 * 1024
-#: Longest Request-URI, top Via, From or To value handed to sipmessage's grammars, in
-#: characters. Their regular expressions and parameter loops cost up to ~0.3 µs a character;
-#: this keeps the worst message, all four at the limit, within a couple of milliseconds.
-MAX_FIELD = 2 * 1024
+MAX_LINE = DEFAULT_LIMITS.max_line
+#: Longest Request-URI, top Via, From or To value handed to sipmessage's grammars.
+MAX_FIELD = DEFAULT_LIMITS.max_field
 
 
 class SipParseError(ValueError):

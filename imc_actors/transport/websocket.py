@@ -4,8 +4,8 @@ A :class:`WsListener` accepts WebSocket handshakes (on trio-websocket) that offe
 subprotocol; one without it is refused with HTTP 400. Each accepted connection is a
 :class:`WsConnection`: one SIP message per WebSocket message, text or binary, in both
 directions (we send text when the message is valid UTF-8, as SIP nearly always is). A message
-larger than :data:`MAX_MESSAGE` closes the connection (close code 1009), as a TCP framing error
-does. A connection quiet for ``idle_timeout`` seconds is pinged; one that does not answer the
+larger than the parser's ``max_message`` (``sip_max_message``, :data:`MAX_MESSAGE` by
+default) closes the connection (close code 1009), as a TCP framing error does. A connection quiet for ``idle_timeout`` seconds is pinged; one that does not answer the
 ping within :data:`PONG_TIMEOUT` seconds is closed. As over TCP, everything sent goes through
 the connection's :class:`~.sendqueue.SendQueue` (``send_queue`` bytes), written in order by one
 writer task beside the reader (:meth:`WsConnection.try_send` without waiting,
@@ -37,6 +37,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
+from ..sip import parser_limits
 from .records import Source
 from .sendqueue import DEFAULT_SEND_QUEUE, SendQueue
 from .tcp import bind_listeners
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 
 #: The WebSocket subprotocol of SIP (RFC 7118 §4.1).
 SUBPROTOCOL = "sip"
-#: Largest WebSocket message accepted: the SIP parser's own limit (64 KiB).
+#: Largest WebSocket message accepted by default: the SIP parser's default limit (64 KiB);
+#: a listener takes the parser's limit in force when it accepts (``sip_max_message``).
 MAX_MESSAGE = 65536
 #: Seconds a client has to complete the opening handshake.
 HANDSHAKE_TIMEOUT = 10.0
@@ -327,7 +329,9 @@ class WsListener:
                         log.debug("wss %s: TLS handshake failed", raw.socket.getpeername())
                         await trio.aclose_forcefully(raw)
                         return
-                request = await wrap_server_stream(nursery, stream, max_message_size=MAX_MESSAGE)
+                request = await wrap_server_stream(
+                    nursery, stream, max_message_size=parser_limits().max_message
+                )
             if request is None:  # a handshake that did not complete in time
                 if self.ssl_context is not None and stream is raw:
                     self.handshake_failures += 1
