@@ -111,6 +111,28 @@ async def test_a_browser_and_a_phone_chat_in_one_room(tmp_path, nursery):
             await expect(bob, "*** [alice] has left the room", sender=CAFE)
             await page.wait("document.getElementById('current').textContent === 'No room selected'")
 
+            # the room one talks in shows no Join button; the others do
+            await page.script(f"{row}.querySelector('button.name').click();")
+            await page.wait("document.getElementById('current').textContent === 'cafe'")
+            join_shown = (
+                "[...document.querySelectorAll('#rooms tbody tr')].map(tr =>"
+                " [tr.dataset.room, getComputedStyle(tr.querySelector('button.join')).visibility])"
+            )
+            assert await page.script(f"return {join_shown}") == [
+                [CAFE, "hidden"], [LOBBY, "visible"]
+            ]
+            # a line the server refuses (alice left cafe: 403) is marked, not shown as said
+            await page.script("document.getElementById('line').value = 'anyone there?';")
+            await page.script("document.getElementById('send').click();")
+            await page.wait(has_line("error", CAFE, "! 403 Forbidden"))
+            struck = await page.script(
+                "const p = [...document.querySelectorAll('#log p.mine')].pop();"
+                " return [p.className, p.querySelector('.text').textContent,"
+                " getComputedStyle(p.querySelector('.text')).textDecorationLine]"
+            )
+            assert struck == ["mine failed", "[alice]: anyone there?", "line-through"]
+            assert bob.pending_messages() == []  # nothing reached the room
+
             ARTIFACTS.mkdir(exist_ok=True)
             assert await page.run(page.driver.save_screenshot, str(ARTIFACTS / "chat_page.png"))
         finally:

@@ -56,6 +56,7 @@
     const box = $("#log");
     box.append(line);
     box.scrollTop = box.scrollHeight;
+    return line;
   }
 
   // ------------------------------------------------------------------ sending
@@ -150,8 +151,15 @@
       return;
     }
     const room = current;
-    log(`[${me.replace(/^sip:/, "").split("@")[0]}]: ${text}`, "mine", room);
-    refused(await send(room, text), room);
+    // shown at once, as sent; marked "failed" (struck through) when it was refused or never
+    // reached the server, so a line nobody got never looks said
+    const line = log(`[${me.replace(/^sip:/, "").split("@")[0]}]: ${text}`, "mine pending", room);
+    const answer = await send(room, text);
+    line.classList.remove("pending");
+    if (!refused(answer, room)) {
+      line.classList.add("failed");
+      line.title = "not delivered";
+    }
   }
 
   // ------------------------------------------------------------------ receiving
