@@ -75,9 +75,17 @@
     $("#nodes tbody").replaceChildren(...rows);
   }
 
+  // What the tables show now: a refresh that brings the same data leaves the DOM alone, so a
+  // click or a selection is never lost to a rebuild in the middle of it.
+  let shownRooms = null;
+  let shownMembers = null;
+
   function renderRooms(data) {
     const cluster = (data.nodes || []).length > 0;
     renderNodes(data.nodes || []);
+    const key = JSON.stringify([cluster, data.rooms, data.summary]);
+    if (key === shownRooms) return;
+    shownRooms = key;
     const tbody = $("#rooms tbody");
     const rows = [];
     for (const room of data.rooms) {
@@ -111,6 +119,9 @@
   }
 
   function renderMembers(status, data) {
+    const key = JSON.stringify([selected, status, data]);
+    if (key === shownMembers) return;
+    shownMembers = key;
     const panel = $("#members-panel");
     panel.hidden = false;
     panel.dataset.room = selected;
