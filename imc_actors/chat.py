@@ -40,6 +40,7 @@ answer is refused, the 401/403 is reported as an error.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import signal
@@ -90,7 +91,9 @@ class ChatOptions:
     ``user`` (``alice@example.com`` or ``sip:alice@example.com``; without ``@host`` the server's
     host is the domain), ``server`` (``HOST[:PORT]``), ``password`` (answers digest
     challenges; None: none is answered), ``wait`` (seconds of quiet after the end of input before quitting),
-    ``manager_user`` and ``command_char`` as configured on the server.
+    ``manager_user`` and ``command_char`` as configured on the server, ``local`` (``IP[:PORT]``
+    to send from and be reached at; None: the address the kernel would send from to the
+    server, on a free port).
     """
 
     user: str
@@ -99,6 +102,7 @@ class ChatOptions:
     wait: float = 0.5
     manager_user: str = "imc-manager"
     command_char: str = "#"
+    local: str | None = None
 
 
 def _server_address(text: str) -> tuple[str, int]:
@@ -110,6 +114,27 @@ def _server_address(text: str) -> tuple[str, int]:
     if address.port == 0:
         raise ChatError(f"invalid --server: port 0 in {text!r}")
     return address.host, address.port
+
+
+def _local_address(text: str) -> tuple[str, int]:
+    """``(ip, port)`` of ``--local IP[:PORT]`` / ``[v6][:PORT]`` (port 0, a free one, when
+    none is given). Raises :class:`ChatError`."""
+    host, port = text, "0"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ChatError(f"invalid --local: {text!r} is not IP[:PORT]")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ChatError(f"invalid --local: {host!r} is not an IP address") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ChatError(f"invalid --local: bad port in {text!r}")
+    return host, int(port)
 
 
 def _local_ip_towards(family: int, ip: str, port: int) -> str:
@@ -133,6 +158,7 @@ class ChatClient:
         self.out = out
         self.err = err
         self.server_host, self.server_port = _server_address(options.server)
+        self.local = _local_address(options.local) if options.local is not None else None
         if len(options.command_char) != 1 or options.command_char.isspace():
             raise ChatError("invalid --command-char: must be one non-space character")
         if not options.wait >= 0 or not math.isfinite(options.wait):
@@ -416,10 +442,17 @@ class ChatClient:
         """Register, chat until the end of input or a signal, unregister. Returns the exit code
         (raises :class:`ChatError` for a failed start)."""
         family, server_ip = await self._resolve_server()
-        local_ip = _local_ip_towards(family, server_ip, self.server_port)
+        if self.local is not None:
+            local_ip, local_port = self.local
+            if (":" in local_ip) != (family == socket.AF_INET6):
+                raise ChatError(f"invalid --local: {local_ip} cannot reach the server at {server_ip}")
+        else:
+            local_ip, local_port = _local_ip_towards(family, server_ip, self.server_port), 0
         port = self.server_port
         hop = f"[{server_ip}]:{port}" if ":" in server_ip else f"{server_ip}:{port}"
-        self._transport = SipTransport([ListenAddress("udp", local_ip, 0)], outbound_proxy=hop)
+        self._transport = SipTransport(
+            [ListenAddress("udp", local_ip, local_port)], outbound_proxy=hop
+        )
         failure: ChatError | None = None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:

@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(without @DOMAIN: the server's host)")
     chat.add_argument("--server", default="127.0.0.1:5060", metavar="HOST:PORT",
                       help="the server's SIP address (default 127.0.0.1:5060, what serve listens on)")
+    chat.add_argument("--local", metavar="IP[:PORT]",
+                      help="the address to send from and be reached at (default: the one the "
+                      "system sends from to the server, on a free port)")
     chat.add_argument("--password", metavar="PW",
                       help="answer the server's digest challenges (auth) with this password")
     chat.add_argument("--wait", type=float, default=0.5, metavar="SECONDS",
@@ -436,7 +439,7 @@ def _chat(args: argparse.Namespace) -> int:
     _setup_logging("warning", "text")
     return run_chat(ChatOptions(
         args.user, server=args.server, password=args.password, wait=args.wait,
-        manager_user=args.manager_user, command_char=args.command_char,
+        manager_user=args.manager_user, command_char=args.command_char, local=args.local,
     ))  # fmt: skip
 
 

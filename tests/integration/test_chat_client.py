@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from imc_actors.server import open_server
+from tests.support import free_port
 
 from .conftest import DOMAIN, make_config, udp_address
 
@@ -216,6 +217,18 @@ async def test_a_server_that_refuses_registration_stops_the_client(tmp_path):
             ["alice@127.0.0.1", "--server", "127.0.0.1:x"],
             "imc-actors: invalid --server: bad port in 'udp:127.0.0.1:x'",
         ),
+        (
+            ["alice@127.0.0.1", "--local", "example.org"],
+            "imc-actors: invalid --local: 'example.org' is not an IP address",
+        ),
+        (
+            ["alice@127.0.0.1", "--local", "127.0.0.1:99999"],
+            "imc-actors: invalid --local: bad port in '127.0.0.1:99999'",
+        ),
+        (
+            ["alice@127.0.0.1", "--local", "::1"],
+            "imc-actors: invalid --local: ::1 cannot reach the server at 127.0.0.1",
+        ),
     ],
 )
 def test_bad_arguments_exit_2(args, message):
@@ -228,6 +241,18 @@ def test_bad_arguments_exit_2(args, message):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == message
+
+
+async def test_local_chooses_the_address_the_client_sends_from_and_registers(server, nursery):
+    # a client on a machine with several addresses could not choose which one it registered
+    port = free_port(host="127.0.0.44")
+    gina = await start_chat(nursery, server, "gina", "--local", f"127.0.0.44:{port}")
+    await wait_registered(server, "gina")
+    assert bound(server, "gina") == [f"sip:gina@127.0.0.44:{port}"]
+    await gina.send("#create gina-room")
+    await gina.expect("[gina-room] *** Room was created")  # its notice reached that address
+    assert await gina.finish() == 0
+    assert bound(server, "gina") == []
 
 
 async def test_sigterm_unregisters_and_exits_0(server, nursery):
