@@ -36,6 +36,15 @@ def say(ruri: str, user: str, body: str) -> IncomingMessage:
     return IncomingMessage(ruri, f"sip:{user}@{DOMAIN}", body.encode(), "text/plain", f"{user}:{body}")
 
 
+async def sign_in(page: Page, http_url: str, user: str) -> None:
+    """Open the chat page at ``http_url`` and sign in as ``user`` (no password)."""
+    await page.run(page.driver.get, http_url + "/chat")
+    await page.wait("!document.getElementById('signin').hidden")
+    await page.script(f"document.getElementById('user').value = {user!r};")
+    await page.script("document.getElementById('signin-button').click();")
+    await page.wait("document.body.dataset.signedIn === 'yes'")
+
+
 def has_line(kind: str, room: str, text: str) -> str:
     """A JavaScript condition: the log holds a line of class ``kind`` from ``room``."""
     return f"{LINES}.some(([k, r, t]) => k.split(' ').includes('{kind}') && r === '{room}' && t === {text!r})"
@@ -55,11 +64,7 @@ async def test_a_browser_and_a_phone_chat_in_one_room(tmp_path, nursery):
         profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
         page = Page(await trio.to_thread.run_sync(start_browser, profile))
         try:
-            await page.run(page.driver.get, server.http_url + "/chat")
-            await page.wait("!document.getElementById('signin').hidden")
-            await page.script("document.getElementById('user').value = 'alice';")
-            await page.script("document.getElementById('signin-button').click();")
-            await page.wait("document.body.dataset.signedIn === 'yes'")
+            await sign_in(page, server.http_url, "alice")
             assert await page.script("return document.getElementById('status').textContent") == (
                 f"signed in as sip:alice@{DOMAIN}"
             )
@@ -168,11 +173,7 @@ async def test_long_room_and_member_lists_arrive_in_pages_and_the_page_shows_the
         profile = tempfile.mkdtemp(prefix="imc-chromium-", dir=tmp_path)
         page = Page(await trio.to_thread.run_sync(start_browser, profile))
         try:
-            await page.run(page.driver.get, server.http_url + "/chat")
-            await page.wait("!document.getElementById('signin').hidden")
-            await page.script("document.getElementById('user').value = 'alice';")
-            await page.script("document.getElementById('signin-button').click();")
-            await page.wait("document.body.dataset.signedIn === 'yes'")
+            await sign_in(page, server.http_url, "alice")
             await page.wait(f"{ROOMS}.length === {len(rooms)}")
             assert await page.script(f"return {ROOMS}") == [f"sip:{name}@{DOMAIN}" for name in rooms]
             row = f"document.querySelector('#rooms tbody tr[data-room=\"{big}\"]')"
@@ -294,11 +295,7 @@ async def test_over_wss_a_browser_and_a_phone_chat(tmp_path, nursery):
         flag = f"--ignore-certificate-errors-spki-list={spki_hash(tls.cert)}"
         page = Page(await trio.to_thread.run_sync(start_browser, profile, flag))
         try:
-            await page.run(page.driver.get, server.http_url + "/chat")
-            await page.wait("!document.getElementById('signin').hidden")
-            await page.script("document.getElementById('user').value = 'alice';")
-            await page.script("document.getElementById('signin-button').click();")
-            await page.wait("document.body.dataset.signedIn === 'yes'")
+            await sign_in(page, server.http_url, "alice")
             assert server.transport.statistics().ws_connections == 1
             await page.script("document.getElementById('create-name').value = 'lobby';")
             await page.script("document.getElementById('create-button').click();")

@@ -8,6 +8,16 @@ from imc_actors.imc.history import PAGE_BYTES
 from tests.faults.common import DOMAIN, MANAGER, Inbox, make_config, say
 
 
+def paged_lines(inbox: Inbox, user: str, title: str) -> tuple[list[str], list[str]]:
+    """The pages ``user`` got (more than one, each headed ``title (i/n):`` and within a
+    datagram's page size) and their lines in order."""
+    pages = [body.decode() for body in inbox.bodies_to(user)]
+    assert len(pages) > 1
+    assert all(page.startswith(f"{title} ({i}/{len(pages)}):\n") for i, page in enumerate(pages, 1))
+    assert all(len(page.encode()) <= PAGE_BYTES + len(f"{title} (10/10):") for page in pages)
+    return pages, [line for page in pages for line in page.split("\n")[1:]]
+
+
 async def test_max_rooms_refuses_one_more_room_with_a_notice(tmp_path) -> None:
     # Per-user limits do not bound the server: without authentication every From is a new
     # user, so 5,000 #create from 5,000 made-up users made 5,000 rooms (seen on a tour).
@@ -41,11 +51,7 @@ async def test_rooms_comes_in_pages_that_fit_a_datagram_and_says_what_it_left_ou
         inbox.sent.clear()
         assert (await conf.handle(say(MANAGER, "u1", "#rooms"))).code == 200
         await conf.flush_notices()
-        pages = [body.decode() for body in inbox.bodies_to("u1")]
-        assert len(pages) > 1
-        assert all(page.startswith(f"Rooms ({i}/{len(pages)}):\n") for i, page in enumerate(pages, 1))
-        assert all(len(page.encode()) <= PAGE_BYTES + len("Rooms (10/10):") for page in pages)
-        lines = [line for page in pages for line in page.split("\n")[1:]]
+        _, lines = paged_lines(inbox, "u1", "Rooms")
         assert lines == [f"[room{i:03}]" for i in range(250)] + [texts.rooms_not_listed(50)]
 
 
@@ -62,11 +68,7 @@ async def test_members_of_a_big_room_come_in_pages_that_fit_a_datagram(tmp_path)
         answer = await conf.handle(say(room, "member007", "#members"))
         assert answer.code == 200
         await conf.flush_notices()
-        pages = [body.decode() for body in inbox.bodies_to("member007")]
-        assert len(pages) > 1
-        assert all(page.startswith(f"Members ({i}/{len(pages)}):\n") for i, page in enumerate(pages, 1))
-        assert all(len(page.encode()) <= PAGE_BYTES + len("Members (10/10):") for page in pages)
-        lines = [line for page in pages for line in page.split("\n")[1:]]
+        pages, lines = paged_lines(inbox, "member007", "Members")
         assert lines == ["*[owner]"] + [f"[member{i:03}]" for i in range(300)]
         assert answer.body == "\n".join(pages).encode()
         # a small room keeps the one body of spec §4
