@@ -461,18 +461,27 @@ def _startup_error(exc: BaseException) -> Exception | None:
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
+def _drop_stdout() -> None:
+    # Python flushes stdout again at exit: point it at /dev/null so that flush is silent.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _printing(run: Callable[[], int]) -> int:
     """Run a command that prints; a closed stdout (the reader quit) ends it quietly with
-    :data:`EXIT_BROKEN_PIPE` instead of a BrokenPipeError traceback."""
+    :data:`EXIT_BROKEN_PIPE` instead of a BrokenPipeError traceback, and a stdout that cannot
+    be written (a full disk, ``> /dev/full``) with one line on stderr and exit code 1."""
     try:
         code = run()
         sys.stdout.flush()
     except BrokenPipeError:
-        # Python flushes stdout again at exit: point it at /dev/null so that flush is silent.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _drop_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        _drop_stdout()
+        print(f"{PROG}: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return code
 
 

@@ -91,7 +91,8 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
 def unusable_contact(uri: str) -> str | None:
     """Why nothing could ever be delivered to the Contact ``uri`` (so it is not registered:
     400), or None. A SIP or SIPS URI with a host (a valid IPv4 address when it is one in
-    form), a port in 1-65535 and a transport this server speaks."""
+    form; a name DNS can look up when it is a name), a port in 1-65535 and a transport this
+    server speaks."""
     try:
         parsed = parse_sip_uri(uri)
     except ValueError:
@@ -108,6 +109,13 @@ def unusable_contact(uri: str) -> str | None:
             ipaddress.IPv4Address(host)
         except ValueError:
             return f"bad address {host[:80]!r} in {uri[:80]!r}"
+    elif not host.startswith("["):  # a DNS name: labels of 1-63 characters, 253 in all
+        try:
+            fits = len(host.rstrip(".").encode("idna")) <= 253
+        except UnicodeError:
+            fits = False
+        if not fits:
+            return f"bad host name {host[:80]!r} in {uri[:80]!r}"
     return None
 
 

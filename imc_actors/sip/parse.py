@@ -470,13 +470,13 @@ def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
     sanity module answers). A first line that is no request line at all (binary junk, a
     truncated method) still gets its answer when a Via follows: the Via is what routes it
     back. Returns None only when there is nobody to answer: a response (a first line
-    starting ``SIP/``), an ACK (never answered), or no non-empty Via (the answer could not be
-    routed back). Works on bytes; never raises for any ``data``.
+    starting ``SIP/`` in any case, after any blanks), an ACK (by its first line or its CSeq;
+    never answered), or no non-empty Via (the answer could not be routed back). Works on bytes; never raises for any ``data``.
     """
     if not 100 <= code <= 699 or "\r" in reason or "\n" in reason:
         raise ValueError(f"bad status {code} {reason!r}")
     data = bytes(data[:MAX_MESSAGE]).lstrip(b"\r\n")
-    if data.startswith(b"SIP/") or data[:4] == b"ACK ":
+    if data.lstrip(b" \t")[:4].upper() in (b"SIP/", b"ACK "):  # any case, any leading blanks
         return None
     lines = _ANY_LINE_END.split(data, MAX_HEADER_LINES + 1)[1 : MAX_HEADER_LINES + 1]
     found: dict[str, list[bytes]] = {}
@@ -498,6 +498,9 @@ def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
             last.append(value.strip(b" \t"))
     vias = [via for via in found.get("Via", ()) if via]
     if not vias:
+        return None
+    cseq = found.get("CSeq", (b"",))[0].split()
+    if len(cseq) == 2 and cseq[1].upper() == b"ACK":  # an ACK behind a broken first line
         return None
     out = [f"SIP/2.0 {code} {reason or reason_phrase(code)}".encode()]
     out.extend(b"Via: " + via for via in vias)

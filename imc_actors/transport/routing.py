@@ -335,7 +335,7 @@ class Router:
                 infos = await trio.to_thread.run_sync(
                     _getaddrinfo, host, hop.port, limiter=self._dns_threads, abandon_on_cancel=True
                 )
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a label over 63 characters
                 raise NoRoute(f"cannot resolve {host}: {exc}") from None
         if infos is None:
             self.dns_timeouts += 1

@@ -110,6 +110,20 @@ async def test_a_reader_that_went_away_ends_the_command_quietly(server, ua):
         assert (done.returncode, done.stderr.decode()) == (141, ""), args
 
 
+async def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(server, ua):
+    # > /dev/full was an OSError traceback (ENOSPC on the final flush)
+    await populate(ua)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("IMC_")}
+    with open("/dev/full", "wb") as full, trio.fail_after(30):  # safety net only
+        done = await trio.run_process(
+            [sys.executable, "-m", "imc_actors", "rooms", "--rpc", server.rpc_url],
+            stdout=full, capture_stderr=True, check=False, cwd=ROOT, env=environ,
+        )  # fmt: skip
+    assert (done.returncode, done.stderr.decode()) == (
+        1, "imc-actors: cannot write the output: No space left on device\n"
+    )  # fmt: skip
+
+
 async def test_errors_and_exit_codes(server, ua):
     await populate(ua)
     url = server.rpc_url

@@ -612,6 +612,11 @@ def test_salvage_works_without_end_of_headers() -> None:
         ),
         b"\x00\x01\x02 binary junk",
         b"",
+        RESPONSE.replace(b"SIP/2.0 ", b"sip/2.0 ", 1),  # a response in lower case
+        b" \t" + RESPONSE,  # a response behind blanks
+        BROKEN.replace(b"MESSAGE sip:room@example.com SIP/2.0", b"\xff\xfe junk").replace(
+            b"CSeq: one MESSAGE", b"CSeq: 1 ack"
+        ),  # an ACK behind a broken first line: never answered
     ],
 )
 def test_salvage_declines(data: bytes) -> None:
