@@ -27,6 +27,10 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Most ``workers`` one ``serve`` starts (one process per core is the point; 64 is plenty).
 MAX_WORKERS = 64
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Upper bounds of ``dns_timeout`` (seconds: Timer F, 64*T1, after which the request has
+#: failed anyway) and ``dns_lookups_max`` (each lookup in flight holds an OS thread).
+DNS_TIMEOUT_MAX = 32.0
+DNS_LOOKUPS_MAX = 1024
 
 
 class ConfigError(ValueError):
@@ -272,8 +276,16 @@ class Config:
             raise ConfigError("tcp_send_queue", "must be at least 1024 bytes")
         if not self.tcp_idle_timeout > 0:
             raise ConfigError("tcp_idle_timeout", "must be a positive number of seconds")
-        if not 0 < self.dns_timeout < math.inf:
-            raise ConfigError("dns_timeout", "must be a positive number of seconds")
+        if not 0 < self.dns_timeout <= DNS_TIMEOUT_MAX:
+            raise ConfigError(
+                "dns_timeout",
+                f"must be a positive number of seconds, at most {DNS_TIMEOUT_MAX:g} (a SIP "
+                "transaction's whole lifetime, 64*T1)",
+            )
+        if self.dns_lookups_max > DNS_LOOKUPS_MAX:
+            raise ConfigError(
+                "dns_lookups_max", f"must be at most {DNS_LOOKUPS_MAX} (each lookup is a thread)"
+            )
         problem = self.parser_limits.problem()
         if problem is not None:
             name, why = problem
@@ -556,6 +568,9 @@ _FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 _NEXT_HEADER = re.compile(r"\n|,(?=[ \t]*[A-Za-z][A-Za-z0-9!%'*+\-.^_`|~]*[ \t]*:(?:[ \t]|$))")
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _from_text(name: str, raw: str) -> Any:
     """Turn an environment string into the field's type: lists are comma-separated, and in
     ``extra_hdrs`` only a comma that starts a new ``Name: value`` header separates
@@ -577,12 +592,15 @@ def _coerce(name: str, value: Any) -> Any:
             return False
         raise ConfigError(name, f"expected true or false, got {value!r}")
     if name in _INT_FIELDS:
-        if isinstance(value, bool):
-            raise ConfigError(name, f"expected an integer, got {value!r}")
-        try:
+        # a whole number as written: not 16.5 (int() would make it 16), not a bool, and in
+        # text (environment, flags) plain digits only, not 4_000 or 1e3
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(name, f"expected an integer, got {value!r}") from None
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+            return int(value)
+        raise ConfigError(name, f"expected an integer, got {value!r}")
     if name in _FLOAT_FIELDS:
         if isinstance(value, bool):
             raise ConfigError(name, f"expected a number, got {value!r}")

@@ -63,10 +63,16 @@ class ParserLimits:
             value = getattr(self, name)
             if not low <= value <= high:
                 return name, f"must be from {low} to {high}"
+        # named with its value: after a lower max_message it is the untouched default that fails
         if self.max_line > self.max_message:
-            return "max_line", "must be at most max_message"
+            return "max_line", (
+                f"must be at most max_message ({self.max_message}); it is {self.max_line}: "
+                "lower it too"
+            )
         if self.max_field > self.max_line:
-            return "max_field", "must be at most max_line"
+            return "max_field", (
+                f"must be at most max_line ({self.max_line}); it is {self.max_field}: lower it too"
+            )
         return None
 
 

@@ -68,7 +68,15 @@ def test_limits_out_of_range_or_order_are_refused_by_name(overrides, field) -> N
     assert "sip_max_" in str(info.value)
 
 
+def test_a_lower_message_limit_names_the_default_line_limit_it_falls_below() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources(environ={}, overrides={"sip_max_message": 4096})
+    assert str(info.value) == (
+        "invalid sip_max_line: must be at most sip_max_message (4096); it is 8192: lower it too"
+    )
+
+
 def test_set_parser_limits_refuses_what_config_would() -> None:
-    with pytest.raises(ValueError, match="max_field must be at most max_line"):
+    with pytest.raises(ValueError, match=r"max_field must be at most max_line \(1024\)"):
         set_parser_limits(ParserLimits(max_line=1024, max_field=2048))
     assert parser_limits() == DEFAULT_LIMITS

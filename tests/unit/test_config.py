@@ -47,6 +47,12 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_DB_TIMEOUT": "0"}, "db_timeout"),
         ({"IMC_DB_TIMEOUT": "soon"}, "db_timeout"),
         ({"IMC_DB_TIMEOUT": "inf"}, "db_timeout"),
+        ({"IMC_DNS_TIMEOUT": "33"}, "dns_timeout"),
+        ({"IMC_DNS_TIMEOUT": "nan"}, "dns_timeout"),
+        ({"IMC_DNS_LOOKUPS_MAX": "1025"}, "dns_lookups_max"),
+        ({"IMC_DNS_LOOKUPS_MAX": "16.5"}, "dns_lookups_max"),
+        ({"IMC_MAX_ROOMS": "4_000"}, "max_rooms"),
+        ({"IMC_MAX_ROOMS": "1e3"}, "max_rooms"),
     ],
 )
 def test_bad_values_name_the_parameter(source, param):
@@ -66,6 +72,26 @@ def test_db_timeout_from_file_environment_and_flag(tmp_path):
         str(path), environ={"IMC_DB_TIMEOUT": "0.5"}, overrides={"db_timeout": "7.5"}
     )
     assert flag.db_timeout == 7.5
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("max_rooms = 4_000", 4000), ("max_rooms = 16.0", 16), ("max_rooms = \" 12 \"", 12),
+     ("max_rooms = \"+7\"", 7)],
+)  # fmt: skip
+def test_whole_numbers_in_a_file(tmp_path, line, expected):
+    path = tmp_path / "imc.toml"
+    path.write_text(line + "\n")  # TOML's own 4_000 is an integer
+    assert Config.from_sources(str(path), environ={}).max_rooms == expected
+
+
+@pytest.mark.parametrize("line", ["max_rooms = 16.5", "max_rooms = \"4_000\"", "max_rooms = true"])
+def test_an_integer_field_refuses_what_is_not_a_whole_number(tmp_path, line):
+    # 16.5 was taken as 16 (int() truncates) and "4_000" as 4000
+    path = tmp_path / "imc.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match="invalid max_rooms: expected an integer"):
+        Config.from_sources(str(path), environ={})
 
 
 def test_unknown_key_in_file_is_refused(tmp_path):
