@@ -129,9 +129,12 @@ def _local_address(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, port = text.split(":")
     try:
-        ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise ChatError(f"invalid --local: {host!r} is not an IP address") from None
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        # the address also goes into the Contact: it must be one the server can send back to
+        raise ChatError(f"invalid --local: {host} is not one address of this host to send from")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ChatError(f"invalid --local: bad port in {text!r}")
     return host, int(port)

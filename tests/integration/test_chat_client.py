@@ -225,6 +225,15 @@ async def test_a_server_that_refuses_registration_stops_the_client(tmp_path):
             ["alice@127.0.0.1", "--local", "127.0.0.1:99999"],
             "imc-actors: invalid --local: bad port in '127.0.0.1:99999'",
         ),
+        *(
+            (  # the Contact would say where nobody can answer (0.0.0.0 bound with 200 before)
+                ["alice@127.0.0.1", "--local", given],
+                f"imc-actors: invalid --local: {ip} is not one address of this host to send from",
+            )
+            for given, ip in [("0.0.0.0", "0.0.0.0"), ("0.0.0.0:5070", "0.0.0.0"), ("::", "::"),
+                              ("224.0.0.1", "224.0.0.1"), ("255.255.255.255", "255.255.255.255"),
+                              ("[ff02::1]:5070", "ff02::1")]
+        ),
         (
             ["alice@127.0.0.1", "--local", "::1"],
             "imc-actors: invalid --local: ::1 cannot reach the server at 127.0.0.1",
