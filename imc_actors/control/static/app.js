@@ -75,17 +75,22 @@
     $("#nodes tbody").replaceChildren(...rows);
   }
 
-  // What the tables show now: a refresh that brings the same data leaves the DOM alone, so a
-  // click or a selection is never lost to a rebuild in the middle of it.
-  let shownRooms = null;
-  let shownMembers = null;
+  // What each part of the page shows now: a refresh that brings the same data for a part
+  // leaves its DOM alone, so a click or a selection is never lost to a rebuild in the middle
+  // of it (a new chat line redraws the history, not the members).
+  const shown = new Map();
+
+  function changed(part, ...values) {
+    const key = JSON.stringify(values);
+    if (shown.get(part) === key) return false;
+    shown.set(part, key);
+    return true;
+  }
 
   function renderRooms(data) {
     const cluster = (data.nodes || []).length > 0;
     renderNodes(data.nodes || []);
-    const key = JSON.stringify([cluster, data.rooms, data.summary]);
-    if (key === shownRooms) return;
-    shownRooms = key;
+    if (!changed("rooms", cluster, data.rooms, data.summary)) return;
     const tbody = $("#rooms tbody");
     const rows = [];
     for (const room of data.rooms) {
@@ -119,33 +124,37 @@
   }
 
   function renderMembers(status, data) {
-    const key = JSON.stringify([selected, status, data]);
-    if (key === shownMembers) return;
-    shownMembers = key;
-    const panel = $("#members-panel");
-    panel.hidden = false;
-    panel.dataset.room = selected;
-    $("#members-title").textContent = `Members of ${selected}`;
     const gone = status !== 200;
-    $("#room-gone").hidden = !gone;
-    $("#members").hidden = gone;
-    $("#history").hidden = gone;
+    if (changed("panel", selected, gone)) {
+      const panel = $("#members-panel");
+      panel.hidden = false;
+      panel.dataset.room = selected;
+      $("#members-title").textContent = `Members of ${selected}`;
+      $("#room-gone").hidden = !gone;
+      $("#members").hidden = gone;
+      $("#history").hidden = gone;
+      $("#admin-panel").hidden = gone;
+      for (const part of ["bans", "info", "history", "members"]) shown.delete(part);
+    }
     if (gone) {
-      $("#room-info").textContent = "";
-      $("#room-topic").textContent = "";
-      $("#members tbody").replaceChildren();
-      $("#admin-panel").hidden = true;
-      $("#history tbody").replaceChildren();
-      $("#no-history").hidden = true;
+      if (changed("info", selected, null)) {
+        $("#room-info").textContent = "";
+        $("#room-topic").textContent = "";
+        $("#members tbody").replaceChildren();
+        $("#history tbody").replaceChildren();
+        $("#no-history").hidden = true;
+      }
       return;
     }
-    $("#admin-panel").hidden = false;
-    renderBans(data);
-    const created = data.info && data.info.created ? `, created ${utc(data.info.created)}` : "";
-    $("#room-info").textContent =
-      `${data.count} listed, ${data.private ? "private" : "public"} room${created}`;
-    $("#room-topic").textContent = data.info && data.info.topic ? `Topic: ${data.info.topic}` : "No topic";
-    renderHistory(data.history);
+    if (changed("bans", selected, data.bans)) renderBans(data);
+    if (changed("info", selected, data.count, data.private, data.info)) {
+      const created = data.info && data.info.created ? `, created ${utc(data.info.created)}` : "";
+      $("#room-info").textContent =
+        `${data.count} listed, ${data.private ? "private" : "public"} room${created}`;
+      $("#room-topic").textContent = data.info && data.info.topic ? `Topic: ${data.info.topic}` : "No topic";
+    }
+    if (changed("history", selected, data.history)) renderHistory(data.history);
+    if (!changed("members", selected, data.members)) return;
     const rows = data.members.map((member, index) => {
       const tr = document.createElement("tr");
       tr.dataset.member = member.uri;
