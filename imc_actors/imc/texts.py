@@ -413,7 +413,7 @@ def server_full(limit: int) -> str:
 
 def limit_is(limit: int) -> str:
     """The answer to ``#limit``, and to ``#limit <n>`` once set."""
-    return f"*** The room takes at most {limit} members"
+    return f"*** The room takes at most {limit} member{'' if limit == 1 else 's'}"
 
 
 def invalid_limit(start_char: str) -> str:

@@ -315,3 +315,8 @@ def test_chat_budgets_are_bounded_and_peeking_spends_nothing() -> None:
     budget.allow("other a", 2.0)
     budget.allow("other b", 100.0)  # full: the idle buckets go first
     assert len(budget) <= 2
+
+
+def test_a_limit_of_one_is_one_member() -> None:
+    assert texts.limit_is(1) == "*** The room takes at most 1 member"  # "1 members" before
+    assert texts.limit_is(2) == "*** The room takes at most 2 members"
