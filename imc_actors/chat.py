@@ -109,8 +109,8 @@ def _server_address(text: str) -> tuple[str, int]:
     """``(host, port)`` of ``HOST[:PORT]`` / ``[v6]:PORT`` (port 5060 by default)."""
     try:
         address = ListenAddress.parse(f"udp:{text}")
-    except ValueError as exc:
-        raise ChatError(f"invalid --server: {exc}") from None
+    except ValueError:  # its message would name the udp: put in front here
+        raise ChatError(f"invalid --server: {text!r} is not HOST[:PORT] with a port in 1-65535") from None
     if address.port == 0:
         raise ChatError(f"invalid --server: port 0 in {text!r}")
     return address.host, address.port

@@ -246,13 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def load_config(args: argparse.Namespace, *, client: bool = False) -> Config:
     overrides = {
         name: getattr(args, name)
         for name in Config.names()
         if getattr(args, name, None) is not None
     }
-    return Config.from_sources(args.config or os.environ.get("IMC_CONFIG"), overrides=overrides)
+    path = args.config or os.environ.get("IMC_CONFIG")
+    return Config.from_sources(path, overrides=overrides, client=client)
 
 
 def setup_logging(config: Config) -> None:
@@ -415,7 +416,7 @@ def _client(args: argparse.Namespace) -> int:
     url, token = args.rpc_url, args.token
     if url is None or token is None:  # --token, else IMC_RPC_TOKEN, else rpc_token in --config
         try:
-            config = load_config(args)
+            config = load_config(args, client=True)  # the server's file: its TLS key may be unreadable
         except ConfigError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return client.EXIT_USAGE

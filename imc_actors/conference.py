@@ -834,7 +834,11 @@ async def open_conference(
     ``node_free``: the caller knows no other process runs as ``node`` (a worker started again
     after its predecessor died), so startup does not wait to find out
     (:meth:`~imc_actors.actors.leases.LeaseKeeper.ensure_alone`).
+
+    Raises :class:`~imc_actors.config.ConfigError` for a ``config`` that
+    :meth:`Config.validate` refuses, before anything starts.
     """
+    config.validate()  # a Config built directly is checked here (inf seconds ended the run)
     if repository is None:
         repository = await trio.to_thread.run_sync(open_repository, config)
     store = Store(repository, db_timeout=config.db_timeout, inline=config.sqlite_inline)

@@ -14,6 +14,7 @@ import ipaddress
 import math
 import os
 import re
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -31,6 +32,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: failed anyway) and ``dns_lookups_max`` (each lookup in flight holds an OS thread).
 DNS_TIMEOUT_MAX = 32.0
 DNS_LOOKUPS_MAX = 1024
+#: Largest value of any count (10^12) and of any number of seconds or rate (10^9: about 31
+#: years): beyond them a value overflows a database column or a timer, and no setting needs it.
+INT_MAX = 10**12
+FLOAT_MAX = 1e9
+#: Smallest ``lease_ttl`` and nonzero ``metrics_share_interval`` (seconds): below them the
+#: renewal and snapshot loops spin (a core at 90 % with no traffic).
+LEASE_TTL_MIN = 1.0
+SHARE_INTERVAL_MIN = 0.1
 
 
 class ConfigError(ValueError):
@@ -64,6 +73,11 @@ class ListenAddress:
         :data:`LISTEN_TRANSPORTS`' port of the transport)."""
         transport, sep, rest = text.partition(":")
         if not sep or transport.lower() not in LISTEN_TRANSPORTS:
+            if sep and transport.isalpha() and not all(c in string.hexdigits for c in transport):
+                # sctp:127.0.0.1:5060 was "'sctp:127.0.0.1' is not an IP address"
+                raise ValueError(
+                    f"unknown transport {transport!r} in {text!r} (udp, tcp, tls, ws or wss)"
+                )
             transport, rest = "udp", text
         transport = transport.lower()
         default_port = str(LISTEN_TRANSPORTS[transport])
@@ -74,11 +88,13 @@ class ListenAddress:
             host, _, port_text = rest.rpartition(":")
             if not host:
                 host, port_text = rest, default_port
-        try:
-            port = int(port_text or default_port)
-        except ValueError:
-            raise ValueError(f"bad port in {text!r}") from None
-        if not host or not 0 <= port <= 65535:
+        port_text = port_text or default_port
+        if not (port_text.isascii() and port_text.isdigit()):  # not 5_060, +5060 or ٥٠٦٠
+            raise ValueError(f"bad port in {text!r}")
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"bad port in {text!r} (1-65535, or 0 for a free one)")
+        if not host:
             raise ValueError(f"expected transport:host:port, got {text!r}")
         return cls(transport, host, port)  # type: ignore[arg-type]
 
@@ -221,8 +237,11 @@ class Config:
         toml_path: str | None = None,
         environ: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        *,
+        client: bool = False,
     ) -> Config:
-        """Defaults <- TOML file <- ``IMC_*`` environment <- ``overrides`` (flags), validated."""
+        """Defaults <- TOML file <- ``IMC_*`` environment <- ``overrides`` (flags), validated
+        (with ``client``, only what the management client reads: :meth:`validate_client`)."""
         values: dict[str, Any] = {}
         if toml_path:
             try:
@@ -249,16 +268,36 @@ class Config:
         config = cls()
         for name, value in values.items():
             setattr(config, name, _coerce(name, value))
-        config.validate()
+        if client:
+            config.validate_client()
+        else:
+            config.validate()
         return config
+
+    def validate_client(self) -> None:
+        """Check only ``rpc_listen`` and ``rpc_token``, the values ``imc-actors rooms``,
+        ``members``, ``nodes`` and ``rpc`` take from the server's file: the rest is the
+        server's (its TLS key may be readable by the service user only, and its auth rules
+        concern SIP). Raises :class:`ConfigError`."""
+        from .control.access import token_problem
+        from .control.listen import parse_listen  # raises ConfigError naming rpc_listen
+
+        if self.rpc_listen is not None:
+            parse_listen(self.rpc_listen)
+        if self.rpc_token is not None and (problem := token_problem(self.rpc_token)):
+            raise ConfigError("rpc_token", problem)
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
         """Check every value once; raise :class:`ConfigError` naming the first bad one."""
+        for name in sorted(_INT_FIELDS | _FLOAT_FIELDS):  # a Config built directly, too
+            _bounded(name, getattr(self, name))
         if not 0 <= self.hash_size <= 16:
             raise ConfigError("hash_size", "must be between 0 and 16")
         if len(self.imc_cmd_start_char) < 1 or self.imc_cmd_start_char[0].isspace():
-            raise ConfigError("imc_cmd_start_char", "must be one non-space character")
+            raise ConfigError(
+                "imc_cmd_start_char", "must start with a non-space character (only the first one counts)"
+            )
         if self.owner_leave not in ("destroy", "refuse"):
             raise ConfigError("owner_leave", "must be 'destroy' or 'refuse'")
         if self.log_format not in ("text", "json"):
@@ -333,12 +372,16 @@ class Config:
             raise ConfigError("delivery_overdue", "must be 0 (off) or a positive number of seconds")
         if not 0 <= self.pending_retry < math.inf:
             raise ConfigError("pending_retry", "must be 0 (no retries) or a positive number of seconds")
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for name in TABLE_FIELDS:
             table = getattr(self, name).lower()
-            if table in seen:  # the first one that repeats an earlier one is named
-                raise ConfigError(name, f"the {len(TABLE_FIELDS)} table names must all differ")
-            seen.add(table)
+            if table in seen:  # both named: the one set may be either
+                raise ConfigError(
+                    name,
+                    f"{table!r} is also {seen[table]}'s table; the {len(TABLE_FIELDS)} table "
+                    "names must all differ",
+                )
+            seen[table] = name
         for name in ("history_max", "history_days", "history_on_join"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, "must be 0 (off) or more")
@@ -352,10 +395,26 @@ class Config:
             raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
         self._validate_ownership()
         for hdr in self.extra_hdrs:
-            if ":" not in hdr or "\r" in hdr or "\n" in hdr:
-                raise ConfigError("extra_hdrs", f"not a 'Name: value' header line: {hdr!r}")
-        if self.outbound_proxy is not None and not self.outbound_proxy.strip():
-            raise ConfigError("outbound_proxy", "empty")
+            header = _EXTRA_HEADER.fullmatch(hdr)
+            if header is None:  # ": x" and "Bad Name: v" went out as malformed header lines
+                raise ConfigError(
+                    "extra_hdrs", f"not a 'Name: value' header line (Name a SIP token): {hdr!r}"
+                )
+            if header[1].lower() in _OWN_HEADERS:
+                raise ConfigError(
+                    "extra_hdrs", f"{header[1]!r} is a header the server writes itself: {hdr!r}"
+                )
+        if self.outbound_proxy is not None:
+            from .registrar import unusable_contact
+
+            proxy = self.outbound_proxy.strip()
+            if not proxy:
+                raise ConfigError("outbound_proxy", "empty")
+            # a plain host[:port] is a sip: URI; checked as a Contact is (a traceback before)
+            scheme = proxy.partition(":")[0].lower()
+            problem = unusable_contact(proxy if scheme in ("sip", "sips") else f"sip:{proxy}")
+            if problem is not None:
+                raise ConfigError("outbound_proxy", problem)
         if self.rpc_listen is not None:
             from .control.listen import parse_listen  # raises ConfigError naming rpc_listen
 
@@ -440,11 +499,15 @@ class Config:
             raise ConfigError(
                 "node", f"{self.node!r} is not a node name (1-64 letters, digits, '.', '_', '-')"
             )
-        if not 0 < self.lease_ttl < math.inf:
-            raise ConfigError("lease_ttl", "must be a positive number of seconds")
+        if not LEASE_TTL_MIN <= self.lease_ttl < math.inf:
+            raise ConfigError("lease_ttl", f"must be at least {LEASE_TTL_MIN:g} seconds")
         for name in ("cluster_view_age", "metrics_share_interval"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ConfigError(name, "must be a number of seconds, 0 or more")
+        if 0 < self.metrics_share_interval < SHARE_INTERVAL_MIN:
+            raise ConfigError(
+                "metrics_share_interval", f"must be 0 (off) or at least {SHARE_INTERVAL_MIN:g} seconds"
+            )
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ConfigError("workers", f"must be from 1 to {MAX_WORKERS}")
         self._require_positive("max_claims")
@@ -569,6 +632,15 @@ _NEXT_HEADER = re.compile(r"\n|,(?=[ \t]*[A-Za-z][A-Za-z0-9!%'*+\-.^_`|~]*[ \t]*
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+#: An ``extra_hdrs`` line: a SIP token (RFC 3261 §25.1), a colon, a value without control
+#: characters but tab.
+_EXTRA_HEADER = re.compile(r"([A-Za-z0-9!%'*+\-.^_`|~]+)[ \t]*:([^\x00-\x08\x0a-\x1f\x7f]*)")
+#: Headers each MESSAGE has once, written by the server (full and compact names): a second
+#: one from ``extra_hdrs`` would make it malformed or ambiguous.
+_OWN_HEADERS = frozenset(
+    "via v from f to t call-id i cseq content-length l content-type c max-forwards route "
+    "contact m in-reply-to date".split()
+)
 
 
 def _from_text(name: str, raw: str) -> Any:
@@ -579,6 +651,19 @@ def _from_text(name: str, raw: str) -> Any:
         parts = _NEXT_HEADER.split(raw) if name == "extra_hdrs" else raw.split(",")
         return [part.strip() for part in parts if part.strip()]
     return raw
+
+
+def _bounded(name: str, number: Any) -> Any:
+    """``number`` if within :data:`INT_MAX` (a count) or :data:`FLOAT_MAX` (seconds, rates):
+    10^25 seconds overflowed SQLite's INTEGER at the first write, and an infinite
+    ``restart_window`` ended the conference at the first crash. Raises ConfigError."""
+    if name in _INT_FIELDS and not (isinstance(number, int) and abs(number) <= INT_MAX):
+        raise ConfigError(name, f"must be a whole number of at most {INT_MAX:,}")
+    if name in _FLOAT_FIELDS and not (
+        isinstance(number, int | float) and abs(number) <= FLOAT_MAX
+    ):  # also nan
+        raise ConfigError(name, f"must be a number no larger than {FLOAT_MAX:,.0f}, got {number!r}")
+    return number
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -594,20 +679,24 @@ def _coerce(name: str, value: Any) -> Any:
     if name in _INT_FIELDS:
         # a whole number as written: not 16.5 (int() would make it 16), not a bool, and in
         # text (environment, flags) plain digits only, not 4_000 or 1e3
+        number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-            return int(value)
-        raise ConfigError(name, f"expected an integer, got {value!r}")
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+            number = int(value)
+        if number is None:
+            raise ConfigError(name, f"expected an integer, got {value!r}")
+        return _bounded(name, number)
     if name in _FLOAT_FIELDS:
         if isinstance(value, bool):
             raise ConfigError(name, f"expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(name, f"expected a number, got {value!r}") from None
+        return _bounded(name, number)
     if name in _LIST_FIELDS:
         if isinstance(value, str):
             return [value]

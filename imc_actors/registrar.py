@@ -90,9 +90,9 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
 
 def unusable_contact(uri: str) -> str | None:
     """Why nothing could ever be delivered to the Contact ``uri`` (so it is not registered:
-    400), or None. A SIP or SIPS URI with a host (a valid IPv4 address when it is one in
-    form; a name DNS can look up when it is a name), a port in 1-65535 and a transport this
-    server speaks."""
+    400; an ``outbound_proxy`` like it is refused at startup), or None. A SIP or SIPS URI with
+    a host (a valid IPv4 address when it is one in form; a name DNS can look up when it is a
+    name), a port in 1-65535 and a transport this server speaks."""
     try:
         parsed = parse_sip_uri(uri)
     except ValueError:
@@ -100,7 +100,7 @@ def unusable_contact(uri: str) -> str | None:
     try:
         parse_hop(uri)
     except ValueError as exc:
-        return f"unusable contact {uri[:80]!r}: {str(exc)[:120]}"
+        return f"cannot send to {uri[:80]!r}: {str(exc)[:120]}"
     if parsed.port is not None and not 0 < parsed.port <= 65535:
         return f"bad port in {uri[:80]!r}"
     host = parsed.host or ""

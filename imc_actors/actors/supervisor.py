@@ -448,7 +448,7 @@ class Supervisor:
                             handle.state.uri, len(handle.crash_times), self.restart_window, exc,
                             self.restart_window, exc_info=exc,
                         )
-                        self._drain(handle, Answer(503, "Service Unavailable", retry_after=int(self.restart_window)))
+                        self._drain(handle, Answer(503, "Service Unavailable", retry_after=max(1, math.ceil(self.restart_window))))
                         return
                     log.error(
                         "room=%s actor crashed (%r); restarted from its last committed state "

@@ -215,7 +215,11 @@ async def test_a_server_that_refuses_registration_stops_the_client(tmp_path):
         (["not a user"], "imc-actors: invalid USER@DOMAIN: 'not a user'"),
         (
             ["alice@127.0.0.1", "--server", "127.0.0.1:x"],
-            "imc-actors: invalid --server: bad port in 'udp:127.0.0.1:x'",
+            "imc-actors: invalid --server: '127.0.0.1:x' is not HOST[:PORT] with a port in 1-65535",
+        ),
+        (  # it said "expected transport:host:port, got 'udp:127.0.0.1:99999'"
+            ["alice@127.0.0.1", "--server", "127.0.0.1:99999"],
+            "imc-actors: invalid --server: '127.0.0.1:99999' is not HOST[:PORT] with a port in 1-65535",
         ),
         (
             ["alice@127.0.0.1", "--local", "example.org"],

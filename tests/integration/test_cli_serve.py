@@ -25,7 +25,7 @@ def test_bad_value_names_the_parameter(tmp_path):
     result = serve("--listen", "udp:127.0.0.1:99999", "--db-url", f"sqlite:///{tmp_path}/x.db")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "imc-actors: invalid listen: expected transport:host:port, got 'udp:127.0.0.1:99999'"
+        "imc-actors: invalid listen: bad port in 'udp:127.0.0.1:99999' (1-65535, or 0 for a free one)"
     ]
 
 

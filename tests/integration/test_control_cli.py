@@ -124,6 +124,23 @@ async def test_an_output_that_cannot_be_written_is_one_line_and_exit_1(server, u
     )  # fmt: skip
 
 
+async def test_the_client_reads_a_servers_file_it_could_not_serve_with(server, ua, tmp_path):
+    # the service's own file: a key this user cannot read, a listener that needs auth. Only
+    # rpc_listen is the client's business; it said "invalid tls_cert: ..." and exit 2
+    await populate(ua)
+    path = tmp_path / "imc.toml"
+    path.write_text(
+        'listen = ["udp:0.0.0.0:5060", "tls:0.0.0.0:5061"]\n'
+        f'tls_cert = "{tmp_path}/absent.pem"\ntls_key = "{tmp_path}/absent.key"\n'
+        f'rpc_listen = "{server.http_url.removeprefix("http://")}"\n'
+    )
+    code, out, err = await cli("rooms", "--config", str(path))
+    assert (code, err) == (0, "") and CHAT in out
+    path.write_text('rpc_listen = "127.0.0.1:http"\n')  # what it reads is still checked
+    code, _, err = await cli("rooms", "--config", str(path))
+    assert code == 2 and err.startswith("imc-actors: invalid rpc_listen")
+
+
 async def test_errors_and_exit_codes(server, ua):
     await populate(ua)
     url = server.rpc_url

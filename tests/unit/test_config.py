@@ -1,5 +1,7 @@
 """Config: TOML <- IMC_* environment <- flags, validated once with messages naming the parameter."""
 
+import math
+
 import pytest
 
 from imc_actors.config import Config, ConfigError, ListenAddress
@@ -41,6 +43,11 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_DB_URL": "oracle://x"}, "db_url"),
         ({"IMC_IMC_CMD_START_CHAR": " "}, "imc_cmd_start_char"),
         ({"IMC_EXTRA_HDRS": "NoColon"}, "extra_hdrs"),
+        ({"IMC_EXTRA_HDRS": ": x,X-Good: y"}, "extra_hdrs"),  # went out as a ": x" line
+        ({"IMC_EXTRA_HDRS": "Bad Name: v"}, "extra_hdrs"),
+        ({"IMC_EXTRA_HDRS": "X-A: a\x00b"}, "extra_hdrs"),
+        ({"IMC_EXTRA_HDRS": "Content-Length: 5"}, "extra_hdrs"),  # the server writes it
+        ({"IMC_EXTRA_HDRS": "v: SIP/2.0/UDP 192.0.2.1"}, "extra_hdrs"),
         ({"IMC_ROOMS_TABLE": "x; drop table y"}, "rooms_table"),
         ({"IMC_RPC_LISTEN": "127.0.0.1:http"}, "rpc_listen"),
         ({"IMC_RESTART_WINDOW": "0"}, "restart_window"),
@@ -53,6 +60,17 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_DNS_LOOKUPS_MAX": "16.5"}, "dns_lookups_max"),
         ({"IMC_MAX_ROOMS": "4_000"}, "max_rooms"),
         ({"IMC_MAX_ROOMS": "1e3"}, "max_rooms"),
+        ({"IMC_RESTART_WINDOW": "inf"}, "restart_window"),  # ended the conference at a crash
+        ({"IMC_FLOOD_BLOCK": "inf"}, "flood_block"),  # a traceback per throttled request
+        ({"IMC_FLOOD_BLOCK": "1e300"}, "flood_block"),  # a Retry-After of 300 digits
+        ({"IMC_PENDING_TTL": "99999999999999999999"}, "pending_ttl"),  # overflowed SQLite
+        ({"IMC_HISTORY_ON_JOIN": str(10**25)}, "history_on_join"),
+        ({"IMC_LEASE_TTL": "0.0001"}, "lease_ttl"),  # the renewal loop spun
+        ({"IMC_METRICS_SHARE_INTERVAL": "0.000001"}, "metrics_share_interval"),
+        # a traceback at startup (port 99999, sctp) or a 503 per notice ("not a uri")
+        *(({"IMC_OUTBOUND_PROXY": bad}, "outbound_proxy") for bad in (
+            "sip:127.0.0.85:99999", "sip:", "sip:127.0.0.85:abc", "sip:127.0.0.85;transport=sctp",
+            "tel:+1", "not a uri", "sip:[::1", "127.0.0.85:0")),
     ],
 )
 def test_bad_values_name_the_parameter(source, param):
@@ -94,6 +112,13 @@ def test_an_integer_field_refuses_what_is_not_a_whole_number(tmp_path, line):
         Config.from_sources(str(path), environ={})
 
 
+@pytest.mark.parametrize(
+    "proxy", ["sip:127.0.0.1:5070;lr", "127.0.0.1:5070", "sips:proxy.example.org", "sip:[::1]:5070"]
+)
+def test_an_outbound_proxy_that_can_be_reached(proxy):
+    assert Config.from_sources(environ={"IMC_OUTBOUND_PROXY": proxy}).outbound_proxy == proxy
+
+
 def test_unknown_key_in_file_is_refused(tmp_path):
     path = tmp_path / "imc.toml"
     path.write_text("no_such_thing = 1\n")
@@ -122,6 +147,21 @@ def test_missing_file_is_a_config_error(tmp_path):
 )
 def test_listen_address_forms(text, expected):
     assert ListenAddress.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sctp:127.0.0.1:5060", "unknown transport 'sctp' in 'sctp:127.0.0.1:5060' (udp, tcp, tls, ws or wss)"),
+        ("udp:127.0.0.1:5_060", "bad port in 'udp:127.0.0.1:5_060'"),  # bound 5060 before
+        ("udp:127.0.0.1:+5060", "bad port in 'udp:127.0.0.1:+5060'"),
+        ("udp:127.0.0.1:99999", "bad port in 'udp:127.0.0.1:99999' (1-65535, or 0 for a free one)"),
+    ],
+)
+def test_listen_address_refusals(text, message):
+    with pytest.raises(ValueError) as info:
+        ListenAddress.parse(text)
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize("transport", ["wss", "WSS"])
@@ -333,3 +373,18 @@ def test_bad_ownership_values_name_the_parameter(env, param):
     with pytest.raises(ConfigError) as info:
         Config.from_sources(environ=env)
     assert info.value.param == param
+
+
+async def test_open_conference_checks_a_config_built_directly():
+    from imc_actors import open_conference
+
+    with pytest.raises(ConfigError, match="restart_window"):
+        async with open_conference(Config(restart_window=math.inf)):
+            pass  # pragma: no cover
+
+
+def test_a_table_name_used_twice_names_both_keys():
+    # it named members_table alone when the operator had set rooms_table
+    with pytest.raises(ConfigError) as info:
+        Config.from_sources(environ={"IMC_ROOMS_TABLE": "imc_members"})
+    assert "rooms_table" in str(info.value) and "members_table" in str(info.value)
