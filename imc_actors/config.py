@@ -354,6 +354,9 @@ class Config:
                     f"{address.host!r} in {text!r} is not an IP address or localhost "
                     "(0.0.0.0 or :: listen on every interface)",
                 )
+        for domain in self.domains:
+            if not _is_domain(domain):  # 'a b' was taken, and no Request-URI could match it
+                raise ConfigError("domains", f"{domain!r} is not a host name or IP address")
         for cidr in self.trusted_sources:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -651,6 +654,23 @@ def _from_text(name: str, raw: str) -> Any:
         parts = _NEXT_HEADER.split(raw) if name == "extra_hdrs" else raw.split(",")
         return [part.strip() for part in parts if part.strip()]
     return raw
+
+
+def _is_domain(text: str) -> bool:
+    """Whether ``text`` is a host a SIP URI can have (a name, an IPv4 address, an IPv6
+    address with or without brackets), with no port or parameters."""
+    from .sip.uri import parse_sip_uri
+
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        pass
+    try:
+        uri = parse_sip_uri(f"sip:x@{text}")
+    except ValueError:
+        return False
+    return uri.port is None and (uri.host or "").lower() == text.lower()
 
 
 def _bounded(name: str, number: Any) -> Any:

@@ -394,9 +394,12 @@ class FifoServer:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Create the FIFO, report its path, then serve requests until cancelled.
 
-        Raises OSError (naming ``mi_fifo``) when the FIFO cannot be created. On cancellation
-        replies being written are abandoned and the FIFO is removed.
+        Raises OSError (naming ``mi_fifo``) when the FIFO cannot be created, or (naming
+        ``reply_dir``) when ``reply_dir`` is not a directory: every relative reply would fail. On
+        cancellation replies being written are abandoned and the FIFO is removed.
         """
+        if not os.path.isdir(self.reply_dir):
+            raise OSError(errno.ENOTDIR, f"reply_dir: {self.reply_dir} is not a directory")
         created = _make_fifo(self.path)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -263,11 +264,14 @@ class RpcDispatcher:
         if cap <= 0:
             raise RpcError(500, "History is off")
         limit, before = (rest + [None, None])[:2]
-        for name, value in (("limit", limit), ("before", before)):
+        for name, value, top in (("limit", limit, math.inf), ("before", before, 2**63)):
+            # a limit of any size is capped below (10^26 was refused as "not positive"); a
+            # seq above 2^63-1 is one no row has
             if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < 2**63
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value < top
             ):
-                raise RpcError(INVALID_PARAMS, "Invalid params", f"{name} must be a positive integer")
+                what = "a positive integer" if top == math.inf else "an integer from 1 to 2^63-1"
+                raise RpcError(INVALID_PARAMS, "Invalid params", f"{name} must be {what}")
         limit = min(limit or min(20, cap), cap)
         try:
             lines = await source.history(room.archive_key, limit, before)

@@ -121,6 +121,17 @@ def test_an_mi_fifo_directory_that_cannot_be_made_stops_startup_with_one_line(tm
     ]
 
 
+def test_a_reply_dir_that_is_no_directory_stops_startup_with_one_line(tmp_path):
+    # it was accepted, and every relative reply FIFO name then failed
+    result = serve("--listen", "udp:127.0.0.1:0", "--db-url", f"sqlite:///{tmp_path}/x.db",
+                   "--mi-fifo", str(tmp_path / "imc.fifo"), "--reply-dir", str(tmp_path / "absent"),
+                   "--log-level", "error")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imc-actors: cannot start: reply_dir: {tmp_path / 'absent'} is not a directory"
+    ]
+
+
 def test_a_database_that_cannot_be_reached_stops_startup_with_one_line():
     # nothing listens on port 1 of loopback: the connection is refused at once
     result = serve("--listen", "udp:127.0.0.1:0", "--db-url", "postgresql://postgres@127.0.0.1:1/test",

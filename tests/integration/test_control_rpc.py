@@ -202,6 +202,10 @@ async def test_room_info_and_history(server, ua):
         "code": -32602, "message": "Invalid params", "data": "limit must be a positive integer",
     }  # fmt: skip
     assert len((await result(url, "imc.history", [CHAT, 10_000]))["lines"]) == 5  # capped
+    assert len((await result(url, "imc.history", [CHAT, 10**26]))["lines"]) == 5  # capped too
+    assert (await error(url, "imc.history", [CHAT, 2, 2**63]))["data"] == (
+        "before must be an integer from 1 to 2^63-1"
+    )
     assert (await error(url, "imc.history", [CHAT, 2, 2**63]))["code"] == -32602  # no row has it
     assert "imc.history" in await result(url, "system.listMethods")
 

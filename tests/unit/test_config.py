@@ -43,6 +43,7 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_DB_URL": "oracle://x"}, "db_url"),
         ({"IMC_IMC_CMD_START_CHAR": " "}, "imc_cmd_start_char"),
         ({"IMC_EXTRA_HDRS": "NoColon"}, "extra_hdrs"),
+        *(({"IMC_DOMAINS": bad}, "domains") for bad in ("a b", "a@b", "ex;x=1", "ex:5060")),
         ({"IMC_EXTRA_HDRS": ": x,X-Good: y"}, "extra_hdrs"),  # went out as a ": x" line
         ({"IMC_EXTRA_HDRS": "Bad Name: v"}, "extra_hdrs"),
         ({"IMC_EXTRA_HDRS": "X-A: a\x00b"}, "extra_hdrs"),
@@ -117,6 +118,11 @@ def test_an_integer_field_refuses_what_is_not_a_whole_number(tmp_path, line):
 )
 def test_an_outbound_proxy_that_can_be_reached(proxy):
     assert Config.from_sources(environ={"IMC_OUTBOUND_PROXY": proxy}).outbound_proxy == proxy
+
+
+@pytest.mark.parametrize("domain", ["example.org", "EXAMPLE.org", "127.0.0.1", "[::1]", "::1"])
+def test_domains_that_are_hosts(domain):
+    assert Config.from_sources(environ={"IMC_DOMAINS": domain}).domains == [domain]
 
 
 def test_unknown_key_in_file_is_refused(tmp_path):
