@@ -631,13 +631,15 @@ _FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 #: In ``IMC_EXTRA_HDRS``, where a new header starts: a comma (or a newline) followed by a
 #: header name, a colon and a space (or the end). Other commas belong to the value:
 #: ``X-A: a, b, X-B: sip:c@d`` is ``X-A: a, b`` and ``X-B: sip:c@d``.
-_NEXT_HEADER = re.compile(r"\n|,(?=[ \t]*[A-Za-z][A-Za-z0-9!%'*+\-.^_`|~]*[ \t]*:(?:[ \t]|$))")
+#: A character of a SIP token (RFC 3261 §25.1), as in a header name.
+_TOKEN_CHAR = r"[A-Za-z0-9!%'*+\-.^_`|~]"
+_NEXT_HEADER = re.compile(rf"\n|,(?=[ \t]*[A-Za-z]{_TOKEN_CHAR}*[ \t]*:(?:[ \t]|$))")
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 #: An ``extra_hdrs`` line: a SIP token (RFC 3261 §25.1), a colon, a value without control
 #: characters but tab.
-_EXTRA_HEADER = re.compile(r"([A-Za-z0-9!%'*+\-.^_`|~]+)[ \t]*:([^\x00-\x08\x0a-\x1f\x7f]*)")
+_EXTRA_HEADER = re.compile(rf"({_TOKEN_CHAR}+)[ \t]*:([^\x00-\x08\x0a-\x1f\x7f]*)")
 #: Headers each MESSAGE has once, written by the server (full and compact names): a second
 #: one from ``extra_hdrs`` would make it malformed or ambiguous.
 _OWN_HEADERS = frozenset(
@@ -708,15 +710,14 @@ def _coerce(name: str, value: Any) -> Any:
             number = int(value)
         if number is None:
             raise ConfigError(name, f"expected an integer, got {value!r}")
-        return _bounded(name, number)
+        return number  # its range: validate() (_bounded)
     if name in _FLOAT_FIELDS:
         if isinstance(value, bool):
             raise ConfigError(name, f"expected a number, got {value!r}")
         try:
-            number = float(value)
+            return float(value)  # its range: validate() (_bounded)
         except (TypeError, ValueError):
             raise ConfigError(name, f"expected a number, got {value!r}") from None
-        return _bounded(name, number)
     if name in _LIST_FIELDS:
         if isinstance(value, str):
             return [value]

@@ -471,7 +471,8 @@ def salvage_response(data: bytes, code: int, reason: str) -> bytes | None:
     truncated method) still gets its answer when a Via follows: the Via is what routes it
     back. Returns None only when there is nobody to answer: a response (a first line
     starting ``SIP/`` in any case, after any blanks), an ACK (by its first line or its CSeq;
-    never answered), or no non-empty Via (the answer could not be routed back). Works on bytes; never raises for any ``data``.
+    never answered), or no non-empty Via (the answer could not be routed back). Works on
+    bytes; never raises for any ``data``.
     """
     if not 100 <= code <= 699 or "\r" in reason or "\n" in reason:
         raise ValueError(f"bad status {code} {reason!r}")
