@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import trio
@@ -41,7 +41,7 @@ from .imc.room import (
 from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
-from .sip import USER_SAFE, canonical_user, reason_phrase, split_user_host
+from .sip import canonical, reason_phrase, split_user_host
 from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.writer import Backend, Store
@@ -61,16 +61,26 @@ class ConferenceClosed(RuntimeError):
     """A conference was used after its :func:`open_conference` block ended."""
 
 
+#: The reason phrase of the 400 for a Request-URI or sender that is no SIP URI with a user
+#: (the server's, for such a Request-URI or From; :meth:`Conference.handle`'s too).
+INVALID_URI_REASON = "Invalid Request-URI or From"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One MESSAGE as the conference sees it.
 
-    ``request_uri`` is ``sip:user@host`` of the Request-URI (port and parameters dropped);
-    ``sender`` is ``sip:user@host`` of the sender (From, or the identity header when trusted).
-    Their user parts may be written with escapes: the conference reads both in canonical form
-    (:func:`imc_actors.sip.uri.canonical_user`), so ``sip:%61lice@x`` is ``sip:alice@x``.
-    ``body`` is the raw body; ``content_type`` the Content-Type header or None; ``call_id`` the
-    Call-ID (outgoing MESSAGEs carry it as In-Reply-To).
+    ``request_uri`` is the Request-URI and ``sender`` the sender (From, or the identity header
+    when trusted): SIP URIs, bare or as a name-addr (``"Bob" <sip:bob@x>``). The conference
+    reads both as the server reads them off the wire (:func:`imc_actors.sip.canonical`), so
+    what is stored is the same whichever way a MESSAGE came: ``sip:user@host``, the host as
+    spelled, a ``sips:`` scheme, port, parameters, password and display name dropped, the user
+    part in canonical form (``sip:%61lice@x`` is ``sip:alice@x``). One that is no ``sip:`` or
+    ``sips:`` URI with a user part (``alice``, ``alice@example.com``, ``tel:+123``) is answered
+    400 (see :meth:`Conference.handle`). ``body`` is the raw body, ``bytes`` (a str is refused:
+    encode it, e.g. ``text.encode()`` for UTF-8, and say so in ``content_type``);
+    ``content_type`` the Content-Type header or None; ``call_id`` the Call-ID (outgoing
+    MESSAGEs carry it as In-Reply-To). Raises TypeError for a field of another type.
     """
 
     request_uri: str
@@ -81,6 +91,47 @@ class IncomingMessage:
     #: The node that forwarded this MESSAGE here (issue 13; checked by the server), or None.
     #: A forwarded MESSAGE is never forwarded again.
     forwarded_by: str | None = None
+
+    def __post_init__(self) -> None:
+        # Types only (cheap: one check per field of every MESSAGE the server reads); the
+        # values are the conference's to judge, with an answer (handle()).
+        for name, value, kind in (
+            ("request_uri", self.request_uri, "a str (a SIP URI)"),
+            ("sender", self.sender, "a str (a SIP URI)"),
+            ("call_id", self.call_id, "a str"),
+        ):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
+        for name, value in (("content_type", self.content_type), ("forwarded_by", self.forwarded_by)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+        if not isinstance(self.body, bytes):
+            hint = " (encode it, e.g. body.encode() for UTF-8)" if isinstance(self.body, str) else ""
+            raise TypeError(f"body must be bytes, not {type(self.body).__name__}{hint}")
+
+
+def _admitted(msg: IncomingMessage) -> IncomingMessage | None:
+    """``msg`` with its Request-URI and sender as the server reads them
+    (:func:`~imc_actors.sip.canonical`; the very same object when they already are: the
+    server's always are), or None when either is no SIP URI with a user part."""
+    try:
+        request_uri, sender = canonical(msg.request_uri), canonical(msg.sender)
+    except ValueError:
+        return None
+    if request_uri == msg.request_uri and sender == msg.sender:
+        return msg
+    return replace(msg, request_uri=request_uri, sender=sender)
+
+
+def _not_admitted(msg: IncomingMessage) -> Answer:
+    """The 400 for a message :func:`_admitted` refuses: no notice (there is no SIP address to
+    send one to, or From), the ``***`` text in the answer's body."""
+    try:
+        canonical(msg.request_uri)
+        bad = msg.sender
+    except ValueError:
+        bad = msg.request_uri
+    return Answer(400, INVALID_URI_REASON, body=texts.invalid_address(bad).encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,17 +178,6 @@ class RoomStatus:
     retry_after: int | None
     mailbox_depth: int
     processed: int
-
-
-def _canonical_sender(uri: str) -> str:
-    """``uri`` (``sip:user@host``) with its user part in canonical form; the very same string
-    when it already is (the server's senders always are: it reads them with
-    :func:`~imc_actors.sip.canonical`)."""
-    scheme, _, rest = uri.partition(":")
-    user, at, host = rest.rpartition("@")
-    if not at or USER_SAFE.issuperset(user):
-        return uri
-    return f"{scheme}:{canonical_user(user)}@{host}"
 
 
 class Conference:
@@ -317,11 +357,19 @@ class Conference:
         Checkpoints. The answer comes only after any state change is durable; the notices
         it caused are queued for delivery before it returns (under ``hold``, when given: then
         they leave once it is released). A message from a member who has notices stored
-        (unreachable earlier) makes them go out now. Raises :class:`ConferenceClosed` once the
+        (unreachable earlier) makes them go out now. A Request-URI or sender that is no SIP
+        URI with a user part gets 400 (``INVALID_URI_REASON``, as the server answers such a
+        Request-URI or From) and no notice: the answer's ``body`` is
+        ``*** Invalid address '<it>'``. Raises :class:`ConferenceClosed` once the
         :func:`open_conference` block has ended (no actor would answer).
         """
         if self._closed:
             raise ConferenceClosed("this conference has ended; open a new one")
+        admitted = _admitted(msg)
+        if admitted is None:
+            await trio.lowlevel.checkpoint()
+            return _not_admitted(msg)
+        msg = admitted
         self.delivery.wake(msg.sender)
         route = self._route(msg)
         if isinstance(route, _Refuse):
@@ -330,7 +378,7 @@ class Conference:
             return await self._reply([help_text(self._start).encode()], msg, hold)
         if route is _ROOMS:
             rooms = await self._listed_rooms()
-            shown = rooms_pages(rooms, _canonical_sender(msg.sender), most=self.config.rooms_list_max)
+            shown = rooms_pages(rooms, msg.sender, most=self.config.rooms_list_max)
             return await self._reply(shown, msg, hold)
         assert isinstance(route, _ToRoom)
         limited = self._chat_limited(route)
@@ -349,6 +397,10 @@ class Conference:
         """
         if self._closed or self._nursery is None:
             return False
+        admitted = _admitted(msg)
+        if admitted is None:
+            return False
+        msg = admitted
         route = self._route(msg)
         if not isinstance(route, _ToRoom):
             return False
@@ -431,7 +483,7 @@ class Conference:
         """Where one MESSAGE goes (pure, no checkpoint): a refusal, ``#help``/``#rooms``
         (:data:`_HELP`/:data:`_ROOMS`), or a room with the request for its actor."""
         ruri_user, ruri_host = split_user_host(msg.request_uri)
-        sender = _canonical_sender(msg.sender)
+        sender = msg.sender  # canonical: handle() and start() admitted msg
         if len(msg.body) > self._max_body:
             return _Refuse(413, texts.BODY_TOO_LARGE.format(limit=self._max_body))
         if ruri_host.lower() not in self._domains:
@@ -657,10 +709,15 @@ class Conference:
     ) -> Answer:
         """Refuse ``msg`` without routing it: ``text`` (a ``***`` notice) goes to its sender
         From its Request-URI, and the answer has ``code``. For refusals decided before the
-        conference (the server's identity checks). Checkpoints."""
+        conference (the server's identity checks). A Request-URI or sender that is no SIP URI
+        gets the 400 :meth:`handle` gives it instead. Checkpoints."""
         if self._closed:
             raise ConferenceClosed("this conference has ended; open a new one")
-        return await self._refuse(code, text, msg, hold)
+        admitted = _admitted(msg)
+        if admitted is None:
+            await trio.lowlevel.checkpoint()
+            return _not_admitted(msg)
+        return await self._refuse(code, text, admitted, hold)
 
     async def _refuse(
         self, code: int, text: str, msg: IncomingMessage, hold: Hold | None, retry_after: int | None = None

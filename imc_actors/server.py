@@ -20,6 +20,7 @@ from .actors.delivery import DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .auth import Authenticator
 from .conference import (
+    INVALID_URI_REASON,
     SHUTDOWN_GRACE,
     Conference,
     IncomingMessage,
@@ -220,7 +221,7 @@ class MessageHandler:
         msg = self._incoming(request, identity)
         if msg is None:
             await trio.lowlevel.checkpoint()
-            return Reply(400, "Invalid Request-URI or From")
+            return Reply(400, INVALID_URI_REASON)
         hold = self.conference.hold()
         if (
             identity is not None
@@ -268,7 +269,7 @@ class MessageHandler:
                 return self._not_forwarded(node, source)
         msg = self._forwarded(request, node)
         if msg is None:
-            return Reply(400, "Invalid Request-URI or From")
+            return Reply(400, INVALID_URI_REASON)
         return await self._handle(msg, self.conference.hold())
 
     def _may_forward(self, node: str) -> bool:

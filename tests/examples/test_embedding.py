@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import socket
 import subprocess
 import sys
@@ -26,7 +27,11 @@ from imc_actors import (
     serve_conference,
     serve_server,
 )
+from imc_actors.actors.supervisor import Answer
+from imc_actors.conference import INVALID_URI_REASON
+from imc_actors.sip import parse
 from imc_actors.testing import Faults, assert_no_leaked_tasks, members_of
+from imc_actors.transport import Source
 
 DOMAIN = "example.com"
 MANAGER = f"sip:imc-manager@{DOMAIN}"
@@ -102,6 +107,93 @@ async def test_handle_and_read_only_views(config):
     assert conference.closed
     with pytest.raises(RuntimeError, match="conference has ended"):
         await conference.handle(say(ROOM, "bob", "#members"))
+
+
+# ---------------------------------------------------------------------- what handle() accepts
+def sip_message(request_uri: str, from_: str, body: bytes) -> object:
+    """A MESSAGE as the server reads it off the wire (From as written, a tag added)."""
+    from_header = from_ if "<" in from_ else f"<{from_}>;tag=1"
+    return parse(
+        f"MESSAGE {request_uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK-e1\r\n"
+        f"From: {from_header}\r\nTo: <{request_uri}>\r\nCall-ID: e1\r\nCSeq: 1 MESSAGE\r\n"
+        f"Max-Forwards: 70\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "sips:dave@example.com",
+        "sip:dave@example.com;transport=tcp",
+        "sip:dave@example.com:5070",
+        "sip:dave:secret@example.com",
+        "SIP:dave@example.com",
+        "sip:%64ave@example.com",
+        '"Dave" <sip:dave@example.com>;tag=9',
+        "sip:dave@EXAMPLE.COM",  # the host keeps its spelling, on both paths
+    ],
+)
+async def test_a_sender_is_stored_as_the_server_stores_it(config, sender):
+    from imc_actors.server import MessageHandler
+
+    lobby = f"sip:lobby@{DOMAIN}"
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        assert (await conference.handle(say(MANAGER, "alice", "#create lobby"))).code == 200
+        assert (await conference.handle(IncomingMessage(ROOM, sender, b"#join"))).code == 200
+        handler = MessageHandler(conference, config)
+        reply = await handler(sip_message(lobby, sender, b"#join"), Source("udp", "10.0.0.9", 5060))
+        assert reply.code == 200 and reply.after is not None
+        reply.after()  # the answer is "sent": the notices the server held may leave
+        via_api = conference.room(ROOM).members[-1].uri
+        via_sip = conference.room(lobby).members[-1].uri
+    host = "EXAMPLE.COM" if "EXAMPLE" in sender else DOMAIN
+    assert via_api == via_sip == f"sip:dave@{host}"
+
+
+async def test_a_request_uri_is_read_as_the_server_reads_it(config):
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        for uri in (f"sips:chat@{DOMAIN}", f"sip:chat@{DOMAIN}:5060;transport=tcp"):
+            answer = await conference.handle(say(uri, "carol", "#join"))
+            assert answer.code == 200, uri
+            assert (await conference.handle(say(uri, "carol", "#leave"))).code == 200, uri
+
+
+@pytest.mark.parametrize("field", ["sender", "request_uri"])
+@pytest.mark.parametrize("value", ["alice", "alice@example.com", "tel:+123", f"sip:{DOMAIN}", ""])
+async def test_an_address_that_is_no_sip_uri_gets_400_and_no_notice(config, field, value):
+    outbox = Outbox()
+    async with open_conference(config, sender=outbox) as conference:
+        await chat_room(conference)
+        before = (conference.rooms(), len(outbox.sent))
+        msg = dataclasses.replace(say(ROOM, "carol", "#join"), **{field: value})
+        expected = Answer(400, INVALID_URI_REASON, body=f"*** Invalid address '{value}'".encode())
+        assert await conference.handle(msg) == expected
+        assert await conference.refuse(msg, 403, "*** no") == expected
+        assert conference.start(msg, pytest.fail) is False  # handle() answers it
+        await conference.flush_notices()
+        assert (conference.rooms(), len(outbox.sent)) == before  # no notice, nothing stored
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sender": None}, "sender must be a str (a SIP URI), not NoneType"),
+        ({"sender": 5}, "sender must be a str (a SIP URI), not int"),
+        ({"request_uri": None}, "request_uri must be a str (a SIP URI), not NoneType"),
+        ({"body": "#join"}, "body must be bytes, not str (encode it"),
+        ({"body": None}, "body must be bytes, not NoneType"),
+        ({"body": bytearray(b"#join")}, "body must be bytes, not bytearray"),
+        ({"content_type": b"text/plain"}, "content_type must be a str or None, not bytes"),
+        ({"call_id": None}, "call_id must be a str, not NoneType"),
+        ({"forwarded_by": 1}, "forwarded_by must be a str or None, not int"),
+    ],
+)
+def test_an_incoming_message_of_wrong_types_is_refused_when_made(fields, message):
+    values = {"request_uri": ROOM, "sender": f"sip:bob@{DOMAIN}", "body": b"#join"} | fields
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}"):
+        IncomingMessage(**values)
 
 
 # ---------------------------------------------------------------------- subscriptions
