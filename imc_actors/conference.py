@@ -110,6 +110,19 @@ class IncomingMessage:
             raise TypeError(f"body must be bytes, not {type(self.body).__name__}{hint}")
 
 
+#: The largest ``seq`` of an archived line (a signed 64-bit column).
+_MAX_SEQ = 2**63 - 1
+
+
+def _check_seq(name: str, value: object, low: int, high: float) -> None:
+    """TypeError unless ``value`` is an int (not a bool), ValueError unless ``low <= value <= high``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        top = "" if high == math.inf else f" and at most {high}"
+        raise ValueError(f"{name} must be at least {low}{top}, not {value}")
+
+
 def _admitted(msg: IncomingMessage) -> IncomingMessage | None:
     """``msg`` with its Request-URI and sender as the server reads them
     (:func:`~imc_actors.sip.canonical`; the very same object when they already are: the
@@ -294,14 +307,23 @@ class Conference:
     ) -> list[HistoryLine] | None:
         """The newest ``limit`` archived lines (numbered below ``before``, when given) of the
         room at ``uri``, oldest first; None when the archive is off (``history_max = 0``).
+        ``limit`` is an int of at least 1 (no cap: :attr:`history_limit` is what the
+        management interface asks at most), ``before`` a line's ``seq`` (1 to 2^63-1) or
+        None; TypeError for an argument of another type, ValueError for one out of range.
         Read in the store's thread (checkpoints); raises
         :class:`~imc_actors.store.repository.StoreError` when the database cannot be read.
-        A room that does not exist has no lines."""
+        A room that does not exist has no lines; ``uri`` names a room as for :meth:`room`."""
+        if not isinstance(uri, str):
+            raise TypeError(f"uri must be a str (a SIP URI), not {type(uri).__name__}")
+        _check_seq("limit", limit, 1, math.inf)
+        if before is not None:
+            _check_seq("before", before, 1, _MAX_SEQ)
         if self.supervisor.history_reader is None:
             return None
-        key = uri.lower()
+        name, domain = split_user_host(uri)
+        key, most = f"sip:{name}@{domain}".lower(), min(limit, _MAX_SEQ)  # a row's seq at most
         lines: list[HistoryLine] = await self.supervisor.history_reader.read(
-            lambda r: r.load_history(key, limit, before)
+            lambda r: r.load_history(key, most, before)
         )
         return lines
 

@@ -133,10 +133,18 @@ class NoticeChannel:
         confirm: bool,
         confirm_timeout: float,
     ) -> None:
+        if not isinstance(max_buffer, int) or isinstance(max_buffer, bool):
+            raise TypeError(f"max_buffer must be an int, not {type(max_buffer).__name__}")
         if max_buffer < 0:
             raise ValueError("max_buffer must be >= 0")
         if when_full not in ("wait", "fail"):
             raise ValueError("when_full must be 'wait' or 'fail'")
+        if not isinstance(confirm_timeout, int | float) or isinstance(confirm_timeout, bool):
+            raise TypeError(
+                f"confirm_timeout must be a number of seconds or None, not {type(confirm_timeout).__name__}"
+            )
+        if not confirm_timeout >= 0:  # NaN too
+            raise ValueError(f"confirm_timeout must be >= 0 seconds (None: no limit), not {confirm_timeout!r}")
         self.recipients = recipients
         self.observe = observe
         self.when_full: WhenFull = when_full
@@ -258,8 +266,10 @@ class NoticeRouter:
     ) -> NoticeChannel:
         """Subscribe to the notices for ``recipients`` (URIs, e.g. ``sip:bot@example.com``;
         none: every notice). See the module docstring for ``observe``, ``when_full``,
-        ``confirm`` and ``confirm_timeout`` (None: wait for ever). Raises RuntimeError once the
-        conference has ended."""
+        ``confirm`` and ``confirm_timeout`` (seconds, 0 or more; None: wait for ever). Raises
+        ValueError for a negative ``max_buffer``, a ``when_full`` other than ``"wait"`` or
+        ``"fail"``, a negative or NaN ``confirm_timeout`` (TypeError for one of another type),
+        and RuntimeError once the conference has ended."""
         if self._closed:
             raise RuntimeError("the conference has ended; cannot subscribe")
         keys = frozenset(member_key(uri) for uri in recipients) if recipients else None

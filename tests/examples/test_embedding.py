@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import socket
 import subprocess
@@ -196,6 +197,31 @@ def test_an_incoming_message_of_wrong_types_is_refused_when_made(fields, message
         IncomingMessage(**values)
 
 
+# ---------------------------------------------------------------------- views
+async def test_history_refuses_a_limit_or_before_of_the_wrong_type_or_range(config):
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        assert (await conference.handle(say(ROOM, "alice", "hi"))).code == 202
+        [line] = await conference.history(ROOM, 5)
+        assert line.body == b"hi"
+        assert await conference.history(f"sip:%63hat@{DOMAIN}", 5) == [line]  # as room() reads it
+        assert await conference.history(ROOM, 10**30) == [line]  # any size: every line
+        assert await conference.history(ROOM, 5, before=line.seq) == []
+        for limit in (0, -1):
+            with pytest.raises(ValueError, match=f"^limit must be at least 1, not {limit}$"):
+                await conference.history(ROOM, limit)
+        for limit in (1.5, "3", None, True):
+            with pytest.raises(TypeError, match="^limit must be an int, not "):
+                await conference.history(ROOM, limit)  # type: ignore[arg-type]
+        for before in (0, -5, 2**63):
+            with pytest.raises(ValueError, match=f"^before must be at least 1 and at most {2**63 - 1}"):
+                await conference.history(ROOM, 5, before=before)
+        with pytest.raises(TypeError, match="^before must be an int, not str$"):
+            await conference.history(ROOM, 5, before="3")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="^uri must be a str"):
+            await conference.history(None, 5)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------- subscriptions
 async def test_a_subscription_claims_its_recipients(config):
     outbox = Outbox()
@@ -290,6 +316,25 @@ async def test_an_unconfirmed_delivery_times_out(config, autojump_clock):
             assert body == b"*** Invitation to [carol] failed: 408 Request Timeout"
             assert trio.current_time() - started >= 5
         assert f"carol@{DOMAIN}" not in members_of(conference.room(ROOM))
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"confirm_timeout": -1}, ValueError, "confirm_timeout must be >= 0 seconds (None: no limit), not -1"),
+        ({"confirm_timeout": math.nan}, ValueError, "confirm_timeout must be >= 0 seconds (None: no limit), not nan"),
+        ({"confirm_timeout": "5"}, TypeError, "confirm_timeout must be a number of seconds or None, not str"),
+        ({"max_buffer": 1.5}, TypeError, "max_buffer must be an int, not float"),
+        ({"max_buffer": -1}, ValueError, "max_buffer must be >= 0"),
+    ],
+)
+async def test_subscribe_refuses_bad_options(config, options, error, message):
+    async with open_conference(config) as conference:
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            conference.subscribe(f"sip:bob@{DOMAIN}", confirm=True, **options)
+        assert conference.notices.subscriptions() == []
+        with conference.subscribe(confirm=True, confirm_timeout=0), conference.subscribe(confirm_timeout=None):
+            pass  # 0 (no wait) and None (no limit) are fine
 
 
 async def test_subscriptions_end_with_the_conference(config):
