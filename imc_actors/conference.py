@@ -263,7 +263,10 @@ class Conference:
         rooms this node serves as they are in memory, every other one as the database has it
         (at most ``cluster_view_age`` old), who holds each and the nodes. Without ``node``:
         this conference's rooms. Checkpoints when it reads; raises
-        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read."""
+        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read,
+        :class:`ConferenceClosed` once the conference has ended (:meth:`rooms` still works)."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
         keeper = self.leases
         if self.cluster is None or keeper is None:
             return ClusterSnapshot(self.rooms())
@@ -311,8 +314,11 @@ class Conference:
         management interface asks at most), ``before`` a line's ``seq`` (1 to 2^63-1) or
         None; TypeError for an argument of another type, ValueError for one out of range.
         Read in the store's thread (checkpoints); raises
-        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read.
+        :class:`~imc_actors.store.repository.StoreError` when the database cannot be read,
+        :class:`ConferenceClosed` once the conference has ended.
         A room that does not exist has no lines; ``uri`` names a room as for :meth:`room`."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
         if not isinstance(uri, str):
             raise TypeError(f"uri must be a str (a SIP URI), not {type(uri).__name__}")
         _check_seq("limit", limit, 1, math.inf)
@@ -335,14 +341,24 @@ class Conference:
 
     @property
     def closed(self) -> bool:
-        """True once the :func:`open_conference` block that made this conference has ended
-        (its actors are gone; :meth:`handle` must not be called any more)."""
+        """True once the :func:`open_conference` block that made this conference has ended.
+
+        Its actors and store are gone then: every coroutine method (:meth:`handle`,
+        :meth:`refuse`, :meth:`administer`, :meth:`history`, :meth:`snapshot`,
+        :meth:`flush_notices`, :meth:`claim`, :meth:`lease_round`) and :meth:`subscribe`
+        raise :class:`ConferenceClosed`, and :meth:`start` returns False. The read-only views
+        (:meth:`rooms`, :meth:`room`, :meth:`room_status`, :attr:`history_limit`) keep
+        answering with the state as it was when the conference ended (``running`` False);
+        :meth:`hold` still gives a hold, which nothing will wait for."""
         return self._closed
 
     # ------------------------------------------------------------------ notices
     async def flush_notices(self) -> None:
         """Wait until every notice queued so far has been handed to its subscription or sent
-        by the sender (delivered or failed). Checkpoints."""
+        by the sender (delivered or failed). Checkpoints. Raises :class:`ConferenceClosed`
+        once the conference has ended (nothing would deliver them any more)."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
         await self.delivery.drain()
 
     def subscribe(
@@ -358,7 +374,10 @@ class Conference:
         channel, instead of the conference's sender delivering it (``observe=True``: a copy, the
         normal delivery goes on). Use it as a context manager to unsubscribe. See
         :mod:`imc_actors.notices` for backpressure (``max_buffer``, ``when_full``) and
-        confirmations. Does not checkpoint."""
+        confirmations; ValueError or TypeError for options out of their range. Does not
+        checkpoint. Raises :class:`ConferenceClosed` once the conference has ended."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
         if self.notices is None:
             raise RuntimeError("this Conference was built without a NoticeRouter")
         return self.notices.subscribe(
@@ -553,7 +572,7 @@ class Conference:
         """Send ``op`` to the room; create it first when ``create`` is not None (its private flag)."""
         key = f"{name}@{domain}".lower()
         for _ in range(4):
-            refused = await self.claim(key)  # again after a RETRY: the room may have moved
+            refused = await self._claim(key)  # again after a RETRY: the room may have moved
             if refused is not None:
                 return await self._elsewhere(key, refused, msg, hold)
             handle = self.supervisor.lookup(name, domain)
@@ -611,7 +630,15 @@ class Conference:
         stored: it may be created); else the refusal: :data:`_HELD_ELSEWHERE` while another
         node holds a live lease (the caller forwards, or refuses with
         ``texts.ROOM_HELD_ELSEWHERE``), 503 without a notice when the database fails.
-        Concurrent claims of one room wait for the first. Checkpoints."""
+        Concurrent claims of one room wait for the first. Checkpoints. Raises
+        :class:`ConferenceClosed` once the conference has ended."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
+        return await self._claim(key)
+
+    async def _claim(self, key: str) -> _Refuse | None:
+        """:meth:`claim` for the conference's own requests and lease rounds, which may be
+        under way as it ends."""
         keeper, store = self.leases, self.store
         if keeper is None or store is None:
             return None
@@ -712,7 +739,10 @@ class Conference:
     async def lease_round(self) -> None:
         """One round of the lease keeper now (it runs one every ``lease_ttl / 3`` seconds):
         renew, stop the rooms another node took over, take over the rooms of dead nodes.
-        Does nothing without a node name. Checkpoints."""
+        Does nothing without a node name. Checkpoints. Raises :class:`ConferenceClosed` once
+        the conference has ended."""
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
         if self.leases is not None:
             await self.leases.round(self._lost, self._orphans)
 
@@ -724,7 +754,7 @@ class Conference:
     async def _orphans(self, keys: list[str]) -> None:
         """The lease keeper found rooms of dead nodes: take them over before anyone writes."""
         for key in keys:
-            await self.claim(key)
+            await self._claim(key)
 
     async def refuse(
         self, msg: IncomingMessage, code: int, text: str, *, hold: Hold | None = None
@@ -796,7 +826,7 @@ class Conference:
         op = AdminAction(action, target, reason[:MAX_REASON_LENGTH])  # type: ignore[arg-type]
         key = f"{name}@{domain}".lower()
         for _ in range(4):
-            refused = await self.claim(key)  # a room of a dead node is taken over first
+            refused = await self._claim(key)  # a room of a dead node is taken over first
             if refused is _HELD_ELSEWHERE:
                 return await self._held_by(key)
             if refused is not None:

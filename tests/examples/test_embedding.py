@@ -17,6 +17,7 @@ import trio.testing
 
 import imc_actors
 from imc_actors import (
+    ConferenceClosed,
     Config,
     Delivered,
     DeliveryResult,
@@ -350,6 +351,39 @@ async def test_subscriptions_end_with_the_conference(config):
 
 
 # ---------------------------------------------------------------------- lifecycle
+async def test_once_the_block_ended_every_call_needing_the_actors_raises_conference_closed(config):
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        status = conference.room_status(ROOM)
+    msg = say(ROOM, "bob", "#members")
+    calls = {
+        "handle": lambda: conference.handle(msg),
+        "refuse": lambda: conference.refuse(msg, 403, "*** no"),
+        "administer": lambda: conference.administer(ROOM, "destroy"),
+        "history": lambda: conference.history(ROOM, 5),
+        "snapshot": conference.snapshot,
+        "flush_notices": conference.flush_notices,
+        "claim": lambda: conference.claim(f"chat@{DOMAIN}"),
+        "lease_round": conference.lease_round,
+        "subscribe": conference.subscribe,
+    }
+    raised: dict[str, str | None] = {}
+    for name, call in calls.items():
+        try:
+            result = call()
+            if name != "subscribe":
+                await result
+            raised[name] = None
+        except ConferenceClosed as exc:
+            raised[name] = str(exc)
+    assert raised == dict.fromkeys(calls, "this conference has ended; open a new one")
+    assert conference.start(msg, pytest.fail) is False  # as documented: handle() then raises
+    # the read-only views keep the state as it was when the conference ended
+    assert [room.uri for room in conference.rooms()] == [ROOM]
+    assert conference.room(ROOM) is status.state
+    assert conference.room_status(ROOM) == dataclasses.replace(status, running=False)
+
+
 async def test_serve_conference_with_nursery_start_shuts_down_durably(config):
     acknowledged: list[str] = []
     some_acknowledged = trio.Event()
