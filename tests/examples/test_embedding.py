@@ -162,6 +162,20 @@ async def test_a_request_uri_is_read_as_the_server_reads_it(config):
             assert (await conference.handle(say(uri, "carol", "#leave"))).code == 200, uri
 
 
+async def test_a_nul_ends_a_command_line_over_sip_as_through_handle(config):
+    from imc_actors.server import MessageHandler
+
+    async with open_conference(config) as conference:
+        answer = await conference.handle(say(MANAGER, "alice", "#create a\x00b"))
+        handler = MessageHandler(conference, config)
+        request = sip_message(MANAGER, f"sip:bob@{DOMAIN}", b"#create c\x00d")
+        reply = await handler(request, Source("udp", "10.0.0.9", 5060))
+        assert reply.after is not None
+        reply.after()
+        assert (answer.code, reply.code) == (200, 200)  # spec section 2: CR, LF or NUL end it
+        assert [room.name for room in conference.rooms()] == ["a", "c"]
+
+
 @pytest.mark.parametrize("field", ["sender", "request_uri"])
 @pytest.mark.parametrize("value", ["alice", "alice@example.com", "tel:+123", f"sip:{DOMAIN}", ""])
 async def test_an_address_that_is_no_sip_uri_gets_400_and_no_notice(config, field, value):
