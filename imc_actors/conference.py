@@ -42,8 +42,10 @@ from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import canonical, reason_phrase, split_user_host
+from .store.instance import CHECK_INTERVAL, ServingLock, serving_lock
 from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
+from .store.urls import DatabaseURL
 from .store.writer import Backend, Store
 from .transport.limits import FloodLimiter, LogInterval
 
@@ -214,6 +216,8 @@ class Conference:
         self.notices = notices
         #: The store (group-committing writer) behind the rooms, or None.
         self.store = store
+        #: The database lock held while serving (:mod:`imc_actors.store.instance`), or None.
+        self._serving_lock: ServingLock | None = None
         #: This node's room leases (config ``node``), or None.
         self.leases: LeaseKeeper | None = None
         #: The node that is the home of a room name (workers of one machine), or None.
@@ -945,7 +949,10 @@ async def open_conference(
     (:meth:`~imc_actors.actors.leases.LeaseKeeper.ensure_alone`).
 
     Raises :class:`~imc_actors.config.ConfigError` for a ``config`` that
-    :meth:`Config.validate` refuses, before anything starts.
+    :meth:`Config.validate` refuses, before anything starts, and
+    :class:`~imc_actors.store.instance.DatabaseInUse` when another process (or conference)
+    serves the same database in a way this one cannot share it with: two without a node
+    name, or one without and nodes (:mod:`imc_actors.store.instance`).
     """
     config.validate()  # a Config built directly is checked here (inf seconds ended the run)
     if repository is None:
@@ -962,13 +969,41 @@ async def open_conference(
         history_lines_max=config.history_lines_max,
     )
     router = sender if isinstance(sender, NoticeRouter) else NoticeRouter(sender)
+    lock = _serving_lock(repository, config)
+    if lock is not None:  # one process without a node name, or nodes only (store.instance)
+        await trio.to_thread.run_sync(lock.acquire)
     try:
         async with _running(
-            config, store, router, policy, apply, wrap_sender, wrap_store, home, handoff, node_free
-        ) as conference:
+            config, store, router, policy, apply, wrap_sender, wrap_store, home, handoff,
+            node_free, lock,
+        ) as conference:  # fmt: skip
             yield conference
     finally:
         router.close()
+        if lock is not None:  # after the leases were handed over
+            lock.release()
+
+
+def _serving_lock(repository: Backend, config: Config) -> ServingLock | None:
+    """The lock a conference on ``repository`` holds while it runs (a peewee repository's
+    database, also behind a wrapper that passes its attributes on; none for other backends):
+    shared for a node, else exclusive."""
+    url = getattr(repository, "database_url", None)
+    if not isinstance(url, DatabaseURL):
+        return None
+    node_table = getattr(repository, "node_table", config.node_table)
+    return serving_lock(url, getattr(repository, "rooms_table", config.rooms_table), config.node, node_table)
+
+
+async def _keep_lock(lock: ServingLock) -> None:
+    """Keep a server database's lock connection alive (and the lock taken again after it was
+    lost) while the conference runs; a failure is the lock's to log, never the conference's."""
+    while True:
+        await trio.sleep(CHECK_INTERVAL)
+        try:
+            await trio.to_thread.run_sync(lock.check)
+        except Exception:  # noqa: BLE001 - the next check tries again
+            log.exception("checking the database lock failed")
 
 
 @asynccontextmanager
@@ -983,6 +1018,7 @@ async def _running(
     home: Callable[[str], str] | None = None,
     handoff: HandoffTarget | None = None,
     node_free: bool = False,
+    lock: ServingLock | None = None,
 ) -> AsyncIterator[Conference]:
     # ownership (issue 13): with a node name, hold the rooms' leases while serving them
     keeper = (
@@ -991,8 +1027,9 @@ async def _running(
     )  # fmt: skip
     try:
         async with _serving(
-            config, store, router, policy, apply, wrap_sender, wrap_store, keeper, home, handoff
-        ) as conference:
+            config, store, router, policy, apply, wrap_sender, wrap_store, keeper, home, handoff,
+            lock,
+        ) as conference:  # fmt: skip
             yield conference
     finally:
         if keeper is not None:  # the store has stopped writing: hand the rooms over at once
@@ -1012,9 +1049,12 @@ async def _serving(
     keeper: LeaseKeeper | None,
     home: Callable[[str], str] | None = None,
     handoff: HandoffTarget | None = None,
+    lock: ServingLock | None = None,
 ) -> AsyncIterator[Conference]:
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
+        if lock is not None and lock.on_server:
+            nursery.start_soon(_keep_lock, lock)
         delivery = Delivery(
             wrap_sender(router) if wrap_sender is not None else router,
             store=store if hasattr(store.repository, "load_pending") else None,
@@ -1055,6 +1095,7 @@ async def _serving(
         if policy.history_max > 0 and config.history_days > 0:
             nursery.start_soon(expire_history, store, config.history_days)
         conference = Conference(config, supervisor, delivery, router, store)
+        conference._serving_lock = lock
         conference.leases = keeper
         conference.home = home if keeper is not None else None
         if keeper is not None:

@@ -372,6 +372,11 @@ class Repository:
         return self._url.engine
 
     @property
+    def database_url(self) -> DatabaseURL:
+        """The parsed ``db_url``."""
+        return self._url
+
+    @property
     def url(self) -> str:
         """The database URL with the password hidden (for logs)."""
         return self._url.redacted

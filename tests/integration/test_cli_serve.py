@@ -168,3 +168,21 @@ async def test_a_fault_in_c_code_says_so_on_stderr_before_the_server_dies(tmp_pa
     text = b"\n".join(server.log)
     assert b"Fatal Python error: Bus error" in text
     assert b"imc_actors" in text  # the stack says where it was
+
+
+async def test_a_second_server_on_the_same_database_stops_with_one_line_naming_the_first(tmp_path):
+    # it used to start, and each of the two then served every room from its own member list
+    db_url = f"sqlite:///{tmp_path}/imc.db"
+    async with serve_process(db_url) as running:
+        second = await trio.to_thread.run_sync(
+            lambda: serve("--listen", "udp:127.0.0.1:0", "--db-url", db_url, "--log-level", "error")
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"imc-actors: cannot start: another imc-actors process (pid {running.pid}) serves "
+            f"{db_url} without a node name ({tmp_path}/imc.db.lock is locked): stop it first; "
+            "two would split every room between them"
+        ]
+        await running.kill()  # kill -9: the kernel lets the lock go with the process
+    async with serve_process(db_url) as again:
+        assert await again.terminate() == 0

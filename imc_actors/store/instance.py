@@ -1,0 +1,291 @@
+"""Who may serve a database at once: one process without a node name, or any number of nodes.
+
+A conference without ``node`` keeps every room in its own memory and trusts that nobody
+else writes them; a second such process on the same database (two ``serve`` on one SQLite
+file, say) would split each room in two without a word, each answering from its own member
+list. So a conference holds a :class:`ServingLock` while it runs: **exclusive** without a
+node name, **shared** with one (the nodes of a cluster coordinate through their leases,
+:mod:`imc_actors.store.leases`, and may run side by side, but not beside a process that takes
+no leases). A lock that is taken refuses startup with :class:`DatabaseInUse`, one line saying
+who holds it.
+
+How each engine holds it, for as long as the conference runs (a process that dies, even by
+``kill -9``, lets it go at once):
+
+- SQLite: ``flock`` on a file beside the database, ``<file>.lock`` (``<file>.<rooms_table>.lock``
+  with other tables than the default), which names the holder's process id. An in-memory
+  database is one per process and needs none.
+- PostgreSQL: a session advisory lock (``pg_try_advisory_lock`` / ``_shared``) on a
+  connection of its own, keyed by the rooms table.
+- MySQL and MariaDB have no shared named lock: a process without a node name holds
+  ``GET_LOCK`` on the rooms table's name and each node one on its own name; each side takes
+  its own lock first and then looks for the other's, so two starting at once see each other.
+
+:meth:`ServingLock.check` (every :data:`CHECK_INTERVAL` seconds) keeps a server's connection
+alive (MySQL drops idle ones after ``wait_timeout``) and takes the lock again after the
+connection was lost, logging once if another process took it meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import zlib
+from typing import Any
+
+import peewee
+
+from .repository import StoreError
+from .urls import DatabaseURL, open_database
+
+__all__ = ["CHECK_INTERVAL", "DatabaseInUse", "ServingLock", "serving_lock"]
+
+log = logging.getLogger("imc_actors.store")
+
+#: Seconds between :meth:`ServingLock.check` calls (a server database's lock connection).
+CHECK_INTERVAL = 60.0
+#: PostgreSQL advisory locks take two 32-bit keys: this one ("IMCA") and the rooms table's CRC.
+_PG_CLASS = 0x494D4341
+#: Tables the default configuration uses (its SQLite lock file is just ``<file>.lock``).
+_DEFAULT_ROOMS_TABLE = "imc_rooms"
+
+
+class DatabaseInUse(StoreError):
+    """Another process serves the same database in a way this one cannot share it with."""
+
+
+def serving_lock(
+    url: DatabaseURL, rooms_table: str, node: str | None, node_table: str = "imc_nodes"
+) -> ServingLock | None:
+    """The lock a conference on ``url`` must hold, or None when none is needed (an in-memory
+    SQLite database)."""
+    if url.engine == "sqlite" and (
+        url.database in ("", ":memory:") or "mode=memory" in url.database
+    ):
+        return None
+    return ServingLock(url, rooms_table, node, node_table)
+
+
+class ServingLock:
+    """Held from :meth:`acquire` until :meth:`release` (blocking calls: run them in a thread).
+
+    ``node`` None takes the lock exclusively; a node name takes it shared."""
+
+    def __init__(
+        self, url: DatabaseURL, rooms_table: str, node: str | None, node_table: str = "imc_nodes"
+    ) -> None:
+        self._url = url
+        self._table = rooms_table.lower()
+        self._node = node
+        self._node_table = node_table
+        self._fd: int | None = None  # SQLite: the lock file, open and flocked
+        self._db: peewee.Database | None = None  # a server: the connection holding the lock
+        self._lost = False  # the lock was found lost (logged once until it is held again)
+        self._wanted = False  # between acquire and release
+        #: :meth:`check` calls that found the lock held or took it again.
+        self.checks = 0
+        #: The server's id of the session holding the lock (PostgreSQL's backend pid, MySQL's
+        #: connection id), as ``pg_stat_activity`` or ``SHOW PROCESSLIST`` show it; or None.
+        self.session: int | None = None
+
+    @property
+    def path(self) -> str:
+        """SQLite: the lock file's path."""
+        if self._table == _DEFAULT_ROOMS_TABLE:
+            return f"{self._url.database}.lock"
+        return f"{self._url.database}.{self._table}.lock"
+
+    @property
+    def on_server(self) -> bool:
+        """A server database's lock, held by a connection :meth:`check` keeps alive."""
+        return self._url.engine != "sqlite"
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`DatabaseInUse` (held elsewhere) or
+        :class:`StoreError` (it cannot be taken: a lock file that cannot be made, a database
+        that cannot be reached)."""
+        if self._url.engine == "sqlite":
+            self._acquire_file()
+        else:
+            self._db = open_database(self._url)
+            try:
+                self._take()
+            except BaseException:
+                self._close_db()
+                raise
+        self._wanted = True
+
+    def release(self) -> None:
+        """Let the lock go (closing its file or connection does)."""
+        self._wanted = False
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._close_db()
+
+    def check(self) -> None:
+        """Keep a server's lock connection alive; after it was lost, take the lock again
+        (logged once when another process holds it now). Nothing to do for SQLite."""
+        if not self._wanted or not self.on_server:
+            return
+        if self._db is not None:
+            try:
+                self._db.execute_sql("SELECT 1")
+                self.checks += 1
+                return
+            except (peewee.PeeweeException, OSError):
+                self._close_db()
+        self._db = open_database(self._url)
+        try:
+            self._take()
+        except DatabaseInUse as exc:
+            self._close_db()
+            if not self._lost:
+                log.error("the database lock was lost with its connection and is held "
+                          "elsewhere now: %s", exc)  # fmt: skip
+            self._lost = True
+        except StoreError as exc:
+            self._close_db()
+            if not self._lost:
+                log.warning("the database lock's connection was lost; taking it again "
+                            "failed: %s", exc)  # fmt: skip
+            self._lost = True
+        else:
+            if self._lost:
+                log.warning("the database lock is held again")
+            self._lost = False
+            self.checks += 1
+
+    # -- SQLite ---------------------------------------------------------------------------
+
+    def _acquire_file(self) -> None:
+        path = self.path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
+        mode = fcntl.LOCK_EX if self._node is None else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            exclusive_holder = self._node is not None or not _can_share(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreError(f"cannot lock {path}: {exc.strerror}") from None
+            raise DatabaseInUse(self._refusal(exclusive_holder, holder, f"{path} is locked")) from None
+        if self._node is None:  # name the holder for whoever is refused
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    # -- PostgreSQL, MySQL ----------------------------------------------------------------
+
+    def _take(self) -> None:
+        assert self._db is not None
+        try:
+            if self._url.engine == "postgresql":
+                self._take_postgresql()
+                self.session = self._one("SELECT pg_backend_pid()")
+            else:
+                self._take_mysql()
+                self.session = self._one("SELECT CONNECTION_ID()")
+        except (peewee.PeeweeException, OSError) as exc:
+            raise StoreError(f"taking the database lock on {self._url.redacted} failed: {exc}") from None
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        assert self._db is not None
+        row = self._db.execute_sql(sql, params).fetchone()
+        return row[0] if row else None
+
+    def _take_postgresql(self) -> None:
+        key = (_PG_CLASS, _signed32(zlib.crc32(self._table.encode())))
+        shared = "_shared" if self._node is not None else ""
+        if self._one(f"SELECT pg_try_advisory_lock{shared}(%s, %s)", key):
+            return
+        exclusive_holder = self._node is not None or not self._one(
+            "SELECT pg_try_advisory_lock_shared(%s, %s)", key
+        )
+        raise DatabaseInUse(self._refusal(exclusive_holder, None, "its advisory lock is held"))
+
+    def _take_mysql(self) -> None:
+        alone = _mysql_name(self._url.database, self._table, None)
+        if self._node is None:
+            if not self._one("SELECT GET_LOCK(%s, 0)", (alone,)):
+                raise DatabaseInUse(self._refusal(True, None, "its named lock is held"))
+            if self._mysql_nodes_running():
+                raise DatabaseInUse(self._refusal(False, None, "nodes hold their named locks"))
+            return
+        mine = _mysql_name(self._url.database, self._table, self._node)
+        if not self._one("SELECT GET_LOCK(%s, 0)", (mine,)):
+            raise DatabaseInUse(
+                f"node {self._node!r} already runs on {self._url.redacted} (its named lock "
+                "is held): give each node its own --node"
+            )
+        if not self._one("SELECT IS_FREE_LOCK(%s)", (alone,)):
+            raise DatabaseInUse(self._refusal(True, None, "its named lock is held"))
+
+    def _mysql_nodes_running(self) -> bool:
+        try:
+            rows = self._db.execute_sql(f"SELECT name FROM {self._node_table}").fetchall()  # type: ignore[union-attr]
+        except peewee.DatabaseError:  # no node table yet: no node ever ran here
+            return False
+        return any(
+            not self._one("SELECT IS_FREE_LOCK(%s)", (_mysql_name(self._url.database, self._table, n),))
+            for (n,) in rows
+        )
+
+    def _refusal(self, exclusive_holder: bool, pid: int | None, how: str) -> str:
+        where = self._url.redacted
+        by = f" (pid {pid})" if pid else ""
+        if pid == os.getpid():
+            by = " (this one, in another conference)"
+        if exclusive_holder and self._node is None:
+            return (f"another imc-actors process{by} serves {where} without a node name "
+                    f"({how}): stop it first; two would split every room between them")  # fmt: skip
+        if exclusive_holder:
+            return (f"an imc-actors process{by} serves {where} without a node name ({how}): "
+                    "nodes cannot share the database with it; stop it, or start it with "
+                    "--node NAME too")  # fmt: skip
+        return (f"nodes of a cluster serve {where} ({how}): a process without a node name "
+                "would split their rooms; start this one with --node NAME as well")  # fmt: skip
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            try:
+                db.close()
+            except Exception:  # noqa: BLE001 - a dead connection is gone either way
+                pass
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _can_share(fd: int) -> bool:
+    """Whether a shared lock on ``fd`` is free now (only nodes hold it); let go at once."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def _signed32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _mysql_name(database: str, table: str, node: str | None) -> str:
+    """A MySQL lock name (at most 64 characters, server-wide): the database and rooms table,
+    and the node name for a node's own lock."""
+    digest = hashlib.sha1(f"{database}\0{table}\0{node or ''}".encode()).hexdigest()
+    return f"imc-actors:{'node' if node is not None else 'alone'}:{digest}"

@@ -1,0 +1,224 @@
+"""One process without a node name, or nodes only, per database (store.instance), on SQLite,
+PostgreSQL and MySQL/MariaDB: a second plain server on the same database used to start and
+split every room between the two member lists without a word."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from imc_actors import Config, IncomingMessage, open_conference
+from imc_actors.store.instance import DatabaseInUse, ServingLock, serving_lock
+from imc_actors.store.urls import DatabaseURL
+from tests.storage.conftest import Tables, engine_of
+
+DOMAIN = "example.com"
+
+
+def config_for(db_url: str, tables: Tables, node: str | None = None) -> Config:
+    return Config(
+        db_url=db_url, domains=(DOMAIN,), node=node, lease_ttl=2.0, **tables.by_parameter()
+    )
+
+
+@pytest.fixture
+def lock_of(db_url: str, tables: Tables) -> Iterator[type[ServingLock]]:
+    made: list[ServingLock] = []
+
+    def make(node: str | None = None) -> ServingLock:
+        lock = serving_lock(DatabaseURL.parse(db_url), tables.rooms, node, tables.nodes)
+        assert lock is not None
+        made.append(lock)
+        return lock
+
+    yield make  # type: ignore[misc]
+    for lock in made:
+        lock.release()
+
+
+async def test_a_second_conference_without_a_node_name_is_refused_until_the_first_ends(
+    db_url: str, tables: Tables
+) -> None:
+    config = config_for(db_url, tables)
+    async with open_conference(config) as first:
+        answer = await first.handle(IncomingMessage(f"sip:imc@{DOMAIN}", f"sip:alice@{DOMAIN}", b"#create chat"))
+        assert answer.code == 200
+        with pytest.raises(DatabaseInUse) as refused:
+            async with open_conference(config):
+                pytest.fail("two conferences without a node name served one database")
+        assert "without a node name" in str(refused.value)
+        assert "split every room" in str(refused.value)
+        assert first.room(f"sip:chat@{DOMAIN}") is not None  # the running one goes on
+    async with open_conference(config) as again:  # let go when the block ended
+        assert again.room(f"sip:chat@{DOMAIN}") is not None
+
+
+async def test_nodes_share_a_database_with_each_other_but_not_with_a_plain_server(
+    db_url: str, tables: Tables
+) -> None:
+    async with open_conference(config_for(db_url, tables, "n1")):
+        async with open_conference(config_for(db_url, tables, "n2")):
+            with pytest.raises(DatabaseInUse) as refused:
+                async with open_conference(config_for(db_url, tables)):
+                    pytest.fail("a plain server started beside nodes")
+            assert "start this one with --node NAME" in str(refused.value)
+    async with open_conference(config_for(db_url, tables)):
+        with pytest.raises(DatabaseInUse) as refused:
+            async with open_conference(config_for(db_url, tables, "n1")):
+                pytest.fail("a node started beside a plain server")
+        assert "nodes cannot share the database with it" in str(refused.value)
+
+
+def test_other_rooms_tables_are_other_deployments(db_url: str, tables: Tables, lock_of) -> None:  # type: ignore[no-untyped-def]
+    lock_of().acquire()
+    other = serving_lock(DatabaseURL.parse(db_url), tables.rooms + "_b", None, tables.nodes)
+    assert other is not None
+    try:
+        other.acquire()  # no refusal: another set of tables
+    finally:
+        other.release()
+
+
+def test_a_killed_holder_lets_the_lock_go_at_once(db_url: str, tables: Tables, lock_of) -> None:  # type: ignore[no-untyped-def]
+    script = textwrap.dedent(f"""
+        import sys, time
+        from imc_actors.store.instance import serving_lock
+        from imc_actors.store.urls import DatabaseURL
+        lock = serving_lock(DatabaseURL.parse({db_url!r}), {tables.rooms!r}, None, {tables.nodes!r})
+        lock.acquire()
+        print("held", flush=True)
+        sys.stdin.read()
+    """)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"held\n"
+        mine = lock_of()
+        with pytest.raises(DatabaseInUse) as refused:
+            mine.acquire()
+        if engine_of(db_url) == "sqlite":
+            assert f"pid {holder.pid}" in str(refused.value)  # the lock file names its holder
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        if engine_of(db_url) == "sqlite":
+            mine.acquire()  # the kernel let the flock go with the process
+        else:  # the server ends the dead client's session when it reads its closed socket
+            _until_acquired(mine, tables)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def _until_acquired(lock: ServingLock, tables: Tables) -> None:
+    """Acquire ``lock`` once the server has ended the dead holder's session: another
+    connection waits for the lock on the server's side (no polling here), then lets it go."""
+    from imc_actors.store import instance
+    from imc_actors.store.urls import open_database
+
+    url = lock._url  # noqa: SLF001 - the engine the lock is on
+    db = open_database(url, lock_timeout=10.0)
+    try:
+        if url.engine == "postgresql":
+            key = (instance._PG_CLASS, instance._signed32(zlib.crc32(tables.rooms.lower().encode())))
+            db.execute_sql("SELECT pg_advisory_lock(%s, %s)", key)
+            db.execute_sql("SELECT pg_advisory_unlock(%s, %s)", key)
+        else:
+            name = instance._mysql_name(url.database, tables.rooms.lower(), None)
+            assert db.execute_sql("SELECT GET_LOCK(%s, 10)", (name,)).fetchone() == (1,)
+            db.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
+    finally:
+        db.close()
+    lock.acquire()
+
+
+def test_a_lock_whose_connection_was_lost_is_taken_again_and_a_taker_meanwhile_is_logged(
+    db_url: str, tables: Tables, lock_of, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    if engine_of(db_url) == "sqlite":
+        pytest.skip("a SQLite lock is a file lock: no connection to lose")
+    first = lock_of()
+    first.acquire()
+    first.check()  # alive: nothing to do
+    _kill_session(db_url, first)
+    second = lock_of()
+    second.acquire()  # the lost session let it go
+    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+        first.check()
+        first.check()  # logged once, not per check
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "held elsewhere" in errors[0].getMessage()
+    second.release()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+        first.check()
+    assert [r.getMessage() for r in caplog.records] == ["the database lock is held again"]
+    third = lock_of()
+    with pytest.raises(DatabaseInUse):
+        third.acquire()
+
+
+def _kill_session(db_url: str, lock: ServingLock) -> None:
+    """End ``lock``'s database session from another connection (a server restart, a proxy
+    timeout, MySQL's ``wait_timeout``), and return once it has ended (waiting on the server's
+    side: PostgreSQL's terminate with a timeout, MySQL's lock wait)."""
+    from imc_actors.store import instance
+    from imc_actors.store.urls import open_database
+
+    url = DatabaseURL.parse(db_url)
+    db = open_database(url, lock_timeout=10.0)
+    try:
+        if url.engine == "postgresql":
+            session = lock.session
+            assert db.execute_sql("SELECT pg_terminate_backend(%s, 10000)", (session,)).fetchone() == (True,)
+        else:
+            session = lock.session
+            db.execute_sql(f"KILL {int(session)}")
+            name = instance._mysql_name(url.database, lock._table, None)  # noqa: SLF001
+            assert db.execute_sql("SELECT GET_LOCK(%s, 10)", (name,)).fetchone() == (1,)
+            db.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
+    finally:
+        db.close()
+
+
+def test_in_memory_sqlite_needs_no_lock_and_a_file_lock_beside_the_database(tmp_path: Path) -> None:
+    assert serving_lock(DatabaseURL.parse("sqlite:///:memory:"), "imc_rooms", None) is None
+    lock = serving_lock(DatabaseURL.parse(f"sqlite:///{tmp_path}/imc.db"), "imc_rooms", None)
+    assert lock is not None and lock.path == f"{tmp_path}/imc.db.lock"
+    other = serving_lock(DatabaseURL.parse(f"sqlite:///{tmp_path}/imc.db"), "Chat_Rooms", None)
+    assert other is not None and other.path == f"{tmp_path}/imc.db.chat_rooms.lock"
+    lock.acquire()
+    try:
+        assert Path(lock.path).read_text() == f"{os.getpid()}\n"
+    finally:
+        lock.release()
+
+
+async def test_a_running_conference_takes_its_lock_again_after_the_session_was_ended(
+    db_url: str, tables: Tables, lock_of, autojump_clock: object  # type: ignore[no-untyped-def]
+) -> None:
+    if engine_of(db_url) == "sqlite":
+        pytest.skip("a SQLite lock is a file lock: no session to end")
+    from imc_actors.store.instance import CHECK_INTERVAL
+
+    async with open_conference(config_for(db_url, tables)) as conference:
+        held = conference._serving_lock  # noqa: SLF001
+        assert held is not None
+        _kill_session(db_url, held)
+        checked = held.checks + 2  # one check may have been under way already: wait for two
+        while held.checks < checked:  # the conference's checks, in a thread (mock clock)
+            await trio.sleep(CHECK_INTERVAL)
+        with pytest.raises(DatabaseInUse):
+            lock_of().acquire()
