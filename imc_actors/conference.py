@@ -25,6 +25,7 @@ from .actors.leases import LeaseKeeper
 from .actors.supervisor import RETRY, Answer, ApplyFn, Committer, Supervisor
 from .cluster import ClusterSnapshot, ClusterView, node_views
 from .config import Config
+from .exits import plain_exits
 from .imc import texts
 from .imc.commands import CommandError, complete_argument, fits, parse_command, resolve
 from .imc.effects import MAX_REASON_LENGTH, MAX_STORED_LENGTH, Notice
@@ -907,6 +908,7 @@ def open_repository(config: Config) -> Repository:
     return repository
 
 
+@plain_exits
 @asynccontextmanager
 async def open_conference(
     config: Config,
@@ -932,6 +934,8 @@ async def open_conference(
     Leaving the block, or cancellation of the caller, stops every actor; changes already
     acknowledged are durable. Leaving normally first waits (at most ``SHUTDOWN_GRACE`` seconds)
     until the notices already queued have been delivered. Subscriptions end with the block.
+    A KeyboardInterrupt or SystemExit (in the block or in one of the conference's tasks)
+    leaves it as itself, not inside exception groups (:mod:`imc_actors.exits`).
 
     ``home(room_name)``, with ``node`` set: the node that is the room's home (the workers of
     ``serve --workers N``, see :mod:`imc_actors.transport.steering`). At startup this node

@@ -33,6 +33,7 @@ from .control.chat_page import ChatSettings
 from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository, share_metrics
+from .exits import plain_exits
 from .forwarding import FORWARDED_BY, FORWARDED_URI, Forwarder, from_node
 from .handoff import Handoff, take_frame
 from .imc import texts
@@ -449,6 +450,7 @@ async def _authenticator(config: Config, store: Any) -> Authenticator | None:
     return Authenticator(config, secret, load)
 
 
+@plain_exits
 @asynccontextmanager
 async def open_server(
     config: Config,
@@ -461,7 +463,8 @@ async def open_server(
     """Bind the configured sockets and serve for the body of the block.
 
     Raises OSError (naming the address) when a socket cannot be bound. Leaving the block or
-    cancellation shuts everything down; acknowledged changes are durable.
+    cancellation shuts everything down; acknowledged changes are durable. A KeyboardInterrupt
+    or SystemExit leaves it as itself, not inside exception groups (:mod:`imc_actors.exits`).
 
     The management interfaces start after the SIP transport: the HTTP listener (JSON-RPC,
     ``/metrics``, status page) when ``rpc_listen`` is set, the MI FIFO when ``mi_fifo`` is.

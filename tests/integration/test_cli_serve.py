@@ -170,6 +170,25 @@ async def test_a_fault_in_c_code_says_so_on_stderr_before_the_server_dies(tmp_pa
     assert b"imc_actors" in text  # the stack says where it was
 
 
+def test_ctrl_c_during_startup_exits_130_without_a_traceback(tmp_path, monkeypatch, capsys):
+    # A SIGINT before serve catches the signals is a KeyboardInterrupt in its main task, here
+    # while the conference loads its rooms: inside nurseries, which used to wrap it in
+    # exception groups that serve let out as a traceback (exit 1) instead of exiting 130.
+    from imc_actors import cli
+    from imc_actors.config import Config
+    from imc_actors.store.writer import Store
+
+    async def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "load_rooms", interrupted)
+    config = Config.from_sources(environ={}, overrides={
+        "listen": ["udp:127.0.0.1:0"], "db_url": f"sqlite:///{tmp_path}/x.db", "domains": ["127.0.0.1"],
+    })
+    assert cli.serve(config) == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
 async def test_a_second_server_on_the_same_database_stops_with_one_line_naming_the_first(tmp_path):
     # it used to start, and each of the two then served every room from its own member list
     db_url = f"sqlite:///{tmp_path}/imc.db"
