@@ -68,7 +68,7 @@ _T = TypeVar("_T")
 FLAP_WINDOW = 60.0  # seconds: an outage this soon after the store resumed backs the probe off
 MAX_BACKOFF = 32  # the probe waits at most this many ping intervals
 
-__all__ = ["Backend", "Store", "StoreError", "StoreStatistics", "StoreUnavailable"]
+__all__ = ["Backend", "Store", "StoreError", "StoreStatistics", "StoreStopped", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreStopped(StoreError):
+    """The store stopped before this change was known to be written: it is shut down, or was
+    cancelled, or a KeyboardInterrupt or SystemExit ended it during the commit. No database
+    failure, so callers do not log it as one."""
 
 
 class Backend(Protocol):
@@ -290,7 +296,7 @@ class Store:
             self._running = False
             self._stopped = True
             self._fail_queued(
-                lambda: StoreError("the store was shut down before this change was written")
+                lambda: StoreStopped("the store was shut down before this change was written")
             )
 
     async def commit(self, writes: Sequence[StoreWrite]) -> None:
@@ -299,16 +305,16 @@ class Store:
         Empty ``writes`` return at once (no checkpoint). Raises :class:`StoreUnavailable` at
         once while the database is failing or the queue is full, after ``db_timeout`` seconds
         when the database has not committed by then (nothing of it is written later),
-        :class:`StoreError` when this
-        change cannot be stored or the store is shut down. If the caller is cancelled while the
-        change is still queued, it is dropped and never written; once its transaction has
-        started, it may still become durable.
+        :class:`StoreError` when this change cannot be stored, :class:`StoreStopped` (a
+        StoreError too) when the store is shut down or stops before the change was written. If
+        the caller is cancelled while the change is still queued, it is dropped and never
+        written; once its transaction has started, it may still become durable.
         """
         if not writes:
             return
         if self._stopped:
             self._failures += 1
-            raise StoreError("the store is shut down")
+            raise StoreStopped("the store is shut down")
         if not self._available:
             self._failures += 1
             raise StoreUnavailable("the database is unavailable", self._retry_after_now())
@@ -412,10 +418,17 @@ class Store:
         attempt = _Attempt([waiter.writes for waiter in batch], self._db_timeout)
         try:
             result = await self._attempt(attempt)
-        except BaseException as exc:  # a bug, not a database failure: never leave waiters hanging
+        except BaseException as exc:  # never leave waiters hanging
+            # an Exception is a bug, not a database failure; a KeyboardInterrupt (an inline
+            # commit runs on the loop's thread, where Ctrl-C lands) or SystemExit stops the store
+            stopped = not isinstance(exc, Exception)
             for waiter in batch:
                 self._failures += 1
-                waiter.error = StoreError(f"the store's writer failed: {exc!r}")
+                waiter.error = (
+                    StoreStopped(f"the store stopped ({type(exc).__name__}) during this change's "
+                                 "commit: it may or may not be written")
+                    if stopped else StoreError(f"the store's writer failed: {exc!r}")
+                )  # fmt: skip
                 waiter.done.set()
             raise
         finally:

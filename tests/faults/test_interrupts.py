@@ -1,8 +1,10 @@
-"""Ctrl-C in an embedder's ``trio.run(main)``: the caller gets a plain KeyboardInterrupt.
+"""Ctrl-C in an embedder's ``trio.run(main)``: the caller gets a plain KeyboardInterrupt, and
+nothing logs it as a database failure.
 
 A tour saw it come out of ``open_conference`` and ``open_server`` wrapped in nested
-BaseExceptionGroups (one per nursery inside). Each test runs its own ``trio.run``, as an
-embedder does.
+BaseExceptionGroups (one per nursery inside), and a KeyboardInterrupt raised while a commit ran
+answered that command 500 with an ERROR line "commit failed ... the store's writer failed:
+KeyboardInterrupt()". Each test runs its own ``trio.run``, as an embedder does.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from imc_actors.conference import open_conference
+from imc_actors.conference import open_conference, open_repository
 from imc_actors.config import Config
 from imc_actors.server import open_server
-from tests.faults.common import MANAGER, make_config, say
+from tests.faults.common import MANAGER, ROOM_A, make_config, say
 
 
 def outcome_of(main: Callable[[], Awaitable[object]]) -> BaseException | None:
@@ -65,6 +67,37 @@ def test_a_real_sigint_while_the_conference_waits(tmp_path, caplog):
     caught = outcome_of(main)
     assert type(caught) is KeyboardInterrupt, repr(caught)
     assert errors_in(caplog) == []
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline-commit", "writer-thread"])
+def test_ctrl_c_during_a_commit_is_no_store_error(tmp_path, caplog, inline):
+    # inline: the commit runs on the event loop's thread, where a real SIGINT raises it;
+    # writer-thread: the store's worker thread raises it and to_thread hands it back
+    config = make_config(tmp_path, sqlite_inline=inline)
+    interrupt = False
+    answers = []
+
+    async def main() -> None:
+        repository = await trio.to_thread.run_sync(open_repository, config)
+        apply_batch = repository.apply_batch
+
+        def interrupted(writes):
+            if interrupt:
+                raise KeyboardInterrupt
+            apply_batch(writes)
+
+        repository.apply_batch = interrupted  # type: ignore[method-assign]
+        async with open_conference(config, repository=repository) as conf:
+            assert (await conf.handle(say(MANAGER, "alice", "#create a"))).code == 200
+            nonlocal interrupt
+            interrupt = True
+            answers.append(await conf.handle(say(ROOM_A, "bob", "#join")))
+            await trio.sleep_forever()  # the conference ends by itself
+
+    caught = outcome_of(main)
+    assert type(caught) is KeyboardInterrupt, repr(caught)
+    assert errors_in(caplog) == []
+    assert not [r for r in caplog.records if "KeyboardInterrupt" in r.getMessage()]
 
 
 def test_ctrl_c_in_an_open_server_block_reaches_the_caller_unwrapped(tmp_path, caplog):
