@@ -18,9 +18,11 @@ go wrong, and where:
 ``fail_delivery``       a notice is not delivered; the delivery ends with ``code``
 ``stall_delivery``      deliveries wait until the returned event is set
 ``fail_commit``         a commit fails as a database error would (scoped to a room/command, or
-                        the whole database: then it is *down* and answers 503 until cleared)
+                        the whole database: one 500 by default; with ``times=None`` it is
+                        *down* and answers 503 until cleared)
 ``hang_commit``         a commit waits until the returned event is set (scoped: that room
-                        only; unscoped: the database hangs and every room's writes wait)
+                        only; unscoped: the database hangs and every room's writes wait, and
+                        get 503 after ``db_timeout``, wall-clock time even on a MockClock)
 ``stall_room``          a room's actor stops at a command until the returned event is set;
                         its mailbox fills with whatever arrives meanwhile
 ``fill_mailbox``        fills a room's mailbox for real, now: the next command gets 503
@@ -223,12 +225,14 @@ class Faults:
     ) -> None:
         """Make commits fail as a database error would.
 
-        Unscoped (no ``room``/``command``): the next ``times`` database transactions fail, and
-        while this rule has failures left the database also fails its health check, so the
-        store is *down*: commands that write get 503 with Retry-After until :meth:`clear` (or
-        the rule is used up) and the store's ping succeeds again. Scoped: the commit of the
-        room's change fails with :class:`StoreError` (the command gets 500, its change is not
-        made, other rooms are not affected).
+        Unscoped (no ``room``/``command``): the next database transaction fails. With
+        ``times=1`` (the default) that is all: the rule is used up, the database still answers
+        its health check, and the command gets 500. With ``times=None`` (or a larger count) the
+        database also fails its health check while the rule has failures left, so the store is
+        *down*: commands that write get 503 with Retry-After until :meth:`clear` (a store that
+        is down sends the database no transactions, so a count does not run out meanwhile).
+        Scoped: the commit of the room's change fails with :class:`StoreError` (the command
+        gets 500, its change is not made, other rooms are not affected).
         """
         scoped = room is not None or command is not None
         self._add(_Rule("commit", {"room": room, "command": command}, times, rate, scoped=scoped))
@@ -240,8 +244,10 @@ class Faults:
         """Make commits wait until the returned event is set.
 
         Unscoped: the database hangs (in the store's writer thread), so every room's writes
-        wait behind it. Scoped to a room/command: only that room's commit waits (the room
-        stops; others go on).
+        wait behind it; after ``db_timeout`` (wall-clock time, on a MockClock too: the store
+        waits in a thread) they get 503 with Retry-After until the event is set. Scoped to a
+        room/command: only that room's commit waits (the room stops; others go on; no
+        ``db_timeout``: the wait is in the room's task, before the store).
         """
         release = trio.Event()
         scoped = room is not None or command is not None

@@ -6,6 +6,8 @@ Every assertion message carries the plan (``Faults(seed=...)``) so a failure can
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 import trio.testing
@@ -149,6 +151,34 @@ async def test_a_failed_creation_leaves_no_room(config):
         assert conf.room(f"sip:x@{DOMAIN}") is None, faults
         assert (await conf.handle(say(MANAGER, "alice", "#create x"))).code == 200, faults
         await assert_durable(conf, faults=faults)
+
+
+async def test_an_unscoped_commit_failure_fails_one_commit_by_default(config):
+    # README's table said "down until clear()": that is times=None; the default is once
+    faults = Faults(seed=SEED)
+    async with faults.open_conference(config) as conf:
+        await two_rooms(conf)
+        faults.fail_commit()
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 500, faults
+        assert (await conf.handle(say(ROOM_A, "erin", "#join"))).code == 200, faults
+        stats = conf.supervisor.store.statistics()
+        assert stats.available and stats.outages == 0, (faults, stats)
+
+
+async def test_a_hung_database_gives_503_after_db_timeout_of_wall_clock_time(tmp_path, autojump_clock):
+    faults = Faults(seed=SEED)
+    config = make_config(tmp_path, db_timeout=0.5)
+    async with faults.open_conference(config) as conf:
+        await two_rooms(conf)
+        release = faults.hang_commit()
+        wall, virtual = time.monotonic(), trio.current_time()
+        answer = await conf.handle(say(ROOM_A, "dave", "#join"))
+        assert answer.code == 503 and answer.retry_after, (faults, answer)
+        assert time.monotonic() - wall >= 0.5, faults  # real seconds, however far ...
+        assert trio.current_time() - virtual > 0.5, faults  # ... the virtual clock jumped
+        release.set()
+        await conf.supervisor.store.wait_available()
+        assert (await conf.handle(say(ROOM_A, "dave", "#join"))).code == 200, faults
 
 
 async def test_random_commit_hang_stops_one_room_only(config):
