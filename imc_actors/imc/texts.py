@@ -128,6 +128,15 @@ def _s(start_char: str) -> str:
     return start_char[:1] or "#"
 
 
+def shown(typed: str) -> str:
+    """``typed`` (the sender's own text, echoed in a refusal) with every character that is not
+    printable written as its Python escape (``a\\x01b``): a control character, a CR or LF
+    would otherwise reach the sender's screen or terminal as itself."""
+    if typed.isprintable():
+        return typed
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in typed)
+
+
 # --------------------------------------------------------------------------- §2 parsing
 def missing_command(start_char: str) -> str:
     """``#`` alone or followed by whitespace."""
@@ -138,7 +147,7 @@ def missing_command(start_char: str) -> str:
 def invalid_command(typed: str, start_char: str) -> str:
     """Unknown command name, quoted as typed."""
     s = _s(start_char)
-    return f"*** Invalid command '{typed}' (send '{s}help' for help)"
+    return f"*** Invalid command '{shown(typed)}' (send '{s}help' for help)"
 
 
 def missing_argument(start_char: str) -> str:
@@ -163,13 +172,13 @@ NOT_THE_AUTHENTICATED_USER = "*** You are signed in as {user}: you cannot send a
 
 def invalid_address(arg: str) -> str:
     """An argument that does not parse as a SIP URI."""
-    return f"*** Invalid address '{arg}'"
+    return f"*** Invalid address '{shown(arg)}'"
 
 
 def invalid_room_name(name: str) -> str:
     """A room name (argument or Request-URI user, unescaped) with a character a room name may
     not hold (``%20``, ``%40``, ``;``, non-ASCII, …); ``name`` is its canonical form."""
-    return f"*** Invalid room name '{name}' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"
+    return f"*** Invalid room name '{shown(name)}' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"
 
 
 # Not in the spec (Kamailio's columns would cut or refuse them): names wider than the store's

@@ -103,7 +103,7 @@ def test_missing_command(body: bytes) -> None:
         (b"#Foo bar baz", "Foo"),
         (b"#joinroom", "joinroom"),
         (b"##join", "#join"),
-        (b"#join\x0b", "join\x0b"),  # only space and tab separate tokens
+        (b"#join\x0b", "join\\x0b"),  # only space and tab separate tokens; echoed escaped
         (b"#delete", "delete"),
     ],
 )
@@ -310,6 +310,9 @@ def test_target_room_uri() -> None:
         # the manager is not a room, even when named as an argument
         (b"#join imc-manager", 400, "*** Invalid address 'imc-manager'"),
         (b"#create IMC-Manager@example.com", 400, "*** Invalid address 'IMC-Manager@example.com'"),
+        # the sender's own control characters are echoed escaped, never as themselves
+        (b"#create a\x01b", 400, "*** Invalid address 'a\\x01b'"),
+        (b"#invite bob\x1b[2J", 400, "*** Invalid address 'bob\\x1b[2J'"),
     ],
 )
 def test_resolve_errors(body: bytes, code: int, text: str) -> None:
