@@ -46,6 +46,7 @@ import trio
 from .actors.delivery import DeliveryResult, Sender
 from .imc.effects import Notice
 from .imc.state import member_key
+from .sip import canonical
 
 __all__ = ["Delivered", "NoticeChannel", "NoticeChannelStatistics", "NoticeRouter"]
 
@@ -272,7 +273,7 @@ class NoticeRouter:
         and RuntimeError once the conference has ended."""
         if self._closed:
             raise RuntimeError("the conference has ended; cannot subscribe")
-        keys = frozenset(member_key(uri) for uri in recipients) if recipients else None
+        keys = frozenset(_recipient_key(uri) for uri in recipients) if recipients else None
         timeout = confirm_timeout if confirm_timeout is not None else math.inf
         channel = NoticeChannel(
             self, keys, max_buffer=max_buffer, observe=observe, when_full=when_full,
@@ -328,3 +329,15 @@ class NoticeRouter:
         for channel in self._channels:
             channel._end()
         self._channels.clear()
+
+
+def _recipient_key(uri: str) -> str:
+    """The member key a subscription to ``uri`` matches: the URI read as the server reads a
+    From (port, parameters, display name dropped, escapes canonical), so
+    ``sip:bob@x:5060`` and ``"Bob" <sip:%62ob@x>`` are Bob; a ``user@host`` without a scheme
+    as it is written."""
+    try:
+        uri = canonical(uri)
+    except (ValueError, TypeError):
+        pass
+    return member_key(uri)

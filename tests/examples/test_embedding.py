@@ -256,6 +256,20 @@ async def test_a_subscription_claims_its_recipients(config):
         assert outbox.to("bob") == [b"[alice]: still there?"]
 
 
+@pytest.mark.parametrize(
+    "written", [f"sip:bob@{DOMAIN}:5060", f'"Bob" <sip:%62ob@{DOMAIN}>', f"sips:bob@{DOMAIN};transport=tls"]
+)
+async def test_a_subscription_reads_its_recipients_as_the_server_reads_a_from(config, written):
+    # a port, parameters or a display name made a subscription that never matched anything
+    outbox = Outbox()
+    async with open_conference(config, sender=outbox) as conference:
+        with conference.subscribe(written) as bob:
+            await chat_room(conference)
+            await conference.flush_notices()
+            assert bob.receive_nowait().notice.body == b"*** [bob] has joined the room"
+            assert outbox.to("bob") == []
+
+
 async def test_an_observer_gets_copies_and_delivery_goes_on(config):
     outbox = Outbox()
     async with open_conference(config, sender=outbox) as conference:
