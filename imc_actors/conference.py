@@ -139,6 +139,19 @@ def _admitted(msg: IncomingMessage) -> IncomingMessage | None:
     return replace(msg, request_uri=request_uri, sender=sender)
 
 
+def _room_of(uri: str, what: str = "uri") -> tuple[str, str]:
+    """``(name, domain)`` of a room URI an embedder or a management call names, read as the
+    server reads a Request-URI (:func:`~imc_actors.sip.canonical`; one that is no SIP URI
+    names no room: ``("", …)``, found nowhere). TypeError for a ``uri`` that is no str."""
+    if not isinstance(uri, str):
+        raise TypeError(f"{what} must be a str (a SIP URI), not {type(uri).__name__}")
+    try:
+        uri = canonical(uri)
+    except ValueError:
+        pass
+    return split_user_host(uri)
+
+
 def _not_admitted(msg: IncomingMessage) -> Answer:
     """The 400 for a message :func:`_admitted` refuses: no notice (there is no SIP address to
     send one to, or From), the ``***`` text in the answer's body."""
@@ -258,8 +271,9 @@ class Conference:
         return sorted(self.supervisor.rooms(), key=lambda r: r.key)
 
     def room(self, uri: str) -> RoomState | None:
-        """The committed state of the room at ``uri`` (``sip:name@domain``), or None."""
-        name, domain = split_user_host(uri)
+        """The committed state of the room at ``uri`` (``sip:name@domain``, read as the server
+        reads a Request-URI: a port or parameters are no other room), or None."""
+        name, domain = _room_of(uri)
         handle = self.supervisor.lookup(name, domain)
         return handle.state if handle is not None and handle.committed else None
 
@@ -294,7 +308,7 @@ class Conference:
     def room_status(self, uri: str) -> RoomStatus | None:
         """The supervisor's view of the room at ``uri`` (restarts, quarantine, mailbox), or None
         when there is no such room. A snapshot: it does not change afterwards."""
-        name, domain = split_user_host(uri)
+        name, domain = _room_of(uri)
         handle = self.supervisor.lookup(name, domain)
         if handle is None or not handle.committed:
             return None
@@ -324,14 +338,12 @@ class Conference:
         A room that does not exist has no lines; ``uri`` names a room as for :meth:`room`."""
         if self._closed:
             raise ConferenceClosed("this conference has ended; open a new one")
-        if not isinstance(uri, str):
-            raise TypeError(f"uri must be a str (a SIP URI), not {type(uri).__name__}")
+        name, domain = _room_of(uri)
         _check_seq("limit", limit, 1, math.inf)
         if before is not None:
             _check_seq("before", before, 1, _MAX_SEQ)
         if self.supervisor.history_reader is None:
             return None
-        name, domain = split_user_host(uri)
         key, most = f"sip:{name}@{domain}".lower(), min(limit, _MAX_SEQ)  # a row's seq at most
         lines: list[HistoryLine] = await self.supervisor.history_reader.read(
             lambda r: r.load_history(key, most, before)
@@ -819,7 +831,7 @@ class Conference:
             raise ConferenceClosed("this conference has ended; open a new one")
         if action not in ("destroy", "kick", "ban"):
             raise ValueError(f"unknown action {action!r}")
-        name, domain = split_user_host(room_uri)
+        name, domain = _room_of(room_uri, "room_uri")
         target: str | None = None
         if action != "destroy":
             try:

@@ -237,6 +237,23 @@ async def test_history_refuses_a_limit_or_before_of_the_wrong_type_or_range(conf
             await conference.history(None, 5)  # type: ignore[arg-type]
 
 
+async def test_room_views_and_actions_read_the_room_uri_as_the_server_does(config):
+    # a port or parameters made room()/room_status() say None and administer() 404
+    async with open_conference(config) as conference:
+        await chat_room(conference)
+        for written in (f"sip:chat@{DOMAIN}:5060", f"<sip:%63hat@{DOMAIN};transport=tcp>"):
+            assert conference.room(written) is not None
+            assert conference.room_status(written) is not None
+        assert conference.room("chat") is None  # no SIP URI: no room, no traceback
+        kicked = await conference.administer(f"sip:chat@{DOMAIN}:5060", "kick", "bob")
+        assert kicked.code == 200
+        for call in (lambda: conference.room(None), lambda: conference.room_status(5)):
+            with pytest.raises(TypeError, match="^uri must be a str"):
+                call()
+        with pytest.raises(TypeError, match="^room_uri must be a str"):
+            await conference.administer(None, "destroy")  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------- subscriptions
 async def test_a_subscription_claims_its_recipients(config):
     outbox = Outbox()
