@@ -5,7 +5,10 @@ An outgoing request over TCP or TLS reuses the open connection of that transport
 destination, waits for one being opened by another request, or opens one (its reader started
 in the transport's nursery; a TLS one is opened with the transport's client context and
 handshaken first). A destination that refused a connection is not tried again for
-:data:`TCP_RETRY_AFTER` seconds unless TCP is required (the caller then sends over UDP).
+:data:`TCP_RETRY_AFTER` seconds unless TCP is required (the caller then sends over UDP); it is
+forgotten once those have passed, so the refusals remembered are those of the last
+:data:`TCP_RETRY_AFTER` seconds only, however many destinations (contacts an attacker
+registers, one port after another) have refused over time.
 Connections accepted by our listeners (TCP and TLS alike) are tracked here too, so shutdown
 closes them all, and bounded: beyond ``max_accepted`` accepted connections in all, or
 ``max_per_ip`` from one address, a new one is closed at once, before any TLS handshake (logged
@@ -70,6 +73,7 @@ class Connections:
         # keyed by (transport, destination): a TCP and a TLS connection to one host are two
         self._outgoing: dict[tuple[str, Address], TcpConnection] = {}
         self._connecting: dict[tuple[str, Address], trio.Event] = {}
+        # in the order of their expiry (all last TCP_RETRY_AFTER): see _refused
         self._refused_until: dict[tuple[str, Address], float] = {}
         self._nursery: trio.Nursery | None = None
         self._connect_timeout = 5.0
@@ -195,6 +199,19 @@ class Connections:
             if known is conn:
                 del self._outgoing[key]
 
+    def _refused(self, key: tuple[str, Address], now: float) -> None:
+        """Remember that ``key`` refused at ``now``, and forget the refusals that have expired.
+        Every entry lasts :data:`TCP_RETRY_AFTER`, so the dict (insertion-ordered, a key put
+        at its end again) is in the order of expiry and the expired ones are at its front."""
+        refused = self._refused_until
+        refused.pop(key, None)
+        while refused:
+            old, until = next(iter(refused.items()))
+            if until > now:
+                break
+            del refused[old]
+        refused[key] = now + TCP_RETRY_AFTER
+
     def pooled(self, dest: Address, *, tls: str | None = None) -> TcpConnection | None:
         """The open outgoing connection to ``dest`` (TLS with ``tls``, else TCP), or None
         when none is open (:meth:`get` opens one). No checkpoint."""
@@ -253,7 +270,7 @@ class Connections:
                 )
         except OSError as exc:
             log.debug("%s connect to %s:%d failed: %s", key[0], dest[0], dest[1], exc)
-            self._refused_until[key] = trio.current_time() + TCP_RETRY_AFTER
+            self._refused(key, trio.current_time())
             return None
         finally:
             del self._connecting[key]

@@ -16,6 +16,7 @@ import trio.testing
 
 from imc_actors.sip import build_request, new_branch, new_call_id, new_tag
 from imc_actors.transport import Reply
+from imc_actors.transport.connections import TCP_RETRY_AFTER, Connections
 from imc_actors.transport.limits import FloodLimiter
 from tests.support import RecordingHandler, TestUA, response_of, start_core
 
@@ -398,6 +399,42 @@ def test_the_bucket_table_is_bounded() -> None:
     assert limiter.allow("10.0.0.9", 0.9) == pytest.approx(0.1)  # still blocked: kept
     assert limiter.allow("10.0.0.9", 1.0) == 0.0  # its block is over
     assert (limiter.throttled, limiter.blocked) == (3, 1)
+
+
+def _closed_ports(count: int) -> list[int]:
+    """``count`` TCP ports of 127.0.0.1 nobody listens on (a connect is refused at once)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+async def test_refused_destinations_are_forgotten_once_their_retry_time_has_passed(
+    nursery: trio.Nursery, autojump_clock
+) -> None:
+    # a contact registered with one port after another, each refusing: the refusals that still
+    # count (TCP_RETRY_AFTER) are remembered, the older ones must not pile up for ever
+    connections = Connections(lambda *a: None, lambda *a: None, lambda conn: None)
+    connections.open(nursery, connect_timeout=1.0, idle_timeout=10.0)
+    first, second, third = _closed_ports(3)
+    assert await connections.get(("127.0.0.1", first), required=True) is None
+    assert await connections.get(("127.0.0.1", second), required=True) is None
+    assert len(connections._refused_until) == 2  # both within their retry time
+    await trio.sleep(TCP_RETRY_AFTER)
+    assert await connections.get(("127.0.0.1", third), required=True) is None
+    assert list(connections._refused_until) == [("tcp", ("127.0.0.1", third))]
+    # one that refuses again is remembered from its latest refusal, not its first
+    await trio.sleep(TCP_RETRY_AFTER / 2)
+    assert await connections.get(("127.0.0.1", first), required=True) is None
+    await trio.sleep(TCP_RETRY_AFTER / 2)
+    assert await connections.get(("127.0.0.1", second), required=True) is None
+    assert list(connections._refused_until) == [
+        ("tcp", ("127.0.0.1", first)), ("tcp", ("127.0.0.1", second))
+    ]
+    await connections.aclose()
 
 
 BOUNDS = {
