@@ -141,17 +141,14 @@ class ServingLock:
         self._db = open_database(self._url)
         try:
             self._take()
-        except DatabaseInUse as exc:
+        except StoreError as exc:  # DatabaseInUse too: another process took it meanwhile
             self._close_db()
             if not self._lost:
-                log.error("the database lock was lost with its connection and is held "
-                          "elsewhere now: %s", exc)  # fmt: skip
-            self._lost = True
-        except StoreError as exc:
-            self._close_db()
-            if not self._lost:
-                log.warning("the database lock's connection was lost; taking it again "
-                            "failed: %s", exc)  # fmt: skip
+                taken = isinstance(exc, DatabaseInUse)
+                log.log(logging.ERROR if taken else logging.WARNING, "%s: %s",
+                        "the database lock was lost with its connection and is held elsewhere now"
+                        if taken else "the database lock's connection was lost; taking it again failed",
+                        exc)  # fmt: skip
             self._lost = True
         else:
             if self._lost:
