@@ -83,7 +83,9 @@ class ServingLock:
         self._node_table = node_table
         self._fd: int | None = None  # SQLite: the lock file, open and flocked
         self._db: peewee.Database | None = None  # a server: the connection holding the lock
-        self._lost = False  # the lock was found lost (logged once until it is held again)
+        #: the lock was found lost: None (held), "failed" (taking it again failed) or "taken"
+        #: (another process holds it); each is logged once, when it begins
+        self._lost: str | None = None
         self._wanted = False  # between acquire and release
         #: :meth:`check` calls that found the lock held or took it again.
         self.checks = 0
@@ -143,17 +145,20 @@ class ServingLock:
             self._take()
         except StoreError as exc:  # DatabaseInUse too: another process took it meanwhile
             self._close_db()
-            if not self._lost:
-                taken = isinstance(exc, DatabaseInUse)
+            # a database that was down (logged as a warning) may come back with another
+            # process holding the lock: that change is logged too, as the error it is
+            lost = "taken" if isinstance(exc, DatabaseInUse) else "failed"
+            if lost != self._lost:
+                taken = lost == "taken"
                 log.log(logging.ERROR if taken else logging.WARNING, "%s: %s",
                         "the database lock was lost with its connection and is held elsewhere now"
                         if taken else "the database lock's connection was lost; taking it again failed",
                         exc)  # fmt: skip
-            self._lost = True
+            self._lost = lost
         else:
-            if self._lost:
+            if self._lost is not None:
                 log.warning("the database lock is held again")
-            self._lost = False
+            self._lost = None
             self.checks += 1
 
     # -- SQLite ---------------------------------------------------------------------------

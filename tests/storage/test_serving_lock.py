@@ -222,3 +222,30 @@ async def test_a_running_conference_takes_its_lock_again_after_the_session_was_e
             await trio.sleep(CHECK_INTERVAL)
         with pytest.raises(DatabaseInUse):
             lock_of().acquire()
+
+
+def test_a_lock_taken_elsewhere_while_the_database_was_unreachable_is_still_an_error(
+    db_url: str, tables: Tables, lock_of, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    # A PostgreSQL restart: the first check cannot reach the database (a warning), another
+    # server starts meanwhile and takes the lock; the next check used to log nothing, since
+    # the loss had been logged once already, as the warning of a passing failure.
+    if engine_of(db_url) == "sqlite":
+        pytest.skip("a SQLite lock is a file lock: no connection to lose")
+    first = lock_of()
+    first.acquire()
+    _kill_session(db_url, first)
+    reachable = first._url  # noqa: SLF001
+    port_one = dict(reachable.params, host="127.0.0.1", port=1)  # nothing listens there
+    first._url = DatabaseURL(reachable.engine, reachable.database, port_one, reachable.redacted)  # noqa: SLF001
+    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+        first.check()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    first._url = reachable  # noqa: SLF001 - the database is back
+    lock_of().acquire()  # and another server took the lock meanwhile
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+        first.check()
+        first.check()  # once
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "held elsewhere" in errors[0].getMessage()
