@@ -35,6 +35,7 @@ import logging
 import os
 import zlib
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import peewee
 
@@ -62,11 +63,24 @@ def serving_lock(
 ) -> ServingLock | None:
     """The lock a conference on ``url`` must hold, or None when none is needed (an in-memory
     SQLite database)."""
-    if url.engine == "sqlite" and (
-        url.database in ("", ":memory:") or "mode=memory" in url.database
-    ):
+    if url.engine == "sqlite" and _sqlite_file(url) is None:
         return None
     return ServingLock(url, rooms_table, node, node_table)
+
+
+def _sqlite_file(url: DatabaseURL) -> str | None:
+    """The file an SQLite ``url`` opens, or None for an in-memory database. With ``?uri=true``
+    a ``file:`` name is an SQLite URI (``file:/srv/imc.db``, ``file::memory:``): its path is the
+    file, which another server may open as ``sqlite:////srv/imc.db``."""
+    name = url.database
+    if url.params.get("uri") and name.startswith("file:"):
+        parts = urlsplit(name)
+        if "mode=memory" in parts.query:
+            return None
+        name = unquote(parts.path)
+    if name in ("", ":memory:") or "mode=memory" in name:
+        return None
+    return name
 
 
 class ServingLock:
@@ -96,9 +110,10 @@ class ServingLock:
     @property
     def path(self) -> str:
         """SQLite: the lock file's path."""
+        database = _sqlite_file(self._url)
         if self._table == _DEFAULT_ROOMS_TABLE:
-            return f"{self._url.database}.lock"
-        return f"{self._url.database}.{self._table}.lock"
+            return f"{database}.lock"
+        return f"{database}.{self._table}.lock"
 
     @property
     def on_server(self) -> bool:

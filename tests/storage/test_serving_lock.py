@@ -249,3 +249,22 @@ def test_a_lock_taken_elsewhere_while_the_database_was_unreachable_is_still_an_e
         first.check()  # once
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "held elsewhere" in errors[0].getMessage()
+
+
+def test_an_sqlite_uri_filename_is_locked_as_the_file_it_opens(tmp_path: Path) -> None:
+    # sqlite:///file:/path/imc.db?uri=true opens /path/imc.db: its lock file was
+    # "file:/path/imc.db.lock" (which cannot be made: the server did not start), and
+    # file::memory: (one database per process) took a lock file that refused a second process
+    assert serving_lock(DatabaseURL.parse("sqlite:///file::memory:?uri=true"), "imc_rooms", None) is None
+    plain = serving_lock(DatabaseURL.parse(f"sqlite:///{tmp_path}/imc.db"), "imc_rooms", None)
+    as_uri = serving_lock(DatabaseURL.parse(f"sqlite:///file:{tmp_path}/imc.db?uri=true"), "imc_rooms", None)
+    assert plain is not None and as_uri is not None
+    assert as_uri.path == plain.path == f"{tmp_path}/imc.db.lock"
+    plain.acquire()
+    try:
+        with pytest.raises(DatabaseInUse):
+            as_uri.acquire()
+    finally:
+        plain.release()
+    literal = serving_lock(DatabaseURL.parse("sqlite:///file:imc.db"), "imc_rooms", None)
+    assert literal is not None and literal.path == "file:imc.db.lock"  # no uri: a file so named
