@@ -148,13 +148,15 @@ class ServingLock:
         (logged once when another process holds it now). Nothing to do for SQLite."""
         if not self._wanted or not self.on_server:
             return
+        dropped: str | None = None  # why the connection was found dead, if it was
         if self._db is not None:
             try:
                 self._db.execute_sql("SELECT 1")
                 self.checks += 1
                 return
-            except (peewee.PeeweeException, OSError):
+            except (peewee.PeeweeException, OSError) as exc:
                 self._close_db()
+                dropped = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         self._db = open_database(self._url)
         try:
             self._take()
@@ -173,6 +175,9 @@ class ServingLock:
         else:
             if self._lost is not None:
                 log.warning("the database lock is held again")
+            elif dropped is not None:  # no other process took it in the meantime, this time
+                log.warning("the database lock's connection was lost (%s); the lock is held "
+                            "again on a new connection", dropped)  # fmt: skip
             self._lost = None
             self.checks += 1
 

@@ -268,3 +268,22 @@ def test_an_sqlite_uri_filename_is_locked_as_the_file_it_opens(tmp_path: Path) -
         plain.release()
     literal = serving_lock(DatabaseURL.parse("sqlite:///file:imc.db"), "imc_rooms", None)
     assert literal is not None and literal.path == "file:imc.db.lock"  # no uri: a file so named
+
+
+def test_a_lost_lock_connection_taken_again_at_once_is_logged_too(
+    db_url: str, tables: Tables, lock_of, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    # a database restart dropped the lock for up to a check interval without a word
+    if engine_of(db_url) == "sqlite":
+        pytest.skip("a SQLite lock is a file lock: no connection to lose")
+    held = lock_of()
+    held.acquire()
+    _kill_session(db_url, held)
+    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+        held.check()
+        held.check()  # alive again: nothing more to say
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "connection was lost" in messages[0], messages
+    assert "held again on a new connection" in messages[0]
+    with pytest.raises(DatabaseInUse):
+        lock_of().acquire()
