@@ -19,7 +19,8 @@ How each engine holds it, for as long as the conference runs (a process that die
   connection of its own, keyed by the rooms table.
 - MySQL and MariaDB have no shared named lock: a process without a node name holds
   ``GET_LOCK`` on the rooms table's name and each node one on its own name; each side takes
-  its own lock first and then looks for the other's, so two starting at once see each other.
+  its own lock first (a node also puts its name in the node table) and then looks for the
+  other's, so two starting at once see each other.
 
 :meth:`ServingLock.check` (every :data:`CHECK_INTERVAL` seconds) keeps a server's connection
 alive (MySQL drops idle ones after ``wait_timeout``) and takes the lock again after the
@@ -247,8 +248,31 @@ class ServingLock:
                 f"node {self._node!r} already runs on {self._url.redacted} (its named lock "
                 "is held): give each node its own --node"
             )
+        registered = self._mysql_register_node()
         if not self._one("SELECT IS_FREE_LOCK(%s)", (alone,)):
+            if registered:  # no trace of a node that never ran
+                self._db.execute_sql(  # type: ignore[union-attr]
+                    f"DELETE FROM {self._node_table} WHERE name = %s AND heartbeat = 0",
+                    (self._node,),
+                )
             raise DatabaseInUse(self._refusal(True, None, "its named lock is held"))
+
+    def _mysql_register_node(self) -> bool:
+        """Put this node's name in the node table (as a retired node, heartbeat 0, unless it
+        is there already) before looking for a process without a node name: one that takes
+        its lock afterwards then finds the name, and the name's lock held. A node's first
+        heartbeat comes later in its startup, and a server that started before it found no
+        name to look at: both ran. True when the name was new."""
+        assert self._db is not None
+        try:
+            cursor = self._db.execute_sql(
+                f"INSERT IGNORE INTO {self._node_table} (name, addresses, heartbeat) "
+                "VALUES (%s, '', 0)",
+                (self._node,),
+            )
+        except peewee.DatabaseError:  # no node table (an embedder's own schema): as before
+            return False
+        return bool(cursor.rowcount)
 
     def _mysql_nodes_running(self) -> bool:
         try:

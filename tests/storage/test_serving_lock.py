@@ -287,3 +287,32 @@ def test_a_lost_lock_connection_taken_again_at_once_is_logged_too(
     assert "held again on a new connection" in messages[0]
     with pytest.raises(DatabaseInUse):
         lock_of().acquire()
+
+
+def test_a_node_that_has_not_heartbeat_yet_still_keeps_a_plain_server_out(
+    db_url: str, tables: Tables, lock_of  # type: ignore[no-untyped-def]
+) -> None:
+    # MySQL: a plain server looks for the nodes' locks by the names in the node table, and a
+    # node's first heartbeat comes after its lock, later in its startup: a plain server that
+    # started in between found no name to look at, and both served the database
+    repository = tables.repository(db_url)
+    repository.init_schema()  # as a server's startup does before it takes its lock
+    repository.close()
+    lock_of("brand-new").acquire()
+    with pytest.raises(DatabaseInUse) as refused:
+        lock_of().acquire()
+    assert "start this one with --node NAME" in str(refused.value)
+
+
+def test_a_node_refused_beside_a_plain_server_leaves_no_name_in_the_node_table(
+    db_url: str, tables: Tables, lock_of  # type: ignore[no-untyped-def]
+) -> None:
+    repository = tables.repository(db_url)
+    repository.init_schema()
+    try:
+        lock_of().acquire()
+        with pytest.raises(DatabaseInUse):
+            lock_of("never-ran").acquire()
+        assert "never-ran" not in [node.name for node in repository.nodes()]
+    finally:
+        repository.close()
