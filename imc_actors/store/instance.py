@@ -232,13 +232,50 @@ class ServingLock:
         exclusive_holder = self._node is not None or not self._one(
             "SELECT pg_try_advisory_lock_shared(%s, %s)", key
         )
-        raise DatabaseInUse(self._refusal(exclusive_holder, None, "its advisory lock is held"))
+        holder = self._postgresql_holder(key) if exclusive_holder else None
+        raise DatabaseInUse(
+            self._refusal(exclusive_holder, None, "its advisory lock is held", holder)
+        )
+
+    def _postgresql_holder(self, key: tuple[int, int]) -> str | None:
+        """The session holding the exclusive advisory lock ``key``, as pg_stat_activity shows
+        it (``PostgreSQL session <pid> from <address>``), or None when it cannot be seen."""
+        try:
+            row = self._db.execute_sql(  # type: ignore[union-attr]
+                "SELECT a.pid, host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.mode = 'ExclusiveLock' AND l.objsubid = 2 "
+                "AND l.classid::bigint = %s AND l.objid::bigint = %s "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                (key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF),
+            ).fetchone()
+        except peewee.DatabaseError:
+            return None
+        if not row:
+            return None
+        return f"PostgreSQL session {row[0]}" + (f" from {row[1]}" if row[1] else "")
+
+    def _mysql_holder(self, name: str) -> str | None:
+        """The connection holding the named lock ``name`` (``MySQL connection <id> from
+        <host:port>``, as SHOW PROCESSLIST shows it), or None when it cannot be seen."""
+        try:
+            connection = self._one("SELECT IS_USED_LOCK(%s)", (name,))
+            if connection is None:
+                return None
+            host = self._one(
+                "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = %s", (connection,)
+            )
+        except peewee.DatabaseError:
+            return None
+        return f"MySQL connection {connection}" + (f" from {host}" if host else "")
 
     def _take_mysql(self) -> None:
         alone = _mysql_name(self._url.database, self._table, None)
         if self._node is None:
             if not self._one("SELECT GET_LOCK(%s, 0)", (alone,)):
-                raise DatabaseInUse(self._refusal(True, None, "its named lock is held"))
+                raise DatabaseInUse(
+                    self._refusal(True, None, "its named lock is held", self._mysql_holder(alone))
+                )
             if self._mysql_nodes_running():
                 raise DatabaseInUse(self._refusal(False, None, "nodes hold their named locks"))
             return
@@ -255,7 +292,9 @@ class ServingLock:
                     f"DELETE FROM {self._node_table} WHERE name = %s AND heartbeat = 0",
                     (self._node,),
                 )
-            raise DatabaseInUse(self._refusal(True, None, "its named lock is held"))
+            raise DatabaseInUse(
+                self._refusal(True, None, "its named lock is held", self._mysql_holder(alone))
+            )
 
     def _mysql_register_node(self) -> bool:
         """Put this node's name in the node table (as a retired node, heartbeat 0, unless it
@@ -284,9 +323,13 @@ class ServingLock:
             for (n,) in rows
         )
 
-    def _refusal(self, exclusive_holder: bool, pid: int | None, how: str) -> str:
+    def _refusal(
+        self, exclusive_holder: bool, pid: int | None, how: str, session: str | None = None
+    ) -> str:
+        """The refusal's text; ``pid`` (SQLite) or ``session`` (the database server's own
+        name for the holder's connection) name who holds the lock."""
         where = self._url.redacted
-        by = f" (pid {pid})" if pid else ""
+        by = f" (pid {pid})" if pid else f" ({session})" if session else ""
         if pid == os.getpid():
             by = " (this one, in another conference)"
         if exclusive_holder and self._node is None:

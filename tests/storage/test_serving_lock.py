@@ -316,3 +316,19 @@ def test_a_node_refused_beside_a_plain_server_leaves_no_name_in_the_node_table(
         assert "never-ran" not in [node.name for node in repository.nodes()]
     finally:
         repository.close()
+
+
+def test_a_refusal_on_a_database_server_names_the_session_holding_the_lock(
+    db_url: str, tables: Tables, lock_of  # type: ignore[no-untyped-def]
+) -> None:
+    # SQLite names the holder's pid; on PostgreSQL and MariaDB the refusal named nobody,
+    # and the lock's session is one of many 'imc-actors' connections to the database
+    if engine_of(db_url) == "sqlite":
+        pytest.skip("the SQLite lock file names the holder's pid (test_a_killed_holder...)")
+    held = lock_of()
+    held.acquire()
+    name = "PostgreSQL session" if engine_of(db_url) == "postgresql" else "MySQL connection"
+    for node in (None, "n1"):  # a second plain server, and a node
+        with pytest.raises(DatabaseInUse) as refused:
+            lock_of(node).acquire()
+        assert f"process ({name} {held.session} from " in str(refused.value)
