@@ -401,17 +401,14 @@ def _become_worker(parent: int) -> None:
 def workers_refusal(config: Config) -> str | None:
     """Why ``config`` cannot run several workers, as one line, or None. The workers share
     one database: an in-memory SQLite database is one per process."""
+    from .store.instance import sqlite_file
     from .store.urls import DatabaseURL
 
     try:
         url = DatabaseURL.parse(config.db_url)
     except ValueError:
         return None  # the worker says what is wrong with it, as serve does
-    if (
-        url.engine == "sqlite"
-        and url.database in ("", ":memory:")
-        or "mode=memory" in config.db_url
-    ):
+    if url.engine == "sqlite" and sqlite_file(url) is None or "mode=memory" in config.db_url:
         return (
             f"invalid workers: {config.workers} workers need one database they share, and "
             f"{url.redacted} is a new one in each process; use a SQLite file "

@@ -43,7 +43,7 @@ import peewee
 from .repository import StoreError
 from .urls import DatabaseURL, open_database
 
-__all__ = ["CHECK_INTERVAL", "DatabaseInUse", "ServingLock", "serving_lock"]
+__all__ = ["CHECK_INTERVAL", "DatabaseInUse", "ServingLock", "serving_lock", "sqlite_file"]
 
 log = logging.getLogger("imc_actors.store")
 
@@ -64,12 +64,12 @@ def serving_lock(
 ) -> ServingLock | None:
     """The lock a conference on ``url`` must hold, or None when none is needed (an in-memory
     SQLite database)."""
-    if url.engine == "sqlite" and _sqlite_file(url) is None:
+    if url.engine == "sqlite" and sqlite_file(url) is None:
         return None
     return ServingLock(url, rooms_table, node, node_table)
 
 
-def _sqlite_file(url: DatabaseURL) -> str | None:
+def sqlite_file(url: DatabaseURL) -> str | None:
     """The file an SQLite ``url`` opens, or None for an in-memory database. With ``?uri=true``
     a ``file:`` name is an SQLite URI (``file:/srv/imc.db``, ``file::memory:``): its path is the
     file, which another server may open as ``sqlite:////srv/imc.db``."""
@@ -111,7 +111,7 @@ class ServingLock:
     @property
     def path(self) -> str:
         """SQLite: the lock file's path."""
-        database = _sqlite_file(self._url)
+        database = sqlite_file(self._url)
         if self._table == _DEFAULT_ROOMS_TABLE:
             return f"{database}.lock"
         return f"{database}.{self._table}.lock"

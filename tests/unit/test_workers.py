@@ -56,6 +56,12 @@ def test_workers_refuse_a_database_of_their_own_each():
     assert refusal is not None and refusal.startswith(
         "invalid workers: 2 workers need one database"
     )
+    # an SQLite URI filename (?uri=true) for memory: each worker got a database of its own
+    refusal = workers_refusal(config(workers=2, db_url="sqlite:///file::memory:?uri=true"))
+    assert refusal is not None and refusal.startswith(
+        "invalid workers: 2 workers need one database"
+    )
+    assert workers_refusal(config(workers=2, db_url="sqlite:///file:/srv/imc.db?uri=true")) is None
 
 
 @pytest.mark.parametrize("count", [0, -1, 65])
