@@ -202,6 +202,7 @@ class Config:
     rpc_token: str | None = None
     rpc_hosts: list[str] = field(default_factory=list)
     metrics_public: bool = False
+    rpc_max_requests: int = 32
     sqlite_inline: bool = True
     # Moderation and limits (issue 16)
     max_members: int = 1000
@@ -393,7 +394,7 @@ class Config:
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
-        self._require_positive("max_members", "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders")
+        self._require_positive("max_members", "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "rpc_max_requests")
         if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
             raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
         self._validate_ownership()
@@ -615,7 +616,7 @@ _INT_FIELDS = {
     "sip_max_field",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",
     "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
-    "history_days", "history_on_join", "history_lines_max",
+    "history_days", "history_on_join", "history_lines_max", "rpc_max_requests",
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "dns_timeout", "flood_rate", "flood_block",
                  "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip

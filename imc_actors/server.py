@@ -600,7 +600,10 @@ async def _open_server(
                 conference.forward = Forwarder(transport, config.node, config.lease_ttl)
             log.debug("serving on %s", ", ".join(str(a) for a in server.addresses))
             if config.rpc_listen is not None:
-                app = create_app(conference, metrics, ChatSettings.of(config, server.addresses))
+                app = create_app(
+                    conference, metrics, ChatSettings.of(config, server.addresses),
+                    max_requests=config.rpc_max_requests,
+                )  # fmt: skip
                 guarded = AccessGuard(  # Host, Origin, Content-Type and rpc_token checks
                     app, token=config.rpc_token, hosts=config.rpc_hosts,
                     metrics_public=config.metrics_public,

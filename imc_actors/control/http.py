@@ -3,7 +3,8 @@
 One small Starlette app served by Hypercorn's Trio worker inside the server's nursery:
 
 ====================  =====================================================================
-``POST /RPC``         JSON-RPC 2.0 (:mod:`imc_actors.control.jsonrpc`), batches included
+``POST /RPC``         JSON-RPC 2.0 (:mod:`imc_actors.control.jsonrpc`), batches included;
+                      at most ``rpc_max_requests`` bodies read at once (then 503)
 ``GET /metrics``      Prometheus text exposition (:mod:`imc_actors.control.metrics`)
 ``GET /``             the status page (``static/index.html``; its script and style under
                       ``/static/``; nothing is loaded from elsewhere)
@@ -40,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..store.repository import StoreError
+from ..transport.limits import LogInterval
 from .chat_page import ChatSettings, chat_routes
 from .jsonrpc import PARSE_ERROR, RpcDispatcher, RpcError, error_response
 from .listen import connect_host, parse_listen
@@ -63,6 +65,10 @@ log = logging.getLogger("imc_actors.control.http")
 
 #: Largest JSON-RPC request body accepted.
 MAX_BODY = 1024 * 1024
+#: Default of ``rpc_max_requests``: JSON-RPC requests whose bodies are read at once.
+MAX_REQUESTS = 32
+#: Seconds between two warnings that ``rpc_max_requests`` was reached.
+BUSY_LOG_INTERVAL = 10.0
 #: Archived lines the status page shows for the selected room.
 STATUS_LINES = 20
 #: Rooms the status page gets per poll by default (``?limit=`` up to ``MAX_PAGE_ROOMS``).
@@ -104,20 +110,40 @@ def _not_json(name: str) -> None:
 
 
 def create_app(
-    source: RoomSource, metrics: ServerMetrics | None = None, chat: ChatSettings | None = None
+    source: RoomSource,
+    metrics: ServerMetrics | None = None,
+    chat: ChatSettings | None = None,
+    *,
+    max_requests: int = MAX_REQUESTS,
 ) -> Starlette:
     """The ASGI app for ``source`` (a :class:`~imc_actors.conference.Conference`).
 
     ``metrics`` is served on ``/metrics`` (404 when None); ``chat`` tells the chat page
     (``/chat``) where the server's WebSocket listener is (None: it reports there is none).
+    At most ``max_requests`` JSON-RPC bodies (each up to :data:`MAX_BODY`) are read at once;
+    one more request gets 503 with ``Retry-After: 1`` before its body is read, so clients that
+    send a body slowly, or never finish it, hold at most ``max_requests`` MiB.
     """
     dispatcher = RpcDispatcher(source)
     static = _load_static()
+    reading = 0  # JSON-RPC bodies being read now
+    busy_log = LogInterval(BUSY_LOG_INTERVAL)
 
     async def rpc(request: Request) -> Response:
+        nonlocal reading
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
             return _api({"error": "request too large"}, 413)
+        if reading >= max_requests:
+            if busy_log.due(time.monotonic()):
+                log.warning(
+                    "rpc_max_requests %d reached: answering 503 (logged at most every %g s)",
+                    max_requests, BUSY_LOG_INTERVAL,
+                )  # fmt: skip
+            answer = _api({"error": "too many requests at once; try again later"}, 503)
+            answer.headers["Retry-After"] = "1"
+            return answer
+        reading += 1
         body = bytearray()
         try:
             async for chunk in request.stream():
@@ -126,6 +152,8 @@ def create_app(
                     return _api({"error": "request too large"}, 413)
         except ClientDisconnect:  # gone before its body came: nobody to answer
             return Response(status_code=400)
+        finally:
+            reading -= 1
         try:
             payload = json.loads(body, parse_constant=_not_json)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep

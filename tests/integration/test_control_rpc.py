@@ -231,3 +231,38 @@ async def test_a_client_gone_before_its_body_leaves_no_traceback(server, caplog)
     # the server still answers, and said nothing at ERROR about the one that left
     assert isinstance(await result(server.rpc_url, "imc.list_rooms"), list)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0", "rpc_max_requests": 2}])
+async def test_bodies_read_at_once_are_bounded_by_rpc_max_requests(server):
+    # clients that announce a 1 MiB body and send it slowly must not each hold a buffer of it:
+    # beyond rpc_max_requests at once, a request gets 503 before its body is read
+    from urllib.parse import urlsplit
+
+    import trio
+
+    parts = urlsplit(server.rpc_url)
+    body = b'{"jsonrpc":"2.0","method":"imc.list_rooms","id":1}'
+    held = []
+    for _ in range(2):
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        await stream.send_all(
+            f"POST /RPC HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10]
+        )
+        held.append(stream)
+    with trio.fail_after(5):  # until both held requests are being read (each a moment at most)
+        while (answer := await rpc(server.rpc_url, call("imc.list_rooms"))).status == 200:
+            await trio.sleep(0)
+    assert answer.status == 503 and answer.headers["retry-after"] == "1"
+    assert "too many requests" in answer.json()["error"]
+    # one held request finishes its body: it is answered, and its slot is free again
+    await held[0].send_all(body[10:])
+    with trio.fail_after(5):
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += await held[0].receive_some(65536)
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert await result(server.rpc_url, "imc.list_rooms") == []
+    for stream in held:
+        await stream.aclose()
