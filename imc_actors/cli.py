@@ -347,20 +347,26 @@ async def _serve(config: Config, slot: WorkerSlot | None = None, phase: _Phase |
 
 
 def serve(config: Config, slot: WorkerSlot | None = None) -> int:
-    """``serve``'s exit code: 0 after SIGINT/SIGTERM, 1 when it cannot start (one line says
-    why), 130 on KeyboardInterrupt. ``slot``: as one worker of ``serve --workers N``."""
+    """``serve``'s exit code: 0 after SIGINT/SIGTERM, 1 when it cannot start or loses its
+    database lock to another server (one line says why), 130 on KeyboardInterrupt. ``slot``: as one worker of ``serve --workers N``."""
+    from .store.instance import LockLost
     from .store.repository import StoreError
 
     phase = _Phase()
     try:
         trio.run(_serve, config, slot, phase)
     except (OSError, StoreError, BaseExceptionGroup) as exc:
-        error = None if phase.started else _startup_error(exc)
+        error = _startup_error(exc)
+        where = f"worker {slot.index} (node {slot.node}) " if slot is not None else ""
+        if isinstance(error, LockLost):  # another server took the database over: one line
+            announce(config, f"{where}{error}", logging.ERROR)
+            return 1
+        if phase.started:
+            error = None
         if error is None:
             raise
         # OSError(errno, text) reads "[Errno n] text": the text alone says it
         why = error.strerror if isinstance(error, OSError) and error.strerror and error.filename is None else error
-        where = f"worker {slot.index} (node {slot.node}) " if slot is not None else ""
         announce(config, f"{where}cannot start: {why}", logging.ERROR)
         return 1
     except KeyboardInterrupt:

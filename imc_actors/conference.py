@@ -43,7 +43,7 @@ from .imc.room import apply as room_apply
 from .imc.state import RoomState
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import canonical, reason_phrase, split_user_host
-from .store.instance import CHECK_INTERVAL, ServingLock, serving_lock
+from .store.instance import CHECK_INTERVAL, LockLost, ServingLock, serving_lock
 from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.urls import DatabaseURL
@@ -1013,11 +1013,15 @@ def _serving_lock(repository: Backend, config: Config) -> ServingLock | None:
 
 async def _keep_lock(lock: ServingLock) -> None:
     """Keep a server database's lock connection alive (and the lock taken again after it was
-    lost) while the conference runs; a failure is the lock's to log, never the conference's."""
+    lost) while the conference runs. :class:`LockLost` (another process took the lock while
+    its connection was down) ends the conference: two would split every room; any other
+    failure is logged and the next check tries again."""
     while True:
         await trio.sleep(CHECK_INTERVAL)
         try:
             await trio.to_thread.run_sync(lock.check)
+        except LockLost:  # the caller says so (serve: one line, exit 1)
+            raise
         except Exception:  # noqa: BLE001 - the next check tries again
             log.exception("checking the database lock failed")
 

@@ -24,7 +24,8 @@ How each engine holds it, for as long as the conference runs (a process that die
 
 :meth:`ServingLock.check` (every :data:`CHECK_INTERVAL` seconds) keeps a server's connection
 alive (MySQL drops idle ones after ``wait_timeout``) and takes the lock again after the
-connection was lost, logging once if another process took it meanwhile.
+connection was lost; when another process took it meanwhile it raises :class:`LockLost`, and
+the conference stops (two would serve every room).
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ import peewee
 from .repository import StoreError
 from .urls import DatabaseURL, open_database
 
-__all__ = ["CHECK_INTERVAL", "DatabaseInUse", "ServingLock", "serving_lock", "sqlite_file"]
+__all__ = ["CHECK_INTERVAL", "DatabaseInUse", "LockLost", "ServingLock", "serving_lock", "sqlite_file"]
 
 log = logging.getLogger("imc_actors.store")
 
 #: Seconds between :meth:`ServingLock.check` calls (a server database's lock connection).
-CHECK_INTERVAL = 60.0
+CHECK_INTERVAL = 10.0
 #: PostgreSQL advisory locks take two 32-bit keys: this one ("IMCA") and the rooms table's CRC.
 _PG_CLASS = 0x494D4341
 #: Tables the default configuration uses (its SQLite lock file is just ``<file>.lock``).
@@ -56,7 +57,18 @@ _DEFAULT_ROOMS_TABLE = "imc_rooms"
 
 
 class DatabaseInUse(StoreError):
-    """Another process serves the same database in a way this one cannot share it with."""
+    """Another process serves the same database in a way this one cannot share it with.
+    ``holder`` says who (the message without the advice that follows it)."""
+
+    def __init__(self, message: str, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder if holder is not None else message
+
+
+class LockLost(DatabaseInUse):
+    """This process's lock was lost with its connection (a database restart, a killed
+    session) and another process took it meanwhile: two now serve the database, and this
+    one must stop (raised out of the conference; ``serve`` exits 1 with one line)."""
 
 
 def serving_lock(
@@ -98,9 +110,7 @@ class ServingLock:
         self._node_table = node_table
         self._fd: int | None = None  # SQLite: the lock file, open and flocked
         self._db: peewee.Database | None = None  # a server: the connection holding the lock
-        #: the lock was found lost: None (held), "failed" (taking it again failed) or "taken"
-        #: (another process holds it); each is logged once, when it begins
-        self._lost: str | None = None
+        self._lost = False  # the lock could not be taken again (logged once until it is)
         self._wanted = False  # between acquire and release
         #: :meth:`check` calls that found the lock held or took it again.
         self.checks = 0
@@ -145,8 +155,10 @@ class ServingLock:
         self._close_db()
 
     def check(self) -> None:
-        """Keep a server's lock connection alive; after it was lost, take the lock again
-        (logged once when another process holds it now). Nothing to do for SQLite."""
+        """Keep a server's lock connection alive; after it was lost, take the lock again.
+        Raises :class:`LockLost` when another process took it meanwhile (this one must stop
+        serving); a database that cannot be reached is logged (once) and tried again at the
+        next check. Nothing to do for SQLite."""
         if not self._wanted or not self.on_server:
             return
         dropped: str | None = None  # why the connection was found dead, if it was
@@ -161,25 +173,27 @@ class ServingLock:
         self._db = open_database(self._url)
         try:
             self._take()
-        except StoreError as exc:  # DatabaseInUse too: another process took it meanwhile
+        except DatabaseInUse as exc:
             self._close_db()
-            # a database that was down (logged as a warning) may come back with another
-            # process holding the lock: that change is logged too, as the error it is
-            lost = "taken" if isinstance(exc, DatabaseInUse) else "failed"
-            if lost != self._lost:
-                taken = lost == "taken"
-                log.log(logging.ERROR if taken else logging.WARNING, "%s: %s",
-                        "the database lock was lost with its connection and is held elsewhere now"
-                        if taken else "the database lock's connection was lost; taking it again failed",
-                        exc)  # fmt: skip
-            self._lost = lost
+            self._wanted = False
+            raise LockLost(
+                "the database lock was lost with its connection, and meanwhile "
+                f"{exc.holder}: stopping, so that no room is served twice",
+                exc.holder,
+            ) from None
+        except StoreError as exc:  # the database is not back yet: the next check tries again
+            self._close_db()
+            if not self._lost:
+                log.warning("the database lock's connection was lost; taking it again failed "
+                            "(tried again every %g s): %s", CHECK_INTERVAL, exc)  # fmt: skip
+            self._lost = True
         else:
-            if self._lost is not None:
+            if self._lost:
                 log.warning("the database lock is held again")
             elif dropped is not None:  # no other process took it in the meantime, this time
                 log.warning("the database lock's connection was lost (%s); the lock is held "
                             "again on a new connection", dropped)  # fmt: skip
-            self._lost = None
+            self._lost = False
             self.checks += 1
 
     # -- SQLite ---------------------------------------------------------------------------
@@ -199,7 +213,7 @@ class ServingLock:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise StoreError(f"cannot lock {path}: {exc.strerror}") from None
-            raise DatabaseInUse(self._refusal(exclusive_holder, holder, f"{path} is locked")) from None
+            raise self._refusal(exclusive_holder, holder, f"{path} is locked") from None
         if self._node is None:  # name the holder for whoever is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -233,9 +247,7 @@ class ServingLock:
             "SELECT pg_try_advisory_lock_shared(%s, %s)", key
         )
         holder = self._postgresql_holder(key) if exclusive_holder else None
-        raise DatabaseInUse(
-            self._refusal(exclusive_holder, None, "its advisory lock is held", holder)
-        )
+        raise self._refusal(exclusive_holder, None, "its advisory lock is held", holder)
 
     def _postgresql_holder(self, key: tuple[int, int]) -> str | None:
         """The session holding the exclusive advisory lock ``key``, as pg_stat_activity shows
@@ -273,11 +285,9 @@ class ServingLock:
         alone = _mysql_name(self._url.database, self._table, None)
         if self._node is None:
             if not self._one("SELECT GET_LOCK(%s, 0)", (alone,)):
-                raise DatabaseInUse(
-                    self._refusal(True, None, "its named lock is held", self._mysql_holder(alone))
-                )
+                raise self._refusal(True, None, "its named lock is held", self._mysql_holder(alone))
             if self._mysql_nodes_running():
-                raise DatabaseInUse(self._refusal(False, None, "nodes hold their named locks"))
+                raise self._refusal(False, None, "nodes hold their named locks")
             return
         mine = _mysql_name(self._url.database, self._table, self._node)
         if not self._one("SELECT GET_LOCK(%s, 0)", (mine,)):
@@ -292,9 +302,7 @@ class ServingLock:
                     f"DELETE FROM {self._node_table} WHERE name = %s AND heartbeat = 0",
                     (self._node,),
                 )
-            raise DatabaseInUse(
-                self._refusal(True, None, "its named lock is held", self._mysql_holder(alone))
-            )
+            raise self._refusal(True, None, "its named lock is held", self._mysql_holder(alone))
 
     def _mysql_register_node(self) -> bool:
         """Put this node's name in the node table (as a retired node, heartbeat 0, unless it
@@ -325,22 +333,24 @@ class ServingLock:
 
     def _refusal(
         self, exclusive_holder: bool, pid: int | None, how: str, session: str | None = None
-    ) -> str:
-        """The refusal's text; ``pid`` (SQLite) or ``session`` (the database server's own
-        name for the holder's connection) name who holds the lock."""
+    ) -> DatabaseInUse:
+        """The refusal; ``pid`` (SQLite) or ``session`` (the database server's own name for
+        the holder's connection) name who holds the lock."""
         where = self._url.redacted
         by = f" (pid {pid})" if pid else f" ({session})" if session else ""
         if pid == os.getpid():
             by = " (this one, in another conference)"
         if exclusive_holder and self._node is None:
-            return (f"another imc-actors process{by} serves {where} without a node name "
-                    f"({how}): stop it first; two would split every room between them")  # fmt: skip
-        if exclusive_holder:
-            return (f"an imc-actors process{by} serves {where} without a node name ({how}): "
-                    "nodes cannot share the database with it; stop it, or start it with "
-                    "--node NAME too")  # fmt: skip
-        return (f"nodes of a cluster serve {where} ({how}): a process without a node name "
-                "would split their rooms; start this one with --node NAME as well")  # fmt: skip
+            holder = f"another imc-actors process{by} serves {where} without a node name ({how})"
+            advice = "stop it first; two would split every room between them"
+        elif exclusive_holder:
+            holder = f"an imc-actors process{by} serves {where} without a node name ({how})"
+            advice = ("nodes cannot share the database with it; stop it, or start it with "
+                      "--node NAME too")  # fmt: skip
+        else:
+            holder = f"nodes of a cluster serve {where} ({how})"
+            advice = "a process without a node name would split their rooms; start this one with --node NAME as well"
+        return DatabaseInUse(f"{holder}: {advice}", holder)
 
     def _close_db(self) -> None:
         if self._db is not None:

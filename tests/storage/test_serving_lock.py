@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from imc_actors import Config, IncomingMessage, open_conference
-from imc_actors.store.instance import DatabaseInUse, ServingLock, serving_lock
+from imc_actors.store.instance import DatabaseInUse, LockLost, ServingLock, serving_lock
 from imc_actors.store.urls import DatabaseURL
 from tests.storage.conftest import Tables, engine_of
 
@@ -144,8 +144,8 @@ def _until_acquired(lock: ServingLock, tables: Tables) -> None:
     lock.acquire()
 
 
-def test_a_lock_whose_connection_was_lost_is_taken_again_and_a_taker_meanwhile_is_logged(
-    db_url: str, tables: Tables, lock_of, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+def test_a_lock_whose_connection_was_lost_is_taken_again_or_lost_to_a_taker_meanwhile(
+    db_url: str, tables: Tables, lock_of  # type: ignore[no-untyped-def]
 ) -> None:
     if engine_of(db_url) == "sqlite":
         pytest.skip("a SQLite lock is a file lock: no connection to lose")
@@ -154,20 +154,16 @@ def test_a_lock_whose_connection_was_lost_is_taken_again_and_a_taker_meanwhile_i
     first.check()  # alive: nothing to do
     _kill_session(db_url, first)
     second = lock_of()
-    second.acquire()  # the lost session let it go
-    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+    second.acquire()  # the lost session let it go, and another server took it
+    with pytest.raises(LockLost) as lost:
         first.check()
-        first.check()  # logged once, not per check
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "held elsewhere" in errors[0].getMessage()
+    assert "the database lock was lost with its connection" in str(lost.value)
+    assert "another imc-actors process" in str(lost.value) and "stopping" in str(lost.value)
+    assert "stop it first" not in str(lost.value)  # the advice is for a server starting
+    first.check()  # let go: nothing more to check
     second.release()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
-        first.check()
-    assert [r.getMessage() for r in caplog.records] == ["the database lock is held again"]
     third = lock_of()
-    with pytest.raises(DatabaseInUse):
-        third.acquire()
+    third.acquire()  # the lost one holds nothing
 
 
 def _kill_session(db_url: str, lock: ServingLock) -> None:
@@ -224,12 +220,31 @@ async def test_a_running_conference_takes_its_lock_again_after_the_session_was_e
             lock_of().acquire()
 
 
-def test_a_lock_taken_elsewhere_while_the_database_was_unreachable_is_still_an_error(
+async def test_a_conference_whose_lock_another_process_took_stops(
+    db_url: str, tables: Tables, lock_of, autojump_clock: object  # type: ignore[no-untyped-def]
+) -> None:
+    # it logged an ERROR and went on serving beside the other: every room served twice
+    if engine_of(db_url) == "sqlite":
+        pytest.skip("a SQLite lock is a file lock: no session to end")
+    from imc_actors.store.instance import CHECK_INTERVAL
+
+    with pytest.raises(BaseExceptionGroup) as ended:
+        async with open_conference(config_for(db_url, tables)) as conference:
+            held = conference._serving_lock  # noqa: SLF001
+            assert held is not None
+            _kill_session(db_url, held)
+            lock_of().acquire()  # another server started while the session was gone
+            while True:  # until the conference's next check ends it (mock clock)
+                await trio.sleep(CHECK_INTERVAL)
+    lost = ended.value.subgroup(LockLost)
+    assert lost is not None, ended.value
+
+
+def test_a_lock_taken_elsewhere_while_the_database_was_unreachable_is_lost_too(
     db_url: str, tables: Tables, lock_of, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
 ) -> None:
     # A PostgreSQL restart: the first check cannot reach the database (a warning), another
-    # server starts meanwhile and takes the lock; the next check used to log nothing, since
-    # the loss had been logged once already, as the warning of a passing failure.
+    # server starts meanwhile and takes the lock; the next check finds it taken.
     if engine_of(db_url) == "sqlite":
         pytest.skip("a SQLite lock is a file lock: no connection to lose")
     first = lock_of()
@@ -240,15 +255,12 @@ def test_a_lock_taken_elsewhere_while_the_database_was_unreachable_is_still_an_e
     first._url = DatabaseURL(reachable.engine, reachable.database, port_one, reachable.redacted)  # noqa: SLF001
     with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
         first.check()
+        first.check()  # once, not per check
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     first._url = reachable  # noqa: SLF001 - the database is back
     lock_of().acquire()  # and another server took the lock meanwhile
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="imc_actors.store"):
+    with pytest.raises(LockLost):
         first.check()
-        first.check()  # once
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "held elsewhere" in errors[0].getMessage()
 
 
 def test_an_sqlite_uri_filename_is_locked_as_the_file_it_opens(tmp_path: Path) -> None:
@@ -332,3 +344,38 @@ def test_a_refusal_on_a_database_server_names_the_session_holding_the_lock(
         with pytest.raises(DatabaseInUse) as refused:
             lock_of(node).acquire()
         assert f"process ({name} {held.session} from " in str(refused.value)
+
+
+async def test_serve_that_lost_its_lock_to_another_server_exits_1_with_one_line(
+    db_url: str, tables: Tables
+) -> None:
+    # PostgreSQL only (one engine is enough for the CLI's part; the others are above): the
+    # first server logged an ERROR and went on serving beside the second
+    if engine_of(db_url) != "postgresql":
+        pytest.skip("the lock's part is tested on every engine above")
+    from imc_actors.store import instance
+    from imc_actors.store.urls import open_database
+    from tests.support.serve import serve_process
+
+    key = (instance._PG_CLASS, instance._signed32(zlib.crc32(tables.rooms.lower().encode())))
+    flags = tables.flags()
+    async with serve_process(db_url, *flags, host="127.0.0.6") as first:
+        db = open_database(DatabaseURL.parse(db_url))
+        try:  # end the first server's lock session, as a database restart would
+            (pid,) = db.execute_sql(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid::bigint = %s AND objid::bigint = %s",
+                (key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF),
+            ).fetchone()
+            db.execute_sql("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        finally:
+            db.close()
+        async with serve_process(db_url, *flags, host="127.0.0.7") as second:
+            with trio.fail_after(60):  # the first's next lock check, within CHECK_INTERVAL
+                code = await first.process.wait()
+                await first.logged(b"stopping")
+            assert code == 1
+            lines = [line for line in first.log if line.strip()]
+            assert lines[-1].startswith(b"imc-actors: the database lock was lost with its connection")
+            assert b"Traceback" not in b"\n".join(first.log)
+            assert second.process.returncode is None  # the one that holds the lock goes on
