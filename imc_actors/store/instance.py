@@ -120,8 +120,11 @@ class ServingLock:
 
     @property
     def path(self) -> str:
-        """SQLite: the lock file's path."""
+        """SQLite: the lock file's path (beside the file a symlink to the database points at:
+        two servers that open one file by two names share one lock)."""
         database = sqlite_file(self._url)
+        if database is not None and os.path.islink(database):
+            database = os.path.realpath(database)
         if self._table == _DEFAULT_ROOMS_TABLE:
             return f"{database}.lock"
         return f"{database}.{self._table}.lock"

@@ -379,3 +379,21 @@ async def test_serve_that_lost_its_lock_to_another_server_exits_1_with_one_line(
             assert lines[-1].startswith(b"imc-actors: the database lock was lost with its connection")
             assert b"Traceback" not in b"\n".join(first.log)
             assert second.process.returncode is None  # the one that holds the lock goes on
+
+
+def test_a_symlink_to_the_database_file_shares_its_lock(tmp_path: Path) -> None:
+    # sqlite:///other.db -> imc.db opened the same file with a lock file of its own
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imc.db").touch()
+    (tmp_path / "other.db").symlink_to(tmp_path / "data" / "imc.db")
+    real = serving_lock(DatabaseURL.parse(f"sqlite:///{tmp_path}/data/imc.db"), "imc_rooms", None)
+    linked = serving_lock(DatabaseURL.parse(f"sqlite:///{tmp_path}/other.db"), "imc_rooms", None)
+    assert real is not None and linked is not None
+    assert linked.path == real.path == f"{tmp_path}/data/imc.db.lock"
+    real.acquire()
+    try:
+        with pytest.raises(DatabaseInUse):
+            linked.acquire()
+    finally:
+        real.release()
+
