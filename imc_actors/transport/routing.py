@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 #: Hosts a socket bound to "any address" reports.
 WILDCARD = ("0.0.0.0", "::", "")
+#: Destination addresses whose local address (the kernel's route to them) is remembered; the
+#: table is emptied when full (a wildcard bind asks for every destination a notice goes to:
+#: contacts, senders' and invitees' hosts, as many as a client cares to name).
+LOCAL_IP_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +389,8 @@ class Router:
         return conn.local
 
     def local_ip_towards(self, family: int, ip: str) -> str:
-        """The local address the kernel would use to reach ``ip`` (no packet is sent)."""
+        """The local address the kernel would use to reach ``ip`` (no packet is sent),
+        remembered for at most :data:`LOCAL_IP_CACHE` destinations."""
         cached = self._local_ip_cache.get(ip)
         if cached is None:
             probe = socket.socket(family, socket.SOCK_DGRAM)
@@ -396,5 +401,7 @@ class Router:
                 cached = "127.0.0.1" if family == socket.AF_INET else "::1"
             finally:
                 probe.close()
+            if len(self._local_ip_cache) >= LOCAL_IP_CACHE:
+                self._local_ip_cache.clear()
             self._local_ip_cache[ip] = cached
         return cached
