@@ -78,8 +78,13 @@ from ..imc.state import member_key
 from ..store.records import PendingAdd, PendingDelete, PendingExpire, PendingRow, PendingTrim
 from ..store.repository import StoreError
 from ..store.writer import StoreUnavailable
+from ..transport.limits import LogBudget
 
 log = logging.getLogger("imc_actors.delivery")
+
+#: Failed deliveries logged per second at most (one line each; the first line after a second
+#: that left some out says how many). Each is counted in ``imc_deliveries_total{result="failed"}`` anyway.
+FAILED_LOG_LINES = 20
 
 #: Seconds a :class:`Hold` may stay unreleased before delivery releases it by itself.
 HOLD_LIMIT = 2.0
@@ -350,6 +355,7 @@ class Delivery:
         self._submitted = 0
         self._ok = 0
         self._failed = 0
+        self._failed_log = LogBudget(FAILED_LOG_LINES)  # a flood of failures: a bounded log
         self._stored_total = 0
         self._flushed = 0
         self._expired = 0
@@ -753,10 +759,13 @@ class Delivery:
             self._ok += 1
         else:
             self._failed += 1
-            log.info(
-                "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
-                notice.to, notice.kind, result.code, result.reason, in_reply_to,
-            )  # fmt: skip
+            skipped = self._failed_log.take(trio.current_time())
+            if skipped is not None:
+                log.info(
+                    "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s%s",
+                    notice.to, notice.kind, result.code, result.reason, in_reply_to,
+                    f" ({skipped} more failed deliveries not logged)" if skipped else "",
+                )  # fmt: skip
         if self.on_outcome is not None:
             self.on_outcome(notice, in_reply_to, result)
         if counted:

@@ -39,6 +39,32 @@ class LogInterval:
         return False
 
 
+class LogBudget:
+    """At most ``lines`` log lines per ``interval`` seconds (a line per event when events are
+    few, a bounded log when a flood makes them many); counts the lines it leaves out."""
+
+    __slots__ = ("lines", "interval", "_start", "_used", "_skipped")
+
+    def __init__(self, lines: int, interval: float = 1.0) -> None:
+        self.lines = lines
+        self.interval = interval
+        self._start = -math.inf
+        self._used = 0
+        self._skipped = 0
+
+    def take(self, now: float) -> int | None:
+        """None when this line is to be left out (it is counted); else the number of lines
+        left out since the last one written, to say so in this one."""
+        if now - self._start >= self.interval:
+            self._start, self._used = now, 0
+        if self._used >= self.lines:
+            self._skipped += 1
+            return None
+        self._used += 1
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+
 class _Bucket:
     __slots__ = ("tokens", "stamp", "blocked_until")
 

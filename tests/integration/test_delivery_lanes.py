@@ -663,3 +663,28 @@ async def test_a_notice_of_a_burst_answered_503_is_stored_not_lost(nursery, stor
     stats = delivery.statistics()
     assert stats.failed == 0 and stats.waiting_members == 0
     assert set(sender.bodies(ALICE)) == {f"a{i}".encode() for i in range(10)}
+
+
+async def test_a_flood_of_failed_deliveries_logs_a_bounded_number_of_lines(
+    nursery, caplog, autojump_clock
+) -> None:
+    # 404 notices to made-up members wrote a line each: 236k lines (40 MB) in 75 s of a flood
+    from imc_actors.actors.delivery import FAILED_LOG_LINES
+
+    sender = Sender()
+    members = [f"sip:u{i}@example.com" for i in range(5 * FAILED_LOG_LINES)]
+    for uri in members:
+        sender.member(uri).code = 404
+    delivery = await started(nursery, make(sender, None))
+    with caplog.at_level("INFO", logger="imc_actors.delivery"):
+        await delivery.submit([Notice(uri, b"x", ROOM) for uri in members], "flood")
+        await delivery.drain()
+        assert delivery.statistics().failed == len(members)  # every one counted
+        lines = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
+        assert len(lines) == FAILED_LOG_LINES  # within one second (mock clock)
+        await trio.sleep(1)
+        await delivery.submit([Notice(members[0], b"y", ROOM)], "later")
+        await delivery.drain()
+    later = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
+    assert len(later) == FAILED_LOG_LINES + 1
+    assert later[-1].endswith(f"({len(members) - FAILED_LOG_LINES} more failed deliveries not logged)")
