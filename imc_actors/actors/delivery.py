@@ -400,6 +400,7 @@ class Delivery:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._forget_nursery_when_stopped)
                 nursery.start_soon(self._release_stale_holds)
                 if self._overdue > 0:
                     nursery.start_soon(self._overdue_loop)
@@ -412,6 +413,16 @@ class Delivery:
                     if lane.parked:
                         self._schedule_retry(lane)
                 task_status.started(self)
+        finally:
+            self._nursery = None
+
+    async def _forget_nursery_when_stopped(self) -> None:
+        # A child of the nursery, so it ends before the nursery closes to new tasks: a room
+        # whose shielded commit ends during shutdown and submits its notices then finds no
+        # nursery (its notices wait, and are dropped with the rest) instead of raising
+        # "Nursery is closed to new arrivals" in the room's actor (a crash and a traceback).
+        try:
+            await trio.sleep_forever()
         finally:
             self._nursery = None
 

@@ -688,3 +688,41 @@ async def test_a_flood_of_failed_deliveries_logs_a_bounded_number_of_lines(
     later = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
     assert len(later) == FAILED_LOG_LINES + 1
     assert later[-1].endswith(f"({len(members) - FAILED_LOG_LINES} more failed deliveries not logged)")
+
+
+async def test_a_stopping_delivery_forgets_its_nursery_before_the_nursery_closes(nursery) -> None:
+    # A room whose shielded commit ended during shutdown submitted its notices between the
+    # nursery's closing and run()'s finally: "Nursery is closed to new arrivals" in the room's
+    # actor, logged as a crash with a traceback (memory tour). Every task exit is watched:
+    # once the nursery is closed to new tasks, delivery must no longer offer it.
+    sender = Sender()
+    sender.member(ALICE).gate = trio.Event()  # a send task still running when it stops
+    delivery = make(sender, None)
+    offered_closed: list[str] = []
+
+    class Watch(trio.abc.Instrument):
+        def task_exited(self, task: trio.lowlevel.Task) -> None:
+            held = delivery._nursery  # noqa: SLF001
+            if held is not None and held._closed:  # noqa: SLF001 - trio's own flag
+                offered_closed.append(task.name)
+
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run() -> None:
+        with scope:
+            await delivery.run()
+        stopped.set()
+
+    trio.lowlevel.add_instrument(watch := Watch())
+    try:
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        await delivery.submit([relay(ALICE, "one"), relay(BOB, "two")], "cid")
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await stopped.wait()
+    finally:
+        trio.lowlevel.remove_instrument(watch)
+    assert offered_closed == []
+    await delivery.submit([relay(CAROL, "after")], "cid")  # no nursery: no traceback either
