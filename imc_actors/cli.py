@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
              "(creating one more is refused)", metavar="N")
     _setting(serve, "--max-rooms", "max_rooms", "most rooms this server (each worker or node) "
              "holds: creating one more is refused", metavar="N")
+    _setting(serve, "--max-members-total", "max_members_total", "most members and invitations "
+             "of all rooms this server (each worker or node) holds: adding one more is refused",
+             metavar="N")
     _setting(serve, "--chat-rate", "chat_rate", "chat messages a second each sender may send in a "
              "room (0: no limit); beyond its burst 503 with Retry-After", metavar="N")
     _setting(serve, "--chat-burst", "chat_burst", "chat messages a sender may send in a room at once",

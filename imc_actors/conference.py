@@ -185,6 +185,8 @@ _HELD_ELSEWHERE = _Refuse(503, "", None)
 Forward = Callable[[str, str, bytes, "str | None", str, RoomLocation], Awaitable[Answer | None]]
 
 _HELP = "help"
+#: Commands that may list one more member or invitation in a room (``max_members_total``).
+_GROWS = frozenset({"join", "invite", "add"})
 _ROOMS = "rooms"
 
 
@@ -593,6 +595,10 @@ class Conference:
             if refused is not None:
                 return await self._elsewhere(key, refused, msg, hold)
             handle = self.supervisor.lookup(name, domain)
+            if (handle is not None or create is not None) and self._members_full(op, handle):
+                return await self._refuse(
+                    403, texts.server_members_full(self.config.max_members_total), msg, hold
+                )
             if handle is not None:
                 answer = await self.supervisor.call(handle, op, msg.call_id, hold)
             elif create is not None:
@@ -621,6 +627,14 @@ class Conference:
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
+
+    def _members_full(self, op: RoomRequest, handle: object | None) -> bool:
+        """True when ``op`` would list one more member or invitation (a creation, ``#join``,
+        ``#invite``, ``#add``) and the rooms here list ``max_members_total`` already: each
+        costs memory, and without authentication any From may create rooms and invite."""
+        if self.supervisor.members_total() < self.config.max_members_total:
+            return False
+        return handle is None or (op.command is not None and op.command.name in _GROWS)
 
     async def _elsewhere(
         self, key: str, refused: _Refuse, msg: IncomingMessage, hold: Hold | None

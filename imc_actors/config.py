@@ -208,6 +208,7 @@ class Config:
     max_members: int = 1000
     max_rooms_per_user: int = 100
     max_rooms: int = 50_000
+    max_members_total: int = 1_000_000
     rooms_list_max: int = 500
     max_bans: int = 1000
     chat_rate: float = 0.0
@@ -394,7 +395,7 @@ class Config:
             value = getattr(self, name)
             if not value or not value.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(name, f"not a plain name: {value!r}")
-        self._require_positive("max_members", "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "rpc_max_requests")
+        self._require_positive("max_members", "max_rooms_per_user", "max_rooms", "max_members_total", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "rpc_max_requests")
         if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
             raise ConfigError("chat_rate", "must be 0 (no limit) or a positive number")
         self._validate_ownership()
@@ -615,7 +616,7 @@ _INT_FIELDS = {
     "tcp_send_queue", "dns_lookups_max", "sip_max_message", "sip_max_header_lines", "sip_max_line",
     "sip_max_field",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",
-    "max_rooms_per_user", "max_rooms", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
+    "max_rooms_per_user", "max_rooms", "max_members_total", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max", "rpc_max_requests",
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "dns_timeout", "flood_rate", "flood_block",

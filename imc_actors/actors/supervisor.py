@@ -209,6 +209,7 @@ class Supervisor:
         self._processed = 0
         self._mailbox_full = 0
         self._owned: Counter[str] = Counter()  # member key -> rooms registered with it as owner
+        self._members_total = 0  # members and invitations of all registered rooms
         self._stopping: dict[str, RoomHandle] = {}  # retired rooms whose actor has not ended yet
 
     # ------------------------------------------------------------------ lifecycle
@@ -307,7 +308,12 @@ class Supervisor:
         (``max_rooms_per_user``). Rooms being created count from their registration."""
         return self._owned.get(member_key(user), 0)
 
+    def members_total(self) -> int:
+        """Members and invitations listed by all registered rooms (``max_members_total``)."""
+        return self._members_total
+
     def _count_owners(self, state: RoomState, sign: int) -> None:
+        self._members_total += sign * len(state.members)
         owned = self._owned
         for member in state.members:
             if member.flags & OWNER and member.active:

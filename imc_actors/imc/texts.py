@@ -415,6 +415,12 @@ def too_many_rooms(limit: int) -> str:
     return f"*** You own too many rooms (at most {limit})"
 
 
+def server_members_full(limit: int) -> str:
+    """A ``#join``, ``#invite``, ``#add`` or room creation on a server whose rooms list
+    ``max_members_total`` members and invitations already."""
+    return f"*** This server holds too many members (at most {limit} in all its rooms)"
+
+
 def server_full(limit: int) -> str:
     """A room creation on a server that holds ``max_rooms`` rooms already."""
     return f"*** This server holds too many rooms (at most {limit})"

@@ -1,4 +1,4 @@
-"""Limits of the whole server that no sender may grow (``max_rooms``)."""
+"""Limits of the whole server that no sender may grow (``max_rooms``, ``max_members_total``)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,36 @@ async def test_max_rooms_refuses_one_more_room_with_a_notice(tmp_path) -> None:
         assert (await conf.handle(say(f"sip:two@{DOMAIN}", "u2", "#destroy"))).code == 200
         assert (await conf.handle(say(MANAGER, "u3", "#create three"))).code == 200
         assert sorted(state.name for state in conf.rooms()) == ["one", "three"]
+
+
+async def test_max_members_total_bounds_members_and_invitations_of_all_rooms(tmp_path) -> None:
+    # max_rooms x max_members let 50 million members and invitations (about 2.8 KB each for an
+    # invitation): made-up Froms could create rooms and invite without end (memory tour)
+    inbox = Inbox()
+    async with open_conference(make_config(tmp_path, max_members_total=4), sender=inbox) as conf:
+        one, two = f"sip:one@{DOMAIN}", f"sip:two@{DOMAIN}"
+        assert (await conf.handle(say(MANAGER, "u1", "#create one"))).code == 200  # 1
+        assert (await conf.handle(say(one, "u2", "#join"))).code == 200  # 2
+        assert (await conf.handle(say(MANAGER, "u3", "#create two"))).code == 200  # 3
+        assert (await conf.handle(say(two, "u3", "#invite u9"))).code == 200  # 4: an invitation
+        full = texts.server_members_full(4).encode()
+        for room, user, body in ((one, "u4", "#join"), (one, "u1", "#add u5"),
+                                 (two, "u3", "#invite u6"), (MANAGER, "u7", "#create three"),
+                                 (f"sip:four@{DOMAIN}", "u8", "#join")):  # fmt: skip
+            answer = await conf.handle(say(room, user, body))
+            assert answer.code == 403, (room, body)
+        await conf.flush_notices()
+        for user in ("u4", "u7", "u8"):
+            assert inbox.bodies_to(user) == [full]
+        # what lists nobody new goes on; a member who leaves makes room for another
+        assert (await conf.handle(say(one, "u2", "hello"))).code == 202
+        assert (await conf.handle(say(one, "u2", "#members"))).code == 200
+        assert (await conf.handle(say(one, "u2", "#leave"))).code == 200
+        assert (await conf.handle(say(one, "u4", "#join"))).code == 200
+        assert conf.supervisor.members_total() == 4
+    async with open_conference(make_config(tmp_path, max_members_total=4), sender=inbox) as conf:
+        assert conf.supervisor.members_total() == 4  # counted from the restored rooms too
+        assert (await conf.handle(say(f"sip:one@{DOMAIN}", "u5", "#join"))).code == 403
 
 
 async def test_rooms_comes_in_pages_that_fit_a_datagram_and_says_what_it_left_out(tmp_path) -> None:
