@@ -1096,6 +1096,7 @@ async def _serving(
             burst=config.delivery_burst,
             member_queue=config.delivery_member_queue,
             queue_size=config.delivery_queue,
+            queue_bytes=config.delivery_queue_bytes,
             max_in_flight=config.max_deliveries,
             pending_max=config.pending_max,
             pending_ttl=config.pending_ttl,

@@ -184,6 +184,7 @@ class Config:
     delivery_overdue: float = 4.0
     delivery_member_queue: int = 1000
     delivery_queue: int = 20_000
+    delivery_queue_bytes: int = 64 * 1024 * 1024
     max_deliveries: int = 20_000
     # History, topic (issue 16; see README "History")
     history_max: int = 1000
@@ -369,7 +370,7 @@ class Config:
             raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
         self._require_positive(
             "pending_ttl", "delivery_window", "delivery_burst", "delivery_member_queue", "delivery_queue", "max_deliveries",
-            "max_contacts", "max_aors",
+            "max_contacts", "max_aors", "delivery_queue_bytes",
         )  # fmt: skip
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
@@ -611,7 +612,7 @@ _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_burst",
-    "delivery_member_queue", "delivery_queue", "max_deliveries", "max_contacts", "max_aors",
+    "delivery_member_queue", "delivery_queue", "delivery_queue_bytes", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
     "tcp_send_queue", "dns_lookups_max", "sip_max_message", "sip_max_header_lines", "sip_max_line",
     "sip_max_field",

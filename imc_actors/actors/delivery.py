@@ -41,7 +41,8 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
 
 Bounds: a lane holds at most ``member_queue`` notices in memory (past that, member notices
 are stored and the lane flushes from the store; others fail with 503), all lanes together
-``queue_size`` (past that :meth:`submit` waits: backpressure on the rooms). A member has at
+``queue_size`` notices and ``queue_bytes`` bytes of bodies, a body shared by several notices
+counted once (past either, :meth:`submit` waits: backpressure on the rooms). A member has at
 most ``pending_max`` stored notices (the oldest are dropped and counted), each kept at most
 ``pending_ttl`` seconds (then dropped and counted as expired).
 
@@ -307,6 +308,7 @@ class Delivery:
         burst: int = 16,
         member_queue: int = 1000,
         queue_size: int = 20_000,
+        queue_bytes: int = 64 * 1024 * 1024,
         max_in_flight: int = 20_000,
         pending_max: int = 1000,
         pending_ttl: float = 7 * 24 * 3600.0,
@@ -314,9 +316,10 @@ class Delivery:
         overdue: float = 4.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if min(window, burst, member_queue, queue_size, max_in_flight) < 1:
+        if min(window, burst, member_queue, queue_size, queue_bytes, max_in_flight) < 1:
             raise ValueError(
-                "window, burst, member_queue, queue_size and max_in_flight must be positive"
+                "window, burst, member_queue, queue_size, queue_bytes and max_in_flight must be "
+                "positive"
             )
         self.on_outcome = on_outcome
         self._store = store if pending_max > 0 else None
@@ -326,6 +329,7 @@ class Delivery:
         self._member_queue = member_queue
         self._store_batch = min(PERSIST_BATCH, member_queue)  # see _persister
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._max_in_flight = max_in_flight
         self._pending_max = pending_max
         self._pending_ttl = pending_ttl
@@ -347,6 +351,9 @@ class Delivery:
         self._holds: set[Hold] = set()
         self._seq = 0
         self._queued = 0
+        self._queued_bytes = 0  # the distinct bodies of the queued notices
+        #: id(body) -> [queued notices sharing it, its length]
+        self._bodies: dict[int, list[int]] = {}
         self._in_flight = 0
         self._unfinished = 0
         self._idle = trio.Event()
@@ -435,7 +442,8 @@ class Delivery:
         self, notices: Sequence[Notice], in_reply_to: str, *, hold: Hold | None = None
     ) -> None:
         """Queue ``notices`` (in order, each in its recipient's lane). Checkpoints only when
-        ``queue_size`` notices are in memory already (then waits for room)."""
+        ``queue_size`` notices or ``queue_bytes`` of bodies are in memory already (then waits
+        for room)."""
         for notice in notices:
             await self._wait_for_space()
             self._add(notice, in_reply_to, hold)
@@ -452,7 +460,7 @@ class Delivery:
             self._add(notice, in_reply_to, None, here=True)
 
     async def _wait_for_space(self) -> None:
-        while self._queued >= self._queue_size:
+        while self._full():
             if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
@@ -514,8 +522,9 @@ class Delivery:
                 box = self._outboxes.get(worker)
                 if box is None:
                     box = self._outboxes[worker] = _Lane(f"worker {worker}", remote=worker)
-                box.items.append(_Item(notice, in_reply_to, hold, 0, 0.0))
-                self._queued += 1
+                item = _Item(notice, in_reply_to, hold, 0, 0.0)
+                box.items.append(item)
+                self._enqueued(item)
                 self._begin()
                 return
         self._submitted += 1
@@ -534,8 +543,9 @@ class Delivery:
                 return
             lane.parked = lane.woken = True  # a slow member: store the overflow, flush it in order
         self._seq += 1
-        lane.items.append(_Item(notice, in_reply_to, hold, self._seq, self._clock()))
-        self._queued += 1
+        item = _Item(notice, in_reply_to, hold, self._seq, self._clock())
+        lane.items.append(item)
+        self._enqueued(item)
         self._begin()
         if lane.parked:
             if not lane.woken or len(lane.items) >= self._store_batch:
@@ -580,7 +590,7 @@ class Delivery:
                     self._waiting.append(lane)
                 return
             items.popleft()
-            self._dequeued(1)
+            self._dequeued((item,))
             lane.in_flight += 1
             self._in_flight += 1
             self._send(lane, item)
@@ -626,7 +636,7 @@ class Delivery:
         except Exception:  # a bug in the hand-off must not lose the notices
             log.exception("handing notices to worker %d raised", worker)
             sent = 0
-        self._dequeued(len(batch))
+        self._dequeued(batch)
         self._handed_out += sent
         for item in batch[sent:]:
             self._handoff_fallbacks += 1
@@ -741,7 +751,7 @@ class Delivery:
         while index < len(lane.items) and lane.items[index].seq < item.seq:
             index += 1
         lane.items.insert(index, item)
-        self._queued += 1
+        self._enqueued(item)
 
     def _oldest_flying(self, lane: _Lane) -> float:
         """The seq below which an unreachable lane's queued notices may be stored now: that of
@@ -814,11 +824,34 @@ class Delivery:
             self._unfinished = 0
             self._idle.set()
 
-    def _dequeued(self, count: int) -> None:
-        self._queued -= count
-        if self._space is not None and self._queued < self._queue_size:
+    def _enqueued(self, item: _Item) -> None:
+        """Count ``item`` in ``queue_size``, and its body in ``queue_bytes`` once however many
+        queued notices share it (a relayed line is one body for every member)."""
+        self._queued += 1
+        body = item.notice.body
+        held = self._bodies.get(id(body))
+        if held is None:  # (a queued item holds the body: its id is its own until dequeued)
+            self._bodies[id(body)] = [1, len(body)]
+            self._queued_bytes += len(body)
+        else:
+            held[0] += 1
+
+    def _dequeued(self, items: Sequence[_Item]) -> None:
+        self._queued -= len(items)
+        bodies = self._bodies
+        for item in items:
+            key = id(item.notice.body)
+            held = bodies[key]
+            held[0] -= 1
+            if not held[0]:
+                del bodies[key]
+                self._queued_bytes -= held[1]
+        if self._space is not None and not self._full():
             self._space.set()
             self._space = None
+
+    def _full(self) -> bool:
+        return self._queued >= self._queue_size or self._queued_bytes >= self._queue_bytes
 
     # ------------------------------------------------------------------ store and forward
     def _ensure_worker(self, lane: _Lane) -> None:
@@ -915,7 +948,7 @@ class Delivery:
                     lane.items.extendleft(reversed(batch[index:]))
                     return
                 if outcome == "bad":
-                    self._dequeued(1)
+                    self._dequeued((item,))
                     self._final(item.notice, item.in_reply_to, DeliveryResult(500, "Cannot Store"))
         elif outcome == "outage":
             lane.items.extendleft(reversed(batch))
@@ -949,7 +982,7 @@ class Delivery:
         except StoreError as exc:
             log.warning("cannot store %d notices for %s: %s", len(batch), lane.key, exc)
             return "bad"
-        self._dequeued(len(batch))
+        self._dequeued(batch)
         self._end(len(batch))
         self._stored_total += len(batch)
         if over > 0:

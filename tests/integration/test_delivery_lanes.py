@@ -726,3 +726,35 @@ async def test_a_stopping_delivery_forgets_its_nursery_before_the_nursery_closes
         trio.lowlevel.remove_instrument(watch)
     assert offered_closed == []
     await delivery.submit([relay(CAROL, "after")], "cid")  # no nursery: no traceback either
+
+
+async def test_queued_bodies_are_bounded_in_bytes_a_shared_body_counted_once(nursery) -> None:
+    # delivery_queue counted notices only: 20,000 #history pages of 30 KB lines for slow
+    # members queued about 640 MB (memory tour)
+    sender = Sender()
+    for member in (ALICE, BOB):
+        sender.member(member).gate = trio.Event()  # slow: never answers during the test
+    delivery = await started(nursery, make(sender, None, queue_bytes=100_000, window=1))
+    await delivery.submit([relay(ALICE, "first"), relay(BOB, "first")], "cid")  # in flight
+    shared = b"x" * 40_000
+    fan_out = [Notice(f"sip:m{i}@example.com", shared, ROOM) for i in range(50)]
+    sender.members.update({n.to: Member() for n in fan_out})
+    for notice in fan_out:
+        sender.member(notice.to).gate = trio.Event()  # all slow: the first waits in flight
+    with trio.fail_after(5):  # 100 notices, one 40 KB body: 40 KB, no wait
+        await delivery.submit(fan_out + fan_out, "cid")
+    pages = [Notice(ALICE, bytes([65 + i]) * 30_000, ROOM) for i in range(4)]
+    queued_all = trio.Event()
+
+    async def submit_pages() -> None:
+        await delivery.submit(pages, "cid")
+        queued_all.set()
+
+    nursery.start_soon(submit_pages)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not queued_all.is_set()  # 40 KB + 2 x 30 KB queued: the third page waits
+    assert delivery.statistics().queued == 50 + 2
+    for member in (ALICE, *(n.to for n in fan_out)):
+        sender.member(member).gate.set()  # type: ignore[union-attr]
+    with trio.fail_after(5):
+        await queued_all.wait()
