@@ -204,6 +204,7 @@ class Config:
     rpc_hosts: list[str] = field(default_factory=list)
     metrics_public: bool = False
     rpc_max_requests: int = 32
+    rpc_body_timeout: float = 10.0
     sqlite_inline: bool = True
     # Moderation and limits (issue 16)
     max_members: int = 1000
@@ -318,6 +319,8 @@ class Config:
             raise ConfigError("tcp_send_queue", "must be at least 1024 bytes")
         if not self.tcp_idle_timeout > 0:
             raise ConfigError("tcp_idle_timeout", "must be a positive number of seconds")
+        if not self.rpc_body_timeout > 0:
+            raise ConfigError("rpc_body_timeout", "must be a positive number of seconds")
         if not 0 < self.dns_timeout <= DNS_TIMEOUT_MAX:
             raise ConfigError(
                 "dns_timeout",
@@ -620,7 +623,7 @@ _INT_FIELDS = {
     "max_rooms_per_user", "max_rooms", "max_members_total", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max", "rpc_max_requests",
 }
-_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "dns_timeout", "flood_rate", "flood_block",
+_FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "rpc_body_timeout", "dns_timeout", "flood_rate", "flood_block",
                  "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}

@@ -602,7 +602,7 @@ async def _open_server(
             if config.rpc_listen is not None:
                 app = create_app(
                     conference, metrics, ChatSettings.of(config, server.addresses),
-                    max_requests=config.rpc_max_requests,
+                    max_requests=config.rpc_max_requests, body_timeout=config.rpc_body_timeout,
                 )  # fmt: skip
                 guarded = AccessGuard(  # Host, Origin, Content-Type and rpc_token checks
                     app, token=config.rpc_token, hosts=config.rpc_hosts,

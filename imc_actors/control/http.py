@@ -65,6 +65,8 @@ log = logging.getLogger("imc_actors.control.http")
 
 #: Largest JSON-RPC request body accepted.
 MAX_BODY = 1024 * 1024
+#: Default of ``rpc_body_timeout``: seconds within which a JSON-RPC body must have arrived.
+BODY_TIMEOUT = 10.0
 #: Default of ``rpc_max_requests``: JSON-RPC requests whose bodies are read at once.
 MAX_REQUESTS = 32
 #: Seconds between two warnings that ``rpc_max_requests`` was reached.
@@ -115,6 +117,7 @@ def create_app(
     chat: ChatSettings | None = None,
     *,
     max_requests: int = MAX_REQUESTS,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
     """The ASGI app for ``source`` (a :class:`~imc_actors.conference.Conference`).
 
@@ -122,7 +125,8 @@ def create_app(
     (``/chat``) where the server's WebSocket listener is (None: it reports there is none).
     At most ``max_requests`` JSON-RPC bodies (each up to :data:`MAX_BODY`) are read at once;
     one more request gets 503 with ``Retry-After: 1`` before its body is read, so clients that
-    send a body slowly, or never finish it, hold at most ``max_requests`` MiB.
+    send a body slowly, or never finish it, hold at most ``max_requests`` MiB, and a body not
+    received within ``body_timeout`` seconds gets 408, so they cannot hold those places either.
     """
     dispatcher = RpcDispatcher(source)
     static = _load_static()
@@ -146,10 +150,13 @@ def create_app(
         reading += 1
         body = bytearray()
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return _api({"error": "request too large"}, 413)
+            with trio.move_on_after(body_timeout) as waited:
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return _api({"error": "request too large"}, 413)
+            if waited.cancelled_caught:  # a trickle holds a place of rpc_max_requests
+                return _api({"error": f"request body not received within {body_timeout:g} s"}, 408)
         except ClientDisconnect:  # gone before its body came: nobody to answer
             return Response(status_code=400)
         finally:

@@ -266,3 +266,28 @@ async def test_bodies_read_at_once_are_bounded_by_rpc_max_requests(server):
     assert await result(server.rpc_url, "imc.list_rooms") == []
     for stream in held:
         await stream.aclose()
+
+
+@pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0", "rpc_body_timeout": 0.5}])
+async def test_a_body_trickled_past_rpc_body_timeout_gets_408_and_frees_its_place(server):
+    # 32 clients sending a byte every few seconds held every rpc_max_requests place for ever:
+    # JSON-RPC answered 503 to everyone else (memory tour)
+    from urllib.parse import urlsplit
+
+    import trio
+
+    parts = urlsplit(server.rpc_url)
+    body = b'{"jsonrpc":"2.0","method":"imc.list_rooms","id":1}'
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    await stream.send_all(
+        f"POST /RPC HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10]
+    )
+    with trio.fail_after(10):  # the server's own deadline (0.5 s) answers first
+        reply = b""
+        while not reply.endswith(b"}"):  # the JSON error body, after the headers
+            reply += await stream.receive_some(65536)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b"request body not received within 0.5 s" in reply
+    await stream.aclose()
+    assert await result(server.rpc_url, "imc.list_rooms") == []
