@@ -46,6 +46,12 @@ CONNECT_TIMEOUT = 5
 MYSQL_IO_TIMEOUT = 30
 
 
+#: Query options a SQLite URL may carry: ``sqlite3.connect``'s keyword arguments.
+_SQLITE_OPTIONS = frozenset({
+    "timeout", "detect_types", "isolation_level", "check_same_thread", "cached_statements", "uri",
+})
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseURL:
     """A parsed ``db_url``.
@@ -88,6 +94,13 @@ class DatabaseURL:
                     "or sqlite:////absolute/path.db"
                 )
             database = database or ":memory:"
+            unknown = sorted(set(params) - _SQLITE_OPTIONS)
+            if unknown:  # sqlite3.connect() would refuse it later, as a TypeError
+                raise ValueError(
+                    f"{redact(url)!r}: unknown SQLite option {unknown[0]!r}; a SQLite URL takes "
+                    f"{', '.join(sorted(_SQLITE_OPTIONS))} (with uri=true, a file: name carries "
+                    "SQLite's own ?mode=… options)"
+                )
         elif not database:
             raise ValueError(
                 f"{redact(url)!r} names no database; write {scheme}://user@host/database"

@@ -555,6 +555,13 @@ def test_bad_database_urls_raise_store_error(url: str) -> None:
         Repository(url)
 
 
+def test_an_unknown_sqlite_option_is_named_up_front() -> None:
+    # ?mode=memory reached sqlite3.connect(): "TypeError: 'mode' is an invalid keyword argument"
+    with pytest.raises(StoreError, match="unknown SQLite option 'mode'; a SQLite URL takes "):
+        Repository("sqlite:///x.db?mode=memory")
+    assert DatabaseURL.parse("sqlite:///x.db?timeout=2&uri=true").params == {"timeout": 2, "uri": True}
+
+
 def test_redacted_url_hides_the_password() -> None:
     assert (
         redact("mysql://openser:openserrw@localhost/openser")
