@@ -155,6 +155,7 @@ class Config:
     max_transaction_bytes: int = 256 * 1024 * 1024
     max_vias: int = 16
     tcp_max_connections: int = 2048
+    tcp_max_outgoing: int = 2048
     tcp_max_per_ip: int = 256
     tcp_max_buffer: int = 65 * 1024
     tcp_send_queue: int = 256 * 1024
@@ -310,7 +311,7 @@ class Config:
             raise ConfigError("log_level", "must be debug, info, warning, error or critical")
         self._require_positive(
             "max_body_size", "mailbox_size", "max_transactions", "max_transaction_bytes", "max_vias",
-            "tcp_max_connections", "tcp_max_per_ip", "flood_burst", "flood_sources",
+            "tcp_max_connections", "tcp_max_per_ip", "tcp_max_outgoing", "flood_burst", "flood_sources",
             "dns_lookups_max",
         )  # fmt: skip
         if self.tcp_max_buffer < 1024:
@@ -616,7 +617,7 @@ _INT_FIELDS = {
     "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
     "delivery_burst",
     "delivery_member_queue", "delivery_queue", "delivery_queue_bytes", "max_deliveries", "max_contacts", "max_aors",
-    "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_buffer",
+    "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_outgoing", "tcp_max_buffer",
     "tcp_send_queue", "dns_lookups_max", "sip_max_message", "sip_max_header_lines", "sip_max_line",
     "sip_max_field",
     "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",

@@ -529,6 +529,7 @@ async def _open_server(
         dns_timeout=config.dns_timeout,
         dns_lookups_max=config.dns_lookups_max,
         tcp_max_connections=config.tcp_max_connections,
+        tcp_max_outgoing=config.tcp_max_outgoing,
         tcp_max_per_ip=config.tcp_max_per_ip,
         tcp_max_buffer=config.tcp_max_buffer,
         tcp_send_queue=config.tcp_send_queue,

@@ -83,6 +83,10 @@ class Connections:
         self._local_hosts: list[str] = []
         self._max_accepted = 2048
         self._max_per_ip = 256
+        self._max_outgoing = 2048
+        self._outgoing_log = LogInterval(EXHAUSTED_LOG_INTERVAL)
+        #: outgoing connections not opened because ``max_outgoing`` were open or opening
+        self.outgoing_refused = 0
         self._accepted: dict[str, int] = {}  # peer host -> accepted connections live
         self._accepted_total = 0
         self._refused_log = LogInterval(EXHAUSTED_LOG_INTERVAL)
@@ -103,10 +107,12 @@ class Connections:
         max_per_ip: int = 256,
         send_queue: int = DEFAULT_SEND_QUEUE,
         local_hosts: Sequence[str] = (),
+        max_outgoing: int = 2048,
     ) -> None:
         """Start a run: readers of new outgoing connections go to ``nursery`` (each with a send
         queue of ``send_queue`` bytes); at most ``max_accepted`` accepted connections live at
-        once, ``max_per_ip`` from one address. ``local_hosts``: the hosts our TCP listeners
+        once, ``max_per_ip`` from one address, and at most ``max_outgoing`` outgoing ones open or
+        being opened (beyond: :meth:`get` says None, as for a hop that refused). ``local_hosts``: the hosts our TCP listeners
         are bound to, in order; an outgoing TCP connection is made from the first one of the
         destination's family and scope (loopback or not), so its source address is one we
         advertise (another node checks a forwarded request's source against them), not the
@@ -118,6 +124,7 @@ class Connections:
         self._max_buffer = max_buffer
         self._max_accepted = max_accepted
         self._max_per_ip = max_per_ip
+        self._max_outgoing = max_outgoing
         self._send_queue = send_queue
 
     def _local_for(self, host: str) -> str | None:
@@ -226,7 +233,8 @@ class Connections:
         else a TCP one.
 
         None when the hop refuses, does not answer in ``connect_timeout`` or fails the TLS
-        handshake; a hop that refused is not tried again for 30 s unless ``required``.
+        handshake, or ``max_outgoing`` connections are open or opening; a hop that refused is
+        not tried again for 30 s unless ``required``.
         Checkpoints.
         """
         key = ("tls" if tls is not None else "tcp", dest)
@@ -243,6 +251,14 @@ class Connections:
             await pending.wait()
             conn = self._outgoing.get(key)
             return conn if conn is not None and not conn.closed else None
+        if len(self._outgoing) + len(self._connecting) >= self._max_outgoing:
+            # contacts registered over TCP, one per port, could open a descriptor each
+            self.outgoing_refused += 1
+            if self._outgoing_log.due(now):
+                log.warning("tcp_max_outgoing %d reached: not connecting to %s:%d (logged at most "
+                            "every %g s)", self._max_outgoing, dest[0], dest[1], EXHAUSTED_LOG_INTERVAL)  # fmt: skip
+            await trio.lowlevel.checkpoint()
+            return None
         done = self._connecting[key] = trio.Event()
         try:
             if tls is not None:

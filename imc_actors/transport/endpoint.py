@@ -123,7 +123,9 @@ class SipTransport:
     while the responses kept by live transactions reach ``max_transaction_bytes``.
     ``max_vias``: most Via header fields a request may carry (more: 483).
     ``tcp_max_connections`` / ``tcp_max_per_ip``: most accepted TCP connections live at once,
-    in all and from one address (beyond: closed at once); ``tcp_max_buffer``: most bytes held
+    in all and from one address (beyond: closed at once); ``tcp_max_outgoing``: most outgoing
+    TCP/TLS connections open or opening (beyond: none is opened, the request goes over UDP
+    when it may, else fails as to a hop that refused); ``tcp_max_buffer``: most bytes held
     for one incomplete TCP message; ``tcp_send_queue``: most bytes queued for sending on one
     TCP, TLS or WebSocket connection (see :mod:`.sendqueue`). ``flood_rate`` (0 = off), ``flood_burst``,
     ``flood_block``, ``flood_sources``: each source IP's budget of new requests (see
@@ -164,6 +166,7 @@ class SipTransport:
         max_vias: int = 16,
         tcp_max_connections: int = 2048,
         tcp_max_per_ip: int = 256,
+        tcp_max_outgoing: int = 2048,
         tcp_max_buffer: int = DEFAULT_MAX_BUFFER,
         tcp_send_queue: int = DEFAULT_SEND_QUEUE,
         flood_rate: float = 0.0,
@@ -183,6 +186,7 @@ class SipTransport:
         self.max_vias = max_vias
         self.tcp_max_connections = tcp_max_connections
         self.tcp_max_per_ip = tcp_max_per_ip
+        self.tcp_max_outgoing = tcp_max_outgoing
         self.tcp_max_buffer = tcp_max_buffer
         self.tcp_send_queue = tcp_send_queue
         #: The per-source budget of new requests, None when ``flood_rate`` is 0.
@@ -369,6 +373,7 @@ class SipTransport:
                     max_buffer=self.tcp_max_buffer,
                     max_accepted=self.tcp_max_connections,
                     max_per_ip=self.tcp_max_per_ip,
+                    max_outgoing=self.tcp_max_outgoing,
                     send_queue=self.tcp_send_queue,
                     local_hosts=[a.host for a in self.bound if a.transport == "tcp"],
                 )

@@ -437,8 +437,34 @@ async def test_refused_destinations_are_forgotten_once_their_retry_time_has_pass
     await connections.aclose()
 
 
+async def test_outgoing_connections_are_bounded_by_max_outgoing(nursery: trio.Nursery, caplog) -> None:
+    # notices to contacts registered over TCP, one port after another, each opened a
+    # connection (a file descriptor) without a bound (memory tour)
+    listeners = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in range(3)]
+    ports = [group[0].socket.getsockname()[1] for group in listeners]
+    connections = Connections(lambda *a: None, lambda *a: None, lambda conn: None)
+    connections.open(nursery, connect_timeout=1.0, idle_timeout=10.0, max_outgoing=2)
+    first = await connections.get(("127.0.0.1", ports[0]), required=True)
+    second = await connections.get(("127.0.0.1", ports[1]), required=True)
+    assert first is not None and second is not None
+    with caplog.at_level("WARNING", logger="imc_actors.transport"):
+        assert await connections.get(("127.0.0.1", ports[2]), required=True) is None
+        assert await connections.get(("127.0.0.1", ports[2]), required=True) is None
+    assert connections.outgoing_refused == 2
+    assert sum("tcp_max_outgoing 2 reached" in r.getMessage() for r in caplog.records) == 1
+    assert await connections.get(("127.0.0.1", ports[0]), required=True) is first  # pooled: fine
+    await first.aclose()
+    connections.closed(first)  # its reader ended: a place is free again
+    assert await connections.get(("127.0.0.1", ports[2]), required=True) is not None
+    await connections.aclose()
+    for group in listeners:
+        for listener in group:
+            await listener.aclose()
+
+
 BOUNDS = {
     "max_transaction_bytes": 12345, "max_vias": 9, "tcp_max_connections": 33, "tcp_max_per_ip": 3,
+    "tcp_max_outgoing": 44,
     "tcp_max_buffer": 4096, "tcp_idle_timeout": 42.0, "flood_rate": 7.0, "flood_burst": 70,
     "flood_block": 1.5, "flood_sources": 99, "trusted_sources": ["10.0.0.0/8"],
 }  # fmt: skip
@@ -448,7 +474,7 @@ BOUNDS = {
 async def test_the_server_passes_every_bound_to_its_transport(server) -> None:
     transport = server.transport
     for name in ("max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip",
-                 "tcp_max_buffer", "tcp_idle_timeout"):  # fmt: skip
+                 "tcp_max_outgoing", "tcp_max_buffer", "tcp_idle_timeout"):  # fmt: skip
         assert getattr(transport, name) == BOUNDS[name], name
     flood = transport.flood
     assert flood is not None
