@@ -242,7 +242,7 @@ class ServingLock:
         return row[0] if row else None
 
     def _take_postgresql(self) -> None:
-        key = (_PG_CLASS, _signed32(zlib.crc32(self._table.encode())))
+        key = postgresql_key(self._one("SELECT current_schema()") or "", self._table)
         shared = "_shared" if self._node is not None else ""
         if self._one(f"SELECT pg_try_advisory_lock{shared}(%s, %s)", key):
             return
@@ -380,6 +380,13 @@ def _can_share(fd: int) -> bool:
         return False
     fcntl.flock(fd, fcntl.LOCK_UN)
     return True
+
+
+def postgresql_key(schema: str, table: str) -> tuple[int, int]:
+    """The two keys of the PostgreSQL advisory lock on the rooms table ``table`` in
+    ``schema`` (the lock connection's ``current_schema()``: same-named tables in two schemas
+    are two deployments)."""
+    return _PG_CLASS, _signed32(zlib.crc32(f"{schema}.{table.lower()}".encode()))
 
 
 def _signed32(value: int) -> int:

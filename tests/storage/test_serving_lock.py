@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +131,7 @@ def _until_acquired(lock: ServingLock, tables: Tables) -> None:
     db = open_database(url, lock_timeout=10.0)
     try:
         if url.engine == "postgresql":
-            key = (instance._PG_CLASS, instance._signed32(zlib.crc32(tables.rooms.lower().encode())))
+            key = instance.postgresql_key("public", tables.rooms)
             db.execute_sql("SELECT pg_advisory_lock(%s, %s)", key)
             db.execute_sql("SELECT pg_advisory_unlock(%s, %s)", key)
         else:
@@ -357,7 +356,7 @@ async def test_serve_that_lost_its_lock_to_another_server_exits_1_with_one_line(
     from imc_actors.store.urls import open_database
     from tests.support.serve import serve_process
 
-    key = (instance._PG_CLASS, instance._signed32(zlib.crc32(tables.rooms.lower().encode())))
+    key = instance.postgresql_key("public", tables.rooms)
     flags = tables.flags()
     async with serve_process(db_url, *flags, host="127.0.0.6") as first:
         db = open_database(DatabaseURL.parse(db_url))
@@ -397,3 +396,34 @@ def test_a_symlink_to_the_database_file_shares_its_lock(tmp_path: Path) -> None:
     finally:
         real.release()
 
+
+
+def test_same_named_tables_in_two_postgresql_schemas_are_two_deployments(
+    db_url: str, tables: Tables
+) -> None:
+    # the key was the rooms table's name alone: a deployment in another schema was refused
+    if engine_of(db_url) != "postgresql":
+        pytest.skip("schemas are a PostgreSQL matter")
+    from imc_actors.store.urls import open_database
+
+    url = DatabaseURL.parse(db_url)
+    admin = open_database(url)
+    admin.execute_sql("CREATE SCHEMA IF NOT EXISTS imc_lock_tour")
+    try:
+        other = DatabaseURL(url.engine, url.database, dict(url.params, options="-c search_path=imc_lock_tour"), url.redacted)
+        public = serving_lock(url, tables.rooms, None)
+        elsewhere = serving_lock(other, tables.rooms, None)
+        assert public is not None and elsewhere is not None
+        public.acquire()
+        try:
+            elsewhere.acquire()  # not refused: another schema's tables
+            elsewhere.release()
+            again = serving_lock(url, tables.rooms, None)
+            assert again is not None
+            with pytest.raises(DatabaseInUse):  # the same schema still is
+                again.acquire()
+        finally:
+            public.release()
+    finally:
+        admin.execute_sql("DROP SCHEMA IF EXISTS imc_lock_tour CASCADE")
+        admin.close()
