@@ -203,8 +203,15 @@ class ServingLock:
 
     def _acquire_file(self) -> None:
         path = self.path
+        writable = True
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:  # there already, another user's: reading is enough to lock
+            writable = False
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {path}: {exc.strerror}") from None
         mode = fcntl.LOCK_EX if self._node is None else fcntl.LOCK_SH
@@ -217,7 +224,7 @@ class ServingLock:
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise StoreError(f"cannot lock {path}: {exc.strerror}") from None
             raise self._refusal(exclusive_holder, holder, f"{path} is locked") from None
-        if self._node is None:  # name the holder for whoever is refused
+        if self._node is None and writable:  # name the holder for whoever is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

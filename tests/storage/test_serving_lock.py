@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -427,3 +428,41 @@ def test_same_named_tables_in_two_postgresql_schemas_are_two_deployments(
     finally:
         admin.execute_sql("DROP SCHEMA IF EXISTS imc_lock_tour CASCADE")
         admin.close()
+
+
+def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path: Path) -> None:
+    # an imc.db.lock left by another user (root's earlier run) stopped startup with
+    # "Permission denied", although a lock needs no write; run without root's override
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) drops root's permission override")
+    database = tmp_path / "imc.db"
+    lock_file = tmp_path / "imc.db.lock"
+    lock_file.write_text("")
+    lock_file.chmod(0o444)
+    script = textwrap.dedent(f"""
+        import sys
+        from imc_actors.store.instance import serving_lock
+        from imc_actors.store.urls import DatabaseURL
+        lock = serving_lock(DatabaseURL.parse("sqlite:///{database}"), "imc_rooms", None)
+        lock.acquire()
+        print("held", flush=True)
+        sys.stdin.read()
+    """)
+    holder = subprocess.Popen(
+        ["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-c", script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        if not line:
+            assert holder.stderr is not None
+            pytest.fail(holder.stderr.read().decode())
+        assert line == b"held\n"
+        mine = serving_lock(DatabaseURL.parse(f"sqlite:///{database}"), "imc_rooms", None)
+        assert mine is not None
+        with pytest.raises(DatabaseInUse):  # locked although not written
+            mine.acquire()
+    finally:
+        holder.kill()
+        holder.wait()
