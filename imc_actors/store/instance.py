@@ -372,11 +372,21 @@ class ServingLock:
 
 
 def _read_pid(fd: int) -> int | None:
+    """The pid the lock file names, when that process is alive (a holder that could not write
+    the file leaves an earlier holder's pid in it)."""
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not text.isdigit():
+        return None
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, another user's
+        pass
+    return int(text)
 
 
 def _can_share(fd: int) -> bool:

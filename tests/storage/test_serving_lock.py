@@ -466,3 +466,22 @@ def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path: Path) -> None
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_refusal_names_no_pid_of_a_process_that_is_gone(tmp_path: Path) -> None:
+    # a holder that could not write the file left an earlier holder's pid in it
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    url = DatabaseURL.parse(f"sqlite:///{tmp_path}/imc.db")
+    holder = serving_lock(url, "imc_rooms", None)
+    assert holder is not None
+    holder.acquire()
+    try:
+        Path(holder.path).write_text(f"{gone}\n")  # as if it had not written its own
+        other = serving_lock(url, "imc_rooms", None)
+        assert other is not None
+        with pytest.raises(DatabaseInUse) as refused:
+            other.acquire()
+        assert "(pid" not in str(refused.value)
+    finally:
+        holder.release()
