@@ -147,6 +147,8 @@ _TRANSPORT = (
     ("vias_refused", "imc_sip_vias_refused", True, "SIP requests refused 483 for more than max_vias Via header fields"),
     ("tcp_refused", "imc_sip_tcp_refused", True,
      "accepted TCP connections closed at once (tcp_max_connections or tcp_max_per_ip reached)"),
+    ("tcp_outgoing_refused", "imc_sip_tcp_outgoing_refused", True,
+     "outgoing TCP/TLS connections not opened because tcp_max_outgoing were open or opening"),
     ("tcp_accept_failures", "imc_sip_tcp_accept_failures", True,
      "TCP accepts that failed for lack of file descriptors or memory (retried)"),
     ("retransmissions_absorbed", "imc_sip_retransmissions_absorbed", True,

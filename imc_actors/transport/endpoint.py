@@ -479,6 +479,7 @@ class SipTransport:
             vias_refused=servers.vias_refused,
             transaction_bytes=servers.kept_bytes,
             tcp_refused=self._connections.refused,
+            tcp_outgoing_refused=self._connections.outgoing_refused,
             tcp_accept_failures=sum(listener.exhausted for listener in self._tcp),
             send_queued=self._bindings.queued(),
             send_queue_full=clients.queue_full,

@@ -119,7 +119,8 @@ class TransportStatistics:
     requests refused 483 for carrying more than ``max_vias`` Via header fields;
     ``transaction_bytes``: bytes of responses the live server transactions keep now;
     ``tcp_refused``: accepted TCP connections closed at once (``tcp_max_connections`` or
-    ``tcp_max_per_ip`` reached); ``tcp_accept_failures``: accepts that failed for lack of
+    ``tcp_max_per_ip`` reached); ``tcp_outgoing_refused``: outgoing TCP/TLS connections not
+    opened because ``tcp_max_outgoing`` were open or opening; ``tcp_accept_failures``: accepts that failed for lack of
     file descriptors or memory (retried); ``tls_connections``: TLS connections live now (also
     in ``tcp_connections``); ``tls_handshake_failures``: accepted TLS connections closed
     because their handshake failed or took too long; ``send_queued``: bytes waiting in the
@@ -158,6 +159,7 @@ class TransportStatistics:
     vias_refused: int = 0
     transaction_bytes: int = 0
     tcp_refused: int = 0
+    tcp_outgoing_refused: int = 0
     tcp_accept_failures: int = 0
     send_queued: int = 0
     send_queue_full: int = 0

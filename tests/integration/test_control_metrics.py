@@ -152,7 +152,8 @@ async def test_throttled_requests_are_counted(server, ua):
     assert value(samples, "imc_sip_transactions_refused_total") == 0
     assert value(samples, "imc_sip_server_transactions") == 2  # the throttled got none
     assert value(samples, "imc_sip_transaction_bytes") > 0
-    for name in ("imc_sip_vias_refused_total", "imc_sip_tcp_refused_total", "imc_sip_tcp_accept_failures_total"):
+    for name in ("imc_sip_vias_refused_total", "imc_sip_tcp_refused_total",
+                 "imc_sip_tcp_outgoing_refused_total", "imc_sip_tcp_accept_failures_total"):  # fmt: skip
         assert value(samples, name) == 0
 
 
