@@ -52,7 +52,7 @@ from .store.repository import StoreError
 from .store.users import Subscriber
 from .store.writer import StoreUnavailable
 from .transport import Reply
-from .transport.limits import LogInterval
+from .transport.limits import LogBudget
 
 __all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "Verdict", "WRONG_PASSWORD"]
 
@@ -197,8 +197,7 @@ class Authenticator:
         )
         self.clock = clock
         self.md5_only_agents = tuple(config.md5_only_agents)
-        self._refusal_log = LogInterval(1.0)
-        self._quiet_refusals = 0
+        self._refusal_log = LogBudget(1)
         self._counts = dict.fromkeys(("accepted", "challenged", "refused", "stale", "replayed", "malformed"), 0)
 
     def statistics(self) -> AuthStatistics:
@@ -308,11 +307,10 @@ class Authenticator:
         """One INFO line per second at most (a flood would write one per request), naming the
         user as sent, quoted and cut (it is the client's text: no control characters in the
         log), and how many refusals the quiet second held."""
-        if not self._refusal_log.due(time.monotonic()):
-            self._quiet_refusals += 1
+        quiet = self._refusal_log.take(time.monotonic())
+        if quiet is None:
             return
-        more = f" ({self._quiet_refusals} more refusals since the last line)" if self._quiet_refusals else ""
-        self._quiet_refusals = 0
+        more = f" ({quiet} more refusals since the last line)" if quiet else ""
         log.info("digest for %r at %s refused: %s%s", credentials.username[:64], realm, why, more)
 
     async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:

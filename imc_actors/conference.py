@@ -126,14 +126,19 @@ def _check_seq(name: str, value: object, low: int, high: float) -> None:
         raise ValueError(f"{name} must be at least {low}{top}, not {value}")
 
 
-def _admitted(msg: IncomingMessage) -> IncomingMessage | None:
+def _admitted(msg: IncomingMessage) -> IncomingMessage | Answer:
     """``msg`` with its Request-URI and sender as the server reads them
     (:func:`~imc_actors.sip.canonical`; the very same object when they already are: the
-    server's always are), or None when either is no SIP URI with a user part."""
+    server's always are), or the 400 when either is no SIP URI with a user part: no notice
+    (there is no SIP address to send one to, or From), the ``***`` text in its body."""
     try:
-        request_uri, sender = canonical(msg.request_uri), canonical(msg.sender)
+        request_uri = canonical(msg.request_uri)
     except ValueError:
-        return None
+        return _not_admitted(msg.request_uri)
+    try:
+        sender = canonical(msg.sender)
+    except ValueError:
+        return _not_admitted(msg.sender)
     if request_uri == msg.request_uri and sender == msg.sender:
         return msg
     return replace(msg, request_uri=request_uri, sender=sender)
@@ -152,14 +157,7 @@ def _room_of(uri: str, what: str = "uri") -> tuple[str, str]:
     return split_user_host(uri)
 
 
-def _not_admitted(msg: IncomingMessage) -> Answer:
-    """The 400 for a message :func:`_admitted` refuses: no notice (there is no SIP address to
-    send one to, or From), the ``***`` text in the answer's body."""
-    try:
-        canonical(msg.request_uri)
-        bad = msg.sender
-    except ValueError:
-        bad = msg.request_uri
+def _not_admitted(bad: str) -> Answer:
     return Answer(400, INVALID_URI_REASON, body=texts.invalid_address(bad).encode())
 
 
@@ -286,8 +284,7 @@ class Conference:
         this conference's rooms. Checkpoints when it reads; raises
         :class:`~imc_actors.store.repository.StoreError` when the database cannot be read,
         :class:`ConferenceClosed` once the conference has ended (:meth:`rooms` still works)."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         keeper = self.leases
         if self.cluster is None or keeper is None:
             return ClusterSnapshot(self.rooms())
@@ -338,8 +335,7 @@ class Conference:
         :class:`~imc_actors.store.repository.StoreError` when the database cannot be read,
         :class:`ConferenceClosed` once the conference has ended.
         A room that does not exist has no lines; ``uri`` names a room as for :meth:`room`."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         name, domain = _room_of(uri)
         _check_seq("limit", limit, 1, math.inf)
         if before is not None:
@@ -372,12 +368,15 @@ class Conference:
         return self._closed
 
     # ------------------------------------------------------------------ notices
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConferenceClosed("this conference has ended; open a new one")
+
     async def flush_notices(self) -> None:
         """Wait until every notice queued so far has been handed to its subscription or sent
         by the sender (delivered or failed). Checkpoints. Raises :class:`ConferenceClosed`
         once the conference has ended (nothing would deliver them any more)."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         await self.delivery.drain()
 
     def subscribe(
@@ -395,8 +394,7 @@ class Conference:
         :mod:`imc_actors.notices` for backpressure (``max_buffer``, ``when_full``) and
         confirmations; ValueError or TypeError for options out of their range. Does not
         checkpoint. Raises :class:`ConferenceClosed` once the conference has ended."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         if self.notices is None:
             raise RuntimeError("this Conference was built without a NoticeRouter")
         return self.notices.subscribe(
@@ -423,12 +421,11 @@ class Conference:
         ``*** Invalid address '<it>'``. Raises :class:`ConferenceClosed` once the
         :func:`open_conference` block has ended (no actor would answer).
         """
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         admitted = _admitted(msg)
-        if admitted is None:
+        if isinstance(admitted, Answer):
             await trio.lowlevel.checkpoint()
-            return _not_admitted(msg)
+            return admitted
         msg = admitted
         self.delivery.wake(msg.sender)
         route = self._route(msg)
@@ -458,7 +455,7 @@ class Conference:
         if self._closed or self._nursery is None:
             return False
         admitted = _admitted(msg)
-        if admitted is None:
+        if isinstance(admitted, Answer):
             return False
         msg = admitted
         route = self._route(msg)
@@ -663,8 +660,7 @@ class Conference:
         ``texts.ROOM_HELD_ELSEWHERE``), 503 without a notice when the database fails.
         Concurrent claims of one room wait for the first. Checkpoints. Raises
         :class:`ConferenceClosed` once the conference has ended."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         return await self._claim(key)
 
     async def _claim(self, key: str) -> _Refuse | None:
@@ -772,8 +768,7 @@ class Conference:
         renew, stop the rooms another node took over, take over the rooms of dead nodes.
         Does nothing without a node name. Checkpoints. Raises :class:`ConferenceClosed` once
         the conference has ended."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         if self.leases is not None:
             await self.leases.round(self._lost, self._orphans)
 
@@ -794,12 +789,11 @@ class Conference:
         From its Request-URI, and the answer has ``code``. For refusals decided before the
         conference (the server's identity checks). A Request-URI or sender that is no SIP URI
         gets the 400 :meth:`handle` gives it instead. Checkpoints."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         admitted = _admitted(msg)
-        if admitted is None:
+        if isinstance(admitted, Answer):
             await trio.lowlevel.checkpoint()
-            return _not_admitted(msg)
+            return admitted
         return await self._refuse(code, text, admitted, hold)
 
     async def _refuse(
@@ -841,8 +835,7 @@ class Conference:
         a domain) with ``reason``. Carried out by the room's actor like a command, so it is
         durable before this returns. The answer's ``body`` is the ``***`` text of a refusal
         (404 no such room, 400 bad user, 403/404 from the room). Checkpoints."""
-        if self._closed:
-            raise ConferenceClosed("this conference has ended; open a new one")
+        self._check_open()
         if action not in ("destroy", "kick", "ban"):
             raise ValueError(f"unknown action {action!r}")
         name, domain = _room_of(room_uri, "room_uri")

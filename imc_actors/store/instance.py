@@ -138,7 +138,7 @@ class ServingLock:
         """Take the lock, or raise :class:`DatabaseInUse` (held elsewhere) or
         :class:`StoreError` (it cannot be taken: a lock file that cannot be made, a database
         that cannot be reached)."""
-        if self._url.engine == "sqlite":
+        if not self.on_server:
             self._acquire_file()
         else:
             self._db = open_database(self._url)

@@ -90,21 +90,8 @@ def test_other_rooms_tables_are_other_deployments(db_url: str, tables: Tables, l
 
 
 def test_a_killed_holder_lets_the_lock_go_at_once(db_url: str, tables: Tables, lock_of) -> None:  # type: ignore[no-untyped-def]
-    script = textwrap.dedent(f"""
-        import sys, time
-        from imc_actors.store.instance import serving_lock
-        from imc_actors.store.urls import DatabaseURL
-        lock = serving_lock(DatabaseURL.parse({db_url!r}), {tables.rooms!r}, None, {tables.nodes!r})
-        lock.acquire()
-        print("held", flush=True)
-        sys.stdin.read()
-    """)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
+    holder = _holder(db_url, tables.rooms, tables.nodes)
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"held\n"
         mine = lock_of()
         with pytest.raises(DatabaseInUse) as refused:
             mine.acquire()
@@ -120,6 +107,33 @@ def test_a_killed_holder_lets_the_lock_go_at_once(db_url: str, tables: Tables, l
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+def _holder(
+    db_url: str, rooms: str = "imc_rooms", nodes: str = "imc_nodes", wrapper: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Another process (under ``wrapper``) holding a plain server's lock on ``db_url``, once
+    this returns; it holds it until it is killed."""
+    script = textwrap.dedent(f"""
+        import sys
+        from imc_actors.store.instance import serving_lock
+        from imc_actors.store.urls import DatabaseURL
+        lock = serving_lock(DatabaseURL.parse({db_url!r}), {rooms!r}, None, {nodes!r})
+        lock.acquire()
+        print("held", flush=True)
+        sys.stdin.read()
+    """)
+    holder = subprocess.Popen(
+        [*(wrapper or []), sys.executable, "-c", script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stderr is not None
+    line = holder.stdout.readline()
+    if line != b"held\n":
+        holder.kill()
+        holder.wait()
+        pytest.fail(f"the holder did not take the lock: {holder.stderr.read().decode()}")
+    return holder
 
 
 def _until_acquired(lock: ServingLock, tables: Tables) -> None:
@@ -439,26 +453,8 @@ def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path: Path) -> None
     lock_file = tmp_path / "imc.db.lock"
     lock_file.write_text("")
     lock_file.chmod(0o444)
-    script = textwrap.dedent(f"""
-        import sys
-        from imc_actors.store.instance import serving_lock
-        from imc_actors.store.urls import DatabaseURL
-        lock = serving_lock(DatabaseURL.parse("sqlite:///{database}"), "imc_rooms", None)
-        lock.acquire()
-        print("held", flush=True)
-        sys.stdin.read()
-    """)
-    holder = subprocess.Popen(
-        ["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-c", script],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    holder = _holder(f"sqlite:///{database}", wrapper=["setpriv", "--inh-caps=-all", "--bounding-set=-all"])
     try:
-        assert holder.stdout is not None
-        line = holder.stdout.readline()
-        if not line:
-            assert holder.stderr is not None
-            pytest.fail(holder.stderr.read().decode())
-        assert line == b"held\n"
         mine = serving_lock(DatabaseURL.parse(f"sqlite:///{database}"), "imc_rooms", None)
         assert mine is not None
         with pytest.raises(DatabaseInUse):  # locked although not written
