@@ -44,7 +44,7 @@ from imc_actors.forwarding import FORWARDED_BY
 from imc_actors.registrar import Registrar, Update
 from imc_actors.sip import Request, aor_key, canonical, split_addresses
 from imc_actors.store.repository import StoreError
-from imc_actors.store.writer import StoreStopped, StoreUnavailable
+from imc_actors.store.writer import StoreUnavailable
 from imc_actors.transport import Handler, Reply, Responder, Source
 
 __all__ = ["Identity", "SipCore", "SUPPORTED", "OTHER_AOR", "same_aor"]
@@ -277,11 +277,10 @@ class SipCore:
                     return planned
                 try:
                     await self.commit(planned.writes(time.time()))
-                except StoreUnavailable as exc:
+                except StoreUnavailable as exc:  # a stopped store (shutdown, Ctrl-C) too
                     return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),))
-                except StoreError as exc:  # a stopped store (shutdown, Ctrl-C) is no failure
-                    level = logging.INFO if isinstance(exc, StoreStopped) else logging.ERROR
-                    log.log(level, "REGISTER for %s not stored: %s", planned.aor, exc)
+                except StoreError as exc:
+                    log.error("REGISTER for %s not stored: %s", planned.aor, exc)
                     return Reply(500, "Server Internal Error")
                 return self._registered(planned, registrar.apply(planned, self.clock()), source)
         finally:

@@ -33,7 +33,7 @@ from ..imc.history import history_notices
 from ..imc.room import AdminAction, InviteFailed, Policy, RoomRequest, apply
 from ..imc.state import RoomState, member_key
 from ..store.repository import Fenced
-from ..store.writer import StoreError, StoreStopped, StoreUnavailable
+from ..store.writer import StoreError, StoreUnavailable
 from ..transport.limits import LogInterval
 from .delivery import Delivery, DeliveryResult, Hold
 
@@ -600,10 +600,8 @@ class Supervisor:
     def _log_refused(self, handle: RoomHandle, envelope: Envelope, exc: StoreError) -> None:
         """Log a change the database refused (a 500): at most one line a second, with the
         count so far, since a broken table (renamed, a column dropped) refuses every command
-        that writes to it. A store that stopped (shutdown, Ctrl-C) is no such failure."""
-        if isinstance(exc, StoreStopped):
-            log.debug("room=%s not committed call_id=%s: %s", handle.state.uri, envelope.call_id, exc)
-            return
+        that writes to it. (A store that stopped, at shutdown or Ctrl-C, is unavailability:
+        503, not logged here.)"""
         self._commit_failures += 1
         if self._commit_log.due(trio.current_time()):
             log.error("room=%s commit failed call_id=%s (%d so far): %s", handle.state.uri,

@@ -84,10 +84,15 @@ class StoreUnavailable(StoreError):
         self.retry_after = retry_after
 
 
-class StoreStopped(StoreError):
+class StoreStopped(StoreUnavailable):
     """The store stopped before this change was known to be written: it is shut down, or was
     cancelled, or a KeyboardInterrupt or SystemExit ended it during the commit. No database
-    failure, so callers do not log it as one."""
+    failure, so callers do not log it as one; to a client it is unavailability like any other
+    (503 with ``Retry-After``: the server is going away, another one or the next start takes
+    the request), never a 500."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, retry_after)
 
 
 class Backend(Protocol):

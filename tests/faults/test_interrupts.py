@@ -98,6 +98,10 @@ def test_ctrl_c_during_a_commit_is_no_store_error(tmp_path, caplog, inline):
     assert type(caught) is KeyboardInterrupt, repr(caught)
     assert errors_in(caplog) == []
     assert not [r for r in caplog.records if "KeyboardInterrupt" in r.getMessage()]
+    # the command whose commit was cut short is told to come back (503), never 500; on the
+    # inline path the interrupted commit answers before the conference ends
+    assert [a.code for a in answers] == ([503] if inline else [a.code for a in answers if a.code == 503])
+    assert all(a.retry_after for a in answers)
 
 
 def test_ctrl_c_in_an_open_server_block_reaches_the_caller_unwrapped(tmp_path, caplog):

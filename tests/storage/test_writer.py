@@ -23,7 +23,7 @@ import trio.testing
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert, Write
 from imc_actors.imc.state import RoomState
 from imc_actors.store.repository import Repository
-from imc_actors.store.writer import Store, StoreError, StoreStatistics, StoreUnavailable
+from imc_actors.store.writer import Store, StoreError, StoreStatistics, StoreStopped, StoreUnavailable
 
 
 class FaultyRepository:
@@ -447,7 +447,7 @@ async def test_cancellation_finishes_the_batch_in_flight(sqlite_repository: Repo
         faulty.gate.set()
     assert results["in-flight"] is None  # finished and reported, not abandoned
     queued = results["queued"]
-    assert isinstance(queued, StoreError) and not isinstance(queued, StoreUnavailable)
+    assert isinstance(queued, StoreStopped)  # unavailability (503), no database failure
     with pytest.raises(StoreError, match="shut down"):
         await store.commit(room("late"))
     (loaded,) = sqlite_repository.load_rooms()
