@@ -23,7 +23,13 @@ import trio.testing
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert, Write
 from imc_actors.imc.state import RoomState
 from imc_actors.store.repository import Repository
-from imc_actors.store.writer import Store, StoreError, StoreStatistics, StoreStopped, StoreUnavailable
+from imc_actors.store.writer import (
+    Store,
+    StoreError,
+    StoreStatistics,
+    StoreStopped,
+    StoreUnavailable,
+)
 
 
 class FaultyRepository:
