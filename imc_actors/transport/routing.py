@@ -203,12 +203,14 @@ def via_port(req: Request) -> int:
     return int(port_text) if port_text.isdigit() else 5060
 
 
-@functools.lru_cache(maxsize=4096)
 def _getaddrinfo(host: str, port: int) -> list[Any]:
-    """``socket.getaddrinfo`` for a UDP next hop (run in a thread)."""
+    """``socket.getaddrinfo`` for a UDP next hop (run in a thread). Asked afresh each time: a
+    name that moves is followed at once (the resolver's own cache, where the machine runs
+    one, honours the records' TTLs; this process keeps none)."""
     return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip(host: str) -> bool:
     """True for an IPv4 or IPv6 literal (nothing to resolve)."""
     try:

@@ -8,16 +8,13 @@ none, with a resolver timeout far longer than ``dns_timeout``. Needs root and ``
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import tempfile
 
 import pytest
 import trio
 
 from tests.support import TestUA
+from tests.support.dns import can_unshare_resolv, resolv_wrapper
 from tests.support.serve import serve_process
 
 DEAD_DNS = ("127.0.0.71", 53)
@@ -25,23 +22,8 @@ SERVER_HOST = "127.0.0.72"
 ROOM = "sip:dnsroom@127.0.0.1"
 
 
-def _can_unshare() -> bool:
-    """Root, ``unshare`` and a bind mount over /etc/resolv.conf in a new mount namespace
-    (what the test does; a container without CAP_SYS_ADMIN refuses the mount)."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    with tempfile.NamedTemporaryFile("w", suffix=".conf") as probe:
-        probe.write("nameserver 127.0.0.1\n")
-        probe.flush()
-        done = subprocess.run(
-            ["unshare", "-m", "sh", "-c", f"mount --bind {probe.name} /etc/resolv.conf"],
-            capture_output=True, check=False,
-        )  # fmt: skip
-    return done.returncode == 0
-
-
 pytestmark = pytest.mark.skipif(
-    not _can_unshare(), reason="needs root and unshare -m (a resolv.conf of the server's own)"
+    not can_unshare_resolv(), reason="needs root and unshare -m (a resolv.conf of the server's own)"
 )
 
 
@@ -63,9 +45,7 @@ async def test_a_name_server_that_never_answers_costs_a_member_dns_timeout_and_n
     nursery.start_soon(swallow)  # cancelled with the test's nursery; the socket closed then
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {DEAD_DNS[0]}\noptions timeout:30 attempts:1\n")
-    wrapper = (
-        "unshare", "-m", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh",
-    )  # fmt: skip
+    wrapper = resolv_wrapper(resolv)
     env = {"IMC_DNS_TIMEOUT": "1", "IMC_DNS_LOOKUPS_MAX": "1"}
     async with serve_process(
         f"sqlite:///{tmp_path}/imc.db", host=SERVER_HOST, env=env, wrapper=wrapper

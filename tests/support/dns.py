@@ -1,13 +1,20 @@
 """A few lines of DNS over UDP (RFC 1035, RFC 2782): ask one server for SRV or A records.
 
-Enough for the tests to read what a local dnsmasq serves, without a resolver library."""
+Enough for the tests to read what a local dnsmasq serves, without a resolver library; and to
+give a server process a name server of the test's own (``resolv_wrapper``)."""
 
 from __future__ import annotations
 
+import functools
+import os
 import secrets
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -97,3 +104,47 @@ async def resolve_srv(server: tuple[str, int], name: str) -> list[SrvTarget]:
 async def resolve_a(server: tuple[str, int], name: str) -> list[str]:
     """The IPv4 addresses of ``name`` at ``server``."""
     return [socket.inet_ntoa(rdata) for rdata in await _ask(server, name, TYPE_A)]  # type: ignore[arg-type]
+
+
+def a_answer(query: bytes, addresses: dict[str, str]) -> bytes | None:
+    """The response to ``query`` of a name server that knows ``addresses`` (name -> IPv4) and
+    nothing else: the A record of a name it knows, an empty NOERROR answer to any other
+    question about it (AAAA), NXDOMAIN for other names; None for what is no query."""
+    if len(query) < 12 or query[2] & 0x80:
+        return None
+    ident, _flags, questions = struct.unpack("!HHH", query[:6])
+    if questions != 1:
+        return None
+    name, end = _name(query, 12)
+    qtype = struct.unpack("!H", query[end : end + 2])[0]
+    question = query[12 : end + 4]
+    known = name.lower() in addresses
+    answers = b""
+    if known and qtype == TYPE_A:
+        address = socket.inet_aton(addresses[name.lower()])
+        answers = b"\xc0\x0c" + struct.pack("!HHIH", TYPE_A, 1, 0, 4) + address  # TTL 0
+    flags = 0x8180 if known else 0x8183  # response, recursion desired/available; NXDOMAIN
+    count = 1 if answers else 0
+    return struct.pack("!HHHHHH", ident, flags, 1, count, 0, 0) + question + answers
+
+
+@functools.cache
+def can_unshare_resolv() -> bool:
+    """Root, ``unshare`` and a bind mount over /etc/resolv.conf in a new mount namespace
+    (what :func:`resolv_wrapper` does; a container without CAP_SYS_ADMIN refuses the mount)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as probe:
+        probe.write("nameserver 127.0.0.1\n")
+        probe.flush()
+        done = subprocess.run(
+            ["unshare", "-m", "sh", "-c", f"mount --bind {probe.name} /etc/resolv.conf"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+    return done.returncode == 0
+
+
+def resolv_wrapper(resolv: Path) -> tuple[str, ...]:
+    """A ``serve_process`` wrapper: the server runs in a mount namespace of its own whose
+    /etc/resolv.conf is ``resolv``."""
+    return ("unshare", "-m", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh")
