@@ -1092,6 +1092,7 @@ async def _serving(
             queue_bytes=config.delivery_queue_bytes,
             max_in_flight=config.max_deliveries,
             pending_max=config.pending_max,
+            pending_total_max=config.pending_total_max,
             pending_ttl=config.pending_ttl,
             pending_retry=config.pending_retry,
             overdue=config.delivery_overdue,

@@ -179,6 +179,7 @@ class Config:
     # Delivery (see README "Delivery")
     pending_ttl: int = 7 * 24 * 3600
     pending_max: int = 1000
+    pending_total_max: int = 1_000_000
     pending_retry: float = 60.0
     delivery_window: int = 1
     delivery_burst: int = 16
@@ -374,7 +375,7 @@ class Config:
             raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
         self._require_positive(
             "pending_ttl", "delivery_window", "delivery_burst", "delivery_member_queue", "delivery_queue", "max_deliveries",
-            "max_contacts", "max_aors", "delivery_queue_bytes",
+            "max_contacts", "max_aors", "delivery_queue_bytes", "pending_total_max",
         )  # fmt: skip
         if self.pending_max < 0:
             raise ConfigError("pending_max", "must be 0 (store nothing) or more")
@@ -614,7 +615,7 @@ _BOOL_FIELDS = {"create_on_join", "check_on_create", "registrar", "tls_verify", 
                 "sqlite_inline"}
 _INT_FIELDS = {
     "hash_size", "max_body_size", "min_expires", "max_expires", "default_expires", "mailbox_size",
-    "restart_limit", "max_transactions", "pending_ttl", "pending_max", "delivery_window",
+    "restart_limit", "max_transactions", "pending_ttl", "pending_max", "pending_total_max", "delivery_window",
     "delivery_burst",
     "delivery_member_queue", "delivery_queue", "delivery_queue_bytes", "max_deliveries", "max_contacts", "max_aors",
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_outgoing", "tcp_max_buffer",

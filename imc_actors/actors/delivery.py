@@ -44,7 +44,11 @@ are stored and the lane flushes from the store; others fail with 503), all lanes
 ``queue_size`` notices and ``queue_bytes`` bytes of bodies, a body shared by several notices
 counted once (past either, :meth:`submit` waits: backpressure on the rooms). A member has at
 most ``pending_max`` stored notices (the oldest are dropped and counted), each kept at most
-``pending_ttl`` seconds (then dropped and counted as expired).
+``pending_ttl`` seconds (then dropped and counted as expired). All members together have at
+most ``pending_total_max`` (counted in the whole table at :meth:`restore`, again hourly and
+whenever the count nears the bound, and kept up to date here in between): a notice that would
+pass it is not stored (dropped and counted as ``full``), so no number of absent members can
+fill the disk.
 
 A sender with a ``start`` method (the server's SIP sender, for the common case of a member
 at an IP address) sends a notice on the spot and reports the outcome through a callback: no
@@ -97,6 +101,8 @@ PERSIST_BATCH = 100
 RETRY_CAP = 3600.0
 #: Seconds between two warnings about one member's dropped stored notices (each drop counts).
 DROP_WARNING_INTERVAL = 60.0
+#: Seconds between two counts of the whole pending table near ``pending_total_max``.
+RECOUNT_INTERVAL = 5.0
 #: An answer this late (RFC 3261's T1: its MESSAGE was retransmitted over UDP, or the member is
 #: slow) stops its lane's burst until the lane is idle (see ``burst``).
 LATE_ANSWER = 0.5
@@ -156,7 +162,8 @@ class DeliveryStatistics:
     ``queued`` notices in memory now, ``in_flight`` sent and awaiting an answer; ``ok``,
     ``failed`` final outcomes so far (``failed`` includes refusals); ``stored`` notices put in
     the pending store, ``flushed`` stored ones delivered later, ``expired`` and ``dropped``
-    (over ``pending_max``) stored ones given up; ``pending`` stored ones waiting now, for
+    (over ``pending_max``) stored ones given up, ``full`` ones not stored because the store
+    held ``pending_total_max`` notices; ``pending`` stored ones waiting now, for
     ``waiting_members`` members. With several workers: ``handed_out`` notices handed to
     their member's worker, ``handed_in`` taken from another worker, ``handoff_fallbacks``
     delivered here because their member's worker could not take them. ``bursts``: times a
@@ -173,6 +180,7 @@ class DeliveryStatistics:
     flushed: int = 0
     expired: int = 0
     dropped: int = 0
+    full: int = 0
     pending: int = 0
     waiting_members: int = 0
     handed_out: int = 0
@@ -311,15 +319,16 @@ class Delivery:
         queue_bytes: int = 64 * 1024 * 1024,
         max_in_flight: int = 20_000,
         pending_max: int = 1000,
+        pending_total_max: int = 1_000_000,
         pending_ttl: float = 7 * 24 * 3600.0,
         pending_retry: float = 60.0,
         overdue: float = 4.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if min(window, burst, member_queue, queue_size, queue_bytes, max_in_flight) < 1:
+        if min(window, burst, member_queue, queue_size, queue_bytes, max_in_flight, pending_total_max) < 1:
             raise ValueError(
-                "window, burst, member_queue, queue_size, queue_bytes and max_in_flight must be "
-                "positive"
+                "window, burst, member_queue, queue_size, queue_bytes, max_in_flight and "
+                "pending_total_max must be positive"
             )
         self.on_outcome = on_outcome
         self._store = store if pending_max > 0 else None
@@ -332,6 +341,14 @@ class Delivery:
         self._queue_bytes = queue_bytes
         self._max_in_flight = max_in_flight
         self._pending_max = pending_max
+        self._pending_total_max = pending_total_max
+        #: Stored notices in the whole table: as last counted, plus what this delivery stored
+        #: and minus what it deleted since (other workers' and nodes' changes show at the next
+        #: count: :meth:`_room_in_store`).
+        self._stored_all = 0
+        self._counted_at = -math.inf
+        self._full_warned_at = -math.inf
+        self._full_unwarned = 0
         self._pending_ttl = pending_ttl
         self._pending_retry = pending_retry
         self._overdue = overdue
@@ -367,6 +384,7 @@ class Delivery:
         self._flushed = 0
         self._expired = 0
         self._dropped = 0
+        self._not_stored = 0
         self._by_kind: dict[str, int] = {}
         self._store_warned_at = -math.inf
         #: Several workers: hands members' notices to the worker that delivers to them.
@@ -391,6 +409,7 @@ class Delivery:
         counts: dict[str, int] = await self._store.read(
             lambda repository: repository.pending_counts()
         )
+        self._counted(counts)
         handoff = self.handoff
         for key, count in counts.items():
             if handoff is not None and handoff.worker_of(key) is not None:
@@ -499,6 +518,7 @@ class Delivery:
             flushed=self._flushed,
             expired=self._expired,
             dropped=self._dropped,
+            full=self._not_stored,
             pending=sum(lane.stored for lane in parked),
             waiting_members=sum(1 for lane in parked if lane.stored or lane.items),
             handed_out=self._handed_out,
@@ -953,10 +973,54 @@ class Delivery:
         elif outcome == "outage":
             lane.items.extendleft(reversed(batch))
 
+    def _counted(self, counts: dict[str, int]) -> None:
+        """The whole table's count, read just now (``pending_counts``)."""
+        self._stored_all = sum(counts.values())
+        self._counted_at = trio.current_time()
+
+    async def _room_in_store(self, wanted: int) -> int:
+        """How many of ``wanted`` new notices ``pending_total_max`` lets the store take. Near
+        the bound (within a tenth of it) the table is counted again first, at most once every
+        ``RECOUNT_INTERVAL`` seconds, so that what other workers and nodes deleted counts."""
+        assert self._store is not None
+        bound = self._pending_total_max
+        near = self._stored_all + wanted > bound - bound // 10
+        if near and trio.current_time() - self._counted_at >= RECOUNT_INTERVAL:
+            try:
+                self._counted(await self._store.read(lambda repository: repository.pending_counts()))
+            except StoreError:  # the commit that follows meets the same trouble
+                pass
+        return max(0, min(wanted, bound - self._stored_all))
+
+    def _refuse_full(self, lane: _Lane, items: Sequence[_Item]) -> None:
+        """``items`` cannot be stored: the store holds ``pending_total_max`` notices."""
+        self._dequeued(items)
+        for item in items:
+            self._final(item.notice, item.in_reply_to, DeliveryResult(507, "Insufficient Storage"))
+        self._not_stored += len(items)
+        self._full_unwarned += len(items)
+        now = trio.current_time()
+        if now - self._full_warned_at >= DROP_WARNING_INTERVAL:  # a flood logs once a minute
+            log.warning(
+                "the store holds pending_total_max (%d) notices: %d new notices not stored "
+                "(the last for %s)%s", self._pending_total_max, self._full_unwarned, lane.key,
+                "" if self._full_warned_at == -math.inf else " since the last warning",
+            )  # fmt: skip
+            self._full_warned_at, self._full_unwarned = now, 0
+
     async def _write_pending(self, lane: _Lane, batch: list[_Item]) -> str:
         """Commit ``batch`` for ``lane``: ``ok``, ``bad`` (refused) or ``outage`` (waited a
-        little; the caller puts the notices back)."""
+        little; the caller puts the notices back). What ``pending_total_max`` leaves no room
+        for is not stored (the newest of the batch); a member at ``pending_max`` still trades
+        its oldest for newer ones (the table does not grow)."""
         assert self._store is not None
+        growth = min(self._pending_max, lane.stored + len(batch)) - lane.stored
+        room = await self._room_in_store(growth)
+        if room < growth:
+            self._refuse_full(lane, batch[room:])
+            del batch[room:]
+            if not batch:
+                return "ok"
         writes: list[Any] = [
             PendingAdd(
                 member=lane.key,
@@ -985,6 +1049,7 @@ class Delivery:
         self._dequeued(batch)
         self._end(len(batch))
         self._stored_total += len(batch)
+        self._stored_all += min(self._pending_max, lane.stored + len(batch)) - lane.stored
         if over > 0:
             self._dropped += over
             lane.unwarned += over
@@ -1054,6 +1119,7 @@ class Delivery:
                 await self._store_trouble(exc)
                 return "parked"
             lane.stored = max(0, lane.stored - len(finished))
+            self._stored_all = max(0, self._stored_all - len(finished))
         return "more" if reachable else "parked"
 
     async def _send_in_turn(self, notices: list[tuple[Notice, str]]) -> list[DeliveryResult]:
@@ -1151,6 +1217,7 @@ class Delivery:
             except StoreError as exc:
                 log.warning("expiring stored notices failed: %s", exc)
                 continue
+            self._counted(counts)
             for lane in list(self._lanes.values()):
                 if lane.parked and not lane.working and not lane.persisting:
                     left = counts.get(lane.key, 0)

@@ -305,10 +305,11 @@ class _StatisticsCollector(Collector):
         )
         yield _by_label(
             "imc_pending", "notices for unreachable members: stored (queued), delivered later "
-            "(flushed), given up after pending_ttl (expired) or over pending_max (dropped)",
+            "(flushed), given up after pending_ttl (expired) or over pending_max (dropped), "
+            "not stored at pending_total_max (full)",
             "event",
             [("queued", d.stored), ("flushed", d.flushed), ("expired", d.expired),
-             ("dropped", d.dropped)],
+             ("dropped", d.dropped), ("full", d.full)],
         )  # fmt: skip
         yield GaugeMetricFamily(
             "imc_pending_notices", "stored notices waiting for their member now", value=d.pending

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from imc_actors.actors.delivery import HOLD_LIMIT, Delivery, DeliveryResult
+from imc_actors.actors.delivery import HOLD_LIMIT, RECOUNT_INTERVAL, Delivery, DeliveryResult
 from imc_actors.imc.effects import Notice
 from imc_actors.store.repository import Repository
 from imc_actors.store.writer import Store
@@ -203,6 +203,72 @@ async def test_a_flood_past_pending_max_warns_once_a_minute(nursery, store, capl
     assert delivery.statistics().dropped == 12
     warnings = [r.getMessage() for r in caplog.records if "stored notices: dropped" in r.getMessage()]
     assert warnings == [f"member {ALICE.removeprefix('sip:')} has over 3 stored notices: dropped the 2 oldest"]
+
+
+async def test_pending_total_max_bounds_the_stored_notices_of_all_members(nursery, store, caplog) -> None:
+    # was: only pending_max per member, so members x pending_max rows (a flood of absent
+    # members: the disk) with no bound of the server's own
+    sender = Sender()
+    sender.member(ALICE).code = sender.member(BOB).code = 408
+    delivery = await started(nursery, make(sender, store, pending_max=10, pending_total_max=5))
+    await delivery.submit([relay(ALICE, f"alice {i}") for i in range(4)], "cid")
+    await delivery.drain()
+    await delivery.submit([relay(BOB, f"bob {i}") for i in range(4)], "cid")
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.stored, stats.full, stats.dropped, stats.pending) == (5, 3, 0, 5)
+    assert sorted(len(store.repository.load_pending(key, 100)) for key in (
+        "alice@example.com", "bob@example.com")) == [1, 4]  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if "pending_total_max" in r.getMessage()]
+    assert warnings == ["the store holds pending_total_max (5) notices: 3 new notices not stored "
+                        "(the last for bob@example.com)"]  # fmt: skip
+    # alice is back: her four go out and make room for bob's next one
+    sender.member(ALICE).code = 200
+    delivery.wake(ALICE)
+    await delivery.drain()
+    assert sender.bodies(ALICE)[-4:] == [f"alice {i}".encode() for i in range(4)]
+    await delivery.submit([relay(BOB, "bob later")], "cid")
+    await delivery.drain()
+    assert (delivery.statistics().stored, delivery.statistics().full) == (6, 3)
+
+
+async def test_a_member_at_pending_max_trades_its_oldest_even_when_the_store_is_full(nursery, store) -> None:
+    # the table does not grow when a member's newest notice replaces its oldest
+    sender = Sender()
+    sender.member(ALICE).code = 408
+    delivery = await started(nursery, make(sender, store, pending_max=3, pending_total_max=3))
+    await delivery.submit([relay(ALICE, f"line {i}") for i in range(5)], "cid")
+    await delivery.drain()
+    await delivery.submit([relay(ALICE, "line 5")], "cid")
+    await delivery.drain()
+    stats = delivery.statistics()
+    assert (stats.stored, stats.dropped, stats.full, stats.pending) == (6, 3, 0, 3)
+    assert [row.body for row in store.repository.load_pending("alice@example.com", 10)] == [
+        b"line 3", b"line 4", b"line 5"]  # fmt: skip
+
+
+async def test_pending_total_max_counts_what_other_workers_stored_and_deleted(
+    nursery, store, mock_clock
+) -> None:
+    # two deliveries on one table, as two workers: each counts the table at restore, and
+    # again near the bound, so what the other stored or flushed meanwhile counts
+    sender = Sender()
+    sender.member(ALICE).code = sender.member(BOB).code = 408
+    first = await started(nursery, make(sender, store, pending_total_max=4))
+    await first.submit([relay(ALICE, f"alice {i}") for i in range(4)], "cid")
+    await first.drain()
+    second = await started(nursery, make(sender, store, pending_total_max=4))
+    await second.submit([relay(BOB, "bob 0")], "cid")
+    await second.drain()
+    assert (second.statistics().stored, second.statistics().full) == (0, 1)  # counted at restore
+    sender.member(ALICE).code = 200
+    first.wake(ALICE)
+    await first.drain()  # alice's four are delivered and deleted by the first one
+    mock_clock.jump(RECOUNT_INTERVAL)  # the second one may count the table again
+    await second.submit([relay(BOB, "bob 1")], "cid")
+    await second.drain()
+    assert (second.statistics().stored, second.statistics().full) == (1, 1)
+    assert [row.body for row in store.repository.load_pending("bob@example.com", 10)] == [b"bob 1"]
 
 
 async def test_expired_notices_are_dropped_and_counted(nursery, store) -> None:
