@@ -228,6 +228,25 @@ class ServingLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self._warn_of_hard_links()
+
+    def _warn_of_hard_links(self) -> None:
+        """A database file with several names (hard links; a symlink is no such name) gets a
+        lock file, and from SQLite a WAL, per name: two servers started by two of its names
+        would both serve it and corrupt it. Refusing would stop a server whose file a backup
+        tool hard-linked (rsync ``--link-dest``), so this is a warning."""
+        database = sqlite_file(self._url)
+        try:
+            links = os.stat(database).st_nlink if database is not None else 1
+        except OSError:
+            return
+        if links > 1:
+            log.warning(
+                "%s has %d names (hard links): a server started on another of them would not "
+                "see this one's lock, and SQLite would keep a second WAL for it (a corrupt "
+                "database); start every server with one name (a symlink to it is fine)",
+                database, links,
+            )  # fmt: skip
 
     # -- PostgreSQL, MySQL ----------------------------------------------------------------
 

@@ -413,6 +413,23 @@ def test_a_symlink_to_the_database_file_shares_its_lock(tmp_path: Path) -> None:
 
 
 
+def test_a_database_file_with_a_second_hard_link_is_warned_about(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    # a hard link is another name with another lock file (and another WAL): only a warning,
+    # since a backup tool's hard link must not stop the server
+    (tmp_path / "imc.db").touch()
+    lock = serving_lock(DatabaseURL.parse(f"sqlite:///{tmp_path}/imc.db"), "imc_rooms", None)
+    assert lock is not None
+    lock.acquire()
+    lock.release()
+    assert not [r for r in caplog.records if "hard links" in r.getMessage()]
+    os.link(tmp_path / "imc.db", tmp_path / "copy.db")
+    lock.acquire()
+    lock.release()
+    (warning,) = [r for r in caplog.records if "hard links" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert warning.getMessage().startswith(f"{tmp_path}/imc.db has 2 names (hard links)")
+
+
 def test_same_named_tables_in_two_postgresql_schemas_are_two_deployments(
     db_url: str, tables: Tables
 ) -> None:
