@@ -371,10 +371,15 @@ def _members(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomSt
     me = state.find(req.sender)
     if me is None or not me.active:
         return _refuse(state, req, 403, texts.NOT_A_MEMBER)
-    pages = texts.paged("Members", texts.members_lines(state.members), PAGE_BYTES)
+    return _paged_reply(state, req, "Members", texts.members_lines(state.members))
+
+
+def _paged_reply(state: RoomState, req: RoomRequest, title: str, lines: list[str]) -> tuple[RoomState, Outcome]:
+    """``lines`` under ``title:`` to the sender: one reply, or, for a list too long for one
+    UDP datagram, one reply per page (``Members (1/3):`` …, as #rooms)."""
+    pages = texts.paged(title, lines, PAGE_BYTES)
     if len(pages) == 1:
         return _reply(state, req, pages[0])
-    # a room too big for one datagram: its list in pages (``Members (1/3):`` …), as #rooms
     bodies = [page.encode() for page in pages]
     notices = tuple(Notice(req.sender, body, state.uri, kind="reply") for body in bodies)
     return state, _outcome(200, notices, body=b"\n".join(bodies))
@@ -609,7 +614,7 @@ def _unban(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
 def _bans(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:
     if not _manages(state.find(req.sender)):
         return _refuse(state, req, 403, texts.NO_PERMISSION_BAN)
-    return _reply(state, req, texts.bans_list(state.bans))
+    return _paged_reply(state, req, "Bans", texts.bans_lines(state.bans))
 
 
 def _limit(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomState, Outcome]:

@@ -75,7 +75,7 @@ __all__ = [
     "YOU_ARE_BANNED",
     "already_banned",
     "ban_name",
-    "bans_list",
+    "bans_lines",
     "invalid_limit",
     "is_banned",
     "limit_is",
@@ -392,11 +392,10 @@ def unbanned(pattern: str) -> str:
     return f"*** {ban_name(pattern)} is no longer banned from the room"
 
 
-def bans_list(bans: Iterable[Ban]) -> str:
-    """``Bans:`` then one line per ban in banning order: ``user@host`` or ``*@host``, then
-    `` - reason`` when there is one; lines joined by ``\\n``."""
-    lines = [ban.pattern + (f" - {ban.reason}" if ban.reason else "") for ban in bans]
-    return "\n".join(["Bans:", *lines])
+def bans_lines(bans: Iterable[Ban]) -> list[str]:
+    """The ``#bans`` lines (under ``Bans:``, in pages as :func:`paged` makes them), in banning
+    order: ``user@host`` or ``*@host``, then `` - reason`` when there is one."""
+    return [ban.pattern + (f" - {ban.reason}" if ban.reason else "") for ban in bans]
 
 
 def too_many_bans(limit: int) -> str:
@@ -520,6 +519,25 @@ def room_entry(name: str, topic: str) -> str:
     return f"[{name}] - {topic}" if topic else f"[{name}]"
 
 
+#: Bytes of tagged owners the ``#info`` Owners line lists before it says how many more there
+#: are (the whole reply must fit one UDP datagram; ``#members`` lists them all, in pages).
+OWNERS_LINE_BYTES = 400
+
+
+def _owners(owners: list[str]) -> str:
+    shown: list[str] = []
+    size = 0
+    for owner in owners:
+        size += len(tag(owner).encode()) + 2
+        if shown and size > OWNERS_LINE_BYTES:
+            break
+        shown.append(tag(owner))
+    if not shown:
+        return "(none)"
+    more = len(owners) - len(shown)
+    return ", ".join(shown) + (f" and {more} more (#members lists them)" if more else "")
+
+
 def info_text(
     uri: str, topic: str, private: bool, owners: Iterable[str], active: int, invited: int,
     created: int | None,
@@ -531,7 +549,7 @@ def info_text(
         f"Room: {uri}",
         f"Topic: {topic}" if topic else "Topic: (none)",
         f"Type: {'private' if private else 'public'}",
-        "Owners: " + (", ".join(tag(owner) for owner in owners) or "(none)"),
+        "Owners: " + _owners(list(owners)),
         f"Members: {members}",
         f"Created: {utc(created)}",
     ])  # fmt: skip

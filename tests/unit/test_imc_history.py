@@ -269,6 +269,20 @@ def test_info_for_a_member() -> None:
     assert outcome.notices == (Notice(CAROL, outcome.body, ROOM, kind="reply"),)
 
 
+def test_info_of_a_room_with_many_owners_fits_a_datagram() -> None:
+    # was: every owner on the Owners line, so a room of 1,000 owners had no #info reply that
+    # UDP could carry
+    owners = tuple(Member(f"sip:owner{i:04d}-{'x' * 40}@example.com", OWNER) for i in range(1000))
+    room = RoomState("big", HOST, 0, owners)
+    _, outcome = apply(room, request("sip:owner0000-" + "x" * 40 + "@example.com", "#info",
+                                     ruri_user="big"), ARCHIVE)  # fmt: skip
+    assert outcome.code == 200 and len(outcome.body) < 1000
+    line = outcome.body.decode().splitlines()[4]
+    assert line.startswith("Owners: [owner0000-") and line.endswith(" more (#members lists them)")
+    shown = line.count("[owner")
+    assert line.endswith(f" and {1000 - shown} more (#members lists them)") and shown > 1
+
+
 def test_info_of_an_old_room_and_of_a_private_one() -> None:
     room = RoomState("old", HOST, PRIVATE, (Member(ALICE, OWNER),))
     _, outcome = apply(room, request(ALICE, "#info", ruri_user="old"), ARCHIVE)

@@ -200,6 +200,23 @@ def test_ban_refusals() -> None:
         assert after is state
 
 
+def test_a_long_ban_list_comes_in_pages_that_fit_a_datagram() -> None:
+    # was: one reply of the whole list (250 bans with long reasons: 80 KB), which UDP could
+    # not carry ("Message too long"): the owner got nothing
+    state = std()
+    reason = "r" * 200
+    for i in range(250):
+        state, outcome = run(state, ALICE, f"#ban user{i:04d} {reason}", Policy(max_bans=1000))
+        assert outcome.code == 200
+    _, outcome = run(state, BOB, "#bans")
+    bodies = [text for _, text in notices(outcome)]
+    assert outcome.code == 200 and len(bodies) > 1
+    assert all(len(body.encode()) <= 1300 for body in bodies)
+    assert bodies[0].startswith(f"Bans (1/{len(bodies)}):\nuser0000@example.com - {reason}")
+    listed = [line for body in bodies for line in body.splitlines()[1:]]
+    assert listed == [f"user{i:04d}@example.com - {reason}" for i in range(250)]
+
+
 def test_unban_and_bans() -> None:
     state, _ = run(std(), ALICE, "#ban eve too loud")
     state, _ = run(state, ALICE, "#ban *@evil.org")
