@@ -380,6 +380,7 @@ class Delivery:
         self._ok = 0
         self._failed = 0
         self._failed_log = LogBudget(FAILED_LOG_LINES)  # a flood of failures: a bounded log
+        self._parked_log = LogBudget(FAILED_LOG_LINES)  # and of made-up members parking
         self._stored_total = 0
         self._flushed = 0
         self._expired = 0
@@ -725,12 +726,11 @@ class Delivery:
             self._requeue(lane, item)
             if not lane.parked:
                 lane.parked = True
-                log.info(
+                self._parked_log.log(
+                    log, logging.INFO, trio.current_time(),
                     "member %s unreachable (%d %s): storing its notices",
-                    lane.key,
-                    result.code,
-                    result.reason,
-                )
+                    lane.key, result.code, result.reason, what="members parked",
+                )  # fmt: skip
             if not lane.woken:
                 for other in [other for other in lane.flying if other.overdue]:
                     self._detach(lane, other)

@@ -36,6 +36,7 @@ from imc_actors.sip import (
 )
 
 from .connections import Connections
+from .limits import LogBudget
 from .records import ClientResult
 from .routing import NoRoute, NotRegistered, Router, Target, find_call_id_host, is_ip
 from .tcp import TcpConnection
@@ -54,6 +55,8 @@ __all__ = [
     "better",
 ]
 
+#: Lines a second about requests that cannot be sent (no route, no address, this server).
+SEND_LOG_LINES = 20
 
 
 class TransportStopped(RuntimeError):
@@ -162,6 +165,9 @@ class ClientTransactions:
         self.absorbed = 0
         self.sent = 0
         self.self_targets = 0
+        #: Requests that cannot be sent (no route, a name that does not resolve, this server
+        #: itself): a line each while they are few, a count of the rest in a flood.
+        self._send_log = LogBudget(SEND_LOG_LINES)
         self.unreachable = 0
         self.queue_full = 0
 
@@ -255,7 +261,9 @@ class ClientTransactions:
             self.failed += 1
             return NOT_REGISTERED
         except ValueError as exc:
-            log.warning("cannot route %s to %s: %s", method, request_uri, exc)
+            self._send_log.log(log, logging.WARNING, trio.current_time(),
+                               "cannot route %s to %s: %s", method, request_uri, exc,
+                               what="unsendable requests")  # fmt: skip
             await trio.lowlevel.checkpoint()
             self.failed += 1
             return UNAVAILABLE
@@ -478,13 +486,17 @@ class ClientTransactions:
             else:
                 family, dest = await router.resolve(hop)
         except NoRoute as exc:
-            log.warning("cannot send %s to %s: %s", method, target.request_uri, exc)
+            self._send_log.log(log, logging.WARNING, trio.current_time(),
+                               "cannot send %s to %s: %s", method, target.request_uri, exc,
+                               what="unsendable requests")  # fmt: skip
             return UNAVAILABLE
         if router.is_self(dest):
             self.self_targets += 1
-            log.warning(
-                "not sending %s to %s: %s:%d is this server", method, target.request_uri, *dest
-            )
+            self._send_log.log(
+                log, logging.WARNING, trio.current_time(),
+                "not sending %s to %s: %s:%d is this server", method, target.request_uri, *dest,
+                what="unsendable requests",
+            )  # fmt: skip
             return SELF_TARGET
         udp = router.udp_for(family)
         if target.hop.transport == "tls":  # sips: or transport=tls: TLS or nothing

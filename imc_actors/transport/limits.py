@@ -10,16 +10,18 @@ of buckets is bounded (``max_sources``): idle buckets are swept out first, then 
 
 :class:`LogInterval` is the "once per interval" of every warning about a limit reached or a
 resource exhausted (transaction table, TCP caps, EMFILE on accept, floods), so an attack does
-not also flood the log.
+not also flood the log; :class:`LogBudget` lets a line per event out while events are few (a
+failed delivery, a member parked, a TCP framing error) and counts what it leaves out of a flood.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from collections.abc import Sequence
 
-__all__ = ["FloodLimiter", "LogInterval"]
+__all__ = ["FloodLimiter", "LogBudget", "LogInterval"]
 
 
 class LogInterval:
@@ -63,6 +65,19 @@ class LogBudget:
         self._used += 1
         skipped, self._skipped = self._skipped, 0
         return skipped
+
+    def log(
+        self, logger: logging.Logger, level: int, now: float, msg: str, *args: object,
+        what: str = "such lines",
+    ) -> None:  # fmt: skip
+        """``logger.log(level, msg, *args)`` if the budget at ``now`` allows it, the line
+        saying how many ``what`` were left out before it."""
+        skipped = self.take(now)
+        if skipped is None:
+            return
+        if skipped:
+            msg, args = f"{msg} (%d more {what} not logged)", (*args, skipped)
+        logger.log(level, msg, *args)
 
 
 class _Bucket:

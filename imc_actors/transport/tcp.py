@@ -32,7 +32,7 @@ import trio
 
 from imc_actors.sip import SipParseError, parse_stream
 
-from .limits import LogInterval
+from .limits import LogBudget, LogInterval
 from .records import Source
 from .sendqueue import DEFAULT_SEND_QUEUE, SendQueue
 
@@ -64,6 +64,9 @@ ACCEPT_RETRY = 0.1
 #: Resource exhaustion (EMFILE on accept, a connection cap reached) is logged at most once
 #: per this many seconds.
 EXHAUSTED_LOG_INTERVAL = 10.0
+#: Framing errors (a peer sending what is no SIP) logged at most 20 a second in this process,
+#: whichever connections they come on (each connection is closed after its one).
+_FRAMING_LOG = LogBudget(20)
 _RECEIVE_SIZE = 65536
 #: Most bytes the writer hands the stream in one write (several queued messages joined).
 _WRITE_BATCH = 65536
@@ -286,7 +289,9 @@ class TcpConnection:
         self, buffer: bytearray, exc: SipParseError, on_framing_error: FramingErrorCallback
     ) -> None:
         """Send the last answer ``on_framing_error`` makes of ``buffer`` (within 1 s)."""
-        log.info("%s %s: framing error: %s; closing", self.transport, self.peer, exc.reason)
+        _FRAMING_LOG.log(log, logging.INFO, trio.current_time(),
+                         "%s %s: framing error: %s; closing", self.transport, self.peer, exc.reason,
+                         what="framing errors")  # fmt: skip
         answer = on_framing_error(bytes(buffer), exc)
         if answer is not None:
             with trio.move_on_after(1.0):

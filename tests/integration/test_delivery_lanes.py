@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -269,6 +270,29 @@ async def test_pending_total_max_counts_what_other_workers_stored_and_deleted(
     await second.drain()
     assert (second.statistics().stored, second.statistics().full) == (1, 1)
     assert [row.body for row in store.repository.load_pending("bob@example.com", 10)] == [b"bob 1"]
+
+
+async def test_made_up_members_parking_at_once_log_a_bounded_number_of_lines(
+    nursery, store, mock_clock, caplog
+) -> None:
+    # was: one INFO line per member parked, so a flood of made-up members joining sized the log
+    caplog.set_level(logging.INFO)
+    sender = Sender()
+    members = [f"sip:ghost{i}@example.com" for i in range(50)]
+    for member in members:
+        sender.member(member).code = 480
+    delivery = await started(nursery, make(sender, store))
+    await delivery.submit([relay(member, "hello") for member in members], "cid")
+    await delivery.drain()
+    parked = [r.getMessage() for r in caplog.records if "storing its notices" in r.getMessage()]
+    assert len(parked) == 20 and delivery.statistics().waiting_members == 50
+    mock_clock.jump(1.0)
+    sender.member(CAROL).code = 480
+    await delivery.submit([relay(CAROL, "hello")], "cid")
+    await delivery.drain()
+    last = [r.getMessage() for r in caplog.records if "storing its notices" in r.getMessage()][-1]
+    assert last == ("member carol@example.com unreachable (480 scripted): storing its notices "
+                    "(30 more members parked not logged)")  # fmt: skip
 
 
 async def test_expired_notices_are_dropped_and_counted(nursery, store) -> None:
