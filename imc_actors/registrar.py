@@ -15,7 +15,7 @@ every member reachable. :meth:`Registrar.register` does plan and apply at once (
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from imc_actors.sip import Request, aor_key, build_response, split_addresses, split_outside
@@ -91,8 +91,9 @@ def parse_contacts(value: str) -> list[tuple[str, dict[str, str | None]]]:
 def unusable_contact(uri: str) -> str | None:
     """Why nothing could ever be delivered to the Contact ``uri`` (so it is not registered:
     400; an ``outbound_proxy`` like it is refused at startup), or None. A SIP or SIPS URI with
-    a host (a valid IPv4 address when it is one in form; a name DNS can look up when it is a
-    name), a port in 1-65535 and a transport this server speaks."""
+    a host (a valid IP address of one host, not 0.0.0.0, ``::``, multicast or broadcast, when
+    it is one in form; a name DNS can look up when it is a name), a port in 1-65535 and a
+    transport this server speaks."""
     try:
         parsed = parse_sip_uri(uri)
     except ValueError:
@@ -104,12 +105,14 @@ def unusable_contact(uri: str) -> str | None:
     if parsed.port is not None and not 0 < parsed.port <= 65535:
         return f"bad port in {uri[:80]!r}"
     host = parsed.host or ""
-    if host.replace(".", "").isdigit():
+    if host.replace(".", "").isdigit() or host.startswith("["):
         try:
-            ipaddress.IPv4Address(host)
+            address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             return f"bad address {host[:80]!r} in {uri[:80]!r}"
-    elif not host.startswith("["):  # a DNS name: labels of 1-63 characters, 253 in all
+        if address.is_unspecified or address.is_multicast or host == "255.255.255.255":
+            return f"cannot send to {uri[:80]!r}: {host} is no one host's address"
+    else:  # a DNS name: labels of 1-63 characters, 253 in all
         try:
             fits = len(host.rstrip(".").encode("idna")) <= 253
         except UnicodeError:
@@ -252,6 +255,19 @@ class Registrar:
         self._aors: dict[str, dict[str, _Binding]] = {}
         self._order = 0
         self._next_sweep = float("-inf")
+        #: ``is_self(ip, port)``: whether that is this server's own socket (the server sets
+        #: it from its transport); a Contact there is refused, since nothing sent to it could
+        #: reach the user (it would come straight back). None: not checked.
+        self.is_self: Callable[[str, int], bool] | None = None
+
+    def _own_address(self, uri: str) -> str | None:
+        """Why the usable Contact ``uri`` is still no place to deliver to: it is this server."""
+        if self.is_self is None:
+            return None
+        hop = parse_hop(uri)
+        if hop.transport != "ws" and self.is_self(hop.host.strip("[]"), hop.port):
+            return f"cannot send to {uri[:80]!r}: {hop.host}:{hop.port} is this server"
+        return None
 
     # ------------------------------------------------------------------ REGISTER
     def register(self, request: Request, now: float) -> Reply:
@@ -340,7 +356,7 @@ class Registrar:
                 return Reply(
                     423, "Interval Too Brief", headers=(("Min-Expires", str(self.min_expires)),)
                 )
-            if expires and (problem := unusable_contact(uri)) is not None:
+            if expires and (problem := unusable_contact(uri) or self._own_address(uri)):
                 return Reply(400, "Invalid Contact", body=f"{problem}\r\n".encode())
             key = _contact_key(uri)
             existing = current.get(key)

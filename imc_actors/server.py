@@ -546,6 +546,8 @@ async def _open_server(
         steering=steering,
         **tls_contexts(config),
     )
+    if registrar is not None:  # a Contact that is this server itself is refused (400)
+        registrar.is_self = transport.is_self
     metrics = ServerMetrics.for_config(config)
     repository = await trio.to_thread.run_sync(open_repository, config)
     repository = TimedRepository(repository, metrics.observe_commit)

@@ -264,6 +264,11 @@ class SipTransport:
     def locate(self, locate: Callable[[str], list[str]] | None) -> None:
         self._router.locate = locate
 
+    def is_self(self, host: str, port: int) -> bool:
+        """True when ``host`` (an IP address) and ``port`` are one of this transport's own
+        listening sockets (while it runs): what is sent there comes straight back."""
+        return _is_ip(host) and self._router.is_self((host, port))
+
     @property
     def find_binding(self) -> Callable[[str], Awaitable[bool]] | None:
         """``await find_binding(aor)``: asked when ``locate`` has no contact for a user of a

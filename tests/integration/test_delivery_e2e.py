@@ -85,6 +85,21 @@ async def test_default_port_unregistered_sender_starts_no_loop(nursery, server50
     assert ghost.pending_messages() == []
 
 
+async def test_a_contact_that_is_this_server_is_refused_at_register(nursery, server5060) -> None:
+    # was: 200, then every notice for that member was refused at the send ("is this server"),
+    # one WARNING each
+    mallory = await open_ua(nursery, server5060, "mallory", HOST5060, register=False)
+    for contact in (f"sip:mallory@{HOST5060}:5060", f"sip:mallory@{HOST5060}:5060;transport=tcp",
+                    f"sip:mallory@{HOST5060}"):  # fmt: skip
+        reply = await mallory.register(contact=contact)
+        assert (reply.code, reply.reason) == (400, "Invalid Contact"), contact
+        assert b"is this server" in reply.body
+    assert server5060.registrar is not None
+    assert server5060.registrar.lookup(f"mallory@{HOST5060}", trio.current_time()) == []
+    assert (await mallory.register()).code == 200  # its own address is fine
+    assert (await mallory.register(contact=f"sip:mallory@{HOST5060}:5099")).code == 200  # another port
+
+
 async def test_two_unregistered_members_make_nothing_up(nursery, server5060) -> None:
     server, domain = server5060, HOST5060
     room = f"sip:chat@{domain}"

@@ -126,7 +126,10 @@ def test_wildcard_misuse_is_400(reg: Registrar, contacts: list[str], expires: in
     ["<<<>>>", "<tel:+123>", "<sip:x@192.0.2.9:99999>", "<sip:x@192.0.2.9:0>",
      "<sip:x@192.0.2.9;transport=sctp>", "<sip:x@999.0.0.1>",
      f"<sip:x@{'a' * 64}.example.org>",
-     "<sip:x@a..example.org>", f"<sip:x@{('a' * 50 + '.') * 5}org>"],
+     "<sip:x@a..example.org>", f"<sip:x@{('a' * 50 + '.') * 5}org>",
+     # no one host's address (a tour: all three were bound with 200)
+     "<sip:x@0.0.0.0:5000>", "<sip:x@224.0.0.1:5000>", "<sip:x@255.255.255.255>",
+     "<sip:x@[::]:5000>", "<sip:x@[ff02::1]>"],
 )  # fmt: skip
 def test_a_contact_nothing_could_be_delivered_to_is_400_and_registers_nothing(
     reg: Registrar, contact: str
