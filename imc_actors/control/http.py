@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from functools import partial
 from importlib import resources
@@ -111,6 +112,15 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number that is a float: ``1e999`` would be read as infinity, and echoed (an id)
+    as ``Infinity``, which is no JSON: a parse error instead."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
+
+
 def create_app(
     source: RoomSource,
     metrics: ServerMetrics | None = None,
@@ -162,7 +172,7 @@ def create_app(
         finally:
             reading -= 1
         try:
-            payload = json.loads(body, parse_constant=_not_json)
+            payload = json.loads(body, parse_constant=_not_json, parse_float=_finite)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             return _api(error_response(RpcError(PARSE_ERROR, "Parse error")))
         answer = await dispatcher.handle(payload)

@@ -102,9 +102,13 @@ async def test_protocol_errors(server):
     assert (await rpc(url, 42)).json()["error"]["code"] == -32600
     # not JSON, though Python reads it: nested past its recursion limit, NaN and Infinity
     assert (await rpc(url, b"[" * 5000 + b"]" * 5000)).json()["error"]["code"] == -32700
-    for constant in (b"NaN", b"-Infinity"):
+    # (1e999: was read as infinity and echoed as the id Infinity, no JSON either)
+    for constant in (b"NaN", b"-Infinity", b"1e999", b"-1e999"):
         body = b'{"jsonrpc": "2.0", "method": "imc.list_rooms", "id": ' + constant + b"}"
-        assert (await rpc(url, body)).json()["error"]["code"] == -32700
+        answer = await rpc(url, body)
+        assert b"Infinity" not in answer.body and answer.json()["error"]["code"] == -32700
+    body = b'{"jsonrpc": "2.0", "method": "imc.list_rooms", "params": {"limit": 1e999}, "id": 8}'
+    assert (await rpc(url, body)).json()["error"]["code"] == -32700
     # a lone surrogate (a \ud800 escape) in any string: invalid params, no room touched
     body = b'{"jsonrpc": "2.0", "method": "imc.kick", "params": ["%s", "bob", "\\ud800"], "id": 3}'
     answer = (await rpc(url, body.replace(b"%s", CHAT.encode()))).json()
