@@ -11,7 +11,9 @@ this order:
    request is one that digest authentication covers (``auth``: REGISTER, and MESSAGE with
    ``all``): that one is challenged instead;
 2. ``Max-Forwards: 0``: 483 Too Many Hops (except OPTIONS, which RFC 3261 §16.3 lets the
-   final recipient answer: it is how next-hop liveness is probed);
+   final recipient answer: it is how next-hop liveness is probed); then a ``Require`` of any
+   option tag (this server implements no extension a request could depend on): 420 Bad
+   Extension with ``Unsupported`` naming them (RFC 3261 §8.2.2.3; not for CANCEL);
 3. OPTIONS: 200 with ``Allow``, ``Accept`` and ``Supported``;
 4. identity, settled here and nowhere else (README "Users and passwords"): a request that
    ``auth`` covers, from outside ``trusted_sources``, must carry a valid ``Authorization``
@@ -56,6 +58,23 @@ SUPPORTED = "kamailio/imc"
 
 #: An authenticated REGISTER for an address of record that is not the user's own.
 OTHER_AOR = Reply(403, "To Is Not The Authenticated User")
+
+
+#: Option tags (RFC 3261 §19.2) a request may ``Require`` of this server: none (it implements
+#: no SIP extension a request could depend on).
+OPTION_TAGS: frozenset[str] = frozenset()
+
+
+def _unsupported(request: Request) -> list[str]:
+    """The option tags of ``request``'s Require headers this server does not implement, each
+    once, in order (compared case-insensitively, as RFC 3261 §19.2 asks)."""
+    tags: list[str] = []
+    for value in request.header_list("Require"):
+        for tag in value.split(","):
+            tag = tag.strip()
+            if tag and tag.lower() not in OPTION_TAGS and tag not in tags:
+                tags.append(tag)
+    return tags[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +175,7 @@ class SipCore:
         method = request.method
         if method != "MESSAGE" and method != "REGISTER":
             return False
-        if request.max_forwards == 0:
+        if request.max_forwards == 0 or request.header("Require") is not None:
             return False
         if self.challenges(method, source):
             if method == "MESSAGE" and request.header(FORWARDED_BY) is None:
@@ -224,6 +243,10 @@ class SipCore:
         if request.max_forwards == 0 and method != "OPTIONS":
             await trio.lowlevel.checkpoint()
             return Reply(483, "Too Many Hops")
+        if method != "CANCEL" and (unsupported := _unsupported(request)):
+            # RFC 3261 §8.2.2.3: an extension the request requires and this server lacks
+            await trio.lowlevel.checkpoint()
+            return Reply(420, "Bad Extension", headers=(("Unsupported", ", ".join(unsupported)),))
         identity: Identity | Reply | None = None
         if challenge:
             assert self.authenticator is not None

@@ -53,7 +53,7 @@ MEMO_ENTRIES = 8192
 
 # Headers that RFC 3261 §7.3.1 allows only once; a second, different value is a 400
 # (RFC 4475 §3.1.2.19).
-_SINGLE = frozenset(["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"])
+_SINGLE = frozenset(["From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"])
 _SCHEMES = ("sip", "sips", "tel")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")  # RFC 3986 §3.1
 _MAX_CSEQ = 2**31 - 1

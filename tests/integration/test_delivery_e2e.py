@@ -295,6 +295,24 @@ async def test_a_merged_request_is_relayed_once_and_the_copy_gets_482(server, ua
     assert server.transport.statistics().merged == 1
 
 
+async def test_a_message_that_requires_an_extension_is_420_and_relays_nothing(server, ua) -> None:
+    alice, bob = await ua("alice"), await ua("bob")
+    assert (await alice.message(MANAGER, "#create chat")).code == 200
+    assert (await bob.message(CHAT, "#join")).code == 200
+    await settle(server)
+    alice.pending_messages(), bob.pending_messages()
+    data = alice.build("MESSAGE", CHAT, body=b"needs 100rel").replace(
+        b"Max-Forwards: 70", b"Max-Forwards: 70\r\nRequire: 100rel"
+    )
+    await alice.send_raw(data)
+    with trio.fail_after(5):
+        answer = parse(await alice.recv_raw())
+    assert (answer.code, answer.header("Unsupported")) == (420, "100rel")
+    assert (await alice.message(CHAT, "plain")).code == 202
+    with trio.fail_after(5):
+        assert (await bob.next_message()).body.endswith(b"plain")  # the first was not relayed
+
+
 @pytest.mark.parametrize("config_overrides", [{"rpc_listen": "127.0.0.1:0"}])
 async def test_the_loop_guards_are_counted_in_metrics(server, ua) -> None:
     from tests.integration.test_control_metrics import scrape, value

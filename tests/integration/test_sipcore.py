@@ -40,6 +40,23 @@ async def test_max_forwards_zero_is_483(nursery: trio.Nursery, method: str) -> N
     assert not handler.calls
 
 
+@pytest.mark.parametrize("method", ["MESSAGE", "REGISTER", "OPTIONS"])
+async def test_a_required_extension_this_server_lacks_is_420(nursery: trio.Nursery, method: str) -> None:
+    # RFC 3261 §8.2.2.3; was: Require ignored, the request served
+    handler = RecordingHandler()
+    server = await start_core(nursery, messages=handler)
+    ua = await TestUA.open(nursery, "alice", DOMAIN, server.address())
+    data = ua.build(method, ROOM, body=b"x").replace(
+        b"Max-Forwards: 70", b"Max-Forwards: 70\r\nRequire: no-such-ext, 100rel\r\nRequire: no-such-ext"
+    )
+    await ua.send_raw(data)
+    with trio.fail_after(5):
+        answer = parse(await ua.recv_raw())
+    assert (answer.code, answer.reason) == (420, "Bad Extension")
+    assert answer.header("Unsupported") == "no-such-ext, 100rel"
+    assert not handler.calls
+
+
 async def test_options_with_max_forwards_zero_is_answered(nursery: trio.Nursery) -> None:
     """RFC 3261 §16.3: the final recipient may answer an OPTIONS whose Max-Forwards is 0."""
     server = await start_core(nursery)

@@ -272,6 +272,14 @@ def test_two_different_content_lengths() -> None:
     assert reason_of(data) == "Multiple Content-Length headers"
 
 
+def test_two_different_content_types() -> None:
+    # was: accepted, the last one relayed and archived (a tour: application/x-evil)
+    data = replace(b"Content-Type: text/plain\r\n", b"Content-Type: text/plain\r\nc: application/x-evil\r\n")
+    assert reason_of(data) == "Multiple Content-Type headers"
+    same = replace(b"Content-Type: text/plain\r\n", b"Content-Type: text/plain\r\nContent-Type: text/plain\r\n")
+    assert parse(same).header("Content-Type") == "text/plain"  # the same value twice: no conflict
+
+
 # --- validation ------------------------------------------------------------------------
 
 
