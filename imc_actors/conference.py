@@ -886,7 +886,7 @@ class Conference:
         """200, and one reply notice per body (pages) to the sender, in order."""
         notices = tuple(Notice(to=msg.sender, body=body, sender=msg.request_uri, kind="reply") for body in bodies)
         await self.delivery.submit(notices, msg.call_id, hold=hold)
-        return Answer(200, "OK", body=b"\n".join(bodies))
+        return Answer(200, "OK", body=b"\n".join(bodies), replies=len(notices))
 
 
 def _locate(repository: Repository, *, key: str) -> RoomLocation | None:

@@ -46,7 +46,7 @@ from .store.records import BindingExpire
 from .store.repository import StoreError
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
 from .transport.client import TransportStopped
-from .transport.limits import LogInterval
+from .transport.limits import FloodLimiter, LogInterval
 from .transport.steering import Steering
 from .transport.tls import client_context, server_context
 
@@ -171,8 +171,14 @@ class MessageHandler:
     room's notice that some proxy routes back to us must never start a notice in return.
     """
 
-    def __init__(self, conference: Conference, config: Config, *, mark: str = "") -> None:
+    def __init__(
+        self, conference: Conference, config: Config, *, mark: str = "",
+        flood: FloodLimiter | None = None,
+    ) -> None:  # fmt: skip
         self.conference = conference
+        #: The transport's per-source budget (``flood_rate``), charged a request for each
+        #: page of a reply beyond the first (None: nothing charged).
+        self.flood = flood
         self.config = config
         self.mark = mark  # the transport's mark in the Call-IDs it makes (see sip.new_mark)
         self._domains = frozenset(config.served_domains)
@@ -240,17 +246,25 @@ class MessageHandler:
                 hold.release()
                 raise
             return Reply(answer.code, OTHER_SENDER_REASON, after=hold.release)
-        return await self._handle(msg, hold)
+        return await self._handle(msg, hold, source)
 
-    async def _handle(self, msg: IncomingMessage, hold: Hold) -> Reply:
+    async def _handle(self, msg: IncomingMessage, hold: Hold, source: Source | None = None) -> Reply:
         """``msg`` handled by the conference; ``hold`` is released after the reply is sent
-        (at once when handling fails)."""
+        (at once when handling fails). ``source``: charged for the pages of the reply."""
         try:
             answer = await self.conference.handle(msg, hold=hold)
         except BaseException:
             hold.release()
             raise
+        self._charge(source, answer)
         return _reply_of(answer, hold)
+
+    def _charge(self, source: Source | None, answer: Answer) -> None:
+        """A command whose reply came in several pages (``#rooms``, ``#members``, ``#history``,
+        ``#bans``) costs its source's ``flood_rate`` budget a request per page: one source
+        cannot make the server send pages many times faster than it may send requests."""
+        if source is not None and answer.replies > 1 and self.flood is not None:
+            self.flood.spend(source.host, answer.replies - 1, trio.current_time())
 
     async def _from_node(self, request: Request, source: Source) -> Reply:
         """A MESSAGE another node forwarded (issue 13): accepted only from an address that
@@ -325,18 +339,24 @@ class MessageHandler:
             if not self._may_forward(node) or not self._forwarded_by_node(node, source):
                 return False
             forwarded = self._forwarded(request, node)
-            return forwarded is not None and self._start(forwarded, respond)
+            return forwarded is not None and self._start(forwarded, respond, None)
         msg = self._incoming(request, identity)
         if msg is None:
             return False
         if identity is not None and identity.authenticated and not same_aor(request.from_uri, msg.sender):
             return False  # refused with a notice: a task does that
-        return self._start(msg, respond)
+        return self._start(msg, respond, source)
 
-    def _start(self, msg: IncomingMessage, respond: Responder) -> bool:
-        """:meth:`Conference.start` for ``msg``, its notices held until the reply is sent."""
+    def _start(self, msg: IncomingMessage, respond: Responder, source: Source | None) -> bool:
+        """:meth:`Conference.start` for ``msg``, its notices held until the reply is sent;
+        ``source`` (None: another node's forwarding) is charged for the reply's pages."""
         hold = self.conference.hold()
-        return self.conference.start(msg, lambda answer: respond(_reply_of(answer, hold)), hold=hold)
+
+        def answered(answer: Answer) -> None:
+            self._charge(source, answer)
+            respond(_reply_of(answer, hold))
+
+        return self.conference.start(msg, answered, hold=hold)
 
 
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:
@@ -416,10 +436,12 @@ async def _find_binding(
     return registrar.restore(bindings, trio.current_time(), wall) > 0
 
 
-def message_handler(conference: Conference, config: Config, *, mark: str = "") -> MessageHandler:
-    """The MESSAGE route: SIP request in, conference answer out (``mark``: see
+def message_handler(
+    conference: Conference, config: Config, *, mark: str = "", flood: FloodLimiter | None = None
+) -> MessageHandler:
+    """The MESSAGE route: SIP request in, conference answer out (``mark``, ``flood``: see
     :class:`MessageHandler`)."""
-    return MessageHandler(conference, config, mark=mark)
+    return MessageHandler(conference, config, mark=mark, flood=flood)
 
 
 def tls_contexts(config: Config) -> dict[str, ssl.SSLContext | None]:
@@ -577,7 +599,7 @@ async def _open_server(
             steering.on_notices = partial(take_frame, conference.delivery)
             registered = partial(_wake_everywhere, conference.delivery.wake, steering)
         core = SipCore(
-            config, registrar, message_handler(conference, config, mark=transport.mark),
+            config, registrar, message_handler(conference, config, mark=transport.mark, flood=transport.flood),
             commit=commit, on_registered=registered,
             on_binding=transport.bind_contacts, authenticator=authenticator,
         )  # fmt: skip

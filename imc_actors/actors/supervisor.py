@@ -17,6 +17,7 @@ its commands get 503 until the window has passed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import zlib
@@ -48,13 +49,21 @@ class Answer:
     """What a room (or the conference) answers to one MESSAGE.
 
     ``code``/``reason`` are the SIP final response; ``retry_after`` goes into a Retry-After
-    header (503); ``body`` carries command output (``#members``) for embedders.
+    header (503); ``body`` carries command output (``#members``) for embedders; ``replies``
+    is how many reply notices (pages of a listing) the command sent its sender, which the
+    server charges to the request's source (``flood_rate``) beyond the first.
     """
 
     code: int
     reason: str
     retry_after: int | None = None
     body: bytes | None = None
+    replies: int = 0
+
+
+def _replies(outcome: Outcome) -> int:
+    """The reply notices (``#members`` pages and the like) among ``outcome``'s notices."""
+    return sum(1 for notice in outcome.notices if notice.kind == "reply")
 
 
 class _Create:
@@ -548,7 +557,7 @@ class Supervisor:
             backlog.popleft()
             if outcome.notices:
                 await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
-            answer = Answer(outcome.code, outcome.reason, body=outcome.body)
+            answer = Answer(outcome.code, outcome.reason, body=outcome.body, replies=_replies(outcome))
             if outcome.history is not None:
                 answer = await self._read_history(handle, envelope, outcome.history, answer)
             envelope.resolve(answer)
@@ -654,7 +663,7 @@ class Supervisor:
             self._unregister(handle)
         if outcome.notices:
             await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
-        answer = Answer(outcome.code, outcome.reason, body=outcome.body)
+        answer = Answer(outcome.code, outcome.reason, body=outcome.body, replies=_replies(outcome))
         if outcome.history is not None:
             answer = await self._read_history(handle, envelope, outcome.history, answer)
         envelope.resolve(answer)
@@ -686,7 +695,8 @@ class Supervisor:
         notices = history_notices(query, lines, uri)
         if notices:
             await self._delivery.submit(notices, envelope.call_id, hold=envelope.hold)
-        return answer
+        replies = sum(1 for notice in notices if notice.kind == "reply")
+        return dataclasses.replace(answer, replies=answer.replies + replies) if replies else answer
 
     async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:
         """A new room's creation refused because another node holds its lease: log it and

@@ -151,6 +151,17 @@ class FloodLimiter:
         bucket.blocked_until = now + self.block
         return max(self.block, 1.0 / self.rate)
 
+    def spend(self, host: str, tokens: int, now: float) -> None:
+        """Take ``tokens`` more from ``host``'s budget for work a request of its caused beyond
+        itself (the pages of a long reply): down to ``-burst`` at most, so that its next
+        requests are refused until the budget has refilled. No checkpoint."""
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            return  # exempt, or swept out meanwhile
+        tokens_now = bucket.tokens + (now - bucket.stamp) * self.rate
+        bucket.tokens = max(-float(self.burst), min(tokens_now, float(self.burst)) - tokens)
+        bucket.stamp = now
+
     def would_allow(self, host: str, now: float) -> bool:
         """Whether :meth:`allow` would let a request of ``host`` through at ``now``; spends
         and counts nothing (for a caller that refuses elsewhere, so as to count a refusal

@@ -6,7 +6,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from imc_actors.conference import IncomingMessage
 from imc_actors.control.metrics import ServerMetrics, families_of
+from tests.integration.conftest import DOMAIN
 from tests.support import free_port
 from tests.support.control import CHAT, MANAGER, command, http, next_message
 
@@ -155,6 +157,28 @@ async def test_throttled_requests_are_counted(server, ua):
     for name in ("imc_sip_vias_refused_total", "imc_sip_tcp_refused_total",
                  "imc_sip_tcp_outgoing_refused_total", "imc_sip_tcp_accept_failures_total"):  # fmt: skip
         assert value(samples, name) == 0
+
+
+@pytest.mark.parametrize("config_overrides", [{**THROTTLING, "flood_burst": 12}])
+async def test_each_page_of_a_long_reply_costs_the_source_a_request(server, ua):
+    # a tour: ~930 #rooms a second from one address (inside flood_rate) made the server send
+    # 9 pages each, more than it could, and the kernel dropped requests unanswered
+    for i in range(300):  # rooms made through the embedding API: no SIP, no budget spent
+        made = await server.conference.handle(
+            IncomingMessage(MANAGER, f"sip:owner{i}@{DOMAIN}", f"#create room{i:03d}".encode(), None, f"c{i}")
+        )
+        assert made.code == 200
+    alice = await ua("alice")  # one request of 12
+    codes = []
+    for _ in range(5):
+        codes.append((await alice.message(MANAGER, "#rooms")).code)
+    pages = [m for m in alice.pending_messages() if m.body.startswith(b"Rooms (1/")]
+    (total,) = {int(m.body.split(b"/")[1].split(b")")[0]) for m in pages}
+    assert total == 4  # 300 rooms: four pages, three of them charged beyond the request
+    # 11 left: 1 + 3, 1 + 3, then the third request (the budget at 3) goes, its pages take
+    # the budget below zero, and the source is refused from then on
+    assert codes == [200, 200, 200, 503, 503]
+    assert value(await scrape(server), "imc_sip_throttled_total") == 2
 
 
 @pytest.mark.parametrize("config_overrides", [{**THROTTLING, "trusted_sources": ["127.0.0.0/8"]}])
