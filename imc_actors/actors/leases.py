@@ -73,6 +73,9 @@ class LeaseKeeper:
         self._taken: dict[str, float] = {}  # room -> trio time its own acquisition covers
         self._taken_over = 0
         self._lost = 0
+        #: This process runs as the node (:meth:`ensure_alone` passed, or the caller knew it):
+        #: only then may :meth:`release` expire the node's leases and retire its name.
+        self._ours = False
 
     def serving(self, room: str) -> bool:
         """True when this node may serve ``room`` (a room key) from memory now: it holds the
@@ -110,7 +113,9 @@ class LeaseKeeper:
         another process's. Else startup goes on (a restart after ``kill -9`` waits that long).
         Nothing to check with ``node_free`` (a worker its parent started again).
         """
+        self._ours = False
         if self._node_free:
+            self._ours = True
             return
 
         def look(repository: Any) -> tuple[float, tuple[str, ...], float] | None:
@@ -121,6 +126,7 @@ class LeaseKeeper:
 
         first = await self._store.read(look)
         if first is None or first[2] - first[0] >= self._ttl:
+            self._ours = True
             return
         repository: Any = self._store.repository
         log.info("node %r heartbeat %.1f s ago from %s: checking that it is not still running",
@@ -132,6 +138,7 @@ class LeaseKeeper:
                 f"node {repository.node!r} is already running (it heartbeat {second[2] - second[0]:.1f} s "
                 f"ago from {' '.join(second[1]) or 'no address'}): give each node its own --node"
             )
+        self._ours = True
 
     async def advertise(self, addresses: list[str]) -> None:
         """Heartbeat now, and in every later round, with these SIP listen addresses (a failure
@@ -202,7 +209,11 @@ class LeaseKeeper:
             await orphans(found)
 
     async def release(self) -> None:
-        """Expire every lease of this node now (call after the store stopped writing)."""
+        """Expire every lease of this node now (call after the store stopped writing). Not
+        when another process turned out to run as this node (:meth:`ensure_alone` refused
+        this one): its leases are that process's, and it goes on serving them."""
+        if not self._ours:
+            return
         try:
             count = await self._store.read(lambda repository: repository.release())
         except StoreError as exc:

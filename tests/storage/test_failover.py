@@ -17,8 +17,10 @@ from contextlib import asynccontextmanager
 import trio.testing
 
 from imc_actors import IncomingMessage, open_conference
+from imc_actors.actors.leases import NodeInUse
 from imc_actors.conference import Conference
 from imc_actors.imc.effects import OWNER, MemberUpsert, RoomUpsert
+from imc_actors.store.instance import DatabaseInUse
 from imc_actors.store.records import BindingSet
 from imc_actors.store.repository import StoreError
 from tests.storage.conftest import Tables
@@ -38,7 +40,7 @@ async def node(db_url: str, tables: Tables, clock: FakeClock, name: str) -> Asyn
 @asynccontextmanager
 async def real_clock_node(db_url: str, tables: Tables, name: str, **config: object) -> AsyncIterator[Conference]:
     """A node on the wall clock, with ``config`` overrides."""
-    repository = tables.repository(db_url, node=name, lease_ttl=TTL)
+    repository = tables.repository(db_url, node=name, lease_ttl=float(config.get("lease_ttl", TTL)))  # type: ignore[arg-type]
     await trio.to_thread.run_sync(repository.init_schema)
     async with open_conference(conference_config(db_url, tables, name).replace(**config),
                                repository=repository) as conf:  # fmt: skip
@@ -382,3 +384,28 @@ async def test_joins_at_once_to_a_room_not_there_yet_create_it_once(db_url: str,
         stored = await trio.to_thread.run_sync(conf.store.repository.load_rooms)
         owners = {s.name: sum(1 for m in s.members if m.flags & OWNER) for s in stored}
         assert owners == {f"race{i}": 1 for i in range(5)}
+
+
+async def test_a_process_refused_as_a_running_node_leaves_that_node_its_rooms(
+    db_url: str, tables: Tables
+) -> None:
+    # was: the refused process expired the running node's leases and retired its name on its
+    # way out, so another node took the running node's rooms over (a tour, serve --workers 2
+    # started twice on one database). The real clock: the refusal waits half a lease_ttl to
+    # see the running node heartbeat, 0.5 s here.
+    async with real_clock_node(db_url, tables, "n1", lease_ttl=1.0) as one:
+        await make_chat(one)
+        try:
+            async with real_clock_node(db_url, tables, "n1", lease_ttl=1.0):
+                raise AssertionError("a second n1 started beside the running one")
+        except BaseException as exc:  # noqa: BLE001 - NodeInUse, maybe inside nurseries' groups
+            refused = exc
+        while isinstance(refused, BaseExceptionGroup) and len(refused.exceptions) == 1:
+            refused = refused.exceptions[0]
+        # (MySQL's named lock per node refuses it earlier, before any lease is looked at)
+        assert isinstance(refused, NodeInUse | DatabaseInUse), repr(refused)
+        assert one.store is not None
+        read = await one.store.read(lambda repository: repository.cluster())
+        assert read.owners == {CHAT: "n1"}  # its lease is still n1's, unexpired
+        assert [node.name for node in read.nodes if node.live(read.now, 1.0)] == ["n1"]
+        assert (await one.handle(say("chat", "carol", "#join"))).code == 200
