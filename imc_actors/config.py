@@ -257,6 +257,8 @@ class Config:
                 raise ConfigError("config", f"cannot read {toml_path}: {exc.strerror}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError("config", f"{toml_path}: {exc}") from None
+            except UnicodeDecodeError as exc:  # TOML is UTF-8
+                raise ConfigError("config", f"{toml_path}: not UTF-8 (byte {exc.start})") from None
             data = data.get("imc", data)
             for key, value in data.items():
                 name = key.replace("-", "_")

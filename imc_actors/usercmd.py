@@ -14,6 +14,8 @@ from typing import TextIO
 
 from .config import Config
 from .imc.effects import MAX_STORED_LENGTH
+from .imc.texts import shown
+from .sip import canonical
 
 __all__ = ["read_password", "run_user"]
 
@@ -33,6 +35,10 @@ def _split(address: str) -> tuple[str, str]:
     user, at, domain = text.rpartition("@")
     if not at or not user or not domain or any(c in text for c in " \t:;<>\""):
         raise UsageError(f"{address!r} is not USER@DOMAIN")
+    try:  # what a From could name: no control characters, no escapes a terminal runs
+        canonical(f"sip:{text}")
+    except ValueError:
+        raise UsageError(f"{address!r} is not USER@DOMAIN (a SIP user and host)") from None
     if len(user) > MAX_STORED_LENGTH or len(domain) > MAX_STORED_LENGTH:
         raise UsageError(f"user and domain may have at most {MAX_STORED_LENGTH} characters each")
     return user, domain.lower()
@@ -78,7 +84,7 @@ def run_user(config: Config, action: str, address: str | None, password: str | N
         with open_repository(config) as repository:  # tables made if absent, as serve does
             if action == "list":
                 for username, host in repository.list_users(domain):
-                    print(f"{username}@{host}")
+                    print(shown(f"{username}@{host}"))  # a row made elsewhere: no raw escapes
                 return EXIT_OK
             if action == "del":
                 done = repository.delete_user(user, domain)

@@ -93,6 +93,12 @@ def test_user_commands(db_url: str, tables: Tables) -> None:
         assert found is not None and found.ha1 == ha1("MD5", "Alice", "example.org", "new pw")
     listed = cli("user", "list", *flags)
     assert (listed.returncode, listed.stdout) == (0, "Alice@example.org\n")
+    with tables.repository(db_url) as repository:  # a row made elsewhere (Kamailio's kamctl)
+        repository.set_user("\x1b[31mmallory", "example.org", "pw", create=True)
+    listed = cli("user", "list", *flags)
+    assert sorted(listed.stdout.splitlines()) == ["Alice@example.org", "\\x1b[31mmallory@example.org"]  # escaped
+    with tables.repository(db_url) as repository:
+        repository.delete_user("\x1b[31mmallory", "example.org")
     assert cli("user", "del", "Alice@example.org", *flags).stdout.strip() == "imc-actors: user Alice@example.org deleted"
     missing = cli("user", "del", "Alice@example.org", *flags)
     assert (missing.returncode, missing.stderr.strip()) == (1, "imc-actors: no user Alice@example.org")
@@ -100,6 +106,10 @@ def test_user_commands(db_url: str, tables: Tables) -> None:
     assert (empty.returncode, empty.stderr.strip()) == (2, "imc-actors: empty password")
     bad = cli("user", "add", "nodomain", "--password", "x", *flags)
     assert (bad.returncode, bad.stderr.strip()) == (2, "imc-actors: 'nodomain' is not USER@DOMAIN")
+    for name in ("\x1b[31mevil@example.org", "a\x01b@example.org"):  # was: stored, listed raw
+        bad = cli("user", "add", name, "--password", "x", *flags)
+        assert (bad.returncode, bad.stderr.strip()) == (
+            2, f"imc-actors: {name!r} is not USER@DOMAIN (a SIP user and host)")  # fmt: skip
     long = cli("user", "add", "u" * 100 + "@example.org", "--password", "x", *flags)  # not a db error
     assert (long.returncode, long.stderr.strip()) == (2, "imc-actors: user and domain may have at most 64 characters each")
 

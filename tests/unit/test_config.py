@@ -132,6 +132,15 @@ def test_unknown_key_in_file_is_refused(tmp_path):
         Config.from_sources(str(path), environ={})
 
 
+@pytest.mark.parametrize("data", [b'node = "\xff"\n', b"\xff\xfe = 1\n"])
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path, data):
+    # was: a UnicodeDecodeError traceback from every subcommand
+    path = tmp_path / "imc.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        Config.from_sources(str(path), environ={})
+
+
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         Config.from_sources(str(tmp_path / "absent.toml"), environ={})
