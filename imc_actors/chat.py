@@ -52,7 +52,7 @@ from typing import TextIO
 
 import trio
 
-from .config import ListenAddress
+from .config import ListenAddress, is_plain_name
 from .imc.commands import CommandError, parse_command, resolve
 from .sip import Request, complete_argument, new_call_id, split_uri
 from .sip.digest import ALGORITHMS, Challenge, DigestError, authorization, parse_challenge
@@ -164,6 +164,8 @@ class ChatClient:
         self.local = _local_address(options.local) if options.local is not None else None
         if len(options.command_char) != 1 or options.command_char.isspace():
             raise ChatError("invalid --command-char: must be one non-space character")
+        if not is_plain_name(options.manager_user):  # as the server's manager_user must be
+            raise ChatError(f"invalid --manager-user: not a plain name: {options.manager_user!r}")
         if not options.wait >= 0 or not math.isfinite(options.wait):
             raise ChatError("invalid --wait: must be a number of seconds, 0 or more")
         try:

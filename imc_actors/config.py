@@ -375,6 +375,12 @@ class Config:
         scheme = self.db_url.split(":", 1)[0].lower()
         if scheme not in ("sqlite", "postgresql", "postgres", "mysql"):
             raise ConfigError("db_url", f"unsupported scheme {scheme!r} (sqlite, postgresql, mysql)")
+        from .store.urls import DatabaseURL
+
+        try:  # a bad port or option is a bad setting (exit 2), not a failed start
+            DatabaseURL.parse(self.db_url)
+        except ValueError as exc:
+            raise ConfigError("db_url", str(exc)) from None
         self._require_positive(
             "pending_ttl", "delivery_window", "delivery_burst", "delivery_member_queue", "delivery_queue", "max_deliveries",
             "max_contacts", "max_aors", "delivery_queue_bytes", "pending_total_max",
@@ -401,7 +407,7 @@ class Config:
         self._require_positive("history_lines_max")
         for name in (*TABLE_FIELDS, "manager_user"):
             value = getattr(self, name)
-            if not value or not value.replace("_", "").replace("-", "").isalnum():
+            if not is_plain_name(value):
                 raise ConfigError(name, f"not a plain name: {value!r}")
         self._require_positive("max_members", "max_rooms_per_user", "max_rooms", "max_members_total", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "rpc_max_requests")
         if not self.chat_rate >= 0 or math.isinf(self.chat_rate):
@@ -417,6 +423,9 @@ class Config:
                 raise ConfigError(
                     "extra_hdrs", f"{header[1]!r} is a header the server writes itself: {hdr!r}"
                 )
+        if self.identity_header is not None and not re.fullmatch(f"{_TOKEN_CHAR}+", self.identity_header):
+            # was: taken as it came ('a b', 'X:Y', ''), and no header could ever match it
+            raise ConfigError("identity_header", f"not a header name (a SIP token): {self.identity_header!r}")
         if self.outbound_proxy is not None:
             from .registrar import unusable_contact
 
@@ -642,6 +651,11 @@ _FLOAT_FIELDS |= {"pending_retry", "delivery_overdue"}
 #: header name, a colon and a space (or the end). Other commas belong to the value:
 #: ``X-A: a, b, X-B: sip:c@d`` is ``X-A: a, b`` and ``X-B: sip:c@d``.
 #: A character of a SIP token (RFC 3261 §25.1), as in a header name.
+def is_plain_name(value: str) -> bool:
+    """Letters, digits, ``_`` and ``-`` only, at least one: a table name or ``manager_user``."""
+    return bool(value) and value.replace("_", "").replace("-", "").isalnum()
+
+
 _TOKEN_CHAR = r"[A-Za-z0-9!%'*+\-.^_`|~]"
 _NEXT_HEADER = re.compile(rf"\n|,(?=[ \t]*[A-Za-z]{_TOKEN_CHAR}*[ \t]*:(?:[ \t]|$))")
 

@@ -79,11 +79,14 @@ class DatabaseURL:
                 f"{redact(url)!r}; use sqlite:///path, postgresql://… or mysql://…"
             )
         # playhouse.db_url does the splitting; we choose the class and the driver options.
-        params: dict[str, Any] = pw_db_url.parse(
-            url.replace(parts.scheme + ":", scheme + ":", 1),
-            unquote_password=True,
-            unquote_user=True,
-        )
+        try:
+            params: dict[str, Any] = pw_db_url.parse(
+                url.replace(parts.scheme + ":", scheme + ":", 1),
+                unquote_password=True,
+                unquote_user=True,
+            )
+        except ValueError as exc:  # urllib's: "Port out of range 0-65535", …
+            raise ValueError(f"{redact(url)!r}: {exc}") from None
         database = str(params.pop("database", "") or "")
         if "passwd" in params:  # playhouse spells it the MySQLdb way; PyMySQL wants "password"
             params["password"] = params.pop("passwd")

@@ -242,6 +242,11 @@ async def test_a_server_that_refuses_registration_stops_the_client(tmp_path):
             ["alice@127.0.0.1", "--local", "::1"],
             "imc-actors: invalid --local: ::1 cannot reach the server at 127.0.0.1",
         ),
+        *(  # was: accepted, then every command got 400 Malformed start line, exit 0
+            (["alice@127.0.0.1", "--manager-user", given],
+             f"imc-actors: invalid --manager-user: not a plain name: {given!r}")
+            for given in ("a b", "", "imc@manager")
+        ),
     ],
 )
 def test_bad_arguments_exit_2(args, message):

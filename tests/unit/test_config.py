@@ -41,6 +41,11 @@ def test_precedence_file_then_environment_then_flags(tmp_path):
         ({"IMC_LISTEN": "udp:127.0.0.1:99999"}, "listen"),
         ({"IMC_TRUSTED_SOURCES": "10.0.0.0/33"}, "trusted_sources"),
         ({"IMC_DB_URL": "oracle://x"}, "db_url"),
+        # were "cannot start: Port out of range 0-65535" (exit 1), naming no setting
+        ({"IMC_DB_URL": "postgresql://postgres@127.0.0.1:99999/test"}, "db_url"),
+        ({"IMC_DB_URL": "mysql://root@127.0.0.1:x/test"}, "db_url"),
+        ({"IMC_DB_URL": "sqlite:///x.db?mode=memory"}, "db_url"),
+        ({"IMC_DB_URL": "postgresql://postgres@127.0.0.1"}, "db_url"),  # no database
         ({"IMC_IMC_CMD_START_CHAR": " "}, "imc_cmd_start_char"),
         ({"IMC_EXTRA_HDRS": "NoColon"}, "extra_hdrs"),
         *(({"IMC_DOMAINS": bad}, "domains") for bad in ("a b", "a@b", "ex;x=1", "ex:5060")),
@@ -139,6 +144,15 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path, data):
     path.write_bytes(data)
     with pytest.raises(ConfigError, match="not UTF-8"):
         Config.from_sources(str(path), environ={})
+
+
+@pytest.mark.parametrize("value", ["a b", "X:Y", "P-Asserted-Identity:", "Ünicode"])
+def test_an_identity_header_that_is_no_header_name_is_refused(value):
+    # was: accepted, and every MESSAGE from a trusted source then got 403 "No Valid a b"
+    with pytest.raises(ConfigError, match="identity_header"):
+        Config.from_sources(environ={"IMC_IDENTITY_HEADER": value, "IMC_TRUSTED_SOURCES": "127.0.0.0/8"})
+    ok = Config.from_sources(environ={"IMC_IDENTITY_HEADER": "P-Asserted-Identity"})
+    assert ok.identity_header == "P-Asserted-Identity"
 
 
 def test_missing_file_is_a_config_error(tmp_path):
