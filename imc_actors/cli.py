@@ -496,6 +496,19 @@ def _printing(run: Callable[[], int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``imc-actors`` command; its exit code. Ctrl-C at any moment (also while a
+    subcommand is still importing what it needs) ends it with 130 and no traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+#: Exit code after Ctrl-C (SIGINT): what a shell reports for a command it killed (128 + 2).
+EXIT_INTERRUPTED = 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("rooms", "members", "nodes", "rpc"):
         return _printing(lambda: _client(args))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import trio
 
 from tests.support.serve import serve_process
@@ -205,3 +206,24 @@ async def test_a_second_server_on_the_same_database_stops_with_one_line_naming_t
         await running.kill()  # kill -9: the kernel lets the lock go with the process
     async with serve_process(db_url) as again:
         assert await again.terminate() == 0
+
+
+@pytest.mark.parametrize("delay", [0.001, 0.01, 0.05])
+def test_ctrl_c_while_serve_is_still_starting_exits_130_without_a_traceback(tmp_path, delay):
+    # a tour: Ctrl-C 0.8 s after `serve --workers 2` printed a traceback from the import in
+    # _serve_workers (exit -2). SIGINT arrives here from a timer set just before main() runs,
+    # so at some point of the start: wherever it lands, it must end the same way.
+    script = (
+        "import os, signal, sys\n"
+        "from imc_actors.cli import main\n"
+        "signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))\n"
+        f"signal.setitimer(signal.ITIMER_REAL, {delay})\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "serve", "--workers", "2", "--listen", "udp:127.0.0.83:0",
+         "--db-url", f"sqlite:///{tmp_path}/imc.db"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 130, (done.returncode, done.stderr)
