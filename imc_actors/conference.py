@@ -828,13 +828,16 @@ class Conference:
         return _Refuse(503, texts.sending_too_fast(seconds), seconds)
 
     async def administer(
-        self, room_uri: str, action: str, user: str | None = None, reason: str = ""
-    ) -> Answer:
+        self, room_uri: str, action: str, user: str | None = None, reason: str = "", *,
+        forwarded: bool = False,
+    ) -> Answer:  # fmt: skip
         """A management action on the room at ``room_uri``: ``destroy``, ``kick`` or ``ban``
         ``user`` (completed as a command argument against the room's domain; ``*@domain`` bans
         a domain) with ``reason``. Carried out by the room's actor like a command, so it is
         durable before this returns. The answer's ``body`` is the ``***`` text of a refusal
-        (404 no such room, 400 bad user, 403/404 from the room). Checkpoints."""
+        (404 no such room, 400 bad user, 403/404 from the room). A room another node holds:
+        the action is handed to that node (``forward``, issue 13) unless it was ``forwarded``
+        here already, else 503 naming that node. Checkpoints."""
         self._check_open()
         if action not in ("destroy", "kick", "ban"):
             raise ValueError(f"unknown action {action!r}")
@@ -852,7 +855,8 @@ class Conference:
         for _ in range(4):
             refused = await self._claim(key)  # a room of a dead node is taken over first
             if refused is _HELD_ELSEWHERE:
-                return await self._held_by(key)
+                handed = None if forwarded else await self._admin_elsewhere(key, action, target, op.reason)
+                return handed if handed is not None else await self._held_by(key)
             if refused is not None:
                 return Answer(
                     refused.code, reason_phrase(refused.code), retry_after=refused.retry_after
@@ -864,6 +868,24 @@ class Conference:
             if answer.code != RETRY:
                 return answer
         return Answer(503, reason_phrase(503), retry_after=1)
+
+    async def _admin_elsewhere(
+        self, key: str, action: str, user: str | None, reason: str
+    ) -> Answer | None:
+        """The answer of the node holding the room ``key`` to a management action handed to it
+        (``forward.admin``); None when there is no such node or it cannot be reached."""
+        admin = getattr(self.forward, "admin", None)
+        if admin is None or self.store is None:
+            return None
+        try:
+            location = await self.store.read(partial(_locate, key=key))
+        except StoreError as exc:
+            log.warning("room=%s locating its node failed: %s", key, exc)
+            return None
+        if location is None or location.node == self.config.node:
+            return None
+        answer: Answer | None = await admin(f"sip:{key}", action, user, reason, location)
+        return answer
 
     async def _held_by(self, key: str) -> Answer:
         """The answer to a management action for a room another node holds (issue 13): 503

@@ -15,6 +15,12 @@ two headers:
 - ``X-IMC-Request-URI: <uri>``, the original Request-URI (the forwarded one names the owner's
   address).
 
+A management action (``imc.kick``, ``imc.ban``, ``imc.destroy_room`` on a node that does not
+hold the room: the workers of ``serve --workers N`` have one management listener) goes the
+same way with a third header, ``X-IMC-Admin: <action>``, and a JSON body ``{"user": …,
+"reason": …}``; the owner carries it out as its own management interface would and answers
+with the action's code, a refusal's ``***`` text as the reason phrase.
+
 The owner runs the command and does the fan-out itself (its notices go straight to the
 members and to the original sender); the forwarder answers the original sender with the
 owner's final code. It waits at most ``lease_ttl`` seconds for it: an owner that does not
@@ -25,6 +31,7 @@ notice) than left to its own Timer F of 32 seconds, which the forward's would eq
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -32,15 +39,19 @@ import trio
 
 from .actors.supervisor import Answer
 from .config import ListenAddress
+from .sip import reason_phrase
 from .store.nodes import NodeInfo, RoomLocation
 from .transport import SipTransport, Source
 
 log = logging.getLogger("imc_actors.forwarding")
 
-__all__ = ["FORWARDED_BY", "FORWARDED_URI", "Forwarder", "from_node"]
+__all__ = ["FORWARDED_ADMIN", "FORWARDED_BY", "FORWARDED_URI", "Forwarder", "admin_request", "from_node"]
 
 FORWARDED_BY = "X-IMC-Forwarded-By"
 FORWARDED_URI = "X-IMC-Request-URI"
+FORWARDED_ADMIN = "X-IMC-Admin"
+#: The Content-Type of a forwarded management action's body.
+ADMIN_TYPE = "application/json"
 
 
 class Forwarder:
@@ -85,6 +96,51 @@ class Forwarder:
         log.debug("forwarded a MESSAGE for %s to node %s: %d", location.room, location.node, result.code)
         retry_after = self._retry_after if result.code == 503 else None
         return Answer(result.code, result.reason, retry_after=retry_after)
+
+    async def admin(
+        self, room_uri: str, action: str, user: str | None, reason: str, location: RoomLocation
+    ) -> Answer | None:
+        """Hand a management action on ``room_uri`` to ``location``'s node; its answer (a
+        refusal's ``***`` text as the body), or None when the node cannot be reached (as
+        :meth:`__call__`)."""
+        target = _target(location.addresses)
+        if target is None:
+            return None
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        uri = f"sip:{host}:{target.port}" + (";transport=tcp" if target.transport == "tcp" else "")
+        body = json.dumps({"user": user, "reason": reason}).encode()
+        result = None
+        with trio.move_on_after(self._timeout):
+            result = await self._transport.send_request(
+                # From the forwarding node (From one of the rooms would be a loop: 482)
+                "MESSAGE", uri, from_uri=f"sip:{self._node}@{host}", to_uri=room_uri,
+                headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, room_uri), (FORWARDED_ADMIN, action)],
+                body=body, content_type=ADMIN_TYPE, direct=True,
+            )  # fmt: skip
+        self.forwarded += 1
+        if result is None:
+            self.timeouts += 1
+            log.warning("node %s did not answer a %s of %s forwarded to it within %g s",
+                        location.node, action, location.room, self._timeout)  # fmt: skip
+            return None
+        text = result.reason.encode() if result.code >= 300 and result.reason.startswith("*** ") else None
+        retry_after = self._retry_after if result.code == 503 else None
+        return Answer(result.code, reason_phrase(result.code), retry_after=retry_after, body=text)
+
+
+def admin_request(body: bytes) -> tuple[str | None, str] | None:
+    """(user, reason) of a forwarded management action's JSON body, or None when it is not
+    one (a node of another version, or a forged request from a node's address)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    user, reason = data.get("user"), data.get("reason", "")
+    if not (user is None or isinstance(user, str)) or not isinstance(reason, str):
+        return None
+    return user, reason
 
 
 def _target(addresses: tuple[str, ...]) -> ListenAddress | None:

@@ -34,7 +34,14 @@ from .control.fifo import FifoServer
 from .control.http import create_app, serve_http
 from .control.metrics import ServerMetrics, TimedRepository, share_metrics
 from .exits import plain_exits
-from .forwarding import FORWARDED_BY, FORWARDED_URI, Forwarder, from_node
+from .forwarding import (
+    FORWARDED_ADMIN,
+    FORWARDED_BY,
+    FORWARDED_URI,
+    Forwarder,
+    admin_request,
+    from_node,
+)
 from .handoff import Handoff, take_frame
 from .imc import texts
 from .imc.effects import Notice
@@ -282,10 +289,31 @@ class MessageHandler:
                 return Reply(503, None, (("Retry-After", "1"),))
             if not known:
                 return self._not_forwarded(node, source)
+        action = request.header(FORWARDED_ADMIN)
+        if action is not None:
+            return await self._admin_from_node(request, action)
         msg = self._forwarded(request, node)
         if msg is None:
             return Reply(400, INVALID_URI_REASON)
         return await self._handle(msg, self.conference.hold())
+
+    async def _admin_from_node(self, request: Request, action: str) -> Reply:
+        """A management action another node handed over (``X-IMC-Admin``): carried out here
+        as this node's own management interface would, never handed on again; the answer's
+        ``***`` text, if any, is the reason phrase."""
+        parsed = admin_request(request.body)
+        room_uri = request.header(FORWARDED_URI) or ""
+        if parsed is None or action not in ("destroy", "kick", "ban"):
+            await trio.lowlevel.checkpoint()
+            return Reply(400, "Bad Management Action")
+        user, reason = parsed
+        try:
+            answer = await self.conference.administer(room_uri, action, user, reason, forwarded=True)
+        except ValueError:  # no room URI
+            return Reply(400, INVALID_URI_REASON)
+        text = (answer.body or b"").decode("utf-8", "replace")
+        phrase = texts.shown(text) if answer.code >= 300 and text.startswith("*** ") else None
+        return Reply(answer.code, phrase, _reply_of(answer).headers)
 
     def _may_forward(self, node: str) -> bool:
         """False when no node may forward to this server: it has no ``node`` of its own, or
@@ -338,6 +366,8 @@ class MessageHandler:
             # names its source; else a task reads the table again (or refuses it)
             if not self._may_forward(node) or not self._forwarded_by_node(node, source):
                 return False
+            if request.header(FORWARDED_ADMIN) is not None:
+                return False  # a management action: a task carries it out
             forwarded = self._forwarded(request, node)
             return forwarded is not None and self._start(forwarded, respond, None)
         msg = self._incoming(request, identity)

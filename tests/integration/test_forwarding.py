@@ -80,3 +80,32 @@ async def test_forged_forwarded_by_headers_cost_no_read_each(nursery, tmp_path, 
             assert parse(await mallory.recv_raw()).code == 403
         assert len(reads) == before
         mallory.close()
+
+
+async def test_a_forged_management_action_is_refused_and_changes_nothing(nursery, tmp_path) -> None:
+    # X-IMC-Admin (an imc.kick/ban/destroy_room another node hands over) is taken only from a
+    # node's own address, as a forwarded MESSAGE is
+    from imc_actors.conference import IncomingMessage
+    from imc_actors.server import open_server
+    from imc_actors.sip import parse
+    from tests.integration.conftest import DOMAIN, MANAGER, make_config
+    from tests.support import TestUA
+
+    async with open_server(make_config(tmp_path, node="n1")) as server:
+        room = f"sip:chat@{DOMAIN}"
+        made = await server.conference.handle(
+            IncomingMessage(MANAGER, f"sip:alice@{DOMAIN}", b"#create chat", None, "c1")
+        )
+        assert made.code == 200
+        address = next((a.host, a.port) for a in server.addresses if a.transport == "udp")
+        mallory = await TestUA.open(nursery, "mallory", DOMAIN, address)
+        forged = mallory.build(
+            "MESSAGE", room, body=b'{"user": null, "reason": ""}', content_type="application/json",
+            headers=[("X-IMC-Forwarded-By", "n2"), ("X-IMC-Request-URI", room), ("X-IMC-Admin", "destroy")],
+        )  # fmt: skip
+        await mallory.send_raw(forged)
+        with trio.fail_after(10):  # safety net only
+            answer = parse(await mallory.recv_raw())
+        assert (answer.code, answer.reason) == (403, "Not Forwarded By A Known Node")
+        assert server.conference.room(room) is not None  # still there
+        mallory.close()

@@ -132,11 +132,15 @@ async def test_every_node_shows_every_room_of_the_cluster_and_the_nodes(
             f"tcp:{a.tcp[0]}:{a.tcp[1]}",
         ]
         assert 0 <= nodes["a"]["age"] < 1.5
-        # a write on b for a's room: refused, naming the node that can do it
-        refused = await call(b_url, "imc.kick", [CHAT, "bob"])
-        assert refused["error"] == {
-            "code": 503, "message": "Room is held by node a; send the request to that node"
-        }  # fmt: skip
+        # a write on b for a's room: handed to a, which carries it out (was: refused, 503
+        # naming node a, which left the workers of serve --workers N no way to moderate the
+        # rooms of any worker but the one with the management listener)
+        refused = await call(b_url, "imc.kick", [CHAT, "bob"])  # a's room answers: no member
+        assert refused["error"]["code"] == 404 and "bob" in refused["error"]["message"], refused
+        banned = await call(b_url, "imc.ban", [CHAT, "mallory", "spam"])
+        assert banned["result"]["room"] == CHAT, banned
+        info = await call(a_url, "imc.ban", [CHAT, "mallory"])  # a has it: banned already
+        assert info["error"] == {"code": 403, "message": "[mallory] is banned from this room already"}
         assert (await call(a_url, "imc.destroy_room", [SECRET]))["result"]["destroyed"] is True
         listed = (await call(b_url, "imc.list_rooms"))["result"]  # cluster_view_age = 0
         assert [r["room"] for r in listed] == [CHAT]
