@@ -400,11 +400,8 @@ def _db(config: Config, action: str) -> int:
     try:
         repository = repository_of(config)
         if action == "init":
-            repository.init_schema()
-            tables = [getattr(config, name) for name in TABLE_FIELDS]
-            print(f"{PROG}: tables {', '.join(tables)} ready")
-            return 0
-        problems = repository.check_schema()
+            repository.init_schema()  # creates what is absent, leaves what is there as it is
+        problems = repository.check_schema()  # so after init too: a table that is there may not fit
     except StoreError as exc:
         print(f"{PROG}: db_url: {exc}", file=sys.stderr)
         return 1
@@ -412,7 +409,11 @@ def _db(config: Config, action: str) -> int:
         for problem in problems:
             print(f"{PROG}: {problem}", file=sys.stderr)
         return 1
-    print(f"{PROG}: database fits")
+    if action == "init":
+        tables = [getattr(config, name) for name in TABLE_FIELDS]
+        print(f"{PROG}: tables {', '.join(tables)} ready")
+    else:
+        print(f"{PROG}: database fits")
     return 0
 
 

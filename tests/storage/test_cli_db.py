@@ -39,3 +39,16 @@ def test_db_check_on_an_unreachable_server_names_db_url() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("imc-actors: db_url:"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_db_init_on_a_table_that_does_not_fit_says_so(db_url: str, tables: Tables) -> None:
+    # was: "tables ... ready", exit 0, over a rooms table without its flag column (serve then
+    # could not start: "no such column: t1.flag")
+    flags = ["--db-url", db_url, *tables.flags()]
+    assert cli("db", "init", *flags).returncode == 0
+    with tables.repository(db_url) as repository:
+        repository._db.execute_sql(f"ALTER TABLE {tables.rooms} DROP COLUMN flag")
+    again = cli("db", "init", *flags)
+    assert again.returncode == 1, again
+    assert "ready" not in again.stdout
+    assert f"table {tables.rooms} has no column flag" in again.stderr, again.stderr
