@@ -50,6 +50,16 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 
 
+def _not_a_file(path: str) -> str:
+    """Why ``path`` is no PEM file to read: it is not there, or it is a directory (or other
+    non-file)."""
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a PEM file"
+    if os.path.exists(path):
+        return f"{path} is not a regular file"
+    return f"no such file: {path}"
+
+
 class TlsSetupError(ValueError):
     """A TLS file or setting that cannot be used: ``param`` names it, ``why`` says why."""
 
@@ -64,7 +74,7 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     key ``key`` (PEM files), TLS 1.2 or later, no client certificate asked for."""
     for param, path in (("tls_cert", cert), ("tls_key", key)):
         if not os.path.isfile(path):
-            raise TlsSetupError(param, f"no such file: {path}")
+            raise TlsSetupError(param, _not_a_file(path))
         if not os.access(path, os.R_OK):
             raise TlsSetupError(param, f"cannot read {path}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -91,7 +101,7 @@ def client_context(ca: str | None = None, verify: bool = True) -> ssl.SSLContext
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
         if not os.path.isfile(ca):
-            raise TlsSetupError("tls_ca", f"no such file: {ca}")
+            raise TlsSetupError("tls_ca", _not_a_file(ca))
         try:
             context.load_verify_locations(cafile=ca)
         except (ssl.SSLError, OSError) as exc:

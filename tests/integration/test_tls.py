@@ -244,6 +244,8 @@ def test_a_tls_listen_address_needs_a_certificate_and_key(tmp_path, tls):
         make_config(tmp_path, listen=["tls:127.0.0.1:0"])
     with pytest.raises(ConfigError, match="invalid tls_key: no such file: /nonexistent.key"):
         make_config(tmp_path, listen=["tls:127.0.0.1:0"], tls_cert=tls.cert, tls_key="/nonexistent.key")
+    with pytest.raises(ConfigError, match=f"invalid tls_cert: {tmp_path} is a directory, not a PEM file"):
+        make_config(tmp_path, listen=["tls:127.0.0.1:0"], tls_cert=str(tmp_path), tls_key=tls.key)  # was: "no such file"
     with pytest.raises(ConfigError, match="invalid tls_cert: .* are not a PEM certificate"):
         make_config(tmp_path, listen=["tls:127.0.0.1:0"], tls_cert=tls.ca, tls_key=tls.key)
     with pytest.raises(ConfigError, match="invalid tls_ca: .* holds no PEM CA certificate"):
