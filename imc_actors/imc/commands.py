@@ -245,8 +245,8 @@ def resolve(
     else:
         room_uri = _complete_or_400(room_arg, ruri_host)
         room_name, _, room_domain = room_uri[4:].partition("@")
-        if room_name.lower() == manager:
-            raise CommandError(400, texts.invalid_address(room_arg))
+        if room_name.lower() == manager:  # was "Invalid address", though it is a valid one
+            raise CommandError(400, texts.manager_is_no_room(room_arg))
         too_long = 400
     if not USER_SAFE.issuperset(room_name):
         raise CommandError(400, texts.invalid_room_name(room_name))

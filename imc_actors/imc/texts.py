@@ -51,6 +51,7 @@ __all__ = [
     "has_left",
     "help_text",
     "invalid_address",
+    "manager_is_no_room",
     "invalid_command",
     "invalid_room_name",
     "invitation",
@@ -173,6 +174,12 @@ NOT_THE_AUTHENTICATED_USER = "*** You are signed in as {user}: you cannot send a
 def invalid_address(arg: str) -> str:
     """An argument that does not parse as a SIP URI."""
     return f"*** Invalid address '{shown(arg)}'"
+
+
+def manager_is_no_room(arg: str) -> str:
+    """A room argument that names the manager (``#create imc-manager``): a valid address, but
+    the manager's own, which no room can have."""
+    return f"*** '{shown(arg)}' is the manager's address, not a room"
 
 
 def invalid_room_name(name: str) -> str:

@@ -125,7 +125,7 @@ async def test_escaped_arguments_name_what_the_request_uri_names(ua, server):
     await expect(bob, "*** [bob] has joined the room", sender=ROOM)
 
     assert (await bob.message(MANAGER, "#create imc%2Dmanager")).code == 400
-    await expect(bob, "*** Invalid address 'imc%2Dmanager'", sender=MANAGER)
+    await expect(bob, "*** 'imc%2Dmanager' is the manager's address, not a room", sender=MANAGER)
     assert (await bob.message(MANAGER, "#create a%20b")).code == 400
     await expect(bob, f"*** Invalid room name 'a%20b' {INVALID_NAME}", sender=MANAGER)
     assert (await bob.message(f"sip:a%40b@{DOMAIN}", "#create")).code == 400

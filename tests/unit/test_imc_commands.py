@@ -308,8 +308,9 @@ def test_target_room_uri() -> None:
         (b"#modify bob admin room@", 400, "*** Invalid address 'room@'"),
         (b"#create tel:1", 400, "*** Invalid address 'tel:1'"),
         # the manager is not a room, even when named as an argument
-        (b"#join imc-manager", 400, "*** Invalid address 'imc-manager'"),
-        (b"#create IMC-Manager@example.com", 400, "*** Invalid address 'IMC-Manager@example.com'"),
+        (b"#join imc-manager", 400, "*** 'imc-manager' is the manager's address, not a room"),
+        (b"#create IMC-Manager", 400, "*** 'IMC-Manager' is the manager's address, not a room"),
+        (b"#create IMC-Manager@example.com", 400, "*** 'IMC-Manager@example.com' is the manager's address, not a room"),
         # the sender's own control characters are echoed escaped, never as themselves
         (b"#create a\x01b", 400, "*** Invalid address 'a\\x01b'"),
         (b"#invite bob\x1b[2J", 400, "*** Invalid address 'bob\\x1b[2J'"),
@@ -393,8 +394,8 @@ def test_arguments_are_unescaped_like_the_request_uri(body: bytes, target: Targe
 @pytest.mark.parametrize(
     ("body", "ruri_user", "text"),
     [
-        (b"#create imc%2Dmanager", "chat", "*** Invalid address 'imc%2Dmanager'"),
-        (b"#join IMC%2dmanager@example.com", "chat", "*** Invalid address 'IMC%2dmanager@example.com'"),
+        (b"#create imc%2Dmanager", "chat", "*** 'imc%2Dmanager' is the manager's address, not a room"),
+        (b"#join IMC%2dmanager@example.com", "chat", "*** 'IMC%2dmanager@example.com' is the manager's address, not a room"),
         (b"#create a%20b", "chat", "*** Invalid room name 'a%20b' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
         (b"#create a%40b", "chat", "*** Invalid room name 'a%40b' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
         (b"#join r%3Bx", "chat", "*** Invalid room name 'r%3Bx' (letters, digits and - _ . ! ~ * ' ( ) & = + $ , only)"),
