@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import trio
 
 from imc_actors.sip.message import Request
 from imc_actors.sip.parse import parse
 from tests.support import TestUA
-from tests.support.dns import a_answer, can_unshare_resolv, resolv_wrapper
+from tests.support.dns import a_answer, needs_own_resolv, resolv_wrapper
 from tests.support.serve import serve_process
 
 NAME_SERVER = ("127.0.0.76", 53)
@@ -27,9 +26,7 @@ MOVED_TO = "127.0.0.78"
 NAME = "bob.dns-move.example"
 ROOM = "sip:moveroom@127.0.0.1"
 
-pytestmark = pytest.mark.skipif(
-    not can_unshare_resolv(), reason="needs root and unshare -m (a resolv.conf of the server's own)"
-)
+pytestmark = needs_own_resolv
 
 
 async def test_a_contact_name_that_moves_gets_the_next_notice_at_its_new_address(

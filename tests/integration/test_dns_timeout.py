@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 import trio
 
 from tests.support import TestUA
-from tests.support.dns import can_unshare_resolv, resolv_wrapper
+from tests.support.dns import needs_own_resolv, resolv_wrapper
 from tests.support.serve import serve_process
 
 DEAD_DNS = ("127.0.0.71", 53)
@@ -22,9 +21,7 @@ SERVER_HOST = "127.0.0.72"
 ROOM = "sip:dnsroom@127.0.0.1"
 
 
-pytestmark = pytest.mark.skipif(
-    not can_unshare_resolv(), reason="needs root and unshare -m (a resolv.conf of the server's own)"
-)
+pytestmark = needs_own_resolv
 
 
 async def test_a_name_server_that_never_answers_costs_a_member_dns_timeout_and_nobody_else(

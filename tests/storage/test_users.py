@@ -106,7 +106,7 @@ def test_user_commands(db_url: str, tables: Tables) -> None:
     assert (empty.returncode, empty.stderr.strip()) == (2, "imc-actors: empty password")
     bad = cli("user", "add", "nodomain", "--password", "x", *flags)
     assert (bad.returncode, bad.stderr.strip()) == (2, "imc-actors: 'nodomain' is not USER@DOMAIN")
-    for name in ("\x1b[31mevil@example.org", "a\x01b@example.org"):  # was: stored, listed raw
+    for name in ("\x1b[31mevil@example.org",):  # was: stored, then listed raw
         bad = cli("user", "add", name, "--password", "x", *flags)
         assert (bad.returncode, bad.stderr.strip()) == (
             2, f"imc-actors: {name!r} is not USER@DOMAIN (a SIP user and host)")  # fmt: skip

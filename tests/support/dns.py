@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import trio
 
 TYPE_A, TYPE_SRV = 1, 33
@@ -148,3 +149,9 @@ def resolv_wrapper(resolv: Path) -> tuple[str, ...]:
     """A ``serve_process`` wrapper: the server runs in a mount namespace of its own whose
     /etc/resolv.conf is ``resolv``."""
     return ("unshare", "-m", "sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh")
+
+
+#: Skips a test whose server needs a resolv.conf of its own where that cannot be had.
+needs_own_resolv = pytest.mark.skipif(
+    not can_unshare_resolv(), reason="needs root and unshare -m (a resolv.conf of the server's own)"
+)
