@@ -232,6 +232,10 @@ def pending_counts(models: Models) -> dict[str, int]:
     return dict(counts)
 
 
+def pending_total(models: Models) -> int:
+    return int(models.pending.select().count())
+
+
 def load_pending(models: Models, member: str, limit: int) -> list[PendingRow]:
     pending = models.pending
     user, host = _key(member)

@@ -441,6 +441,10 @@ class Repository:
             "counting the pending notices", lambda: own_tables.pending_counts(self._models)
         )
 
+    def pending_total(self) -> int:
+        """How many notices wait in the table for all members together (one COUNT)."""
+        return self._run("counting the pending notices", lambda: own_tables.pending_total(self._models))
+
     def load_pending(self, member: str, limit: int) -> list[PendingRow]:
         """The oldest ``limit`` notices waiting for ``member`` (``user@host``), oldest first."""
         return self._run(

@@ -36,6 +36,7 @@ def test_pending_rows_come_back_in_order_per_member(repository: Repository) -> N
     repository.apply_batch([pending("alice@example.com", i) for i in range(5)])
     repository.apply_batch([pending("Bob@Example.com", 9)])
     assert repository.pending_counts() == {"alice@example.com": 5, "bob@example.com": 1}
+    assert repository.pending_total() == 6  # one COUNT, for pending_total_max
     rows = repository.load_pending("ALICE@example.com", 3)
     assert [r.body for r in rows] == [b"line 0", b"line 1", b"line 2"]
     first = rows[0]
