@@ -815,10 +815,13 @@ class Repository:
     # -- connection handling ------------------------------------------------------------------
 
     def _run(self, what: str, operation: Callable[[], _T]) -> _T:
-        """Run ``operation``; on a connection error reconnect and retry once; map to StoreError."""
+        """Run ``operation``; on a connection error reconnect and retry once; map to StoreError.
+        One line either way: a WARNING when the retry went through, else the StoreError alone
+        (its caller says it, once: "cannot start: …" at startup)."""
+        first: Exception | None = None
         for attempt in (1, 2):
             try:
-                return operation()
+                result = operation()
             except StoreError:
                 raise
             except Exception as raised:
@@ -827,14 +830,13 @@ class Repository:
                 if _is_connection_error(exc):
                     self._discard_connection()
                 if retry:
-                    log.warning(
-                        "%s on %s failed (%s); reconnecting and retrying once",
-                        what,
-                        self.url,
-                        _describe(exc),
-                    )
+                    first = exc
                     continue
                 raise StoreError(f"{what} failed on {self.url}: {_describe(exc)}") from exc
+            if first is not None:
+                log.warning("%s on %s failed (%s); it went through after reconnecting",
+                            what, self.url, _describe(first))  # fmt: skip
+            return result
         raise AssertionError("unreachable")
 
     def _discard_connection(self) -> None:

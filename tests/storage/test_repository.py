@@ -343,7 +343,7 @@ def test_unwritable_sqlite_path_raises_store_error(tmp_path: Path) -> None:
 
 
 def test_reconnects_after_the_server_dropped_the_connection(
-    repository: Repository, raw_db: peewee.Database, db_url: str
+    repository: Repository, raw_db: peewee.Database, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = engine_of(db_url)
     if engine == "sqlite":
@@ -360,6 +360,9 @@ def test_reconnects_after_the_server_dropped_the_connection(
     (room,) = repository.load_rooms()
     assert member_uris(room) == [("sip:alice@example.org", OWNER)]
     repository.ping()
+    # one line, once it is known to have gone through
+    (line,) = [r.getMessage() for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert line.startswith("writing on ") and line.endswith("it went through after reconnecting")
 
 
 # -- schema -------------------------------------------------------------------------------------
