@@ -393,6 +393,11 @@ class Repository:
         :func:`~imc_actors.store.models.extra_indexes` when the database user may (a failure
         there is logged, not raised: lookups stay correct, only slower).
         """
+        database = self._url.database
+        if self.engine == "sqlite" and not self._url.params.get("uri") and database != ":memory:":
+            folder = os.path.dirname(os.path.abspath(database))
+            if not os.path.isdir(folder):  # SQLite says only "unable to open database file"
+                raise StoreError(f"the folder {folder} of {self.url} does not exist (make it first)")
         self._run("creating the tables", self._init_schema)
         for table, name, sql in extra_indexes(self.engine, self.rooms_table, self.members_table):
             try:

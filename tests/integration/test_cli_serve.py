@@ -144,6 +144,16 @@ def test_a_database_that_cannot_be_reached_stops_startup_with_one_line():
     assert "127.0.0.1:1" in lines[0] or "port 1" in lines[0]
 
 
+def test_an_sqlite_file_in_a_folder_that_does_not_exist_is_named_so(tmp_path):
+    # was: "unable to open database file", after a retry's WARNING
+    result = serve("--listen", "udp:127.0.0.1:0", "--db-url", f"sqlite:///{tmp_path}/absent/imc.db")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imc-actors: cannot start: the folder {tmp_path}/absent of sqlite:///{tmp_path}/absent/imc.db "
+        "does not exist (make it first)"
+    ]
+
+
 def test_an_exposed_listener_without_auth_does_not_start(tmp_path):
     result = serve("--listen", "udp:0.0.0.0:0", "--db-url", f"sqlite:///{tmp_path}/x.db")
     assert result.returncode == 2

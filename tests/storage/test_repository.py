@@ -338,8 +338,11 @@ def test_unreachable_server_raises_store_error() -> None:
 
 
 def test_unwritable_sqlite_path_raises_store_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="unable to open"):
+    with pytest.raises(StoreError, match="missing-dir of sqlite:.* does not exist"):
         Repository(f"sqlite:///{tmp_path / 'missing-dir' / 'imc.db'}").init_schema()
+    (tmp_path / "file").write_text("")  # a folder that is a file: SQLite's own words then
+    with pytest.raises(StoreError, match="does not exist|unable to open"):
+        Repository(f"sqlite:///{tmp_path / 'file' / 'imc.db'}").init_schema()
 
 
 def test_reconnects_after_the_server_dropped_the_connection(
