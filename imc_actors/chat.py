@@ -54,6 +54,7 @@ import trio
 
 from .config import ListenAddress, is_plain_name
 from .imc.commands import CommandError, parse_command, resolve
+from .imc.texts import shown
 from .sip import Request, complete_argument, new_call_id, split_uri
 from .sip.digest import ALGORITHMS, Challenge, DigestError, authorization, parse_challenge
 from .transport import ClientResult, Reply, Responder, SipTransport, Source
@@ -218,8 +219,8 @@ class ChatClient:
             self._last_arrival = trio.current_time()
             label = self.label(request.from_uri)
             text = request.body.decode("utf-8", "replace")
-            for line in text.splitlines() or [""]:
-                self.say(f"[{label}] {line}".rstrip())
+            for line in text.splitlines() or [""]:  # escapes shown, not run by the terminal
+                self.say(f"[{shown(label)}] {shown(line)}".rstrip())
             return Reply(200)
         if request.method == "OPTIONS":
             return Reply(200, headers=ALLOW)

@@ -449,6 +449,8 @@ def _topic(state: RoomState, req: RoomRequest, policy: Policy) -> tuple[RoomStat
     topic = "" if text == "-" else text
     if len(topic) > MAX_TOPIC_LENGTH:
         return _refuse(state, req, 400, texts.topic_too_long(MAX_TOPIC_LENGTH))
+    if not topic.isprintable():  # it is shown to every joiner and in #rooms: no ESC, no BEL
+        return _refuse(state, req, 400, texts.TOPIC_UNPRINTABLE)
     when = int(req.time) if req.time else None
     info = replace(state.info, topic=topic, topic_by=me.uri if topic else "", topic_time=when)
     new = replace(state, info=info)

@@ -98,6 +98,7 @@ __all__ = [
     "HISTORY_UNAVAILABLE",
     "NO_PERMISSION_TOPIC",
     "NO_TOPIC",
+    "TOPIC_UNPRINTABLE",
     "history_count",
     "history_line",
     "paged",
@@ -473,17 +474,23 @@ def history_count(limit: int) -> str:
     return f"*** The number of lines must be from 1 to {limit}"
 
 
+#: ``#topic`` with a control character (an escape sequence, a bell, a line break).
+TOPIC_UNPRINTABLE = "*** A topic may not hold control characters"
+
+
 def topic_too_long(limit: int) -> str:
     return f"*** Topic too long (at most {limit} characters)"
 
 
 def topic_is(topic: str) -> str:
-    """``#topic`` without text, and what a joiner is told when the room has a topic."""
-    return f"*** Topic: {topic}"
+    """``#topic`` without text, and what a joiner is told when the room has a topic (its
+    unprintable characters escaped, as everywhere a topic is shown: one stored before they
+    were refused cannot reach a terminal as itself)."""
+    return f"*** Topic: {shown(topic)}"
 
 
 def topic_set(uri: str, topic: str) -> str:
-    return f"*** {tag(uri)} set the topic: {topic}"
+    return f"*** {tag(uri)} set the topic: {shown(topic)}"
 
 
 def topic_cleared(uri: str) -> str:
@@ -523,7 +530,7 @@ def rooms_not_listed(count: int) -> str:
 
 def room_entry(name: str, topic: str) -> str:
     """One ``#rooms`` line: ``[name]`` (spec §4), with `` - topic`` when the room has one."""
-    return f"[{name}] - {topic}" if topic else f"[{name}]"
+    return f"[{name}] - {shown(topic)}" if topic else f"[{name}]"
 
 
 #: Bytes of tagged owners the ``#info`` Owners line lists before it says how many more there
@@ -554,7 +561,7 @@ def info_text(
     return "\n".join([
         "Info:",
         f"Room: {uri}",
-        f"Topic: {topic}" if topic else "Topic: (none)",
+        f"Topic: {shown(topic)}" if topic else "Topic: (none)",
         f"Type: {'private' if private else 'public'}",
         "Owners: " + _owners(list(owners)),
         f"Members: {members}",

@@ -135,6 +135,23 @@ async def test_two_clients_chat_both_ways_with_the_room_on_each_line(server, nur
     )
 
 
+async def test_escape_sequences_in_what_arrives_are_printed_escaped(server, nursery):
+    # was: a member's line (or a topic) with ESC [2J cleared the other users' terminals
+    alice = await start_chat(nursery, server, "alice")
+    await wait_registered(server, "alice")
+    await alice.send("#create chat")
+    await alice.expect("[chat] *** Room was created")
+    bob = await start_chat(nursery, server, "bob")
+    await wait_registered(server, "bob")
+    await bob.send("#join chat")
+    await bob.expect("[chat] *** [bob] has joined the room")
+    await alice.send("\x1b[2J\x1b[31mboo\x07")
+    await bob.expect("[chat] [alice]: \\x1b[2J\\x1b[31mboo\\x07")
+    assert not any("\x1b" in line for line in bob.lines), bob.lines
+    assert await bob.finish() == 0
+    assert await alice.finish() == 0
+
+
 async def test_refused_lines_show_their_answer_code(server, nursery):
     carol = await start_chat(nursery, server, "carol")
     await carol.send("just text")  # no room selected: nothing is sent

@@ -237,6 +237,9 @@ def test_topic_without_text_shows_it() -> None:
         (state(), DAVE, "#topic mine now", 403, texts.NO_PERMISSION_TOPIC),
         (state(), EVE, "#topic mine now", 403, texts.NO_PERMISSION_TOPIC),
         (state(), ALICE, "#topic " + "x" * 256, 400, texts.topic_too_long(255)),
+        # was: stored, then shown raw to every joiner and in #rooms (a tour cleared terminals)
+        (state(), ALICE, "#topic \x1b[2J\x1b[31mFAKE\x07", 400, texts.TOPIC_UNPRINTABLE),
+        (state(), ALICE, "#topic tab\there", 400, texts.TOPIC_UNPRINTABLE),
         (state(private=True), EVE, "#topic", 403, texts.NOT_A_MEMBER),
         (state(private=True), DAVE, "#topic", 403, texts.NOT_A_MEMBER),
     ],
@@ -245,6 +248,13 @@ def test_topic_refusals(room, sender, body, code, text) -> None:
     new, outcome = run(room, sender, body)
     assert new is room and outcome.code == code and outcome.writes == ()
     assert outcome.notices == (Notice(sender, text.encode(), ROOM),)
+
+
+def test_a_topic_stored_with_control_characters_is_shown_escaped() -> None:
+    # one set before they were refused (or written to the table by hand)
+    _, outcome = run(state(topic="\x1b[2Jhi"), CAROL, "#topic")
+    assert outcome.body == b"*** Topic: \\x1b[2Jhi"
+    assert rooms_reply([state(topic="\x1b[2Jhi")], EVE) == b"Rooms:\n[Chat] - \\x1b[2Jhi"
 
 
 def test_a_topic_of_255_characters_fits() -> None:
