@@ -241,6 +241,9 @@ class Conference:
         #: Hands a MESSAGE for a room another node holds to that node (the server sets it:
         #: :class:`~imc_actors.forwarding.Forwarder`), or None: such a MESSAGE gets 503.
         self.forward: Forward | None = None
+        #: ``is_user("user@host")``: whether that address is a user's (the server's registrar
+        #: has a binding for it); a room of that name is not created. None: not checked.
+        self.is_user: Callable[[str], bool] | None = None
         self._closed = False
         self._claims: dict[str, trio.Event] = {}  # room key -> takeover in progress
         # (sender, room key) -> its requests for a room served elsewhere, in the order they came
@@ -609,6 +612,10 @@ class Conference:
                     homed = await self._at_home(key, name, msg)
                     if homed is not None:
                         return homed
+                    if self.is_user is not None and self.is_user(key):
+                        # a room by that name would take the user's address: every MESSAGE
+                        # from them would look like the room's own coming back (482)
+                        return await self._refuse(403, texts.room_name_is_a_user(name), msg, hold)
                     if self.supervisor.owned(op.sender) >= self._max_rooms:
                         return await self._refuse(403, texts.too_many_rooms(self._max_rooms), msg, hold)
                     if self.supervisor.room_count() >= self.config.max_rooms:

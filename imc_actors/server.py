@@ -389,6 +389,12 @@ class MessageHandler:
         return self.conference.start(msg, answered, hold=hold)
 
 
+def _is_room(conference: Conference, manager: str, aor: str) -> bool:
+    """Whether ``aor`` (``user@host``) is one of the conference's rooms, or the manager."""
+    user, _, host = aor.rpartition("@")
+    return user.lower() == manager or conference.supervisor.lookup(user, host) is not None
+
+
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:
     headers: tuple[tuple[str, str], ...] = ()
     if answer.retry_after is not None:
@@ -637,6 +643,10 @@ async def _open_server(
             conference.delivery.reachable = lambda key: bool(
                 registrar.lookup(key, trio.current_time())
             )
+            # rooms and users share the domain's addresses: no room takes a registered
+            # user's, no user registers a room's or the manager's
+            conference.is_user = conference.delivery.reachable
+            core.is_room = partial(_is_room, conference, config.manager_user.lower())
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:

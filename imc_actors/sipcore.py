@@ -58,6 +58,8 @@ SUPPORTED = "kamailio/imc"
 
 #: An authenticated REGISTER for an address of record that is not the user's own.
 OTHER_AOR = Reply(403, "To Is Not The Authenticated User")
+#: A REGISTER for the address of one of the rooms, or of the manager.
+ROOM_ADDRESS = Reply(403, "Address Is A Room")
 
 
 #: Option tags (RFC 3261 §19.2) a request may ``Require`` of this server: none (it implements
@@ -125,6 +127,9 @@ class SipCore:
         self._aor_locks: dict[str, trio.Lock] = {}
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_sources]
         self.authenticator = authenticator
+        #: ``is_room("user@host")``: that address is a room's or the manager's, so no user
+        #: may REGISTER it (403 Address Is A Room). Set by the server; None: not checked.
+        self.is_room: Callable[[str], bool] | None = None
         self._auth_methods = {"off": (), "register": ("REGISTER",), "all": ("REGISTER", "MESSAGE")}[
             config.auth_mode
         ]
@@ -166,6 +171,17 @@ class SipCore:
         except ValueError:
             return Reply(403, f"No Valid {name}")
 
+    def _room_address(self, request: Request) -> Reply | None:
+        """403 for a REGISTER of a room's address (or the manager's): a user there could
+        never be told apart from the room (``is_room``; None: not checked)."""
+        if self.is_room is None:
+            return None
+        try:
+            aor = aor_key(request.to_uri)
+        except ValueError:
+            return None  # the registrar answers that one
+        return ROOM_ADDRESS if self.is_room(aor) else None
+
     def start(self, request: Request, source: Source, respond: Responder) -> bool:
         """The transport's task-free path (:class:`~imc_actors.transport.StartHandler`):
         REGISTER is answered at once, a MESSAGE goes to the message handler's own ``start``
@@ -186,6 +202,10 @@ class SipCore:
         if method == "REGISTER":
             if self.registrar is None:
                 return False
+            refused = self._room_address(request)
+            if refused is not None:
+                respond(refused)
+                return True
             planned = self.registrar.plan(request, self.clock())
             if isinstance(planned, Update):
                 if self.commit is not None:
@@ -278,6 +298,9 @@ class SipCore:
                 ),
             )
         if method == "REGISTER" and self.registrar is not None:
+            refused = self._room_address(request)
+            if refused is not None:
+                return refused
             return await self._register(self.registrar, request, source)
         if method == "CANCEL":
             return Reply(481, "Call/Transaction Does Not Exist")

@@ -52,6 +52,7 @@ __all__ = [
     "help_text",
     "invalid_address",
     "manager_is_no_room",
+    "room_name_is_a_user",
     "invalid_command",
     "invalid_room_name",
     "invitation",
@@ -175,6 +176,12 @@ NOT_THE_AUTHENTICATED_USER = "*** You are signed in as {user}: you cannot send a
 def invalid_address(arg: str) -> str:
     """An argument that does not parse as a SIP URI."""
     return f"*** Invalid address '{shown(arg)}'"
+
+
+def room_name_is_a_user(name: str) -> str:
+    """``#create <name>`` where ``<name>@<domain>`` is a registered user's address: a room
+    there would take it over (rooms and users share the domain's addresses)."""
+    return f"*** '{shown(name)}' is a user's address here; choose another room name"
 
 
 def manager_is_no_room(arg: str) -> str:

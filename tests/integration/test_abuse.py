@@ -143,3 +143,21 @@ async def test_escaped_arguments_name_what_the_request_uri_names(ua, server):
     ]
     # Management reads the same spelling (imc.list_members, the MI FIFO, the status page).
     assert find_room(server.conference, f"sip:%63hat@{DOMAIN}").uri == ROOM
+
+
+async def test_rooms_and_users_cannot_take_each_others_address(ua, server):
+    # a tour: mallory's "#create victim" made every later MESSAGE from the user victim a 482
+    # Loop Detected (From one of our rooms), with no notice: a lock-out of any user
+    victim = await ua("victim")
+    mallory = await ua("mallory")
+    assert (await mallory.message(MANAGER, "#create victim")).code == 403
+    await expect(mallory, "*** 'victim' is a user's address here; choose another room name", sender=MANAGER)
+    assert (await victim.message(MANAGER, "#create own")).code == 200  # victim still works
+    await expect(victim, "*** Room was created", sender=f"sip:own@{DOMAIN}")
+    # and the other way round: no user registers a room's address, or the manager's
+    squatter = await ua("own", register=False)
+    reply = await squatter.register()
+    assert (reply.code, reply.reason) == (403, "Address Is A Room")
+    manager = await ua("imc-manager", register=False)
+    assert (await manager.register()).code == 403
+    assert (await victim.message(f"sip:own@{DOMAIN}", "still the room")).code == 202
