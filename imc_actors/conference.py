@@ -40,7 +40,7 @@ from .imc.room import (
     rooms_pages,
 )
 from .imc.room import apply as room_apply
-from .imc.state import RoomState
+from .imc.state import RoomState, member_key
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import canonical, reason_phrase, split_user_host
 from .store.instance import CHECK_INTERVAL, LockLost, ServingLock, serving_lock
@@ -571,12 +571,23 @@ class Conference:
         assert target.room_name is not None and target.room_domain is not None
         if target.room_domain.lower() not in self._domains or target.room_name.lower() == self._manager:
             return _Refuse(404, texts.ROOM_NOT_FOUND)
+        if command.name in ("invite", "add") and target.user is not None and self._is_room_address(target.user):
+            # a room (or the manager) as a member: its notices could never be delivered, and
+            # a room that owns itself can be managed by no one
+            return _Refuse(400, texts.address_is_no_user(target.user))
         op = RoomRequest(
             sender, command, target, msg.body, msg.content_type, msg.call_id, time.time()
         )
         creates = command.name == "create" or (command.name == "join" and self._create_on_join)
         private = target.private if command.name == "create" else False
         return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
+
+    def _is_room_address(self, uri: str) -> bool:
+        """Whether ``uri`` (``sip:user@host``) is one of this server's rooms, or its manager."""
+        user, _, host = member_key(uri).rpartition("@")
+        if host not in self._domains:
+            return False
+        return user == self._manager or self.supervisor.lookup(user, host) is not None
 
     async def _to_room(
         self,

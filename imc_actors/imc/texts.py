@@ -53,6 +53,7 @@ __all__ = [
     "invalid_address",
     "manager_is_no_room",
     "room_name_is_a_user",
+    "address_is_no_user",
     "invalid_command",
     "invalid_room_name",
     "invitation",
@@ -176,6 +177,11 @@ NOT_THE_AUTHENTICATED_USER = "*** You are signed in as {user}: you cannot send a
 def invalid_address(arg: str) -> str:
     """An argument that does not parse as a SIP URI."""
     return f"*** Invalid address '{shown(arg)}'"
+
+
+def address_is_no_user(uri: str) -> str:
+    """``#invite``/``#add`` of a room's address (this room's own too) or the manager's."""
+    return f"*** {tag(uri)} is a room's address here, not a user's"
 
 
 def room_name_is_a_user(name: str) -> str:

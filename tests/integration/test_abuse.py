@@ -161,3 +161,20 @@ async def test_rooms_and_users_cannot_take_each_others_address(ua, server):
     manager = await ua("imc-manager", register=False)
     assert (await manager.register()).code == 403
     assert (await victim.message(f"sip:own@{DOMAIN}", "still the room")).code == 202
+
+
+async def test_a_room_or_the_manager_cannot_be_made_a_member(ua, server):
+    # a tour: "#add r12" in r12 and "#add imc-manager" were 200, "#modify r12 owner" made the
+    # room its own owner, and once the real owner left nobody could manage it
+    alice = await ua("alice")
+    assert (await alice.message(MANAGER, "#create r12")).code == 200
+    await expect(alice, "*** Room was created", sender=f"sip:r12@{DOMAIN}")
+    assert (await alice.message(MANAGER, "#create other")).code == 200
+    await expect(alice, "*** Room was created", sender=f"sip:other@{DOMAIN}")
+    room = f"sip:r12@{DOMAIN}"
+    for command, name in (("#add r12", "r12"), ("#add imc-manager", "imc-manager"),
+                          ("#invite other", "other"), ("#add OTHER", "OTHER")):  # fmt: skip
+        assert (await alice.message(room, command)).code == 400, command
+        await expect(alice, f"*** [{name}] is a room's address here, not a user's", sender=room)
+    state = server.conference.room(room)
+    assert state is not None and [m.uri for m in state.members] == [f"sip:alice@{DOMAIN}"]
