@@ -427,7 +427,7 @@ def too_many_bans(limit: int) -> str:
 def room_full(limit: int) -> str:
     """A join, invitation or addition beyond the room's member limit (every listed entry,
     pending invitations included, counts)."""
-    return f"*** The room is full (at most {limit} members)"
+    return f"*** The room is full (at most {limit} member{'' if limit == 1 else 's'})"
 
 
 def too_many_rooms(limit: int) -> str:

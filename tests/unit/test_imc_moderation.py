@@ -281,6 +281,12 @@ def test_limit_lowers_the_rooms_own_limit() -> None:
     assert outcome.body == texts.limit_is(3).encode()
 
 
+def test_a_room_full_at_one_says_member() -> None:
+    # was "at most 1 members", where #limit itself says "1 member"
+    assert texts.room_full(1) == "*** The room is full (at most 1 member)"
+    assert texts.room_full(2) == "*** The room is full (at most 2 members)"
+
+
 def test_limit_refusals() -> None:
     policy = Policy(max_members=10)
     for sender, body, code, text in (
