@@ -199,15 +199,15 @@ def room_info(state: RoomState) -> dict[str, object]:
 
 
 def history_lines(lines: list[HistoryLine]) -> list[dict[str, object]]:
-    """Archived lines as ``{"seq", "sender", "time", "content_type", "body"}`` (body as text,
-    undecodable bytes replaced)."""
+    """Archived lines as ``{"seq", "sender", "time", "content_type", "body"}`` (body as text in
+    its declared charset, undecodable bytes replaced: :attr:`HistoryLine.text`)."""
     return [
         {
             "seq": line.seq,
             "sender": line.sender,
             "time": line.time,
             "content_type": line.content_type,
-            "body": line.body.decode("utf-8", "replace"),
+            "body": line.text,
         }
         for line in lines
     ]

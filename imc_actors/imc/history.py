@@ -16,6 +16,7 @@ first) when an :class:`~imc_actors.imc.effects.Outcome` asks for it with a
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,25 @@ class HistoryLine:
     content_type: str | None
     body: bytes
 
+    @property
+    def text(self) -> str:
+        """``body`` as text: in the ``charset`` its Content-Type names (``text/plain;
+        charset=iso-8859-1``), UTF-8 when it names none or one Python does not know;
+        undecodable bytes replaced."""
+        return self.body.decode(_charset(self.content_type), "replace")
+
+
+def _charset(content_type: str | None) -> str:
+    """The codec of ``content_type``'s ``charset`` parameter, or ``utf-8``."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            try:
+                return codecs.lookup(value.strip().strip('"')).name
+            except LookupError:
+                break
+    return "utf-8"
+
 
 def replay(query: HistoryQuery, lines: Sequence[HistoryLine], room_uri: str) -> list[Notice]:
     """One relay-like notice per line for ``query.to``, each dated with its line's time."""
@@ -60,7 +80,7 @@ def pages(lines: Sequence[HistoryLine]) -> list[bytes]:
     """The ``#history`` pages for ``lines`` (oldest first), or the one "empty" notice."""
     if not lines:
         return [texts.HISTORY_EMPTY.encode()]
-    shown = [texts.history_line(line.sender, line.time, line.body.decode("utf-8", "replace")) for line in lines]
+    shown = [texts.history_line(line.sender, line.time, line.text) for line in lines]
     return [page.encode() for page in texts.paged("History", shown, PAGE_BYTES)]
 
 

@@ -181,6 +181,19 @@ def test_pages_show_time_sender_and_text() -> None:
     assert pages([]) == [texts.HISTORY_EMPTY.encode()]
 
 
+def test_lines_are_shown_in_the_charset_they_came_in() -> None:
+    # was: every body decoded as UTF-8, so a Latin-1 "caf\xe9" read "caf\ufffd"
+    lines = [
+        HistoryLine(1, ALICE, T, "text/plain; charset=iso-8859-1", b"caf\xe9"),
+        HistoryLine(2, ALICE, T, 'text/plain;Charset="UTF-8"', "caf\u00e9".encode()),
+        HistoryLine(3, ALICE, T, "text/plain; charset=no-such-codec", b"caf\xc3\xa9"),
+        HistoryLine(4, ALICE, T, None, b"caf\xff"),
+    ]
+    assert [line.text for line in lines] == ["caf\u00e9", "caf\u00e9", "caf\u00e9", "caf\ufffd"]
+    (page,) = pages(lines)
+    assert page.decode().count("caf\u00e9") == 3
+
+
 def test_pages_fit_a_datagram_and_keep_every_line_in_order() -> None:
     lines = [HistoryLine(i, CAROL, T, None, f"line {i} ".encode() * 8) for i in range(40)]
     lines.append(HistoryLine(40, CAROL, T, None, b"x" * 3000))  # longer than a page: alone
