@@ -571,7 +571,7 @@ class Conference:
         assert target.room_name is not None and target.room_domain is not None
         if target.room_domain.lower() not in self._domains or target.room_name.lower() == self._manager:
             return _Refuse(404, texts.ROOM_NOT_FOUND)
-        if command.name in ("invite", "add") and target.user is not None and self._is_room_address(target.user):
+        if command.name in ("invite", "add") and target.user is not None and self.is_room_address(member_key(target.user)):
             # a room (or the manager) as a member: its notices could never be delivered, and
             # a room that owns itself can be managed by no one
             return _Refuse(400, texts.address_is_no_user(target.user))
@@ -582,12 +582,13 @@ class Conference:
         private = target.private if command.name == "create" else False
         return _ToRoom(target.room_name, target.room_domain, op, private if creates else None)
 
-    def _is_room_address(self, uri: str) -> bool:
-        """Whether ``uri`` (``sip:user@host``) is one of this server's rooms, or its manager."""
-        user, _, host = member_key(uri).rpartition("@")
-        if host not in self._domains:
+    def is_room_address(self, key: str) -> bool:
+        """Whether ``key`` (``user@host``, any case) is the address of one of this node's
+        rooms, or of the manager, in one of its domains."""
+        user, _, host = key.rpartition("@")
+        if host.lower() not in self._domains:
             return False
-        return user == self._manager or self.supervisor.lookup(user, host) is not None
+        return user.lower() == self._manager or self.supervisor.lookup(user, host) is not None
 
     async def _to_room(
         self,

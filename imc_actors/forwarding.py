@@ -41,7 +41,7 @@ from .actors.supervisor import Answer
 from .config import ListenAddress
 from .sip import reason_phrase
 from .store.nodes import NodeInfo, RoomLocation
-from .transport import SipTransport, Source
+from .transport import ClientResult, SipTransport, Source
 
 log = logging.getLogger("imc_actors.forwarding")
 
@@ -72,6 +72,42 @@ class Forwarder:
         """Forward one MESSAGE to ``location``'s node; its final answer, or None when the
         node advertises no UDP or TCP address or gives no final answer within ``lease_ttl``
         (then the request was perhaps carried out there: it is not tried elsewhere)."""
+        result = await self._send(
+            location, "a MESSAGE", from_uri=sender, to_uri=request_uri, headers=[],
+            body=body, content_type=content_type, call_id=call_id or None,
+        )  # fmt: skip
+        if result is None:
+            return None
+        return Answer(result.code, result.reason, retry_after=self._retry_after_of(result))
+
+    async def admin(
+        self, room_uri: str, action: str, user: str | None, reason: str, location: RoomLocation
+    ) -> Answer | None:
+        """Hand a management action on ``room_uri`` to ``location``'s node; its answer (a
+        refusal's ``***`` text as the body), or None when the node cannot be reached (as
+        :meth:`__call__`)."""
+        result = await self._send(
+            location, f"a {action}",
+            from_uri=None,  # the forwarding node's own (From one of the rooms is a loop: 482)
+            to_uri=room_uri, headers=[(FORWARDED_ADMIN, action)],
+            body=json.dumps({"user": user, "reason": reason}).encode(), content_type=ADMIN_TYPE,
+        )  # fmt: skip
+        if result is None:
+            return None
+        text = result.reason.encode() if result.code >= 300 and result.reason.startswith("*** ") else None
+        return Answer(result.code, reason_phrase(result.code), retry_after=self._retry_after_of(result), body=text)
+
+    def _retry_after_of(self, result: ClientResult) -> int | None:
+        return self._retry_after if result.code == 503 else None
+
+    async def _send(
+        self, location: RoomLocation, what: str, *, from_uri: str | None, to_uri: str,
+        headers: list[tuple[str, str]], body: bytes, content_type: str | None,
+        call_id: str | None = None,
+    ) -> ClientResult | None:  # fmt: skip
+        """A MESSAGE to ``location``'s node itself, with the forwarding headers (and
+        ``headers``), From ``from_uri`` (None: this node); its final result, or None when the
+        node has no address to send to or gives no final answer within ``lease_ttl``."""
         target = _target(location.addresses)
         if target is None:
             return None
@@ -82,50 +118,19 @@ class Forwarder:
         result = None
         with trio.move_on_after(self._timeout):
             result = await self._transport.send_request(
-                "MESSAGE", uri, from_uri=sender, to_uri=request_uri,
-                headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, request_uri)],
-                body=body, content_type=content_type, call_id=call_id or None,
+                "MESSAGE", uri, from_uri=from_uri or f"sip:{self._node}@{host}", to_uri=to_uri,
+                headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, to_uri), *headers],
+                body=body, content_type=content_type, call_id=call_id,
                 direct=True,  # to the node itself, never through outbound_proxy
             )  # fmt: skip
         self.forwarded += 1
         if result is None:
             self.timeouts += 1
-            log.warning("node %s did not answer a MESSAGE for %s forwarded to it within %g s",
-                        location.node, location.room, self._timeout)  # fmt: skip
+            log.warning("node %s did not answer %s for %s forwarded to it within %g s",
+                        location.node, what, location.room, self._timeout)  # fmt: skip
             return None
-        log.debug("forwarded a MESSAGE for %s to node %s: %d", location.room, location.node, result.code)
-        retry_after = self._retry_after if result.code == 503 else None
-        return Answer(result.code, result.reason, retry_after=retry_after)
-
-    async def admin(
-        self, room_uri: str, action: str, user: str | None, reason: str, location: RoomLocation
-    ) -> Answer | None:
-        """Hand a management action on ``room_uri`` to ``location``'s node; its answer (a
-        refusal's ``***`` text as the body), or None when the node cannot be reached (as
-        :meth:`__call__`)."""
-        target = _target(location.addresses)
-        if target is None:
-            return None
-        host = f"[{target.host}]" if ":" in target.host else target.host
-        uri = f"sip:{host}:{target.port}" + (";transport=tcp" if target.transport == "tcp" else "")
-        body = json.dumps({"user": user, "reason": reason}).encode()
-        result = None
-        with trio.move_on_after(self._timeout):
-            result = await self._transport.send_request(
-                # From the forwarding node (From one of the rooms would be a loop: 482)
-                "MESSAGE", uri, from_uri=f"sip:{self._node}@{host}", to_uri=room_uri,
-                headers=[(FORWARDED_BY, self._node), (FORWARDED_URI, room_uri), (FORWARDED_ADMIN, action)],
-                body=body, content_type=ADMIN_TYPE, direct=True,
-            )  # fmt: skip
-        self.forwarded += 1
-        if result is None:
-            self.timeouts += 1
-            log.warning("node %s did not answer a %s of %s forwarded to it within %g s",
-                        location.node, action, location.room, self._timeout)  # fmt: skip
-            return None
-        text = result.reason.encode() if result.code >= 300 and result.reason.startswith("*** ") else None
-        retry_after = self._retry_after if result.code == 503 else None
-        return Answer(result.code, reason_phrase(result.code), retry_after=retry_after, body=text)
+        log.debug("forwarded %s for %s to node %s: %d", what, location.room, location.node, result.code)
+        return result
 
 
 def admin_request(body: bytes) -> tuple[str | None, str] | None:

@@ -188,8 +188,6 @@ class MessageHandler:
         self.flood = flood
         self.config = config
         self.mark = mark  # the transport's mark in the Call-IDs it makes (see sip.new_mark)
-        self._domains = frozenset(config.served_domains)
-        self._manager = config.manager_user.lower()
         self._nodes: list[Any] | None = None  # the node table as last read, and when
         self._nodes_at = -math.inf
         self._nodes_lock = trio.Lock()
@@ -204,13 +202,7 @@ class MessageHandler:
             sender = canonical(request.from_uri)
         except ValueError:
             return False
-        user, _, host = sender.partition(":")[2].rpartition("@")
-        if host.lower() not in self._domains:
-            return False
-        return (
-            user.lower() == self._manager
-            or self.conference.supervisor.lookup(user, host) is not None
-        )
+        return self.conference.is_room_address(sender.partition(":")[2])
 
     def _incoming(self, request: Request, identity: Identity | None) -> IncomingMessage | None:
         try:
@@ -387,12 +379,6 @@ class MessageHandler:
             respond(_reply_of(answer, hold))
 
         return self.conference.start(msg, answered, hold=hold)
-
-
-def _is_room(conference: Conference, manager: str, aor: str) -> bool:
-    """Whether ``aor`` (``user@host``) is one of the conference's rooms, or the manager."""
-    user, _, host = aor.rpartition("@")
-    return user.lower() == manager or conference.supervisor.lookup(user, host) is not None
 
 
 def _reply_of(answer: Answer, hold: Hold | None = None) -> Reply:
@@ -646,7 +632,7 @@ async def _open_server(
             # rooms and users share the domain's addresses: no room takes a registered
             # user's, no user registers a room's or the manager's
             conference.is_user = conference.delivery.reachable
-            core.is_room = partial(_is_room, conference, config.manager_user.lower())
+            core.is_room = conference.is_room_address
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:

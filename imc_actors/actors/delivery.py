@@ -807,13 +807,12 @@ class Delivery:
             self._ok += 1
         else:
             self._failed += 1
-            skipped = self._failed_log.take(trio.current_time())
-            if skipped is not None:
-                log.info(
-                    "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s%s",
-                    notice.to, notice.kind, result.code, result.reason, in_reply_to,
-                    f" ({skipped} more failed deliveries not logged)" if skipped else "",
-                )  # fmt: skip
+            self._failed_log.log(
+                log, logging.INFO, trio.current_time(),
+                "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
+                notice.to, notice.kind, result.code, result.reason, in_reply_to,
+                what="failed deliveries",
+            )  # fmt: skip
         if self.on_outcome is not None:
             self.on_outcome(notice, in_reply_to, result)
         if counted:

@@ -22,7 +22,7 @@ import logging
 import math
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,9 +61,9 @@ class Answer:
     replies: int = 0
 
 
-def _replies(outcome: Outcome) -> int:
-    """The reply notices (``#members`` pages and the like) among ``outcome``'s notices."""
-    return sum(1 for notice in outcome.notices if notice.kind == "reply")
+def _replies(notices: Iterable[Notice]) -> int:
+    """The reply notices (``#members`` pages and the like) among ``notices``."""
+    return sum(1 for notice in notices if notice.kind == "reply")
 
 
 class _Create:
@@ -557,7 +557,7 @@ class Supervisor:
             backlog.popleft()
             if outcome.notices:
                 await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
-            answer = Answer(outcome.code, outcome.reason, body=outcome.body, replies=_replies(outcome))
+            answer = Answer(outcome.code, outcome.reason, body=outcome.body, replies=_replies(outcome.notices))
             if outcome.history is not None:
                 answer = await self._read_history(handle, envelope, outcome.history, answer)
             envelope.resolve(answer)
@@ -663,7 +663,7 @@ class Supervisor:
             self._unregister(handle)
         if outcome.notices:
             await self._delivery.submit(outcome.notices, envelope.call_id, hold=envelope.hold)
-        answer = Answer(outcome.code, outcome.reason, body=outcome.body, replies=_replies(outcome))
+        answer = Answer(outcome.code, outcome.reason, body=outcome.body, replies=_replies(outcome.notices))
         if outcome.history is not None:
             answer = await self._read_history(handle, envelope, outcome.history, answer)
         envelope.resolve(answer)
@@ -695,7 +695,7 @@ class Supervisor:
         notices = history_notices(query, lines, uri)
         if notices:
             await self._delivery.submit(notices, envelope.call_id, hold=envelope.hold)
-        replies = sum(1 for notice in notices if notice.kind == "reply")
+        replies = _replies(notices)
         return dataclasses.replace(answer, replies=answer.replies + replies) if replies else answer
 
     async def _fenced(self, handle: RoomHandle, envelope: Envelope, exc: Fenced) -> None:

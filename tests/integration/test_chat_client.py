@@ -103,19 +103,25 @@ async def wait_registered(server, user: str) -> None:
             await trio.sleep(0.01)  # polling a condition, bounded by the deadline
 
 
-async def test_two_clients_chat_both_ways_with_the_room_on_each_line(server, nursery):
+async def alice_and_bob_in_chat(server, nursery):  # type: ignore[no-untyped-def]
+    """Two chat clients: alice created the room chat (to the manager: no room was selected
+    yet), bob joined it; both saw the join."""
     alice = await start_chat(nursery, server, "alice")
     await wait_registered(server, "alice")
-    [contact] = bound(server, "alice")
-    assert contact.startswith("sip:alice@127.0.0.1:")
-    await alice.send("#create chat")  # to the manager: no room is selected yet
+    await alice.send("#create chat")
     await alice.expect("[chat] *** Room was created")
-
     bob = await start_chat(nursery, server, "bob")
     await wait_registered(server, "bob")
     await bob.send("#join chat")
     await bob.expect("[chat] *** [bob] has joined the room")
     await alice.expect("[chat] *** [bob] has joined the room")
+    return alice, bob
+
+
+async def test_two_clients_chat_both_ways_with_the_room_on_each_line(server, nursery):
+    alice, bob = await alice_and_bob_in_chat(server, nursery)
+    [contact] = bound(server, "alice")
+    assert contact.startswith("sip:alice@127.0.0.1:")
 
     await bob.send("hello, room")  # #join chat made chat bob's current room
     await alice.expect("[chat] [bob]: hello, room")
@@ -137,14 +143,7 @@ async def test_two_clients_chat_both_ways_with_the_room_on_each_line(server, nur
 
 async def test_escape_sequences_in_what_arrives_are_printed_escaped(server, nursery):
     # was: a member's line (or a topic) with ESC [2J cleared the other users' terminals
-    alice = await start_chat(nursery, server, "alice")
-    await wait_registered(server, "alice")
-    await alice.send("#create chat")
-    await alice.expect("[chat] *** Room was created")
-    bob = await start_chat(nursery, server, "bob")
-    await wait_registered(server, "bob")
-    await bob.send("#join chat")
-    await bob.expect("[chat] *** [bob] has joined the room")
+    alice, bob = await alice_and_bob_in_chat(server, nursery)
     await alice.send("\x1b[2J\x1b[31mboo\x07")
     await bob.expect("[chat] [alice]: \\x1b[2J\\x1b[31mboo\\x07")
     assert not any("\x1b" in line for line in bob.lines), bob.lines
