@@ -209,6 +209,8 @@ def resolve(
     elif name == "history":  # [<number>] [<room>]: a first argument of digits is the number
         room_arg = args[0] if args else None
         count = _number(args[0]) if args else None
+        if count is None and args and _looks_numeric(args[0]):
+            count = 0  # '٣' or '²': meant as a count, and refused as one (not as an address)
         if count is not None:
             room_arg = args[1] if len(args) > 1 else None
     elif name == "create":
@@ -279,6 +281,12 @@ def _number(token: str) -> int | None:
     return int(token) if len(token) <= 9 else 10**9
 
 
+def _looks_numeric(token: str) -> bool:
+    """A token of digits outside ASCII (``٣``, ``²``): no room is named so (room names are
+    ASCII), so the sender meant a count; it is refused as a count rather than an address."""
+    return token.isdigit() or token.isdecimal()
+
+
 def _moderation_args(
     command: Command, ruri_host: str
 ) -> tuple[str | None, str | None, str, int | None]:
@@ -288,7 +296,7 @@ def _moderation_args(
         number = _number(args[0]) if args else None
         if number is not None:
             return None, args[1] if len(args) > 1 else None, "", number
-        if args and args[0][:1] in "-+0123456789":
+        if args and (args[0][:1] in "-+0123456789" or _looks_numeric(args[0])):
             raise CommandError(400, texts.invalid_limit(command.start_char))
         return None, args[0] if args else None, "", None
     if not args:

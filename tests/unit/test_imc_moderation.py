@@ -111,9 +111,12 @@ def test_counts_are_ascii_digits_and_never_overflow() -> None:
         assert command is not None
         return resolve(command, ruri_user="chat", ruri_host=HOST, manager_user="imc-manager")
 
-    with pytest.raises(CommandError) as refused:  # a room name, not a number: and not a valid one
-        target("#limit ²".encode())
-    assert refused.value.code == 400
+    for digits in ("²", "٣", "１２"):  # digits to str.isdigit: meant as counts, refused as such
+        with pytest.raises(CommandError) as refused:
+            target(f"#limit {digits}".encode())
+        assert (refused.value.code, refused.value.text) == (400, texts.invalid_limit("#"))
+        assert target(f"#history {digits}".encode()).count == 0  # the room's "from 1 to N"
+        assert target(f"#history {digits} chat".encode()).room_uri == ROOM
     assert target(b"#limit " + b"9" * 5000).limit == 10**9  # too large: refused by the room
     assert target(b"#history " + b"9" * 5000).count == 10**9
 
