@@ -590,6 +590,16 @@ class Conference:
             return False
         return user.lower() == self._manager or self.supervisor.lookup(user, host) is not None
 
+    async def is_room_in_cluster(self, key: str) -> bool:
+        """:meth:`is_room_address`, and in a cluster also a room another node or worker serves
+        (the rooms table: one indexed read). Raises StoreError when that read fails."""
+        if self.is_room_address(key):
+            return True
+        user, _, host = key.rpartition("@")
+        if self.cluster is None or self.store is None or host.lower() not in self._domains:
+            return False
+        return bool(await self.store.read(lambda repository: repository.has_room(f"{user}@{host}")))
+
     async def _to_room(
         self,
         name: str,

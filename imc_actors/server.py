@@ -633,6 +633,8 @@ async def _open_server(
             # user's, no user registers a room's or the manager's
             conference.is_user = conference.delivery.reachable
             core.is_room = conference.is_room_address
+            if conference.cluster is not None:  # and the rooms of the other nodes and workers
+                core.is_room_in_cluster = conference.is_room_in_cluster
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run, metrics.instrument(core))
             if sweep is not None:

@@ -130,6 +130,9 @@ class SipCore:
         #: ``is_room("user@host")``: that address is a room's or the manager's, so no user
         #: may REGISTER it (403 Address Is A Room). Set by the server; None: not checked.
         self.is_room: Callable[[str], bool] | None = None
+        #: In a cluster, the same asked of the database before a REGISTER's bindings are
+        #: committed (rooms of other nodes and workers); None: ``is_room`` only.
+        self.is_room_in_cluster: Callable[[str], Awaitable[bool]] | None = None
         self._auth_methods = {"off": (), "register": ("REGISTER",), "all": ("REGISTER", "MESSAGE")}[
             config.auth_mode
         ]
@@ -322,6 +325,8 @@ class SipCore:
                 if not isinstance(planned, Update):
                     return planned
                 try:
+                    if self.is_room_in_cluster is not None and await self.is_room_in_cluster(aor):
+                        return ROOM_ADDRESS
                     await self.commit(planned.writes(time.time()))
                 except StoreUnavailable as exc:  # a stopped store (shutdown, Ctrl-C) too
                     return Reply(503, "Service Unavailable", headers=(("Retry-After", str(exc.retry_after)),))

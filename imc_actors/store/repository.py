@@ -648,6 +648,19 @@ class Repository:
         """One room (a room key) as stored, with its members, bans and limit; None if absent."""
         return self._run(f"loading the room {room}", lambda: self._load_room(room.lower()))
 
+    def has_room(self, room: str) -> bool:
+        """Whether the rooms table holds ``room`` (a room key, any case): one indexed read."""
+
+        def has_room() -> bool:
+            table = self._models.room
+            name, _, domain = room.lower().partition("@")
+            query = table.select(table.id).where(
+                peewee.fn.LOWER(table.name) == name, peewee.fn.LOWER(table.domain) == domain
+            )
+            return self._db.execute(query.limit(1)).fetchone() is not None
+
+        return self._run(f"looking {room} up", has_room)
+
     def owner_of(self, room: str) -> Lease | None:
         """The lease of ``room`` as stored now, or None when it never had one. Expired or
         not: see :meth:`Lease.live` with this repository's clock (:meth:`now`)."""

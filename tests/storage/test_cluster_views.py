@@ -101,6 +101,12 @@ async def test_every_node_shows_every_room_of_the_cluster_and_the_nodes(
         assert (await alice.message(MANAGER, "#create secret private")).code == 200
         await expect(alice, "*** Room was created", sender=SECRET)
 
+        # no user registers on b the address of a room a serves (b's own rooms are none:
+        # the rooms table answers; was 200, and the squatter's MESSAGEs then came "from" chat)
+        squatter = await TestUA.open(nursery, "Chat", DOMAIN, b.udp)
+        reply = await squatter.register()
+        assert (reply.code, reply.reason) == (403, "Address Is A Room")
+
         # #rooms on b: a's rooms, the private one only for its member
         assert (await bob.message(MANAGER, "#rooms")).code == 200
         await expect(bob, "Rooms:\n[chat]", sender=MANAGER)
