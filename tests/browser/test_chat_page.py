@@ -138,6 +138,23 @@ async def test_a_browser_and_a_phone_chat_in_one_room(tmp_path, nursery):
             assert struck == ["mine failed", "[alice]: anyone there?", "line-through"]
             assert bob.pending_messages() == []  # nothing reached the room
 
+            # a #join or #create typed in the line box selects the room, as the Join button
+            # and the Create form do (was: joined, but the page stayed where it was)
+            await page.script(
+                f"document.querySelector('#rooms tbody tr[data-room=\"{LOBBY}\"] button.name')"
+                ".click();"
+            )
+            await page.wait("document.getElementById('current').textContent === 'lobby'")
+            await page.script("document.getElementById('line').value = '#join cafe';")
+            await page.script("document.getElementById('send').click();")
+            await expect(bob, "*** [alice] has joined the room", sender=CAFE)
+            await page.wait("document.getElementById('current').textContent === 'cafe'")
+            await page.wait(f"{MEMBERS}.join(',') === 'bob owner,alice member'")
+            await page.script("document.getElementById('line').value = '#create typed';")
+            await page.script("document.getElementById('send').click();")
+            await page.wait("document.getElementById('current').textContent === 'typed'")
+            await page.wait(f"{MEMBERS}.join(',') === 'alice owner'")
+
             ARTIFACTS.mkdir(exist_ok=True)
             assert await page.run(page.driver.save_screenshot, str(ARTIFACTS / "chat_page.png"))
         finally:

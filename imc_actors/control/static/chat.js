@@ -139,11 +139,24 @@
     }
   }
 
+  // A typed "#create <room> [private]" or "#join [<room>]" that was taken selects the room,
+  // as the Create and Join forms do.
+  function entered(text, target) {
+    const [name, arg] = text.slice(cfg.command_char.length).trim().split(/\s+/);
+    const command = (name || "").toLowerCase();
+    if (command !== "create" && command !== "join") return;
+    const named = arg && !(command === "create" && arg.toLowerCase() === "private");
+    const room = named ? roomUri(arg) : target !== cfg.manager ? target : null;
+    if (!room) return;
+    select(room);
+    refreshRooms();
+  }
+
   async function say(text) {
     if (text.startsWith(cfg.command_char)) {
       const target = current || cfg.manager;
       log(text, "mine command", target);
-      refused(await send(target, text), target);
+      if (refused(await send(target, text), target)) entered(text, target);
       return;
     }
     if (!current) {
