@@ -52,7 +52,7 @@ from .store.repository import StoreError
 from .store.users import Subscriber
 from .store.writer import StoreUnavailable
 from .transport import Reply
-from .transport.limits import LogBudget
+from .transport.limits import FloodLimiter, LogBudget
 
 __all__ = ["AuthStatistics", "Authenticated", "Authenticator", "UserCache", "Verdict", "WRONG_PASSWORD"]
 
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: The answer to a wrong password or an unknown user (the same, so users cannot be probed).
 WRONG_PASSWORD = Reply(403, "Wrong User Or Password")
+#: The answer to credentials from a source that spent its ``auth_fail_burst`` (not checked).
+TOO_MANY_GUESSES = Reply(403, "Too Many Wrong Passwords")
 
 LoadUser = Callable[[str, str], Awaitable[Subscriber | None]]
 
@@ -77,7 +79,8 @@ class AuthStatistics:
     ``challenged`` requests without credentials for us (or with a nonce not ours);
     ``refused`` wrong user or password; ``stale`` old nonces; ``replayed`` nonce-counts seen
     before; ``malformed`` unreadable ``Authorization`` (400); ``busy`` answered 503 because
-    ``auth_max_reads`` user lookups were under way. ``nonces`` and ``users`` are the entries
+    ``auth_max_reads`` user lookups were under way; ``blocked`` credentials not checked, their
+    source having given too many wrong ones (``auth_fail_rate``, ``auth_fail_burst``). ``nonces`` and ``users`` are the entries
     held now (bounded by ``nonce_counts`` and ``auth_cache_size``)."""
 
     accepted: int
@@ -89,6 +92,7 @@ class AuthStatistics:
     nonces: int
     users: int
     busy: int = 0
+    blocked: int = 0
 
 
 #: A failed check reads the user's row again at once (a new password works at once), but at
@@ -198,7 +202,20 @@ class Authenticator:
         self.clock = clock
         self.md5_only_agents = tuple(config.md5_only_agents)
         self._refusal_log = LogBudget(1)
-        self._counts = dict.fromkeys(("accepted", "challenged", "refused", "stale", "replayed", "malformed"), 0)
+        self._block_log = LogBudget(1)
+        self._counts = dict.fromkeys(
+            ("accepted", "challenged", "refused", "stale", "replayed", "malformed", "blocked"), 0
+        )
+        #: Wrong answers per source address: a token bucket (``auth_fail_rate`` a second,
+        #: ``auth_fail_burst`` at once); a source that spent it is refused for
+        #: ``auth_fail_block`` seconds without its answers being checked. None: no bound.
+        self.guesses = (
+            FloodLimiter(config.auth_fail_rate, config.auth_fail_burst, config.auth_fail_block,
+                         max_sources=config.flood_sources)
+            if config.auth_fail_rate > 0 else None
+        )  # fmt: skip
+        #: The clock of :attr:`guesses` and the log budgets (seconds, any origin).
+        self.monotonic: Callable[[], float] = time.monotonic
 
     def statistics(self) -> AuthStatistics:
         """The counters and table sizes now."""
@@ -230,9 +247,10 @@ class Authenticator:
         )
         return Reply(401, "Unauthorized", headers=headers)
 
-    async def authenticate(self, request: Request) -> Authenticated | Reply:
-        """Who sent ``request``, or the answer to send instead. Checkpoints."""
-        verdict = self._precheck(request)
+    async def authenticate(self, request: Request, source: str | None = None) -> Authenticated | Reply:
+        """Who sent ``request`` (from the address ``source``, when known), or the answer to
+        send instead. Checkpoints."""
+        verdict = self._precheck(request, source)
         if isinstance(verdict, Verdict):
             await trio.lowlevel.checkpoint()
         else:
@@ -244,24 +262,24 @@ class Authenticator:
             except StoreError as exc:
                 log.error("reading user %s@%s failed: %s", credentials.username, realm, exc)
                 return Reply(500, "Server Internal Error")
-            verdict = self._conclude(request, credentials, realm, issued, verified)
+            verdict = self._conclude(request, credentials, realm, issued, verified, source)
         self.settle(verdict)
         return verdict.result
 
-    def authenticate_now(self, request: Request) -> Verdict | None:
+    def authenticate_now(self, request: Request, source: str | None = None) -> Verdict | None:
         """:meth:`authenticate` without a checkpoint, when it needs no database read: the
         answer, not counted yet (see :class:`Verdict`); None when the user's row is not in
         the cache, or the cached row refuses the answer (:meth:`authenticate` reads it
         again). So a user's requests sent back to back are taken in the order they came,
         while its row is cached."""
-        verdict = self._precheck(request)
+        verdict = self._precheck(request, source)
         if isinstance(verdict, Verdict):
             return verdict
         credentials, realm, issued = verdict
         cached = self.users.peek(credentials.username, realm)
         if cached is None or _check(cached[0], credentials, request.method, realm) is not True:
             return None
-        return self._conclude(request, credentials, realm, issued, True)
+        return self._conclude(request, credentials, realm, issued, True, source)
 
     def settle(self, verdict: Verdict) -> None:
         """Count ``verdict`` and, when it authenticated, record its nonce-count as used."""
@@ -269,15 +287,17 @@ class Authenticator:
             self.counts.record(*verdict.used)
         self._counts[verdict.outcome] += 1
 
-    def _precheck(self, request: Request) -> Verdict | tuple[Credentials, str, float]:
-        """The answer when the request's own text settles it; else its credentials, realm and
-        nonce issue time, for the user's row to verify."""
+    def _precheck(self, request: Request, source: str | None) -> Verdict | tuple[Credentials, str, float]:
+        """The answer when the request's own text (or its source's wrong answers) settles it;
+        else its credentials, realm and nonce issue time, for the user's row to verify."""
         realm = self.realm_for(request)
         credentials, error = _ours(request, realm)
         if credentials is None:
             if error is not None:
                 return Verdict(Reply(400, error), "malformed")
             return Verdict(self.challenge(request, realm), "challenged")
+        if source is not None and self.guesses is not None and self._blocked(source):
+            return Verdict(TOO_MANY_GUESSES, "blocked")
         issued = self.nonces.issued(credentials.nonce)
         if issued is None:  # not our nonce (another secret, or made up)
             return Verdict(self.challenge(request, realm), "challenged")
@@ -287,31 +307,52 @@ class Authenticator:
 
     def _conclude(
         self, request: Request, credentials: Credentials, realm: str, issued: float,
-        verified: bool | None,
+        verified: bool | None, source: str | None = None,
     ) -> Verdict:  # fmt: skip
         if verified is None:  # the row has no hash for this algorithm: offer what it has
             return Verdict(self.challenge(request, realm, algorithms=("MD5",)), "challenged")
         if not verified:
-            self._log_refusal(credentials, realm, "wrong user or password")
+            self._log_refusal(request, credentials, realm, "wrong user or password", source)
+            if source is not None and self.guesses is not None:
+                self.guesses.allow(source, self.monotonic())  # one wrong answer spent
             return Verdict(WRONG_PASSWORD, "refused")
         if self.nonces.is_stale(issued, self.clock()) or not self.nonces.made_here(credentials.nonce):
             # too old, or another worker's or node's: it remembers that nonce's counts, not we
             return Verdict(self.challenge(request, realm, stale=True), "stale")
         if not self.counts.fresh(credentials.nonce, issued, credentials.nc):
-            self._log_refusal(credentials, realm, f"nonce-count {credentials.nc_text} used before (a replay?)")
+            why = f"nonce-count {credentials.nc_text} used before (a replay?)"
+            self._log_refusal(request, credentials, realm, why, source)
             return Verdict(self.challenge(request, realm, stale=True), "replayed")
         uri = f"sip:{canonical_user(credentials.username)}@{realm}"
         return Verdict(Authenticated(uri), "accepted", (credentials.nonce, issued, credentials.nc))
 
-    def _log_refusal(self, credentials: Credentials, realm: str, why: str) -> None:
+    def _blocked(self, source: str) -> bool:
+        """Whether ``source`` has spent its budget of wrong answers (logged once a second at
+        most: the line names the address, for a firewall or fail2ban to act on)."""
+        assert self.guesses is not None
+        now = self.monotonic()
+        if self.guesses.would_allow(source, now):
+            return False
+        newly = self.guesses.blocked
+        wait = self.guesses.allow(source, now)  # blocks it for auth_fail_block from now on
+        if self.guesses.blocked > newly:
+            self._block_log.log(
+                log, logging.WARNING, now,
+                "digest answers from %s refused for %g s: more than %d wrong passwords",
+                source, wait, self.guesses.burst, what="sources",
+            )  # fmt: skip
+        return True
+
+    def _log_refusal(
+        self, request: Request, credentials: Credentials, realm: str, why: str, source: str | None
+    ) -> None:
         """One INFO line per second at most (a flood would write one per request), naming the
-        user as sent, quoted and cut (it is the client's text: no control characters in the
-        log), and how many refusals the quiet second held."""
-        quiet = self._refusal_log.take(time.monotonic())
-        if quiet is None:
-            return
-        more = f" ({quiet} more refusals since the last line)" if quiet else ""
-        log.info("digest for %r at %s refused: %s%s", credentials.username[:64], realm, why, more)
+        method, the source address and the user as sent, quoted and cut (it is the client's
+        text: no control characters in the log), and how many refusals the quiet second held."""
+        self._refusal_log.log(
+            log, logging.INFO, self.monotonic(), "%s from %s: digest for %r at %s refused: %s",
+            request.method, source or "?", credentials.username[:64], realm, why, what="refusals",
+        )  # fmt: skip
 
     async def _verify(self, credentials: Credentials, method: str, realm: str) -> bool | None:
         """True when the response is right, False when not (or no such user), None when the

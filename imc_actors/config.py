@@ -230,6 +230,9 @@ class Config:
     auth_cache_size: int = 10000
     auth_cache_ttl: float = 30.0
     auth_max_reads: int = 8
+    auth_fail_rate: float = 0.1
+    auth_fail_burst: int = 10
+    auth_fail_block: float = 60.0
     md5_only_agents: list[str] = field(default_factory=lambda: list(MD5_ONLY_AGENTS))
 
     # ------------------------------------------------------------------ building
@@ -349,8 +352,14 @@ class Config:
             raise ConfigError("restart_window", "must be a positive number of seconds")
         if not 0 < self.db_timeout < math.inf:
             raise ConfigError("db_timeout", "must be a positive number of seconds")
-        if not (1 <= self.min_expires <= self.default_expires <= self.max_expires):
-            raise ConfigError("min_expires", "need 1 <= min_expires <= default_expires <= max_expires")
+        if self.max_expires > FLOAT_MAX:  # seconds, as everywhere (10^12 overflowed the date: 500)
+            raise ConfigError("max_expires", f"must be at most {FLOAT_MAX:,.0f} seconds")
+        if not 1 <= self.min_expires:
+            raise ConfigError("min_expires", "must be at least 1 second")
+        for name, low, high in (("default_expires", self.min_expires, self.max_expires),
+                                ("max_expires", self.default_expires, math.inf)):  # fmt: skip
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(name, "need 1 <= min_expires <= default_expires <= max_expires")
         if not self.listen:
             raise ConfigError("listen", "at least one listen address is needed")
         for text in self.listen:
@@ -503,7 +512,11 @@ class Config:
             raise ConfigError("nonce_expires", "must be a positive number of seconds")
         if not self.auth_cache_ttl >= 0:
             raise ConfigError("auth_cache_ttl", "must be 0 (no cache) or more seconds")
-        self._require_positive("nonce_counts", "auth_cache_size", "auth_max_reads")
+        self._require_positive("nonce_counts", "auth_cache_size", "auth_max_reads", "auth_fail_burst")
+        if not self.auth_fail_rate >= 0:
+            raise ConfigError("auth_fail_rate", "must be 0 (no bound) or more wrong passwords a second")
+        if not self.auth_fail_block >= 0:
+            raise ConfigError("auth_fail_block", "must be 0 or more seconds")
         if self.auth is None and not self.trusted_sources:
             exposed = [str(a) for a in self.listen_addresses if not is_loopback_listen(a.host)]
             if exposed:
@@ -632,12 +645,12 @@ _INT_FIELDS = {
     "max_transaction_bytes", "max_vias", "tcp_max_connections", "tcp_max_per_ip", "tcp_max_outgoing", "tcp_max_buffer",
     "tcp_send_queue", "dns_lookups_max", "sip_max_message", "sip_max_header_lines", "sip_max_line",
     "sip_max_field",
-    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "max_members",
+    "flood_burst", "flood_sources", "nonce_counts", "auth_cache_size", "auth_max_reads", "auth_fail_burst", "max_members",
     "max_rooms_per_user", "max_rooms", "max_members_total", "rooms_list_max", "max_bans", "chat_burst", "chat_rate_senders", "history_max",
     "history_days", "history_on_join", "history_lines_max", "rpc_max_requests",
 }
 _FLOAT_FIELDS = {"restart_window", "db_timeout", "tcp_idle_timeout", "rpc_body_timeout", "dns_timeout", "flood_rate", "flood_block",
-                 "nonce_expires", "auth_cache_ttl", "chat_rate"}  # fmt: skip
+                 "nonce_expires", "auth_cache_ttl", "chat_rate", "auth_fail_rate", "auth_fail_block"}  # fmt: skip
 _OPTIONAL_FIELDS = {"outbound_proxy", "identity_header", "mi_fifo", "rpc_listen", "auth"}
 _OPTIONAL_FIELDS |= {"tls_cert", "tls_key", "tls_ca", "rpc_token"}
 # ownership (issue 13)

@@ -235,7 +235,7 @@ class SipCore:
         looked (its nonce-count is recorded only once the request is taken)."""
         start = getattr(self.message_handler, "start", None)
         assert self.authenticator is not None
-        verdict = self.authenticator.authenticate_now(request) if start is not None else None
+        verdict = self.authenticator.authenticate_now(request, source.host) if start is not None else None
         if verdict is None:
             return False
         if not isinstance(verdict.result, Authenticated):
@@ -273,7 +273,7 @@ class SipCore:
         identity: Identity | Reply | None = None
         if challenge:
             assert self.authenticator is not None
-            result = await self.authenticator.authenticate(request)
+            result = await self.authenticator.authenticate(request, source.host)
             if not isinstance(result, Authenticated):
                 return result
             identity = Identity(result.uri, True)

@@ -244,7 +244,7 @@ class _StatisticsCollector(Collector):
         yield _by_label(
             "imc_auth", "digest authentication outcomes (README: Users and passwords)", "result",
             [(result, getattr(s, result))
-             for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed", "busy")],
+             for result in ("accepted", "challenged", "refused", "stale", "replayed", "malformed", "busy", "blocked")],
         )  # fmt: skip
         yield GaugeMetricFamily(
             "imc_auth_nonces", "nonces whose last nonce-count is kept", value=s.nonces

@@ -111,6 +111,53 @@ async def test_a_wrong_password_registers_and_sends_nothing(nursery, tmp_path, t
     assert (await nobody.register()).reason == "Wrong User Or Password"  # same answer: no probing
 
 
+async def test_a_source_that_keeps_guessing_is_refused_without_a_check(nursery, tmp_path, caplog):
+    # a tour: 5,000 guesses at 1,800/s from one socket were all checked (the right one then
+    # passed), and the refusal lines named no source for a firewall to block
+    server = await _server(
+        nursery, tmp_path, auth_fail_rate=0.01, auth_fail_burst=3, auth_fail_block=600.0
+    )
+    assert server.authenticator is not None and server.authenticator.guesses is not None
+    now = [1000.0]
+    server.authenticator.monotonic = lambda: now[0]
+    mallory = await _ua(nursery, server, "alice", password="guess")
+    for _ in range(3):
+        assert (await mallory.register()).reason == "Wrong User Or Password"
+    caplog.set_level("INFO", logger="imc_actors.auth")
+    assert (await mallory.register()).reason == "Too Many Wrong Passwords"
+    # the right password from that address is not checked either, while the block lasts
+    alice = await _ua(nursery, server, "alice")
+    assert (await alice.register()).reason == "Too Many Wrong Passwords"
+    assert _bound(server, "alice") == []
+    assert server.authenticator.statistics().blocked == 2
+    assert any(
+        "digest answers from 127.0.0.1 refused for 600 s: more than 3 wrong passwords" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+    now[0] += 601  # the block is over, and the budget has refilled a little
+    assert (await alice.register()).code == 200
+    assert _bound(server, "alice") == [alice.contact]
+
+
+async def test_refusals_are_logged_with_their_source_at_most_once_a_second(nursery, tmp_path, caplog):
+    server = await _server(nursery, tmp_path)
+    assert server.authenticator is not None
+    now = [0.0]
+    server.authenticator.monotonic = lambda: now[0]
+    caplog.set_level("INFO", logger="imc_actors.auth")
+    mallory = await _ua(nursery, server, "alice", password="guess")
+    for _ in range(4):
+        assert (await mallory.message(MANAGER, "#rooms")).code == 403
+    now[0] += 1.0
+    assert (await mallory.register()).code == 403
+    lines = [r.getMessage() for r in caplog.records if "refused: wrong user or password" in r.getMessage()]
+    assert lines == [
+        f"MESSAGE from 127.0.0.1: digest for 'alice' at {DOMAIN} refused: wrong user or password",
+        f"REGISTER from 127.0.0.1: digest for 'alice' at {DOMAIN} refused: wrong user or password"
+        " (3 more refusals not logged)",
+    ]
+
+
 async def test_a_captured_authorization_cannot_be_replayed(nursery, tmp_path):
     server = await _server(nursery, tmp_path)
     alice = await _ua(nursery, server, "alice")
@@ -312,7 +359,8 @@ async def test_identity_header_is_required_single_and_parsed(ua, server, config_
 
 
 async def test_garbage_authorizations_leave_no_state(nursery, tmp_path):
-    server = await _server(nursery, tmp_path, auth_cache_size=4)
+    # 20 users' rows read (auth_fail_rate 0: no bound on one source's wrong answers)
+    server = await _server(nursery, tmp_path, auth_cache_size=4, auth_fail_rate=0.0)
     eve = await _ua(nursery, server, "alice", password="")
     eve.password = None
     nonce = (await eve.register()).header_list("WWW-Authenticate")[0].split('nonce="')[1].split('"')[0]
@@ -333,6 +381,7 @@ async def test_garbage_authorizations_leave_no_state(nursery, tmp_path):
     assert server.metrics is not None
     text = server.metrics.exposition().decode()
     assert 'imc_auth_total{node="",result="refused"} 20.0' in text and "imc_auth_users" in text
+    assert 'imc_auth_total{node="",result="blocked"} 0.0' in text
 
 
 async def test_loopback_default_is_off(server, ua):

@@ -310,6 +310,26 @@ def test_abuse_bounds_defaults_and_sources():
         ({"IMC_DELIVERY_BURST": "0"}, "invalid delivery_burst: must be positive"),
         ({"IMC_DELIVERY_BURST": "many"}, "invalid delivery_burst: expected an integer, got 'many'"),
         ({"IMC_MAILBOX_SIZE": "0"}, "invalid mailbox_size: must be positive"),
+        # 10^12 s made every REGISTER a 500 (the expiry date was out of range)
+        (
+            {"IMC_MAX_EXPIRES": "999999999999", "IMC_DEFAULT_EXPIRES": "999999999999"},
+            "invalid max_expires: must be at most 1,000,000,000 seconds",
+        ),
+        (  # was named min_expires, which was not the one out of line
+            {"IMC_DEFAULT_EXPIRES": "10"},
+            "invalid default_expires: need 1 <= min_expires <= default_expires <= max_expires",
+        ),
+        (
+            {"IMC_MAX_EXPIRES": "100", "IMC_DEFAULT_EXPIRES": "100", "IMC_MIN_EXPIRES": "200"},
+            "invalid default_expires: need 1 <= min_expires <= default_expires <= max_expires",
+        ),
+        ({"IMC_MIN_EXPIRES": "0"}, "invalid min_expires: must be at least 1 second"),
+        ({"IMC_AUTH_FAIL_BURST": "0"}, "invalid auth_fail_burst: must be positive"),
+        (
+            {"IMC_AUTH_FAIL_RATE": "-1"},
+            "invalid auth_fail_rate: must be 0 (no bound) or more wrong passwords a second",
+        ),
+        ({"IMC_AUTH_FAIL_BLOCK": "-1"}, "invalid auth_fail_block: must be 0 or more seconds"),
     ],
 )
 def test_abuse_bounds_are_validated(env, message):
