@@ -48,6 +48,7 @@ from imc_actors.sip import Request, aor_key, canonical, split_addresses
 from imc_actors.store.repository import StoreError
 from imc_actors.store.writer import StoreUnavailable
 from imc_actors.transport import Handler, Reply, Responder, Source
+from imc_actors.transport.limits import LogBudget
 
 __all__ = ["Identity", "SipCore", "SUPPORTED", "OTHER_AOR", "same_aor"]
 
@@ -125,6 +126,7 @@ class SipCore:
         self.on_registered = on_registered
         self.on_binding = on_binding
         self._aor_locks: dict[str, trio.Lock] = {}
+        self._refusal_log = LogBudget(1)  # a flood from an untrusted source: a line a second
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in config.trusted_sources]
         self.authenticator = authenticator
         #: ``is_room("user@host")``: that address is a room's or the manager's, so no user
@@ -260,7 +262,9 @@ class SipCore:
             return await self.message_handler(request, source)
         challenge = self.challenges(method, source)
         if not challenge and not self.is_trusted(source.host):
-            log.info("%s from untrusted source %s: 403", method, source.host)
+            self._refusal_log.log(log, logging.INFO, trio.current_time(),
+                                  "%s from untrusted source %s: 403", method, source.host,
+                                  what="refusals")  # fmt: skip
             await trio.lowlevel.checkpoint()
             return Reply(403, "Forbidden")
         if request.max_forwards == 0 and method != "OPTIONS":
@@ -287,7 +291,9 @@ class SipCore:
                 return await self.message_handler(request, source)
             return await self.message_handler(request, source, identity=identity)  # type: ignore[call-arg]
         if identity is not None and method == "REGISTER" and not same_aor(request.to_uri, identity.uri):
-            log.info("REGISTER for %s by %s: 403", request.to_uri, identity.uri)
+            self._refusal_log.log(log, logging.INFO, trio.current_time(),
+                                  "REGISTER for %r by %s: 403", request.to_uri[:128], identity.uri,
+                                  what="refusals")  # fmt: skip
             return OTHER_AOR
         await trio.lowlevel.checkpoint()
         if method == "OPTIONS":

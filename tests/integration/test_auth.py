@@ -334,6 +334,24 @@ async def test_trusted_sources_are_not_challenged(nursery, tmp_path):
     assert (await proxy.message(MANAGER, "#create chat")).code == 200
 
 
+async def test_untrusted_sources_are_refused_with_a_log_line_a_second_at_most(
+    nursery, tmp_path, caplog, mock_clock
+):
+    # a tour: 3,010 requests from an untrusted address wrote 3,010 log lines
+    server = await _server(nursery, tmp_path, auth="register", trusted_sources=["127.0.0.200/32"])
+    caplog.set_level("INFO", logger="imc_actors.sipcore")
+    stranger = await _ua(nursery, server, "alice")
+    for _ in range(5):
+        assert (await stranger.message(MANAGER, "#rooms")).code == 403
+    mock_clock.jump(1.0)
+    assert (await stranger.request("INFO", MANAGER)).code == 403
+    lines = [r.getMessage() for r in caplog.records if "untrusted source" in r.getMessage()]
+    assert lines == [
+        "MESSAGE from untrusted source 127.0.0.1: 403",
+        "INFO from untrusted source 127.0.0.1: 403 (4 more refusals not logged)",
+    ]
+
+
 @pytest.mark.parametrize("config_overrides", [{"trusted_sources": ["127.0.0.0/8"],
                                                "identity_header": "P-Asserted-Identity"}])  # fmt: skip
 async def test_identity_header_is_required_single_and_parsed(ua, server, config_overrides):
