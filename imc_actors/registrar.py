@@ -15,6 +15,8 @@ every member reachable. :meth:`Registrar.register` does plan and apply at once (
 from __future__ import annotations
 
 import ipaddress
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +25,10 @@ from imc_actors.sip.uri import parse_sip_uri
 from imc_actors.store.models import MAX_CONTACT, MAX_LENGTH
 from imc_actors.store.records import Binding, BindingClear, BindingDelete, BindingSet, StoreWrite
 from imc_actors.transport import Reply
+from imc_actors.transport.limits import LogBudget
 from imc_actors.transport.routing import parse_hop
+
+log = logging.getLogger("imc_actors.registrar")
 
 __all__ = ["MAX_ANSWER", "Registrar", "Update", "answer_fits", "parse_contacts"]
 
@@ -255,6 +260,9 @@ class Registrar:
         self._aors: dict[str, dict[str, _Binding]] = {}
         self._order = 0
         self._next_sweep = float("-inf")
+        #: REGISTERs of a new address of record refused because ``max_aors`` were bound.
+        self.full = 0
+        self._full_log = LogBudget(1, 60.0)
         #: ``is_self(ip, port)``: whether that is this server's own socket (the server sets
         #: it from its transport); a Contact there is refused, since nothing sent to it could
         #: reach the user (it would come straight back). None: not checked.
@@ -384,6 +392,12 @@ class Registrar:
                 headers=(("Warning", f'399 imc-actors "at most {self.max_contacts} contacts per address of record"'),),
             )  # fmt: skip
         if wanted and not current and len(self._aors) >= self.max_aors:
+            self.full += 1
+            self._full_log.log(
+                log, logging.WARNING, time.monotonic(),
+                "the registrar is full: %d addresses of record have bindings (max_aors); "
+                "a REGISTER for a new one gets 503", len(self._aors), what="refusals",
+            )  # fmt: skip
             return Reply(
                 503, "Registrar Full",
                 headers=(("Retry-After", "60"), ("Warning", f'399 imc-actors "at most {self.max_aors} registered addresses"')),
@@ -443,6 +457,10 @@ class Registrar:
         return added
 
     # ------------------------------------------------------------------ queries
+    def statistics(self) -> tuple[int, int]:
+        """``(addresses of record, bindings)`` held now, expired ones not yet swept included."""
+        return len(self._aors), sum(len(bindings) for bindings in self._aors.values())
+
     def lookup(self, aor: str, now: float) -> list[str]:
         """Unexpired contact URIs of ``aor`` (``user@host``, any case), most recent first."""
         contacts = self._aors.get(aor) or self._aors.get(aor.lower())

@@ -602,7 +602,7 @@ async def _open_server(
         config, sender=sender, repository=repository, home=home, handoff=handoff,
         node_free=node_free,
     ) as conference:  # fmt: skip
-        metrics.conference, metrics.transport = conference, transport
+        metrics.conference, metrics.transport, metrics.registrar = conference, transport, registrar
         store = conference.store
         if registrar is not None and store is not None and hasattr(repository, "load_bindings"):
             wall = time.time()

@@ -229,6 +229,17 @@ class _StatisticsCollector(Collector):
             yield from self._transport(_fields(m.transport.statistics()))
         if m.authenticator is not None:
             yield from self._auth(m.authenticator.statistics())
+        if m.registrar is not None:
+            aors, bindings = m.registrar.statistics()
+            yield GaugeMetricFamily(
+                "imc_registrar_aors", "addresses of record with bindings (at most max_aors)", value=aors
+            )
+            yield GaugeMetricFamily("imc_registrar_bindings", "contact bindings held", value=bindings)
+            yield CounterMetricFamily(
+                "imc_registrar_full",
+                "REGISTERs for a new address of record answered 503 because max_aors had bindings",
+                value=m.registrar.full,
+            )
         if m.fifo is not None:
             yield CounterMetricFamily(
                 "imc_mi_requests", "MI FIFO requests answered", value=m.fifo.requests
@@ -434,6 +445,7 @@ class ServerMetrics:
         self.transport: _HasStatistics | None = None
         self.fifo: Any = None
         self.authenticator: Any = None  # the digest Authenticator (auth on), see imc_actors.auth
+        self.registrar: Any = None  # the Registrar (registrar on), see imc_actors.registrar
         self.messages_in = Counter(
             "imc_messages_in", "incoming MESSAGE requests, by kind (command or chat)",
             ["kind"], registry=self.registry,

@@ -400,6 +400,7 @@ async def test_garbage_authorizations_leave_no_state(nursery, tmp_path):
     text = server.metrics.exposition().decode()
     assert 'imc_auth_total{node="",result="refused"} 20.0' in text and "imc_auth_users" in text
     assert 'imc_auth_total{node="",result="blocked"} 0.0' in text
+    assert 'imc_registrar_aors{node=""} 0.0' in text and 'imc_registrar_full_total{node=""} 0.0' in text
 
 
 async def test_loopback_default_is_off(server, ua):

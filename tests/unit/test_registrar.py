@@ -325,6 +325,22 @@ def test_beyond_max_aors_a_new_address_of_record_gets_503() -> None:
     assert refused.code == 503 and dict(refused.headers)["Retry-After"] == "60"
     again = registrar.register(register(["<sip:a@192.0.2.9>"], to="sip:a@example.org", cseq=2), 0.0)
     assert again.code == 200  # a known one may still change its bindings
+    # an operator sees it fill up (metrics) and learns it is full (a WARNING a minute at most)
+    assert (registrar.statistics(), registrar.full) == ((2, 3), 1)
+
+
+def test_a_full_registrar_is_logged_once_a_minute_and_counted(caplog) -> None:
+    registrar = Registrar(["example.org"], max_aors=1)
+    assert registrar.register(register(["<sip:a@192.0.2.1>"], to="sip:a@example.org"), 0.0).code == 200
+    caplog.set_level("WARNING", logger="imc_actors.registrar")
+    for user in ("b", "c", "d"):
+        refused = registrar.register(register([f"<sip:{user}@192.0.2.1>"], to=f"sip:{user}@example.org"), 0.0)
+        assert refused.code == 503
+    assert [r.getMessage() for r in caplog.records] == [
+        "the registrar is full: 1 addresses of record have bindings (max_aors); "
+        "a REGISTER for a new one gets 503"
+    ]
+    assert registrar.full == 3
 
 
 @pytest.mark.parametrize(
