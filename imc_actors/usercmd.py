@@ -15,7 +15,7 @@ from typing import TextIO
 from .config import Config
 from .imc.effects import MAX_STORED_LENGTH
 from .imc.texts import shown
-from .sip import canonical
+from .sip import aor_key, canonical
 
 __all__ = ["read_password", "run_user"]
 
@@ -42,6 +42,22 @@ def _split(address: str) -> tuple[str, str]:
     if len(user) > MAX_STORED_LENGTH or len(domain) > MAX_STORED_LENGTH:
         raise UsageError(f"user and domain may have at most {MAX_STORED_LENGTH} characters each")
     return user, domain.lower()
+
+
+def _twin(rows: list[tuple[str, str]], user: str, domain: str) -> str | None:
+    """Another spelling of ``user@domain`` among ``rows`` (``Alice`` for ``alice``, ``a%62c``
+    for ``abc``): a digest answer as either authenticates the same sender, so a second row
+    would give one identity two passwords. None when there is none (or only the same one)."""
+    key = aor_key(f"sip:{user}@{domain}")
+    for username, host in rows:
+        if username == user:
+            continue  # the same row: set_user says it exists
+        try:
+            if aor_key(f"sip:{username}@{host}") == key:
+                return f"{username}@{host}"
+        except ValueError:
+            continue  # a row made elsewhere that names no SIP user
+    return None
 
 
 def read_password(stdin: TextIO) -> str:
@@ -92,6 +108,11 @@ def run_user(config: Config, action: str, address: str | None, password: str | N
                 text = f"user {name} deleted"
             else:
                 assert password is not None and domain is not None
+                twin = _twin(repository.list_users(domain), user, domain) if action == "add" else None
+                if twin is not None:  # two rows, two passwords, one identity
+                    print(f"{PROG}: user {shown(twin)} exists, and names compare case-insensitively "
+                          f"with escapes decoded (user passwd changes its password)", file=sys.stderr)  # fmt: skip
+                    return EXIT_FAILED
                 done = repository.set_user(user, domain, password, create=action == "add")
                 why = f"user {name} exists (user passwd changes its password)" if action == "add" \
                     else f"no user {name} (user add creates it)"  # fmt: skip

@@ -93,6 +93,15 @@ def test_user_commands(db_url: str, tables: Tables) -> None:
         assert found is not None and found.ha1 == ha1("MD5", "Alice", "example.org", "new pw")
     listed = cli("user", "list", *flags)
     assert (listed.returncode, listed.stdout) == (0, "Alice@example.org\n")
+    # another spelling of the same identity is refused: it would be a second password for
+    # sip:alice (a tour: ALICE and alice each got a row, and each password authenticated)
+    for twin in ("ALICE@example.org", "alice@Example.org", "%41lice@example.org"):
+        refused = cli("user", "add", twin, "--password", "other", *flags)
+        assert (refused.returncode, refused.stderr.strip()) == (1, (
+            "imc-actors: user Alice@example.org exists, and names compare case-insensitively "
+            "with escapes decoded (user passwd changes its password)"
+        )), twin  # fmt: skip
+    assert cli("user", "list", *flags).stdout == "Alice@example.org\n"
     with tables.repository(db_url) as repository:  # a row made elsewhere (Kamailio's kamctl)
         repository.set_user("\x1b[31mmallory", "example.org", "pw", create=True)
     listed = cli("user", "list", *flags)
