@@ -319,6 +319,10 @@ class Authenticator:
         if self.nonces.is_stale(issued, self.clock()) or not self.nonces.made_here(credentials.nonce):
             # too old, or another worker's or node's: it remembers that nonce's counts, not we
             return Verdict(self.challenge(request, realm, stale=True), "stale")
+        if self.counts.forgotten(credentials.nonce, issued):
+            # issued before a restart (or its counts dropped for room): a client answering
+            # its last challenge, as after any restart, is told to answer afresh; no replay
+            return Verdict(self.challenge(request, realm, stale=True), "stale")
         if not self.counts.fresh(credentials.nonce, issued, credentials.nc):
             why = f"nonce-count {credentials.nc_text} used before (a replay?)"
             self._log_refusal(request, credentials, realm, why, source)

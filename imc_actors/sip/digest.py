@@ -266,6 +266,12 @@ class NonceCounts:
         below = highest - nc
         return below < NC_WINDOW and not (seen >> below) & 1
 
+    def forgotten(self, nonce: str, issued: float) -> bool:
+        """True when ``nonce`` is not in the table and was issued at or before :attr:`floor`:
+        its counts are gone (issued before this process started, or dropped to make room), so
+        any answer with it counts as used; not a replay seen here."""
+        return nonce not in self._seen and issued <= self.floor
+
     def record(self, nonce: str, issued: float, nc: int) -> None:
         """Remember that ``nc`` was used with ``nonce`` (after it verified and was
         :meth:`fresh`)."""
