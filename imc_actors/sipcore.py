@@ -176,6 +176,18 @@ class SipCore:
         except ValueError:
             return Reply(403, f"No Valid {name}")
 
+    def _foreign_register(self, request: Request) -> bool:
+        """A REGISTER whose To names no user or a domain not served: the registrar answers it
+        404 without a challenge (a password for a realm we do not serve could not help, and
+        the right one used to get 403 To Is Not The Authenticated User)."""
+        if request.method != "REGISTER" or self.registrar is None:
+            return False
+        try:
+            aor = aor_key(request.to_uri)
+        except ValueError:
+            return True
+        return aor.rpartition("@")[2] not in self.registrar.domains
+
     def _room_address(self, request: Request) -> Reply | None:
         """403 for a REGISTER of a room's address (or the manager's): a user there could
         never be told apart from the room (``is_room``; None: not checked)."""
@@ -260,7 +272,7 @@ class SipCore:
             # another node's (issue 13): the handler checks the source against the node table
             # and takes the identity the forwarding node settled (it authenticated the sender)
             return await self.message_handler(request, source)
-        challenge = self.challenges(method, source)
+        challenge = self.challenges(method, source) and not self._foreign_register(request)
         if not challenge and not self.is_trusted(source.host):
             self._refusal_log.log(log, logging.INFO, trio.current_time(),
                                   "%s from untrusted source %s: 403", method, source.host,

@@ -139,6 +139,18 @@ async def test_a_source_that_keeps_guessing_is_refused_without_a_check(nursery, 
     assert _bound(server, "alice") == [alice.contact]
 
 
+async def test_a_register_for_a_domain_not_served_gets_404_without_a_challenge(nursery, tmp_path):
+    # was: challenged for the first served realm, then with the right password refused
+    # "403 To Is Not The Authenticated User", which sent its user looking at the password
+    server = await _server(nursery, tmp_path)
+    alice = await _ua(nursery, server, "alice")
+    for to in ("sip:alice@elsewhere.example", f"sip:{DOMAIN}"):
+        reply = await alice.request("REGISTER", f"sip:{DOMAIN}", to_uri=to,
+                                    headers=[("Contact", f"<{alice.contact}>")])  # fmt: skip
+        assert (reply.code, reply.reason) == (404, "Not Found"), to
+    assert (await alice.register()).code == 200  # her own domain: challenged, and bound
+
+
 async def test_refusals_are_logged_with_their_source_at_most_once_a_second(nursery, tmp_path, caplog):
     server = await _server(nursery, tmp_path)
     assert server.authenticator is not None
