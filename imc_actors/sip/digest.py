@@ -87,10 +87,14 @@ _PARAM = re.compile(
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
+#: The scheme and what follows: LWS (spaces or tabs, RFC 3261 §25.1) separates them.
+_SCHEME = re.compile(r"([^ \t]*)[ \t]*(.*)", re.DOTALL)
+
+
 def _params(value: str) -> dict[str, str]:
     """The ``Digest`` parameters of a header value, names lower-cased; DigestError when the
     scheme is not Digest, the syntax is broken, or a parameter comes twice."""
-    scheme, _, rest = value.strip().partition(" ")
+    scheme, rest = _SCHEME.match(value.strip()).groups()  # type: ignore[union-attr]
     if scheme.lower() != "digest":
         raise DigestError("Not a Digest authorization")
     params: dict[str, str] = {}

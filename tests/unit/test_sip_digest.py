@@ -47,10 +47,18 @@ def test_credentials_are_parsed_with_quotes_escapes_and_commas():
     )  # fmt: skip
 
 
+def test_a_tab_may_follow_the_scheme():
+    # LWS is spaces or tabs (RFC 3261 §25.1): "Digest<TAB>username=…" was "Not a Digest"
+    value = 'Digest\tusername="alice", realm="example.org", nonce="n", uri="sip:x@example.org",' \
+        ' response="ab", qop=auth, nc=00000001, cnonce="c"'  # fmt: skip
+    assert parse_credentials(value).username == "alice"
+
+
 @pytest.mark.parametrize(
     "value, reason",
     [
         ('Basic YWxpY2U6cHc=', "Not a Digest authorization"),
+        ('Digestusername="a"', "Not a Digest authorization"),
         ('Digest username="a", realm="r", nonce="n", uri="u"', "Digest response missing"),
         ('Digest username="a" realm="r"', "Malformed Digest parameters"),
         ('Digest username="a", username="b", realm="r"', "Digest parameter username twice"),
