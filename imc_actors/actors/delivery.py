@@ -22,10 +22,15 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
   MESSAGE being retransmitted) stops counting against the window (one such notice per lane at
   a time, so an overloaded server is not sent more work); when it then times out (408)
   while a later one was answered, the member is there and only its answer was
-  lost: it fails alone, the lane does not park;
+  lost: it fails alone, the lane does not park. When the next one goes as long unanswered
+  too, with no answer since the first, the member is gone (a phone off the network): the
+  lane parks at once (:meth:`Delivery._park_silent`), its notices in flight stored in their
+  turn, rather than keep everything that comes for it in memory until Timer F; a late 2xx to
+  one of them wakes it. So does a full ``queue_size``: lanes with an overdue notice park
+  before the rooms are made to wait;
 - **delivered** (2xx), or **refused** (a deliberate 4xx/6xx such as 403, 404, 415: dropped and
   counted; a failed invitation is reported back to its room through ``on_outcome``);
-- **unreachable** (408, 480, 5xx, no binding, transport error): a notice the room sent a
+- **unreachable** (408, 480, 486, 5xx, no binding, transport error): a notice the room sent a
   *member* (``Notice.keep``) is **stored** durably (the ``imc_pending`` table, through the
   store) and the lane is *parked*: what comes next for that member is stored behind it, in
   order (a notice still in flight when the lane parks keeps its turn: what is newer waits
@@ -62,7 +67,9 @@ free, hands its notices over in one frame per batch; the other worker queues the
 here. Invitations stay here, since their failure goes back to their room.
 
 Stored notices are delivered at least once: a crash between a delivery and the delete of its
-row sends it again after the restart.
+row sends it again after the restart (rows are deleted every :data:`FLUSH_DELETE` deliveries).
+A wake (REGISTER, MESSAGE) that comes while a notice to the member is in flight makes the lane
+flush again at once should that notice fail: its new binding is tried without a retry's wait.
 """
 
 from __future__ import annotations
@@ -93,8 +100,11 @@ FAILED_LOG_LINES = 20
 
 #: Seconds a :class:`Hold` may stay unreleased before delivery releases it by itself.
 HOLD_LIMIT = 2.0
-#: Stored notices read, sent and deleted per round of a flush.
+#: Stored notices read per round of a flush.
 FLUSH_BATCH = 100
+#: Stored notices delivered between two deletes of their rows during a flush: what a crash
+#: (kill -9) may deliver a second time after the restart.
+FLUSH_DELETE = 10
 #: Notices written to the store per commit when a lane parks.
 PERSIST_BATCH = 100
 #: The longest wait between two retries of a parked member (seconds; see ``pending_retry``).
@@ -122,8 +132,9 @@ class DeliveryResult:
     @property
     def unreachable(self) -> bool:
         """The recipient could not be reached (408, 480, 5xx): worth storing and retrying.
-        Any other failure is a deliberate refusal (403, 404, 415, 482, 6xx, ...)."""
-        return self.code in (408, 480) or 500 <= self.code < 600
+        Any other failure is a deliberate refusal (403, 404, 415, 482, 6xx, ...); 486 Busy
+        Here is not (RFC 3261 §21.4.24: the user may be reachable later)."""
+        return self.code in (408, 480, 486) or 500 <= self.code < 600
 
 
 #: Sends one notice; ``in_reply_to`` is the Call-ID of the MESSAGE that caused it.
@@ -268,6 +279,7 @@ class _Lane:
         "unwarned",
         "waiting",
         "warned_at",
+        "woke_at",
         "woken",
         "working",
     )
@@ -283,6 +295,7 @@ class _Lane:
         self.steady = True  # no late answer, failure or overdue since the lane was last idle
         self.parked = False  # unreachable: new notices are stored, nothing is sent
         self.woken = False  # reachable again: flush the stored notices
+        self.woke_at = -math.inf  # trio time of the last wake (its REGISTER or MESSAGE)
         self.working = False  # the lane's worker task runs (flushing, or waiting for the store)
         self.persisting = False  # the lane's persister task runs (writing notices to the store)
         self.waiting = False  # in Delivery._waiting for a free in-flight slot
@@ -383,6 +396,7 @@ class Delivery:
         self._idle = trio.Event()
         self._idle.set()
         self._space: trio.Event | None = None
+        self._spilled_at = -math.inf  # trio time of the last _spill_silent
         self._submitted = 0
         self._ok = 0
         self._failed = 0
@@ -488,9 +502,46 @@ class Delivery:
 
     async def _wait_for_space(self) -> None:
         while self._full():
+            self._spill_silent()
+            if not self._full():
+                break
             if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
+
+    def _spill_silent(self) -> None:
+        """``queue_size`` or ``queue_bytes`` is reached: park every lane whose member has let a
+        notice go unanswered for ``overdue`` seconds and has member notices queued, so that
+        they are stored rather than wait in memory. Else members who answer nothing (phones
+        gone without unregistering) hold the whole queue until Timer F, and every room waits
+        for it. Once a second at most (it looks at every lane)."""
+        now = trio.current_time()
+        if self._store is None or now - self._spilled_at < 1.0:
+            return
+        self._spilled_at = now
+        for lane in list(self._lanes.values()):
+            if (
+                not lane.parked and lane.flying and lane.flying[0].overdue
+                and any(item.notice.keep for item in lane.items)
+            ):  # fmt: skip
+                self._park_silent(lane, now - lane.flying[0].sent)
+
+    def _park_silent(self, lane: _Lane, silent: float) -> None:
+        """Park ``lane`` as unreachable: its member answered nothing for ``silent`` seconds.
+        Its member notices in flight are stored in their turn with what is queued (should one
+        be answered after all, the member gets it twice: at least once); it is tried again
+        on its next REGISTER or MESSAGE, or at its retry."""
+        lane.parked = True
+        lane.woken = False
+        self._parked_log.log(
+            log, logging.INFO, trio.current_time(),
+            "member %s answered nothing for %.0f s: storing its notices", lane.key, silent,
+            what="members parked",
+        )  # fmt: skip
+        for item in [item for item in lane.flying if item.notice.keep]:
+            self._detach(lane, item)
+        self._ensure_worker(lane)
+        self._nudge(lane)
 
     def wake(self, member: str, *, here: bool = False) -> None:
         """``member`` (a URI or ``user@host``) is reachable again: deliver what is stored for it
@@ -502,7 +553,10 @@ class Delivery:
             if worker is not None:
                 self.handoff.wake(worker, key)
         lane = self._lanes.get(key)
-        if lane is not None and lane.parked and not lane.woken:
+        if lane is None:
+            return
+        lane.woke_at = trio.current_time()  # a flush failing now tries the new binding at once
+        if lane.parked and not lane.woken:
             lane.woken = True
             lane.retries = 0
             self._nudge(lane)
@@ -709,7 +763,12 @@ class Delivery:
             return DeliveryResult(500, f"Delivery error: {type(exc).__name__}")
 
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
-        if item.detached:  # stored in its turn when its lane parked: this outcome is moot
+        if item.detached:  # stored in its turn when its lane parked: this outcome is moot,
+            if result.ok and lane.parked and not lane.woken:  # but the member is there after all
+                lane.woken = True
+                lane.retries = 0
+                self._nudge(lane)
+                self._ensure_worker(lane)
             return
         self._landed(lane, item)
         self._nudge(lane)
@@ -738,6 +797,8 @@ class Delivery:
                     "member %s unreachable (%d %s): storing its notices",
                     lane.key, result.code, result.reason, what="members parked",
                 )  # fmt: skip
+            if lane.woke_at > item.sent:  # it registered (or wrote) since: try again at once
+                lane.woken = True
             if not lane.woken:
                 for other in [other for other in lane.flying if other.overdue]:
                     self._detach(lane, other)
@@ -809,7 +870,7 @@ class Delivery:
             self._failed += 1
             self._failed_log.log(
                 log, logging.INFO, trio.current_time(),
-                "delivery failed to=%s kind=%s code=%d reason=%s call_id=%s",
+                "delivery failed to=%s kind=%s code=%d reason=%s in_reply_to=%s",
                 notice.to, notice.kind, result.code, result.reason, in_reply_to,
                 what="failed deliveries",
             )  # fmt: skip
@@ -1077,6 +1138,7 @@ class Delivery:
         (the member is unreachable again, or the store failed)."""
         assert self._store is not None
         key = lane.key
+        started = trio.current_time()
         try:
             rows: list[PendingRow] = await self._store.read(
                 lambda repository: repository.load_pending(key, FLUSH_BATCH)
@@ -1106,27 +1168,34 @@ class Delivery:
             )
             for row in live
         ]  # fmt: skip
-        results = await self._send_in_turn(notices)
         reachable = True
-        for row, result in zip(live, results, strict=False):
-            if result.ok:
-                self._flushed += 1
-                self._ok += 1
-            elif result.unreachable:
-                reachable = False
-                lane.woken = False
+        for first in range(0, max(1, len(live)), FLUSH_DELETE):
+            chunk = live[first : first + FLUSH_DELETE]
+            results = await self._send_in_turn(notices[first : first + FLUSH_DELETE])
+            for row, result in zip(chunk, results, strict=False):
+                if result.ok:
+                    self._flushed += 1
+                    self._ok += 1
+                elif result.unreachable:
+                    reachable = False
+                    # registered again (or wrote) since the flush began: the new binding
+                    # is tried at once, not at the next retry
+                    lane.woken = lane.woke_at > started
+                    break
+                else:
+                    self._failed += 1
+                finished.append(row.id)
+            if finished:  # deleted as they go: a crash sends at most FLUSH_DELETE again
+                try:
+                    await self._store.commit([PendingDelete(tuple(finished))])
+                except StoreError as exc:  # delivered at least once: they may go again later
+                    await self._store_trouble(exc)
+                    return "parked"
+                lane.stored = max(0, lane.stored - len(finished))
+                self._stored_all = max(0, self._stored_all - len(finished))
+                finished = []
+            if not reachable:
                 break
-            else:
-                self._failed += 1
-            finished.append(row.id)
-        if finished:
-            try:
-                await self._store.commit([PendingDelete(tuple(finished))])
-            except StoreError as exc:  # delivered at least once: they may go again later
-                await self._store_trouble(exc)
-                return "parked"
-            lane.stored = max(0, lane.stored - len(finished))
-            self._stored_all = max(0, self._stored_all - len(finished))
         return "more" if reachable else "parked"
 
     async def _send_in_turn(self, notices: list[tuple[Notice, str]]) -> list[DeliveryResult]:
@@ -1245,6 +1314,16 @@ class Delivery:
                 # One overdue notice per lane at a time: a lost answer no longer blocks the
                 # member, but a server too slow to get answers in time is not sent more.
                 oldest = lane.flying[0]
+                if (
+                    oldest.overdue and not lane.parked and self._store is not None
+                    and lane.answered < oldest.sent
+                    and any(not item.overdue and item.sent <= limit for item in lane.flying)
+                ):  # fmt: skip
+                    # the next notice went unanswered as long too, and nothing was answered
+                    # since the first: a member gone (a phone off the network) is stored now,
+                    # not after Timer F with everything that came for it meanwhile
+                    self._park_silent(lane, trio.current_time() - oldest.sent)
+                    continue
                 if oldest.sent <= limit and not any(item.overdue for item in lane.flying):
                     oldest.overdue = True
                     lane.unsteady()

@@ -679,7 +679,7 @@ async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock
     delivery = await started(nursery, make(sender, store, overdue=4.0))
     await delivery.submit([relay(ALICE, f"a{i}") for i in range(5)], "cid")
     await trio.testing.wait_all_tasks_blocked()
-    for _ in range(20):
+    for _ in range(7):  # (a1 unanswered as long as a0 too would park ALICE: the next test)
         mock_clock.jump(1.0)
         await trio.testing.wait_all_tasks_blocked()
     assert sender.bodies(ALICE) == [b"a0", b"a1"]
@@ -688,6 +688,130 @@ async def test_only_one_overdue_notice_per_member_at_a_time(nursery, store, mock
         mock_clock.jump(1.0)
         await trio.testing.wait_all_tasks_blocked()
     assert sender.bodies(ALICE) == [b"a0", b"a1", b"a2"]  # a1 is the overdue one now
+
+
+async def test_a_member_that_answers_nothing_is_stored_after_two_overdue_notices(
+    nursery, store, mock_clock
+) -> None:
+    # a tour: 100 members whose phones left without unregistering each kept every line in
+    # memory until Timer F (32 s): the server-wide queue filled, and every room waited
+    sender = Sender()
+    gate = sender.member(ALICE).gate = trio.Event()  # no answer until it opens
+    delivery = await started(nursery, make(sender, store, overdue=4.0, pending_retry=0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(5)], "cid")
+    await trio.testing.wait_all_tasks_blocked()
+    for _ in range(9):
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    await delivery.drain()  # the persister done
+    assert sender.bodies(ALICE) == [b"a0", b"a1"]  # a1 unanswered 4 s too: ALICE is parked
+    stats = delivery.statistics()
+    assert (stats.queued, stats.pending, stats.in_flight) == (0, 5, 0)  # all five stored
+    await delivery.submit([relay(ALICE, "a5")], "cid")
+    await delivery.drain()
+    assert delivery.statistics().pending == 6 and sender.bodies(ALICE) == [b"a0", b"a1"]
+    # a late 2xx to one that was stored: ALICE is there after all, her stored notices flush
+    gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    await delivery.drain()
+    assert sender.bodies(ALICE)[2:] == [f"a{i}".encode() for i in range(6)]  # a0, a1 twice
+    assert delivery.statistics().pending == 0
+
+
+async def test_a_full_queue_stores_the_members_that_answer_nothing_instead_of_waiting(
+    nursery, store, mock_clock
+) -> None:
+    sender = StartingSender()
+    delivery = await started(
+        nursery, make(sender, store, overdue=4.0, queue_size=20, pending_retry=0)
+    )
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(10)], "cid")
+    await delivery.submit([relay(BOB, f"b{i}") for i in range(10)], "cid")
+    for _ in range(5):  # a0 and b0 overdue (4 s), a1 and b1 just sent: nobody parked yet
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+    assert delivery.statistics().queued == 16 and delivery.statistics().pending == 0
+    sender.pending = [entry for entry in sender.pending if entry[0].to != CAROL]
+    done = trio.Event()
+
+    async def carol() -> None:  # another room's line: it must not wait for ALICE and BOB
+        await delivery.submit([relay(CAROL, f"c{i}") for i in range(6)], "cid")
+        done.set()
+
+    nursery.start_soon(carol)
+    await done.wait()  # (it used to wait for Timer F: pytest's timeout would end it)
+    await trio.testing.wait_all_tasks_blocked()
+    stats = delivery.statistics()
+    assert stats.pending == 20 and stats.waiting_members == 2  # ALICE's and BOB's, stored
+    assert [n.body for n, _ in sender.pending][-1] == b"c0"  # carol's first is on its way
+
+
+class SignallingSender(StartingSender):
+    """A :class:`StartingSender` that sets :attr:`sent` at each attempt (a test waits on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = trio.Event()
+
+    def start(self, notice: Notice, in_reply_to: str, on_done: Callable[[DeliveryResult], None]) -> bool:
+        started = super().start(notice, in_reply_to, on_done)
+        self.sent.set()
+        return started
+
+    async def next_attempt(self) -> tuple[Notice, Callable[[DeliveryResult], None]]:
+        await self.sent.wait()
+        self.sent = trio.Event()
+        return self.pending.pop(0)
+
+
+async def test_a_register_during_a_retry_to_a_dead_contact_tries_the_new_binding_at_once(
+    nursery, store
+) -> None:
+    # a tour: a REGISTER from a new address came while the retry's notice was still being
+    # sent to the old, dead contact; it was ignored, and the notices waited for the next
+    # retry (two minutes) instead of going to the new binding when that notice failed
+    sender = SignallingSender()
+    delivery = await started(nursery, make(sender, store, pending_retry=0))
+    await delivery.submit([relay(ALICE, "a0"), relay(ALICE, "a1")], "cid")
+    (await sender.next_attempt())[1](DeliveryResult(503, "Service Unavailable"))
+    await delivery.drain()
+    assert delivery.statistics().pending == 2
+    delivery.wake(ALICE)  # (a retry, or a REGISTER): the flush sends a0 to the old contact
+    notice, answer = await sender.next_attempt()
+    assert notice.body == b"a0"
+    delivery.wake(ALICE)  # she registers from her new address meanwhile
+    answer(DeliveryResult(408, "Request Timeout"))  # the old contact's Timer F
+    for body in (b"a0", b"a1"):  # at once, to the binding she has now
+        notice, answer = await sender.next_attempt()
+        assert notice.body == body
+        answer(DeliveryResult(200, "OK"))
+    await delivery.drain()
+    assert delivery.statistics().pending == 0
+
+
+async def test_a_flush_deletes_its_rows_as_it_goes(nursery, store) -> None:
+    # a tour: kill -9 during a slow member's flush sent every notice of the batch (up to 100)
+    # again after the restart, since the batch's rows were deleted only once all were sent
+    sender = SignallingSender()
+    delivery = await started(nursery, make(sender, store, pending_retry=0))
+    await delivery.submit([relay(ALICE, f"a{i}") for i in range(25)], "cid")
+    (await sender.next_attempt())[1](DeliveryResult(480, "Temporarily Unavailable"))
+    await delivery.drain()
+    assert delivery.statistics().pending == 25
+    delivery.wake(ALICE)
+    for index in range(12):
+        notice, answer = await sender.next_attempt()
+        assert notice.body == f"a{index}".encode()
+        answer(DeliveryResult(200, "OK"))
+    await sender.sent.wait()  # a12 is out: the first ten rows were deleted before a10 left
+    rows = await store.read(lambda repository: repository.load_pending("alice@example.com", 100))
+    assert [row.body for row in rows] == [f"a{i}".encode() for i in range(10, 25)]
+
+
+def test_busy_here_is_worth_storing_and_a_decline_is_not() -> None:
+    # 486 is the member's "not now" (RFC 3261 §21.4.24): its notices used to be dropped
+    assert DeliveryResult(486, "Busy Here").unreachable
+    assert not DeliveryResult(603, "Decline").unreachable
 
 
 async def test_with_several_workers_each_restores_only_its_own_members(nursery, store, tmp_path) -> None:
