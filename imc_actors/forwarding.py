@@ -42,6 +42,7 @@ from .config import ListenAddress
 from .sip import reason_phrase
 from .store.nodes import NodeInfo, RoomLocation
 from .transport import ClientResult, SipTransport, Source
+from .transport.limits import LogBudget
 
 log = logging.getLogger("imc_actors.forwarding")
 
@@ -64,6 +65,7 @@ class Forwarder:
         self._timeout = lease_ttl
         self.forwarded = 0
         self.timeouts = 0
+        self._silent_log = LogBudget(1)  # an owner that died: a line a second, not one a request
 
     async def __call__(
         self, request_uri: str, sender: str, body: bytes, content_type: str | None,
@@ -124,10 +126,14 @@ class Forwarder:
                 direct=True,  # to the node itself, never through outbound_proxy
             )  # fmt: skip
         self.forwarded += 1
-        if result is None:
+        if result is None or result.local:  # (a 503 of ICMP unreachable is not the node's)
             self.timeouts += 1
-            log.warning("node %s did not answer %s for %s forwarded to it within %g s",
-                        location.node, what, location.room, self._timeout)  # fmt: skip
+            self._silent_log.log(
+                log, logging.WARNING, trio.current_time(),
+                "node %s did not answer %s for %s forwarded to it%s", location.node, what,
+                location.room, f" within {self._timeout:g} s" if result is None else f" ({result.reason})",
+                what="such lines",
+            )  # fmt: skip
             return None
         log.debug("forwarded %s for %s to node %s: %d", what, location.room, location.node, result.code)
         return result

@@ -439,6 +439,12 @@ class Registrar:
             self._aors.pop(aor, None)
         return self._ok(aor, now)
 
+    def knows(self, binding: Binding) -> bool:
+        """Whether ``binding`` (as stored) is the one held here already: the same contact,
+        set by the same REGISTER (Call-ID and CSeq). A node reading back its own writes."""
+        held = self._aors.get(binding.aor.lower(), {}).get(_contact_key(binding.contact))
+        return held is not None and (held.call_id, held.cseq) == (binding.call_id, binding.cseq)
+
     def restore(self, bindings: Sequence[Binding], now: float, wall_now: float) -> int:
         """Add stored ``bindings`` (oldest first; expiry in wall-clock seconds, ``wall_now``
         is the wall clock at ``now``); expired ones are skipped. Returns how many were added."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from .actors.delivery import DeliveryResult, Hold
+from .actors.delivery import Delivery, DeliveryResult, Hold
 from .actors.supervisor import Answer
 from .auth import Authenticator
 from .conference import (
@@ -405,6 +405,13 @@ async def _sweep_bindings(commit: Callable[[list[Any]], Awaitable[None]]) -> Non
             log.warning("sweeping expired bindings failed: %s", exc)
 
 
+def _wake_and_adopt(delivery: Delivery, aor: str) -> None:
+    """A REGISTER for ``aor`` was answered on this node (config ``node``): deliver what this
+    node keeps for it, and what a node that died stored for it (``Delivery.adopt``)."""
+    delivery.wake(aor)
+    delivery.adopt(aor)
+
+
 def _wake_everywhere(wake: Callable[..., None], steering: Steering, aor: str) -> None:
     """A REGISTER for ``aor`` was answered here: deliver what this worker and the others
     keep for it."""
@@ -432,8 +439,11 @@ async def _follow_bindings(
             log.warning("reading the other nodes' bindings failed: %s", exc)
             continue
         since = wall
+        # its own REGISTERs come back too: those woke a member that had just failed, for
+        # one more attempt at the contact it had just failed at
+        news = {binding.aor for binding in bindings if not registrar.knows(binding)}
         registrar.restore(bindings, trio.current_time(), wall)
-        for aor in {binding.aor for binding in bindings}:
+        for aor in news:
             wake(aor)
 
 
@@ -620,6 +630,8 @@ async def _open_server(
             steering.on_wake = partial(conference.delivery.wake, here=True)
             steering.on_notices = partial(take_frame, conference.delivery)
             registered = partial(_wake_everywhere, conference.delivery.wake, steering)
+        elif conference.leases is not None:  # nodes share the pending table
+            registered = partial(_wake_and_adopt, conference.delivery)
         core = SipCore(
             config, registrar, message_handler(conference, config, mark=transport.mark, flood=transport.flood),
             commit=commit, on_registered=registered,

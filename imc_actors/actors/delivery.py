@@ -100,6 +100,9 @@ FAILED_LOG_LINES = 20
 
 #: Seconds a :class:`Hold` may stay unreleased before delivery releases it by itself.
 HOLD_LIMIT = 2.0
+#: Pending-table counts :meth:`Delivery.adopt` reads at once at most (a REGISTER flood
+#: costs that many reads, then is not looked at).
+ADOPT_READS = 8
 #: Stored notices read per round of a flush.
 FLUSH_BATCH = 100
 #: Stored notices delivered between two deletes of their rows during a flush: what a crash
@@ -397,6 +400,7 @@ class Delivery:
         self._idle.set()
         self._space: trio.Event | None = None
         self._spilled_at = -math.inf  # trio time of the last _spill_silent
+        self._adopting: set[str] = set()  # members whose stored rows adopt() is counting
         self._submitted = 0
         self._ok = 0
         self._failed = 0
@@ -561,6 +565,42 @@ class Delivery:
             lane.retries = 0
             self._nudge(lane)
             self._ensure_worker(lane)
+
+    def adopt(self, member: str) -> None:
+        """``member`` registered (config ``node``: other nodes share the pending table): if
+        this process keeps no lane with stored notices for it, look in the table for rows
+        another node stored, a node since killed that nobody restarted, and deliver them as
+        if they were its own (they are flushed oldest first, ahead of anything newer). Never
+        blocks: the count is read in a task; at most :data:`ADOPT_READS` at once."""
+        key = member_key(member)
+        lane = self._lanes.get(key)
+        if self._store is None or self._nursery is None or (lane is not None and lane.parked):
+            return  # (a parked lane flushes everything stored for the member: wake does)
+        if self.handoff is not None and self.handoff.worker_of(key) is not None:
+            return  # its own worker adopts them
+        if key in self._adopting or len(self._adopting) >= ADOPT_READS:
+            return
+        self._adopting.add(key)
+        self._nursery.start_soon(self._adopt, key)
+
+    async def _adopt(self, key: str) -> None:
+        assert self._store is not None
+        try:
+            count = int(await self._store.read(lambda repository: repository.pending_count(key)))
+        except StoreError as exc:
+            log.warning("looking for notices stored for %s failed: %s", key, exc)
+            return
+        finally:
+            self._adopting.discard(key)
+        lane = self._lane(key)
+        if not count or lane.parked:
+            self._forget_if_idle(lane)
+            return
+        log.info("member %s: delivering %d notices stored by another node", key, count)
+        lane.stored = count
+        lane.parked = lane.woken = True  # what comes now waits behind them, as for a slow member
+        lane.retries = 0
+        self._ensure_worker(lane)
 
     async def drain(self) -> None:
         """Wait until every notice submitted so far has been delivered, has failed or is

@@ -232,6 +232,12 @@ def pending_counts(models: Models) -> dict[str, int]:
     return dict(counts)
 
 
+def pending_count(models: Models, member: str) -> int:
+    pending = models.pending
+    user, host = _key(member)
+    return int(pending.select().where((pending.username == user) & (pending.domain == host)).count())
+
+
 def pending_total(models: Models) -> int:
     return int(models.pending.select().count())
 

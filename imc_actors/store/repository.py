@@ -446,6 +446,12 @@ class Repository:
             "counting the pending notices", lambda: own_tables.pending_counts(self._models)
         )
 
+    def pending_count(self, member: str) -> int:
+        """How many notices wait for ``member`` (``user@host``): one indexed COUNT."""
+        return self._run(
+            "counting the pending notices", lambda: own_tables.pending_count(self._models, member)
+        )
+
     def pending_total(self) -> int:
         """How many notices wait in the table for all members together (one COUNT)."""
         return self._run("counting the pending notices", lambda: own_tables.pending_total(self._models))
@@ -1118,10 +1124,32 @@ class Repository:
         seqs = own_tables.HistorySeqs(self._history_seq)
         try:
             self._apply_in_transaction(writes, sql, seqs, guard)
+        except peewee.IntegrityError:
+            seqs.settle(committed=False)
+            if self.node is not None:
+                self._fenced_after_conflict(writes, self.node)
+            raise
         except BaseException:
             seqs.settle(committed=False)
             raise
         seqs.settle(committed=True)
+
+    def _fenced_after_conflict(self, writes: list[StoreWrite], node: str) -> None:
+        """A batch that broke a unique key (rolled back): raise :class:`Fenced` when the
+        fence refuses it now, in a transaction rolled back in turn. The fence is checked
+        after the writes (its lease rows stay locked only for the end of the transaction),
+        so a node that lost a room, or created one that another node created first, met the
+        other node's rows before its fence: an IntegrityError and a 500, not the 503 (or the
+        forwarding) a lost lease gets. Returns when the fence passes (a real conflict)."""
+        fenced: Fenced | None = None
+        with self._db.atomic() as check:
+            try:
+                self._fence(writes, node)
+            except Fenced as exc:
+                fenced = exc
+            check.rollback()
+        if fenced is not None:
+            raise fenced
 
     def _apply_in_transaction(
         self,

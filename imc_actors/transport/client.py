@@ -67,16 +67,16 @@ log = logging.getLogger(__name__)
 
 #: Messages larger than this go over TCP when the next hop accepts TCP (RFC 3261 §18.1.1).
 TCP_THRESHOLD = 1300
-TIMEOUT = ClientResult(408, "Request Timeout")
-UNAVAILABLE = ClientResult(503, "Service Unavailable")
+TIMEOUT = ClientResult(408, "Request Timeout", local=True)
+UNAVAILABLE = ClientResult(503, "Service Unavailable", local=True)
 #: An ICMP port or host unreachable came back for the request's destination (over UDP).
-UNREACHABLE = ClientResult(503, "Destination Unreachable")
+UNREACHABLE = ClientResult(503, "Destination Unreachable", local=True)
 #: A user of a domain we serve without a binding (never sent anywhere).
-NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable")
+NOT_REGISTERED = ClientResult(480, "Temporarily Unavailable", local=True)
 #: The next hop is one of our own sockets (never sent: it would loop).
-SELF_TARGET = ClientResult(482, "Loop Detected")
+SELF_TARGET = ClientResult(482, "Loop Detected", local=True)
 #: A contact registered over a WebSocket that has closed (no other way to reach it).
-WS_CLOSED = ClientResult(480, "Temporarily Unavailable")
+WS_CLOSED = ClientResult(480, "Temporarily Unavailable", local=True)
 #: A connection a request can go over.
 Stream = TcpConnection | WsConnection
 #: Via transport names by connection transport.

@@ -8,7 +8,7 @@ request (:class:`ClientResult`) and the counters snapshot (:class:`TransportStat
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from imc_actors.sip import Request
@@ -76,12 +76,14 @@ class ClientResult:
     error, TCP connection lost), or 503 ``Destination Unreachable`` when an ICMP port or host
     unreachable came back for its UDP destination. ``challenges`` holds the
     ``WWW-Authenticate`` (401) or ``Proxy-Authenticate`` (407) values of a final response that
-    asks for digest credentials, in order (empty otherwise).
+    asks for digest credentials, in order (empty otherwise). ``local``: made here, not by
+    the next hop (a timeout, an unreachable or unknown destination): nobody answered.
     """
 
     code: int
     reason: str
     challenges: tuple[str, ...] = ()
+    local: bool = field(default=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -35,6 +35,24 @@ async def test_an_owner_that_does_not_answer_is_given_up_after_lease_ttl(
     silent.close()
 
 
+async def test_an_owner_whose_port_is_closed_is_no_answer_from_it(nursery: trio.Nursery) -> None:
+    # a tour: after kill -9 of the owner, the ICMP port unreachable our own transport made
+    # (503 Destination Unreachable) was passed on as the owner's answer: the client got a
+    # bare 503 and no notice, and nothing was logged
+    server = await start_core(nursery)
+    closed = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: the kernel answers ICMP port unreachable
+    forward = Forwarder(server.transport, "n1", lease_ttl=5.0)
+    location = RoomLocation("chat@example.org", "n2", 1, (f"udp:127.0.0.1:{port}",))
+    with trio.fail_after(4):  # safety net: ICMP comes back at once, long before lease_ttl
+        answer = await forward("sip:chat@example.org", "sip:alice@example.org", b"hi",
+                               "text/plain", "call-1@127.0.0.1", location)  # fmt: skip
+    assert answer is None  # the conference answers 503 + Retry-After with its *** notice
+    assert (forward.forwarded, forward.timeouts) == (1, 1)
+
+
 async def test_forged_forwarded_by_headers_cost_no_read_each(nursery, tmp_path, monkeypatch) -> None:
     # A flood of MESSAGEs claiming to come from another node: each gets 403, and the node
     # table is read once a second at most, not once each on the store's thread (which

@@ -1,6 +1,7 @@
 """Failover between two real ``imc-actors serve`` processes (issue 13 item 4): nodes ``a``
 (127.0.0.2) and ``b`` (127.0.0.3) share one database; after ``kill -9`` of ``a`` its room is
-served by ``b``, restored from the database with every acknowledged member. While both
+served by ``b``, restored from the database with every acknowledged member, and what ``a``
+stored for a member who was away is delivered by ``b`` when he registers there. While both
 run, ``b`` forwards the MESSAGEs for ``a``'s room to ``a`` (issue 13 item 2).
 
 The only wait is for ``b``'s own log line saying it took the room over (its scan runs every
@@ -42,6 +43,25 @@ async def test_kill_9_of_a_node_moves_its_room_to_the_other_node(
         assert (await carol.message(CHAT, "#join")).code == 200  # a holds the room: forwarded
         for agent in (alice, bob):
             await expect(agent, "*** [carol] has joined the room", sender=CHAT)
+        await expect(carol, "*** [carol] has joined the room", sender=CHAT)
+        # dave's phone is off when alice writes: a stores the line for him
+        dave = await TestUA.open(nursery, "dave", DOMAIN, a.udp)
+        assert (await dave.register()).code == 200
+        assert (await dave.message(CHAT, "#join")).code == 200
+        for agent in (alice, bob, carol, dave):
+            await expect(agent, "*** [dave] has joined the room", sender=CHAT)
+        dave.answer = 480
+        assert (await alice.message(CHAT, "while you were away")).code == 202
+        await expect(dave, "[alice]: while you were away", sender=CHAT)  # answered 480
+        for agent in (bob, carol):
+            await expect(agent, "[alice]: while you were away", sender=CHAT)
+
+        async def stored() -> int | None:
+            with tables.repository(db_url) as repository:
+                count = await trio.to_thread.run_sync(repository.pending_count, "dave@127.0.0.1")
+            return count or None
+
+        assert await until(stored) == 1
 
         assert await a.kill() != 0  # no release, no cleanup
         with trio.fail_after(30):  # safety net: the scan takes it within about lease_ttl
@@ -50,10 +70,34 @@ async def test_kill_9_of_a_node_moves_its_room_to_the_other_node(
         bob.server = b.udp
         assert (await bob.register()).code == 200  # bob's phone now talks to b
         assert (await bob.message(CHAT, "#members")).code == 200
-        await expect(bob, "Members:\n*[alice]\n[bob]\n[carol]", sender=CHAT)
+        await expect(bob, "Members:\n*[alice]\n[bob]\n[carol]\n[dave]", sender=CHAT)
+        # dave's phone is back and registers with b, which keeps nothing for him itself: b
+        # delivers what dead a stored for him (was: nothing, until a node was restarted)
+        dave.answer, dave.server = 200, b.udp
+        assert (await dave.register()).code == 200
+        late = await expect(dave, "[alice]: while you were away", sender=CHAT)
+        assert late.header("Date") is not None  # of its original time
         assert (await carol.message(CHAT, "#leave")).code == 200  # b serves it itself now
-        await expect(bob, "*** [carol] has left the room", sender=CHAT)
+        for agent in (alice, bob, dave):
+            await expect(agent, "*** [carol] has left the room", sender=CHAT)
+        assert await until(lambda: _none_left(tables, db_url)) is True
         assert await b.terminate() == 0
+
+
+async def _none_left(tables: Tables, db_url: str) -> bool | None:
+    with tables.repository(db_url) as repository:
+        count = await trio.to_thread.run_sync(repository.pending_count, "dave@127.0.0.1")
+    return True if count == 0 else None
+
+
+async def until(probe, seconds: float = 20):  # type: ignore[no-untyped-def]
+    """Poll ``probe`` until it returns something other than None (a safety net bounds it)."""
+    with trio.fail_after(seconds):
+        while True:
+            found = await probe()
+            if found is not None:
+                return found
+            await trio.sleep(0.05)  # a poll interval, not a synchronisation
 
 
 async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_answer(

@@ -196,6 +196,28 @@ def test_a_room_taken_back_numbers_its_archive_after_the_other_nodes_lines(
     assert [h.seq for h in one.load_history(room, 10)] == list(range(1, 9))
 
 
+def test_a_stale_owners_archive_line_that_meets_the_new_owners_is_fenced_not_a_500(
+    nodes: tuple[Repository, Repository], clock: FakeClock
+) -> None:
+    # a tour: an owner SIGSTOPped past its lease came back and archived a line under the seq
+    # the new owner had used meanwhile: the unique key broke before the fence was checked,
+    # an IntegrityError (ERROR logged, 500 to the client) instead of Fenced (forwarded, 503)
+    one, two = nodes
+    room = "sip:flap@example.com"
+
+    def line(text: str) -> HistoryAppend:
+        return HistoryAppend(room, "sip:alice@example.com", clock.now, "text/plain", text.encode(), 100)
+
+    one.apply_batch([*room_writes("flap"), line("1")])
+    clock.now = T0 + TTL  # n1 paused: n2 takes the room and archives line 2
+    assert two.acquire("flap@example.com") == 2
+    two.apply_batch([line("2")])
+    with pytest.raises(Fenced) as raised:  # n1 resumes, its next seq is 2 as well
+        one.apply_batch([line("late")])
+    assert raised.value.rooms == frozenset({"flap@example.com"})
+    assert [(h.seq, h.body) for h in two.load_history(room, 10)] == [(1, b"1"), (2, b"2")]
+
+
 class DirectStore:
     """What LeaseKeeper reads through, run in the test's own thread (no writer thread, so an
     autojump clock moves only when the test's tasks wait)."""
