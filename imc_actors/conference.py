@@ -1165,9 +1165,11 @@ async def _serving(
         if keeper is not None:  # leases first, then the state they guard
             await keeper.ensure_alone()
             mine = rooms if home is None else [r for r in rooms if home(r.name) == config.node]
-            await keeper.acquire(mine)
+            ours = {room.key for room in mine} - set(await keeper.acquire(mine))
             await keeper.advertise([])  # a node without SIP sockets; the server names its own
-            rooms = await store.load_rooms()
+            # only the rooms this node holds: the others' would count in its metrics and
+            # max_rooms (their requests are forwarded; a takeover loads a room when it comes)
+            rooms = [room for room in await store.load_rooms() if room.key in ours]
         supervisor.load(rooms)
         await delivery.restore()
         await nursery.start(delivery.run)

@@ -162,7 +162,7 @@ class LeaseKeeper:
         self._not_acquired = len(missed)
         if missed:
             log.warning(
-                "%d rooms are held by other nodes (%s%s); their writes get 503 on this node",
+                "%d rooms are held by other nodes (%s%s); their requests are forwarded to them",
                 len(missed), ", ".join(missed[:5]), ", ..." if len(missed) > 5 else "",
             )  # fmt: skip
         return missed

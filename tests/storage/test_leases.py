@@ -386,6 +386,26 @@ def say(room: str, user: str, body: str) -> IncomingMessage:
     return IncomingMessage(f"sip:{room}@example.com", f"sip:{user}@example.com", body.encode())
 
 
+async def test_a_node_starting_beside_another_counts_only_the_rooms_it_holds(
+    db_url: str, tables: Tables
+) -> None:
+    # a tour: a node restarted while the other held 3 rooms showed imc_rooms 3 (sum() over
+    # the cluster counted them twice) and refused #create with "too many rooms" at max_rooms 3
+    from dataclasses import replace
+
+    one = conference_config(db_url, tables, "n1")
+    async with open_conference(one) as first:
+        for name in ("a", "b"):
+            assert (await first.handle(say("imc-manager", "alice", f"#create {name}"))).code == 200
+        two = replace(conference_config(db_url, tables, "n2"), max_rooms=2)
+        async with open_conference(two) as second:
+            assert second.supervisor.statistics().rooms == 0 and second.rooms() == []
+            created = await second.handle(say("imc-manager", "bob", "#create c"))
+            assert created.code == 200  # its first room: a and b are n1's
+            assert second.supervisor.statistics().rooms == 1
+            assert first.supervisor.statistics().rooms == 2
+
+
 async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_taken(
     db_url: str, tables: Tables, clock: FakeClock
 ) -> None:
