@@ -975,6 +975,11 @@ def open_repository(config: Config) -> Repository:
     """The configured database with its tables created if absent (blocking: call in a thread)."""
     repository = repository_of(config)
     repository.init_schema()
+    problems = repository.check_schema()  # tables made elsewhere (or altered) that cannot work
+    if problems:
+        repository.close()
+        more = f" (and {len(problems) - 1} more: imc-actors db check lists them)" if len(problems) > 1 else ""
+        raise StoreError(f"the database's tables do not fit: {problems[0]}{more}")
     return repository
 
 
