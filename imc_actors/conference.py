@@ -48,7 +48,7 @@ from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.urls import DatabaseURL
 from .store.writer import Backend, Store
-from .transport.limits import FloodLimiter, LogInterval
+from .transport.limits import FloodLimiter, LogBudget, LogInterval
 
 log = logging.getLogger("imc_actors.conference")
 
@@ -253,6 +253,7 @@ class Conference:
         self._claims_log = LogInterval(1.0)
         self._takeovers_failed = 0
         self._takeover_log = LogInterval(1.0)
+        self._locate_log = LogBudget(1)  # a database outage: a line a second, not one a request
         self._domains = frozenset(config.served_domains)
         self._manager = config.manager_user.lower()
         self._start = config.imc_cmd_start_char[0]
@@ -757,7 +758,8 @@ class Conference:
         try:
             location = await self.store.read(partial(_locate, key=key))
         except StoreError as exc:
-            log.warning("room=%s locating its node failed: %s", key, exc)
+            self._locate_log.log(log, logging.WARNING, trio.current_time(),
+                                 "room=%s locating its node failed: %s", key, exc, what="such lines")
             return None
         finally:
             self._claiming -= 1
@@ -781,7 +783,9 @@ class Conference:
                 partial(_node_location, key=key, node=node, ttl=self.config.lease_ttl)
             )
         except StoreError as exc:
-            log.warning("room=%s locating its home node %s failed: %s", key, node, exc)
+            self._locate_log.log(log, logging.WARNING, trio.current_time(),
+                                 "room=%s locating its home node %s failed: %s", key, node, exc,
+                                 what="such lines")  # fmt: skip
             return None
         if location is None:
             return None
@@ -909,7 +913,8 @@ class Conference:
         try:
             location = await self.store.read(partial(_locate, key=key))
         except StoreError as exc:
-            log.warning("room=%s locating its node failed: %s", key, exc)
+            self._locate_log.log(log, logging.WARNING, trio.current_time(),
+                                 "room=%s locating its node failed: %s", key, exc, what="such lines")
             return None
         if location is None or location.node == self.config.node:
             return None
@@ -925,7 +930,8 @@ class Conference:
         try:
             location = await self.store.read(partial(_locate, key=key))
         except StoreError as exc:
-            log.warning("room=%s locating its node failed: %s", key, exc)
+            self._locate_log.log(log, logging.WARNING, trio.current_time(),
+                                 "room=%s locating its node failed: %s", key, exc, what="such lines")
             location = None
         if location is None or location.node == self.config.node:  # moved meanwhile
             body = texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds)
