@@ -28,7 +28,8 @@ from typing import Any
 import trio
 
 from ..imc.state import RoomState
-from ..store.repository import StoreError
+from ..store.instance import LockLost
+from ..store.repository import NodeTaken, StoreError
 
 __all__ = ["LeaseKeeper", "LeaseStatistics", "NodeInUse"]
 from ..store.writer import Store
@@ -192,6 +193,9 @@ class LeaseKeeper:
         started = trio.current_time()
         try:
             gone, found = await self._store.read(partial(_round, renew=True, addresses=self._addresses))
+        except NodeTaken as exc:  # ends the conference: serve exits 1 with this line
+            self._ours = False  # the leases and the name are the other process's now
+            raise LockLost(str(exc)) from None
         except StoreError as exc:
             self._failures += 1
             log.warning("renewing the room leases failed: %s", exc)

@@ -47,7 +47,7 @@ from ..imc.effects import MemberDelete, MemberUpsert, RoomDelete, RoomUpsert
 from ..imc.history import HistoryLine
 from ..imc.state import Member, RoomState, member_key
 from . import own_tables, users
-from .leases import Clock, Lease, LeaseTable, room_of, rooms_of, wall_clock
+from .leases import Clock, Lease, LeaseTable, millis, room_of, rooms_of, wall_clock
 from .models import (
     BAN_COLUMNS,
     HISTORY_COLUMNS,
@@ -107,6 +107,12 @@ class LockBusy(StoreError):
     """Another connection held SQLite's write lock at the BEGIN of a transaction run without
     waiting for it (:meth:`Repository.unflushed_writes`): nothing was written, and the same
     writes may be applied again where waiting is fine."""
+
+
+class NodeTaken(StoreError):
+    """This node's row in the node table was written by another process since this one last
+    heartbeat: another process runs under the same node name (this one was paused past
+    ``lease_ttl``, say, and a replacement started). This one must stop."""
 
 
 class Fenced(StoreError):
@@ -355,6 +361,9 @@ class Repository:
         self._leases = LeaseTable(self._db, lease_table)
         self._nodes = NodeTable(self._models.node, self._models.metrics)
         self._held: dict[str, int] = {}
+        #: (heartbeat in ms, addresses) of the node row as this process last wrote it (and of
+        #: a write under way); empty before its first heartbeat.
+        self._beats: tuple[tuple[int, tuple[str, ...]], ...] = ()
         #: room (lower-case URI) -> the number of its last archived line, as committed
         self._history_seq: dict[str, int] = {}
         # Does plain "=" already compare case-insensitively? Never on SQLite/PostgreSQL; on
@@ -681,10 +690,25 @@ class Repository:
         problem = NodeTable.problem(addresses)
         if problem is not None:
             raise StoreError(f"node {node!r}: {problem}")
-        self._run(
-            "recording the heartbeat",
-            lambda: self._nodes.heartbeat(node, addresses, self._clock()),
-        )
+
+        def beat() -> None:
+            now = self._clock()
+            if self._beats:  # the row must still be what this process wrote last
+                row = self._nodes.get(node)
+                if row is not None and (round(row.heartbeat * 1000), row.addresses) not in self._beats:
+                    raise NodeTaken(
+                        f"another process runs as node {node!r} (it heartbeat from "
+                        f"{' '.join(row.addresses) or 'no address yet'}): stopping, so that no "
+                        "room is served twice"
+                    )
+            # what it writes now counts as its own before the write: a commit whose answer
+            # was lost (the retry after a reconnect) must not look like another process's
+            written = (millis(now), tuple(" ".join(addresses).split()))
+            self._beats = (*self._beats[-3:], written)  # (until one commits: a retry or two)
+            self._nodes.heartbeat(node, addresses, now)
+            self._beats = (written,)
+
+        self._run("recording the heartbeat", beat)
 
     def nodes(self) -> list[NodeInfo]:
         """Every node that ever heartbeat, by name (live or not: see :meth:`NodeInfo.live`)."""

@@ -480,6 +480,38 @@ def test_heartbeats_record_each_node_and_locate_finds_a_rooms_owner(
         assert one.locate("other@example.com") == RoomLocation("other@example.com", "n3", 1, ())
 
 
+async def test_a_paused_node_that_finds_its_name_taken_by_another_process_stops(
+    db_url: str, tables: Tables, clock: FakeClock
+) -> None:
+    # a tour: n1 SIGSTOPped past lease_ttl, a replacement started as n1 elsewhere, then the
+    # old one was resumed: both ran on, the node row's address flipping between them, and
+    # every other request forwarded by either got 403 Not Forwarded By A Known Node
+    from imc_actors.store.instance import LockLost
+
+    paused = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    replacement = tables.repository(db_url, node="n1", lease_ttl=TTL, clock=clock)
+    paused.init_schema()
+    try:
+        paused.heartbeat(["udp:127.0.0.2:5060"])
+        clock.now += 1.0
+        paused.heartbeat(["udp:127.0.0.2:5060"])  # its own row as it left it: goes on
+        clock.now += 2 * TTL  # paused; the replacement starts and beats
+        replacement.heartbeat(["udp:127.0.0.4:5060"])
+        keeper = LeaseKeeper(DirectStore(paused), TTL)
+        with pytest.raises(LockLost) as stopped:  # resumed: its next round ends it
+            await keeper.round()
+        assert str(stopped.value) == (
+            "another process runs as node 'n1' (it heartbeat from udp:127.0.0.4:5060): "
+            "stopping, so that no room is served twice"
+        )
+        assert [n.addresses for n in replacement.nodes()] == [("udp:127.0.0.4:5060",)]
+        clock.now += 1.0
+        replacement.heartbeat(["udp:127.0.0.4:5060"])  # the replacement goes on
+    finally:
+        paused.close()
+        replacement.close()
+
+
 async def test_a_server_with_a_node_name_advertises_its_bound_addresses(
     db_url: str, tables: Tables
 ) -> None:
