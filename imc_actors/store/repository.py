@@ -882,7 +882,7 @@ class Repository:
                     continue
                 raise StoreError(f"{what} failed on {self.url}: {_describe(exc)}") from exc
             if first is not None:
-                log.warning("%s on %s failed (%s); it went through after reconnecting",
+                log.warning("%s on %s failed (%s); tried again on a new connection, it went through",
                             what, self.url, _describe(first))  # fmt: skip
             return result
         raise AssertionError("unreachable")

@@ -364,8 +364,8 @@ def test_reconnects_after_the_server_dropped_the_connection(
     assert member_uris(room) == [("sip:alice@example.org", OWNER)]
     repository.ping()
     # one line, once it is known to have gone through
-    (line,) = [r.getMessage() for r in caplog.records if "reconnecting" in r.getMessage()]
-    assert line.startswith("writing on ") and line.endswith("it went through after reconnecting")
+    (line,) = [r.getMessage() for r in caplog.records if "new connection" in r.getMessage()]
+    assert line.startswith("writing on ") and line.endswith("tried again on a new connection, it went through")
 
 
 # -- schema -------------------------------------------------------------------------------------
