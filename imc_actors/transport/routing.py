@@ -311,6 +311,11 @@ class Router:
         """True when ``dest`` (ip, port) is one of our own listening sockets: a request sent
         there would come straight back to us."""
         ip, port = dest[0], dest[1]
+        if ip.lower().startswith("::ffff:") and "." in ip:  # ::ffff:127.0.0.1 is 127.0.0.1 too
+            mapped = ipaddress.ip_address(ip.partition("%")[0])
+            if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+                if self.is_self((str(mapped.ipv4_mapped), port)):
+                    return True
         for bound in [e.address for e in self._udp] + [t.address for t in self._tcp]:
             if bound[1] != port:
                 continue

@@ -90,7 +90,8 @@ async def test_a_contact_that_is_this_server_is_refused_at_register(nursery, ser
     # one WARNING each
     mallory = await open_ua(nursery, server5060, "mallory", HOST5060, register=False)
     for contact in (f"sip:mallory@{HOST5060}:5060", f"sip:mallory@{HOST5060}:5060;transport=tcp",
-                    f"sip:mallory@{HOST5060}"):  # fmt: skip
+                    f"sip:mallory@{HOST5060}",
+                    f"sip:mallory@[::ffff:{HOST5060}]:5060"):  # the IPv4-mapped spelling too  # fmt: skip
         reply = await mallory.register(contact=contact)
         assert (reply.code, reply.reason) == (400, "Invalid Contact"), contact
         assert b"is this server" in reply.body
