@@ -299,14 +299,18 @@ class Conference:
         nodes = node_views(found.nodes, owners, found.now, self.config.lease_ttl)
         return ClusterSnapshot(rooms.values(), owners, nodes, self.config.node)  # type: ignore[arg-type]
 
-    async def _listed_rooms(self) -> list[RoomState]:
-        """The rooms ``#rooms`` lists: the cluster's, or this node's alone (logged) while the
-        database cannot be read."""
+    async def _listed_rooms(self) -> tuple[list[RoomState], bool]:
+        """The rooms ``#rooms`` lists: the cluster's, or this node's alone (logged; True with
+        them) while the database cannot be read."""
         try:
-            return (await self.snapshot()).rooms()
+            return (await self.snapshot()).rooms(), False
         except StoreError as exc:
-            log.warning("#rooms lists this node's rooms only: reading the others failed: %s", exc)
-            return self.rooms()
+            self._locate_log.log(
+                log, logging.WARNING, trio.current_time(),
+                "#rooms lists this node's rooms only: reading the others failed: %s", exc,
+                what="such lines",
+            )  # fmt: skip
+            return self.rooms(), True
 
     def room_status(self, uri: str) -> RoomStatus | None:
         """The supervisor's view of the room at ``uri`` (restarts, quarantine, mailbox), or None
@@ -438,8 +442,10 @@ class Conference:
         if route is _HELP:
             return await self._reply([help_text(self._start).encode()], msg, hold)
         if route is _ROOMS:
-            rooms = await self._listed_rooms()
+            rooms, short = await self._listed_rooms()
             shown = rooms_pages(rooms, msg.sender, most=self.config.rooms_list_max)
+            if short:  # said, not an empty "Rooms:" that looks like the whole cluster's
+                shown = [*shown, texts.ROOMS_THIS_NODE_ONLY.encode()]
             return await self._reply(shown, msg, hold)
         assert isinstance(route, _ToRoom)
         limited = self._chat_limited(route)

@@ -39,6 +39,7 @@ __all__ = [
     "ROOM_EXISTS_AND_MEMBER",
     "ROOM_NOT_FOUND",
     "ROOM_HELD_ELSEWHERE",
+    "ROOMS_THIS_NODE_ONLY",
     "ROOM_HELD_BY",
     "SECOND_ARGUMENT_PRIVATE",
     "address_too_long",
@@ -165,6 +166,8 @@ MISSING_ROOM_NAME = "*** Missing room name"
 ROOM_NOT_FOUND = "*** Room not found"
 # Issue 13: a write for a room whose lease another node holds (503); ``.format(seconds=…)``.
 ROOM_HELD_ELSEWHERE = "*** Room is held by another node now; try again in {seconds} seconds"
+#: After a ``#rooms`` list in a cluster while the database cannot be read: the list is short.
+ROOMS_THIS_NODE_ONLY = "*** The other nodes' rooms cannot be read now: this lists this node's only"
 # Issue 13: a management action (JSON-RPC) for a room another node holds; ``.format(node=…)``.
 ROOM_HELD_BY = "*** Room is held by node {node}; send the request to that node"
 # §3 gives no text for 413; ``.format(limit=<max_body_size>)``.

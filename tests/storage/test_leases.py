@@ -713,5 +713,24 @@ async def test_a_conference_shows_the_whole_cluster_reading_it_once_per_cluster_
             assert other.load_room("z@example.com") is not None
 
 
+async def test_rooms_says_when_it_lists_this_nodes_rooms_only(db_url: str, tables: Tables) -> None:
+    # a tour: during a database outage #rooms on a node that serves no room answered an
+    # empty "Rooms:", which reads as "the cluster has no rooms"
+    from imc_actors.imc import texts
+
+    async with open_conference(conference_config(db_url, tables, "n1")) as conf:
+        assert (await conf.handle(say("imc-manager", "alice", "#create a"))).code == 200
+        assert conf.cluster is not None
+
+        async def down() -> None:
+            raise StoreError("the database is unavailable")
+
+        conf.cluster.read = down  # type: ignore[method-assign]
+        with conf.subscribe("sip:alice@example.com") as alice:
+            assert (await conf.handle(say("imc-manager", "alice", "#rooms"))).code == 200
+            told = [(await alice.receive()).notice.body for _ in range(2)]
+        assert told == [b"Rooms:\n[a]", texts.ROOMS_THIS_NODE_ONLY.encode()]
+
+
 async def _append(into: list, awaitable) -> None:
     into.append(await awaitable)
