@@ -155,6 +155,38 @@ class _Worker:
     last_pid: int = 0
 
 
+#: The start of the relay directories' names (then the parent's process id and ``-``).
+RELAY_PREFIX = "imc-actors-workers-"
+
+
+def sweep_relay_dirs(where: str | None = None) -> list[str]:
+    """Remove the relay directories (in ``where``, default the temporary directory) that a
+    parent killed with ``kill -9`` left: those of this user whose process id names no
+    running process. Returns the paths removed."""
+    where = where if where is not None else tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return removed
+    for name in names:
+        pid_text = name[len(RELAY_PREFIX):].partition("-")[0]
+        if not name.startswith(RELAY_PREFIX) or not pid_text.isdigit():
+            continue
+        path = os.path.join(where, name)
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid_text), 0)
+            continue  # its parent runs
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:  # not ours to look at (EPERM: another user's process), or gone
+            continue
+    return removed
+
+
 class _Supervisor:
     def __init__(self, config: Config, run: RunWorker, say: Callable[[str, int], None]) -> None:
         self.config = config
@@ -162,8 +194,10 @@ class _Supervisor:
         self.say = say
         host = private_host(config.listen_addresses)
         names = node_names(config)
-        # the workers' relay sockets (steering): a directory only this user can reach
-        self.relay_dir = tempfile.mkdtemp(prefix="imc-actors-workers-")
+        # the workers' relay sockets (steering): a directory only this user can reach, named
+        # with this process's id so that the next start removes it after a kill -9
+        sweep_relay_dirs()
+        self.relay_dir = tempfile.mkdtemp(prefix=f"{RELAY_PREFIX}{os.getpid()}-")
         self.workers = [
             _Worker(WorkerSlot(index, name, host, tuple(names), self.relay_dir))
             for index, name in enumerate(names)
