@@ -14,6 +14,7 @@ import trio
 
 from tests.integration.conftest import DOMAIN, MANAGER, expect
 from tests.storage.conftest import Tables
+from tests.storage.test_cluster_views import until
 from tests.support.serve import serve_process
 from tests.support.ua import TestUA
 
@@ -89,15 +90,6 @@ async def _none_left(tables: Tables, db_url: str) -> bool | None:
         count = await trio.to_thread.run_sync(repository.pending_count, "dave@127.0.0.1")
     return True if count == 0 else None
 
-
-async def until(probe, seconds: float = 20):  # type: ignore[no-untyped-def]
-    """Poll ``probe`` until it returns something other than None (a safety net bounds it)."""
-    with trio.fail_after(seconds):
-        while True:
-            found = await probe()
-            if found is not None:
-                return found
-            await trio.sleep(0.05)  # a poll interval, not a synchronisation
 
 
 async def test_a_node_forwards_a_message_for_another_nodes_room_and_relays_the_answer(
