@@ -60,8 +60,8 @@ log = logging.getLogger(__name__)
 
 #: The answer to a wrong password or an unknown user (the same, so users cannot be probed).
 WRONG_PASSWORD = Reply(403, "Wrong User Or Password")
-#: The answer to credentials from a source that spent its ``auth_fail_burst`` (not checked).
-TOO_MANY_GUESSES = Reply(403, "Too Many Wrong Passwords")
+#: The reason phrase for credentials from a blocked source (they are not checked).
+TOO_MANY_GUESSES = "Too Many Wrong Passwords"
 
 LoadUser = Callable[[str, str], Awaitable[Subscriber | None]]
 
@@ -296,8 +296,10 @@ class Authenticator:
             if error is not None:
                 return Verdict(Reply(400, error), "malformed")
             return Verdict(self.challenge(request, realm), "challenged")
-        if source is not None and self.guesses is not None and self._blocked(source):
-            return Verdict(TOO_MANY_GUESSES, "blocked")
+        if source is not None and self.guesses is not None:
+            left = self.guesses.blocked_for(source, self.monotonic())
+            if left > 0:  # Retry-After: when it may answer again (a person reads it too)
+                return Verdict(Reply(403, TOO_MANY_GUESSES, headers=(("Retry-After", str(math.ceil(left))),)), "blocked")
         issued = self.nonces.issued(credentials.nonce)
         if issued is None:  # not our nonce (another secret, or made up)
             return Verdict(self.challenge(request, realm), "challenged")
@@ -314,7 +316,7 @@ class Authenticator:
         if not verified:
             self._log_refusal(request, credentials, realm, "wrong user or password", source)
             if source is not None and self.guesses is not None:
-                self.guesses.allow(source, self.monotonic())  # one wrong answer spent
+                self._guessed(source)
             return Verdict(WRONG_PASSWORD, "refused")
         if self.nonces.is_stale(issued, self.clock()) or not self.nonces.made_here(credentials.nonce):
             # too old, or another worker's or node's: it remembers that nonce's counts, not we
@@ -330,22 +332,22 @@ class Authenticator:
         uri = f"sip:{canonical_user(credentials.username)}@{realm}"
         return Verdict(Authenticated(uri), "accepted", (credentials.nonce, issued, credentials.nc))
 
-    def _blocked(self, source: str) -> bool:
-        """Whether ``source`` has spent its budget of wrong answers (logged once a second at
-        most: the line names the address, for a firewall or fail2ban to act on)."""
+    def _guessed(self, source: str) -> None:
+        """One wrong answer from ``source``: spent from its budget; the one past
+        ``auth_fail_burst`` (and the refill since) blocks it for ``auth_fail_block`` seconds,
+        logged once a second at most: the line names the address, for a firewall or
+        fail2ban to act on. A right answer spends nothing, so a user who mistyped up to the
+        burst still gets in."""
         assert self.guesses is not None
         now = self.monotonic()
-        if self.guesses.would_allow(source, now):
-            return False
-        newly = self.guesses.blocked
-        wait = self.guesses.allow(source, now)  # blocks it for auth_fail_block from now on
-        if self.guesses.blocked > newly:
+        blocks = self.guesses.blocked
+        self.guesses.allow(source, now)
+        if self.guesses.blocked > blocks:
             self._block_log.log(
                 log, logging.WARNING, now,
                 "digest answers from %s refused for %g s: more than %d wrong passwords",
-                source, wait, self.guesses.burst, what="sources",
+                source, self.guesses.block, self.guesses.burst, what="sources",
             )  # fmt: skip
-        return True
 
     def _log_refusal(
         self, request: Request, credentials: Credentials, realm: str, why: str, source: str | None

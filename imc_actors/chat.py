@@ -300,6 +300,8 @@ class ChatClient:
             if self.options.password is None:
                 return text + " (the server requires a password: --password)"
             return text + " (the server did not accept the password's answer)"
+        if result.code == 403 and result.reason == "Too Many Wrong Passwords":
+            return text + " (too many wrong answers came from this address: wait, then try again)"
         if result.code == 403 and self.options.password is not None:
             return text + " (is the password right?)"
         if result.code == 408:

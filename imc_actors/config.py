@@ -299,6 +299,28 @@ class Config:
             raise ConfigError("rpc_token", problem)
 
     # ---------------------------------------------------------------- validation
+    def _check_expires(self) -> None:
+        """``1 <= min_expires <= default_expires <= max_expires <= 10^9``; the setting named
+        is one that was changed from its default (the one the operator set), with the values."""
+        if self.max_expires > FLOAT_MAX:  # seconds, as everywhere (10^12 overflowed the date: 500)
+            raise ConfigError("max_expires", f"must be at most {FLOAT_MAX:,.0f} seconds")
+        for name in ("min_expires", "default_expires", "max_expires"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1 second")
+        low, default, high = self.min_expires, self.default_expires, self.max_expires
+        if low <= default <= high:
+            return
+        changed = [name for name in ("default_expires", "max_expires", "min_expires")
+                   if getattr(self, name) != _FIELD_DEFAULTS[name]]  # fmt: skip
+        out = "max_expires" if low > high or default > high else "min_expires"
+        if "default_expires" in changed or out in changed:
+            name = "default_expires" if "default_expires" in changed else out
+        else:
+            name = changed[0] if changed else out
+        raise ConfigError(
+            name, f"need 1 <= min_expires ({low}) <= default_expires ({default}) <= max_expires ({high})"
+        )
+
     def validate(self) -> None:
         """Check every value once; raise :class:`ConfigError` naming the first bad one."""
         for name in sorted(_INT_FIELDS | _FLOAT_FIELDS):  # a Config built directly, too
@@ -352,14 +374,7 @@ class Config:
             raise ConfigError("restart_window", "must be a positive number of seconds")
         if not 0 < self.db_timeout < math.inf:
             raise ConfigError("db_timeout", "must be a positive number of seconds")
-        if self.max_expires > FLOAT_MAX:  # seconds, as everywhere (10^12 overflowed the date: 500)
-            raise ConfigError("max_expires", f"must be at most {FLOAT_MAX:,.0f} seconds")
-        if not 1 <= self.min_expires:
-            raise ConfigError("min_expires", "must be at least 1 second")
-        for name, low, high in (("default_expires", self.min_expires, self.max_expires),
-                                ("max_expires", self.default_expires, math.inf)):  # fmt: skip
-            if not low <= getattr(self, name) <= high:
-                raise ConfigError(name, "need 1 <= min_expires <= default_expires <= max_expires")
+        self._check_expires()
         if not self.listen:
             raise ConfigError("listen", "at least one listen address is needed")
         for text in self.listen:
@@ -772,3 +787,7 @@ def _coerce(name: str, value: Any) -> Any:
     if name in ("owner_leave", "log_format", "log_level"):
         return value.lower()
     return value
+
+
+#: Each field's default (what :meth:`Config._check_expires` compares with).
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(Config)}

@@ -162,6 +162,11 @@ class FloodLimiter:
         bucket.tokens = max(-float(self.burst), min(tokens_now, float(self.burst)) - tokens)
         bucket.stamp = now
 
+    def blocked_for(self, host: str, now: float) -> float:
+        """The seconds ``host`` stays blocked at ``now`` (0.0: it is not); spends nothing."""
+        bucket = self._buckets.get(host)
+        return bucket.blocked_until - now if bucket is not None and now < bucket.blocked_until else 0.0
+
     def would_allow(self, host: str, now: float) -> bool:
         """Whether :meth:`allow` would let a request of ``host`` through at ``now``; spends
         and counts nothing (for a caller that refuses elsewhere, so as to count a refusal

@@ -301,7 +301,7 @@ async def test_sigterm_unregisters_and_exits_0(server, nursery):
 async def test_chat_answers_digest_challenges_with_its_password(tmp_path, nursery):
     from .test_auth import _users
 
-    config = make_config(tmp_path, auth="all")
+    config = make_config(tmp_path, auth="all", auth_fail_burst=1, auth_fail_rate=0.001)
     _users(config)
     async with open_server(config) as server:
         alice = await start_chat(nursery, server, "alice", "--password", "alice-pw")
@@ -315,6 +315,10 @@ async def test_chat_answers_digest_challenges_with_its_password(tmp_path, nurser
         for extra, why in (
             (["--password", "wrong"], "403 Wrong User Or Password (is the password right?)"),
             ([], "401 Unauthorized (the server requires a password: --password)"),
+            (["--password", "wrong"], "403 Wrong User Or Password (is the password right?)"),
+            # past auth_fail_burst the right password is not checked: it is not the password
+            (["--password", "alice-pw"], "403 Too Many Wrong Passwords (too many wrong answers "
+                                         "came from this address: wait, then try again)"),
         ):
             with trio.fail_after(DEADLINE):
                 result = await trio.run_process(

@@ -315,15 +315,25 @@ def test_abuse_bounds_defaults_and_sources():
             {"IMC_MAX_EXPIRES": "999999999999", "IMC_DEFAULT_EXPIRES": "999999999999"},
             "invalid max_expires: must be at most 1,000,000,000 seconds",
         ),
-        (  # was named min_expires, which was not the one out of line
+        # the setting named is the one changed from its default, with the values
+        (  # (was: always min_expires)
             {"IMC_DEFAULT_EXPIRES": "10"},
-            "invalid default_expires: need 1 <= min_expires <= default_expires <= max_expires",
+            "invalid default_expires: need 1 <= min_expires (60) <= default_expires (10) <= max_expires (3600)",
+        ),
+        (
+            {"IMC_MAX_EXPIRES": "30"},
+            "invalid max_expires: need 1 <= min_expires (60) <= default_expires (3600) <= max_expires (30)",
+        ),
+        (
+            {"IMC_MIN_EXPIRES": "7200"},
+            "invalid min_expires: need 1 <= min_expires (7200) <= default_expires (3600) <= max_expires (3600)",
         ),
         (
             {"IMC_MAX_EXPIRES": "100", "IMC_DEFAULT_EXPIRES": "100", "IMC_MIN_EXPIRES": "200"},
-            "invalid default_expires: need 1 <= min_expires <= default_expires <= max_expires",
+            "invalid default_expires: need 1 <= min_expires (200) <= default_expires (100) <= max_expires (100)",
         ),
         ({"IMC_MIN_EXPIRES": "0"}, "invalid min_expires: must be at least 1 second"),
+        ({"IMC_MAX_EXPIRES": "-5"}, "invalid max_expires: must be at least 1 second"),
         ({"IMC_AUTH_FAIL_BURST": "0"}, "invalid auth_fail_burst: must be positive"),
         (
             {"IMC_AUTH_FAIL_RATE": "-1"},
