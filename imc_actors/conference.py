@@ -43,7 +43,7 @@ from .imc.room import apply as room_apply
 from .imc.state import RoomState, member_key
 from .notices import NoticeChannel, NoticeRouter, WhenFull
 from .sip import canonical, reason_phrase, split_user_host
-from .store.instance import CHECK_INTERVAL, LockLost, ServingLock, serving_lock
+from .store.instance import CHECK_INTERVAL, DatabaseInUse, LockLost, ServingLock, serving_lock
 from .store.nodes import RoomLocation
 from .store.repository import Repository, StoreError
 from .store.urls import DatabaseURL
@@ -1075,6 +1075,24 @@ async def open_conference(
             lock.release()
 
 
+async def _same_room_tables(store: Store, config: Config) -> None:
+    """Raise :class:`DatabaseInUse` when another live node holds leases of rooms that are
+    not in this node's rooms table: it uses other room tables on the same lease and node
+    tables, and each would recreate the other's rooms (a private one as public, its owners
+    mixed) instead of forwarding to it."""
+    read = getattr(getattr(store, "repository", None), "foreign_rooms", None)
+    if read is None:
+        return
+    strangers = await store.read(lambda repository: repository.foreign_rooms())
+    if strangers:
+        room, node = strangers[0]
+        raise DatabaseInUse(
+            f"node {node!r} serves rooms that are not in this node's rooms table "
+            f"{config.rooms_table} (such as {room}): the nodes of a cluster must use the same "
+            "room tables (rooms_table, members_table and the others) on the same lease_table"
+        )
+
+
 def _serving_lock(repository: Backend, config: Config) -> ServingLock | None:
     """The lock a conference on ``repository`` holds while it runs (a peewee repository's
     database, also behind a wrapper that passes its attributes on; none for other backends):
@@ -1181,6 +1199,7 @@ async def _serving(
         rooms = await store.load_rooms()
         if keeper is not None:  # leases first, then the state they guard
             await keeper.ensure_alone()
+            await _same_room_tables(store, config)
             mine = rooms if home is None else [r for r in rooms if home(r.name) == config.node]
             ours = {room.key for room in mine} - set(await keeper.acquire(mine))
             await keeper.advertise([])  # a node without SIP sockets; the server names its own

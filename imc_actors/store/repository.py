@@ -676,6 +676,27 @@ class Repository:
 
         return self._run(f"looking {room} up", has_room)
 
+    def foreign_rooms(self, limit: int = 5) -> list[tuple[str, str]]:
+        """``(room, node)`` of other nodes' live leases whose rooms are not in this
+        repository's rooms table (``limit`` at most). A live lease's room is in its owner's
+        rooms table (both are written in one transaction, and deleted in one), so any such
+        lease says that node uses other room tables on the same lease table: its rooms would
+        be recreated here, private ones public (see ``open_conference``)."""
+        node = self._require_node()
+
+        def look() -> list[tuple[str, str]]:
+            others = {
+                room: owner for room, owner in self._leases.live_owners(self._clock()).items()
+                if owner != node
+            }  # fmt: skip
+            if not others:
+                return []
+            table = self._models.room
+            ours = {f"{name}@{domain}".lower() for name, domain in table.select(table.name, table.domain).tuples()}
+            return sorted((room, owner) for room, owner in others.items() if room not in ours)[:limit]
+
+        return self._run("comparing the room tables with the other nodes'", look)
+
     def owner_of(self, room: str) -> Lease | None:
         """The lease of ``room`` as stored now, or None when it never had one. Expired or
         not: see :meth:`Lease.live` with this repository's clock (:meth:`now`)."""

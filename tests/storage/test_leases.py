@@ -415,6 +415,39 @@ async def test_a_node_starting_beside_another_counts_only_the_rooms_it_holds(
             assert first.supervisor.statistics().rooms == 2
 
 
+async def test_a_node_on_other_room_tables_beside_a_running_node_is_refused(
+    db_url: str, tables: Tables
+) -> None:
+    # a tour: node c started with --rooms-table imc_rooms2 on the cluster's lease and node
+    # tables; only a WARNING said anything, and a private room of c's was later recreated
+    # on a as a public one with the owners mixed
+    from dataclasses import replace
+
+    from imc_actors.store.instance import DatabaseInUse
+    from tests.storage.conftest import drop_tables, new_tables
+
+    other = replace(new_tables(), leases=tables.leases, nodes=tables.nodes)
+    try:
+        async with open_conference(conference_config(db_url, tables, "n1")) as first:
+            assert (await first.handle(say("imc-manager", "alice", "#create a"))).code == 200
+            with pytest.raises(BaseExceptionGroup) as raised:
+                async with open_conference(conference_config(db_url, other, "n2")):
+                    pass
+            refused = raised.value
+            while isinstance(refused, BaseExceptionGroup):  # (out of the conference's nurseries)
+                (refused,) = refused.exceptions
+            assert isinstance(refused, DatabaseInUse)  # serve: "cannot start: ...", exit 1
+            assert str(refused) == (
+                f"node 'n1' serves rooms that are not in this node's rooms table {other.rooms} "
+                "(such as a@example.com): the nodes of a cluster must use the same room tables "
+                "(rooms_table, members_table and the others) on the same lease_table"
+            )
+            async with open_conference(conference_config(db_url, tables, "n3")) as third:
+                assert third.rooms() == []  # the same tables: a node beside n1, as always
+    finally:
+        drop_tables(db_url, replace(other, leases="unused_l", nodes="unused_n"))
+
+
 async def test_a_conference_holds_its_rooms_leases_and_is_fenced_once_they_are_taken(
     db_url: str, tables: Tables, clock: FakeClock
 ) -> None:
