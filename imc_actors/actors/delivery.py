@@ -36,7 +36,7 @@ own, so a slow or dead member only ever delays itself. A notice is in one of the
   order (a notice still in flight when the lane parks keeps its turn: what is newer waits
   for its outcome, and an overdue one is stored in its turn at once), and nothing is sent
   until the member is reachable again (:meth:`Delivery.wake`, called
-  on its next REGISTER and its next MESSAGE), or until a retry: a parked member that still has
+  on its next REGISTER and its next MESSAGE; or a 2xx to a notice still in flight), or until a retry: a parked member that still has
   a binding (``reachable``) is tried again ``pending_retry`` seconds after it parked, then
   after twice as long each time it is still unreachable, up to an hour. Then the stored
   notices go out oldest first, each with a ``Date:`` of its original time, while what keeps
@@ -804,11 +804,8 @@ class Delivery:
 
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
         if item.detached:  # stored in its turn when its lane parked: this outcome is moot,
-            if result.ok and lane.parked and not lane.woken:  # but the member is there after all
-                lane.woken = True
-                lane.retries = 0
-                self._nudge(lane)
-                self._ensure_worker(lane)
+            if result.ok:  # but the member is there after all
+                self._answered_while_parked(lane)
             return
         self._landed(lane, item)
         self._nudge(lane)
@@ -818,6 +815,7 @@ class Delivery:
             lane.unsteady()
         if result.ok:
             lane.answered = now
+            self._answered_while_parked(lane)
         elif result.code == 408 and lane.answered > item.sent:
             # Later notices were answered while this one went unanswered: the member is there
             # and its answer to this one was lost (a phone that ignores retransmissions). It
@@ -847,6 +845,16 @@ class Delivery:
             self._final(notice, item.in_reply_to, result)
         self._pump(lane)
         self._kick()
+
+    def _answered_while_parked(self, lane: _Lane) -> None:
+        """A 2xx came back for ``lane`` while it is parked (for answering nothing, or for a
+        full queue, on an answer merely lost): the member is there, so what is stored goes
+        out now, as on its next REGISTER."""
+        if lane.parked and not lane.woken:
+            lane.woken = True
+            lane.retries = 0
+            self._nudge(lane)
+            self._ensure_worker(lane)
 
     def _detach(self, lane: _Lane, item: _Item) -> None:
         """A parked lane's overdue notice, still unanswered (its MESSAGE retransmitted until
