@@ -762,18 +762,26 @@ class Conference:
             return Answer(503, reason_phrase(503), retry_after=1)
         self._claiming += 1
         try:
+            location = await self._owner_elsewhere(key)
+        finally:
+            self._claiming -= 1
+        if location is None:
+            return None
+        return await self.forward(
+            msg.request_uri, msg.sender, msg.body, msg.content_type, msg.call_id, location
+        )
+
+    async def _owner_elsewhere(self, key: str) -> RoomLocation | None:
+        """Where another node serves ``key``'s room now; None when no other node holds its
+        live lease, or the database cannot be read (logged, a line a second at most)."""
+        assert self.store is not None
+        try:
             location = await self.store.read(partial(_locate, key=key))
         except StoreError as exc:
             self._locate_log.log(log, logging.WARNING, trio.current_time(),
                                  "room=%s locating its node failed: %s", key, exc, what="such lines")
             return None
-        finally:
-            self._claiming -= 1
-        if location is None or location.node == self.config.node:
-            return None
-        return await self.forward(
-            msg.request_uri, msg.sender, msg.body, msg.content_type, msg.call_id, location
-        )
+        return None if location is None or location.node == self.config.node else location
 
     async def _at_home(self, key: str, name: str, msg: IncomingMessage) -> Answer | None:
         """A room to create here whose home is another live node: the answer of that node,
@@ -916,13 +924,8 @@ class Conference:
         admin = getattr(self.forward, "admin", None)
         if admin is None or self.store is None:
             return None
-        try:
-            location = await self.store.read(partial(_locate, key=key))
-        except StoreError as exc:
-            self._locate_log.log(log, logging.WARNING, trio.current_time(),
-                                 "room=%s locating its node failed: %s", key, exc, what="such lines")
-            return None
-        if location is None or location.node == self.config.node:
+        location = await self._owner_elsewhere(key)
+        if location is None:
             return None
         answer: Answer | None = await admin(f"sip:{key}", action, user, reason, location)
         return answer
@@ -933,13 +936,8 @@ class Conference:
         forwarded: the operator sends them to the owner's management interface."""
         assert self.store is not None
         seconds = max(1, math.ceil(self.config.lease_ttl))
-        try:
-            location = await self.store.read(partial(_locate, key=key))
-        except StoreError as exc:
-            self._locate_log.log(log, logging.WARNING, trio.current_time(),
-                                 "room=%s locating its node failed: %s", key, exc, what="such lines")
-            location = None
-        if location is None or location.node == self.config.node:  # moved meanwhile
+        location = await self._owner_elsewhere(key)
+        if location is None:  # moved meanwhile
             body = texts.ROOM_HELD_ELSEWHERE.format(seconds=seconds)
         else:
             body = texts.ROOM_HELD_BY.format(node=location.node)
@@ -1075,15 +1073,15 @@ async def open_conference(
             lock.release()
 
 
-async def _same_room_tables(store: Store, config: Config) -> None:
+async def _same_room_tables(store: Store, config: Config, rooms: list[RoomState]) -> None:
     """Raise :class:`DatabaseInUse` when another live node holds leases of rooms that are
-    not in this node's rooms table: it uses other room tables on the same lease and node
-    tables, and each would recreate the other's rooms (a private one as public, its owners
-    mixed) instead of forwarding to it."""
-    read = getattr(getattr(store, "repository", None), "foreign_rooms", None)
-    if read is None:
-        return
-    strangers = await store.read(lambda repository: repository.foreign_rooms())
+    not in this node's rooms table (``rooms``, as just loaded): it uses other room tables on
+    the same lease and node tables, and each would recreate the other's rooms (a private one
+    as public, its owners mixed) instead of forwarding to it."""
+    if not hasattr(store.repository, "foreign_rooms"):
+        return  # a stand-in repository
+    known = [room.key for room in rooms]
+    strangers = await store.read(lambda repository: repository.foreign_rooms(known))
     if strangers:
         room, node = strangers[0]
         raise DatabaseInUse(
@@ -1199,7 +1197,7 @@ async def _serving(
         rooms = await store.load_rooms()
         if keeper is not None:  # leases first, then the state they guard
             await keeper.ensure_alone()
-            await _same_room_tables(store, config)
+            await _same_room_tables(store, config, rooms)
             mine = rooms if home is None else [r for r in rooms if home(r.name) == config.node]
             ours = {room.key for room in mine} - set(await keeper.acquire(mine))
             await keeper.advertise([])  # a node without SIP sockets; the server names its own

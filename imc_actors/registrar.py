@@ -278,6 +278,15 @@ class Registrar:
         return None
 
     # ------------------------------------------------------------------ REGISTER
+    def aor_of(self, to_uri: str) -> str | None:
+        """The address of record (``user@host``, lower case) a REGISTER's To names, or None
+        when it names no user or a domain this registrar does not serve (404)."""
+        try:
+            aor = aor_key(to_uri)
+        except ValueError:
+            return None
+        return aor if aor.rpartition("@")[2] in self.domains else None
+
     def register(self, request: Request, now: float) -> Reply:
         """Process one REGISTER (RFC 3261 §10.3) and return the answer: :meth:`plan`, then
         :meth:`apply` at once (bindings in memory only)."""
@@ -309,11 +318,8 @@ class Registrar:
         if now >= self._next_sweep:
             self.purge(now)
             self._next_sweep = now + _SWEEP_INTERVAL
-        try:
-            aor = aor_key(request.to_uri)
-        except ValueError:
-            return Reply(404, "Not Found")
-        if aor.rpartition("@")[2] not in self.domains:
+        aor = self.aor_of(request.to_uri)
+        if aor is None:
             return Reply(404, "Not Found")
         user, _, host = aor.rpartition("@")
         if len(user) > MAX_LENGTH or len(host) > MAX_LENGTH:  # the bindings table's columns

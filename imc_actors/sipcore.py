@@ -48,7 +48,7 @@ from imc_actors.sip import Request, aor_key, canonical, split_addresses
 from imc_actors.store.repository import StoreError
 from imc_actors.store.writer import StoreUnavailable
 from imc_actors.transport import Handler, Reply, Responder, Source
-from imc_actors.transport.limits import LogBudget
+from imc_actors.transport.limits import LogBudget, host_ip
 
 __all__ = ["Identity", "SipCore", "SUPPORTED", "OTHER_AOR", "same_aor"]
 
@@ -146,13 +146,8 @@ class SipCore:
         """True when no ``trusted_sources`` are set, or ``host`` is inside one of them."""
         if not self._trusted:
             return True
-        try:
-            ip = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self._trusted)
+        ip = host_ip(host)
+        return ip is not None and any(ip in network for network in self._trusted)
 
     def challenges(self, method: str, source: Source) -> bool:
         """True when a ``method`` request from ``source`` must be authenticated: ``auth``
@@ -182,11 +177,7 @@ class SipCore:
         the right one used to get 403 To Is Not The Authenticated User)."""
         if request.method != "REGISTER" or self.registrar is None:
             return False
-        try:
-            aor = aor_key(request.to_uri)
-        except ValueError:
-            return True
-        return aor.rpartition("@")[2] not in self.registrar.domains
+        return self.registrar.aor_of(request.to_uri) is None
 
     def _room_address(self, request: Request) -> Reply | None:
         """403 for a REGISTER of a room's address (or the manager's): a user there could

@@ -560,11 +560,7 @@ class Delivery:
         if lane is None:
             return
         lane.woke_at = trio.current_time()  # a flush failing now tries the new binding at once
-        if lane.parked and not lane.woken:
-            lane.woken = True
-            lane.retries = 0
-            self._nudge(lane)
-            self._ensure_worker(lane)
+        self._wake_parked(lane)
 
     def adopt(self, member: str) -> None:
         """``member`` registered (config ``node``: other nodes share the pending table): if
@@ -805,7 +801,7 @@ class Delivery:
     def _done(self, lane: _Lane, item: _Item, result: DeliveryResult) -> None:
         if item.detached:  # stored in its turn when its lane parked: this outcome is moot,
             if result.ok:  # but the member is there after all
-                self._answered_while_parked(lane)
+                self._wake_parked(lane)
             return
         self._landed(lane, item)
         self._nudge(lane)
@@ -815,7 +811,7 @@ class Delivery:
             lane.unsteady()
         if result.ok:
             lane.answered = now
-            self._answered_while_parked(lane)
+            self._wake_parked(lane)
         elif result.code == 408 and lane.answered > item.sent:
             # Later notices were answered while this one went unanswered: the member is there
             # and its answer to this one was lost (a phone that ignores retransmissions). It
@@ -846,10 +842,10 @@ class Delivery:
         self._pump(lane)
         self._kick()
 
-    def _answered_while_parked(self, lane: _Lane) -> None:
-        """A 2xx came back for ``lane`` while it is parked (for answering nothing, or for a
-        full queue, on an answer merely lost): the member is there, so what is stored goes
-        out now, as on its next REGISTER."""
+    def _wake_parked(self, lane: _Lane) -> None:
+        """The member of parked ``lane`` is there (its REGISTER or MESSAGE, or a 2xx that came
+        back while the lane was parked, for answering nothing or for a full queue on an answer
+        merely lost): what is stored goes out now."""
         if lane.parked and not lane.woken:
             lane.woken = True
             lane.retries = 0

@@ -36,7 +36,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -668,34 +668,33 @@ class Repository:
 
         def has_room() -> bool:
             table = self._models.room
-            name, _, domain = room.lower().partition("@")
-            query = table.select(table.id).where(
-                peewee.fn.LOWER(table.name) == name, peewee.fn.LOWER(table.domain) == domain
-            )
-            return self._db.execute(query.limit(1)).fetchone() is not None
+            return self._db.execute(self._room_rows(room, table.id).limit(1)).fetchone() is not None
 
         return self._run(f"looking {room} up", has_room)
 
-    def foreign_rooms(self, limit: int = 5) -> list[tuple[str, str]]:
-        """``(room, node)`` of other nodes' live leases whose rooms are not in this
-        repository's rooms table (``limit`` at most). A live lease's room is in its owner's
-        rooms table (both are written in one transaction, and deleted in one), so any such
-        lease says that node uses other room tables on the same lease table: its rooms would
-        be recreated here, private ones public (see ``open_conference``)."""
+    def _room_rows(self, key: str, *columns: Any) -> Any:
+        """The rooms table's rows of the room ``key`` (``name@domain``, any case: names match
+        case-insensitively, through the ``lower()`` indexes), selecting ``columns``."""
+        room = self._models.room
+        name, _, domain = key.lower().partition("@")
+        return room.select(*columns).where(
+            peewee.fn.LOWER(room.name) == name, peewee.fn.LOWER(room.domain) == domain
+        )
+
+    def foreign_rooms(self, known: Iterable[str], limit: int = 5) -> list[tuple[str, str]]:
+        """``(room, node)`` of other nodes' live leases whose rooms are not among ``known``
+        (the keys of this repository's rooms table, as :meth:`load_rooms` read them),
+        ``limit`` at most. A live lease's room is in its owner's rooms table (both are
+        written in one transaction, and deleted in one), so any such lease says that node
+        uses other room tables on the same lease table: its rooms would be recreated here,
+        private ones public (see ``open_conference``)."""
         node = self._require_node()
-
-        def look() -> list[tuple[str, str]]:
-            others = {
-                room: owner for room, owner in self._leases.live_owners(self._clock()).items()
-                if owner != node
-            }  # fmt: skip
-            if not others:
-                return []
-            table = self._models.room
-            ours = {f"{name}@{domain}".lower() for name, domain in table.select(table.name, table.domain).tuples()}
-            return sorted((room, owner) for room, owner in others.items() if room not in ours)[:limit]
-
-        return self._run("comparing the room tables with the other nodes'", look)
+        ours = set(known)
+        owners = self._run(
+            "reading the other nodes' leases", lambda: self._leases.live_owners(self._clock())
+        )
+        strangers = ((room, owner) for room, owner in owners.items() if owner != node and room not in ours)
+        return sorted(strangers)[:limit]
 
     def owner_of(self, room: str) -> Lease | None:
         """The lease of ``room`` as stored now, or None when it never had one. Expired or
@@ -1100,11 +1099,8 @@ class Repository:
 
     def _load_room(self, key: str) -> RoomState | None:
         room, member = self._models.room, self._models.member
-        name, _, domain = key.partition("@")
         rows = self._db.execute(
-            room.select(room.name, room.domain, room.flag)
-            .where(peewee.fn.LOWER(room.name) == name, peewee.fn.LOWER(room.domain) == domain)
-            .order_by(room.id)
+            self._room_rows(key, room.name, room.domain, room.flag).order_by(room.id)
         ).fetchall()
         if not rows:
             return None

@@ -80,6 +80,18 @@ class LogBudget:
         logger.log(level, msg, *args)
 
 
+def host_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``host`` names (a zone ``%eth0`` left out; an IPv4-mapped IPv6 address,
+    ``::ffff:192.0.2.1``, as the IPv4 address it is), or None when it names none."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class _Bucket:
     __slots__ = ("tokens", "stamp", "blocked_until")
 
@@ -181,14 +193,8 @@ class FloodLimiter:
     def _is_exempt(self, host: str) -> bool:
         known = self._exempt_hosts.get(host)
         if known is None:
-            try:
-                ip = ipaddress.ip_address(host.partition("%")[0])
-            except ValueError:
-                known = False
-            else:
-                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                    ip = ip.ipv4_mapped
-                known = any(ip in network for network in self._exempt)
+            ip = host_ip(host)
+            known = ip is not None and any(ip in network for network in self._exempt)
             if len(self._exempt_hosts) >= self.max_sources:
                 self._exempt_hosts.clear()
             self._exempt_hosts[host] = known

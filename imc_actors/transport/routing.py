@@ -26,6 +26,7 @@ from imc_actors.config import ListenAddress
 from imc_actors.sip import Request, aor_key
 
 from .bindings import BoundConnection, ConnectionBindings
+from .limits import host_ip
 from .records import Source
 from .tcp import TcpConnection, TcpListener
 from .udp import Address, UdpEndpoint
@@ -311,11 +312,8 @@ class Router:
         """True when ``dest`` (ip, port) is one of our own listening sockets: a request sent
         there would come straight back to us."""
         ip, port = dest[0], dest[1]
-        if ip.lower().startswith("::ffff:") and "." in ip:  # ::ffff:127.0.0.1 is 127.0.0.1 too
-            mapped = ipaddress.ip_address(ip.partition("%")[0])
-            if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
-                if self.is_self((str(mapped.ipv4_mapped), port)):
-                    return True
+        if ip.lower().startswith("::ffff:"):  # ::ffff:127.0.0.1 is 127.0.0.1 too
+            ip = str(host_ip(ip) or ip)
         for bound in [e.address for e in self._udp] + [t.address for t in self._tcp]:
             if bound[1] != port:
                 continue

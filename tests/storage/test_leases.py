@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import peewee
 import pytest
@@ -64,6 +65,11 @@ def nodes(db_url: str, tables: Tables, clock: FakeClock) -> Iterator[tuple[Repos
     yield one, two
     one.close()
     two.close()
+
+
+def archive_line(room: str, clock: FakeClock, text: str) -> HistoryAppend:
+    """Alice's chat line ``text`` in ``room``'s archive, at the clock's time."""
+    return HistoryAppend(room, "sip:alice@example.com", clock.now, "text/plain", text.encode(), 100)
 
 
 def room_writes(name: str, owner: str = "sip:alice@example.com") -> list[object]:
@@ -171,9 +177,7 @@ def test_a_room_taken_back_numbers_its_archive_after_the_other_nodes_lines(
     # next line is 6 (it read the archive again), not 4 again (a duplicate key: a 500).
     one, two = nodes
     room = "sip:back@example.com"
-
-    def line(text: str) -> HistoryAppend:
-        return HistoryAppend(room, "sip:alice@example.com", clock.now, "text/plain", text.encode(), 100)
+    line = partial(archive_line, room, clock)
 
     one.apply_batch([*room_writes("back"), line("1"), line("2"), line("3")])
     clock.now = T0 + TTL
@@ -204,9 +208,7 @@ def test_a_stale_owners_archive_line_that_meets_the_new_owners_is_fenced_not_a_5
     # an IntegrityError (ERROR logged, 500 to the client) instead of Fenced (forwarded, 503)
     one, two = nodes
     room = "sip:flap@example.com"
-
-    def line(text: str) -> HistoryAppend:
-        return HistoryAppend(room, "sip:alice@example.com", clock.now, "text/plain", text.encode(), 100)
+    line = partial(archive_line, room, clock)
 
     one.apply_batch([*room_writes("flap"), line("1")])
     clock.now = T0 + TTL  # n1 paused: n2 takes the room and archives line 2
